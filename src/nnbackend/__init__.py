@@ -1,0 +1,51 @@
+"""nnbackend: one neural-network code base on NumPy, CuPy, PyTorch or any Array API library,
+in float64, float32 or float16.
+
+>>> import nnbackend as nb
+>>> xp = nb.namespace()
+>>> xp.asarray([1.0, 2.0]).dtype
+dtype('float64')
+"""
+
+from __future__ import annotations
+
+from nnbackend import errors, random
+from nnbackend.backends.base import Backend, Capabilities
+from nnbackend.config import (
+    get_backend,
+    get_default_dtype,
+    get_device,
+    set_backend,
+    set_default_dtype,
+    using,
+)
+from nnbackend.info import info
+from nnbackend.namespace import array_namespace, namespace
+from nnbackend.registry import available_backends, backends, register_backend
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "array_namespace",
+    "available_backends",
+    "backends",
+    "errors",
+    "get_backend",
+    "get_default_dtype",
+    "get_device",
+    "info",
+    "namespace",
+    "random",
+    "register_backend",
+    "set_backend",
+    "set_default_dtype",
+    "using",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("nnbackend")
+    raise AttributeError(f"module 'nnbackend' has no attribute {name!r}")

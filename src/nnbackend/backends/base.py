@@ -1,0 +1,98 @@
+"""The backend record: what nnbackend knows about one array library.
+
+A :class:`Backend` is plain data plus a few callables. Building one imports nothing: every
+callable imports its library only when it is called, so registering a backend is free and a
+missing library shows up as a reason from :attr:`Backend.probe`, not as an ImportError at
+``import nnbackend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Backend", "Capabilities"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do, known without importing it.
+
+    Attributes:
+        float16: the library has a ``float16`` dtype.
+        inplace: arrays support ``x[...] = y`` and in-place operators; where not, the engine and
+            the optimizers rebind instead of mutating.
+        fast_float16_matmul: a float16 matrix product runs at least as fast as float32 (true on
+            GPUs with tensor cores, false for NumPy on a CPU).
+    """
+
+    float16: bool = True
+    inplace: bool = True
+    fast_float16_matmul: bool = False
+
+
+def _cpu_only() -> list[str]:
+    return ["cpu"]
+
+
+def _no_facts() -> dict[str, Any]:
+    return {}
+
+
+def _no_device(name: str) -> Any:
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    """One registered array library.
+
+    Attributes:
+        name: the name users select it by (``NNBACKEND=name``).
+        load_namespace: returns the library's Array API namespace (imports the library).
+        probe: returns ``None`` when the backend is usable here, else a one-line reason that
+            says how to fix it. It is called once per process and its answer cached.
+        array_modules: top-level module names of the library's array types (``("numpy",)``);
+            they let nnbackend tell which backend an array belongs to without importing anything.
+        to_host: converts one of its arrays to a NumPy array (a copy when on a device).
+        from_host: converts a NumPy array to one of its arrays; the second argument is a device
+            object or ``None`` for the default device.
+        devices: the device names usable now (``["cpu"]``, ``["cupy:0", "cupy:1"]``).
+        device: turns a device name (without the ``backend:`` prefix) into the library's device
+            object, or raises ``ValueError``.
+        capabilities: see :class:`Capabilities`.
+        version: returns the library's version string.
+        facts: returns extra facts for :func:`nnbackend.info` (BLAS, CUDA, threads).
+        scatter_add: ``scatter_add(target, indices, values)`` adds ``values`` into the rows
+            ``indices`` of ``target``, accumulating repeated indices; ``None`` means the engine
+            uses a standard-only fallback.
+        install_hint: the command that installs the library.
+        description: one line for listings.
+    """
+
+    name: str
+    load_namespace: Callable[[], Any]
+    probe: Callable[[], str | None]
+    array_modules: Sequence[str]
+    to_host: Callable[[Any], Any]
+    from_host: Callable[[Any, Any], Any]
+    devices: Callable[[], list[str]] = _cpu_only
+    device: Callable[[str], Any] = _no_device
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    version: Callable[[], str | None] = lambda: None
+    facts: Callable[[], dict[str, Any]] = _no_facts
+    scatter_add: Callable[[Any, Any, Any], Any] | None = None
+    install_hint: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(
+                f"backend name must be a Python identifier such as 'mylib', got {self.name!r}"
+            )
+        if isinstance(self.array_modules, str):
+            object.__setattr__(self, "array_modules", (self.array_modules,))
+
+    def __repr__(self) -> str:
+        return f"<nnbackend.Backend {self.name!r}>"

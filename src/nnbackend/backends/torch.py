@@ -1,0 +1,88 @@
+"""The PyTorch backend, through array-api-compat's torch namespace.
+
+Selecting a dtype never touches ``torch.set_default_dtype``: nnbackend's namespace passes the
+dtype explicitly, so other torch code in the process is unaffected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from nnbackend.backends.base import Backend, Capabilities
+
+
+def load_namespace() -> Any:
+    import array_api_compat.torch as xp
+
+    return xp
+
+
+def probe() -> str | None:
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed: pip install 'nnbackend[torch]'"
+    try:
+        import torch  # noqa: F401
+    except Exception as exc:  # a broken install raises all sorts of errors
+        return f"torch is installed but fails to import ({type(exc).__name__}: {exc})"
+    return None
+
+
+def to_host(x: Any) -> Any:
+    return x.detach().cpu().numpy()
+
+
+def from_host(a: Any, device: Any = None) -> Any:
+    import torch
+
+    t = torch.from_numpy(a)
+    return t if device is None else t.to(device)
+
+
+def devices() -> list[str]:
+    import torch
+
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return names
+
+
+def device(name: str) -> Any:
+    import torch
+
+    return torch.device(name)
+
+
+def version() -> str | None:
+    import torch
+
+    return str(torch.__version__)
+
+
+def scatter_add(target: Any, indices: Any, values: Any) -> Any:
+    return target.index_add_(0, indices, values)
+
+
+def facts() -> dict[str, Any]:
+    import torch
+
+    return {"threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+
+
+BACKEND = Backend(
+    name="torch",
+    load_namespace=load_namespace,
+    probe=probe,
+    array_modules=("torch",),
+    to_host=to_host,
+    from_host=from_host,
+    devices=devices,
+    device=device,
+    capabilities=Capabilities(float16=True, inplace=True, fast_float16_matmul=False),
+    version=version,
+    facts=facts,
+    scatter_add=scatter_add,
+    install_hint="pip install 'nnbackend[torch]'",
+    description="PyTorch tensors (CPU here; CUDA devices where present)",
+)

@@ -1,0 +1,56 @@
+"""Typed errors raised by nnbackend.
+
+Every error derives from :class:`NNBackendError` and from the built-in exception a NumPy or
+PyTorch user would expect to catch (``ValueError``, ``TypeError``, ``RuntimeError``), so both
+``except nnbackend.errors.DtypeError`` and ``except ValueError`` work. Messages say what was
+wrong, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendMismatchError",
+    "BackendUnavailableError",
+    "CheckpointError",
+    "DtypeError",
+    "GradientError",
+    "NNBackendError",
+    "ShapeError",
+]
+
+
+class NNBackendError(Exception):
+    """Base class of every error nnbackend raises on purpose."""
+
+
+class BackendError(NNBackendError, ValueError):
+    """An unknown backend name, or a backend record that is malformed."""
+
+
+class BackendUnavailableError(NNBackendError, RuntimeError):
+    """A known backend that cannot be used here (library missing, no driver, no device)."""
+
+
+class BackendMismatchError(NNBackendError, TypeError):
+    """Arrays from two different backends were mixed in one call."""
+
+
+class DtypeError(NNBackendError, ValueError, TypeError):
+    """An unknown dtype, a dtype the backend lacks, or a dtype that differs from the expected one.
+
+    It is both a ``ValueError`` (a bad setting) and a ``TypeError`` (NumPy raises ``TypeError``
+    for an unknown dtype), so code written for either keeps working.
+    """
+
+
+class ShapeError(NNBackendError, ValueError):
+    """An array whose shape does not fit the operation."""
+
+
+class GradientError(NNBackendError, RuntimeError):
+    """Backward was called in a way that cannot produce gradients."""
+
+
+class CheckpointError(NNBackendError, ValueError):
+    """A checkpoint file that cannot be read, or that does not fit the model."""

@@ -1,0 +1,136 @@
+"""``nnbackend.info()``: every setting with its source, every backend with its availability,
+library versions, the BLAS in use and CUDA facts where a GPU is present."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from typing import Any
+
+from nnbackend import config, registry
+
+__all__ = ["BackendStatus", "Info", "Setting", "info"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, value and where the value came from."""
+
+    name: str
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """One registered backend: usable here or not (and why), its version and facts."""
+
+    name: str
+    available: bool
+    reason: str | None
+    version: str | None
+    description: str
+    capabilities: dict[str, bool]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Info:
+    """What :func:`info` found. ``str()`` gives the report that ``nnbackend info`` prints."""
+
+    settings: tuple[Setting, ...]
+    backends: tuple[BackendStatus, ...]
+    versions: dict[str, str | None]
+
+    def setting(self, name: str) -> Setting:
+        """The setting called ``name`` ("backend", "dtype" or "device")."""
+        for item in self.settings:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for JSON)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = ["nnbackend settings:"]
+        lines += [f"  {s.name:<8}= {s.value} ({s.source})" for s in self.settings]
+        lines.append("backends:")
+        for b in self.backends:
+            state = "yes" if b.available else f"no: {b.reason}"
+            version = f" {b.version}" if b.version else ""
+            lines.append(f"  {b.name:<17} available {state}")
+            if b.available:
+                lines.append(f"  {'':<17} {b.description}{version}")
+            caps = ", ".join(k for k, v in b.capabilities.items() if v) or "none"
+            lines.append(f"  {'':<17} capabilities: {caps}")
+            for blas in b.facts.get("blas", []):
+                lines.append(
+                    f"  {'':<17} BLAS: {blas.get('library')} {blas.get('version')}, "
+                    f"threads {blas.get('threads')}, kernel {blas.get('kernel')} "
+                    f"({blas.get('source')})"
+                )
+            for gpu in b.facts.get("gpus", []):
+                lines.append(
+                    f"  {'':<17} GPU {gpu['index']}: {gpu['name']}, "
+                    f"{gpu['memory_bytes'] / 2**30:.1f} GiB, compute {gpu['compute_capability']}"
+                )
+            if "cuda_runtime" in b.facts:
+                lines.append(
+                    f"  {'':<17} CUDA runtime {b.facts['cuda_runtime']}, driver "
+                    f"{b.facts['cuda_driver']}, memory pool "
+                    f"{b.facts['memory_pool_used_bytes']}/{b.facts['memory_pool_total_bytes']} B"
+                )
+            if "threads" in b.facts and not b.facts.get("blas"):
+                lines.append(f"  {'':<17} threads: {b.facts['threads']}")
+        lines.append("versions:")
+        lines += [f"  {k:<17} {v or 'not installed'}" for k, v in self.versions.items()]
+        return "\n".join(lines)
+
+
+def _dist(name: str) -> str | None:
+    try:
+        return dist_version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _status(name: str) -> BackendStatus:
+    reason = registry.probe(name)
+    record = registry._records.get(name)
+    if record is None:  # a plugin whose entry point failed
+        return BackendStatus(name, False, reason, None, "plugin", {})
+    version = facts = None
+    if reason is None:
+        try:
+            version = record.version()
+            facts = record.facts()
+        except Exception as exc:  # report, never crash the report
+            facts = {"error": f"{type(exc).__name__}: {exc}"}
+    caps = {
+        "float16": record.capabilities.float16,
+        "inplace": record.capabilities.inplace,
+        "fast_float16_matmul": record.capabilities.fast_float16_matmul,
+    }
+    return BackendStatus(name, reason is None, reason, version, record.description, caps,
+                         facts or {})
+
+
+def info() -> Info:
+    """Every setting with its value and source, every registered backend with whether it is
+    usable here (and why not), library versions, BLAS and CUDA facts."""
+    settings = tuple(Setting(name, value, source)
+                     for name, (value, source) in config.sources().items())
+    statuses = tuple(_status(name) for name in registry.backends())
+    versions = {
+        "nnbackend": _dist("nnbackend"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "array-api-compat": _dist("array-api-compat"),
+        "numpy": _dist("numpy"),
+    }
+    return Info(settings, statuses, versions)

@@ -1,0 +1,110 @@
+"""Random numbers that are the same on every backend.
+
+Values are drawn on the host with NumPy's PCG64 generator, cast on the host to the requested
+dtype, and then moved to the active backend. So one seed gives bit-identical arrays on numpy,
+torch, cupy and array-api-strict, and a model initialised on the CPU equals the same model
+initialised on a GPU. The host round trip costs a transfer; it is meant for initialisation and
+data shuffling, not for per-step noise on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnbackend import config, registry
+from nnbackend.backends import host
+from nnbackend.namespace import namespace
+
+__all__ = ["Generator", "integers", "normal", "permutation", "seed", "uniform"]
+
+Shape = int | tuple[int, ...]
+
+
+def _shape(size: Shape | None) -> tuple[int, ...]:
+    if size is None:
+        return ()
+    if isinstance(size, int):
+        return (size,)
+    return tuple(int(n) for n in size)
+
+
+class Generator:
+    """A seeded source of random arrays on the active backend.
+
+    >>> import nnbackend as nb
+    >>> a = nb.random.Generator(0).normal((2, 3))
+    >>> b = nb.random.Generator(0).normal((2, 3))
+    >>> bool((a == b).all())
+    True
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        if seed is not None and (not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self.seed = seed
+        self._host = host.generator(seed)
+
+    def _to_backend(self, values: Any, dtype: Any) -> Any:
+        dtype_name = config.get_default_dtype() if dtype is None else config.normalize_dtype(dtype)
+        return self._move(values.astype(dtype_name, copy=False), dtype_name)
+
+    def normal(self, size: Shape | None = None, loc: float = 0.0, scale: float = 1.0, *,
+               dtype: Any = None) -> Any:
+        """Normal samples of shape ``size`` in ``dtype`` (default: the active float dtype)."""
+        return self._to_backend(self._host.normal(loc, scale, _shape(size)), dtype)
+
+    def uniform(self, size: Shape | None = None, low: float = 0.0, high: float = 1.0, *,
+                dtype: Any = None) -> Any:
+        """Uniform samples in ``[low, high)``."""
+        return self._to_backend(self._host.uniform(low, high, _shape(size)), dtype)
+
+    def integers(self, low: int, high: int | None = None, size: Shape | None = None) -> Any:
+        """Integers in ``[low, high)`` (or ``[0, low)``) as the backend's int64."""
+        values = self._host.integers(low, high, _shape(size), dtype="int64")
+        return self._move(values)
+
+    def permutation(self, x: int | Any) -> Any:
+        """A random permutation of ``range(x)`` (int64), or of an array's rows."""
+        if isinstance(x, int):
+            return self._move(self._host.permutation(x).astype("int64"))
+        xp = namespace()
+        order = self._move(self._host.permutation(x.shape[0]).astype("int64"))
+        return xp.take(x, order, axis=0)
+
+    def _move(self, values: Any, dtype: str | None = None) -> Any:
+        # namespace() raises the backend's own error (unavailable, no float16) before we move.
+        namespace(None, dtype)
+        backend, _, device = config.resolve()
+        record = registry.get(backend)
+        return record.from_host(values, record.device(device) if device is not None else None)
+
+
+_global = Generator(None)
+
+
+def seed(n: int) -> None:
+    """Reseed the module-level generator used by :func:`normal`, :func:`uniform`, ..."""
+    global _global
+    _global = Generator(n)
+
+
+def normal(size: Shape | None = None, loc: float = 0.0, scale: float = 1.0, *,
+           dtype: Any = None) -> Any:
+    """:meth:`Generator.normal` on the module-level generator."""
+    return _global.normal(size, loc, scale, dtype=dtype)
+
+
+def uniform(size: Shape | None = None, low: float = 0.0, high: float = 1.0, *,
+            dtype: Any = None) -> Any:
+    """:meth:`Generator.uniform` on the module-level generator."""
+    return _global.uniform(size, low, high, dtype=dtype)
+
+
+def integers(low: int, high: int | None = None, size: Shape | None = None) -> Any:
+    """:meth:`Generator.integers` on the module-level generator."""
+    return _global.integers(low, high, size)
+
+
+def permutation(x: int | Any) -> Any:
+    """:meth:`Generator.permutation` on the module-level generator."""
+    return _global.permutation(x)
