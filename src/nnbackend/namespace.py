@@ -19,7 +19,7 @@ from typing import Any
 from nnbackend import config, registry
 from nnbackend.errors import BackendMismatchError, DtypeError
 
-__all__ = ["array_namespace", "namespace"]
+__all__ = ["array_namespace", "backend_for", "namespace"]
 
 # Names copied from the backend namespace besides its public ones.
 _KEPT_DUNDERS = ("__array_api_version__", "__version__", "__all__", "__getattr__")
@@ -33,12 +33,14 @@ _get_overrides = config._context.get
 
 
 def _has_python_float(obj: Any) -> bool:
-    """True for a Python float or a (nested) list/tuple holding one. ``type() is float`` on
-    purpose: numpy.float64 subclasses float but carries its own dtype."""
+    """True for a Python float or a (nested) list/tuple holding one, or an empty (nested)
+    list/tuple, whose dtype the library would otherwise pick (numpy float64, torch its global
+    default). ``type() is float`` on purpose: numpy.float64 subclasses float but carries its
+    own dtype."""
     if type(obj) is float:
         return True
     if type(obj) in (list, tuple):
-        return any(_has_python_float(item) for item in obj)
+        return not obj or any(_has_python_float(item) for item in obj)
     return False
 
 
@@ -226,3 +228,31 @@ def array_namespace(*arrays: Any, dtype: Any = None) -> Any:
     if dtype is None and found == config.get_backend():
         return namespace()
     return namespace(found, dtype)
+
+
+# type(array) -> (backend namespace, backend record), for the engine's per-op lookups.
+_by_type: dict[type, tuple[Any, Any]] = {}
+
+
+def backend_for(array: Any) -> tuple[Any, Any]:
+    """``(xp, record)`` for an array: the backend's own Array API namespace (no dtype
+    defaulting: callers pass dtypes explicitly) and its :class:`~nnbackend.Backend` record.
+
+    Cached by the array's type, so the engine pays one dictionary lookup per operation.
+    """
+    try:
+        return _by_type[type(array)]
+    except KeyError:
+        pass
+    name = registry.backend_of(array)
+    if name is None:
+        raise BackendMismatchError(
+            f"expected an array of a registered backend ({', '.join(registry.backends())}), got "
+            f"{type(array).__module__}.{type(array).__qualname__}"
+        )
+    record = registry.require(name)
+    found = _by_type[type(array)] = (record.load_namespace(), record)
+    return found
+
+
+registry._change_callbacks.append(_by_type.clear)

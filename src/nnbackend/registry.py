@@ -63,6 +63,7 @@ def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
             _by_module[module] = backend.name
         _probes.pop(backend.name, None)
         generation += 1
+        _on_change()
     return backend
 
 
@@ -80,6 +81,16 @@ def unregister_backend(name: str) -> None:
                 del _by_module[module]
         _probes.pop(name, None)
         generation += 1
+        _on_change()
+
+
+def _on_change() -> None:
+    # Caches keyed by array type (namespace.backend_for) must forget replaced records.
+    for callback in _change_callbacks:
+        callback()
+
+
+_change_callbacks: list[Any] = []
 
 
 def _load_entry_points() -> None:

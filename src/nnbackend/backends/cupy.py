@@ -111,9 +111,10 @@ def parse_device_index(name: str) -> int:
 
 
 def device(name: str) -> Any:
+    index = parse_device_index(name)  # a bad name is reported even where cupy is missing
     import cupy
 
-    return cupy.cuda.Device(parse_device_index(name))
+    return cupy.cuda.Device(index)
 
 
 def version() -> str | None:

@@ -51,7 +51,10 @@ def devices() -> list[str]:
 def device(name: str) -> Any:
     import torch
 
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:  # torch says RuntimeError; the Backend contract is ValueError
+        raise ValueError(str(exc)) from None
 
 
 def version() -> str | None:

@@ -1,0 +1,100 @@
+"""Numerical gradient checking: analytic gradients from ``backward`` against central
+differences computed in float64 on host NumPy copies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends import host
+from nnbackend.config import normalize_dtype, using
+from nnbackend.errors import GradientError
+from nnbackend.namespace import backend_for
+
+__all__ = ["default_tolerance", "gradcheck"]
+
+
+def default_tolerance(dtype_name: str) -> float:
+    """The relative and absolute tolerance used for gradients computed in ``dtype_name``:
+    ten times the square root of its machine epsilon, at least 1e-6."""
+    eps = float(host.numpy().finfo(dtype_name).eps)
+    return max(10.0 * eps**0.5, 1e-6)
+
+
+def gradcheck(fn: Callable[..., Any], *inputs: Any, eps: float | None = None,
+              rtol: float | None = None, atol: float | None = None, seed: int = 0) -> bool:
+    """Check ``backward`` of ``fn`` against central differences.
+
+    ``fn`` maps Tensors to a Tensor and must be a pure function of ``inputs`` (pass parameters
+    as inputs). The analytic gradient is computed on the inputs' own backend and dtype, by
+    back-propagating a fixed random projection of the output; the numerical one on float64
+    host copies of every floating input, with step ``eps`` (default 1e-6). Integer inputs
+    (labels) are passed through unchanged.
+
+    Returns True, or raises :class:`~nnbackend.errors.GradientError` naming the input, the
+    worst element, and both values. Tolerances default to :func:`default_tolerance` of the
+    inputs' dtype.
+    """
+    np = host.numpy()
+    leaves = []
+    floating = []
+    for x in inputs:
+        data = x.data if isinstance(x, Tensor) else x
+        xp = backend_for(data)[0]
+        is_float = bool(xp.isdtype(data.dtype, "real floating"))
+        floating.append(is_float)
+        leaves.append(Tensor(data, requires_grad=is_float))
+    if not any(floating):
+        raise GradientError("gradcheck needs at least one floating-point input")
+    first = leaves[floating.index(True)].data
+    xp, record = backend_for(first)
+    dtype_name = normalize_dtype(first.dtype)
+    tol = default_tolerance(dtype_name)
+    rtol = tol if rtol is None else rtol
+    atol = tol if atol is None else atol
+    eps = 1e-6 if eps is None else eps
+
+    out = fn(*leaves)
+    projection = np.random.default_rng(seed).uniform(-1.0, 1.0, size=tuple(out.shape))
+    out.backward(record.from_host(projection.astype(dtype_name), None) if out.ndim else
+                 xp.asarray(float(projection), dtype=out.data.dtype))
+    analytic = [
+        None if not f else
+        (np.zeros(t.shape) if t.grad is None else
+         np.asarray(backend_for(t.grad)[1].to_host(t.grad), dtype=np.float64))
+        for t, f in zip(leaves, floating, strict=True)
+    ]
+
+    host_inputs = [
+        np.array(backend_for(t.data)[1].to_host(t.data), dtype=np.float64 if f else None)
+        for t, f in zip(leaves, floating, strict=True)
+    ]
+
+    def objective(values: list[Any]) -> float:
+        with using(backend="numpy", dtype="float64"):
+            y = fn(*[Tensor(v) for v in values])
+        return float(np.sum(np.asarray(y.data, dtype=np.float64) * projection))
+
+    for position, (value, grad) in enumerate(zip(host_inputs, analytic, strict=True)):
+        if grad is None:
+            continue
+        numeric = np.zeros_like(value)
+        flat = value.reshape(-1)
+        for j in range(flat.size):
+            saved = flat[j]
+            flat[j] = saved + eps
+            plus = objective(host_inputs)
+            flat[j] = saved - eps
+            minus = objective(host_inputs)
+            flat[j] = saved
+            numeric.reshape(-1)[j] = (plus - minus) / (2 * eps)
+        excess = np.abs(grad - numeric) - (atol + rtol * np.abs(numeric))
+        if excess.size and excess.max() > 0:
+            worst = np.unravel_index(int(np.argmax(excess)), excess.shape)
+            raise GradientError(
+                f"gradcheck failed for input {position} (shape {value.shape}, {dtype_name}) at "
+                f"index {tuple(int(i) for i in worst)}: backward gives {grad[worst]!r}, central "
+                f"differences give {numeric[worst]!r} (rtol={rtol}, atol={atol})"
+            )
+    return True

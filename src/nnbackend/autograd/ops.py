@@ -1,0 +1,421 @@
+"""The Tensor operators and reductions as :class:`~nnbackend.autograd.function.Function`
+nodes. Each takes its namespace from its inputs (``self.xp``) and keeps every dtype: two
+array operands must share one dtype, Python scalars mix freely."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from nnbackend.autograd.function import Function
+from nnbackend.errors import DtypeError, ShapeError
+from nnbackend.namespace import backend_for
+
+__all__ = [
+    "add", "div", "exp", "getitem", "log", "matmul", "max", "mean", "mul", "neg", "power",
+    "reshape", "sub", "sum", "transpose", "unbroadcast",
+]
+
+_SCALARS = (int, float, bool)
+
+
+def _raw(x: Any) -> Any:
+    return x.data if hasattr(x, "creator") else x
+
+
+def unbroadcast(xp: Any, g: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``g`` down to ``shape``: the gradient of a broadcast."""
+    if tuple(g.shape) == shape:
+        return g
+    extra = g.ndim - len(shape)
+    if extra:
+        g = xp.sum(g, axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = xp.sum(g, axis=axes, keepdims=True)
+    return g
+
+
+def _same_dtype(op: str, a: Any, b: Any) -> None:
+    if type(a) in _SCALARS or type(b) in _SCALARS:
+        return
+    if a.dtype != b.dtype:
+        raise DtypeError(
+            f"{op}: operands have dtypes {a.dtype} and {b.dtype}; nnbackend never promotes "
+            "silently. Cast one with xp.astype, or use a Python scalar instead of a 0-d array"
+        )
+
+
+def _shape(x: Any) -> Any:
+    return None if type(x) in _SCALARS else tuple(x.shape)
+
+
+class Add(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        _same_dtype("add", a, b)
+        self.shapes = (_shape(a), _shape(b))
+        return a + b
+
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (unbroadcast(self.xp, gy, sa) if na else None,
+                unbroadcast(self.xp, gy, sb) if nb else None)
+
+
+class Sub(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        _same_dtype("sub", a, b)
+        self.shapes = (_shape(a), _shape(b))
+        return a - b
+
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (unbroadcast(self.xp, gy, sa) if na else None,
+                unbroadcast(self.xp, -gy, sb) if nb else None)
+
+
+class Mul(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        _same_dtype("mul", a, b)
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        a, b = self.a, self.b
+        na, nb = self.needs_input_grad
+        return (unbroadcast(self.xp, gy * b, tuple(a.shape)) if na else None,
+                unbroadcast(self.xp, gy * a, tuple(b.shape)) if nb else None)
+
+
+class Div(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        _same_dtype("div", a, b)
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        a, b = self.a, self.b
+        na, nb = self.needs_input_grad
+        ga = unbroadcast(self.xp, gy / b, tuple(a.shape)) if na else None
+        gb = unbroadcast(self.xp, -gy * a / (b * b), tuple(b.shape)) if nb else None
+        return ga, gb
+
+
+class Neg(Function):
+    def forward(self, x: Any) -> Any:
+        return -x
+
+    def backward(self, gy: Any) -> Any:
+        return -gy
+
+
+class Pow(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        _same_dtype("pow", a, b)
+        self.a, self.b = a, b
+        self.y = a**b
+        return self.y
+
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        xp, a, b = self.xp, self.a, self.b
+        na, nb = self.needs_input_grad
+        ga = gb = None
+        if na:
+            ga = unbroadcast(xp, gy * b * a ** (b - 1), tuple(a.shape))
+        if nb:
+            gb = unbroadcast(xp, gy * self.y * xp.log(a), tuple(b.shape))
+        return ga, gb
+
+
+def matmul_arrays(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b``, computed in float32 and stored in float16 where the backend has no fast
+    float16 matrix product (NumPy on a CPU runs float16 GEMM about 250x slower)."""
+    caps = backend_for(a)[1].capabilities
+    if caps.float16 and not caps.fast_float16_matmul and a.dtype == xp.float16:
+        y = xp.matmul(xp.astype(a, xp.float32), xp.astype(b, xp.float32))
+        return xp.astype(y, xp.float16)
+    return xp.matmul(a, b)
+
+
+def _mT(xp: Any, x: Any) -> Any:
+    return x.T if x.ndim == 2 else xp.matrix_transpose(x)
+
+
+class MatMul(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        _same_dtype("matmul", a, b)
+        if a.ndim == 0 or b.ndim == 0:
+            raise ShapeError("matmul needs operands with at least one dimension; use * for scalars")
+        if a.shape[-1] != b.shape[0 if b.ndim == 1 else -2]:
+            raise ShapeError(
+                f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not align "
+                f"({a.shape[-1]} != {b.shape[0 if b.ndim == 1 else -2]})"
+            )
+        self.a, self.b = a, b
+        return matmul_arrays(self.xp, a, b)
+
+    def backward(self, gy: Any) -> tuple[Any, Any]:
+        xp, a, b = self.xp, self.a, self.b
+        a2 = a if a.ndim > 1 else xp.reshape(a, (1, a.shape[0]))
+        b2 = b if b.ndim > 1 else xp.reshape(b, (b.shape[0], 1))
+        if a.ndim == 1 or b.ndim == 1:
+            batch = gy.shape[: builtins.max(a2.ndim, b2.ndim) - 2]
+            gy = xp.reshape(gy, (*batch, a2.shape[-2], b2.shape[-1]))
+        na, nb = self.needs_input_grad
+        ga = gb = None
+        if na:
+            ga = unbroadcast(xp, matmul_arrays(xp, gy, _mT(xp, b2)), tuple(a2.shape))
+            ga = xp.reshape(ga, a.shape) if a.ndim == 1 else ga
+        if nb:
+            gb = unbroadcast(xp, matmul_arrays(xp, _mT(xp, a2), gy), tuple(b2.shape))
+            gb = xp.reshape(gb, b.shape) if b.ndim == 1 else gb
+        return ga, gb
+
+
+class Reshape(Function):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+
+    def forward(self, x: Any) -> Any:
+        self.in_shape = tuple(x.shape)
+        return self.xp.reshape(x, self.shape)
+
+    def backward(self, gy: Any) -> Any:
+        return self.xp.reshape(gy, self.in_shape)
+
+
+class Transpose(Function):
+    def __init__(self, axes: tuple[int, ...] | None) -> None:
+        self.axes = axes
+
+    def forward(self, x: Any) -> Any:
+        axes = self.axes if self.axes is not None else tuple(range(x.ndim))[::-1]
+        self.inverse = tuple(sorted(range(len(axes)), key=lambda i: axes[i]))
+        return self.xp.permute_dims(x, axes)
+
+    def backward(self, gy: Any) -> Any:
+        return self.xp.permute_dims(gy, self.inverse)
+
+
+def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, int):
+        axis = (axis,)
+    return tuple(a % ndim if ndim else a for a in axis)
+
+
+def _expand_reduced(xp: Any, gy: Any, axes: tuple[int, ...], keepdims: bool,
+                    shape: tuple[int, ...]) -> Any:
+    """Reshape a reduction's gradient so it broadcasts back to ``shape``."""
+    if not keepdims:
+        gy = xp.reshape(gy, tuple(1 if i in axes else n for i, n in enumerate(shape)))
+    return gy
+
+
+class Sum(Function):
+    def __init__(self, axis: Any, keepdims: bool) -> None:
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x: Any) -> Any:
+        self.in_shape = tuple(x.shape)
+        self.axes = _axes(self.axis, x.ndim)
+        return self.xp.sum(x, axis=self.axes, keepdims=self.keepdims, dtype=x.dtype)
+
+    def backward(self, gy: Any) -> Any:
+        xp = self.xp
+        gy = _expand_reduced(xp, gy, self.axes, self.keepdims, self.in_shape)
+        return xp.broadcast_to(gy, self.in_shape)
+
+
+class Mean(Sum):
+    def forward(self, x: Any) -> Any:
+        y = super().forward(x)
+        count = 1
+        for a in self.axes:
+            count *= self.in_shape[a]
+        self.count = count
+        return y / float(count)
+
+    def backward(self, gy: Any) -> Any:
+        return super().backward(gy / float(self.count))
+
+
+class Max(Function):
+    def __init__(self, axis: Any, keepdims: bool) -> None:
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x: Any) -> Any:
+        self.x = x
+        self.axes = _axes(self.axis, x.ndim)
+        self.y = self.xp.max(x, axis=self.axes, keepdims=True)
+        if self.keepdims:
+            return self.y
+        return self.xp.reshape(self.y, tuple(n for i, n in enumerate(x.shape)
+                                             if i not in self.axes))
+
+    def backward(self, gy: Any) -> Any:
+        xp = self.xp
+        gy = _expand_reduced(xp, gy, self.axes, self.keepdims, tuple(self.x.shape))
+        mask = xp.astype(self.x == self.y, self.x.dtype)
+        # Ties share the gradient, so the sum over the reduced axes is exactly gy.
+        count = xp.sum(mask, axis=self.axes, keepdims=True)
+        return mask * (gy / count)
+
+
+class Exp(Function):
+    def forward(self, x: Any) -> Any:
+        self.y = self.xp.exp(x)
+        return self.y
+
+    def backward(self, gy: Any) -> Any:
+        return gy * self.y
+
+
+class Log(Function):
+    def forward(self, x: Any) -> Any:
+        self.x = x
+        return self.xp.log(x)
+
+    def backward(self, gy: Any) -> Any:
+        return gy / self.x
+
+
+def _rows_index(key: Any) -> Any:
+    """The index array when ``key`` selects rows with one integer array (``x[idx]`` or
+    ``x[idx, ...]``), ``None`` for basic indexing; other advanced keys are rejected."""
+    parts = key if isinstance(key, tuple) else (key,)
+    if all(isinstance(k, int | slice | type(None) | type(Ellipsis)) for k in parts):
+        return None
+    first, rest = parts[0], parts[1:]
+    if isinstance(first, int | slice | type(None) | type(Ellipsis)) or any(
+            k is not Ellipsis and k != slice(None) for k in rest):
+        raise NotImplementedError(
+            "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
+            "integer array on the first axis (x[idx]); use reshape/take for other patterns"
+        )
+    return first
+
+
+def take_rows(xp: Any, x: Any, indices: Any) -> Any:
+    """``x[indices]`` for an integer array of any shape, using only the standard's ``take``."""
+    if xp.isdtype(indices.dtype, "bool"):
+        raise NotImplementedError("boolean-mask indexing with gradients; use xp.where instead")
+    flat = xp.take(x, xp.reshape(indices, (-1,)), axis=0)
+    return xp.reshape(flat, (*indices.shape, *x.shape[1:]))
+
+
+def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
+    """Add ``values[i]`` into ``target[indices[i]]`` (first axis), accumulating repeated
+    indices. Uses the backend's scatter-add where it has one (np.add.at, cupyx.scatter_add,
+    index_add_), else a one-hot matrix product that only needs the standard."""
+    indices = xp.reshape(indices, (-1,))
+    values = xp.reshape(values, (indices.shape[0], *target.shape[1:]))
+    record = backend_for(target)[1]
+    if record.scatter_add is not None and record.capabilities.inplace:
+        return record.scatter_add(target, indices, values)
+    n = target.shape[0]
+    onehot = xp.astype(xp.reshape(indices, (-1, 1)) == xp.arange(n, dtype=indices.dtype),
+                       target.dtype)
+    flat = xp.reshape(values, (indices.shape[0], -1))
+    return target + xp.reshape(matmul_arrays(xp, onehot.T, flat), target.shape)
+
+
+class GetItem(Function):
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def forward(self, x: Any) -> Any:
+        self.in_shape, self.dtype = tuple(x.shape), x.dtype
+        self.rows = _rows_index(self.key)
+        if self.rows is not None:
+            return take_rows(self.xp, x, self.rows)
+        return x[self.key]
+
+    def backward(self, gy: Any) -> Any:
+        xp = self.xp
+        gx = xp.zeros(self.in_shape, dtype=self.dtype)
+        if self.rows is not None:
+            return scatter_add_rows(xp, gx, self.rows, gy)
+        gx[self.key] = gy
+        return gx
+
+
+def add(a: Any, b: Any) -> Any:
+    """``a + b`` with gradients (broadcasting)."""
+    return Add()(a, b)
+
+
+def sub(a: Any, b: Any) -> Any:
+    """``a - b`` with gradients."""
+    return Sub()(a, b)
+
+
+def mul(a: Any, b: Any) -> Any:
+    """``a * b`` with gradients."""
+    return Mul()(a, b)
+
+
+def div(a: Any, b: Any) -> Any:
+    """``a / b`` with gradients."""
+    return Div()(a, b)
+
+
+def neg(x: Any) -> Any:
+    """``-x``."""
+    return Neg()(x)
+
+
+def power(a: Any, b: Any) -> Any:
+    """``a ** b`` with gradients for both (the exponent's needs ``a > 0``)."""
+    return Pow()(a, b)
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """``a @ b`` with gradients (batched and 1-D operands as in the standard)."""
+    return MatMul()(a, b)
+
+
+def reshape(x: Any, shape: tuple[int, ...]) -> Any:
+    """``x`` with a new shape."""
+    return Reshape(shape)(x)
+
+
+def transpose(x: Any, axes: tuple[int, ...] | None = None) -> Any:
+    """``x`` with its axes permuted (reversed when ``axes`` is None)."""
+    return Transpose(axes)(x)
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """Sum over ``axis``."""
+    return Sum(axis, keepdims)(x)
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """Mean over ``axis``."""
+    return Mean(axis, keepdims)(x)
+
+
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """Maximum over ``axis``."""
+    return Max(axis, keepdims)(x)
+
+
+def exp(x: Any) -> Any:
+    """Elementwise ``e ** x``."""
+    return Exp()(x)
+
+
+def log(x: Any) -> Any:
+    """Elementwise natural logarithm."""
+    return Log()(x)
+
+
+def getitem(x: Any, key: Any) -> Any:
+    """``x[key]`` with gradients (basic indexing, or one integer array on the first axis)."""
+    key = _raw(key)
+    if isinstance(key, tuple):
+        key = tuple(_raw(k) for k in key)
+    return GetItem(key)(x)

@@ -1,0 +1,311 @@
+"""The :class:`Tensor`: a backend array plus its place in the graph."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnbackend.autograd import function as _function
+from nnbackend.backends import host
+from nnbackend.errors import GradientError
+from nnbackend.namespace import backend_for, namespace
+
+__all__ = ["Tensor", "as_tensor"]
+
+
+class Tensor:
+    """A backend array (``.data``) that records the operations applied to it.
+
+    Create one from a backend array, or from Python numbers (which take the active backend and
+    default float dtype). ``requires_grad=True`` makes it a leaf whose ``.grad`` fills in on
+    ``backward()``.
+
+    >>> import nnbackend as nb
+    >>> w = nb.Tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> loss = (w * w).sum()
+    >>> loss.backward()
+    >>> w.grad.tolist()
+    [2.0, 4.0, 6.0]
+    """
+
+    __slots__ = ("__weakref__", "_retain", "creator", "data", "generation", "grad", "name",
+                 "requires_grad")
+    # numpy's operators defer to ours (ndarray + Tensor -> Tensor.__radd__).
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+
+    def __init__(self, data: Any, requires_grad: bool = False, name: str | None = None) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        elif type(data) in (float, int, bool, list, tuple):
+            data = namespace().asarray(data)
+        else:
+            backend_for(data)  # reject objects that belong to no backend, with a clear error
+        self.data = data
+        self.grad: Any = None
+        self.creator: Any = None
+        self.generation = 0
+        self.requires_grad = bool(requires_grad)
+        self.name = name
+        self._retain = False
+
+    @classmethod
+    def _wrap(cls, data: Any, requires_grad: bool) -> Tensor:
+        # The engine's constructor: no checks, a few slot writes.
+        t = cls.__new__(cls)
+        t.data = data
+        t.grad = None
+        t.creator = None
+        t.generation = 0
+        t.requires_grad = requires_grad
+        t.name = None
+        t._retain = False
+        return t
+
+    # -- array facts ---------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape, as a tuple of ints."""
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> Any:
+        """The backend dtype of ``.data``."""
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        """The number of dimensions."""
+        return int(self.data.ndim)
+
+    @property
+    def size(self) -> int:
+        """The number of elements."""
+        n = 1
+        for d in self.data.shape:
+            n *= int(d)
+        return n
+
+    @property
+    def device(self) -> Any:
+        """The device ``.data`` lives on (the backend's device object)."""
+        return getattr(self.data, "device", "cpu")
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend ``.data`` belongs to."""
+        return str(backend_for(self.data)[1].name)
+
+    @property
+    def xp(self) -> Any:
+        """The Array API namespace of ``.data``."""
+        return backend_for(self.data)[0]
+
+    def item(self) -> float | int | bool:
+        """The value of a one-element tensor as a Python number (reads it to the host)."""
+        if self.size != 1:
+            raise ValueError(
+                f"item() needs a tensor with one element, this one has shape {self.shape}"
+            )
+        x = self.data if self.ndim == 0 else self.xp.reshape(self.data, ())
+        kind = self.xp.isdtype(x.dtype, "bool")
+        if kind:
+            return bool(x)
+        if self.xp.isdtype(x.dtype, "integral"):
+            return int(x)
+        return float(x)
+
+    def numpy(self) -> Any:
+        """A host NumPy copy of ``.data``."""
+        return host.numpy().array(backend_for(self.data)[1].to_host(self.data), copy=True)
+
+    def tolist(self) -> Any:
+        """``.data`` as nested Python lists."""
+        return self.numpy().tolist()
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return int(self.data.shape[0])
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        by = f", creator={self.creator.name}" if self.creator is not None else ""
+        return f"Tensor({self.data!r}{grad}{by})"
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    __hash__ = object.__hash__
+
+    # -- graph -------------------------------------------------------------------------
+    def backward(self, grad: Any = None, *, retain_grad: bool = False) -> None:
+        """Compute the gradient of this tensor with respect to every tensor in its graph that
+        requires one, and add it to their ``.grad``.
+
+        Args:
+            grad: the gradient of the final result with respect to this tensor; may be
+                omitted only for a one-element tensor (it is then 1).
+            retain_grad: keep the gradients of intermediate tensors too (otherwise only leaves
+                and tensors marked with :meth:`retain_grad` keep theirs).
+
+        Calling ``backward`` twice adds the second gradients to the first, on the leaves (as
+        PyTorch does with ``retain_graph=True``): the graph is kept as long as this tensor
+        lives. Call ``zero_grad()`` on the model or optimizer between steps.
+        """
+        if not self.requires_grad:
+            raise GradientError(
+                "backward() on a tensor that does not require a gradient: no input of its graph "
+                "has requires_grad=True (or it was computed under no_grad())"
+            )
+        xp = self.xp
+        if grad is None:
+            if self.size != 1:
+                raise GradientError(
+                    f"backward() without a gradient needs a one-element tensor, this one has "
+                    f"shape {self.shape}; pass grad= an array of that shape (or reduce it "
+                    "first, e.g. loss.sum())"
+                )
+            grad = xp.ones_like(self.data)
+        else:
+            if isinstance(grad, Tensor):
+                grad = grad.data
+            if tuple(grad.shape) != self.shape:
+                raise GradientError(
+                    f"backward() got a gradient of shape {tuple(grad.shape)} for a tensor of "
+                    f"shape {self.shape}"
+                )
+            if grad.dtype != self.data.dtype:
+                grad = xp.astype(grad, self.data.dtype)
+        if self.creator is None:  # a leaf: accumulate like any other gradient
+            self.grad = grad if self.grad is None else self.grad + grad
+            return
+        _function.run_backward(self, grad, retain_grad)
+
+    def retain_grad(self) -> Tensor:
+        """Keep this intermediate tensor's gradient after ``backward``; returns ``self``."""
+        self._retain = True
+        return self
+
+    def detach(self) -> Tensor:
+        """The same data, outside the graph."""
+        return Tensor._wrap(self.data, False)
+
+    def zero_grad(self) -> None:
+        """Forget the gradient."""
+        self.grad = None
+
+    # -- operators (defined in ops.py, bound below) ---------------------------------------
+    def __neg__(self) -> Tensor:
+        return _ops.neg(self)
+
+    def __add__(self, other: Any) -> Tensor:
+        return _ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _ops.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _ops.div(other, self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return _ops.power(self, other)
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return _ops.power(other, self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(other, self)
+
+    def __getitem__(self, key: Any) -> Tensor:
+        return _ops.getitem(self, key)
+
+    # Comparisons carry no gradient: they return a boolean Tensor outside the graph.
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return Tensor._wrap(self.data == _raw(other), False)
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return Tensor._wrap(self.data != _raw(other), False)
+
+    def __lt__(self, other: Any) -> Tensor:
+        return Tensor._wrap(self.data < _raw(other), False)
+
+    def __le__(self, other: Any) -> Tensor:
+        return Tensor._wrap(self.data <= _raw(other), False)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return Tensor._wrap(self.data > _raw(other), False)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return Tensor._wrap(self.data >= _raw(other), False)
+
+    # -- shape and reductions -------------------------------------------------------------
+    def reshape(self, *shape: Any) -> Tensor:
+        """Same data, new shape (one ``-1`` allowed)."""
+        if len(shape) == 1 and isinstance(shape[0], tuple | list):
+            shape = tuple(shape[0])
+        return _ops.reshape(self, shape)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        """Permute the axes (reverse them when none are given)."""
+        if len(axes) == 1 and isinstance(axes[0], tuple | list):
+            axes = tuple(axes[0])
+        return _ops.transpose(self, axes or None)
+
+    @property
+    def T(self) -> Tensor:
+        """The axes reversed."""
+        return _ops.transpose(self, None)
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Sum over ``axis`` (all axes when ``None``)."""
+        return _ops.sum(self, axis, keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Mean over ``axis`` (all axes when ``None``)."""
+        return _ops.mean(self, axis, keepdims)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Maximum over ``axis``; the gradient is shared equally among tied maxima."""
+        return _ops.max(self, axis, keepdims)
+
+    def exp(self) -> Tensor:
+        """Elementwise exponential."""
+        return _ops.exp(self)
+
+    def log(self) -> Tensor:
+        """Elementwise natural logarithm."""
+        return _ops.log(self)
+
+
+def _raw(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def as_tensor(x: Any) -> Tensor:
+    """``x`` itself when it is a Tensor, else a constant Tensor around the array."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+from nnbackend.autograd import ops as _ops  # noqa: E402  (ops needs Tensor defined)
+
