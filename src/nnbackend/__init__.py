@@ -9,7 +9,8 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import errors, random
+from nnbackend import autograd, errors, random
+from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
     get_backend,
@@ -26,6 +27,12 @@ from nnbackend.registry import available_backends, backends, register_backend
 __all__ = [
     "Backend",
     "Capabilities",
+    "Function",
+    "Tensor",
+    "autograd",
+    "enable_grad",
+    "gradcheck",
+    "no_grad",
     "array_namespace",
     "available_backends",
     "backends",

@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "DtypeError",
     "GradientError",
+    "LabelError",
     "NNBackendError",
     "ShapeError",
 ]
@@ -46,6 +47,10 @@ class DtypeError(NNBackendError, ValueError, TypeError):
 
 class ShapeError(NNBackendError, ValueError):
     """An array whose shape does not fit the operation."""
+
+
+class LabelError(NNBackendError, ValueError):
+    """Class labels outside ``[0, n_classes)``, or of a non-integer dtype."""
 
 
 class GradientError(NNBackendError, RuntimeError):

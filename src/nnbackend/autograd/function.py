@@ -18,9 +18,9 @@ Writing a new op::
 
     y = Cube()(t)                        # t a Tensor; y a Tensor in the graph
 
-``self.xp`` is the inputs' Array API namespace, set before ``forward`` runs.
-``self.needs_input_grad`` says which inputs need a gradient; ``backward`` may return ``None``
-for the others. ``backward`` returns one array per input (a tuple when there are several).
+``self.xp`` is the inputs' Array API namespace and ``self.needs_input_grad`` says which inputs
+need a gradient; both are set before ``forward`` runs. ``backward`` may return ``None`` for
+inputs that need none. ``backward`` returns one array per input (a tuple when there are several).
 """
 
 from __future__ import annotations
@@ -34,6 +34,20 @@ from nnbackend.errors import DtypeError, GradientError, ShapeError
 from nnbackend.namespace import backend_for
 
 __all__ = ["Function", "run_backward"]
+
+_SCALARS = (int, float, bool)
+_tensor_class: list[type] = []
+
+
+def _tensor_type() -> Any:
+    # Tensor is defined in tensor.py, which imports this module; fetch it once, then reuse.
+    try:
+        return _tensor_class[0]
+    except IndexError:
+        from nnbackend.autograd.tensor import Tensor
+
+        _tensor_class.append(Tensor)
+        return Tensor
 
 
 class Function:
@@ -56,21 +70,29 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
     def __call__(self, *inputs: Any) -> Any:
-        from nnbackend.autograd.tensor import Tensor
-
+        tensor_type = _tensor_type()
         xs = []
         needs = []
         array = None
+        record = False
+        generation = 0
         for x in inputs:
-            if isinstance(x, Tensor):
-                xs.append(x.data)
-                needs.append(x.requires_grad)
+            if isinstance(x, tensor_type):
+                data = x.data
+                xs.append(data)
+                if x.requires_grad:
+                    needs.append(True)
+                    record = True
+                    if x.generation > generation:
+                        generation = x.generation
+                else:
+                    needs.append(False)
                 if array is None:
-                    array = x.data
+                    array = data
             else:
                 xs.append(x)
                 needs.append(False)
-                if array is None and x is not None and type(x) not in (int, float, bool):
+                if array is None and x is not None and type(x) not in _SCALARS:
                     array = x
         if array is None:
             raise TypeError(
@@ -78,20 +100,22 @@ class Function:
                 f"Python scalars {inputs!r}"
             )
         self.xp = backend_for(array)[0]
+        self.needs_input_grad = tuple(needs)
         ys = self.forward(*xs)
-        record = True in needs and _enabled.get()
+        record = record and _enabled.get()
+        wrap = tensor_type._wrap
         if type(ys) is tuple:
-            outputs = tuple(Tensor._wrap(y, record) for y in ys)
+            outputs = tuple(wrap(y, record) for y in ys)
         else:
-            outputs = (Tensor._wrap(ys, record),)
+            outputs = (wrap(ys, record),)
         if record:
-            self.inputs = tuple(x if isinstance(x, Tensor) else None for x in inputs)
-            self.needs_input_grad = tuple(needs)
-            self.generation = max(x.generation for x in self.inputs if x is not None)
+            self.inputs = tuple(x if isinstance(x, tensor_type) else None for x in inputs)
+            self.generation = generation
+            generation += 1
             for out in outputs:
                 out.creator = self
-                out.generation = self.generation + 1
-            self.outputs = tuple(weakref.ref(out) for out in outputs)
+                out.generation = generation
+            self.outputs = tuple([weakref.ref(out) for out in outputs])
         return outputs if type(ys) is tuple else outputs[0]
 
     @property

@@ -129,14 +129,29 @@ class Pow(Function):
         return ga, gb
 
 
+# namespace -> its float16 dtype when its float16 matrix product is slow, else None.
+_slow_half: dict[Any, Any] = {}
+
+
+def _slow_half_dtype(xp: Any, a: Any) -> Any:
+    try:
+        return _slow_half[xp]
+    except KeyError:
+        caps = backend_for(a)[1].capabilities
+        half = xp.float16 if caps.float16 and not caps.fast_float16_matmul else None
+        _slow_half[xp] = half
+        return half
+
+
 def matmul_arrays(xp: Any, a: Any, b: Any) -> Any:
     """``a @ b``, computed in float32 and stored in float16 where the backend has no fast
     float16 matrix product (NumPy on a CPU runs float16 GEMM about 250x slower)."""
-    caps = backend_for(a)[1].capabilities
-    if caps.float16 and not caps.fast_float16_matmul and a.dtype == xp.float16:
-        y = xp.matmul(xp.astype(a, xp.float32), xp.astype(b, xp.float32))
+    half = _slow_half_dtype(xp, a)
+    if half is not None and a.dtype == half:
+        y = xp.astype(a, xp.float32) @ xp.astype(b, xp.float32)
         return xp.astype(y, xp.float16)
-    return xp.matmul(a, b)
+    # The operator, not xp.matmul: it is standard and skips a Python wrapper.
+    return a @ b
 
 
 def _mT(xp: Any, x: Any) -> Any:

@@ -44,6 +44,10 @@ def _no_device(name: str) -> Any:
     return None
 
 
+def _always_on_host(array: Any) -> bool:
+    return True
+
+
 @dataclass(frozen=True, eq=False)
 class Backend:
     """One registered array library.
@@ -67,6 +71,8 @@ class Backend:
         scatter_add: ``scatter_add(target, indices, values)`` adds ``values`` into the rows
             ``indices`` of ``target``, accumulating repeated indices; ``None`` means the engine
             uses a standard-only fallback.
+        on_host: whether an array lives in host memory, so reading a value from it never
+            waits for a device (the engine validates inputs eagerly only then).
         install_hint: the command that installs the library.
         description: one line for listings.
     """
@@ -83,6 +89,7 @@ class Backend:
     version: Callable[[], str | None] = lambda: None
     facts: Callable[[], dict[str, Any]] = _no_facts
     scatter_add: Callable[[Any, Any, Any], Any] | None = None
+    on_host: Callable[[Any], bool] = _always_on_host
     install_hint: str = ""
     description: str = ""
 

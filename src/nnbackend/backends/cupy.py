@@ -170,6 +170,7 @@ BACKEND = Backend(
     version=version,
     facts=facts,
     scatter_add=scatter_add,
+    on_host=lambda array: False,
     install_hint=INSTALL_HINT,
     description="CuPy on an NVIDIA GPU",
 )

@@ -86,6 +86,7 @@ BACKEND = Backend(
     version=version,
     facts=facts,
     scatter_add=scatter_add,
+    on_host=lambda array: array.device.type == "cpu",
     install_hint="pip install 'nnbackend[torch]'",
     description="PyTorch tensors (CPU here; CUDA devices where present)",
 )
