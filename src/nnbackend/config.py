@@ -82,8 +82,14 @@ def normalize_dtype(dtype: Any, *, variable: str | None = None) -> str:
         # array_api_strict prints "array_api_strict.float32".
         name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
         name = str(name).rsplit(".", 1)[-1].lower()
-    aliases = {"half": "float16", "single": "float32", "double": "float64",
-               "f2": "float16", "f4": "float32", "f8": "float64"}
+    aliases = {
+        "half": "float16",
+        "single": "float32",
+        "double": "float64",
+        "f2": "float16",
+        "f4": "float32",
+        "f8": "float64",
+    }
     name = aliases.get(name, name)
     if name in DTYPES:
         return name

@@ -9,6 +9,7 @@ wrong, what was expected and how to fix it.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "BackendError",
     "BackendMismatchError",
     "BackendUnavailableError",
@@ -23,6 +24,11 @@ __all__ = [
 
 class NNBackendError(Exception):
     """Base class of every error nnbackend raises on purpose."""
+
+
+class ArgumentError(NNBackendError, ValueError):
+    """An argument with a value outside what the function accepts (a negative seed, a dropout
+    probability of 1, a learning rate below 0)."""
 
 
 class BackendError(NNBackendError, ValueError):

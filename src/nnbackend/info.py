@@ -116,15 +116,17 @@ def _status(name: str) -> BackendStatus:
         "inplace": record.capabilities.inplace,
         "fast_float16_matmul": record.capabilities.fast_float16_matmul,
     }
-    return BackendStatus(name, reason is None, reason, version, record.description, caps,
-                         facts or {})
+    return BackendStatus(
+        name, reason is None, reason, version, record.description, caps, facts or {}
+    )
 
 
 def info() -> Info:
     """Every setting with its value and source, every registered backend with whether it is
     usable here (and why not), library versions, BLAS and CUDA facts."""
-    settings = tuple(Setting(name, value, source)
-                     for name, (value, source) in config.sources().items())
+    settings = tuple(
+        Setting(name, value, source) for name, (value, source) in config.sources().items()
+    )
     statuses = tuple(_status(name) for name in registry.backends())
     versions = {
         "nnbackend": _dist("nnbackend"),

@@ -50,8 +50,9 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     b_asarray, b_zeros, b_ones, b_empty = base.asarray, base.zeros, base.ones, base.empty
     b_full, b_arange, b_linspace, b_eye = base.full, base.arange, base.linspace, base.eye
 
-    def asarray(obj: Any, /, *, dtype: Any = None, device: Any = device, copy: Any = None,
-                **kwargs: Any) -> Any:
+    def asarray(
+        obj: Any, /, *, dtype: Any = None, device: Any = device, copy: Any = None, **kwargs: Any
+    ) -> Any:
         if dtype is None and _has_python_float(obj):
             dtype = default
         return b_asarray(obj, dtype=dtype, device=device, copy=copy, **kwargs)
@@ -65,33 +66,65 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     def empty(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
         return b_empty(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)
 
-    def full(shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = device,
-             **kwargs: Any) -> Any:
+    def full(
+        shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any
+    ) -> Any:
         if dtype is None and type(fill_value) is float:
             dtype = default
         return b_full(shape, fill_value, dtype=dtype, device=device, **kwargs)
 
-    def arange(start: Any, /, stop: Any = None, step: Any = 1, *, dtype: Any = None,
-               device: Any = device, **kwargs: Any) -> Any:
+    def arange(
+        start: Any,
+        /,
+        stop: Any = None,
+        step: Any = 1,
+        *,
+        dtype: Any = None,
+        device: Any = device,
+        **kwargs: Any,
+    ) -> Any:
         if dtype is None and float in (type(start), type(stop), type(step)):
             dtype = default
         return b_arange(start, stop, step, dtype=dtype, device=device, **kwargs)
 
-    def linspace(start: Any, stop: Any, /, num: int, *, dtype: Any = None, device: Any = device,
-                 endpoint: bool = True, **kwargs: Any) -> Any:
+    def linspace(
+        start: Any,
+        stop: Any,
+        /,
+        num: int,
+        *,
+        dtype: Any = None,
+        device: Any = device,
+        endpoint: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         if dtype is None and complex not in (type(start), type(stop)):
             dtype = default
-        return b_linspace(start, stop, num, dtype=dtype, device=device, endpoint=endpoint,
-                          **kwargs)
+        return b_linspace(start, stop, num, dtype=dtype, device=device, endpoint=endpoint, **kwargs)
 
-    def eye(n_rows: int, n_cols: int | None = None, /, *, k: int = 0, dtype: Any = None,
-            device: Any = device, **kwargs: Any) -> Any:
-        return b_eye(n_rows, n_cols, k=k, dtype=default if dtype is None else dtype,
-                     device=device, **kwargs)
+    def eye(
+        n_rows: int,
+        n_cols: int | None = None,
+        /,
+        *,
+        k: int = 0,
+        dtype: Any = None,
+        device: Any = device,
+        **kwargs: Any,
+    ) -> Any:
+        return b_eye(
+            n_rows, n_cols, k=k, dtype=default if dtype is None else dtype, device=device, **kwargs
+        )
 
     made = {
-        "asarray": asarray, "zeros": zeros, "ones": ones, "empty": empty, "full": full,
-        "arange": arange, "linspace": linspace, "eye": eye,
+        "asarray": asarray,
+        "zeros": zeros,
+        "ones": ones,
+        "empty": empty,
+        "full": full,
+        "arange": arange,
+        "linspace": linspace,
+        "eye": eye,
     }
     for name, wrapper in made.items():
         original = getattr(base, name)
@@ -148,8 +181,11 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
 
 
 def _float16_backends() -> list[str]:
-    return [name for name in registry.backends()
-            if name in registry._records and registry._records[name].capabilities.float16]
+    return [
+        name
+        for name in registry.backends()
+        if name in registry._records and registry._records[name].capabilities.float16
+    ]
 
 
 def namespace(backend: str | None = None, dtype: Any = None) -> Any:
@@ -175,8 +211,11 @@ def namespace(backend: str | None = None, dtype: Any = None) -> Any:
     if backend is None and dtype is None:
         overrides = _get_overrides()
         last = _last
-        if (last[0] is overrides and last[1] == config._Process.version
-                and last[2] == registry.generation):
+        if (
+            last[0] is overrides
+            and last[1] == config._Process.version
+            and last[2] == registry.generation
+        ):
             return last[3]
         ns = _lookup(*config.resolve())
         _last = (overrides, config._Process.version, registry.generation, ns)
@@ -199,8 +238,9 @@ def array_namespace(*arrays: Any, dtype: Any = None) -> Any:
     """The nnbackend namespace of the backend that owns ``arrays``.
 
     Python scalars and ``None`` are skipped; with no arrays at all the active namespace is
-    returned. Arrays of two backends raise :class:`~nnbackend.errors.BackendMismatchError`
-    naming both.
+    returned. For arrays of a backend other than the active one, the namespace's default float
+    dtype is the arrays' own floating dtype. Arrays of two backends raise
+    :class:`~nnbackend.errors.BackendMismatchError` naming both.
     """
     found: str | None = None
     first: Any = None
@@ -225,9 +265,21 @@ def array_namespace(*arrays: Any, dtype: Any = None) -> Any:
             )
     if found is None:
         return namespace(None, dtype)
-    if dtype is None and found == config.get_backend():
-        return namespace()
+    if dtype is None:
+        if found == config.get_backend():
+            return namespace()
+        # Another backend's arrays: default to their own floating dtype, which that backend
+        # surely has, rather than the active one, which it may lack (float16 on strict).
+        dtype = _floating_dtype(arrays)
     return namespace(found, dtype)
+
+
+def _floating_dtype(arrays: tuple[Any, ...]) -> str | None:
+    for array in arrays:
+        name = str(getattr(array, "dtype", "")).rsplit(".", 1)[-1]
+        if name in config.DTYPES:
+            return name
+    return None
 
 
 # type(array) -> (backend namespace, backend record), for the engine's per-op lookups.
@@ -256,3 +308,5 @@ def backend_for(array: Any) -> tuple[Any, Any]:
 
 
 registry._change_callbacks.append(_by_type.clear)
+# Namespaces built from a replaced record are stale; drop them all (rebuilt on next use).
+registry._change_callbacks.append(_cache.clear)

@@ -13,9 +13,10 @@ from typing import Any
 
 from nnbackend import config, registry
 from nnbackend.backends import host
+from nnbackend.errors import ArgumentError
 from nnbackend.namespace import namespace
 
-__all__ = ["Generator", "integers", "normal", "permutation", "seed", "uniform"]
+__all__ = ["Generator", "default_generator", "integers", "normal", "permutation", "seed", "uniform"]
 
 Shape = int | tuple[int, ...]
 
@@ -39,8 +40,8 @@ class Generator:
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        if seed is not None and (type(seed) is bool or not isinstance(seed, int) or seed < 0):
+            raise ArgumentError(f"seed must be a non-negative int or None, got {seed!r}")
         self.seed = seed
         self._host = host.generator(seed)
 
@@ -48,13 +49,15 @@ class Generator:
         dtype_name = config.get_default_dtype() if dtype is None else config.normalize_dtype(dtype)
         return self._move(values.astype(dtype_name, copy=False), dtype_name)
 
-    def normal(self, size: Shape | None = None, loc: float = 0.0, scale: float = 1.0, *,
-               dtype: Any = None) -> Any:
+    def normal(
+        self, size: Shape | None = None, loc: float = 0.0, scale: float = 1.0, *, dtype: Any = None
+    ) -> Any:
         """Normal samples of shape ``size`` in ``dtype`` (default: the active float dtype)."""
         return self._to_backend(self._host.normal(loc, scale, _shape(size)), dtype)
 
-    def uniform(self, size: Shape | None = None, low: float = 0.0, high: float = 1.0, *,
-                dtype: Any = None) -> Any:
+    def uniform(
+        self, size: Shape | None = None, low: float = 0.0, high: float = 1.0, *, dtype: Any = None
+    ) -> Any:
         """Uniform samples in ``[low, high)``."""
         return self._to_backend(self._host.uniform(low, high, _shape(size)), dtype)
 
@@ -79,7 +82,17 @@ class Generator:
         return record.from_host(values, record.device(device) if device is not None else None)
 
 
-_global = Generator(None)
+# Made on first use, so that ``import nnbackend`` does not import NumPy.
+_global: Generator | None = None
+
+
+def default_generator() -> Generator:
+    """The module-level generator behind :func:`normal`, :func:`uniform`, ... (reseeded by
+    :func:`seed`; unseeded until then)."""
+    global _global
+    if _global is None:
+        _global = Generator(None)
+    return _global
 
 
 def seed(n: int) -> None:
@@ -88,23 +101,25 @@ def seed(n: int) -> None:
     _global = Generator(n)
 
 
-def normal(size: Shape | None = None, loc: float = 0.0, scale: float = 1.0, *,
-           dtype: Any = None) -> Any:
+def normal(
+    size: Shape | None = None, loc: float = 0.0, scale: float = 1.0, *, dtype: Any = None
+) -> Any:
     """:meth:`Generator.normal` on the module-level generator."""
-    return _global.normal(size, loc, scale, dtype=dtype)
+    return default_generator().normal(size, loc, scale, dtype=dtype)
 
 
-def uniform(size: Shape | None = None, low: float = 0.0, high: float = 1.0, *,
-            dtype: Any = None) -> Any:
+def uniform(
+    size: Shape | None = None, low: float = 0.0, high: float = 1.0, *, dtype: Any = None
+) -> Any:
     """:meth:`Generator.uniform` on the module-level generator."""
-    return _global.uniform(size, low, high, dtype=dtype)
+    return default_generator().uniform(size, low, high, dtype=dtype)
 
 
 def integers(low: int, high: int | None = None, size: Shape | None = None) -> Any:
     """:meth:`Generator.integers` on the module-level generator."""
-    return _global.integers(low, high, size)
+    return default_generator().integers(low, high, size)
 
 
 def permutation(x: int | Any) -> Any:
     """:meth:`Generator.permutation` on the module-level generator."""
-    return _global.permutation(x)
+    return default_generator().permutation(x)

@@ -18,9 +18,11 @@ Writing a new op::
 
     y = Cube()(t)                        # t a Tensor; y a Tensor in the graph
 
-``self.xp`` is the inputs' Array API namespace and ``self.needs_input_grad`` says which inputs
-need a gradient; both are set before ``forward`` runs. ``backward`` may return ``None`` for
-inputs that need none. ``backward`` returns one array per input (a tuple when there are several).
+Set ``grad_may_alias = False`` on the class when ``backward`` always returns new arrays: the
+engine then skips a copy. ``self.xp`` is the inputs' Array API namespace and
+``self.needs_input_grad`` says which inputs need a gradient; both are set before ``forward``
+runs. ``backward`` returns one array per input (a tuple when there are several), or ``None``
+for an input that needs no gradient.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ class Function:
 
     __slots__ = ("__dict__", "generation", "inputs", "needs_input_grad", "outputs", "xp")
 
+    #: Whether ``backward`` may return views of, or the very arrays of, the gradients it gets
+    #: (or one array for two inputs). The engine then copies a gradient before storing it on
+    #: a leaf, so that leaves never share memory. Safe by default; the built-in ops that
+    #: always return new arrays set it to False to skip the copy.
+    grad_may_alias: bool = True
+
     xp: Any
     inputs: tuple[Any, ...]
     outputs: tuple[Any, ...]
@@ -73,6 +81,7 @@ class Function:
         tensor_type = _tensor_type()
         xs = []
         needs = []
+        tensors = []
         array = None
         record = False
         generation = 0
@@ -80,6 +89,7 @@ class Function:
             if isinstance(x, tensor_type):
                 data = x.data
                 xs.append(data)
+                tensors.append(x)
                 if x.requires_grad:
                     needs.append(True)
                     record = True
@@ -92,6 +102,7 @@ class Function:
             else:
                 xs.append(x)
                 needs.append(False)
+                tensors.append(None)
                 if array is None and x is not None and type(x) not in _SCALARS:
                     array = x
         if array is None:
@@ -102,21 +113,26 @@ class Function:
         self.xp = backend_for(array)[0]
         self.needs_input_grad = tuple(needs)
         ys = self.forward(*xs)
-        record = record and _enabled.get()
-        wrap = tensor_type._wrap
-        if type(ys) is tuple:
-            outputs = tuple(wrap(y, record) for y in ys)
-        else:
-            outputs = (wrap(ys, record),)
-        if record:
-            self.inputs = tuple(x if isinstance(x, tensor_type) else None for x in inputs)
+        if record and _enabled.get():
+            self.inputs = tuple(tensors)
             self.generation = generation
             generation += 1
-            for out in outputs:
-                out.creator = self
-                out.generation = generation
-            self.outputs = tuple([weakref.ref(out) for out in outputs])
-        return outputs if type(ys) is tuple else outputs[0]
+            wrap = tensor_type._wrap
+            if type(ys) is tuple:
+                outputs = tuple([wrap(y, True) for y in ys])
+                for out in outputs:
+                    out.creator = self
+                    out.generation = generation
+                self.outputs = tuple([weakref.ref(out) for out in outputs])
+                return outputs
+            out = wrap(ys, True)
+            out.creator = self
+            out.generation = generation
+            self.outputs = (weakref.ref(out),)
+            return out
+        if type(ys) is tuple:
+            return tuple([tensor_type._wrap(y, False) for y in ys])
+        return tensor_type._wrap(ys, False)
 
     @property
     def name(self) -> str:
@@ -144,37 +160,51 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
     creator = root.creator
     if creator is None:
         return
+    fresh = {root}  # intermediates whose .grad was set during this pass
     heap: list[tuple[int, int, Function]] = [(-creator.generation, id(creator), creator)]
-    seen = {id(creator)}
+    seen = {creator}
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        f = heapq.heappop(heap)[2]
-        gys = []
-        for ref in f.outputs:
-            out = ref()
-            gys.append(None if out is None else out.grad)
-        gxs = f.backward(*gys)
+        f = pop(heap)[2]
+        outputs = f.outputs
+        if len(outputs) == 1:
+            out = outputs[0]()
+            gxs = f.backward(None if out is None else out.grad)
+        else:
+            gxs = f.backward(*[None if o is None else o.grad for o in (r() for r in outputs)])
         if type(gxs) is not tuple:
             gxs = (gxs,)
-        if len(gxs) != len(f.inputs):
+        inputs = f.inputs
+        if len(gxs) != len(inputs):
             raise GradientError(
-                f"{f.name}.backward returned {len(gxs)} gradients for {len(f.inputs)} inputs"
+                f"{f.name}.backward returned {len(gxs)} gradients for {len(inputs)} inputs"
             )
-        for x, gx, need in zip(f.inputs, gxs, f.needs_input_grad, strict=True):
+        for x, gx, need in zip(inputs, gxs, f.needs_input_grad):  # noqa: B905 - checked above
             if not need or gx is None:
                 continue
-            if _check_grads:
+            data = x.data
+            if gx.shape != data.shape or gx.dtype != data.dtype:
                 _check_grad(f, x, gx)
-            x.grad = gx if x.grad is None else x.grad + gx
             c = x.creator
-            if c is not None and id(c) not in seen:
-                seen.add(id(c))
-                heapq.heappush(heap, (-c.generation, id(c), c))
+            if c is not None:  # intermediate: sum this pass's gradients only
+                if x in fresh:
+                    x.grad = x.grad + gx
+                else:
+                    x.grad = gx
+                    fresh.add(x)
+                if c not in seen:
+                    seen.add(c)
+                    push(heap, (-c.generation, id(c), c))
+            elif x.grad is not None:  # leaf: accumulate across passes
+                x.grad = x.grad + gx
+            elif f.grad_may_alias:
+                # A view or a pass-through of another gradient: give the leaf its own array,
+                # so writing into one leaf's .grad never changes another array.
+                x.grad = gx * 1.0
+            else:
+                x.grad = gx
         if not retain_grad:
-            for ref in f.outputs:
+            for ref in outputs:
                 out = ref()
                 if out is not None and not out._retain and out is not root:
                     out.grad = None
-
-
-# Shape and dtype checks on every gradient; cheap, and they name the op that broke the rule.
-_check_grads = True

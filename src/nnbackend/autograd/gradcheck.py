@@ -22,8 +22,14 @@ def default_tolerance(dtype_name: str) -> float:
     return max(10.0 * eps**0.5, 1e-6)
 
 
-def gradcheck(fn: Callable[..., Any], *inputs: Any, eps: float | None = None,
-              rtol: float | None = None, atol: float | None = None, seed: int = 0) -> bool:
+def gradcheck(
+    fn: Callable[..., Any],
+    *inputs: Any,
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+) -> bool:
     """Check ``backward`` of ``fn`` against central differences.
 
     ``fn`` maps Tensors to a Tensor and must be a pure function of ``inputs`` (pass parameters
@@ -57,12 +63,19 @@ def gradcheck(fn: Callable[..., Any], *inputs: Any, eps: float | None = None,
 
     out = fn(*leaves)
     projection = np.random.default_rng(seed).uniform(-1.0, 1.0, size=tuple(out.shape))
-    out.backward(record.from_host(projection.astype(dtype_name), None) if out.ndim else
-                 xp.asarray(float(projection), dtype=out.data.dtype))
+    out.backward(
+        record.from_host(projection.astype(dtype_name), None)
+        if out.ndim
+        else xp.asarray(float(projection), dtype=out.data.dtype)
+    )
     analytic = [
-        None if not f else
-        (np.zeros(t.shape) if t.grad is None else
-         np.asarray(backend_for(t.grad)[1].to_host(t.grad), dtype=np.float64))
+        None
+        if not f
+        else (
+            np.zeros(t.shape)
+            if t.grad is None
+            else np.asarray(backend_for(t.grad)[1].to_host(t.grad), dtype=np.float64)
+        )
         for t, f in zip(leaves, floating, strict=True)
     ]
 
@@ -94,7 +107,7 @@ def gradcheck(fn: Callable[..., Any], *inputs: Any, eps: float | None = None,
             worst = np.unravel_index(int(np.argmax(excess)), excess.shape)
             raise GradientError(
                 f"gradcheck failed for input {position} (shape {value.shape}, {dtype_name}) at "
-                f"index {tuple(int(i) for i in worst)}: backward gives {grad[worst]!r}, central "
-                f"differences give {numeric[worst]!r} (rtol={rtol}, atol={atol})"
+                f"index {tuple(int(i) for i in worst)}: backward gives {float(grad[worst])!r}, "
+                f"central differences give {float(numeric[worst])!r} (rtol={rtol}, atol={atol})"
             )
     return True

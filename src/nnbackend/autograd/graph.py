@@ -10,9 +10,13 @@ from nnbackend.autograd.tensor import Tensor
 __all__ = ["to_dot"]
 
 
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _label(t: Tensor) -> str:
     dtype = str(t.dtype).rsplit(".", 1)[-1]
-    name = f"{t.name}\\n" if t.name else ""
+    name = f"{_escape(t.name)}\\n" if t.name else ""
     return f"{name}{t.shape} {dtype}"
 
 
@@ -26,15 +30,18 @@ def to_dot(tensor: Tensor, *, title: str = "nnbackend") -> str:
     >>> print(to_dot((w * w).sum()).splitlines()[0])
     digraph "nnbackend" {
     """
-    lines = [f'digraph "{title}" {{', "  rankdir=LR;", '  node [fontname="Helvetica"];']
+    lines = [f'digraph "{_escape(title)}" {{', "  rankdir=LR;", '  node [fontname="Helvetica"];']
     seen: set[int] = set()
 
     def tensor_node(t: Tensor) -> str:
         key = f"t{id(t)}"
         if id(t) not in seen:
             seen.add(id(t))
-            style = ', style=filled, fillcolor="lightblue"' if t.requires_grad and \
-                t.creator is None else ""
+            style = (
+                ', style=filled, fillcolor="lightblue"'
+                if t.requires_grad and t.creator is None
+                else ""
+            )
             lines.append(f'  {key} [label="{_label(t)}", shape=ellipse{style}];')
         return key
 
@@ -50,8 +57,7 @@ def to_dot(tensor: Tensor, *, title: str = "nnbackend") -> str:
             continue
         done.add(id(f))
         key = f"f{id(f)}"
-        lines.append(f'  {key} [label="{f.name}", shape=box, style=filled, '
-                     f'fillcolor="lightgrey"];')
+        lines.append(f'  {key} [label="{f.name}", shape=box, style=filled, fillcolor="lightgrey"];')
         for ref in f.outputs:
             out = ref()
             if out is not None:

@@ -5,6 +5,7 @@ array operands must share one dtype, Python scalars mix freely."""
 from __future__ import annotations
 
 import builtins
+import math
 from typing import Any
 
 from nnbackend.autograd.function import Function
@@ -12,8 +13,22 @@ from nnbackend.errors import DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 
 __all__ = [
-    "add", "div", "exp", "getitem", "log", "matmul", "max", "mean", "mul", "neg", "power",
-    "reshape", "sub", "sum", "transpose", "unbroadcast",
+    "add",
+    "div",
+    "exp",
+    "getitem",
+    "log",
+    "matmul",
+    "max",
+    "mean",
+    "mul",
+    "neg",
+    "power",
+    "reshape",
+    "sub",
+    "sum",
+    "transpose",
+    "unbroadcast",
 ]
 
 _SCALARS = (int, float, bool)
@@ -59,8 +74,10 @@ class Add(Function):
     def backward(self, gy: Any) -> tuple[Any, Any]:
         sa, sb = self.shapes
         na, nb = self.needs_input_grad
-        return (unbroadcast(self.xp, gy, sa) if na else None,
-                unbroadcast(self.xp, gy, sb) if nb else None)
+        return (
+            unbroadcast(self.xp, gy, sa) if na else None,
+            unbroadcast(self.xp, gy, sb) if nb else None,
+        )
 
 
 class Sub(Function):
@@ -72,11 +89,15 @@ class Sub(Function):
     def backward(self, gy: Any) -> tuple[Any, Any]:
         sa, sb = self.shapes
         na, nb = self.needs_input_grad
-        return (unbroadcast(self.xp, gy, sa) if na else None,
-                unbroadcast(self.xp, -gy, sb) if nb else None)
+        return (
+            unbroadcast(self.xp, gy, sa) if na else None,
+            unbroadcast(self.xp, -gy, sb) if nb else None,
+        )
 
 
 class Mul(Function):
+    grad_may_alias = False
+
     def forward(self, a: Any, b: Any) -> Any:
         _same_dtype("mul", a, b)
         self.a, self.b = a, b
@@ -85,11 +106,15 @@ class Mul(Function):
     def backward(self, gy: Any) -> tuple[Any, Any]:
         a, b = self.a, self.b
         na, nb = self.needs_input_grad
-        return (unbroadcast(self.xp, gy * b, tuple(a.shape)) if na else None,
-                unbroadcast(self.xp, gy * a, tuple(b.shape)) if nb else None)
+        return (
+            unbroadcast(self.xp, gy * b, tuple(a.shape)) if na else None,
+            unbroadcast(self.xp, gy * a, tuple(b.shape)) if nb else None,
+        )
 
 
 class Div(Function):
+    grad_may_alias = False
+
     def forward(self, a: Any, b: Any) -> Any:
         _same_dtype("div", a, b)
         self.a, self.b = a, b
@@ -104,6 +129,8 @@ class Div(Function):
 
 
 class Neg(Function):
+    grad_may_alias = False
+
     def forward(self, x: Any) -> Any:
         return -x
 
@@ -112,6 +139,8 @@ class Neg(Function):
 
 
 class Pow(Function):
+    grad_may_alias = False
+
     def forward(self, a: Any, b: Any) -> Any:
         _same_dtype("pow", a, b)
         self.a, self.b = a, b
@@ -125,7 +154,8 @@ class Pow(Function):
         if na:
             ga = unbroadcast(xp, gy * b * a ** (b - 1), tuple(a.shape))
         if nb:
-            gb = unbroadcast(xp, gy * self.y * xp.log(a), tuple(b.shape))
+            log_a = math.log(a) if type(a) in _SCALARS else xp.log(a)
+            gb = unbroadcast(xp, gy * self.y * log_a, tuple(b.shape))
         return ga, gb
 
 
@@ -159,6 +189,8 @@ def _mT(xp: Any, x: Any) -> Any:
 
 
 class MatMul(Function):
+    grad_may_alias = False
+
     def forward(self, a: Any, b: Any) -> Any:
         _same_dtype("matmul", a, b)
         if a.ndim == 0 or b.ndim == 0:
@@ -206,7 +238,10 @@ class Transpose(Function):
         self.axes = axes
 
     def forward(self, x: Any) -> Any:
-        axes = self.axes if self.axes is not None else tuple(range(x.ndim))[::-1]
+        if self.axes is None:
+            axes = tuple(range(x.ndim))[::-1]
+        else:
+            axes = tuple(a % x.ndim for a in self.axes)
         self.inverse = tuple(sorted(range(len(axes)), key=lambda i: axes[i]))
         return self.xp.permute_dims(x, axes)
 
@@ -222,8 +257,9 @@ def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
     return tuple(a % ndim if ndim else a for a in axis)
 
 
-def _expand_reduced(xp: Any, gy: Any, axes: tuple[int, ...], keepdims: bool,
-                    shape: tuple[int, ...]) -> Any:
+def _expand_reduced(
+    xp: Any, gy: Any, axes: tuple[int, ...], keepdims: bool, shape: tuple[int, ...]
+) -> Any:
     """Reshape a reduction's gradient so it broadcasts back to ``shape``."""
     if not keepdims:
         gy = xp.reshape(gy, tuple(1 if i in axes else n for i, n in enumerate(shape)))
@@ -231,6 +267,8 @@ def _expand_reduced(xp: Any, gy: Any, axes: tuple[int, ...], keepdims: bool,
 
 
 class Sum(Function):
+    grad_may_alias = False
+
     def __init__(self, axis: Any, keepdims: bool) -> None:
         self.axis, self.keepdims = axis, keepdims
 
@@ -242,7 +280,8 @@ class Sum(Function):
     def backward(self, gy: Any) -> Any:
         xp = self.xp
         gy = _expand_reduced(xp, gy, self.axes, self.keepdims, self.in_shape)
-        return xp.broadcast_to(gy, self.in_shape)
+        # A new array, not a read-only broadcast view: gradients must be writable.
+        return xp.zeros(self.in_shape, dtype=gy.dtype) + gy
 
 
 class Mean(Sum):
@@ -259,6 +298,8 @@ class Mean(Sum):
 
 
 class Max(Function):
+    grad_may_alias = False
+
     def __init__(self, axis: Any, keepdims: bool) -> None:
         self.axis, self.keepdims = axis, keepdims
 
@@ -268,8 +309,9 @@ class Max(Function):
         self.y = self.xp.max(x, axis=self.axes, keepdims=True)
         if self.keepdims:
             return self.y
-        return self.xp.reshape(self.y, tuple(n for i, n in enumerate(x.shape)
-                                             if i not in self.axes))
+        return self.xp.reshape(
+            self.y, tuple(n for i, n in enumerate(x.shape) if i not in self.axes)
+        )
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
@@ -281,6 +323,8 @@ class Max(Function):
 
 
 class Exp(Function):
+    grad_may_alias = False
+
     def forward(self, x: Any) -> Any:
         self.y = self.xp.exp(x)
         return self.y
@@ -290,6 +334,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    grad_may_alias = False
+
     def forward(self, x: Any) -> Any:
         self.x = x
         return self.xp.log(x)
@@ -306,7 +352,8 @@ def _rows_index(key: Any) -> Any:
         return None
     first, rest = parts[0], parts[1:]
     if isinstance(first, int | slice | type(None) | type(Ellipsis)) or any(
-            k is not Ellipsis and k != slice(None) for k in rest):
+        k is not Ellipsis and k != slice(None) for k in rest
+    ):
         raise NotImplementedError(
             "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
             "integer array on the first axis (x[idx]); use reshape/take for other patterns"
@@ -332,13 +379,16 @@ def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
     if record.scatter_add is not None and record.capabilities.inplace:
         return record.scatter_add(target, indices, values)
     n = target.shape[0]
-    onehot = xp.astype(xp.reshape(indices, (-1, 1)) == xp.arange(n, dtype=indices.dtype),
-                       target.dtype)
+    onehot = xp.astype(
+        xp.reshape(indices, (-1, 1)) == xp.arange(n, dtype=indices.dtype), target.dtype
+    )
     flat = xp.reshape(values, (indices.shape[0], -1))
     return target + xp.reshape(matmul_arrays(xp, onehot.T, flat), target.shape)
 
 
 class GetItem(Function):
+    grad_may_alias = False
+
     def __init__(self, key: Any) -> None:
         self.key = key
 
@@ -433,4 +483,6 @@ def getitem(x: Any, key: Any) -> Any:
     key = _raw(key)
     if isinstance(key, tuple):
         key = tuple(_raw(k) for k in key)
+    elif isinstance(key, list):  # x[[0, 2, 2]]: a list of row indices, as NumPy allows
+        key = backend_for(_raw(x))[0].asarray(key)
     return GetItem(key)(x)

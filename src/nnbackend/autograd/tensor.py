@@ -27,11 +27,27 @@ class Tensor:
     [2.0, 4.0, 6.0]
     """
 
-    __slots__ = ("__weakref__", "_retain", "creator", "data", "generation", "grad", "name",
-                 "requires_grad")
+    __slots__ = (
+        "__weakref__",
+        "_retain",
+        "creator",
+        "data",
+        "generation",
+        "grad",
+        "name",
+        "requires_grad",
+    )
     # numpy's operators defer to ours (ndarray + Tensor -> Tensor.__radd__).
     __array_ufunc__ = None
     __array_priority__ = 1000
+
+    data: Any
+    grad: Any
+    creator: Any
+    generation: int
+    requires_grad: bool
+    name: str | None
+    _retain: bool
 
     def __init__(self, data: Any, requires_grad: bool = False, name: str | None = None) -> None:
         if isinstance(data, Tensor):
@@ -41,8 +57,8 @@ class Tensor:
         else:
             backend_for(data)  # reject objects that belong to no backend, with a clear error
         self.data = data
-        self.grad: Any = None
-        self.creator: Any = None
+        self.grad = None
+        self.creator = None
         self.generation = 0
         self.requires_grad = bool(requires_grad)
         self.name = name
@@ -153,7 +169,9 @@ class Tensor:
 
         Calling ``backward`` twice adds the second gradients to the first, on the leaves (as
         PyTorch does with ``retain_graph=True``): the graph is kept as long as this tensor
-        lives. Call ``zero_grad()`` on the model or optimizer between steps.
+        lives. Call ``zero_grad()`` on the model or optimizer between steps. A retained
+        intermediate's ``.grad`` holds the gradient of the latest pass only. Leaf gradients
+        are always arrays of their own: writing into one never changes another array.
         """
         if not self.requires_grad:
             raise GradientError(
@@ -177,8 +195,9 @@ class Tensor:
                     f"backward() got a gradient of shape {tuple(grad.shape)} for a tensor of "
                     f"shape {self.shape}"
                 )
-            if grad.dtype != self.data.dtype:
-                grad = xp.astype(grad, self.data.dtype)
+            # A copy (also when a cast is needed): the caller's array never becomes a .grad
+            # that later in-place updates would write through.
+            grad = xp.astype(grad, self.data.dtype, copy=True)
         if self.creator is None:  # a leaf: accumulate like any other gradient
             self.grad = grad if self.grad is None else self.grad + grad
             return
@@ -308,4 +327,3 @@ def as_tensor(x: Any) -> Tensor:
 
 
 from nnbackend.autograd import ops as _ops  # noqa: E402  (ops needs Tensor defined)
-

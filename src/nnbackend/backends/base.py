@@ -48,6 +48,10 @@ def _always_on_host(array: Any) -> bool:
     return True
 
 
+def _no_kernels() -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True, eq=False)
 class Backend:
     """One registered array library.
@@ -71,6 +75,10 @@ class Backend:
         scatter_add: ``scatter_add(target, indices, values)`` adds ``values`` into the rows
             ``indices`` of ``target``, accumulating repeated indices; ``None`` means the engine
             uses a standard-only fallback.
+        kernels: returns faster equivalents of namespace functions for the engine's hot loops,
+            by name (``"sum"``, ``"max"``), with the namespace's signature restricted to
+            ``(x, axis=..., keepdims=...)`` on floating arrays; missing names fall back to
+            the namespace's own. NumPy's ufunc ``reduce`` methods skip two Python layers.
         on_host: whether an array lives in host memory, so reading a value from it never
             waits for a device (the engine validates inputs eagerly only then).
         install_hint: the command that installs the library.
@@ -90,6 +98,7 @@ class Backend:
     facts: Callable[[], dict[str, Any]] = _no_facts
     scatter_add: Callable[[Any, Any, Any], Any] | None = None
     on_host: Callable[[Any], bool] = _always_on_host
+    kernels: Callable[[], dict[str, Any]] = _no_kernels
     install_hint: str = ""
     description: str = ""
 

@@ -50,6 +50,12 @@ def scatter_add(target: Any, indices: Any, values: Any) -> Any:
     return target
 
 
+def kernels() -> dict[str, Any]:
+    import numpy as np
+
+    return {"sum": np.add.reduce, "max": np.maximum.reduce}
+
+
 def blas_facts() -> list[dict[str, Any]]:
     """The BLAS libraries NumPy runs on: threadpoolctl's view, or NumPy's build record."""
     import numpy as np
@@ -101,6 +107,7 @@ BACKEND = Backend(
     version=version,
     facts=facts,
     scatter_add=scatter_add,
+    kernels=kernels,
     install_hint="pip install numpy array-api-compat",
     description="NumPy on the CPU (default)",
 )

@@ -1,0 +1,271 @@
+"""Shared fixtures for the whole nnbackend test suite.
+
+Fixtures every test file can use (pytest finds them through this conftest):
+
+``backend``
+    The name of a registered built-in backend: numpy, array_api_strict, torch, cupy. A backend
+    that cannot run here is reported as SKIPPED with the reason from
+    ``nnbackend.registry.probe(name)``, never dropped. The cupy parameter carries the ``gpu``
+    marker. ``NNBACKEND_TEST_BACKENDS=numpy,array_api_strict`` restricts the parameters (CI uses
+    it to run subsets); the pytest header says which backends were selected.
+``dtype``
+    "float64", "float32", "float16"; float16 is skipped (with the reason) on backends whose
+    capabilities lack it (array_api_strict).
+``xp``
+    ``nnbackend.namespace(backend, dtype)``, with ``nnbackend.using(backend=..., dtype=...)``
+    active for the test, so code that calls ``nnbackend.namespace()`` itself sees the same
+    backend and dtype.
+``run_python``
+    Runs Python code in a fresh interpreter with a clean nnbackend environment (``NNBACKEND``
+    and ``NNBACKEND_DTYPE`` removed unless given).
+``fresh_settings``
+    Forgets the process defaults and the environment reading, so a test can set ``NNBACKEND``
+    / ``NNBACKEND_DTYPE`` with ``monkeypatch`` and have them read at the next use.
+
+Every test starts from the built-in defaults: ``NNBACKEND`` / ``NNBACKEND_DTYPE`` of the shell
+that runs pytest are set aside for the session (the header says so), and ``_isolate_settings``
+(autouse) restores the process defaults, the context (``using`` blocks left open), the
+registry and the module-level random generator after every test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import hypothesis
+import pytest
+
+import nnbackend as nb
+from nnbackend import config, registry
+from nnbackend import random as nb_random
+
+BUILTIN_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy")
+GPU_BACKENDS = frozenset({"cupy"})
+DTYPES = ("float64", "float32", "float16")
+TEST_BACKENDS_ENV = "NNBACKEND_TEST_BACKENDS"
+
+hypothesis.settings.register_profile(
+    "nnbackend",
+    max_examples=25,
+    deadline=None,  # the first call on a backend imports and builds its namespace
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+hypothesis.settings.register_profile(
+    "thorough", parent=hypothesis.settings.get_profile("nnbackend"), max_examples=300
+)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nnbackend"))
+
+
+def _selected_backends() -> tuple[str, ...]:
+    """The backends the ``backend`` fixture runs on: all built-ins, or those named in
+    ``NNBACKEND_TEST_BACKENDS`` (comma separated)."""
+    raw = os.environ.get(TEST_BACKENDS_ENV, "").strip()
+    if not raw:
+        return BUILTIN_BACKENDS
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+SELECTED_BACKENDS = _selected_backends()
+
+
+# NNBACKEND / NNBACKEND_DTYPE of the shell running pytest are set aside for the session, so
+# every test starts from the built-in defaults; tests choose backends through the fixtures.
+_AMBIENT: dict[str, str] = {}
+
+
+def pytest_configure() -> None:
+    unknown = [name for name in SELECTED_BACKENDS if name not in nb.backends()]
+    if unknown:
+        raise pytest.UsageError(
+            f"{TEST_BACKENDS_ENV} names unknown backends {unknown}; "
+            f"registered backends are {nb.backends()}"
+        )
+    for key in (config.BACKEND_ENV, config.DTYPE_ENV):
+        if key in os.environ:
+            _AMBIENT[key] = os.environ.pop(key)
+    _reset_process_settings()
+
+
+def pytest_unconfigure() -> None:
+    os.environ.update(_AMBIENT)
+
+
+def pytest_report_header() -> list[str]:
+    lines = [f"nnbackend test backends: {', '.join(SELECTED_BACKENDS)}"]
+    if _AMBIENT:
+        lines.append(
+            f"  ignored for the tests: {_AMBIENT} (select backends with {TEST_BACKENDS_ENV})"
+        )
+    if os.environ.get(TEST_BACKENDS_ENV, "").strip():
+        excluded = [name for name in BUILTIN_BACKENDS if name not in SELECTED_BACKENDS]
+        lines.append(f"  (restricted by {TEST_BACKENDS_ENV}; not run: {', '.join(excluded)})")
+    for name in SELECTED_BACKENDS:
+        reason = registry.probe(name)
+        lines.append(f"  {name}: {'available' if reason is None else 'SKIPPED: ' + reason}")
+    return lines
+
+
+_gpu_reason: list[str | None] = []
+
+
+def gpu_unavailable_reason() -> str | None:
+    """``None`` when a CUDA GPU is usable (through cupy, or torch with CUDA), else why not."""
+    if not _gpu_reason:
+        reason = registry.probe("cupy")
+        if reason is not None and registry.probe("torch") is None:
+            import torch
+
+            if torch.cuda.is_available():
+                reason = None
+        _gpu_reason.append(None if reason is None else f"needs a usable CUDA GPU: {reason}")
+    return _gpu_reason[0]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None:
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            pytest.skip(reason)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=[pytest.mark.gpu] if name in GPU_BACKENDS else [], id=name)
+        for name in SELECTED_BACKENDS
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    """A backend name; skipped, with the registry's reason, where it cannot run here."""
+    name: str = request.param
+    reason = registry.probe(name)
+    if reason is not None:
+        pytest.skip(f"backend {name!r} is unavailable: {reason}")
+    return name
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request: pytest.FixtureRequest, backend: str) -> str:
+    """A floating dtype name the backend has; float16 is skipped where the backend lacks it."""
+    name: str = request.param
+    if name == "float16" and not registry.get(backend).capabilities.float16:
+        pytest.skip(f"backend {backend!r} has no float16")
+    return name
+
+
+@pytest.fixture
+def xp(backend: str, dtype: str) -> Iterator[Any]:
+    """``nnbackend.namespace(backend, dtype)``, with those settings active for the test."""
+    with nb.using(backend=backend, dtype=dtype):
+        yield nb.namespace(backend, dtype)
+
+
+def _reset_process_settings() -> None:
+    """Back to a fresh process: no set_*() defaults, environment not read yet."""
+    with config._lock:
+        config._Process.backend = None
+        config._Process.dtype = None
+        config._Process.backend_source = config.SOURCE_BUILTIN
+        config._Process.dtype_source = config.SOURCE_BUILTIN
+        config._Process.environment_read = False
+        config._Process.version += 1
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Clear ``NNBACKEND`` / ``NNBACKEND_DTYPE`` and the process defaults. Returns a function
+    ``fresh(**environ)`` that sets the given environment variables (None deletes) and forgets
+    the settings again, so the next use reads the environment."""
+
+    def fresh(**environ: str | None) -> None:
+        for key, value in environ.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        _reset_process_settings()
+
+    fresh(NNBACKEND=None, NNBACKEND_DTYPE=None)
+    return fresh
+
+
+_PROCESS_FIELDS = ("backend", "dtype", "backend_source", "dtype_source", "environment_read")
+_REGISTRY_DICTS = ("_records", "_by_module", "_probes", "_entry_point_errors")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_settings() -> Iterator[None]:
+    """Restore process defaults, context, registry and the global RNG after every test."""
+    saved_process = {name: getattr(config._Process, name) for name in _PROCESS_FIELDS}
+    saved_version = config._Process.version
+    saved_registry = {name: dict(getattr(registry, name)) for name in _REGISTRY_DICTS}
+    saved_loaded = registry._entry_points_loaded
+    saved_generation = registry.generation
+    saved_random = nb_random._global
+    token = config._context.set(None)
+    try:
+        yield
+    finally:
+        config._context.reset(token)
+        with config._lock:
+            if config._Process.version != saved_version or any(
+                getattr(config._Process, name) != value for name, value in saved_process.items()
+            ):
+                for name, value in saved_process.items():
+                    setattr(config._Process, name, value)
+                # Never go back to an old version: a namespace cached under it would match.
+                config._Process.version += 1
+        with registry._lock:
+            # New entries in the probe cache alone are no change (probes are cached per name).
+            if registry.generation != saved_generation or any(
+                getattr(registry, name) != value
+                for name, value in saved_registry.items()
+                if name != "_probes"
+            ):
+                for name, value in saved_registry.items():
+                    current = getattr(registry, name)
+                    current.clear()
+                    current.update(value)
+                registry.generation += 1
+            registry._entry_points_loaded = saved_loaded
+        nb_random._global = saved_random
+
+
+def _clean_environ(extra: Mapping[str, str | None] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NNBACKEND", "NNBACKEND_DTYPE")}
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+@pytest.fixture
+def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_python(code, env={...}, args=[...])`` runs ``python -c code`` (dedented) in a
+    fresh interpreter; ``env`` entries are added to a copy of the environment without
+    ``NNBACKEND*`` (a None value removes a variable). ``args`` replaces ``-c code`` with other
+    interpreter arguments (``["-m", "nnbackend", "info"]``); ``argv`` runs another program
+    (a console script) in the same clean environment."""
+
+    def run(
+        code: str | None = None,
+        *,
+        env: Mapping[str, str | None] | None = None,
+        args: list[str] | None = None,
+        argv: list[str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        if argv is None:
+            tail = args if args is not None else ["-c", textwrap.dedent(code or "")]
+            argv = [sys.executable, *tail]
+        return subprocess.run(
+            argv, env=_clean_environ(env), capture_output=True, text=True, timeout=timeout
+        )
+
+    return run
