@@ -11,16 +11,28 @@ from __future__ import annotations
 from typing import Any
 
 from nnbackend.autograd.function import Function
+from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.ops import matmul, matmul_arrays, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.errors import DtypeError, LabelError, ShapeError
+from nnbackend.errors import ArgumentError, DtypeError, LabelError, ShapeError
 from nnbackend.namespace import backend_for
 
 __all__ = [
-    "dropout", "embedding", "layer_norm", "leaky_relu", "linear", "log_softmax", "matmul",
-    "mse_loss", "relu", "sigmoid", "sigmoid_cross_entropy", "softmax",
-    "softmax_cross_entropy", "tanh",
+    "dropout",
+    "embedding",
+    "layer_norm",
+    "leaky_relu",
+    "linear",
+    "log_softmax",
+    "matmul",
+    "mse_loss",
+    "relu",
+    "sigmoid",
+    "sigmoid_cross_entropy",
+    "softmax",
+    "softmax_cross_entropy",
+    "tanh",
 ]
 
 
@@ -30,6 +42,8 @@ def _data(x: Any) -> Any:
 
 class Linear(Function):
     """``x @ W + b`` with ``W`` of shape (in, out); ``x`` may have leading batch axes."""
+
+    grad_may_alias = False
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         self.x, self.w = x, w
@@ -47,7 +61,7 @@ class Linear(Function):
         gw = matmul_arrays(xp, x.T, gy) if need_w else None
         if not self.has_bias:
             return gx, gw
-        gb = xp.sum(gy, axis=0) if self.needs_input_grad[2] else None
+        gb = kernels(xp, gy).sum(gy, axis=0) if self.needs_input_grad[2] else None
         return gx, gw, gb
 
 
@@ -74,8 +88,11 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
 
 
 class Sigmoid(Function):
+    grad_may_alias = False
+
     def forward(self, x: Any) -> Any:
-        self.y = 1.0 / (1.0 + self.xp.exp(-x))
+        # The tanh form never overflows (1 / (1 + exp(-x)) does, in float16, below x = -11).
+        self.y = 0.5 * self.xp.tanh(0.5 * x) + 0.5
         return self.y
 
     def backward(self, gy: Any) -> Any:
@@ -84,11 +101,13 @@ class Sigmoid(Function):
 
 
 def sigmoid(x: Any) -> Tensor:
-    """``1 / (1 + exp(-x))``."""
+    """``1 / (1 + exp(-x))``, computed as ``0.5 * tanh(x / 2) + 0.5`` so it never overflows."""
     return Sigmoid()(x)
 
 
 class Tanh(Function):
+    grad_may_alias = False
+
     def forward(self, x: Any) -> Any:
         self.y = self.xp.tanh(x)
         return self.y
@@ -103,6 +122,8 @@ def tanh(x: Any) -> Tensor:
 
 
 class LeakyReLU(Function):
+    grad_may_alias = False
+
     def __init__(self, slope: float) -> None:
         self.slope = float(slope)
 
@@ -129,18 +150,21 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
 
 
 class Softmax(Function):
+    grad_may_alias = False
+
     def __init__(self, axis: int) -> None:
         self.axis = axis
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        e = xp.exp(x - xp.max(x, axis=self.axis, keepdims=True))
-        self.y = e / xp.sum(e, axis=self.axis, keepdims=True)
+        k = self.k = kernels(xp, x)
+        e = xp.exp(x - k.max(x, axis=self.axis, keepdims=True))
+        self.y = e / k.sum(e, axis=self.axis, keepdims=True)
         return self.y
 
     def backward(self, gy: Any) -> Any:
         y = self.y
-        return y * (gy - self.xp.sum(gy * y, axis=self.axis, keepdims=True))
+        return y * (gy - self.k.sum(gy * y, axis=self.axis, keepdims=True))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -149,18 +173,21 @@ def softmax(x: Any, axis: int = -1) -> Tensor:
 
 
 class LogSoftmax(Function):
+    grad_may_alias = False
+
     def __init__(self, axis: int) -> None:
         self.axis = axis
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        z = x - xp.max(x, axis=self.axis, keepdims=True)
-        self.y = z - xp.log(xp.sum(xp.exp(z), axis=self.axis, keepdims=True))
+        k = self.k = kernels(xp, x)
+        z = x - k.max(x, axis=self.axis, keepdims=True)
+        self.y = z - xp.log(k.sum(xp.exp(z), axis=self.axis, keepdims=True))
         return self.y
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
-        return gy - xp.exp(self.y) * xp.sum(gy, axis=self.axis, keepdims=True)
+        return gy - xp.exp(self.y) * self.k.sum(gy, axis=self.axis, keepdims=True)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
@@ -168,39 +195,54 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     return LogSoftmax(axis)(x)
 
 
-def _check_labels(xp: Any, labels: Any, n_classes: int) -> Any:
-    """Validate integer labels. On host-resident arrays the check is a cheap read; on a device
-    it must not synchronise, so it returns a 0-d "some label is invalid" array instead, which
-    the caller folds into the loss as NaN."""
-    bad = (labels < 0) | (labels >= n_classes)
-    if backend_for(labels)[1].on_host(labels):
-        if bool(xp.any(bad)):
-            found = host.numpy().asarray(backend_for(labels)[1].to_host(labels))
-            wrong = found[(found < 0) | (found >= n_classes)]
-            raise LabelError(
-                f"labels must lie in [0, {n_classes}) for {n_classes} classes; found "
-                f"{wrong[:5].tolist()}{' ...' if wrong.size > 5 else ''}"
-            )
-        return None
-    return xp.any(bad)
+# (namespace, n_classes, label dtype) -> arange(n_classes): made once, not once per step.
+_class_ranges: dict[tuple[Any, int, Any], Any] = {}
+
+
+def _class_range(xp: Any, n_classes: int, dtype: Any) -> Any:
+    key = (xp, n_classes, dtype)
+    found = _class_ranges.get(key)
+    if found is None:
+        if not xp.isdtype(dtype, "integral"):
+            raise DtypeError(f"class labels must be integers, got {dtype}")
+        found = _class_ranges[key] = xp.arange(n_classes, dtype=dtype)
+    return found
+
+
+def _bad_labels(labels: Any, n_classes: int) -> LabelError:
+    found = host.numpy().asarray(backend_for(labels)[1].to_host(labels))
+    wrong = found[(found < 0) | (found >= n_classes)]
+    return LabelError(
+        f"labels must lie in [0, {n_classes}) for {n_classes} classes; found "
+        f"{wrong[:5].tolist()}{' ...' if wrong.size > 5 else ''}"
+    )
 
 
 class SoftmaxCrossEntropy(Function):
+    grad_may_alias = False
+
     def forward(self, x: Any, t: Any) -> Any:
         xp = self.xp
         n, c = x.shape
-        z = x - xp.max(x, axis=1, keepdims=True)
+        k = self.k = kernels(xp, x)
+        z = x - k.max(x, axis=1, keepdims=True)
         e = xp.exp(z)
-        s = xp.sum(e, axis=1, keepdims=True)
+        s = k.sum(e, axis=1, keepdims=True)
         self.p = e / s
         logp = z - xp.log(s)
         invalid = None
         self.rows_sum_to_one = t.ndim == 1
         if t.ndim == 1:
-            if not xp.isdtype(t.dtype, "integral"):
-                raise DtypeError(f"class labels must be integers, got {t.dtype}")
-            invalid = _check_labels(xp, t, c)
-            t = xp.astype(xp.reshape(t, (n, 1)) == xp.arange(c, dtype=t.dtype), x.dtype)
+            hit = t[:, None] == _class_range(xp, c, t.dtype)
+            labels, t = t, xp.astype(hit, x.dtype)
+            # Every label in range <=> exactly n hits. Reading that count is free where the
+            # arrays live on the host; on a device it would sync, so the loss turns NaN instead.
+            matched = k.sum(t, axis=None)
+            if backend_for(labels)[1].on_host(labels):
+                if float(matched) != n:
+                    raise _bad_labels(labels, c)
+            else:
+                invalid = matched != float(n)
         elif tuple(t.shape) != (n, c):
             raise ShapeError(
                 f"softmax_cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
@@ -209,8 +251,8 @@ class SoftmaxCrossEntropy(Function):
         elif t.dtype != x.dtype:
             t = xp.astype(t, x.dtype)
         self.t, self.n = t, n
-        self.logp = logp if self.needs_input_grad[1] else None
-        loss = -xp.sum(t * logp) / float(n)
+        self.logp: Any = logp if self.needs_input_grad[1] else None
+        loss = -k.sum(t * logp, axis=None) / float(n)
         if invalid is not None:
             loss = xp.where(invalid, float("nan"), loss)
         return loss
@@ -221,7 +263,7 @@ class SoftmaxCrossEntropy(Function):
         if self.needs_input_grad[0]:
             p = self.p
             if not self.rows_sum_to_one:  # soft targets: d/dx = p * sum(t) - t
-                p = p * self.xp.sum(self.t, axis=1, keepdims=True)
+                p = p * self.k.sum(self.t, axis=1, keepdims=True)
             gx = (p - self.t) * scale
         if self.needs_input_grad[1]:
             gt = -self.logp * scale
@@ -240,6 +282,8 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Tensor:
 
 
 class SigmoidCrossEntropy(Function):
+    grad_may_alias = False
+
     def forward(self, x: Any, t: Any) -> Any:
         xp = self.xp
         if tuple(t.shape) != tuple(x.shape):
@@ -278,6 +322,8 @@ def sigmoid_cross_entropy(logits: Any, targets: Any) -> Tensor:
 
 
 class MSE(Function):
+    grad_may_alias = False
+
     def forward(self, y: Any, t: Any) -> Any:
         if tuple(y.shape) != tuple(t.shape):
             raise ShapeError(f"mse_loss: shapes {tuple(y.shape)} and {tuple(t.shape)} differ")
@@ -291,8 +337,7 @@ class MSE(Function):
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         g = self.diff * (gy * (2.0 / self.n))
-        return (g if self.needs_input_grad[0] else None,
-                -g if self.needs_input_grad[1] else None)
+        return (g if self.needs_input_grad[0] else None, -g if self.needs_input_grad[1] else None)
 
 
 def mse_loss(y: Any, t: Any) -> Tensor:
@@ -301,6 +346,8 @@ def mse_loss(y: Any, t: Any) -> Tensor:
 
 
 class Dropout(Function):
+    grad_may_alias = False
+
     def __init__(self, mask: Any) -> None:
         self.mask = mask
 
@@ -320,24 +367,27 @@ def dropout(x: Any, p: float, training: bool = True, generator: Any = None) -> T
     every backend.
     """
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        raise ArgumentError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0.0:
         return x if isinstance(x, Tensor) else Tensor(x)
     from nnbackend import random
 
     data = _data(x)
     xp, record = backend_for(data)
-    rng = generator if generator is not None else random._global
+    rng = generator if generator is not None else random.default_generator()
     keep = rng._host.random(tuple(data.shape)) >= p
     scale = (keep / (1.0 - p)).astype(str(data.dtype).rsplit(".", 1)[-1])
-    mask = record.from_host(scale, getattr(data, "device", None) if record.name != "numpy"
-                            else None)
+    mask = record.from_host(
+        scale, getattr(data, "device", None) if record.name != "numpy" else None
+    )
     if mask.dtype != data.dtype:
         mask = xp.astype(mask, data.dtype)
     return Dropout(mask)(x)
 
 
 class Embedding(Function):
+    grad_may_alias = False
+
     def forward(self, w: Any, indices: Any) -> Any:
         self.indices, self.shape, self.dtype = indices, tuple(w.shape), w.dtype
         return take_rows(self.xp, w, indices)
@@ -358,6 +408,8 @@ def embedding(indices: Any, weight: Any) -> Tensor:
 
 
 class LayerNorm(Function):
+    grad_may_alias = False
+
     def __init__(self, eps: float) -> None:
         self.eps = float(eps)
 
@@ -379,8 +431,11 @@ class LayerNorm(Function):
         gx = None
         if self.needs_input_grad[0]:
             g = gy * self.w
-            gx = self.inv * (g - xp.mean(g, axis=-1, keepdims=True)
-                             - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
+            gx = self.inv * (
+                g
+                - xp.mean(g, axis=-1, keepdims=True)
+                - xhat * xp.mean(g * xhat, axis=-1, keepdims=True)
+            )
         return gx, gw, gb
 
 

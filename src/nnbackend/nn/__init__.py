@@ -1,0 +1,52 @@
+"""Layers, losses and initialisers, written only against the Array API namespace.
+
+>>> import nnbackend as nb
+>>> from nnbackend import nn
+>>> model = nn.Sequential(nn.Linear(2, 10), nn.Sigmoid(), nn.Linear(10, 3))
+>>> model
+Sequential(
+  (0): Linear(in_features=2, out_features=10, bias=True)
+  (1): Sigmoid()
+  (2): Linear(in_features=10, out_features=3, bias=True)
+)
+"""
+
+from __future__ import annotations
+
+from nnbackend.nn import functional, init
+from nnbackend.nn.layers import (
+    Dropout,
+    Embedding,
+    LayerNorm,
+    LeakyReLU,
+    Linear,
+    MatMul,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from nnbackend.nn.losses import MSELoss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SoftmaxWithLoss
+from nnbackend.nn.module import Module, Parameter, Sequential
+
+__all__ = [
+    "Dropout",
+    "Embedding",
+    "LayerNorm",
+    "LeakyReLU",
+    "Linear",
+    "MSELoss",
+    "MatMul",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "SigmoidCrossEntropy",
+    "Softmax",
+    "SoftmaxCrossEntropy",
+    "SoftmaxWithLoss",
+    "Tanh",
+    "functional",
+    "init",
+]

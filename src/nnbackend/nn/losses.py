@@ -1,0 +1,46 @@
+"""Loss modules: thin wrappers of the fused, numerically stable functions in
+:mod:`nnbackend.nn.functional`. Each returns a 0-d Tensor (mean reduction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.nn import functional as F
+from nnbackend.nn.module import Module
+
+__all__ = ["MSELoss", "SigmoidCrossEntropy", "SoftmaxCrossEntropy", "SoftmaxWithLoss"]
+
+
+class SoftmaxCrossEntropy(Module):
+    """Mean cross-entropy of ``softmax(logits)`` against integer labels ``(N,)`` or one-hot /
+    probability targets ``(N, C)``, as one node (log-sum-exp stable). Its gradient with
+    respect to the logits is exactly ``(softmax - onehot) / N``.
+
+    >>> import nnbackend as nb
+    >>> xp = nb.namespace()
+    >>> loss = nb.nn.SoftmaxCrossEntropy()(xp.zeros((2, 4)), xp.asarray([0, 3]))
+    >>> round(loss.item(), 6)  # log(4)
+    1.386294
+    """
+
+    def forward(self, logits: Any, labels: Any) -> Tensor:
+        return F.softmax_cross_entropy(logits, labels)
+
+
+SoftmaxWithLoss = SoftmaxCrossEntropy  # the book's name
+
+
+class SigmoidCrossEntropy(Module):
+    """Mean binary cross-entropy of ``sigmoid(logits)`` against targets in [0, 1], stable for
+    logits of any magnitude."""
+
+    def forward(self, logits: Any, targets: Any) -> Tensor:
+        return F.sigmoid_cross_entropy(logits, targets)
+
+
+class MSELoss(Module):
+    """Mean of ``(y - t) ** 2`` over all elements."""
+
+    def forward(self, y: Any, t: Any) -> Tensor:
+        return F.mse_loss(y, t)

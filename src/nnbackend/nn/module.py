@@ -1,0 +1,394 @@
+"""``Parameter``, ``Module`` and ``Sequential``: the containers every layer is built from.
+
+A :class:`Module` registers the :class:`Parameter` and sub-``Module`` objects assigned to its
+attributes, in assignment order, so ``parameters()`` and ``named_parameters()`` always come out
+in the same order (never through a set) and checkpoints written on one backend load on another.
+
+>>> import nnbackend as nb
+>>> from nnbackend import nn
+>>> model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))
+>>> [name for name, _ in model.named_parameters()]
+['0.weight', '0.bias', '2.weight', '2.bias']
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends import host
+from nnbackend.config import normalize_dtype
+from nnbackend.errors import CheckpointError, DtypeError
+from nnbackend.namespace import backend_for
+
+__all__ = ["Module", "Parameter", "Sequential"]
+
+
+class Parameter(Tensor):
+    """A Tensor that a :class:`Module` registers as trainable: ``requires_grad`` is True.
+
+    ``.data`` is the backend array and may be reassigned (optimizers rebind it on backends
+    without in-place writes). After ``backward()``, ``.grad`` is an array of the same backend,
+    shape and dtype as ``.data`` (the engine checks every gradient it stores).
+
+    >>> import nnbackend as nb
+    >>> p = nb.nn.Parameter([1.0, 2.0])
+    >>> p.requires_grad
+    True
+    """
+
+    __slots__ = ()
+
+    def __init__(self, data: Any, requires_grad: bool = True, name: str | None = None) -> None:
+        super().__init__(data, requires_grad=requires_grad, name=name)
+        xp = backend_for(self.data)[0]
+        if not xp.isdtype(self.data.dtype, "real floating"):
+            raise DtypeError(
+                f"a Parameter holds floating-point values, got dtype {self.data.dtype}; cast "
+                "it first (xp.astype(x, xp.float32))"
+            )
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.data!r})"
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    return f"shape {tuple(shape) if shape is not None else '?'}, dtype {dtype}"
+
+
+class Module:
+    """Base class of layers and models.
+
+    Subclasses assign :class:`Parameter` and ``Module`` objects to attributes in ``__init__``
+    and define ``forward``; calling the module runs ``forward``. Calling
+    ``super().__init__()`` is optional (the registries are made in ``__new__``).
+
+    >>> import nnbackend as nb
+    >>> from nnbackend import nn
+    >>> class Affine(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.scale = nn.Parameter([2.0])
+    ...         self.shift = nn.Parameter([1.0])
+    ...     def forward(self, x):
+    ...         return x * self.scale + self.shift
+    >>> Affine()(nb.Tensor([3.0])).tolist()
+    [7.0]
+    """
+
+    training: bool
+    _parameters: dict[str, Parameter | None]
+    _modules: dict[str, Module | None]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Module:
+        self = super().__new__(cls)
+        d = self.__dict__
+        d["_parameters"] = {}
+        d["_modules"] = {}
+        d["training"] = True
+        return self
+
+    def __init__(self) -> None:
+        pass
+
+    # -- attribute registration ---------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self._parameters
+        modules = self._modules
+        if isinstance(value, Parameter):
+            modules.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            modules[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(
+                    f"cannot assign a {type(value).__name__} to parameter {name!r} of "
+                    f"{type(self).__name__}: assign an nn.Parameter (or None), or set "
+                    f"`.{name}.data = array` to replace its values"
+                )
+            params[name] = None
+        elif name in modules:
+            if value is not None:
+                raise TypeError(
+                    f"cannot assign a {type(value).__name__} to submodule {name!r} of "
+                    f"{type(self).__name__}: assign an nn.Module (or None)"
+                )
+            modules[name] = None
+        # Registered members also live in __dict__, so reading them costs a plain lookup.
+        self.__dict__[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Register ``param`` (or a ``None`` placeholder) under ``name``."""
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter needs an nn.Parameter, got {type(param)}")
+        self._modules.pop(name, None)
+        self._parameters[name] = param
+        self.__dict__[name] = param
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        """Register ``module`` (or a ``None`` placeholder) under ``name``."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module needs an nn.Module, got {type(module)}")
+        self._parameters.pop(name, None)
+        self._modules[name] = module
+        self.__dict__[name] = module
+
+    # -- calling ------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The computation; subclasses define it."""
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # -- traversal -----------------------------------------------------------------------
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """``(dotted name, parameter)`` pairs: this module's own parameters in registration
+        order, then each child's, depth first in registration order. A parameter shared by
+        several modules is listed once, under its first name."""
+        seen: set[int] = set()
+        modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for module_prefix, module in modules:
+            for name, param in module._parameters.items():
+                if param is None or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                yield (f"{module_prefix}.{name}" if module_prefix else name), param
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        """The parameters, in the order of :meth:`named_parameters`."""
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` for the direct submodules, in registration order."""
+        for name, module in self._modules.items():
+            if module is not None:
+                yield name, module
+
+    def children(self) -> Iterator[Module]:
+        """The direct submodules, in registration order."""
+        for _, module in self.named_children():
+            yield module
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(dotted name, module)`` for this module (name ``prefix``) and every descendant,
+        depth first; a module reachable twice is listed once."""
+        seen: set[int] = set()
+        stack: list[tuple[str, Module]] = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            kids = [
+                (f"{name}.{child_name}" if name else child_name, child)
+                for child_name, child in module.named_children()
+            ]
+            stack.extend(reversed(kids))
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every descendant, depth first."""
+        for _, module in self.named_modules():
+            yield module
+
+    # -- modes and gradients -------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=True``) or evaluation mode on this module and every
+        descendant; returns ``self``."""
+        mode = bool(mode)
+        for module in self.modules():
+            module.__dict__["training"] = mode
+        return self
+
+    def eval(self) -> Module:
+        """Evaluation mode (``train(False)``): Dropout becomes the identity."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient (sets ``.grad`` to ``None``)."""
+        for param in self.parameters():
+            param.grad = None
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{dotted name: array}`` for every parameter, in :meth:`named_parameters` order.
+
+        The arrays are the parameters' own ``.data`` (no copy), as in PyTorch: copy them if
+        you keep training and need the old values.
+        """
+        return {name: param.data for name, param in self.named_parameters()}
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Copy the arrays of ``state`` into the parameters of the same names.
+
+        Every entry is checked first (names, shapes, dtypes), and only then is any parameter
+        touched, so a bad checkpoint leaves the model unchanged. Arrays of another backend
+        are moved to each parameter's backend and device through the host. A dtype that
+        differs from the parameter's is an error (cast the checkpoint explicitly).
+
+        Args:
+            state: ``{name: array}`` as :meth:`state_dict` makes it.
+            strict: when True, missing and unexpected names are errors; when False, only the
+                names present in both are loaded.
+
+        Raises:
+            CheckpointError: naming every missing or unexpected key, or the first entry whose
+                shape or dtype does not fit.
+        """
+        own = dict(self.named_parameters())
+        if strict:
+            missing = [name for name in own if name not in state]
+            unexpected = [name for name in state if name not in own]
+            if missing or unexpected:
+                raise CheckpointError(
+                    f"state dict does not fit {type(self).__name__}: missing keys {missing}, "
+                    f"unexpected keys {unexpected}"
+                )
+        new: list[tuple[Parameter, Any]] = []
+        for name, param in own.items():
+            if name not in state:
+                continue
+            new.append((param, _convert_like(state[name], param.data, name)))
+        for param, value in new:
+            param.data = value
+
+    # -- printing ------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        """The text inside the parentheses of this module's repr."""
+        return ""
+
+    def __repr__(self) -> str:
+        children = list(self.named_children())
+        extra = self.extra_repr()
+        if not children:
+            return f"{type(self).__name__}({extra})"
+        lines = [f"{type(self).__name__}({extra}" if extra else f"{type(self).__name__}("]
+        for name, child in children:
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _convert_like(value: Any, like: Any, name: str) -> Any:
+    """A copy of ``value`` on ``like``'s backend and device, after checking shape and dtype."""
+    if isinstance(value, Tensor):
+        value = value.data
+    shape = getattr(value, "shape", None)
+    if shape is None or tuple(shape) != tuple(like.shape):
+        raise CheckpointError(
+            f"entry {name!r} has {_describe(value)}; the parameter has shape {tuple(like.shape)}"
+        )
+    try:
+        xp_v, record_v = backend_for(value)
+    except Exception as exc:
+        raise CheckpointError(f"entry {name!r}: {exc}") from None
+    xp, record = backend_for(like)
+    if _dtype_name(value.dtype) != _dtype_name(like.dtype):
+        raise CheckpointError(
+            f"entry {name!r} has dtype {value.dtype}; the parameter has dtype {like.dtype} "
+            "(cast the checkpoint first: nnbackend never converts silently)"
+        )
+    if record_v is not record:
+        # Through the host: a copy, so the checkpoint and the model never share memory.
+        host_value = host.numpy().array(record_v.to_host(value), copy=True)
+        moved = record.from_host(host_value, getattr(like, "device", None))
+        return moved if moved.dtype == like.dtype else xp.astype(moved, like.dtype)
+    del xp_v
+    return xp.asarray(value, copy=True)
+
+
+def _dtype_name(dtype: Any) -> str:
+    try:
+        return normalize_dtype(dtype)
+    except DtypeError:
+        return str(dtype).rsplit(".", 1)[-1]
+
+
+class Sequential(Module):
+    """Modules applied one after the other; indexable, sliceable, iterable and appendable.
+
+    >>> from nnbackend import nn
+    >>> model = nn.Sequential(nn.Linear(2, 10), nn.Sigmoid(), nn.Linear(10, 3))
+    >>> len(model), type(model[1]).__name__, len(model[:2])
+    (3, 'Sigmoid', 2)
+    """
+
+    def __init__(self, *layers: Module | Mapping[str, Module]) -> None:
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], Mapping):
+            for name, named in layers[0].items():
+                self.add_module(str(name), _check_module(named))
+        else:
+            for layer in layers:
+                self.append(_check_module(layer))
+        self._refresh()
+
+    _layers: tuple[Module, ...]
+
+    def _refresh(self) -> None:
+        self.__dict__["_layers"] = tuple(m for m in self._modules.values() if m is not None)
+
+    def append(self, layer: Module) -> Sequential:
+        """Add ``layer`` at the end; returns ``self``."""
+        n = len(self._modules)
+        while str(n) in self._modules:
+            n += 1
+        self.add_module(str(n), _check_module(layer))
+        self._refresh()
+        return self
+
+    def extend(self, layers: Iterable[Module]) -> Sequential:
+        """Append each of ``layers``; returns ``self``."""
+        for layer in layers:
+            self.append(layer)
+        return self
+
+    def forward(self, x: Any) -> Any:
+        for layer in self._layers:
+            x = layer(x)
+        return x
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._layers)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(list(self.named_children())[index]))
+        return self._layers[index]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, Module) or name in self._modules:
+            self._refresh()
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        self._refresh()
+
+
+def _check_module(layer: Any) -> Module:
+    if not isinstance(layer, Module):
+        raise TypeError(
+            f"Sequential holds nn.Module objects, got {type(layer).__name__}; wrap functions "
+            "in a Module"
+        )
+    return layer

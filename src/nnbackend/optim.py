@@ -1,0 +1,514 @@
+"""Optimizers and gradient clipping, written only against the Array API namespace.
+
+Every optimizer updates each parameter in its own dtype: hyperparameters are Python floats
+(which never promote an array), and state arrays are made with ``zeros_like``. Where a
+backend supports in-place writes (:attr:`nnbackend.Capabilities.inplace`) parameters and state
+are updated in place; elsewhere ``param.data`` is rebound to the new array. Parameters whose
+``.grad`` is ``None`` are skipped. Nothing here reads an array back to the host.
+
+The update rules are PyTorch's (``torch.optim``), so results can be compared one to one;
+:class:`Momentum` keeps the book's velocity form ``v = momentum * v - lr * g; p += v``, which
+equals PyTorch's ``SGD(momentum=...)`` for a constant learning rate.
+
+>>> import nnbackend as nb
+>>> from nnbackend import nn, optim
+>>> model = nn.Linear(2, 1)
+>>> opt = optim.Adam(model.parameters(), lr=1e-3)
+>>> loss = nn.MSELoss()(model(nb.namespace().ones((4, 2))), nb.namespace().zeros((4, 1)))
+>>> opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends import host
+from nnbackend.errors import ArgumentError, CheckpointError
+from nnbackend.namespace import backend_for, namespace
+
+__all__ = [
+    "SGD",
+    "AdaGrad",
+    "Adam",
+    "AdamW",
+    "Momentum",
+    "Nesterov",
+    "Optimizer",
+    "RMSprop",
+    "clip_grad_norm",
+]
+
+
+def _as_params(params: Any) -> list[Tensor]:
+    if hasattr(params, "parameters") and callable(params.parameters):
+        params = params.parameters()
+    out: list[Tensor] = []
+    seen: set[int] = set()
+    for p in params:
+        if not isinstance(p, Tensor):
+            raise TypeError(
+                f"optimizers take nnbackend Parameters (model.parameters()), got {type(p).__name__}"
+            )
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
+    value = float(value)
+    if not (value > 0.0 or (allow_zero and value == 0.0)) or math.isnan(value):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ArgumentError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _fraction(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ArgumentError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class: holds the parameters (in the order given), their per-parameter state and
+    the hyperparameters.
+
+    Subclasses name their hyperparameters in ``hyperparameters`` (attributes holding Python
+    floats, which may be changed between steps, e.g. ``opt.lr = 0.1``) and their state arrays
+    in ``state_names``, and define :meth:`step`.
+
+    An ``eps`` below the parameter dtype's smallest normal number (float16: 6.1e-5) is raised
+    to it for that parameter, so a zero gradient never divides 0 by 0.
+
+    Attributes:
+        params: the parameters, deduplicated, in the order given.
+        state: one dict per parameter (``{}`` until its first update) of state arrays and, for
+            the Adam family, its own step count.
+        steps: how many times :meth:`step` ran.
+    """
+
+    hyperparameters: tuple[str, ...] = ("lr",)
+    state_names: tuple[str, ...] = ()
+    counts_steps_per_param = False
+
+    def __init__(self, params: Iterable[Tensor] | Any, lr: float) -> None:
+        self.params = _as_params(params)
+        if not self.params:
+            raise ArgumentError(f"{type(self).__name__} got an empty parameter list")
+        self.lr = _positive("lr", lr)
+        self.steps = 0
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]
+        # Per-parameter facts, looked up once: (param, state, xp, in-place writes?, the
+        # dtype's smallest normal number).
+        self._entries: list[tuple[Tensor, dict[str, Any], Any, bool, float]] = []
+        for p, st in zip(self.params, self.state, strict=True):
+            xp, record = backend_for(p.data)
+            tiny = float(xp.finfo(p.data.dtype).smallest_normal)
+            self._entries.append((p, st, xp, bool(record.capabilities.inplace), tiny))
+
+    def zero_grad(self) -> None:
+        """Set every parameter's ``.grad`` to ``None``."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient."""
+        raise NotImplementedError(f"{type(self).__name__} must define step()")
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot: ``{"type", "hyperparameters", "steps", "state"}``, where ``state`` maps
+        each parameter's index (in ``params`` order) to its state (copies of the arrays, so
+        later steps do not change the snapshot). Parameters without state are left out."""
+        state: dict[int, dict[str, Any]] = {}
+        for i, (p, st, xp, _, _) in enumerate(self._entries):
+            if st:
+                state[i] = {
+                    k: (xp.asarray(v, copy=True) if k in self.state_names else v)
+                    for k, v in st.items()
+                }
+            del p
+        return {
+            "type": type(self).__name__,
+            "hyperparameters": {name: getattr(self, name) for name in self.hyperparameters},
+            "steps": self.steps,
+            "state": state,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` snapshot.
+
+        Everything is validated first (type, hyperparameter names, parameter indices, state
+        names, shapes and dtypes); on any error :class:`~nnbackend.errors.CheckpointError` is
+        raised and the optimizer is left unchanged. Arrays of another backend are moved to
+        each parameter's backend through the host; the arrays are copied, never shared.
+        """
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise CheckpointError(
+                f"{name}.load_state_dict needs a mapping, got {type(state_dict).__name__}"
+            )
+        expected_keys = {"type", "hyperparameters", "steps", "state"}
+        if set(state_dict) != expected_keys:
+            raise CheckpointError(
+                f"{name} state dict needs keys {sorted(expected_keys)}, got {sorted(state_dict)}"
+            )
+        if state_dict["type"] != name:
+            raise CheckpointError(
+                f"state dict is for a {state_dict['type']} optimizer, not a {name}"
+            )
+        hyper = state_dict["hyperparameters"]
+        if not isinstance(hyper, Mapping) or set(hyper) != set(self.hyperparameters):
+            got = sorted(hyper) if isinstance(hyper, Mapping) else hyper
+            raise CheckpointError(
+                f"{name} hyperparameters are {sorted(self.hyperparameters)}, got {got}"
+            )
+        new_hyper = {}
+        for key, value in hyper.items():
+            try:
+                new_hyper[key] = float(value)
+            except (TypeError, ValueError):
+                raise CheckpointError(
+                    f"hyperparameter {key!r} must be a number, got {value!r}"
+                ) from None
+        steps = state_dict["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise CheckpointError(f"steps must be a non-negative int, got {steps!r}")
+        raw_state = state_dict["state"]
+        if not isinstance(raw_state, Mapping):
+            raise CheckpointError(
+                f"state must map parameter indices to dicts, got {type(raw_state).__name__}"
+            )
+        wanted = set(self.state_names) | ({"step"} if self.counts_steps_per_param else set())
+        new_state: list[dict[str, Any]] = [{} for _ in self.params]
+        for key, entry in raw_state.items():
+            try:
+                i = int(key)
+            except (TypeError, ValueError):
+                raise CheckpointError(f"state key {key!r} is not a parameter index") from None
+            if not 0 <= i < len(self.params):
+                raise CheckpointError(
+                    f"state for parameter {i}, but {name} has {len(self.params)} parameters"
+                )
+            if not isinstance(entry, Mapping) or set(entry) != wanted:
+                got = sorted(entry) if isinstance(entry, Mapping) else entry
+                raise CheckpointError(
+                    f"state of parameter {i} needs entries {sorted(wanted)}, got {got}"
+                )
+            p = self.params[i]
+            for k, v in entry.items():
+                if k == "step":
+                    new_state[i][k] = int(v)
+                else:
+                    new_state[i][k] = _array_like(v, p.data, f"state[{i}][{k!r}]")
+        # Validated: now commit, keeping the dicts the entries refer to.
+        for key, value in new_hyper.items():
+            setattr(self, key, value)
+        self.steps = int(steps)
+        for st, new in zip(self.state, new_state, strict=True):
+            st.clear()
+            st.update(new)
+
+    def __repr__(self) -> str:
+        hyper = ", ".join(f"{k}={getattr(self, k)}" for k in self.hyperparameters)
+        return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
+
+
+def _array_like(value: Any, like: Any, where: str) -> Any:
+    """A copy of ``value`` on ``like``'s backend, after checking its shape and dtype."""
+    if isinstance(value, Tensor):
+        value = value.data
+    shape = getattr(value, "shape", None)
+    if shape is None or tuple(shape) != tuple(like.shape):
+        raise CheckpointError(
+            f"{where} has shape {None if shape is None else tuple(shape)}; the parameter has "
+            f"shape {tuple(like.shape)}"
+        )
+    try:
+        xp_v, record_v = backend_for(value)
+    except Exception as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    xp, record = backend_for(like)
+    name_v = str(value.dtype).rsplit(".", 1)[-1]
+    name = str(like.dtype).rsplit(".", 1)[-1]
+    if name_v != name:
+        raise CheckpointError(
+            f"{where} has dtype {value.dtype}; the parameter has dtype {like.dtype}"
+        )
+    if record_v is not record:
+        moved = record.from_host(
+            host.numpy().array(record_v.to_host(value), copy=True), getattr(like, "device", None)
+        )
+        return moved if moved.dtype == like.dtype else xp.astype(moved, like.dtype)
+    del xp_v
+    return xp.asarray(value, copy=True)
+
+
+class SGD(Optimizer):
+    """Plain stochastic gradient descent: ``p -= lr * g``."""
+
+    def __init__(self, params: Iterable[Tensor] | Any, lr: float = 0.01) -> None:
+        super().__init__(params, lr)
+        self._pairs = [(p, inplace) for p, _, _, inplace, _ in self._entries]
+
+    def step(self) -> None:
+        self.steps += 1
+        lr = self.lr
+        for p, inplace in self._pairs:
+            g = p.grad
+            if g is None:
+                continue
+            if inplace:
+                p.data -= lr * g
+            else:
+                p.data = p.data - lr * g
+
+
+class Momentum(Optimizer):
+    """SGD with momentum, in the book's velocity form: ``v = momentum * v - lr * g;
+    p += v`` (PyTorch's ``SGD(momentum=m)`` for a constant learning rate)."""
+
+    hyperparameters = ("lr", "momentum")
+    state_names = ("v",)
+
+    def __init__(
+        self, params: Iterable[Tensor] | Any, lr: float = 0.01, momentum: float = 0.9
+    ) -> None:
+        super().__init__(params, lr)
+        self.momentum = _fraction("momentum", momentum)
+
+    def step(self) -> None:
+        self.steps += 1
+        lr, mu = self.lr, self.momentum
+        for p, st, xp, inplace, _tiny in self._entries:
+            g = p.grad
+            if g is None:
+                continue
+            v = st.get("v")
+            if v is None:
+                v = st["v"] = xp.zeros_like(p.data)
+            if inplace:
+                v *= mu
+                v -= lr * g
+                p.data += v
+            else:
+                v = st["v"] = mu * v - lr * g
+                p.data = p.data + v
+
+
+class Nesterov(Momentum):
+    """Nesterov's accelerated gradient (PyTorch's ``SGD(momentum=m, nesterov=True)``):
+    ``v = momentum * v - lr * g; p += momentum * v - lr * g``."""
+
+    def step(self) -> None:
+        self.steps += 1
+        lr, mu = self.lr, self.momentum
+        for p, st, xp, inplace, _tiny in self._entries:
+            g = p.grad
+            if g is None:
+                continue
+            v = st.get("v")
+            if v is None:
+                v = st["v"] = xp.zeros_like(p.data)
+            step = lr * g
+            if inplace:
+                v *= mu
+                v -= step
+                p.data += mu * v - step
+            else:
+                v = st["v"] = mu * v - step
+                p.data = p.data + (mu * v - step)
+
+
+class AdaGrad(Optimizer):
+    """``h += g * g; p -= lr * g / (sqrt(h) + eps)`` (PyTorch's ``Adagrad``)."""
+
+    hyperparameters = ("lr", "eps")
+    state_names = ("h",)
+
+    def __init__(
+        self, params: Iterable[Tensor] | Any, lr: float = 0.01, eps: float = 1e-10
+    ) -> None:
+        super().__init__(params, lr)
+        self.eps = _positive("eps", eps)
+
+    def step(self) -> None:
+        self.steps += 1
+        lr, eps = self.lr, self.eps
+        for p, st, xp, inplace, tiny in self._entries:
+            g = p.grad
+            if g is None:
+                continue
+            h = st.get("h")
+            if h is None:
+                h = st["h"] = xp.zeros_like(p.data)
+            e = eps if eps > tiny else tiny
+            if inplace:
+                h += g * g
+                p.data -= lr * g / (xp.sqrt(h) + e)
+            else:
+                h = st["h"] = h + g * g
+                p.data = p.data - lr * g / (xp.sqrt(h) + e)
+
+
+class RMSprop(Optimizer):
+    """``h = alpha * h + (1 - alpha) * g * g; p -= lr * g / (sqrt(h) + eps)`` (PyTorch's
+    ``RMSprop``; the book calls ``alpha`` the decay rate)."""
+
+    hyperparameters = ("lr", "alpha", "eps")
+    state_names = ("h",)
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Any,
+        lr: float = 0.01,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, lr)
+        self.alpha = _fraction("alpha", alpha)
+        self.eps = _positive("eps", eps)
+
+    def step(self) -> None:
+        self.steps += 1
+        lr, a, eps = self.lr, self.alpha, self.eps
+        for p, st, xp, inplace, tiny in self._entries:
+            g = p.grad
+            if g is None:
+                continue
+            h = st.get("h")
+            if h is None:
+                h = st["h"] = xp.zeros_like(p.data)
+            e = eps if eps > tiny else tiny
+            if inplace:
+                h *= a
+                h += (1.0 - a) * (g * g)
+                p.data -= lr * g / (xp.sqrt(h) + e)
+            else:
+                h = st["h"] = a * h + (1.0 - a) * (g * g)
+                p.data = p.data - lr * g / (xp.sqrt(h) + e)
+
+
+class Adam(Optimizer):
+    """Adam (PyTorch's rule): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g²``,
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+
+    ``weight_decay`` adds ``weight_decay * p`` to the gradient (L2 regularisation, coupled);
+    see :class:`AdamW` for decoupled decay. Each parameter counts its own steps ``t`` (a
+    parameter without a gradient in some step is not advanced).
+    """
+
+    hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    state_names = ("m", "v")
+    counts_steps_per_param = True
+    _decoupled = False
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Any,
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, lr)
+        self.beta1 = _fraction("betas[0]", betas[0])
+        self.beta2 = _fraction("betas[1]", betas[1])
+        self.eps = _positive("eps", eps)
+        self.weight_decay = _positive("weight_decay", weight_decay)
+
+    def step(self) -> None:
+        self.steps += 1
+        lr, b1, b2, eps, wd = self.lr, self.beta1, self.beta2, self.eps, self.weight_decay
+        decoupled = self._decoupled
+        for p, st, xp, inplace, tiny in self._entries:
+            g = p.grad
+            if g is None:
+                continue
+            m = st.get("m")
+            if m is None:
+                m = st["m"] = xp.zeros_like(p.data)
+                st["v"] = xp.zeros_like(p.data)
+                st["step"] = 0
+            v = st["v"]
+            t = st["step"] = st["step"] + 1
+            step_size = lr / (1.0 - b1**t)
+            inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**t)
+            e = eps if eps > tiny else tiny
+            if wd:
+                if decoupled:
+                    if inplace:
+                        p.data *= 1.0 - lr * wd
+                    else:
+                        p.data = p.data * (1.0 - lr * wd)
+                else:
+                    g = g + wd * p.data
+            if inplace:
+                m *= b1
+                m += (1.0 - b1) * g
+                v *= b2
+                v += (1.0 - b2) * (g * g)
+                p.data -= step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
+            else:
+                m = st["m"] = b1 * m + (1.0 - b1) * g
+                v = st["v"] = b2 * v + (1.0 - b2) * (g * g)
+                p.data = p.data - step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (PyTorch's ``AdamW``): before the Adam update,
+    ``p *= 1 - lr * weight_decay``."""
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Any,
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float = 1e-6) -> Any:
+    """Scale the gradients so that their global L2 norm is at most ``max_norm``.
+
+    Everything happens on the device: the factor ``min(1, max_norm / (norm + eps))`` is a 0-d
+    array, and the gradients are multiplied by it whether or not it is 1, so the norm is never
+    read back to the host. The gradients are rebound (``p.grad = g * factor``), never written
+    in place, because a gradient array may be shared by several parameters or be a read-only
+    broadcast view. The squares are summed in at least float32, so float16 gradients do not
+    overflow.
+
+    Returns:
+        The norm before clipping, as a 0-d array (float32 for float16 gradients, else the
+        gradients' dtype). With no gradients at all, a 0-d zero of the active namespace.
+    """
+    max_norm = _positive("max_norm", max_norm, allow_zero=False)
+    with_grad = [p for p in _as_params(params) if p.grad is not None]
+    if not with_grad:
+        return namespace().zeros(())
+    xp = backend_for(with_grad[0].grad)[0]
+    acc = xp.float32
+    for p in with_grad:
+        if p.grad.dtype == xp.float64:
+            acc = xp.float64
+    total = None
+    for p in with_grad:
+        g = p.grad
+        if g.dtype != acc:
+            g = xp.astype(g, acc)
+        sq = xp.sum(g * g)
+        total = sq if total is None else total + sq
+    norm = xp.sqrt(total)
+    factor = xp.clip(max_norm / (norm + eps), max=1.0)
+    for p in with_grad:
+        g = p.grad
+        p.grad = g * (factor if g.dtype == acc else xp.astype(factor, g.dtype))
+    return norm
