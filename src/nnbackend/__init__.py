@@ -9,7 +9,7 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import autograd, errors, random
+from nnbackend import autograd, datasets, errors, random
 from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
@@ -21,14 +21,18 @@ from nnbackend.config import (
     using,
 )
 from nnbackend.info import info
+from nnbackend.io import load, save
 from nnbackend.namespace import array_namespace, namespace
 from nnbackend.registry import available_backends, backends, register_backend
+from nnbackend.train import History, Trainer
 
 __all__ = [
     "Backend",
     "Capabilities",
     "Function",
+    "History",
     "Tensor",
+    "Trainer",
     "autograd",
     "enable_grad",
     "gradcheck",
@@ -36,14 +40,17 @@ __all__ = [
     "array_namespace",
     "available_backends",
     "backends",
+    "datasets",
     "errors",
     "get_backend",
     "get_default_dtype",
     "get_device",
     "info",
+    "load",
     "namespace",
     "random",
     "register_backend",
+    "save",
     "set_backend",
     "set_default_dtype",
     "using",

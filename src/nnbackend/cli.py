@@ -1,4 +1,4 @@
-"""The ``nnbackend`` command line."""
+"""The ``nnbackend`` command line: ``nnbackend info`` and ``nnbackend demo``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,43 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from nnbackend.errors import NNBackendError
 from nnbackend.info import info
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (still exit code 2): what was wrong and the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split())
+        self.exit(2, f"nnbackend: error: {message} ({usage}; see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nnbackend",
         description="Run one neural-network code base on NumPy, CuPy, PyTorch or any Array API "
         "library.",
@@ -22,7 +52,122 @@ def _parser() -> argparse.ArgumentParser:
         "info", help="settings and their sources, backends and why any is unusable, BLAS/CUDA"
     )
     info_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo = commands.add_parser(
+        "demo",
+        help="train the book's spiral network and plot its loss and decision boundary",
+        description="Train the 2-10-3 sigmoid network of 'Deep Learning from Scratch 2' "
+        "(chapter 1) on the spiral data set with SGD, show progress, print the final loss, "
+        "accuracy and time per step, and write loss.png and decision_boundary.png (the plots "
+        "need matplotlib: pip install 'nnbackend[plot]').",
+    )
+    demo.add_argument(
+        "--backend",
+        metavar="B",
+        help="backend to train on (default: the active one, e.g. NNBACKEND)",
+    )
+    demo.add_argument(
+        "--dtype", metavar="D", help="float64, float32 or float16 (default: the active one)"
+    )
+    demo.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=300,
+        metavar="N",
+        help="passes over the data (default: 300)",
+    )
+    demo.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=30,
+        metavar="N",
+        help="points per step (default: 30)",
+    )
+    demo.add_argument(
+        "--lr", type=_positive_float, default=1.0, help="SGD learning rate (default: 1.0)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights and the shuffling (default: 0)"
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("nnbackend-demo"),
+        metavar="DIR",
+        help="folder for the plots, created if missing (default: nnbackend-demo)",
+    )
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is also off when stderr is not a terminal)",
+    )
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from nnbackend import config, datasets, nn, optim, registry
+    from nnbackend import random as nb_random
+    from nnbackend.namespace import namespace
+    from nnbackend.train import PLOT_HINT, Trainer, plot_decision_boundary
+
+    with config.using(backend=args.backend, dtype=args.dtype):
+        namespace()  # an unknown or unusable backend, or a dtype it lacks, fails here
+        backend, dtype = config.get_backend(), config.get_default_dtype()
+        out: Path = args.out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NNBackendError(f"cannot create --out folder {str(out)!r}: {exc}") from None
+        version = registry.get(backend).version()
+        nb_random.seed(args.seed)
+        x, t = datasets.spiral()
+        model = nn.Sequential(nn.Linear(2, 10), nn.Sigmoid(), nn.Linear(10, 3))
+        trainer = Trainer(
+            model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=args.lr)
+        )
+        steps = args.epochs * -(-int(x.shape[0]) // args.batch_size)
+        print(
+            "nnbackend demo: the spiral (3 classes x 100 points), network 2-10-3 with "
+            f"sigmoid, SGD lr={args.lr:g}, batch {args.batch_size}"
+        )
+        print(
+            f"backend {backend}"
+            + (f" {version}" if version else "")
+            + f", dtype {dtype}: {args.epochs} epochs, {steps} steps",
+            flush=True,
+        )
+        history = trainer.fit(
+            x,
+            t,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=False if args.no_progress else "auto",
+        )
+        loss, accuracy = trainer.evaluate(x, t)
+        if history.interrupted:
+            print(f"interrupted after {history.steps} steps ({history.epochs} epochs)")
+        print(f"final loss {loss:.4f}, accuracy {accuracy:.1%} on the training points")
+        print(
+            f"time per step {history.time_per_step * 1e6:.1f} us "
+            f"({history.steps} steps in {history.wall_time:.2f} s)"
+        )
+        try:
+            written = [
+                history.plot(out / "loss.png", title=f"spiral, {backend} {dtype}"),
+                plot_decision_boundary(
+                    model,
+                    x,
+                    t,
+                    out / "decision_boundary.png",
+                    title=f"spiral, {backend} {dtype}: {accuracy:.1%}",
+                ),
+            ]
+        except ImportError:
+            print(f"plots skipped: matplotlib is not installed ({PLOT_HINT})", file=sys.stderr)
+        else:
+            for path in written:
+                print(f"wrote {path}")
+    return 130 if history.interrupted else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "info":
             report = info()
             print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report)
+        elif args.command == "demo":
+            return _demo(args)
     except NNBackendError as exc:
-        print(f"nnbackend: error: {exc}", file=sys.stderr)
+        print(f"nnbackend: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(exc: Any) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,162 @@
+"""Small data sets to learn and test with: the book's spiral, XOR, and scikit-learn's 8x8 digits.
+
+Every loader builds its data on the host and moves it to the active backend (or the one named
+by ``nnbackend.using``): inputs in the active default float dtype (or ``dtype=``), labels as
+the backend's int64. A loader returns a :class:`Dataset`, a named tuple ``(x, t)``, so
+``x, t = nb.datasets.spiral()`` works.
+
+>>> import nnbackend as nb
+>>> x, t = nb.datasets.spiral()
+>>> tuple(x.shape), str(x.dtype), tuple(t.shape), str(t.dtype)
+((300, 2), 'float64', (300,), 'int64')
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from nnbackend import config, registry
+from nnbackend.backends import host
+from nnbackend.namespace import array_namespace, namespace
+
+__all__ = ["Dataset", "digits", "spiral", "to_backend", "xor"]
+
+
+class Dataset(NamedTuple):
+    """Inputs ``x`` (shape ``(N, features)``, float) and integer labels ``t`` (shape ``(N,)``),
+    both on one backend."""
+
+    x: Any
+    t: Any
+
+    @property
+    def n_samples(self) -> int:
+        """The number of samples (rows of ``x``)."""
+        return int(self.x.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        """One more than the largest label (reads the labels to the host)."""
+        return int(array_namespace(self.t).max(self.t)) + 1
+
+
+def to_backend(values: Any, dtype: Any = None) -> Any:
+    """Move a host NumPy array to the active backend and device.
+
+    Floating arrays are cast (on the host) to ``dtype`` (default: the active default float
+    dtype); integer arrays become int64.
+    """
+    np = host.numpy()
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.floating):
+        namespace(None, dtype)  # raises the backend's own error (unavailable, no float16)
+        target = config.resolve(None, dtype)[1]
+    else:
+        namespace()
+        target = "int64"
+    backend, _, device = config.resolve()
+    record = registry.get(backend)
+    # A fresh, C-contiguous, writable copy: torch.from_numpy shares memory with its input.
+    values = np.array(values, dtype=target, order="C", copy=True)
+    return record.from_host(values, record.device(device) if device is not None else None)
+
+
+def spiral(
+    n_per_class: int = 100,
+    n_classes: int = 3,
+    seed: int = 1984,
+    *,
+    noise: float = 0.2,
+    dtype: Any = None,
+) -> Dataset:
+    """The book's spiral ("Deep Learning from Scratch 2", ``dataset/spiral.py``): ``n_classes``
+    arms of ``n_per_class`` points in 2-D.
+
+    For arm ``j`` and point ``i``: ``rate = i / n_per_class``, ``radius = rate``,
+    ``theta = 4 j + 4 rate + 0.2 * normal()``, ``x = (radius sin(theta), radius cos(theta))``.
+    With the defaults the points are exactly the book's (the same legacy NumPy stream seeded
+    with 1984); labels are integers (the book's are one-hot).
+
+    Returns:
+        :class:`Dataset` with ``x`` of shape ``(n_per_class * n_classes, 2)`` and ``t`` of
+        shape ``(n_per_class * n_classes,)``.
+    """
+    if n_per_class < 1 or n_classes < 1:
+        raise ValueError(
+            f"spiral needs n_per_class >= 1 and n_classes >= 1, got {n_per_class}, {n_classes}"
+        )
+    np = host.numpy()
+    # The book calls np.random.seed(seed) and np.random.randn() once per point, arm by arm;
+    # RandomState(seed).standard_normal(n) draws the same numbers in the same order.
+    normal = np.random.RandomState(seed).standard_normal(n_per_class * n_classes)
+    rate = np.tile(np.arange(n_per_class) / n_per_class, n_classes)
+    arm = np.repeat(np.arange(n_classes), n_per_class)
+    radius = 1.0 * rate
+    theta = arm * 4.0 + 4.0 * rate + normal * noise
+    x = np.stack([radius * np.sin(theta), radius * np.cos(theta)], axis=1)
+    return Dataset(to_backend(x, dtype), to_backend(arm))
+
+
+def xor(n_per_corner: int = 1, noise: float = 0.0, seed: int = 0, *, dtype: Any = None) -> Dataset:
+    """The XOR problem: points at the corners of the unit square, label 1 where exactly one
+    coordinate is 1.
+
+    With the defaults, the four points ``(0,0) (0,1) (1,0) (1,1)`` with labels ``0 1 1 0``.
+    ``n_per_corner`` > 1 repeats each corner, and ``noise`` adds Gaussian jitter of that
+    standard deviation (seeded by ``seed``), for a data set big enough to batch.
+    """
+    if n_per_corner < 1:
+        raise ValueError(f"xor needs n_per_corner >= 1, got {n_per_corner}")
+    np = host.numpy()
+    corners = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    labels = np.array([0, 1, 1, 0])
+    x = np.repeat(corners, n_per_corner, axis=0)
+    t = np.repeat(labels, n_per_corner)
+    if noise:
+        x = x + host.generator(seed).normal(0.0, float(noise), x.shape)
+    return Dataset(to_backend(x, dtype), to_backend(t))
+
+
+def digits(
+    test_fraction: float = 0.25, seed: int = 0, *, dtype: Any = None
+) -> tuple[Dataset, Dataset]:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes; no download),
+    split into a training and a test set.
+
+    Pixels are scaled from 0..16 to [0, 1]; each image is a row of 64 features. The split is a
+    seeded shuffle, stratified by class, so both sets hold every digit in the same proportion.
+
+    >>> import nnbackend as nb
+    >>> (x_train, t_train), (x_test, t_test) = nb.datasets.digits()  # doctest: +SKIP
+
+    Raises:
+        ImportError: scikit-learn is not installed (the message says how to install it).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise ImportError(
+            "nnbackend.datasets.digits() needs scikit-learn, which ships the digits with it: "
+            "pip install scikit-learn"
+        ) from exc
+    np = host.numpy()
+    bunch = load_digits()
+    x = np.asarray(bunch.data, dtype=np.float64) / 16.0
+    t = np.asarray(bunch.target, dtype=np.int64)
+    rng = host.generator(seed)
+    train_idx: list[Any] = []
+    test_idx: list[Any] = []
+    for label in np.unique(t):
+        members = rng.permutation(np.flatnonzero(t == label))
+        n_test = max(1, math.floor(len(members) * test_fraction + 0.5))
+        test_idx.append(members[:n_test])
+        train_idx.append(members[n_test:])
+    train = rng.permutation(np.concatenate(train_idx))
+    test = rng.permutation(np.concatenate(test_idx))
+    return (
+        Dataset(to_backend(x[train], dtype), to_backend(t[train])),
+        Dataset(to_backend(x[test], dtype), to_backend(t[test])),
+    )
