@@ -1,0 +1,401 @@
+"""nnbackend's benchmark suite: ``python -m benchmarks`` (or ``nox -s bench``).
+
+A *case* is a function registered with :func:`register` that measures something and returns
+:class:`Row` objects (name, value, unit, target, passed). ``python -m benchmarks`` finds every
+module in this package (any ``benchmarks/<name>.py`` not starting with ``_``), runs the
+registered cases, prints one table and writes ``benchmarks/results/<case>.json`` with the rows
+and the machine's facts (CPU, thread count, BLAS and its kernel from threadpoolctl, library
+versions).
+
+Adding a case::
+
+    # benchmarks/my_case.py
+    from benchmarks import Options, Row, interleaved, register, row, timer
+
+    @register("my_case", "what it measures, in one line")
+    def my_case(opts: Options) -> list[Row]:
+        a = timer("f(x)", {"f": f, "x": x})
+        b = timer("g(x)", {"g": g, "x": x})
+        t = interleaved({"f": a, "g": b}, opts)     # seconds per call, per round
+        return [row("f / g", t.ratio("f", "g"), "x", at_most=1.10),
+                row("f", t["f"] * 1e9, "ns")]
+
+Rules the helpers follow, so that numbers from different cases compare: variants are timed in
+interleaved rounds (each round runs every variant once, in a shuffled order), each round times
+a loop of calls sized to take ``opts.round_s`` seconds, and the reported value is the median
+over rounds (for a ratio, the median of the per-round ratios). Compare ratios taken in one
+run, never absolute times across runs or machines.
+
+Environment: ``OPENBLAS_CORETYPE`` (set on some machines here) slows current NumPy. Nothing in
+this package changes it; unset it on the command line of the run instead::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks
+
+The machine facts record both variables and the kernel OpenBLAS then chose.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+import timeit
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CASES",
+    "RESULTS_DIR",
+    "Case",
+    "Options",
+    "Row",
+    "Skip",
+    "Timings",
+    "interleaved",
+    "load_cases",
+    "machine_facts",
+    "register",
+    "row",
+    "timer",
+]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How long to measure. ``--quick`` gives a smoke run (a few seconds a case)."""
+
+    quick: bool = False
+    rounds: int = 301
+    round_s: float = 0.0005
+    warmup_s: float = 0.3
+    seed: int = 0
+
+    @classmethod
+    def make(cls, quick: bool) -> Options:
+        return cls(quick=True, rounds=31, round_s=0.0003, warmup_s=0.03) if quick else cls()
+
+
+@dataclass
+class Row:
+    """One measured number. ``target`` reads like ``"<= 1.05"``; ``passed`` is None when the
+    row has no target (reported for information)."""
+
+    name: str
+    value: float
+    unit: str
+    target: str | None = None
+    passed: bool | None = None
+    note: str = ""
+
+
+def row(
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    at_most: float | None = None,
+    at_least: float | None = None,
+    note: str = "",
+) -> Row:
+    """A :class:`Row`, with ``passed`` decided from ``at_most`` / ``at_least``."""
+    checks: list[tuple[str, bool]] = []
+    if at_most is not None:
+        checks.append((f"<= {at_most:g}", value <= at_most))
+    if at_least is not None:
+        checks.append((f">= {at_least:g}", value >= at_least))
+    if not checks:
+        return Row(name, float(value), unit, note=note)
+    target = " and ".join(text for text, _ in checks)
+    return Row(name, float(value), unit, target, all(ok for _, ok in checks), note)
+
+
+class Skip(Exception):
+    """Raised by a case that cannot run here (a missing library, no GPU); the message says
+    why and is reported instead of rows."""
+
+
+CaseFunction = Callable[[Options], list[Row]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A registered benchmark case."""
+
+    name: str
+    description: str
+    run: CaseFunction
+    gpu: bool = False
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+CASES: dict[str, Case] = {}
+
+
+def register(
+    name: str, description: str, *, gpu: bool = False, tags: tuple[str, ...] = ()
+) -> Callable[[CaseFunction], CaseFunction]:
+    """Register a case function under ``name``. ``gpu=True`` marks a case that needs a CUDA
+    device: it runs with ``--gpu`` (``nox -s gpu``) and not by default."""
+
+    def decorate(function: CaseFunction) -> CaseFunction:
+        if name in CASES and CASES[name].run is not function:
+            raise ValueError(f"benchmark case {name!r} is registered twice")
+        CASES[name] = Case(name, description, function, gpu, tags)
+        return function
+
+    return decorate
+
+
+def load_cases() -> dict[str, Case]:
+    """Import every module of this package (not starting with ``_``) so their cases register."""
+    package_dir = Path(__file__).resolve().parent
+    for path in sorted(package_dir.glob("*.py")):
+        if not path.stem.startswith("_"):
+            importlib.import_module(f"{__name__}.{path.stem}")
+    return CASES
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+Runner = Callable[[int], float]  # runs the measured statement n times, returns seconds
+
+
+def timer(
+    stmt: str,
+    namespace: Mapping[str, Any],
+    *,
+    setup: str = "pass",
+    sync: Callable[[], Any] | None = None,
+) -> Runner:
+    """A runner that executes ``stmt`` in a tight loop (``timeit``: the loop is compiled
+    with the statement, garbage collection is off) and returns the elapsed seconds.
+
+    ``sync`` (a device synchronize) is called after the loop and counted, so asynchronous
+    device work is inside the measurement.
+    """
+    compiled = timeit.Timer(stmt, setup=setup, globals=dict(namespace))
+    if sync is None:
+        return compiled.timeit
+
+    def run(number: int) -> float:
+        sync()
+        start = time.perf_counter()
+        compiled.timeit(number)
+        sync()
+        return time.perf_counter() - start
+
+    return run
+
+
+def calibrate(run: Runner, seconds: float) -> int:
+    """The loop count that makes one call of ``run`` last about ``seconds``. The first call
+    (imports, caches, a namespace being built) is left out, and the estimate is the fastest of
+    three tries, so neither a one-time cost nor a preemption makes the loop too short."""
+    run(1)
+    number = 1
+    while number < 10**8:
+        if min(run(number) for _ in range(3)) >= seconds / 5:
+            break
+        number *= 10
+    per_call = min(run(number) for _ in range(3)) / number
+    return max(1, round(seconds / max(per_call, 1e-10)))
+
+
+@dataclass
+class Timings:
+    """Seconds per call of each variant, one sample per round. ``t[name]`` is the median;
+    ``t.ratio(a, b)`` the median over rounds of ``a / b`` measured in the same round, which
+    cancels drift in the machine's speed (another process taking a core) better than a ratio
+    of medians."""
+
+    samples: dict[str, list[float]]
+
+    def __getitem__(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    def ratio(self, a: str, b: str) -> float:
+        pairs = zip(self.samples[a], self.samples[b], strict=True)
+        return statistics.median(x / y for x, y in pairs)
+
+    def spread(self, name: str) -> float:
+        """Interquartile range over median: how noisy this variant's rounds were."""
+        q1, _, q3 = statistics.quantiles(self.samples[name], n=4)
+        return (q3 - q1) / self[name]
+
+
+def interleaved(runners: Mapping[str, Runner], opts: Options) -> Timings:
+    """Time each runner in interleaved rounds: every round runs each runner once (a loop of
+    calls lasting about ``opts.round_s``), in a shuffled order, so drift in the machine's speed
+    hits all variants alike. Compare at most a handful of variants per call, so the ones a
+    ratio pairs run close together in time. Warm-up rounds (``opts.warmup_s``) are discarded."""
+    numbers = {name: calibrate(run, opts.round_s) for name, run in runners.items()}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners)
+    shuffle = random.Random(opts.seed).shuffle
+    # Warm-up rounds, discarded: CPython's adaptive interpreter, caches and the CPU's clock take
+    # a while (tenths of a second seen here) to settle when the variants alternate.
+    deadline = time.perf_counter() + opts.warmup_s
+    while True:
+        for name in order:
+            runners[name](numbers[name])
+        if time.perf_counter() >= deadline:
+            break
+    for _ in range(opts.rounds):
+        shuffle(order)
+        for name in order:
+            samples[name].append(runners[name](numbers[name]) / numbers[name])
+    return Timings(samples)
+
+
+# --------------------------------------------------------------------------------------------
+# Machine facts
+
+
+def _dist(name: str) -> str | None:
+    try:
+        return _dist_version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}{' (with uncommitted changes)' if dirty else ''}" if commit else None
+
+
+def machine_facts() -> dict[str, Any]:
+    """What the numbers depend on: CPU, threads, BLAS (threadpoolctl, after NumPy is loaded),
+    the OpenBLAS environment variables, library versions and, where present, the GPU."""
+    import numpy  # noqa: F401  (loads the BLAS so threadpoolctl can see it)
+
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = [
+            {
+                k: entry.get(k)
+                for k in (
+                    "user_api",
+                    "internal_api",
+                    "version",
+                    "num_threads",
+                    "threading_layer",
+                    "architecture",
+                    "filepath",
+                )
+            }
+            for entry in threadpool_info()
+        ]
+    except ImportError:
+        pools = [{"error": "threadpoolctl is not installed: pip install threadpoolctl"}]
+    facts: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": sys.version.split()[0],
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "thread_pools": pools,
+        "environment": {
+            name: os.environ.get(name)
+            for name in (
+                "OPENBLAS_CORETYPE",
+                "OPENBLAS_L2_SIZE",
+                "OPENBLAS_NUM_THREADS",
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "NNBACKEND",
+                "NNBACKEND_DTYPE",
+            )
+        },
+        "versions": {
+            name: _dist(name)
+            for name in (
+                "nnbackend",
+                "numpy",
+                "array-api-compat",
+                "array-api-strict",
+                "torch",
+                "cupy-cuda12x",
+                "cupy-cuda13x",
+                "threadpoolctl",
+            )
+        },
+        "git_commit": _git_commit(),
+    }
+    if "torch" in sys.modules:  # report torch's own threads only if a case loaded it
+        torch = sys.modules["torch"]
+        facts["torch_threads"] = torch.get_num_threads()
+        facts["torch_cuda"] = bool(torch.cuda.is_available())
+    if "cupy" in sys.modules:
+        try:
+            cupy = sys.modules["cupy"]
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+            name = props["name"]
+            facts["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+            facts["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        except Exception as exc:  # facts must never break a run
+            facts["gpu"] = f"unknown ({type(exc).__name__}: {exc})"
+    return facts
+
+
+def write_result(
+    case: Case, rows: list[Row], opts: Options, seconds: float, skipped: str | None = None
+) -> Path:
+    """Write ``benchmarks/results/<case>.json`` and return its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{case.name}.json"
+    document = {
+        "case": case.name,
+        "description": case.description,
+        "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "quick": opts.quick,
+        "rounds": opts.rounds,
+        "round_s": opts.round_s,
+        "duration_s": round(seconds, 2),
+        "skipped": skipped,
+        "passed": None if skipped else all(r.passed is not False for r in rows),
+        "rows": [asdict(r) for r in rows],
+        "machine": machine_facts(),
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
