@@ -38,18 +38,8 @@ from nnbackend.namespace import backend_for
 __all__ = ["Function", "run_backward"]
 
 _SCALARS = (int, float, bool)
-_tensor_class: list[type] = []
-
-
-def _tensor_type() -> Any:
-    # Tensor is defined in tensor.py, which imports this module; fetch it once, then reuse.
-    try:
-        return _tensor_class[0]
-    except IndexError:
-        from nnbackend.autograd.tensor import Tensor
-
-        _tensor_class.append(Tensor)
-        return Tensor
+# Set by tensor.py once Tensor exists (tensor.py imports this module, not the reverse).
+Tensor: Any = None
 
 
 class Function:
@@ -78,7 +68,7 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
     def __call__(self, *inputs: Any) -> Any:
-        tensor_type = _tensor_type()
+        tensor_type = Tensor
         xs = []
         needs = []
         tensors = []

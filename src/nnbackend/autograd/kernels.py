@@ -16,16 +16,19 @@ __all__ = ["Kernels", "kernels"]
 
 
 class Kernels:
-    """``sum(x, axis=, keepdims=)`` and ``max(x, axis=, keepdims=)`` for floating arrays.
+    """``sum(x, axis=, keepdims=)`` and ``max(x, axis=, keepdims=)`` for floating arrays,
+    ``astype(x, dtype)``, and the backend's ``on_host(x)``.
 
     Always pass ``axis`` (``None`` for all axes): NumPy's ``ufunc.reduce`` defaults to axis 0.
     """
 
-    __slots__ = ("max", "sum")
+    __slots__ = ("astype", "max", "on_host", "sum")
 
-    def __init__(self, xp: Any, overrides: dict[str, Any]) -> None:
+    def __init__(self, xp: Any, record: Any, overrides: dict[str, Any]) -> None:
         self.sum = overrides.get("sum", xp.sum)
         self.max = overrides.get("max", xp.max)
+        self.astype = overrides.get("astype", xp.astype)
+        self.on_host = record.on_host
 
 
 _cache: dict[Any, Kernels] = {}
@@ -35,5 +38,6 @@ def kernels(xp: Any, array: Any) -> Kernels:
     """The kernels of the backend that owns ``array`` (whose namespace is ``xp``)."""
     found = _cache.get(xp)
     if found is None:
-        found = _cache[xp] = Kernels(xp, backend_for(array)[1].kernels())
+        record = backend_for(array)[1]
+        found = _cache[xp] = Kernels(xp, record, record.kernels())
     return found

@@ -11,6 +11,8 @@ from nnbackend.namespace import backend_for, namespace
 
 __all__ = ["Tensor", "as_tensor"]
 
+_new = object.__new__
+
 
 class Tensor:
     """A backend array (``.data``) that records the operations applied to it.
@@ -67,7 +69,7 @@ class Tensor:
     @classmethod
     def _wrap(cls, data: Any, requires_grad: bool) -> Tensor:
         # The engine's constructor: no checks, a few slot writes.
-        t = cls.__new__(cls)
+        t = _new(cls)
         t.data = data
         t.grad = None
         t.creator = None
@@ -180,13 +182,17 @@ class Tensor:
             )
         xp = self.xp
         if grad is None:
-            if self.size != 1:
+            data = self.data
+            if data.ndim == 0:  # the usual case, a loss: the cheapest way to a one
+                grad = xp.asarray(1.0, dtype=data.dtype)
+            elif self.size != 1:
                 raise GradientError(
                     f"backward() without a gradient needs a one-element tensor, this one has "
                     f"shape {self.shape}; pass grad= an array of that shape (or reduce it "
                     "first, e.g. loss.sum())"
                 )
-            grad = xp.ones_like(self.data)
+            else:
+                grad = xp.ones_like(data)
         else:
             if isinstance(grad, Tensor):
                 grad = grad.data
@@ -325,5 +331,7 @@ def as_tensor(x: Any) -> Tensor:
     """``x`` itself when it is a Tensor, else a constant Tensor around the array."""
     return x if isinstance(x, Tensor) else Tensor(x)
 
+
+_function.Tensor = Tensor
 
 from nnbackend.autograd import ops as _ops  # noqa: E402  (ops needs Tensor defined)

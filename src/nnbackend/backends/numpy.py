@@ -53,7 +53,7 @@ def scatter_add(target: Any, indices: Any, values: Any) -> Any:
 def kernels() -> dict[str, Any]:
     import numpy as np
 
-    return {"sum": np.add.reduce, "max": np.maximum.reduce}
+    return {"sum": np.add.reduce, "max": np.maximum.reduce, "astype": np.ndarray.astype}
 
 
 def blas_facts() -> list[dict[str, Any]]:

@@ -71,16 +71,17 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     Raises :class:`~nnbackend.errors.ShapeError` when ``x``'s last axis is not ``in`` and
     :class:`~nnbackend.errors.DtypeError` when ``x`` and ``weight`` differ in dtype.
     """
-    xd, wd = _data(x), _data(weight)
-    if xd.ndim == 0 or xd.shape[-1] != wd.shape[0]:
-        raise ShapeError(
-            f"linear: input of shape {tuple(xd.shape)} does not fit a weight of shape "
-            f"{tuple(wd.shape)}; expected input shape (..., {wd.shape[0]})"
-        )
+    xd = x.data if isinstance(x, Tensor) else x
+    wd = weight.data if isinstance(weight, Tensor) else weight
     if xd.dtype != wd.dtype:
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
+        )
+    if xd.ndim == 0 or xd.shape[-1] != wd.shape[0]:
+        raise ShapeError(
+            f"linear: input of shape {tuple(xd.shape)} does not fit a weight of shape "
+            f"{tuple(wd.shape)}; expected input shape (..., {wd.shape[0]})"
         )
     if bias is None:
         return Linear()(x, weight)
@@ -229,16 +230,16 @@ class SoftmaxCrossEntropy(Function):
         e = xp.exp(z)
         s = k.sum(e, axis=1, keepdims=True)
         self.p = e / s
-        logp = z - xp.log(s)
+        log_s = xp.log(s)
         invalid = None
         self.rows_sum_to_one = t.ndim == 1
         if t.ndim == 1:
             hit = t[:, None] == _class_range(xp, c, t.dtype)
-            labels, t = t, xp.astype(hit, x.dtype)
+            labels, t = t, k.astype(hit, x.dtype)
             # Every label in range <=> exactly n hits. Reading that count is free where the
             # arrays live on the host; on a device it would sync, so the loss turns NaN instead.
             matched = k.sum(t, axis=None)
-            if backend_for(labels)[1].on_host(labels):
+            if k.on_host(labels):
                 if float(matched) != n:
                     raise _bad_labels(labels, c)
             else:
@@ -251,8 +252,12 @@ class SoftmaxCrossEntropy(Function):
         elif t.dtype != x.dtype:
             t = xp.astype(t, x.dtype)
         self.t, self.n = t, n
-        self.logp: Any = logp if self.needs_input_grad[1] else None
-        loss = -k.sum(t * logp, axis=None) / float(n)
+        self.logp: Any = z - log_s if self.needs_input_grad[1] else None
+        # -sum(t * (z - log s)) / n, with log s summed per row: one (N, C) pass fewer.
+        if self.rows_sum_to_one:
+            loss = (k.sum(log_s, axis=None) - k.sum(t * z, axis=None)) / float(n)
+        else:
+            loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if invalid is not None:
             loss = xp.where(invalid, float("nan"), loss)
         return loss

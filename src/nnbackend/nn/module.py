@@ -152,6 +152,18 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Calling a module runs its forward: make the class's __call__ that very function, so
+        # a layer call costs one Python frame, not two (about 0.4 us a layer, a tenth of a
+        # small layer's step). A __call__ a class defines itself is left alone.
+        super().__init_subclass__(**kwargs)
+        inherited = cls.__call__
+        default = inherited is Module.__call__ or any(
+            inherited is base.__dict__.get("forward") for base in cls.__mro__[1:]
+        )
+        if "__call__" not in cls.__dict__ and "forward" in cls.__dict__ and default:
+            cls.__call__ = cls.__dict__["forward"]  # type: ignore[method-assign]
+
     # -- traversal -----------------------------------------------------------------------
     def named_parameters(
         self, prefix: str = "", recurse: bool = True
