@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
+import math
 import os
 import platform
 import random
@@ -60,6 +61,7 @@ __all__ = [
     "Case",
     "Options",
     "Row",
+    "NoDevice",
     "Skip",
     "Timings",
     "interleaved",
@@ -67,6 +69,7 @@ __all__ = [
     "machine_facts",
     "register",
     "row",
+    "step_runner",
     "timer",
 ]
 
@@ -75,17 +78,32 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Options:
-    """How long to measure. ``--quick`` gives a smoke run (a few seconds a case)."""
+    """How long to measure. ``--quick`` gives a smoke run (a few seconds a case).
+
+    ``prewarm`` is the share of a round's loop that is run, untimed, just before the timed
+    loop: switching from one variant to another costs a fixed amount (caches refilled, and
+    after a torch step its OpenMP threads still spinning), about 40 µs after an engine step
+    and 160 µs after a torch step on the tiny network (benchmarks/NOTES.md,
+    "Switching between variants"). A training loop runs one step over and over, so the
+    steady state is what counts.
+
+    ``dry_run`` (``--gpu --dry-run``) runs the GPU cases' plumbing with numpy and torch on the
+    CPU at small sizes: a check of the code, not numbers.
+    """
 
     quick: bool = False
     rounds: int = 301
     round_s: float = 0.0005
     warmup_s: float = 0.3
     seed: int = 0
+    prewarm: float = 0.25
+    dry_run: bool = False
 
     @classmethod
-    def make(cls, quick: bool) -> Options:
-        return cls(quick=True, rounds=31, round_s=0.0003, warmup_s=0.03) if quick else cls()
+    def make(cls, quick: bool, dry_run: bool = False) -> Options:
+        if quick or dry_run:
+            return cls(quick=True, rounds=31, round_s=0.0003, warmup_s=0.03, dry_run=dry_run)
+        return cls()
 
 
 @dataclass
@@ -123,8 +141,13 @@ def row(
 
 
 class Skip(Exception):
-    """Raised by a case that cannot run here (a missing library, no GPU); the message says
-    why and is reported instead of rows."""
+    """Raised by a case that cannot run here (a missing library, a missing feature); the
+    message says why and is reported, and saved, instead of rows."""
+
+
+class NoDevice(Skip):
+    """A GPU case on a machine without a usable GPU: reported, but not saved, so the results
+    of the last GPU run stay in ``benchmarks/results/`` and in the report."""
 
 
 CaseFunction = Callable[[Options], list[Row]]
@@ -238,28 +261,73 @@ class Timings:
         return (q3 - q1) / self[name]
 
 
-def interleaved(runners: Mapping[str, Runner], opts: Options) -> Timings:
+def interleaved(runners: Mapping[str, Runner], opts: Options, *, settle_s: float = 0.0) -> Timings:
     """Time each runner in interleaved rounds: every round runs each runner once (a loop of
     calls lasting about ``opts.round_s``), in a shuffled order, so drift in the machine's speed
     hits all variants alike. Compare at most a handful of variants per call, so the ones a
-    ratio pairs run close together in time. Warm-up rounds (``opts.warmup_s``) are discarded."""
+    ratio pairs run close together in time. Warm-up rounds (``opts.warmup_s``) are discarded.
+
+    Before each timed loop, ``opts.prewarm`` times as many calls run untimed (see
+    :class:`Options`). ``settle_s`` sleeps that long after each loop, untimed: give it about
+    0.01 s in a group with a multithreaded torch step, whose OpenMP threads keep spinning for
+    a few milliseconds afterwards and slowed the next variant's BLAS by 40% here.
+    """
     numbers = {name: calibrate(run, opts.round_s) for name, run in runners.items()}
+    pre = {
+        name: math.ceil(n * opts.prewarm) if opts.prewarm > 0 else 0 for name, n in numbers.items()
+    }
     samples: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners)
     shuffle = random.Random(opts.seed).shuffle
+    sleep = time.sleep
     # Warm-up rounds, discarded: CPython's adaptive interpreter, caches and the CPU's clock take
     # a while (tenths of a second seen here) to settle when the variants alternate.
     deadline = time.perf_counter() + opts.warmup_s
     while True:
         for name in order:
             runners[name](numbers[name])
+            if settle_s:
+                sleep(settle_s)
         if time.perf_counter() >= deadline:
             break
     for _ in range(opts.rounds):
         shuffle(order)
         for name in order:
-            samples[name].append(runners[name](numbers[name]) / numbers[name])
+            run, number = runners[name], numbers[name]
+            if pre[name]:
+                run(pre[name])
+            samples[name].append(run(number) / number)
+            if settle_s:
+                sleep(settle_s)
     return Timings(samples)
+
+
+def step_runner(
+    step: Callable[..., Any], *args: Any, sync: Callable[[], Any] | None = None
+) -> Runner:
+    """A runner that calls ``step(*args)`` ``n`` times; with ``sync`` (a device synchronize)
+    it synchronizes before starting the clock and before reading it."""
+    perf_counter = time.perf_counter
+
+    if sync is None:
+
+        def run(number: int) -> float:
+            start = perf_counter()
+            for _ in range(number):
+                step(*args)
+            return perf_counter() - start
+
+        return run
+
+    def run_synced(number: int) -> float:
+        sync()
+        start = perf_counter()
+        for _ in range(number):
+            step(*args)
+        sync()
+        return perf_counter() - start
+
+    return run_synced
 
 
 # --------------------------------------------------------------------------------------------

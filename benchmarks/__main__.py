@@ -1,8 +1,11 @@
-"""``python -m benchmarks [--case NAME ...] [--quick] [--gpu] [--list] [--no-save]``
+"""``python -m benchmarks [--case NAME ...] [--quick] [--gpu [--dry-run]] [--report] [--list]``
 
 Runs the registered cases, prints one table, writes ``benchmarks/results/<case>.json`` and
-exits 1 when a row misses its target (``--no-check`` reports misses but exits 0).
-Unset ``OPENBLAS_CORETYPE`` on the command line of the run, not in code::
+exits 1 when a row misses its target (``--no-check`` reports misses but exits 0). A full run
+(no ``--case``, not ``--quick``) also rewrites ``docs/performance.md`` and its plot from the
+saved results; ``--report`` alone only rewrites them. Cases marked GPU run with ``--gpu`` only
+and are listed as skipped otherwise. Unset ``OPENBLAS_CORETYPE`` on the command line of the
+run, not in code::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks
 """
@@ -10,12 +13,13 @@ Unset ``OPENBLAS_CORETYPE`` on the command line of the run, not in code::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 
-from benchmarks import Options, Row, Skip, load_cases, machine_facts, write_result
+from benchmarks import NoDevice, Options, Row, Skip, load_cases, machine_facts, write_result
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,12 +35,26 @@ def _parser() -> argparse.ArgumentParser:
         help="run only this case (repeatable); see --list",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="few, short rounds: a smoke run, not numbers to report"
+        "--quick",
+        action="store_true",
+        help="few, short rounds: a smoke run, not numbers to report (never saved)",
     )
     parser.add_argument(
         "--gpu",
         action="store_true",
         help="run the cases that need a CUDA GPU (and only those, unless --case names others)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --gpu: run the GPU cases' code on the CPU (numpy for cupy, torch CPU for "
+        "CUDA, small sizes); checks the plumbing, saves nothing",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="rewrite docs/performance.md and its plot from benchmarks/results/*.json; alone, "
+        "without running anything",
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument(
@@ -49,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _format_value(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
     if value == 0 or 0.01 <= abs(value) < 1e5:
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return f"{value:.3g}"
@@ -74,13 +94,27 @@ def _table(results: list[tuple[str, list[Row]]]) -> str:
     return "\n".join(out)
 
 
+def _write_report() -> None:
+    from benchmarks import _report
+
+    for path in _report.write_report():
+        print(f"report: {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.dry_run and not args.gpu:
+        print("--dry-run applies to the GPU cases: add --gpu", file=sys.stderr)
+        return 2
+    if args.report and not (args.case or args.gpu or args.quick):
+        _write_report()
+        return 0
     cases = load_cases()
     if args.list:
         for case in cases.values():
             print(f"{case.name:<28} {'[gpu] ' if case.gpu else ''}{case.description}")
         return 0
+    not_run: list[tuple[str, str]] = []
     if args.case:
         unknown = [name for name in args.case if name not in cases]
         if unknown:
@@ -91,7 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         selected = [cases[name] for name in args.case]
     else:
         selected = [case for case in cases.values() if case.gpu == args.gpu]
-    opts = Options.make(args.quick)
+        if not args.gpu:
+            not_run = [
+                (case.name, "a GPU case: run `python -m benchmarks --gpu` on a CUDA machine")
+                for case in cases.values()
+                if case.gpu
+            ]
+    opts = Options.make(args.quick, dry_run=args.dry_run)
+    # --quick numbers are not for reporting: they never replace saved results.
+    save = not (args.no_save or args.dry_run or args.quick)
 
     facts = machine_facts()
     blas = [p for p in facts["thread_pools"] if p.get("user_api") == "blas"]
@@ -110,7 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "NumPy; for numbers to report run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
             "python -m benchmarks"
         )
-    if opts.quick:
+    load = facts["load_average"] or ()
+    print(f"load average: {', '.join(f'{x:.2f}' for x in load)}")
+    cpus = facts["usable_cpus"] or facts["logical_cpus"] or 1
+    if load and load[0] > cpus / 2:
+        print(
+            f"warning: the machine is busy (load {load[0]:.1f} on {cpus} CPUs); ratios hold up "
+            "better than times, but GEMM-bound steps slow unevenly under contention"
+        )
+    if args.dry_run:
+        print("--dry-run: the GPU cases on the CPU with numpy and torch; nothing is saved")
+    elif opts.quick:
         print("--quick: a smoke run; do not report these numbers")
     print()
 
@@ -123,19 +175,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = case.run(opts)
         except Skip as exc:
             skipped.append((case.name, str(exc)))
-            if not args.no_save:
+            # A GPU case without a GPU leaves the last GPU run's results in place.
+            if save and not isinstance(exc, NoDevice):
                 write_result(case, [], opts, time.perf_counter() - start, skipped=str(exc))
             continue
         elapsed = time.perf_counter() - start
         results.append((case.name, rows))
-        if not args.no_save:
+        if save:
             path = write_result(case, rows, opts, elapsed)
             print(f"  {len(rows)} rows in {elapsed:.1f} s -> {path}")
+        else:
+            print(f"  {len(rows)} rows in {elapsed:.1f} s")
     print()
     if results:
         print(_table(results))
-    for name, reason in skipped:
+    for name, reason in [*skipped, *not_run]:
         print(f"skipped {name}: {reason}")
+    end_load = os.getloadavg() if hasattr(os, "getloadavg") else ()
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in end_load)}")
+    if save and (args.report or not (args.case or args.quick)):
+        _write_report()
+    if args.dry_run:
+        print("dry run: targets are not checked")
+        return 0 if results or skipped else 2
     misses = [(case, r) for case, rows in results for r in rows if r.passed is False]
     targets = sum(r.passed is not None for _, rows in results for r in rows)
     print(

@@ -1,216 +1,293 @@
-"""One training step of an MLP: nnbackend's engine against a hand-written NumPy network with
-explicit backward in the book's style, and against PyTorch on the CPU, in one process.
+"""One training step of an MLP on the CPU: nnbackend's engine against a hand-written NumPy
+network with explicit backward in the book's style, and against PyTorch on the CPU, in one
+process.
 
 Cases:
-    mlp_tiny   2-10-3 sigmoid network, batch 30 (the book's chapter 1): engine / hand <= 1.5.
-    mlp_medium 784-1024-1024-10 ReLU network, batch 256: engine / hand <= 1.10, engine / torch
-               <= 1.0, float64 / float32 >= 1.6, float16 / float32 <= 1.5.
+    mlp_tiny      2-10-3 sigmoid network, batch 30 (the book's chapter 1), float32:
+                  engine / hand <= 1.5.
+    mlp_medium    784-1024-1024-10 ReLU network, batch 256, float32: engine / hand <= 1.10,
+                  engine / torch CPU <= 1.0, and the step reaches >= 85% of the FLOP rate of
+                  its matrix products run alone.
+    mlp_dtypes    the medium step (and, for information, the tiny one) in float64, float32 and
+                  float16: float64 / float32 >= 1.6, float16 / float32 <= 1.5.
+    mlp_mixed16   the medium step in mixed16 (float16 compute, float32 master weights, dynamic
+                  loss scaling), for information; skipped without ``nnbackend.precision``.
+    mlp_backends  the engine's tiny and medium steps on array_api_strict and torch (CPU)
+                  against numpy, and on torch against native PyTorch.
 
-A step is forward, softmax-cross-entropy, backward and an SGD update. The hand-written network
-is the book's: each Affine layer computes dx, the first one included (the engine skips that
-product because the data needs no gradient, which is part of what is measured).
+A step is forward, softmax-cross-entropy, backward and an SGD update; see ``_nets.py``.
+Variants are timed in small interleaved groups; torch is always in a group of its own with a
+pause after each of its loops (its OpenMP threads spin on and slow the next variant).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import pairwise
 from typing import Any
 
-import numpy as np
+from benchmarks import Options, Row, interleaved, register, row, step_runner
+from benchmarks._nets import (
+    MEDIUM,
+    TINY,
+    HandMLP,
+    data,
+    engine_step,
+    gemm_products,
+    has_torch,
+    mixed16_step,
+    on_backend,
+    step_flops,
+    torch_step,
+)
 
-import nnbackend as nb
-from benchmarks import Options, Row, interleaved, register, row
-from nnbackend import nn, optim
-
-
-class HandMLP:
-    """The book's layered network with explicit backward, in plain NumPy."""
-
-    def __init__(self, sizes: list[int], activation: str, dtype: str, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.params = []
-        for n_in, n_out in pairwise(sizes):
-            w = (rng.normal(size=(n_in, n_out)) * np.sqrt(1.0 / n_in)).astype(dtype)
-            self.params.append([w, np.zeros(n_out, dtype=dtype)])
-        self.activation = activation
-
-    def step(self, x: Any, t: Any, lr: float) -> Any:
-        caches = []
-        h = x
-        last = len(self.params) - 1
-        for i, (w, b) in enumerate(self.params):
-            a = h @ w + b
-            caches.append(h)
-            if i < last:
-                if self.activation == "relu":
-                    mask = a <= 0
-                    a[mask] = 0
-                    caches.append(mask)
-                else:
-                    a = 1 / (1 + np.exp(-a))
-                    caches.append(a)
-            h = a
-        # softmax with cross entropy
-        n = h.shape[0]
-        z = h - h.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        p = e / e.sum(axis=1, keepdims=True)
-        loss = -np.log(p[np.arange(n), t] + 1e-7).sum() / n
-        dout = p.copy()
-        dout[np.arange(n), t] -= 1
-        dout /= n
-        for i in range(last, -1, -1):
-            w, b = self.params[i]
-            if i < last:
-                act = caches.pop()
-                if self.activation == "relu":
-                    dout[act] = 0
-                else:
-                    dout = dout * act * (1 - act)
-            x_in = caches.pop()
-            dw = x_in.T @ dout
-            db = dout.sum(axis=0)
-            dout = dout @ w.T  # the book's Affine computes dx, the first layer's included
-            w -= lr * dw
-            b -= lr * db
-        return loss
+TORCH_SETTLE_S = 0.01
 
 
-def _engine(sizes: list[int], activation: str, dtype: str, backend: str = "numpy") -> Any:
-    with nb.using(backend=backend, dtype=dtype):
-        nb.random.seed(0)
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
-            layers.append(nn.Linear(n_in, n_out))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU() if activation == "relu" else nn.Sigmoid())
-        model = nn.Sequential(*layers)
-    loss_fn = nn.SoftmaxCrossEntropy()
-    opt = optim.SGD(model.parameters(), lr=0.01)
-
-    def step(x: Any, t: Any) -> Any:
-        opt.zero_grad()
-        loss = loss_fn(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
+def _medium_opts(opts: Options) -> Options:
+    """A medium step takes tens of milliseconds: one step per round, no prewarm calls (the
+    switching cost is under 1% of a step), fewer rounds."""
+    return replace(opts, rounds=9 if opts.quick else 31, round_s=0.0, prewarm=0.0, warmup_s=0.3)
 
 
-def _torch_step(sizes: list[int], activation: str) -> Any:
+def _torch_runner(sizes: list[int], activation: str, x: Any, t: Any) -> Any:
     import torch
 
-    layers: list[Any] = []
-    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
-        layers.append(torch.nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU() if activation == "relu" else torch.nn.Sigmoid())
-    model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step(x: Any, t: Any) -> Any:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
-
-
-def _data(batch: int, n_in: int, n_out: int, dtype: str) -> tuple[Any, Any]:
-    rng = np.random.default_rng(1)
-    return rng.normal(size=(batch, n_in)).astype(dtype), rng.integers(0, n_out, batch)
-
-
-def _runner(step: Any, *args: Any) -> Any:
-    def run(number: int) -> float:
-        import time
-
-        start = time.perf_counter()
-        for _ in range(number):
-            step(*args)
-        return time.perf_counter() - start
-
-    return run
-
-
-def _has_torch() -> bool:
-    return "torch" in nb.available_backends()
+    return step_runner(torch_step(sizes, activation), torch.from_numpy(x), torch.from_numpy(t))
 
 
 @register("mlp_tiny", "2-10-3 sigmoid MLP step (batch 30, float32): engine vs hand NumPy, torch")
 def mlp_tiny(opts: Options) -> list[Row]:
-    sizes = [2, 10, 3]
-    x, t = _data(30, 2, 3, "float32")
-    hand = HandMLP(sizes, "sigmoid", "float32")
-    hand_run = _runner(hand.step, x, t, 0.01)
-    engine_run = _runner(_engine(sizes, "sigmoid", "float32"), x, t)
-    # torch is timed in its own group: its OpenMP threads keep spinning after a step and would
-    # slow whichever variant runs next in a shared round.
+    sizes, activation, batch = TINY
+    x, t = data(batch, sizes[0], sizes[-1], "float32")
+    hand = HandMLP(sizes, activation, "float32")
+    hand_run = step_runner(hand.step, x, t)
+    engine_run = step_runner(engine_step(sizes, activation, "float32"), x, t)
     times = interleaved({"hand": hand_run, "engine": engine_run}, opts)
     rows = [
         row("tiny: hand-written NumPy step", times["hand"] * 1e6, "us"),
-        row("tiny: engine step", times["engine"] * 1e6, "us"),
+        row(
+            "tiny: engine step",
+            times["engine"] * 1e6,
+            "us",
+            note=f"rounds' interquartile range {times.spread('engine'):.0%} of the median",
+        ),
         row("tiny: engine / hand", times.ratio("engine", "hand"), "x", at_most=1.5),
     ]
-    if _has_torch():
-        import torch
-
-        torch_run = _runner(_torch_step(sizes, "sigmoid"), torch.from_numpy(x), torch.from_numpy(t))
-        vs_torch = interleaved({"hand": hand_run, "torch": torch_run}, opts)
-        rows.append(row("tiny: torch CPU / hand", vs_torch.ratio("torch", "hand"), "x"))
+    if has_torch():
+        vs_torch = interleaved(
+            {"hand": hand_run, "torch": _torch_runner(sizes, activation, x, t)},
+            opts,
+            settle_s=TORCH_SETTLE_S,
+        )
+        rows.append(
+            row(
+                "tiny: torch CPU / hand",
+                vs_torch.ratio("torch", "hand"),
+                "x",
+                note=f"torch step {vs_torch['torch'] * 1e6:.0f} us",
+            )
+        )
     return rows
 
 
-@register("mlp_medium", "784-1024-1024-10 ReLU MLP step (batch 256): engine vs hand, torch, dtypes")
+@register(
+    "mlp_medium",
+    "784-1024-1024-10 ReLU MLP step (batch 256, float32): engine vs hand, torch, GEMMs alone",
+)
 def mlp_medium(opts: Options) -> list[Row]:
-    sizes = [784, 1024, 1024, 10]
-    # A step takes tens of milliseconds: fewer rounds, one step per round.
-    opts = replace(opts, rounds=9 if opts.quick else 41, round_s=0.0, warmup_s=0.5)
-    x32, t = _data(256, 784, 10, "float32")
-    hand = HandMLP(sizes, "relu", "float32")
-    runners = {
-        "hand": _runner(hand.step, x32, t, 0.01),
-        "engine": _runner(_engine(sizes, "relu", "float32"), x32, t),
-    }
-    if _has_torch():
-        import torch
+    sizes, activation, batch = MEDIUM
+    opts = _medium_opts(opts)
+    x, t = data(batch, sizes[0], sizes[-1], "float32")
+    hand = HandMLP(sizes, activation, "float32")
+    hand_run = step_runner(hand.step, x, t)
+    engine_run = step_runner(engine_step(sizes, activation, "float32"), x, t)
+    gemms, gemm_flops = gemm_products(sizes, batch, "float32")
+    gemm_run = step_runner(gemms)
 
-        runners["torch"] = _runner(
-            _torch_step(sizes, "relu"), torch.from_numpy(x32), torch.from_numpy(t)
-        )
-    times = interleaved(runners, opts)
-    flops = 6 * 256 * sum(a * b for a, b in pairwise(sizes))
+    times = interleaved({"hand": hand_run, "engine": engine_run}, opts)
+    alone = interleaved({"engine": engine_run, "gemms": gemm_run}, opts)
+    nominal = step_flops(sizes, batch)
     rows = [
         row("medium: hand-written NumPy step", times["hand"] * 1e3, "ms"),
-        row("medium: engine step", times["engine"] * 1e3, "ms"),
+        row(
+            "medium: engine step",
+            times["engine"] * 1e3,
+            "ms",
+            note=f"rounds' interquartile range {times.spread('engine'):.0%} of the median",
+        ),
         row("medium: engine / hand", times.ratio("engine", "hand"), "x", at_most=1.10),
-        row("medium: engine GFLOP/s (6*batch*weights)", flops / times["engine"] / 1e9, "GFLOP/s"),
+        row(
+            "medium: GEMMs alone, rate",
+            gemm_flops / alone["gemms"] / 1e9,
+            "GFLOP/s",
+            note="the step's 8 products (3 forward, 3 weight grads, 2 input grads), float32",
+        ),
+        row(
+            "medium: engine step, rate of its GEMM FLOPs",
+            gemm_flops / alone["engine"] / 1e9,
+            "GFLOP/s",
+        ),
+        row(
+            "medium: engine FLOP rate / GEMMs-alone rate",
+            alone.ratio("gemms", "engine"),
+            "x",
+            at_least=0.85,
+            note="= time of the 8 GEMMs alone / step time, paired per round",
+        ),
+        row(
+            "medium: engine nominal rate (6*batch*weights / step)",
+            nominal / alone["engine"] / 1e9,
+            "GFLOP/s",
+            note="the issue's formula; counts the first layer's input gradient the engine skips",
+        ),
     ]
-    if "torch" in runners:
-        rows.append(
-            row("medium: engine / torch CPU", times.ratio("engine", "torch"), "x", at_most=1.0)
+    if has_torch():
+        vs_torch = interleaved(
+            {
+                "engine": engine_run,
+                "hand": hand_run,
+                "torch": _torch_runner(sizes, activation, x, t),
+            },
+            opts,
+            settle_s=TORCH_SETTLE_S,
         )
-        rows.append(row("medium: torch CPU / hand", times.ratio("torch", "hand"), "x"))
+        rows += [
+            row(
+                "medium: engine / torch CPU",
+                vs_torch.ratio("engine", "torch"),
+                "x",
+                at_most=1.0,
+                note=f"torch step {vs_torch['torch'] * 1e3:.1f} ms",
+            ),
+            row("medium: torch CPU / hand", vs_torch.ratio("torch", "hand"), "x"),
+        ]
+    return rows
 
-    dtypes = {
-        name: _runner(_engine(sizes, "relu", name), x32.astype(name), t)
+
+@register(
+    "mlp_dtypes", "engine step in float64 / float32 / float16 (medium with targets, tiny for info)"
+)
+def mlp_dtypes(opts: Options) -> list[Row]:
+    rows: list[Row] = []
+    sizes, activation, batch = MEDIUM
+    x64, t = data(batch, sizes[0], sizes[-1], "float64")
+    runners = {
+        name: step_runner(engine_step(sizes, activation, name), x64.astype(name), t)
         for name in ("float64", "float32", "float16")
     }
-    by_dtype = interleaved(dtypes, opts)
+    medium = _medium_opts(opts)
+    # Pairs, so each ratio's two variants alternate closely.
+    wide = interleaved({k: runners[k] for k in ("float64", "float32")}, medium)
+    half = interleaved({k: runners[k] for k in ("float16", "float32")}, medium)
     rows += [
+        row("medium: float64 step", wide["float64"] * 1e3, "ms"),
+        row("medium: float32 step", wide["float32"] * 1e3, "ms"),
+        row("medium: float16 step", half["float16"] * 1e3, "ms"),
         row(
             "medium: float64 / float32 step",
-            by_dtype.ratio("float64", "float32"),
+            wide.ratio("float64", "float32"),
             "x",
             at_least=1.6,
         ),
-        row(
-            "medium: float16 / float32 step", by_dtype.ratio("float16", "float32"), "x", at_most=1.5
-        ),
+        row("medium: float16 / float32 step", half.ratio("float16", "float32"), "x", at_most=1.5),
+    ]
+    sizes, activation, batch = TINY
+    x64, t = data(batch, sizes[0], sizes[-1], "float64")
+    tiny = interleaved(
+        {
+            name: step_runner(engine_step(sizes, activation, name), x64.astype(name), t)
+            for name in ("float64", "float32", "float16")
+        },
+        opts,
+    )
+    rows += [
+        row("tiny: float64 / float32 step", tiny.ratio("float64", "float32"), "x"),
+        row("tiny: float16 / float32 step", tiny.ratio("float16", "float32"), "x"),
     ]
     return rows
+
+
+@register(
+    "mlp_mixed16", "engine medium step in mixed16 against float32 (needs nnbackend.precision)"
+)
+def mlp_mixed16(opts: Options) -> list[Row]:
+    sizes, activation, batch = MEDIUM
+    mixed = mixed16_step(sizes, activation)  # raises Skip without nnbackend.precision
+    x, t = data(batch, sizes[0], sizes[-1], "float32")
+    times = interleaved(
+        {
+            "mixed16": step_runner(mixed, x, t),
+            "float32": step_runner(engine_step(sizes, activation, "float32"), x, t),
+        },
+        _medium_opts(opts),
+    )
+    return [
+        row("medium: mixed16 step", times["mixed16"] * 1e3, "ms"),
+        row(
+            "medium: mixed16 / float32 step",
+            times.ratio("mixed16", "float32"),
+            "x",
+            note="with LossScaler; on NumPy the products run in float32 (no fast float16), "
+            "so about float32's cost is expected",
+        ),
+    ]
+
+
+def _backend_rows(label: str, net: tuple[list[int], str, int], opts: Options) -> list[Row]:
+    import nnbackend as nb
+
+    sizes, activation, batch = net
+    x, t = data(batch, sizes[0], sizes[-1], "float32")
+    numpy_run = step_runner(engine_step(sizes, activation, "float32"), x, t)
+    available = set(nb.available_backends())
+    rows: list[Row] = []
+    if "array_api_strict" in available:
+        xs, ts = on_backend("array_api_strict", x, t)
+        strict_run = step_runner(
+            engine_step(sizes, activation, "float32", "array_api_strict"), xs, ts
+        )
+        g = interleaved({"numpy": numpy_run, "strict": strict_run}, opts)
+        rows.append(
+            row(
+                f"{label}: engine on array_api_strict / on numpy",
+                g.ratio("strict", "numpy"),
+                "x",
+                note=f"array_api_strict step {_fmt_s(g['strict'])}",
+            )
+        )
+    if "torch" in available:
+        xt, tt = on_backend("torch", x, t)
+        on_torch = step_runner(engine_step(sizes, activation, "float32", "torch"), xt, tt)
+        g = interleaved({"numpy": numpy_run, "on torch": on_torch}, opts, settle_s=TORCH_SETTLE_S)
+        native = interleaved(
+            {"on torch": on_torch, "torch": step_runner(torch_step(sizes, activation), xt, tt)},
+            opts,
+            settle_s=TORCH_SETTLE_S,
+        )
+        rows += [
+            row(
+                f"{label}: engine on torch CPU / on numpy",
+                g.ratio("on torch", "numpy"),
+                "x",
+                note=f"engine on torch step {_fmt_s(g['on torch'])}",
+            ),
+            row(
+                f"{label}: engine on torch CPU / native torch",
+                native.ratio("on torch", "torch"),
+                "x",
+                note="same arrays, same library: the engine's cost against torch.autograd",
+            ),
+        ]
+    return rows
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} us"
+
+
+@register(
+    "mlp_backends",
+    "engine tiny and medium steps (float32) on array_api_strict and torch CPU against numpy",
+)
+def mlp_backends(opts: Options) -> list[Row]:
+    return _backend_rows("tiny", TINY, opts) + _backend_rows("medium", MEDIUM, _medium_opts(opts))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import nnbackend as nb
-from benchmarks import Options, Row, Runner, Skip, Timings, interleaved, register, row, timer
+from benchmarks import NoDevice, Options, Row, Runner, Timings, interleaved, register, row, timer
 from nnbackend import registry
 
 EXP_RATIO_TARGET = 1.05
@@ -180,9 +180,11 @@ def namespace_overhead(opts: Options) -> list[Row]:
     gpu=True,
 )
 def namespace_overhead_gpu(opts: Options) -> list[Row]:
+    if opts.dry_run:  # the same code on numpy, without a device synchronize
+        return _backend_rows("numpy", opts)
     reason = registry.probe("cupy")
     if reason is not None:
-        raise Skip(f"cupy backend unavailable: {reason}")
+        raise NoDevice(f"no usable CUDA GPU here (cupy backend: {reason})")
     import cupy
 
     return _backend_rows("cupy", opts, sync=cupy.cuda.get_current_stream().synchronize)

@@ -235,6 +235,20 @@ def _isolate_settings() -> Iterator[None]:
         nb_random._global = saved_random
 
 
+@pytest.fixture(autouse=True)
+def _dtype_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test runs with the dtype guard on (``NNBACKEND_CHECK_DTYPES=1``, also for the
+    Python processes tests start): each engine op checks that its outputs have the dtype the
+    precision policy gives them, and raises naming the op otherwise."""
+    monkeypatch.setenv(config.CHECK_DTYPES_ENV, "1")
+    saved = config._Process.check_dtypes
+    config.set_check_dtypes(True)
+    try:
+        yield
+    finally:
+        config.set_check_dtypes(saved)
+
+
 def _clean_environ(extra: Mapping[str, str | None] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NNBACKEND", "NNBACKEND_DTYPE")}
     for key, value in (extra or {}).items():

@@ -9,7 +9,7 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import autograd, datasets, errors, random
+from nnbackend import autograd, datasets, errors, precision, random
 from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
@@ -20,6 +20,7 @@ from nnbackend.config import (
     set_default_dtype,
     using,
 )
+from nnbackend.device import empty_cache, from_dlpack, to_device
 from nnbackend.info import info
 from nnbackend.io import load, save
 from nnbackend.namespace import array_namespace, namespace
@@ -41,18 +42,22 @@ __all__ = [
     "available_backends",
     "backends",
     "datasets",
+    "empty_cache",
     "errors",
+    "from_dlpack",
     "get_backend",
     "get_default_dtype",
     "get_device",
     "info",
     "load",
     "namespace",
+    "precision",
     "random",
     "register_backend",
     "save",
     "set_backend",
     "set_default_dtype",
+    "to_device",
     "using",
 ]
 

@@ -5,6 +5,14 @@ Precedence, highest first: an explicit argument > the innermost :func:`using` bl
 :func:`set_backend` / :func:`set_default_dtype` > the environment (``NNBACKEND``,
 ``NNBACKEND_DTYPE``, read at first use; an empty value counts as unset) > the built-in default
 (numpy, float64). New threads see the process default.
+
+The dtype setting is a precision policy: one of the array dtypes ("float64", "float32",
+"float16"), or "mixed16" (parameters and new arrays in float32, layers computing in float16; see
+:mod:`nnbackend.precision`). :func:`get_default_dtype` gives the array dtype (float32 under
+mixed16), :func:`get_policy` the policy's name.
+
+The dtype guard (``using(check_dtypes=True)``, :func:`set_check_dtypes`, or the environment
+variable ``NNBACKEND_CHECK_DTYPES=1``) makes every engine op check the dtype of its outputs.
 """
 
 from __future__ import annotations
@@ -18,18 +26,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnbackend import registry
-from nnbackend.errors import BackendError, DtypeError
+from nnbackend.errors import ArgumentError, BackendError, DtypeError
 
 __all__ = [
     "BACKEND_ENV",
+    "CHECK_DTYPES_ENV",
     "DTYPES",
     "DTYPE_ENV",
+    "POLICIES",
+    "check_dtypes_enabled",
     "get_backend",
     "get_default_dtype",
     "get_device",
+    "get_policy",
     "normalize_dtype",
+    "normalize_policy",
     "resolve",
     "set_backend",
+    "set_check_dtypes",
     "set_default_dtype",
     "sources",
     "using",
@@ -37,9 +51,18 @@ __all__ = [
 
 BACKEND_ENV = "NNBACKEND"
 DTYPE_ENV = "NNBACKEND_DTYPE"
+CHECK_DTYPES_ENV = "NNBACKEND_CHECK_DTYPES"
 BUILTIN_BACKEND = "numpy"
 BUILTIN_DTYPE = "float64"
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16")
+#: The precision policies the dtype setting accepts: the array dtypes and the mixed ones.
+POLICIES: tuple[str, ...] = (*DTYPES, "mixed16")
+# Mixed policy -> the dtype of new arrays and parameters under it, and the dtype layers compute in.
+_ARRAY_DTYPE = {"mixed16": "float32"}
+_COMPUTE_DTYPE = {"mixed16": "float16"}
+_POLICY_ALIASES = {"mixed": "mixed16", "mixed_float16": "mixed16", "mixed-float16": "mixed16"}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 # Human-readable sources, as info() prints them.
 SOURCE_ARGUMENT = "argument"
@@ -54,6 +77,7 @@ class _Overrides:
     backend: str | None
     dtype: str | None
     device: str | None
+    check_dtypes: bool | None = None
 
 
 _context: ContextVar[_Overrides | None] = ContextVar("nnbackend_settings", default=None)
@@ -69,6 +93,53 @@ class _Process:
     dtype_source: str = SOURCE_BUILTIN
     environment_read = False
     version = 0  # bumped on every change, so cached namespaces can notice
+    check_dtypes: bool | None = None  # set_check_dtypes()
+    env_check_dtypes = False  # NNBACKEND_CHECK_DTYPES
+
+
+class _EngineSwitch:
+    """The one flag the engine reads per op: True when the dtype guard or anomaly detection
+    may be on somewhere (the process default, the environment, an open ``using`` block or
+    ``detect_anomaly`` block in any thread). Only then does an op look at the context.
+
+    It starts True, so the first op reads the environment and settles it."""
+
+    __slots__ = ()
+    maybe = True
+    check_blocks = 0  # open using(check_dtypes=True) blocks, all threads together
+    anomaly_blocks = 0  # open detect_anomaly() blocks, all threads together
+
+
+_switch = _EngineSwitch
+
+
+def _refresh_switch() -> None:
+    _EngineSwitch.maybe = bool(
+        _Process.check_dtypes
+        or (_Process.check_dtypes is None and _Process.env_check_dtypes)
+        or _EngineSwitch.check_blocks
+        or _EngineSwitch.anomaly_blocks
+        or not _Process.environment_read
+    )
+
+
+def _count_blocks(kind: str, delta: int) -> None:
+    """Open (+1) or close (-1) a block that turns the engine's checks on."""
+    with _lock:
+        name = "check_blocks" if kind == "check" else "anomaly_blocks"
+        setattr(_EngineSwitch, name, getattr(_EngineSwitch, name) + delta)
+        _refresh_switch()
+
+
+def _parse_flag(value: str, variable: str) -> bool:
+    raw = value.strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ArgumentError(
+        f"{variable}={value!r}: expected one of {', '.join(repr(v) for v in _TRUE + _FALSE[1:])}"
+    )
 
 
 def normalize_dtype(dtype: Any, *, variable: str | None = None) -> str:
@@ -98,6 +169,36 @@ def normalize_dtype(dtype: Any, *, variable: str | None = None) -> str:
     raise DtypeError(f"unknown default dtype {dtype!r}{where}; expected one of {valid}")
 
 
+def normalize_policy(policy: Any, *, variable: str | None = None) -> str:
+    """The canonical name of a precision policy: a dtype name or dtype object (see
+    :func:`normalize_dtype`), "mixed16", or an :class:`nnbackend.precision.Policy`."""
+    name = policy if isinstance(policy, str) else getattr(policy, "policy_name", None)
+    if isinstance(name, str):
+        key = name.strip().lower()
+        key = _POLICY_ALIASES.get(key, key)
+        if key in POLICIES:
+            return key
+    try:
+        return normalize_dtype(policy, variable=variable)
+    except DtypeError:
+        where = f" in {variable}" if variable else ""
+        valid = ", ".join(repr(p) for p in POLICIES)
+        raise DtypeError(
+            f"unknown default dtype {policy!r}{where}; expected one of {valid} (a dtype or a "
+            "precision policy)"
+        ) from None
+
+
+def array_dtype(policy: str) -> str:
+    """The dtype of new arrays and parameters under ``policy`` (a canonical policy name)."""
+    return _ARRAY_DTYPE.get(policy, policy)
+
+
+def compute_dtype(policy: str) -> str:
+    """The dtype layers compute in under ``policy`` (a canonical policy name)."""
+    return _COMPUTE_DTYPE.get(policy, policy)
+
+
 def _check_backend(name: Any, *, variable: str | None = None) -> str:
     if not isinstance(name, str):
         raise BackendError(f"a backend is selected by name (a str), got {type(name).__name__}")
@@ -117,19 +218,22 @@ def _read_environment() -> None:
             return
         backend = os.environ.get(BACKEND_ENV, "").strip()
         dtype = os.environ.get(DTYPE_ENV, "").strip()
-        # A variable already overridden by set_*() is not read. Validate both before recording
+        # A variable already overridden by set_*() is not read. Validate all before recording
         # anything, so a bad value raises again on the next use instead of being half-applied.
         backend_name = dtype_name = None
         if _Process.backend is None and backend:
             backend_name = _check_backend(backend, variable=BACKEND_ENV)
         if _Process.dtype is None and dtype:
-            dtype_name = normalize_dtype(dtype, variable=DTYPE_ENV)
+            dtype_name = normalize_policy(dtype, variable=DTYPE_ENV)
+        check = _parse_flag(os.environ.get(CHECK_DTYPES_ENV, ""), CHECK_DTYPES_ENV)
         if backend_name:
             _Process.backend, _Process.backend_source = backend_name, f"from {BACKEND_ENV}"
         if dtype_name:
             _Process.dtype, _Process.dtype_source = dtype_name, f"from {DTYPE_ENV}"
+        _Process.env_check_dtypes = check
         _Process.environment_read = True
         _Process.version += 1
+        _refresh_switch()
 
 
 def _process_backend() -> str:
@@ -139,6 +243,7 @@ def _process_backend() -> str:
 
 
 def _process_dtype() -> str:
+    """The process-wide policy name (a dtype name or "mixed16")."""
     if not _Process.environment_read:
         _read_environment()
     return _Process.dtype or BUILTIN_DTYPE
@@ -155,11 +260,33 @@ def set_backend(name: str) -> None:
 
 def set_default_dtype(dtype: Any) -> None:
     """Set the process-wide default floating dtype: "float64", "float32" or "float16" (or a
-    dtype object of any backend). Overrides ``NNBACKEND_DTYPE``; ``using`` blocks still win."""
-    name = normalize_dtype(dtype)
+    dtype object of any backend), or the mixed precision policy "mixed16". Overrides
+    ``NNBACKEND_DTYPE``; ``using`` blocks still win."""
+    name = normalize_policy(dtype)
     with _lock:
         _Process.dtype, _Process.dtype_source = name, "set_default_dtype()"
         _Process.version += 1
+
+
+def set_check_dtypes(enabled: bool | None) -> None:
+    """Turn the dtype guard on or off for the process (``None``: back to
+    ``NNBACKEND_CHECK_DTYPES``). ``using(check_dtypes=...)`` blocks still win."""
+    with _lock:
+        _Process.check_dtypes = None if enabled is None else bool(enabled)
+        _refresh_switch()
+
+
+def check_dtypes_enabled() -> bool:
+    """Whether the dtype guard is on here: the innermost ``using(check_dtypes=...)`` block,
+    else :func:`set_check_dtypes`, else ``NNBACKEND_CHECK_DTYPES``."""
+    overrides = _context.get()
+    if overrides is not None and overrides.check_dtypes is not None:
+        return overrides.check_dtypes
+    if not _Process.environment_read:
+        _read_environment()
+    if _Process.check_dtypes is not None:
+        return _Process.check_dtypes
+    return _Process.env_check_dtypes
 
 
 def get_backend() -> str:
@@ -171,7 +298,14 @@ def get_backend() -> str:
 
 
 def get_default_dtype() -> str:
-    """The name of the active default floating dtype."""
+    """The name of the active default floating dtype: the dtype of new arrays and parameters
+    (float32 under the mixed16 policy)."""
+    return array_dtype(get_policy())
+
+
+def get_policy() -> str:
+    """The name of the active precision policy: "float64", "float32", "float16" or
+    "mixed16"."""
     overrides = _context.get()
     if overrides is not None and overrides.dtype is not None:
         return overrides.dtype
@@ -199,12 +333,12 @@ def resolve(backend: str | None = None, dtype: Any = None) -> tuple[str, str, st
     else:
         backend = _process_backend()
     if dtype is not None:
-        dtype = normalize_dtype(dtype)
+        dtype = normalize_policy(dtype)
     elif overrides is not None and overrides.dtype is not None:
         dtype = overrides.dtype
     else:
         dtype = _process_dtype()
-    return backend, dtype, device
+    return backend, _ARRAY_DTYPE.get(dtype, dtype), device
 
 
 def _split_device(device: str, backend: str | None) -> tuple[str | None, str]:
@@ -224,12 +358,18 @@ def _split_device(device: str, backend: str | None) -> tuple[str | None, str]:
 
 @contextmanager
 def using(
-    backend: str | None = None, dtype: Any = None, device: str | None = None
+    backend: str | None = None,
+    dtype: Any = None,
+    device: str | None = None,
+    *,
+    check_dtypes: bool | None = None,
 ) -> Iterator[None]:
     """Override settings inside a ``with`` block, for this thread or asyncio task only.
 
     Arguments left as ``None`` inherit from the enclosing block or the process default. A
     device such as ``"cupy:1"`` also selects its backend. Names are validated on entry.
+    ``dtype`` also takes a precision policy ("mixed16"); ``check_dtypes=True`` turns on the
+    dtype guard (every engine op checks the dtype of its outputs).
 
     >>> import nnbackend as nb
     >>> with nb.using(dtype="float32"):
@@ -241,7 +381,8 @@ def using(
         backend, device = _split_device(device, backend)
     if backend is not None:
         backend = _check_backend(backend)
-    dtype_name = normalize_dtype(dtype) if dtype is not None else None
+    dtype_name = normalize_policy(dtype) if dtype is not None else None
+    check = None if check_dtypes is None else bool(check_dtypes)
     if device is not None:
         target = backend or (outer.backend if outer and outer.backend else _process_backend())
         try:
@@ -257,14 +398,19 @@ def using(
             backend if backend is not None else outer.backend,
             dtype_name if dtype_name is not None else outer.dtype,
             device if device is not None else inherited_device,
+            check if check is not None else outer.check_dtypes,
         )
     else:
-        overrides = _Overrides(backend, dtype_name, device)
+        overrides = _Overrides(backend, dtype_name, device, check)
+    if check:
+        _count_blocks("check", +1)
     token = _context.set(overrides)
     try:
         yield
     finally:
         _context.reset(token)
+        if check:
+            _count_blocks("check", -1)
 
 
 def sources() -> dict[str, tuple[Any, str]]:

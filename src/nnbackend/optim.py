@@ -6,6 +6,11 @@ backend supports in-place writes (:attr:`nnbackend.Capabilities.inplace`) parame
 are updated in place; elsewhere ``param.data`` is rebound to the new array. Parameters whose
 ``.grad`` is ``None`` are skipped. Nothing here reads an array back to the host.
 
+Float16 parameters on a backend without fast float16 arithmetic (NumPy on a CPU, whose float16
+arithmetic runs in software and slows down further on subnormal numbers) are updated in
+float32 and stored back in float16, state included: the stored values are the float32 update
+rounded once, never float16 intermediates.
+
 The update rules are PyTorch's (``torch.optim``), so results can be compared one to one;
 :class:`Momentum` keeps the book's velocity form ``v = momentum * v - lr * g; p += v``, which
 equals PyTorch's ``SGD(momentum=...)`` for a constant learning rate.
@@ -24,6 +29,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from nnbackend.autograd.kernels import _cache as _kernels_cache
+from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.errors import ArgumentError, CheckpointError
@@ -64,6 +71,28 @@ def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ArgumentError(f"{name} must be {bound}, got {value}")
     return value
+
+
+class _Wide:
+    """A float32 stand-in for a float16 parameter during an update."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def _half_kernels(xp: Any, g: Any) -> Any:
+    """The backend's kernels when ``g`` is float16 there and float16 math is slow, else None."""
+    k = _kernels_cache.get(xp)
+    if k is None:
+        k = kernels(xp, g)
+    half = k.half
+    # A few hundred values: NumPy's float16 arithmetic costs less than two conversions.
+    if half is None or g.dtype != half:
+        return None
+    n = g.size
+    return k if (n if type(n) is int else math.prod(g.shape)) >= 256 else None
 
 
 def _fraction(name: str, value: float) -> float:
@@ -117,7 +146,47 @@ class Optimizer:
 
     def step(self) -> None:
         """Update every parameter that has a gradient."""
-        raise NotImplementedError(f"{type(self).__name__} must define step()")
+        if type(self)._update is Optimizer._update:
+            raise NotImplementedError(f"{type(self).__name__} must define step()")
+        self.steps += 1
+        update = self._update
+        for p, st, xp, inplace, tiny in self._entries:
+            g = p.grad
+            if g is None:
+                continue
+            k = _half_kernels(xp, g)
+            if k is not None:
+                self._wide_update(k, p, g, st, xp, inplace, tiny)
+            else:
+                update(p, g, st, xp, inplace, tiny)
+
+    def _update(
+        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
+        """Update one parameter ``p`` (anything with a ``.data``) from its gradient ``g``."""
+        raise NotImplementedError
+
+    def _wide_update(
+        self, k: Any, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
+        """:meth:`_update` in float32 for a float16 parameter, its state stored back in
+        float16: one rounding per stored value, and no software float16 arithmetic."""
+        wide = _Wide(k.widen(p.data))
+        wide_state = {
+            key: (k.widen(value) if key in self.state_names else value) for key, value in st.items()
+        }
+        self._update(wide, k.widen(g), wide_state, xp, inplace, tiny)
+        for key, value in wide_state.items():
+            if key not in self.state_names:
+                st[key] = value
+            elif inplace and key in st:
+                st[key][...] = k.narrow(value)
+            else:
+                st[key] = k.narrow(value)
+        if inplace:
+            p.data[...] = k.narrow(wide.data)
+        else:
+            p.data = k.narrow(wide.data)
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -248,6 +317,12 @@ def _array_like(value: Any, like: Any, where: str) -> Any:
     return xp.asarray(value, copy=True)
 
 
+# Parameters of at least this many elements are updated through a scratch buffer (where the
+# backend offers scale_into): below glibc's default mmap threshold (128 KiB) a temporary is
+# cheap to allocate, and a dictionary lookup would cost more than it saves.
+_SCRATCH_MIN = 32768
+
+
 class SGD(Optimizer):
     """Plain stochastic gradient descent: ``p -= lr * g``."""
 
@@ -258,14 +333,88 @@ class SGD(Optimizer):
     def step(self) -> None:
         self.steps += 1
         lr = self.lr
-        for p, inplace in self._pairs:
+        # The kernels (and the dtype updated in float32) looked up once per backend, not once
+        # per parameter: a _half_kernels call per parameter cost 0.3 us of a 50 us step.
+        seen_xp = k = half = scale_into = None
+        for p, _st, xp, inplace, _tiny in self._entries:
             g = p.grad
             if g is None:
                 continue
-            if inplace:
+            if xp is not seen_xp:
+                seen_xp, k = xp, _kernels_cache.get(xp) or kernels(xp, g)
+                half, scale_into = k.half, k.scale_into
+            if half is not None and g.dtype == half:  # float16, in float32, rounded once
+                _sgd_half(k, p, g, lr, inplace)
+            elif inplace and scale_into is not None and g.size >= _SCRATCH_MIN:
+                # lr * g into a scratch buffer kept across steps: a fresh parameter-sized
+                # temporary, freed at the top of the heap, made glibc hand the memory back to
+                # the OS and fault it in again every step (benchmarks/NOTES.md: 30% of the
+                # 784-1024-1024-10 step). Small parameters keep the plain expression.
+                tmp = self._scratch(xp, p, g)
+                scale_into(g, lr, tmp)
+                p.data -= tmp
+            elif inplace:
                 p.data -= lr * g
             else:
                 p.data = p.data - lr * g
+
+    def _scratch(self, xp: Any, p: Any, g: Any) -> Any:
+        """A buffer of ``g``'s shape and dtype for parameter ``p``: a view of one flat array
+        per (backend, dtype) sized for the largest parameter, so the scratch memory is one
+        parameter's worth, not one per parameter. The view is kept per parameter."""
+        views: dict[int, Any] = self.__dict__.setdefault("_scratch_views", {})
+        view = views.get(id(p))
+        if (
+            view is not None
+            and type(view) is type(g)  # not an array moved by to_device to another backend
+            and view.shape == g.shape
+            and view.dtype == g.dtype
+        ):
+            return view
+        flats: dict[Any, Any] = self.__dict__.setdefault("_scratch_flat", {})
+        key = (xp, g.dtype)
+        flat = flats.get(key)
+        if flat is None or type(flat) is not type(g) or flat.shape[0] < g.size:
+            flat = flats[key] = xp.empty((g.size,), dtype=g.dtype)
+            views.clear()  # views of the old array would keep it alive
+        view = views[id(p)] = xp.reshape(flat[: g.size], g.shape)
+        return view
+
+    def _update(
+        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
+        if inplace:
+            p.data -= self.lr * g
+        else:
+            p.data = p.data - self.lr * g
+
+
+# Elements per pass of a float16 update: the float32 temporaries stay small (and in cache),
+# instead of megabyte arrays that the allocator maps fresh, page fault by page fault, each step.
+_CHUNK = 1 << 16
+
+
+def _sgd_half(k: Any, p: Any, g: Any, lr: float, inplace: bool) -> None:
+    """``p -= lr * g`` for float16 ``p`` and ``g``, in float32, a block of rows at a time."""
+    data = p.data
+    if not inplace or data.ndim == 0:
+        wide = k.widen(data)
+        wide -= lr * k.widen(g)
+        if inplace:
+            data[...] = k.narrow(wide)
+        else:
+            p.data = k.narrow(wide)
+        return
+    rows = data.shape[0]
+    per_row = 1
+    for n in data.shape[1:]:
+        per_row *= n
+    block = max(1, _CHUNK // max(per_row, 1))
+    for lo in range(0, rows, block):
+        part = slice(lo, lo + block)
+        wide = k.widen(data[part])
+        wide -= lr * k.widen(g[part])
+        data[part] = k.narrow(wide)
 
 
 class Momentum(Optimizer):
@@ -281,47 +430,41 @@ class Momentum(Optimizer):
         super().__init__(params, lr)
         self.momentum = _fraction("momentum", momentum)
 
-    def step(self) -> None:
-        self.steps += 1
+    def _update(
+        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
         lr, mu = self.lr, self.momentum
-        for p, st, xp, inplace, _tiny in self._entries:
-            g = p.grad
-            if g is None:
-                continue
-            v = st.get("v")
-            if v is None:
-                v = st["v"] = xp.zeros_like(p.data)
-            if inplace:
-                v *= mu
-                v -= lr * g
-                p.data += v
-            else:
-                v = st["v"] = mu * v - lr * g
-                p.data = p.data + v
+        v = st.get("v")
+        if v is None:
+            v = st["v"] = xp.zeros_like(p.data)
+        if inplace:
+            v *= mu
+            v -= lr * g
+            p.data += v
+        else:
+            v = st["v"] = mu * v - lr * g
+            p.data = p.data + v
 
 
 class Nesterov(Momentum):
     """Nesterov's accelerated gradient (PyTorch's ``SGD(momentum=m, nesterov=True)``):
     ``v = momentum * v - lr * g; p += momentum * v - lr * g``."""
 
-    def step(self) -> None:
-        self.steps += 1
+    def _update(
+        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
         lr, mu = self.lr, self.momentum
-        for p, st, xp, inplace, _tiny in self._entries:
-            g = p.grad
-            if g is None:
-                continue
-            v = st.get("v")
-            if v is None:
-                v = st["v"] = xp.zeros_like(p.data)
-            step = lr * g
-            if inplace:
-                v *= mu
-                v -= step
-                p.data += mu * v - step
-            else:
-                v = st["v"] = mu * v - step
-                p.data = p.data + (mu * v - step)
+        v = st.get("v")
+        if v is None:
+            v = st["v"] = xp.zeros_like(p.data)
+        step = lr * g
+        if inplace:
+            v *= mu
+            v -= step
+            p.data += mu * v - step
+        else:
+            v = st["v"] = mu * v - step
+            p.data = p.data + (mu * v - step)
 
 
 class AdaGrad(Optimizer):
@@ -336,23 +479,20 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr)
         self.eps = _positive("eps", eps)
 
-    def step(self) -> None:
-        self.steps += 1
+    def _update(
+        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
         lr, eps = self.lr, self.eps
-        for p, st, xp, inplace, tiny in self._entries:
-            g = p.grad
-            if g is None:
-                continue
-            h = st.get("h")
-            if h is None:
-                h = st["h"] = xp.zeros_like(p.data)
-            e = eps if eps > tiny else tiny
-            if inplace:
-                h += g * g
-                p.data -= lr * g / (xp.sqrt(h) + e)
-            else:
-                h = st["h"] = h + g * g
-                p.data = p.data - lr * g / (xp.sqrt(h) + e)
+        h = st.get("h")
+        if h is None:
+            h = st["h"] = xp.zeros_like(p.data)
+        e = eps if eps > tiny else tiny
+        if inplace:
+            h += g * g
+            p.data -= lr * g / (xp.sqrt(h) + e)
+        else:
+            h = st["h"] = h + g * g
+            p.data = p.data - lr * g / (xp.sqrt(h) + e)
 
 
 class RMSprop(Optimizer):
@@ -373,24 +513,21 @@ class RMSprop(Optimizer):
         self.alpha = _fraction("alpha", alpha)
         self.eps = _positive("eps", eps)
 
-    def step(self) -> None:
-        self.steps += 1
+    def _update(
+        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
         lr, a, eps = self.lr, self.alpha, self.eps
-        for p, st, xp, inplace, tiny in self._entries:
-            g = p.grad
-            if g is None:
-                continue
-            h = st.get("h")
-            if h is None:
-                h = st["h"] = xp.zeros_like(p.data)
-            e = eps if eps > tiny else tiny
-            if inplace:
-                h *= a
-                h += (1.0 - a) * (g * g)
-                p.data -= lr * g / (xp.sqrt(h) + e)
-            else:
-                h = st["h"] = a * h + (1.0 - a) * (g * g)
-                p.data = p.data - lr * g / (xp.sqrt(h) + e)
+        h = st.get("h")
+        if h is None:
+            h = st["h"] = xp.zeros_like(p.data)
+        e = eps if eps > tiny else tiny
+        if inplace:
+            h *= a
+            h += (1.0 - a) * (g * g)
+            p.data -= lr * g / (xp.sqrt(h) + e)
+        else:
+            h = st["h"] = a * h + (1.0 - a) * (g * g)
+            p.data = p.data - lr * g / (xp.sqrt(h) + e)
 
 
 class Adam(Optimizer):
@@ -421,42 +558,38 @@ class Adam(Optimizer):
         self.eps = _positive("eps", eps)
         self.weight_decay = _positive("weight_decay", weight_decay)
 
-    def step(self) -> None:
-        self.steps += 1
+    def _update(
+        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
+    ) -> None:
         lr, b1, b2, eps, wd = self.lr, self.beta1, self.beta2, self.eps, self.weight_decay
-        decoupled = self._decoupled
-        for p, st, xp, inplace, tiny in self._entries:
-            g = p.grad
-            if g is None:
-                continue
-            m = st.get("m")
-            if m is None:
-                m = st["m"] = xp.zeros_like(p.data)
-                st["v"] = xp.zeros_like(p.data)
-                st["step"] = 0
-            v = st["v"]
-            t = st["step"] = st["step"] + 1
-            step_size = lr / (1.0 - b1**t)
-            inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**t)
-            e = eps if eps > tiny else tiny
-            if wd:
-                if decoupled:
-                    if inplace:
-                        p.data *= 1.0 - lr * wd
-                    else:
-                        p.data = p.data * (1.0 - lr * wd)
+        m = st.get("m")
+        if m is None:
+            m = st["m"] = xp.zeros_like(p.data)
+            st["v"] = xp.zeros_like(p.data)
+            st["step"] = 0
+        v = st["v"]
+        t = st["step"] = st["step"] + 1
+        step_size = lr / (1.0 - b1**t)
+        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**t)
+        e = eps if eps > tiny else tiny
+        if wd:
+            if self._decoupled:
+                if inplace:
+                    p.data *= 1.0 - lr * wd
                 else:
-                    g = g + wd * p.data
-            if inplace:
-                m *= b1
-                m += (1.0 - b1) * g
-                v *= b2
-                v += (1.0 - b2) * (g * g)
-                p.data -= step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
+                    p.data = p.data * (1.0 - lr * wd)
             else:
-                m = st["m"] = b1 * m + (1.0 - b1) * g
-                v = st["v"] = b2 * v + (1.0 - b2) * (g * g)
-                p.data = p.data - step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
+                g = g + wd * p.data
+        if inplace:
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            p.data -= step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
+        else:
+            m = st["m"] = b1 * m + (1.0 - b1) * g
+            v = st["v"] = b2 * v + (1.0 - b2) * (g * g)
+            p.data = p.data - step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
 
 
 class AdamW(Adam):

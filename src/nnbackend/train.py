@@ -20,6 +20,7 @@ the host never waits for the device between reports.
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nnbackend import config
+from nnbackend import precision as nb_precision
 from nnbackend import random as nb_random
 from nnbackend.autograd.mode import no_grad
 from nnbackend.autograd.tensor import Tensor
@@ -73,8 +75,10 @@ class History:
     Per completed epoch:
 
     Attributes:
-        epoch_loss, epoch_accuracy: mean training loss and accuracy over the epoch.
-        val_loss, val_accuracy: on the ``validation`` set, when one was given.
+        epoch_loss: mean training loss over the epoch.
+        epoch_accuracy: training accuracy over the epoch (``None`` for losses without classes).
+        val_loss: loss on the ``validation`` set, when one was given.
+        val_accuracy: accuracy on the ``validation`` set, when one was given.
         epoch_time: seconds since the start of ``fit`` at the end of each epoch.
 
     Overall:
@@ -480,6 +484,19 @@ def _positive_int(
     return value
 
 
+def _under_policy(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a Trainer method inside ``using(dtype=self.precision)`` when one was given."""
+
+    @functools.wraps(method)
+    def run(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        if self.precision is None:
+            return method(self, *args, **kwargs)
+        with config.using(dtype=self.precision):
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class Trainer:
     """Fits ``model`` by minimising ``loss_fn(model(x), t)`` with ``optimizer``.
 
@@ -489,14 +506,31 @@ class Trainer:
         loss_fn: ``loss_fn(outputs, targets)`` returning a 0-d Tensor (e.g.
             :class:`nnbackend.nn.SoftmaxCrossEntropy`).
         optimizer: an :mod:`nnbackend.optim` optimizer over the model's parameters.
+        precision: a precision policy ("float32", "mixed16", a
+            :class:`~nnbackend.precision.Policy`) that ``fit``, ``evaluate`` and ``predict``
+            run under, as in ``nnbackend.using(dtype=precision)``; ``None`` keeps the active
+            one. Build the model under the same policy: it decides the parameters' dtype.
+        loss_scaler: a :class:`~nnbackend.precision.LossScaler`; ``"auto"`` makes a dynamic
+            one when the policy in effect at ``fit`` is a mixed one (mixed16); ``None``
+            never scales.
 
     Attributes:
         step: optimizer steps taken in the current ``fit``.
         epoch: the current epoch (0-based).
         stop_training: set it to True (from a callback) to stop after the current step.
+        loss_scaler: the :class:`~nnbackend.precision.LossScaler` in use (its counters say how
+            many steps were skipped), or ``None``.
     """
 
-    def __init__(self, model: Any, loss_fn: Callable[[Any, Any], Any], optimizer: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        loss_fn: Callable[[Any, Any], Any],
+        optimizer: Any,
+        *,
+        precision: Any = None,
+        loss_scaler: Any = "auto",
+    ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
         if not callable(loss_fn):
@@ -507,12 +541,33 @@ class Trainer:
                     f"optimizer must have a {method}() method (an nnbackend.optim optimizer), "
                     f"got {type(optimizer).__name__}"
                 )
+        if not (
+            loss_scaler is None
+            or loss_scaler == "auto"
+            or isinstance(loss_scaler, nb_precision.LossScaler)
+        ):
+            raise TypeError(
+                f"loss_scaler must be 'auto', None or a nnbackend.precision.LossScaler, got "
+                f"{loss_scaler!r}"
+            )
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
+        self.precision = None if precision is None else config.normalize_policy(precision)
+        self._scaler_choice = loss_scaler
+        self.loss_scaler: nb_precision.LossScaler | None = (
+            loss_scaler if isinstance(loss_scaler, nb_precision.LossScaler) else None
+        )
         self.step = 0
         self.epoch = 0
         self.stop_training = False
+
+    def _resolve_loss_scaler(self) -> nb_precision.LossScaler | None:
+        """The scaler for this ``fit`` ("auto": one, kept across fits, under a mixed policy)."""
+        auto = self._scaler_choice == "auto" and self.loss_scaler is None
+        if auto and nb_precision.policy().loss_scaling:
+            self.loss_scaler = nb_precision.LossScaler()
+        return self.loss_scaler
 
     # -- helpers -----------------------------------------------------------------------------
     def _set_mode(self, training: bool) -> bool | None:
@@ -572,6 +627,7 @@ class Trainer:
         return perm
 
     # -- training ----------------------------------------------------------------------------
+    @_under_policy
     def fit(
         self,
         x: Any,
@@ -590,8 +646,8 @@ class Trainer:
         """Train for ``epochs`` passes over ``(x, t)`` in mini-batches of ``batch_size``.
 
         Args:
-            x, t: inputs and targets, backend arrays (or Tensors) of one backend with the
-                same number of rows.
+            x: inputs, a backend array (or Tensor) with one row per sample.
+            t: targets, of the same backend as ``x`` and with as many rows.
             epochs: passes over the data.
             batch_size: rows per step; the last batch of an epoch may be smaller.
             validation: ``(x_val, t_val)`` evaluated after every epoch.
@@ -642,11 +698,14 @@ class Trainer:
         count_correct: Any = False  # decided on the first batch
         per_row = 0
         model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        scaler = self._resolve_loss_scaler()
         take = xp.take
         previous_mode = self._set_mode(True)
         start = time.perf_counter()
 
         def report(extra: str = "", read: tuple[float, float | None] | None = None) -> None:
+            if scaler is not None:
+                scaler.check_scale()  # a device-side scale is read here, not every step
             loss, acc = interval.read() if read is None else read
             history.loss.append(loss)
             history.accuracy.append(acc)
@@ -678,10 +737,17 @@ class Trainer:
                         opt.zero_grad()
                         y = model(xb)
                         loss = loss_fn(y, tb)
-                        loss.backward()
-                        if clip is not None:
-                            clip()
-                        opt.step()
+                        if scaler is None:
+                            loss.backward()
+                            if clip is not None:
+                                clip()
+                            opt.step()
+                        else:
+                            scaler.scale_loss(loss).backward()
+                            if clip is not None:
+                                scaler.unscale(opt)
+                                clip()
+                            scaler.step(opt)
                         self.step += 1
                         yd = _data(y)
                         if count_correct is False:
@@ -746,6 +812,7 @@ class Trainer:
         return history
 
     # -- evaluation --------------------------------------------------------------------------
+    @_under_policy
     def evaluate(self, x: Any, t: Any, batch_size: int = 1024) -> tuple[float, float | None]:
         """Mean loss and accuracy of the model on ``(x, t)`` in evaluation mode, without
         gradients, in batches of ``batch_size``. Accuracy is ``None`` where it means nothing
@@ -772,6 +839,7 @@ class Trainer:
             self._restore_mode(previous)
         return sums.read()
 
+    @_under_policy
     def predict(self, x: Any, batch_size: int = 1024) -> Any:
         """The model's outputs for ``x`` (a backend array, not a Tensor), computed in
         evaluation mode without gradients, in batches of ``batch_size``."""

@@ -19,7 +19,9 @@ Writing a new op::
     y = Cube()(t)                        # t a Tensor; y a Tensor in the graph
 
 Set ``grad_may_alias = False`` on the class when ``backward`` always returns new arrays: the
-engine then skips a copy. ``self.xp`` is the inputs' Array API namespace and
+engine then skips a copy. An op whose outputs have another dtype than its floating inputs (a
+cast) sets ``self.output_dtype`` to that dtype: the dtype guard (``using(check_dtypes=True)``)
+holds every other op to its inputs' dtype. ``self.xp`` is the inputs' Array API namespace and
 ``self.needs_input_grad`` says which inputs need a gradient; both are set before ``forward``
 runs. ``backward`` returns one array per input (a tuple when there are several), or ``None``
 for an input that needs no gradient.
@@ -31,13 +33,18 @@ import heapq
 import weakref
 from typing import Any
 
+from nnbackend import config
+from nnbackend.autograd import anomaly
 from nnbackend.autograd.mode import _enabled
 from nnbackend.errors import DtypeError, GradientError, ShapeError
-from nnbackend.namespace import backend_for
+from nnbackend.namespace import _by_type, backend_for
 
 __all__ = ["Function", "run_backward"]
 
 _SCALARS = (int, float, bool)
+_by_type_get = _by_type.get
+# The engine's one per-op flag: true only while the dtype guard or anomaly detection may be on.
+_switch = config._switch
 # Set by tensor.py once Tensor exists (tensor.py imports this module, not the reverse).
 Tensor: Any = None
 
@@ -52,6 +59,12 @@ class Function:
     #: a leaf, so that leaves never share memory. Safe by default; the built-in ops that
     #: always return new arrays set it to False to skip the copy.
     grad_may_alias: bool = True
+    #: The dtype of the outputs when it is not that of the floating inputs (casts, mixed
+    #: precision nodes); ``None`` means "the inputs' dtype". Read by the dtype guard only.
+    output_dtype: Any = None
+    #: Set by built-in ops whose ``backward`` always returns gradients of their inputs' shape
+    #: and dtype: the engine then skips its per-input check (user Functions keep it).
+    trusted_grads: bool = False
 
     xp: Any
     inputs: tuple[Any, ...]
@@ -100,9 +113,12 @@ class Function:
                 f"{type(self).__name__} needs at least one Tensor or array input, got only "
                 f"Python scalars {inputs!r}"
             )
-        self.xp = backend_for(array)[0]
+        found = _by_type_get(type(array))  # backend_for without its call
+        self.xp = (found if found is not None else backend_for(array))[0]
         self.needs_input_grad = tuple(needs)
         ys = self.forward(*xs)
+        if _switch.maybe:
+            _after_forward(self, xs, ys)
         if record and _enabled.get():
             self.inputs = tuple(tensors)
             self.generation = generation
@@ -128,6 +144,76 @@ class Function:
     def name(self) -> str:
         """The op's display name (its class name)."""
         return type(self).__name__
+
+
+def _describe(arrays: Any) -> str:
+    parts = []
+    for a in arrays:
+        if a is None or type(a) in _SCALARS:
+            parts.append(repr(a))
+        else:
+            parts.append(
+                f"{tuple(getattr(a, 'shape', ()))} {getattr(a, 'dtype', type(a).__name__)}"
+            )
+    return "(" + ", ".join(parts) + ")"
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = getattr(dtype, "name", None)
+    if not isinstance(name, str):  # a scalar type (numpy.float16) or a torch dtype
+        name = getattr(dtype, "__name__", None) or str(dtype)
+    return str(name).rsplit(".", 1)[-1]
+
+
+def _is_floating(xp: Any, a: Any) -> bool:
+    dtype = getattr(a, "dtype", None)
+    if dtype is None or type(a) in _SCALARS:
+        return False
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except Exception:  # a dtype the namespace does not know (a NumPy scalar's, say)
+        return _dtype_name(dtype) in config.DTYPES
+
+
+def expected_dtype(f: Function, xs: Any) -> Any:
+    """The dtype the policy gives ``f``'s floating outputs: its ``output_dtype`` when it casts,
+    else the dtype of its first floating input (ops never promote), else the active default
+    float dtype."""
+    if f.output_dtype is not None:
+        return f.output_dtype
+    xp = f.xp
+    for x in xs:
+        if x is not None and _is_floating(xp, x):
+            return x.dtype
+    return getattr(xp, config.get_default_dtype(), None)
+
+
+def check_output_dtypes(f: Function, xs: Any, ys: Any) -> None:
+    """The dtype guard: raise :class:`~nnbackend.errors.DtypeError` naming ``f`` when a
+    floating output's dtype is not the one the policy gives it."""
+    expected = expected_dtype(f, xs)
+    if expected is None:
+        return
+    outputs = ys if type(ys) is tuple else (ys,)
+    xp = f.xp
+    for i, y in enumerate(outputs):
+        if y is None or not _is_floating(xp, y):
+            continue
+        if y.dtype != expected and _dtype_name(y.dtype) != _dtype_name(expected):
+            raise DtypeError(
+                f"dtype guard: {f.name} produced output {i} of dtype {y.dtype} (shape "
+                f"{tuple(y.shape)}) where the policy expects {_dtype_name(expected)}; inputs "
+                f"{_describe(xs)}. An op must keep its inputs' dtype (cast explicitly, or set "
+                "output_dtype on a Function that casts)"
+            )
+
+
+def _after_forward(f: Function, xs: Any, ys: Any) -> None:
+    # Reached only while some context may have the guard or anomaly detection on.
+    if config.check_dtypes_enabled():
+        check_output_dtypes(f, xs, ys)
+    if anomaly.is_enabled():
+        anomaly.check_forward(f, xs, ys)
 
 
 def _check_grad(f: Function, x: Any, gx: Any) -> None:
@@ -157,24 +243,29 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
     while heap:
         f = pop(heap)[2]
         outputs = f.outputs
-        if len(outputs) == 1:
+        single = len(outputs) == 1
+        if single:
             out = outputs[0]()
             gxs = f.backward(None if out is None else out.grad)
         else:
             gxs = f.backward(*[None if o is None else o.grad for o in (r() for r in outputs)])
         if type(gxs) is not tuple:
             gxs = (gxs,)
+        if _switch.maybe and anomaly.is_enabled():
+            anomaly.check_backward(f, gxs)
         inputs = f.inputs
         if len(gxs) != len(inputs):
             raise GradientError(
                 f"{f.name}.backward returned {len(gxs)} gradients for {len(inputs)} inputs"
             )
+        check = not f.trusted_grads
         for x, gx, need in zip(inputs, gxs, f.needs_input_grad):  # noqa: B905 - checked above
             if not need or gx is None:
                 continue
-            data = x.data
-            if gx.shape != data.shape or gx.dtype != data.dtype:
-                _check_grad(f, x, gx)
+            if check:
+                data = x.data
+                if gx.shape != data.shape or gx.dtype != data.dtype:
+                    _check_grad(f, x, gx)
             c = x.creator
             if c is not None:  # intermediate: sum this pass's gradients only
                 if x in fresh:
@@ -194,7 +285,11 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
             else:
                 x.grad = gx
         if not retain_grad:
-            for ref in outputs:
-                out = ref()
+            if single:  # the output read above: no second dereference
                 if out is not None and not out._retain and out is not root:
                     out.grad = None
+            else:
+                for ref in outputs:
+                    out = ref()
+                    if out is not None and not out._retain and out is not root:
+                        out.grad = None

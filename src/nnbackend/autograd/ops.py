@@ -9,11 +9,16 @@ import math
 from typing import Any
 
 from nnbackend.autograd.function import Function
+from nnbackend.autograd.kernels import _cache as _kernels_cache
+from nnbackend.autograd.kernels import kernels
+from nnbackend.config import normalize_dtype
 from nnbackend.errors import DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 
 __all__ = [
     "add",
+    "cast",
+    "convert",
     "div",
     "exp",
     "getitem",
@@ -59,6 +64,12 @@ def _same_dtype(op: str, a: Any, b: Any) -> None:
             f"{op}: operands have dtypes {a.dtype} and {b.dtype}; nnbackend never promotes "
             "silently. Cast one with xp.astype, or use a Python scalar instead of a 0-d array"
         )
+
+
+def _size(x: Any) -> int:
+    """The number of elements (``size`` is a method on torch tensors)."""
+    n = x.size
+    return n if type(n) is int else math.prod(x.shape)
 
 
 def _shape(x: Any) -> Any:
@@ -159,29 +170,48 @@ class Pow(Function):
         return ga, gb
 
 
-# namespace -> its float16 dtype when its float16 matrix product is slow, else None.
-_slow_half: dict[Any, Any] = {}
-
-
-def _slow_half_dtype(xp: Any, a: Any) -> Any:
-    try:
-        return _slow_half[xp]
-    except KeyError:
-        caps = backend_for(a)[1].capabilities
-        half = xp.float16 if caps.float16 and not caps.fast_float16_matmul else None
-        _slow_half[xp] = half
-        return half
-
-
 def matmul_arrays(xp: Any, a: Any, b: Any) -> Any:
     """``a @ b``, computed in float32 and stored in float16 where the backend has no fast
     float16 matrix product (NumPy on a CPU runs float16 GEMM about 250x slower)."""
-    half = _slow_half_dtype(xp, a)
-    if half is not None and a.dtype == half:
-        y = xp.astype(a, xp.float32) @ xp.astype(b, xp.float32)
-        return xp.astype(y, xp.float16)
+    k = _kernels_cache.get(xp) or kernels(xp, a)
+    if k.half is not None and a.dtype == k.half and _size(a) * b.shape[-1] >= 2048:
+        return k.narrow(k.widen(a) @ k.widen(b))
     # The operator, not xp.matmul: it is standard and skips a Python wrapper.
     return a @ b
+
+
+def convert(xp: Any, x: Any, dtype: Any) -> Any:
+    """``x`` as ``dtype`` (a new array), with the backend's fast float16 conversions where it
+    has them."""
+    k = _kernels_cache.get(xp) or kernels(xp, x)
+    half = getattr(xp, "float16", None)
+    if half is not None:
+        if x.dtype == half:
+            wide = k.widen(x)
+            return wide if dtype == xp.float32 else xp.astype(wide, dtype)
+        if dtype == half:
+            return k.narrow(x if x.dtype == xp.float32 else xp.astype(x, xp.float32))
+    return xp.astype(x, dtype)
+
+
+class Cast(Function):
+    """``x`` converted to another floating dtype; the gradient is converted back."""
+
+    grad_may_alias = False
+
+    def __init__(self, dtype: Any) -> None:
+        self.output_dtype = dtype
+
+    def forward(self, x: Any) -> Any:
+        self.in_dtype = x.dtype
+        if x.dtype == self.output_dtype:
+            return self.xp.asarray(x, copy=True)  # a cast never aliases its input
+        return convert(self.xp, x, self.output_dtype)
+
+    def backward(self, gy: Any) -> Any:
+        if gy.dtype == self.in_dtype:
+            return self.xp.asarray(gy, copy=True)
+        return convert(self.xp, gy, self.in_dtype)
 
 
 def _mT(xp: Any, x: Any) -> Any:
@@ -273,20 +303,33 @@ class Sum(Function):
         self.axis, self.keepdims = axis, keepdims
 
     def forward(self, x: Any) -> Any:
+        xp = self.xp
         self.in_shape = tuple(x.shape)
         self.axes = _axes(self.axis, x.ndim)
-        return self.xp.sum(x, axis=self.axes, keepdims=self.keepdims, dtype=x.dtype)
+        k = self.k = _kernels_cache.get(xp) or kernels(xp, x)
+        if k.half is not None and x.dtype == k.half and _size(x) >= 1024:
+            # Software float16 adds: sum in float32 (also more accurate), store float16.
+            return k.narrow(
+                self._reduce(xp.sum(k.widen(x), axis=self.axes, keepdims=self.keepdims))
+            )
+        return self._reduce(xp.sum(x, axis=self.axes, keepdims=self.keepdims, dtype=x.dtype))
+
+    def _reduce(self, y: Any) -> Any:
+        return y
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
         gy = _expand_reduced(xp, gy, self.axes, self.keepdims, self.in_shape)
+        half = self.k.half
+        if half is not None and gy.dtype == half:
+            # A copy of the broadcast: float16 additions run in software.
+            return xp.asarray(xp.broadcast_to(gy, self.in_shape), copy=True)
         # A new array, not a read-only broadcast view: gradients must be writable.
         return xp.zeros(self.in_shape, dtype=gy.dtype) + gy
 
 
 class Mean(Sum):
-    def forward(self, x: Any) -> Any:
-        y = super().forward(x)
+    def _reduce(self, y: Any) -> Any:
         count = 1
         for a in self.axes:
             count *= self.in_shape[a]
@@ -342,6 +385,13 @@ class Log(Function):
 
     def backward(self, gy: Any) -> Any:
         return gy / self.x
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _rows_index(key: Any) -> Any:
@@ -404,8 +454,16 @@ class GetItem(Function):
         gx = xp.zeros(self.in_shape, dtype=self.dtype)
         if self.rows is not None:
             return scatter_add_rows(xp, gx, self.rows, gy)
-        gx[self.key] = gy
-        return gx
+        if backend_for(gy)[1].capabilities.inplace:
+            gx[self.key] = gy
+            return gx
+        # No in-place writes (JAX-like arrays): each input element sums the output gradients
+        # taken from it, found by indexing an array of flat positions with the same key.
+        n = _count(self.in_shape)
+        picked = xp.reshape(xp.reshape(xp.arange(n), self.in_shape)[self.key], (-1,))
+        hits = xp.reshape(xp.arange(n), (-1, 1)) == picked
+        summed = xp.sum(xp.where(hits, xp.reshape(gy, (-1,)), 0.0), axis=1)
+        return xp.reshape(summed, self.in_shape)
 
 
 def add(a: Any, b: Any) -> Any:
@@ -476,6 +534,17 @@ def exp(x: Any) -> Any:
 def log(x: Any) -> Any:
     """Elementwise natural logarithm."""
     return Log()(x)
+
+
+def cast(x: Any, dtype: Any) -> Any:
+    """``x`` converted to the floating ``dtype`` (a name such as "float16" or a dtype object)
+    with gradients: the backward converts the gradient back to ``x``'s dtype. Always a new
+    array. The one op besides the mixed precision nodes whose output dtype differs from its
+    input's."""
+    data = _raw(x)
+    xp = backend_for(data)[0]
+    target = getattr(xp, normalize_dtype(dtype))
+    return Cast(target)(x)
 
 
 def getitem(x: Any, key: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nnbackend.autograd import function as _function
+from nnbackend.autograd.kernels import kernels
 from nnbackend.backends import host
 from nnbackend.errors import GradientError
 from nnbackend.namespace import backend_for, namespace
@@ -180,11 +181,11 @@ class Tensor:
                 "backward() on a tensor that does not require a gradient: no input of its graph "
                 "has requires_grad=True (or it was computed under no_grad())"
             )
-        xp = self.xp
+        data = self.data
+        xp = backend_for(data)[0]
         if grad is None:
-            data = self.data
-            if data.ndim == 0:  # the usual case, a loss: the cheapest way to a one
-                grad = xp.asarray(1.0, dtype=data.dtype)
+            if data.ndim == 0:  # the usual case, a loss: a copy of a cached one
+                grad = kernels(xp, data).one(xp, data.dtype)
             elif self.size != 1:
                 raise GradientError(
                     f"backward() without a gradient needs a one-element tensor, this one has "
@@ -321,6 +322,12 @@ class Tensor:
     def log(self) -> Tensor:
         """Elementwise natural logarithm."""
         return _ops.log(self)
+
+    def astype(self, dtype: Any) -> Tensor:
+        """This tensor converted to the floating ``dtype`` ("float16", "float32", ... or a
+        dtype object), in the graph: the gradient is converted back to this tensor's dtype.
+        Always a new array."""
+        return _ops.cast(self, dtype)
 
 
 def _raw(x: Any) -> Any:

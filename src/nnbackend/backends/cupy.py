@@ -1,20 +1,41 @@
 """The CuPy backend (NVIDIA GPUs), through array-api-compat's CuPy namespace.
 
-Availability is probed for real: importing cupy succeeds on machines without a GPU, so the
-probe asks the CUDA runtime for its driver and device count and says which of "cupy not
-installed", "no CUDA driver" or "no device" holds.
+Everything that differs on a GPU lives here:
+
+* **Availability** is probed for real: importing cupy succeeds on machines without a GPU, so
+  the probe asks the CUDA runtime for its driver and device count and says which of "cupy not
+  installed", "no CUDA driver" or "no device" holds.
+* **Devices** are ``cupy:0``, ``cupy:1``, ... numbered as the CUDA runtime numbers them, that
+  is among the GPUs that ``CUDA_VISIBLE_DEVICES`` leaves visible (``CUDA_VISIBLE_DEVICES=2,3``
+  makes physical GPU 3 ``cupy:1``). A device that does not exist is a ``ValueError`` naming
+  the devices that do.
+* **Scatter-add** goes through ``cupyx.scatter_add`` (an atomic add, so repeated indices
+  accumulate); never ``cupy.scatter_add``, which CuPy removed in v8.
+* **float16 matrix products** are plain ``a @ b``: CuPy calls cuBLAS ``GemmEx`` with float16
+  inputs and float32 accumulation, which runs on tensor cores (compute capability 7.0 and
+  newer), so the capability ``fast_float16_matmul`` is set and the engine does not widen
+  float16 products to float32 as it does for NumPy.
+* **No host synchronisation**: :attr:`~nnbackend.Backend.on_host` is false for every CuPy
+  array, so the engine never reads a value back to validate it inside a training step (the
+  fused loss turns bad labels into NaN instead); only ``to_host`` (``.get()``) waits for the
+  GPU.
+* **Memory**: :func:`facts` reports the default memory pool (used, held, limit) and the pinned
+  host pool; :func:`empty_cache` returns the pool's free blocks to the driver
+  (``nnbackend.empty_cache()``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from nnbackend.backends.base import Backend, Capabilities
 
 INSTALL_HINT = "pip install 'nnbackend[gpu]' (or the cupy-cudaXXx wheel matching your CUDA)"
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 def load_namespace() -> Any:
@@ -37,11 +58,11 @@ def diagnose(
     """
     if not cupy_installed:
         return f"cupy is not installed: {INSTALL_HINT}"
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    visible = environ.get(VISIBLE_ENV)
     if visible is not None and visible.strip() in ("", "-1"):
         return (
-            f"no device: CUDA_VISIBLE_DEVICES={visible!r} hides every GPU; "
-            "unset it or list a device index (CUDA_VISIBLE_DEVICES=0)"
+            f"no device: {VISIBLE_ENV}={visible!r} hides every GPU; "
+            f"unset it or list a device index ({VISIBLE_ENV}=0)"
         )
     try:
         driver = driver_version()
@@ -57,7 +78,7 @@ def diagnose(
     except Exception as exc:
         return (
             f"no device: the CUDA runtime found none ({type(exc).__name__}: {exc}); "
-            "check nvidia-smi and CUDA_VISIBLE_DEVICES"
+            f"check nvidia-smi and {VISIBLE_ENV}"
         )
     if count < 1:
         return "no device: the CUDA driver is present but reports 0 GPUs; check nvidia-smi"
@@ -78,12 +99,17 @@ def probe() -> str | None:
         return int(cupy.cuda.runtime.getDeviceCount())
 
     try:
-        return diagnose(os.environ, installed, driver_version, device_count)
+        reason = diagnose(os.environ, installed, driver_version, device_count)
     except ImportError as exc:  # cupy present but its CUDA libraries are not
         return f"cupy is installed but fails to import ({exc}); {INSTALL_HINT}"
+    if reason is None and importlib.util.find_spec("array_api_compat") is None:
+        # The namespace is array-api-compat's wrapper of cupy: without it nothing loads.
+        return "array-api-compat is not installed: pip install array-api-compat"
+    return reason
 
 
 def to_host(x: Any) -> Any:
+    # .get() copies on the current stream and waits for it: the one synchronising call.
     return x.get()
 
 
@@ -96,10 +122,31 @@ def from_host(a: Any, device: Any = None) -> Any:
         return cupy.asarray(a)
 
 
-def devices() -> list[str]:
-    import cupy
+# ---------------------------------------------------------------------------------- devices
+def visible_devices(environ: Mapping[str, str]) -> list[str] | None:
+    """The entries of ``CUDA_VISIBLE_DEVICES`` in order (indices or ``GPU-...`` UUIDs), or
+    ``None`` when it is unset (every GPU is visible). As the CUDA runtime does, the list
+    stops at the first entry that is not an index or a UUID, and ``-1`` hides everything."""
+    raw = environ.get(VISIBLE_ENV)
+    if raw is None:
+        return None
+    entries: list[str] = []
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        entries.append(entry)
+    return entries
 
-    return [f"cupy:{i}" for i in range(cupy.cuda.runtime.getDeviceCount())]
+
+def physical_name(index: int, environ: Mapping[str, str]) -> str:
+    """What ``cupy:index`` is on this machine: ``"GPU 3"`` (through ``CUDA_VISIBLE_DEVICES``)
+    or ``"GPU 0"`` when every GPU is visible."""
+    visible = visible_devices(environ)
+    if visible is None or index >= len(visible):
+        return f"GPU {index}"
+    entry = visible[index]
+    return f"GPU {entry}" if entry.isdigit() else entry
 
 
 def parse_device_index(name: str) -> int:
@@ -110,10 +157,44 @@ def parse_device_index(name: str) -> int:
     return int(text)
 
 
-def device(name: str) -> Any:
-    index = parse_device_index(name)  # a bad name is reported even where cupy is missing
+def check_device_index(index: int, count: int, environ: Mapping[str, str]) -> None:
+    """Raise ``ValueError`` when ``cupy:index`` is not among the ``count`` visible GPUs."""
+    if 0 <= index < count:
+        return
+    have = ", ".join(f"cupy:{i}" for i in range(count)) or "none"
+    visible = environ.get(VISIBLE_ENV)
+    why = (
+        f" ({VISIBLE_ENV}={visible!r} leaves {count} visible; devices are numbered among the "
+        "visible ones)"
+        if visible is not None
+        else ""
+    )
+    raise ValueError(f"cupy:{index} does not exist: this machine has {have}{why}")
+
+
+def devices() -> list[str]:
     import cupy
 
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no driver or no device: the probe says which
+        return []
+    return [f"cupy:{i}" for i in range(count)]
+
+
+def device(name: str) -> Any:
+    """``cupy.cuda.Device`` for ``"1"`` (the part after ``cupy:``). A malformed name raises
+    ``ValueError`` even where cupy is missing; an index beyond the visible GPUs raises
+    ``ValueError`` where the CUDA runtime can count them."""
+    index = parse_device_index(name)
+    import cupy
+
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        count = None  # no usable GPU: the first use reports why, with the fix
+    if count is not None:
+        check_device_index(index, count, os.environ)
     return cupy.cuda.Device(index)
 
 
@@ -123,12 +204,60 @@ def version() -> str | None:
     return str(cupy.__version__)
 
 
+# ---------------------------------------------------------------------------------- engine
 def scatter_add(target: Any, indices: Any, values: Any) -> Any:
     # cupyx.scatter_add, never cupy.scatter_add: CuPy removed the latter in v8.
     import cupyx
 
     cupyx.scatter_add(target, indices, values)
     return target
+
+
+def kernels() -> dict[str, Any]:
+    """CuPy's own reductions and ``astype``, skipping array-api-compat's Python layer."""
+    import cupy
+
+    return {"sum": cupy.sum, "max": cupy.max, "astype": cupy.ndarray.astype}
+
+
+def on_host(array: Any) -> bool:
+    return False
+
+
+# ---------------------------------------------------------------------------------- memory
+def memory_facts() -> dict[str, Any]:
+    """The default memory pool of the current device and the pinned host pool, in bytes.
+    Asks the pools only: no CUDA context is created for it."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    pinned = cupy.get_default_pinned_memory_pool()
+    return {
+        "memory_pool_used_bytes": int(pool.used_bytes()),
+        "memory_pool_total_bytes": int(pool.total_bytes()),
+        "memory_pool_free_bytes": int(pool.free_bytes()),
+        "memory_pool_limit_bytes": int(pool.get_limit()),
+        "pinned_pool_free_blocks": int(pinned.n_free_blocks()),
+    }
+
+
+def empty_cache() -> dict[str, int]:
+    """Return the free blocks of CuPy's default memory pool (current device) and of the
+    pinned host pool to the driver. Arrays still referenced keep their memory.
+
+    Returns ``{"freed_bytes": ..., "held_bytes": ...}``, or ``{}`` when cupy was never
+    imported in this process (then there is nothing to free, and cupy is not imported for it).
+    """
+    if "cupy" not in sys.modules:
+        return {}
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    before = int(pool.total_bytes())
+    pool.free_all_blocks()
+    cupy.get_default_pinned_memory_pool().free_all_blocks()
+    after = int(pool.total_bytes())
+    return {"freed_bytes": before - after, "held_bytes": after}
 
 
 def facts() -> dict[str, Any]:
@@ -139,21 +268,24 @@ def facts() -> dict[str, Any]:
     for index in range(runtime.getDeviceCount()):
         props = runtime.getDeviceProperties(index)
         name = props["name"]
+        major, minor = int(props["major"]), int(props["minor"])
         gpus.append(
             {
                 "index": index,
+                "device": f"cupy:{index}",
+                "physical": physical_name(index, os.environ),
                 "name": name.decode() if isinstance(name, bytes) else str(name),
                 "memory_bytes": int(props["totalGlobalMem"]),
-                "compute_capability": f"{props['major']}.{props['minor']}",
+                "compute_capability": f"{major}.{minor}",
+                "tensor_cores": major >= 7,
             }
         )
-    pool = cupy.get_default_memory_pool()
     return {
         "cuda_runtime": runtime.runtimeGetVersion(),
         "cuda_driver": runtime.driverGetVersion(),
+        "cuda_visible_devices": os.environ.get(VISIBLE_ENV),
         "gpus": gpus,
-        "memory_pool_used_bytes": int(pool.used_bytes()),
-        "memory_pool_total_bytes": int(pool.total_bytes()),
+        **memory_facts(),
     }
 
 
@@ -170,7 +302,8 @@ BACKEND = Backend(
     version=version,
     facts=facts,
     scatter_add=scatter_add,
-    on_host=lambda array: False,
+    on_host=on_host,
+    kernels=kernels,
     install_hint=INSTALL_HINT,
     description="CuPy on an NVIDIA GPU",
 )

@@ -4,18 +4,33 @@ Each function is one :class:`~nnbackend.autograd.Function` with a hand-written b
 ``Linear`` layer costs one node (not a MatMul plus an Add) and softmax-with-cross-entropy one
 node whose gradient is exactly ``(softmax - onehot) / N``. All of them take Tensors or backend
 arrays, keep the input dtype, and use only the Array API standard.
+
+Float16 on a backend without fast float16 arithmetic (NumPy on a CPU): the nodes compute in
+float32 and store their outputs and gradients in float16, so float16 costs about what float32
+does instead of the ten times that NumPy's software float16 arithmetic would.
+
+Under the mixed precision policy "mixed16" (:mod:`nnbackend.precision`), ``linear``,
+``matmul``, ``embedding`` and ``layer_norm`` compute in float16 whatever their parameters'
+dtype (float32 master weights), returning float16 activations and gradients in each
+parameter's own dtype; the losses compute in float32.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import weakref
 from typing import Any
 
+from nnbackend import config
+from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
+from nnbackend.autograd.kernels import _cache as _kernels_cache
 from nnbackend.autograd.kernels import kernels
-from nnbackend.autograd.ops import matmul, matmul_arrays, scatter_add_rows, take_rows
+from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.errors import ArgumentError, DtypeError, LabelError, ShapeError
+from nnbackend.errors import ArgumentError, BackendError, DtypeError, LabelError, ShapeError
 from nnbackend.namespace import backend_for
 
 __all__ = [
@@ -40,40 +55,171 @@ def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
+# (context overrides, process settings version, compute dtype name or None): the last answer
+# of _mixed_compute, so a layer call under an unchanged setting pays one context read.
+_policy_seen: tuple[Any, int, str | None] = (None, -1, None)
+_get_overrides = config._context.get
+
+
+def _mixed_compute() -> str | None:
+    """The compute dtype name when the active precision policy is a mixed one, else None."""
+    global _policy_seen
+    overrides = _get_overrides()
+    seen = _policy_seen
+    if seen[0] is overrides and seen[1] == config._Process.version:
+        return seen[2]
+    policy = config.get_policy()
+    compute = config.compute_dtype(policy)
+    found = compute if compute != config.array_dtype(policy) else None
+    _policy_seen = (overrides, config._Process.version, found)
+    return found
+
+
+# Below these sizes NumPy's own float16 arithmetic costs less than converting to float32 and
+# back (a few microseconds of calls): elements for elementwise nodes, multiply-adds for products.
+WIDE_MIN_SIZE = 1024
+WIDE_MIN_MACS = 2048
+
+
+def _size(x: Any) -> int:
+    """The number of elements (``size`` is a method on torch tensors)."""
+    n = x.size
+    return n if type(n) is int else math.prod(x.shape)
+
+
+def _half_math(xp: Any, x: Any) -> Any:
+    """The backend's kernels when ``x`` is a float16 array big enough to compute in float32 on
+    a backend without fast float16, else None."""
+    k = _kernels_cache.get(xp) or kernels(xp, x)
+    return k if k.half is not None and x.dtype == k.half and _size(x) >= WIDE_MIN_SIZE else None
+
+
+def _to(xp: Any, x: Any, dtype: Any) -> Any:
+    return x if x is None or x.dtype == dtype else convert(xp, x, dtype)
+
+
+# id(float16 weight) -> (weak reference to it, its float32 copy). A weight lives across steps:
+# its float32 copy is rewritten in the same memory each forward, not allocated afresh (fresh
+# megabyte arrays cost a page fault per 4 KiB, which made NumPy's float16 step twice as slow
+# as its float32 one). Like the weight itself, which optimizers update in place, the copy a
+# graph saved reflects the latest forward, not the one that recorded it.
+_wide_weights: dict[int, tuple[Any, Any]] = {}
+
+
+def _widen_weight(k: Any, w: Any) -> Any:
+    key = id(w)
+    entry = _wide_weights.get(key)
+    if entry is not None and entry[0]() is w:
+        return k.widen(w, entry[1])
+    wide = k.widen(w)
+    try:
+        ref = weakref.ref(w, functools.partial(_forget_weight, key))
+    except TypeError:  # arrays that take no weak references: no reuse
+        return wide
+    _wide_weights[key] = (ref, wide)
+    return wide
+
+
+def _forget_weight(key: int, ref: Any) -> None:
+    entry = _wide_weights.get(key)
+    if entry is not None and entry[0] is ref:
+        del _wide_weights[key]
+
+
 class Linear(Function):
-    """``x @ W + b`` with ``W`` of shape (in, out); ``x`` may have leading batch axes."""
+    """``x @ W + b`` with ``W`` of shape (in, out); ``x`` may have leading batch axes.
+
+    Float16 on a backend without fast float16 runs the products and the bias sum in float32
+    (keeping float32 copies of ``x`` and ``W`` for the backward) and stores float16.
+    """
 
     grad_may_alias = False
+    trusted_grads = True
+    wide = False  # computing in float32 for float16 operands
+    in_dtypes: tuple[Any, ...] | None = None  # set when gradients need a cast back
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
-        self.x, self.w = x, w
+        xp = self.xp
         self.has_bias = b is not None
-        y = matmul_arrays(self.xp, x, w)
+        k = self.k = _kernels_cache.get(xp) or kernels(xp, x)
+        if k.half is not None and x.dtype == k.half and _size(x) * w.shape[-1] >= WIDE_MIN_MACS:
+            return self._wide_forward(xp, k, x, w, b)
+        self.x, self.w = x, w
+        y = x @ w
         return y if b is None else y + b
 
+    def _wide_forward(self, xp: Any, k: Any, x: Any, w: Any, b: Any) -> Any:
+        """Compute in float32, return float16; gradients go back in each input's dtype."""
+        f32 = xp.float32
+        self.wide = True
+        self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
+        self.x = x = _to(xp, x, f32)
+        self.w = w = (
+            w if w.dtype == f32 else _widen_weight(k, w) if w.dtype == k.half else _to(xp, w, f32)
+        )
+        y = x @ w
+        if b is not None:
+            y = y + _to(xp, b, f32)
+        return k.narrow(y)
+
     def backward(self, gy: Any) -> tuple[Any, ...]:
-        xp, x, w = self.xp, self.x, self.w
+        xp, x, w, k = self.xp, self.x, self.w, self.k
+        if self.wide:
+            gy = k.widen(gy)
         need_x, need_w = self.needs_input_grad[:2]
-        gx = matmul_arrays(xp, gy, w.T) if need_x else None
+        gx = gy @ w.T if need_x else None
         if x.ndim != 2:
             x = xp.reshape(x, (-1, w.shape[0]))
             gy = xp.reshape(gy, (-1, w.shape[1]))
-        gw = matmul_arrays(xp, x.T, gy) if need_w else None
+        gw = x.T @ gy if need_w else None
+        gb = None
+        if self.has_bias and self.needs_input_grad[2]:
+            gb = k.sum(gy, axis=0)
+        dtypes = self.in_dtypes
+        if dtypes is not None:
+            gx, gw, gb = _to(xp, gx, dtypes[0]), _to(xp, gw, dtypes[1]), _to(xp, gb, dtypes[2])
         if not self.has_bias:
             return gx, gw
-        gb = kernels(xp, gy).sum(gy, axis=0) if self.needs_input_grad[2] else None
         return gx, gw, gb
+
+
+class MixedLinear(Linear):
+    """``x @ W + b`` computed in the dtype ``compute`` (float16) whatever the dtypes of ``x``,
+    ``W`` and ``b``: the mixed precision node. The output is in ``compute``; each gradient in
+    its input's dtype (float32 for float32 master weights)."""
+
+    def __init__(self, compute: Any) -> None:
+        self.output_dtype = compute
+
+    def forward(self, x: Any, w: Any, b: Any = None) -> Any:
+        xp = self.xp
+        self.has_bias = b is not None
+        k = self.k = _kernels_cache.get(xp) or kernels(xp, x)
+        c = self.output_dtype
+        if k.half is not None and c == k.half:
+            # No fast float16 here: the product runs in float32 from the float32 weights
+            # themselves, and the activations are stored in float16.
+            return self._wide_forward(xp, k, x, w, b)
+        self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
+        self.x, self.w = x, w = _to(xp, x, c), _to(xp, w, c)
+        y = x @ w
+        return y if b is None else y + _to(xp, b, c)
 
 
 def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     """``x @ weight + bias`` as one graph node; ``weight`` has shape (in, out).
 
+    Under a mixed precision policy ("mixed16") the node computes in float16 whatever the
+    dtypes of ``x`` and ``weight`` (see :class:`MixedLinear`).
+
     Raises :class:`~nnbackend.errors.ShapeError` when ``x``'s last axis is not ``in`` and
-    :class:`~nnbackend.errors.DtypeError` when ``x`` and ``weight`` differ in dtype.
+    :class:`~nnbackend.errors.DtypeError` when ``x`` and ``weight`` differ in dtype (outside
+    a mixed policy).
     """
     xd = x.data if isinstance(x, Tensor) else x
     wd = weight.data if isinstance(weight, Tensor) else weight
-    if xd.dtype != wd.dtype:
+    compute = _mixed_compute()
+    if xd.dtype != wd.dtype and compute is None:
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
@@ -83,21 +229,70 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
             f"linear: input of shape {tuple(xd.shape)} does not fit a weight of shape "
             f"{tuple(wd.shape)}; expected input shape (..., {wd.shape[0]})"
         )
+    node = Linear() if compute is None else MixedLinear(_float_dtype(xd, compute))
     if bias is None:
-        return Linear()(x, weight)
-    return Linear()(x, weight, bias)
+        return node(x, weight)
+    return node(x, weight, bias)
+
+
+def _float_dtype(array: Any, name: str) -> Any:
+    xp, record = backend_for(array)
+    found = getattr(xp, name, None)
+    if found is None or (name == "float16" and not record.capabilities.float16):
+        # Not a DtypeError: layers rephrase those as "input dtype differs from the layer's".
+        raise BackendError(
+            f"backend {record.name!r} has no {name}, which the {config.get_policy()} policy "
+            f"computes in; use float32 with this backend, or a backend with {name}"
+        )
+    return found
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """``a @ b`` with gradients (:func:`nnbackend.autograd.ops.matmul`); under a mixed
+    precision policy both operands are cast to its compute dtype first."""
+    compute = _mixed_compute()
+    if compute is not None:
+        ad, bd = _data(a), _data(b)
+        target = _float_dtype(ad, compute)
+        if ad.dtype != target:
+            a = cast(a, compute)
+        if bd.dtype != target:
+            b = cast(b, compute)
+    return ops.matmul(a, b)
+
+
+def _loss_inputs(y: Any, t: Any) -> tuple[Any, Any]:
+    """Under a mixed policy, float16 predictions (and float targets) go to float32: losses
+    are summed over the batch, where float16's range and precision fall short."""
+    if _mixed_compute() is None:
+        return y, t
+    yd = _data(y)
+    xp = backend_for(yd)[0]
+    if yd.dtype == getattr(xp, "float16", None):
+        y = cast(y, "float32")
+    td = _data(t)
+    if xp.isdtype(td.dtype, "real floating") and td.dtype != xp.float32:
+        t = cast(t, "float32") if isinstance(t, Tensor) else xp.astype(td, xp.float32)
+    return y, t
 
 
 class Sigmoid(Function):
     grad_may_alias = False
+    trusted_grads = True
 
     def forward(self, x: Any) -> Any:
+        k = self.k = _half_math(self.xp, x)
+        if k is not None:  # float16 without fast float16: in float32
+            self.y = y = 0.5 * self.xp.tanh(0.5 * k.widen(x)) + 0.5
+            return k.narrow(y)
         # The tanh form never overflows (1 / (1 + exp(-x)) does, in float16, below x = -11).
         self.y = 0.5 * self.xp.tanh(0.5 * x) + 0.5
         return self.y
 
     def backward(self, gy: Any) -> Any:
-        y = self.y
+        y, k = self.y, self.k
+        if k is not None:
+            return k.narrow(k.widen(gy) * y * (1.0 - y))
         return gy * y * (1.0 - y)
 
 
@@ -108,12 +303,20 @@ def sigmoid(x: Any) -> Tensor:
 
 class Tanh(Function):
     grad_may_alias = False
+    trusted_grads = True
 
     def forward(self, x: Any) -> Any:
+        k = self.k = _half_math(self.xp, x)
+        if k is not None:  # float16 without fast float16: in float32
+            self.y = y = self.xp.tanh(k.widen(x))
+            return k.narrow(y)
         self.y = self.xp.tanh(x)
         return self.y
 
     def backward(self, gy: Any) -> Any:
+        k = self.k
+        if k is not None:
+            return k.narrow(k.widen(gy) * (1.0 - self.y * self.y))
         return gy * (1.0 - self.y * self.y)
 
 
@@ -122,22 +325,54 @@ def tanh(x: Any) -> Tensor:
     return Tanh()(x)
 
 
+# (namespace, dtype) -> a 0-d zero, for maximum(x, 0) on every backend (2023.12 takes arrays).
+_zeros: dict[tuple[Any, Any], Any] = {}
+
+
+def _zero(xp: Any, dtype: Any) -> Any:
+    found = _zeros.get((xp, dtype))
+    if found is None:
+        found = _zeros[(xp, dtype)] = xp.zeros((), dtype=dtype)
+    return found
+
+
 class LeakyReLU(Function):
     grad_may_alias = False
+    trusted_grads = True
 
     def __init__(self, slope: float) -> None:
         self.slope = float(slope)
 
     def forward(self, x: Any) -> Any:
+        k = self.k = _half_math(self.xp, x)
+        if k is not None:  # float16 without fast float16: no float16 arithmetic
+            self.mask = k.positive(x)
+            if self.slope == 0.0:
+                return k.keep(self.mask, x)
+            wide = k.widen(x)
+            return k.narrow(self.xp.where(self.mask, wide, wide * self.slope))
         self.mask = x > 0
-        if self.slope == 0.0:
-            return self.xp.where(self.mask, x, 0.0)
-        return self.xp.where(self.mask, x, x * self.slope)
+        slope = self.slope
+        if 0.0 <= slope <= 1.0:
+            # maximum, not where: NumPy's where runs a branchy loop, 0.95 ms for 256x1024
+            # elements of random sign against 0.1 ms (benchmarks/NOTES.md).
+            if slope == 0.0:
+                return self.xp.maximum(x, _zero(self.xp, x.dtype))
+            return self.xp.maximum(x, x * slope)
+        return self.xp.where(self.mask, x, x * slope)
 
     def backward(self, gy: Any) -> Any:
-        if self.slope == 0.0:
-            return self.xp.where(self.mask, gy, 0.0)
-        return self.xp.where(self.mask, gy, gy * self.slope)
+        k = self.k
+        if k is not None:
+            if self.slope == 0.0:
+                return k.keep(self.mask, gy)
+            wide = k.widen(gy)
+            return k.narrow(self.xp.where(self.mask, wide, wide * self.slope))
+        # The mask as 0/1 (or slope/1) factors: a multiply instead of a where (see forward).
+        gain = (_kernels_cache.get(self.xp) or kernels(self.xp, gy)).astype(self.mask, gy.dtype)
+        if self.slope != 0.0:
+            gain = gain * (1.0 - self.slope) + self.slope
+        return gy * gain
 
 
 def relu(x: Any) -> Tensor:
@@ -152,6 +387,7 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
 
 class Softmax(Function):
     grad_may_alias = False
+    trusted_grads = True
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
@@ -159,13 +395,19 @@ class Softmax(Function):
     def forward(self, x: Any) -> Any:
         xp = self.xp
         k = self.k = kernels(xp, x)
+        self.wide = wide = k.half is not None and x.dtype == k.half  # many passes: always worth it
+        if wide:  # float16 without fast float16: in float32
+            x = k.widen(x)
         e = xp.exp(x - k.max(x, axis=self.axis, keepdims=True))
         self.y = e / k.sum(e, axis=self.axis, keepdims=True)
-        return self.y
+        return k.narrow(self.y) if wide else self.y
 
     def backward(self, gy: Any) -> Any:
-        y = self.y
-        return y * (gy - self.k.sum(gy * y, axis=self.axis, keepdims=True))
+        y, k = self.y, self.k
+        if self.wide:
+            gy = k.widen(gy)
+            return k.narrow(y * (gy - k.sum(gy * y, axis=self.axis, keepdims=True)))
+        return y * (gy - k.sum(gy * y, axis=self.axis, keepdims=True))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -175,6 +417,7 @@ def softmax(x: Any, axis: int = -1) -> Tensor:
 
 class LogSoftmax(Function):
     grad_may_alias = False
+    trusted_grads = True
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
@@ -182,13 +425,19 @@ class LogSoftmax(Function):
     def forward(self, x: Any) -> Any:
         xp = self.xp
         k = self.k = kernels(xp, x)
+        self.wide = wide = k.half is not None and x.dtype == k.half  # many passes: always worth it
+        if wide:  # float16 without fast float16: in float32
+            x = k.widen(x)
         z = x - k.max(x, axis=self.axis, keepdims=True)
         self.y = z - xp.log(k.sum(xp.exp(z), axis=self.axis, keepdims=True))
-        return self.y
+        return k.narrow(self.y) if wide else self.y
 
     def backward(self, gy: Any) -> Any:
-        xp = self.xp
-        return gy - xp.exp(self.y) * self.k.sum(gy, axis=self.axis, keepdims=True)
+        xp, k = self.xp, self.k
+        if self.wide:
+            gy = k.widen(gy)
+            return k.narrow(gy - xp.exp(self.y) * k.sum(gy, axis=self.axis, keepdims=True))
+        return gy - xp.exp(self.y) * k.sum(gy, axis=self.axis, keepdims=True)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
@@ -197,16 +446,19 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
 
 
 # (namespace, n_classes, label dtype) -> arange(n_classes): made once, not once per step.
-_class_ranges: dict[tuple[Any, int, Any], Any] = {}
+_class_ranges: dict[tuple[Any, int, Any, Any], Any] = {}
 
 
-def _class_range(xp: Any, n_classes: int, dtype: Any) -> Any:
-    key = (xp, n_classes, dtype)
+def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
+    """``arange(n_classes)`` in the labels' dtype, on the labels' device (a GPU's own one:
+    comparing with an array on another device would fail), made once per combination."""
+    dtype, device = labels.dtype, getattr(labels, "device", None)
+    key = (xp, n_classes, dtype, device)
     found = _class_ranges.get(key)
     if found is None:
         if not xp.isdtype(dtype, "integral"):
             raise DtypeError(f"class labels must be integers, got {dtype}")
-        found = _class_ranges[key] = xp.arange(n_classes, dtype=dtype)
+        found = _class_ranges[key] = xp.arange(n_classes, dtype=dtype, device=device)
     return found
 
 
@@ -224,8 +476,18 @@ class SoftmaxCrossEntropy(Function):
 
     def forward(self, x: Any, t: Any) -> Any:
         xp = self.xp
+        if x.ndim != 2:
+            raise ShapeError(
+                f"softmax_cross_entropy: logits must have shape (N, C), got {tuple(x.shape)}; "
+                "reshape them first, e.g. y.reshape(-1, C) with labels t.reshape(-1)"
+            )
         n, c = x.shape
         k = self.k = kernels(xp, x)
+        self.wide = wide = k.half is not None and x.dtype == k.half  # many passes: always worth it
+        if wide:  # float16 without fast float16: in float32, stored in float16
+            x = k.widen(x)
+            if t.dtype == k.half:
+                t = k.widen(t)
         z = x - k.max(x, axis=1, keepdims=True)
         e = xp.exp(z)
         s = k.sum(e, axis=1, keepdims=True)
@@ -234,16 +496,15 @@ class SoftmaxCrossEntropy(Function):
         invalid = None
         self.rows_sum_to_one = t.ndim == 1
         if t.ndim == 1:
-            hit = t[:, None] == _class_range(xp, c, t.dtype)
+            hit = t[:, None] == _class_range(xp, c, t)
             labels, t = t, k.astype(hit, x.dtype)
             # Every label in range <=> exactly n hits. Reading that count is free where the
             # arrays live on the host; on a device it would sync, so the loss turns NaN instead.
-            matched = k.sum(t, axis=None)
             if k.on_host(labels):
-                if float(matched) != n:
+                if int(k.count_nonzero(hit)) != n:  # NumPy: 0.5 us, a float sum: 1.4 us
                     raise _bad_labels(labels, c)
             else:
-                invalid = matched != float(n)
+                invalid = k.sum(t, axis=None) != float(n)
         elif tuple(t.shape) != (n, c):
             raise ShapeError(
                 f"softmax_cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
@@ -260,18 +521,23 @@ class SoftmaxCrossEntropy(Function):
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if invalid is not None:
             loss = xp.where(invalid, float("nan"), loss)
-        return loss
+        return k.narrow(loss) if wide else loss
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
+        k = self.k
+        if self.wide:
+            gy = k.widen(gy)
         scale = gy / float(self.n)
         gx = gt = None
         if self.needs_input_grad[0]:
             p = self.p
             if not self.rows_sum_to_one:  # soft targets: d/dx = p * sum(t) - t
-                p = p * self.k.sum(self.t, axis=1, keepdims=True)
+                p = p * k.sum(self.t, axis=1, keepdims=True)
             gx = (p - self.t) * scale
         if self.needs_input_grad[1]:
             gt = -self.logp * scale
+        if self.wide:
+            return (None if gx is None else k.narrow(gx)), (None if gt is None else k.narrow(gt))
         return gx, gt
 
 
@@ -281,8 +547,9 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> Tensor:
 
     Labels out of range raise :class:`~nnbackend.errors.LabelError` on host-resident backends;
     on a GPU, where a check would force a device synchronisation each step, they make the loss
-    NaN instead.
+    NaN instead. Under a mixed precision policy float16 logits are cast to float32 first.
     """
+    logits, labels = _loss_inputs(logits, labels)
     return SoftmaxCrossEntropy()(logits, labels)
 
 
@@ -322,7 +589,8 @@ class SigmoidCrossEntropy(Function):
 
 def sigmoid_cross_entropy(logits: Any, targets: Any) -> Tensor:
     """Mean binary cross-entropy of ``sigmoid(logits)`` against ``targets`` in [0, 1],
-    computed stably for large logits."""
+    computed stably for large logits (in float32 under a mixed precision policy)."""
+    logits, targets = _loss_inputs(logits, targets)
     return SigmoidCrossEntropy()(logits, targets)
 
 
@@ -346,7 +614,9 @@ class MSE(Function):
 
 
 def mse_loss(y: Any, t: Any) -> Tensor:
-    """Mean of ``(y - t) ** 2`` over all elements."""
+    """Mean of ``(y - t) ** 2`` over all elements (in float32 under a mixed precision
+    policy)."""
+    y, t = _loss_inputs(y, t)
     return MSE()(y, t)
 
 
@@ -357,9 +627,16 @@ class Dropout(Function):
         self.mask = mask
 
     def forward(self, x: Any) -> Any:
+        k = self.k = _half_math(self.xp, x)
+        if k is not None:  # float16 without fast float16: multiply in float32
+            self.mask = k.widen(self.mask)
+            return k.narrow(k.widen(x) * self.mask)
         return x * self.mask
 
     def backward(self, gy: Any) -> Any:
+        k = self.k
+        if k is not None:
+            return k.narrow(k.widen(gy) * self.mask)
         return gy * self.mask
 
 
@@ -409,7 +686,11 @@ def embedding(indices: Any, weight: Any) -> Tensor:
     xp = backend_for(idx)[0]
     if not xp.isdtype(idx.dtype, "integral"):
         raise DtypeError(f"embedding indices must be integers, got {idx.dtype}")
-    return Embedding()(weight, idx)
+    rows = Embedding()(weight, idx)
+    compute = _mixed_compute()
+    if compute is not None and rows.data.dtype != _float_dtype(rows.data, compute):
+        return cast(rows, compute)  # gather in the weight's dtype, then cast the rows only
+    return rows
 
 
 class LayerNorm(Function):
@@ -446,8 +727,14 @@ class LayerNorm(Function):
 
 def layer_norm(x: Any, weight: Any, bias: Any, eps: float = 1e-5) -> Tensor:
     """Normalise over the last axis to zero mean and unit variance, then scale by ``weight``
-    and shift by ``bias`` (both of the last axis' size)."""
-    return LayerNorm(eps)(x, weight, bias)
-
-
-_ = matmul  # re-exported: F.matmul(a, b)
+    and shift by ``bias`` (both of the last axis' size). Under a mixed precision policy the
+    normalisation runs in the parameters' dtype (float32: a variance in float16 overflows
+    easily) and the result is cast to the compute dtype."""
+    compute = _mixed_compute()
+    if compute is None:
+        return LayerNorm(eps)(x, weight, bias)
+    xd, wd = _data(x), _data(weight)
+    if xd.dtype != wd.dtype:
+        x = cast(x, wd.dtype) if isinstance(x, Tensor) else backend_for(xd)[0].astype(xd, wd.dtype)
+    y = LayerNorm(eps)(x, weight, bias)
+    return cast(y, compute) if wd.dtype != _float_dtype(wd, compute) else y

@@ -222,7 +222,8 @@ class LayerNorm(Module):
             raise ShapeError(
                 f"{self!r}: expected input of shape (..., {self.dim}), got shape {tuple(xd.shape)}"
             )
-        if xd.dtype != self.weight.data.dtype:
+        # Under a mixed precision policy F.layer_norm casts float16 activations itself.
+        if xd.dtype != self.weight.data.dtype and F._mixed_compute() is None:
             raise DtypeError(
                 f"{self!r}: input dtype {xd.dtype} differs from the layer's dtype "
                 f"{self.weight.data.dtype}; cast the input (xp.astype) first"

@@ -236,6 +236,18 @@ class Module:
         for param in self.parameters():
             param.grad = None
 
+    # -- devices -------------------------------------------------------------------------
+    def to(self, target: Any = None, *, copy: bool | None = None) -> Module:
+        """Move every parameter (with its gradient) and every array this module or a
+        descendant holds to ``target``, in place, and return ``self``: ``model.to("cupy")``,
+        ``model.to("cupy:1")``, ``model.to("numpy")``. See :func:`nnbackend.to_device`.
+        Parameters keep their identity, so an optimizer built on them stays valid; move its
+        state too with ``nnbackend.to_device(optimizer, target)``."""
+        from nnbackend.device import to_device  # the device layer sits above the models
+
+        result: Module = to_device(self, target, copy=copy)
+        return result
+
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """``{dotted name: array}`` for every parameter, in :meth:`named_parameters` order.

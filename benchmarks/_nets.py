@@ -1,0 +1,252 @@
+"""The networks the cases time: the hand-written NumPy (or CuPy) MLP with explicit backward,
+the same MLP on nnbackend's engine, and on PyTorch. Not a case module (its name starts with
+``_``); the case modules import it.
+
+A *step* is forward, softmax-cross-entropy, backward and an SGD update (lr 0.01). All three
+networks have the same layers: ``Linear`` layers with a bias, ReLU or sigmoid between them,
+no activation after the last.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+import nnbackend as nb
+from benchmarks import Skip
+from nnbackend import nn, optim
+
+__all__ = [
+    "TINY",
+    "MEDIUM",
+    "LARGE",
+    "HandMLP",
+    "data",
+    "engine_step",
+    "gemm_products",
+    "has_torch",
+    "mixed16_step",
+    "step_flops",
+    "torch_step",
+]
+
+# (layer sizes, activation, batch)
+TINY = ([2, 10, 3], "sigmoid", 30)  # the book's chapter-1 network on the spiral
+MEDIUM = ([784, 1024, 1024, 10], "relu", 256)
+LARGE = ([4096, 4096, 4096, 10], "relu", 1024)  # GPU only
+
+LR = 0.01
+
+
+class HandMLP:
+    """The book's layered network with explicit backward ("Deep Learning from Scratch 2",
+    chapter 1), on NumPy or any library with NumPy's API (``xp=cupy``).
+
+    Each Affine layer computes ``dx``, the first one included, as the book's does; the engine
+    skips that product because the data needs no gradient, which is part of what is measured.
+    """
+
+    def __init__(
+        self, sizes: list[int], activation: str, dtype: str, seed: int = 0, xp: Any = np
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.xp = xp
+        self.params = []
+        for n_in, n_out in pairwise(sizes):
+            w = (rng.normal(size=(n_in, n_out)) * np.sqrt(1.0 / n_in)).astype(dtype)
+            self.params.append([xp.asarray(w), xp.zeros(n_out, dtype=dtype)])
+        self.activation = activation
+
+    def step(self, x: Any, t: Any, lr: float = LR) -> Any:
+        xp = self.xp
+        caches = []
+        h = x
+        last = len(self.params) - 1
+        for i, (w, b) in enumerate(self.params):
+            a = h @ w + b
+            caches.append(h)
+            if i < last:
+                if self.activation == "relu":
+                    mask = a <= 0
+                    a[mask] = 0
+                    caches.append(mask)
+                else:
+                    a = 1 / (1 + xp.exp(-a))
+                    caches.append(a)
+            h = a
+        # softmax with cross entropy
+        n = h.shape[0]
+        z = h - h.max(axis=1, keepdims=True)
+        e = xp.exp(z)
+        p = e / e.sum(axis=1, keepdims=True)
+        rows = xp.arange(n)
+        loss = -xp.log(p[rows, t] + 1e-7).sum() / n
+        dout = p.copy()
+        dout[rows, t] -= 1
+        dout /= n
+        for i in range(last, -1, -1):
+            w, b = self.params[i]
+            if i < last:
+                act = caches.pop()
+                if self.activation == "relu":
+                    dout[act] = 0
+                else:
+                    dout = dout * act * (1 - act)
+            x_in = caches.pop()
+            dw = x_in.T @ dout
+            db = dout.sum(axis=0)
+            dout = dout @ w.T  # the book's Affine computes dx, the first layer's included
+            w -= lr * dw
+            b -= lr * db
+        return loss
+
+
+def _model(sizes: list[int], activation: str) -> nn.Sequential:
+    nb.random.seed(0)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU() if activation == "relu" else nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+def engine_step(
+    sizes: list[int], activation: str, dtype: str, backend: str = "numpy"
+) -> Callable[[Any, Any], Any]:
+    """One training step of the MLP on nnbackend's engine, its parameters made on
+    ``backend`` in ``dtype``."""
+    with nb.using(backend=backend, dtype=dtype):
+        model = _model(sizes, activation)
+    loss_fn = nn.SoftmaxCrossEntropy()
+    opt = optim.SGD(model.parameters(), lr=LR)
+
+    def step(x: Any, t: Any) -> Any:
+        opt.zero_grad()
+        loss = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def mixed16_step(
+    sizes: list[int], activation: str, backend: str = "numpy"
+) -> Callable[[Any, Any], Any]:
+    """The engine step under the mixed precision policy (``using(dtype="mixed16")``: float32
+    master parameters, layers computing in float16) with dynamic loss scaling
+    (``precision.LossScaler``: scale the loss, unscale and check the gradients, step), as
+    ``nnbackend.precision``'s docs show it; :class:`~benchmarks.Skip` where that module is
+    missing. The data stays float32, as a user's would."""
+    if importlib.util.find_spec("nnbackend.precision") is None:
+        raise Skip(
+            "mixed16 needs nnbackend.precision (issue 5), which this checkout does not have yet"
+        )
+    from nnbackend import precision
+
+    if "mixed16" not in getattr(nb.config, "POLICIES", ()):
+        raise Skip("this nnbackend has no 'mixed16' policy in nnbackend.config.POLICIES")
+    with nb.using(backend=backend, dtype="mixed16"):
+        model = _model(sizes, activation)
+        scaler = precision.LossScaler() if hasattr(precision, "LossScaler") else None
+    loss_fn = nn.SoftmaxCrossEntropy()
+    opt = optim.SGD(model.parameters(), lr=LR)
+
+    def step(x: Any, t: Any) -> Any:
+        with nb.using(dtype="mixed16"):
+            opt.zero_grad()
+            loss = loss_fn(model(x), t)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale_loss(loss).backward()
+                scaler.step(opt)
+        return loss
+
+    return step
+
+
+def torch_step(
+    sizes: list[int], activation: str, device: str = "cpu", dtype: str = "float32"
+) -> Callable[[Any, Any], Any]:
+    """The same MLP in PyTorch (``torch.nn.Linear`` keeps its weight as (out, in), a
+    transposed layout of the same products)."""
+    import torch
+
+    torch.manual_seed(0)
+    layers: list[Any] = []
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU() if activation == "relu" else torch.nn.Sigmoid())
+    model = torch.nn.Sequential(*layers).to(device=device, dtype=getattr(torch, dtype))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(x: Any, t: Any) -> Any:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def data(batch: int, n_in: int, n_out: int, dtype: str) -> tuple[Any, Any]:
+    """A NumPy batch: normal inputs in ``dtype`` and int64 labels."""
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(batch, n_in)).astype(dtype), rng.integers(0, n_out, batch)
+
+
+def on_backend(backend: str, *arrays: Any) -> tuple[Any, ...]:
+    """The NumPy ``arrays`` moved to ``backend`` (same dtypes)."""
+    if backend == "numpy":
+        return arrays
+    xp = nb.namespace(backend)
+    return tuple(xp.asarray(a) for a in arrays)
+
+
+def has_torch() -> bool:
+    return "torch" in nb.available_backends()
+
+
+def step_flops(sizes: list[int], batch: int) -> int:
+    """The issue's nominal FLOPs of a step: 6 * batch * weights (forward, weight gradient and
+    input gradient of every layer, 2 FLOPs per multiply-add)."""
+    return 6 * batch * sum(a * b for a, b in pairwise(sizes))
+
+
+def gemm_products(
+    sizes: list[int], batch: int, dtype: str, xp: Any = np, first_dx: bool = False
+) -> tuple[Callable[[], None], int]:
+    """A function running, alone, the matrix products of one training step at its shapes and
+    operand layouts, and their FLOPs: per layer ``x @ W`` (forward), ``x.T @ gy`` (weight
+    gradient) and ``gy @ W.T`` (input gradient), the first layer's input gradient only with
+    ``first_dx`` (the engine skips it, the hand-written network computes it)."""
+    rng = np.random.default_rng(2)
+
+    def arr(*shape: int) -> Any:
+        return xp.asarray(rng.normal(size=shape).astype(dtype))
+
+    products: list[tuple[Any, Any]] = []
+    flops = 0
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
+        x, w, gy = arr(batch, n_in), arr(n_in, n_out), arr(batch, n_out)
+        products += [(x, w), (x.T, gy)]
+        flops += 2 * 2 * batch * n_in * n_out
+        if i > 0 or first_dx:
+            products.append((gy, w.T))
+            flops += 2 * batch * n_in * n_out
+
+    def run() -> None:
+        for a, b in products:
+            a @ b
+
+    return run, flops

@@ -1,0 +1,524 @@
+"""Moving arrays, Tensors, Modules and optimizer state between backends and devices.
+
+>>> import nnbackend as nb
+>>> from nnbackend import nn
+>>> model = nn.Linear(2, 3)
+>>> model.to("numpy") is model                     # in place, like torch's Module.to
+True
+>>> nb.to_device(model.weight, "numpy").backend   # a new Tensor; the input is unchanged
+'numpy'
+
+A *target* names a backend (``"cupy"``, ``"numpy"``), a backend and one of its devices
+(``"cupy:1"``, ``"torch:cuda:0"``, ``"array_api_strict:device1"``), or only a device of the
+object's own backend (``"cuda:0"`` for torch tensors). A bare backend name means that
+backend's default device, or the device of an active ``nnbackend.using(device=...)`` block
+for that backend. ``None`` means the active backend and device.
+
+How an array travels, cheapest first:
+
+1. Already there (same backend, same device, or no device asked for): returned as is.
+2. Same backend, another device: the backend's ``asarray(x, device=...)``.
+3. Another backend: DLPack (``xp.from_dlpack``), which shares memory where both libraries
+   can see it (NumPy <-> torch CPU <-> array_api_strict; torch CUDA <-> CuPy), then a device
+   change if one was asked for and DLPack put it elsewhere.
+4. Otherwise through the host: the source record's ``to_host`` and the target's
+   ``from_host`` (a copy; CuPy -> NumPy goes this way).
+
+``copy=True`` always gives memory of its own; ``copy=False`` raises
+:class:`~nnbackend.errors.ArgumentError` where a copy cannot be avoided; ``None`` (the
+default) copies only where it must. Read-only arrays are never shared (DLPack cannot say
+"read-only"), so a writable alias of them never appears.
+
+Modules and optimizers are changed in place and returned; everything is moved first and only
+then bound, so an error (a backend that cannot run here, float16 on array_api_strict) leaves
+every object as it was. Arrays and Tensors are returned as new objects; the input is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nnbackend import config, registry
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends import cupy as _cupy_backend
+from nnbackend.backends import host
+from nnbackend.backends.base import Backend
+from nnbackend.errors import (
+    ArgumentError,
+    BackendError,
+    BackendMismatchError,
+    DtypeError,
+    NNBackendError,
+)
+from nnbackend.namespace import backend_for
+from nnbackend.nn.module import Module
+from nnbackend.optim import Optimizer
+
+__all__ = ["Target", "empty_cache", "from_dlpack", "parse_target", "to_device"]
+
+# Errors a library raises when DLPack cannot hand an array over (wrong device, read-only,
+# unsupported dtype, a tensor that requires grad, an old library without __dlpack__).
+_DLPACK_ERRORS = (BufferError, TypeError, ValueError, RuntimeError, NotImplementedError)
+_MODULE_INTERNALS = frozenset({"_parameters", "_modules", "training", "_layers"})
+_OPTIMIZER_CACHES = frozenset({"params", "_entries", "_pairs"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where :func:`to_device` sends things.
+
+    Attributes:
+        backend: a registered backend name, or ``None`` for each object's own backend.
+        device: a device name as that backend's record takes it (``"1"`` for ``cupy:1``,
+            ``"cuda:0"`` for torch), or ``None`` for the backend's default device.
+    """
+
+    backend: str | None
+    device: str | None
+
+    def __str__(self) -> str:
+        if self.backend is None:
+            return str(self.device)
+        return self.backend if self.device is None else f"{self.backend}:{self.device}"
+
+
+def _check_device(backend: str, device: str) -> None:
+    try:
+        registry.get(backend).device(device)
+    except ValueError as exc:
+        raise BackendError(f"bad device {device!r} for backend {backend!r}: {exc}") from None
+    except ImportError:
+        pass  # the library is missing: moving there reports that, with its fix
+
+
+def parse_target(target: str | Target | None) -> Target:
+    """Turn ``"cupy"``, ``"cupy:1"``, ``"torch:cuda:0"``, ``"cuda:0"`` or ``None`` into a
+    :class:`Target`. Unknown backends and malformed devices of a named backend raise
+    :class:`~nnbackend.errors.BackendError`; a backend that cannot run here is reported when
+    something is moved there."""
+    if isinstance(target, Target):
+        return target
+    if target is None:
+        backend, _, device = config.resolve()
+        return Target(backend, device)
+    if not isinstance(target, str) or not target.strip():
+        raise BackendError(
+            f"a target is a backend name ({', '.join(registry.backends())}), 'backend:device' "
+            f"such as 'cupy:1', or a device of the object's backend; got {target!r}"
+        )
+    text = target.strip()
+    names = registry.backends()
+    if text in names:
+        device = config.get_device() if text == config.get_backend() else None
+        return Target(text, device)
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in names:
+        if not rest:
+            raise BackendError(f"target {text!r} names backend {prefix!r} but no device")
+        _check_device(prefix, rest)
+        return Target(prefix, rest)
+    return Target(None, text)  # a device of each object's own backend, checked per object
+
+
+def _unknown_backend(name: object) -> str:
+    return f"unknown backend {name!r}; registered backends are {', '.join(registry.backends())}"
+
+
+def _is_array(value: Any) -> bool:
+    return (
+        registry.backend_of(value) is not None
+        and hasattr(value, "shape")
+        and hasattr(value, "dtype")
+    )
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _same_device(array: Any, device: Any) -> bool:
+    here = getattr(array, "device", "cpu")
+    try:
+        if here == device:
+            return True
+    except Exception:  # device objects of different kinds may refuse to compare
+        pass
+    return str(here) == str(device)
+
+
+def _dlpack_safe(array: Any) -> bool:
+    """Whether handing ``array`` over through DLPack is safe: it has ``__dlpack__``, it is
+    writable (DLPack cannot say read-only, so the receiver could write into it), and no stride
+    is negative (torch 2.x aborts the whole process on a reversed NumPy view)."""
+    if not hasattr(array, "__dlpack__"):
+        return False
+    flags = getattr(array, "flags", None)
+    if not getattr(flags, "writeable", True):
+        return False
+    strides = getattr(array, "strides", None)
+    return not (isinstance(strides, tuple) and any(s < 0 for s in strides))
+
+
+def _import_dlpack(xp: Any, x: Any, copy: bool | None) -> Any:
+    """``xp.from_dlpack(x)``, or ``None`` where DLPack cannot hand ``x`` over. With
+    ``copy=False`` the library is told so (where it takes the argument), so it never copies
+    silently (CuPy may copy host arrays to the GPU)."""
+    try:
+        if copy is False:
+            try:
+                return xp.from_dlpack(x, copy=False)
+            except TypeError:  # a library without the 2023.12 ``copy`` argument
+                pass
+        return xp.from_dlpack(x)
+    except _DLPACK_ERRORS:
+        return None
+
+
+class _Mover:
+    """Plans a move (every array converted up front), then commits it (every binding made).
+
+    Arrays are memoised by identity, so an array referenced twice (tied weights, a gradient
+    shared by two parameters) becomes one array on the target too.
+    """
+
+    def __init__(self, target: Target, copy: bool | None) -> None:
+        self.target = target
+        self.copy = copy
+        self._arrays: dict[int, tuple[Any, Any]] = {}  # id(source) -> (source, moved)
+        self._seen: dict[int, Any] = {}  # objects planned in place, kept alive while planning
+        self._places: dict[str, tuple[Backend, Any, Any]] = {}
+        self.commits: list[Callable[[], None]] = []
+        self.after: list[Callable[[], None]] = []
+
+    # -- arrays --------------------------------------------------------------------------
+    def _place(self, backend: str, source: str) -> tuple[Backend, Any, Any]:
+        """(record, namespace, device object or None) of the target for arrays of
+        ``source``."""
+        key = f"{backend}\0{source}"
+        found = self._places.get(key)
+        if found is not None:
+            return found
+        record = registry.require(backend)
+        device_obj = None
+        device = self.target.device
+        if device is not None:
+            try:
+                device_obj = record.device(device)
+            except ValueError as exc:
+                if self.target.backend is None:
+                    raise BackendError(
+                        f"target {device!r} is neither a backend ({', '.join(registry.backends())})"
+                        f" nor a device of backend {backend!r}: {exc}"
+                    ) from None
+                raise BackendError(
+                    f"bad device {device!r} for backend {backend!r}: {exc}"
+                ) from None
+        found = self._places[key] = (record, record.load_namespace(), device_obj)
+        return found
+
+    def array(self, x: Any) -> Any:
+        found = self._arrays.get(id(x))
+        if found is not None:
+            return found[1]
+        moved = self._move(x)
+        self._arrays[id(x)] = (x, moved)
+        return moved
+
+    def _move(self, x: Any) -> Any:
+        source_name = registry.backend_of(x)
+        if source_name is None or not _is_array(x):
+            raise BackendMismatchError(
+                f"cannot move a {type(x).__module__}.{type(x).__qualname__}: not an array of a "
+                f"registered backend ({', '.join(registry.backends())})"
+            )
+        source = registry.get(source_name)
+        name = self.target.backend or source_name
+        record, xp, device = self._place(name, source_name)
+        if _dtype_name(x.dtype) == "float16" and not record.capabilities.float16:
+            raise DtypeError(
+                f"cannot move a float16 array to backend {name!r}: it has no float16; cast it "
+                "first (xp.astype(x, xp.float32)) or pick a backend with float16"
+            )
+        dest = name if self.target.device is None else f"{name}:{self.target.device}"
+        where = f"from {source_name!r} to {dest!r}"
+        try:
+            return self._transfer(x, source, record, xp, device, where)
+        except NNBackendError:
+            raise
+        except Exception as exc:  # the library's own error (no CUDA in torch, no data on meta)
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise BackendError(
+                f"cannot move an array {where}: {type(exc).__name__}: {first}"
+            ) from exc
+
+    def _transfer(
+        self, x: Any, source: Backend, record: Backend, xp: Any, device: Any, where: str
+    ) -> Any:
+        if record is source:
+            if device is None or _same_device(x, device):
+                return xp.asarray(x, copy=True) if self.copy else x
+            if self.copy is False:
+                raise ArgumentError(f"copy=False, but moving {where} changes the device")
+            return xp.asarray(x, device=device)
+        if self.copy is not True and _dlpack_safe(x):
+            y = _import_dlpack(xp, x, self.copy)
+            if y is not None:
+                if device is None or _same_device(y, device):
+                    return y
+                if self.copy is False:
+                    raise ArgumentError(
+                        f"copy=False, but moving {where} needs a copy to device {device}"
+                    )
+                return xp.asarray(y, device=device)
+        if self.copy is False:
+            raise ArgumentError(
+                f"copy=False, but moving {where} needs a copy (DLPack cannot share this array)"
+            )
+        on_host = source.to_host(x)
+        if source.on_host(x):  # a host array: never alias it (it may be read-only)
+            on_host = host.numpy().array(on_host, copy=True)
+        return record.from_host(on_host, device)
+
+    # -- objects -------------------------------------------------------------------------
+    def _first_visit(self, obj: Any) -> bool:
+        if id(obj) in self._seen:
+            return False
+        self._seen[id(obj)] = obj
+        return True
+
+    def tensor_in_place(self, t: Tensor) -> None:
+        if not self._first_visit(t):
+            return
+        data = self.array(t.data)
+        grad = None if t.grad is None else self.array(t.grad)
+        if data is t.data and grad is t.grad:
+            return
+
+        def bind() -> None:
+            t.data = data
+            t.grad = grad
+
+        self.commits.append(bind)
+
+    def tensor_copy(self, t: Tensor) -> Tensor:
+        new = type(t)._wrap(self.array(t.data), t.requires_grad)
+        new.name = t.name
+        if t.grad is not None:
+            new.grad = self.array(t.grad)
+        return new
+
+    def module(self, module: Module) -> None:
+        for sub in module.modules():
+            if not self._first_visit(sub):
+                continue
+            for param in sub._parameters.values():
+                if param is not None:
+                    self.tensor_in_place(param)
+            for key, value in list(vars(sub).items()):
+                if key in _MODULE_INTERNALS or key in sub._parameters or key in sub._modules:
+                    continue
+                self.slot(value, functools.partial(sub.__dict__.__setitem__, key))
+
+    def optimizer(self, opt: Optimizer) -> None:
+        if not self._first_visit(opt):
+            return
+        for param in opt.params:
+            self.tensor_in_place(param)
+        for key, value in list(vars(opt).items()):
+            if key not in _OPTIMIZER_CACHES:
+                self.slot(value, functools.partial(setattr, opt, key))
+        refresh = _refresher(opt)
+        self.after.append(refresh)
+
+    def slot(self, value: Any, assign: Callable[[Any], Any]) -> None:
+        """Plan the move of whatever ``value`` holds; ``assign`` rebinds it where it lives.
+        Lists and dicts are changed in place (other objects may hold them), tuples rebuilt."""
+        if isinstance(value, Tensor):
+            self.tensor_in_place(value)
+        elif isinstance(value, Module):
+            self.module(value)
+        elif isinstance(value, Optimizer):
+            self.optimizer(value)
+        elif _is_array(value):
+            moved = self.array(value)
+            if moved is not value:
+                self.commits.append(lambda: assign(moved))
+        elif isinstance(value, list):
+            if self._first_visit(value):
+                for i, item in enumerate(value):
+                    self.slot(item, functools.partial(value.__setitem__, i))
+        elif isinstance(value, dict):
+            if self._first_visit(value):
+                for key, item in list(value.items()):
+                    self.slot(item, functools.partial(value.__setitem__, key))
+        elif type(value) is tuple and value:
+            items = list(value)
+            before = len(self.commits)
+            for i, item in enumerate(value):
+                self.slot(item, functools.partial(items.__setitem__, i))
+            if len(self.commits) > before:
+                self.commits.append(lambda: assign(tuple(items)))
+
+    def value(self, value: Any) -> Any:
+        """The moved counterpart of a top-level value: new arrays, Tensors and containers;
+        Modules and optimizers planned in place and returned as they are."""
+        if isinstance(value, Tensor):
+            return self.tensor_copy(value)
+        if isinstance(value, Module):
+            self.module(value)
+            return value
+        if isinstance(value, Optimizer):
+            self.optimizer(value)
+            return value
+        if _is_array(value):
+            return self.array(value)
+        if isinstance(value, dict):
+            return type(value)((k, self.value(v)) for k, v in value.items())
+        if isinstance(value, list | tuple):
+            items = [self.value(v) for v in value]
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        if value is None or isinstance(value, bool | int | float | complex | str):
+            return value
+        raise TypeError(
+            f"to_device moves arrays, Tensors, nn.Modules, optimizers and lists, tuples or "
+            f"dicts of them; got {type(value).__module__}.{type(value).__qualname__}"
+        )
+
+    def commit(self) -> None:
+        for bind in self.commits:
+            bind()
+        for refresh in self.after:
+            refresh()
+
+
+def _refresher(opt: Optimizer) -> Callable[[], None]:
+    """A function that renews what ``opt`` caches per parameter (its namespace and whether
+    it may write in place) after the parameters moved. Checked now, so an optimizer whose
+    caches are unknown fails before anything moves."""
+    hook = getattr(opt, "_refresh_entries", None)
+    if callable(hook):
+        return hook
+    entries = vars(opt).get("_entries")
+    pairs = vars(opt).get("_pairs")
+    shape_ok = (
+        entries is None
+        or all(
+            type(e) is tuple and len(e) >= 4 and isinstance(e[0], Tensor) and type(e[1]) is dict
+            for e in entries
+        )
+    ) and (
+        pairs is None
+        or all(type(e) is tuple and len(e) == 2 and isinstance(e[0], Tensor) for e in pairs)
+    )
+    if not shape_ok:
+        raise TypeError(
+            f"{type(opt).__name__} caches per-parameter facts in a form to_device does not know; "
+            "give it a _refresh_entries() method that rebuilds them from its parameters"
+        )
+
+    def refresh() -> None:
+        if entries is not None:
+            new = []
+            for p, st, _xp, _inplace, *rest in entries:
+                xp, record = backend_for(p.data)
+                new.append((p, st, xp, bool(record.capabilities.inplace), *rest))
+            entries[:] = new
+        if pairs is not None:
+            pairs[:] = [(p, bool(backend_for(p.data)[1].capabilities.inplace)) for p, _ in pairs]
+
+    return refresh
+
+
+def to_device(obj: Any, target: str | Target | None, *, copy: bool | None = None) -> Any:
+    """``obj`` on another backend or device.
+
+    Args:
+        obj: a backend array, a :class:`~nnbackend.Tensor` (a new leaf Tensor is returned, with
+            ``requires_grad``, name and ``.grad`` carried over), an :class:`nnbackend.nn.Module`
+            (its parameters, their gradients and any arrays or Tensors held as attributes are
+            rebound in place; the module is returned), an optimizer (its parameters and state
+            rebound in place; returned), or a list, tuple or dict of these.
+        target: ``"cupy"``, ``"numpy"``, ``"torch"``, ``"array_api_strict"``, a backend with a
+            device (``"cupy:1"``, ``"torch:cuda:0"``), a device of the object's own backend, or
+            ``None`` for the active backend and device.
+        copy: ``None`` shares memory where DLPack allows, ``True`` always copies, ``False``
+            raises :class:`~nnbackend.errors.ArgumentError` where a copy is needed.
+
+    Raises:
+        BackendError: unknown backend or bad device (the message lists what exists).
+        BackendUnavailableError: the target backend cannot run here (the message says why).
+        DtypeError: float16 to a backend without float16 (array_api_strict).
+
+    Moving an optimizer moves its parameters too (they are the model's own Parameter
+    objects); to move a model with its optimizer, ``to_device((model, opt), "cupy")``.
+    """
+    if copy is not None and not isinstance(copy, bool):
+        raise ArgumentError(f"copy must be True, False or None, got {copy!r}")
+    mover = _Mover(parse_target(target), copy)
+    result = mover.value(obj)
+    mover.commit()
+    return result
+
+
+def from_dlpack(
+    x: Any, backend: str | None = None, *, device: str | None = None, copy: bool | None = None
+) -> Any:
+    """An array of ``backend`` (default: the active one) holding the data of ``x``, sharing its
+    memory through DLPack where possible.
+
+    ``x`` may be an array of any registered backend (or a Tensor: its ``.data``), or any
+    object with ``__dlpack__`` (JAX arrays, for instance), which then must be importable by
+    the target library. Where the target cannot see ``x``'s memory (a CuPy array to NumPy), the
+    data is copied through the host unless ``copy=False``.
+
+    >>> import nnbackend as nb
+    >>> import numpy as np                                      # doctest: +SKIP
+    >>> t = nb.from_dlpack(np.arange(3.0), "torch")             # doctest: +SKIP
+    """
+    if isinstance(x, Tensor):
+        x = x.data
+    if backend is None:
+        backend = config.get_backend()
+    target = parse_target(backend if device is None else f"{backend}:{device}")
+    if target.backend is None:
+        raise BackendError(_unknown_backend(backend))
+    mover = _Mover(target, copy)
+    if _is_array(x):
+        return mover.array(x)
+    if not hasattr(x, "__dlpack__"):
+        raise BackendMismatchError(
+            f"from_dlpack needs an object with __dlpack__ or an array of a registered backend; "
+            f"got {type(x).__module__}.{type(x).__qualname__}"
+        )
+    _record, xp, device_obj = mover._place(target.backend, "")
+    kwargs = {} if copy is None else {"copy": copy}
+    try:
+        y = xp.from_dlpack(x, **kwargs)
+    except _DLPACK_ERRORS as exc:
+        raise BackendMismatchError(
+            f"backend {target.backend!r} cannot import a {type(x).__module__}."
+            f"{type(x).__qualname__} through DLPack ({type(exc).__name__}: {exc})"
+        ) from None
+    if device_obj is not None and not _same_device(y, device_obj):
+        y = xp.asarray(y, device=device_obj)
+    return y
+
+
+# Backends whose library keeps a memory cache of its own, and how to release it.
+_CACHE_RELEASERS: dict[str, Callable[[], dict[str, int]]] = {"cupy": _cupy_backend.empty_cache}
+
+
+def empty_cache() -> dict[str, dict[str, int]]:
+    """Return the memory that device libraries keep cached (CuPy's memory pool) to the
+    driver, and say how much, per backend: ``{"cupy": {"freed_bytes": ..., "held_bytes":
+    ...}}``. A library not imported in this process is skipped (and not imported), so on a
+    machine without a GPU this is ``{}``."""
+    released = {}
+    for name, release in _CACHE_RELEASERS.items():
+        freed = release()
+        if freed:
+            released[name] = freed
+    return released
