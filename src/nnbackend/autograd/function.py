@@ -42,6 +42,7 @@ from nnbackend.namespace import _by_type, backend_for
 __all__ = ["Function", "run_backward"]
 
 _SCALARS = (int, float, bool)
+_new = object.__new__
 _by_type_get = _by_type.get
 # The engine's one per-op flag: true only while the dtype guard or anomaly detection may be on.
 _switch = config._switch
@@ -131,9 +132,15 @@ class Function:
                     out.generation = generation
                 self.outputs = tuple([weakref.ref(out) for out in outputs])
                 return outputs
-            out = wrap(ys, True)
+            # Tensor._wrap inlined: this is the engine's hottest line.
+            out = _new(tensor_type)
+            out.data = ys
+            out.grad = None
             out.creator = self
             out.generation = generation
+            out.requires_grad = True
+            out.name = None
+            out._retain = False
             self.outputs = (weakref.ref(out),)
             return out
         if type(ys) is tuple:

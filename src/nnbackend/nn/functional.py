@@ -224,15 +224,18 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
         )
-    if xd.ndim == 0 or xd.shape[-1] != wd.shape[0]:
-        raise ShapeError(
-            f"linear: input of shape {tuple(xd.shape)} does not fit a weight of shape "
-            f"{tuple(wd.shape)}; expected input shape (..., {wd.shape[0]})"
-        )
     node = Linear() if compute is None else MixedLinear(_float_dtype(xd, compute))
-    if bias is None:
-        return node(x, weight)
-    return node(x, weight, bias)
+    try:
+        return node(x, weight) if bias is None else node(x, weight, bias)
+    except Exception:
+        # Checked only when the product failed: every backend's matmul refuses these shapes,
+        # so the happy path pays nothing, and the error still names both shapes.
+        if xd.ndim == 0 or xd.shape[-1] != wd.shape[0]:
+            raise ShapeError(
+                f"linear: input of shape {tuple(xd.shape)} does not fit a weight of shape "
+                f"{tuple(wd.shape)}; expected input shape (..., {wd.shape[0]})"
+            ) from None
+        raise
 
 
 def _float_dtype(array: Any, name: str) -> Any:
