@@ -30,6 +30,7 @@ registry and the module-level random generator after every test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -283,3 +284,42 @@ def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+@contextlib.contextmanager
+def _no_host_reads() -> Iterator[None]:
+    """Make every way of reading an array_api_strict array back to Python raise."""
+    array_type = type(registry.get("array_api_strict").load_namespace().asarray(0.0))
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an array was read back to the host")
+
+    names = (
+        "__bool__",
+        "__float__",
+        "__int__",
+        "__index__",
+        "__complex__",
+        "__array__",
+        "__dlpack__",
+        "__iter__",
+    )
+    saved = {name: array_type.__dict__[name] for name in names if name in array_type.__dict__}
+    try:
+        for name in names:
+            setattr(array_type, name, refuse)
+        yield
+    finally:
+        for name in names:
+            if name in saved:
+                setattr(array_type, name, saved[name])
+            else:
+                delattr(array_type, name)
+
+
+@pytest.fixture
+def no_host_reads() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """A context manager factory: inside ``with no_host_reads():`` any read of an
+    array_api_strict array back to the host (bool, float, int, __array__, DLPack, iteration)
+    raises, which proves a code path never synchronises with the device."""
+    return _no_host_reads

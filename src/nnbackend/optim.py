@@ -32,9 +32,9 @@ from typing import Any
 from nnbackend.autograd.kernels import _cache as _kernels_cache
 from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends import host
 from nnbackend.errors import ArgumentError, CheckpointError
 from nnbackend.namespace import backend_for, namespace
+from nnbackend.nn.module import convert_like
 
 __all__ = [
     "SGD",
@@ -273,7 +273,7 @@ class Optimizer:
                 if k == "step":
                     new_state[i][k] = int(v)
                 else:
-                    new_state[i][k] = _array_like(v, p.data, f"state[{i}][{k!r}]")
+                    new_state[i][k] = convert_like(v, p.data, f"state[{i}][{k!r}]")
         # Validated: now commit, keeping the dicts the entries refer to.
         for key, value in new_hyper.items():
             setattr(self, key, value)
@@ -285,36 +285,6 @@ class Optimizer:
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={getattr(self, k)}" for k in self.hyperparameters)
         return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
-
-
-def _array_like(value: Any, like: Any, where: str) -> Any:
-    """A copy of ``value`` on ``like``'s backend, after checking its shape and dtype."""
-    if isinstance(value, Tensor):
-        value = value.data
-    shape = getattr(value, "shape", None)
-    if shape is None or tuple(shape) != tuple(like.shape):
-        raise CheckpointError(
-            f"{where} has shape {None if shape is None else tuple(shape)}; the parameter has "
-            f"shape {tuple(like.shape)}"
-        )
-    try:
-        xp_v, record_v = backend_for(value)
-    except Exception as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
-    xp, record = backend_for(like)
-    name_v = str(value.dtype).rsplit(".", 1)[-1]
-    name = str(like.dtype).rsplit(".", 1)[-1]
-    if name_v != name:
-        raise CheckpointError(
-            f"{where} has dtype {value.dtype}; the parameter has dtype {like.dtype}"
-        )
-    if record_v is not record:
-        moved = record.from_host(
-            host.numpy().array(record_v.to_host(value), copy=True), getattr(like, "device", None)
-        )
-        return moved if moved.dtype == like.dtype else xp.astype(moved, like.dtype)
-    del xp_v
-    return xp.asarray(value, copy=True)
 
 
 # Parameters of at least this many elements are updated through a scratch buffer (where the

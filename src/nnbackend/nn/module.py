@@ -287,7 +287,7 @@ class Module:
         for name, param in own.items():
             if name not in state:
                 continue
-            new.append((param, _convert_like(state[name], param.data, name)))
+            new.append((param, convert_like(state[name], param.data, f"entry {name!r}")))
         for param, value in new:
             param.data = value
 
@@ -309,23 +309,25 @@ class Module:
         return "\n".join(lines)
 
 
-def _convert_like(value: Any, like: Any, name: str) -> Any:
-    """A copy of ``value`` on ``like``'s backend and device, after checking shape and dtype."""
+def convert_like(value: Any, like: Any, where: str) -> Any:
+    """A copy of ``value`` on ``like``'s backend and device, after checking shape and dtype;
+    ``where`` names the entry in the :class:`~nnbackend.errors.CheckpointError` otherwise.
+    Shared by ``Module.load_state_dict`` and the optimizers' ``load_state_dict``."""
     if isinstance(value, Tensor):
         value = value.data
     shape = getattr(value, "shape", None)
     if shape is None or tuple(shape) != tuple(like.shape):
         raise CheckpointError(
-            f"entry {name!r} has {_describe(value)}; the parameter has shape {tuple(like.shape)}"
+            f"{where} has {_describe(value)}; the parameter has shape {tuple(like.shape)}"
         )
     try:
-        xp_v, record_v = backend_for(value)
+        record_v = backend_for(value)[1]
     except Exception as exc:
-        raise CheckpointError(f"entry {name!r}: {exc}") from None
+        raise CheckpointError(f"{where}: {exc}") from None
     xp, record = backend_for(like)
     if _dtype_name(value.dtype) != _dtype_name(like.dtype):
         raise CheckpointError(
-            f"entry {name!r} has dtype {value.dtype}; the parameter has dtype {like.dtype} "
+            f"{where} has dtype {value.dtype}; the parameter has dtype {like.dtype} "
             "(cast the checkpoint first: nnbackend never converts silently)"
         )
     if record_v is not record:
@@ -333,7 +335,6 @@ def _convert_like(value: Any, like: Any, name: str) -> Any:
         host_value = host.numpy().array(record_v.to_host(value), copy=True)
         moved = record.from_host(host_value, getattr(like, "device", None))
         return moved if moved.dtype == like.dtype else xp.astype(moved, like.dtype)
-    del xp_v
     return xp.asarray(value, copy=True)
 
 
