@@ -530,15 +530,17 @@ class SoftmaxCrossEntropy(Function):
         k = self.k
         if self.wide:
             gy = k.widen(gy)
-        scale = gy / float(self.n)
+        # gy is 0-d: (array * gy) * (1/n) keeps every product an array product, where
+        # gy / n first would be a 0-d scalar division, dearer than either on NumPy.
+        inv_n = 1.0 / self.n
         gx = gt = None
         if self.needs_input_grad[0]:
             p = self.p
             if not self.rows_sum_to_one:  # soft targets: d/dx = p * sum(t) - t
                 p = p * k.sum(self.t, axis=1, keepdims=True)
-            gx = (p - self.t) * scale
+            gx = (p - self.t) * gy * inv_n
         if self.needs_input_grad[1]:
-            gt = -self.logp * scale
+            gt = self.logp * gy * -inv_n
         if self.wide:
             return (None if gx is None else k.narrow(gx)), (None if gt is None else k.narrow(gt))
         return gx, gt
