@@ -287,6 +287,14 @@ class Optimizer:
         return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
 
 
+def _zeros_state(st: dict[str, Any], name: str, p: Any, xp: Any) -> Any:
+    """The state array ``st[name]``, made as zeros like ``p.data`` on first use."""
+    found = st.get(name)
+    if found is None:
+        found = st[name] = xp.zeros_like(p.data)
+    return found
+
+
 # Parameters of at least this many elements are updated through a scratch buffer (where the
 # backend offers scale_into): below glibc's default mmap threshold (128 KiB) a temporary is
 # cheap to allocate, and a dictionary lookup would cost more than it saves.
@@ -404,9 +412,7 @@ class Momentum(Optimizer):
         self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
     ) -> None:
         lr, mu = self.lr, self.momentum
-        v = st.get("v")
-        if v is None:
-            v = st["v"] = xp.zeros_like(p.data)
+        v = _zeros_state(st, "v", p, xp)
         if inplace:
             v *= mu
             v -= lr * g
@@ -424,9 +430,7 @@ class Nesterov(Momentum):
         self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
     ) -> None:
         lr, mu = self.lr, self.momentum
-        v = st.get("v")
-        if v is None:
-            v = st["v"] = xp.zeros_like(p.data)
+        v = _zeros_state(st, "v", p, xp)
         step = lr * g
         if inplace:
             v *= mu
@@ -453,9 +457,7 @@ class AdaGrad(Optimizer):
         self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
     ) -> None:
         lr, eps = self.lr, self.eps
-        h = st.get("h")
-        if h is None:
-            h = st["h"] = xp.zeros_like(p.data)
+        h = _zeros_state(st, "h", p, xp)
         e = eps if eps > tiny else tiny
         if inplace:
             h += g * g
@@ -487,9 +489,7 @@ class RMSprop(Optimizer):
         self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
     ) -> None:
         lr, a, eps = self.lr, self.alpha, self.eps
-        h = st.get("h")
-        if h is None:
-            h = st["h"] = xp.zeros_like(p.data)
+        h = _zeros_state(st, "h", p, xp)
         e = eps if eps > tiny else tiny
         if inplace:
             h *= a
