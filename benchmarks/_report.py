@@ -31,6 +31,7 @@ ORDER = (
     "mlp_large",
     "namespace_overhead_gpu",
 )
+GPU_CHECK_BEGIN, GPU_CHECK_END = "<!-- gpu -->", "<!-- /gpu -->"
 GPU_CASES = {"mlp_tiny_gpu", "mlp_medium_gpu", "mlp_large", "namespace_overhead_gpu"}
 
 INTRO = """\
@@ -295,6 +296,20 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _gpu_check_section(doc: Path) -> str:
+    """The GPU check's section of the page (between ``<!-- gpu -->`` and ``<!-- /gpu -->``,
+    written by ``scripts/gpu_check.py``), kept as it is when the rest is rewritten."""
+    try:
+        text = doc.read_text()
+    except OSError:
+        return ""
+    begin = text.find(GPU_CHECK_BEGIN)
+    end = text.find(GPU_CHECK_END, begin)
+    if begin < 0 or end < 0:
+        return ""
+    return text[begin : end + len(GPU_CHECK_END)]
+
+
 def write_report(directory: Path = RESULTS_DIR, doc: Path = DOC, plot: Path = PLOT) -> list[Path]:
     """Write the page (and the plot); returns the paths written."""
     results = load_results(directory)
@@ -327,6 +342,9 @@ def write_report(directory: Path = RESULTS_DIR, doc: Path = DOC, plot: Path = PL
         )
     )
     parts.append(FINDINGS)
+    kept = _gpu_check_section(doc)
+    if kept:
+        parts.append(kept)
     doc.write_text("\n\n".join(p.rstrip() for p in parts) + "\n")
     written.append(doc)
     return written

@@ -255,6 +255,10 @@ def _clean_environ(extra: Mapping[str, str | None] | None) -> dict[str, str]:
     for key, value in (extra or {}).items():
         if value is None:
             env.pop(key, None)
+        elif key == "PYTHONPATH" and env.get(key):
+            # Ahead of the current path, not instead of it: a checkout that is not
+            # pip-installed (the GPU check) finds nnbackend through PYTHONPATH.
+            env[key] = value + os.pathsep + env[key]
         else:
             env[key] = value
     return env
@@ -264,7 +268,8 @@ def _clean_environ(extra: Mapping[str, str | None] | None) -> dict[str, str]:
 def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``run_python(code, env={...}, args=[...])`` runs ``python -c code`` (dedented) in a
     fresh interpreter; ``env`` entries are added to a copy of the environment without
-    ``NNBACKEND*`` (a None value removes a variable). ``args`` replaces ``-c code`` with other
+    ``NNBACKEND*`` (a None value removes a variable; ``PYTHONPATH`` goes ahead of the current
+    one). ``args`` replaces ``-c code`` with other
     interpreter arguments (``["-m", "nnbackend", "info"]``); ``argv`` runs another program
     (a console script) in the same clean environment."""
 

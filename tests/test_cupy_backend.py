@@ -276,10 +276,13 @@ def test_devices_and_using(cp: Any) -> None:
     with pytest.raises(BackendError, match=f"cupy:{count} does not exist"):
         nb.using(device=f"cupy:{count}").__enter__()
     if count > 1:
-        with nb.using(device="cupy:1"), cp.cuda.Device(1):
+        with nb.using(device="cupy:1"):  # GPU 1 becomes current: kernels launch there
+            assert cp.cuda.Device().id == 1
             y = nb.namespace().ones(4)
+            assert (y + y).device.id == 1
             assert y.device.id == 1
             assert nb.to_device(np.arange(2.0), "cupy").device.id == 1
+        assert cp.cuda.Device().id == 0  # and stops being current after the block
         moved = nb.to_device(cp.arange(3.0), "cupy:1")
         assert moved.device.id == 1
 

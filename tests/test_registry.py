@@ -3,11 +3,12 @@ through a real entry point, and cupy's diagnosis."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,52 @@ def test_register_working_backend_at_run_time() -> None:
     assert calls["load"] == 1
     with pytest.raises(nb.errors.DtypeError, match="float16"):
         nb.namespace("runtime_numpy", "float16")  # its capabilities say no float16
+
+
+def test_using_device_makes_it_current_for_the_block() -> None:
+    """A backend with ``enter_device`` (CuPy: kernels launch on the current device) has the
+    chosen device made current inside ``using(device=...)`` and released after it, also when
+    the block raises; a backend that is not usable here is never entered."""
+    import array_api_compat.numpy
+
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def enter(device: str) -> Iterator[None]:
+        events.append(f"enter {device}")
+        try:
+            yield
+        finally:
+            events.append(f"exit {device}")
+
+    def make(name: str, reason: str | None) -> nb.Backend:
+        return nb.Backend(
+            name=name,
+            load_namespace=lambda: array_api_compat.numpy,
+            probe=lambda: reason,
+            array_modules=(),
+            to_host=np.asarray,
+            from_host=lambda a, device=None: a,
+            device=lambda text: f"dev{text}",
+            enter_device=enter,
+        )
+
+    nb.register_backend(make("current_dev", None))
+    with nb.using(device="current_dev:1"):
+        assert events == ["enter dev1"] and nb.get_device() == "1"
+        with nb.using(dtype="float32"):  # inherits the device; enters nothing again
+            pass
+        assert events == ["enter dev1"]
+    assert events == ["enter dev1", "exit dev1"]
+    with pytest.raises(KeyError), nb.using(device="current_dev:2"):
+        raise KeyError("the block fails")
+    assert events[-2:] == ["enter dev2", "exit dev2"]
+
+    nb.register_backend(make("absent_dev", "absent_dev is not installed"))
+    events.clear()
+    with nb.using(device="absent_dev:1"):  # accepted; refused at first use, not entered
+        assert nb.get_device() == "1"
+    assert events == []
 
 
 def test_probe_that_raises_is_a_reason() -> None:

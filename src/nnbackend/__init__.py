@@ -64,7 +64,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     if name == "__version__":
-        from importlib.metadata import version
+        from nnbackend.info import package_version
 
-        return version("nnbackend")
+        return package_version()
     raise AttributeError(f"module 'nnbackend' has no attribute {name!r}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -383,14 +383,21 @@ def using(
         backend = _check_backend(backend)
     dtype_name = normalize_policy(dtype) if dtype is not None else None
     check = None if check_dtypes is None else bool(check_dtypes)
+    scope: AbstractContextManager[Any] = nullcontext()
     if device is not None:
         target = backend or (outer.backend if outer and outer.backend else _process_backend())
+        record = registry.get(target)
         try:
-            registry.get(target).device(device)
+            device_obj = record.device(device)
         except ValueError as exc:
             raise BackendError(f"bad device {device!r} for backend {target!r}: {exc}") from None
         except ImportError:
             pass  # the library is missing; the first use reports that with its fix
+        else:
+            # CuPy launches kernels on its current device: make the chosen one current. Only
+            # where the backend is usable, so an unusable one still fails at first use.
+            if record.enter_device is not None and registry.probe(target) is None:
+                scope = record.enter_device(device_obj)
     if outer is not None:
         backend_changed = backend is not None and backend != outer.backend
         inherited_device = None if backend_changed else outer.device
@@ -406,7 +413,8 @@ def using(
         _count_blocks("check", +1)
     token = _context.set(overrides)
     try:
-        yield
+        with scope:
+            yield
     finally:
         _context.reset(token)
         if check:

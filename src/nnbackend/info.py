@@ -92,6 +92,15 @@ class Info:
         return "\n".join(lines)
 
 
+UNKNOWN_VERSION = "0+unknown"
+
+
+def package_version() -> str:
+    """nnbackend's installed version (``nnbackend.__version__``), or ``"0+unknown"`` when it
+    runs from a source checkout on ``sys.path`` without being pip-installed."""
+    return _dist("nnbackend") or UNKNOWN_VERSION
+
+
 def _dist(name: str) -> str | None:
     try:
         return dist_version(name)
@@ -129,7 +138,7 @@ def info() -> Info:
     )
     statuses = tuple(_status(name) for name in registry.backends())
     versions = {
-        "nnbackend": _dist("nnbackend"),
+        "nnbackend": package_version(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "array-api-compat": _dist("array-api-compat"),

@@ -40,6 +40,7 @@ from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
 from nnbackend.errors import CheckpointError
+from nnbackend.info import package_version
 from nnbackend.namespace import backend_for
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "load", "read_metadata", "save"]
@@ -48,15 +49,6 @@ FORMAT = "nnbackend-checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "__nnbackend__"
 OPTIMIZER_PREFIX = "optimizer/"
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nnbackend")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -163,7 +155,7 @@ def save(
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "nnbackend_version": _version(),
+        "nnbackend_version": package_version(),
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "backend": backend,
         "parameters": meta_params,

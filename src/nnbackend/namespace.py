@@ -48,6 +48,7 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     """Wrappers of the creation functions that fill in ``dtype`` (and ``device`` when a
     ``using(device=...)`` block chose one) where the caller left them out."""
     b_asarray, b_zeros, b_ones, b_empty = base.asarray, base.zeros, base.ones, base.empty
+    b_from_dlpack = base.from_dlpack
     b_full, b_arange, b_linspace, b_eye = base.full, base.arange, base.linspace, base.eye
 
     def asarray(
@@ -55,7 +56,18 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     ) -> Any:
         if dtype is None and _has_python_float(obj):
             dtype = default
-        return b_asarray(obj, dtype=dtype, device=device, copy=copy, **kwargs)
+        try:
+            return b_asarray(obj, dtype=dtype, device=device, copy=copy, **kwargs)
+        except Exception as exc:
+            # torch.asarray of a CuPy array falls through to the buffer protocol and fails:
+            # where the library cannot read another library's array, DLPack (zero-copy) can.
+            if not hasattr(obj, "__dlpack__"):
+                raise
+            try:
+                imported = b_from_dlpack(obj)
+            except Exception:
+                raise exc from None
+            return b_asarray(imported, dtype=dtype, device=device, copy=copy, **kwargs)
 
     def zeros(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
         return b_zeros(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)

@@ -9,6 +9,7 @@ missing library shows up as a reason from :attr:`Backend.probe`, not as an Impor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,11 @@ class Backend:
             the namespace's own. NumPy's ufunc ``reduce`` methods skip two Python layers.
         on_host: whether an array lives in host memory, so reading a value from it never
             waits for a device (the engine validates inputs eagerly only then).
+        enter_device: makes a device object (from ``device``) the library's current device
+            for the body of a ``with nnbackend.using(device=...)`` block, as a context
+            manager; ``None`` where arrays carry their device and nothing is current. CuPy
+            needs it: its kernels launch on the current device, whatever device the arrays
+            were made on.
         install_hint: the command that installs the library.
         description: one line for listings.
     """
@@ -99,6 +105,7 @@ class Backend:
     scatter_add: Callable[[Any, Any, Any], Any] | None = None
     on_host: Callable[[Any], bool] = _always_on_host
     kernels: Callable[[], dict[str, Any]] = _no_kernels
+    enter_device: Callable[[Any], AbstractContextManager[Any]] | None = None
     install_hint: str = ""
     description: str = ""
 

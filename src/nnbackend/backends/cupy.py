@@ -198,6 +198,11 @@ def device(name: str) -> Any:
     return cupy.cuda.Device(index)
 
 
+def enter_device(device: Any) -> Any:
+    """``cupy.cuda.Device`` is itself the context manager that makes it current."""
+    return device
+
+
 def version() -> str | None:
     import cupy
 
@@ -304,6 +309,7 @@ BACKEND = Backend(
     scatter_add=scatter_add,
     on_host=on_host,
     kernels=kernels,
+    enter_device=enter_device,
     install_hint=INSTALL_HINT,
     description="CuPy on an NVIDIA GPU",
 )

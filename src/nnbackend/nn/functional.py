@@ -456,7 +456,8 @@ def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
     """``arange(n_classes)`` in the labels' dtype, on the labels' device (a GPU's own one:
     comparing with an array on another device would fail), made once per combination."""
     dtype, device = labels.dtype, getattr(labels, "device", None)
-    key = (xp, n_classes, dtype, device)
+    # cupy.cuda.Device defines __eq__ without __hash__: key such devices by their repr.
+    key = (xp, n_classes, dtype, device if type(device).__hash__ else repr(device))
     found = _class_ranges.get(key)
     if found is None:
         if not xp.isdtype(dtype, "integral"):
