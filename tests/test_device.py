@@ -539,6 +539,58 @@ def test_empty_cache_without_gpu_imports_nothing(run_python: Callable[..., Any])
     assert json.loads(proc.stdout) == {"freed": {}, "cupy": False}
 
 
+def test_empty_cache_asks_every_backend_with_a_cache() -> None:
+    """A registered backend's ``empty_cache`` hook is called and its answer reported under
+    its name; an empty answer (nothing imported, nothing held) is left out."""
+    import array_api_compat.numpy
+
+    def record(name: str, answer: dict[str, int]) -> nb.Backend:
+        return nb.Backend(
+            name=name,
+            load_namespace=lambda: array_api_compat.numpy,
+            probe=lambda: None,
+            array_modules=(),
+            to_host=np.asarray,
+            from_host=lambda a, device=None: a,
+            empty_cache=lambda: answer,
+        )
+
+    nb.register_backend(record("pooled", {"freed_bytes": 5, "held_bytes": 2}))
+    nb.register_backend(record("idle_pool", {}))
+    freed = nb.empty_cache()
+    assert freed["pooled"] == {"freed_bytes": 5, "held_bytes": 2}
+    assert "idle_pool" not in freed
+
+
+def test_torch_empty_cache_without_cuda_initialises_nothing() -> None:
+    if registry.probe("torch") is not None:
+        pytest.skip("torch is not installed")
+    import torch
+
+    from nnbackend.backends import torch as torch_backend
+
+    if torch.cuda.is_initialized():
+        pytest.skip("torch CUDA is initialised in this process")
+    assert torch_backend.empty_cache() == {}
+    assert not torch.cuda.is_initialized()
+    assert "torch" not in nb.empty_cache()
+
+
+@pytest.mark.gpu
+def test_torch_cuda_cache_is_emptied() -> None:
+    if registry.probe("torch") is not None:
+        pytest.skip("torch is not installed")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    x = torch.ones(1 << 20, device="cuda")  # 4 MiB
+    del x
+    freed = nb.empty_cache()["torch"]
+    assert freed["freed_bytes"] >= 4 << 20
+    assert freed["held_bytes"] == torch.cuda.memory_reserved()
+
+
 def test_public_names() -> None:
     for name in ("to_device", "from_dlpack", "empty_cache"):
         assert name in nb.__all__ and callable(getattr(nb, name))

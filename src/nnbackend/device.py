@@ -43,7 +43,6 @@ from typing import Any
 
 from nnbackend import config, registry
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends import cupy as _cupy_backend
 from nnbackend.backends import host
 from nnbackend.backends.base import Backend
 from nnbackend.errors import (
@@ -507,18 +506,16 @@ def from_dlpack(
     return y
 
 
-# Backends whose library keeps a memory cache of its own, and how to release it.
-_CACHE_RELEASERS: dict[str, Callable[[], dict[str, int]]] = {"cupy": _cupy_backend.empty_cache}
-
-
 def empty_cache() -> dict[str, dict[str, int]]:
-    """Return the memory that device libraries keep cached (CuPy's memory pool) to the
-    driver, and say how much, per backend: ``{"cupy": {"freed_bytes": ..., "held_bytes":
-    ...}}``. A library not imported in this process is skipped (and not imported), so on a
-    machine without a GPU this is ``{}``."""
+    """Return the memory that device libraries keep cached (CuPy's memory pool, torch's CUDA
+    caching allocator) to the driver, and say how much, per backend: ``{"cupy":
+    {"freed_bytes": ..., "held_bytes": ...}}``. A library not imported in this process (or,
+    for torch, that never used CUDA) is skipped and not imported, so on a machine without a
+    GPU this is ``{}``."""
     released = {}
-    for name, release in _CACHE_RELEASERS.items():
-        freed = release()
+    for name in registry.backends():
+        release = registry.get(name).empty_cache
+        freed = release() if release is not None else None
         if freed:
             released[name] = freed
     return released

@@ -87,6 +87,10 @@ class Backend:
             manager; ``None`` where arrays carry their device and nothing is current. CuPy
             needs it: its kernels launch on the current device, whatever device the arrays
             were made on.
+        empty_cache: returns the memory the library caches (CuPy's pool, torch's CUDA
+            caching allocator) to the driver and says ``{"freed_bytes": ..., "held_bytes":
+            ...}``; ``{}`` when the library was never imported or holds nothing (it must not
+            import the library). ``None`` for libraries with no cache of their own.
         install_hint: the command that installs the library.
         description: one line for listings.
     """
@@ -106,6 +110,7 @@ class Backend:
     on_host: Callable[[Any], bool] = _always_on_host
     kernels: Callable[[], dict[str, Any]] = _no_kernels
     enter_device: Callable[[Any], AbstractContextManager[Any]] | None = None
+    empty_cache: Callable[[], dict[str, int]] | None = None
     install_hint: str = ""
     description: str = ""
 

@@ -310,6 +310,7 @@ BACKEND = Backend(
     on_host=on_host,
     kernels=kernels,
     enter_device=enter_device,
+    empty_cache=empty_cache,
     install_hint=INSTALL_HINT,
     description="CuPy on an NVIDIA GPU",
 )

@@ -7,6 +7,7 @@ dtype explicitly, so other torch code in the process is unaffected.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from typing import Any
 
 from nnbackend.backends.base import Backend, Capabilities
@@ -67,6 +68,19 @@ def scatter_add(target: Any, indices: Any, values: Any) -> Any:
     return target.index_add_(0, indices, values)
 
 
+def empty_cache() -> dict[str, int]:
+    """Return the free blocks of torch's CUDA caching allocator (current device) to the
+    driver. ``{}`` where torch was never imported or never touched CUDA in this process
+    (nothing to free, and nothing is initialised for it)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return {}
+    before = int(torch.cuda.memory_reserved())
+    torch.cuda.empty_cache()
+    after = int(torch.cuda.memory_reserved())
+    return {"freed_bytes": before - after, "held_bytes": after}
+
+
 def facts() -> dict[str, Any]:
     import torch
 
@@ -86,6 +100,7 @@ BACKEND = Backend(
     version=version,
     facts=facts,
     scatter_add=scatter_add,
+    empty_cache=empty_cache,
     on_host=lambda array: array.device.type == "cpu",
     install_hint="pip install 'nnbackend[torch]'",
     description="PyTorch tensors (CPU here; CUDA devices where present)",
