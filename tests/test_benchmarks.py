@@ -88,3 +88,31 @@ def test_report_is_written_from_saved_results(tmp_path: Path) -> None:
     if "matplotlib" in result.stderr or not plot.exists():
         pytest.skip("matplotlib is not installed: no plot")
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tiny_baselines_compute_the_same_step() -> None:
+    """The book's chapter-1 code (the tiny target's baseline) and the leaner hand-written loop
+    start from the same weights and make the same step: same loss, same updated weights."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from benchmarks._book import BookTwoLayerNet
+        from benchmarks._nets import LR, TINY, HandMLP, data
+        sizes, activation, batch = TINY
+        x, t = data(batch, sizes[0], sizes[-1], "float64")
+        hand = HandMLP(sizes, activation, "float64")
+        book = BookTwoLayerNet(sizes, "float64", LR)
+        for target, (w, b) in zip(book.params[::2], hand.params):
+            target[...] = w
+        for target, (w, b) in zip(book.params[1::2], hand.params):
+            target[...] = b
+        for _ in range(3):
+            np.testing.assert_allclose(book.step(x, t), hand.step(x, t), rtol=1e-6)
+        for got, (w, b) in zip(book.params[::2], hand.params):
+            np.testing.assert_allclose(got, w, rtol=1e-12)
+        print("same")
+        """
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["same"]
