@@ -43,8 +43,10 @@ LR = 0.01
 
 
 class HandMLP:
-    """The book's layered network with explicit backward ("Deep Learning from Scratch 2",
-    chapter 1), on NumPy or any library with NumPy's API (``xp=cupy``).
+    """A lean hand-written MLP with explicit backward, after the book's chapter-1 network
+    ("Deep Learning from Scratch 2") but as one loop, without its layer objects and gradient
+    copies (``_book.py`` has the book's own structure), on NumPy or any library with NumPy's
+    API (``xp=cupy``).
 
     Each Affine layer computes ``dx``, the first one included, as the book's does; the engine
     skips that product because the data needs no gradient, which is part of what is measured.

@@ -528,3 +528,34 @@ def test_cast_parameters() -> None:
     precision.cast_parameters(model, "float32")
     assert all(p.dtype == np.float32 for p in model.parameters())
     assert kernels(backend_for(model[0].weight.data)[0], model[0].weight.data).half is not None
+
+
+def test_precision_table_script_prints_the_guide_rows(
+    run_python: Callable[..., Any],
+) -> None:
+    """scripts/precision_table.py (the source of docs/precision.md's table) trains the spiral
+    network per policy and prints a Markdown row each, with the accuracy the guide reports."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "precision_table.py"
+    proc = run_python(
+        args=[
+            str(script),
+            "--repeats",
+            "1",
+            "--data",
+            "spiral",
+            "--policies",
+            "float32",
+            "float16",
+            "--no-checkpoints",
+        ],
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| spiral |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["float32", "float16"]
+    for row in rows:
+        accuracy = float(row.split("|")[4].strip().rstrip("%"))
+        assert accuracy >= 90.0, row
+    bad = run_python(args=[str(script), "--repeats", "0"])
+    assert bad.returncode == 2 and "--repeats must be at least 1" in bad.stderr
