@@ -328,3 +328,43 @@ def no_host_reads() -> Callable[[], contextlib.AbstractContextManager[None]]:
     array_api_strict array back to the host (bool, float, int, __array__, DLPack, iteration)
     raises, which proves a code path never synchronises with the device."""
     return _no_host_reads
+
+
+class DLPackProducer:
+    """An array of no registered backend that speaks only DLPack (like a JAX array, or a
+    CuPy array as torch.asarray sees it): wraps a NumPy array."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self.array.__dlpack_device__()
+
+
+@pytest.fixture
+def dlpack_producer() -> type[DLPackProducer]:
+    """The :class:`DLPackProducer` class."""
+    return DLPackProducer
+
+
+@pytest.fixture
+def numpy_like_backend() -> Callable[..., nb.Backend]:
+    """``make(name, **fields)``: an (unregistered) backend record over array-api-compat's
+    NumPy namespace, always usable, with ``fields`` (hooks such as ``empty_cache``) set."""
+    import array_api_compat.numpy
+    import numpy as np
+
+    def make(name: str, **fields: Any) -> nb.Backend:
+        defaults: dict[str, Any] = {
+            "load_namespace": lambda: array_api_compat.numpy,
+            "probe": lambda: None,
+            "array_modules": (),
+            "to_host": np.asarray,
+            "from_host": lambda a, device=None: a,
+        }
+        return nb.Backend(name=name, **{**defaults, **fields})
+
+    return make

@@ -272,20 +272,7 @@ def test_round_trip_preserves_values(backend: str, array: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------------- from_dlpack
-class _Producer:
-    """A DLPack producer of no registered backend (like a JAX array)."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self._array = array
-
-    def __dlpack__(self, **kwargs: Any) -> Any:
-        return self._array.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self) -> Any:
-        return self._array.__dlpack_device__()
-
-
-def test_from_dlpack() -> None:
+def test_from_dlpack(dlpack_producer: type) -> None:
     _require("torch")
     import torch
 
@@ -295,7 +282,7 @@ def test_from_dlpack() -> None:
     with nb.using(backend="torch"):
         assert isinstance(nb.from_dlpack(x), torch.Tensor)  # the active backend
     assert isinstance(nb.from_dlpack(nb.Tensor(t)), np.ndarray)  # a Tensor's data
-    foreign = nb.from_dlpack(_Producer(x), "torch")
+    foreign = nb.from_dlpack(dlpack_producer(x), "torch")
     assert isinstance(foreign, torch.Tensor) and _shares(x, foreign)
     meta = nb.from_dlpack(x, "torch", device="meta")
     assert meta.device.type == "meta"
@@ -539,24 +526,14 @@ def test_empty_cache_without_gpu_imports_nothing(run_python: Callable[..., Any])
     assert json.loads(proc.stdout) == {"freed": {}, "cupy": False}
 
 
-def test_empty_cache_asks_every_backend_with_a_cache() -> None:
+def test_empty_cache_asks_every_backend_with_a_cache(
+    numpy_like_backend: Callable[..., nb.Backend],
+) -> None:
     """A registered backend's ``empty_cache`` hook is called and its answer reported under
     its name; an empty answer (nothing imported, nothing held) is left out."""
-    import array_api_compat.numpy
-
-    def record(name: str, answer: dict[str, int]) -> nb.Backend:
-        return nb.Backend(
-            name=name,
-            load_namespace=lambda: array_api_compat.numpy,
-            probe=lambda: None,
-            array_modules=(),
-            to_host=np.asarray,
-            from_host=lambda a, device=None: a,
-            empty_cache=lambda: answer,
-        )
-
-    nb.register_backend(record("pooled", {"freed_bytes": 5, "held_bytes": 2}))
-    nb.register_backend(record("idle_pool", {}))
+    pooled = {"freed_bytes": 5, "held_bytes": 2}
+    nb.register_backend(numpy_like_backend("pooled", empty_cache=lambda: pooled))
+    nb.register_backend(numpy_like_backend("idle_pool", empty_cache=dict))
     freed = nb.empty_cache()
     assert freed["pooled"] == {"freed_bytes": 5, "held_bytes": 2}
     assert "idle_pool" not in freed

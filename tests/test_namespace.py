@@ -7,6 +7,7 @@ import importlib
 import math
 import timeit
 import types
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat.numpy
@@ -388,26 +389,15 @@ def test_array_namespace_unknown_type() -> None:
         nb.array_namespace([1.0, 2.0])
 
 
-class _DLPackOnly:
-    """Another library's array as a namespace meets it: only the DLPack protocol."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def __dlpack__(self, **kwargs: Any) -> Any:
-        return self.array.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self) -> Any:
-        return self.array.__dlpack_device__()
-
-
-def test_asarray_falls_back_to_dlpack_where_the_library_cannot_read_an_array() -> None:
+def test_asarray_falls_back_to_dlpack_where_the_library_cannot_read_an_array(
+    dlpack_producer: type, numpy_like_backend: Callable[..., nb.Backend]
+) -> None:
     """torch.asarray of a CuPy array fails (it tries the buffer protocol); the namespace's
     asarray then imports it through DLPack, without a copy. Other errors stay as they were."""
     base = array_api_compat.numpy
 
     def strict_asarray(obj: Any, /, **kwargs: Any) -> Any:
-        if isinstance(obj, _DLPackOnly):
+        if isinstance(obj, dlpack_producer):
             raise RuntimeError("could not retrieve buffer from object")
         return base.asarray(obj, **kwargs)
 
@@ -415,20 +405,11 @@ def test_asarray_falls_back_to_dlpack_where_the_library_cannot_read_an_array() -
     library.__dict__.update({k: v for k, v in vars(base).items() if not k.startswith("__")})
     library.__array_namespace_info__ = base.__array_namespace_info__
     library.asarray = strict_asarray
-    nb.register_backend(
-        nb.Backend(
-            name="picky",
-            load_namespace=lambda: library,
-            probe=lambda: None,
-            array_modules=(),
-            to_host=np.asarray,
-            from_host=lambda a, device=None: a,
-        )
-    )
+    nb.register_backend(numpy_like_backend("picky", load_namespace=lambda: library))
     xp = nb.namespace("picky", "float32")
     source = np.arange(4.0)
-    imported = xp.asarray(_DLPackOnly(source))
+    imported = xp.asarray(dlpack_producer(source))
     assert imported.dtype == np.float64 and np.shares_memory(imported, source)
-    assert xp.asarray(_DLPackOnly(source), dtype=xp.float32).dtype == np.float32
+    assert xp.asarray(dlpack_producer(source), dtype=xp.float32).dtype == np.float32
     with pytest.raises(RuntimeError, match="could not retrieve buffer"):
-        xp.asarray(_DLPackOnly(np.array(["not", "numeric"])))  # DLPack refuses it too
+        xp.asarray(dlpack_producer(np.array(["not", "numeric"])))  # DLPack refuses it too

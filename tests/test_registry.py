@@ -151,12 +151,12 @@ def test_register_working_backend_at_run_time() -> None:
         nb.namespace("runtime_numpy", "float16")  # its capabilities say no float16
 
 
-def test_using_device_makes_it_current_for_the_block() -> None:
+def test_using_device_makes_it_current_for_the_block(
+    numpy_like_backend: Callable[..., nb.Backend],
+) -> None:
     """A backend with ``enter_device`` (CuPy: kernels launch on the current device) has the
     chosen device made current inside ``using(device=...)`` and released after it, also when
     the block raises; a backend that is not usable here is never entered."""
-    import array_api_compat.numpy
-
     events: list[str] = []
 
     @contextlib.contextmanager
@@ -168,15 +168,8 @@ def test_using_device_makes_it_current_for_the_block() -> None:
             events.append(f"exit {device}")
 
     def make(name: str, reason: str | None) -> nb.Backend:
-        return nb.Backend(
-            name=name,
-            load_namespace=lambda: array_api_compat.numpy,
-            probe=lambda: reason,
-            array_modules=(),
-            to_host=np.asarray,
-            from_host=lambda a, device=None: a,
-            device=lambda text: f"dev{text}",
-            enter_device=enter,
+        return numpy_like_backend(
+            name, probe=lambda: reason, device=lambda text: f"dev{text}", enter_device=enter
         )
 
     nb.register_backend(make("current_dev", None))
