@@ -93,5 +93,5 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """``python -m benchmarks`` (table on stdout, JSON in benchmarks/results/)."""
-    session.install(".[strict,plot]", "threadpoolctl", TORCH)
+    session.install(".[strict,plot,fast16]", "threadpoolctl", TORCH)
     session.run("python", "-m", "benchmarks", *session.posargs)

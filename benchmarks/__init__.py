@@ -369,6 +369,14 @@ def _git_commit() -> str | None:
     return f"{commit}{' (with uncommitted changes)' if dirty else ''}" if commit else None
 
 
+def _float16_conversion() -> str:
+    """Which float16 conversion the numpy backend runs (numba's or NumPy's), as `nnbackend
+    info` says it."""
+    from nnbackend.backends.numpy import float16_conversion
+
+    return float16_conversion()
+
+
 def machine_facts() -> dict[str, Any]:
     """What the numbers depend on: CPU, threads, BLAS (threadpoolctl, after NumPy is loaded),
     the OpenBLAS environment variables, library versions and, where present, the GPU."""
@@ -413,6 +421,7 @@ def machine_facts() -> dict[str, Any]:
                 "MKL_NUM_THREADS",
                 "NNBACKEND",
                 "NNBACKEND_DTYPE",
+                "NNBACKEND_NUMBA",
             )
         },
         "versions": {
@@ -422,6 +431,7 @@ def machine_facts() -> dict[str, Any]:
                 "numpy",
                 "array-api-compat",
                 "array-api-strict",
+                "numba",
                 "torch",
                 "cupy-cuda12x",
                 "cupy-cuda13x",
@@ -429,6 +439,7 @@ def machine_facts() -> dict[str, Any]:
             )
         },
         "git_commit": _git_commit(),
+        "float16_conversion": _float16_conversion(),
     }
     if "torch" in sys.modules:  # report torch's own threads only if a case loaded it
         torch = sys.modules["torch"]

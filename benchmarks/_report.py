@@ -156,6 +156,8 @@ def _machine(document: dict[str, Any]) -> str:
             f"- OpenMP: {pool.get('internal_api')}, {pool.get('num_threads')} threads "
             f"({Path(str(pool.get('filepath'))).name})"
         )
+    if "float16_conversion" in m:
+        parts.append(f"- float16 conversions (numpy): {m['float16_conversion']}")
     if "torch_threads" in m:
         parts.append(f"- torch threads: {m['torch_threads']}")
     if "gpu" in m:

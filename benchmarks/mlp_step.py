@@ -42,6 +42,7 @@ from benchmarks._nets import (
     step_flops,
     torch_step,
 )
+from nnbackend.backends.numpy import float16_conversion
 
 TORCH_SETTLE_S = 0.01
 
@@ -214,7 +215,13 @@ def mlp_dtypes(opts: Options) -> list[Row]:
             "x",
             at_least=1.6,
         ),
-        row("medium: float16 / float32 step", half.ratio("float16", "float32"), "x", at_most=1.5),
+        row(
+            "medium: float16 / float32 step",
+            half.ratio("float16", "float32"),
+            "x",
+            at_most=1.5,
+            note=f"float16 conversions: {float16_conversion()}",
+        ),
     ]
     sizes, activation, batch = TINY
     x64, t = data(batch, sizes[0], sizes[-1], "float64")

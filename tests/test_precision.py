@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import math
 from collections.abc import Callable
 from typing import Any
@@ -40,9 +41,39 @@ def same_bits(a: Any, b: Any) -> bool:
 
 
 # -- the NumPy backend's float16 conversions -----------------------------------------------------
-@pytest.fixture(scope="module")
-def convert() -> dict[str, Any]:
-    return numpy_kernels()
+@pytest.fixture(scope="module", params=["compiled", "numpy"])
+def convert(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The NumPy backend's kernels with each conversion: compiled with numba (where it is
+    installed) and NumPy's bit arithmetic (``NNBACKEND_NUMBA=0``)."""
+    from nnbackend.backends import numpy as numpy_backend
+
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "numpy":
+            mp.setenv(numpy_backend.NUMBA_ENV, "0")
+        else:
+            mp.delenv(numpy_backend.NUMBA_ENV, raising=False)
+            reason = numpy_backend.numba_unused()
+            if reason is not None:
+                pytest.skip(f"compiled conversions unused: {reason}")
+        assert (numpy_backend.numba_unused() is None) == (request.param == "compiled")
+        return numpy_kernels()
+
+
+def test_numba_switch_and_its_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnbackend.backends import numpy as numpy_backend
+
+    for off in ("0", "false", "Off"):
+        monkeypatch.setenv(numpy_backend.NUMBA_ENV, off)
+        assert numpy_backend.numba_unused() == f"turned off by NNBACKEND_NUMBA={off}"
+        assert "NumPy's (turned off" in numpy_backend.facts()["float16_conversion"]
+    monkeypatch.setenv(numpy_backend.NUMBA_ENV, "1")
+    installed = importlib.util.find_spec("numba") is not None
+    reason = numpy_backend.numba_unused()
+    assert (reason is None) == installed
+    if not installed:
+        assert reason is not None and "pip install 'nnbackend[fast16]'" in reason
+    conversion = {b.name: b for b in nb.info().backends}["numpy"].facts["float16_conversion"]
+    assert conversion.startswith("compiled with numba" if installed else "NumPy's")
 
 
 def test_widen_is_astype_for_every_float16(convert: dict[str, Any]) -> None:

@@ -74,6 +74,8 @@ class Info:
                     f"threads {blas.get('threads')}, kernel {blas.get('kernel')} "
                     f"({blas.get('source')})"
                 )
+            if "float16_conversion" in b.facts:
+                lines.append(f"  {'':<17} float16 conversions: {b.facts['float16_conversion']}")
             for gpu in b.facts.get("gpus", []):
                 lines.append(
                     f"  {'':<17} GPU {gpu['index']}: {gpu['name']}, "
