@@ -52,10 +52,11 @@ def convert(request: pytest.FixtureRequest) -> dict[str, Any]:
             mp.setenv(numpy_backend.NUMBA_ENV, "0")
         else:
             mp.delenv(numpy_backend.NUMBA_ENV, raising=False)
-            reason = numpy_backend.numba_unused()
-            if reason is not None:
+            module, reason = numpy_backend.compiled_conversions()
+            if module is None:
                 pytest.skip(f"compiled conversions unused: {reason}")
-        assert (numpy_backend.numba_unused() is None) == (request.param == "compiled")
+        compiled = numpy_backend.compiled_conversions()[0] is not None
+        assert compiled == (request.param == "compiled")
         return numpy_kernels()
 
 
@@ -74,6 +75,30 @@ def test_numba_switch_and_its_report(monkeypatch: pytest.MonkeyPatch) -> None:
         assert reason is not None and "pip install 'nnbackend[fast16]'" in reason
     conversion = {b.name: b for b in nb.info().backends}["numpy"].facts["float16_conversion"]
     assert conversion.startswith("compiled with numba" if installed else "NumPy's")
+
+
+def test_a_numba_that_cannot_compile_falls_back_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loops compile when first asked for, so a broken numba is found then, reported by
+    ``nnbackend info``, and NumPy's conversions run instead, with the same results."""
+    if importlib.util.find_spec("numba") is None:
+        pytest.skip("numba is not installed")
+    from nnbackend.backends import numba_half
+    from nnbackend.backends import numpy as numpy_backend
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("no LLVM target for this CPU")
+
+    monkeypatch.delenv(numpy_backend.NUMBA_ENV, raising=False)
+    monkeypatch.setattr(numpy_backend, "_compiled", {})
+    monkeypatch.setattr(numba_half, "widen_into", broken)
+    module, reason = numpy_backend.compiled_conversions()
+    assert module is None
+    assert reason == "numba fails here (RuntimeError: no LLVM target for this CPU)"
+    assert numpy_backend.float16_conversion() == f"NumPy's ({reason})"
+    widen = numpy_kernels()["float16_to_float32"]
+    assert same_bits(widen(ALL_HALVES), ALL_HALVES.astype(np.float32))
 
 
 def test_widen_is_astype_for_every_float16(convert: dict[str, Any]) -> None:

@@ -60,6 +60,31 @@ def numba_unused(environ: Mapping[str, str] = os.environ) -> str | None:
     return None
 
 
+_compiled: dict[str, Any] = {}  # "module" or "error", once per process
+
+
+def compiled_conversions() -> tuple[Any, str | None]:
+    """``(module, None)``: :mod:`nnbackend.backends.numba_half`, imported and its loops
+    compiled (a warm-up call on one element, so a numba that cannot compile them is found
+    here, not in the middle of a training step); ``(None, why)`` otherwise."""
+    reason = numba_unused()
+    if reason is not None:
+        return None, reason
+    if not _compiled:
+        try:
+            import numpy as np
+
+            from nnbackend.backends import numba_half
+
+            one16, one32 = np.zeros(1, np.uint16), np.zeros(1, np.float32)
+            numba_half.widen_into(one16, np.zeros(65536, np.float32), one32)
+            numba_half.narrow_into(one32, one32.view(np.uint32), one16)
+            _compiled["module"] = numba_half
+        except Exception as exc:  # a broken numba: NumPy's conversions still work
+            _compiled["error"] = f"numba fails here ({type(exc).__name__}: {exc})"
+    return _compiled.get("module"), _compiled.get("error")
+
+
 def scatter_add(target: Any, indices: Any, values: Any) -> Any:
     import numpy as np
 
@@ -87,12 +112,7 @@ def kernels() -> dict[str, Any]:
     smallest_bias = np.full(chunk, 0x38800000, dtype=u32)  # float16's smallest normal * 2**112
     quiet_nan = np.full(chunk, 0x7F800200, dtype=u32)  # below every NaN, above infinity
 
-    compiled = None
-    if numba_unused() is None:
-        try:
-            from nnbackend.backends import numba_half as compiled
-        except Exception:  # a broken numba install: the NumPy conversions below still work
-            compiled = None
+    compiled, _ = compiled_conversions()
 
     def float16_to_float32(x: Any, out: Any = None) -> Any:
         """``x`` as float32; into ``out`` (a float32 array of ``x``'s shape) when given, so
@@ -222,8 +242,8 @@ def blas_facts() -> list[dict[str, Any]]:
 
 def float16_conversion() -> str:
     """Which float16 <-> float32 conversion the engine uses, for :func:`nnbackend.info`."""
-    reason = numba_unused()
-    if reason is None:
+    compiled, reason = compiled_conversions()
+    if compiled is not None:
         from importlib.metadata import version as dist_version
 
         return f"compiled with numba {dist_version('numba')}"
