@@ -532,13 +532,9 @@ class Adam(Optimizer):
         self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
     ) -> None:
         lr, b1, b2, eps, wd = self.lr, self.beta1, self.beta2, self.eps, self.weight_decay
-        m = st.get("m")
-        if m is None:
-            m = st["m"] = xp.zeros_like(p.data)
-            st["v"] = xp.zeros_like(p.data)
-            st["step"] = 0
-        v = st["v"]
-        t = st["step"] = st["step"] + 1
+        m = _zeros_state(st, "m", p, xp)
+        v = _zeros_state(st, "v", p, xp)
+        t = st["step"] = st.get("step", 0) + 1
         step_size = lr / (1.0 - b1**t)
         inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**t)
         e = eps if eps > tiny else tiny

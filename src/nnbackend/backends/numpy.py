@@ -159,15 +159,14 @@ def kernels() -> dict[str, Any]:
     def float32_to_float16(x: Any) -> Any:
         x = np.asarray(x)
         n = x.size
-        if compiled is not None and x.dtype == np.float32 and n >= 256:
-            flat = np.ascontiguousarray(x).reshape(-1)
-            result = np.empty(x.shape, dtype=np.float16)
-            compiled.narrow_into(flat, flat.view(np.uint32), result.reshape(-1).view(np.uint16))
-            return result
         if (
             x.dtype != np.float32
             or n < 256
-            or (n < small and np.count_nonzero(np.abs(x) < tiny) <= n >> 5)
+            or (
+                compiled is None  # the compiled loop beats astype from 256 values on
+                and n < small
+                and np.count_nonzero(np.abs(x) < tiny) <= n >> 5
+            )
         ):
             # astype is quick for a few values, and for values that stay normal in float16
             with np.errstate(over="ignore"):  # overflow gives inf, silently, as below
@@ -176,6 +175,9 @@ def kernels() -> dict[str, Any]:
         flat = x.reshape(-1)
         result = np.empty(x.shape, dtype=np.float16)
         dst = result.reshape(-1).view(np.uint16)
+        if compiled is not None:
+            compiled.narrow_into(flat, flat.view(u32), dst)
+            return result
         with np.errstate(over="ignore", invalid="ignore"):
             for lo in range(0, flat.size, chunk):
                 _narrow_into(flat[lo : lo + chunk], dst[lo : lo + chunk])
