@@ -73,6 +73,30 @@ def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
     return value
 
 
+def _is_count(value: Any) -> bool:
+    """A step count: a non-negative int (never a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _loaded_hyperparameter(key: str, value: Any) -> float:
+    """A hyperparameter from a snapshot, held to the constructor's bounds (a snapshot is
+    input too: a checkpoint file may say anything); :class:`CheckpointError` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CheckpointError(
+            f"hyperparameter {key!r} must be a number, got {type(value).__name__} {value!r}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise CheckpointError(f"hyperparameter {key!r} must be finite, got {value}")
+    check = _fraction if key in _FRACTIONS else _positive if key in _NON_NEGATIVE else None
+    if check is not None:
+        try:
+            check(key, value)
+        except ArgumentError as exc:
+            raise CheckpointError(f"hyperparameter {exc}") from None
+    return value
+
+
 class _Wide:
     """A float32 stand-in for a float16 parameter during an update."""
 
@@ -100,6 +124,11 @@ def _fraction(name: str, value: float) -> float:
     if not 0.0 <= value < 1.0:
         raise ArgumentError(f"{name} must be in [0, 1), got {value}")
     return value
+
+
+# The bounds the constructors hold each built-in hyperparameter to (betas are beta1, beta2).
+_FRACTIONS = frozenset({"momentum", "alpha", "beta1", "beta2"})
+_NON_NEGATIVE = frozenset({"lr", "eps", "weight_decay"})
 
 
 class Optimizer:
@@ -236,16 +265,9 @@ class Optimizer:
             raise CheckpointError(
                 f"{name} hyperparameters are {sorted(self.hyperparameters)}, got {got}"
             )
-        new_hyper = {}
-        for key, value in hyper.items():
-            try:
-                new_hyper[key] = float(value)
-            except (TypeError, ValueError):
-                raise CheckpointError(
-                    f"hyperparameter {key!r} must be a number, got {value!r}"
-                ) from None
+        new_hyper = {key: _loaded_hyperparameter(key, value) for key, value in hyper.items()}
         steps = state_dict["steps"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not _is_count(steps):
             raise CheckpointError(f"steps must be a non-negative int, got {steps!r}")
         raw_state = state_dict["state"]
         if not isinstance(raw_state, Mapping):
@@ -271,6 +293,10 @@ class Optimizer:
             p = self.params[i]
             for k, v in entry.items():
                 if k == "step":
+                    if not _is_count(v):
+                        raise CheckpointError(
+                            f"state[{i}]['step'] must be a non-negative int, got {v!r}"
+                        )
                     new_state[i][k] = int(v)
                 else:
                     new_state[i][k] = convert_like(v, p.data, f"state[{i}][{k!r}]")
