@@ -4,18 +4,28 @@ as a NumPy ``.npz`` file that needs no pickle to read.
 File layout (a zip of ``.npy`` arrays, read with ``numpy.load(path, allow_pickle=False)``):
 
 - one array per parameter, keyed by its dotted path from ``model.named_parameters()``
-  (``"0.weight"``), stored on the host in the saved dtype;
+  (``"0.weight"``), stored on the host in the saved dtype. A parameter may have any name: one
+  that is not safe as a zip entry name (letters, digits, ``_ . -``, up to 200 characters) is
+  stored as ``"parameter/<index>"``, and its metadata names that ``"entry"`` (format version
+  2, written only when some name needs it; version 1 files have no mapping);
 - ``"optimizer/<index>/<name>"`` for each optimizer state array, when an optimizer is saved;
 - ``"__nnbackend__"``: the metadata as UTF-8 JSON bytes in a uint8 array: format version,
   nnbackend version, model class, backend, and each parameter's shape, stored dtype and model
   dtype (plus the optimizer's type, hyperparameters and step counts).
 
-Saving is atomic: the file is written to a temporary file in the same directory, flushed to
-disk, then renamed over ``path``, so an interrupted save leaves the previous checkpoint
-intact. Loading reads and checks everything (readable, names, shapes, metadata) before it
-touches a parameter or the optimizer; any problem raises
-:class:`~nnbackend.errors.CheckpointError` naming the file and the entry, and leaves both
-unchanged.
+Saving is atomic: the file is written to a temporary file in the same directory (created with
+an explicit mode, never by changing the process umask), flushed to disk, then renamed over
+``path``, so an interrupted save leaves the previous checkpoint intact; the temporary files of
+a killed save are removed by the next save to the same path.
+
+Loading treats the file as untrusted input. The zip directory and each ``.npy`` header are
+parsed here (never with pickle); the metadata is size-capped and checked field by field; the
+zip must hold exactly the entries the metadata names; each array's shape and dtype are
+checked against the model from its header before its data is inflated, so no more than the
+model's own size is ever decompressed. Everything (names, shapes, dtypes, values that would
+overflow the model's dtype, the optimizer's hyperparameters) is checked before a parameter or
+the optimizer is touched; any problem raises :class:`~nnbackend.errors.CheckpointError`
+naming the file and the entry, and leaves both unchanged.
 
 >>> import nnbackend as nb, tempfile, os
 >>> from nnbackend import nn
@@ -282,12 +292,13 @@ def _remove_stale_temporaries(directory: Path, path: Path) -> None:
             continue
         pid = int(fields[0])
         full = os.path.join(directory, name)
-        with _in_flight_lock:
-            busy = full in _in_flight
-        if busy or (pid != os.getpid() and _pid_alive(pid)):
+        if pid != os.getpid() and _pid_alive(pid):
             continue
-        with contextlib.suppress(OSError):
-            os.unlink(full)
+        # Under the lock: a thread of this process creates and registers its temporary
+        # under it too, so one being written now is never taken for a leftover.
+        with _in_flight_lock, contextlib.suppress(OSError):
+            if full not in _in_flight:
+                os.unlink(full)
 
 
 def _create_temporary(directory: Path, path: Path) -> tuple[int, str]:
@@ -303,7 +314,9 @@ def _create_temporary(directory: Path, path: Path) -> tuple[int, str]:
         tmp = os.path.join(directory, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         try:
-            fd = os.open(tmp, flags, 0o666 if mode is None else mode)
+            with _in_flight_lock:
+                fd = os.open(tmp, flags, 0o666 if mode is None else mode)
+                _in_flight.add(tmp)
         except FileExistsError:
             continue
         except OSError as exc:
@@ -317,8 +330,6 @@ def _create_temporary(directory: Path, path: Path) -> tuple[int, str]:
                 f"cannot save the checkpoint {os.fspath(path)!r}: {what}",
                 os.fspath(path),
             ) from None
-        with _in_flight_lock:
-            _in_flight.add(tmp)
         if mode is not None:
             # Keep the replaced file's mode exactly (the umask may have cleared bits of it).
             with contextlib.suppress(OSError, AttributeError, NotImplementedError):
@@ -459,6 +470,16 @@ class _Checkpoint:
         floating array of ``shape`` (and of ``dtype_name`` when given): no more than that
         array's bytes are ever inflated."""
         np = host.numpy()
+        with _unreadable(self.where):
+            data, dtype, fortran = self._array_bytes(key, shape, dtype_name, what)
+        count = math.prod(shape)
+        flat = np.frombuffer(data, dtype=dtype, count=count)
+        value = flat.reshape(shape, order="F" if fortran else "C")
+        return np.array(value, dtype=dtype.newbyteorder("="), order="C", copy=True)
+
+    def _array_bytes(
+        self, key: str, shape: tuple[int, ...], dtype_name: str | None, what: str
+    ) -> tuple[bytes, Any, bool]:
         stream, dtype, got, fortran = self._open(key)
         with stream:
             if dtype.kind != "f":
@@ -472,11 +493,7 @@ class _Checkpoint:
                 )
             if got != shape:
                 raise CheckpointError(f"{self.where}: entry {key!r} has shape {got}, but {what}")
-            count = math.prod(shape)
-            data = self._body(stream, key, count * dtype.itemsize)
-        flat = np.frombuffer(data, dtype=dtype, count=count)
-        value = flat.reshape(shape, order="F" if fortran else "C")
-        return np.array(value, dtype=dtype.newbyteorder("="), order="C", copy=True)
+            return self._body(stream, key, math.prod(shape) * dtype.itemsize), dtype, fortran
 
 
 def _read_exact(stream: Any, n: int, where: str, key: str) -> bytes:
@@ -556,32 +573,43 @@ def _open_regular(where: str) -> Any:
 
 
 @contextlib.contextmanager
+def _unreadable(where: str) -> Iterator[None]:
+    """Turn what the zip and zlib modules raise for a damaged file into a
+    :class:`CheckpointError` naming the file (used around reading only, so an error of the
+    model's backend is never reported as a damaged file)."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        RuntimeError,  # an encrypted entry
+        NotImplementedError,  # an unknown compression method
+        struct.error,
+        OverflowError,
+    ) as exc:
+        raise CheckpointError(
+            f"{where}: cannot read the checkpoint ({type(exc).__name__}: {exc}); the file "
+            "is truncated, corrupted or not an .npz checkpoint"
+        ) from None
+
+
+@contextlib.contextmanager
 def _opened(path: str | os.PathLike[str], meta_cap: int) -> Iterator[_Checkpoint]:
     """The checkpoint at ``path``, open, its metadata read and validated; any failure to read
-    it becomes a :class:`CheckpointError` naming the file."""
+    it is a :class:`CheckpointError` naming the file."""
     where = os.fspath(path)
     with _open_regular(where) as f:
-        try:
-            with zipfile.ZipFile(f) as zf:
-                yield _Checkpoint(where, zf, meta_cap)
-        except CheckpointError:
-            raise
-        except (
-            zipfile.BadZipFile,
-            zlib.error,
-            EOFError,
-            OSError,
-            ValueError,
-            RuntimeError,  # an encrypted entry
-            NotImplementedError,  # an unknown compression method
-            struct.error,
-            OverflowError,
-            MemoryError,
-        ) as exc:
-            raise CheckpointError(
-                f"{where}: cannot read the checkpoint ({type(exc).__name__}: {exc}); the file "
-                "is truncated, corrupted or not an .npz checkpoint"
-            ) from None
+        with _unreadable(where):
+            zf = zipfile.ZipFile(f)
+        with zf:
+            with _unreadable(where):
+                ckpt = _Checkpoint(where, zf, meta_cap)
+            yield ckpt
 
 
 def _parse_metadata(where: str, blob: bytes) -> Any:
