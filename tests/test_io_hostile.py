@@ -37,14 +37,25 @@ def _host(a: Any) -> np.ndarray:
     return np.array(registry.get(registry.backend_of(a)).to_host(a), copy=True)
 
 
-class Named(nn.Module):
-    """A module whose parameters have exactly the given names."""
+class Named:
+    """A model whose parameters have exactly the given names. Not an nn.Module: a Module
+    keeps its parameters as attributes too, so one named "named_parameters" would hide the
+    method; save and load need only ``named_parameters()``."""
 
     def __init__(self, names: list[str], seed: int = 0, dtype: str = "float64") -> None:
         rng = np.random.default_rng(seed)
-        for i, name in enumerate(names):
-            value = rng.standard_normal((i % 3 + 1, 2)).astype(dtype)
-            self.register_parameter(name, nn.Parameter(nb.namespace().asarray(value)))
+        self._params = {
+            name: nn.Parameter(
+                nb.namespace().asarray(rng.standard_normal((i % 3 + 1, 2)).astype(dtype))
+            )
+            for i, name in enumerate(names)
+        }
+
+    def named_parameters(self) -> Any:
+        return iter(self._params.items())
+
+    def parameters(self) -> Any:
+        return iter(self._params.values())
 
 
 def _model(seed: int = 0, dtype: str = "float64") -> nn.Sequential:
@@ -53,7 +64,7 @@ def _model(seed: int = 0, dtype: str = "float64") -> nn.Sequential:
         return nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3))
 
 
-def _adam_stepped(model: nn.Module, lr: float = 0.01) -> optim.Adam:
+def _adam_stepped(model: Any, lr: float = 0.01) -> optim.Adam:
     opt = optim.Adam(model.parameters(), lr=lr)
     for p in model.parameters():
         p.grad = p.data * 0.5 + 0.25
@@ -62,7 +73,7 @@ def _adam_stepped(model: nn.Module, lr: float = 0.01) -> optim.Adam:
     return opt
 
 
-def _values(model: nn.Module) -> dict[str, np.ndarray]:
+def _values(model: Any) -> dict[str, np.ndarray]:
     return {name: _host(p) for name, p in model.named_parameters()}
 
 
@@ -139,7 +150,7 @@ def _refused(path: Path, match: str | None = None, *, optimizer: bool = True) ->
 HOSTILE_NAMES = [
     "allow_pickle", "file", "args", "kwds", "compress", "__nnbackend__", "__nnbackend__x",
     "optimizer/0/m", "parameter/0", "../../etc/passwd", "a\x00b", "", ".npy", "ü.weight",
-    "x" * 300, "\ud800", "a b", "a\\b", "0.weight",
+    "x" * 300, "\ud800", "a b", "a\\b", "0.weight", "named_parameters", "__class__",
 ]  # fmt: skip
 
 

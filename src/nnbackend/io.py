@@ -264,6 +264,8 @@ def _tmp_prefix(path: Path) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would send CTRL_C_EVENT there: never probe
     if pid <= 0:
         return False
     try:
