@@ -41,9 +41,18 @@ from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
 from nnbackend.errors import CheckpointError
 from nnbackend.info import package_version
+from nnbackend.io.book import load_book_params
 from nnbackend.namespace import backend_for
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "load", "read_metadata", "save"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "load",
+    "load_book_params",
+    "read_metadata",
+    "save",
+]
 
 FORMAT = "nnbackend-checkpoint"
 FORMAT_VERSION = 1

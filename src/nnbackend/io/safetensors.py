@@ -191,9 +191,7 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise self._error("the header is not a JSON object")
         metadata = header.pop(METADATA, None) or {}
-        if not isinstance(metadata, dict) or not all(
-            isinstance(v, str) for v in metadata.values()
-        ):
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise self._error(f"{METADATA!r} must map strings to strings")
         np = host.numpy()
         entries: dict[str, Entry] = {}
