@@ -65,7 +65,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     if name == "__version__":
-        from nnbackend.info import package_version
+        from nnbackend._version import package_version
 
         return package_version()
     raise AttributeError(f"module 'nnbackend' has no attribute {name!r}")

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from nnbackend import errors
+from nnbackend._version import package_version
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
 from nnbackend.errors import CheckpointError
-from nnbackend.info import package_version
 from nnbackend.io.book import load_book_params
 from nnbackend.namespace import backend_for
 
