@@ -22,7 +22,7 @@ from nnbackend.config import (
 )
 from nnbackend.device import empty_cache, from_dlpack, to_device
 from nnbackend.info import info
-from nnbackend.io import load, save
+from nnbackend.io import load, load_book_params, save
 from nnbackend.namespace import array_namespace, namespace
 from nnbackend.registry import available_backends, backends, register_backend
 from nnbackend.train import History, Trainer
@@ -50,6 +50,7 @@ __all__ = [
     "get_device",
     "info",
     "load",
+    "load_book_params",
     "namespace",
     "precision",
     "random",
@@ -64,7 +65,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     if name == "__version__":
-        from nnbackend.info import package_version
+        from nnbackend._version import package_version
 
         return package_version()
     raise AttributeError(f"module 'nnbackend' has no attribute {name!r}")

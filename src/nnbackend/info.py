@@ -11,6 +11,7 @@ from importlib.metadata import version as dist_version
 from typing import Any
 
 from nnbackend import config, registry
+from nnbackend._version import package_version
 
 __all__ = ["BackendStatus", "Info", "Setting", "info"]
 
@@ -92,15 +93,6 @@ class Info:
         lines.append("versions:")
         lines += [f"  {k:<17} {v or 'not installed'}" for k, v in self.versions.items()]
         return "\n".join(lines)
-
-
-UNKNOWN_VERSION = "0+unknown"
-
-
-def package_version() -> str:
-    """nnbackend's installed version (``nnbackend.__version__``), or ``"0+unknown"`` when it
-    runs from a source checkout on ``sys.path`` without being pip-installed."""
-    return _dist("nnbackend") or UNKNOWN_VERSION
 
 
 def _dist(name: str) -> str | None:

@@ -16,7 +16,7 @@ from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 from nnbackend.nn import functional as F
 from nnbackend.nn import init
-from nnbackend.nn.module import Module, Parameter
+from nnbackend.nn.module import Module, Parameter, transpose_2d
 
 __all__ = [
     "Dropout",
@@ -82,6 +82,14 @@ class Linear(Module):
             return F.linear(x, self.weight, self.bias)
         except (ShapeError, DtypeError) as exc:
             raise _explain(self, x, self.weight, f"(..., {self.in_features})", exc) from None
+
+    def _state_to_layout(self, state: dict[str, Any], layout: str) -> dict[str, Any]:
+        # PyTorch's Linear keeps its weight as (out_features, in_features).
+        if layout == "torch" and "weight" in state:
+            return {**state, "weight": transpose_2d(state["weight"])}
+        return state
+
+    _state_from_layout = _state_to_layout  # a transpose is its own inverse
 
     def extra_repr(self) -> str:
         return (

@@ -20,7 +20,7 @@ from typing import Any
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
-from nnbackend.errors import CheckpointError, DtypeError
+from nnbackend.errors import ArgumentError, CheckpointError, DtypeError
 from nnbackend.namespace import backend_for
 
 __all__ = ["Module", "Parameter", "Sequential"]
@@ -249,31 +249,50 @@ class Module:
         return result
 
     # -- checkpoints ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, layout: str = "nnbackend") -> dict[str, Any]:
         """``{dotted name: array}`` for every parameter, in :meth:`named_parameters` order.
 
         The arrays are the parameters' own ``.data`` (no copy), as in PyTorch: copy them if
         you keep training and need the old values.
-        """
-        return {name: param.data for name, param in self.named_parameters()}
 
-    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        Args:
+            layout: ``"nnbackend"`` (this package's layout) or ``"torch"``: names and array
+                layouts of the equivalent PyTorch modules, so ``torch_model.load_state_dict(
+                {k: torch.as_tensor(v) for k, v in model.state_dict(layout="torch").items()})``
+                works (``Linear``'s weight is transposed to PyTorch's ``(out, in)``: a view,
+                not a copy, where the backend makes views).
+        """
+        _check_layout(layout)
+        state = {name: param.data for name, param in self.named_parameters()}
+        if layout == "nnbackend":
+            return state
+        return _convert_layout(self, state, layout, export=True)
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], strict: bool = True, *, layout: str = "nnbackend"
+    ) -> None:
         """Copy the arrays of ``state`` into the parameters of the same names.
 
         Every entry is checked first (names, shapes, dtypes), and only then is any parameter
         touched, so a bad checkpoint leaves the model unchanged. Arrays of another backend
-        are moved to each parameter's backend and device through the host. A dtype that
-        differs from the parameter's is an error (cast the checkpoint explicitly).
+        (a ``torch.Tensor`` on the numpy backend, say) are moved to each parameter's backend
+        and device through the host. A dtype that differs from the parameter's is an error
+        (cast the checkpoint explicitly).
 
         Args:
             state: ``{name: array}`` as :meth:`state_dict` makes it.
             strict: when True, missing and unexpected names are errors; when False, only the
                 names present in both are loaded.
+            layout: the layout ``state`` is in: ``"nnbackend"`` or ``"torch"`` (a PyTorch
+                ``state_dict()`` of the equivalent model; see :meth:`state_dict`).
 
         Raises:
             CheckpointError: naming every missing or unexpected key, or the first entry whose
                 shape or dtype does not fit.
         """
+        _check_layout(layout)
+        if layout != "nnbackend":
+            state = _convert_layout(self, dict(state), layout, export=False)
         own = dict(self.named_parameters())
         if strict:
             missing = [name for name in own if name not in state]
@@ -291,6 +310,18 @@ class Module:
         for param, value in new:
             param.data = value
 
+    def _state_to_layout(self, state: dict[str, Any], layout: str) -> dict[str, Any]:
+        """This module's own entries (local names, no submodules) converted from nnbackend's
+        layout to ``layout``. The default keeps them as they are; a layer whose names or
+        array layouts differ from the other library's overrides this and
+        :meth:`_state_from_layout` (``Linear`` transposes its weight for ``"torch"``)."""
+        return state
+
+    def _state_from_layout(self, state: dict[str, Any], layout: str) -> dict[str, Any]:
+        """The inverse of :meth:`_state_to_layout`: ``layout``'s local entries to
+        nnbackend's."""
+        return state
+
     # -- printing ------------------------------------------------------------------------
     def extra_repr(self) -> str:
         """The text inside the parentheses of this module's repr."""
@@ -307,6 +338,56 @@ class Module:
             lines.append(f"  ({name}): {body}")
         lines.append(")")
         return "\n".join(lines)
+
+
+LAYOUTS = ("nnbackend", "torch")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ArgumentError(f"unknown state-dict layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def _convert_layout(
+    model: Module, state: dict[str, Any], layout: str, *, export: bool
+) -> dict[str, Any]:
+    """``state`` with each module's own entries converted by that module's layout hooks
+    (to ``layout`` when ``export``, from it otherwise). Keys that belong to no module are
+    kept, so the strict key check still names them."""
+    remaining = dict(state)
+    out: dict[str, Any] = {}
+    for prefix, module in model.named_modules():
+        head = f"{prefix}." if prefix else ""
+        local = {
+            key[len(head) :]: value
+            for key, value in remaining.items()
+            if key.startswith(head) and "." not in key[len(head) :]
+        }
+        if not local:
+            continue
+        for key in local:
+            del remaining[head + key]
+        if export:
+            converted = module._state_to_layout(local, layout)
+        else:
+            converted = module._state_from_layout(local, layout)
+        out.update({head + key: value for key, value in converted.items()})
+    out.update(remaining)
+    return out
+
+
+def transpose_2d(value: Any) -> Any:
+    """The transpose of a 2-d array of any backend (a Tensor's data, a torch tensor); other
+    values are returned unchanged, for the shape check that follows to name."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if len(getattr(value, "shape", ())) != 2:
+        return value
+    try:
+        xp = backend_for(value)[0]
+    except Exception:
+        return value
+    return xp.permute_dims(value, (1, 0))
 
 
 def convert_like(value: Any, like: Any, where: str) -> Any:

@@ -56,11 +56,12 @@ from pathlib import Path
 from typing import Any
 
 from nnbackend import errors
+from nnbackend._version import package_version
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
 from nnbackend.errors import CheckpointError
-from nnbackend.info import package_version
+from nnbackend.io.book import load_book_params
 from nnbackend.namespace import backend_for
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "METADATA_KEY",
     "load",
+    "load_book_params",
     "read_metadata",
     "save",
 ]

@@ -1,0 +1,188 @@
+"""The safetensors container (nnbackend.io.safetensors): what it writes is what safetensors'
+own readers read, and what it reads it checks against the file before touching any data."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnbackend.errors import CheckpointError
+from nnbackend.io.safetensors import SafetensorsFile, looks_like_safetensors, write
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+DTYPES = ["float16", "float32", "float64", "int64", "uint8", "bool"]
+
+
+def _write(path, tensors, metadata=None):
+    with open(path, "wb") as f:
+        write(f, tensors, metadata or {})
+    return path
+
+
+def _raw(path, header: dict | bytes | str, data: bytes = b"", length: int | None = None):
+    blob = (
+        header
+        if isinstance(header, bytes)
+        else (header if isinstance(header, str) else json.dumps(header))
+    )
+    if isinstance(blob, str):
+        blob = blob.encode("utf-8")
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob) if length is None else length))
+        f.write(blob)
+        f.write(data)
+    return path
+
+
+names = st.text(min_size=1, max_size=20).filter(lambda s: s != "__metadata__")
+shapes = st.lists(st.integers(0, 4), max_size=3).map(tuple)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    entries=st.dictionaries(names, st.tuples(shapes, st.sampled_from(DTYPES)), max_size=5),
+    metadata=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+)
+def test_round_trip_through_safetensors_own_reader(tmp_path_factory, entries, metadata):
+    rng = np.random.default_rng(0)
+    tensors = {
+        name: (rng.standard_normal(shape) * 10).astype(dtype)
+        for name, (shape, dtype) in entries.items()
+    }
+    path = _write(tmp_path_factory.mktemp("st") / "a.safetensors", tensors, metadata)
+    theirs = safetensors_numpy.load_file(str(path))
+    assert set(theirs) == set(tensors)
+    for name, value in tensors.items():
+        assert theirs[name].dtype == value.dtype and theirs[name].shape == value.shape
+        assert np.array_equal(theirs[name], value)
+    with SafetensorsFile(path) as ours:
+        assert ours.metadata == metadata
+        for name, value in tensors.items():
+            view = ours.array(name)
+            assert view.dtype == value.dtype and np.array_equal(view, value)
+            del view
+
+
+def test_reads_what_safetensors_writes(tmp_path):
+    tensors = {"0.weight": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(2)}
+    path = tmp_path / "theirs.safetensors"
+    safetensors_numpy.save_file(tensors, str(path), metadata={"who": "them"})
+    with SafetensorsFile(path) as f:
+        assert f.metadata == {"who": "them"}
+        assert np.array_equal(f.array("0.weight"), tensors["0.weight"])
+        assert not f.array("b").flags.writeable  # a view into the read-only map
+
+
+def test_zero_d_and_non_contiguous_and_big_endian(tmp_path):
+    tensors = {
+        "scalar": np.asarray(np.float64(3.5)),
+        "t": np.arange(6.0).reshape(2, 3).T,
+        "be": np.arange(3, dtype=">i4"),
+    }
+    path = _write(tmp_path / "x.safetensors", tensors)
+    with SafetensorsFile(path) as f:
+        assert f.array("scalar").shape == () and float(f.array("scalar")) == 3.5
+        assert np.array_equal(f.array("t"), tensors["t"])
+        assert np.array_equal(f.array("be"), [0, 1, 2])
+
+
+def test_writer_refuses_reserved_name_and_unknown_dtype(tmp_path):
+    with pytest.raises(CheckpointError, match="__metadata__"), open(tmp_path / "a", "wb") as f:
+        write(f, {"__metadata__": np.ones(1)}, {})
+    with pytest.raises(CheckpointError, match="complex128"), open(tmp_path / "b", "wb") as f:
+        write(f, {"c": np.ones(1, dtype=complex)}, {})
+
+
+HOSTILE = {
+    "lying offsets": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 12]}}, 8),
+    "past the end": ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, 8),
+    "overlap": (
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        },
+        12,
+    ),
+    "gap": ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, 8),
+    "trailing data": ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, 8),
+    "huge shape": (
+        {"a": {"dtype": "F64", "shape": [2**40, 2**40], "data_offsets": [0, 8]}},
+        8,
+    ),
+    "negative dim": ({"a": {"dtype": "F64", "shape": [-1], "data_offsets": [0, 8]}}, 8),
+    "bool dim": ({"a": {"dtype": "F64", "shape": [True], "data_offsets": [0, 8]}}, 8),
+    "float offsets": ({"a": {"dtype": "F64", "shape": [1], "data_offsets": [0.0, 8.0]}}, 8),
+    "unknown dtype": ({"a": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}}, 2),
+    "entry not an object": ({"a": [1, 2]}, 0),
+    "metadata not strings": ({"__metadata__": {"k": 1}}, 0),
+    "header a list": ([1, 2, 3], 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_headers_raise_checkpoint_error(tmp_path, case):
+    header, nbytes = HOSTILE[case]
+    path = _raw(tmp_path / "h.safetensors", header, b"\0" * nbytes)
+    with pytest.raises(CheckpointError, match=str(path)):
+        SafetensorsFile(path)
+
+
+def test_hostile_framing(tmp_path):
+    cases = {
+        "non-utf8": _raw(tmp_path / "a", b'{"\xff": 1}'),
+        "deep json": _raw(tmp_path / "b", "[" * 100_000 + "]" * 100_000),
+        "deep json object": _raw(tmp_path / "c", '{"a":' * 100_000 + "1" + "}" * 100_000),
+        "length past end": _raw(tmp_path / "d", {"a": 1}, length=10**9),
+        "not json": _raw(tmp_path / "e", b"{not json"),
+        "too short": tmp_path / "f",
+    }
+    (tmp_path / "f").write_bytes(b"\x01\x02")
+    for name, path in cases.items():
+        with pytest.raises(CheckpointError):
+            SafetensorsFile(path)
+        assert name  # every case raised
+
+
+def test_a_huge_declared_tensor_allocates_nothing(tmp_path):
+    # A header that declares a 64 GiB tensor over an 8-byte buffer: refused from the header
+    # alone, with no allocation near the declared size.
+    path = _raw(
+        tmp_path / "bomb.safetensors",
+        {"a": {"dtype": "F64", "shape": [2**33], "data_offsets": [0, 2**36]}},
+        b"\0" * 8,
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError):
+            SafetensorsFile(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_directories_and_fifos_fail_fast(tmp_path):
+    import os
+
+    with pytest.raises(CheckpointError, match="directory"):
+        SafetensorsFile(tmp_path)
+    with pytest.raises(CheckpointError, match="no such"):
+        SafetensorsFile(tmp_path / "missing")
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        with pytest.raises(CheckpointError, match="regular file"):
+            SafetensorsFile(fifo)  # would block forever on a plain open()
+
+
+def test_format_detection():
+    assert looks_like_safetensors(struct.pack("<Q", 40) + b'{"a":')
+    assert not looks_like_safetensors(b"PK\x03\x04" + b"\0" * 10)
+    assert not looks_like_safetensors(b"")

@@ -1,0 +1,179 @@
+"""Weights from elsewhere: PyTorch state dicts (layout="torch") and the book's pickled
+parameter lists (nb.load_book_params)."""
+
+from __future__ import annotations
+
+import pickle
+from itertools import pairwise
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nnbackend as nb
+from nnbackend import nn
+from nnbackend.errors import ArgumentError, CheckpointError
+
+
+def _mlp(sizes, act=nn.Sigmoid):
+    layers = []
+    for i, (a, b) in enumerate(pairwise(sizes)):
+        if i:
+            layers.append(act())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+def _torch_mlp(torch, sizes):
+    layers = []
+    for i, (a, b) in enumerate(pairwise(sizes)):
+        if i:
+            layers.append(torch.nn.Sigmoid())
+        layers.append(torch.nn.Linear(a, b))
+    return torch.nn.Sequential(*layers).double()
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4), seed=st.integers(0, 2**16))
+def test_torch_mlp_both_ways_same_outputs(sizes, seed):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(seed)
+    theirs = _torch_mlp(torch, sizes)
+    with nb.using(backend="numpy", dtype="float64"):
+        ours = _mlp(sizes)
+        ours.load_state_dict(theirs.state_dict(), layout="torch")
+        x = np.random.default_rng(seed).standard_normal((5, sizes[0]))
+        expected = theirs(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(ours(x).data, expected, rtol=0, atol=1e-12)
+        # ...and back: a fresh torch model from our state dict computes the same.
+        back = _torch_mlp(torch, sizes)
+        back.load_state_dict(
+            {k: torch.as_tensor(np.array(v)) for k, v in ours.state_dict(layout="torch").items()}
+        )
+        np.testing.assert_allclose(
+            back(torch.from_numpy(x)).detach().numpy(), expected, rtol=0, atol=1e-12
+        )
+
+
+def test_torch_layout_transposes_linear_only_and_keeps_names():
+    with nb.using(backend="numpy", dtype="float64"):
+        model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.LayerNorm(3), nn.Linear(3, 4))
+    mine = model.state_dict()
+    theirs = model.state_dict(layout="torch")
+    assert list(theirs) == list(mine)
+    assert theirs["0.weight"].shape == (3, 2) and theirs["3.weight"].shape == (4, 3)
+    np.testing.assert_array_equal(theirs["0.weight"], mine["0.weight"].T)
+    np.testing.assert_array_equal(theirs["2.weight"], mine["2.weight"])  # LayerNorm: same
+
+
+def test_torch_layout_errors_leave_model_unchanged():
+    with nb.using(backend="numpy", dtype="float64"):
+        model = _mlp([2, 3, 1])
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+    state = model.state_dict(layout="torch")
+    # A PyTorch-layout dict loaded as if it were nnbackend's: shapes do not fit.
+    with pytest.raises(CheckpointError, match="shape"):
+        model.load_state_dict({k: np.array(v) for k, v in state.items()})
+    with pytest.raises(CheckpointError, match="unexpected keys"):
+        model.load_state_dict({**state, "9.weight": np.ones(1)}, layout="torch")
+    with pytest.raises(ArgumentError, match="layout"):
+        model.load_state_dict(state, layout="keras")
+    with pytest.raises(ArgumentError, match="layout"):
+        model.state_dict(layout="TORCH")
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_torch_tensors_load_onto_other_backends():
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Linear(3, 2).float()
+    with nb.using(backend="array_api_strict", dtype="float32"):
+        ours = nn.Linear(3, 2)
+        ours.load_state_dict(theirs.state_dict(), layout="torch")
+        xp = nb.namespace()
+        assert type(ours.weight.data).__module__.startswith("array_api_strict")
+        w = np.asarray(nb.to_device(ours.weight.data, "numpy"))
+    np.testing.assert_array_equal(w, theirs.weight.detach().numpy().T)
+    assert xp is not None
+
+
+# -- the book's parameter files ---------------------------------------------------------------
+
+
+def _book_file(path, arrays):
+    # What the book's BaseModel.save_params writes.
+    with open(path, "wb") as f:
+        pickle.dump([a.astype(np.float16) for a in arrays], f)
+    return path
+
+
+def test_book_two_layer_net_loads_by_position(tmp_path):
+    rng = np.random.default_rng(1)
+    W1, b1, W2, b2 = (rng.standard_normal(s) for s in [(2, 10), (10,), (10, 3), (3,)])
+    path = _book_file(tmp_path / "two_layer_net.pkl", [W1, b1, W2, b2])
+    with nb.using(backend="numpy", dtype="float32"):
+        model = _mlp([2, 10, 3])
+        nb.load_book_params(model, path, trust=True)
+    got = [np.asarray(p.data) for p in model.parameters()]
+    for g, want in zip(got, [W1, b1, W2, b2], strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_array_equal(g, want.astype(np.float16).astype(np.float32))
+
+
+def test_book_params_need_trust(tmp_path):
+    path = _book_file(tmp_path / "p.pkl", [np.ones((2, 3)), np.ones(3)])
+    model = nn.Linear(2, 3)
+    with pytest.raises(CheckpointError, match="trust=True"):
+        nb.load_book_params(model, path)
+    with pytest.raises(CheckpointError, match="trust=True"):
+        nb.load_book_params(model, path, trust="yes")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_book_params_build_nothing_but_arrays(tmp_path, capsys):
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump([np.ones((2, 3)), _Evil()], f)
+    model = nn.Linear(2, 3)
+    before = np.array(model.weight.data)
+    with pytest.raises(CheckpointError, match=r"builtins\.print"):
+        nb.load_book_params(model, path, trust=True)
+    assert "pwned" not in capsys.readouterr().out
+    np.testing.assert_array_equal(model.weight.data, before)
+
+
+def test_book_params_mismatch_and_garbage(tmp_path):
+    model = _mlp([2, 4, 3])
+    before = [np.array(p.data) for p in model.parameters()]
+    cases = {
+        "holds 1 arrays": _book_file(tmp_path / "a.pkl", [np.ones((2, 4))]),
+        "shape": _book_file(
+            tmp_path / "b.pkl", [np.ones((4, 2)), np.ones(4), np.ones((4, 3)), np.ones(3)]
+        ),
+        "cannot read": tmp_path / "c.pkl",
+        "list of floating": tmp_path / "d.pkl",
+        "no such": tmp_path / "missing.pkl",
+    }
+    (tmp_path / "c.pkl").write_bytes(b"\x80\x04garbage")
+    with open(tmp_path / "d.pkl", "wb") as f:
+        pickle.dump({"W": np.ones(2)}, f)
+    for match, path in cases.items():
+        with pytest.raises(CheckpointError, match=match):
+            nb.load_book_params(model, path, trust=True)
+    for p, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(p.data, b)
+
+
+def test_book_params_beyond_float16_are_refused(tmp_path):
+    path = tmp_path / "big.pkl"
+    with open(path, "wb") as f:
+        pickle.dump([np.full((2, 3), 1e6, dtype=np.float32), np.ones(3, dtype=np.float32)], f)
+    with nb.using(backend="numpy", dtype="float16"):
+        model = nn.Linear(2, 3)
+    with pytest.raises(CheckpointError, match="range"):
+        nb.load_book_params(model, path, trust=True)
