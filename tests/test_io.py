@@ -204,14 +204,14 @@ def test_interrupted_save_keeps_the_previous_checkpoint(
     path = tmp_path / "model.npz"
     nb.save(model, path)
     good = path.read_bytes()
-    real_write = io._write_npz
+    real_write = io._npz.write_npz
 
     def write_then_die(file: Any, entries: Any) -> None:
         real_write(file, entries)
         file.truncate(100)  # half-written ...
         raise KeyboardInterrupt  # ... and then Ctrl-C
 
-    monkeypatch.setattr(io, "_write_npz", write_then_die)
+    monkeypatch.setattr(io._npz, "write_npz", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         nb.save(_mlp([2, 10, 3], seed=7), path)
     monkeypatch.undo()

@@ -523,13 +523,13 @@ KILLED_SAVE = """
 import os, sys, time
 import nnbackend as nb
 from nnbackend import io, nn
-real = io._write_npz
+real = io._npz.write_npz
 def write_and_hang(f, entries):
     real(f, entries)
     f.flush()
     print("written", flush=True)
     time.sleep(60)
-io._write_npz = write_and_hang
+io._npz.write_npz = write_and_hang
 nb.save(nn.Linear(2, 3), sys.argv[1])
 """
 
@@ -551,7 +551,7 @@ def test_a_killed_save_leaves_nothing_the_next_save_keeps(tmp_path: Path) -> Non
     assert len(leftovers) == 1 and leftovers[0].startswith(".m.npz.")
     assert leftovers[0].endswith(f".{proc.pid}.{leftovers[0].split('.')[-2]}.tmp")
     # A temporary of a live process (this one's parent) is another save in progress: kept.
-    live = tmp_path / f"{io._tmp_prefix(path)}{os.getppid()}.0123abcd.tmp"
+    live = tmp_path / f"{io._files.tmp_prefix(path)}{os.getppid()}.0123abcd.tmp"
     live.write_bytes(b"")
     nb.save(_model(), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name])

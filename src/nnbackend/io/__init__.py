@@ -37,21 +37,10 @@ naming the file and the entry, and leaves both unchanged.
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import errno
 import json
-import math
 import os
-import re
-import secrets
-import socket
-import stat
-import struct
-import threading
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +49,23 @@ from nnbackend._version import package_version
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
-from nnbackend.errors import CheckpointError
+from nnbackend.errors import ArgumentError, CheckpointError
+from nnbackend.io import _npz
+from nnbackend.io import safetensors as _st
+from nnbackend.io._files import atomic_write, open_regular
+from nnbackend.io._metadata import (
+    FORMAT,
+    FORMAT_VERSION,
+    MAPPED_PREFIX,
+    MAX_METADATA_BYTES,
+    METADATA_KEY,
+    OPTIMIZER_PREFIX,
+    SAFE_NAME,
+    entry_of,
+    metadata_cap,
+    optimizer_keys,
+)
+from nnbackend.io._npz import NpzCheckpoint, open_npz
 from nnbackend.io.book import load_book_params
 from nnbackend.namespace import backend_for
 
@@ -74,17 +79,6 @@ __all__ = [
     "read_metadata",
     "save",
 ]
-
-FORMAT = "nnbackend-checkpoint"
-#: Version 1 keys each parameter's entry by its name; version 2 (written only when some name
-#: cannot be a zip entry name) may map a parameter to the entry ``"parameter/<index>"``.
-FORMAT_VERSION = 2
-METADATA_KEY = "__nnbackend__"
-OPTIMIZER_PREFIX = "optimizer/"
-MAPPED_PREFIX = "parameter/"
-# A name kept as its own zip entry name: short, portable, no path separators, nothing that a
-# zip tool, a file system or numpy.load could alter. Every other name is mapped.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -128,7 +122,7 @@ def _flatten_optimizer(
             if isinstance(value, bool | int | float):
                 numbers[key] = value
             else:
-                if not isinstance(key, str) or not _SAFE_NAME.fullmatch(key):
+                if not isinstance(key, str) or not SAFE_NAME.fullmatch(key):
                     raise CheckpointError(
                         f"cannot save {type(optimizer).__name__}'s state {key!r}: state names "
                         "must be letters, digits, '_', '.' or '-'"
@@ -152,21 +146,63 @@ def _flatten_optimizer(
     return arrays, meta
 
 
-def _entry_name(name: str, index: int) -> str:
-    """The zip key for parameter ``name``: the name itself when it is safe as one, else
-    ``"parameter/<index>"`` (never equal to a safe name, which has no ``/``)."""
-    if _SAFE_NAME.fullmatch(name) and not name.startswith("__nnbackend"):
+#: The checkpoint formats :func:`save` writes; :func:`load` tells them apart by content.
+FORMATS = ("safetensors", "npz")
+
+
+def _format_for(path: str | os.PathLike[str], format: str | None) -> str:
+    if format is None:
+        return "npz" if os.fspath(path).lower().endswith(".npz") else "safetensors"
+    if format not in FORMATS:
+        raise ArgumentError(f"unknown checkpoint format {format!r}; expected one of {FORMATS}")
+    return format
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a Python str, but no JSON key on disk
+        return False
+    return True
+
+
+def _entry_name(name: str, index: int, format: str) -> str:
+    """The file's key for parameter ``name``: the name itself where the format can hold it,
+    else ``"parameter/<index>"`` (never equal to a kept name). A zip entry keeps only short
+    names of letters, digits, ``_ . -`` (no ``/``); safetensors keeps any string but its
+    reserved ``__metadata__`` (and names that look like nnbackend's own keys)."""
+    if format == "npz":
+        if SAFE_NAME.fullmatch(name) and not name.startswith("__nnbackend"):
+            return name
+    elif (
+        name not in (_st.METADATA, METADATA_KEY)
+        and not name.startswith((OPTIMIZER_PREFIX, MAPPED_PREFIX))
+        and _utf8(name)
+    ):
         return name
     return f"{MAPPED_PREFIX}{index}"
 
 
 def save(
-    model: Any, path: str | os.PathLike[str], *, dtype: Any = None, optimizer: Any = None
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    dtype: Any = None,
+    optimizer: Any = None,
+    format: str | None = None,
 ) -> None:
     """Write ``model``'s parameters (and ``optimizer``'s state) to ``path`` atomically.
 
-    Parameters may have any names (any string): a name that is not safe as a zip entry name
-    is stored under ``"parameter/<index>"`` and the metadata maps it back.
+    The file is a safetensors file (``format="safetensors"``, the default; any path but one
+    ending in ``.npz``) or nnbackend 0.1's ``.npz`` layout (``format="npz"``, or a path ending
+    in ``.npz``). A safetensors checkpoint keys each tensor by its parameter path
+    (``"0.weight"``) and the optimizer's state as ``"optimizer/<index>/<name>"``, and keeps
+    nnbackend's metadata (version, model class, dtypes, the optimizer's hyperparameters) as
+    JSON under ``"nnbackend"`` in the header's metadata map: ``safetensors.numpy.load_file``
+    and ``safetensors.torch.load_file`` read it as it is.
+
+    Parameters may have any names (any string): a name the format cannot hold as a key is
+    stored under ``"parameter/<index>"`` and the metadata maps it back.
 
     The temporary file is created next to ``path`` with the mode a plain ``open()`` would give
     (the replaced file's mode when there is one), without touching the process umask.
@@ -174,17 +210,20 @@ def save(
 
     Args:
         model: an :class:`nnbackend.nn.Module`.
-        path: the file to write (used as given; ``.npz`` is the customary suffix).
+        path: the file to write (used as given; ``.safetensors`` is the customary suffix).
         dtype: store the parameters in this dtype (``"float16"`` halves float32's bytes);
             ``None`` keeps each parameter's dtype. Optimizer state keeps its own dtype.
         optimizer: an :mod:`nnbackend.optim` optimizer whose state to save with the model.
+        format: ``"safetensors"`` or ``"npz"``; ``None`` picks by the path's suffix.
 
     Raises:
+        ArgumentError: an unknown ``format``.
         CheckpointError: a value beyond the range of ``dtype``; two parameters with one name.
         OSError: the file cannot be written (the message names ``path``); the previous file
             at ``path``, if any, is left as it was.
     """
     np = host.numpy()
+    file_format = _format_for(path, format)
     params = _named_parameters(model)
     store_dtype = None if dtype is None else normalize_dtype(dtype)
     entries: list[tuple[str, Any]] = []
@@ -210,7 +249,7 @@ def save(
                         f"{float(np.max(np.abs(value))):.4g}, beyond float16's {finfo.max}"
                     )
             value = value.astype(store_dtype)
-        entry = _entry_name(name, index)
+        entry = _entry_name(name, index, file_format)
         entries.append((entry, value))
         meta_params[name] = {
             "shape": list(value.shape),
@@ -233,505 +272,45 @@ def save(
     if optimizer is not None:
         opt_arrays, meta["optimizer"] = _flatten_optimizer(optimizer, params)
         entries.extend(opt_arrays.items())
-    blob = json.dumps(meta, sort_keys=False).encode("utf-8")
-    entries.append((METADATA_KEY, np.frombuffer(blob, dtype=np.uint8)))
-    _atomic_write(Path(path), lambda f: _write_npz(f, entries))
-
-
-def _write_npz(f: Any, entries: list[tuple[str, Any]]) -> None:
-    """The ``.npz`` layout of ``numpy.savez`` (stored, zip64 entries ``<key>.npy``), written
-    here so that no name is ever passed as a keyword argument."""
-    np = host.numpy()
-    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, value in entries:
-            with zf.open(key + ".npy", "w", force_zip64=True) as out:
-                np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
-
-
-# -- atomic writes ----------------------------------------------------------------------------
-_TMP_SUFFIX = ".tmp"
-# The temporary files this process is writing now, never taken for stale ones.
-_in_flight: set[str] = set()
-_in_flight_lock = threading.Lock()
-
-
-def _host_tag() -> str:
-    """This machine's name, reduced to characters safe in a file name (a shared file system
-    may hold temporary files of another machine's processes, whose ids mean nothing here)."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
-
-
-def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}.{_host_tag()}."
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":
-        return True  # os.kill(pid, 0) would send CTRL_C_EVENT there: never probe
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, OverflowError):
-        return True  # exists (another user's), or cannot tell: keep its file
-    return True
-
-
-def _remove_stale_temporaries(directory: Path, path: Path) -> None:
-    """Remove ``.<name>.<host>.<pid>.<token>.tmp`` files of ``path`` that a save killed
-    before it could clean up left behind: those of this machine whose process is gone, or
-    of this process but not being written now (a forked child's leftovers)."""
-    prefix = _tmp_prefix(path)
-    try:
-        names = os.listdir(directory)
-    except OSError:
+    text = json.dumps(meta, sort_keys=False)
+    if file_format == "safetensors":
+        header = {"format": FORMAT, _st.METADATA_FIELD: text}
+        atomic_write(Path(path), lambda f: _st.write(f, dict(entries), header))
         return
-    for name in names:
-        if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
-            continue
-        fields = name[len(prefix) : -len(_TMP_SUFFIX)].split(".")
-        if len(fields) != 2 or not fields[0].isdigit():
-            continue
-        pid = int(fields[0])
-        full = os.path.join(directory, name)
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
-        # Under the lock: a thread of this process creates and registers its temporary
-        # under it too, so one being written now is never taken for a leftover.
-        with _in_flight_lock, contextlib.suppress(OSError):
-            if full not in _in_flight:
-                os.unlink(full)
+    entries.append((METADATA_KEY, np.frombuffer(text.encode("utf-8"), dtype=np.uint8)))
+    atomic_write(Path(path), lambda f: _npz.write_npz(f, entries))
 
 
-def _create_temporary(directory: Path, path: Path) -> tuple[int, str]:
-    """A new temporary file next to ``path``, created with an explicit mode: the kernel
-    applies the umask to 0o666 as for a plain ``open()``, and the process umask is never
-    changed (doing that for a moment made other threads' files world-writable)."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        mode = None
-    for _ in range(100):
-        name = f"{_tmp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
-        tmp = os.path.join(directory, name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        try:
-            with _in_flight_lock:
-                fd = os.open(tmp, flags, 0o666 if mode is None else mode)
-                _in_flight.add(tmp)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            what = (
-                f"the folder {os.fspath(directory)!r} does not exist"
-                if isinstance(exc, FileNotFoundError)
-                else exc.strerror
-            )
-            raise type(exc)(
-                exc.errno,
-                f"cannot save the checkpoint {os.fspath(path)!r}: {what}",
-                os.fspath(path),
-            ) from None
-        if mode is not None:
-            # Keep the replaced file's mode exactly (the umask may have cleared bits of it).
-            with contextlib.suppress(OSError, AttributeError, NotImplementedError):
-                os.fchmod(fd, mode)
-        return fd, tmp
-    raise FileExistsError(
-        errno.EEXIST, f"cannot save the checkpoint {os.fspath(path)!r}: no free temporary name"
-    )
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Run ``write(file)`` on a temporary file next to ``path``, then rename it over
-    ``path``; on any failure the temporary file is removed and ``path`` left as it was."""
-    directory = path.parent if str(path.parent) else Path(".")
-    _remove_stale_temporaries(directory, path)
-    fd, tmp = _create_temporary(directory, path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        with _in_flight_lock:
-            _in_flight.discard(tmp)
-    # Make the rename itself durable where the platform allows it.
-    with contextlib.suppress(OSError, AttributeError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-# -- reading: the zip and the .npy headers parsed here, every size checked before inflating ---
-_NPY_MAGIC = b"\x93NUMPY"
-# NumPy's own reader refuses longer headers (numpy.lib.format: max_header_size=10000).
-_MAX_NPY_HEADER = 10000
-# The .npy dtypes a checkpoint holds: floating arrays and the uint8 metadata blob.
-_FLOAT_DESCRS = frozenset({"<f2", "<f4", "<f8", ">f2", ">f4", ">f8"})
-_METADATA_DESCRS = frozenset({"|u1", "<u1", ">u1"})
-_FLOAT_NAMES = frozenset({"float16", "float32", "float64"})
-#: The largest metadata entry :func:`read_metadata` inflates (bytes). :func:`load` allows the
-#: larger of this and what the model's parameter names can need.
-MAX_METADATA_BYTES = 4 << 20
-_STATE_KEY = re.compile(r"0|[1-9][0-9]{0,8}")
-
-
-class _Entry:
-    """One ``.npy`` member of the zip: its key (the name less ``.npy``) and zip record."""
-
-    __slots__ = ("info", "key")
-
-    def __init__(self, key: str, info: zipfile.ZipInfo) -> None:
-        self.key = key
-        self.info = info
-
-
-class _Checkpoint:
-    """An open checkpoint: its zip directory indexed by key, and the validated metadata.
-    Nothing but the metadata has been inflated."""
-
-    def __init__(self, where: str, zf: zipfile.ZipFile, meta_cap: int) -> None:
-        self.where = where
-        self.zf = zf
-        self.entries: dict[str, _Entry] = {}
-        self.stray_names: list[str] = []
-        for info in zf.infolist():
-            name = info.filename
-            if not name.endswith(".npy") or info.is_dir():
-                self.stray_names.append(name)
-                continue
-            key = name[: -len(".npy")]
-            if key in self.entries:
-                raise CheckpointError(
-                    f"{where}: entry {key!r} appears twice; the file is corrupted"
-                )
-            self.entries[key] = _Entry(key, info)
-        if METADATA_KEY not in self.entries:
-            raise CheckpointError(
-                f"{where}: not an nnbackend checkpoint (no {METADATA_KEY!r} metadata entry)"
-            )
-        self.meta = _check_metadata(where, _parse_metadata(where, self._metadata_bytes(meta_cap)))
-
-    def _metadata_bytes(self, cap: int) -> bytes:
-        stream, dtype, shape, _ = self._open(METADATA_KEY)
-        with stream:
-            if dtype.str not in _METADATA_DESCRS or len(shape) != 1:
-                raise CheckpointError(
-                    f"{self.where}: the metadata entry is a {dtype} array of shape {shape}, not "
-                    "1-d uint8 bytes; the file is corrupted"
-                )
-            if shape[0] > cap:
-                raise CheckpointError(
-                    f"{self.where}: the metadata entry declares {shape[0]} bytes, more than the "
-                    f"{cap} this reader accepts; the file is corrupted or not a checkpoint"
-                )
-            return self._body(stream, METADATA_KEY, shape[0])
-
-    def _open(self, key: str) -> tuple[Any, Any, tuple[int, ...], bool]:
-        """``(stream, dtype, shape, fortran_order)`` of entry ``key``: its .npy header read,
-        parsed and checked, the stream left at the first data byte."""
-        info = self.entries[key].info
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise CheckpointError(
-                f"{self.where}: entry {key!r} uses zip compression method "
-                f"{info.compress_type}; checkpoints are stored or deflated"
-            )
-        stream = self.zf.open(info)
-        try:
-            dtype, shape, fortran = _npy_header(self.where, key, stream)
-        except BaseException:
-            stream.close()
-            raise
-        return stream, dtype, shape, fortran
-
-    def _body(self, stream: Any, key: str, nbytes: int) -> bytes:
-        """Exactly ``nbytes`` of data, and then the end of the entry (which checks its CRC)."""
-        data = stream.read(nbytes)
-        if len(data) != nbytes:
-            raise CheckpointError(
-                f"{self.where}: entry {key!r} ends after {len(data)} of its {nbytes} data "
-                "bytes; the file is truncated or corrupted"
-            )
-        if stream.read(1):
-            raise CheckpointError(
-                f"{self.where}: entry {key!r} holds more bytes than its header declares; the "
-                "file is corrupted"
-            )
-        return data
-
-    def array(self, key: str, shape: tuple[int, ...], dtype_name: str | None, what: str) -> Any:
-        """Entry ``key`` as a host array, after checking from its header alone that it is a
-        floating array of ``shape`` (and of ``dtype_name`` when given): no more than that
-        array's bytes are ever inflated."""
-        np = host.numpy()
-        with _unreadable(self.where):
-            data, dtype, fortran = self._array_bytes(key, shape, dtype_name, what)
-        count = math.prod(shape)
-        flat = np.frombuffer(data, dtype=dtype, count=count)
-        value = flat.reshape(shape, order="F" if fortran else "C")
-        return np.array(value, dtype=dtype.newbyteorder("="), order="C", copy=True)
-
-    def _array_bytes(
-        self, key: str, shape: tuple[int, ...], dtype_name: str | None, what: str
-    ) -> tuple[bytes, Any, bool]:
-        stream, dtype, got, fortran = self._open(key)
-        with stream:
-            if dtype.kind != "f":
-                raise CheckpointError(
-                    f"{self.where}: entry {key!r} has dtype {dtype}, not a floating dtype"
-                )
-            if dtype_name is not None and dtype.name != dtype_name:
-                raise CheckpointError(
-                    f"{self.where}: entry {key!r} has dtype {dtype.name}, but the metadata says "
-                    f"{dtype_name}; the file is corrupted"
-                )
-            if got != shape:
-                raise CheckpointError(f"{self.where}: entry {key!r} has shape {got}, but {what}")
-            return self._body(stream, key, math.prod(shape) * dtype.itemsize), dtype, fortran
-
-
-def _read_exact(stream: Any, n: int, where: str, key: str) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise CheckpointError(
-            f"{where}: entry {key!r} ends inside its .npy header; the file is truncated"
-        )
-    return data
-
-
-def _npy_header(where: str, key: str, stream: Any) -> tuple[Any, tuple[int, ...], bool]:
-    """Parse a .npy header (magic, version, length, a dict literal) without NumPy's reader:
-    ``(dtype, shape, fortran_order)``, every field checked, no pickle ever."""
-    np = host.numpy()
-    bad = f"{where}: entry {key!r} is not a valid .npy array"
-    lead = _read_exact(stream, 8, where, key)
-    if lead[:6] != _NPY_MAGIC:
-        raise CheckpointError(f"{bad} (no .npy magic bytes); the file is corrupted")
-    major = lead[6]
-    if major == 1:
-        (length,) = struct.unpack("<H", _read_exact(stream, 2, where, key))
-    elif major in (2, 3):
-        (length,) = struct.unpack("<I", _read_exact(stream, 4, where, key))
-    else:
-        raise CheckpointError(f"{bad} (unknown .npy format version {major})")
-    if length > _MAX_NPY_HEADER:
-        raise CheckpointError(
-            f"{bad} (a {length}-byte header, more than {_MAX_NPY_HEADER}); the file is corrupted"
-        )
-    raw = _read_exact(stream, length, where, key)
-    try:
-        text = raw.decode("utf-8" if major == 3 else "latin1")
-        header = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise CheckpointError(f"{bad} (its header is not a dict literal)") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise CheckpointError(f"{bad} (its header needs exactly descr, fortran_order, shape)")
-    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
-    if not isinstance(descr, str) or descr not in _FLOAT_DESCRS | _METADATA_DESCRS:
-        raise CheckpointError(
-            f"{bad} (dtype {descr!r}; a checkpoint holds float16/32/64 arrays and uint8 "
-            "metadata only)"
-        )
-    if not isinstance(fortran, bool):
-        raise CheckpointError(f"{bad} (fortran_order is {fortran!r}, not a bool)")
-    if (
-        not isinstance(shape, tuple)
-        or len(shape) > 64
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-    ):
-        raise CheckpointError(f"{bad} (shape {shape!r} is not a tuple of non-negative ints)")
-    return np.dtype(descr), shape, fortran
-
-
-def _open_regular(where: str) -> Any:
-    """``where`` opened for binary reading, refused at once unless it is a regular file (a
-    FIFO would block, a directory or device is no checkpoint)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(where, flags)
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: no such checkpoint file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{where}: is a directory, not a checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{where}: cannot open the checkpoint ({exc.strerror})") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
-            raise CheckpointError(f"{where}: is {kind}, not a regular checkpoint file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 @contextlib.contextmanager
-def _unreadable(where: str) -> Iterator[None]:
-    """Turn what the zip and zlib modules raise for a damaged file into a
-    :class:`CheckpointError` naming the file (used around reading only, so an error of the
-    model's backend is never reported as a damaged file)."""
-    try:
-        yield
-    except CheckpointError:
-        raise
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-        ValueError,
-        RuntimeError,  # an encrypted entry
-        NotImplementedError,  # an unknown compression method
-        struct.error,
-        OverflowError,
-    ) as exc:
-        raise CheckpointError(
-            f"{where}: cannot read the checkpoint ({type(exc).__name__}: {exc}); the file "
-            "is truncated, corrupted or not an .npz checkpoint"
-        ) from None
-
-
-@contextlib.contextmanager
-def _opened(path: str | os.PathLike[str], meta_cap: int) -> Iterator[_Checkpoint]:
-    """The checkpoint at ``path``, open, its metadata read and validated; any failure to read
-    it is a :class:`CheckpointError` naming the file."""
+def _opened(path: str | os.PathLike[str], meta_cap: int) -> Iterator[Any]:
+    """The checkpoint at ``path`` open for reading, whichever format its first bytes say it
+    is, its metadata read and checked."""
     where = os.fspath(path)
-    with _open_regular(where) as f:
-        with _unreadable(where):
-            zf = zipfile.ZipFile(f)
-        with zf:
-            with _unreadable(where):
-                ckpt = _Checkpoint(where, zf, meta_cap)
+    with open_regular(where) as f:
+        prefix = f.read(_st.MAGIC_PREFIX_LEN + 1)
+    if prefix.startswith(_ZIP_MAGIC):
+        with open_npz(where, meta_cap) as ckpt:
             yield ckpt
-
-
-def _parse_metadata(where: str, blob: bytes) -> Any:
-    try:
-        return json.loads(blob.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{where}: the metadata entry is corrupted ({exc})") from None
-
-
-def _check_metadata(where: str, meta: Any) -> dict[str, Any]:
-    """The metadata, after checking every field's JSON type (so later code never meets a
-    list where a dict belongs): a :class:`CheckpointError` otherwise."""
-
-    def bad(field: str, expected: str, got: Any) -> CheckpointError:
-        shown = repr(got)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        return CheckpointError(
-            f"{where}: metadata field {field} should be {expected}, got {shown}; the file is "
-            "corrupted or was not written by nnbackend.save"
-        )
-
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{where}: not an nnbackend checkpoint (unknown metadata format)")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise bad("format_version", "a positive int", version)
-    if version > FORMAT_VERSION:
+    elif _st.looks_like_safetensors(prefix):
+        with _st.open_safetensors(where, meta_cap) as st_ckpt:
+            yield st_ckpt
+    else:
         raise CheckpointError(
-            f"{where}: checkpoint format version {version} is newer than this nnbackend reads "
-            f"({FORMAT_VERSION}); upgrade nnbackend"
+            f"{where}: cannot read the checkpoint: it is neither a safetensors nor an .npz "
+            f"file (it starts with {prefix[:8]!r}); the file is truncated, corrupted or of "
+            "another kind"
         )
-    params = meta.get("parameters")
-    if not isinstance(params, dict):
-        raise CheckpointError(f"{where}: the metadata lists no parameters")
-    entries: set[str] = set()
-    for name, info in params.items():
-        field = f"parameters[{name!r}]"
-        if not isinstance(info, dict):
-            raise bad(field, "an object", info)
-        shape = info.get("shape")
-        if not isinstance(shape, list) or not all(_is_size(n) for n in shape):
-            raise bad(f"{field}.shape", "a list of non-negative ints", shape)
-        if not isinstance(info.get("dtype"), str) or info["dtype"] not in _FLOAT_NAMES:
-            raise bad(f"{field}.dtype", f"one of {sorted(_FLOAT_NAMES)}", info.get("dtype"))
-        entry = info.get("entry", name) if version >= 2 else name
-        if (
-            not isinstance(entry, str)
-            or entry in entries
-            or entry == METADATA_KEY
-            or (entry != name and entry.startswith(OPTIMIZER_PREFIX))
-        ):
-            raise bad(f"{field}.entry", "a distinct entry name", entry)
-        entries.add(entry)
-    opt = meta.get("optimizer")
-    if opt is None:
-        return meta
-    if not isinstance(opt, dict):
-        raise bad("optimizer", "an object or null", opt)
-    if not isinstance(opt.get("type"), str):
-        raise bad("optimizer.type", "a string", opt.get("type"))
-    for key in ("hyperparameters", "extra"):
-        if not isinstance(opt.get(key, {}), dict):
-            raise bad(f"optimizer.{key}", "an object", opt.get(key))
-    clash = sorted(set(opt.get("extra", {})) & {"type", "hyperparameters", "steps", "state"})
-    if clash:
-        raise bad("optimizer.extra", "an object of other keys", clash)
-    names = opt.get("parameters", [])
-    if not isinstance(names, list) or not all(n is None or isinstance(n, str) for n in names):
-        raise bad("optimizer.parameters", "a list of names", names)
-    state = opt.get("state", {})
-    if not isinstance(state, dict):
-        raise bad("optimizer.state", "an object", state)
-    for key, entry in state.items():
-        field = f"optimizer.state[{key!r}]"
-        if not _STATE_KEY.fullmatch(key):
-            raise bad(f"optimizer.state key {key!r}", "a parameter index", key)
-        if not isinstance(entry, dict):
-            raise bad(field, "an object", entry)
-        if not isinstance(entry.get("numbers", {}), dict):
-            raise bad(f"{field}.numbers", "an object", entry.get("numbers"))
-        arrays = entry.get("arrays", [])
-        if not isinstance(arrays, list) or not all(
-            isinstance(a, str) and _SAFE_NAME.fullmatch(a) for a in arrays
-        ):
-            raise bad(f"{field}.arrays", "a list of state names", arrays)
-        if len(set(arrays)) != len(arrays) or set(arrays) & set(entry.get("numbers", {})):
-            raise bad(f"{field}.arrays", "names listed once", arrays)
-    return meta
 
 
-def _is_size(n: Any) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
-
-
-def _entry_of(meta: dict[str, Any], name: str) -> str:
-    """The zip key that holds parameter ``name`` (its own name, unless it was mapped)."""
-    if meta["format_version"] >= 2:
-        return meta["parameters"][name].get("entry", name)
-    return name
-
-
-def _optimizer_keys(meta: dict[str, Any]) -> set[str]:
-    opt = meta.get("optimizer")
-    if opt is None:
-        return set()
-    return {
-        f"{OPTIMIZER_PREFIX}{index}/{name}"
-        for index, entry in opt.get("state", {}).items()
-        for name in entry.get("arrays", [])
-    }
-
-
-def _check_entries(ckpt: _Checkpoint) -> dict[str, str]:
+def _check_entries(ckpt: NpzCheckpoint | _st.SafetensorsCheckpoint) -> dict[str, str]:
     """``{parameter name: entry key}``, after checking that the zip holds exactly the
     entries the metadata names: anything else is refused before a byte of it is inflated."""
     where, meta = ckpt.where, ckpt.meta
-    by_name = {name: _entry_of(meta, name) for name in meta["parameters"]}
-    opt_keys = _optimizer_keys(meta)
+    by_name = {name: entry_of(meta, name) for name in meta["parameters"]}
+    opt_keys = optimizer_keys(meta)
     present = set(ckpt.entries) - {METADATA_KEY}
     file_params = {k for k in present if not k.startswith(OPTIMIZER_PREFIX)}
     listed = set(by_name.values())
@@ -753,16 +332,6 @@ def _check_entries(ckpt: _Checkpoint) -> dict[str, str]:
             "arrays only)"
         )
     return by_name
-
-
-def _metadata_cap(params: list[tuple[str, Any]]) -> int:
-    """How many metadata bytes a checkpoint of these parameters can need: a fixed allowance
-    plus, per parameter, room for its name JSON-escaped (up to 12 characters each) in the
-    parameter table and the optimizer's list."""
-    need = 1 << 20
-    for name, _ in params:
-        need += 1024 + 24 * len(name)
-    return max(need, MAX_METADATA_BYTES)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -834,7 +403,7 @@ def load(
     """
     where = os.fspath(path)
     params = _named_parameters(model)
-    with _opened(path, _metadata_cap(params)) as ckpt:
+    with _opened(path, metadata_cap(params)) as ckpt:
         meta = ckpt.meta
         by_name = _check_entries(ckpt)
         listed = meta["parameters"]
@@ -891,7 +460,9 @@ def load(
 
 
 def _optimizer_state(
-    ckpt: _Checkpoint, optimizer: Any, params: list[tuple[str, Any]]
+    ckpt: NpzCheckpoint | _st.SafetensorsCheckpoint,
+    optimizer: Any,
+    params: list[tuple[str, Any]],
 ) -> dict[str, Any]:
     """The optimizer's ``state_dict`` rebuilt from the file, its arrays converted to the
     dtype, backend and device of the parameters they belong to."""

@@ -17,7 +17,6 @@ import contextlib
 import json
 import mmap
 import os
-import stat
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,10 +24,23 @@ from typing import IO, Any
 
 from nnbackend.backends import host
 from nnbackend.errors import CheckpointError
+from nnbackend.io._files import open_regular
+from nnbackend.io._metadata import FLOAT_NAMES, FORMAT, check_metadata, parse_metadata
 
-__all__ = ["MAGIC_PREFIX_LEN", "Entry", "SafetensorsFile", "looks_like_safetensors", "write"]
+__all__ = [
+    "MAGIC_PREFIX_LEN",
+    "METADATA_FIELD",
+    "Entry",
+    "SafetensorsCheckpoint",
+    "SafetensorsFile",
+    "looks_like_safetensors",
+    "open_safetensors",
+    "write",
+]
 
 METADATA = "__metadata__"
+# The key of nnbackend's checkpoint metadata (JSON) in the header's metadata map.
+METADATA_FIELD = "nnbackend"
 MAGIC_PREFIX_LEN = 8
 # safetensors' own readers refuse headers above 100 MB; so do we, and never more than the file.
 MAX_HEADER = 100_000_000
@@ -146,31 +158,30 @@ class SafetensorsFile:
     Use it as a context manager; views must be dropped (or copied) before it closes.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_header: int = MAX_HEADER) -> None:
         self.path = os.fspath(path)
         self._map: mmap.mmap | None = None
-        fd = _open_regular(self.path)
-        try:
-            size = os.fstat(fd).st_size
-            with os.fdopen(os.dup(fd), "rb") as f:
-                prefix = f.read(MAGIC_PREFIX_LEN)
-                if len(prefix) < MAGIC_PREFIX_LEN:
-                    raise self._error(f"{size} bytes is too short for a safetensors header")
-                (length,) = struct.unpack("<Q", prefix)
-                if length > min(MAX_HEADER, size - MAGIC_PREFIX_LEN):
-                    raise self._error(
-                        f"the header claims {length} bytes, but the file has "
-                        f"{size - MAGIC_PREFIX_LEN} after the length field (limit "
-                        f"{MAX_HEADER}); the file is truncated or not a safetensors file"
-                    )
-                raw = f.read(length)
+        with open_regular(self.path) as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(MAGIC_PREFIX_LEN)
+            if len(prefix) < MAGIC_PREFIX_LEN:
+                raise self._error(f"{size} bytes is too short for a safetensors header")
+            (length,) = struct.unpack("<Q", prefix)
+            limit = min(max_header, MAX_HEADER)
+            if length > min(limit, size - MAGIC_PREFIX_LEN):
+                raise self._error(
+                    f"the header claims {length} bytes, but the file has "
+                    f"{size - MAGIC_PREFIX_LEN} after the length field (this reader takes at "
+                    f"most {limit}); the file is truncated or not a safetensors file"
+                )
+            raw = f.read(length)
+            if len(raw) != length:
+                raise self._error("the file ends inside its header")
             self.header_size = MAGIC_PREFIX_LEN + length
             self.data_size = size - self.header_size
             self.metadata, self.entries = self._parse(raw)
             if self.data_size:
-                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def _error(self, what: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {what}")
@@ -274,20 +285,81 @@ class SafetensorsFile:
         self.close()
 
 
-def _open_regular(path: str) -> int:
-    """A read-only descriptor of ``path``, refusing what is not a regular file without
-    blocking on it (a FIFO opened for reading would wait for a writer)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+class SafetensorsCheckpoint:
+    """A safetensors file read as an nnbackend checkpoint: the same face as the ``.npz``
+    reader (``where``, ``meta``, ``entries``, ``stray_names``, :meth:`array`), so one loader
+    serves both formats.
+
+    nnbackend's own files carry their metadata (the same JSON as an ``.npz`` checkpoint's) in
+    the header's metadata map under ``"nnbackend"``. A file another program wrote (say
+    ``safetensors.torch.save_file(model.state_dict())``) has none: its floating entries are
+    then taken as the parameters, keyed by name.
+    """
+
+    def __init__(self, where: str, meta_cap: int) -> None:
+        self.where = where
+        # The header holds the metadata (JSON-escaped, so up to twice its size) and one
+        # short record a tensor: bounded by what this model's metadata may need.
+        self.file = SafetensorsFile(where, max_header=3 * meta_cap)
+        self.entries = self.file.entries
+        self.stray_names: list[str] = []
+        blob = self.file.metadata.get(METADATA_FIELD)
+        if blob is None:
+            self.meta = self._foreign_metadata()
+        else:
+            if len(blob) > meta_cap:
+                raise CheckpointError(
+                    f"{where}: the metadata holds {len(blob)} characters, more than the "
+                    f"{meta_cap} this reader accepts; the file is corrupted"
+                )
+            self.meta = check_metadata(where, parse_metadata(where, blob.encode("utf-8")))
+
+    def _foreign_metadata(self) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, entry in self.entries.items():
+            if entry.dtype not in FLOAT_NAMES:
+                raise CheckpointError(
+                    f"{self.where}: entry {name!r} has dtype {entry.dtype}; a checkpoint holds "
+                    f"floating arrays ({sorted(FLOAT_NAMES)})"
+                )
+            params[name] = {"shape": list(entry.shape), "dtype": entry.dtype}
+        return {
+            "format": FORMAT,
+            "format_version": 1,
+            "model_class": "(a safetensors file written by another program)",
+            "backend": None,
+            "parameters": params,
+            "optimizer": None,
+        }
+
+    def array(self, key: str, shape: tuple[int, ...], dtype_name: str | None, what: str) -> Any:
+        """Entry ``key`` as a read-only host view into the mapped file, after checking that
+        it is a floating array of ``shape`` (and of ``dtype_name`` when given)."""
+        entry = self.entries[key]
+        if entry.dtype not in FLOAT_NAMES:
+            raise CheckpointError(
+                f"{self.where}: entry {key!r} has dtype {entry.dtype}, not a floating dtype"
+            )
+        if dtype_name is not None and entry.dtype != dtype_name:
+            raise CheckpointError(
+                f"{self.where}: entry {key!r} has dtype {entry.dtype}, but the metadata says "
+                f"{dtype_name}; the file is corrupted"
+            )
+        if entry.shape != shape:
+            raise CheckpointError(
+                f"{self.where}: entry {key!r} has shape {entry.shape}, but {what}"
+            )
+        return self.file.array(key)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@contextlib.contextmanager
+def open_safetensors(where: str, meta_cap: int) -> Iterator[SafetensorsCheckpoint]:
+    """The safetensors checkpoint at ``where``, its header and metadata checked."""
+    ckpt = SafetensorsCheckpoint(where, meta_cap)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot open the checkpoint ({exc.strerror})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise CheckpointError(f"{path}: not a regular file (a directory, FIFO or device)")
-    return fd
+        yield ckpt
+    finally:
+        ckpt.close()
