@@ -590,6 +590,7 @@ def test_ctrl_c_inside_the_step_under_a_foreign_handler_waits_for_the_update() -
     try:
         _InterruptedSGD.signals = 1
         history, model = _interrupted_run(fire_at=4)
+        assert signal.getsignal(signal.SIGINT) is handler  # put back after fit
     finally:
         _InterruptedSGD.signals = 2
         signal.signal(signal.SIGINT, previous)
