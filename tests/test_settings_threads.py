@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -330,3 +331,85 @@ def test_stress_threads_and_tasks_switching_settings(run: int, fast_switching: N
     [weights] = fits
     assert weights.dtype == np.float64
     assert np.array_equal(weights, reference), "a float64 fit changed under other threads"
+
+
+def _policy_trainer(precision: str | None) -> tuple[nb.Trainer, Any, Any]:
+    """The spiral network built under ``precision`` (None: the process default). Built before
+    any thread starts: the global random generator that draws the weights is process-wide."""
+    with nb.using(dtype=precision):
+        nb.random.seed(0)
+        x, t = datasets.spiral()
+        model = nn.Sequential(nn.Linear(2, 10), nn.Sigmoid(), nn.Linear(10, 3))
+    trainer = nb.Trainer(
+        model,
+        nn.SoftmaxCrossEntropy(),
+        optim.SGD(model.parameters(), lr=1.0),
+        precision=precision,
+    )
+    return trainer, x, t
+
+
+def _policy_fit(
+    trainer: nb.Trainer, x: Any, t: Any, started: dict[Any, threading.Event] | None = None
+) -> np.ndarray:
+    """Train; with ``started``, set this run's event when fit has begun (its settings are
+    fixed then) and wait until every run has begun, so that they all overlap."""
+
+    class Started(nb.train.Callback):
+        def on_fit_start(self, trainer: nb.Trainer, history: nb.History) -> None:
+            if started is not None:
+                started[trainer.precision].set()
+                for event in started.values():
+                    assert event.wait(60)
+
+        def on_step_end(self, trainer: nb.Trainer, history: nb.History) -> None:
+            time.sleep(0)  # let the thread that changes the default run
+
+    trainer.fit(x, t, epochs=4, batch_size=30, seed=0, progress=False, callbacks=[Started()])
+    return np.concatenate([np.asarray(p.data).ravel() for p in trainer.model.parameters()])
+
+
+def test_concurrent_fits_in_four_precisions_while_the_default_changes(
+    fast_switching: None,
+) -> None:
+    """The report's scenario: four training threads (one on the float64 process default,
+    three with their own precision) while another thread sets the process default to
+    mixed16 and back. Each ends bitwise where it ends alone."""
+    nb.set_backend("numpy")
+    nb.set_default_dtype("float64")
+    precisions = [None, "float32", "mixed16", "float16"]
+    reference = {p: _policy_fit(*_policy_trainer(p)) for p in precisions}
+    runs = {p: _policy_trainer(p) for p in precisions}
+    started = {p: threading.Event() for p in precisions}
+    results: dict[str | None, np.ndarray] = {}
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def fitter(precision: str | None) -> None:
+        try:
+            results[precision] = _policy_fit(*runs[precision], started)
+        except BaseException as exc:
+            errors.append(exc)
+            started[precision].set()
+
+    def switcher() -> None:
+        for event in started.values():
+            event.wait(60)
+        rng = random.Random(0)
+        while not done.is_set():
+            nb.set_default_dtype(rng.choice(("mixed16", "float32", "float16")))
+
+    threads = [threading.Thread(target=fitter, args=(p,)) for p in precisions]
+    switching = threading.Thread(target=switcher)
+    switching.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    done.set()
+    switching.join(timeout=60)
+    if errors:
+        raise errors[0]
+    for precision in precisions:
+        assert results[precision].dtype == reference[precision].dtype, precision
+        assert np.array_equal(results[precision], reference[precision]), precision
