@@ -428,13 +428,8 @@ def pinned(dtype: Any = None) -> Iterator[None]:
     of a ``with`` block, in this thread or asyncio task: a :func:`set_backend` or
     :func:`set_default_dtype` made meanwhile (by another thread) does not reach the block.
     ``dtype`` (a dtype or policy) replaces the active policy. :meth:`nnbackend.Trainer.fit`
-    runs in one, so a training run keeps the settings it started with.
-
-    >>> import nnbackend as nb
-    >>> with nb.config.pinned():
-    ...     nb.set_default_dtype("float32")   # the process default changes...
-    ...     nb.namespace().zeros(1).dtype     # ...but not inside the block
-    dtype('float64')
+    runs in one, so a training run keeps the settings it started with. An example is in the
+    training guide (docs/training.md).
     """
     outer = _context.get()
     overrides = _Overrides(
