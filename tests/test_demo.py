@@ -4,8 +4,12 @@ step, writes real PNG files; bad options and unusable backends give one line and
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,6 +129,9 @@ def _one_line_error(proc: Any) -> str:
         (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
         (["--epochs", "many"], "argument --epochs: expected a positive integer, got 'many'"),
         (["--lr", "-1"], "argument --lr: expected a positive number"),
+        (["--lr", "inf"], "argument --lr: expected a positive number (finite, such as 0.1)"),
+        (["--lr", "nan"], "argument --lr: expected a positive number (finite, such as 0.1)"),
+        (["--lr", "1e400"], "argument --lr: expected a positive number (finite, such as 0.1)"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -198,3 +205,106 @@ def test_examples_run(
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout and "Traceback" not in proc.stderr
     assert any(p.suffix == ".npz" for p in tmp_path.iterdir())
+
+
+# -- issue 12 item 17: no traceback, whatever --out is, and Ctrl-C while plotting -------------
+def test_out_over_a_folder_named_like_a_plot_fails_before_training(
+    run_python: Callable[..., Any], tmp_path: Path
+) -> None:
+    (tmp_path / "loss.png").mkdir()
+    proc = run_python(args=["-m", "nnbackend", "demo", "--epochs", "1", "--out", str(tmp_path)])
+    line = _one_line_error(proc)
+    assert "cannot write loss.png into --out folder" in line and "is a folder" in line
+    assert "epochs" not in proc.stdout  # refused before any training
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png"]
+
+
+def _drop_file_capabilities() -> None:
+    """In the child, before exec: root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, so
+    folder permissions apply to it as to anyone else."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def _unprivileged() -> dict[str, Any]:
+    """subprocess.run arguments under which a read-only folder is read-only."""
+    if os.geteuid() != 0:
+        return {}
+    if not sys.platform.startswith("linux"):
+        pytest.skip("running as root, and capabilities can be dropped on Linux only")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import os; open(os.devnull)"],
+        preexec_fn=_drop_file_capabilities,
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("running as root without the right to drop CAP_DAC_OVERRIDE")
+    return {"preexec_fn": _drop_file_capabilities}
+
+
+def test_read_only_out_fails_before_training_without_traceback() -> None:
+    root = Path(tempfile.mkdtemp(prefix="nnbackend-readonly-"))
+    try:
+        out = root / "out"
+        out.mkdir()
+        out.chmod(0o555)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "nnbackend", "demo", "--epochs", "1", "--out", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **_unprivileged(),
+        )
+        line = _one_line_error(proc)
+        assert f"cannot write into --out folder {str(out)!r}" in line
+        assert "Permission denied" in line
+        assert "epochs" not in proc.stdout
+        assert list(out.iterdir()) == []
+    finally:
+        (root / "out").chmod(0o755)
+        shutil.rmtree(root)
+
+
+CTRL_C_WHILE_PLOTTING = """
+import signal, sys
+from nnbackend import cli, train
+
+fit = train.Trainer.fit
+
+
+class FirstCtrlC(train.Callback):
+    def on_step_end(self, trainer, history):
+        if trainer.step == 3:
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C: stop after this step
+
+
+def fit_with_ctrl_c(self, *args, **kwargs):
+    return fit(self, *args, **{**kwargs, "callbacks": [FirstCtrlC()]})
+
+
+def plot_with_ctrl_c(self, path, **kwargs):
+    path.write_bytes(b"half a png")  # what an interrupted savefig leaves
+    signal.raise_signal(signal.SIGINT)  # the second Ctrl-C, while the plot is written
+
+
+train.Trainer.fit = fit_with_ctrl_c
+train.History.plot = plot_with_ctrl_c
+sys.exit(cli.main(["demo", "--epochs", "5", "--out", sys.argv[1]]))
+"""
+
+
+def test_second_ctrl_c_while_plotting_exits_130_without_traceback(
+    run_python: Callable[..., Any], tmp_path: Path
+) -> None:
+    proc = run_python(args=["-c", CTRL_C_WHILE_PLOTTING, str(tmp_path)])
+    assert proc.returncode == 130, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert "interrupted after 3 steps" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == "nnbackend: interrupted"
+    assert list(tmp_path.iterdir()) == []  # no half-written plot, no temporary file

@@ -507,3 +507,116 @@ def test_cupy_on_a_gpu() -> None:
     np.testing.assert_array_equal(host, np.full((4, 4), 4.0, dtype=np.float16))
     assert registry.get("cupy").devices()[0] == "cupy:0"
     assert "gpus" in {b.name: b for b in nb.info().backends}["cupy"].facts
+
+
+# -------------------------------------------------------------- array modules and takeovers
+def _numpy_record(name: str, modules: tuple[str, ...] = ("numpy",)) -> nb.Backend:
+    import array_api_compat.numpy
+
+    return nb.Backend(
+        name=name,
+        load_namespace=lambda: array_api_compat.numpy,
+        probe=lambda: None,
+        array_modules=modules,
+        to_host=np.asarray,
+        from_host=lambda a, device=None: a,
+    )
+
+
+def test_overlapping_array_modules_are_refused() -> None:
+    generation = registry.generation
+    with pytest.raises(BackendError, match=r"'numpy'.*take 'numpy''s arrays over.*replace='numpy'"):
+        nb.register_backend(_numpy_record("thief"))
+    # Nothing changed: not listed, numpy's arrays still numpy's, no cache invalidated.
+    assert "thief" not in nb.backends()
+    assert registry.backend_of(np.zeros(2)) == "numpy"
+    assert registry.generation == generation
+    # replace=True replaces a record of the same name only; it does not name numpy.
+    with pytest.raises(BackendError, match="replace='numpy'"):
+        nb.register_backend(_numpy_record("thief"), replace=True)
+    # Between plugins too: the second one declaring the first one's module is refused.
+    nb.register_backend(_lazy_record("first"))
+    with pytest.raises(BackendError, match=r"registered backend 'first'.*replace='first'"):
+        nb.register_backend(_lazy_record("second"))
+    assert registry.backend_of(type("T", (), {"__module__": MISSING_MODULE})()) == "first"
+
+
+def test_takeover_named_by_replace_and_undone_by_unregister() -> None:
+    record = nb.register_backend(_numpy_record("fastnp"), replace="numpy")
+    assert registry.get("fastnp") is record
+    assert registry.backend_of(np.zeros(2)) == "fastnp"
+    assert registry.get("numpy").name == "numpy"  # numpy stays selectable by name
+    registry.unregister_backend("fastnp")
+    assert registry.backend_of(np.zeros(2)) == "numpy"
+
+
+def test_replacing_by_name_drops_the_old_records_modules() -> None:
+    nb.register_backend(_lazy_record("mod"))
+    nb.register_backend(_numpy_record("mod", modules=("nnb_other_module",)), replace=True)
+    assert registry.backend_of(type("T", (), {"__module__": MISSING_MODULE})()) is None
+    assert registry.backend_of(type("T", (), {"__module__": "nnb_other_module"})()) == "mod"
+    with pytest.raises(BackendError, match="replace must be"):
+        nb.register_backend(_lazy_record("mod2"), replace=1)  # type: ignore[arg-type]
+
+
+HOSTILE_PLUGINS = {
+    "nnb_takeover_plugin": """
+import array_api_compat.numpy
+import numpy
+from nnbackend import Backend
+
+BACKEND = Backend(
+    name="takeover", load_namespace=lambda: array_api_compat.numpy, probe=lambda: None,
+    array_modules=("numpy",), to_host=lambda a: numpy.zeros_like(numpy.asarray(a)),
+    from_host=lambda a, device=None: a,
+)
+""",
+    "nnb_exit_plugin": "raise SystemExit(3)\n",
+    "nnb_interrupt_plugin": "raise KeyboardInterrupt\n",
+}
+
+HOSTILE_ENTRY_POINTS = """\
+[nnbackend.backends]
+takeover = nnb_takeover_plugin:BACKEND
+exits = nnb_exit_plugin:BACKEND
+interrupts = nnb_interrupt_plugin:BACKEND
+"""
+
+HOSTILE_CHECK = """
+import json, os, sys
+import numpy as np
+import nnbackend as nb
+from nnbackend import nn, registry
+
+out = {"backends": nb.backends(), "available": nb.available_backends()}
+out["reasons"] = {n: registry.probe(n) for n in ("takeover", "exits", "interrupts")}
+out["owner"] = registry.backend_of(np.zeros(2))
+nb.random.seed(0)
+model = nn.Linear(2, 3)
+path = os.path.join(sys.argv[1], "model.npz")
+nb.save(model, path)
+with np.load(path) as data:
+    out["saved_nonzero"] = bool(np.any(data[sorted(data.files)[-1]] != 0))
+print(json.dumps(out))
+"""
+
+
+def test_hostile_plugins_are_unusable_not_fatal(
+    tmp_path: Path, run_python: Callable[..., Any]
+) -> None:
+    for module, source in HOSTILE_PLUGINS.items():
+        (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / "nnb_hostile-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nnb-hostile\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(HOSTILE_ENTRY_POINTS)
+    proc = run_python(args=["-c", HOSTILE_CHECK, str(tmp_path)], env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {"takeover", "exits", "interrupts"} <= set(out["backends"])
+    assert not {"takeover", "exits", "interrupts"} & set(out["available"])
+    assert "take 'numpy''s arrays over" in out["reasons"]["takeover"]
+    assert "SystemExit: 3" in out["reasons"]["exits"]
+    assert "KeyboardInterrupt" in out["reasons"]["interrupts"]
+    assert out["owner"] == "numpy"
+    assert out["saved_nonzero"] is True

@@ -490,3 +490,172 @@ def test_data_on_another_backend_than_the_active_one() -> None:
     with nb.using(backend="numpy", dtype="float16"):
         history = trainer.fit(x, t, epochs=1, batch_size=30, seed=0, progress=False)
     assert history.steps == 10 and registry.backend_of(model[0].weight.data) == ("array_api_strict")
+
+
+# -- issue 12: settings fixed for the run, Ctrl-C inside a step, arguments -------------------
+class _SwitchSettings(train.Callback):
+    """At ``step``, change the process-wide settings, as another thread could at any time."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: nb.Trainer, history: nb.History) -> None:
+        if trainer.step == self.step:
+            nb.set_default_dtype("mixed16")
+            if registry.probe("array_api_strict") is None:
+                nb.set_backend("array_api_strict")
+
+
+@pytest.mark.parametrize("precision", [None, "float32"])
+def test_fit_keeps_the_settings_it_started_with(precision: str | None) -> None:
+    """A process-wide set_default_dtype/set_backend during fit (from another thread, or here
+    a callback) does not reach the running fit: bitwise the same weights and history."""
+
+    def run(callbacks: list[Any]) -> tuple[dict[str, np.ndarray], list[float]]:
+        nb.set_backend("numpy")
+        nb.set_default_dtype("float64")
+        with nb.using(dtype=precision):
+            x, t, model, _ = _spiral_setup()
+        trainer = nb.Trainer(
+            model,
+            nn.SoftmaxCrossEntropy(),
+            optim.SGD(model.parameters(), lr=1.0),
+            precision=precision,
+        )
+        history = trainer.fit(
+            x, t, epochs=3, batch_size=30, seed=0, progress=False, callbacks=callbacks
+        )
+        assert trainer.loss_scaler is None
+        return _weights(model), history.loss
+
+    reference, ref_loss = run([])
+    weights, loss = run([_SwitchSettings(5)])
+    assert nb.config.get_policy() == "mixed16"  # the change did happen, process-wide
+    assert loss == ref_loss
+    for name, value in reference.items():
+        assert value.dtype == weights[name].dtype
+        assert np.array_equal(weights[name], value), name
+
+
+class _InterruptedSGD(optim.SGD):
+    """SGD that updates one parameter at a time, and at step ``fire_at`` receives two SIGINTs
+    (a user pressing Ctrl-C twice) after its first parameter is updated."""
+
+    fire_at: int | None = None
+    signals = 2
+
+    def step(self) -> None:
+        self.steps += 1
+        for i, p in enumerate(self.params):
+            p.data = p.data - self.lr * p.grad
+            if self.steps == self.fire_at and i == 0:
+                for _ in range(self.signals):
+                    signal.raise_signal(signal.SIGINT)
+
+
+def _interrupted_run(fire_at: int | None, stop_at: int | None = None) -> tuple[Any, Any]:
+    nb.random.seed(0)
+    x, t = datasets.spiral()
+    model = nn.Sequential(nn.Linear(2, 10), nn.Sigmoid(), nn.Linear(10, 3))
+    opt = _InterruptedSGD(model.parameters(), lr=1.0)
+    opt.fire_at = fire_at
+    trainer = nb.Trainer(model, nn.SoftmaxCrossEntropy(), opt)
+    callbacks = [] if stop_at is None else [_StopAt(stop_at)]
+    history = trainer.fit(
+        x, t, epochs=3, batch_size=30, seed=0, progress=False, callbacks=callbacks
+    )
+    return history, model
+
+
+def test_second_ctrl_c_inside_the_optimizer_step_waits_for_the_update() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    history, model = _interrupted_run(fire_at=4)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert history.interrupted and history.steps == 4
+    _, reference = _interrupted_run(fire_at=None, stop_at=4)
+    for name, value in _weights(reference).items():
+        assert np.array_equal(_weights(model)[name], value), name
+
+
+def test_ctrl_c_inside_the_step_under_a_foreign_handler_waits_for_the_update() -> None:
+    """Where the user installed their own SIGINT handler (raising KeyboardInterrupt at the
+    first Ctrl-C), fit leaves it in place but still holds the signal for the step."""
+    calls = []
+
+    def handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        _InterruptedSGD.signals = 1
+        history, model = _interrupted_run(fire_at=4)
+        assert signal.getsignal(signal.SIGINT) is handler  # put back after fit
+    finally:
+        _InterruptedSGD.signals = 2
+        signal.signal(signal.SIGINT, previous)
+    assert calls == [signal.SIGINT]
+    assert history.interrupted and history.steps == 4
+    _, reference = _interrupted_run(fire_at=None, stop_at=4)
+    for name, value in _weights(reference).items():
+        assert np.array_equal(_weights(model)[name], value), name
+
+
+def test_integral_batch_size_and_epochs_are_accepted() -> None:
+    x, t, _, trainer = _spiral_setup()
+    history = trainer.fit(
+        x,
+        t,
+        epochs=np.int32(1),
+        batch_size=np.int64(8),
+        eval_interval=np.uint8(10),
+        progress=False,
+    )
+    assert history.batch_size == 8 and type(history.batch_size) is int
+    assert history.steps == 38 and history.steps_per_epoch == 38
+    assert trainer.evaluate(x, t, batch_size=np.int16(50))[1] is not None
+    for bad in (8.0, "8", True, np.float64(8.0), None):
+        with pytest.raises(nb.errors.ArgumentError, match="batch_size must be an integer"):
+            trainer.fit(x, t, epochs=1, batch_size=bad)
+
+
+def test_bad_validation_set_is_refused_before_the_first_epoch() -> None:
+    x, t, _, trainer = _spiral_setup()
+    xp = nb.namespace()
+    steps = []
+
+    class Count(train.Callback):
+        def on_step_end(self, trainer: nb.Trainer, history: nb.History) -> None:
+            steps.append(trainer.step)
+
+    def fit(validation: Any) -> None:
+        trainer.fit(
+            x,
+            t,
+            epochs=2,
+            batch_size=30,
+            validation=validation,
+            callbacks=[Count()],
+            progress=False,
+        )
+
+    with pytest.raises(ShapeError, match=r"validation inputs have shape \(5, 3\).*\(2,\)"):
+        fit((xp.ones((5, 3)), t[:5]))
+    with pytest.raises(ShapeError, match="validation targets"):
+        fit((x[:5], xp.ones((5, 3))))
+    with pytest.raises(nb.errors.DtypeError, match="validation inputs are float32"):
+        fit((xp.astype(x[:5], xp.float32), t[:5]))
+    with pytest.raises(nb.errors.ArgumentError, match="pair"):
+        fit(x)
+    with pytest.raises(nb.errors.ArgumentError, match="pair"):
+        fit(iter([x, t]))
+    with pytest.raises(ShapeError, match="empty"):
+        fit((x[:0], t[:0]))
+    if registry.probe("array_api_strict") is None:
+        with nb.using(backend="array_api_strict"):
+            other = datasets.spiral()
+        with pytest.raises(BackendMismatchError, match="validation set is on backend"):
+            fit((other.x, other.t))
+    assert steps == []  # nothing trained
+    fit((x[:5], xp.astype(t[:5], xp.int32)))  # integer labels of another width are fine
+    assert len(steps) == 20

@@ -1,10 +1,22 @@
-"""The ``nnbackend`` command line: ``nnbackend info`` and ``nnbackend demo``."""
+"""The ``nnbackend`` command line: ``nnbackend info`` and ``nnbackend demo``.
+
+It never ends in a traceback for a user's mistake. Exit codes: 0 done; 2 a bad option or
+setting (one line on stderr says what and how to fix it: an unknown backend, a non-finite
+``--lr``, an ``--out`` folder that cannot be written or has a folder in the way of a plot,
+checked before any training); 130 Ctrl-C (the first one stops training after the current
+step and the demo still reports and plots; another one, while plotting, stops at once and
+leaves no half-written plot: each PNG is written to a temporary file and renamed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,9 +48,54 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0.0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    if not (math.isfinite(value) and value > 0.0):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number (finite, such as 0.1), got {value}"
+        )
     return value
+
+
+PLOT_NAMES = ("loss.png", "decision_boundary.png")
+
+
+def _check_out(out: Path) -> None:
+    """Create the ``--out`` folder and make sure the plots can be written there, before any
+    training: a folder that cannot be written, or a folder in the way of a plot's name, is an
+    error now rather than after the run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NNBackendError(f"cannot create --out folder {str(out)!r}: {exc}") from None
+    for name in PLOT_NAMES:
+        target = out / name
+        if target.is_dir() or (target.exists() and not target.is_file()):
+            raise NNBackendError(
+                f"cannot write {name} into --out folder {str(out)!r}: {str(target)!r} is a "
+                "folder or another non-file in the way; remove it or choose another --out"
+            )
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".nnbackend-write-check-"):
+            pass
+    except OSError as exc:
+        raise NNBackendError(
+            f"cannot write into --out folder {str(out)!r} ({exc.strerror or exc}); choose a "
+            "folder you can write to"
+        ) from None
+
+
+def _write_atomically(path: Path, write: Any) -> Path:
+    """``write(temporary path)``, then the temporary file renamed to ``path``: an error or a
+    Ctrl-C while writing leaves no half-written plot (and removes the temporary file)."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,10 +170,7 @@ def _demo(args: argparse.Namespace) -> int:
         namespace()  # an unknown or unusable backend, or a dtype it lacks, fails here
         backend, dtype = config.get_backend(), config.get_default_dtype()
         out: Path = args.out
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise NNBackendError(f"cannot create --out folder {str(out)!r}: {exc}") from None
+        _check_out(out)
         version = registry.get(backend).version()
         nb_random.seed(args.seed)
         x, t = datasets.spiral()
@@ -153,17 +207,21 @@ def _demo(args: argparse.Namespace) -> int:
         )
         try:
             written = [
-                history.plot(out / "loss.png", title=f"spiral, {backend} {dtype}"),
-                plot_decision_boundary(
-                    model,
-                    x,
-                    t,
+                _write_atomically(
+                    out / "loss.png",
+                    lambda path: history.plot(path, title=f"spiral, {backend} {dtype}"),
+                ),
+                _write_atomically(
                     out / "decision_boundary.png",
-                    title=f"spiral, {backend} {dtype}: {accuracy:.1%}",
+                    lambda path: plot_decision_boundary(
+                        model, x, t, path, title=f"spiral, {backend} {dtype}: {accuracy:.1%}"
+                    ),
                 ),
             ]
         except ImportError:
             print(f"plots skipped: matplotlib is not installed ({PLOT_HINT})", file=sys.stderr)
+        except OSError as exc:
+            raise NNBackendError(f"cannot write the plots into {str(out)!r}: {exc}") from None
         else:
             for path in written:
                 print(f"wrote {path}")
@@ -182,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NNBackendError as exc:
         print(f"nnbackend: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C outside training (the trainer handles its own): while loading a backend,
+        # evaluating, or writing the plots (a second Ctrl-C after the first stopped training).
+        print("nnbackend: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

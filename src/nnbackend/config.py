@@ -41,6 +41,7 @@ __all__ = [
     "get_policy",
     "normalize_dtype",
     "normalize_policy",
+    "pinned",
     "resolve",
     "set_backend",
     "set_check_dtypes",
@@ -419,6 +420,30 @@ def using(
         _context.reset(token)
         if check:
             _count_blocks("check", -1)
+
+
+@contextmanager
+def pinned(dtype: Any = None) -> Iterator[None]:
+    """Fix the backend, the precision policy and the device at their values now for the body
+    of a ``with`` block, in this thread or asyncio task: a :func:`set_backend` or
+    :func:`set_default_dtype` made meanwhile (by another thread) does not reach the block.
+    ``dtype`` (a dtype or policy) replaces the active policy. :meth:`nnbackend.Trainer.fit`
+    runs in one, so a training run keeps the settings it started with. An example is in the
+    training guide (docs/training.md).
+    """
+    outer = _context.get()
+    overrides = _Overrides(
+        get_backend(),
+        get_policy() if dtype is None else normalize_policy(dtype),
+        get_device(),
+        # Inherited from the enclosing block, which stays open (and counted) around this one.
+        None if outer is None else outer.check_dtypes,
+    )
+    token = _context.set(overrides)
+    try:
+        yield
+    finally:
+        _context.reset(token)
 
 
 def sources() -> dict[str, tuple[Any, str]]:

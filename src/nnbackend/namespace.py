@@ -220,23 +220,24 @@ def namespace(backend: str | None = None, dtype: Any = None) -> Any:
     dtype('float32')
     """
     global _last
+    # The version and generation are read before the settings they stand for: a set_*() or
+    # register_backend() landing between this read and the cache store below then leaves a
+    # version that no longer matches, so the next call resolves again, instead of an entry
+    # that pairs the new version with a namespace built from the old settings.
+    version, generation = config._Process.version, registry.generation
     if backend is None and dtype is None:
         overrides = _get_overrides()
         last = _last
-        if (
-            last[0] is overrides
-            and last[1] == config._Process.version
-            and last[2] == registry.generation
-        ):
+        if last[0] is overrides and last[1] == version and last[2] == generation:
             return last[3]
-        ns = _lookup(*config.resolve())
-        _last = (overrides, config._Process.version, registry.generation, ns)
+        ns = _lookup(*config.resolve(), generation)
+        _last = (overrides, version, generation, ns)
         return ns
-    return _lookup(*config.resolve(backend, dtype))
+    return _lookup(*config.resolve(backend, dtype), generation)
 
 
-def _lookup(backend: str, dtype: str, device: str | None) -> ModuleType:
-    key = (backend, dtype, device, registry.generation)
+def _lookup(backend: str, dtype: str, device: str | None, generation: int) -> ModuleType:
+    key = (backend, dtype, device, generation)
     ns = _cache.get(key)
     if ns is None:
         with _build_lock:
@@ -308,6 +309,7 @@ def backend_for(array: Any) -> tuple[Any, Any]:
         return _by_type[type(array)]
     except KeyError:
         pass
+    generation = registry.generation  # before the lookups, as in namespace()
     name = registry.backend_of(array)
     if name is None:
         raise BackendMismatchError(
@@ -315,7 +317,11 @@ def backend_for(array: Any) -> tuple[Any, Any]:
             f"{type(array).__module__}.{type(array).__qualname__}"
         )
     record = registry.require(name)
-    found = _by_type[type(array)] = (record.load_namespace(), record)
+    found = (record.load_namespace(), record)
+    with registry._lock:  # held by registry changes while they bump and clear
+        # A registry change since the lookups cleared the cache: do not refill it with them.
+        if registry.generation == generation:
+            _by_type[type(array)] = found
     return found
 
 

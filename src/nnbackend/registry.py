@@ -40,11 +40,22 @@ _entry_point_errors: dict[str, str] = {}
 generation = 0
 
 
-def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
+def register_backend(backend: Backend, *, replace: bool | str = False) -> Backend:
     """Add ``backend`` to the registry and return it.
 
-    Registering imports nothing: the backend's library is loaded on first use. A name that is
-    already registered raises :class:`~nnbackend.errors.BackendError` unless ``replace=True``.
+    Registering imports nothing: the backend's library is loaded on first use.
+
+    Args:
+        backend: the record to register.
+        replace: ``True`` replaces a record already registered under the same name. A record
+            whose ``array_modules`` overlap another backend's would take that backend's arrays
+            over (``backend_of`` would name it, and ``save``/``load`` would read them through
+            it): that needs ``replace`` set to the other backend's name, e.g.
+            ``replace="numpy"``, which also allows replacing a record of the same name.
+
+    Raises:
+        BackendError: the name is taken and ``replace`` is false, or the array modules
+            overlap a backend that ``replace`` does not name (the message names it).
     """
     global generation
     if not isinstance(backend, Backend):
@@ -52,12 +63,35 @@ def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
             f"register_backend() takes an nnbackend.Backend record, got {type(backend).__name__}; "
             "build one with nnbackend.Backend(name=..., load_namespace=..., probe=..., ...)"
         )
+    if not isinstance(replace, (bool, str)):
+        raise BackendError(
+            f"replace must be True, False or the name of the backend replaced, got {replace!r}"
+        )
     with _lock:
-        if backend.name in _records and not replace and _records[backend.name] is not backend:
+        current = _records.get(backend.name)
+        if current is not None and current is not backend and replace is False:
             raise BackendError(
                 f"a backend named {backend.name!r} is already registered; "
                 "pass replace=True to replace it"
             )
+        taken = {
+            module: owner
+            for module in backend.array_modules
+            if (owner := _by_module.get(module)) is not None and owner != backend.name
+        }
+        refused = sorted({owner for owner in taken.values() if owner != replace})
+        if refused:
+            modules = ", ".join(repr(m) for m in backend.array_modules if m in taken)
+            raise BackendError(
+                f"backend {backend.name!r} declares array_modules {modules}, whose arrays belong "
+                f"to the registered backend {refused[0]!r}; registering it would take "
+                f"{refused[0]!r}'s arrays over. Declare only your own library's modules, or "
+                f"pass replace={refused[0]!r} to take them over on purpose"
+            )
+        if current is not None and current is not backend:
+            for module in current.array_modules:
+                if _by_module.get(module) == backend.name:
+                    del _by_module[module]
         _records[backend.name] = backend
         for module in backend.array_modules:
             _by_module[module] = backend.name
@@ -68,7 +102,9 @@ def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
 
 
 def unregister_backend(name: str) -> None:
-    """Remove a backend added at run time. Built-in backends cannot be removed."""
+    """Remove a backend added at run time. Built-in backends cannot be removed. Array modules
+    it had taken over (``register_backend(..., replace=...)``) go back to the registered
+    backend that declares them."""
     global generation
     if any(record.name == name for record in BUILTIN):
         raise BackendError(f"{name!r} is a built-in backend and cannot be unregistered")
@@ -79,6 +115,11 @@ def unregister_backend(name: str) -> None:
         for module in record.array_modules:
             if _by_module.get(module) == name:
                 del _by_module[module]
+                # Built-ins first, then plugins in registration order.
+                for other in _records.values():
+                    if module in other.array_modules:
+                        _by_module[module] = other.name
+                        break
         _probes.pop(name, None)
         generation += 1
         _on_change()
@@ -114,7 +155,9 @@ def _load_entry_points() -> None:
                         f"the entry point is named {ep.name!r} but its record is {record.name!r}"
                     )
                 register_backend(record)
-            except Exception as exc:  # a broken plugin must not break nnbackend
+            # A broken plugin must not break nnbackend: one that calls sys.exit() or raises
+            # KeyboardInterrupt at import is as unusable as one that raises ImportError.
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 _entry_point_errors[ep.name] = (
                     f"plugin entry point {ep.value!r} failed to load ({type(exc).__name__}: {exc})"
                 )
@@ -158,7 +201,9 @@ def probe(name: str) -> str | None:
         pass
     try:
         reason = record.probe()
-    except Exception as exc:
+    # A probe imports the library: one that calls sys.exit() at import is unusable, not an
+    # exit. (A KeyboardInterrupt here is the user's Ctrl-C, and is not cached as a reason.)
+    except (Exception, SystemExit) as exc:
         reason = f"its availability probe failed ({type(exc).__name__}: {exc})"
     _probes[name] = reason
     return reason

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import signal
 import sys
 import threading
@@ -36,7 +37,7 @@ from nnbackend import precision as nb_precision
 from nnbackend import random as nb_random
 from nnbackend.autograd.mode import no_grad
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import BackendMismatchError, ShapeError
+from nnbackend.errors import ArgumentError, BackendMismatchError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 
 __all__ = ["Callback", "History", "Trainer", "plot_decision_boundary"]
@@ -374,29 +375,64 @@ def _metrics_text(loss: float, accuracy: float | None) -> str:
 # ---------------------------------------------------------------------------------------------
 class _InterruptGuard:
     """In the main thread, turn the first Ctrl-C into a request to stop after the current
-    step (so a half-applied optimizer step never happens); a second Ctrl-C raises at once."""
+    step; a second Ctrl-C raises ``KeyboardInterrupt`` at once, except inside an optimizer
+    step (while ``in_step`` is True), where it is held until the step is finished
+    (:meth:`release`), so a half-applied update never happens.
+
+    Where a handler other than Python's default is installed, the guard forwards SIGINT to it
+    unchanged, except inside the step, where it holds the signal and forwards it when the step
+    is finished. Either way marking the step costs attribute writes, no system call (swapping
+    the handler around each step cost 15 us)."""
 
     def __init__(self) -> None:
         self.requested = False
         self.previous: Any = None
         self.installed = False
+        self.in_step = False
+        self.pending = False  # a second Ctrl-C came during the step
+        self.held: tuple[int, Any] | None = None  # a signal for the foreign handler
 
     def __enter__(self) -> _InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             try:
-                if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                current = signal.getsignal(signal.SIGINT)
+                if current is signal.default_int_handler:
                     self.previous = signal.signal(signal.SIGINT, self._handle)
-                    self.installed = True
+                elif callable(current):
+                    self.previous = signal.signal(signal.SIGINT, self._forward)
+                else:  # ignored (SIG_IGN), or the OS default: nothing to hold back
+                    return self
+                self.installed = True
             except (ValueError, OSError):  # not allowed here (embedded interpreters)
                 pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
+            if self.in_step:
+                self.pending = True  # raised by _GuardedStep when the step is finished
+                return
             raise KeyboardInterrupt
         self.requested = True
 
+    def _forward(self, signum: int, frame: Any) -> None:
+        if self.in_step:
+            self.held = (signum, frame)  # forwarded by release() when the step is finished
+            return
+        self.previous(signum, frame)
+
+    def release(self) -> None:
+        """After a step (``in_step`` back to False): act on a signal held during it."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.previous(*held)
+
     def __exit__(self, *exc: Any) -> None:
+        self.in_step = self.pending = False
+        self.held = None
         if self.installed:
             signal.signal(signal.SIGINT, self.previous)
             self.installed = False
@@ -476,22 +512,31 @@ def _wide(xp: Any, loss: Any) -> Any:
 def _positive_int(
     name: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False
 ) -> int | None:
+    """``value`` as a Python int: any integral number (``numpy.int64(8)``, a 0-d integer
+    array), not a bool, a float or a string."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        bound = ">= 0" if allow_zero else ">= 1"
-        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
-    return value
+    bound = ">= 0" if allow_zero else ">= 1"
+    number: int | None = None
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+    if number is None or number < (0 if allow_zero else 1):
+        raise ArgumentError(f"{name} must be an integer {bound}, got {value!r}")
+    return number
 
 
 def _under_policy(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a Trainer method inside ``using(dtype=self.precision)`` when one was given."""
+    """Run a Trainer method with the backend, the precision policy (``self.precision`` when
+    one was given, else the active one) and the device fixed at their values when it starts
+    (:func:`nnbackend.config.pinned`): another thread's ``set_default_dtype`` or
+    ``set_backend`` during a ``fit`` does not reach it."""
 
     @functools.wraps(method)
     def run(self: Trainer, *args: Any, **kwargs: Any) -> Any:
-        if self.precision is None:
-            return method(self, *args, **kwargs)
-        with config.using(dtype=self.precision):
+        with config.pinned(self.precision):
             return method(self, *args, **kwargs)
 
     return run
@@ -612,6 +657,41 @@ class Trainer:
             raise ShapeError(f"{what}: the data set is empty")
         return xp, x, t
 
+    def _check_validation(self, validation: Any, x: Any, t: Any) -> tuple[Any, Any]:
+        """``(x_val, t_val)`` checked against the training data, before any epoch runs."""
+        what = "fit(validation=...)"
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+            raise ArgumentError(
+                f"{what}: validation must be a pair (x_val, t_val), got "
+                f"{type(validation).__name__}"
+                + (f" of length {len(validation)}" if isinstance(validation, (tuple, list)) else "")
+            )
+        _, xv, tv = self._check_pair(validation[0], validation[1], what)
+        (xp, record), other = backend_for(x), backend_for(xv)[1]
+        if other is not record:
+            raise BackendMismatchError(
+                f"{what}: the validation set is on backend {other.name!r}, the training data on "
+                f"{record.name!r}; move it to {record.name!r} first"
+            )
+        for name, val, train in (("inputs", xv, x), ("targets", tv, t)):
+            if tuple(val.shape[1:]) != tuple(train.shape[1:]):
+                raise ShapeError(
+                    f"{what}: validation {name} have shape {tuple(val.shape)}, but the training "
+                    f"{name} {tuple(train.shape)}; each row must have shape "
+                    f"{tuple(train.shape[1:])}"
+                )
+            # Integer labels may differ in width (int32 against int64); floats may not.
+            if val.dtype != train.dtype and not (
+                name == "targets"
+                and xp.isdtype(val.dtype, "integral")
+                and xp.isdtype(train.dtype, "integral")
+            ):
+                raise DtypeError(
+                    f"{what}: validation {name} are {val.dtype}, the training {name} "
+                    f"{train.dtype}; convert them with xp.astype(..., {train.dtype})"
+                )
+        return xv, tv
+
     @staticmethod
     def _permutation(generator: Any, n: int, x: Any, xp: Any) -> Any:
         """A permutation of ``range(n)`` from ``generator``, on ``x``'s backend and device."""
@@ -666,6 +746,14 @@ class Trainer:
             The :class:`History`. Ctrl-C (or a ``KeyboardInterrupt`` raised by a callback)
             stops training cleanly: the history so far comes back with
             ``interrupted=True``, and the model holds the weights of the last finished step.
+            The first Ctrl-C stops after the current step; a second one stops at once, but
+            never inside an optimizer step (it is held until the update is complete).
+
+        The backend, the precision policy and the device are read once, when ``fit`` starts,
+        and kept for the whole run (:func:`nnbackend.config.pinned`): another thread's
+        ``set_default_dtype`` or ``set_backend`` does not change a running ``fit``.
+        ``validation`` is checked before the first epoch: a pair of arrays of the training
+        data's backend, with the training data's dtypes and shapes past the first axis.
         """
         epochs = _positive_int("epochs", epochs, allow_zero=True)  # type: ignore[assignment]
         batch_size = _positive_int("batch_size", batch_size)  # type: ignore[assignment]
@@ -674,9 +762,7 @@ class Trainer:
             raise ValueError(f"max_grad must be > 0, got {max_grad!r}")
         xp, x, t = self._check_pair(x, t, "fit")
         if validation is not None:
-            if len(validation) != 2:
-                raise ValueError("validation must be a pair (x_val, t_val)")
-            self._check_pair(validation[0], validation[1], "fit(validation=...)")
+            validation = self._check_validation(validation, x, t)
         n = int(x.shape[0])
         steps_per_epoch = -(-n // batch_size)
         hooks = _hooks(callbacks)
@@ -741,14 +827,21 @@ class Trainer:
                             loss.backward()
                             if clip is not None:
                                 clip()
+                            guard.in_step = True  # a second Ctrl-C waits for the update
                             opt.step()
+                            self.step += 1
+                            guard.in_step = False
                         else:
                             scaler.scale_loss(loss).backward()
                             if clip is not None:
                                 scaler.unscale(opt)
                                 clip()
+                            guard.in_step = True
                             scaler.step(opt)
-                        self.step += 1
+                            self.step += 1
+                            guard.in_step = False
+                        if guard.pending or guard.held is not None:
+                            guard.release()
                         yd = _data(y)
                         if count_correct is False:
                             count_correct, per_row = _accuracy_counter(loss_fn, yd, tb)

@@ -65,13 +65,16 @@ def _mixed_compute() -> str | None:
     """The compute dtype name when the active precision policy is a mixed one, else None."""
     global _policy_seen
     overrides = _get_overrides()
+    # Read before the policy: a set_default_dtype() in another thread between the two then
+    # leaves a stale version here (answered again next call), never a stale answer.
+    version = config._Process.version
     seen = _policy_seen
-    if seen[0] is overrides and seen[1] == config._Process.version:
+    if seen[0] is overrides and seen[1] == version:
         return seen[2]
     policy = config.get_policy()
     compute = config.compute_dtype(policy)
     found = compute if compute != config.array_dtype(policy) else None
-    _policy_seen = (overrides, config._Process.version, found)
+    _policy_seen = (overrides, version, found)
     return found
 
 
