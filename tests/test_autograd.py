@@ -465,6 +465,39 @@ def test_deep_diamonds_count_each_path_once(xp: Any, dtype: str) -> None:
     np.testing.assert_array_equal(host(x.grad), [1.0])
 
 
+def _tied_branches_grad(xp: Any, dtype: str, scales: list[float], noise: Any) -> bytes:
+    """The gradient of ``sum_i x * scale_i`` with respect to ``x``: every ``x * scale_i`` node
+    has the same generation, so the order in which their gradients are added into ``x.grad``
+    is the engine's tie-break. ``noise(i)`` allocates between the nodes, moving them around
+    in memory."""
+    x = Tensor(xp.asarray([1.0, -1.0, 0.5], dtype=getattr(xp, dtype)), requires_grad=True)
+    keep = []
+    branches = []
+    for i, s in enumerate(scales):
+        keep.append(noise(i))
+        branches.append(x * s)
+    total = branches[0]
+    for b in branches[1:]:
+        total = total + b
+    total.sum().backward()
+    return Tensor(x.grad).numpy().tobytes()
+
+
+def test_backward_is_bitwise_reproducible_under_allocation_noise(xp: Any, dtype: str) -> None:
+    """Ties between nodes of equal generation are broken by creation order, never by memory
+    address: thirty passes with different allocations in between give one gradient."""
+    rng = np.random.default_rng(0)
+    # Magnitudes far apart, so the floating-point sum depends on the order of the terms.
+    scales = [float(v) for v in rng.choice([1e-4, 1e-2, 1.0, 3.0, 1e2, 7e3], size=40)]
+
+    def noise_for(run: int) -> Any:
+        sizes = np.random.default_rng(run).integers(1, 400, size=len(scales))
+        return lambda i: [object() for _ in range(int(sizes[i]))] + [bytearray(int(sizes[i]))]
+
+    results = {_tied_branches_grad(xp, dtype, scales, noise_for(run)) for run in range(30)}
+    assert len(results) == 1
+
+
 # ------------------------------------------------------------------------ custom Functions
 class Cube(Function):
     """The worked example of function.py's docstring."""

@@ -30,6 +30,7 @@ for an input that needs no gradient.
 from __future__ import annotations
 
 import heapq
+import itertools
 import weakref
 from typing import Any
 
@@ -43,6 +44,10 @@ __all__ = ["Function", "run_backward"]
 
 _SCALARS = (int, float, bool)
 _new = object.__new__
+# Creation order of recorded nodes: the backward queue breaks ties between nodes of equal
+# generation by it (never by memory address), so gradients are summed in the same order on
+# every run and backward is bitwise reproducible. next() on a count is atomic under the GIL.
+_next_seq = itertools.count().__next__
 _by_type_get = _by_type.get
 # The engine's one per-op flag: true only while the dtype guard or anomaly detection may be on.
 _switch = config._switch
@@ -53,7 +58,7 @@ Tensor: Any = None
 class Function:
     """Base class of differentiable operations; see the module docs for an example."""
 
-    __slots__ = ("__dict__", "generation", "inputs", "needs_input_grad", "outputs", "xp")
+    __slots__ = ("__dict__", "generation", "inputs", "needs_input_grad", "outputs", "seq", "xp")
 
     #: Whether ``backward`` may return views of, or the very arrays of, the gradients it gets
     #: (or one array for two inputs). The engine then copies a gradient before storing it on
@@ -72,6 +77,8 @@ class Function:
     outputs: tuple[Any, ...]
     needs_input_grad: tuple[bool, ...]
     generation: int
+    #: The node's creation order among recorded nodes (set when it joins the graph).
+    seq: int
 
     def forward(self, *xs: Any) -> Any:
         """Compute the outputs (one array or a tuple of arrays) from raw arrays."""
@@ -123,6 +130,7 @@ class Function:
         if record and _enabled.get():
             self.inputs = tuple(tensors)
             self.generation = generation
+            self.seq = _next_seq()
             generation += 1
             wrap = tensor_type._wrap
             if type(ys) is tuple:
@@ -244,7 +252,9 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
     if creator is None:
         return
     fresh = {root}  # intermediates whose .grad was set during this pass
-    heap: list[tuple[int, int, Function]] = [(-creator.generation, id(creator), creator)]
+    # Highest generation first; among equals, the node created last first (as a stack would),
+    # by creation order: the summation order of gradients never depends on memory addresses.
+    heap: list[tuple[int, int, Function]] = [(-creator.generation, -creator.seq, creator)]
     seen = {creator}
     pop, push = heapq.heappop, heapq.heappush
     while heap:
@@ -282,7 +292,7 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
                     fresh.add(x)
                 if c not in seen:
                     seen.add(c)
-                    push(heap, (-c.generation, id(c), c))
+                    push(heap, (-c.generation, -c.seq, c))
             elif x.grad is not None:  # leaf: accumulate across passes
                 x.grad = x.grad + gx
             elif f.grad_may_alias:
