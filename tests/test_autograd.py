@@ -178,6 +178,73 @@ def test_a_0d_float64_array_is_no_python_scalar(op: str, backend: str) -> None:
         MIXERS[op](t, xp.asarray(2.0, dtype=xp.float64))
 
 
+ZERO_D_OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mul": lambda x, v: x * x,
+    "add": lambda x, v: x + 1.0,
+    "sub": lambda x, v: 1.0 - x,
+    "neg": lambda x, v: -x,
+    "div": lambda x, v: x / x,
+    "pow": lambda x, v: x**2,
+    "rpow": lambda x, v: 2.0**x,
+    "exp": lambda x, v: x.exp(),
+    "log": lambda x, v: x.log(),
+    "sum": lambda x, v: (x**2).sum(),
+    "mean": lambda x, v: x.mean(),
+    "max": lambda x, v: x.max(),
+    "reshape": lambda x, v: x.reshape(()),
+    "cast": lambda x, v: x.astype("float32").astype(x.dtype),
+    "index": lambda x, v: v[1] * x,
+    "vector_sum": lambda x, v: (v * x).sum(),
+    "vector_mean": lambda x, v: (v * x).mean(),
+    "vector_max": lambda x, v: (v * x).max(),
+    "sigmoid": lambda x, v: nb.nn.functional.sigmoid(x),
+    "tanh": lambda x, v: nb.nn.functional.tanh(x),
+    "relu": lambda x, v: nb.nn.functional.relu(x),
+    "mse": lambda x, v: nb.nn.functional.mse_loss(v * x, v),
+}
+
+
+@pytest.mark.parametrize("op", sorted(ZERO_D_OPS))
+def test_0d_results_and_gradients_are_arrays_of_the_backend(
+    op: str, xp: Any, dtype: str, backend: str
+) -> None:
+    """NumPy turns 0-d arithmetic into numpy.float64 scalars; every op and every gradient
+    must stay an array of the backend (the Array API's rule), so a 0-d leaf's .grad can be
+    written in place."""
+    x = Tensor(xp.asarray(0.75), requires_grad=True)
+    v = Tensor(xp.asarray([0.5, 2.0, 1.5]))
+    array_type = type(x.data)
+    y = ZERO_D_OPS[op](x, v)
+    assert type(y.data) is array_type and tuple(y.data.shape) == ()
+    y.backward()
+    y.backward()  # accumulating into the leaf keeps an array too
+    assert type(x.grad) is array_type and tuple(x.grad.shape) == ()
+    assert str(x.grad.dtype).endswith(dtype)
+    if nb.registry.get(backend).capabilities.inplace:
+        x.grad[...] = 0.0  # in place: impossible on a numpy.float64
+        assert float(x.grad) == 0.0
+    for compared in (x == 0.75, x < 1.0, x >= v[0]):
+        assert type(compared.data) is array_type
+
+
+def test_0d_parameters_stay_arrays_through_an_optimizer_step(xp: Any, dtype: str) -> None:
+    p = nb.nn.Parameter(xp.asarray(2.0))
+    array_type = type(p.data)
+    opt = nb.optim.Adam([p], lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        (p * p).backward()
+        opt.step()
+        assert type(p.data) is array_type and type(p.grad) is array_type
+
+
+def test_a_numpy_scalar_becomes_a_0d_array() -> None:
+    t = Tensor(np.float32(1.5), requires_grad=True)
+    assert type(t.data) is np.ndarray and t.data.dtype == np.float32
+    t.backward(np.float32(2.0))
+    assert type(t.grad) is np.ndarray and t.grad.dtype == np.float32
+
+
 # ------------------------------------------------------------------------------- backward
 def test_backward_on_a_non_scalar_without_grad_says_what_to_do(xp: Any, dtype: str) -> None:
     y = leaf(xp, dtype, (2, 3)) * 2.0

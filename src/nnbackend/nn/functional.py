@@ -24,7 +24,7 @@ from typing import Any
 
 from nnbackend import config
 from nnbackend.autograd import ops
-from nnbackend.autograd.function import Function
+from nnbackend.autograd.function import Function, as_array
 from nnbackend.autograd.kernels import _cache as _kernels_cache
 from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
@@ -365,7 +365,9 @@ class LeakyReLU(Function):
                 return k.keep(self.mask, x)
             wide = k.widen(x)
             return k.narrow(self.xp.where(self.mask, wide, wide * self.slope))
-        self.mask = x > 0
+        mask = self.mask = x > 0
+        if type(mask) is not type(x):  # a numpy.bool for a 0-d x: an array, for backward
+            self.mask = as_array(self.xp, mask)
         slope = self.slope
         if 0.0 <= slope <= 1.0:
             # maximum, not where: NumPy's where runs a branchy loop, 0.95 ms for 256x1024
