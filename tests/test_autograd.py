@@ -245,6 +245,19 @@ def test_a_numpy_scalar_becomes_a_0d_array() -> None:
     assert type(t.grad) is np.ndarray and t.grad.dtype == np.float32
 
 
+@pytest.mark.parametrize("values", [[1, 2, 3], [True, False], 4])
+def test_only_floating_tensors_can_require_a_gradient(values: Any, backend: str) -> None:
+    """An integer leaf's float gradient used to be truncated to 0 silently."""
+    with nb.using(backend=backend):
+        data = nb.namespace().asarray(values)
+        with pytest.raises(DtypeError, match="only floating-point tensors can require"):
+            Tensor(data, requires_grad=True)
+        with pytest.raises(DtypeError, match="only floating-point tensors can require"):
+            Tensor(values, requires_grad=True)
+        assert not Tensor(data).requires_grad  # as a constant it is fine
+        assert Tensor(nb.namespace().asarray(1.5), requires_grad=True).requires_grad
+
+
 # ------------------------------------------------------------------------------- backward
 def test_backward_on_a_non_scalar_without_grad_says_what_to_do(xp: Any, dtype: str) -> None:
     y = leaf(xp, dtype, (2, 3)) * 2.0

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import nnbackend as nb
 from nnbackend import nn, registry
-from nnbackend.errors import CheckpointError, DtypeError, ShapeError
+from nnbackend.autograd.kernels import kernels
+from nnbackend.errors import ArgumentError, CheckpointError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 
 
@@ -413,6 +414,51 @@ def test_embedding_rejects_float_indices(xp: Any) -> None:
     emb = nn.Embedding(5, 2)
     with pytest.raises(DtypeError, match="integers"):
         emb(xp.asarray([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 7, -5])
+def test_embedding_indices_out_of_range_are_refused(xp: Any, backend: str, bad: int) -> None:
+    """-1 used to wrap around to the last row, and 5 to fail inside the library."""
+    emb = nn.Embedding(5, 2)
+    idx = on(backend, np.array([[0, 3], [bad, 4]], dtype=np.int64))
+    with pytest.raises(ArgumentError, match=rf"\[0, 5\).*\[{bad}\]"):
+        emb(idx)
+    with pytest.raises(ArgumentError, match=r"\[0, 5\)"):
+        nn.functional.embedding(idx, emb.weight)
+    emb(on(backend, np.array([0, 4], dtype=np.int64)))  # the bounds themselves are fine
+
+
+def test_embedding_indices_out_of_range_on_a_device_give_nan_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where reading the indices back would synchronise a device, bad indices give NaN rows
+    (so the loss is NaN) instead of another row's values; good rows are untouched."""
+    emb = nn.Embedding(5, 2)
+    idx = np.array([1, -1, 5, 4], dtype=np.int64)
+    k = kernels(nb.namespace().__wrapped__, idx)
+    monkeypatch.setattr(k, "on_host", lambda array: False)
+    y = to_host(emb(idx))
+    w = to_host(emb.weight)
+    np.testing.assert_array_equal(y[[0, 3]], w[[1, 4]])
+    assert np.isnan(y[[1, 2]]).all()
+
+
+@pytest.mark.parametrize("bad", [2.5, 0, -1, True, "3", None, 3.0])
+def test_layer_sizes_must_be_integers_of_at_least_one(bad: Any) -> None:
+    for make, what in [
+        (lambda: nn.Linear(bad, 3), "in_features"),
+        (lambda: nn.Linear(3, bad), "out_features"),
+        (lambda: nn.Embedding(bad, 3), "num_embeddings"),
+        (lambda: nn.Embedding(3, bad), "embedding_dim"),
+    ]:
+        with pytest.raises(ArgumentError, match=f"{what} must be an integer >= 1"):
+            make()
+
+
+def test_layer_sizes_take_any_integral_type() -> None:
+    layer = nn.Linear(np.int64(2), np.int32(3))
+    assert layer.weight.shape == (2, 3) and type(layer.in_features) is int
+    assert nn.Embedding(np.int64(4), 2).weight.shape == (4, 2)
 
 
 def test_embedding_init_is_standard_normal() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from nnbackend.autograd import function as _function
 from nnbackend.autograd.kernels import kernels
 from nnbackend.backends import host
-from nnbackend.errors import GradientError
+from nnbackend.errors import DtypeError, GradientError
 from nnbackend.namespace import backend_for, namespace
 
 __all__ = ["Tensor", "as_tensor"]
@@ -63,11 +63,18 @@ class Tensor:
             xp = backend_for(data)[0]
             if getattr(data, "shape", None) == ():
                 data = _function.as_array(xp, data)
+        requires_grad = bool(requires_grad)
+        if requires_grad and not _is_real_floating(data):
+            raise DtypeError(
+                f"only floating-point tensors can require a gradient, got dtype {data.dtype}; "
+                "a gradient of integers would be truncated to 0. Cast first, e.g. "
+                "Tensor(xp.astype(x, xp.float32), requires_grad=True)"
+            )
         self.data = data
         self.grad = None
         self.creator = None
         self.generation = 0
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self.name = name
         self._retain = False
 
@@ -333,6 +340,10 @@ class Tensor:
         dtype object), in the graph: the gradient is converted back to this tensor's dtype.
         Always a new array."""
         return _ops.cast(self, dtype)
+
+
+def _is_real_floating(data: Any) -> bool:
+    return bool(backend_for(data)[0].isdtype(data.dtype, "real floating"))
 
 
 def _raw(x: Any) -> Any:

@@ -686,12 +686,41 @@ def dropout(x: Any, p: float, training: bool = True, generator: Any = None) -> T
     return Dropout(mask)(x)
 
 
+def _bad_indices(xp: Any, indices: Any, n: int) -> Any:
+    """Check embedding ``indices`` against ``[0, n)``: raise ArgumentError where they live on
+    the host (reading two numbers is free there); on a device, where reading would
+    synchronise, return the mask of bad ones (None when all are surely good)."""
+    if _size(indices) == 0:
+        return None
+    k = _kernels_cache.get(xp) or kernels(xp, indices)
+    if not k.on_host(indices):
+        return (indices < 0) | (indices >= n)
+    low, high = int(xp.min(indices)), int(xp.max(indices))
+    if low < 0 or high >= n:
+        found = host.numpy().asarray(backend_for(indices)[1].to_host(indices))
+        wrong = found[(found < 0) | (found >= n)]
+        raise ArgumentError(
+            f"embedding indices must lie in [0, {n}) for a weight of {n} rows; found "
+            f"{wrong[:5].tolist()}{' ...' if wrong.size > 5 else ''} (a negative index does not "
+            "count from the end)"
+        )
+    return None
+
+
 class Embedding(Function):
     grad_may_alias = False
 
     def forward(self, w: Any, indices: Any) -> Any:
+        xp = self.xp
+        n = int(w.shape[0])
+        bad = _bad_indices(xp, indices, n)
+        if bad is not None:  # on a device: read rows of valid indices, NaN for the others
+            indices = xp.where(bad, xp.zeros_like(indices), indices)
         self.indices, self.shape, self.dtype = indices, tuple(w.shape), w.dtype
-        return take_rows(self.xp, w, indices)
+        rows = take_rows(xp, w, indices)
+        if bad is not None:
+            rows = xp.where(xp.reshape(bad, (*bad.shape, 1)), float("nan"), rows)
+        return rows
 
     def backward(self, gy: Any) -> tuple[Any, None]:
         gw = self.xp.zeros(self.shape, dtype=self.dtype)
