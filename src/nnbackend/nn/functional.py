@@ -290,7 +290,10 @@ def _sigmoid_arrays(xp: Any, x: Any) -> Any:
     ``where``: NumPy's ``where`` runs a branchy loop, ten times slower on random signs."""
     k = _kernels_cache.get(xp) or kernels(xp, x)
     e = xp.exp(-xp.abs(x))
-    return xp.maximum(e, k.astype(x >= 0, x.dtype)) / (1.0 + e)
+    upper = x >= 0
+    if type(upper) is not type(x):  # a numpy.bool for a 0-d x
+        upper = as_array(xp, upper)
+    return xp.maximum(e, k.astype(upper, x.dtype)) / (1.0 + e)
 
 
 class Sigmoid(Function):
