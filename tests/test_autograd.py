@@ -178,6 +178,86 @@ def test_a_0d_float64_array_is_no_python_scalar(op: str, backend: str) -> None:
         MIXERS[op](t, xp.asarray(2.0, dtype=xp.float64))
 
 
+ZERO_D_OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mul": lambda x, v: x * x,
+    "add": lambda x, v: x + 1.0,
+    "sub": lambda x, v: 1.0 - x,
+    "neg": lambda x, v: -x,
+    "div": lambda x, v: x / x,
+    "pow": lambda x, v: x**2,
+    "rpow": lambda x, v: 2.0**x,
+    "exp": lambda x, v: x.exp(),
+    "log": lambda x, v: x.log(),
+    "sum": lambda x, v: (x**2).sum(),
+    "mean": lambda x, v: x.mean(),
+    "max": lambda x, v: x.max(),
+    "reshape": lambda x, v: x.reshape(()),
+    "cast": lambda x, v: x.astype("float32").astype(x.dtype),
+    "index": lambda x, v: v[1] * x,
+    "vector_sum": lambda x, v: (v * x).sum(),
+    "vector_mean": lambda x, v: (v * x).mean(),
+    "vector_max": lambda x, v: (v * x).max(),
+    "sigmoid": lambda x, v: nb.nn.functional.sigmoid(x),
+    "tanh": lambda x, v: nb.nn.functional.tanh(x),
+    "relu": lambda x, v: nb.nn.functional.relu(x),
+    "mse": lambda x, v: nb.nn.functional.mse_loss(v * x, v),
+}
+
+
+@pytest.mark.parametrize("op", sorted(ZERO_D_OPS))
+def test_0d_results_and_gradients_are_arrays_of_the_backend(
+    op: str, xp: Any, dtype: str, backend: str
+) -> None:
+    """NumPy turns 0-d arithmetic into numpy.float64 scalars; every op and every gradient
+    must stay an array of the backend (the Array API's rule), so a 0-d leaf's .grad can be
+    written in place."""
+    x = Tensor(xp.asarray(0.75), requires_grad=True)
+    v = Tensor(xp.asarray([0.5, 2.0, 1.5]))
+    array_type = type(x.data)
+    y = ZERO_D_OPS[op](x, v)
+    assert type(y.data) is array_type and tuple(y.data.shape) == ()
+    y.backward()
+    y.backward()  # accumulating into the leaf keeps an array too
+    assert type(x.grad) is array_type and tuple(x.grad.shape) == ()
+    assert str(x.grad.dtype).endswith(dtype)
+    if nb.registry.get(backend).capabilities.inplace:
+        x.grad[...] = 0.0  # in place: impossible on a numpy.float64
+        assert float(x.grad) == 0.0
+    for compared in (x == 0.75, x < 1.0, x >= v[0]):
+        assert type(compared.data) is array_type
+
+
+def test_0d_parameters_stay_arrays_through_an_optimizer_step(xp: Any, dtype: str) -> None:
+    p = nb.nn.Parameter(xp.asarray(2.0))
+    array_type = type(p.data)
+    opt = nb.optim.Adam([p], lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        (p * p).backward()
+        opt.step()
+        assert type(p.data) is array_type and type(p.grad) is array_type
+
+
+def test_a_numpy_scalar_becomes_a_0d_array() -> None:
+    t = Tensor(np.float32(1.5), requires_grad=True)
+    assert type(t.data) is np.ndarray and t.data.dtype == np.float32
+    t.backward(np.float32(2.0))
+    assert type(t.grad) is np.ndarray and t.grad.dtype == np.float32
+
+
+@pytest.mark.parametrize("values", [[1, 2, 3], [True, False], 4])
+def test_only_floating_tensors_can_require_a_gradient(values: Any, backend: str) -> None:
+    """An integer leaf's float gradient used to be truncated to 0 silently."""
+    with nb.using(backend=backend):
+        data = nb.namespace().asarray(values)
+        with pytest.raises(DtypeError, match="only floating-point tensors can require"):
+            Tensor(data, requires_grad=True)
+        with pytest.raises(DtypeError, match="only floating-point tensors can require"):
+            Tensor(values, requires_grad=True)
+        assert not Tensor(data).requires_grad  # as a constant it is fine
+        assert Tensor(nb.namespace().asarray(1.5), requires_grad=True).requires_grad
+
+
 # ------------------------------------------------------------------------------- backward
 def test_backward_on_a_non_scalar_without_grad_says_what_to_do(xp: Any, dtype: str) -> None:
     y = leaf(xp, dtype, (2, 3)) * 2.0
@@ -463,6 +543,39 @@ def test_deep_diamonds_count_each_path_once(xp: Any, dtype: str) -> None:
     y.backward()
     assert sorted(calls) == sorted(f"{k}{i}" for i in range(depth) for k in ("add", "l", "r"))
     np.testing.assert_array_equal(host(x.grad), [1.0])
+
+
+def _tied_branches_grad(xp: Any, dtype: str, scales: list[float], noise: Any) -> bytes:
+    """The gradient of ``sum_i x * scale_i`` with respect to ``x``: every ``x * scale_i`` node
+    has the same generation, so the order in which their gradients are added into ``x.grad``
+    is the engine's tie-break. ``noise(i)`` allocates between the nodes, moving them around
+    in memory."""
+    x = Tensor(xp.asarray([1.0, -1.0, 0.5], dtype=getattr(xp, dtype)), requires_grad=True)
+    keep = []
+    branches = []
+    for i, s in enumerate(scales):
+        keep.append(noise(i))
+        branches.append(x * s)
+    total = branches[0]
+    for b in branches[1:]:
+        total = total + b
+    total.sum().backward()
+    return Tensor(x.grad).numpy().tobytes()
+
+
+def test_backward_is_bitwise_reproducible_under_allocation_noise(xp: Any, dtype: str) -> None:
+    """Ties between nodes of equal generation are broken by creation order, never by memory
+    address: thirty passes with different allocations in between give one gradient."""
+    rng = np.random.default_rng(0)
+    # Magnitudes far apart, so the floating-point sum depends on the order of the terms.
+    scales = [float(v) for v in rng.choice([1e-4, 1e-2, 1.0, 3.0, 1e2, 7e3], size=40)]
+
+    def noise_for(run: int) -> Any:
+        sizes = np.random.default_rng(run).integers(1, 400, size=len(scales))
+        return lambda i: [object() for _ in range(int(sizes[i]))] + [bytearray(int(sizes[i]))]
+
+    results = {_tied_branches_grad(xp, dtype, scales, noise_for(run)) for run in range(30)}
+    assert len(results) == 1
 
 
 # ------------------------------------------------------------------------ custom Functions

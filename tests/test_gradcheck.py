@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import nnbackend as nb
 from nnbackend.autograd import Function, Tensor
 from nnbackend.autograd.gradcheck import default_tolerance
-from nnbackend.errors import GradientError
+from nnbackend.errors import ArgumentError, GradientError
 
 NUMBER = r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
 
@@ -166,3 +166,60 @@ def test_eps_is_honoured(backend: str) -> None:
     # A huge step makes the central difference of x^3 wrong by eps^2 (f''' / 6 * eps^2 * 2).
     with pytest.raises(GradientError):
         nb.gradcheck(lambda t: Cube()(t), x, eps=0.5)
+
+
+class CubeWithNaNBackward(Cube):
+    def backward(self, gy: Any) -> Any:
+        return 3.0 * self.x**2 * gy * float("nan")
+
+
+class CubeUndefinedOffItsPoint(Function):
+    """``x**3``, but element 0 is NaN anywhere except at exactly 0.5 (so its central
+    difference is NaN); backward is 1000x too big at element 1."""
+
+    def forward(self, x: Any) -> Any:
+        self.x = x
+        xp = self.xp
+        first = xp.arange(x.shape[0]) == 0
+        return xp.where(first & (x != 0.5), float("nan"), x**3)
+
+    def backward(self, gy: Any) -> Any:
+        xp = self.xp
+        second = xp.astype(xp.arange(self.x.shape[0]) == 1, self.x.dtype)
+        return 3.0 * self.x**2 * gy * (1.0 + 999.0 * second)
+
+
+def test_a_nan_backward_never_passes(xp: Any, dtype: str) -> None:
+    x = arr(xp, dtype, [0.5, -1.0, 2.0])
+    with pytest.raises(GradientError, match="non-finite") as info:
+        nb.gradcheck(lambda t: CubeWithNaNBackward()(t), x)
+    assert "nan" in str(info.value)
+
+
+def test_a_nan_in_the_numeric_gradient_hides_no_error(xp: Any, dtype: str) -> None:
+    x = arr(xp, dtype, [0.5, -1.0, 2.0])
+    with pytest.raises(GradientError, match="input 0"):
+        nb.gradcheck(lambda t: CubeUndefinedOffItsPoint()(t), x)
+
+
+@pytest.mark.parametrize("eps", [0, 0.0, -1e-6, float("nan"), float("inf"), "tiny"])
+def test_a_step_that_is_no_step_is_an_argument_error(eps: Any, backend: str) -> None:
+    x = arr(nb.namespace(backend, "float64"), "float64", [0.5, -1.0])
+    with pytest.raises(ArgumentError, match="eps must be a finite number > 0"):
+        nb.gradcheck(lambda t: Cube()(t), x, eps=eps)
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+def test_a_negative_or_nan_tolerance_is_an_argument_error(name: str, backend: str) -> None:
+    x = arr(nb.namespace(backend, "float64"), "float64", [0.5, -1.0])
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ArgumentError, match=name):
+            nb.gradcheck(lambda t: Cube()(t), x, **{name: bad})
+
+
+def test_a_function_that_returns_no_tensor_is_a_gradient_error(xp: Any, dtype: str) -> None:
+    x = arr(xp, dtype, [0.5, -1.0])
+    with pytest.raises(GradientError, match="not a Tensor"):
+        nb.gradcheck(lambda t: t.data * 2.0, x)
+    with pytest.raises(GradientError, match="not a Tensor"):
+        nb.gradcheck(lambda t: float((t * t).sum().item()), x)

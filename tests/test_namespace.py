@@ -21,6 +21,7 @@ from nnbackend import registry
 from nnbackend.errors import BackendMismatchError, DtypeError, NNBackendError
 
 CREATION = ("asarray", "zeros", "ones", "empty", "full", "arange", "linspace", "eye")
+FFT_CREATION = ("fftfreq", "rfftfreq")
 BASE_MODULES = {
     "numpy": "array_api_compat.numpy",
     "torch": "array_api_compat.torch",
@@ -231,6 +232,53 @@ def test_creation_on_explicit_device(xp: Any, backend: str) -> None:
     assert x.device == device
 
 
+@pytest.mark.parametrize("name", FFT_CREATION)
+@given(n=st.integers(1, 12), d=st.sampled_from([1.0, 0.5, 2.0]))
+def test_fft_frequencies_use_the_active_default_float(
+    backend: str, dtype: str, name: str, n: int, d: float
+) -> None:
+    """The standard says fftfreq and rfftfreq return the default real floating dtype: the
+    array-api-tests suite failed exactly these two with a float32 default."""
+    base = base_namespace(backend)
+    with nb.using(backend=backend, dtype=dtype):
+        xp = nb.namespace()
+        out = getattr(xp.fft, name)(n, d=d)
+        explicit = getattr(xp.fft, name)(n, d=d, dtype=xp.float32)
+    assert out.dtype == getattr(xp, dtype)
+    assert explicit.dtype == xp.float32
+    assert out.dtype == xp.__array_namespace_info__().default_dtypes()["real floating"]
+    reference = getattr(base.fft, name)(n, d=d, dtype=base.float64)
+    np.testing.assert_allclose(
+        to_host(backend, out).astype(np.float64),
+        to_host(backend, reference),
+        rtol=2 * float(np.finfo(dtype).eps),
+    )
+
+
+def test_fft_frequencies_land_on_the_using_device() -> None:
+    with nb.using(backend="array_api_strict", device="device1", dtype="float32"):
+        xp = nb.namespace()
+        assert str(xp.fft.fftfreq(4).device) == str(xp.zeros(1).device)
+        assert "device1" in str(xp.fft.rfftfreq(4).device)
+
+
+@pytest.mark.parametrize("device", ["no_float64", "no_x64"])
+def test_a_default_dtype_the_device_cannot_hold_is_a_dtype_error(device: str) -> None:
+    """array_api_strict's no_float64 device with the float64 default: a DtypeError naming
+    the device, the dtype and what it holds, never the library's raw ValueError."""
+    with nb.using(backend="array_api_strict", device=device):
+        for make in (nb.namespace, lambda: nb.Tensor([1.0]), lambda: nb.nn.Linear(2, 3)):
+            with pytest.raises(DtypeError) as excinfo:
+                make()
+            message = str(excinfo.value)
+            assert device in message and "float64" in message and "float32" in message
+        with nb.using(dtype="float32"):  # what the message suggests works
+            xp = nb.namespace()
+            x = xp.asarray([1.0, 2.0])
+            assert x.dtype == xp.float32 and device in str(x.device)
+            assert nb.nn.Linear(2, 3).weight.dtype == xp.float32
+
+
 # ---------------------------------------------------------------------------------- identity
 def test_non_creation_names_are_the_backends_own_objects(backend: str, dtype: str) -> None:
     xp = nb.namespace(backend, dtype)
@@ -241,6 +289,15 @@ def test_non_creation_names_are_the_backends_own_objects(backend: str, dtype: st
         if name in CREATION:
             assert getattr(xp, name) is not getattr(base, name)
             assert getattr(xp, name).__wrapped__ is getattr(base, name)
+        elif name == "fft":  # a copy whose two creation functions default the dtype
+            for inner in vars(base.fft):
+                if inner.startswith("_"):
+                    continue
+                ours, theirs = getattr(xp.fft, inner), getattr(base.fft, inner)
+                if inner in FFT_CREATION:
+                    assert ours.__wrapped__ is theirs
+                else:
+                    assert ours is theirs, f"fft.{inner}"
         else:
             assert getattr(xp, name) is getattr(base, name), name
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import nnbackend as nb
 from nnbackend import nn, registry
-from nnbackend.errors import CheckpointError, DtypeError, ShapeError
+from nnbackend.autograd.kernels import kernels
+from nnbackend.errors import ArgumentError, CheckpointError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 
 
@@ -415,6 +416,51 @@ def test_embedding_rejects_float_indices(xp: Any) -> None:
         emb(xp.asarray([1.0, 2.0]))
 
 
+@pytest.mark.parametrize("bad", [-1, 5, 7, -5])
+def test_embedding_indices_out_of_range_are_refused(xp: Any, backend: str, bad: int) -> None:
+    """-1 used to wrap around to the last row, and 5 to fail inside the library."""
+    emb = nn.Embedding(5, 2)
+    idx = on(backend, np.array([[0, 3], [bad, 4]], dtype=np.int64))
+    with pytest.raises(ArgumentError, match=rf"\[0, 5\).*\[{bad}\]"):
+        emb(idx)
+    with pytest.raises(ArgumentError, match=r"\[0, 5\)"):
+        nn.functional.embedding(idx, emb.weight)
+    emb(on(backend, np.array([0, 4], dtype=np.int64)))  # the bounds themselves are fine
+
+
+def test_embedding_indices_out_of_range_on_a_device_give_nan_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where reading the indices back would synchronise a device, bad indices give NaN rows
+    (so the loss is NaN) instead of another row's values; good rows are untouched."""
+    emb = nn.Embedding(5, 2)
+    idx = np.array([1, -1, 5, 4], dtype=np.int64)
+    k = kernels(nb.namespace().__wrapped__, idx)
+    monkeypatch.setattr(k, "on_host", lambda array: False)
+    y = to_host(emb(idx))
+    w = to_host(emb.weight)
+    np.testing.assert_array_equal(y[[0, 3]], w[[1, 4]])
+    assert np.isnan(y[[1, 2]]).all()
+
+
+@pytest.mark.parametrize("bad", [2.5, 0, -1, True, "3", None, 3.0])
+def test_layer_sizes_must_be_integers_of_at_least_one(bad: Any) -> None:
+    for make, what in [
+        (lambda: nn.Linear(bad, 3), "in_features"),
+        (lambda: nn.Linear(3, bad), "out_features"),
+        (lambda: nn.Embedding(bad, 3), "num_embeddings"),
+        (lambda: nn.Embedding(3, bad), "embedding_dim"),
+    ]:
+        with pytest.raises(ArgumentError, match=f"{what} must be an integer >= 1"):
+            make()
+
+
+def test_layer_sizes_take_any_integral_type() -> None:
+    layer = nn.Linear(np.int64(2), np.int32(3))
+    assert layer.weight.shape == (2, 3) and type(layer.in_features) is int
+    assert nn.Embedding(np.int64(4), 2).weight.shape == (4, 2)
+
+
 def test_embedding_init_is_standard_normal() -> None:
     nb.random.seed(0)
     w = to_host(nn.Embedding(1000, 50).weight)
@@ -473,6 +519,41 @@ def test_sigmoid_cross_entropy_large_logits(backend: str) -> None:
     assert loss.item() == pytest.approx((1e4 + 0.0 + math.log(2)) / 3)
     loss.backward()
     np.testing.assert_allclose(to_host(logits.grad), np.array([1.0, 0.0, -0.5]) / 3)
+
+
+@pytest.mark.parametrize("size", [801, 4001], ids=["small", "wide"])  # wide: float16 in float32
+def test_sigmoid_keeps_relative_precision_over_minus_80_to_80(
+    xp: Any, backend: str, dtype: str, size: int
+) -> None:
+    """Relative error against an extended-precision reference, for negative inputs too (the
+    tanh form lost it: 2.6% at x = -15 in float32, 0 below x = -17), and no overflow in
+    float16. Where the true value is below the dtype's smallest normal number, the error
+    bound is the subnormal spacing."""
+    x = np.linspace(-80.0, 80.0, size).astype(dtype)
+    with np.errstate(over="raise", invalid="raise"):  # a NumPy overflow in float16 fails
+        y = to_host(nn.functional.sigmoid(nb.Tensor(on(backend, x)))).astype(np.longdouble)
+    ref = 1.0 / (1.0 + np.exp(-x.astype(np.longdouble)))
+    info = np.finfo(dtype)
+    bound = 4 * float(info.eps) * ref + float(info.smallest_normal) * float(info.eps)
+    error = np.abs(y - ref)
+    worst = int(np.argmax(error / bound))
+    assert np.all(error <= bound), (
+        f"sigmoid({float(x[worst])}) = {float(y[worst])!r}, expected {float(ref[worst])!r}"
+    )
+    assert np.all(np.isfinite(y))
+
+
+def test_sigmoid_gradient_at_large_negative_inputs(xp: Any, backend: str, dtype: str) -> None:
+    """d sigmoid / dx = sigmoid(x) (1 - sigmoid(x)) keeps its relative precision where the
+    tanh form gave 0 or a wrong value."""
+    x = np.array([-60.0, -15.0, -9.0, -3.0, 0.0], dtype=dtype)
+    t = nb.Tensor(on(backend, x), requires_grad=True)
+    nn.functional.sigmoid(t).sum().backward()
+    s = 1.0 / (1.0 + np.exp(-x.astype(np.longdouble)))
+    ref = s * (1.0 - s)
+    info = np.finfo(dtype)
+    bound = 8 * float(info.eps) * ref + float(info.smallest_normal) * float(info.eps)
+    assert np.all(np.abs(to_host(t.grad).astype(np.longdouble) - ref) <= bound)
 
 
 def test_mse_loss(xp: Any, dtype: str) -> None:

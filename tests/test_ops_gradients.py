@@ -313,6 +313,28 @@ def test_basic_indexing(xp: Any, dtype: str, data: st.DataObject) -> None:
     x = draw_array(data, xp, dtype, shape)
     check(lambda t: t[key], x)
     check(lambda t: t[key[0], ...], x)
+    # New axes (None) anywhere in the key: the backward stays standard-only (setitem takes
+    # no None), so it runs on array_api_strict too.
+    where = data.draw(st.integers(0, len(key)))
+    check(lambda t: t[(*key[:where], None, *key[where:])], x)
+    check(lambda t: t[..., None], x)
+    check(lambda t: t[None, key[0], ...], x)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [(Ellipsis, None), (None,), (0, None), (slice(None, None, 2), None, 1), (None, ..., 1)],
+    ids=["ellipsis-none", "none", "int-none", "slice-none-int", "none-ellipsis-int"],
+)
+def test_indexing_with_new_axes_has_the_exact_gradient(xp: Any, dtype: str, key: Any) -> None:
+    values = np.arange(6.0).reshape(2, 3)
+    x = nb.Tensor(to_xp(xp, dtype, values), requires_grad=True)
+    if len([k for k in key if k is not None]) < 2 and ... not in key:
+        key = (*key, ...)  # the standard needs every axis named, or an ellipsis
+    (x[key] * x[key]).sum().backward()
+    expected = np.zeros_like(values)
+    expected[tuple(k for k in key if k is not None)] = 1
+    np.testing.assert_array_equal(nb.Tensor(x.grad).numpy(), 2 * values * expected)
 
 
 @per_op

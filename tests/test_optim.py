@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 import nnbackend as nb
 from nnbackend import nn, optim, registry
-from nnbackend.errors import CheckpointError
+from nnbackend.errors import ArgumentError, CheckpointError
 from nnbackend.namespace import backend_for
 
 
@@ -212,6 +212,28 @@ def test_bad_arguments() -> None:
         optim.Momentum([p], momentum=1.0)
     with pytest.raises(TypeError, match="Parameters"):
         optim.SGD([np.array([1.0])])
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("bad", [math.nan, -0.1, math.inf, "0.1", None, True])
+def test_a_bad_lr_set_after_construction_refuses_the_next_step(
+    name: str, bad: Any, backend: str
+) -> None:
+    p = nn.Parameter(on(backend, np.array([1.0, -2.0])))
+    opt = make(name, [p])
+    p.grad = on(backend, np.array([0.5, 0.5]))
+    opt.step()
+    before = to_host(p).copy()
+    steps, state = opt.steps, [dict(st) for st in opt.state]
+    opt.lr = bad
+    with pytest.raises(ArgumentError, match=r"lr must be a finite number >= 0 at step\(\)"):
+        opt.step()
+    np.testing.assert_array_equal(to_host(p), before)  # nothing was updated
+    assert opt.steps == steps and [dict(st) for st in opt.state] == state
+    opt.lr = 0.05  # a valid rate again: the next step runs
+    opt.step()
+    assert opt.steps == steps + 1
+    assert not np.array_equal(to_host(p), before)
 
 
 def test_step_reads_nothing_back_to_the_host(no_host_reads: Any) -> None:

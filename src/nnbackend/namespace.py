@@ -148,6 +148,58 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     return made
 
 
+def _fft_module(base_fft: Any, default: Any, device: Any) -> ModuleType:
+    """A copy of the backend's ``fft`` namespace whose ``fftfreq`` and ``rfftfreq`` return
+    nnbackend's default floating dtype (and the ``using`` block's device) where the caller
+    leaves them out: the standard says they return the default real floating dtype, which
+    the backend would otherwise take as its own (float64 on NumPy)."""
+    fft = ModuleType(getattr(base_fft, "__name__", "fft"))
+    for name, value in vars(base_fft).items():
+        if not name.startswith("__") or name in _KEPT_DUNDERS:
+            fft.__dict__[name] = value
+    b_fftfreq, b_rfftfreq = base_fft.fftfreq, base_fft.rfftfreq
+
+    def fftfreq(
+        n: int, /, *, d: float = 1.0, dtype: Any = None, device: Any = device, **kwargs: Any
+    ) -> Any:
+        dtype = default if dtype is None else dtype
+        return b_fftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
+
+    def rfftfreq(
+        n: int, /, *, d: float = 1.0, dtype: Any = None, device: Any = device, **kwargs: Any
+    ) -> Any:
+        dtype = default if dtype is None else dtype
+        return b_rfftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
+
+    for wrapper, original in ((fftfreq, b_fftfreq), (rfftfreq, b_rfftfreq)):
+        wrapper.__doc__ = (
+            f"{original.__name__} of the backend's fft namespace, returning nnbackend's default "
+            f"float dtype unless ``dtype`` is given.\n\n{original.__doc__ or ''}"
+        )
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        fft.__dict__[wrapper.__name__] = wrapper
+    return fft
+
+
+def _check_device_dtype(backend: str, dtype: str, device: str, info: Any, device_obj: Any) -> None:
+    """Raise DtypeError when the ``using(device=...)`` device cannot hold the default float
+    dtype (array_api_strict's ``no_float64`` device and float64), instead of the library's
+    ValueError at the first array."""
+    try:
+        held = info.dtypes(device=device_obj, kind="real floating")
+    except Exception:  # a namespace without per-device dtype facts: nothing to check
+        return
+    if dtype in held:
+        return
+    names = [name for name in config.DTYPES if name in held]
+    raise DtypeError(
+        f"device {device!r} of backend {backend!r} cannot hold {dtype}, the active default "
+        f"float dtype; it holds {', '.join(names) or 'no floating dtype nnbackend uses'}. "
+        f"Choose one of those, e.g. nnbackend.using(device={device!r}, dtype="
+        f"{(names or ['float32'])[0]!r}) or nnbackend.set_default_dtype(...)"
+    )
+
+
 class NamespaceInfo:
     """``__array_namespace_info__()`` of an nnbackend namespace: the backend's own inspection
     object, with ``default_dtypes()`` reporting nnbackend's default floating dtype."""
@@ -175,6 +227,9 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
     base = record.load_namespace()
     default = getattr(base, dtype)
     device_object = record.device(device) if device is not None else None
+    base_info = base.__array_namespace_info__()
+    if device_object is not None:
+        _check_device_dtype(backend, dtype, device, base_info, device_object)
     ns = ModuleType(f"nnbackend.namespace.{backend}")
     ns.__doc__ = (
         f"The Array API namespace of backend {backend!r} with default float dtype {dtype}"
@@ -185,7 +240,9 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
         if not name.startswith("__") or name in _KEPT_DUNDERS:
             ns.__dict__[name] = value
     ns.__dict__.update(_creation_functions(base, default, device_object))
-    info = NamespaceInfo(base.__array_namespace_info__(), default)
+    if hasattr(base, "fft"):
+        ns.fft = _fft_module(base.fft, default, device_object)  # type: ignore[attr-defined]
+    info = NamespaceInfo(base_info, default)
     ns.__array_namespace_info__ = lambda: info  # type: ignore[attr-defined]
     ns.__nnbackend__ = (backend, dtype, device)  # type: ignore[attr-defined]
     ns.__wrapped__ = base  # type: ignore[attr-defined]

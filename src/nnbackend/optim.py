@@ -26,6 +26,7 @@ equals PyTorch's ``SGD(momentum=...)`` for a constant learning rate.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -97,6 +98,22 @@ def _loaded_hyperparameter(key: str, value: Any) -> float:
     return value
 
 
+def _checked_lr(opt: Any) -> float:
+    """``opt.lr`` as a float, or an ArgumentError before anything is updated: ``lr`` may be
+    changed between steps, and NaN, infinite or negative rates would corrupt every weight."""
+    lr = opt.lr
+    if type(lr) is float and 0.0 <= lr < math.inf:  # the usual case: one comparison
+        return lr
+    # A real number (int, float, numpy.float32, ...); never a bool or a string.
+    value = float(lr) if isinstance(lr, numbers.Real) and not isinstance(lr, bool) else math.nan
+    if not 0.0 <= value < math.inf:
+        raise ArgumentError(
+            f"{type(opt).__name__}.lr must be a finite number >= 0 at step(), got {lr!r}; set "
+            "it to a valid rate (e.g. opt.lr = 0.01) before the next step"
+        )
+    return value
+
+
 class _Wide:
     """A float32 stand-in for a float16 parameter during an update."""
 
@@ -137,7 +154,9 @@ class Optimizer:
 
     Subclasses name their hyperparameters in ``hyperparameters`` (attributes holding Python
     floats, which may be changed between steps, e.g. ``opt.lr = 0.1``) and their state arrays
-    in ``state_names``, and define :meth:`step`.
+    in ``state_names``, and define :meth:`step`. Each :meth:`step` first checks ``lr``: NaN,
+    infinite or negative rates raise :class:`~nnbackend.errors.ArgumentError` before any
+    parameter changes.
 
     An ``eps`` below the parameter dtype's smallest normal number (float16: 6.1e-5) is raised
     to it for that parameter, so a zero gradient never divides 0 by 0.
@@ -177,6 +196,7 @@ class Optimizer:
         """Update every parameter that has a gradient."""
         if type(self)._update is Optimizer._update:
             raise NotImplementedError(f"{type(self).__name__} must define step()")
+        self.lr = _checked_lr(self)
         self.steps += 1
         update = self._update
         for p, st, xp, inplace, tiny in self._entries:
@@ -335,8 +355,8 @@ class SGD(Optimizer):
         self._pairs = [(p, inplace) for p, _, _, inplace, _ in self._entries]
 
     def step(self) -> None:
+        lr = self.lr = _checked_lr(self)
         self.steps += 1
-        lr = self.lr
         # The kernels (and the dtype updated in float32) looked up once per backend, not once
         # per parameter: a _half_kernels call per parameter cost 0.3 us of a 50 us step.
         seen_xp = k = half = scale_into = None

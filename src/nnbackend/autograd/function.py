@@ -30,6 +30,7 @@ for an input that needs no gradient.
 from __future__ import annotations
 
 import heapq
+import itertools
 import weakref
 from typing import Any
 
@@ -43,6 +44,10 @@ __all__ = ["Function", "run_backward"]
 
 _SCALARS = (int, float, bool)
 _new = object.__new__
+# Creation order of recorded nodes: the backward queue breaks ties between nodes of equal
+# generation by it (never by memory address), so gradients are summed in the same order on
+# every run and backward is bitwise reproducible. next() on a count is atomic under the GIL.
+_next_seq = itertools.count().__next__
 _by_type_get = _by_type.get
 # The engine's one per-op flag: true only while the dtype guard or anomaly detection may be on.
 _switch = config._switch
@@ -53,7 +58,7 @@ Tensor: Any = None
 class Function:
     """Base class of differentiable operations; see the module docs for an example."""
 
-    __slots__ = ("__dict__", "generation", "inputs", "needs_input_grad", "outputs", "xp")
+    __slots__ = ("__dict__", "generation", "inputs", "needs_input_grad", "outputs", "seq", "xp")
 
     #: Whether ``backward`` may return views of, or the very arrays of, the gradients it gets
     #: (or one array for two inputs). The engine then copies a gradient before storing it on
@@ -72,6 +77,8 @@ class Function:
     outputs: tuple[Any, ...]
     needs_input_grad: tuple[bool, ...]
     generation: int
+    #: The node's creation order among recorded nodes (set when it joins the graph).
+    seq: int
 
     def forward(self, *xs: Any) -> Any:
         """Compute the outputs (one array or a tuple of arrays) from raw arrays."""
@@ -118,11 +125,14 @@ class Function:
         self.xp = (found if found is not None else backend_for(array))[0]
         self.needs_input_grad = tuple(needs)
         ys = self.forward(*xs)
+        if type(ys) is not type(array):  # a tuple, or a NumPy scalar from 0-d arithmetic
+            ys = as_arrays(self.xp, ys)
         if _switch.maybe:
             _after_forward(self, xs, ys)
         if record and _enabled.get():
             self.inputs = tuple(tensors)
             self.generation = generation
+            self.seq = _next_seq()
             generation += 1
             wrap = tensor_type._wrap
             if type(ys) is tuple:
@@ -151,6 +161,22 @@ class Function:
     def name(self) -> str:
         """The op's display name (its class name)."""
         return type(self).__name__
+
+
+def as_array(xp: Any, y: Any) -> Any:
+    """``y`` as an array of ``xp``'s backend: NumPy returns scalars (``numpy.float64``), not
+    0-d arrays, from arithmetic and reductions on 0-d arrays; the Array API (and in-place
+    writes into a 0-d ``.grad``) needs arrays. Arrays, ``None`` and Python scalars pass."""
+    if y is None or type(y) in _SCALARS or getattr(y, "shape", None) != ():
+        return y
+    return xp.asarray(y)
+
+
+def as_arrays(xp: Any, ys: Any) -> Any:
+    """:func:`as_array` of one output or of each in a tuple."""
+    if type(ys) is tuple:
+        return tuple([as_array(xp, y) for y in ys])
+    return as_array(xp, ys)
 
 
 def _describe(arrays: Any) -> str:
@@ -236,6 +262,12 @@ def _check_grad(f: Function, x: Any, gx: Any) -> None:
         )
 
 
+def _sum(xp: Any, a: Any, b: Any) -> Any:
+    """``a + b``, an array also for 0-d operands on NumPy."""
+    out = a + b
+    return out if type(out) is type(a) else as_array(xp, out)
+
+
 def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
     """Propagate ``grad`` from ``root`` to every Tensor that requires a gradient, in reverse
     topological order (highest generation first)."""
@@ -244,7 +276,9 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
     if creator is None:
         return
     fresh = {root}  # intermediates whose .grad was set during this pass
-    heap: list[tuple[int, int, Function]] = [(-creator.generation, id(creator), creator)]
+    # Highest generation first; among equals, the node created last first (as a stack would),
+    # by creation order: the summation order of gradients never depends on memory addresses.
+    heap: list[tuple[int, int, Function]] = [(-creator.generation, -creator.seq, creator)]
     seen = {creator}
     pop, push = heapq.heappop, heapq.heappush
     while heap:
@@ -269,26 +303,28 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
         for x, gx, need in zip(inputs, gxs, f.needs_input_grad):  # noqa: B905 - checked above
             if not need or gx is None:
                 continue
-            if check:
-                data = x.data
-                if gx.shape != data.shape or gx.dtype != data.dtype:
-                    _check_grad(f, x, gx)
+            data = x.data
+            if type(gx) is not type(data):  # a NumPy scalar: the gradient of a 0-d input
+                gx = as_array(f.xp, gx)
+            if check and (gx.shape != data.shape or gx.dtype != data.dtype):
+                _check_grad(f, x, gx)
             c = x.creator
             if c is not None:  # intermediate: sum this pass's gradients only
                 if x in fresh:
-                    x.grad = x.grad + gx
+                    x.grad = _sum(f.xp, x.grad, gx)
                 else:
                     x.grad = gx
                     fresh.add(x)
                 if c not in seen:
                     seen.add(c)
-                    push(heap, (-c.generation, id(c), c))
+                    push(heap, (-c.generation, -c.seq, c))
             elif x.grad is not None:  # leaf: accumulate across passes
-                x.grad = x.grad + gx
+                x.grad = _sum(f.xp, x.grad, gx)
             elif f.grad_may_alias:
                 # A view or a pass-through of another gradient: give the leaf its own array,
                 # so writing into one leaf's .grad never changes another array.
-                x.grad = gx * 1.0
+                g = gx * 1.0
+                x.grad = g if type(g) is type(data) else as_array(f.xp, g)
             else:
                 x.grad = gx
         if not retain_grad:

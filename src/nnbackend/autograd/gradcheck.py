@@ -3,13 +3,14 @@ differences computed in float64 on host NumPy copies."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.config import normalize_dtype, using
-from nnbackend.errors import GradientError
+from nnbackend.errors import ArgumentError, GradientError
 from nnbackend.namespace import backend_for
 
 __all__ = ["default_tolerance", "gradcheck"]
@@ -40,7 +41,12 @@ def gradcheck(
 
     Returns True, or raises :class:`~nnbackend.errors.GradientError` naming the input, the
     worst element, and both values. Tolerances default to :func:`default_tolerance` of the
-    inputs' dtype.
+    inputs' dtype. A NaN or infinity in one gradient where the other is finite (or a NaN
+    against an infinity, or infinities of opposite signs) is a failure, never a pass.
+
+    Raises:
+        ArgumentError: ``eps`` is not a finite number > 0, or a tolerance is negative or NaN.
+        GradientError: the gradients differ, or ``fn`` returns something other than a Tensor.
     """
     np = host.numpy()
     leaves = []
@@ -59,9 +65,10 @@ def gradcheck(
     tol = default_tolerance(dtype_name)
     rtol = tol if rtol is None else rtol
     atol = tol if atol is None else atol
-    eps = 1e-6 if eps is None else eps
+    eps = 1e-6 if eps is None else _checked("eps", eps, positive=True)
+    rtol, atol = _checked("rtol", rtol), _checked("atol", atol)
 
-    out = fn(*leaves)
+    out = _tensor_result(fn, fn(*leaves))
     projection = np.random.default_rng(seed).uniform(-1.0, 1.0, size=tuple(out.shape))
     out.backward(
         record.from_host(projection.astype(dtype_name), None)
@@ -86,7 +93,7 @@ def gradcheck(
 
     def objective(values: list[Any]) -> float:
         with using(backend="numpy", dtype="float64"):
-            y = fn(*[Tensor(v) for v in values])
+            y = _tensor_result(fn, fn(*[Tensor(v) for v in values]))
         return float(np.sum(np.asarray(y.data, dtype=np.float64) * projection))
 
     for position, (value, grad) in enumerate(zip(host_inputs, analytic, strict=True)):
@@ -102,12 +109,72 @@ def gradcheck(
             minus = objective(host_inputs)
             flat[j] = saved
             numeric.reshape(-1)[j] = (plus - minus) / (2 * eps)
-        excess = np.abs(grad - numeric) - (atol + rtol * np.abs(numeric))
-        if excess.size and excess.max() > 0:
-            worst = np.unravel_index(int(np.argmax(excess)), excess.shape)
-            raise GradientError(
-                f"gradcheck failed for input {position} (shape {value.shape}, {dtype_name}) at "
-                f"index {tuple(int(i) for i in worst)}: backward gives {float(grad[worst])!r}, "
-                f"central differences give {float(numeric[worst])!r} (rtol={rtol}, atol={atol})"
-            )
+        _compare(np, position, value.shape, dtype_name, grad, numeric, rtol, atol)
     return True
+
+
+def _checked(name: str, value: Any, *, positive: bool = False) -> float:
+    """``value`` as a float, or an ArgumentError: a finite number, > 0 (``eps``) or >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0.0:
+        number = math.nan
+    if math.isnan(number) or (positive and number == 0.0):
+        bound = "> 0" if positive else ">= 0"
+        raise ArgumentError(
+            f"gradcheck: {name} must be a finite number {bound}, got {value!r}"
+            + (" (central differences need a step, e.g. eps=1e-6)" if name == "eps" else "")
+        )
+    return number
+
+
+def _tensor_result(fn: Callable[..., Any], out: Any) -> Tensor:
+    if not isinstance(out, Tensor):
+        raise GradientError(
+            f"gradcheck: fn {getattr(fn, '__name__', fn)!r} returned "
+            f"{type(out).__module__}.{type(out).__qualname__}, not a Tensor; it must compute "
+            "its result from the Tensors it is given (with Tensor operations) so that the "
+            "result can be differentiated"
+        )
+    return out
+
+
+def _compare(
+    np: Any,
+    position: int,
+    shape: tuple[int, ...],
+    dtype_name: str,
+    grad: Any,
+    numeric: Any,
+    rtol: float,
+    atol: float,
+) -> None:
+    """Raise GradientError where ``grad`` (analytic) and ``numeric`` disagree: beyond the
+    tolerances where both are finite, and wherever only one is finite or their non-finite
+    values differ (NaN against inf, +inf against -inf). A NaN never compares as a pass."""
+    finite_a, finite_n = np.isfinite(grad), np.isfinite(numeric)
+    both = finite_a & finite_n
+    same_nonfinite = (
+        ~finite_a & ~finite_n & ((np.isnan(grad) & np.isnan(numeric)) | (grad == numeric))
+    )
+    mismatch = ~both & ~same_nonfinite
+    if mismatch.any():
+        worst = tuple(int(i) for i in np.argwhere(mismatch)[0])
+        count = int(mismatch.sum())
+        reason = (
+            f"a non-finite gradient where the other is finite or differs ({count} element"
+            f"{'s' if count != 1 else ''})"
+        )
+    else:
+        excess = np.where(both, np.abs(grad - numeric) - (atol + rtol * np.abs(numeric)), 0.0)
+        if not excess.size or not excess.max() > 0:
+            return
+        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), excess.shape))
+        reason = f"rtol={rtol}, atol={atol}"
+    raise GradientError(
+        f"gradcheck failed for input {position} (shape {shape}, {dtype_name}) at index "
+        f"{worst}: backward gives {float(grad[worst])!r}, central differences give "
+        f"{float(numeric[worst])!r} ({reason})"
+    )

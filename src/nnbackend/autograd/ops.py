@@ -436,6 +436,17 @@ def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
     return target + xp.reshape(matmul_arrays(xp, onehot.T, flat), target.shape)
 
 
+def _setitem_key(key: Any, ndim: int) -> tuple[Any, bool]:
+    """``key`` as the standard allows it in ``__setitem__``: without ``None`` (new axes exist
+    for reading only), and with a trailing ``...`` where it names fewer axes than ``ndim``.
+    Also says whether a ``None`` was dropped."""
+    parts = key if isinstance(key, tuple) else (key,)
+    kept = tuple(k for k in parts if k is not None)
+    if not any(k is Ellipsis for k in kept) and len(kept) < ndim:
+        kept = (*kept, Ellipsis)
+    return kept, len(kept) != len(parts) or any(k is None for k in parts)
+
+
 class GetItem(Function):
     grad_may_alias = False
 
@@ -455,7 +466,10 @@ class GetItem(Function):
         if self.rows is not None:
             return scatter_add_rows(xp, gx, self.rows, gy)
         if backend_for(gy)[1].capabilities.inplace:
-            gx[self.key] = gy
+            key, added = _setitem_key(self.key, len(self.in_shape))
+            if added:  # the new axes (size 1) out of the gradient, by a reshape
+                gy = xp.reshape(gy, tuple(gx[key].shape))
+            gx[key] = gy
             return gx
         # No in-place writes (JAX-like arrays): each input element sums the output gradients
         # taken from it, found by indexing an array of flat positions with the same key.

@@ -7,7 +7,7 @@ from typing import Any
 from nnbackend.autograd import function as _function
 from nnbackend.autograd.kernels import kernels
 from nnbackend.backends import host
-from nnbackend.errors import GradientError
+from nnbackend.errors import DtypeError, GradientError
 from nnbackend.namespace import backend_for, namespace
 
 __all__ = ["Tensor", "as_tensor"]
@@ -58,12 +58,23 @@ class Tensor:
         elif type(data) in (float, int, bool, list, tuple):
             data = namespace().asarray(data)
         else:
-            backend_for(data)  # reject objects that belong to no backend, with a clear error
+            # Reject objects that belong to no backend, with a clear error; a NumPy scalar
+            # (numpy.float64) becomes the 0-d array the Array API calls for.
+            xp = backend_for(data)[0]
+            if getattr(data, "shape", None) == ():
+                data = _function.as_array(xp, data)
+        requires_grad = bool(requires_grad)
+        if requires_grad and not _is_real_floating(data):
+            raise DtypeError(
+                f"only floating-point tensors can require a gradient, got dtype {data.dtype}; "
+                "a gradient of integers would be truncated to 0. Cast first, e.g. "
+                "Tensor(xp.astype(x, xp.float32), requires_grad=True)"
+            )
         self.data = data
         self.grad = None
         self.creator = None
         self.generation = 0
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self.name = name
         self._retain = False
 
@@ -205,8 +216,9 @@ class Tensor:
             # A copy (also when a cast is needed): the caller's array never becomes a .grad
             # that later in-place updates would write through.
             grad = xp.astype(grad, self.data.dtype, copy=True)
+        grad = _function.as_array(xp, grad)  # NumPy: a 0-d array, not a numpy.float64
         if self.creator is None:  # a leaf: accumulate like any other gradient
-            self.grad = grad if self.grad is None else self.grad + grad
+            self.grad = grad if self.grad is None else _function._sum(xp, self.grad, grad)
             return
         _function.run_backward(self, grad, retain_grad)
 
@@ -268,22 +280,22 @@ class Tensor:
 
     # Comparisons carry no gradient: they return a boolean Tensor outside the graph.
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor._wrap(self.data == _raw(other), False)
+        return _compared(self.data == _raw(other), self.data)
 
     def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor._wrap(self.data != _raw(other), False)
+        return _compared(self.data != _raw(other), self.data)
 
     def __lt__(self, other: Any) -> Tensor:
-        return Tensor._wrap(self.data < _raw(other), False)
+        return _compared(self.data < _raw(other), self.data)
 
     def __le__(self, other: Any) -> Tensor:
-        return Tensor._wrap(self.data <= _raw(other), False)
+        return _compared(self.data <= _raw(other), self.data)
 
     def __gt__(self, other: Any) -> Tensor:
-        return Tensor._wrap(self.data > _raw(other), False)
+        return _compared(self.data > _raw(other), self.data)
 
     def __ge__(self, other: Any) -> Tensor:
-        return Tensor._wrap(self.data >= _raw(other), False)
+        return _compared(self.data >= _raw(other), self.data)
 
     # -- shape and reductions -------------------------------------------------------------
     def reshape(self, *shape: Any) -> Tensor:
@@ -330,8 +342,20 @@ class Tensor:
         return _ops.cast(self, dtype)
 
 
+def _is_real_floating(data: Any) -> bool:
+    return bool(backend_for(data)[0].isdtype(data.dtype, "real floating"))
+
+
 def _raw(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
+
+
+def _compared(result: Any, data: Any) -> Tensor:
+    """A comparison's result as a Tensor outside the graph: an array (NumPy gives a
+    ``numpy.bool_`` for 0-d operands)."""
+    if type(result) is not type(data):
+        result = _function.as_array(backend_for(data)[0], result)
+    return Tensor._wrap(result, False)
 
 
 def as_tensor(x: Any) -> Tensor:

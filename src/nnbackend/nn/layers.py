@@ -9,6 +9,7 @@ Tensors; a float input whose dtype differs from the layer's raises
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from nnbackend.autograd.tensor import Tensor
@@ -34,6 +35,23 @@ __all__ = [
 
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
+
+
+def _size(layer: str, name: str, value: Any) -> int:
+    """``value`` as a size of at least 1, or an ArgumentError naming the layer and argument:
+    ``Linear(2.5, 3)`` would otherwise truncate to 2 and ``Linear(-1, 3)`` fail deep inside
+    the initialiser."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        size = operator.index(value)  # ints and integral scalars (numpy.int64), no floats
+    except TypeError:
+        raise ArgumentError(
+            f"{layer}: {name} must be an integer >= 1, got {value!r} of type {type(value).__name__}"
+        ) from None
+    if size < 1:
+        raise ArgumentError(f"{layer}: {name} must be an integer >= 1, got {size}")
+    return size
 
 
 def _explain(layer: Module, x: Any, weight: Any, expected: str, exc: Exception) -> Exception:
@@ -67,8 +85,8 @@ class Linear(Module):
         self, in_features: int, out_features: int, bias: bool = True, *, generator: Any = None
     ) -> None:
         super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = _size("Linear", "in_features", in_features)
+        self.out_features = _size("Linear", "out_features", out_features)
         self.weight = Parameter(
             init.xavier_normal((self.in_features, self.out_features), generator=generator)
         )
@@ -192,12 +210,17 @@ class Dropout(Module):
 class Embedding(Module):
     """Rows of a ``(num_embeddings, embedding_dim)`` weight selected by integer indices of
     any shape; repeated indices accumulate their gradients. The weight starts as N(0, 1).
+
+    Indices must lie in ``[0, num_embeddings)``: others raise
+    :class:`~nnbackend.errors.ArgumentError` where the indices live on the host (a negative
+    index never wraps around); on a GPU, where the check would synchronise, their rows are
+    NaN instead.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, generator: Any = None) -> None:
         super().__init__()
-        self.num_embeddings = int(num_embeddings)
-        self.embedding_dim = int(embedding_dim)
+        self.num_embeddings = _size("Embedding", "num_embeddings", num_embeddings)
+        self.embedding_dim = _size("Embedding", "embedding_dim", embedding_dim)
         self.weight = Parameter(
             init.normal((self.num_embeddings, self.embedding_dim), 1.0, generator=generator)
         )
