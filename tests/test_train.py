@@ -16,7 +16,7 @@ import pytest
 
 import nnbackend as nb
 from nnbackend import datasets, nn, optim, registry, train
-from nnbackend.errors import BackendMismatchError, ShapeError
+from nnbackend.errors import ShapeError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -473,13 +473,15 @@ def test_bad_arguments() -> None:
     assert trainer.fit(x, t, epochs=0, batch_size=30).steps == 0
 
 
-def test_mixed_backends_are_rejected() -> None:
+def test_data_of_another_backend_is_moved_to_the_models() -> None:
+    """Issue 17: fit takes arrays of any registered backend and moves them to the model's
+    backend once (it used to reject targets of another backend)."""
     _need("array_api_strict")
-    x, _, _, trainer = _spiral_setup()
+    x, _, model, trainer = _spiral_setup()
     with nb.using(backend="array_api_strict"):
         t_strict = datasets.spiral().t
-    with pytest.raises(BackendMismatchError, match="two backends"):
-        trainer.fit(x, t_strict, epochs=1, batch_size=30)
+    history = trainer.fit(x, t_strict, epochs=1, batch_size=30, progress=False)
+    assert history.steps == 10 and registry.backend_of(model[0].weight.data) == "numpy"
 
 
 def test_data_on_another_backend_than_the_active_one() -> None:

@@ -20,6 +20,7 @@ from nnbackend.config import (
     set_default_dtype,
     using,
 )
+from nnbackend.datasets import to_backend
 from nnbackend.device import empty_cache, from_dlpack, to_device
 from nnbackend.info import info
 from nnbackend.io import load, save
@@ -57,6 +58,7 @@ __all__ = [
     "save",
     "set_backend",
     "set_default_dtype",
+    "to_backend",
     "to_device",
     "using",
 ]
