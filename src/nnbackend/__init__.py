@@ -9,7 +9,7 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import autograd, datasets, errors, precision, random
+from nnbackend import autograd, callbacks, datasets, errors, metrics, precision, random, schedules
 from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
@@ -42,6 +42,7 @@ __all__ = [
     "array_namespace",
     "available_backends",
     "backends",
+    "callbacks",
     "datasets",
     "empty_cache",
     "errors",
@@ -51,11 +52,13 @@ __all__ = [
     "get_device",
     "info",
     "load",
+    "metrics",
     "namespace",
     "precision",
     "random",
     "register_backend",
     "save",
+    "schedules",
     "set_backend",
     "set_default_dtype",
     "to_backend",
@@ -70,3 +73,10 @@ def __getattr__(name: str) -> object:
 
         return package_version()
     raise AttributeError(f"module 'nnbackend' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Public names only (``__all__``, the loaded submodules, ``__version__``): no
+    ``annotations`` or other names the implementation imports."""
+    modules = {n for n, v in globals().items() if not n.startswith("_") and type(v) is type(errors)}
+    return sorted({*__all__, *modules, "__version__"})

@@ -618,3 +618,8 @@ def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float =
         g = p.grad
         p.grad = g * (factor if g.dtype == acc else xp.astype(factor, g.dtype))
     return norm
+
+
+def __dir__() -> list[str]:
+    """The public names (``__all__``): not ``math``, ``Any`` or the other imports."""
+    return sorted(__all__)
