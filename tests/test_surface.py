@@ -3,6 +3,9 @@ and labels, the accuracy plot's range, and no private names in ``dir(nb)``/``dir
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +70,37 @@ def test_no_private_names_in_dir() -> None:
     assert dir(optim) == sorted(optim.__all__)
     for name in ("nn", "optim", "Trainer", "to_backend", "callbacks", "schedules", "__version__"):
         assert name in dir(nb)
+
+
+def test_fixture_skips_are_one_line_per_reason() -> None:
+    """``-ra`` folds the dtype fixture's "has no float16" skips of different test functions
+    into one line (pytest reported each at its test's line before)."""
+    root = Path(__file__).resolve().parent.parent
+    tests = [
+        "tests/test_workflow.py::test_namespace_asarray_takes_the_default_dtype_name",
+        "tests/test_workflow.py::test_to_backend_follows_the_model",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-ra",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "array_api_strict and float16",
+            *tests,
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NNBACKEND_TEST_BACKENDS": "array_api_strict"},
+        timeout=300,
+    )
+    lines = [line for line in proc.stdout.splitlines() if "has no float16" in line]
+    assert lines == [
+        f"SKIPPED [2] tests/conftest.py:{lines[0].split(':')[1]}: "
+        "backend 'array_api_strict' has no float16"
+    ], proc.stdout
