@@ -43,6 +43,7 @@ __all__ = [
     "available_backends",
     "backends",
     "callbacks",
+    "data",
     "datasets",
     "empty_cache",
     "errors",

@@ -226,3 +226,23 @@ def digits(
         Dataset(to_backend(x[train], dtype), to_backend(t[train])),
         Dataset(to_backend(x[test], dtype), to_backend(t[test])),
     )
+
+
+def host_rows(source: Any, index: Any) -> Any:
+    """Rows ``index`` (a host array of ints) of ``source`` as host NumPy arrays: by fancy
+    indexing for a NumPy array (a memory-mapped one reads only those rows), else one
+    ``source[i]`` per row, stacked; where a row is a tuple ``(x_i, t_i)``, a tuple of stacked
+    arrays. Used by :class:`nnbackend.data.DataLoader`."""
+    np = host.numpy()
+    if isinstance(source, np.ndarray):
+        return source[index]
+    rows = [source[int(i)] for i in index]
+    if rows and isinstance(rows[0], tuple):
+        return tuple(np.stack([np.asarray(r[k]) for r in rows]) for k in range(len(rows[0])))
+    return np.stack([np.asarray(r) for r in rows])
+
+
+def host_permutation(generator: Any, n: int) -> Any:
+    """A host permutation of ``range(n)`` from a :class:`nnbackend.random.Generator`'s stream
+    (the same draws it gives for ``permutation(n)`` on a device)."""
+    return generator._host.permutation(n)

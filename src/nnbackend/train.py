@@ -653,7 +653,7 @@ class Trainer:
     def fit(
         self,
         x: Any,
-        t: Any,
+        t: Any = None,
         epochs: int = 1,
         batch_size: int = 32,
         *,
@@ -674,6 +674,9 @@ class Trainer:
             x: inputs with one row per sample: an array of any registered backend, a Tensor,
                 a NumPy array or a list. They are moved to the model's backend, device and
                 dtype once, before the first step (see :func:`nnbackend.to_backend`).
+                Or a :class:`nnbackend.data.DataLoader` (then ``t``, ``batch_size``,
+                ``shuffle``, ``seed`` and ``validation_split`` are the loader's business):
+                batches stream from host memory to the model's device.
             t: targets with as many rows (integer labels become the backend's int64).
             epochs: passes over the data.
             batch_size: rows per step; the last batch of an epoch may be smaller.
@@ -709,7 +712,15 @@ class Trainer:
             if validation is not None:
                 raise ArgumentError("give validation or validation_data, not both")
             validation = validation_data
-        x, t = self._on_model(x, t)
+        loader = _as_loader(x, t, validation_split)
+        if loader is not None:
+            if loader.like is None and any(True for _ in self._parameters()):
+                loader.like = self.model
+            batch_size = loader.batch_size
+            # A first batch tells the backend; the loop draws its own batches per epoch.
+            x, t = _first_batch(loader)
+        else:
+            x, t = self._on_model(x, t)
         if validation_split is not None:
             if validation is not None:
                 raise ArgumentError("give validation_data or validation_split, not both")
@@ -724,8 +735,8 @@ class Trainer:
 
         train_metrics = [get_metric(m) for m in metrics]
         val_metrics = [copy.deepcopy(m) for m in train_metrics]
-        n = int(x.shape[0])
-        steps_per_epoch = -(-n // batch_size)
+        n = int(x.shape[0]) if loader is None else loader.n
+        steps_per_epoch = -(-n // batch_size) if loader is None else len(loader)
         hooks = _hooks(callbacks)
         on_step_end = hooks["on_step_end"]
         params = self._parameters() if max_grad is not None else []
@@ -735,7 +746,7 @@ class Trainer:
 
             max_norm = float(max_grad)
             clip = lambda: clip_grad_norm(params, max_norm)
-        generator = nb_random.Generator(seed) if shuffle else None
+        generator = nb_random.Generator(seed) if shuffle and loader is None else None
 
         history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         self.step = self.epoch = 0
@@ -772,13 +783,17 @@ class Trainer:
                     self.epoch = epoch
                     bar.describe(f"epoch {epoch + 1}/{epochs}")
                     perm = self._permutation(generator, n, x, xp) if generator else None
+                    batches = iter(loader) if loader is not None else None
                     whole.reset()
                     for m in train_metrics:
                         m.reset()
                     for i in range(steps_per_epoch):
                         lo = i * batch_size
                         hi = min(lo + batch_size, n)
-                        if perm is not None:
+                        if batches is not None:
+                            xb, tb = next(batches)
+                            lo, hi = 0, int(xb.shape[0])
+                        elif perm is not None:
                             idx = perm[lo:hi]
                             xb, tb = take(x, idx, axis=0), take(t, idx, axis=0)
                         else:
@@ -923,6 +938,41 @@ class Trainer:
             return _predict(self.model, x, batch_size)
         finally:
             self._restore_mode(previous)
+
+
+def _as_loader(x: Any, t: Any, validation_split: Any) -> Any:
+    """``x`` when it is a :class:`nnbackend.data.DataLoader` (checked for the arguments it
+    excludes), else ``None``; a missing ``t`` without a loader is an error."""
+    from nnbackend.data import DataLoader
+
+    if not isinstance(x, DataLoader):
+        if t is None:
+            raise ArgumentError("fit needs targets t (or a nnbackend.data.DataLoader as x)")
+        return None
+    if t is not None:
+        raise ArgumentError("fit(loader, t): the DataLoader holds the targets; leave t out")
+    if validation_split is not None:
+        raise ArgumentError(
+            "validation_split needs the data in memory; with a DataLoader, pass "
+            "validation_data=(x_val, t_val)"
+        )
+    return x
+
+
+def _first_batch(loader: Any) -> tuple[Any, Any]:
+    """One batch of ``loader`` without shuffling or prefetching (it fixes the backend)."""
+    from nnbackend.data import DataLoader
+
+    probe = DataLoader(
+        loader.x,
+        loader.t,
+        batch_size=min(loader.batch_size, loader.n),
+        shuffle=False,
+        prefetch=False,
+        like=loader.like,
+    )
+    first: tuple[Any, Any] = next(iter(probe))
+    return first
 
 
 def _split(x: Any, t: Any, fraction: Any) -> tuple[Any, Any, tuple[Any, Any]]:
