@@ -1,4 +1,5 @@
-"""The ``nnbackend`` command line: ``nnbackend info`` and ``nnbackend demo``."""
+"""The ``nnbackend`` command line: ``nnbackend info``, ``nnbackend demo`` and
+``nnbackend --version``."""
 
 from __future__ import annotations
 
