@@ -119,6 +119,10 @@ def test_numpy_input_to_a_torch_model_is_a_backend_mismatch() -> None:
         model = small_model()
     with pytest.raises(BackendMismatchError, match=r"'numpy'.*'torch'.*to_backend"):
         model(np.ones((2, 4)))
+    with nb.using(backend="torch", dtype="float64"):
+        norm = nn.LayerNorm(4)
+    with pytest.raises(BackendMismatchError, match=r"'numpy'.*'torch'.*to_backend"):
+        norm(np.ones((2, 4)))
 
 
 # -- validation_split / validation_data --------------------------------------------------------
