@@ -36,6 +36,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -134,6 +135,35 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(reason)
 
 
+# Skip reasons raised by the ``backend`` and ``dtype`` fixtures. pytest reports a fixture's skip
+# at the test's own line, so ``-ra`` printed one "has no float16" line per test function (over
+# a hundred); these are reported at the fixture instead, one line per reason with its count.
+_FIXTURE_SKIPS: dict[str, int] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        reason = report.longrepr[2].removeprefix("Skipped: ")
+        line = _FIXTURE_SKIPS.get(reason)
+        if line is not None:
+            report.longrepr = (str(Path(__file__)), line, report.longrepr[2])
+
+
+def _lineno(fixture: Any) -> int:
+    """The line of a fixture's definition (1-based), where its skips are reported."""
+    function = getattr(fixture, "__wrapped__", fixture)
+    code = getattr(function, "__code__", None)
+    return code.co_firstlineno if code is not None else 0
+
+
+def _fixture_skip(reason: str, line: int) -> None:
+    _FIXTURE_SKIPS[reason] = line
+    pytest.skip(reason)
+
+
 @pytest.fixture(
     params=[
         pytest.param(name, marks=[pytest.mark.gpu] if name in GPU_BACKENDS else [], id=name)
@@ -145,7 +175,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     reason = registry.probe(name)
     if reason is not None:
-        pytest.skip(f"backend {name!r} is unavailable: {reason}")
+        _fixture_skip(f"backend {name!r} is unavailable: {reason}", _lineno(backend))
     return name
 
 
@@ -154,7 +184,7 @@ def dtype(request: pytest.FixtureRequest, backend: str) -> str:
     """A floating dtype name the backend has; float16 is skipped where the backend lacks it."""
     name: str = request.param
     if name == "float16" and not registry.get(backend).capabilities.float16:
-        pytest.skip(f"backend {backend!r} has no float16")
+        _fixture_skip(f"backend {backend!r} has no float16", _lineno(dtype))
     return name
 
 

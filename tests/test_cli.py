@@ -30,7 +30,8 @@ def test_module_info_json(run_python: Callable[..., Any]) -> None:
     proc = run_python(args=["-m", "nnbackend", "info", "--json"])
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"settings", "backends", "versions"}
+    assert set(data) == {"settings", "backends", "versions", "problems"}
+    assert data["problems"] == []
     assert data["settings"][0] == {
         "name": "backend",
         "value": "numpy",
@@ -43,9 +44,13 @@ def test_module_info_json(run_python: Callable[..., Any]) -> None:
 
 
 def test_bad_environment_is_a_one_line_error(run_python: Callable[..., Any]) -> None:
+    """``info`` still prints its report (issue 17), marks the bad setting, and exits 2 with
+    the one-line error on stderr."""
     proc = run_python(args=["-m", "nnbackend", "info"], env={"NNBACKEND": "bogus"})
     assert proc.returncode == 2
-    assert proc.stdout == ""
+    assert "backend = INVALID 'bogus' (from NNBACKEND; fix it or unset NNBACKEND)" in proc.stdout
+    assert "problem: NNBACKEND='bogus': unknown backend" in proc.stdout
+    assert "numpy             available yes" in proc.stdout
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1

@@ -338,6 +338,8 @@ def test_error_table_matches_the_messages(monkeypatch: pytest.MonkeyPatch) -> No
 
         return call
 
+    with nb.using(backend="array_api_strict"):
+        strict_linear = nn.Linear(2, 3)
     messages = [
         _raised(lambda: nb.set_backend("jax")),
         _raised(env_backend),
@@ -348,6 +350,7 @@ def test_error_table_matches_the_messages(monkeypatch: pytest.MonkeyPatch) -> No
         _raised(lambda: nb.using(device="gpu").__enter__()),
         _raised(lambda: nb.using(backend="numpy", device="cupy:0").__enter__()),
         _raised(lambda: nn.Linear(2, 3)(nb.namespace(dtype="float32").ones((4, 2)))),
+        _raised(lambda: strict_linear(np.ones((4, 2)))),
         cupy_backend.diagnose({"CUDA_VISIBLE_DEVICES": ""}, True, failing("x"), failing("x")),
         cupy_backend.diagnose({}, True, failing("cudaErrorInsufficientDriver"), failing("x")),
         cupy_backend.diagnose({}, True, lambda: 0, failing("x")),

@@ -88,14 +88,47 @@ def test_sgd_is_the_book_rule(backend: str) -> None:
 
 
 def test_momentum_book_velocity_form() -> None:
+    # With a constant lr, PyTorch's buffer form is the book's velocity form (v = -lr * b).
     p = nn.Parameter(np.array([0.0]))
     opt = optim.Momentum([p], lr=0.5, momentum=0.5)
     for _ in range(3):
         p.grad = np.array([1.0])
         opt.step()
-    # v: -0.5, -0.75, -0.875; p: -0.5, -1.25, -2.125
+    # b: 1, 1.5, 1.75 (book's v: -0.5, -0.75, -0.875); p: -0.5, -1.25, -2.125
     np.testing.assert_allclose(to_host(p), [-2.125])
-    np.testing.assert_allclose(to_host(opt.state[0]["v"]), [-0.875])
+    np.testing.assert_allclose(-0.5 * to_host(opt.state[0]["momentum_buffer"]), [-0.875])
+
+
+@pytest.mark.parametrize("name", ["Momentum", "Nesterov"])
+def test_momentum_matches_torch_under_a_changing_lr(name: str, backend: str) -> None:
+    """After a 10x decay (and a warm-up), the trajectory still equals torch.optim.SGD's: the
+    velocity form v = m v - lr g kept moving at the old rate for many steps."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(5,))
+    p = nn.Parameter(on(backend, w0))
+    ours = (
+        optim.Momentum([p], lr=1.0, momentum=0.9)
+        if name == "Momentum"
+        else optim.Nesterov([p], lr=1.0, momentum=0.9)
+    )
+    tp = torch.tensor(w0, requires_grad=True)
+    theirs = torch.optim.SGD([tp], lr=1.0, momentum=0.9, nesterov=name == "Nesterov")
+    rates = [0.01, 0.1, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01, 0.5, 0.001]
+    for lr in rates:
+        g = rng.normal(size=w0.shape)
+        p.grad, tp.grad = on(backend, g), torch.tensor(g)
+        ours.lr = lr
+        for group in theirs.param_groups:
+            group["lr"] = lr
+        ours.step()
+        theirs.step()
+        np.testing.assert_allclose(to_host(p), tp.detach().numpy(), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(
+        to_host(ours.state[0]["momentum_buffer"]),
+        theirs.state[tp]["momentum_buffer"].numpy(),
+        rtol=1e-13,
+    )
 
 
 def test_adamw_decay_is_decoupled() -> None:
@@ -319,18 +352,18 @@ def test_load_state_dict_validates_and_leaves_optimizer_unchanged() -> None:
     p.grad = np.array([1.0, 1.0])
     opt.step()
     good = opt.state_dict()
-    v_before = to_host(opt.state[0]["v"]).copy()
+    v_before = to_host(opt.state[0]["momentum_buffer"]).copy()
 
     cases = [
         ({"type": "SGD"}, "SGD optimizer, not a Momentum"),
         ({"hyperparameters": {"lr": 1.0}}, "hyperparameters"),
         ({"hyperparameters": {"lr": "fast", "momentum": 0.9}}, "number"),
         ({"steps": -1}, "steps"),
-        ({"state": {5: {"v": np.zeros(2)}}}, "parameter 5"),
+        ({"state": {5: {"momentum_buffer": np.zeros(2)}}}, "parameter 5"),
         ({"state": {0: {"velocity": np.zeros(2)}}}, "needs entries"),
-        ({"state": {0: {"v": np.zeros(3)}}}, r"shape \(3,\)"),
-        ({"state": {0: {"v": np.zeros(2, dtype=np.float32)}}}, "dtype float32"),
-        ({"state": {"x": {"v": np.zeros(2)}}}, "not a parameter index"),
+        ({"state": {0: {"momentum_buffer": np.zeros(3)}}}, r"shape \(3,\)"),
+        ({"state": {0: {"momentum_buffer": np.zeros(2, dtype=np.float32)}}}, "dtype float32"),
+        ({"state": {"x": {"momentum_buffer": np.zeros(2)}}}, "not a parameter index"),
     ]
     for change, message in cases:
         # Valid new hyperparameters next to the broken entry: they must not be applied either.
@@ -338,7 +371,7 @@ def test_load_state_dict_validates_and_leaves_optimizer_unchanged() -> None:
         with pytest.raises(CheckpointError, match=message):
             opt.load_state_dict(sd)
         assert opt.lr == 0.1 and opt.steps == 1
-        np.testing.assert_array_equal(to_host(opt.state[0]["v"]), v_before)
+        np.testing.assert_array_equal(to_host(opt.state[0]["momentum_buffer"]), v_before)
     with pytest.raises(CheckpointError, match="keys"):
         opt.load_state_dict({"state": {}})
 

@@ -9,7 +9,7 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import autograd, datasets, errors, precision, random
+from nnbackend import autograd, callbacks, datasets, errors, metrics, precision, random, schedules
 from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
@@ -20,6 +20,7 @@ from nnbackend.config import (
     set_default_dtype,
     using,
 )
+from nnbackend.datasets import to_backend
 from nnbackend.device import empty_cache, from_dlpack, to_device
 from nnbackend.info import info
 from nnbackend.io import load, load_book_params, save
@@ -41,6 +42,8 @@ __all__ = [
     "array_namespace",
     "available_backends",
     "backends",
+    "callbacks",
+    "data",
     "datasets",
     "empty_cache",
     "errors",
@@ -51,13 +54,16 @@ __all__ = [
     "info",
     "load",
     "load_book_params",
+    "metrics",
     "namespace",
     "precision",
     "random",
     "register_backend",
     "save",
+    "schedules",
     "set_backend",
     "set_default_dtype",
+    "to_backend",
     "to_device",
     "using",
 ]
@@ -69,3 +75,10 @@ def __getattr__(name: str) -> object:
 
         return package_version()
     raise AttributeError(f"module 'nnbackend' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Public names only (``__all__``, the loaded submodules, ``__version__``): no
+    ``annotations`` or other names the implementation imports."""
+    modules = {n for n, v in globals().items() if not n.startswith("_") and type(v) is type(errors)}
+    return sorted({*__all__, *modules, "__version__"})

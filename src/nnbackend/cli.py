@@ -1,4 +1,5 @@
-"""The ``nnbackend`` command line: ``nnbackend info`` and ``nnbackend demo``.
+"""The ``nnbackend`` command line: ``nnbackend info``, ``nnbackend demo`` and
+``nnbackend --version``.
 
 It never ends in a traceback for a user's mistake. Exit codes: 0 done; 2 a bad option or
 setting (one line on stderr says what and how to fix it: an unknown backend, a non-finite
@@ -104,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one neural-network code base on NumPy, CuPy, PyTorch or any Array API "
         "library.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"nnbackend {_version()}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info_cmd = commands.add_parser(
         "info", help="settings and their sources, backends and why any is unusable, BLAS/CUDA"
@@ -123,7 +127,10 @@ def _parser() -> argparse.ArgumentParser:
         help="backend to train on (default: the active one, e.g. NNBACKEND)",
     )
     demo.add_argument(
-        "--dtype", metavar="D", help="float64, float32 or float16 (default: the active one)"
+        "--dtype",
+        metavar="D",
+        help="float64, float32, float16, or mixed16 (float32 weights, float16 compute, loss "
+        "scaling) (default: the active one)",
     )
     demo.add_argument(
         "--epochs",
@@ -160,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from nnbackend.info import package_version
+
+    return package_version()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from nnbackend import config, datasets, nn, optim, registry
     from nnbackend import random as nb_random
@@ -168,7 +181,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     with config.using(backend=args.backend, dtype=args.dtype):
         namespace()  # an unknown or unusable backend, or a dtype it lacks, fails here
-        backend, dtype = config.get_backend(), config.get_default_dtype()
+        # The policy's name, so mixed16 is labelled mixed16 (its weights are float32).
+        backend, dtype = config.get_backend(), config.get_policy()
         out: Path = args.out
         _check_out(out)
         version = registry.get(backend).version()
@@ -235,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "info":
             report = info()
             print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report)
+            if report.problems:  # the report is printed, and the exit code says it is not OK
+                for problem in report.problems:
+                    print(f"nnbackend: error: {problem}", file=sys.stderr)
+                return 2
         elif args.command == "demo":
             return _demo(args)
     except NNBackendError as exc:

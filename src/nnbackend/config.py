@@ -300,7 +300,8 @@ def get_backend() -> str:
 
 def get_default_dtype() -> str:
     """The name of the active default floating dtype: the dtype of new arrays and parameters
-    (float32 under the mixed16 policy)."""
+    (float32 under the mixed16 policy). nnbackend's namespace takes the name as a dtype:
+    ``nb.namespace().asarray(data, dtype=nb.get_default_dtype())``."""
     return array_dtype(get_policy())
 
 

@@ -17,8 +17,10 @@ import math
 from typing import Any, NamedTuple
 
 from nnbackend import config, registry
+from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.namespace import array_namespace, namespace
+from nnbackend.errors import DtypeError
+from nnbackend.namespace import array_namespace, backend_for, namespace
 
 __all__ = ["Dataset", "digits", "spiral", "to_backend", "xor"]
 
@@ -41,25 +43,89 @@ class Dataset(NamedTuple):
         return int(array_namespace(self.t).max(self.t)) + 1
 
 
-def to_backend(values: Any, dtype: Any = None) -> Any:
-    """Move a host NumPy array to the active backend and device.
+def _like_array(like: Any) -> Any:
+    """The array that ``like`` stands for: a Tensor's data, a module's first parameter (or
+    ``None`` for a module without parameters), an array itself."""
+    params = getattr(like, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.data
+        return None
+    return getattr(like, "data", like) if isinstance(like, Tensor) else like
 
-    Floating arrays are cast (on the host) to ``dtype`` (default: the active default float
-    dtype); integer arrays become int64.
+
+def to_backend(values: Any, dtype: Any = None, *, like: Any = None) -> Any:
+    """Put user data (a NumPy array, a memory-mapped array, a list, a Tensor or an array of
+    any registered backend) onto a backend, device and dtype, ready for a model.
+
+    Floating values become ``dtype`` (default: ``like``'s dtype, else the active default
+    float dtype); integer and boolean values become the backend's int64 (class labels).
+    The target backend and device are ``like``'s (an :class:`nnbackend.nn.Module`, whose
+    first parameter decides, or an array), else the active ones. An array already there,
+    in that dtype, is returned as it is (no copy); anything else is copied once.
+
+    >>> import numpy as np
+    >>> import nnbackend as nb
+    >>> with nb.using(dtype="float32"):
+    ...     x = nb.to_backend(np.ones((4, 2)))  # float64 NumPy data -> float32
+    >>> str(x.dtype)
+    'float32'
+
+    Raises:
+        DtypeError: ``dtype`` is not a floating dtype, or the backend lacks it.
+        BackendUnavailableError: the target backend cannot run here.
     """
     np = host.numpy()
+    if isinstance(values, Tensor):
+        values = values.data
+    target_array = None if like is None else _like_array(like)
+    if target_array is not None:
+        xp, record = backend_for(target_array)
+        device = getattr(target_array, "device", None)
+        float_name = (
+            config.normalize_dtype(dtype)
+            if dtype is not None
+            else config.normalize_dtype(target_array.dtype)
+        )
+        if getattr(xp, float_name, None) is None:
+            raise DtypeError(f"backend {record.name!r} has no {float_name}; choose another dtype")
+    else:
+        namespace(None, dtype)  # raises the backend's own error (unavailable, no float16)
+        backend, float_name, device_name = config.resolve(None, dtype)
+        record = registry.get(backend)
+        xp = record.load_namespace()
+        device = record.device(device_name) if device_name is not None else None
+    source = registry.backend_of(values)
+    if source is not None and registry.get(source) is record:
+        # Already on the target backend: cast (and move between devices) only if needed.
+        if xp.isdtype(values.dtype, "real floating"):
+            wanted = getattr(xp, float_name)
+        elif xp.isdtype(values.dtype, ("integral", "bool")):
+            wanted = xp.int64
+        else:
+            raise DtypeError(
+                f"to_backend: data of dtype {values.dtype} is neither floating nor integer"
+            )
+        if values.dtype != wanted:
+            values = xp.astype(values, wanted)
+        if device is not None and getattr(values, "device", device) != device:
+            values = xp.asarray(values, device=device)
+        return values
+    if source is not None:
+        values = registry.get(source).to_host(values)
     values = np.asarray(values)
     if np.issubdtype(values.dtype, np.floating):
-        namespace(None, dtype)  # raises the backend's own error (unavailable, no float16)
-        target = config.resolve(None, dtype)[1]
-    else:
-        namespace()
+        target = float_name
+    elif np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
         target = "int64"
-    backend, _, device = config.resolve()
-    record = registry.get(backend)
+    else:
+        raise DtypeError(
+            f"to_backend: data of dtype {values.dtype} is neither floating nor integer; "
+            "convert it to numbers first"
+        )
     # A fresh, C-contiguous, writable copy: torch.from_numpy shares memory with its input.
     values = np.array(values, dtype=target, order="C", copy=True)
-    return record.from_host(values, record.device(device) if device is not None else None)
+    return record.from_host(values, device)
 
 
 def spiral(
@@ -160,3 +226,23 @@ def digits(
         Dataset(to_backend(x[train], dtype), to_backend(t[train])),
         Dataset(to_backend(x[test], dtype), to_backend(t[test])),
     )
+
+
+def host_rows(source: Any, index: Any) -> Any:
+    """Rows ``index`` (a host array of ints) of ``source`` as host NumPy arrays: by fancy
+    indexing for a NumPy array (a memory-mapped one reads only those rows), else one
+    ``source[i]`` per row, stacked; where a row is a tuple ``(x_i, t_i)``, a tuple of stacked
+    arrays. Used by :class:`nnbackend.data.DataLoader`."""
+    np = host.numpy()
+    if isinstance(source, np.ndarray):
+        return source[index]
+    rows = [source[int(i)] for i in index]
+    if rows and isinstance(rows[0], tuple):
+        return tuple(np.stack([np.asarray(r[k]) for r in rows]) for k in range(len(rows[0])))
+    return np.stack([np.asarray(r) for r in rows])
+
+
+def host_permutation(generator: Any, n: int) -> Any:
+    """A host permutation of ``range(n)`` from a :class:`nnbackend.random.Generator`'s stream
+    (the same draws it gives for ``permutation(n)`` on a device)."""
+    return generator._host.permutation(n)

@@ -3,6 +3,7 @@ library versions, the BLAS in use and CUDA facts where a GPU is present."""
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 from nnbackend import config, registry
 from nnbackend._version import package_version
+from nnbackend.errors import NNBackendError
 
 __all__ = ["BackendStatus", "Info", "Setting", "info"]
 
@@ -45,6 +47,7 @@ class Info:
     settings: tuple[Setting, ...]
     backends: tuple[BackendStatus, ...]
     versions: dict[str, str | None]
+    problems: tuple[str, ...] = ()
 
     def setting(self, name: str) -> Setting:
         """The setting called ``name`` ("backend", "dtype" or "device")."""
@@ -58,7 +61,8 @@ class Info:
         return asdict(self)
 
     def __str__(self) -> str:
-        lines = ["nnbackend settings:"]
+        lines = [f"problem: {p}" for p in self.problems]
+        lines.append("nnbackend settings:")
         lines += [f"  {s.name:<8}= {s.value} ({s.source})" for s in self.settings]
         lines.append("backends:")
         for b in self.backends:
@@ -127,9 +131,15 @@ def _status(name: str) -> BackendStatus:
 def info() -> Info:
     """Every setting with its value and source, every registered backend with whether it is
     usable here (and why not), library versions, BLAS and CUDA facts."""
-    settings = tuple(
-        Setting(name, value, source) for name, (value, source) in config.sources().items()
-    )
+    problems: tuple[str, ...] = ()
+    try:
+        found = config.sources()
+    except NNBackendError as exc:
+        # A bad NNBACKEND / NNBACKEND_DTYPE: report it and everything else, never fail.
+        problems = (" ".join(str(exc).split()),)
+        settings = _settings_despite_environment()
+    else:
+        settings = tuple(Setting(name, value, source) for name, (value, source) in found.items())
     statuses = tuple(_status(name) for name in registry.backends())
     versions = {
         "nnbackend": package_version(),
@@ -138,4 +148,26 @@ def info() -> Info:
         "array-api-compat": _dist("array-api-compat"),
         "numpy": _dist("numpy"),
     }
-    return Info(settings, statuses, versions)
+    return Info(settings, statuses, versions, problems)
+
+
+def _settings_despite_environment() -> tuple[Setting, ...]:
+    """The settings as the environment gives them, each variable checked on its own, where
+    reading them all at once failed."""
+    out = []
+    for name, variable, check, builtin in (
+        ("backend", config.BACKEND_ENV, config._check_backend, config.BUILTIN_BACKEND),
+        ("dtype", config.DTYPE_ENV, config.normalize_policy, config.BUILTIN_DTYPE),
+    ):
+        raw = os.environ.get(variable, "").strip()
+        if not raw:
+            out.append(Setting(name, builtin, config.SOURCE_BUILTIN))
+            continue
+        try:
+            out.append(Setting(name, check(raw), f"from {variable}"))
+        except NNBackendError:
+            out.append(
+                Setting(name, f"INVALID {raw!r}", f"from {variable}; fix it or unset {variable}")
+            )
+    out.append(Setting("device", "default", config.SOURCE_BUILTIN))
+    return tuple(out)

@@ -44,6 +44,24 @@ def _has_python_float(obj: Any) -> bool:
     return False
 
 
+_DTYPE_NAMES = (
+    "float64",
+    "float32",
+    "float16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint64",
+    "uint32",
+    "uint16",
+    "uint8",
+    "bool",
+    "complex64",
+    "complex128",
+)
+
+
 def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     """Wrappers of the creation functions that fill in ``dtype`` (and ``device`` when a
     ``using(device=...)`` block chose one) where the caller left them out."""
@@ -51,11 +69,25 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     b_from_dlpack = base.from_dlpack
     b_full, b_arange, b_linspace, b_eye = base.full, base.arange, base.linspace, base.eye
 
+    def named(dtype: str) -> Any:
+        """The dtype object for a name ("float32", "int64"), as ``nb.get_default_dtype()``
+        returns names: ``xp.asarray(x, dtype=nb.get_default_dtype())`` works everywhere."""
+        found = getattr(base, dtype, None) if dtype in _DTYPE_NAMES else None
+        if found is None:
+            raise DtypeError(
+                f"unknown dtype name {dtype!r} for this backend; expected one of "
+                f"{', '.join(n for n in _DTYPE_NAMES if hasattr(base, n))}, or a dtype object"
+            )
+        return found
+
     def asarray(
         obj: Any, /, *, dtype: Any = None, device: Any = device, copy: Any = None, **kwargs: Any
     ) -> Any:
-        if dtype is None and _has_python_float(obj):
-            dtype = default
+        if dtype is None:
+            if _has_python_float(obj):
+                dtype = default
+        elif type(dtype) is str:
+            dtype = named(dtype)
         try:
             return b_asarray(obj, dtype=dtype, device=device, copy=copy, **kwargs)
         except Exception as exc:
@@ -70,12 +102,18 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
             return b_asarray(imported, dtype=dtype, device=device, copy=copy, **kwargs)
 
     def zeros(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = named(dtype)
         return b_zeros(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)
 
     def ones(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = named(dtype)
         return b_ones(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)
 
     def empty(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = named(dtype)
         return b_empty(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)
 
     def full(
@@ -83,6 +121,8 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     ) -> Any:
         if dtype is None and type(fill_value) is float:
             dtype = default
+        elif type(dtype) is str:
+            dtype = named(dtype)
         return b_full(shape, fill_value, dtype=dtype, device=device, **kwargs)
 
     def arange(

@@ -11,9 +11,10 @@ arithmetic runs in software and slows down further on subnormal numbers) are upd
 float32 and stored back in float16, state included: the stored values are the float32 update
 rounded once, never float16 intermediates.
 
-The update rules are PyTorch's (``torch.optim``), so results can be compared one to one;
-:class:`Momentum` keeps the book's velocity form ``v = momentum * v - lr * g; p += v``, which
-equals PyTorch's ``SGD(momentum=...)`` for a constant learning rate.
+The update rules are PyTorch's (``torch.optim``), so results can be compared one to one, also
+under a learning-rate schedule: :class:`Momentum` keeps PyTorch's buffer
+``b = momentum * b + g`` and steps ``p -= lr * b``, which equals the book's velocity form
+``v = momentum * v - lr * g; p += v`` while the learning rate is constant.
 
 >>> import nnbackend as nb
 >>> from nnbackend import nn, optim
@@ -442,11 +443,18 @@ def _sgd_half(k: Any, p: Any, g: Any, lr: float, inplace: bool) -> None:
 
 
 class Momentum(Optimizer):
-    """SGD with momentum, in the book's velocity form: ``v = momentum * v - lr * g;
-    p += v`` (PyTorch's ``SGD(momentum=m)`` for a constant learning rate)."""
+    """SGD with momentum in PyTorch's form (``SGD(momentum=m)``, no dampening):
+    ``b = momentum * b + g; p -= lr * b``, with the buffer ``b`` kept as state
+    ``"momentum_buffer"``.
+
+    While ``lr`` is constant this is the book's velocity form ``v = momentum * v - lr * g;
+    p += v`` (``v = -lr * b``). When ``lr`` changes (a schedule), the buffer keeps the past
+    gradients unscaled and the new rate applies to all of them at once, as in PyTorch; the
+    velocity form would keep moving at the old rate for many steps.
+    """
 
     hyperparameters = ("lr", "momentum")
-    state_names = ("v",)
+    state_names = ("momentum_buffer",)
 
     def __init__(
         self, params: Iterable[Tensor] | Any, lr: float = 0.01, momentum: float = 0.9
@@ -458,33 +466,32 @@ class Momentum(Optimizer):
         self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
     ) -> None:
         lr, mu = self.lr, self.momentum
-        v = _zeros_state(st, "v", p, xp)
+        b = _zeros_state(st, "momentum_buffer", p, xp)
         if inplace:
-            v *= mu
-            v -= lr * g
-            p.data += v
+            b *= mu
+            b += g
+            p.data -= lr * b
         else:
-            v = st["v"] = mu * v - lr * g
-            p.data = p.data + v
+            b = st["momentum_buffer"] = mu * b + g
+            p.data = p.data - lr * b
 
 
 class Nesterov(Momentum):
-    """Nesterov's accelerated gradient (PyTorch's ``SGD(momentum=m, nesterov=True)``):
-    ``v = momentum * v - lr * g; p += momentum * v - lr * g``."""
+    """Nesterov's accelerated gradient in PyTorch's form (``SGD(momentum=m,
+    nesterov=True)``): ``b = momentum * b + g; p -= lr * (g + momentum * b)``."""
 
     def _update(
         self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
     ) -> None:
         lr, mu = self.lr, self.momentum
-        v = _zeros_state(st, "v", p, xp)
-        step = lr * g
+        b = _zeros_state(st, "momentum_buffer", p, xp)
         if inplace:
-            v *= mu
-            v -= step
-            p.data += mu * v - step
+            b *= mu
+            b += g
+            p.data -= lr * (g + mu * b)
         else:
-            v = st["v"] = mu * v - step
-            p.data = p.data + (mu * v - step)
+            b = st["momentum_buffer"] = mu * b + g
+            p.data = p.data - lr * (g + mu * b)
 
 
 class AdaGrad(Optimizer):
@@ -657,3 +664,8 @@ def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float =
         g = p.grad
         p.grad = g * (factor if g.dtype == acc else xp.astype(factor, g.dtype))
     return norm
+
+
+def __dir__() -> list[str]:
+    """The public names (``__all__``): not ``math``, ``Any`` or the other imports."""
+    return sorted(__all__)

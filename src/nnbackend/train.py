@@ -20,6 +20,7 @@ the host never waits for the device between reports.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import operator
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from nnbackend import config
+from nnbackend import config, registry
 from nnbackend import precision as nb_precision
 from nnbackend import random as nb_random
 from nnbackend.autograd.mode import no_grad
@@ -90,6 +91,8 @@ class History:
         wall_time: seconds ``fit`` took.
         interrupted: True when Ctrl-C (``KeyboardInterrupt``) stopped training.
         stopped_early: True when a callback set ``trainer.stop_training``.
+        metrics: per completed epoch, the value of each metric given to ``fit(metrics=)``
+            under its name, and on the validation set under ``"val_" + name``.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -107,6 +110,7 @@ class History:
     stopped_early: bool = False
     batch_size: int = 0
     steps_per_epoch: int = 0
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def time_per_step(self) -> float:
@@ -132,6 +136,7 @@ class History:
             "stopped_early": self.stopped_early,
             "batch_size": self.batch_size,
             "steps_per_epoch": self.steps_per_epoch,
+            "metrics": {name: list(values) for name, values in self.metrics.items()},
         }
 
     def plot(self, path: str | Path, *, title: str | None = None) -> Path:
@@ -175,7 +180,7 @@ class History:
             ax.set_xlabel("step")
             ax.set_ylabel("accuracy")
             ax.set_title("accuracy")
-            ax.set_ylim(0.0, 1.0)
+            ax.set_ylim(-0.02, 1.02)  # a curve at exactly 0 or 1 stays visible
             ax.grid(True, alpha=0.3)
             ax.legend()
         if title:
@@ -634,6 +639,23 @@ class Trainer:
             return list(params())
         return list(getattr(self.optimizer, "params", []))
 
+    def _on_model(self, *arrays: Any) -> tuple[Any, ...]:
+        """``arrays`` on the model's backend, device and dtype (labels as its int64), each
+        converted once: NumPy arrays, lists, Tensors and other backends' arrays alike.
+        A model without parameters takes the backend of the first backend array given, or
+        the active one."""
+        from nnbackend.datasets import to_backend
+
+        like: Any = None
+        if any(True for _ in self._parameters()):
+            like = self.model
+        else:
+            for a in arrays:
+                if registry.backend_of(_data(a)) is not None:
+                    like = _data(a)
+                    break
+        return tuple(to_backend(a, like=like) for a in arrays)
+
     @staticmethod
     def _check_pair(x: Any, t: Any, what: str) -> tuple[Any, Any, Any]:
         x, t = _data(x), _data(t)
@@ -711,7 +733,7 @@ class Trainer:
     def fit(
         self,
         x: Any,
-        t: Any,
+        t: Any = None,
         epochs: int = 1,
         batch_size: int = 32,
         *,
@@ -722,15 +744,28 @@ class Trainer:
         seed: int | None = None,
         progress: Any = "auto",
         callbacks: Iterable[Any] = (),
+        validation_data: Sequence[Any] | None = None,
+        validation_split: float | None = None,
+        metrics: Iterable[Any] = (),
     ) -> History:
         """Train for ``epochs`` passes over ``(x, t)`` in mini-batches of ``batch_size``.
 
         Args:
-            x: inputs, a backend array (or Tensor) with one row per sample.
-            t: targets, of the same backend as ``x`` and with as many rows.
+            x: inputs with one row per sample: an array of any registered backend, a Tensor,
+                a NumPy array or a list. They are moved to the model's backend, device and
+                dtype once, before the first step (see :func:`nnbackend.to_backend`).
+                Or a :class:`nnbackend.data.DataLoader` (then ``t``, ``batch_size``,
+                ``shuffle``, ``seed`` and ``validation_split`` are the loader's business):
+                batches stream from host memory to the model's device.
+            t: targets with as many rows (integer labels become the backend's int64).
             epochs: passes over the data.
             batch_size: rows per step; the last batch of an epoch may be smaller.
             validation: ``(x_val, t_val)`` evaluated after every epoch.
+            validation_data: the same as ``validation`` (the Keras name).
+            validation_split: hold out this fraction (between 0 and 1) of the rows, the last
+                ones, before any shuffling, and evaluate on them after every epoch.
+            metrics: :class:`nnbackend.metrics.Metric` objects or names ("top5", "mse", ...);
+                each epoch's value is in ``history.metrics[name]`` (and ``"val_" + name``).
             eval_interval: report every this many steps; ``None`` reports once per epoch.
             max_grad: clip the global gradient norm to this (on the device) before each step.
             shuffle: draw a new order every epoch (from ``nnbackend.random``, seeded by
@@ -739,8 +774,9 @@ class Trainer:
             progress: ``"auto"`` (a bar on a terminal, nothing otherwise), True (a bar:
                 tqdm when installed, else a built-in one), False, or ``"log"`` (one line per
                 report).
-            callbacks: :class:`Callback` objects, or functions ``(trainer, history)`` called
-                after every epoch.
+            callbacks: :class:`Callback` objects (:mod:`nnbackend.callbacks`,
+                :mod:`nnbackend.schedules`), or functions ``(trainer, history)`` called after
+                every epoch.
 
         Returns:
             The :class:`History`. Ctrl-C (or a ``KeyboardInterrupt`` raised by a callback)
@@ -760,11 +796,34 @@ class Trainer:
         eval_interval = _positive_int("eval_interval", eval_interval, allow_none=True)
         if max_grad is not None and not float(max_grad) > 0.0:
             raise ValueError(f"max_grad must be > 0, got {max_grad!r}")
+        if validation_data is not None:
+            if validation is not None:
+                raise ArgumentError("give validation or validation_data, not both")
+            validation = validation_data
+        loader = _as_loader(x, t, validation_split)
+        if loader is not None:
+            if loader.like is None and any(True for _ in self._parameters()):
+                loader.like = self.model
+            batch_size = loader.batch_size
+            # A first batch tells the backend; the loop draws its own batches per epoch.
+            x, t = _first_batch(loader)
+        else:
+            x, t = self._on_model(x, t)
+        if validation_split is not None:
+            if validation is not None:
+                raise ArgumentError("give validation_data or validation_split, not both")
+            x, t, validation = _split(x, t, validation_split)
         xp, x, t = self._check_pair(x, t, "fit")
         if validation is not None:
+            if isinstance(validation, (tuple, list)) and len(validation) == 2:
+                validation = self._on_model(validation[0], validation[1])
             validation = self._check_validation(validation, x, t)
-        n = int(x.shape[0])
-        steps_per_epoch = -(-n // batch_size)
+        from nnbackend.metrics import get as get_metric
+
+        train_metrics = [get_metric(m) for m in metrics]
+        val_metrics = [copy.deepcopy(m) for m in train_metrics]
+        n = int(x.shape[0]) if loader is None else loader.n
+        steps_per_epoch = -(-n // batch_size) if loader is None else len(loader)
         hooks = _hooks(callbacks)
         on_step_end = hooks["on_step_end"]
         params = self._parameters() if max_grad is not None else []
@@ -774,7 +833,7 @@ class Trainer:
 
             max_norm = float(max_grad)
             clip = lambda: clip_grad_norm(params, max_norm)
-        generator = nb_random.Generator(seed) if shuffle else None
+        generator = nb_random.Generator(seed) if shuffle and loader is None else None
 
         history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         self.step = self.epoch = 0
@@ -811,11 +870,17 @@ class Trainer:
                     self.epoch = epoch
                     bar.describe(f"epoch {epoch + 1}/{epochs}")
                     perm = self._permutation(generator, n, x, xp) if generator else None
+                    batches = iter(loader) if loader is not None else None
                     whole.reset()
+                    for m in train_metrics:
+                        m.reset()
                     for i in range(steps_per_epoch):
                         lo = i * batch_size
                         hi = min(lo + batch_size, n)
-                        if perm is not None:
+                        if batches is not None:
+                            xb, tb = next(batches)
+                            lo, hi = 0, int(xb.shape[0])
+                        elif perm is not None:
                             idx = perm[lo:hi]
                             xb, tb = take(x, idx, axis=0), take(t, idx, axis=0)
                         else:
@@ -847,6 +912,8 @@ class Trainer:
                             count_correct, per_row = _accuracy_counter(loss_fn, yd, tb)
                         correct = None if count_correct is None else count_correct(xp, yd, tb)
                         lv = _wide(xp, _data(loss))
+                        for m in train_metrics:
+                            m.update(yd, tb)
                         whole.add(lv, hi - lo, correct, (hi - lo) * per_row)
                         if eval_interval is not None:
                             interval.add(lv, hi - lo, correct, (hi - lo) * per_row)
@@ -864,8 +931,14 @@ class Trainer:
                         history.epoch_loss.append(e_loss)
                         history.epoch_accuracy.append(e_acc)
                         extra = ""
+                        for m in train_metrics:
+                            history.metrics.setdefault(m.name, []).append(m.result())
                         if validation is not None:
-                            v_loss, v_acc = self.evaluate(validation[0], validation[1])
+                            v_loss, v_acc = self.evaluate(
+                                validation[0], validation[1], metrics=val_metrics
+                            )
+                            for m in val_metrics:
+                                history.metrics.setdefault("val_" + m.name, []).append(m.result())
                             history.val_loss.append(v_loss)
                             history.val_accuracy.append(v_acc)
                             extra = " val_" + _metrics_text(v_loss, v_acc).replace(
@@ -906,11 +979,23 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------
     @_under_policy
-    def evaluate(self, x: Any, t: Any, batch_size: int = 1024) -> tuple[float, float | None]:
+    def evaluate(
+        self, x: Any, t: Any, batch_size: int = 1024, *, metrics: Iterable[Any] = ()
+    ) -> tuple[float, float | None]:
         """Mean loss and accuracy of the model on ``(x, t)`` in evaluation mode, without
         gradients, in batches of ``batch_size``. Accuracy is ``None`` where it means nothing
-        (regression losses). Reads two numbers from the device, once."""
+        (regression losses). Reads two numbers from the device, once.
+
+        ``x`` and ``t`` may be NumPy arrays, lists or arrays of any backend: they are moved
+        to the model's backend, device and dtype first. Each of ``metrics``
+        (:class:`nnbackend.metrics.Metric` objects) is reset and fed every batch; read it
+        with ``metric.result()``.
+        """
         batch_size = _positive_int("batch_size", batch_size)  # type: ignore[assignment]
+        metrics = list(metrics)
+        for m in metrics:
+            m.reset()
+        x, t = self._on_model(x, t)
         xp, x, t = self._check_pair(x, t, "evaluate")
         n = int(x.shape[0])
         sums = _Sums()
@@ -927,6 +1012,8 @@ class Trainer:
                     if count_correct is False:
                         count_correct, per_row = _accuracy_counter(self.loss_fn, y, tb)
                     correct = None if count_correct is None else count_correct(xp, y, tb)
+                    for m in metrics:
+                        m.update(y, tb)
                     sums.add(_wide(xp, loss), hi - lo, correct, (hi - lo) * per_row)
         finally:
             self._restore_mode(previous)
@@ -935,13 +1022,69 @@ class Trainer:
     @_under_policy
     def predict(self, x: Any, batch_size: int = 1024) -> Any:
         """The model's outputs for ``x`` (a backend array, not a Tensor), computed in
-        evaluation mode without gradients, in batches of ``batch_size``."""
+        evaluation mode without gradients, in batches of ``batch_size``. ``x`` may be a
+        NumPy array, a list or an array of any backend: it is moved to the model's backend,
+        device and dtype first."""
         batch_size = _positive_int("batch_size", batch_size)  # type: ignore[assignment]
+        x = self._on_model(x)[0]
         previous = self._set_mode(False)
         try:
             return _predict(self.model, x, batch_size)
         finally:
             self._restore_mode(previous)
+
+
+def _as_loader(x: Any, t: Any, validation_split: Any) -> Any:
+    """``x`` when it is a :class:`nnbackend.data.DataLoader` (checked for the arguments it
+    excludes), else ``None``; a missing ``t`` without a loader is an error."""
+    from nnbackend.data import DataLoader
+
+    if not isinstance(x, DataLoader):
+        if t is None:
+            raise ArgumentError("fit needs targets t (or a nnbackend.data.DataLoader as x)")
+        return None
+    if t is not None:
+        raise ArgumentError("fit(loader, t): the DataLoader holds the targets; leave t out")
+    if validation_split is not None:
+        raise ArgumentError(
+            "validation_split needs the data in memory; with a DataLoader, pass "
+            "validation_data=(x_val, t_val)"
+        )
+    return x
+
+
+def _first_batch(loader: Any) -> tuple[Any, Any]:
+    """One batch of ``loader`` without shuffling or prefetching (it fixes the backend)."""
+    from nnbackend.data import DataLoader
+
+    probe = DataLoader(
+        loader.x,
+        loader.t,
+        batch_size=min(loader.batch_size, loader.n),
+        shuffle=False,
+        prefetch=False,
+        like=loader.like,
+    )
+    first: tuple[Any, Any] = next(iter(probe))
+    return first
+
+
+def _split(x: Any, t: Any, fraction: Any) -> tuple[Any, Any, tuple[Any, Any]]:
+    """``(x_train, t_train, (x_val, t_val))``: the last ``fraction`` of the rows held out."""
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"validation_split must be a number, got {fraction!r}") from None
+    if not 0.0 < fraction < 1.0:
+        raise ArgumentError(f"validation_split must be between 0 and 1, got {fraction}")
+    n = int(x.shape[0])
+    cut = int(n * (1.0 - fraction))
+    if cut < 1 or cut >= n:
+        raise ArgumentError(
+            f"validation_split={fraction} of {n} rows leaves an empty training or validation "
+            "set; choose a fraction that keeps at least one row in each"
+        )
+    return x[:cut, ...], t[:cut, ...], (x[cut:, ...], t[cut:, ...])
 
 
 def _predict(model: Any, x: Any, batch_size: int) -> Any:

@@ -14,6 +14,7 @@ Sequential(
 from __future__ import annotations
 
 from nnbackend.nn import functional, init
+from nnbackend.nn.containers import ModuleDict, ModuleList
 from nnbackend.nn.layers import (
     Dropout,
     Embedding,
@@ -38,6 +39,8 @@ __all__ = [
     "MSELoss",
     "MatMul",
     "Module",
+    "ModuleDict",
+    "ModuleList",
     "Parameter",
     "ReLU",
     "Sequential",

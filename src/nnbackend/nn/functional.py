@@ -30,7 +30,14 @@ from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.errors import ArgumentError, BackendError, DtypeError, LabelError, ShapeError
+from nnbackend.errors import (
+    ArgumentError,
+    BackendError,
+    BackendMismatchError,
+    DtypeError,
+    LabelError,
+    ShapeError,
+)
 from nnbackend.namespace import backend_for
 
 __all__ = [
@@ -223,6 +230,7 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     wd = weight.data if isinstance(weight, Tensor) else weight
     compute = _mixed_compute()
     if xd.dtype != wd.dtype and compute is None:
+        _same_backend(xd, wd)
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
@@ -239,6 +247,24 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
                 f"{tuple(wd.shape)}; expected input shape (..., {wd.shape[0]})"
             ) from None
         raise
+
+
+def _same_backend(x: Any, weight: Any) -> None:
+    """Raise :class:`~nnbackend.errors.BackendMismatchError` when the input ``x`` is not an
+    array of the weight's backend (checked only where the dtypes already differ: a NumPy
+    float64 array and a torch float64 weight are a backend mismatch, not a dtype one)."""
+    w_record = backend_for(weight)[1]
+    try:
+        x_name = backend_for(x)[1].name
+    except BackendMismatchError:
+        x_name = f"{type(x).__module__}.{type(x).__qualname__}"
+    if x_name == w_record.name:
+        return
+    raise BackendMismatchError(
+        f"the input is an array of backend {x_name!r} but the layer's weights are on backend "
+        f"{w_record.name!r}; move the data first with nnbackend.to_backend(x, like=model) "
+        "(Trainer.fit/evaluate/predict do it for you)"
+    )
 
 
 def _float_dtype(array: Any, name: str) -> Any:

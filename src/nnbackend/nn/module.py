@@ -105,6 +105,13 @@ class Module:
         elif isinstance(value, Module):
             params.pop(name, None)
             modules[name] = value
+        elif type(value) in (list, tuple, dict) and _holds_layers(value):
+            kind = "ModuleDict" if type(value) is dict else "ModuleList"
+            raise TypeError(
+                f"{type(self).__name__}.{name} is a plain {type(value).__name__} of layers or "
+                "parameters: their parameters would be missed by parameters(), the optimizer, "
+                f"to() and checkpoints; wrap it: self.{name} = nn.{kind}(...)"
+            )
         elif name in params:
             if value is not None:
                 raise TypeError(
@@ -323,6 +330,29 @@ class Module:
         return state
 
     # -- printing ------------------------------------------------------------------------
+    def summary(self, x: Any = None, *, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table of the layers: name, type, output shape (when an input is given) and
+        parameter count, then the totals and the bytes by dtype. Print it.
+
+        Args:
+            x: an example input (an array or Tensor of the model's backend); the model runs
+                once on it, in evaluation mode and without gradients.
+            input_shape: instead of ``x``, the shape of one sample; the model runs on a
+                batch of one zero sample of its parameters' dtype.
+
+        >>> from nnbackend import nn
+        >>> print(nn.Sequential(nn.Linear(2, 3), nn.ReLU()).summary(input_shape=(2,)))
+        layer    type        output shape  parameters
+        -------  ----------  ------------  ----------
+        (model)  Sequential  (1, 3)        9
+        0        Linear      (1, 3)        9
+        1        ReLU        (1, 3)        0
+        parameters: 9 (trainable 9); float64: 72 bytes
+        """
+        from nnbackend.nn.summary import summary
+
+        return summary(self, x, input_shape=input_shape)
+
     def extra_repr(self) -> str:
         """The text inside the parentheses of this module's repr."""
         return ""
@@ -388,6 +418,11 @@ def transpose_2d(value: Any) -> Any:
     except Exception:
         return value
     return xp.permute_dims(value, (1, 0))
+
+
+def _holds_layers(value: Any) -> bool:
+    items = value.values() if type(value) is dict else value
+    return any(isinstance(item, (Module, Parameter)) for item in items)
 
 
 def convert_like(value: Any, like: Any, where: str) -> Any:

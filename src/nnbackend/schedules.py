@@ -1,0 +1,212 @@
+"""Learning-rate schedules: :class:`StepLR`, :class:`ExponentialLR`, :class:`CosineAnnealing`
+(with linear warm-up) and :class:`ReduceLROnPlateau`.
+
+A schedule sets ``optimizer.lr`` (a Python float, so changing it never touches the device).
+Give it to :meth:`nnbackend.Trainer.fit` in ``callbacks``, where it steps after every epoch
+(or every optimizer step with ``per="step"``), or call :meth:`Schedule.step` yourself in a
+hand-written loop. The closed forms are PyTorch's (``torch.optim.lr_scheduler``), so
+``StepLR(opt, 30, 0.1)`` gives the same learning rates as there.
+
+>>> from nnbackend import nn, optim
+>>> from nnbackend.schedules import StepLR
+>>> opt = optim.SGD(nn.Linear(2, 1).parameters(), lr=1.0)
+>>> schedule = StepLR(opt, step_size=2, gamma=0.5)
+>>> rates = []
+>>> for epoch in range(5):
+...     rates.append(opt.lr)  # ... train one epoch ...
+...     _ = schedule.step()
+>>> rates
+[1.0, 1.0, 0.5, 0.5, 0.25]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nnbackend.errors import ArgumentError
+from nnbackend.train import Callback, History, Trainer
+
+__all__ = ["CosineAnnealing", "ExponentialLR", "ReduceLROnPlateau", "Schedule", "StepLR"]
+
+
+def _check_optimizer(optimizer: Any) -> Any:
+    lr = getattr(optimizer, "lr", None)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ArgumentError(
+            f"a schedule needs an optimizer with a numeric .lr (an nnbackend.optim optimizer), "
+            f"got {type(optimizer).__name__}"
+        )
+    return optimizer
+
+
+class Schedule(Callback):
+    """Base class: ``optimizer.lr = lr_at(n)`` after the ``n``-th call of :meth:`step`.
+
+    Subclasses define :meth:`lr_at`. ``base_lr`` is the optimizer's ``lr`` when the schedule
+    was made; ``n`` counts the calls of :meth:`step` (epochs, or steps with
+    ``per="step"``). Making a schedule sets ``optimizer.lr = lr_at(0)``.
+    """
+
+    def __init__(self, optimizer: Any, *, per: str = "epoch") -> None:
+        if per not in ("epoch", "step"):
+            raise ArgumentError(f"per must be 'epoch' or 'step', got {per!r}")
+        self.optimizer = _check_optimizer(optimizer)
+        self.base_lr = float(optimizer.lr)
+        self.per = per
+        self.n = 0
+        self.optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, n: int) -> float:
+        """The learning rate after ``n`` calls of :meth:`step`."""
+        raise NotImplementedError(f"{type(self).__name__} must define lr_at()")
+
+    def step(self) -> float:
+        """Advance by one epoch (or step) and set the optimizer's ``lr``; returns it."""
+        self.n += 1
+        lr = self.optimizer.lr = float(self.lr_at(self.n))
+        return lr
+
+    def on_epoch_end(self, trainer: Trainer, history: History) -> None:
+        if self.per == "epoch":
+            self.step()
+
+    def on_step_end(self, trainer: Trainer, history: History) -> None:
+        if self.per == "step":
+            self.step()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_lr={self.base_lr}, n={self.n}, lr={self.optimizer.lr})"
+
+
+def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise ArgumentError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
+    return value
+
+
+def _factor(name: str, value: Any) -> float:
+    value = float(value)
+    if not 0.0 < value <= 1.0:
+        raise ArgumentError(f"{name} must be in (0, 1], got {value}")
+    return value
+
+
+class StepLR(Schedule):
+    """``lr = base_lr * gamma ** (n // step_size)`` (PyTorch's ``StepLR``)."""
+
+    def __init__(
+        self, optimizer: Any, step_size: int, gamma: float = 0.1, *, per: str = "epoch"
+    ) -> None:
+        self.step_size = _positive_int("step_size", step_size)
+        self.gamma = _factor("gamma", gamma)
+        super().__init__(optimizer, per=per)
+
+    def lr_at(self, n: int) -> float:
+        return self.base_lr * self.gamma ** (n // self.step_size)
+
+
+class ExponentialLR(Schedule):
+    """``lr = base_lr * gamma ** n`` (PyTorch's ``ExponentialLR``)."""
+
+    def __init__(self, optimizer: Any, gamma: float, *, per: str = "epoch") -> None:
+        self.gamma = _factor("gamma", gamma)
+        super().__init__(optimizer, per=per)
+
+    def lr_at(self, n: int) -> float:
+        return self.base_lr * self.gamma**n
+
+
+class CosineAnnealing(Schedule):
+    """A linear warm-up over ``warmup`` epochs, then a half cosine from ``base_lr`` down to
+    ``min_lr`` at epoch ``total`` (and ``min_lr`` after it).
+
+    During warm-up, ``lr = base_lr * (n + 1) / (warmup + 1)``; after it, with
+    ``k = n - warmup`` and ``K = total - warmup``,
+    ``lr = min_lr + (base_lr - min_lr) * (1 + cos(pi * k / K)) / 2``. With ``warmup=0`` this is
+    PyTorch's ``CosineAnnealingLR(T_max=total, eta_min=min_lr)`` (its closed form).
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        total: int,
+        *,
+        warmup: int = 0,
+        min_lr: float = 0.0,
+        per: str = "epoch",
+    ) -> None:
+        self.total = _positive_int("total", total)
+        self.warmup = _positive_int("warmup", warmup, allow_zero=True)
+        if self.warmup >= self.total:
+            raise ArgumentError(f"warmup ({warmup}) must be shorter than total ({total})")
+        self.min_lr = float(min_lr)
+        if not self.min_lr >= 0.0:
+            raise ArgumentError(f"min_lr must be >= 0, got {min_lr!r}")
+        super().__init__(optimizer, per=per)
+
+    def lr_at(self, n: int) -> float:
+        if n < self.warmup:
+            return self.base_lr * (n + 1) / (self.warmup + 1)
+        k = min(n, self.total) - self.warmup
+        span = self.total - self.warmup
+        return self.min_lr + (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * k / span)) / 2
+
+
+class ReduceLROnPlateau(Schedule):
+    """Multiply ``lr`` by ``factor`` when ``monitor`` has not improved for ``patience``
+    epochs (PyTorch's ``ReduceLROnPlateau``, relative threshold 0, no cooldown), never
+    below ``min_lr``.
+
+    In ``fit`` it reads ``monitor`` from the history after each epoch; by hand, call
+    ``step(value)``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        monitor: str = "val_loss",
+        *,
+        factor: float = 0.1,
+        patience: int = 10,
+        min_lr: float = 0.0,
+        mode: str = "auto",
+    ) -> None:
+        from nnbackend.callbacks import _Monitor
+
+        self.factor = _factor("factor", factor)
+        if self.factor == 1.0:
+            raise ArgumentError("factor must be below 1 (1 would never reduce the rate)")
+        self.patience = _positive_int("patience", patience, allow_zero=True)
+        self.min_lr = float(min_lr)
+        self.monitor = monitor
+        self._watch = _Monitor(monitor, mode, 0.0)
+        self.wait = 0
+        super().__init__(optimizer)
+
+    def lr_at(self, n: int) -> float:
+        return float(self.optimizer.lr) if n else self.base_lr
+
+    def step(self, value: float | None = None) -> float:  # type: ignore[override]
+        """Record the monitored ``value`` of one epoch; reduce ``lr`` after ``patience``
+        epochs without improvement. Returns the learning rate now."""
+        self.n += 1
+        if value is None:
+            raise ArgumentError(f"{type(self).__name__}.step needs the monitored value")
+        value = float(value)
+        if self._watch.improved(value):
+            self._watch.best = value
+            self.wait = 0
+        else:
+            self.wait += 1
+            if self.wait > self.patience:
+                self.optimizer.lr = max(float(self.optimizer.lr) * self.factor, self.min_lr)
+                self.wait = 0
+        return float(self.optimizer.lr)
+
+    def on_epoch_end(self, trainer: Trainer, history: History) -> None:
+        from nnbackend.callbacks import monitored_value
+
+        value = monitored_value(history, self.monitor)
+        if value is not None:
+            self.step(value)
