@@ -13,7 +13,7 @@ Sequential(
 
 from __future__ import annotations
 
-from nnbackend.nn import functional, init
+from nnbackend.nn import functional, init, recurrent
 from nnbackend.nn.layers import (
     Dropout,
     Embedding,
@@ -28,10 +28,15 @@ from nnbackend.nn.layers import (
 )
 from nnbackend.nn.losses import MSELoss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SoftmaxWithLoss
 from nnbackend.nn.module import Module, Parameter, Sequential
+from nnbackend.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
     "Dropout",
     "Embedding",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
@@ -39,6 +44,8 @@ __all__ = [
     "MatMul",
     "Module",
     "Parameter",
+    "RNN",
+    "RNNCell",
     "ReLU",
     "Sequential",
     "Sigmoid",
@@ -49,4 +56,5 @@ __all__ = [
     "Tanh",
     "functional",
     "init",
+    "recurrent",
 ]
