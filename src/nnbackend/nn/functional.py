@@ -547,16 +547,86 @@ class SoftmaxCrossEntropy(Function):
         return gx, gt
 
 
-def softmax_cross_entropy(logits: Any, labels: Any) -> Tensor:
+class MaskedSoftmaxCrossEntropy(Function):
+    """Mean softmax cross-entropy of logits (N, C) against integer labels (N,), skipping the
+    rows whose label is ``ignore_index``: the mean runs over the other rows only, and the
+    skipped rows get a zero gradient (the book's ``ignore_label``)."""
+
+    grad_may_alias = False
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, x: Any, t: Any) -> Any:
+        xp = self.xp
+        n, c = x.shape
+        k = self.k = kernels(xp, x)
+        self.wide = wide = k.half is not None and x.dtype == k.half
+        if wide:  # float16 without fast float16: in float32, stored in float16
+            x = k.widen(x)
+        valid = t != self.ignore_index
+        safe = xp.where(valid, t, xp.zeros_like(t))
+        hit = safe[:, None] == _class_range(xp, c, t)
+        invalid = None
+        if k.on_host(t):
+            if int(k.count_nonzero(hit)) != n:
+                raise _bad_labels(safe, c)
+        else:  # no sync on a device: out-of-range labels make the loss NaN
+            invalid = k.sum(k.astype(hit, x.dtype), axis=None) != float(n)
+        z = x - k.max(x, axis=1, keepdims=True)
+        e = xp.exp(z)
+        s = k.sum(e, axis=1, keepdims=True)
+        mask = k.astype(valid, x.dtype)
+        onehot = k.astype(hit, x.dtype)
+        # max(count, 1): a batch of ignored labels only has loss 0 and gradient 0, not NaN.
+        count = xp.maximum(k.sum(mask, axis=None), xp.ones((), dtype=x.dtype))
+        rows = xp.reshape(xp.log(s), (-1,)) - k.sum(onehot * z, axis=1)
+        self.p, self.onehot, self.mask, self.count = e / s, onehot, mask, count
+        loss = k.sum(rows * mask, axis=None) / count
+        if invalid is not None:
+            loss = xp.where(invalid, float("nan"), loss)
+        return k.narrow(loss) if wide else loss
+
+    def backward(self, gy: Any) -> tuple[Any, None]:
+        k = self.k
+        if self.wide:
+            gy = k.widen(gy)
+        gx = (self.p - self.onehot) * (self.mask / self.count)[:, None] * gy
+        return (k.narrow(gx) if self.wide else gx), None
+
+
+def softmax_cross_entropy(logits: Any, labels: Any, ignore_index: int | None = None) -> Tensor:
     """Mean cross-entropy of ``softmax(logits)`` (shape (N, C)) against integer ``labels``
     (N,) or one-hot / probability targets (N, C), as one stable node (log-sum-exp).
+
+    Sequences: logits (N, T, C) with labels (N, T) are flattened to (N*T, C) and (N*T,).
+    ``ignore_index``: labels equal to it (the book's ``ignore_label=-1``, or a padding id)
+    are left out: the mean runs over the other labels and their logits get zero gradient.
 
     Labels out of range raise :class:`~nnbackend.errors.LabelError` on host-resident backends;
     on a GPU, where a check would force a device synchronisation each step, they make the loss
     NaN instead. Under a mixed precision policy float16 logits are cast to float32 first.
     """
     logits, labels = _loss_inputs(logits, labels)
-    return SoftmaxCrossEntropy()(logits, labels)
+    ld, td = _data(logits), _data(labels)
+    if ld.ndim > 2 and td.ndim == ld.ndim - 1:
+        logits = ops.reshape(logits, (-1, ld.shape[-1]))
+        labels = backend_for(td)[0].reshape(td, (-1,))
+    if ignore_index is None:
+        return SoftmaxCrossEntropy()(logits, labels)
+    td = _data(labels)
+    xp = backend_for(td)[0]
+    if td.ndim != 1 or not xp.isdtype(td.dtype, "integral"):
+        raise ArgumentError(
+            f"softmax_cross_entropy: ignore_index needs integer labels of shape (N,) or (N, T), "
+            f"got {tuple(td.shape)} {td.dtype}"
+        )
+    if _data(logits).ndim != 2:
+        raise ShapeError(
+            f"softmax_cross_entropy: logits must have shape (N, C) or (N, T, C), got "
+            f"{tuple(_data(logits).shape)}"
+        )
+    return MaskedSoftmaxCrossEntropy(ignore_index)(logits, labels)
 
 
 class SigmoidCrossEntropy(Function):
