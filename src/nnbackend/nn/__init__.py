@@ -13,7 +13,8 @@ Sequential(
 
 from __future__ import annotations
 
-from nnbackend.nn import functional, init, recurrent
+from nnbackend.nn import attention, functional, init, recurrent, sampling
+from nnbackend.nn.attention import Attention, TimeAttention
 from nnbackend.nn.layers import (
     Dropout,
     Embedding,
@@ -29,10 +30,13 @@ from nnbackend.nn.layers import (
 from nnbackend.nn.losses import MSELoss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SoftmaxWithLoss
 from nnbackend.nn.module import Module, Parameter, Sequential
 from nnbackend.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from nnbackend.nn.sampling import EmbeddingDot, NegativeSamplingLoss, UnigramSampler
 
 __all__ = [
+    "Attention",
     "Dropout",
     "Embedding",
+    "EmbeddingDot",
     "GRU",
     "GRUCell",
     "LSTM",
@@ -43,6 +47,7 @@ __all__ = [
     "MSELoss",
     "MatMul",
     "Module",
+    "NegativeSamplingLoss",
     "Parameter",
     "RNN",
     "RNNCell",
@@ -54,7 +59,11 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "SoftmaxWithLoss",
     "Tanh",
+    "TimeAttention",
+    "UnigramSampler",
+    "attention",
     "functional",
     "init",
     "recurrent",
+    "sampling",
 ]
