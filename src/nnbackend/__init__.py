@@ -9,7 +9,7 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import autograd, datasets, errors, precision, random
+from nnbackend import autograd, datasets, errors, precision, random, text
 from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
@@ -57,6 +57,7 @@ __all__ = [
     "save",
     "set_backend",
     "set_default_dtype",
+    "text",
     "to_device",
     "using",
 ]

@@ -160,3 +160,25 @@ def digits(
         Dataset(to_backend(x[train], dtype), to_backend(t[train])),
         Dataset(to_backend(x[test], dtype), to_backend(t[test])),
     )
+
+
+# Text data sets (the book's chapters 2-8) live in their own module; here for nb.datasets.ptb.
+from nnbackend.text.corpora import (  # noqa: E402
+    SequenceData,
+    TextCorpus,
+    addition,
+    date_format,
+    ptb,
+    text_cache_dir,
+    tiny_corpus,
+)
+
+__all__ += [
+    "SequenceData",
+    "TextCorpus",
+    "addition",
+    "date_format",
+    "ptb",
+    "text_cache_dir",
+    "tiny_corpus",
+]

@@ -13,13 +13,13 @@ backend: one seed gives the same negatives on numpy, torch, cupy and array-api-s
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from nnbackend import config, registry
 from nnbackend import random as _random
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends import host
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 from nnbackend.nn import functional as F
@@ -39,11 +39,13 @@ def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
-def _host_ints(a: Any) -> Any:
-    np = host.numpy()
-    if isinstance(a, Sequence) or type(a).__module__ == "numpy":
-        return np.asarray(a, dtype=np.int64)
-    return np.asarray(backend_for(_data(a))[1].to_host(_data(a)), dtype=np.int64)
+def _id_list(a: Any) -> list[int]:
+    """Word ids as a Python list, from a sequence or an array of any backend."""
+    if isinstance(a, Sequence):
+        return [int(i) for i in a]
+    d = _data(a)
+    found = backend_for(d)[1].to_host(d) if not hasattr(d, "tolist") else d
+    return [int(i) for i in found.reshape(-1).tolist()]
 
 
 class UnigramSampler:
@@ -69,26 +71,25 @@ class UnigramSampler:
         exclude_target: bool = False,
         generator: Any = None,
     ) -> None:
-        np = host.numpy()
-        ids = _host_ints(corpus).reshape(-1)
-        if ids.size == 0 or ids.min() < 0:
+        ids = _id_list(corpus)
+        if not ids or min(ids) < 0:
             raise ArgumentError("UnigramSampler needs a non-empty corpus of word ids >= 0")
-        size = int(ids.max()) + 1 if vocab_size is None else int(vocab_size)
-        if size <= int(ids.max()):
-            raise ArgumentError(
-                f"UnigramSampler: vocab_size={size} but the corpus holds id {int(ids.max())}"
-            )
+        top = max(ids)
+        size = top + 1 if vocab_size is None else int(vocab_size)
+        if size <= top:
+            raise ArgumentError(f"UnigramSampler: vocab_size={size} but the corpus holds id {top}")
         if int(sample_size) < 1:
             raise ArgumentError(f"sample_size must be >= 1, got {sample_size}")
         self.vocab_size = size
         self.power = float(power)
         self.sample_size = int(sample_size)
         self.exclude_target = bool(exclude_target)
-        counts = np.bincount(ids, minlength=size).astype(np.float64)
-        weights = counts**self.power
-        #: The sampling distribution (float64 NumPy array on the host).
-        self.word_p = weights / weights.sum()
-        if exclude_target and int(np.count_nonzero(self.word_p)) <= self.sample_size:
+        counts = Counter(ids)
+        weights = [float(counts.get(i, 0)) ** self.power for i in range(size)]
+        total = math.fsum(weights)
+        #: The sampling distribution, a list of ``vocab_size`` floats (on the host).
+        self.word_p = [w / total for w in weights]
+        if exclude_target and sum(1 for w in weights if w > 0) <= self.sample_size:
             raise ArgumentError(
                 "exclude_target=True needs more distinct words in the corpus than sample_size"
             )
@@ -96,15 +97,12 @@ class UnigramSampler:
             generator = _random.Generator(generator)
         self.generator = generator
 
-    def _host_generator(self) -> Any:
-        rng = self.generator if self.generator is not None else _random.default_generator()
-        return rng._host
+    def _generator(self) -> Any:
+        return self.generator if self.generator is not None else _random.default_generator()
 
     def draw(self, shape: int | tuple[int, ...]) -> Any:
         """``shape`` ids drawn with replacement, as a backend int64 array."""
-        shape = (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
-        values = self._host_generator().choice(self.vocab_size, size=shape, p=self.word_p)
-        return self._move(values.astype("int64"))
+        return self._generator().choice(self.vocab_size, shape, self.word_p)
 
     def sample(self, target: Any) -> Any:
         """Negative ids of shape ``(N, sample_size)`` for targets ``(N,)``."""
@@ -112,23 +110,16 @@ class UnigramSampler:
         n = int(td.shape[0])
         if not self.exclude_target:
             return self.draw((n, self.sample_size))
-        np = host.numpy()
-        rng = self._host_generator()
-        t = _host_ints(td).reshape(-1)
-        out = np.empty((n, self.sample_size), dtype=np.int64)
-        for i in range(n):
-            p = self.word_p.copy()
-            p[t[i]] = 0.0
-            out[i] = rng.choice(
-                self.vocab_size, size=self.sample_size, replace=False, p=p / p.sum()
-            )
-        return self._move(out)
-
-    @staticmethod
-    def _move(values: Any) -> Any:
-        backend, _, device = config.resolve()
-        record = registry.get(backend)
-        return record.from_host(values, record.device(device) if device is not None else None)
+        rng = self._generator()
+        rows = []
+        for t in _id_list(td):
+            p = list(self.word_p)
+            p[t] = 0.0
+            total = math.fsum(p)
+            p = [q / total for q in p]
+            rows.append(rng.choice(self.vocab_size, self.sample_size, p, replace=False))
+        xp = backend_for(rows[0])[0]
+        return xp.stack(rows, axis=0)
 
 
 def embedding_dot(h: Any, weight: Any, indices: Any) -> Tensor:
