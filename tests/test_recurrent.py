@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnbackend as nb
 from nnbackend import nn
@@ -283,3 +285,25 @@ def test_errors_say_what_was_expected() -> None:
             nn.GRU(0, H)
         with pytest.raises(ShapeError, match="one time step"):
             nn.LSTMCell(D, H)(xp.ones((N, T, D)))
+
+
+@settings(deadline=None)
+@given(
+    kind=st.sampled_from(["rnn", "lstm", "gru"]),
+    cuts=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+)
+def test_stateful_chunks_of_any_lengths_equal_one_call(kind: str, cuts: list[int]) -> None:
+    cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind]
+    with nb.using(backend="numpy", dtype="float64"):
+        nb.random.seed(5)
+        whole = cls(D, H)
+        chunked = cls(D, H, stateful=True)
+        for p, q in zip(chunked.parameters(), whole.parameters(), strict=True):
+            p.data = q.data
+        x = nb.random.normal((N, sum(cuts), D))
+        hs, _ = whole(x)
+        start, pieces = 0, []
+        for n in cuts:
+            pieces.append(chunked(x[:, start : start + n, :])[0].data)
+            start += n
+        np.testing.assert_allclose(np.concatenate(pieces, axis=1), hs.data, rtol=0, atol=1e-14)

@@ -126,6 +126,14 @@ def _forget_weight(key: int, ref: Any) -> None:
         del _wide_weights[key]
 
 
+def _product(xp: Any, x: Any, w: Any) -> Any:
+    """``x @ w`` for a 2-D ``w``, as one 2-D product when ``x`` has more than two axes."""
+    if x.ndim <= 2:
+        return x @ w
+    lead = tuple(x.shape[:-1])
+    return xp.reshape(xp.reshape(x, (-1, x.shape[-1])) @ w, (*lead, w.shape[-1]))
+
+
 class Linear(Function):
     """``x @ W + b`` with ``W`` of shape (in, out); ``x`` may have leading batch axes.
 
@@ -145,7 +153,7 @@ class Linear(Function):
         if k.half is not None and x.dtype == k.half and _size(x) * w.shape[-1] >= WIDE_MIN_MACS:
             return self._wide_forward(xp, k, x, w, b)
         self.x, self.w = x, w
-        y = x @ w
+        y = _product(xp, x, w)
         return y if b is None else y + b
 
     def _wide_forward(self, xp: Any, k: Any, x: Any, w: Any, b: Any) -> Any:
@@ -157,7 +165,7 @@ class Linear(Function):
         self.w = w = (
             w if w.dtype == f32 else _widen_weight(k, w) if w.dtype == k.half else _to(xp, w, f32)
         )
-        y = x @ w
+        y = _product(xp, x, w)
         if b is not None:
             y = y + _to(xp, b, f32)
         return k.narrow(y)
@@ -167,10 +175,16 @@ class Linear(Function):
         if self.wide:
             gy = k.widen(gy)
         need_x, need_w = self.needs_input_grad[:2]
-        gx = gy @ w.T if need_x else None
+        shape = None
         if x.ndim != 2:
+            # Products of 2-D arrays: NumPy runs (N, T, in) @ (in, out) 4-6x slower than the
+            # same product on (N*T, in) (measured on the LSTM language model's output layer).
+            shape = tuple(x.shape)
             x = xp.reshape(x, (-1, w.shape[0]))
             gy = xp.reshape(gy, (-1, w.shape[1]))
+        gx = gy @ w.T if need_x else None
+        if gx is not None and shape is not None:
+            gx = xp.reshape(gx, shape)
         gw = x.T @ gy if need_w else None
         gb = None
         if self.has_bias and self.needs_input_grad[2]:
@@ -202,7 +216,7 @@ class MixedLinear(Linear):
             return self._wide_forward(xp, k, x, w, b)
         self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
         self.x, self.w = x, w = _to(xp, x, c), _to(xp, w, c)
-        y = x @ w
+        y = _product(xp, x, w)
         return y if b is None else y + _to(xp, b, c)
 
 
