@@ -81,3 +81,23 @@ def test_ignored_labels_only_give_zero_and_bad_labels_are_named() -> None:
         assert loss.item() == 0.0 and not x.grad.any()
         with pytest.raises(LabelError, match=r"\[5\]"):
             F.softmax_cross_entropy(x, xp.asarray([-1, 5]), ignore_index=-1)
+
+
+def test_weight_tying_sums_the_gradients_of_both_uses(backend: str) -> None:
+    # Chapter 6: the output layer is the embedding matrix transposed; one Parameter, used
+    # twice, gets the sum of both gradients (the book's remove_duplicate adds them by hand).
+    if backend == "cupy":
+        pytest.skip("central differences on the host; covered by numpy")
+    with nb.using(backend=backend, dtype="float64"):
+        xp = nb.namespace()
+        rng = np.random.default_rng(3)
+        w = xp.asarray(rng.normal(size=(6, 4)))
+        ids = xp.asarray(np.array([[1, 5, 2], [0, 3, 3]]))
+        labels = xp.asarray(np.array([[5, 2, -1], [3, 3, 4]]))
+
+        def tied(weight: Any, idx: Any, t: Any) -> Any:
+            h = nn.functional.embedding(idx, weight)
+            logits = nn.functional.linear(h, weight.T)
+            return F.softmax_cross_entropy(logits, t, ignore_index=-1)
+
+        assert nb.gradcheck(tied, w, ids, labels)
