@@ -9,7 +9,17 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import autograd, callbacks, datasets, errors, metrics, precision, random, schedules
+from nnbackend import (
+    autograd,
+    callbacks,
+    datasets,
+    errors,
+    metrics,
+    precision,
+    random,
+    schedules,
+    text,
+)
 from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
@@ -64,6 +74,7 @@ __all__ = [
     "set_backend",
     "set_default_dtype",
     "to_backend",
+    "text",
     "to_device",
     "using",
 ]

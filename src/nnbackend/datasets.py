@@ -246,3 +246,25 @@ def host_permutation(generator: Any, n: int) -> Any:
     """A host permutation of ``range(n)`` from a :class:`nnbackend.random.Generator`'s stream
     (the same draws it gives for ``permutation(n)`` on a device)."""
     return generator._host.permutation(n)
+
+
+# Text data sets (the book's chapters 2-8) live in their own module; here for nb.datasets.ptb.
+from nnbackend.text.corpora import (  # noqa: E402
+    SequenceData,
+    TextCorpus,
+    addition,
+    date_format,
+    ptb,
+    text_cache_dir,
+    tiny_corpus,
+)
+
+__all__ += [
+    "SequenceData",
+    "TextCorpus",
+    "addition",
+    "date_format",
+    "ptb",
+    "text_cache_dir",
+    "tiny_corpus",
+]

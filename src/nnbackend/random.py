@@ -66,6 +66,19 @@ class Generator:
         values = self._host.integers(low, high, _shape(size), dtype="int64")
         return self._move(values)
 
+    def choice(
+        self,
+        n: int,
+        size: Shape | None = None,
+        p: Any = None,
+        *,
+        replace: bool = True,
+    ) -> Any:
+        """Integers in ``[0, n)`` drawn with probabilities ``p`` (a sequence of ``n`` floats
+        summing to 1; default uniform), with or without replacement, as the backend's int64."""
+        values = self._host.choice(int(n), size=_shape(size), replace=replace, p=p)
+        return self._move(values.astype("int64"))
+
     def permutation(self, x: int | Any) -> Any:
         """A random permutation of ``range(x)`` (int64), or of an array's rows."""
         if isinstance(x, int):

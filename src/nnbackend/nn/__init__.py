@@ -13,7 +13,8 @@ Sequential(
 
 from __future__ import annotations
 
-from nnbackend.nn import functional, init
+from nnbackend.nn import attention, functional, init, recurrent, sampling
+from nnbackend.nn.attention import Attention, TimeAttention
 from nnbackend.nn.containers import ModuleDict, ModuleList
 from nnbackend.nn.layers import (
     Dropout,
@@ -29,10 +30,18 @@ from nnbackend.nn.layers import (
 )
 from nnbackend.nn.losses import MSELoss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SoftmaxWithLoss
 from nnbackend.nn.module import Module, Parameter, Sequential
+from nnbackend.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from nnbackend.nn.sampling import EmbeddingDot, NegativeSamplingLoss, UnigramSampler
 
 __all__ = [
+    "Attention",
     "Dropout",
     "Embedding",
+    "EmbeddingDot",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
@@ -41,7 +50,10 @@ __all__ = [
     "Module",
     "ModuleDict",
     "ModuleList",
+    "NegativeSamplingLoss",
     "Parameter",
+    "RNN",
+    "RNNCell",
     "ReLU",
     "Sequential",
     "Sigmoid",
@@ -50,6 +62,11 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "SoftmaxWithLoss",
     "Tanh",
+    "TimeAttention",
+    "UnigramSampler",
+    "attention",
     "functional",
     "init",
+    "recurrent",
+    "sampling",
 ]

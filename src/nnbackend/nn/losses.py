@@ -15,7 +15,9 @@ __all__ = ["MSELoss", "SigmoidCrossEntropy", "SoftmaxCrossEntropy", "SoftmaxWith
 class SoftmaxCrossEntropy(Module):
     """Mean cross-entropy of ``softmax(logits)`` against integer labels ``(N,)`` or one-hot /
     probability targets ``(N, C)``, as one node (log-sum-exp stable). Its gradient with
-    respect to the logits is exactly ``(softmax - onehot) / N``.
+    respect to the logits is exactly ``(softmax - onehot) / N``. Sequence logits ``(N, T, C)``
+    take labels ``(N, T)``; labels equal to ``ignore_index`` (the book's ``ignore_label=-1``)
+    are left out of the mean.
 
     >>> import nnbackend as nb
     >>> xp = nb.namespace()
@@ -24,8 +26,15 @@ class SoftmaxCrossEntropy(Module):
     1.386294
     """
 
+    def __init__(self, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
     def forward(self, logits: Any, labels: Any) -> Tensor:
-        return F.softmax_cross_entropy(logits, labels)
+        return F.softmax_cross_entropy(logits, labels, self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return "" if self.ignore_index is None else f"ignore_index={self.ignore_index}"
 
 
 SoftmaxWithLoss = SoftmaxCrossEntropy  # the book's name

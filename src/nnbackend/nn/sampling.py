@@ -1,0 +1,247 @@
+"""Word2vec's output side (the book's chapter 4): ``EmbeddingDot``, the unigram negative
+sampler and ``NegativeSamplingLoss``.
+
+The sampler draws from the unigram distribution raised to ``power`` (0.75, as word2vec and the
+book do) with the host generator of :mod:`nnbackend.random`, and moves the ids to the active
+backend: one seed gives the same negatives on numpy, torch, cupy and array-api-strict.
+
+>>> import nnbackend as nb
+>>> sampler = nb.nn.UnigramSampler([0, 1, 2, 3, 0, 1, 0], sample_size=2, generator=0)
+>>> tuple(sampler.sample(nb.namespace().asarray([0, 1, 2])).shape)
+(3, 2)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from nnbackend import random as _random
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.errors import ArgumentError, DtypeError, ShapeError
+from nnbackend.namespace import backend_for
+from nnbackend.nn import functional as F
+from nnbackend.nn import init
+from nnbackend.nn.module import Module, Parameter
+
+__all__ = [
+    "EmbeddingDot",
+    "NegativeSamplingLoss",
+    "UnigramSampler",
+    "embedding_dot",
+    "negative_sampling_loss",
+]
+
+
+def _data(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _id_list(a: Any) -> list[int]:
+    """Word ids as a Python list, from a sequence or an array of any backend."""
+    if isinstance(a, Sequence):
+        return [int(i) for i in a]
+    d = _data(a)
+    found = backend_for(d)[1].to_host(d) if not hasattr(d, "tolist") else d
+    return [int(i) for i in found.reshape(-1).tolist()]
+
+
+class UnigramSampler:
+    """Negative samples drawn with probability ``count(w) ** power / sum(count ** power)``.
+
+    ``corpus`` is a sequence (list, host or backend array) of word ids; ``vocab_size``
+    defaults to ``max(corpus) + 1``. ``generator`` is a :class:`nnbackend.random.Generator`,
+    a seed, or None (the module-level generator).
+
+    ``exclude_target=False`` (default) draws all ``(N, sample_size)`` ids at once, with
+    replacement (the book's GPU path): no device sync, one host draw per batch.
+    ``exclude_target=True`` is the book's CPU path: per row, ``sample_size`` distinct ids
+    other than that row's target (reads the targets back to the host).
+    """
+
+    def __init__(
+        self,
+        corpus: Any,
+        power: float = 0.75,
+        sample_size: int = 5,
+        *,
+        vocab_size: int | None = None,
+        exclude_target: bool = False,
+        generator: Any = None,
+    ) -> None:
+        ids = _id_list(corpus)
+        if not ids or min(ids) < 0:
+            raise ArgumentError("UnigramSampler needs a non-empty corpus of word ids >= 0")
+        top = max(ids)
+        size = top + 1 if vocab_size is None else int(vocab_size)
+        if size <= top:
+            raise ArgumentError(f"UnigramSampler: vocab_size={size} but the corpus holds id {top}")
+        if int(sample_size) < 1:
+            raise ArgumentError(f"sample_size must be >= 1, got {sample_size}")
+        self.vocab_size = size
+        self.power = float(power)
+        self.sample_size = int(sample_size)
+        self.exclude_target = bool(exclude_target)
+        counts = Counter(ids)
+        weights = [float(counts.get(i, 0)) ** self.power for i in range(size)]
+        total = math.fsum(weights)
+        #: The sampling distribution, a list of ``vocab_size`` floats (on the host).
+        self.word_p = [w / total for w in weights]
+        if exclude_target and sum(1 for w in weights if w > 0) <= self.sample_size:
+            raise ArgumentError(
+                "exclude_target=True needs more distinct words in the corpus than sample_size"
+            )
+        if isinstance(generator, int) and not isinstance(generator, bool):
+            generator = _random.Generator(generator)
+        self.generator = generator
+
+    def _generator(self) -> Any:
+        return self.generator if self.generator is not None else _random.default_generator()
+
+    def draw(self, shape: int | tuple[int, ...]) -> Any:
+        """``shape`` ids drawn with replacement, as a backend int64 array."""
+        return self._generator().choice(self.vocab_size, shape, self.word_p)
+
+    def sample(self, target: Any) -> Any:
+        """Negative ids of shape ``(N, sample_size)`` for targets ``(N,)``."""
+        td = _data(target)
+        n = int(td.shape[0])
+        if not self.exclude_target:
+            return self.draw((n, self.sample_size))
+        rng = self._generator()
+        rows = []
+        for t in _id_list(td):
+            p = list(self.word_p)
+            p[t] = 0.0
+            total = math.fsum(p)
+            p = [q / total for q in p]
+            rows.append(rng.choice(self.vocab_size, self.sample_size, p, replace=False))
+        xp = backend_for(rows[0])[0]
+        return xp.stack(rows, axis=0)
+
+
+def embedding_dot(h: Any, weight: Any, indices: Any) -> Tensor:
+    """``sum(weight[indices] * h, axis=-1)``: the score of each id against its row of ``h``.
+
+    ``h`` is (N, H); ``indices`` (N,) gives (N,), ``indices`` (N, K) gives (N, K).
+    """
+    idx = _data(indices)
+    hd = _data(h)
+    if hd.ndim != 2 or idx.shape[0] != hd.shape[0] or idx.ndim not in (1, 2):
+        raise ShapeError(
+            f"embedding_dot: expected h (N, H) and indices (N,) or (N, K), got "
+            f"{tuple(hd.shape)} and {tuple(idx.shape)}"
+        )
+    rows = F.embedding(idx, weight)
+    if idx.ndim == 2:
+        h = (
+            h.reshape(hd.shape[0], 1, hd.shape[1])
+            if isinstance(h, Tensor)
+            else Tensor(backend_for(hd)[0].reshape(hd, (hd.shape[0], 1, hd.shape[1])))
+        )
+    return (rows * h).sum(axis=-1)
+
+
+def negative_sampling_loss(h: Any, weight: Any, target: Any, negatives: Any) -> Tensor:
+    """The book's negative-sampling loss for given negative ids ``(N, K)``: the sum over
+    the positive and the ``K`` negative columns of the mean (over the batch) binary
+    cross-entropy of ``sigmoid(embedding_dot)``, labels 1 for the target, 0 for negatives."""
+    td, nd = _data(target), _data(negatives)
+    xp = backend_for(td)[0]
+    if not xp.isdtype(td.dtype, "integral") or not xp.isdtype(nd.dtype, "integral"):
+        raise DtypeError(f"word ids must be integers, got {td.dtype} and {nd.dtype}")
+    if nd.ndim != 2 or td.ndim != 1 or nd.shape[0] != td.shape[0]:
+        raise ShapeError(
+            f"negative_sampling_loss: expected target (N,) and negatives (N, K), got "
+            f"{tuple(td.shape)} and {tuple(nd.shape)}"
+        )
+    ids = xp.concat([xp.reshape(td, (-1, 1)), xp.astype(nd, td.dtype)], axis=1)
+    scores = embedding_dot(h, weight, ids)
+    sd = scores.data
+    sx = backend_for(sd)[0]
+    labels = sx.concat(
+        [
+            sx.ones((sd.shape[0], 1), dtype=sd.dtype),
+            sx.zeros((sd.shape[0], sd.shape[1] - 1), dtype=sd.dtype),
+        ],
+        axis=1,
+    )
+    return F.sigmoid_cross_entropy(scores, labels) * float(sd.shape[1])
+
+
+class EmbeddingDot(Module):
+    """The book's ``EmbeddingDot``: ``sum(W[idx] * h, axis=-1)`` with its own
+    ``(num_embeddings, embedding_dim)`` weight (N(0, 0.01^2) at first, as the book's
+    ``W_out``), or a given one (an array or a Parameter, for weight sharing)."""
+
+    def __init__(
+        self,
+        num_embeddings: int | None = None,
+        embedding_dim: int | None = None,
+        *,
+        weight: Any = None,
+        generator: Any = None,
+    ) -> None:
+        super().__init__()
+        if weight is None:
+            if num_embeddings is None or embedding_dim is None:
+                raise ArgumentError(
+                    "EmbeddingDot needs num_embeddings and embedding_dim, or weight"
+                )
+            weight = init.normal(
+                (int(num_embeddings), int(embedding_dim)), 0.01, generator=generator
+            )
+        self.weight = weight if isinstance(weight, Parameter) else Parameter(_data(weight))
+
+    def forward(self, h: Any, indices: Any) -> Tensor:
+        return embedding_dot(h, self.weight, indices)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, {self.weight.shape[1]}"
+
+
+class NegativeSamplingLoss(Module):
+    """The book's ``NegativeSamplingLoss``: an :class:`EmbeddingDot` output layer scored on
+    the target and ``sample_size`` negatives drawn by a :class:`UnigramSampler` from
+    ``corpus`` (``power`` 0.75).
+
+    ``loss(h, target)`` with ``h`` (N, H) and integer ``target`` (N,) returns a 0-d Tensor:
+    the book's sum of ``sample_size + 1`` batch-mean sigmoid cross-entropies. The last
+    negatives drawn are kept in ``last_negatives``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        corpus: Any,
+        power: float = 0.75,
+        sample_size: int = 5,
+        *,
+        exclude_target: bool = False,
+        weight: Any = None,
+        generator: Any = None,
+    ) -> None:
+        super().__init__()
+        self.sampler = UnigramSampler(
+            corpus,
+            power,
+            sample_size,
+            vocab_size=vocab_size,
+            exclude_target=exclude_target,
+            generator=generator,
+        )
+        if isinstance(generator, int) and not isinstance(generator, bool):
+            generator = self.sampler.generator
+        self.embed = EmbeddingDot(vocab_size, hidden_size, weight=weight, generator=generator)
+        self.last_negatives: Any = None
+
+    def forward(self, h: Any, target: Any) -> Tensor:
+        self.last_negatives = negatives = self.sampler.sample(target)
+        return negative_sampling_loss(h, self.embed.weight, target, negatives)
+
+    def extra_repr(self) -> str:
+        s = self.sampler
+        return f"vocab_size={s.vocab_size}, sample_size={s.sample_size}, power={s.power}"

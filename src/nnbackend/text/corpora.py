@@ -1,0 +1,286 @@
+"""Text data sets of the book's chapters 2-8: Penn Treebank (downloaded once into a cache
+folder), a small generated corpus for tests and quick runs, and the addition and date-format
+sequence tasks of chapters 7-8 (generated, as the book's text files were).
+
+All loaders are reachable as ``nb.datasets.ptb``, ``nb.datasets.tiny_corpus``,
+``nb.datasets.addition`` and ``nb.datasets.date_format``. Word and character ids are int64
+arrays on the active backend.
+
+>>> import nnbackend as nb
+>>> corpus, word_to_id, id_to_word = nb.datasets.tiny_corpus()
+>>> len(word_to_id) > 20
+True
+>>> data = nb.datasets.addition(1000)
+>>> tuple(data.x_train.shape), tuple(data.t_train.shape)
+((900, 7), (900, 5))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random as _pyrandom
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from nnbackend.errors import ArgumentError, DownloadError
+from nnbackend.namespace import namespace
+
+__all__ = [
+    "CACHE_ENV",
+    "PTB_URL",
+    "SequenceData",
+    "TextCorpus",
+    "addition",
+    "date_format",
+    "ptb",
+    "text_cache_dir",
+    "tiny_corpus",
+]
+
+#: The environment variable that overrides the folder downloaded data sets are kept in.
+CACHE_ENV = "NNBACKEND_CACHE"
+#: Where the book's ``dataset/ptb.py`` downloads the PTB text files from.
+PTB_URL = "https://raw.githubusercontent.com/tomsercu/lstm/master/data/"
+_PTB_FILES = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
+
+# Tests replace this to serve files without a network.
+_urlopen = urllib.request.urlopen
+
+
+class TextCorpus(NamedTuple):
+    """``(corpus, word_to_id, id_to_word)``, as the book's loaders return them: ``corpus`` an
+    int64 array of word ids on the active backend."""
+
+    corpus: Any
+    word_to_id: dict[str, int]
+    id_to_word: dict[int, str]
+
+
+class SequenceData(NamedTuple):
+    """A character sequence task: ``x`` (N, Tin) and ``t`` (N, Tout) int64 id arrays for
+    training and test, and the character vocabulary."""
+
+    x_train: Any
+    t_train: Any
+    x_test: Any
+    t_test: Any
+    char_to_id: dict[str, int]
+    id_to_char: dict[int, str]
+
+
+def text_cache_dir() -> Path:
+    """The folder downloaded data sets are kept in: ``$NNBACKEND_CACHE`` when set, else
+    ``$XDG_CACHE_HOME/nnbackend``, else ``~/.cache/nnbackend``."""
+    found = os.environ.get(CACHE_ENV, "").strip()
+    if found:
+        return Path(found).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "nnbackend"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_ptb(filename: str, url_base: str, expected: str | None) -> Path:
+    """``text_cache_dir()/ptb/filename``, downloaded once. The sha256 of the first download
+    is recorded next to the file (``filename.sha256``) and checked at every later load, so a
+    truncated or altered copy is noticed; ``expected`` pins the checksum."""
+    folder = text_cache_dir() / "ptb"
+    path = folder / filename
+    record = folder / (filename + ".sha256")
+    if path.is_file():
+        got = _sha256(path)
+        want = expected or (record.read_text().strip() if record.is_file() else None)
+        if want is None or got == want:
+            if want is None:
+                record.write_text(got + "\n")
+            return path
+        raise DownloadError(
+            f"{path} has sha256 {got}, expected {want}: the copy is damaged or not the PTB "
+            f"file. Delete it (rm '{path}' '{record}') and load again"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    url = url_base + filename
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out)
+        got = _sha256(Path(tmp))
+        if expected is not None and got != expected:
+            raise DownloadError(f"{url} has sha256 {got}, expected {expected}")
+        os.replace(tmp, path)
+        record.write_text(got + "\n")
+        return path
+    except OSError as exc:  # URLError, HTTPError, timeouts and full disks are OSErrors
+        if isinstance(exc, DownloadError):
+            raise
+        urls = " ".join(url_base + name for name in _PTB_FILES.values())
+        raise DownloadError(
+            f"could not download {url} ({exc}). If this machine is offline, download the "
+            f"PTB files elsewhere and copy them into {folder} (or set {CACHE_ENV} to a folder "
+            f"holding a 'ptb' folder with them):\n  mkdir -p '{folder}' && cd '{folder}' && "
+            f"curl -fLO --remote-name-all {urls}"
+        ) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _ptb_words(path: Path) -> list[str]:
+    # The book's reading (each line ends with an <eos> token), robust to lines that lack the
+    # PTB files' trailing space: the book's replace("\n", "<eos>") would glue those words.
+    return path.read_text(encoding="utf-8").replace("\n", " <eos> ").split()
+
+
+def ptb(
+    split: str = "train", *, url_base: str = PTB_URL, sha256: dict[str, str] | None = None
+) -> TextCorpus:
+    """Penn Treebank as the book's ``ptb.load_data(split)``: ``split`` is "train", "val"
+    (or "valid") or "test"; the vocabulary (10000 words with ``<eos>``) is numbered by first
+    appearance in the training file, so ids agree with the book's.
+
+    The files are downloaded once into ``text_cache_dir()/ptb`` (``$NNBACKEND_CACHE``
+    overrides the folder) and checked against the sha256 recorded at download (or given in
+    ``sha256``, a mapping file name -> hex digest). Offline, the error gives the command to
+    download them by hand.
+    """
+    key = "val" if split == "valid" else split
+    if key not in _PTB_FILES:
+        raise ArgumentError(f"ptb split must be 'train', 'val' or 'test', got {split!r}")
+    sums = sha256 or {}
+    train_file = _fetch_ptb(_PTB_FILES["train"], url_base, sums.get(_PTB_FILES["train"]))
+    word_to_id: dict[str, int] = {}
+    for w in _ptb_words(train_file):
+        if w not in word_to_id:
+            word_to_id[w] = len(word_to_id)
+    path = _fetch_ptb(_PTB_FILES[key], url_base, sums.get(_PTB_FILES[key]))
+    words = _ptb_words(path)
+    unknown = sorted({w for w in words if w not in word_to_id})
+    if unknown:
+        raise DownloadError(
+            f"{path} holds words missing from the training vocabulary: {unknown[:5]}"
+        )
+    xp = namespace()
+    corpus = xp.asarray([word_to_id[w] for w in words], dtype=xp.int64)
+    return TextCorpus(corpus, word_to_id, {i: w for w, i in word_to_id.items()})
+
+
+_SUBJECTS = ["the cat", "the dog", "a bird", "my friend", "the teacher", "you", "we", "they"]
+_VERBS = ["sees", "likes", "finds", "follows", "meets", "helps", "watches", "greets"]
+_OBJECTS = ["the ball", "a house", "the river", "the old man", "a small boat", "the city"]
+_PLACES = ["in the park", "near the river", "at home", "in the morning", "after school"]
+
+
+def tiny_corpus(n_sentences: int = 400, seed: int = 0) -> TextCorpus:
+    """A small English-like corpus generated from a fixed grammar (subject, verb, object,
+    sometimes a place, then ``.``): a few thousand words over a few dozen, for tests and the
+    examples' ``--quick`` mode. The same ``seed`` gives the same corpus everywhere."""
+    rng = _pyrandom.Random(seed)
+    words: list[str] = []
+    for _ in range(int(n_sentences)):
+        sentence = [rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS)]
+        if rng.random() < 0.5:
+            sentence.append(rng.choice(_PLACES))
+        words.extend([*" ".join(sentence).split(), "."])
+    word_to_id: dict[str, int] = {}
+    for w in words:
+        word_to_id.setdefault(w, len(word_to_id))
+    xp = namespace()
+    corpus = xp.asarray([word_to_id[w] for w in words], dtype=xp.int64)
+    return TextCorpus(corpus, word_to_id, {i: w for w, i in word_to_id.items()})
+
+
+def _split(
+    questions: list[str], answers: list[str], seed: int, test_fraction: float
+) -> SequenceData:
+    """Number the characters by first appearance (questions then answers, line by line, as
+    the book's ``sequence.load_data``), shuffle with ``seed`` and hold out a test part."""
+    char_to_id: dict[str, int] = {}
+    for q, a in zip(questions, answers, strict=True):
+        for ch in q + a:
+            char_to_id.setdefault(ch, len(char_to_id))
+    order = list(range(len(questions)))
+    _pyrandom.Random(seed).shuffle(order)
+    split_at = len(order) - int(len(order) * test_fraction)
+    xp = namespace()
+
+    def ids(lines: list[str], idx: list[int]) -> Any:
+        return xp.asarray([[char_to_id[c] for c in lines[i]] for i in idx], dtype=xp.int64)
+
+    train, test = order[:split_at], order[split_at:]
+    return SequenceData(
+        ids(questions, train),
+        ids(answers, train),
+        ids(questions, test),
+        ids(answers, test),
+        char_to_id,
+        {i: c for c, i in char_to_id.items()},
+    )
+
+
+def addition(n: int = 50000, seed: int = 1984, test_fraction: float = 0.1) -> SequenceData:
+    """Chapter 7's addition task, generated: questions ``"16+75  "`` (7 characters, padded)
+    and answers ``"_91  "`` (``_`` starts decoding; 5 characters), ``a, b`` in [0, 999]."""
+    rng = _pyrandom.Random(seed + 1)
+    questions, answers = [], []
+    for _ in range(int(n)):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        questions.append(f"{a}+{b}".ljust(7))
+        answers.append(("_" + str(a + b)).ljust(5))
+    return _split(questions, answers, seed, test_fraction)
+
+
+_MONTHS = [
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december",
+]  # fmt: skip
+_DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+def _date_text(rng: _pyrandom.Random, y: int, m: int, d: int, weekday: int) -> str:
+    month, day = _MONTHS[m - 1], _DAYS[weekday]
+    style = rng.randrange(8)
+    if style == 0:
+        text = f"{month} {d}, {y}"
+    elif style == 1:
+        text = f"{month.capitalize()} {d}, {y}"
+    elif style == 2:
+        text = f"{month[:3].upper()} {d}, {y}"
+    elif style == 3:
+        text = f"{day.upper()}, {month.upper()} {d}, {y}"
+    elif style == 4:
+        text = f"{day}, {month} {d}, {y}"
+    elif style == 5:
+        text = f"{m}/{d}/{y % 100:02d}"
+    elif style == 6:
+        text = f"{d} {month[:3]} {y}"
+    else:
+        text = f"{y}.{m:02d}.{d:02d}"
+    return text
+
+
+def date_format(n: int = 50000, seed: int = 1984, test_fraction: float = 0.1) -> SequenceData:
+    """Chapter 8's date-format task, generated: dates written in eight styles
+    (``"september 27, 1994"``, ``"TUESDAY, SEPTEMBER 25, 1984"``, ``"2/10/93"``, ...) padded
+    to 29 characters, answers ``"_1994-09-27"`` (11 characters), dates from 1970 to 2029."""
+    import datetime
+
+    rng = _pyrandom.Random(seed + 2)
+    start = datetime.date(1970, 1, 1).toordinal()
+    end = datetime.date(2029, 12, 31).toordinal()
+    questions, answers = [], []
+    for _ in range(int(n)):
+        day = datetime.date.fromordinal(rng.randint(start, end))
+        text = _date_text(rng, day.year, day.month, day.day, day.weekday())
+        questions.append(text.ljust(29))
+        answers.append("_" + day.isoformat())
+    return _split(questions, answers, seed, test_fraction)
