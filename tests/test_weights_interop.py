@@ -177,3 +177,46 @@ def test_book_params_beyond_float16_are_refused(tmp_path):
         model = nn.Linear(2, 3)
     with pytest.raises(CheckpointError, match="range"):
         nb.load_book_params(model, path, trust=True)
+
+
+# -- recurrent layers: PyTorch's nn.RNN / nn.LSTM layouts through state_dict(layout="torch") ---
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "RNNCell", "LSTMCell"])
+def test_torch_recurrent_layers_both_ways_same_outputs(kind: str) -> None:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cell = kind.endswith("Cell")
+    theirs = getattr(torch.nn, kind)(3, 5, **({} if cell else {"batch_first": True})).double()
+    with nb.using(backend="numpy", dtype="float64"):
+        ours = nn.Sequential(getattr(nn, kind)(3, 5))
+    torch_model = torch.nn.Sequential(theirs)
+    ours.load_state_dict(torch_model.state_dict(), layout="torch")
+    rng = np.random.default_rng(1)
+    if cell:
+        x = rng.standard_normal((4, 3))
+        out = ours[0](x)
+        ours_h = out[0] if isinstance(out, tuple) else out
+        t_out = theirs(torch.from_numpy(x))
+        t_h = t_out[0] if isinstance(t_out, tuple) else t_out
+    else:
+        x = rng.standard_normal((4, 6, 3))
+        ours_h = ours[0](x)[0]
+        t_h = theirs(torch.from_numpy(x))[0]
+    np.testing.assert_allclose(ours_h.data, t_h.detach().numpy(), rtol=0, atol=1e-12)
+    # ...and back into a fresh torch layer.
+    back = torch.nn.Sequential(getattr(torch.nn, kind)(3, 5).double())
+    back.load_state_dict(
+        {k: torch.as_tensor(np.array(v)) for k, v in ours.state_dict(layout="torch").items()}
+    )
+    for name, value in back.state_dict().items():
+        if name.startswith("0.bias"):
+            continue  # the book has one bias: torch's two are folded into bias_ih
+        np.testing.assert_allclose(value.numpy(), torch_model.state_dict()[name].numpy())
+
+
+def test_book_gru_has_no_torch_layout() -> None:
+    model = nn.Sequential(nn.GRU(3, 4))
+    with pytest.raises(ArgumentError, match="GRU"):
+        model.state_dict(layout="torch")
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ArgumentError, match="GRU"):
+        model.load_state_dict(torch.nn.Sequential(torch.nn.GRU(3, 4)).state_dict(), layout="torch")

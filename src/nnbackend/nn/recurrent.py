@@ -393,6 +393,33 @@ class RNNBase(Module):
             ", stateful=True" if self.stateful else ""
         )
 
+    # PyTorch's names: nn.RNN / nn.LSTM (one layer) end in "_l0"; the cells do not.
+    _torch_suffix = "_l0"
+
+    def _state_to_layout(self, state: dict[str, Any], layout: str) -> dict[str, Any]:
+        if layout != "torch" or not {"weight_x", "weight_h", "bias"} <= set(state):
+            return state
+        torch_state = to_torch_layout(
+            self.kind, state["weight_x"], state["weight_h"], state["bias"]
+        )
+        return {k.replace("_l0", self._torch_suffix): v for k, v in torch_state.items()}
+
+    def _state_from_layout(self, state: dict[str, Any], layout: str) -> dict[str, Any]:
+        sx = self._torch_suffix
+        names = (f"weight_ih{sx}", f"weight_hh{sx}")
+        if layout != "torch" or not set(names) <= set(state):
+            return state  # the strict key check names what is missing
+        _kind(self.kind)  # a GRU: no converter, say why
+        rest = {k: v for k, v in state.items() if not k.startswith(("weight_", "bias_"))}
+        weight_x, weight_h, bias = from_torch_layout(
+            self.kind,
+            state[names[0]],
+            state[names[1]],
+            state.get(f"bias_ih{sx}"),
+            state.get(f"bias_hh{sx}"),
+        )
+        return {**rest, "weight_x": weight_x, "weight_h": weight_h, "bias": bias}
+
 
 class RNN(RNNBase):
     """Elman RNN layer (the book's ``TimeRNN``): ``(N, T, D) -> (N, T, H)``.
@@ -470,6 +497,7 @@ class RNNCell(RNNBase):
     """One RNN step ``(N, D), h -> h'`` for hand-written loops (parameters as :class:`RNN`)."""
 
     kind = "rnn"
+    _torch_suffix = ""
 
     def forward(self, x: Any, h: Any = None) -> Tensor:
         return rnn(_step_input(self, x), h, self.weight_x, self.weight_h, self.bias)[1]
@@ -480,6 +508,7 @@ class LSTMCell(RNNBase):
     :class:`LSTM`)."""
 
     kind = "lstm"
+    _torch_suffix = ""
 
     def forward(self, x: Any, state: Any = None) -> tuple[Tensor, Tensor]:
         h, c = (None, None) if state is None else state
