@@ -19,6 +19,7 @@ __all__ = [
     "OPTIMIZER_PREFIX",
     "SAFE_NAME",
     "STATE_KEY",
+    "check_entry",
     "check_metadata",
     "entry_of",
     "is_size",
@@ -162,3 +163,26 @@ def metadata_cap(params: list[tuple[str, Any]]) -> int:
     for name, _ in params:
         need += 1024 + 24 * len(name)
     return max(need, MAX_METADATA_BYTES)
+
+
+def check_entry(
+    where: str,
+    key: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    want_shape: tuple[int, ...],
+    want_dtype: str | None,
+    what: str,
+) -> None:
+    """An entry's declared ``dtype`` (NumPy's name) and ``shape``, checked before its data is
+    read: a floating dtype, ``want_dtype`` when given (what the metadata says), and
+    ``want_shape`` (``what`` says where that shape comes from)."""
+    if dtype not in FLOAT_NAMES:
+        raise CheckpointError(f"{where}: entry {key!r} has dtype {dtype}, not a floating dtype")
+    if want_dtype is not None and dtype != want_dtype:
+        raise CheckpointError(
+            f"{where}: entry {key!r} has dtype {dtype}, but the metadata says {want_dtype}; "
+            "the file is corrupted"
+        )
+    if tuple(shape) != tuple(want_shape):
+        raise CheckpointError(f"{where}: entry {key!r} has shape {tuple(shape)}, but {what}")

@@ -19,7 +19,7 @@ from typing import Any
 from nnbackend.backends import host
 from nnbackend.errors import CheckpointError
 from nnbackend.io._files import open_regular
-from nnbackend.io._metadata import METADATA_KEY, check_metadata, parse_metadata
+from nnbackend.io._metadata import METADATA_KEY, check_entry, check_metadata, parse_metadata
 
 __all__ = ["NpzCheckpoint", "open_npz", "unreadable", "write_npz"]
 
@@ -142,17 +142,7 @@ class NpzCheckpoint:
     ) -> tuple[bytes, Any, bool]:
         stream, dtype, got, fortran = self._open(key)
         with stream:
-            if dtype.kind != "f":
-                raise CheckpointError(
-                    f"{self.where}: entry {key!r} has dtype {dtype}, not a floating dtype"
-                )
-            if dtype_name is not None and dtype.name != dtype_name:
-                raise CheckpointError(
-                    f"{self.where}: entry {key!r} has dtype {dtype.name}, but the metadata says "
-                    f"{dtype_name}; the file is corrupted"
-                )
-            if got != shape:
-                raise CheckpointError(f"{self.where}: entry {key!r} has shape {got}, but {what}")
+            check_entry(self.where, key, dtype.name, got, shape, dtype_name, what)
             return self._body(stream, key, math.prod(shape) * dtype.itemsize), dtype, fortran
 
 

@@ -25,7 +25,13 @@ from typing import IO, Any
 from nnbackend.backends import host
 from nnbackend.errors import CheckpointError
 from nnbackend.io._files import open_regular
-from nnbackend.io._metadata import FLOAT_NAMES, FORMAT, check_metadata, parse_metadata
+from nnbackend.io._metadata import (
+    FLOAT_NAMES,
+    FORMAT,
+    check_entry,
+    check_metadata,
+    parse_metadata,
+)
 
 __all__ = [
     "MAGIC_PREFIX_LEN",
@@ -336,19 +342,7 @@ class SafetensorsCheckpoint:
         """Entry ``key`` as a read-only host view into the mapped file, after checking that
         it is a floating array of ``shape`` (and of ``dtype_name`` when given)."""
         entry = self.entries[key]
-        if entry.dtype not in FLOAT_NAMES:
-            raise CheckpointError(
-                f"{self.where}: entry {key!r} has dtype {entry.dtype}, not a floating dtype"
-            )
-        if dtype_name is not None and entry.dtype != dtype_name:
-            raise CheckpointError(
-                f"{self.where}: entry {key!r} has dtype {entry.dtype}, but the metadata says "
-                f"{dtype_name}; the file is corrupted"
-            )
-        if entry.shape != shape:
-            raise CheckpointError(
-                f"{self.where}: entry {key!r} has shape {entry.shape}, but {what}"
-            )
+        check_entry(self.where, key, entry.dtype, entry.shape, shape, dtype_name, what)
         return self.file.array(key)
 
     def close(self) -> None:
