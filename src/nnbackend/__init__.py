@@ -9,8 +9,16 @@ dtype('float64')
 
 from __future__ import annotations
 
-from nnbackend import autograd, datasets, errors, precision, random
-from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
+from nnbackend import autograd, datasets, errors, functional, precision, random
+from nnbackend.autograd import (
+    Function,
+    Tensor,
+    enable_grad,
+    grad,
+    gradcheck,
+    gradgradcheck,
+    no_grad,
+)
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
     get_backend,
@@ -36,7 +44,10 @@ __all__ = [
     "Trainer",
     "autograd",
     "enable_grad",
+    "functional",
+    "grad",
     "gradcheck",
+    "gradgradcheck",
     "no_grad",
     "array_namespace",
     "available_backends",

@@ -78,8 +78,48 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def backward(self, *gys: Any) -> Any:
-        """Return the gradient of each input (a tuple when there are several inputs)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define backward()")
+        """Return the gradient of each input (a tuple when there are several inputs), from
+        raw arrays to raw arrays.
+
+        The default runs :meth:`graph_backward` on constant Tensors without recording (so a
+        Function that defines only ``graph_backward`` works in both modes).
+        """
+        if type(self).graph_backward is Function.graph_backward:
+            raise NotImplementedError(
+                f"{type(self).__name__} defines neither backward() nor graph_backward()"
+            )
+        wrap = Tensor._wrap
+        token = _enabled.set(False)
+        try:
+            gxs = self.graph_backward(*[None if g is None else wrap(g, False) for g in gys])
+        finally:
+            _enabled.reset(token)
+        if type(gxs) is tuple:
+            return tuple([g.data if isinstance(g, Tensor) else g for g in gxs])
+        return gxs.data if isinstance(gxs, Tensor) else gxs
+
+    def graph_backward(self, *gys: Any) -> Any:
+        """The backward written with differentiable operations on Tensors: ``gys`` are
+        Tensors, and the result (a Tensor per input, or ``None``) is itself recorded in the
+        graph when ``create_graph=True``, so gradients of gradients work. ``self.inputs``
+        holds the input Tensors (``None`` where an input was a plain array or scalar).
+
+        Functions that leave it undefined still support ``create_graph=True`` for first
+        derivatives; differentiating their gradient again raises
+        :class:`~nnbackend.errors.GradientError`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define graph_backward()")
+
+    @classmethod
+    def supports_double_backward(cls) -> bool:
+        """Whether the class defines :meth:`graph_backward` (its gradients are differentiable)."""
+        return cls.graph_backward is not Function.graph_backward
+
+    def input(self, i: int, raw: Any) -> Any:
+        """Input ``i`` as the Tensor recorded in the graph, or ``raw`` (the plain array or
+        scalar ``forward`` saw) when it was not a Tensor: for :meth:`graph_backward`."""
+        t = self.inputs[i]
+        return raw if t is None else t
 
     def __call__(self, *inputs: Any) -> Any:
         tensor_type = Tensor
