@@ -17,6 +17,7 @@ from typing import Any
 
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
+from nnbackend.autograd.mode import is_grad_enabled
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, ShapeError
 from nnbackend.namespace import backend_for
@@ -122,6 +123,32 @@ def sum_to(x: Any, shape: Sequence[int]) -> Tensor:
     return SumTo(shape)(x)
 
 
+class _LocallyConstant(Function):
+    """A value that depends on ``x`` only piecewise (a sign, a mask): its derivative is zero.
+    Recording it keeps a piecewise-linear function's gradient in the graph of ``x``, so its
+    second derivative is zero (as in torch), not "does not require a gradient"."""
+
+    grad_may_alias = False
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def forward(self, x: Any) -> Any:
+        return self.value
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0].data
+        return Tensor._wrap(self.xp.zeros(x.shape, dtype=x.dtype), False)
+
+
+def _piecewise(x: Any, value: Any) -> Any:
+    """``value`` (an array computed from ``x``'s data), tied to ``x`` in the graph when
+    gradients are being recorded."""
+    if isinstance(x, Tensor) and x.requires_grad and is_grad_enabled():
+        return _LocallyConstant(value)(x)
+    return value
+
+
 # -- elementwise ----------------------------------------------------------------------------
 class _Unary(Function):
     grad_may_alias = False
@@ -169,7 +196,7 @@ class Abs(_Unary):
         return xp.abs(x)
 
     def derivative(self, x: Any, gy: Tensor) -> Tensor:
-        return gy * self.xp.sign(self.x)  # the subgradient 0 at 0, as torch
+        return gy * _piecewise(x, self.xp.sign(self.x))  # the subgradient 0 at 0, as torch
 
 
 class Sin(_Unary):
@@ -278,8 +305,9 @@ class _Extremum(Function):
     def graph_backward(self, gy: Tensor) -> tuple[Any, Any]:
         na, nb = self.needs_input_grad
         sa, sb = self.shapes
-        ga = sum_to(gy * self.wa, sa) if na else None
-        gb = sum_to(gy * (1.0 - self.wa), sb) if nb else None
+        wa = self.wa
+        ga = sum_to(gy * _piecewise(self.inputs[0], wa), sa) if na else None
+        gb = sum_to(gy * _piecewise(self.inputs[1], 1.0 - wa), sb) if nb else None
         return ga, gb
 
 
@@ -321,7 +349,8 @@ class Clip(Function):
         return y if y is not x else xp.asarray(x, copy=True)
 
     def graph_backward(self, gy: Tensor) -> Tensor:
-        return Where(self.inside)(gy, 0.0)
+        inside = self.xp.astype(self.inside, gy.dtype)
+        return gy * _piecewise(self.inputs[0], inside)
 
 
 def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
@@ -558,7 +587,7 @@ class Split(Function):
         outs = []
         start = 0
         for n in self.sizes:
-            key = (slice(None),) * axis + (slice(start, start + n),)
+            key = (*(slice(None),) * axis, slice(start, start + n), Ellipsis)
             outs.append(x[key])
             start += n
         return tuple(outs)

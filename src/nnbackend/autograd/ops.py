@@ -452,7 +452,8 @@ class Max(Function):
         if not self.keepdims:
             gy = reshape(gy, tuple(1 if i in self.axes else n for i, n in enumerate(shape)))
         mask = xp.astype(self.x == self.y, self.x.dtype)
-        return gy * (mask / xp.sum(mask, axis=self.axes, keepdims=True))
+        share = mask / xp.sum(mask, axis=self.axes, keepdims=True)
+        return gy * _F._piecewise(self.inputs[0], share)
 
 
 class Exp(Function):

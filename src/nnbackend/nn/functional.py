@@ -795,8 +795,11 @@ def _tanh_graph_backward(self: Tanh, gy: Tensor) -> Tensor:
 
 
 def _leaky_relu_graph_backward(self: LeakyReLU, gy: Tensor) -> Tensor:
-    mask = self.mask if self.mask.dtype == self.xp.bool else self.xp.astype(self.mask, self.xp.bool)
-    return _F.where(mask, gy, gy * self.slope)
+    xp = self.xp
+    gain = xp.astype(self.mask, gy.dtype)
+    if self.slope != 0.0:
+        gain = gain * (1.0 - self.slope) + self.slope
+    return gy * _F._piecewise(self.inputs[0], gain)
 
 
 def _softmax_graph_backward(self: Softmax, gy: Tensor) -> Tensor:
