@@ -174,7 +174,9 @@ class Tensor:
             create_graph: record the backward pass itself, so each leaf's ``.grad`` is a
                 Tensor in the graph that can be differentiated again (higher-order
                 derivatives; see :func:`nnbackend.autograd.higher.grad`). Slower: the default
-                runs the backward on raw arrays.
+                runs the backward on raw arrays. Optimizers expect array gradients: for a
+                gradient penalty, take the inner gradients with ``nb.grad(...,
+                create_graph=True)`` and call a plain ``backward()`` on the total loss.
 
         Calling ``backward`` twice adds the second gradients to the first, on the leaves (as
         PyTorch does with ``retain_graph=True``): the graph is kept as long as this tensor
