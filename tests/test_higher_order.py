@@ -206,6 +206,11 @@ GRADGRAD: dict[str, tuple[Callable[..., Any], int]] = {
     "layer_norm": (lambda a, b: NF.layer_norm(a, b[0, :], b[1, :]), 2),
     "mse": (lambda a, b: NF.mse_loss(F.sin(a), b), 2),
     "getitem_prod": (lambda a: F.prod(a[0:2, 1:], 0), 1),
+    "split_one_part_unused": (lambda a: F.split(a, [1, 2], 1)[1] ** 3, 1),
+    "sigmoid_ce": (lambda a, b: NF.sigmoid_cross_entropy(a * b, NF.sigmoid(b)), 2),
+    "embedding": (lambda a: NF.embedding(a.xp.asarray([[0, 1], [1, 1]]), a) ** 3, 1),
+    "dropout": (lambda a: NF.dropout(a, 0.5, generator=nb.random.Generator(0)) ** 3, 1),
+    "stack_flip_pad": (lambda a, b: F.pad(F.flip(F.stack([a, b * a], 1), 1), (1, 1)) ** 2, 2),
 }
 
 
@@ -344,3 +349,19 @@ def test_newton_example_converges_in_the_documented_steps(on: str) -> None:
     assert xs[:3] == pytest.approx([2.0, 16 / 11, 1.1510467893775467], rel=1e-14)
     assert abs(xs[-2] - 1.0) > 1e-13 and xs[-1] == 1.0  # 7 steps, not 6
     assert max(abs(v - 1.0) for v in vs[-1]) < 1e-10 < max(abs(v - 1.0) for v in vs[-2])
+
+
+def test_every_builtin_function_supports_double_backward() -> None:
+    from nnbackend.autograd import functions, ops
+
+    found = []
+    for module in (ops, functions, NF):
+        for name, obj in vars(module).items():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, nb.Function)
+                and obj.__module__ == module.__name__
+            ):
+                found.append(obj)
+                assert obj.supports_double_backward(), f"{module.__name__}.{name}"
+    assert len(found) > 40
