@@ -335,3 +335,25 @@ def test_tensor_methods_are_the_functions() -> None:
     ]
     for a, b in pairs:
         assert a.tolist() == b.tolist()
+
+
+@few
+@given(data=st.data())
+def test_negative_step_slices(xp: Any, dtype: str, data: st.DataObject) -> None:
+    """``x[:, ::-1]`` and friends: not in the standard, so sliced forwards and gathered."""
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    host_x = values(data, shape)
+    step = st.one_of(st.none(), st.integers(-3, 3).filter(lambda s: s != 0))
+
+    def part(n: int) -> slice:
+        bound = st.one_of(st.none(), st.integers(-n, n - 1))  # in bounds: the standard's rule
+        return data.draw(st.builds(slice, bound, bound, step))
+
+    key = tuple(part(n) for n in shape)
+    key = (*key[:-1], slice(None, None, -1)) if data.draw(st.booleans()) else key
+    x = arr(xp, dtype, host_x)
+    got = nb.Tensor(x)[key]
+    assert got.numpy().shape == host_x[key].shape
+    np.testing.assert_array_equal(got.numpy().astype(np.float64), host_x[key])
+    if got.size:
+        assert nb.gradcheck(lambda t: t[key] * 2.0, x)

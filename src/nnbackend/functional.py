@@ -20,7 +20,8 @@ Elementwise: :func:`exp`, :func:`log`, :func:`log1p`, :func:`expm1`, :func:`sqrt
 :func:`argmin` (no gradient). Shape: :func:`reshape`, :func:`transpose`, :func:`permute`,
 :func:`flatten`, :func:`squeeze`, :func:`expand_dims`, :func:`broadcast_to`, :func:`sum_to`,
 :func:`concat`, :func:`stack`, :func:`split`, :func:`flip`, :func:`pad`, :func:`take`,
-:func:`getitem`; products: :func:`matmul` (batched), :func:`einsum`; :func:`cast`.
+:func:`getitem` (negative steps too: ``x[:, ::-1]``); products: :func:`matmul` (batched),
+:func:`einsum`; :func:`cast`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from nnbackend.autograd.functions import (
     expm1,
     flatten,
     flip,
+    getitem,
     log1p,
     logsumexp,
     maximum,
@@ -67,7 +69,6 @@ from nnbackend.autograd.ops import (
     cast,
     div,
     exp,
-    getitem,
     log,
     matmul,
     max,

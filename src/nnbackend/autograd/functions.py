@@ -35,6 +35,7 @@ __all__ = [
     "expm1",
     "flatten",
     "flip",
+    "getitem",
     "log1p",
     "logsumexp",
     "maximum",
@@ -819,3 +820,49 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
     y = ops.reshape(y, tuple(sizes[c] for c in order))
     perm = [order.index(c) for c in out]
     return permute(y, perm) if perm != list(range(len(perm))) else y
+
+
+def _negative_steps(key: Any) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, slice) and k.step is not None and k.step < 0 for k in parts)
+
+
+def getitem(x: Any, key: Any) -> Tensor:
+    """``x[key]`` with gradients (:func:`nnbackend.autograd.ops.getitem`), where slices may
+    also have negative steps (``x[:, ::-1]``): the standard has none, so those axes are
+    sliced forwards and gathered with :func:`take` (reversed by :func:`flip` for step -1)."""
+    if not _negative_steps(key):
+        return ops.getitem(x, key)
+    shape = tuple(_data(x).shape)
+    parts = list(key) if isinstance(key, tuple) else [key]
+    if parts.count(Ellipsis) > 1:
+        raise ArgumentError(f"getitem: at most one ... in an index, got {key!r}")
+    if Ellipsis in parts:
+        used = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
+        at = parts.index(Ellipsis)
+        parts[at : at + 1] = [slice(None)] * (len(shape) - used)
+    forwards: list[Any] = []
+    reversed_axes: list[tuple[int, list[int]]] = []
+    axis = out_axis = 0
+    for k in parts:
+        if k is None:
+            forwards.append(None)
+            out_axis += 1
+            continue
+        if isinstance(k, slice) and k.step is not None and k.step < 0:
+            reversed_axes.append((out_axis, list(range(*k.indices(shape[axis])))))
+            k = slice(None)
+        forwards.append(k)
+        if isinstance(k, slice):
+            out_axis += 1
+        axis += 1
+    y = ops.getitem(x, (*forwards, Ellipsis))
+    for a, picked in reversed_axes:
+        n = y.shape[a]
+        if picked == list(range(n - 1, -1, -1)):
+            y = flip(y, a)
+        elif picked:
+            y = take(y, picked, a)
+        else:
+            y = ops.getitem(y, (*(slice(None),) * a, slice(0, 0), Ellipsis))
+    return y

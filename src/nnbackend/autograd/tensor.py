@@ -277,7 +277,7 @@ class Tensor:
         return _ops.matmul(other, self)
 
     def __getitem__(self, key: Any) -> Tensor:
-        return _ops.getitem(self, key)
+        return _F.getitem(self, key)
 
     # Comparisons carry no gradient: they return a boolean Tensor outside the graph.
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
