@@ -365,3 +365,66 @@ def test_every_builtin_function_supports_double_backward() -> None:
                 found.append(obj)
                 assert obj.supports_double_backward(), f"{module.__name__}.{name}"
     assert len(found) > 40
+
+
+# name: (nnbackend function, torch function) of two (3, 4) inputs, the second in [0.5, 1.5]
+TWO_INPUTS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "concat": (lambda a, b: F.concat([a, b * a], 1), lambda a, b: torch.cat([a, b * a], 1)),
+    "stack": (lambda a, b: F.stack([a, b], 2), lambda a, b: torch.stack([a, b], 2)),
+    "split": (
+        lambda a, b: F.split(a * b, [1, 3], 1)[1],
+        lambda a, b: torch.split(a * b, [1, 3], 1)[1],
+    ),
+    "take": (
+        lambda a, b: F.take(a * b, [[2, 0], [2, 2]], 1),
+        lambda a, b: (a * b)[:, torch.tensor([[2, 0], [2, 2]])],
+    ),
+    "einsum": (
+        lambda a, b: F.einsum("ij,kj->ki", a, b),
+        lambda a, b: torch.einsum("ij,kj->ki", a, b),
+    ),
+    "batched_matmul": (
+        lambda a, b: F.reshape(a, (3, 4, 1)) @ F.reshape(b, (3, 1, 4)),
+        lambda a, b: a.reshape(3, 4, 1) @ b.reshape(3, 1, 4),
+    ),
+    "where": (lambda a, b: F.where(a > 0, a * b, b), lambda a, b: torch.where(a > 0, a * b, b)),
+    "maximum": (F.maximum, torch.maximum),
+    "minimum": (F.minimum, torch.minimum),
+    "pow": (lambda a, b: b**a, lambda a, b: b**a),
+    "std": (
+        lambda a, b: F.std(a * b, 0, True, correction=1.0),
+        lambda a, b: torch.std(a * b, 0, keepdim=True, correction=1),
+    ),
+    "pad": (
+        lambda a, b: F.pad(a * b, ((0, 1), (2, 0)), value=-1.0),
+        lambda a, b: torch.nn.functional.pad(a * b, (2, 0, 0, 1), value=-1.0),
+    ),
+    "negative_step": (
+        lambda a, b: (a * b)[::-2, 1::-1],
+        lambda a, b: (a * b).flip(0)[::2].flip(1)[:, 2:],
+    ),
+    "prod_keepdims": (
+        lambda a, b: F.prod(a * b, (0, 1), True),
+        lambda a, b: (a * b).prod().reshape(1, 1),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TWO_INPUTS))
+def test_shape_and_binary_functions_match_torch(name: str, backend: str) -> None:
+    nb_fn, torch_fn = TWO_INPUTS[name]
+    rng = np.random.default_rng(sorted(TWO_INPUTS).index(name))
+    a, b = rng.uniform(-2, 2, size=(3, 4)), rng.uniform(0.5, 1.5, size=(3, 4))
+    pa, pb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    want = torch_fn(pa, pb)
+    v = rng.uniform(-1, 1, size=tuple(want.shape))
+    want_grads = torch.autograd.grad(want, [pa, pb], torch.tensor(v))
+    with nb.using(backend=backend, dtype="float64"):
+        xp = nb.namespace()
+        ta = nb.Tensor(xp.asarray(a.tolist()), requires_grad=True)
+        tb = nb.Tensor(xp.asarray(b.tolist()), requires_grad=True)
+        got = nb_fn(ta, tb)
+        grads = nb.grad(got, [ta, tb], xp.asarray(v.tolist()))
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=TOL, atol=TOL)
+    for g, w in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=TOL, atol=TOL)
