@@ -428,3 +428,33 @@ def test_shape_and_binary_functions_match_torch(name: str, backend: str) -> None
     np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=TOL, atol=TOL)
     for g, w in zip(grads, want_grads, strict=True):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=TOL, atol=TOL)
+
+
+def test_dezero_step_36_double_backprop() -> None:
+    """y = x^2, z = (dy/dx)^3 + y: dz/dx = 24 x^2 + 2x = 100 at x = 2."""
+    x = nb.Tensor(2.0, requires_grad=True)
+    y = x**2
+    y.backward(create_graph=True)
+    gx = x.grad
+    x.grad = None
+    z = gx**3 + y
+    z.backward()
+    assert float(nb.Tensor(x.grad)) == 100.0
+
+
+@pytest.mark.parametrize("fn", ["tanh", "sin", "sigmoid", "log1p"])
+def test_fourth_derivatives_match_torch(backend: str, fn: str) -> None:
+    """DeZero step 35: repeated differentiation; each order is a graph of the same ops."""
+    x0 = np.array([0.3, -0.7, 1.1])
+    with nb.using(backend=backend, dtype="float64"):
+        x = nb.Tensor(nb.namespace().asarray(x0.tolist()), requires_grad=True)
+        g = getattr(F, fn)(x).sum()
+        ours = []
+        for _ in range(4):
+            (g,) = nb.grad(g.sum(), x, create_graph=True)
+            ours.append(g.numpy())
+    t = torch.tensor(x0, requires_grad=True)
+    h = getattr(torch, fn)(t).sum()
+    for order in range(4):
+        (h,) = torch.autograd.grad(h.sum(), t, create_graph=True)
+        np.testing.assert_allclose(ours[order], h.detach().numpy(), rtol=1e-9, atol=1e-12)
