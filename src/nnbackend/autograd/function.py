@@ -25,6 +25,11 @@ holds every other op to its inputs' dtype. ``self.xp`` is the inputs' Array API 
 ``self.needs_input_grad`` says which inputs need a gradient; both are set before ``forward``
 runs. ``backward`` returns one array per input (a tuple when there are several), or ``None``
 for an input that needs no gradient.
+
+For higher-order derivatives (``backward(create_graph=True)``, ``nb.grad``), define
+``graph_backward`` instead of, or besides, ``backward``: the same rule written with
+differentiable Tensor operations, reading the inputs from ``self.inputs``. The docs' "Writing
+a Function" guide shows both.
 """
 
 from __future__ import annotations
