@@ -14,13 +14,22 @@ from nnbackend import (
     callbacks,
     datasets,
     errors,
+    functional,
     metrics,
     precision,
     random,
     schedules,
     text,
 )
-from nnbackend.autograd import Function, Tensor, enable_grad, gradcheck, no_grad
+from nnbackend.autograd import (
+    Function,
+    Tensor,
+    enable_grad,
+    grad,
+    gradcheck,
+    gradgradcheck,
+    no_grad,
+)
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
     get_backend,
@@ -47,7 +56,10 @@ __all__ = [
     "Trainer",
     "autograd",
     "enable_grad",
+    "functional",
+    "grad",
     "gradcheck",
+    "gradgradcheck",
     "no_grad",
     "array_namespace",
     "available_backends",

@@ -25,6 +25,11 @@ holds every other op to its inputs' dtype. ``self.xp`` is the inputs' Array API 
 ``self.needs_input_grad`` says which inputs need a gradient; both are set before ``forward``
 runs. ``backward`` returns one array per input (a tuple when there are several), or ``None``
 for an input that needs no gradient.
+
+For higher-order derivatives (``backward(create_graph=True)``, ``nb.grad``), define
+``graph_backward`` instead of, or besides, ``backward``: the same rule written with
+differentiable Tensor operations, reading the inputs from ``self.inputs``. The docs' "Writing
+a Function" guide shows both.
 """
 
 from __future__ import annotations
@@ -85,8 +90,48 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def backward(self, *gys: Any) -> Any:
-        """Return the gradient of each input (a tuple when there are several inputs)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define backward()")
+        """Return the gradient of each input (a tuple when there are several inputs), from
+        raw arrays to raw arrays.
+
+        The default runs :meth:`graph_backward` on constant Tensors without recording (so a
+        Function that defines only ``graph_backward`` works in both modes).
+        """
+        if type(self).graph_backward is Function.graph_backward:
+            raise NotImplementedError(
+                f"{type(self).__name__} defines neither backward() nor graph_backward()"
+            )
+        wrap = Tensor._wrap
+        token = _enabled.set(False)
+        try:
+            gxs = self.graph_backward(*[None if g is None else wrap(g, False) for g in gys])
+        finally:
+            _enabled.reset(token)
+        if type(gxs) is tuple:
+            return tuple([g.data if isinstance(g, Tensor) else g for g in gxs])
+        return gxs.data if isinstance(gxs, Tensor) else gxs
+
+    def graph_backward(self, *gys: Any) -> Any:
+        """The backward written with differentiable operations on Tensors: ``gys`` are
+        Tensors, and the result (a Tensor per input, or ``None``) is itself recorded in the
+        graph when ``create_graph=True``, so gradients of gradients work. ``self.inputs``
+        holds the input Tensors (``None`` where an input was a plain array or scalar).
+
+        Functions that leave it undefined still support ``create_graph=True`` for first
+        derivatives; differentiating their gradient again raises
+        :class:`~nnbackend.errors.GradientError`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define graph_backward()")
+
+    @classmethod
+    def supports_double_backward(cls) -> bool:
+        """Whether the class defines :meth:`graph_backward` (its gradients are differentiable)."""
+        return cls.graph_backward is not Function.graph_backward
+
+    def input(self, i: int, raw: Any) -> Any:
+        """Input ``i`` as the Tensor recorded in the graph, or ``raw`` (the plain array or
+        scalar ``forward`` saw) when it was not a Tensor: for :meth:`graph_backward`."""
+        t = self.inputs[i]
+        return raw if t is None else t
 
     def __call__(self, *inputs: Any) -> Any:
         tensor_type = Tensor

@@ -1,5 +1,6 @@
 """Numerical gradient checking: analytic gradients from ``backward`` against central
-differences computed in float64 on host NumPy copies."""
+differences computed in float64 on host NumPy copies (:func:`gradcheck`), and second
+derivatives against central differences of the first (:func:`gradgradcheck`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from nnbackend.config import normalize_dtype, using
 from nnbackend.errors import ArgumentError, GradientError
 from nnbackend.namespace import backend_for
 
-__all__ = ["default_tolerance", "gradcheck"]
+__all__ = ["default_tolerance", "gradcheck", "gradgradcheck"]
 
 
 def default_tolerance(dtype_name: str) -> float:
@@ -70,11 +71,12 @@ def gradcheck(
 
     out = _tensor_result(fn, fn(*leaves))
     projection = np.random.default_rng(seed).uniform(-1.0, 1.0, size=tuple(out.shape))
-    out.backward(
-        record.from_host(projection.astype(dtype_name), None)
-        if out.ndim
-        else xp.asarray(float(projection), dtype=out.data.dtype)
-    )
+    if out.requires_grad:  # else fn is constant in its inputs: analytic gradients are 0
+        out.backward(
+            record.from_host(projection.astype(dtype_name), None)
+            if out.ndim
+            else xp.asarray(float(projection), dtype=out.data.dtype)
+        )
     analytic = [
         None
         if not f
@@ -178,3 +180,55 @@ def _compare(
         f"{worst}: backward gives {float(grad[worst])!r}, central differences give "
         f"{float(numeric[worst])!r} ({reason})"
     )
+
+
+def gradgradcheck(
+    fn: Callable[..., Any],
+    *inputs: Any,
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+) -> bool:
+    """Check the second derivatives of ``fn``: the gradient of its first derivatives
+    (computed with ``create_graph=True``) against central differences of those first
+    derivatives.
+
+    The first derivatives are those of a fixed random projection of ``fn``'s output (a
+    vector-Jacobian product), so this checks Hessian-vector products of every floating input
+    pair. Arguments, tolerances and errors are those of :func:`gradcheck`, which it runs on
+    the function ``inputs -> concat(flattened first derivatives)``.
+    """
+    from nnbackend.autograd import functions as F
+    from nnbackend.autograd.higher import grad
+
+    np = host.numpy()
+    floating = []
+    for x in inputs:
+        data = x.data if isinstance(x, Tensor) else x
+        floating.append(bool(backend_for(data)[0].isdtype(data.dtype, "real floating")))
+    projections: dict[tuple[int, ...], Any] = {}
+
+    def first_derivatives(*ts: Tensor) -> Tensor:
+        leaves = [
+            t if not f or t.requires_grad else Tensor(t.data, requires_grad=True)
+            for t, f in zip(ts, floating, strict=True)
+        ]
+        out = fn(*leaves)
+        shape = tuple(out.shape)
+        if shape not in projections:
+            projections[shape] = np.random.default_rng(seed + 1).uniform(-1.0, 1.0, size=shape)
+        xp, record = backend_for(out.data)
+        v = record.from_host(projections[shape].astype(normalize_dtype(out.data.dtype)), None)
+        if getattr(v, "dtype", None) != out.data.dtype:
+            v = xp.asarray(v, dtype=out.data.dtype)
+        wanted = [t for t, f in zip(leaves, floating, strict=True) if f]
+        grads = grad(out, wanted, v, create_graph=True, allow_unused=True)
+        parts = []
+        for t, g in zip(wanted, grads, strict=True):
+            if g is None:
+                g = Tensor(xp.zeros(t.data.shape, dtype=t.data.dtype))
+            parts.append(F.flatten(g) if g.ndim else g.reshape(1))
+        return F.concat(parts, 0)
+
+    return gradcheck(first_derivatives, *inputs, eps=eps, rtol=rtol, atol=atol, seed=seed)

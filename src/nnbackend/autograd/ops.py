@@ -90,6 +90,11 @@ class Add(Function):
             unbroadcast(self.xp, gy, sb) if nb else None,
         )
 
+    def graph_backward(self, gy: Any) -> tuple[Any, Any]:
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (_F.sum_to(gy, sa) if na else None, _F.sum_to(gy, sb) if nb else None)
+
 
 class Sub(Function):
     def forward(self, a: Any, b: Any) -> Any:
@@ -104,6 +109,11 @@ class Sub(Function):
             unbroadcast(self.xp, gy, sa) if na else None,
             unbroadcast(self.xp, -gy, sb) if nb else None,
         )
+
+    def graph_backward(self, gy: Any) -> tuple[Any, Any]:
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (_F.sum_to(gy, sa) if na else None, _F.sum_to(-gy, sb) if nb else None)
 
 
 class Mul(Function):
@@ -122,6 +132,14 @@ class Mul(Function):
             unbroadcast(self.xp, gy * a, tuple(b.shape)) if nb else None,
         )
 
+    def graph_backward(self, gy: Any) -> tuple[Any, Any]:
+        a, b = self.input(0, self.a), self.input(1, self.b)
+        na, nb = self.needs_input_grad
+        return (
+            _F.sum_to(gy * b, tuple(self.a.shape)) if na else None,
+            _F.sum_to(gy * a, tuple(self.b.shape)) if nb else None,
+        )
+
 
 class Div(Function):
     grad_may_alias = False
@@ -138,6 +156,13 @@ class Div(Function):
         gb = unbroadcast(self.xp, -gy * a / (b * b), tuple(b.shape)) if nb else None
         return ga, gb
 
+    def graph_backward(self, gy: Any) -> tuple[Any, Any]:
+        a, b = self.input(0, self.a), self.input(1, self.b)
+        na, nb = self.needs_input_grad
+        ga = _F.sum_to(gy / b, tuple(self.a.shape)) if na else None
+        gb = _F.sum_to(-gy * a / (b * b), tuple(self.b.shape)) if nb else None
+        return ga, gb
+
 
 class Neg(Function):
     grad_may_alias = False
@@ -146,6 +171,9 @@ class Neg(Function):
         return -x
 
     def backward(self, gy: Any) -> Any:
+        return -gy
+
+    def graph_backward(self, gy: Any) -> Any:
         return -gy
 
 
@@ -167,6 +195,17 @@ class Pow(Function):
         if nb:
             log_a = math.log(a) if type(a) in _SCALARS else xp.log(a)
             gb = unbroadcast(xp, gy * self.y * log_a, tuple(b.shape))
+        return ga, gb
+
+    def graph_backward(self, gy: Any) -> tuple[Any, Any]:
+        a, b = self.input(0, self.a), self.input(1, self.b)
+        na, nb = self.needs_input_grad
+        ga = gb = None
+        if na:
+            ga = _F.sum_to(gy * b * a ** (b - 1), tuple(self.a.shape))
+        if nb:
+            log_a = math.log(a) if type(a) in _SCALARS else log(a)
+            gb = _F.sum_to(gy * a**b * log_a, tuple(self.b.shape))
         return ga, gb
 
 
@@ -213,6 +252,9 @@ class Cast(Function):
             return self.xp.asarray(gy, copy=True)
         return convert(self.xp, gy, self.in_dtype)
 
+    def graph_backward(self, gy: Any) -> Any:
+        return Cast(self.in_dtype)(gy)
+
 
 def _mT(xp: Any, x: Any) -> Any:
     return x.T if x.ndim == 2 else xp.matrix_transpose(x)
@@ -250,6 +292,31 @@ class MatMul(Function):
             gb = xp.reshape(gb, b.shape) if b.ndim == 1 else gb
         return ga, gb
 
+    def graph_backward(self, gy: Any) -> tuple[Any, Any]:
+        ra, rb = self.a, self.b
+        a, b = self.input(0, ra), self.input(1, rb)
+        a2 = a if ra.ndim > 1 else reshape(a, (1, ra.shape[0]))
+        b2 = b if rb.ndim > 1 else reshape(b, (rb.shape[0], 1))
+        s_a2 = tuple(ra.shape) if ra.ndim > 1 else (1, ra.shape[0])
+        s_b2 = tuple(rb.shape) if rb.ndim > 1 else (rb.shape[0], 1)
+        if ra.ndim == 1 or rb.ndim == 1:
+            batch = tuple(gy.shape[: builtins.max(len(s_a2), len(s_b2)) - 2])
+            gy = reshape(gy, (*batch, s_a2[-2], s_b2[-1]))
+        na, nb = self.needs_input_grad
+        ga = gb = None
+        if na:
+            ga = _F.sum_to(matmul(gy, _swap_last(b2)), s_a2)
+            ga = reshape(ga, tuple(ra.shape)) if ra.ndim == 1 else ga
+        if nb:
+            gb = _F.sum_to(matmul(_swap_last(a2), gy), s_b2)
+            gb = reshape(gb, tuple(rb.shape)) if rb.ndim == 1 else gb
+        return ga, gb
+
+
+def _swap_last(t: Any) -> Any:
+    n = len(t.shape)
+    return transpose(t, (*range(n - 2), n - 1, n - 2))
+
 
 class Reshape(Function):
     def __init__(self, shape: tuple[int, ...]) -> None:
@@ -261,6 +328,9 @@ class Reshape(Function):
 
     def backward(self, gy: Any) -> Any:
         return self.xp.reshape(gy, self.in_shape)
+
+    def graph_backward(self, gy: Any) -> Any:
+        return reshape(gy, self.in_shape)
 
 
 class Transpose(Function):
@@ -277,6 +347,9 @@ class Transpose(Function):
 
     def backward(self, gy: Any) -> Any:
         return self.xp.permute_dims(gy, self.inverse)
+
+    def graph_backward(self, gy: Any) -> Any:
+        return transpose(gy, self.inverse)
 
 
 def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
@@ -327,6 +400,12 @@ class Sum(Function):
         # A new array, not a read-only broadcast view: gradients must be writable.
         return xp.zeros(self.in_shape, dtype=gy.dtype) + gy
 
+    def graph_backward(self, gy: Any) -> Any:
+        if not self.keepdims:
+            shape = tuple(1 if i in self.axes else n for i, n in enumerate(self.in_shape))
+            gy = reshape(gy, shape)
+        return _F.broadcast_to(gy, self.in_shape)
+
 
 class Mean(Sum):
     def _reduce(self, y: Any) -> Any:
@@ -338,6 +417,9 @@ class Mean(Sum):
 
     def backward(self, gy: Any) -> Any:
         return super().backward(gy / float(self.count))
+
+    def graph_backward(self, gy: Any) -> Any:
+        return super().graph_backward(gy / float(self.count))
 
 
 class Max(Function):
@@ -364,6 +446,15 @@ class Max(Function):
         count = xp.sum(mask, axis=self.axes, keepdims=True)
         return mask * (gy / count)
 
+    def graph_backward(self, gy: Any) -> Any:
+        xp = self.xp
+        shape = tuple(self.x.shape)
+        if not self.keepdims:
+            gy = reshape(gy, tuple(1 if i in self.axes else n for i, n in enumerate(shape)))
+        mask = xp.astype(self.x == self.y, self.x.dtype)
+        share = mask / xp.sum(mask, axis=self.axes, keepdims=True)
+        return gy * _F._piecewise(self.inputs[0], share)
+
 
 class Exp(Function):
     grad_may_alias = False
@@ -375,6 +466,9 @@ class Exp(Function):
     def backward(self, gy: Any) -> Any:
         return gy * self.y
 
+    def graph_backward(self, gy: Any) -> Any:
+        return gy * exp(self.input(0, None))
+
 
 class Log(Function):
     grad_may_alias = False
@@ -385,6 +479,9 @@ class Log(Function):
 
     def backward(self, gy: Any) -> Any:
         return gy / self.x
+
+    def graph_backward(self, gy: Any) -> Any:
+        return gy / self.input(0, self.x)
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -479,6 +576,25 @@ class GetItem(Function):
         summed = xp.sum(xp.where(hits, xp.reshape(gy, (-1,)), 0.0), axis=1)
         return xp.reshape(summed, self.in_shape)
 
+    def graph_backward(self, gy: Any) -> Any:
+        return _GetItemBackward(self)(gy)
+
+
+class _GetItemBackward(Function):
+    """The gradient of :class:`GetItem` (a scatter into zeros) as a node, whose own gradient
+    is the same indexing again."""
+
+    grad_may_alias = False
+
+    def __init__(self, node: GetItem) -> None:
+        self.node = node
+
+    def forward(self, gy: Any) -> Any:
+        return self.node.backward(gy)
+
+    def graph_backward(self, g: Any) -> Any:
+        return GetItem(self.node.key)(g)
+
 
 def add(a: Any, b: Any) -> Any:
     """``a + b`` with gradients (broadcasting)."""
@@ -569,3 +685,6 @@ def getitem(x: Any, key: Any) -> Any:
     elif isinstance(key, list):  # x[[0, 2, 2]]: a list of row indices, as NumPy allows
         key = backend_for(_raw(x))[0].asarray(key)
     return GetItem(key)(x)
+
+
+from nnbackend.autograd import functions as _F  # noqa: E402  (functions builds on this module)

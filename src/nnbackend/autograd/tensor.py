@@ -171,7 +171,9 @@ class Tensor:
     __hash__ = object.__hash__
 
     # -- graph -------------------------------------------------------------------------
-    def backward(self, grad: Any = None, *, retain_grad: bool = False) -> None:
+    def backward(
+        self, grad: Any = None, *, retain_grad: bool = False, create_graph: bool = False
+    ) -> None:
         """Compute the gradient of this tensor with respect to every tensor in its graph that
         requires one, and add it to their ``.grad``.
 
@@ -180,6 +182,12 @@ class Tensor:
                 omitted only for a one-element tensor (it is then 1).
             retain_grad: keep the gradients of intermediate tensors too (otherwise only leaves
                 and tensors marked with :meth:`retain_grad` keep theirs).
+            create_graph: record the backward pass itself, so each leaf's ``.grad`` is a
+                Tensor in the graph that can be differentiated again (higher-order
+                derivatives; see :func:`nnbackend.autograd.higher.grad`). Slower: the default
+                runs the backward on raw arrays. Optimizers expect array gradients: for a
+                gradient penalty, take the inner gradients with ``nb.grad(...,
+                create_graph=True)`` and call a plain ``backward()`` on the total loss.
 
         Calling ``backward`` twice adds the second gradients to the first, on the leaves (as
         PyTorch does with ``retain_graph=True``): the graph is kept as long as this tensor
@@ -216,6 +224,11 @@ class Tensor:
             # A copy (also when a cast is needed): the caller's array never becomes a .grad
             # that later in-place updates would write through.
             grad = xp.astype(grad, self.data.dtype, copy=True)
+        if create_graph:
+            from nnbackend.autograd.higher import backward_create_graph
+
+            backward_create_graph(self, grad, retain_grad)
+            return
         grad = _function.as_array(xp, grad)  # NumPy: a 0-d array, not a numpy.float64
         if self.creator is None:  # a leaf: accumulate like any other gradient
             self.grad = grad if self.grad is None else _function._sum(xp, self.grad, grad)
@@ -276,7 +289,7 @@ class Tensor:
         return _ops.matmul(other, self)
 
     def __getitem__(self, key: Any) -> Tensor:
-        return _ops.getitem(self, key)
+        return _F.getitem(self, key)
 
     # Comparisons carry no gradient: they return a boolean Tensor outside the graph.
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
@@ -335,6 +348,126 @@ class Tensor:
         """Elementwise natural logarithm."""
         return _ops.log(self)
 
+    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Minimum over ``axis``; the gradient is shared equally among tied minima."""
+        return _F.min(self, axis, keepdims)
+
+    def prod(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Product over ``axis`` (exact gradients also at zeros)."""
+        return _F.prod(self, axis, keepdims)
+
+    def var(self, axis: Any = None, keepdims: bool = False, correction: float = 0.0) -> Tensor:
+        """Variance over ``axis``, divided by ``N - correction``."""
+        return _F.var(self, axis, keepdims, correction)
+
+    def std(self, axis: Any = None, keepdims: bool = False, correction: float = 0.0) -> Tensor:
+        """Standard deviation over ``axis``, from the variance divided by ``N - correction``."""
+        return _F.std(self, axis, keepdims, correction)
+
+    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """``log(sum(exp(self)))`` over ``axis``, computed without overflow."""
+        return _F.logsumexp(self, axis, keepdims)
+
+    def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        """Index of the maximum along ``axis`` (flattened when None); no gradient."""
+        return _F.argmax(self, axis, keepdims)
+
+    def argmin(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        """Index of the minimum along ``axis`` (flattened when None); no gradient."""
+        return _F.argmin(self, axis, keepdims)
+
+    def abs(self) -> Tensor:
+        """Elementwise absolute value."""
+        return _F.abs(self)
+
+    def sqrt(self) -> Tensor:
+        """Elementwise square root."""
+        return _F.sqrt(self)
+
+    def log1p(self) -> Tensor:
+        """Elementwise ``log(1 + x)``."""
+        return _F.log1p(self)
+
+    def expm1(self) -> Tensor:
+        """Elementwise ``exp(x) - 1``."""
+        return _F.expm1(self)
+
+    def sin(self) -> Tensor:
+        """Elementwise sine."""
+        return _F.sin(self)
+
+    def cos(self) -> Tensor:
+        """Elementwise cosine."""
+        return _F.cos(self)
+
+    def tan(self) -> Tensor:
+        """Elementwise tangent."""
+        return _F.tan(self)
+
+    def tanh(self) -> Tensor:
+        """Elementwise hyperbolic tangent."""
+        return _F.tanh(self)
+
+    def sigmoid(self) -> Tensor:
+        """Elementwise logistic function, without overflow."""
+        return _F.sigmoid(self)
+
+    def softplus(self) -> Tensor:
+        """Elementwise ``log(1 + exp(x))``, without overflow."""
+        return _F.softplus(self)
+
+    def clip(self, min: float | None = None, max: float | None = None) -> Tensor:
+        """Limited to ``[min, max]``."""
+        return _F.clip(self, min, max)
+
+    def maximum(self, other: Any) -> Tensor:
+        """Elementwise maximum with ``other`` (broadcasting)."""
+        return _F.maximum(self, other)
+
+    def minimum(self, other: Any) -> Tensor:
+        """Elementwise minimum with ``other`` (broadcasting)."""
+        return _F.minimum(self, other)
+
+    def permute(self, *axes: Any) -> Tensor:
+        """The axes in the order ``axes``."""
+        if len(axes) == 1 and isinstance(axes[0], tuple | list):
+            axes = tuple(axes[0])
+        return _F.permute(self, axes)
+
+    def flatten(self, start: int = 0, end: int = -1) -> Tensor:
+        """Axes ``start`` to ``end`` (included) merged into one."""
+        return _F.flatten(self, start, end)
+
+    def squeeze(self, axis: Any = None) -> Tensor:
+        """Without the given length-1 axes (all of them when None)."""
+        return _F.squeeze(self, axis)
+
+    def expand_dims(self, axis: int) -> Tensor:
+        """With a new length-1 axis at ``axis``."""
+        return _F.expand_dims(self, axis)
+
+    unsqueeze = expand_dims
+
+    def broadcast_to(self, shape: Any) -> Tensor:
+        """Broadcast to ``shape`` (the gradient sums back)."""
+        return _F.broadcast_to(self, shape)
+
+    def sum_to(self, shape: Any) -> Tensor:
+        """Summed down to ``shape`` (the gradient of a broadcast)."""
+        return _F.sum_to(self, shape)
+
+    def flip(self, axis: Any = None) -> Tensor:
+        """Elements reversed along ``axis`` (all axes when None)."""
+        return _F.flip(self, axis)
+
+    def take(self, indices: Any, axis: int = 0) -> Tensor:
+        """The elements at integer ``indices`` along ``axis`` (a gather)."""
+        return _F.take(self, indices, axis)
+
+    def split(self, sections: Any, axis: int = 0) -> tuple[Tensor, ...]:
+        """Split along ``axis`` into equal parts or parts of the given lengths."""
+        return _F.split(self, sections, axis)
+
     def astype(self, dtype: Any) -> Tensor:
         """This tensor converted to the floating ``dtype`` ("float16", "float32", ... or a
         dtype object), in the graph: the gradient is converted back to this tensor's dtype.
@@ -365,4 +498,5 @@ def as_tensor(x: Any) -> Tensor:
 
 _function.Tensor = Tensor
 
+from nnbackend.autograd import functions as _F  # noqa: E402
 from nnbackend.autograd import ops as _ops  # noqa: E402  (ops needs Tensor defined)

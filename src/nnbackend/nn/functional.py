@@ -23,6 +23,7 @@ import weakref
 from typing import Any
 
 from nnbackend import config
+from nnbackend.autograd import functions as _F
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function, as_array
 from nnbackend.autograd.kernels import _cache as _kernels_cache
@@ -905,3 +906,153 @@ def layer_norm(x: Any, weight: Any, bias: Any, eps: float = 1e-5) -> Tensor:
         x = cast(x, wd.dtype) if isinstance(x, Tensor) else backend_for(xd)[0].astype(xd, wd.dtype)
     y = LayerNorm(eps)(x, weight, bias)
     return cast(y, compute) if wd.dtype != _float_dtype(wd, compute) else y
+
+
+# -- Higher-order derivatives -------------------------------------------------------------
+# Each fused node's backward again, written with differentiable Tensor operations: the engine
+# runs these instead of ``backward`` under ``create_graph=True``, so gradients of gradients
+# work through layers and losses. They are gathered here, apart from the first-order fast
+# paths above, and compute in the dtype of the incoming gradient (each result is cast back
+# to its input's dtype).
+
+
+def _like(xp: Any, v: Any, dtype: Any) -> Any:
+    """``v`` (a Tensor or a raw array) in ``dtype``, in the graph when it is a Tensor."""
+    if v.dtype == dtype:
+        return v
+    return ops.Cast(dtype)(v) if isinstance(v, Tensor) else xp.astype(v, dtype)
+
+
+def _back_to(g: Any, dtype: Any) -> Any:
+    return g if g is None or g.dtype == dtype else ops.Cast(dtype)(g)
+
+
+def _linear_graph_backward(self: Linear, gy: Tensor) -> tuple[Any, ...]:
+    xp, dt = self.xp, gy.dtype
+    x = _like(xp, self.input(0, self.x), dt)
+    w = _like(xp, self.input(1, self.w), dt)
+    need = self.needs_input_grad
+    n_in, n_out = self.w.shape
+    gx = gw = gb = None
+    if need[0]:
+        gx = _back_to(ops.matmul(gy, ops.transpose(w, (1, 0))), self.inputs[0].dtype)
+    gy2 = ops.reshape(gy, (-1, n_out)) if gy.ndim != 2 else gy
+    if need[1]:
+        x2 = ops.reshape(x, (-1, n_in)) if len(x.shape) != 2 else x
+        gw = _back_to(ops.matmul(ops.transpose(x2, (1, 0)), gy2), self.inputs[1].dtype)
+    if self.has_bias and need[2]:
+        gb = _back_to(ops.sum(gy2, 0), self.inputs[2].dtype)
+    return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+def _sigmoid_graph_backward(self: Sigmoid, gy: Tensor) -> Tensor:
+    y = _F.sigmoid(self.inputs[0])
+    return gy * y * (1.0 - y)
+
+
+def _tanh_graph_backward(self: Tanh, gy: Tensor) -> Tensor:
+    y = _F.tanh(self.inputs[0])
+    return gy * (1.0 - y * y)
+
+
+def _leaky_relu_graph_backward(self: LeakyReLU, gy: Tensor) -> Tensor:
+    xp = self.xp
+    gain = xp.astype(self.mask, gy.dtype)
+    if self.slope != 0.0:
+        gain = gain * (1.0 - self.slope) + self.slope
+    return gy * _F._piecewise(self.inputs[0], gain)
+
+
+def _softmax_graph_backward(self: Softmax, gy: Tensor) -> Tensor:
+    x = self.inputs[0]
+    y = ops.exp(x - _F.logsumexp(x, self.axis, True))
+    return y * (gy - ops.sum(gy * y, self.axis, True))
+
+
+def _log_softmax_graph_backward(self: LogSoftmax, gy: Tensor) -> Tensor:
+    x = self.inputs[0]
+    p = ops.exp(x - _F.logsumexp(x, self.axis, True))
+    return gy - p * ops.sum(gy, self.axis, True)
+
+
+def _softmax_cross_entropy_graph_backward(self: SoftmaxCrossEntropy, gy: Tensor) -> tuple[Any, Any]:
+    xp = self.xp
+    x = self.inputs[0]
+    dt = x.dtype
+    t = self.input(1, self.t) if self.inputs[1] is not None else self.t
+    t = _like(xp, t, dt)
+    gy = _like(xp, gy, dt)
+    logp = x - _F.logsumexp(x, 1, True)
+    scale = gy * (1.0 / self.n)
+    gx = gt = None
+    if self.needs_input_grad[0]:
+        p = ops.exp(logp)
+        if not self.rows_sum_to_one:
+            p = p * ops.sum(t, 1, True)
+        gx = (p - t) * scale
+    if self.needs_input_grad[1]:
+        gt = _back_to(-(logp * scale), self.inputs[1].dtype)
+    return gx, gt
+
+
+def _sigmoid_cross_entropy_graph_backward(self: SigmoidCrossEntropy, gy: Tensor) -> tuple[Any, Any]:
+    x = self.input(0, self.x)
+    t = self.input(1, self.t)
+    scale = gy * (1.0 / self.n)
+    gx = (_F.sigmoid(x) - t) * scale if self.needs_input_grad[0] else None
+    gt = -(x * scale) if self.needs_input_grad[1] else None
+    return gx, gt
+
+
+def _mse_graph_backward(self: MSE, gy: Tensor) -> tuple[Any, Any]:
+    y = self.input(0, None)
+    t = self.input(1, None)
+    if y is None:
+        y = self.diff + t
+    elif t is None:
+        t = y - self.diff
+    g = (y - t) * (gy * (2.0 / self.n))
+    return (g if self.needs_input_grad[0] else None, -g if self.needs_input_grad[1] else None)
+
+
+def _dropout_graph_backward(self: Dropout, gy: Tensor) -> Tensor:
+    mask = self.mask
+    if mask.dtype != gy.dtype:
+        mask = self.xp.astype(mask, gy.dtype)
+    return gy * mask
+
+
+def _embedding_graph_backward(self: Embedding, gy: Tensor) -> tuple[Any, None]:
+    return _F.TakeBackward(self.indices, 0, self.shape)(gy), None
+
+
+def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, Any]:
+    x, w = self.inputs[0], self.inputs[1]
+    x = x if x is not None else Tensor._wrap(self.xhat / self.inv, False)
+    w = w if w is not None else self.w
+    xc = x - ops.mean(x, -1, True)
+    inv = 1.0 / _F.sqrt(ops.mean(xc * xc, -1, True) + self.eps)
+    xhat = xc * inv
+    lead = tuple(range(gy.ndim - 1))
+    need = self.needs_input_grad
+    gw = ops.sum(gy * xhat, lead) if need[1] else None
+    gb = ops.sum(gy, lead) if need[2] else None
+    gx = None
+    if need[0]:
+        g = gy * w
+        gx = inv * (g - ops.mean(g, -1, True) - xhat * ops.mean(g * xhat, -1, True))
+    return gx, gw, gb
+
+
+Linear.graph_backward = _linear_graph_backward  # type: ignore[method-assign]
+Sigmoid.graph_backward = _sigmoid_graph_backward  # type: ignore[method-assign]
+Tanh.graph_backward = _tanh_graph_backward  # type: ignore[method-assign]
+LeakyReLU.graph_backward = _leaky_relu_graph_backward  # type: ignore[method-assign]
+Softmax.graph_backward = _softmax_graph_backward  # type: ignore[method-assign]
+LogSoftmax.graph_backward = _log_softmax_graph_backward  # type: ignore[method-assign]
+SoftmaxCrossEntropy.graph_backward = _softmax_cross_entropy_graph_backward  # type: ignore[method-assign]
+SigmoidCrossEntropy.graph_backward = _sigmoid_cross_entropy_graph_backward  # type: ignore[method-assign]
+MSE.graph_backward = _mse_graph_backward  # type: ignore[method-assign]
+Dropout.graph_backward = _dropout_graph_backward  # type: ignore[method-assign]
+Embedding.graph_backward = _embedding_graph_backward  # type: ignore[method-assign]
+LayerNorm.graph_backward = _layer_norm_graph_backward  # type: ignore[method-assign]

@@ -1,0 +1,868 @@
+"""The engine's differentiable operation set beyond the operators: elementwise functions,
+reductions, shape operations, gathering and ``einsum``.
+
+Each takes Tensors, backend arrays or (where it says so) Python scalars, returns a Tensor,
+uses only the Array API standard and keeps its input's dtype. Every one supports higher-order
+derivatives: its backward is written with these same differentiable operations
+(:meth:`~nnbackend.autograd.function.Function.graph_backward`), or the function is a
+composition of them. The public home of all of them is :mod:`nnbackend.functional`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from nnbackend.autograd import ops
+from nnbackend.autograd.function import Function
+from nnbackend.autograd.mode import is_grad_enabled
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.errors import ArgumentError, ShapeError
+from nnbackend.namespace import backend_for
+
+__all__ = [
+    "abs",
+    "argmax",
+    "argmin",
+    "broadcast_to",
+    "clip",
+    "concat",
+    "cos",
+    "einsum",
+    "expand_dims",
+    "expm1",
+    "flatten",
+    "flip",
+    "getitem",
+    "log1p",
+    "logsumexp",
+    "maximum",
+    "min",
+    "minimum",
+    "pad",
+    "permute",
+    "prod",
+    "sigmoid",
+    "sin",
+    "softplus",
+    "split",
+    "sqrt",
+    "squeeze",
+    "stack",
+    "std",
+    "sum_to",
+    "take",
+    "tan",
+    "tanh",
+    "var",
+    "where",
+]
+
+_SCALARS = (int, float, bool)
+
+
+def _data(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _shape(x: Any) -> tuple[int, ...] | None:
+    return None if type(x) in _SCALARS else tuple(x.shape)
+
+
+def _tensor(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+# -- broadcasting ---------------------------------------------------------------------------
+class BroadcastTo(Function):
+    grad_may_alias = False
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+
+    def forward(self, x: Any) -> Any:
+        self.in_shape = tuple(x.shape)
+        # A new array, not a read-only view: results may be written into.
+        return self.xp.zeros(self.shape, dtype=x.dtype) + x
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        return sum_to(gy, self.in_shape)
+
+
+class SumTo(Function):
+    grad_may_alias = True
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+
+    def forward(self, x: Any) -> Any:
+        self.in_shape = tuple(x.shape)
+        if len(self.shape) > x.ndim:
+            raise ShapeError(f"sum_to: cannot sum shape {self.in_shape} to {self.shape}")
+        return ops.unbroadcast(self.xp, x, self.shape)
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        return broadcast_to(gy, self.in_shape)
+
+
+def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
+    """``x`` broadcast to ``shape`` (a new array); the gradient sums back to ``x``'s shape."""
+    shape = tuple(int(n) for n in shape)
+    if _shape(_data(x)) == shape:
+        return _tensor(x)
+    return BroadcastTo(shape)(x)
+
+
+def sum_to(x: Any, shape: Sequence[int]) -> Tensor:
+    """Sum ``x`` over the axes along which ``shape`` was broadcast to ``x``'s shape (the
+    gradient of a broadcast)."""
+    shape = tuple(int(n) for n in shape)
+    if _shape(_data(x)) == shape:
+        return _tensor(x)
+    return SumTo(shape)(x)
+
+
+class _LocallyConstant(Function):
+    """A value that depends on ``x`` only piecewise (a sign, a mask): its derivative is zero.
+    Recording it keeps a piecewise-linear function's gradient in the graph of ``x``, so its
+    second derivative is zero (as in torch), not "does not require a gradient"."""
+
+    grad_may_alias = False
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def forward(self, x: Any) -> Any:
+        return self.value
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        x = self.inputs[0].data
+        return Tensor._wrap(self.xp.zeros(x.shape, dtype=x.dtype), False)
+
+
+def _piecewise(x: Any, value: Any) -> Any:
+    """``value`` (an array computed from ``x``'s data), tied to ``x`` in the graph when
+    gradients are being recorded."""
+    if isinstance(x, Tensor) and x.requires_grad and is_grad_enabled():
+        return _LocallyConstant(value)(x)
+    return value
+
+
+# -- elementwise ----------------------------------------------------------------------------
+class _Unary(Function):
+    grad_may_alias = False
+
+    def forward(self, x: Any) -> Any:
+        self.x = x
+        return self.compute(self.xp, x)
+
+    def compute(self, xp: Any, x: Any) -> Any:
+        raise NotImplementedError
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        return self.derivative(self.input(0, self.x), gy)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class Log1p(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.log1p(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        return gy / (x + 1.0)
+
+
+class Expm1(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.expm1(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        return gy * ops.exp(x)
+
+
+class Sqrt(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.sqrt(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        return gy * 0.5 / sqrt(x)
+
+
+class Abs(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.abs(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        return gy * _piecewise(x, self.xp.sign(self.x))  # the subgradient 0 at 0, as torch
+
+
+class Sin(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.sin(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        return gy * cos(x)
+
+
+class Cos(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.cos(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        return -(gy * sin(x))
+
+
+class Tan(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.tan(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        c = cos(x)
+        return gy / (c * c)
+
+
+class Tanh(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return xp.tanh(x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        y = tanh(x)
+        return gy * (1.0 - y * y)
+
+
+def _stable_sigmoid(xp: Any, x: Any) -> Any:
+    e = xp.exp(-xp.abs(x))  # never overflows
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+class Sigmoid(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        return _stable_sigmoid(xp, x)
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        y = sigmoid(x)
+        return gy * y * (1.0 - y)
+
+
+class Softplus(_Unary):
+    def compute(self, xp: Any, x: Any) -> Any:
+        # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): never overflows.
+        return xp.where(x > 0, x, 0.0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        return gy * sigmoid(x)
+
+
+class Where(Function):
+    """``where(cond, a, b)``: the condition is a constant; gradients go to the chosen side."""
+
+    grad_may_alias = False
+
+    def __init__(self, cond: Any) -> None:
+        self.cond = cond
+
+    def forward(self, a: Any, b: Any) -> Any:
+        ops._same_dtype("where", a, b)
+        self.shapes = (_shape(a), _shape(b))
+        return self.xp.where(self.cond, a, b)
+
+    def graph_backward(self, gy: Tensor) -> tuple[Any, Any]:
+        na, nb = self.needs_input_grad
+        sa, sb = self.shapes
+        ga = sum_to(Where(self.cond)(gy, 0.0), sa) if na else None
+        gb = sum_to(Where(self.cond)(0.0, gy), sb) if nb else None
+        return ga, gb
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """``a`` where ``cond`` is true, else ``b`` (broadcasting; ``a`` or ``b`` may be a Python
+    scalar). ``cond`` is a boolean array or Tensor and carries no gradient."""
+    return Where(_data(cond))(a, b)
+
+
+class _Extremum(Function):
+    """maximum / minimum: ties share the gradient equally (as torch does)."""
+
+    grad_may_alias = False
+    larger = True
+
+    def forward(self, a: Any, b: Any) -> Any:
+        xp = self.xp
+        ops._same_dtype("maximum" if self.larger else "minimum", a, b)
+        self.shapes = (_shape(a), _shape(b))
+        dtype = (a if type(a) not in _SCALARS else b).dtype
+        if type(a) in _SCALARS:
+            a = xp.asarray(a, dtype=dtype)
+        if type(b) in _SCALARS:
+            b = xp.asarray(b, dtype=dtype)
+        win = (a > b) if self.larger else (a < b)
+        self.wa = xp.astype(win, dtype) + 0.5 * xp.astype(a == b, dtype)
+        return xp.maximum(a, b) if self.larger else xp.minimum(a, b)
+
+    def graph_backward(self, gy: Tensor) -> tuple[Any, Any]:
+        na, nb = self.needs_input_grad
+        sa, sb = self.shapes
+        wa = self.wa
+        ga = sum_to(gy * _piecewise(self.inputs[0], wa), sa) if na else None
+        gb = sum_to(gy * _piecewise(self.inputs[1], 1.0 - wa), sb) if nb else None
+        return ga, gb
+
+
+class Maximum(_Extremum):
+    larger = True
+
+
+class Minimum(_Extremum):
+    larger = False
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum with broadcasting; tied elements share the gradient equally."""
+    return Maximum()(a, b)
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    """Elementwise minimum with broadcasting; tied elements share the gradient equally."""
+    return Minimum()(a, b)
+
+
+class Clip(Function):
+    grad_may_alias = False
+
+    def __init__(self, lo: float | None, hi: float | None) -> None:
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x: Any) -> Any:
+        xp = self.xp
+        inside = xp.ones(x.shape, dtype=xp.bool)
+        y = x
+        if self.lo is not None:
+            inside = inside & (x >= self.lo)
+            y = xp.where(x < self.lo, float(self.lo), y)
+        if self.hi is not None:
+            inside = inside & (x <= self.hi)
+            y = xp.where(x > self.hi, float(self.hi), y)
+        self.inside = inside
+        return y if y is not x else xp.asarray(x, copy=True)
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        inside = self.xp.astype(self.inside, gy.dtype)
+        return gy * _piecewise(self.inputs[0], inside)
+
+
+def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
+    """``x`` limited to ``[min, max]`` (either may be None); the gradient is 1 inside the
+    interval (bounds included) and 0 outside."""
+    if min is not None and max is not None and min > max:
+        raise ArgumentError(f"clip: min {min} is greater than max {max}")
+    return Clip(min, max)(x)
+
+
+def log1p(x: Any) -> Tensor:
+    """Elementwise ``log(1 + x)``, accurate for small ``x``."""
+    return Log1p()(x)
+
+
+def expm1(x: Any) -> Tensor:
+    """Elementwise ``exp(x) - 1``, accurate for small ``x``."""
+    return Expm1()(x)
+
+
+def sqrt(x: Any) -> Tensor:
+    """Elementwise square root."""
+    return Sqrt()(x)
+
+
+def abs(x: Any) -> Tensor:
+    """Elementwise absolute value (gradient ``sign(x)``, 0 at 0)."""
+    return Abs()(x)
+
+
+def sin(x: Any) -> Tensor:
+    """Elementwise sine."""
+    return Sin()(x)
+
+
+def cos(x: Any) -> Tensor:
+    """Elementwise cosine."""
+    return Cos()(x)
+
+
+def tan(x: Any) -> Tensor:
+    """Elementwise tangent."""
+    return Tan()(x)
+
+
+def tanh(x: Any) -> Tensor:
+    """Elementwise hyperbolic tangent."""
+    return Tanh()(x)
+
+
+def sigmoid(x: Any) -> Tensor:
+    """Elementwise logistic function ``1 / (1 + exp(-x))``, computed without overflow."""
+    return Sigmoid()(x)
+
+
+def softplus(x: Any) -> Tensor:
+    """Elementwise ``log(1 + exp(x))``, computed without overflow."""
+    return Softplus()(x)
+
+
+# -- reductions -----------------------------------------------------------------------------
+def _reduced_count(shape: tuple[int, ...], axis: Any) -> int:
+    return math.prod(shape[a] for a in ops._axes(axis, len(shape)))
+
+
+def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Minimum over ``axis``; the gradient is shared equally among tied minima."""
+    return ops.neg(ops.max(ops.neg(x), axis, keepdims))
+
+
+def var(x: Any, axis: Any = None, keepdims: bool = False, correction: float = 0.0) -> Tensor:
+    """Variance over ``axis``: the mean squared deviation, divided by ``N - correction``
+    instead of ``N`` (``correction=1`` is the unbiased estimate)."""
+    x = _tensor(x)
+    n = _reduced_count(x.shape, axis)
+    if n - correction <= 0:
+        raise ArgumentError(f"var: {n} elements with correction {correction}: nothing to divide")
+    d = x - ops.mean(x, axis, True)
+    return ops.sum(d * d, axis, keepdims) * (1.0 / (n - correction))
+
+
+def std(x: Any, axis: Any = None, keepdims: bool = False, correction: float = 0.0) -> Tensor:
+    """Standard deviation over ``axis``: ``sqrt(var(x, axis, keepdims, correction))``."""
+    return sqrt(var(x, axis, keepdims, correction))
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` over ``axis``, shifted by the maximum so it never overflows."""
+    x = _tensor(x)
+    m = ops.max(x, axis, True).detach()  # a constant shift: the gradient is unchanged
+    out = ops.log(ops.sum(ops.exp(x - m), axis, True)) + m
+    if keepdims:
+        return out
+    axes = ops._axes(axis, x.ndim)
+    return ops.reshape(out, tuple(n for i, n in enumerate(x.shape) if i not in axes))
+
+
+class Prod(Function):
+    grad_may_alias = False
+
+    def __init__(self, axis: Any, keepdims: bool) -> None:
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x: Any) -> Any:
+        xp = self.xp
+        self.x = x
+        self.axes = ops._axes(self.axis, x.ndim)
+        y = x
+        for a in sorted(self.axes, reverse=True):
+            y = xp.prod(y, axis=a, keepdims=True, dtype=x.dtype)
+        return y if self.keepdims else xp.reshape(y, self._reduced_shape(x.shape))
+
+    def _reduced_shape(self, shape: Any) -> tuple[int, ...]:
+        return tuple(n for i, n in enumerate(shape) if i not in self.axes)
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        xp, xr = self.xp, self.x
+        x = self.input(0, xr)
+        shape = tuple(xr.shape)
+        if not self.keepdims:
+            gy = ops.reshape(gy, tuple(1 if i in self.axes else n for i, n in enumerate(shape)))
+        zero = xr == 0
+        zeros = xp.sum(xp.astype(zero, xr.dtype), axis=self.axes, keepdims=True)
+        safe = where(zero, 1.0, x)  # x with its zeros replaced by 1
+        others = Prod(self.axes, True)(safe)  # the product of the non-zero elements
+        # No zero: prod / x. One zero: the product of the others at the zero, 0 elsewhere.
+        # Two or more: 0 everywhere.
+        grad = where(zeros == 0, others / safe, where((zeros == 1) & zero, others, 0.0))
+        return gy * grad
+
+
+def prod(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Product over ``axis``; the gradient is exact also where elements are zero."""
+    return Prod(axis, keepdims)(x)
+
+
+def _arg_reduce(x: Any, axis: int | None, keepdims: bool, largest: bool) -> Tensor:
+    data = _data(x)
+    xp = backend_for(data)[0]
+    fn = xp.argmax if largest else xp.argmin
+    if axis is None:
+        out = fn(xp.reshape(data, (-1,)))
+        if keepdims:
+            out = xp.reshape(out, (1,) * data.ndim)
+        return Tensor._wrap(out, False)
+    return Tensor._wrap(fn(data, axis=axis, keepdims=keepdims), False)
+
+
+def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Index of the first maximum along ``axis`` (of the flattened array when ``None``): an
+    integer Tensor outside the graph (no gradient)."""
+    return _arg_reduce(x, axis, keepdims, True)
+
+
+def argmin(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    """Index of the first minimum along ``axis`` (of the flattened array when ``None``): an
+    integer Tensor outside the graph (no gradient)."""
+    return _arg_reduce(x, axis, keepdims, False)
+
+
+# -- shape ----------------------------------------------------------------------------------
+def permute(x: Any, axes: Sequence[int]) -> Tensor:
+    """``x`` with its axes in the order ``axes`` (the standard's ``permute_dims``)."""
+    return ops.transpose(x, tuple(int(a) for a in axes))
+
+
+def flatten(x: Any, start: int = 0, end: int = -1) -> Tensor:
+    """``x`` with the axes ``start`` to ``end`` (both included) merged into one."""
+    shape = tuple(_data(x).shape)
+    if not shape:
+        return ops.reshape(x, (1,))
+    s, e = start % len(shape), end % len(shape)
+    if s > e:
+        raise ArgumentError(f"flatten: start axis {start} comes after end axis {end}")
+    merged = math.prod(shape[s : e + 1])
+    return ops.reshape(x, (*shape[:s], merged, *shape[e + 1 :]))
+
+
+def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
+    """``x`` without the given axes of length 1 (all of them when ``axis`` is None)."""
+    shape = tuple(_data(x).shape)
+    if axis is None:
+        axes = tuple(i for i, n in enumerate(shape) if n == 1)
+    else:
+        axes = ops._axes(axis, len(shape))
+        bad = [a for a in axes if shape[a] != 1]
+        if bad:
+            raise ShapeError(f"squeeze: axes {bad} of shape {shape} do not have length 1")
+    return ops.reshape(x, tuple(n for i, n in enumerate(shape) if i not in axes))
+
+
+def expand_dims(x: Any, axis: int) -> Tensor:
+    """``x`` with a new axis of length 1 at position ``axis`` (negative counts from the end of
+    the result)."""
+    shape = list(_data(x).shape)
+    position = axis if axis >= 0 else len(shape) + 1 + axis
+    if not 0 <= position <= len(shape):
+        raise ArgumentError(f"expand_dims: axis {axis} is out of range for {len(shape)} axes")
+    shape.insert(position, 1)
+    return ops.reshape(x, tuple(shape))
+
+
+class Concat(Function):
+    grad_may_alias = False
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+
+    def forward(self, *xs: Any) -> Any:
+        xp = self.xp
+        first = xs[0]
+        for x in xs[1:]:
+            ops._same_dtype("concat", first, x)
+        self.axis = self.axis % first.ndim if first.ndim else self.axis
+        self.sizes = [int(x.shape[self.axis]) for x in xs]
+        return xp.concat(list(xs), axis=self.axis)
+
+    def graph_backward(self, gy: Tensor) -> tuple[Any, ...]:
+        parts = split(gy, self.sizes, self.axis)
+        return tuple(
+            p if need else None for p, need in zip(parts, self.needs_input_grad, strict=True)
+        )
+
+
+class Split(Function):
+    grad_may_alias = False
+
+    def __init__(self, sizes: Sequence[int], axis: int) -> None:
+        self.sizes, self.axis = list(sizes), axis
+
+    def forward(self, x: Any) -> Any:
+        self.shape, self.dtype = tuple(x.shape), x.dtype
+        axis = self.axis = self.axis % x.ndim
+        outs = []
+        start = 0
+        for n in self.sizes:
+            key = (*(slice(None),) * axis, slice(start, start + n), Ellipsis)
+            outs.append(x[key])
+            start += n
+        return tuple(outs)
+
+    def graph_backward(self, *gys: Tensor) -> Tensor:
+        xp = self.xp
+        parts = []
+        for g, n in zip(gys, self.sizes, strict=True):
+            if g is None:
+                shape = list(self.shape)
+                shape[self.axis] = n
+                g = xp.zeros(tuple(shape), dtype=self.dtype)
+            parts.append(g)
+        return concat(parts, self.axis)
+
+
+def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join ``xs`` (of one dtype, equal shapes but along ``axis``) along an existing axis."""
+    xs = list(xs)
+    if not xs:
+        raise ArgumentError("concat needs at least one array")
+    return Concat(axis)(*xs)
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join ``xs`` (of one shape and dtype) along a new axis ``axis``."""
+    xs = list(xs)
+    if not xs:
+        raise ArgumentError("stack needs at least one array")
+    shapes = {tuple(_data(x).shape) for x in xs}
+    if len(shapes) != 1:
+        raise ShapeError(f"stack needs arrays of one shape, got {sorted(shapes)}")
+    return concat([expand_dims(x, axis) for x in xs], axis)
+
+
+def split(x: Any, sections: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
+    """Split ``x`` along ``axis`` into ``sections`` equal parts (an int that divides the
+    axis' length), or into parts of the given lengths (a sequence summing to it)."""
+    shape = tuple(_data(x).shape)
+    if not shape:
+        raise ShapeError("split needs an array with at least one axis")
+    length = shape[axis % len(shape)]
+    if isinstance(sections, int):
+        if sections <= 0 or length % sections:
+            raise ShapeError(
+                f"split: an axis of length {length} does not split into {sections} equal parts"
+            )
+        sizes = [length // sections] * sections
+    else:
+        sizes = [int(n) for n in sections]
+        if builtins.sum(sizes) != length or builtins.min(sizes, default=0) < 0:
+            raise ShapeError(f"split: part lengths {sizes} do not add up to the axis' {length}")
+    out = Split(sizes, axis)(x)
+    return out if type(out) is tuple else (out,)
+
+
+class Flip(Function):
+    grad_may_alias = False
+
+    def __init__(self, axis: Any) -> None:
+        self.axis = axis
+
+    def forward(self, x: Any) -> Any:
+        return self.xp.flip(x, axis=self.axis)
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        return Flip(self.axis)(gy)
+
+
+def flip(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
+    """``x`` with the order of its elements reversed along ``axis`` (all axes when None):
+    ``x[:, ::-1]`` for every backend (negative steps are not in the standard)."""
+    if axis is not None and not isinstance(axis, int):
+        axis = tuple(int(a) for a in axis)
+    return Flip(axis)(x)
+
+
+def pad(x: Any, pad_width: Any, value: float = 0.0) -> Tensor:
+    """``x`` with ``value`` added before and after each axis: ``pad_width`` is one
+    ``(before, after)`` pair per axis, or one pair for every axis (as ``numpy.pad``'s
+    constant mode). The gradient is the gradient of the original elements."""
+    x = _tensor(x)
+    shape = x.shape
+    widths = list(pad_width)
+    if len(widths) == 2 and all(isinstance(w, int) for w in widths):
+        widths = [tuple(widths)] * len(shape)
+    if len(widths) != len(shape):
+        raise ShapeError(f"pad: {len(widths)} (before, after) pairs for {len(shape)} axes")
+    xp = backend_for(x.data)[0]
+    out = x
+    for axis, (before, after) in enumerate(widths):
+        if before < 0 or after < 0:
+            raise ArgumentError(f"pad: widths must not be negative, got {(before, after)}")
+        parts: list[Any] = []
+        for n in (before, after):
+            side = list(out.shape)
+            side[axis] = n
+            parts.append(xp.full(tuple(side), value, dtype=x.dtype) if n else None)
+        pieces = [p for p in (parts[0], out, parts[1]) if p is not None]
+        if len(pieces) > 1:
+            out = concat(pieces, axis)
+    return out
+
+
+def _moveaxis_to_front(shape_len: int, axis: int) -> tuple[int, ...]:
+    return (axis, *[i for i in range(shape_len) if i != axis])
+
+
+class Take(Function):
+    """``take(x, indices, axis)`` for integer indices of any shape."""
+
+    grad_may_alias = False
+
+    def __init__(self, indices: Any, axis: int) -> None:
+        self.indices, self.axis = indices, axis
+
+    def forward(self, x: Any) -> Any:
+        xp = self.xp
+        axis = self.axis = self.axis % x.ndim
+        self.in_shape = tuple(x.shape)
+        flat = xp.take(x, xp.reshape(self.indices, (-1,)), axis=axis)
+        shape = (*x.shape[:axis], *self.indices.shape, *x.shape[axis + 1 :])
+        return xp.reshape(flat, shape)
+
+    def graph_backward(self, gy: Tensor) -> Tensor:
+        return TakeBackward(self.indices, self.axis, self.in_shape)(gy)
+
+
+class TakeBackward(Function):
+    """The gradient of :class:`Take`: adds each slice back where it was taken from
+    (accumulating repeated indices)."""
+
+    grad_may_alias = False
+
+    def __init__(self, indices: Any, axis: int, shape: tuple[int, ...]) -> None:
+        self.indices, self.axis, self.shape = indices, axis, shape
+
+    def forward(self, gy: Any) -> Any:
+        xp, axis, shape = self.xp, self.axis, self.shape
+        k = self.indices.ndim
+        # gy has shape shape[:axis] + indices.shape + shape[axis+1:]: move the index axes first.
+        order = (*range(axis, axis + k), *range(axis), *range(axis + k, gy.ndim))
+        moved = xp.permute_dims(gy, order) if order != tuple(range(gy.ndim)) else gy
+        front = _moveaxis_to_front(len(shape), axis)
+        target_shape = tuple(shape[i] for i in front)
+        target = xp.zeros(target_shape, dtype=gy.dtype)
+        summed = ops.scatter_add_rows(xp, target, self.indices, moved)
+        inverse = tuple(sorted(range(len(front)), key=lambda i: front[i]))
+        return xp.permute_dims(summed, inverse) if axis else summed
+
+    def graph_backward(self, g: Tensor) -> Tensor:
+        return Take(self.indices, self.axis)(g)
+
+
+def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
+    """The elements of ``x`` at integer ``indices`` (any shape) along ``axis``: the result's
+    shape is ``x.shape[:axis] + indices.shape + x.shape[axis+1:]`` (a gather). Repeated
+    indices add their gradients."""
+    idx = _data(indices)
+    data = _data(x)
+    xp = backend_for(data)[0]
+    if type(idx) in (list, tuple, int):
+        idx = xp.asarray(idx)
+    if not xp.isdtype(idx.dtype, "integral"):
+        raise ArgumentError(f"take: indices must be integers, got {idx.dtype}")
+    return Take(idx, axis)(x)
+
+
+def einsum(subscripts: str, *operands: Any) -> Tensor:
+    """Einstein summation for the patterns that reduce to transposes, sums and (batched)
+    matrix products: one or two operands, explicit output (``"ij,jk->ik"``,
+    ``"bij,bjk->bik"``, ``"i,i->"``, ``"ij->ji"``, ``"ij->j"``); each index at most once per
+    operand (no diagonals) and no ``...``."""
+    if "->" not in subscripts or "." in subscripts:
+        raise ArgumentError(
+            f"einsum: {subscripts!r}: write the output explicitly (e.g. 'ij,jk->ik'); '...' is "
+            "not supported"
+        )
+    lhs, out = subscripts.replace(" ", "").split("->")
+    ins = lhs.split(",")
+    if len(ins) != len(operands) or len(ins) not in (1, 2):
+        raise ArgumentError(f"einsum: {subscripts!r} needs 1 or 2 operands, got {len(operands)}")
+    for term in (*ins, out):
+        if len(set(term)) != len(term):
+            raise ArgumentError(f"einsum: repeated index in {term!r} (diagonals) is not supported")
+    tensors = [_tensor(op) for op in operands]
+    for term, t in zip(ins, tensors, strict=True):
+        if len(term) != t.ndim:
+            raise ShapeError(f"einsum: {term!r} names {len(term)} axes of a {t.ndim}-d operand")
+    if set(out) - set("".join(ins)):
+        raise ArgumentError(f"einsum: output indices {out!r} do not all appear in the inputs")
+
+    def reduce_alone(term: str, t: Tensor, keep: set[str]) -> tuple[str, Tensor]:
+        drop = tuple(i for i, c in enumerate(term) if c not in keep)
+        if drop:
+            t = ops.sum(t, drop, False)
+            term = "".join(c for c in term if c in keep)
+        return term, t
+
+    if len(ins) == 1:
+        term, t = reduce_alone(ins[0], tensors[0], set(out))
+        return permute(t, [term.index(c) for c in out]) if term != out else t
+
+    (ta, tb), (a, b) = ins, tensors
+    ta, a = reduce_alone(ta, a, set(out) | set(tb))
+    tb, b = reduce_alone(tb, b, set(out) | set(ta))
+    sizes = {c: n for term, t in ((ta, a), (tb, b)) for c, n in zip(term, t.shape, strict=True)}
+    for term, t in ((ta, a), (tb, b)):
+        for c, n in zip(term, t.shape, strict=True):
+            if sizes[c] != n:
+                raise ShapeError(f"einsum: index {c!r} has lengths {sizes[c]} and {n}")
+    batch = [c for c in ta if c in tb and c in out]
+    contract = [c for c in ta if c in tb and c not in out]
+    free_a = [c for c in ta if c not in tb]
+    free_b = [c for c in tb if c not in ta]
+
+    def size(cs: list[str]) -> int:
+        return math.prod(sizes[c] for c in cs)
+
+    nb_, nf_a, nf_b, nk = size(batch), size(free_a), size(free_b), size(contract)
+    a3 = ops.reshape(
+        permute(a, [ta.index(c) for c in (*batch, *free_a, *contract)]), (nb_, nf_a, nk)
+    )
+    b3 = ops.reshape(
+        permute(b, [tb.index(c) for c in (*batch, *contract, *free_b)]), (nb_, nk, nf_b)
+    )
+    y = ops.matmul(a3, b3)
+    order = [*batch, *free_a, *free_b]
+    y = ops.reshape(y, tuple(sizes[c] for c in order))
+    perm = [order.index(c) for c in out]
+    return permute(y, perm) if perm != list(range(len(perm))) else y
+
+
+def _negative_steps(key: Any) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, slice) and k.step is not None and k.step < 0 for k in parts)
+
+
+def getitem(x: Any, key: Any) -> Tensor:
+    """``x[key]`` with gradients (:func:`nnbackend.autograd.ops.getitem`), where slices may
+    also have negative steps (``x[:, ::-1]``): the standard has none, so those axes are
+    sliced forwards and gathered with :func:`take` (reversed by :func:`flip` for step -1)."""
+    if not _negative_steps(key):
+        return ops.getitem(x, key)
+    shape = tuple(_data(x).shape)
+    parts = list(key) if isinstance(key, tuple) else [key]
+    if parts.count(Ellipsis) > 1:
+        raise ArgumentError(f"getitem: at most one ... in an index, got {key!r}")
+    if Ellipsis in parts:
+        used = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
+        at = parts.index(Ellipsis)
+        parts[at : at + 1] = [slice(None)] * (len(shape) - used)
+    forwards: list[Any] = []
+    reversed_axes: list[tuple[int, list[int]]] = []
+    axis = out_axis = 0
+    for k in parts:
+        if k is None:
+            forwards.append(None)
+            out_axis += 1
+            continue
+        if isinstance(k, slice) and k.step is not None and k.step < 0:
+            reversed_axes.append((out_axis, list(range(*k.indices(shape[axis])))))
+            k = slice(None)
+        forwards.append(k)
+        if isinstance(k, slice):
+            out_axis += 1
+        axis += 1
+    y = ops.getitem(x, (*forwards, Ellipsis))
+    for a, picked in reversed_axes:
+        n = y.shape[a]
+        if picked == list(range(n - 1, -1, -1)):
+            y = flip(y, a)
+        elif picked:
+            y = take(y, picked, a)
+        else:
+            y = ops.getitem(y, (*(slice(None),) * a, slice(0, 0), Ellipsis))
+    return y
