@@ -1027,9 +1027,15 @@ def _embedding_graph_backward(self: Embedding, gy: Tensor) -> tuple[Any, None]:
 
 
 def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, Any]:
+    xp = self.xp
     x, w = self.inputs[0], self.inputs[1]
     x = x if x is not None else Tensor._wrap(self.xhat / self.inv, False)
     w = w if w is not None else self.w
+    dtypes = (x.dtype, w.dtype, self.inputs[2].dtype if self.inputs[2] is not None else w.dtype)
+    # float16 statistics in float32: 1/sqrt(var + eps) is up to 316 for a constant row, and its
+    # derivatives take its cube, past float16's range (an inf times 0 would give NaN).
+    dt = xp.float32 if gy.dtype == getattr(xp, "float16", None) else gy.dtype
+    gy, x, w = _like(xp, gy, dt), _like(xp, x, dt), _like(xp, w, dt)
     xc = x - ops.mean(x, -1, True)
     inv = 1.0 / _F.sqrt(ops.mean(xc * xc, -1, True) + self.eps)
     xhat = xc * inv
@@ -1041,7 +1047,7 @@ def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, A
     if need[0]:
         g = gy * w
         gx = inv * (g - ops.mean(g, -1, True) - xhat * ops.mean(g * xhat, -1, True))
-    return gx, gw, gb
+    return _back_to(gx, dtypes[0]), _back_to(gw, dtypes[1]), _back_to(gb, dtypes[2])
 
 
 Linear.graph_backward = _linear_graph_backward  # type: ignore[method-assign]
