@@ -14,6 +14,7 @@ Sequential(
 from __future__ import annotations
 
 from nnbackend.nn import functional, init
+from nnbackend.nn.conv import Conv2d, ConvTranspose2d
 from nnbackend.nn.layers import (
     Dropout,
     Embedding,
@@ -28,15 +29,26 @@ from nnbackend.nn.layers import (
 )
 from nnbackend.nn.losses import MSELoss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SoftmaxWithLoss
 from nnbackend.nn.module import Module, Parameter, Sequential
+from nnbackend.nn.normalization import BatchNorm1d, BatchNorm2d, GroupNorm
+from nnbackend.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, Flatten, MaxPool2d
 
 __all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv2d",
+    "ConvTranspose2d",
     "Dropout",
     "Embedding",
+    "Flatten",
+    "GroupNorm",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
     "MSELoss",
     "MatMul",
+    "MaxPool2d",
     "Module",
     "Parameter",
     "ReLU",

@@ -1,0 +1,271 @@
+"""Pooling over NCHW images and ``Flatten``: ``max_pool2d``, ``avg_pool2d``,
+``adaptive_avg_pool2d`` and their layers.
+
+Max and average pooling use the convolutions' im2col (:func:`nnbackend.nn.conv.im2col`, with
+the backend's fast kernel where it has one) on the channels taken as separate images, and their
+backward its scatter-add col2im. Adaptive average pooling is two small matrix products with
+averaging matrices (exact for any input and output size, global pooling included).
+
+>>> import nnbackend as nb
+>>> from nnbackend import nn
+>>> x = nb.namespace().ones((2, 3, 8, 8))
+>>> tuple(nn.MaxPool2d(2)(x).shape), tuple(nn.AdaptiveAvgPool2d(1)(x).shape)
+((2, 3, 4, 4), (2, 3, 1, 1))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nnbackend.autograd.function import Function
+from nnbackend.autograd.ops import reshape
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.errors import ArgumentError, ShapeError
+from nnbackend.namespace import backend_for
+from nnbackend.nn.conv import Pair, _col2im, _crop, _geometry, _im2col, _pair, pad2d
+from nnbackend.nn.module import Module
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "Flatten",
+    "MaxPool2d",
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "flatten",
+    "max_pool2d",
+]
+
+
+def _data(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _check_images(name: str, x: Any) -> None:
+    if getattr(x, "ndim", None) != 4:
+        raise ShapeError(
+            f"{name}: input must be a batch of images (N, C, H, W), got shape "
+            f"{tuple(getattr(x, 'shape', ()))}"
+        )
+    if not backend_for(x)[0].isdtype(x.dtype, "real floating"):
+        raise ArgumentError(f"{name}: input must be floating, got dtype {x.dtype}")
+
+
+class _Pool(Function):
+    grad_may_alias = False
+    trusted_grads = True
+
+    def __init__(
+        self,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> None:
+        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+
+    def _columns(self, x: Any, fill: float) -> Any:
+        """The windows of every channel as rows: (N C OH OW, kh kw)."""
+        xp = self.xp
+        n, c, h, w = x.shape
+        self.in_shape = (n, c, h, w)
+        (ph, pw), (kh, kw) = self.padding, self.kernel
+        if ph > kh // 2 or pw > kw // 2:
+            raise ArgumentError(
+                f"pooling padding {self.padding} must be at most half the kernel size {self.kernel}"
+            )
+        images = xp.reshape(x, (n * c, 1, h, w))
+        g = _geometry((n * c, 1, h + 2 * ph, w + 2 * pw), self.kernel, self.stride, self.dilation)
+        self.geometry = g
+        return _im2col(xp, pad2d(xp, images, self.padding, fill), g)
+
+    def _to_image(self, gcols: Any) -> Any:
+        n, c, h, w = self.in_shape
+        g = self.geometry
+        image = _crop(
+            self.xp.reshape(_col2im(self.xp, gcols, g), (n, c, g[2], g[3])), self.padding, (h, w)
+        )
+        return image
+
+    def _out(self, y: Any) -> Any:
+        n, c = self.in_shape[:2]
+        return self.xp.reshape(y, (n, c, self.geometry[10], self.geometry[11]))
+
+
+class MaxPool(_Pool):
+    """The node of :func:`max_pool2d`: the gradient goes to the first maximum of each
+    window (as in PyTorch)."""
+
+    def forward(self, x: Any) -> Any:
+        xp = self.xp
+        cols = self._columns(x, -math.inf)
+        self.argmax = xp.argmax(cols, axis=1)
+        self.width = cols.shape[1]
+        return self._out(xp.max(cols, axis=1))
+
+    def backward(self, gy: Any) -> Any:
+        xp = self.xp
+        positions = xp.arange(self.width, dtype=self.argmax.dtype, device=gy.device)
+        hit = xp.reshape(self.argmax, (-1, 1)) == positions
+        gcols = xp.where(
+            hit, xp.reshape(gy, (-1, 1)), xp.zeros((), dtype=gy.dtype, device=gy.device)
+        )
+        return self._to_image(gcols)
+
+
+class AvgPool(_Pool):
+    """The node of :func:`avg_pool2d` (padding counts as zeros, PyTorch's default
+    ``count_include_pad=True``)."""
+
+    def forward(self, x: Any) -> Any:
+        cols = self._columns(x, 0.0)
+        self.width = cols.shape[1]
+        return self._out(self.xp.mean(cols, axis=1))
+
+    def backward(self, gy: Any) -> Any:
+        xp = self.xp
+        share = xp.reshape(gy, (-1, 1)) * (1.0 / self.width)
+        return self._to_image(xp.broadcast_to(share, (share.shape[0], self.width)))
+
+
+def _pool_args(
+    kernel_size: Pair, stride: Pair | None, padding: Pair, dilation: Pair
+) -> tuple[tuple[int, int], ...]:
+    kernel = _pair(kernel_size, "kernel_size", 1)
+    return (
+        kernel,
+        kernel if stride is None else _pair(stride, "stride", 1),
+        _pair(padding, "padding", 0),
+        _pair(dilation, "dilation", 1),
+    )
+
+
+def max_pool2d(
+    x: Any, kernel_size: Pair, stride: Pair | None = None, padding: Pair = 0, dilation: Pair = 1
+) -> Tensor:
+    """The maximum of each ``kernel_size`` window of NCHW ``x`` (``stride`` defaults to the
+    kernel size; ``padding``, at most half the kernel, counts as ``-inf``). Matches
+    ``torch.nn.functional.max_pool2d``."""
+    _check_images("max_pool2d", _data(x))
+    return MaxPool(*_pool_args(kernel_size, stride, padding, dilation))(x)
+
+
+def avg_pool2d(x: Any, kernel_size: Pair, stride: Pair | None = None, padding: Pair = 0) -> Tensor:
+    """The mean of each ``kernel_size`` window of NCHW ``x`` (``stride`` defaults to the
+    kernel size; ``padding`` counts as zeros and in the divisor). Matches
+    ``torch.nn.functional.avg_pool2d`` with its defaults."""
+    _check_images("avg_pool2d", _data(x))
+    return AvgPool(*_pool_args(kernel_size, stride, padding, 1))(x)
+
+
+class AdaptiveAvgPool(Function):
+    """The node of :func:`adaptive_avg_pool2d`: ``P_h @ x @ P_w^T`` with averaging
+    matrices ``P`` (row ``i`` averages input ``floor(i H / oh) .. ceil((i + 1) H / oh)``)."""
+
+    grad_may_alias = False
+    trusted_grads = True
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def _matrix(self, out: int, length: int, like: Any) -> Any:
+        xp = self.xp
+        rows = xp.reshape(xp.arange(out, dtype=xp.int64, device=like.device), (-1, 1))
+        cols = xp.reshape(xp.arange(length, dtype=xp.int64, device=like.device), (1, -1))
+        start = (rows * length) // out
+        end = ((rows + 1) * length + out - 1) // out
+        inside = xp.astype((cols >= start) & (cols < end), like.dtype)
+        return inside / xp.astype(end - start, like.dtype)
+
+    def forward(self, x: Any) -> Any:
+        self.ph = self._matrix(self.size[0], x.shape[2], x)
+        self.pw = self._matrix(self.size[1], x.shape[3], x)
+        return self.ph @ x @ self.pw.T
+
+    def backward(self, gy: Any) -> Any:
+        return self.ph.T @ gy @ self.pw
+
+
+def adaptive_avg_pool2d(x: Any, output_size: int | tuple[int, int]) -> Tensor:
+    """Average pooling of NCHW ``x`` to ``output_size`` (an int or a pair) whatever its height
+    and width; ``output_size=1`` is global average pooling. Matches
+    ``torch.nn.functional.adaptive_avg_pool2d``."""
+    xd = _data(x)
+    _check_images("adaptive_avg_pool2d", xd)
+    return AdaptiveAvgPool(_pair(output_size, "output_size", 1))(x)
+
+
+def flatten(x: Any, start_dim: int = 1) -> Tensor:
+    """``x`` with the axes from ``start_dim`` on merged into one: (N, C, H, W) -> (N, C H W)."""
+    shape = tuple(_data(x).shape)
+    if not -len(shape) <= start_dim < max(len(shape), 1):
+        raise ArgumentError(f"flatten: start_dim {start_dim} is out of range for shape {shape}")
+    start = start_dim % len(shape)
+    return reshape(x, (*shape[:start], math.prod(shape[start:])))
+
+
+class MaxPool2d(Module):
+    """Max pooling layer (:func:`max_pool2d`); ``stride`` defaults to ``kernel_size``."""
+
+    def __init__(
+        self,
+        kernel_size: Pair,
+        stride: Pair | None = None,
+        padding: Pair = 0,
+        dilation: Pair = 1,
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.dilation = _pool_args(
+            kernel_size, stride, padding, dilation
+        )
+
+    def forward(self, x: Any) -> Tensor:
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(Module):
+    """Average pooling layer (:func:`avg_pool2d`); ``stride`` defaults to ``kernel_size``."""
+
+    def __init__(self, kernel_size: Pair, stride: Pair | None = None, padding: Pair = 0) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, _ = _pool_args(kernel_size, stride, padding, 1)
+
+    def forward(self, x: Any) -> Tensor:
+        return avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Adaptive average pooling layer (:func:`adaptive_avg_pool2d`); ``AdaptiveAvgPool2d(1)``
+    is global average pooling."""
+
+    def __init__(self, output_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.output_size = _pair(output_size, "output_size", 1)
+
+    def forward(self, x: Any) -> Tensor:
+        return adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class Flatten(Module):
+    """Merge the axes from ``start_dim`` (default 1) on: the step from convolutional features
+    (N, C, H, W) to a ``Linear`` layer's (N, C H W)."""
+
+    def __init__(self, start_dim: int = 1) -> None:
+        super().__init__()
+        self.start_dim = int(start_dim)
+
+    def forward(self, x: Any) -> Tensor:
+        return flatten(x, self.start_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}"
