@@ -14,6 +14,7 @@ __all__ = [
     "BackendMismatchError",
     "BackendUnavailableError",
     "CheckpointError",
+    "DownloadError",
     "DtypeError",
     "GradientError",
     "LabelError",
@@ -65,3 +66,8 @@ class GradientError(NNBackendError, RuntimeError):
 
 class CheckpointError(NNBackendError, ValueError):
     """A checkpoint file that cannot be read, or that does not fit the model."""
+
+
+class DownloadError(NNBackendError, OSError):
+    """A data set that could not be downloaded (offline, a server error) or whose download
+    failed its checksum; the message gives the manual download command."""
