@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 import nnbackend as nb
 from nnbackend import nn, optim, registry
 from nnbackend.errors import ArgumentError, CheckpointError, DtypeError, ShapeError
+from nnbackend.namespace import array_namespace, backend_for
 from nnbackend.nn import conv as C
 from nnbackend.nn import normalization as N
 from nnbackend.nn import pooling as P
-from nnbackend.namespace import array_namespace, backend_for
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -126,7 +126,9 @@ def test_conv_transpose2d_matches_torch(
     # Keep the output non-empty: padding at most what the transposed size allows.
     pad = tuple(
         min(p, ((n - 1) * s + d * (k - 1)) // 2)
-        for p, n, s, d, k in zip(case["padding"], case["hw"], case["stride"], dil, case["k"])
+        for p, n, s, d, k in zip(
+            case["padding"], case["hw"], case["stride"], dil, case["k"], strict=True
+        )
     )
     arrays = [x, w] + ([rng.standard_normal(case["cout"])] if case["bias"] else [])
 
@@ -145,8 +147,12 @@ def test_conv_transpose2d_matches_torch(
 def pool_cases(draw: Any) -> dict[str, Any]:
     k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     return {
-        "shape": (draw(st.integers(1, 2)), draw(st.integers(1, 3)))
-        + (draw(st.integers(k[0], 9)), draw(st.integers(k[1], 9))),
+        "shape": (
+            draw(st.integers(1, 2)),
+            draw(st.integers(1, 3)),
+            draw(st.integers(k[0], 9)),
+            draw(st.integers(k[1], 9)),
+        ),
         "k": k,
         "stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
         "padding": (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2))),
