@@ -7,6 +7,7 @@ buffers; a small CNN on the 8x8 digits."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -475,3 +476,20 @@ def test_cnn_on_digit_images_reaches_97_percent() -> None:
     accuracy = float(np.mean(predicted == _host(t_test)))
     assert accuracy >= 0.97, accuracy
     assert seconds < 60, seconds  # a few seconds alone; generous for a loaded machine
+
+
+def test_cnn_example_runs_quick(run_python: Any, tmp_path: Any) -> None:
+    """examples/cnn.py --quick: trains, reports accuracy, saves, plots the loss and filters."""
+    pytest.importorskip("sklearn", reason="--quick uses scikit-learn's digits")
+    pytest.importorskip("matplotlib", reason="the example draws its plots with matplotlib")
+    script = Path(__file__).resolve().parents[1] / "examples" / "cnn.py"
+    if not script.exists():
+        pytest.skip("no examples/ next to the tests (installed package?)")
+    proc = run_python(
+        args=[str(script), "--quick", "--epochs", "1", "--out", str(tmp_path)],
+        env={"MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"cnn.npz", "cnn-loss.png", "cnn-filters.png"} <= names
