@@ -493,3 +493,34 @@ def test_cnn_example_runs_quick(run_python: Any, tmp_path: Any) -> None:
     assert "test accuracy" in proc.stdout
     names = {p.name for p in tmp_path.iterdir()}
     assert {"cnn.npz", "cnn-loss.png", "cnn-filters.png"} <= names
+
+
+@pytest.mark.parametrize("by_offsets", [True, False])
+def test_max_pool_gives_ties_to_the_first_maximum_like_torch(
+    by_offsets: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both pooling paths (kernel offsets; im2col for backends without slice assignment)
+    route the gradient of a tied window to its first maximum, as torch does, and agree with
+    torch on overlapping, padded, dilated windows."""
+    monkeypatch.setattr(P, "USE_OFFSETS", by_offsets)
+    rng = np.random.default_rng(8)
+    x = np.round(rng.standard_normal((2, 3, 7, 6)))  # many ties
+    for args in ((2, 2, 0, 1), (3, 1, 1, 1), (3, 2, 1, 2)):
+        t = nb.Tensor(x, requires_grad=True)
+        y = P.max_pool2d(t, *args)
+        gy = rng.standard_normal(tuple(y.shape))
+        y.backward(gy)
+        ref = torch.tensor(x, requires_grad=True)
+        r = TF.max_pool2d(ref, *args)
+        r.backward(torch.tensor(gy))
+        np.testing.assert_array_equal(_host(y), r.detach().numpy())
+        np.testing.assert_allclose(_host(t.grad), ref.grad.numpy(), rtol=1e-14, atol=1e-14)
+        t = nb.Tensor(x, requires_grad=True)
+        y = P.avg_pool2d(t, *args[:3])
+        gy = rng.standard_normal(tuple(y.shape))
+        y.backward(gy)
+        ref = torch.tensor(x, requires_grad=True)
+        r = TF.avg_pool2d(ref, *args[:3])
+        r.backward(torch.tensor(gy))
+        np.testing.assert_allclose(_host(y), r.detach().numpy(), rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(_host(t.grad), ref.grad.numpy(), rtol=1e-14, atol=1e-14)

@@ -360,18 +360,23 @@ class Convolution(Function):
                 (need_x, need_w, need_b),
             )
         else:
-            gb = xp.sum(gy, axis=(0, 2, 3)) if need_b else None
             if self.transposed:
+                gb = xp.sum(gy, axis=(0, 2, 3)) if need_b else None
                 gx, gw = self._transposed_backward(xp, gy, need_x, need_w)
             else:
-                gx, gw = self._backward(xp, gy, need_x, need_w)
+                gx, gw, gb = self._backward(xp, gy, need_x, need_w, need_b)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
-    def _backward(self, xp: Any, gy: Any, need_x: bool, need_w: bool) -> tuple[Any, Any]:
+    def _backward(
+        self, xp: Any, gy: Any, need_x: bool, need_w: bool, need_b: bool
+    ) -> tuple[Any, Any, Any]:
         w, groups = self.w, self.groups
         h, wd = self.x.shape[2:]
         o = w.shape[0]
-        gy_rows = _nhwc_rows(xp, gy)  # (M, O)
+        # (M, O): free when gy is laid out like the forward's output (NHWC in memory), and
+        # the bias gradient is then a sum over contiguous rows, not over strided axes.
+        gy_rows = _nhwc_rows(xp, gy)
+        gb = xp.sum(gy_rows, axis=0) if need_b else None
         gx = gw = None
         if need_w:
             gw = xp.reshape(_grouped_t(xp, gy_rows, self.cols, groups), tuple(w.shape))
@@ -379,7 +384,7 @@ class Convolution(Function):
             w3 = xp.reshape(w, (groups, o // groups, -1))
             gcols = _grouped(xp, gy_rows, w3, groups, transpose_b=False)  # (M, C kk)
             gx = _crop(_col2im(xp, gcols, self.geometry), self.padding, (h, wd))
-        return gx, gw
+        return gx, gw, gb
 
     def _transposed_backward(self, xp: Any, gy: Any, need_x: bool, need_w: bool) -> tuple[Any, Any]:
         w, groups, g = self.w, self.groups, self.geometry

@@ -1,10 +1,13 @@
 """Pooling over NCHW images and ``Flatten``: ``max_pool2d``, ``avg_pool2d``,
 ``adaptive_avg_pool2d`` and their layers.
 
-Max and average pooling use the convolutions' im2col (:func:`nnbackend.nn.conv.im2col`, with
-the backend's fast kernel where it has one) on the channels taken as separate images, and their
-backward its scatter-add col2im. Adaptive average pooling is two small matrix products with
-averaging matrices (exact for any input and output size, global pooling included).
+Max and average pooling visit each window one kernel offset at a time: ``kh * kw`` strided views
+of the (padded) input, combined elementwise (a running maximum and the offset of the first
+maximum), and the backward adds each offset's share back by strided slice assignment; no copy of
+the windows and no loop over output pixels. Backends without slice assignment use the
+convolutions' im2col (:func:`nnbackend.nn.conv.im2col`) and its scatter-add col2im instead.
+Adaptive average pooling is two small matrix products with averaging matrices (exact for any
+input and output size, global pooling included).
 
 >>> import nnbackend as nb
 >>> from nnbackend import nn
@@ -65,8 +68,8 @@ class _Pool(Function):
     ) -> None:
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
 
-    def _columns(self, x: Any, fill: float) -> Any:
-        """The windows of every channel as rows: (N C OH OW, kh kw)."""
+    def _padded(self, x: Any, fill: float) -> Any:
+        """``x`` padded with ``fill``; sets the geometry and whether windows go by offsets."""
         xp = self.xp
         n, c, h, w = x.shape
         self.in_shape = (n, c, h, w)
@@ -75,22 +78,52 @@ class _Pool(Function):
             raise ArgumentError(
                 f"pooling padding {self.padding} must be at most half the kernel size {self.kernel}"
             )
-        images = xp.reshape(x, (n * c, 1, h, w))
-        g = _geometry((n * c, 1, h + 2 * ph, w + 2 * pw), self.kernel, self.stride, self.dilation)
-        self.geometry = g
-        return _im2col(xp, pad2d(xp, images, self.padding, fill), g)
+        self.geometry = _geometry(
+            (n, c, h + 2 * ph, w + 2 * pw), self.kernel, self.stride, self.dilation
+        )
+        # Where arrays take slice assignment, a window is visited one kernel offset at a time
+        # (kh kw strided views of the input, no copy); elsewhere through im2col / col2im.
+        self.by_offsets = USE_OFFSETS and backend_for(x)[1].capabilities.inplace
+        return pad2d(xp, x, self.padding, fill)
 
-    def _to_image(self, gcols: Any) -> Any:
+    def _offsets(self) -> Any:
+        """``(offset, rows, columns)``: the strided view of every window's element ``offset``."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        oh, ow = self.geometry[10], self.geometry[11]
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+                yield i * kw + j, rows, slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+
+    def _columns(self, padded: Any) -> Any:
+        """The windows of every channel as rows: (N C OH OW, kh kw)."""
+        n, c, hp, wp = padded.shape
+        g = (n * c, 1, *self.geometry[2:])
+        return _im2col(self.xp, self.xp.reshape(padded, (n * c, 1, hp, wp)), g)
+
+    def _from_columns(self, gcols: Any) -> Any:
         n, c, h, w = self.in_shape
         g = self.geometry
-        image = _crop(
-            self.xp.reshape(_col2im(self.xp, gcols, g), (n, c, g[2], g[3])), self.padding, (h, w)
-        )
-        return image
+        padded = _col2im(self.xp, gcols, (n * c, 1, *g[2:]))
+        return _crop(self.xp.reshape(padded, (n, c, g[2], g[3])), self.padding, (h, w))
+
+    def _scatter(self, parts: Any, dtype: Any, device: Any) -> Any:
+        """The input gradient from ``(offset, rows, columns, gradient)`` of each offset."""
+        n, c, h, w = self.in_shape
+        g = self.geometry
+        out = self.xp.zeros((n, c, g[2], g[3]), dtype=dtype, device=device)
+        for rows, columns, part in parts:
+            out[:, :, rows, columns] = out[:, :, rows, columns] + part
+        return _crop(out, self.padding, (h, w))
 
     def _out(self, y: Any) -> Any:
         n, c = self.in_shape[:2]
         return self.xp.reshape(y, (n, c, self.geometry[10], self.geometry[11]))
+
+
+# Visit pooling windows by kernel offsets where the backend allows (tests turn it off to check
+# the im2col path, which backends without slice assignment use).
+USE_OFFSETS = True
 
 
 class MaxPool(_Pool):
@@ -99,19 +132,38 @@ class MaxPool(_Pool):
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        cols = self._columns(x, -math.inf)
-        self.argmax = xp.argmax(cols, axis=1)
-        self.width = cols.shape[1]
-        return self._out(xp.max(cols, axis=1))
+        padded = self._padded(x, -math.inf)
+        if not self.by_offsets:
+            cols = self._columns(padded)
+            self.argmax = xp.argmax(cols, axis=1)
+            self.width = cols.shape[1]
+            return self._out(xp.max(cols, axis=1))
+        y = index = None
+        for offset, rows, columns in self._offsets():
+            v = padded[:, :, rows, columns]
+            if y is None:
+                y = v
+                index = xp.zeros(tuple(v.shape), dtype=xp.int32, device=v.device)
+                continue
+            better = v > y  # strictly: ties keep the first maximum
+            y = xp.where(better, v, y)
+            index = xp.where(better, xp.asarray(offset, dtype=xp.int32, device=v.device), index)
+        self.index = index
+        return y if offset else xp.asarray(y, copy=True)
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
-        positions = xp.arange(self.width, dtype=self.argmax.dtype, device=gy.device)
-        hit = xp.reshape(self.argmax, (-1, 1)) == positions
-        gcols = xp.where(
-            hit, xp.reshape(gy, (-1, 1)), xp.zeros((), dtype=gy.dtype, device=gy.device)
+        zero = xp.zeros((), dtype=gy.dtype, device=gy.device)
+        if not self.by_offsets:
+            positions = xp.arange(self.width, dtype=self.argmax.dtype, device=gy.device)
+            hit = xp.reshape(self.argmax, (-1, 1)) == positions
+            return self._from_columns(xp.where(hit, xp.reshape(gy, (-1, 1)), zero))
+        index = self.index
+        parts = (
+            (rows, columns, xp.where(index == offset, gy, zero))
+            for offset, rows, columns in self._offsets()
         )
-        return self._to_image(gcols)
+        return self._scatter(parts, gy.dtype, gy.device)
 
 
 class AvgPool(_Pool):
@@ -119,14 +171,26 @@ class AvgPool(_Pool):
     ``count_include_pad=True``)."""
 
     def forward(self, x: Any) -> Any:
-        cols = self._columns(x, 0.0)
-        self.width = cols.shape[1]
-        return self._out(self.xp.mean(cols, axis=1))
+        xp = self.xp
+        padded = self._padded(x, 0.0)
+        self.width = self.kernel[0] * self.kernel[1]
+        if not self.by_offsets:
+            return self._out(xp.mean(self._columns(padded), axis=1))
+        total = None
+        for _, rows, columns in self._offsets():
+            v = padded[:, :, rows, columns]
+            total = v if total is None else total + v
+        return total * (1.0 / self.width)
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
-        share = xp.reshape(gy, (-1, 1)) * (1.0 / self.width)
-        return self._to_image(xp.broadcast_to(share, (share.shape[0], self.width)))
+        share = gy * (1.0 / self.width)
+        if not self.by_offsets:
+            share = xp.reshape(share, (-1, 1))
+            return self._from_columns(xp.broadcast_to(share, (share.shape[0], self.width)))
+        return self._scatter(
+            ((rows, columns, share) for _, rows, columns in self._offsets()), gy.dtype, gy.device
+        )
 
 
 def _pool_args(
