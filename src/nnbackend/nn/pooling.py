@@ -1,13 +1,13 @@
 """Pooling over NCHW images and ``Flatten``: ``max_pool2d``, ``avg_pool2d``,
 ``adaptive_avg_pool2d`` and their layers.
 
-Max and average pooling visit each window one kernel offset at a time: ``kh * kw`` strided views
-of the (padded) input, combined elementwise (a running maximum and the offset of the first
-maximum), and the backward adds each offset's share back by strided slice assignment; no copy of
-the windows and no loop over output pixels. Backends without slice assignment use the
-convolutions' im2col (:func:`nnbackend.nn.conv.im2col`) and its scatter-add col2im instead.
-Adaptive average pooling is two small matrix products with averaging matrices (exact for any
-input and output size, global pooling included).
+Max and average pooling visit each window one kernel offset at a time: ``kh * kw`` strided
+views of the (padded) input, combined elementwise (a running maximum or sum), and the backward
+adds each offset's share back by strided slice assignment (max pooling: to the first maximum of
+each window, as in PyTorch); no copy of the windows and no loop over output pixels. Backends
+without slice assignment use the convolutions' im2col (:func:`nnbackend.nn.conv.im2col`) and
+its scatter-add col2im instead. Adaptive average pooling is two small matrix products with
+averaging matrices (exact for any input and output size, global pooling included).
 
 >>> import nnbackend as nb
 >>> from nnbackend import nn
@@ -112,8 +112,13 @@ class _Pool(Function):
         n, c, h, w = self.in_shape
         g = self.geometry
         out = self.xp.zeros((n, c, g[2], g[3]), dtype=dtype, device=device)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        disjoint = sh >= (kh - 1) * dh + 1 and sw >= (kw - 1) * dw + 1  # windows never overlap
         for rows, columns, part in parts:
-            out[:, :, rows, columns] = out[:, :, rows, columns] + part
+            if disjoint:
+                out[:, :, rows, columns] = part
+            else:
+                out[:, :, rows, columns] = out[:, :, rows, columns] + part
         return _crop(out, self.padding, (h, w))
 
     def _out(self, y: Any) -> Any:
@@ -138,18 +143,15 @@ class MaxPool(_Pool):
             self.argmax = xp.argmax(cols, axis=1)
             self.width = cols.shape[1]
             return self._out(xp.max(cols, axis=1))
-        y = index = None
-        for offset, rows, columns in self._offsets():
+        # A running maximum (one ufunc call per offset, no branches; NaN propagates as in
+        # torch); which offset held it is found in the backward, from the saved input.
+        self.padded = padded
+        y = None
+        for _, rows, columns in self._offsets():
             v = padded[:, :, rows, columns]
-            if y is None:
-                y = v
-                index = xp.zeros(tuple(v.shape), dtype=xp.int32, device=v.device)
-                continue
-            better = v > y  # strictly: ties keep the first maximum
-            y = xp.where(better, v, y)
-            index = xp.where(better, xp.asarray(offset, dtype=xp.int32, device=v.device), index)
-        self.index = index
-        return y if offset else xp.asarray(y, copy=True)
+            y = xp.asarray(v, copy=True) if y is None else xp.maximum(y, v)
+        self.y = y
+        return y
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
@@ -158,12 +160,20 @@ class MaxPool(_Pool):
             positions = xp.arange(self.width, dtype=self.argmax.dtype, device=gy.device)
             hit = xp.reshape(self.argmax, (-1, 1)) == positions
             return self._from_columns(xp.where(hit, xp.reshape(gy, (-1, 1)), zero))
-        index = self.index
-        parts = (
-            (rows, columns, xp.where(index == offset, gy, zero))
-            for offset, rows, columns in self._offsets()
-        )
-        return self._scatter(parts, gy.dtype, gy.device)
+        return self._scatter(self._first_maxima(gy), gy.dtype, gy.device)
+
+    def _first_maxima(self, gy: Any) -> Any:
+        """Each offset's share of ``gy``: where its element is the window's first maximum."""
+        xp, y, padded = self.xp, self.y, self.padded
+        taken = None
+        for _, rows, columns in self._offsets():
+            hit = padded[:, :, rows, columns] == y
+            if taken is None:
+                taken = hit
+            else:
+                hit = hit & ~taken
+                taken = taken | hit
+            yield rows, columns, gy * xp.astype(hit, gy.dtype)
 
 
 class AvgPool(_Pool):
