@@ -1,7 +1,7 @@
 """One training step of a LeNet-style CNN (batch 64, 1x28x28, float32): nnbackend against
 native PyTorch, each implementation in its own worker process.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.cnn_step [--quick]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.cnn_step [--threads 1]
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.cnn_step --gpu
 
 The network: Conv2d(1, 6, 5) - ReLU - MaxPool2d(2) - Conv2d(6, 16, 5) - ReLU - MaxPool2d(2) -
@@ -135,6 +135,11 @@ def _make(name: str) -> tuple[Any, Any]:
 
 def worker(name: str) -> None:
     """Serve ``run N`` (time N steps, answer the seconds) and ``stats`` on stdin/stdout."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and "torch" in name:
+        import torch
+
+        torch.set_num_threads(int(threads))
     step, sync = _make(name)
     for _ in range(3):
         step()
@@ -159,9 +164,12 @@ def worker(name: str) -> None:
 
 
 class Worker:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, threads: int | None) -> None:
         self.name = name
         env = dict(os.environ)
+        if threads is not None:
+            for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[key] = str(threads)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(
             [p for p in (os.path.join(root, "src"), root, env.get("PYTHONPATH")) if p]
@@ -197,8 +205,10 @@ class Worker:
         return stats
 
 
-def measure(names: tuple[str, ...], rounds: int, round_s: float) -> dict[str, Any]:
-    workers = {name: Worker(name) for name in names}
+def measure(
+    names: tuple[str, ...], rounds: int, round_s: float, threads: int | None
+) -> dict[str, Any]:
+    workers = {name: Worker(name, threads) for name in names}
     try:
         steps = {}
         for name, w in workers.items():  # calibrate: about round_s per round
@@ -238,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="the GPU workers (cupy, torch CUDA)")
     parser.add_argument("--quick", action="store_true", help="a smoke run, not saved")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS / OpenMP threads per worker (default: the libraries' own choice); on a "
+        "shared machine 1 keeps the workers from fighting over cores",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -246,9 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     names = GPU_WORKERS if args.gpu else CPU_WORKERS
     rounds = args.rounds or (3 if args.quick else 15)
     start = time.perf_counter()
-    result = measure(names, rounds, 0.05 if args.quick else 0.4)
+    result = measure(names, rounds, 0.05 if args.quick else 0.4, args.threads)
     ref = "torch_native_cuda" if args.gpu else "torch_native"
-    ratios = {f"{n} / {ref}": result[n]["median_ms"] / result[ref]["median_ms"] for n in names}
+    ratios = {
+        f"{n} / {ref} ({stat})": result[n][f"{stat}_ms"] / result[ref][f"{stat}_ms"]
+        for n in names
+        if n != ref
+        for stat in ("median", "min")
+    }
     for name in names:
         r = result[name]
         print(
@@ -269,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             "implementation in its own worker process",
             "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "rounds": rounds,
+            "threads_per_worker": args.threads,
             "duration_s": round(time.perf_counter() - start, 2),
             "target": "numpy / torch_native <= 2.0 (reported)",
             "results": result,

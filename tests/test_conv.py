@@ -524,3 +524,28 @@ def test_max_pool_gives_ties_to_the_first_maximum_like_torch(
         r.backward(torch.tensor(gy))
         np.testing.assert_allclose(_host(y), r.detach().numpy(), rtol=1e-14, atol=1e-14)
         np.testing.assert_allclose(_host(t.grad), ref.grad.numpy(), rtol=1e-14, atol=1e-14)
+
+
+def test_cnn_benchmark_smoke(tmp_path: Any) -> None:
+    """benchmarks/cnn_step.py starts its worker processes, times them and prints the ratios
+    (a quick run saves nothing)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "cnn_step.py").exists():
+        pytest.skip("no benchmarks/ next to the tests")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cnn_step", "--quick", "--rounds", "1", "--threads", "1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "numpy / torch_native (median)" in proc.stdout
+    assert "page faults" in proc.stdout and "wrote" not in proc.stdout
