@@ -330,28 +330,28 @@ def test_strict_slice_col2im_matches_scatter_add(monkeypatch: pytest.MonkeyPatch
 
 
 def test_torch_backend_runs_torchs_own_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the torch backend, conv2d and max_pool2d run torch's own kernels, and agree with
+    the portable path on the same backend (ties in the pooled input included)."""
     if registry.probe("torch") is not None:
         pytest.skip("torch backend unavailable")
     rng = np.random.default_rng(4)
-    x, w, b = (
-        rng.standard_normal((2, 4, 7, 7)),
-        rng.standard_normal((6, 2, 3, 3)),
-        rng.standard_normal(6),
-    )
+    x = np.round(rng.standard_normal((2, 4, 7, 7)))
+    w, b = rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6)
+
+    def run(fused: bool) -> list[np.ndarray]:
+        leaves = [nb.Tensor(xp.asarray(a), requires_grad=True) for a in (x, w, b)]
+        pooled = P.max_pool2d(leaves[0], 3, 2, 1)
+        assert (pooled.creator.fused is not None) == fused
+        y = C.conv2d(pooled, *leaves[1:], stride=1, padding=1, groups=2)
+        assert y.creator.fused == fused
+        (y * y).sum().backward()
+        return [_host(y)] + [_host(t.grad) for t in leaves]
+
     with nb.using(backend="torch", dtype="float64"):
         xp = nb.namespace()
-        leaves = [nb.Tensor(xp.asarray(a), requires_grad=True) for a in (x, w, b)]
-        y = C.conv2d(*leaves, stride=2, padding=1, groups=2)
-        assert y.creator.fused
-        y.sum().backward()
-        fused = [_host(y)] + [_host(t.grad) for t in leaves]
-        # The portable path on the same backend gives the same numbers.
-        monkeypatch.setitem(C._kernel_cache, backend_for(leaves[0].data)[0], {})
-        leaves = [nb.Tensor(xp.asarray(a), requires_grad=True) for a in (x, w, b)]
-        y = C.conv2d(*leaves, stride=2, padding=1, groups=2)
-        assert not y.creator.fused
-        y.sum().backward()
-        portable = [_host(y)] + [_host(t.grad) for t in leaves]
+        fused = run(True)
+        monkeypatch.setitem(C._kernel_cache, backend_for(xp.asarray(x))[0], {})
+        portable = run(False)
     for a, c in zip(fused, portable, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
 

@@ -111,9 +111,34 @@ def convolution_backward(
     )  # fmt: skip
 
 
+def max_pool2d(x: Any, kernel: Any, stride: Any, padding: Any, dilation: Any) -> Any:
+    """``(y, indices)``: torch's max pooling (the first maximum of each window wins)."""
+    import torch
+
+    return torch.ops.aten.max_pool2d_with_indices(
+        x, list(kernel), list(stride), list(padding), list(dilation), False
+    )
+
+
+def max_pool2d_backward(
+    gy: Any, x: Any, kernel: Any, stride: Any, padding: Any, dilation: Any, indices: Any
+) -> Any:
+    import torch
+
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        gy, x, list(kernel), list(stride), list(padding), list(dilation), False, indices
+    )
+
+
 def kernels() -> dict[str, Any]:
-    """The convolution as torch computes it (see :mod:`nnbackend.nn.conv`)."""
-    return {"convolution": convolution, "convolution_backward": convolution_backward}
+    """The convolution and max pooling as torch computes them (see :mod:`nnbackend.nn.conv`
+    and :mod:`nnbackend.nn.pooling`)."""
+    return {
+        "convolution": convolution,
+        "convolution_backward": convolution_backward,
+        "max_pool2d": max_pool2d,
+        "max_pool2d_backward": max_pool2d_backward,
+    }
 
 
 def empty_cache() -> dict[str, int]:

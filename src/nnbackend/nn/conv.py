@@ -82,13 +82,20 @@ _kernel_cache: dict[Any, dict[str, Any]] = {}
 
 def backend_kernels(xp: Any, array: Any) -> dict[str, Any]:
     """The convolution kernels (``im2col``, ``col2im``, ``convolution``,
-    ``convolution_backward``) that ``array``'s backend offers through its ``kernels()``; an
-    empty mapping where it offers none."""
+    ``convolution_backward``, ``max_pool2d``, ``max_pool2d_backward``) that ``array``'s
+    backend offers through its ``kernels()``; an empty mapping where it offers none."""
     found = _kernel_cache.get(xp)
     if found is None:
         record = backend_for(array)[1]
         offered = record.kernels()
-        names = ("im2col", "col2im", "convolution", "convolution_backward")
+        names = (
+            "im2col",
+            "col2im",
+            "convolution",
+            "convolution_backward",
+            "max_pool2d",
+            "max_pool2d_backward",
+        )
         found = _kernel_cache[xp] = {k: offered[k] for k in names if k in offered}
     return found
 

@@ -103,9 +103,11 @@ class Module:
         modules = self._modules
         if isinstance(value, Parameter):
             modules.pop(name, None)
+            self._buffers.pop(name, None)
             params[name] = value
         elif isinstance(value, Module):
             params.pop(name, None)
+            self._buffers.pop(name, None)
             modules[name] = value
         elif name in params:
             if value is not None:

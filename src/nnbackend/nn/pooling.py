@@ -26,7 +26,16 @@ from nnbackend.autograd.ops import reshape
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, ShapeError
 from nnbackend.namespace import backend_for
-from nnbackend.nn.conv import Pair, _col2im, _crop, _geometry, _im2col, _pair, pad2d
+from nnbackend.nn.conv import (
+    Pair,
+    _col2im,
+    _crop,
+    _geometry,
+    _im2col,
+    _pair,
+    backend_kernels,
+    pad2d,
+)
 from nnbackend.nn.module import Module
 
 __all__ = [
@@ -70,7 +79,11 @@ class _Pool(Function):
 
     def _padded(self, x: Any, fill: float) -> Any:
         """``x`` padded with ``fill``; sets the geometry and whether windows go by offsets."""
-        xp = self.xp
+        self._setup(x)
+        return pad2d(self.xp, x, self.padding, fill)
+
+    def _setup(self, x: Any) -> None:
+        """Check the arguments against ``x``; set the geometry and the way windows go."""
         n, c, h, w = x.shape
         self.in_shape = (n, c, h, w)
         (ph, pw), (kh, kw) = self.padding, self.kernel
@@ -84,7 +97,6 @@ class _Pool(Function):
         # Where arrays take slice assignment, a window is visited one kernel offset at a time
         # (kh kw strided views of the input, no copy); elsewhere through im2col / col2im.
         self.by_offsets = USE_OFFSETS and backend_for(x)[1].capabilities.inplace
-        return pad2d(xp, x, self.padding, fill)
 
     def _offsets(self) -> Any:
         """``(offset, rows, columns)``: the strided view of every window's element ``offset``."""
@@ -135,8 +147,17 @@ class MaxPool(_Pool):
     """The node of :func:`max_pool2d`: the gradient goes to the first maximum of each
     window (as in PyTorch)."""
 
+    fused: Any = None
+
     def forward(self, x: Any) -> Any:
         xp = self.xp
+        kernels = backend_kernels(xp, x)
+        if "max_pool2d" in kernels:  # the backend's own (torch's)
+            self._setup(x)
+            self.fused, self.x = kernels["max_pool2d_backward"], x
+            args = (self.kernel, self.stride, self.padding, self.dilation)
+            y, self.indices = kernels["max_pool2d"](x, *args)
+            return y
         padded = self._padded(x, -math.inf)
         if not self.by_offsets:
             cols = self._columns(padded)
@@ -155,6 +176,9 @@ class MaxPool(_Pool):
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
+        if self.fused is not None:
+            args = (self.kernel, self.stride, self.padding, self.dilation)
+            return self.fused(gy, self.x, *args, self.indices)
         zero = xp.zeros((), dtype=gy.dtype, device=gy.device)
         if not self.by_offsets:
             positions = xp.arange(self.width, dtype=self.argmax.dtype, device=gy.device)
