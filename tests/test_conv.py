@@ -465,17 +465,20 @@ def test_cnn_on_digit_images_reaches_97_percent() -> None:
             nn.Flatten(),
             nn.Linear(32 * 4 * 4, 10),
         )
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer = nb.Trainer(
             model, nn.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), lr=3e-3)
         )
         trainer.fit(x, t, epochs=8, batch_size=32, progress=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         model.eval()
         predicted = np.argmax(_host(model(x_test)), axis=1)
     accuracy = float(np.mean(predicted == _host(t_test)))
     assert accuracy >= 0.97, accuracy
-    assert seconds < 60, seconds  # a few seconds alone; generous for a loaded machine
+    # About 4 s of CPU time with one BLAS thread on an idle core (the first call also compiles
+    # numba's float16 loops, 1.6 s); the wall time depends on what else the machine runs (31 s
+    # at load average 9 on 2 cores), so the bound is on this process's CPU time.
+    assert cpu_seconds < 30, (cpu_seconds, seconds)
 
 
 def test_cnn_example_runs_quick(run_python: Any, tmp_path: Any) -> None:
