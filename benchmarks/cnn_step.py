@@ -123,6 +123,10 @@ def _torch_step(device: str) -> tuple[Any, Any]:
 
 
 def _make(name: str) -> tuple[Any, Any]:
+    if os.environ.get("CNN_STEP_DRY_RUN"):  # --gpu --dry-run: the GPU workers' code on the CPU
+        name = {"cupy": "numpy", "torch_cuda": "torch", "torch_native_cuda": "torch_native"}.get(
+            name, name
+        )
     return {
         "numpy": lambda: _nnbackend_step("numpy", None),
         "torch": lambda: _nnbackend_step("torch", None),
@@ -247,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpu", action="store_true", help="the GPU workers (cupy, torch CUDA)")
     parser.add_argument("--quick", action="store_true", help="a smoke run, not saved")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --gpu: run the GPU workers' code on the CPU (numpy for cupy, torch CPU for "
+        "CUDA); checks the plumbing, saves nothing",
+    )
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
         "--threads",
@@ -261,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker)
         return 0
     names = GPU_WORKERS if args.gpu else CPU_WORKERS
+    if args.dry_run:
+        os.environ["CNN_STEP_DRY_RUN"] = "1"  # inherited by the workers
+        args.quick = True
     rounds = args.rounds or (3 if args.quick else 15)
     start = time.perf_counter()
     result = measure(names, rounds, 0.05 if args.quick else 0.4, args.threads)
