@@ -562,3 +562,33 @@ def test_cnn_benchmark_smoke(tmp_path: Any) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cupy / torch_native_cuda (median)" in proc.stdout
     assert "page faults" in proc.stdout and "wrote" not in proc.stdout
+
+
+def test_float16_convolution_computes_in_float32_where_float16_is_slow() -> None:
+    """On NumPy (no fast float16) the node widens to float32 and stores float16: the output
+    and gradients are float16 and as close to float64 as one float16 rounding of each."""
+    rng = np.random.default_rng(9)
+    x, w, b = (
+        rng.standard_normal((2, 3, 9, 9)),
+        rng.standard_normal((4, 3, 3, 3)),
+        rng.standard_normal(4),
+    )
+    with nb.using(backend="numpy", dtype="float16"):
+        leaves = [nb.Tensor(a.astype(np.float16), requires_grad=True) for a in (x, w, b)]
+        y = C.conv2d(*leaves, stride=2, padding=1)
+        assert y.creator.wide is not None and y.data.dtype == np.float16
+        y.backward(np.ones(tuple(y.shape), dtype=np.float16))
+    ref = [
+        torch.tensor(a.astype(np.float16).astype(np.float64), requires_grad=True) for a in (x, w, b)
+    ]
+    r = TF.conv2d(*ref, stride=2, padding=1)
+    r.sum().backward()
+    eps = float(np.finfo(np.float16).eps)
+    for ours, theirs in [(y, r.detach())] + [
+        (t.grad, q.grad) for t, q in zip(leaves, ref, strict=True)
+    ]:
+        data = ours.data if isinstance(ours, nb.Tensor) else ours
+        assert data.dtype == np.float16
+        expected = theirs.numpy()
+        # float32 sums, one rounding to float16 at the end: half an eps of the value
+        np.testing.assert_allclose(data.astype(np.float64), expected, rtol=eps, atol=eps)

@@ -34,6 +34,7 @@ from typing import Any
 
 from nnbackend import registry
 from nnbackend.autograd.function import Function
+from nnbackend.autograd.kernels import kernels as engine_kernels
 from nnbackend.autograd.ops import scatter_add_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
@@ -289,8 +290,21 @@ class Convolution(Function):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups, self.transposed, self.output_padding = groups, transposed, output_padding
 
+    wide: Any = None  # the backend's kernels when float16 is computed in float32
+
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         xp = self.xp
+        k = engine_kernels(xp, x)
+        if k.half is not None and x.dtype == k.half:
+            # No fast float16 here (NumPy on a CPU: software float16, 37x slower for a LeNet
+            # step): compute in float32, store float16, as the Linear node does.
+            self.wide = k
+            x, w = k.widen(x), k.widen(w)
+            b = None if b is None else k.widen(b)
+            return k.narrow(self._forward_any(xp, x, w, b))
+        return self._forward_any(xp, x, w, b)
+
+    def _forward_any(self, xp: Any, x: Any, w: Any, b: Any) -> Any:
         self.has_bias = b is not None
         self.x, self.w = x, w
         fused = backend_kernels(xp, x).get("convolution")
@@ -350,6 +364,13 @@ class Convolution(Function):
         return _crop(_col2im(xp, cols, g), self.padding, self.out_size)
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
+        k = self.wide
+        if k is None:
+            return self._backward_any(gy)
+        grads = self._backward_any(k.widen(gy))
+        return tuple(None if g is None else k.narrow(g) for g in grads)
+
+    def _backward_any(self, gy: Any) -> tuple[Any, ...]:
         xp = self.xp
         need_x, need_w = self.needs_input_grad[:2]
         need_b = self.has_bias and self.needs_input_grad[2]
