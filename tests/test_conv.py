@@ -592,3 +592,31 @@ def test_float16_convolution_computes_in_float32_where_float16_is_slow() -> None
         expected = theirs.numpy()
         # float32 sums, one rounding to float16 at the end: half an eps of the value
         np.testing.assert_allclose(data.astype(np.float64), expected, rtol=eps, atol=eps)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_float16_normalisation_statistics_do_not_overflow(backend: str) -> None:
+    """Deviations of 3 sigma = 450 square to 200000, beyond float16's 65504 (the variance,
+    22500, fits): the statistics are taken in float32; the outputs, gradients and running
+    statistics stay float16."""
+    if registry.probe(backend) is not None:
+        pytest.skip(f"{backend} unavailable")
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((4, 3, 5, 5)) * 150).astype(np.float16)
+    with nb.using(backend=backend, dtype="float16"):
+        xp = nb.namespace()
+        bn, gn = nn.BatchNorm2d(3), nn.GroupNorm(3, 3)
+        for layer, ref in ((bn, torch.nn.BatchNorm2d(3)), (gn, torch.nn.GroupNorm(3, 3))):
+            t = nb.Tensor(xp.asarray(x), requires_grad=True)
+            y = layer(t)
+            y.sum().backward()
+            assert y.data.dtype == t.data.dtype == t.grad.dtype
+            expected = ref.double()(torch.tensor(x.astype(np.float64))).detach().numpy()
+            got = _host(y)
+            assert np.all(np.isfinite(got))
+            eps = float(np.finfo(np.float16).eps)
+            np.testing.assert_allclose(got, expected, rtol=4 * eps, atol=4 * eps)
+        assert bn.running_var.data.dtype == t.data.dtype
+        assert np.all(np.isfinite(_host(bn.running_var)))
+        bn.eval()
+        assert np.all(np.isfinite(_host(bn(xp.asarray(x)))))

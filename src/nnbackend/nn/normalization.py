@@ -36,17 +36,51 @@ def _channel_shape(ndim: int) -> tuple[int, ...]:
     return (1, -1) + (1,) * (ndim - 2)
 
 
-class BatchNormTrain(Function):
-    """Normalisation by the batch's own statistics over every axis but the channels' (1).
-    ``self.mean`` and ``self.var`` (biased) are kept for the running estimates."""
+class _Float32Statistics(Function):
+    """Statistics of float16 inputs are computed in float32 (as PyTorch does): a float16
+    variance overflows once values differ by more than 256, and a float16 sum over many
+    elements loses the small ones. Outputs and gradients keep the inputs' dtypes."""
 
     grad_may_alias = False
     trusted_grads = True
+    half: Any = None
+
+    def forward(self, x: Any, *params: Any) -> Any:
+        xp = self.xp
+        half = getattr(xp, "float16", None)
+        if half is None or x.dtype != half:
+            return self._forward(x, *params)
+        self.half, f32 = half, xp.float32
+        self.param_dtypes = [p.dtype for p in params]
+        return xp.astype(self._forward(*[xp.astype(a, f32) for a in (x, *params)]), half)
+
+    def backward(self, gy: Any) -> Any:
+        if self.half is None:
+            return self._backward(gy)
+        xp = self.xp
+        grads = self._backward(xp.astype(gy, xp.float32))
+        if not isinstance(grads, tuple):
+            return xp.astype(grads, self.half)
+        dtypes = [self.half, *self.param_dtypes]
+        return tuple(
+            None if g is None else xp.astype(g, d) for g, d in zip(grads, dtypes, strict=True)
+        )
+
+    def _forward(self, x: Any, *params: Any) -> Any:
+        raise NotImplementedError
+
+    def _backward(self, gy: Any) -> Any:
+        raise NotImplementedError
+
+
+class BatchNormTrain(_Float32Statistics):
+    """Normalisation by the batch's own statistics over every axis but the channels' (1).
+    ``self.mean`` and ``self.var`` (biased) are kept for the running estimates."""
 
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
-    def forward(self, x: Any, w: Any = None, b: Any = None) -> Any:
+    def _forward(self, x: Any, w: Any = None, b: Any = None) -> Any:
         xp = self.xp
         self.axes = axes = (0, *range(2, x.ndim))
         self.shape = _channel_shape(x.ndim)
@@ -60,7 +94,7 @@ class BatchNormTrain(Function):
         y = xhat if w is None else xhat * xp.reshape(w, self.shape)
         return y if b is None else y + xp.reshape(b, self.shape)
 
-    def backward(self, gy: Any) -> tuple[Any, ...]:
+    def _backward(self, gy: Any) -> Any:
         xp, xhat, axes = self.xp, self.xhat, self.axes
         needs = self.needs_input_grad
         grads: list[Any] = [None]
@@ -78,16 +112,13 @@ class BatchNormTrain(Function):
         return tuple(grads) if len(grads) > 1 else grads[0]
 
 
-class BatchNormEval(Function):
+class BatchNormEval(_Float32Statistics):
     """Normalisation by given (running) statistics: an affine map per channel."""
-
-    grad_may_alias = False
-    trusted_grads = True
 
     def __init__(self, mean: Any, var: Any, eps: float) -> None:
         self.mean, self.var, self.eps = mean, var, eps
 
-    def forward(self, x: Any, w: Any = None, b: Any = None) -> Any:
+    def _forward(self, x: Any, w: Any = None, b: Any = None) -> Any:
         xp = self.xp
         self.axes = (0, *range(2, x.ndim))
         self.shape = shape = _channel_shape(x.ndim)
@@ -97,7 +128,7 @@ class BatchNormEval(Function):
         y = xhat if w is None else xhat * xp.reshape(w, shape)
         return y if b is None else y + xp.reshape(b, shape)
 
-    def backward(self, gy: Any) -> tuple[Any, ...]:
+    def _backward(self, gy: Any) -> Any:
         xp, needs = self.xp, self.needs_input_grad
         grads: list[Any] = [None]
         if self.w is not None:
@@ -185,8 +216,10 @@ def batch_norm(
     if running_mean is not None and running_var is not None:
         m = float(momentum)
         rm, rv = _data(running_mean), _data(running_var)
-        _set(running_mean, rm * (1.0 - m) + node.mean * m)
-        _set(running_var, rv * (1.0 - m) + node.var * (m * count / (count - 1)))
+        xp = node.xp
+        mean, var = xp.astype(node.mean, rm.dtype), xp.astype(node.var, rv.dtype)
+        _set(running_mean, rm * (1.0 - m) + mean * m)
+        _set(running_var, rv * (1.0 - m) + var * (m * count / (count - 1)))
     return y
 
 
@@ -222,16 +255,13 @@ class GroupNorm(Module):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
-class GroupNormNode(Function):
+class GroupNormNode(_Float32Statistics):
     """The node of :func:`group_norm`."""
-
-    grad_may_alias = False
-    trusted_grads = True
 
     def __init__(self, groups: int, eps: float) -> None:
         self.groups, self.eps = groups, eps
 
-    def forward(self, x: Any, w: Any = None, b: Any = None) -> Any:
+    def _forward(self, x: Any, w: Any = None, b: Any = None) -> Any:
         xp = self.xp
         self.in_shape = tuple(x.shape)
         self.shape = _channel_shape(x.ndim)
@@ -246,7 +276,7 @@ class GroupNormNode(Function):
         y = xhat if w is None else xhat * xp.reshape(w, self.shape)
         return y if b is None else y + xp.reshape(b, self.shape)
 
-    def backward(self, gy: Any) -> tuple[Any, ...]:
+    def _backward(self, gy: Any) -> Any:
         xp, needs = self.xp, self.needs_input_grad
         axes = (0, *range(2, gy.ndim))
         grads: list[Any] = [None]
