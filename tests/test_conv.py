@@ -620,3 +620,40 @@ def test_float16_normalisation_statistics_do_not_overflow(backend: str) -> None:
         assert np.all(np.isfinite(_host(bn.running_var)))
         bn.eval()
         assert np.all(np.isfinite(_host(bn(xp.asarray(x)))))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_cnn_under_mixed16(backend: str) -> None:
+    """Under "mixed16": float32 master weights and running statistics, float16 activations
+    out of every conv and normalisation layer, float32 gradients, and the same numbers as the
+    float32 model to float16 accuracy."""
+    if registry.probe(backend) is not None:
+        pytest.skip(f"{backend} unavailable")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 2, 6, 6))
+
+    def build() -> nn.Sequential:
+        nb.random.seed(3)
+        return nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.ConvTranspose2d(4, 4, 2, stride=2), nn.GroupNorm(2, 4), nn.Flatten(),
+        )  # fmt: skip
+
+    with nb.using(backend=backend, dtype="float32"):
+        ref_model = build()
+        ref = ref_model(nb.namespace().asarray(x.astype(np.float32)))
+        ref.sum().backward()
+    with nb.using(backend=backend, dtype="mixed16"):
+        model = build()
+        y = model(nb.namespace().asarray(x.astype(np.float32)))
+        assert "float16" in str(y.data.dtype)
+        y.sum().backward()
+    for (name, p), (_, q) in zip(
+        model.named_parameters(), ref_model.named_parameters(), strict=True
+    ):
+        assert "float32" in str(p.data.dtype) and "float32" in str(p.grad.dtype), name
+        scale = max(1.0, float(np.abs(_host(q.grad)).max()))
+        np.testing.assert_allclose(_host(p.grad), _host(q.grad), atol=0.05 * scale, err_msg=name)
+    for _, b in model.named_buffers():
+        assert "float32" in str(b.data.dtype)
+    np.testing.assert_allclose(_host(y), _host(ref), atol=0.05)

@@ -35,11 +35,12 @@ from typing import Any
 from nnbackend import registry
 from nnbackend.autograd.function import Function
 from nnbackend.autograd.kernels import kernels as engine_kernels
-from nnbackend.autograd.ops import scatter_add_rows
+from nnbackend.autograd.ops import cast, scatter_add_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 from nnbackend.nn import init
+from nnbackend.nn.functional import _float_dtype, _mixed_compute
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -476,6 +477,18 @@ def _check_groups(name: str, groups: int, channels: int, what: str) -> None:
         raise ArgumentError(f"{name}: {what} ({channels}) must be divisible by groups ({groups})")
 
 
+def _to_compute(x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any]:
+    """Under a mixed precision policy ("mixed16"): the operands cast to its compute dtype
+    (differentiably: each gradient comes back in its operand's dtype), else unchanged."""
+    compute = _mixed_compute()
+    if compute is None:
+        return x, weight, bias
+    target = _float_dtype(_data(weight), compute)
+    return tuple(  # type: ignore[return-value]
+        a if a is None or _data(a).dtype == target else cast(a, compute) for a in (x, weight, bias)
+    )
+
+
 def conv2d(
     x: Any,
     weight: Any,
@@ -492,12 +505,17 @@ def conv2d(
     Output shape ``(N, out_channels, OH, OW)`` with ``OH = (H + 2 ph - dh (kh - 1) - 1) // sh
     + 1`` (:func:`conv_output_size`).
 
+    Under a mixed precision policy ("mixed16") the operands are cast to its compute dtype
+    (float16) first; the output is float16 and each gradient comes back in its operand's
+    dtype (float32 master weights).
+
     Raises:
         ShapeError: ``x`` is not 4-D, its channels do not fit the weight, or the kernel does
             not fit the padded input.
-        DtypeError: ``x``, ``weight`` and ``bias`` differ in dtype.
+        DtypeError: ``x``, ``weight`` and ``bias`` differ in dtype (outside a mixed policy).
         ArgumentError: bad ``stride``, ``padding``, ``dilation`` or ``groups``.
     """
+    x, weight, bias = _to_compute(x, weight, bias)
     xd, wd, bd = _data(x), _data(weight), _data(bias)
     _check_groups("conv2d", groups, int(wd.shape[0]) if wd.ndim else 0, "out_channels")
     _check("conv2d", xd, wd, bd, int(wd.shape[1]) * groups, groups)
@@ -526,6 +544,7 @@ def conv_transpose2d(
     (smaller than the stride) picks among the input sizes that a strided
     convolution maps to the same output size.
     """
+    x, weight, bias = _to_compute(x, weight, bias)
     xd, wd, bd = _data(x), _data(weight), _data(bias)
     _check_groups("conv_transpose2d", groups, int(wd.shape[0]) if wd.ndim else 0, "in_channels")
     _check("conv_transpose2d", xd, wd, bd, int(wd.shape[0]), groups)

@@ -20,9 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 from nnbackend.autograd.function import Function
+from nnbackend.autograd.ops import cast
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.nn import init
+from nnbackend.nn.functional import _mixed_compute
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "batch_norm", "group_norm"]
@@ -149,6 +151,19 @@ def _set(holder: Any, value: Any) -> None:
         holder[...] = value
 
 
+def _mixed(x: Any, like: Any) -> tuple[Any, Any]:
+    """Under a mixed precision policy: ``x`` cast to the dtype of ``like`` (the layer's
+    float32 parameters or statistics: normalisation runs there, a float16 variance overflows)
+    and the compute dtype name to cast the result to; else ``(x, None)``."""
+    compute = _mixed_compute()
+    ld = _data(like)
+    if compute is None or ld is None:
+        return x, None
+    if _data(x).dtype != ld.dtype:
+        x = cast(x, ld.dtype)
+    return x, (compute if str(ld.dtype).rsplit(".", 1)[-1] != compute else None)
+
+
 def batch_norm(
     x: Any,
     running_mean: Any,
@@ -166,13 +181,30 @@ def batch_norm(
     ``running_mean`` / ``running_var`` are given (Tensors, such as a layer's buffers, are
     rebound; arrays are written in place), updates them to ``(1 - momentum) running +
     momentum batch`` with the unbiased variance. ``training=False`` normalises by the running
-    statistics. ``weight`` and ``bias`` (per channel) scale and shift the result.
+    statistics. ``weight`` and ``bias`` (per channel) scale and shift the result. Under a
+    mixed precision policy ("mixed16") the normalisation runs in the parameters' dtype
+    (float32) and the result is cast to the compute dtype (float16).
 
     Raises:
         ShapeError: ``x`` has fewer than 2 axes, or a per-channel array has the wrong length.
         ArgumentError: training on a single value per channel, or evaluating without running
             statistics.
     """
+    x, compute = _mixed(x, weight if weight is not None else running_mean)
+    y = _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return y if compute is None else cast(y, compute)
+
+
+def _batch_norm(
+    x: Any,
+    running_mean: Any,
+    running_var: Any,
+    weight: Any,
+    bias: Any,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     xd = _data(x)
     if xd.ndim < 2:
         raise ShapeError(f"batch_norm: input must be (N, C, ...), got shape {tuple(xd.shape)}")
@@ -304,6 +336,12 @@ def group_norm(
     """Group normalisation of ``x`` (N, C, ...) as ``torch.nn.functional.group_norm``: each
     sample's channels in ``num_groups`` groups, each group normalised to zero mean and unit
     (biased) variance, then ``weight`` and ``bias`` per channel."""
+    x, compute = _mixed(x, weight)
+    y = _group_norm(x, num_groups, weight, bias, eps)
+    return y if compute is None else cast(y, compute)
+
+
+def _group_norm(x: Any, num_groups: int, weight: Any, bias: Any, eps: float) -> Tensor:
     xd = _data(x)
     if xd.ndim < 2 or xd.shape[1] % num_groups:
         raise ShapeError(
