@@ -1,4 +1,5 @@
-"""Small data sets to learn and test with: the book's spiral, XOR, and scikit-learn's 8x8 digits.
+"""Data sets to learn and test with: the book's spiral, XOR, scikit-learn's 8x8 digits (as
+rows or as 1x8x8 images), and MNIST / Fashion-MNIST (downloaded once into a cache folder).
 
 Every loader builds its data on the host and moves it to the active backend (or the one named
 by ``nnbackend.using``): inputs in the active default float dtype (or ``dtype=``), labels as
@@ -13,16 +14,34 @@ the backend's int64. A loader returns a :class:`Dataset`, a named tuple ``(x, t)
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import math
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from nnbackend import config, registry
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.errors import DtypeError
+from nnbackend.errors import DownloadError, DtypeError
 from nnbackend.namespace import array_namespace, backend_for, namespace
 
-__all__ = ["Dataset", "digits", "spiral", "to_backend", "xor"]
+__all__ = [
+    "CACHE_ENV",
+    "Dataset",
+    "cache_dir",
+    "digits",
+    "fashion_mnist",
+    "mnist",
+    "spiral",
+    "to_backend",
+    "xor",
+]
 
 
 class Dataset(NamedTuple):
@@ -185,13 +204,15 @@ def xor(n_per_corner: int = 1, noise: float = 0.0, seed: int = 0, *, dtype: Any 
 
 
 def digits(
-    test_fraction: float = 0.25, seed: int = 0, *, dtype: Any = None
+    test_fraction: float = 0.25, seed: int = 0, *, dtype: Any = None, images: bool = False
 ) -> tuple[Dataset, Dataset]:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes; no download),
     split into a training and a test set.
 
-    Pixels are scaled from 0..16 to [0, 1]; each image is a row of 64 features. The split is a
-    seeded shuffle, stratified by class, so both sets hold every digit in the same proportion.
+    Pixels are scaled from 0..16 to [0, 1]; each image is a row of 64 features, or with
+    ``images=True`` an NCHW image of shape ``(1, 8, 8)`` for convolutional networks. The
+    split is a seeded shuffle, stratified by class, so both sets hold every digit in the same
+    proportion.
 
     >>> import nnbackend as nb
     >>> (x_train, t_train), (x_test, t_test) = nb.datasets.digits()  # doctest: +SKIP
@@ -211,6 +232,8 @@ def digits(
     np = host.numpy()
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float64) / 16.0
+    if images:
+        x = x.reshape(-1, 1, 8, 8)
     t = np.asarray(bunch.target, dtype=np.int64)
     rng = host.generator(seed)
     train_idx: list[Any] = []
@@ -226,6 +249,161 @@ def digits(
         Dataset(to_backend(x[train], dtype), to_backend(t[train])),
         Dataset(to_backend(x[test], dtype), to_backend(t[test])),
     )
+
+
+# -- MNIST and Fashion-MNIST ----------------------------------------------------------------
+#: The environment variable that overrides the cache folder of downloaded data sets.
+CACHE_ENV = "NNBACKEND_CACHE"
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+# name -> (mirrors, sha256 of each file in _IDX_FILES order): the published archives.
+_IMAGE_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "mnist": (
+        (
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        ),
+    ),
+    "fashion_mnist": (
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        (
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        ),
+    ),
+}
+
+# The function that opens a URL (tests replace it: this machine may have no internet).
+_urlopen: Callable[..., Any] = urllib.request.urlopen
+
+
+def cache_dir() -> Path:
+    """The folder downloaded data sets are kept in: ``$NNBACKEND_CACHE`` when set, else
+    ``$XDG_CACHE_HOME/nnbackend``, else ``~/.cache/nnbackend``."""
+    found = os.environ.get(CACHE_ENV, "").strip()
+    if found:
+        return Path(found).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "nnbackend"
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manual(folder: Path, mirror: str, names: tuple[str, ...]) -> str:
+    urls = " ".join(mirror + name for name in names)
+    return f"mkdir -p '{folder}' && cd '{folder}' && curl -fLO --remote-name-all {urls}"
+
+
+def _fetch(name: str, filename: str, sha256: str, mirrors: tuple[str, ...]) -> Path:
+    """``cache_dir()/name/filename``, downloaded first (from the first mirror that answers)
+    unless a copy with the right checksum is there; a copy with another checksum is replaced.
+    Raises :class:`~nnbackend.errors.DownloadError` with the manual command otherwise."""
+    folder = cache_dir() / name
+    path = folder / filename
+    if path.is_file() and sha256_file(path) == sha256:
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for mirror in mirrors:
+        url = mirror + filename
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, out)
+            got = sha256_file(Path(tmp))
+            if got != sha256:
+                failures.append(f"{url}: checksum {got}, expected {sha256}")
+                continue
+            os.replace(tmp, path)
+            return path
+        except OSError as exc:  # URLError, HTTPError, timeouts and full disks are OSErrors
+            failures.append(f"{url}: {exc}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise DownloadError(
+        f"could not download {name} file {filename} ({'; '.join(failures)}). If this machine "
+        f"is offline, download the files elsewhere and copy them into {folder} (or set "
+        f"{CACHE_ENV} to a folder holding a '{name}' folder with them):\n  "
+        + _manual(folder, mirrors[0], _IDX_FILES)
+    )
+
+
+def _read_idx(path: Path, ndim: int) -> Any:
+    """An IDX file (gzipped) as a NumPy uint8 array of ``ndim`` axes."""
+    np = host.numpy()
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != 0x800 + ndim or len(raw) < 4 + 4 * ndim:
+        raise DownloadError(
+            f"{path} is not an IDX file of {ndim} axes of unsigned bytes (magic {magic:#x}); "
+            "delete it and load again"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise DownloadError(f"{path} holds {data.size} values, its header says {shape}; delete it")
+    return data.reshape(shape)
+
+
+def _image_set(name: str, dtype: Any, flatten: bool) -> tuple[Dataset, Dataset]:
+    mirrors, sums = _IMAGE_SETS[name]
+    paths = [_fetch(name, f, s, mirrors) for f, s in zip(_IDX_FILES, sums, strict=True)]
+    sets = []
+    for images, labels in ((paths[0], paths[1]), (paths[2], paths[3])):
+        x = _read_idx(images, 3)
+        t = _read_idx(labels, 1)
+        if x.shape[0] != t.shape[0]:
+            raise DownloadError(f"{images} holds {x.shape[0]} images, {labels} {t.shape[0]} labels")
+        x = x.reshape(x.shape[0], -1) if flatten else x.reshape(x.shape[0], 1, *x.shape[1:])
+        pixels = x.astype(config.resolve(None, dtype)[1])  # scaled in the target dtype
+        pixels /= 255.0
+        sets.append(Dataset(to_backend(pixels, dtype), to_backend(t)))
+    return sets[0], sets[1]
+
+
+def mnist(*, dtype: Any = None, flatten: bool = False) -> tuple[Dataset, Dataset]:
+    """The MNIST handwritten digits: 60000 training and 10000 test images of 28x28 pixels,
+    10 classes, as ``(train, test)``.
+
+    Downloaded once into ``cache_dir()/mnist`` (about 11 MB) and checked against the
+    published SHA-256 sums; later calls read the cache. Pixels are scaled to [0, 1]; images
+    have shape ``(1, 28, 28)`` (NCHW), or rows of 784 with ``flatten=True``.
+
+    Raises:
+        DownloadError: offline or a bad download; the message gives the command to fetch the
+            files by hand and where to put them.
+    """
+    return _image_set("mnist", dtype, flatten)
+
+
+def fashion_mnist(*, dtype: Any = None, flatten: bool = False) -> tuple[Dataset, Dataset]:
+    """Zalando's Fashion-MNIST: 28x28 images of 10 kinds of clothing (60000 training, 10000
+    test), a drop-in replacement for :func:`mnist` that is harder to classify. Cached in
+    ``cache_dir()/fashion_mnist``; otherwise as :func:`mnist`."""
+    return _image_set("fashion_mnist", dtype, flatten)
 
 
 def host_rows(source: Any, index: Any) -> Any:

@@ -61,7 +61,7 @@ __all__ = ["Target", "empty_cache", "from_dlpack", "parse_target", "to_device"]
 # Errors a library raises when DLPack cannot hand an array over (wrong device, read-only,
 # unsupported dtype, a tensor that requires grad, an old library without __dlpack__).
 _DLPACK_ERRORS = (BufferError, TypeError, ValueError, RuntimeError, NotImplementedError)
-_MODULE_INTERNALS = frozenset({"_parameters", "_modules", "training", "_layers"})
+_MODULE_INTERNALS = frozenset({"_parameters", "_modules", "_buffers", "training", "_layers"})
 _OPTIMIZER_CACHES = frozenset({"params", "_entries", "_pairs"})
 
 
@@ -313,11 +313,17 @@ class _Mover:
         for sub in module.modules():
             if not self._first_visit(sub):
                 continue
-            for param in sub._parameters.values():
+            buffers = getattr(sub, "_buffers", {})
+            for param in (*sub._parameters.values(), *buffers.values()):
                 if param is not None:
                     self.tensor_in_place(param)
             for key, value in list(vars(sub).items()):
-                if key in _MODULE_INTERNALS or key in sub._parameters or key in sub._modules:
+                if (
+                    key in _MODULE_INTERNALS
+                    or key in sub._parameters
+                    or key in sub._modules
+                    or key in buffers
+                ):
                     continue
                 self.slot(value, functools.partial(sub.__dict__.__setitem__, key))
 

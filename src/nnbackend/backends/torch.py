@@ -68,6 +68,79 @@ def scatter_add(target: Any, indices: Any, values: Any) -> Any:
     return target.index_add_(0, indices, values)
 
 
+def convolution(
+    x: Any,
+    w: Any,
+    b: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    transposed: bool,
+    output_padding: Any,
+    groups: int,
+) -> Any:
+    """torch's own convolution (oneDNN on a CPU, cuDNN on a CUDA device) for
+    ``nnbackend.nn.conv2d`` / ``conv_transpose2d``: same weight layout, same arguments."""
+    import torch
+
+    return torch.ops.aten.convolution(
+        x, w, b, list(stride), list(padding), list(dilation), transposed,
+        list(output_padding), groups,
+    )  # fmt: skip
+
+
+def convolution_backward(
+    gy: Any,
+    x: Any,
+    w: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    transposed: bool,
+    output_padding: Any,
+    groups: int,
+    mask: Any,
+) -> Any:
+    """``(gx, gw, gb)`` of :func:`convolution`, ``None`` where ``mask`` says not needed."""
+    import torch
+
+    bias_sizes = [w.shape[1] * groups if transposed else w.shape[0]] if mask[2] else None
+    return torch.ops.aten.convolution_backward(
+        gy.contiguous(), x, w, bias_sizes, list(stride), list(padding), list(dilation),
+        transposed, list(output_padding), groups, list(mask),
+    )  # fmt: skip
+
+
+def max_pool2d(x: Any, kernel: Any, stride: Any, padding: Any, dilation: Any) -> Any:
+    """``(y, indices)``: torch's max pooling (the first maximum of each window wins)."""
+    import torch
+
+    return torch.ops.aten.max_pool2d_with_indices(
+        x, list(kernel), list(stride), list(padding), list(dilation), False
+    )
+
+
+def max_pool2d_backward(
+    gy: Any, x: Any, kernel: Any, stride: Any, padding: Any, dilation: Any, indices: Any
+) -> Any:
+    import torch
+
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        gy, x, list(kernel), list(stride), list(padding), list(dilation), False, indices
+    )
+
+
+def kernels() -> dict[str, Any]:
+    """The convolution and max pooling as torch computes them (see :mod:`nnbackend.nn.conv`
+    and :mod:`nnbackend.nn.pooling`)."""
+    return {
+        "convolution": convolution,
+        "convolution_backward": convolution_backward,
+        "max_pool2d": max_pool2d,
+        "max_pool2d_backward": max_pool2d_backward,
+    }
+
+
 def empty_cache() -> dict[str, int]:
     """Return the free blocks of torch's CUDA caching allocator (current device) to the
     driver. ``{}`` where torch was never imported or never touched CUDA in this process
@@ -100,6 +173,7 @@ BACKEND = Backend(
     version=version,
     facts=facts,
     scatter_add=scatter_add,
+    kernels=kernels,
     empty_cache=empty_cache,
     on_host=lambda array: array.device.type == "cpu",
     install_hint="pip install 'nnbackend[torch]'",

@@ -95,7 +95,10 @@ def _named_parameters(model: Any) -> list[tuple[str, Any]]:
             f"save/load need an nn.Module (something with named_parameters()), got "
             f"{type(model).__name__}"
         )
-    return list(named())
+    # Buffers (BatchNorm's running statistics) are saved, validated and loaded like
+    # parameters; they are Tensors too, so the rest of this module treats both alike.
+    buffers = getattr(model, "named_buffers", None)
+    return list(named()) + (list(buffers()) if callable(buffers) else [])
 
 
 def _to_host(array: Any) -> Any:

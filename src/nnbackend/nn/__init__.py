@@ -16,6 +16,7 @@ from __future__ import annotations
 from nnbackend.nn import attention, functional, init, recurrent, sampling
 from nnbackend.nn.attention import Attention, TimeAttention
 from nnbackend.nn.containers import ModuleDict, ModuleList
+from nnbackend.nn.conv import Conv2d, ConvTranspose2d
 from nnbackend.nn.layers import (
     Dropout,
     Embedding,
@@ -30,16 +31,26 @@ from nnbackend.nn.layers import (
 )
 from nnbackend.nn.losses import MSELoss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SoftmaxWithLoss
 from nnbackend.nn.module import Module, Parameter, Sequential
+from nnbackend.nn.normalization import BatchNorm1d, BatchNorm2d, GroupNorm
+from nnbackend.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, Flatten, MaxPool2d
 from nnbackend.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from nnbackend.nn.sampling import EmbeddingDot, NegativeSamplingLoss, UnigramSampler
 
 __all__ = [
+    "AdaptiveAvgPool2d",
     "Attention",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv2d",
+    "ConvTranspose2d",
     "Dropout",
     "Embedding",
     "EmbeddingDot",
+    "Flatten",
     "GRU",
     "GRUCell",
+    "GroupNorm",
     "LSTM",
     "LSTMCell",
     "LayerNorm",
@@ -47,6 +58,7 @@ __all__ = [
     "Linear",
     "MSELoss",
     "MatMul",
+    "MaxPool2d",
     "Module",
     "ModuleDict",
     "ModuleList",

@@ -83,12 +83,14 @@ class Module:
     training: bool
     _parameters: dict[str, Parameter | None]
     _modules: dict[str, Module | None]
+    _buffers: dict[str, Tensor | None]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Module:
         self = super().__new__(cls)
         d = self.__dict__
         d["_parameters"] = {}
         d["_modules"] = {}
+        d["_buffers"] = {}
         d["training"] = True
         return self
 
@@ -101,9 +103,11 @@ class Module:
         modules = self._modules
         if isinstance(value, Parameter):
             modules.pop(name, None)
+            self._buffers.pop(name, None)
             params[name] = value
         elif isinstance(value, Module):
             params.pop(name, None)
+            self._buffers.pop(name, None)
             modules[name] = value
         elif type(value) in (list, tuple, dict) and _holds_layers(value):
             kind = "ModuleDict" if type(value) is dict else "ModuleList"
@@ -120,6 +124,9 @@ class Module:
                     f"`.{name}.data = array` to replace its values"
                 )
             params[name] = None
+        elif name in self._buffers:
+            self._set_buffer(name, value)
+            return
         elif name in modules:
             if value is not None:
                 raise TypeError(
@@ -133,7 +140,43 @@ class Module:
     def __delattr__(self, name: str) -> None:
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
+        self._buffers.pop(name, None)
         object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, array: Any) -> None:
+        """Register ``array`` (a backend array, a Tensor, or ``None``) as the state ``name``
+        that is not trained but belongs to the model, such as BatchNorm's running mean.
+
+        A buffer is held as a :class:`~nnbackend.Tensor` that requires no gradient (read
+        ``module.name.data`` for the array); assigning an array to ``module.name`` later
+        replaces its values. Buffers are listed by :meth:`named_buffers`, saved and loaded
+        with the parameters (:meth:`state_dict`, ``nnbackend.save`` / ``load``) and moved by
+        :meth:`to`, but never handed to an optimizer.
+
+        Raises:
+            ArgumentError: ``name`` is already a parameter or a submodule, or not an
+                identifier without dots.
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ArgumentError(f"buffer name must be an identifier without dots, got {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise ArgumentError(
+                f"cannot register buffer {name!r} on {type(self).__name__}: it is already a "
+                "parameter or a submodule; pick another name"
+            )
+        self._buffers[name] = None
+        self._set_buffer(name, array)
+
+    def _set_buffer(self, name: str, value: Any) -> None:
+        if value is not None and not isinstance(value, Tensor):
+            value = Tensor(value, requires_grad=False)
+        elif isinstance(value, Parameter):
+            raise TypeError(
+                f"cannot assign a Parameter to buffer {name!r} of {type(self).__name__}: "
+                "assign an array (buffers are not trained)"
+            )
+        self._buffers[name] = value
+        self.__dict__[name] = value
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Register ``param`` (or a ``None`` placeholder) under ``name``."""
@@ -191,6 +234,31 @@ class Module:
         """The parameters, in the order of :meth:`named_parameters`."""
         for _, param in self.named_parameters(recurse=recurse):
             yield param
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Tensor]]:
+        """``(dotted name, buffer)`` pairs (buffers are Tensors that need no gradient; see
+        :meth:`register_buffer`), in the order of :meth:`named_parameters`: this module's
+        own in registration order, then each child's, depth first. A buffer shared by several
+        modules is listed once."""
+        seen: set[int] = set()
+        modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for module_prefix, module in modules:
+            for name, buf in module._buffers.items():
+                if buf is None or id(buf) in seen:
+                    continue
+                seen.add(id(buf))
+                yield (f"{module_prefix}.{name}" if module_prefix else name), buf
+
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        """The buffers, in the order of :meth:`named_buffers`."""
+        for _, buf in self.named_buffers(recurse=recurse):
+            yield buf
+
+    def named_state(self) -> Iterator[tuple[str, Tensor]]:
+        """Everything a checkpoint holds: :meth:`named_parameters`, then
+        :meth:`named_buffers`."""
+        yield from self.named_parameters()
+        yield from self.named_buffers()
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
         """``(name, module)`` for the direct submodules, in registration order."""
@@ -257,7 +325,8 @@ class Module:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self, *, layout: str = "nnbackend") -> dict[str, Any]:
-        """``{dotted name: array}`` for every parameter, in :meth:`named_parameters` order.
+        """``{dotted name: array}`` for every parameter, in :meth:`named_parameters` order,
+        then every buffer (:meth:`named_buffers`).
 
         The arrays are the parameters' own ``.data`` (no copy), as in PyTorch: copy them if
         you keep training and need the old values.
@@ -270,7 +339,7 @@ class Module:
                 not a copy, where the backend makes views).
         """
         _check_layout(layout)
-        state = {name: param.data for name, param in self.named_parameters()}
+        state = {name: param.data for name, param in self.named_state()}
         if layout == "nnbackend":
             return state
         return _convert_layout(self, state, layout, export=True)
@@ -278,7 +347,7 @@ class Module:
     def load_state_dict(
         self, state: Mapping[str, Any], strict: bool = True, *, layout: str = "nnbackend"
     ) -> None:
-        """Copy the arrays of ``state`` into the parameters of the same names.
+        """Copy the arrays of ``state`` into the parameters (and buffers) of the same names.
 
         Every entry is checked first (names, shapes, dtypes), and only then is any parameter
         touched, so a bad checkpoint leaves the model unchanged. Arrays of another backend
@@ -300,7 +369,7 @@ class Module:
         _check_layout(layout)
         if layout != "nnbackend":
             state = _convert_layout(self, dict(state), layout, export=False)
-        own = dict(self.named_parameters())
+        own: dict[str, Tensor] = dict(self.named_state())
         if strict:
             missing = [name for name in own if name not in state]
             unexpected = [name for name in state if name not in own]
@@ -309,7 +378,7 @@ class Module:
                     f"state dict does not fit {type(self).__name__}: missing keys {missing}, "
                     f"unexpected keys {unexpected}"
                 )
-        new: list[tuple[Parameter, Any]] = []
+        new: list[tuple[Tensor, Any]] = []
         for name, param in own.items():
             if name not in state:
                 continue

@@ -17,7 +17,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random as _pyrandom
 import shutil
@@ -73,21 +72,18 @@ class SequenceData(NamedTuple):
 
 
 def text_cache_dir() -> Path:
-    """The folder downloaded data sets are kept in: ``$NNBACKEND_CACHE`` when set, else
-    ``$XDG_CACHE_HOME/nnbackend``, else ``~/.cache/nnbackend``."""
-    found = os.environ.get(CACHE_ENV, "").strip()
-    if found:
-        return Path(found).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "nnbackend"
+    """The folder downloaded data sets are kept in: :func:`nnbackend.datasets.cache_dir`
+    (``$NNBACKEND_CACHE`` when set, else ``$XDG_CACHE_HOME/nnbackend``, else
+    ``~/.cache/nnbackend``)."""
+    from nnbackend.datasets import cache_dir  # datasets re-exports this module: import late
+
+    return cache_dir()
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from nnbackend.datasets import sha256_file
+
+    return sha256_file(path)
 
 
 def _fetch_ptb(filename: str, url_base: str, expected: str | None) -> Path:

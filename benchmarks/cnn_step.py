@@ -1,0 +1,322 @@
+"""One training step of a LeNet-style CNN (batch 64, 1x28x28, float32): nnbackend against
+native PyTorch, each implementation in its own worker process.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.cnn_step [--threads 1]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.cnn_step --gpu
+
+The network: Conv2d(1, 6, 5) - ReLU - MaxPool2d(2) - Conv2d(6, 16, 5) - ReLU - MaxPool2d(2) -
+Flatten - Linear(256, 120) - ReLU - Linear(120, 84) - ReLU - Linear(84, 10); a step is forward,
+softmax cross-entropy, backward and an SGD update.
+
+Workers (CPU run): ``numpy`` (nnbackend on NumPy: im2col + GEMM), ``torch`` (nnbackend on the
+torch backend: torch's convolution through the kernels), ``torch_native`` (plain PyTorch on the
+CPU). With ``--gpu``: ``cupy`` (nnbackend on CuPy, the portable im2col path with
+``cupyx.scatter_add``), ``torch_cuda`` (nnbackend on torch CUDA: cuDNN through the kernels)
+and ``torch_native_cuda``; every worker synchronises the device before reading the clock.
+
+Why processes: OpenBLAS's and OpenMP's idle threads spin after each GEMM, and slow whatever runs
+next in the same process (DESIGN.md, "Measure each implementation in its own process"). The
+parent starts one worker per implementation, then asks them in shuffled order, round after
+round, to time a fixed number of steps; it reports medians, the spread, the load average, and
+each worker's page faults during the timed steps and its peak RSS. The result goes to
+``benchmarks/results/cnn_step.json`` (``cnn_step_gpu.json`` with ``--gpu``), unless ``--quick``.
+Target: numpy within 2x of PyTorch CPU (reported, not enforced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH, SIZE, CLASSES, LR = 64, 28, 10, 0.01
+RESULTS = Path(__file__).resolve().parent / "results"
+CPU_WORKERS = ("numpy", "torch", "torch_native")
+GPU_WORKERS = ("cupy", "torch_cuda", "torch_native_cuda")
+
+
+def _data(seed: int = 0) -> tuple[Any, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((BATCH, 1, SIZE, SIZE), dtype=np.float32)
+    t = rng.integers(0, CLASSES, BATCH).astype(np.int64)
+    return x, t
+
+
+def _nnbackend_step(backend: str, device: str | None) -> tuple[Any, Any]:
+    """``(step, sync)`` for nnbackend on ``backend``."""
+    import nnbackend as nb
+    from nnbackend import nn, optim
+
+    target = backend if device is None else f"{backend}:{device}"
+    nb.set_backend(backend)
+    nb.set_default_dtype("float32")
+    nb.random.seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, CLASSES),
+    )  # fmt: skip
+    if device is not None:
+        model.to(target)
+    loss_fn = nn.SoftmaxCrossEntropy()
+    opt = optim.SGD(model.parameters(), lr=LR)
+    x_host, t_host = _data()
+    with nb.using(backend=backend, device=device):
+        x, t = nb.datasets.to_backend(x_host, "float32"), nb.datasets.to_backend(t_host)
+
+    def step() -> None:
+        loss = loss_fn(model(x), t)
+        model.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def sync() -> None:
+        if backend == "cupy":
+            import cupy
+
+            cupy.cuda.Device().synchronize()
+        elif device is not None and device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    return step, sync
+
+
+def _torch_step(device: str) -> tuple[Any, Any]:
+    import torch
+
+    torch.manual_seed(0)
+    tnn = torch.nn
+    model = tnn.Sequential(
+        tnn.Conv2d(1, 6, 5), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+        tnn.Linear(256, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, CLASSES),
+    ).to(device)  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x_host, t_host = _data()
+    x, t = torch.from_numpy(x_host).to(device), torch.from_numpy(t_host).to(device)
+    loss_fn = tnn.CrossEntropyLoss()
+
+    def step() -> None:
+        loss = loss_fn(model(x), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return step, sync
+
+
+def _make(name: str) -> tuple[Any, Any]:
+    if os.environ.get("CNN_STEP_DRY_RUN"):  # --gpu --dry-run: the GPU workers' code on the CPU
+        name = {"cupy": "numpy", "torch_cuda": "torch", "torch_native_cuda": "torch_native"}.get(
+            name, name
+        )
+    return {
+        "numpy": lambda: _nnbackend_step("numpy", None),
+        "torch": lambda: _nnbackend_step("torch", None),
+        "torch_native": lambda: _torch_step("cpu"),
+        "cupy": lambda: _nnbackend_step("cupy", None),
+        "torch_cuda": lambda: _nnbackend_step("torch", "cuda:0"),
+        "torch_native_cuda": lambda: _torch_step("cuda"),
+    }[name]()
+
+
+def worker(name: str) -> None:
+    """Serve ``run N`` (time N steps, answer the seconds) and ``stats`` on stdin/stdout."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and "torch" in name:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    step, sync = _make(name)
+    for _ in range(3):
+        step()
+    sync()
+    faults = 0
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "run":
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            start = time.perf_counter()
+            for _ in range(int(command[1])):
+                step()
+            sync()
+            seconds = time.perf_counter() - start
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before.ru_minflt
+            print(seconds, flush=True)
+        elif command[0] == "stats":
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            print(json.dumps({"minor_faults": faults, "peak_rss_mib": peak / 1024}), flush=True)
+            return
+
+
+class Worker:
+    def __init__(self, name: str, threads: int | None) -> None:
+        self.name = name
+        env = dict(os.environ)
+        if threads is not None:
+            for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[key] = str(threads)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [p for p in (os.path.join(root, "src"), root, env.get("PYTHONPATH")) if p]
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cnn_step", "--worker", name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=root,
+        )
+        line = self._read()
+        if line != "ready":
+            raise RuntimeError(f"worker {name} did not start: {line!r}")
+
+    def _read(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} exited ({self.process.wait()})")
+        return line.strip()
+
+    def ask(self, command: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> dict[str, Any]:
+        stats: dict[str, Any] = json.loads(self.ask("stats"))
+        self.process.wait(timeout=30)
+        return stats
+
+
+def measure(
+    names: tuple[str, ...], rounds: int, round_s: float, threads: int | None
+) -> dict[str, Any]:
+    workers = {name: Worker(name, threads) for name in names}
+    try:
+        steps = {}
+        for name, w in workers.items():  # calibrate: about round_s per round
+            one = float(w.ask("run 2")) / 2
+            steps[name] = max(1, int(round_s / max(one, 1e-6)))
+        times: dict[str, list[float]] = {name: [] for name in names}
+        order = list(names)
+        shuffler = random.Random(0)
+        load = []
+        for _ in range(rounds):
+            shuffler.shuffle(order)
+            for name in order:
+                seconds = float(workers[name].ask(f"run {steps[name]}"))
+                times[name].append(seconds / steps[name])
+                time.sleep(0.05)  # let spinning threads of the last worker settle
+            load.append(os.getloadavg()[0])
+    finally:
+        stats = {name: w.close() for name, w in workers.items()}
+    return {
+        name: {
+            "median_ms": statistics.median(times[name]) * 1e3,
+            "min_ms": min(times[name]) * 1e3,
+            "max_ms": max(times[name]) * 1e3,
+            "steps_per_round": steps[name],
+            **stats[name],
+        }
+        for name in names
+    } | {"load_average_during": [round(v, 2) for v in load]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.cnn_step",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--gpu", action="store_true", help="the GPU workers (cupy, torch CUDA)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run, not saved")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --gpu: run the GPU workers' code on the CPU (numpy for cupy, torch CPU for "
+        "CUDA); checks the plumbing, saves nothing",
+    )
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS / OpenMP threads per worker (default: the libraries' own choice); on a "
+        "shared machine 1 keeps the workers from fighting over cores",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker)
+        return 0
+    names = GPU_WORKERS if args.gpu else CPU_WORKERS
+    if args.dry_run:
+        os.environ["CNN_STEP_DRY_RUN"] = "1"  # inherited by the workers
+        args.quick = True
+    rounds = args.rounds or (3 if args.quick else 15)
+    start = time.perf_counter()
+    result = measure(names, rounds, 0.05 if args.quick else 0.4, args.threads)
+    ref = "torch_native_cuda" if args.gpu else "torch_native"
+    ratios = {
+        f"{n} / {ref} ({stat})": result[n][f"{stat}_ms"] / result[ref][f"{stat}_ms"]
+        for n in names
+        if n != ref
+        for stat in ("median", "min")
+    }
+    for name in names:
+        r = result[name]
+        print(
+            f"{name:>18}: {r['median_ms']:8.3f} ms/step (min {r['min_ms']:.3f}, max "
+            f"{r['max_ms']:.3f}); {r['minor_faults']} page faults while timed, peak RSS "
+            f"{r['peak_rss_mib']:.0f} MiB"
+        )
+    for label, value in ratios.items():
+        print(f"{label:>40}: {value:.2f}x")
+    print(f"load average during the rounds: {result['load_average_during']}")
+    if not args.quick:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from benchmarks import machine_facts
+
+        document = {
+            "case": "cnn_step_gpu" if args.gpu else "cnn_step",
+            "description": "LeNet-style CNN training step, batch 64, 1x28x28, float32, each "
+            "implementation in its own worker process",
+            "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "rounds": rounds,
+            "threads_per_worker": args.threads,
+            "duration_s": round(time.perf_counter() - start, 2),
+            "target": "numpy / torch_native <= 2.0 (reported)",
+            "results": result,
+            "ratios": ratios,
+            "machine": machine_facts(),
+        }
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{document['case']}.json"
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
