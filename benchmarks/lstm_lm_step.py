@@ -72,7 +72,7 @@ def _engine(backend: str) -> Any:
             super().__init__()
             self.embed = nn.Embedding(V, D)
             self.embed.weight.data = nn.init.normal((V, D), 0.01)
-            self.drops = [nn.Dropout(DROPOUT) for _ in range(3)]
+            self.drops = nn.ModuleList(nn.Dropout(DROPOUT) for _ in range(3))
             self.lstm1 = nn.LSTM(D, H, stateful=True)
             self.lstm2 = nn.LSTM(H, H, stateful=True)
             self.bias = nn.Parameter(nn.init.zeros((V,)))
