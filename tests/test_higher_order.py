@@ -199,6 +199,12 @@ GRADGRAD: dict[str, tuple[Callable[..., Any], int]] = {
     "matmul_tanh": (lambda a, b: F.tanh(a @ F.transpose(b)), 2),
     "linear_sigmoid": (lambda a, b: NF.sigmoid(NF.linear(a, F.transpose(b))), 2),
     "softmax_ce": (lambda a, b: NF.softmax_cross_entropy(a * b, NF.softmax(b, 1)), 2),
+    "softmax_ce_ignore_index": (
+        lambda a, b: NF.softmax_cross_entropy(
+            a * b, a.xp.asarray([2, -1, 0][: a.shape[0]]), ignore_index=-1
+        ),
+        2,
+    ),
     "logsumexp_var": (lambda a, b: F.logsumexp(a, 1) * F.var(b, 1), 2),
     "concat_take_log": (lambda a, b: F.log(F.take(F.concat([a, b], 1), [0, 3, 3], 1)), 2),
     "sqrt_where": (lambda a: F.where(a > 1.03125, F.sqrt(a), a * a), 1),

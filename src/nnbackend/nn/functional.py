@@ -995,6 +995,19 @@ def _softmax_cross_entropy_graph_backward(self: SoftmaxCrossEntropy, gy: Tensor)
     return gx, gt
 
 
+def _masked_softmax_cross_entropy_graph_backward(
+    self: MaskedSoftmaxCrossEntropy, gy: Tensor
+) -> tuple[Any, None]:
+    xp = self.xp
+    x = self.inputs[0]
+    dt = self.p.dtype  # float32 where float16 computes wide
+    xw, gy = _like(xp, x, dt), _like(xp, gy, dt)
+    p = ops.exp(xw - _F.logsumexp(xw, 1, True))
+    weights = xp.reshape(self.mask / self.count, (-1, 1))  # 0 for ignored rows
+    gx = (p - self.onehot) * weights * gy
+    return _back_to(gx, x.dtype), None
+
+
 def _sigmoid_cross_entropy_graph_backward(self: SigmoidCrossEntropy, gy: Tensor) -> tuple[Any, Any]:
     x = self.input(0, self.x)
     t = self.input(1, self.t)
@@ -1057,6 +1070,7 @@ LeakyReLU.graph_backward = _leaky_relu_graph_backward  # type: ignore[method-ass
 Softmax.graph_backward = _softmax_graph_backward  # type: ignore[method-assign]
 LogSoftmax.graph_backward = _log_softmax_graph_backward  # type: ignore[method-assign]
 SoftmaxCrossEntropy.graph_backward = _softmax_cross_entropy_graph_backward  # type: ignore[method-assign]
+MaskedSoftmaxCrossEntropy.graph_backward = _masked_softmax_cross_entropy_graph_backward  # type: ignore[method-assign]
 SigmoidCrossEntropy.graph_backward = _sigmoid_cross_entropy_graph_backward  # type: ignore[method-assign]
 MSE.graph_backward = _mse_graph_backward  # type: ignore[method-assign]
 Dropout.graph_backward = _dropout_graph_backward  # type: ignore[method-assign]
