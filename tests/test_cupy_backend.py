@@ -488,6 +488,32 @@ def test_cupy_kernels_agree_with_the_namespace(cp: Any) -> None:
     assert kernels["astype"](x, cp.float16).dtype == cp.float16
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_fused_lstm_kernels_agree_with_the_generic_step(cp: Any, dtype: str) -> None:
+    """The one-kernel LSTM step (and its backward) against the namespace code it replaces,
+    with the gate blocks as strided views of one (N, 4H) array, as the layer passes them."""
+    from nnbackend.autograd import kernels as generic
+
+    xp = registry.get("cupy").load_namespace()
+    cell, cell_backward = cupy_backend._lstm_kernels(cp)
+    rng = cp.random.default_rng(0)
+    n, h = 5, 7
+    a = (rng.standard_normal((n, 4 * h)) * 3).astype(dtype)
+    c_prev, dh, dc = (rng.standard_normal((n, h)).astype(dtype) for _ in range(3))
+    tol = {"float16": 1e-2, "float32": 1e-5, "float64": 1e-12}[dtype]
+    got = cell(a, c_prev)
+    want = generic.lstm_cell(xp, a, c_prev)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        cp.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+    got_b = cell_backward(dh, dc, *want[2:], c_prev)
+    want_b = generic.lstm_cell_backward(xp, dh, dc, *want[2:], c_prev)
+    for g, w in zip(got_b, want_b, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        cp.testing.assert_allclose(g, w, rtol=tol, atol=tol * 10)
+
+
 # ---------------------------------------------------------------------------------- check script
 def _load_script() -> Any:
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")

@@ -40,6 +40,8 @@ class Kernels:
         "float32",
         "half",
         "keep",
+        "lstm_cell",
+        "lstm_cell_backward",
         "max",
         "narrow",
         "on_host",
@@ -72,6 +74,12 @@ class Kernels:
             self.narrow = overrides.get("float32_to_float16") or (lambda x: xp.astype(x, f16))
         else:
             self.widen = self.narrow = _no_half
+        #: One LSTM step's elementwise part (see :func:`lstm_cell`); a GPU backend fuses it
+        #: into one kernel instead of about twenty launches.
+        self.lstm_cell = overrides.get("lstm_cell") or (lambda a, c: lstm_cell(xp, a, c))
+        self.lstm_cell_backward = overrides.get("lstm_cell_backward") or (
+            lambda *args: lstm_cell_backward(xp, *args)
+        )
         self.positive = overrides.get("float16_positive") or (lambda x: x > 0)
         self.keep = overrides.get("float16_keep") or (lambda mask, x: xp.where(mask, x, 0.0))
 
@@ -82,6 +90,39 @@ class Kernels:
         if cached is None:
             cached = self._ones[dtype] = xp.asarray(1.0, dtype=dtype)
         return self.astype(cached, dtype)
+
+
+def _sigmoid(xp: Any, x: Any) -> Any:
+    # The tanh form never overflows (1 / (1 + exp(-x)) does in float16 below x = -11).
+    return 0.5 * xp.tanh(0.5 * x) + 0.5
+
+
+def lstm_cell(xp: Any, a: Any, c_prev: Any) -> tuple[Any, ...]:
+    """The elementwise part of one LSTM step, gates in the book's order ``(f, g, i, o)``:
+    from the pre-activations ``a`` (N, 4H) and the previous cell ``c_prev`` (N, H),
+    ``(h, c, f, g, i, o, tanh(c))`` (each (N, H); the last five are what the backward needs).
+    """
+    hsz = c_prev.shape[-1]
+    f = _sigmoid(xp, a[:, :hsz])
+    g = xp.tanh(a[:, hsz : 2 * hsz])
+    i = _sigmoid(xp, a[:, 2 * hsz : 3 * hsz])
+    o = _sigmoid(xp, a[:, 3 * hsz :])
+    c = f * c_prev + g * i
+    tc = xp.tanh(c)
+    return o * tc, c, f, g, i, o, tc
+
+
+def lstm_cell_backward(
+    xp: Any, dh: Any, dc: Any, f: Any, g: Any, i: Any, o: Any, tc: Any, c_prev: Any
+) -> tuple[Any, Any]:
+    """The backward of :func:`lstm_cell`: from the gradients of ``h`` and ``c``, the gradient
+    of the pre-activations ``da`` (N, 4H) and of the previous cell ``dc_prev`` (N, H)."""
+    ds = dc + dh * o * (1.0 - tc * tc)
+    df = ds * c_prev * f * (1.0 - f)
+    dg = ds * i * (1.0 - g * g)
+    di = ds * g * i * (1.0 - i)
+    do = dh * tc * o * (1.0 - o)
+    return xp.concat([df, dg, di, do], axis=1), ds * f
 
 
 def _no_half(x: Any, out: Any = None) -> Any:

@@ -219,10 +219,97 @@ def scatter_add(target: Any, indices: Any, values: Any) -> Any:
 
 
 def kernels() -> dict[str, Any]:
-    """CuPy's own reductions and ``astype``, skipping array-api-compat's Python layer."""
+    """CuPy's own reductions and ``astype``, skipping array-api-compat's Python layer, and one
+    fused kernel each for an LSTM step's elementwise part and its backward (about twenty
+    kernel launches a step otherwise: a GPU step is launch-bound at the book's sizes)."""
     import cupy
 
-    return {"sum": cupy.sum, "max": cupy.max, "astype": cupy.ndarray.astype}
+    cell, cell_backward = _lstm_kernels(cupy)
+    return {
+        "sum": cupy.sum,
+        "max": cupy.max,
+        "astype": cupy.ndarray.astype,
+        "lstm_cell": cell,
+        "lstm_cell_backward": cell_backward,
+    }
+
+
+# The arithmetic in float for float16 and float32, in double for float64; the stable sigmoid
+# of nnbackend.nn.functional. ``i`` and ``n`` are ElementwiseKernel's own names: not used.
+_LSTM_PREAMBLE = r"""
+__device__ inline double nnb_wide(double x) { return x; }
+__device__ inline float nnb_wide(float x) { return x; }
+__device__ inline float nnb_wide(float16 x) { return (float)x; }
+template <typename W> __device__ inline W nnb_sigmoid(W x) {
+    if (x >= W(0)) { return W(1) / (W(1) + exp(-x)); }
+    W e = exp(x);
+    return e / (W(1) + e);
+}
+"""
+
+_LSTM_FORWARD = r"""
+typedef decltype(nnb_wide(a_f)) W;
+W f_ = nnb_sigmoid(nnb_wide(a_f));
+W g_ = tanh(nnb_wide(a_g));
+W i_ = nnb_sigmoid(nnb_wide(a_i));
+W o_ = nnb_sigmoid(nnb_wide(a_o));
+W c_ = f_ * nnb_wide(c_prev) + g_ * i_;
+W tc_ = tanh(c_);
+h = (T)(o_ * tc_); c = (T)c_; gate_f = (T)f_; gate_g = (T)g_; gate_i = (T)i_;
+gate_o = (T)o_; tanh_c = (T)tc_;
+"""
+
+_LSTM_BACKWARD = r"""
+typedef decltype(nnb_wide(dh)) W;
+W f_ = nnb_wide(gate_f), g_ = nnb_wide(gate_g), i_ = nnb_wide(gate_i), o_ = nnb_wide(gate_o);
+W tc_ = nnb_wide(tanh_c), dh_ = nnb_wide(dh);
+W ds = nnb_wide(dc) + dh_ * o_ * (W(1) - tc_ * tc_);
+d_f = (T)(ds * nnb_wide(c_prev) * f_ * (W(1) - f_));
+d_g = (T)(ds * i_ * (W(1) - g_ * g_));
+d_i = (T)(ds * g_ * i_ * (W(1) - i_));
+d_o = (T)(dh_ * tc_ * o_ * (W(1) - o_));
+dc_prev = (T)(ds * f_);
+"""
+
+
+def _lstm_kernels(cupy: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(cell, cell_backward)`` with the signatures of ``nnbackend.autograd.kernels
+    .lstm_cell`` and ``lstm_cell_backward`` (less ``xp``), each one CuPy ElementwiseKernel
+    over the gate blocks as strided views (compiled at first use, cached by CuPy)."""
+    forward = cupy.ElementwiseKernel(
+        "T a_f, T a_g, T a_i, T a_o, T c_prev",
+        "T h, T c, T gate_f, T gate_g, T gate_i, T gate_o, T tanh_c",
+        _LSTM_FORWARD,
+        "nnbackend_lstm_cell",
+        preamble=_LSTM_PREAMBLE,
+    )
+    backward = cupy.ElementwiseKernel(
+        "T dh, T dc, T gate_f, T gate_g, T gate_i, T gate_o, T tanh_c, T c_prev",
+        "T d_f, T d_g, T d_i, T d_o, T dc_prev",
+        _LSTM_BACKWARD,
+        "nnbackend_lstm_cell_backward",
+        preamble=_LSTM_PREAMBLE,
+    )
+
+    def cell(a: Any, c_prev: Any) -> tuple[Any, ...]:
+        hsz = c_prev.shape[-1]
+        return tuple(
+            forward(
+                a[:, :hsz], a[:, hsz : 2 * hsz], a[:, 2 * hsz : 3 * hsz], a[:, 3 * hsz :], c_prev
+            )
+        )
+
+    def cell_backward(
+        dh: Any, dc: Any, f: Any, g: Any, i: Any, o: Any, tc: Any, c_prev: Any
+    ) -> tuple[Any, Any]:
+        rows, hsz = c_prev.shape
+        da = cupy.empty((rows, 4 * hsz), dtype=c_prev.dtype)
+        dc_prev = cupy.empty_like(c_prev)
+        blocks = [da[:, k * hsz : (k + 1) * hsz] for k in range(4)]
+        backward(dh, dc, f, g, i, o, tc, c_prev, *blocks, dc_prev)
+        return da, dc_prev
+
+    return cell, cell_backward
 
 
 def on_host(array: Any) -> bool:

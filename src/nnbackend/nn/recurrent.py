@@ -38,6 +38,7 @@ from typing import Any
 
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
+from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for
@@ -138,17 +139,11 @@ class LSTMFunction(Function):
         hsz = wh.shape[0]
         self.wx, self.wh = wx, wh
         xw = xp.reshape(_flat(xp, x) @ wx + b, (n, t, 4 * hsz))
+        cell = kernels(xp, x).lstm_cell  # one fused kernel a step where the backend has one
         h, c = h0, c0
         hs, cs, gates = [], [], []
         for s in range(t):
-            a = xw[:, s, :] + h @ wh
-            f = _sigmoid(xp, a[:, :hsz])
-            g = xp.tanh(a[:, hsz : 2 * hsz])
-            i = _sigmoid(xp, a[:, 2 * hsz : 3 * hsz])
-            o = _sigmoid(xp, a[:, 3 * hsz :])
-            c = f * c + g * i
-            tc = xp.tanh(c)
-            h = o * tc
+            h, c, f, g, i, o, tc = cell(xw[:, s, :] + h @ wh, c)
             hs.append(h)
             cs.append(c)
             gates.append((f, g, i, o, tc))
@@ -164,18 +159,12 @@ class LSTMFunction(Function):
         dh = xp.zeros_like(self.h0) if ghT is None else ghT
         dc = xp.zeros_like(self.c0) if gcT is None else gcT
         das = [None] * t
+        cell_backward = kernels(xp, wh).lstm_cell_backward
         for s in range(t - 1, -1, -1):
             if ghs is not None:
                 dh = dh + ghs[:, s, :]
-            f, g, i, o, tc = self.gates[s]
             c_prev = cs[s - 1] if s > 0 else self.c0
-            ds = dc + dh * o * (1.0 - tc * tc)
-            dc = ds * f
-            df = ds * c_prev * f * (1.0 - f)
-            dg = ds * i * (1.0 - g * g)
-            di = ds * g * i * (1.0 - i)
-            do = dh * tc * o * (1.0 - o)
-            da = xp.concat([df, dg, di, do], axis=1)
+            da, dc = cell_backward(dh, dc, *self.gates[s], c_prev)
             das[s] = da
             dh = da @ whT
         hprev = xp.concat([self.h0[:, None, :], hs[:, :-1, :]], axis=1)
