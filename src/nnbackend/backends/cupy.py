@@ -239,7 +239,7 @@ def kernels() -> dict[str, Any]:
 _LSTM_PREAMBLE = r"""
 __device__ inline double nnb_wide(double x) { return x; }
 __device__ inline float nnb_wide(float x) { return x; }
-__device__ inline float nnb_wide(float16 x) { return (float)x; }
+template <typename H> __device__ inline float nnb_wide(H x) { return (float)x; }  // float16
 template <typename W> __device__ inline W nnb_sigmoid(W x) {
     if (x >= W(0)) { return W(1) / (W(1) + exp(-x)); }
     W e = exp(x);
