@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import array_api_compat
+import array_api_compat.numpy
 import array_api_strict
 import numpy as np
 import pytest
