@@ -1,7 +1,7 @@
 """The mutation score per module, from the results of the last ``mutmut run`` (run in the
 repository root, after ``nox -s mutation`` or ``mutmut run``).
 
-    python scripts/mutation_report.py [--fail-under 90] [--results FILE]
+    python scripts/mutation_report.py [--fail-under 90] [--results FILE] [--accepted FILE]
 
 Reads ``mutmut results --all true`` (or ``--results FILE``, a saved copy of that output) and
 ``tests/mutation_accepted.txt``, the survivors judged equivalent (one per line: the mutant's
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fail-under", type=float, default=None)
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--accepted", type=Path, default=ACCEPTED)
     args = parser.parse_args(argv)
     if args.results is not None:
         text = args.results.read_text(encoding="utf-8")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = ["mutmut", "results", "--all", "true"]
         text = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     results = parse_results(text)
-    accepted = read_accepted()
+    accepted = read_accepted(args.accepted)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     open_survivors = []
     for name, status in sorted(results.items()):

@@ -101,12 +101,23 @@ def test_the_report_scores_mutmut_output(tmp_path: Path, capsys: pytest.CaptureF
         "    nnbackend.optim.xǁAdamǁ_update__mutmut_4: killed\n"
         "    nnbackend.optim.xǁAdamǁ_update__mutmut_5: not checked\n"
     )
-    assert report.main(["--results", str(results)]) == 0
+    none = tmp_path / "none.txt"
+    none.write_text("# nothing accepted\n")
+    args = ["--results", str(results), "--accepted", str(none)]
+    assert report.main(args) == 0
     out = capsys.readouterr().out
     assert "nnbackend.registry" in out and "66.7%" in out
     assert "nnbackend.optim" in out and "100.0%" in out
     assert "nnbackend.registry.x_get__mutmut_2" in out
-    assert report.main(["--results", str(results), "--fail-under", "90"]) == 1
+    assert report.main([*args, "--fail-under", "90"]) == 1
+    capsys.readouterr()
+    one = tmp_path / "one.txt"
+    one.write_text("nnbackend.registry.x_get__mutmut_2  # equivalent for this test\n")
+    assert (
+        report.main(["--results", str(results), "--accepted", str(one), "--fail-under", "90"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "want a test" not in out and "66.7%" not in out
 
 
 def test_every_reinjected_fault_still_applies_to_the_code() -> None:
