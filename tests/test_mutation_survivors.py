@@ -311,3 +311,19 @@ def test_the_root_keeps_its_gradient_after_backward(xp64: Any) -> None:
     z = x * 2.0
     z.backward(xp64.asarray(np.array([1.0, 2.0, 3.0])))
     assert _host(z.grad).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_safetensors_array_whose_shape_differs_from_the_metadata_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The same check in the safetensors reader (the survivor was found in the .npz one)."""
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "m.safetensors"
+    nb.save(_model(), path)
+    meta = io.read_metadata(path)
+    tensors = load_file(str(path))
+    key = next(k for k, v in tensors.items() if v.shape == (2, 3))
+    tensors[key] = tensors[key].T.copy()
+    save_file(tensors, str(path), metadata={"format": io.FORMAT, METADATA_FIELD: json.dumps(meta)})
+    _assert_refused(path, r"has shape \(3, 2\), but the metadata says \(2, 3\)")
