@@ -3,12 +3,15 @@ dtype aliases, dtype objects of each library, policy aliases and the messages un
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import array_api_strict
 import numpy as np
 import pytest
 
+import nnbackend as nb
 from nnbackend import config
-from nnbackend.errors import ArgumentError, DtypeError
+from nnbackend.errors import ArgumentError, BackendError, DtypeError
 from nnbackend.precision import Policy
 
 
@@ -63,3 +66,22 @@ def test_flag_errors_list_the_accepted_values() -> None:
         "'false', 'no', 'off'"
     )
     assert config._parse_flag("", "X") is False
+
+
+def test_bad_environment_names_the_variable(fresh_settings: Callable[..., None]) -> None:
+    """The environment's errors say which variable to fix."""
+    fresh_settings(NNBACKEND="bogus")
+    with pytest.raises(BackendError, match="NNBACKEND"):
+        nb.get_backend()
+    fresh_settings(NNBACKEND=None, NNBACKEND_DTYPE="float128")
+    with pytest.raises(DtypeError, match="in NNBACKEND_DTYPE"):
+        nb.get_default_dtype()
+    fresh_settings(NNBACKEND_DTYPE=None, NNBACKEND_CHECK_DTYPES="maybe")
+    with pytest.raises(ArgumentError, match=r"^NNBACKEND_CHECK_DTYPES='maybe'"):
+        nb.get_default_dtype()
+
+
+def test_the_device_source_is_reported() -> None:
+    assert config.sources()["device"] == ("default", config.SOURCE_BUILTIN)
+    with nb.using(backend="numpy", device="cpu"):
+        assert config.sources()["device"] == ("cpu", config.SOURCE_USING)
