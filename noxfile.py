@@ -9,6 +9,8 @@
 |             | tests, GPU benchmarks, suite on cupy); installs nothing; `-- --dry-run` on CPU |
 | `docs`      | `mkdocs build --strict` with the `docs` extra                                  |
 | `bench`     | `python -m benchmarks` (arguments after `--` go to it: `-- --quick`)           |
+| `mutation`  | mutmut over the core (config: `[tool.mutmut]`), then the score per module;     |
+|             | slow (hours on 2 cores), never in CI; `-- --max-children 4` goes to mutmut     |
 
 Arguments after ``--`` go to the session's main command (``nox -s tests -- -x -k dtype``).
 
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parent
 TORCH = "torch==2.13.0"  # the only torch spec allowed here (see the module docstring)
 RUFF = "ruff==0.17.6"  # pinned: a newer formatter may restyle code and fail `format --check`
 MYPY = "mypy==2.4.1"
+MUTMUT = "mutmut==3.8.1"  # [tool.mutmut] in pyproject.toml is mutmut 3's format
 
 
 @nox.session
@@ -95,3 +98,19 @@ def bench(session: nox.Session) -> None:
     """``python -m benchmarks`` (table on stdout, JSON in benchmarks/results/)."""
     session.install(".[strict,plot,fast16]", "threadpoolctl", TORCH)
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the core with mutmut (``[tool.mutmut]`` in pyproject.toml names
+    the modules): every mutant is run against the tests that cover it, on numpy and
+    array_api_strict; then ``scripts/mutation_report.py`` prints the score per module and the
+    survivors that are neither killed nor listed in ``tests/mutation_accepted.txt``.
+    Arguments after ``--`` go to ``mutmut run`` (``-- --max-children 2``, or mutant names).
+    Results are kept in ``mutants/``: a second run retests only what changed; ``mutmut
+    browse`` shows them. See CONTRIBUTING.md."""
+    session.install(".[test]", MUTMUT)
+    env = {"NNBACKEND_TEST_BACKENDS": "numpy,array_api_strict", "NNBACKEND": None,
+           "NNBACKEND_DTYPE": None}  # fmt: skip
+    session.run("mutmut", "run", *session.posargs, env=env)
+    session.run("python", str(ROOT / "scripts" / "mutation_report.py"), env=env)

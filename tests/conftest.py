@@ -267,6 +267,18 @@ def _isolate_settings() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_caches_under_mutmut(_isolate_settings: None) -> None:
+    """Under mutation testing (mutmut sets ``MUTANT_UNDER_TEST``), forget the namespaces and
+    kernels built by earlier tests, as a registry change does: code that runs once per
+    backend (the namespace wrappers, the kernels) then runs inside every test, so its mutants
+    can be caught. A no-op in normal runs."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        with registry._lock:
+            registry.generation += 1
+            registry._on_change()
+
+
+@pytest.fixture(autouse=True)
 def _dtype_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test runs with the dtype guard on (``NNBACKEND_CHECK_DTYPES=1``, also for the
     Python processes tests start): each engine op checks that its outputs have the dtype the
