@@ -51,8 +51,8 @@ FAULTS = [
     Fault(
         "label range check disabled on host backends",
         "nn/functional.py",
-        "if int(k.count_nonzero(hit)) != n:",
-        "if False:",
+        "if int(k.count_nonzero(hit)) != n:  # NumPy",
+        "if False:  # NumPy",
         SURV + "test_out_of_range_labels_raise_label_error_on_host_backends",
     ),
     Fault(
@@ -106,8 +106,8 @@ FAULTS = [
     ),
     Fault(
         "metadata-vs-array shape check removed",
-        "io/_npz.py",
-        "if got != shape:",
+        "io/_metadata.py",
+        "if tuple(shape) != tuple(want_shape):",
         "if False:",
         SURV + "test_an_array_whose_shape_differs_from_the_metadata_is_refused",
     ),
@@ -156,8 +156,8 @@ FAULTS = [
     Fault(
         "Adam using the global step count",
         "optim.py",
-        't = st["step"] = st.get("step", 0) + 1',
-        't = st["step"] = self.steps',
+        't = st["step"] = st.get("step", 0) + 1\n        step_size',
+        't = st["step"] = self.steps\n        step_size',
         SURV + "test_adam_counts_steps_per_parameter",
     ),
     Fault(
