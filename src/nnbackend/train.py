@@ -24,6 +24,7 @@ import copy
 import functools
 import math
 import operator
+import secrets
 import signal
 import sys
 import threading
@@ -443,6 +444,35 @@ class _InterruptGuard:
             self.installed = False
 
 
+class _StepMark:
+    """Where :meth:`Trainer.train_step` marks its optimizer step outside ``fit``."""
+
+    __slots__ = ("in_step",)
+
+    def __init__(self) -> None:
+        self.in_step = False
+
+
+def _check_split(n: int, batch_size: int, steps: int, size: int, loader: Any) -> None:
+    """Every global batch must give each of ``size`` ranks at least one row, and a shuffling
+    DataLoader must draw the same order on every rank."""
+    if loader is not None:
+        if loader.shuffle and getattr(loader.generator, "seed", None) is None:
+            raise ArgumentError(
+                "data-parallel training with a shuffling DataLoader needs DataLoader(seed=...) "
+                "so that every rank draws the same order"
+            )
+        smallest = min(loader.batch_size, n - (steps - 1) * loader.batch_size)
+    else:
+        smallest = min(batch_size, n - (steps - 1) * batch_size)
+    if smallest < size:
+        raise ArgumentError(
+            f"data-parallel training on {size} ranks: a global batch of {smallest} rows "
+            f"({n} rows in batches of {batch_size}) leaves a rank without rows; use a "
+            f"batch_size and a data set size whose every batch has at least {size} rows"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Accuracy
 # ---------------------------------------------------------------------------------------------
@@ -472,11 +502,13 @@ def _accuracy_counter(loss_fn: Any, y: Any, t: Any) -> tuple[Any, int]:
 
 class _Sums:
     """Device-side running sums of the loss (times the batch size) and of correct
-    predictions, read to the host only by :meth:`read`."""
+    predictions, read to the host only by :meth:`read`. With a communicator ``comm``
+    (data-parallel training), :meth:`read` sums them over all ranks first."""
 
-    __slots__ = ("correct", "loss", "predictions", "samples")
+    __slots__ = ("comm", "correct", "loss", "predictions", "samples")
 
-    def __init__(self) -> None:
+    def __init__(self, comm: Any = None) -> None:
+        self.comm = comm
         self.reset()
 
     def reset(self) -> None:
@@ -495,10 +527,32 @@ class _Sums:
 
     def read(self) -> tuple[float, float | None]:
         """``(mean loss, accuracy or None)``; the only place that syncs with the device."""
+        if self.comm is not None:
+            return self._read_global()
         loss = float(self.loss) / self.samples if self.samples else math.nan
         acc = None
         if self.correct is not None and self.predictions:
             acc = int(self.correct) / self.predictions
+        return loss, acc
+
+    def _read_global(self) -> tuple[float, float | None]:
+        """The sums of every rank (one all-reduce of four numbers), then as :meth:`read`."""
+        xp = backend_for(self.loss)[0]
+        local = [
+            float(self.loss),
+            float(self.samples),
+            0.0 if self.correct is None else float(self.correct),
+            float(self.predictions),
+        ]
+        wide = getattr(xp, "float64", None) or xp.float32
+        total = self.comm.allreduce_sum(
+            xp.asarray(local, dtype=wide, device=getattr(self.loss, "device", None))
+        )
+        loss_sum, samples, correct, predictions = (float(total[i]) for i in range(4))
+        loss = loss_sum / samples if samples else math.nan
+        acc = None
+        if self.correct is not None and predictions:
+            acc = correct / predictions
         return loss, acc
 
     def __bool__(self) -> bool:
@@ -580,6 +634,7 @@ class Trainer:
         *,
         precision: Any = None,
         loss_scaler: Any = "auto",
+        world: Any = "auto",
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
@@ -611,6 +666,56 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.stop_training = False
+        self._world_choice = world
+        # What train_step uses; fit sets them for its run.
+        self._step_scaler: nb_precision.LossScaler | None = self.loss_scaler
+        self._clip: Callable[[], Any] | None = None
+        self._guard: Any = _StepMark()
+        self._reducer: Any = None
+        self._share = 1.0
+
+    @property
+    def world(self) -> Any:
+        """The :class:`nnbackend.distributed.World` this trainer trains in, or ``None`` in a
+        single process. ``world="auto"`` (the default) takes the one
+        :func:`nnbackend.distributed.init` joined when it has more than one rank."""
+        choice = self._world_choice
+        if choice == "auto":
+            from nnbackend import distributed
+
+            w = distributed.world()
+            return w if w.size > 1 else None
+        return choice
+
+    def _setup_world(self) -> Any:
+        """The world of this ``fit``, with the model's parameters broadcast from rank 0 and
+        the gradient reducer ready; ``None`` in a single process."""
+        w = self.world
+        if w is None or w.size == 1:
+            self._reducer = None
+            return None
+        from nnbackend.distributed import GradientReducer
+
+        params = self._parameters()
+        for p in params:
+            p.data = w.comm.broadcast(p.data, 0)
+        if self._reducer is None or self._reducer.comm is not w.comm:
+            self._reducer = GradientReducer(params, w.comm)
+        return w
+
+    def no_sync(self) -> Any:
+        """A context manager in which :meth:`train_step` does not all-reduce the gradients
+        (gradient accumulation in data-parallel training); a no-op in a single process."""
+        import contextlib
+
+        if self._reducer is None:
+            w = self.world
+            if w is None:
+                return contextlib.nullcontext()
+            from nnbackend.distributed import GradientReducer
+
+            self._reducer = GradientReducer(self._parameters(), w.comm)
+        return self._reducer.no_sync()
 
     def _resolve_loss_scaler(self) -> nb_precision.LossScaler | None:
         """The scaler for this ``fit`` ("auto": one, kept across fits, under a mixed policy)."""
@@ -729,6 +834,48 @@ class Trainer:
         return perm
 
     # -- training ----------------------------------------------------------------------------
+    def train_step(self, x: Any, t: Any) -> tuple[Any, Any]:
+        """One optimizer step on the batch ``(x, t)``: forward, loss, backward, the gradient
+        all-reduce (data-parallel training), clipping, loss scaling and the optimizer step.
+        :meth:`fit` calls it once per batch; override it to change what a step does.
+
+        In data-parallel training the gradients are all-reduced right after ``backward``,
+        weighted by this rank's share of the global batch, before clipping, unscaling and
+        the optimizer: so clipping sees the global norm and a loss scaler skips a step on
+        every rank when any rank overflowed. Called outside ``fit``, the share is
+        ``1 / world size`` (equal batches) and nothing is clipped.
+
+        Returns:
+            ``(outputs, loss)``: the model's output and the (unscaled) loss Tensor.
+        """
+        opt = self.optimizer
+        opt.zero_grad()
+        y = self.model(x)
+        loss = self.loss_fn(y, t)
+        scaler, guard, clip, reducer = self._step_scaler, self._guard, self._clip, self._reducer
+        if scaler is None:
+            loss.backward()
+            if reducer is not None:
+                reducer.reduce(self._share)
+            if clip is not None:
+                clip()
+            guard.in_step = True  # a second Ctrl-C waits for the update
+            opt.step()
+            self.step += 1
+            guard.in_step = False
+        else:
+            scaler.scale_loss(loss).backward()
+            if reducer is not None:
+                reducer.reduce(self._share)
+            if clip is not None:
+                scaler.unscale(opt)
+                clip()
+            guard.in_step = True
+            scaler.step(opt)
+            self.step += 1
+            guard.in_step = False
+        return y, loss
+
     @_under_policy
     def fit(
         self,
@@ -833,17 +980,30 @@ class Trainer:
 
             max_norm = float(max_grad)
             clip = lambda: clip_grad_norm(params, max_norm)
+        world = self._setup_world()
+        comm = None
+        rank, size = 0, 1
+        if world is not None:
+            comm, rank, size = world.comm, world.rank, world.size
+            _check_split(n, batch_size, steps_per_epoch, size, loader)
+            if shuffle and loader is None and seed is None:  # one order on every rank
+                seed = comm.bcast_obj(secrets.randbits(31) if rank == 0 else None, 0)
+            if not world.is_main:
+                progress = False
         generator = nb_random.Generator(seed) if shuffle and loader is None else None
 
         history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         self.step = self.epoch = 0
         self.stop_training = False
         bar = _make_progress(progress, epochs * steps_per_epoch)
-        interval, whole = _Sums(), _Sums()
+        interval, whole = _Sums(comm), _Sums(comm)
         count_correct: Any = False  # decided on the first batch
         per_row = 0
-        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        loss_fn = self.loss_fn
         scaler = self._resolve_loss_scaler()
+        guard = _InterruptGuard()
+        self._step_scaler, self._clip, self._guard = scaler, clip, guard
+        train_step = self.train_step
         take = xp.take
         previous_mode = self._set_mode(True)
         start = time.perf_counter()
@@ -860,7 +1020,6 @@ class Trainer:
             for hook in hooks["on_report"]:
                 hook(self, history)
 
-        guard = _InterruptGuard()
         finished = False  # True unless an error other than Ctrl-C propagates
         try:
             with guard:
@@ -885,26 +1044,13 @@ class Trainer:
                             xb, tb = take(x, idx, axis=0), take(t, idx, axis=0)
                         else:
                             xb, tb = x[lo:hi, ...], t[lo:hi, ...]
-                        opt.zero_grad()
-                        y = model(xb)
-                        loss = loss_fn(y, tb)
-                        if scaler is None:
-                            loss.backward()
-                            if clip is not None:
-                                clip()
-                            guard.in_step = True  # a second Ctrl-C waits for the update
-                            opt.step()
-                            self.step += 1
-                            guard.in_step = False
-                        else:
-                            scaler.scale_loss(loss).backward()
-                            if clip is not None:
-                                scaler.unscale(opt)
-                                clip()
-                            guard.in_step = True
-                            scaler.step(opt)
-                            self.step += 1
-                            guard.in_step = False
+                        if world is not None:  # this rank's rows of the global batch
+                            rows = hi - lo
+                            a, b = rows * rank // size, rows * (rank + 1) // size
+                            self._share = (b - a) / rows
+                            xb, tb = xb[a:b, ...], tb[a:b, ...]
+                            lo, hi = 0, b - a
+                        y, loss = train_step(xb, tb)
                         if guard.pending or guard.held is not None:
                             guard.release()
                         yd = _data(y)
@@ -973,6 +1119,7 @@ class Trainer:
             history.wall_time = time.perf_counter() - start
             bar.close()
             self._restore_mode(previous_mode)
+            self._clip, self._guard, self._share = None, _StepMark(), 1.0
         for hook in hooks["on_fit_end"]:
             hook(self, history)
         return history
