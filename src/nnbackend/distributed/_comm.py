@@ -106,7 +106,9 @@ class ThreadComm(Communicator):
         return total
 
     def broadcast(self, a: Any, root: int = 0) -> Any:
-        return self._exchange(a)[root]
+        value = self._exchange(a)[root]
+        # A copy of its own for every rank: optimizers update parameters in place.
+        return backend_for(value)[0].asarray(value, copy=True)
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
         return self._exchange(obj)[root]
