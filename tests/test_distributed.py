@@ -321,3 +321,30 @@ def test_only_rank_zero_writes_checkpoints(tmp_path: Path, monkeypatch: pytest.M
     nb.load(other, tmp_path / "rank0.safetensors")  # a single process reads it
     for a, b in zip(model.parameters(), other.parameters(), strict=True):
         np.testing.assert_array_equal(_host(a.data), _host(b.data))
+
+
+def test_info_shows_the_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_world, "_current", None)
+    for name in ("OMPI_COMM_WORLD_SIZE", "WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("PMI_RANK", "3")
+    report = nb.info()
+    assert report.world["engine"] == "mpi" and report.world["rank"] == 3
+    assert "engine mpi, rank 3 of 4" in str(report)
+    monkeypatch.setattr(_world, "_current", distributed.World("threads", 1, 2, device="cuda:1"))
+    assert "engine threads, rank 1 of 2, device cuda:1 (joined)" in str(nb.info())
+
+
+def test_launch_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nnbackend import cli
+
+    script = tmp_path / "s.py"
+    script.write_text("")
+    monkeypatch.setattr("shutil.which", lambda *a, **k: None)
+    assert cli.main(["launch", "-n", "2", str(script)]) == 2
+    assert "pip install 'nnbackend[mpi]'" in capsys.readouterr().err
+    assert cli.main(["launch", "-n", "2", str(tmp_path / "missing.py")]) == 2
+    assert "no script" in capsys.readouterr().err

@@ -232,3 +232,31 @@ def test_mpi_a_failing_rank_ends_the_job_within_seconds(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_gloo_two_ranks_equal_one_process(gloo_runs: Path, case: str) -> None:
     _check(gloo_runs, case)
+
+
+def test_launch_runs_every_rank(tmp_path: Path) -> None:
+    _mpiexec()
+    script = tmp_path / "hello.py"
+    script.write_text(
+        "from nnbackend import distributed\n"
+        "w = distributed.init()\n"
+        "print('rank', w.rank, 'of', w.size, w.engine)\n"
+    )
+    rc, out, err, _ = _launch([sys.executable, "-m", "nnbackend", "launch", "-n", "2", str(script)])
+    assert rc == 0, err
+    assert sorted(line for line in out.splitlines() if line.startswith("rank")) == [
+        "rank 0 of 2 mpi",
+        "rank 1 of 2 mpi",
+    ]
+
+
+def test_launch_ends_every_rank_on_the_first_failure(tmp_path: Path) -> None:
+    _mpiexec()
+    script = tmp_path / "fail.py"
+    script.write_text(FAIL)
+    rc, _, err, seconds = _launch(
+        [sys.executable, "-m", "nnbackend", "launch", "-n", "2", str(script)], timeout=30
+    )
+    assert rc != 0
+    assert "rank 1 fails on purpose" in err
+    assert seconds < 10, f"the job took {seconds:.1f} s to end"
