@@ -258,6 +258,27 @@ def test_two_ranks_equal_one_process_on_the_global_batch(
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def _metrics() -> list[Any]:
+    return ["accuracy", nb.metrics.Mean("mean_output", lambda y, t: nb.namespace().mean(y))]
+
+
+def test_metrics_are_reduced_over_every_rank() -> None:
+    with nb.using(backend="numpy", dtype="float64"):
+        _, single = _fit(None, OPTIMIZERS["SGD"], n=61, batch=9, metrics=_metrics())
+
+    def work(comm: Any) -> Any:
+        w = distributed.World("threads", comm.rank, comm.size, comm=comm)
+        return _fit(w, OPTIMIZERS["SGD"], n=61, batch=9, metrics=_metrics())[1]
+
+    h0, h1 = _on_ranks(2, work, backend="numpy", dtype="float64")
+    assert h0.metrics == h1.metrics
+    assert h0.metrics["accuracy"] == single.metrics["accuracy"]
+    np.testing.assert_allclose(
+        h0.metrics["mean_output"], single.metrics["mean_output"], rtol=1e-12, atol=1e-14
+    )
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 def test_one_rank_overflowing_skips_the_step_on_every_rank() -> None:
     """The loss scaler's decision is the global one: an infinite gradient on rank 1 only
     skips the step on rank 0 too (wrapping the optimizer instead would hang or diverge)."""

@@ -559,6 +559,23 @@ class _Sums:
         return self.samples > 0
 
 
+def _metric_result(metric: Any, comm: Any) -> float:
+    """``metric.result()``, over the batches of every rank when ``comm`` is given (its sum
+    and count all-reduced; metrics without that state report this rank's value)."""
+    total = getattr(metric, "total", None)
+    if comm is None or total is None or not hasattr(metric, "count"):
+        return float(metric.result())
+    xp = backend_for(total)[0]
+    wide = getattr(xp, "float64", None) or xp.float32
+    both = comm.allreduce_sum(
+        xp.asarray(
+            [float(total), float(metric.count)], dtype=wide, device=getattr(total, "device", None)
+        )
+    )
+    count = float(both[1])
+    return float(metric.finish(float(both[0]) / count)) if count else math.nan
+
+
 def _wide(xp: Any, loss: Any) -> Any:
     """The loss in a dtype wide enough to sum thousands of steps (float16 -> float32)."""
     half = getattr(xp, "float16", None)
@@ -1078,7 +1095,7 @@ class Trainer:
                         history.epoch_accuracy.append(e_acc)
                         extra = ""
                         for m in train_metrics:
-                            history.metrics.setdefault(m.name, []).append(m.result())
+                            history.metrics.setdefault(m.name, []).append(_metric_result(m, comm))
                         if validation is not None:
                             v_loss, v_acc = self.evaluate(
                                 validation[0], validation[1], metrics=val_metrics
