@@ -4,6 +4,7 @@ detection, the bucketed weighted gradient all-reduce, zero-fill and the has-grad
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -369,3 +370,94 @@ def test_launch_says_what_to_install(
     assert "pip install 'nnbackend[mpi]'" in capsys.readouterr().err
     assert cli.main(["launch", "-n", "2", str(tmp_path / "missing.py")]) == 2
     assert "no script" in capsys.readouterr().err
+
+
+# -- the torch.distributed engine's plumbing (NCCL's logic with fakes: no GPU here) -------------
+class _FakeCupyArray:
+    """Stands in for a CuPy array: DLPack out, ``copy()``; its type lives in "cupy"."""
+
+    __module__ = "cupy._fake"
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def copy(self) -> np.ndarray:
+        return self.a.copy()
+
+
+def test_nccl_path_moves_cupy_arrays_through_dlpack(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    import types
+
+    from nnbackend.backends import collectives
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(from_dlpack=np.from_dlpack))
+    original = np.arange(4.0)
+    wire, kind = collectives.to_wire(_FakeCupyArray(original), "cuda:0", None)
+    assert kind == "cupy" and type(wire).__module__.startswith("torch")
+    wire.mul_(2)  # what the all-reduce does to it
+    np.testing.assert_array_equal(original, [0.0, 1.0, 2.0, 3.0])  # the caller's array is kept
+    back = collectives.from_wire(wire, kind, None, None)
+    np.testing.assert_array_equal(back, [0.0, 2.0, 4.0, 6.0])
+
+
+def test_nccl_engine_picks_the_local_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from nnbackend.backends import collectives
+
+    chosen: list[int] = []
+    fake = types_namespace(
+        is_available=lambda: True,
+        is_initialized=lambda: True,
+        get_rank=lambda: 3,
+        get_world_size=lambda: 4,
+    )
+    monkeypatch.setattr(collectives, "_dist", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    found = {"engine": "torch", "rank": 3, "size": 4, "local_rank": 1, "local_size": 2}
+    comm = collectives.torch_communicator("nccl", found, lambda a: None)
+    assert (comm.engine, comm.rank, comm.size, comm.device) == ("nccl", 3, 4, "cuda:1")
+    assert chosen == [1]
+
+
+def test_torch_engine_without_a_rendezvous_says_how_to_set_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("torch")
+    from nnbackend.backends import collectives
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    found = {"engine": "mpi", "rank": 0, "size": 2, "local_rank": 0, "local_size": 2}
+    with pytest.raises(ArgumentError, match="MASTER_ADDR and MASTER_PORT"):
+        collectives.torch_communicator("torch", found, lambda a: None)
+
+
+def types_namespace(**kw: Any) -> Any:
+    import types
+
+    return types.SimpleNamespace(**kw)
+
+
+def test_torch_engine_world_of_one_reduces_torch_and_numpy_arrays(run_python: Any) -> None:
+    pytest.importorskip("torch")
+    code = """
+        import numpy as np, torch
+        import nnbackend as nb
+        from nnbackend import distributed
+        w = distributed.init("torch")
+        assert (w.engine, w.rank, w.size) == ("torch", 0, 1), w
+        t = torch.arange(3.0)
+        out = w.comm.allreduce_sum(t)
+        assert isinstance(out, torch.Tensor) and out.tolist() == [0.0, 1.0, 2.0]
+        a = np.arange(3.0)
+        out = w.comm.broadcast(a, 0)
+        assert isinstance(out, np.ndarray) and out.tolist() == [0.0, 1.0, 2.0]
+        assert w.comm.bcast_obj({"seed": 7}) == {"seed": 7}
+        w.comm.barrier()
+        print("ok")
+    """
+    proc = run_python(code, env={"MASTER_ADDR": None, "RANK": None, "WORLD_SIZE": None})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -8,6 +8,7 @@ any other backend travel through a host NumPy buffer (gloo).
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -98,6 +99,11 @@ class TorchComm:
         os._exit(code)  # torchrun / nnbackend launch end the other ranks
 
 
+def _destroy(dist: Any) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def torch_communicator(engine: str, found: dict[str, Any], record_of: Any) -> TorchComm:
     """Initialise torch.distributed from the launcher's environment (torchrun sets
     ``MASTER_ADDR``/``MASTER_PORT``; under mpiexec or srun set them yourself) and return its
@@ -105,15 +111,12 @@ def torch_communicator(engine: str, found: dict[str, Any], record_of: Any) -> To
     dist = _dist()
     if engine not in ("torch", "nccl"):
         raise ArgumentError(f"torch_communicator: engine must be 'torch' or 'nccl', got {engine}")
-    os.environ.setdefault("RANK", str(found["rank"]))
-    os.environ.setdefault("WORLD_SIZE", str(found["size"]))
-    if found["size"] > 1 and "MASTER_ADDR" not in os.environ:
+    rank, size = int(found["rank"]), int(found["size"])
+    if size > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
         raise ArgumentError(
             "the torch engine needs MASTER_ADDR and MASTER_PORT (torchrun sets them; under "
             "mpiexec or srun export them, e.g. MASTER_ADDR=<first node> MASTER_PORT=29500)"
         )
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
     device = None
     if engine == "nccl":
         import torch
@@ -121,9 +124,11 @@ def torch_communicator(engine: str, found: dict[str, Any], record_of: Any) -> To
         device = f"cuda:{found['local_rank']}"
         torch.cuda.set_device(found["local_rank"])
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if engine == "nccl" else "gloo",
-            rank=int(os.environ["RANK"]),
-            world_size=int(os.environ["WORLD_SIZE"]),
-        )
+        backend = "nccl" if engine == "nccl" else "gloo"
+        if size == 1:  # a world of one needs no rendezvous: an in-memory store
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size)
+        # A group left alive at interpreter exit made gloo abort (SIGABRT) after a clean run.
+        atexit.register(_destroy, dist)
     return TorchComm(engine, dist.get_rank(), dist.get_world_size(), device, record_of)
