@@ -293,7 +293,7 @@ def test_one_rank_overflowing_skips_the_step_on_every_rank() -> None:
             model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters()), world=w,
             loss_scaler=scaler,
         )  # fmt: skip
-        trainer._setup_world()
+        trainer.join_world()
         xp = nb.namespace()
         x, t = _data(4)
         if comm.rank == 1:
@@ -306,6 +306,32 @@ def test_one_rank_overflowing_skips_the_step_on_every_rank() -> None:
         assert skipped == 1
         for a, b in zip(before, after, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_train_step_in_a_loop_of_your_own_equals_one_process() -> None:
+    x, t = _data(16)
+
+    def run(comm: Any) -> list[np.ndarray]:
+        w = None if comm is None else distributed.World("threads", comm.rank, 2, comm=comm)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        rng = np.random.default_rng(0 if comm is None else comm.rank)
+        xp = nb.namespace()
+        for p in model.parameters():
+            p.data = xp.asarray(0.5 * rng.standard_normal(tuple(p.data.shape)))
+        trainer = nb.Trainer(
+            model, nn.SoftmaxCrossEntropy(), optim.Adam(model.parameters()), world=w
+        )
+        trainer.join_world()
+        rows = slice(None) if comm is None else slice(8 * comm.rank, 8 * comm.rank + 8)
+        for _ in range(5):
+            trainer.train_step(xp.asarray(x[rows]), xp.asarray(t[rows]))
+        return [_host(p.data) for p in model.parameters()]
+
+    with nb.using(backend="numpy", dtype="float64"):
+        single = run(None)
+    for weights in _on_ranks(2, run, backend="numpy", dtype="float64"):
+        for a, c in zip(weights, single, strict=True):
+            np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
 
 
 def test_a_batch_too_small_for_every_rank_is_an_error() -> None:

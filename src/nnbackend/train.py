@@ -704,9 +704,13 @@ class Trainer:
             return w if w.size > 1 else None
         return choice
 
-    def _setup_world(self) -> Any:
-        """The world of this ``fit``, with the model's parameters broadcast from rank 0 and
-        the gradient reducer ready; ``None`` in a single process."""
+    def join_world(self) -> Any:
+        """Get ready for data-parallel steps: broadcast the model's parameters from rank 0
+        and set up the gradient all-reduce of :meth:`train_step`, each rank's share being
+        ``1 / size`` (equal batches; ``fit`` sets the exact share of every step). ``fit``
+        calls it when it starts; call it yourself (on every rank) before a loop of your own
+        around :meth:`train_step`. Returns the :class:`~nnbackend.distributed.World`, or
+        ``None`` in a single process."""
         w = self.world
         if w is None or w.size == 1:
             self._reducer = None
@@ -718,6 +722,7 @@ class Trainer:
             p.data = w.comm.broadcast(p.data, 0)
         if self._reducer is None or self._reducer.comm is not w.comm:
             self._reducer = GradientReducer(params, w.comm)
+        self._share = 1.0 / w.size
         return w
 
     def no_sync(self) -> Any:
@@ -859,8 +864,9 @@ class Trainer:
         In data-parallel training the gradients are all-reduced right after ``backward``,
         weighted by this rank's share of the global batch, before clipping, unscaling and
         the optimizer: so clipping sees the global norm and a loss scaler skips a step on
-        every rank when any rank overflowed. Called outside ``fit``, the share is
-        ``1 / world size`` (equal batches) and nothing is clipped.
+        every rank when any rank overflowed. Called outside ``fit``, after
+        :meth:`join_world`, each rank's share is ``1 / size`` (give every rank a batch of the
+        same size) and nothing is clipped.
 
         Returns:
             ``(outputs, loss)``: the model's output and the (unscaled) loss Tensor.
@@ -997,7 +1003,7 @@ class Trainer:
 
             max_norm = float(max_grad)
             clip = lambda: clip_grad_norm(params, max_norm)
-        world = self._setup_world()
+        world = self.join_world()
         comm = None
         rank, size = 0, 1
         if world is not None:
@@ -1136,7 +1142,8 @@ class Trainer:
             history.wall_time = time.perf_counter() - start
             bar.close()
             self._restore_mode(previous_mode)
-            self._clip, self._guard, self._share = None, _StepMark(), 1.0
+            self._clip, self._guard = None, _StepMark()
+            self._share = 1.0 / size
         for hook in hooks["on_fit_end"]:
             hook(self, history)
         return history
