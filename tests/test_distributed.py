@@ -4,6 +4,7 @@ detection, the bucketed weighted gradient all-reduce, zero-fill and the has-grad
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -487,3 +488,15 @@ def test_torch_engine_world_of_one_reduces_torch_and_numpy_arrays(run_python: An
     proc = run_python(code, env={"MASTER_ADDR": None, "RANK": None, "WORLD_SIZE": None})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_blas_threads_are_shared_among_the_local_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    limited: list[int] = []
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", limited.append)
+    assert distributed.limit_blas_threads(3) == 2
+    assert os.environ["OMP_NUM_THREADS"] == "2" and limited == [2]
+    assert distributed.limit_blas_threads(16) == 1  # never zero
