@@ -500,3 +500,31 @@ def test_blas_threads_are_shared_among_the_local_ranks(monkeypatch: pytest.Monke
     assert distributed.limit_blas_threads(3) == 2
     assert os.environ["OMP_NUM_THREADS"] == "2" and limited == [2]
     assert distributed.limit_blas_threads(16) == 1  # never zero
+
+
+def test_a_dataloader_is_split_like_arrays() -> None:
+    from nnbackend.data import DataLoader
+
+    x, t = _data(40)
+
+    def run(comm: Any, seed: int | None = 0) -> list[np.ndarray]:
+        w = None if comm is None else distributed.World("threads", comm.rank, 2, comm=comm)
+        model = nn.Linear(4, 3)
+        xp = nb.namespace()
+        rng = np.random.default_rng(0 if comm is None else comm.rank)
+        for p in model.parameters():
+            p.data = xp.asarray(rng.standard_normal(tuple(p.data.shape)))
+        trainer = nb.Trainer(
+            model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.5), world=w
+        )
+        loader = DataLoader(x, t, batch_size=10, seed=seed, prefetch=False)
+        trainer.fit(loader, epochs=3, progress=False)
+        return [_host(p.data) for p in model.parameters()]
+
+    with nb.using(backend="numpy", dtype="float64"):
+        single = run(None)
+    for weights in _on_ranks(2, run, backend="numpy", dtype="float64"):
+        for a, c in zip(weights, single, strict=True):
+            np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
+    with pytest.raises(ArgumentError, match=r"DataLoader\(seed=...\)"):
+        _on_ranks(2, lambda c: run(c, seed=None), backend="numpy", dtype="float64")

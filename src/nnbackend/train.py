@@ -725,6 +725,14 @@ class Trainer:
         self._share = 1.0 / w.size
         return w
 
+    def _rank_rows(self, lo: int, hi: int, rank: int, size: int) -> tuple[int, int]:
+        """This rank's rows of the global batch ``[lo, hi)``, and its share of it noted for
+        the gradient all-reduce: rank ``r`` takes rows ``B*r//size`` to ``B*(r+1)//size``."""
+        rows = hi - lo
+        a, b = lo + rows * rank // size, lo + rows * (rank + 1) // size
+        self._share = (b - a) / rows
+        return a, b
+
     def no_sync(self) -> Any:
         """A context manager in which :meth:`train_step` does not all-reduce the gradients
         (gradient accumulation in data-parallel training); a no-op in a single process."""
@@ -1062,17 +1070,18 @@ class Trainer:
                         if batches is not None:
                             xb, tb = next(batches)
                             lo, hi = 0, int(xb.shape[0])
+                            if world is not None:
+                                lo, hi = self._rank_rows(lo, hi, rank, size)
+                                xb, tb = xb[lo:hi, ...], tb[lo:hi, ...]
                         elif perm is not None:
+                            if world is not None:  # this rank's rows of the global batch
+                                lo, hi = self._rank_rows(lo, hi, rank, size)
                             idx = perm[lo:hi]
                             xb, tb = take(x, idx, axis=0), take(t, idx, axis=0)
                         else:
+                            if world is not None:
+                                lo, hi = self._rank_rows(lo, hi, rank, size)
                             xb, tb = x[lo:hi, ...], t[lo:hi, ...]
-                        if world is not None:  # this rank's rows of the global batch
-                            rows = hi - lo
-                            a, b = rows * rank // size, rows * (rank + 1) // size
-                            self._share = (b - a) / rows
-                            xb, tb = xb[a:b, ...], tb[a:b, ...]
-                            lo, hi = 0, b - a
                         y, loss = train_step(xb, tb)
                         if guard.pending or guard.held is not None:
                             guard.release()
