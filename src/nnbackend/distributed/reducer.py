@@ -104,7 +104,9 @@ class GradientReducer:
         total = self.comm.allreduce_sum(xp.concat(parts))
         self.collectives += 1
         offset = 0
-        flags = total[-len(params) :]
+        # The has-gradient flags: one read to the host per bucket (a sync on a device; the
+        # decision None-or-not is the host's).
+        flags = backend_for(total)[1].to_host(total[-len(params) :])
         has = [bool(flags[k] > 0) for k in range(len(params))]
         for p, any_grad in zip(params, has, strict=True):
             n = _numel(p.data)
