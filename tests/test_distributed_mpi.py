@@ -177,7 +177,16 @@ def mpi_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _torchrun() -> list[str]:
     _require("torch", importlib.util.find_spec("torch") is not None, "torch is not installed")
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--master-port", str(29500 + os.getpid() % 1000)]  # fmt: skip
+            "--master-port", str(_free_port())]  # fmt: skip
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (a fixed one collided with other jobs' runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
