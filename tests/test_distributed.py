@@ -528,3 +528,14 @@ def test_a_dataloader_is_split_like_arrays() -> None:
             np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
     with pytest.raises(ArgumentError, match=r"DataLoader\(seed=...\)"):
         _on_ranks(2, lambda c: run(c, seed=None), backend="numpy", dtype="float64")
+
+
+def test_only_rank_zero_writes_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    history = nb.History(loss=[1.0, 0.5], accuracy=[None, None], report_steps=[1, 2])
+    monkeypatch.setattr(_world, "_current", distributed.World("threads", 1, 2))
+    assert history.plot(tmp_path / "loss1.png") == tmp_path / "loss1.png"
+    assert not (tmp_path / "loss1.png").exists()
+    monkeypatch.setattr(_world, "_current", distributed.World("threads", 0, 2))
+    history.plot(tmp_path / "loss0.png")
+    assert (tmp_path / "loss0.png").stat().st_size > 0

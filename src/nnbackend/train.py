@@ -51,6 +51,13 @@ def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
+def _writes_files() -> bool:
+    """False on the ranks other than 0 of a data-parallel job: they leave files alone."""
+    from nnbackend.distributed import is_main
+
+    return is_main()
+
+
 def _require_matplotlib(what: str) -> Any:
     """``matplotlib.figure.Figure``, or an ImportError that says how to install it."""
     try:
@@ -145,10 +152,13 @@ class History:
 
         Needs matplotlib (``pip install 'nnbackend[plot]'``); without it, raises ImportError
         saying so. Uses matplotlib's object API only, so the user's pyplot state and GUI
-        backend are left alone. Returns the path written.
+        backend are left alone. Returns the path written. In data-parallel training only
+        rank 0 writes the file.
         """
         Figure = _require_matplotlib("History.plot()")
         path = Path(path)
+        if not _writes_files():
+            return path
         has_acc = any(a is not None for a in self.accuracy + self.val_accuracy)
         fig = Figure(figsize=(10 if has_acc else 6, 4), layout="constrained")
         axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
@@ -1289,9 +1299,12 @@ def plot_decision_boundary(
     """Colour the plane by the class ``model`` predicts and scatter the points ``(x, t)`` on
     top: the book's spiral figure. ``x`` has two features; ``t`` holds integer labels.
 
-    Needs matplotlib (``pip install 'nnbackend[plot]'``). Returns the path written.
+    Needs matplotlib (``pip install 'nnbackend[plot]'``). Returns the path written. In
+    data-parallel training only rank 0 writes the file.
     """
     Figure = _require_matplotlib("plot_decision_boundary()")
+    if not _writes_files():
+        return Path(path)
     from nnbackend.backends import host
 
     np = host.numpy()
