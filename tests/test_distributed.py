@@ -539,3 +539,16 @@ def test_only_rank_zero_writes_plots(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(_world, "_current", distributed.World("threads", 0, 2))
     history.plot(tmp_path / "loss0.png")
     assert (tmp_path / "loss0.png").stat().st_size > 0
+
+
+def test_init_with_a_seed_gives_each_rank_its_own_random_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_world, "_current", None)
+    draws = []
+    for comm in distributed.thread_group(2):
+        distributed.init(comm=comm, seed=5)  # one after the other: no collective runs here
+        draws.append(_host(nb.random.uniform((4,))))
+        nb.random.seed(distributed.rank_seed(5, comm.rank))
+        np.testing.assert_array_equal(draws[-1], _host(nb.random.uniform((4,))))
+    assert not np.array_equal(draws[0], draws[1])
