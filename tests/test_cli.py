@@ -30,8 +30,9 @@ def test_module_info_json(run_python: Callable[..., Any]) -> None:
     proc = run_python(args=["-m", "nnbackend", "info", "--json"])
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"settings", "backends", "versions", "problems"}
+    assert set(data) == {"settings", "backends", "versions", "problems", "world"}
     assert data["problems"] == []
+    assert (data["world"]["engine"], data["world"]["size"]) == ("none", 1)
     assert data["settings"][0] == {
         "name": "backend",
         "value": "numpy",

@@ -1,5 +1,10 @@
-"""The ``nnbackend`` command line: ``nnbackend info``, ``nnbackend demo`` and
-``nnbackend --version``.
+"""The ``nnbackend`` command line: ``nnbackend info``, ``nnbackend demo``,
+``nnbackend launch -n N script.py`` and ``nnbackend --version``.
+
+``nnbackend launch -n N [--engine mpi|torch] script.py [args...]`` starts ``N`` ranks of a
+data-parallel script on this machine (``mpiexec -n N python script.py`` from the MPICH wheel
+of ``nnbackend[mpi]``, or ``torchrun --nproc-per-node N script.py``); the first rank that
+fails ends them all, and its exit code is the command's.
 
 It never ends in a traceback for a user's mistake. Exit codes: 0 done; 2 a bad option or
 setting (one line on stderr says what and how to fix it: an unknown backend, a non-finite
@@ -22,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from nnbackend.errors import NNBackendError
+from nnbackend.errors import ArgumentError, NNBackendError
 from nnbackend.info import info
 
 
@@ -164,7 +169,53 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar (it is also off when stderr is not a terminal)",
     )
+    launch = commands.add_parser(
+        "launch",
+        help="run a data-parallel training script on N processes of this machine",
+        description="Run SCRIPT on N ranks of this machine: with mpiexec (engine mpi, from "
+        "pip install 'nnbackend[mpi]') or torchrun (engine torch, gloo on the CPU). The "
+        "script calls nnbackend.distributed.init(). The first failing rank ends every rank.",
+    )
+    launch.add_argument("-n", "--nproc", type=_positive_int, required=True, metavar="N")
+    launch.add_argument(
+        "--engine", choices=("mpi", "torch"), default="mpi", help="default: mpi (mpiexec)"
+    )
+    launch.add_argument("script", help="the Python script to run")
+    launch.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
     return parser
+
+
+def _launch_command(args: argparse.Namespace) -> list[str]:
+    """The launcher's command line for ``nnbackend launch``."""
+    if args.engine == "torch":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise ArgumentError(
+                "nnbackend launch --engine torch needs torch: pip install "
+                "'nnbackend[distributed-torch]'"
+            )
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                str(args.nproc), args.script, *args.args]  # fmt: skip
+    import shutil
+
+    mpiexec = shutil.which("mpiexec") or shutil.which(
+        "mpiexec", path=str(Path(sys.executable).parent)
+    )
+    if mpiexec is None:
+        raise ArgumentError(
+            "nnbackend launch needs mpiexec, which was not found: pip install 'nnbackend[mpi]' "
+            "(mpi4py and the MPICH wheel), or use --engine torch"
+        )
+    return [mpiexec, "-n", str(args.nproc), sys.executable, args.script, *args.args]
+
+
+def _launch(args: argparse.Namespace) -> int:
+    import subprocess
+
+    if not Path(args.script).is_file():
+        raise ArgumentError(f"nnbackend launch: no script at {args.script!r}")
+    return subprocess.call(_launch_command(args))
 
 
 def _version() -> str:
@@ -255,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
         elif args.command == "demo":
             return _demo(args)
+        elif args.command == "launch":
+            return _launch(args)
     except NNBackendError as exc:
         print(f"nnbackend: error: {_one_line(exc)}", file=sys.stderr)
         return 2

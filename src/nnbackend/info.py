@@ -48,6 +48,7 @@ class Info:
     backends: tuple[BackendStatus, ...]
     versions: dict[str, str | None]
     problems: tuple[str, ...] = ()
+    world: dict[str, Any] = field(default_factory=dict)
 
     def setting(self, name: str) -> Setting:
         """The setting called ``name`` ("backend", "dtype" or "device")."""
@@ -94,6 +95,14 @@ class Info:
                 )
             if "threads" in b.facts and not b.facts.get("blas"):
                 lines.append(f"  {'':<17} threads: {b.facts['threads']}")
+        if self.world:
+            w = self.world
+            how = "joined" if w.get("joined") else "from the environment, not joined"
+            lines.append("data-parallel world:")
+            lines.append(
+                f"  engine {w.get('engine')}, rank {w.get('rank')} of {w.get('size')}, "
+                f"device {w.get('device') or 'default'} ({how})"
+            )
         lines.append("versions:")
         lines += [f"  {k:<17} {v or 'not installed'}" for k, v in self.versions.items()]
         return "\n".join(lines)
@@ -147,8 +156,26 @@ def info() -> Info:
         "platform": platform.platform(),
         "array-api-compat": _dist("array-api-compat"),
         "numpy": _dist("numpy"),
+        "mpi4py": _dist("mpi4py"),
     }
-    return Info(settings, statuses, versions, problems)
+    return Info(settings, statuses, versions, problems, _world())
+
+
+def _world() -> dict[str, Any]:
+    """The data-parallel world: the one :func:`nnbackend.distributed.init` joined, else what
+    the launcher's environment says (without joining it)."""
+    from nnbackend import distributed
+
+    w = distributed.world()
+    if w.size > 1 or w.engine != "none":
+        return {"engine": w.engine, "rank": w.rank, "size": w.size,
+                "local_rank": w.local_rank, "device": w.device, "joined": True}  # fmt: skip
+    try:
+        found = distributed.detect()
+    except NNBackendError as exc:
+        return {"engine": "none", "rank": 0, "size": 1, "problem": " ".join(str(exc).split())}
+    found["joined"] = False
+    return found
 
 
 def _settings_despite_environment() -> tuple[Setting, ...]:

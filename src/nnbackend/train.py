@@ -24,6 +24,7 @@ import copy
 import functools
 import math
 import operator
+import secrets
 import signal
 import sys
 import threading
@@ -48,6 +49,13 @@ PLOT_HINT = "pip install 'nnbackend[plot]'"
 
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
+
+
+def _writes_files() -> bool:
+    """False on the ranks other than 0 of a data-parallel job: they leave files alone."""
+    from nnbackend.distributed import is_main
+
+    return is_main()
 
 
 def _require_matplotlib(what: str) -> Any:
@@ -144,10 +152,13 @@ class History:
 
         Needs matplotlib (``pip install 'nnbackend[plot]'``); without it, raises ImportError
         saying so. Uses matplotlib's object API only, so the user's pyplot state and GUI
-        backend are left alone. Returns the path written.
+        backend are left alone. Returns the path written. In data-parallel training only
+        rank 0 writes the file.
         """
         Figure = _require_matplotlib("History.plot()")
         path = Path(path)
+        if not _writes_files():
+            return path
         has_acc = any(a is not None for a in self.accuracy + self.val_accuracy)
         fig = Figure(figsize=(10 if has_acc else 6, 4), layout="constrained")
         axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
@@ -443,6 +454,35 @@ class _InterruptGuard:
             self.installed = False
 
 
+class _StepMark:
+    """Where :meth:`Trainer.train_step` marks its optimizer step outside ``fit``."""
+
+    __slots__ = ("in_step",)
+
+    def __init__(self) -> None:
+        self.in_step = False
+
+
+def _check_split(n: int, batch_size: int, steps: int, size: int, loader: Any) -> None:
+    """Every global batch must give each of ``size`` ranks at least one row, and a shuffling
+    DataLoader must draw the same order on every rank."""
+    if loader is not None:
+        if loader.shuffle and getattr(loader.generator, "seed", None) is None:
+            raise ArgumentError(
+                "data-parallel training with a shuffling DataLoader needs DataLoader(seed=...) "
+                "so that every rank draws the same order"
+            )
+        smallest = min(loader.batch_size, n - (steps - 1) * loader.batch_size)
+    else:
+        smallest = min(batch_size, n - (steps - 1) * batch_size)
+    if smallest < size:
+        raise ArgumentError(
+            f"data-parallel training on {size} ranks: a global batch of {smallest} rows "
+            f"({n} rows in batches of {batch_size}) leaves a rank without rows; use a "
+            f"batch_size and a data set size whose every batch has at least {size} rows"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Accuracy
 # ---------------------------------------------------------------------------------------------
@@ -472,11 +512,13 @@ def _accuracy_counter(loss_fn: Any, y: Any, t: Any) -> tuple[Any, int]:
 
 class _Sums:
     """Device-side running sums of the loss (times the batch size) and of correct
-    predictions, read to the host only by :meth:`read`."""
+    predictions, read to the host only by :meth:`read`. With a communicator ``comm``
+    (data-parallel training), :meth:`read` sums them over all ranks first."""
 
-    __slots__ = ("correct", "loss", "predictions", "samples")
+    __slots__ = ("comm", "correct", "loss", "predictions", "samples")
 
-    def __init__(self) -> None:
+    def __init__(self, comm: Any = None) -> None:
+        self.comm = comm
         self.reset()
 
     def reset(self) -> None:
@@ -495,14 +537,53 @@ class _Sums:
 
     def read(self) -> tuple[float, float | None]:
         """``(mean loss, accuracy or None)``; the only place that syncs with the device."""
+        if self.comm is not None:
+            return self._read_global()
         loss = float(self.loss) / self.samples if self.samples else math.nan
         acc = None
         if self.correct is not None and self.predictions:
             acc = int(self.correct) / self.predictions
         return loss, acc
 
+    def _read_global(self) -> tuple[float, float | None]:
+        """The sums of every rank (one all-reduce of four numbers), then as :meth:`read`."""
+        xp = backend_for(self.loss)[0]
+        local = [
+            float(self.loss),
+            float(self.samples),
+            0.0 if self.correct is None else float(self.correct),
+            float(self.predictions),
+        ]
+        wide = getattr(xp, "float64", None) or xp.float32
+        total = self.comm.allreduce_sum(
+            xp.asarray(local, dtype=wide, device=getattr(self.loss, "device", None))
+        )
+        loss_sum, samples, correct, predictions = (float(total[i]) for i in range(4))
+        loss = loss_sum / samples if samples else math.nan
+        acc = None
+        if self.correct is not None and predictions:
+            acc = correct / predictions
+        return loss, acc
+
     def __bool__(self) -> bool:
         return self.samples > 0
+
+
+def _metric_result(metric: Any, comm: Any) -> float:
+    """``metric.result()``, over the batches of every rank when ``comm`` is given (its sum
+    and count all-reduced; metrics without that state report this rank's value)."""
+    total = getattr(metric, "total", None)
+    if comm is None or total is None or not hasattr(metric, "count"):
+        return float(metric.result())
+    xp = backend_for(total)[0]
+    wide = getattr(xp, "float64", None) or xp.float32
+    both = comm.allreduce_sum(
+        xp.asarray(
+            [float(total), float(metric.count)], dtype=wide, device=getattr(total, "device", None)
+        )
+    )
+    count = float(both[1])
+    return float(metric.finish(float(both[0]) / count)) if count else math.nan
 
 
 def _wide(xp: Any, loss: Any) -> Any:
@@ -580,6 +661,7 @@ class Trainer:
         *,
         precision: Any = None,
         loss_scaler: Any = "auto",
+        world: Any = "auto",
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
@@ -611,6 +693,69 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.stop_training = False
+        self._world_choice = world
+        # What train_step uses; fit sets them for its run.
+        self._step_scaler: nb_precision.LossScaler | None = self.loss_scaler
+        self._clip: Callable[[], Any] | None = None
+        self._guard: Any = _StepMark()
+        self._reducer: Any = None
+        self._share = 1.0
+
+    @property
+    def world(self) -> Any:
+        """The :class:`nnbackend.distributed.World` this trainer trains in, or ``None`` in a
+        single process. ``world="auto"`` (the default) takes the one
+        :func:`nnbackend.distributed.init` joined when it has more than one rank."""
+        choice = self._world_choice
+        if choice == "auto":
+            from nnbackend import distributed
+
+            w = distributed.world()
+            return w if w.size > 1 else None
+        return choice
+
+    def join_world(self) -> Any:
+        """Get ready for data-parallel steps: broadcast the model's parameters from rank 0
+        and set up the gradient all-reduce of :meth:`train_step`, each rank's share being
+        ``1 / size`` (equal batches; ``fit`` sets the exact share of every step). ``fit``
+        calls it when it starts; call it yourself (on every rank) before a loop of your own
+        around :meth:`train_step`. Returns the :class:`~nnbackend.distributed.World`, or
+        ``None`` in a single process."""
+        w = self.world
+        if w is None or w.size == 1:
+            self._reducer = None
+            return None
+        from nnbackend.distributed import GradientReducer
+
+        params = self._parameters()
+        for p in params:
+            p.data = w.comm.broadcast(p.data, 0)
+        if self._reducer is None or self._reducer.comm is not w.comm:
+            self._reducer = GradientReducer(params, w.comm)
+        self._share = 1.0 / w.size
+        return w
+
+    def _rank_rows(self, lo: int, hi: int, rank: int, size: int) -> tuple[int, int]:
+        """This rank's rows of the global batch ``[lo, hi)``, and its share of it noted for
+        the gradient all-reduce: rank ``r`` takes rows ``B*r//size`` to ``B*(r+1)//size``."""
+        rows = hi - lo
+        a, b = lo + rows * rank // size, lo + rows * (rank + 1) // size
+        self._share = (b - a) / rows
+        return a, b
+
+    def no_sync(self) -> Any:
+        """A context manager in which :meth:`train_step` does not all-reduce the gradients
+        (gradient accumulation in data-parallel training); a no-op in a single process."""
+        import contextlib
+
+        if self._reducer is None:
+            w = self.world
+            if w is None:
+                return contextlib.nullcontext()
+            from nnbackend.distributed import GradientReducer
+
+            self._reducer = GradientReducer(self._parameters(), w.comm)
+        return self._reducer.no_sync()
 
     def _resolve_loss_scaler(self) -> nb_precision.LossScaler | None:
         """The scaler for this ``fit`` ("auto": one, kept across fits, under a mixed policy)."""
@@ -729,6 +874,49 @@ class Trainer:
         return perm
 
     # -- training ----------------------------------------------------------------------------
+    def train_step(self, x: Any, t: Any) -> tuple[Any, Any]:
+        """One optimizer step on the batch ``(x, t)``: forward, loss, backward, the gradient
+        all-reduce (data-parallel training), clipping, loss scaling and the optimizer step.
+        :meth:`fit` calls it once per batch; override it to change what a step does.
+
+        In data-parallel training the gradients are all-reduced right after ``backward``,
+        weighted by this rank's share of the global batch, before clipping, unscaling and
+        the optimizer: so clipping sees the global norm and a loss scaler skips a step on
+        every rank when any rank overflowed. Called outside ``fit``, after
+        :meth:`join_world`, each rank's share is ``1 / size`` (give every rank a batch of the
+        same size) and nothing is clipped.
+
+        Returns:
+            ``(outputs, loss)``: the model's output and the (unscaled) loss Tensor.
+        """
+        opt = self.optimizer
+        opt.zero_grad()
+        y = self.model(x)
+        loss = self.loss_fn(y, t)
+        scaler, guard, clip, reducer = self._step_scaler, self._guard, self._clip, self._reducer
+        if scaler is None:
+            loss.backward()
+            if reducer is not None:
+                reducer.reduce(self._share)
+            if clip is not None:
+                clip()
+            guard.in_step = True  # a second Ctrl-C waits for the update
+            opt.step()
+            self.step += 1
+            guard.in_step = False
+        else:
+            scaler.scale_loss(loss).backward()
+            if reducer is not None:
+                reducer.reduce(self._share)
+            if clip is not None:
+                scaler.unscale(opt)
+                clip()
+            guard.in_step = True
+            scaler.step(opt)
+            self.step += 1
+            guard.in_step = False
+        return y, loss
+
     @_under_policy
     def fit(
         self,
@@ -833,17 +1021,30 @@ class Trainer:
 
             max_norm = float(max_grad)
             clip = lambda: clip_grad_norm(params, max_norm)
+        world = self.join_world()
+        comm = None
+        rank, size = 0, 1
+        if world is not None:
+            comm, rank, size = world.comm, world.rank, world.size
+            _check_split(n, batch_size, steps_per_epoch, size, loader)
+            if shuffle and loader is None and seed is None:  # one order on every rank
+                seed = comm.bcast_obj(secrets.randbits(31) if rank == 0 else None, 0)
+            if not world.is_main:
+                progress = False
         generator = nb_random.Generator(seed) if shuffle and loader is None else None
 
         history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         self.step = self.epoch = 0
         self.stop_training = False
         bar = _make_progress(progress, epochs * steps_per_epoch)
-        interval, whole = _Sums(), _Sums()
+        interval, whole = _Sums(comm), _Sums(comm)
         count_correct: Any = False  # decided on the first batch
         per_row = 0
-        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+        loss_fn = self.loss_fn
         scaler = self._resolve_loss_scaler()
+        guard = _InterruptGuard()
+        self._step_scaler, self._clip, self._guard = scaler, clip, guard
+        train_step = self.train_step
         take = xp.take
         previous_mode = self._set_mode(True)
         start = time.perf_counter()
@@ -860,7 +1061,6 @@ class Trainer:
             for hook in hooks["on_report"]:
                 hook(self, history)
 
-        guard = _InterruptGuard()
         finished = False  # True unless an error other than Ctrl-C propagates
         try:
             with guard:
@@ -880,31 +1080,19 @@ class Trainer:
                         if batches is not None:
                             xb, tb = next(batches)
                             lo, hi = 0, int(xb.shape[0])
+                            if world is not None:
+                                lo, hi = self._rank_rows(lo, hi, rank, size)
+                                xb, tb = xb[lo:hi, ...], tb[lo:hi, ...]
                         elif perm is not None:
+                            if world is not None:  # this rank's rows of the global batch
+                                lo, hi = self._rank_rows(lo, hi, rank, size)
                             idx = perm[lo:hi]
                             xb, tb = take(x, idx, axis=0), take(t, idx, axis=0)
                         else:
+                            if world is not None:
+                                lo, hi = self._rank_rows(lo, hi, rank, size)
                             xb, tb = x[lo:hi, ...], t[lo:hi, ...]
-                        opt.zero_grad()
-                        y = model(xb)
-                        loss = loss_fn(y, tb)
-                        if scaler is None:
-                            loss.backward()
-                            if clip is not None:
-                                clip()
-                            guard.in_step = True  # a second Ctrl-C waits for the update
-                            opt.step()
-                            self.step += 1
-                            guard.in_step = False
-                        else:
-                            scaler.scale_loss(loss).backward()
-                            if clip is not None:
-                                scaler.unscale(opt)
-                                clip()
-                            guard.in_step = True
-                            scaler.step(opt)
-                            self.step += 1
-                            guard.in_step = False
+                        y, loss = train_step(xb, tb)
                         if guard.pending or guard.held is not None:
                             guard.release()
                         yd = _data(y)
@@ -932,7 +1120,7 @@ class Trainer:
                         history.epoch_accuracy.append(e_acc)
                         extra = ""
                         for m in train_metrics:
-                            history.metrics.setdefault(m.name, []).append(m.result())
+                            history.metrics.setdefault(m.name, []).append(_metric_result(m, comm))
                         if validation is not None:
                             v_loss, v_acc = self.evaluate(
                                 validation[0], validation[1], metrics=val_metrics
@@ -973,6 +1161,8 @@ class Trainer:
             history.wall_time = time.perf_counter() - start
             bar.close()
             self._restore_mode(previous_mode)
+            self._clip, self._guard = None, _StepMark()
+            self._share = 1.0 / size
         for hook in hooks["on_fit_end"]:
             hook(self, history)
         return history
@@ -1109,9 +1299,12 @@ def plot_decision_boundary(
     """Colour the plane by the class ``model`` predicts and scatter the points ``(x, t)`` on
     top: the book's spiral figure. ``x`` has two features; ``t`` holds integer labels.
 
-    Needs matplotlib (``pip install 'nnbackend[plot]'``). Returns the path written.
+    Needs matplotlib (``pip install 'nnbackend[plot]'``). Returns the path written. In
+    data-parallel training only rank 0 writes the file.
     """
     Figure = _require_matplotlib("plot_decision_boundary()")
+    if not _writes_files():
+        return Path(path)
     from nnbackend.backends import host
 
     np = host.numpy()

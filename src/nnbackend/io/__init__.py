@@ -211,6 +211,10 @@ def save(
     (the replaced file's mode when there is one), without touching the process umask.
     Temporary files that a killed save left for ``path`` are removed first.
 
+    In data-parallel training (:func:`nnbackend.distributed.init` with several ranks) only
+    rank 0 writes the file; every rank runs the checks. Call
+    :func:`nnbackend.distributed.barrier` before another rank reads it.
+
     Args:
         model: an :class:`nnbackend.nn.Module`.
         path: the file to write (used as given; ``.safetensors`` is the customary suffix).
@@ -276,6 +280,10 @@ def save(
         opt_arrays, meta["optimizer"] = _flatten_optimizer(optimizer, params)
         entries.extend(opt_arrays.items())
     text = json.dumps(meta, sort_keys=False)
+    from nnbackend.distributed import is_main
+
+    if not is_main():  # data-parallel training: rank 0 writes, the others checked the same
+        return
     if file_format == "safetensors":
         header = {"format": FORMAT, _st.METADATA_FIELD: text}
         atomic_write(Path(path), lambda f: _st.write(f, dict(entries), header))

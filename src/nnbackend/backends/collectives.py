@@ -1,0 +1,134 @@
+"""Collectives on torch.distributed (gloo on the CPU, NCCL on CUDA) for
+:mod:`nnbackend.distributed` (engines ``"torch"`` and ``"nccl"``).
+
+Lives among the adapters because it imports torch. Arrays of the torch backend are reduced as
+they are; CuPy arrays go to torch and back through DLPack without a copy (NCCL); arrays of
+any other backend travel through a host NumPy buffer (gloo).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from nnbackend.errors import ArgumentError, BackendUnavailableError
+
+TORCH_HINT = "pip install 'nnbackend[distributed-torch]' (torch with torch.distributed)"
+
+
+def _dist() -> Any:
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"the torch engine needs torch, which is not installed: {TORCH_HINT}"
+        ) from exc
+    if not dist.is_available():
+        raise BackendUnavailableError(
+            f"this torch build has no torch.distributed ({torch.__version__}): {TORCH_HINT}"
+        )
+    return dist
+
+
+def is_torch_tensor(a: Any) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def is_cupy_array(a: Any) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def to_wire(a: Any, device: Any, record_of: Any) -> tuple[Any, str]:
+    """``(tensor, kind)``: ``a`` as a contiguous torch tensor that may be written to;
+    ``record_of(array)`` gives an array's backend record (its ``to_host``/``from_host``)."""
+    import torch
+
+    if is_torch_tensor(a):
+        return a.detach().clone().contiguous(), "torch"
+    if is_cupy_array(a):
+        return torch.from_dlpack(a.copy()), "cupy"
+    host = record_of(a).to_host(a).copy()
+    t = torch.from_numpy(host)
+    return (t if device is None else t.to(device)), "host"
+
+
+def from_wire(t: Any, kind: str, like: Any, record_of: Any) -> Any:
+    """The reduced tensor ``t`` back as an array of ``like``'s backend and device."""
+    if kind == "torch":
+        return t
+    if kind == "cupy":
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return record_of(like).from_host(t.cpu().numpy(), getattr(like, "device", None))
+
+
+class TorchComm:
+    """:class:`nnbackend.distributed.Communicator` over an initialised torch.distributed
+    process group (``backend="gloo"`` or ``"nccl"``)."""
+
+    def __init__(self, engine: str, rank: int, size: int, device: Any, record_of: Any) -> None:
+        self.engine = engine
+        self._record_of = record_of
+        self.rank = rank
+        self.size = size
+        self.device = device  # where host arrays go for the collective (cuda for NCCL)
+        self._dist = _dist()
+
+    def allreduce_sum(self, a: Any) -> Any:
+        t, kind = to_wire(a, self.device, self._record_of)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
+        return from_wire(t, kind, a, self._record_of)
+
+    def broadcast(self, a: Any, root: int = 0) -> Any:
+        t, kind = to_wire(a, self.device, self._record_of)
+        self._dist.broadcast(t, src=root)
+        return from_wire(t, kind, a, self._record_of)
+
+    def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def barrier(self) -> None:
+        self._dist.barrier()
+
+    def abort(self, code: int = 1) -> None:
+        os._exit(code)  # torchrun / nnbackend launch end the other ranks
+
+
+def _destroy(dist: Any) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def torch_communicator(engine: str, found: dict[str, Any], record_of: Any) -> TorchComm:
+    """Initialise torch.distributed from the launcher's environment (torchrun sets
+    ``MASTER_ADDR``/``MASTER_PORT``; under mpiexec or srun set them yourself) and return its
+    communicator. ``engine="torch"`` uses gloo, ``"nccl"`` NCCL on ``cuda:<local_rank>``."""
+    dist = _dist()
+    if engine not in ("torch", "nccl"):
+        raise ArgumentError(f"torch_communicator: engine must be 'torch' or 'nccl', got {engine}")
+    rank, size = int(found["rank"]), int(found["size"])
+    if size > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise ArgumentError(
+            "the torch engine needs MASTER_ADDR and MASTER_PORT (torchrun sets them; under "
+            "mpiexec or srun export them, e.g. MASTER_ADDR=<first node> MASTER_PORT=29500)"
+        )
+    device = None
+    if engine == "nccl":
+        import torch
+
+        device = f"cuda:{found['local_rank']}"
+        torch.cuda.set_device(found["local_rank"])
+    if not dist.is_initialized():
+        backend = "nccl" if engine == "nccl" else "gloo"
+        if size == 1:  # a world of one needs no rendezvous: an in-memory store
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size)
+        # A group left alive at interpreter exit made gloo abort (SIGABRT) after a clean run.
+        atexit.register(_destroy, dist)
+    return TorchComm(engine, dist.get_rank(), dist.get_world_size(), device, record_of)

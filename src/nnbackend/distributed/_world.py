@@ -1,0 +1,235 @@
+"""Who am I in the job: engine detection, ``init()``, the abort hook, BLAS threads."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnbackend.distributed._comm import Communicator, LocalComm, MPIComm
+from nnbackend.errors import ArgumentError
+from nnbackend.namespace import backend_for
+
+__all__ = ["World", "barrier", "detect", "init", "is_main", "rank_seed", "world"]
+
+ENGINES = ("mpi", "torch", "nccl")
+
+
+@dataclass
+class World:
+    """The job this process belongs to.
+
+    Attributes:
+        engine: ``"none"`` (one process), ``"mpi"``, ``"torch"``, ``"nccl"`` or ``"threads"``.
+        rank: this process's index, 0 to ``size - 1``.
+        size: the number of processes.
+        local_rank: its index among the processes on this machine.
+        local_size: the number of processes on this machine.
+        device: the device this rank should use (``"cuda:<local_rank>"`` on a GPU engine),
+            or ``None`` for the default.
+        comm: the :class:`~nnbackend.distributed.Communicator` running the collectives.
+    """
+
+    engine: str = "none"
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    device: str | None = None
+    comm: Communicator = field(default_factory=LocalComm, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the rank that writes files and prints."""
+        return self.rank == 0
+
+
+_current: World | None = None
+
+
+def _int(env: Mapping[str, str], *names: str) -> int | None:
+    for name in names:
+        value = env.get(name, "")
+        if value.strip():
+            try:
+                return int(value)
+            except ValueError:
+                raise ArgumentError(
+                    f"environment variable {name}={value!r} is not an integer"
+                ) from None
+    return None
+
+
+def detect(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the launcher says about this process: ``{"engine", "rank", "size",
+    "local_rank", "local_size"}``. ``mpiexec`` (MPICH's ``PMI_*``/``MPI_LOCAL*``, Open MPI's
+    ``OMPI_COMM_WORLD_*``) gives engine ``"mpi"``; torchrun (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``) ``"torch"``; Slurm's ``srun`` (``SLURM_PROCID``, ``SLURM_NTASKS``)
+    ``"mpi"``; nothing at all a world of one (engine ``"none"``)."""
+    env = os.environ if env is None else env
+    if _int(env, "OMPI_COMM_WORLD_SIZE") is not None:
+        size = _int(env, "OMPI_COMM_WORLD_SIZE") or 1
+        return {
+            "engine": "mpi",
+            "rank": _int(env, "OMPI_COMM_WORLD_RANK") or 0,
+            "size": size,
+            "local_rank": _int(env, "OMPI_COMM_WORLD_LOCAL_RANK") or 0,
+            "local_size": _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") or size,
+        }
+    if _int(env, "PMI_SIZE") is not None:
+        size = _int(env, "PMI_SIZE") or 1
+        return {
+            "engine": "mpi",
+            "rank": _int(env, "PMI_RANK") or 0,
+            "size": size,
+            "local_rank": _int(env, "MPI_LOCALRANKID") or 0,
+            "local_size": _int(env, "MPI_LOCALNRANKS") or size,
+        }
+    if _int(env, "WORLD_SIZE") is not None and _int(env, "RANK") is not None:
+        size = _int(env, "WORLD_SIZE") or 1
+        return {
+            "engine": "torch",
+            "rank": _int(env, "RANK") or 0,
+            "size": size,
+            "local_rank": _int(env, "LOCAL_RANK") or 0,
+            "local_size": _int(env, "LOCAL_WORLD_SIZE") or size,
+        }
+    if _int(env, "SLURM_NTASKS") is not None and _int(env, "SLURM_PROCID") is not None:
+        size = _int(env, "SLURM_NTASKS") or 1
+        return {
+            "engine": "mpi",
+            "rank": _int(env, "SLURM_PROCID") or 0,
+            "size": size,
+            "local_rank": _int(env, "SLURM_LOCALID") or 0,
+            "local_size": _int(env, "SLURM_NTASKS_PER_NODE") or size,
+        }
+    return {"engine": "none", "rank": 0, "size": 1, "local_rank": 0, "local_size": 1}
+
+
+def limit_blas_threads(local_size: int) -> int:
+    """Give each of the ``local_size`` ranks on this machine ``cores // local_size`` BLAS
+    threads (at least one); returns the number. Sets ``OMP_NUM_THREADS`` and friends where
+    unset (they count for libraries loaded later) and, when threadpoolctl is installed,
+    limits the libraries already loaded."""
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, local_size))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        threadpool_limits(threads)
+    return threads
+
+
+def _install_abort_hook(comm: Communicator) -> None:
+    """An uncaught exception on one rank prints its traceback and aborts the whole job:
+    otherwise the other ranks wait forever in their next collective."""
+    previous = sys.excepthook
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        try:
+            sys.stderr.write(f"nnbackend.distributed: rank {comm.rank} raised; aborting the job\n")
+            traceback.print_exception(kind, value, tb)
+            sys.stderr.flush()
+        finally:
+            if comm.size > 1:
+                comm.abort(1)
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed for rank ``rank``'s own random stream (dropout masks), derived from the shared
+    ``seed``: different for every rank, the same on every run (SplitMix64 of both)."""
+    z = (seed * 0x9E3779B97F4A7C15 + rank + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 1
+
+
+def init(
+    engine: str | None = None,
+    *,
+    comm: Communicator | None = None,
+    seed: int | None = None,
+    abort_on_error: bool = True,
+    limit_threads: bool = True,
+) -> World:
+    """Join the job this process was launched in, and return its :class:`World`.
+
+    Args:
+        engine: ``"mpi"``, ``"torch"`` or ``"nccl"``; ``None`` picks it from the launcher's
+            environment (see :func:`detect`), and a world of one process when nothing is
+            set, so the same script runs alone.
+        comm: a ready communicator (e.g. one of :func:`thread_group`'s); overrides
+            ``engine``.
+        seed: when given, reseeds :mod:`nnbackend.random`'s module-level generator with a
+            stream of this rank's own (:func:`rank_seed`), so dropout masks differ between
+            ranks and repeat between runs.
+        abort_on_error: install a ``sys.excepthook`` that aborts every rank when one raises.
+        limit_threads: limit BLAS threads to cores / ranks on this machine.
+    """
+    global _current
+    found = detect()
+    if comm is None:
+        chosen = engine if engine is not None else found["engine"]
+        if chosen not in (*ENGINES, "none"):
+            raise ArgumentError(
+                f"engine must be one of {', '.join(ENGINES)} (or None to detect it), got {engine!r}"
+            )
+        if chosen == "none":
+            comm = LocalComm()
+        elif chosen == "mpi":
+            comm = MPIComm()
+        else:
+            from nnbackend.backends.collectives import torch_communicator
+
+            comm = torch_communicator(  # type: ignore[assignment]
+                chosen, found, lambda a: backend_for(a)[1]
+            )
+    else:
+        chosen = comm.engine
+    assert comm is not None
+    local_size = found["local_size"] if found["size"] == comm.size else 1
+    local_rank = found["local_rank"] if found["size"] == comm.size else 0
+    device = f"cuda:{local_rank}" if chosen in ("nccl",) else None
+    w = World(chosen, comm.rank, comm.size, local_rank, local_size, device, comm)
+    if limit_threads and local_size > 1:
+        limit_blas_threads(local_size)
+    if abort_on_error and comm.size > 1 and chosen != "threads":
+        _install_abort_hook(comm)
+    if seed is not None:
+        from nnbackend import random as nb_random
+
+        nb_random.seed(rank_seed(seed, w.rank))
+    _current = w
+    return w
+
+
+def world() -> World:
+    """The :class:`World` set by :func:`init` (a world of one process before)."""
+    return _current if _current is not None else World()
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a world of one): the rank that writes files and prints."""
+    return _current is None or _current.rank == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing in a world of one)."""
+    if _current is not None:
+        _current.comm.barrier()
+
+
+def _reset() -> None:
+    """Forget the world (tests)."""
+    global _current
+    _current = None
