@@ -112,7 +112,15 @@ def kernels() -> dict[str, Any]:
     smallest_bias = np.full(chunk, 0x38800000, dtype=u32)  # float16's smallest normal * 2**112
     quiet_nan = np.full(chunk, 0x7F800200, dtype=u32)  # below every NaN, above infinity
 
-    compiled, _ = compiled_conversions()
+    # numba (about 130 MB of memory once imported) is loaded on the first conversion that
+    # needs it, not when the kernels are built: a float32 or float64 run never imports it.
+    # Whether it may be used is decided now (NNBACKEND_NUMBA, numba installed: no import).
+    loaded: list[Any] = [] if numba_unused() is None else [None]
+
+    def _compiled() -> Any:
+        if not loaded:
+            loaded.append(compiled_conversions()[0])
+        return loaded[0]
 
     def float16_to_float32(x: Any, out: Any = None) -> Any:
         """``x`` as float32; into ``out`` (a float32 array of ``x``'s shape) when given, so
@@ -125,6 +133,7 @@ def kernels() -> dict[str, Any]:
                 return x.astype(np.float32)
             out[...] = x
             return out
+        compiled = _compiled()
         if compiled is not None:
             src = np.ascontiguousarray(x).reshape(-1).view(np.uint16)
             if out is None:
@@ -159,14 +168,14 @@ def kernels() -> dict[str, Any]:
     def float32_to_float16(x: Any) -> Any:
         x = np.asarray(x)
         n = x.size
+        if x.dtype != np.float32 or n < 256:
+            with np.errstate(over="ignore"):  # overflow gives inf, silently, as below
+                return x.astype(np.float16)
+        compiled = _compiled()
         if (
-            x.dtype != np.float32
-            or n < 256
-            or (
-                compiled is None  # the compiled loop beats astype from 256 values on
-                and n < small
-                and np.count_nonzero(np.abs(x) < tiny) <= n >> 5
-            )
+            compiled is None  # the compiled loop beats astype from 256 values on
+            and n < small
+            and np.count_nonzero(np.abs(x) < tiny) <= n >> 5
         ):
             # astype is quick for a few values, and for values that stay normal in float16
             with np.errstate(over="ignore"):  # overflow gives inf, silently, as below
