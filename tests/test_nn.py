@@ -723,3 +723,65 @@ def test_linear_batch_one_backward_runs_no_matrix_product() -> None:
             nn.functional.linear(x2, w).backward(sx.ones((2, 4)))
             assert calls == [(6, 4), (2, 4)]  # two rows: forward x @ W, then x.T @ gy
     np.testing.assert_array_equal(to_host(w.grad), np.full((6, 4), 3.0))
+
+
+_FAULTS_SCRIPT = """
+import resource
+import sys
+import numpy as np
+import nnbackend as nb
+from nnbackend import nn, optim
+nb.set_default_dtype("float64")
+nb.random.seed(0)
+model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                      nn.Linear(1024, 10))
+opt = optim.SGD(model.parameters(), lr=0.01)
+x = nb.namespace().asarray(np.random.default_rng(0).normal(size=(256, 784)))
+t = nb.namespace().asarray(np.arange(256) % 10)
+def step():
+    opt.zero_grad()
+    nn.SoftmaxCrossEntropy()(model(x), t).backward()
+    opt.step()
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print({b.name: b for b in nb.info().backends}["numpy"].facts["allocator"])
+"""
+
+
+def test_opt_in_allocator_setting_stops_page_faults_in_steady_state() -> None:
+    """Issue 19: the medium float64 step freed and refaulted its megabyte arrays every step
+    (about 7,000 page faults a step); with ``NNBACKEND_KEEP_FREED_MEMORY=1`` glibc keeps freed
+    memory and a steady-state step takes none. Without the setting nothing changes."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from nnbackend.backends import numpy as numpy_backend
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the setting is glibc's")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
+
+    def faults(**extra: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=True,
+        )
+        count, fact = done.stdout.split("\n", 1)
+        return int(count), fact.strip()
+
+    assert faults(**{numpy_backend.KEEP_MEMORY_ENV: "1"}) == (
+        0,
+        "keeps freed memory (no page faults in steady state)",
+    )
+    count, fact = faults()  # the default: the step's large temporaries fault in every step
+    assert count > 1000 and fact.startswith("the C library's default")
