@@ -97,6 +97,23 @@ Profiles (cProfile, line_profiler, page-fault counts) of the steps that miss a t
 causes and every change tried, each with its before and after, are in `benchmarks/NOTES.md` in
 the repository. In short, as of November 2026:
 
+- **Against PyTorch (issue 19).** The earlier "medium: engine / torch CPU 0.475x" was an
+  artefact: torch was timed in the process that had just run NumPy, whose OpenBLAS thread spins
+  for about 100 ms after each GEMM. Measured by `mlp_processes` (one process each) on a quiet
+  machine, issue 19 found PyTorch faster from width 128 up, by 1.1-1.8x (medium float32
+  10.8 ms engine against 8.9-10.7 ms torch), and nnbackend ahead only where Python overhead
+  dominates. The `mlp_processes` rows on this page were taken with the development machine's
+  2 cores shared with other work (load average 3.5-4 over 2 CPUs): every step there ran 3-10x
+  slower than on a quiet machine and torch's OpenMP threads suffer more from the contention
+  than OpenBLAS's, so its ratios below 1 do **not** show nnbackend ahead of PyTorch; rerun it
+  on a quiet machine before drawing that conclusion.
+- **Memory.** numba (about 130 MB) is imported only by the first float16 conversion that needs
+  it. The medium float64 step faults its large temporaries in every step (4,000-7,000 page
+  faults); `NNBACKEND_KEEP_FREED_MEMORY=1` (opt-in, glibc) keeps freed memory in the process and
+  takes that to zero (the `engine_keep` worker).
+- **Batch 1.** The weight gradient of a one-row batch is an outer product, computed as a
+  broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024.
+
 - **Tiny step.** Both networks make about 40 NumPy calls; the engine's extra time is Python per
   graph node: about 1 us to record a node and 0.8 us to run it backward (`engine_overhead`),
   four nodes a step, plus the layer call chain. A few costs were avoidable (the loss gradient
@@ -307,7 +324,10 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
                 continue
             op, limit_text = target.split()
             limit, value = float(limit_text), float(r["value"])
-            score = value / limit if op == "<=" else (limit / value if value else math.inf)
+            if op == "<=":  # a limit of 0 (page faults): met at 0, else off the scale
+                score = value / limit if limit else (0.0 if value <= 0 else math.inf)
+            else:
+                score = limit / value if value else math.inf
             bars.append((f"{r['name']}", min(score, 3.0)))
             colors.append("tab:green" if r.get("passed") else "tab:red")
     if bars:

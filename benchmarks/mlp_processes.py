@@ -17,6 +17,9 @@ it does not steal the next worker's cores. Reported per implementation: the medi
 step, page faults per step in the timed loops, peak RSS; per pair: the median of per-round
 ratios; and the load average over the rounds.
 
+Implementation ``engine_keep`` is the engine with the opt-in allocator setting
+``NNBACKEND_KEEP_FREED_MEMORY=1`` (glibc keeps freed memory: no page faults in steady state).
+
 Configurations (float32 unless named): ``tiny`` 2-10-3 sigmoid, batch 30; ``medium``
 784-1024-1024-10 ReLU, batch 256, in float32 and float64; ``width1024_b1`` 1024-1024-1024-10,
 batch 1; ``large`` 4096-4096-4096-10, batch 512 (``--large`` only: a step takes 0.3 s here).
@@ -85,8 +88,8 @@ CONFIGS = {
             "relu",
             256,
             "float64",
-            ("engine", "hand", "torch", "gemm_numpy", "gemm_torch"),
-            (("engine", "torch", 1.15),),
+            ("engine", "engine_keep", "hand", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", 1.15), ("engine_keep", "torch", 1.15)),
         ),
         Config(
             "width1024_b1",
@@ -103,8 +106,8 @@ CONFIGS = {
             "relu",
             512,
             "float32",
-            ("engine", "torch", "gemm_numpy", "gemm_torch"),
-            (("engine", "torch", 1.0),),
+            ("engine", "engine_keep", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", 1.0), ("engine_keep", "torch", 1.0)),
         ),
     )
 }
@@ -122,7 +125,9 @@ def _make_step(impl: str, config: Config) -> Any:
     from benchmarks._nets import LR, data
 
     x, t = data(batch, sizes[0], sizes[-1], dtype)
-    if impl == "engine":
+    if impl in ("engine", "engine_keep"):
+        if impl == "engine_keep":  # the opt-in allocator setting (glibc keeps freed memory)
+            os.environ["NNBACKEND_KEEP_FREED_MEMORY"] = "1"
         import nnbackend as nb
         from benchmarks._nets import engine_step
 
@@ -179,6 +184,18 @@ def _settle(cap_s: float = 0.5) -> None:
         last = now
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: ``VmHWM`` (the ``ru_maxrss`` of a process started by a big
+    parent keeps the parent's peak across ``exec`` on Linux, so it would report the parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def worker(impl: str, config_name: str) -> None:
     """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS
     and which of :data:`LIBRARIES` this process loaded) on stdin/stdout."""
@@ -199,7 +216,7 @@ def worker(impl: str, config_name: str) -> None:
             _settle()
             print(json.dumps({"s": seconds, "faults": faults}), flush=True)
         elif command[0] == "stats":
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+            peak = _peak_rss_mib()
             loaded = [name for name in LIBRARIES if name in sys.modules]
             print(json.dumps({"peak_rss_mib": peak, "libraries": loaded}), flush=True)
             return
@@ -363,14 +380,17 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
             )
         )
     if "engine" in workers and "hand" in workers and name.startswith("medium"):
-        out.append(
-            row(
-                f"{name}: page faults per step, engine",
-                workers["engine"]["faults_per_step"],
-                "faults",
-                at_most=0,
-            )
-        )
+        for impl in ("engine", "engine_keep"):
+            if impl in workers:
+                out.append(
+                    row(
+                        f"{name}: page faults per step, {impl}",
+                        workers[impl]["faults_per_step"],
+                        "faults",
+                        at_most=0,
+                        note="engine_keep: NNBACKEND_KEEP_FREED_MEMORY=1" * (impl != "engine"),
+                    )
+                )
         out.append(
             row(
                 f"{name}: peak RSS engine / hand",
