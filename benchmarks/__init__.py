@@ -59,12 +59,14 @@ __all__ = [
     "CASES",
     "RESULTS_DIR",
     "Case",
+    "MixedLibraries",
     "Options",
     "Row",
     "NoDevice",
     "Skip",
     "Timings",
     "interleaved",
+    "library_of",
     "load_cases",
     "machine_facts",
     "register",
@@ -198,22 +200,63 @@ def load_cases() -> dict[str, Case]:
 Runner = Callable[[int], float]  # runs the measured statement n times, returns seconds
 
 
+class MixedLibraries(ValueError):
+    """Raised by :func:`interleaved` when its runners time two CPU libraries (NumPy and
+    torch) in one process: after each GEMM, OpenBLAS's idle worker thread spins for about
+    100 ms and torch's OpenMP threads for a few ms, and whichever library runs next is slowed
+    by up to 8x (a false "engine 0.475x PyTorch" came from this). Time them in worker
+    processes instead (``benchmarks/mlp_processes.py``)."""
+
+
+# The CPU thread pool each array type runs on: array_api_strict wraps NumPy's arrays.
+_CPU_LIBRARY = {"numpy": "numpy", "array_api_strict": "numpy", "torch": "torch"}
+
+
+def library_of(*values: Any) -> str | None:
+    """The CPU library (``"numpy"`` or ``"torch"``) whose thread pool runs the first array
+    among ``values``; ``None`` when none is a CPU array (device arrays, Python objects)."""
+    for value in values:
+        root = type(value).__module__.partition(".")[0]
+        library = _CPU_LIBRARY.get(root)
+        if library is None:
+            continue
+        device = getattr(value, "device", None)
+        if library == "torch" and getattr(device, "type", "cpu") != "cpu":
+            continue
+        return library
+    return None
+
+
+def _tag(run: Runner, library: str | None) -> Runner:
+    if library is not None:
+        run.library = library  # type: ignore[attr-defined]
+    return run
+
+
 def timer(
     stmt: str,
     namespace: Mapping[str, Any],
     *,
     setup: str = "pass",
     sync: Callable[[], Any] | None = None,
+    library: str | None = None,
 ) -> Runner:
     """A runner that executes ``stmt`` in a tight loop (``timeit``: the loop is compiled
     with the statement, garbage collection is off) and returns the elapsed seconds.
 
     ``sync`` (a device synchronize) is called after the loop and counted, so asynchronous
-    device work is inside the measurement.
+    device work is inside the measurement. ``library`` names the CPU library the statement
+    times (default: that of the first array in ``namespace``, see :func:`library_of`), which
+    :func:`interleaved` checks.
     """
     compiled = timeit.Timer(stmt, setup=setup, globals=dict(namespace))
+    library = library or library_of(*namespace.values())
     if sync is None:
-        return compiled.timeit
+
+        def run_plain(number: int) -> float:
+            return compiled.timeit(number)
+
+        return _tag(run_plain, library)
 
     def run(number: int) -> float:
         sync()
@@ -222,7 +265,7 @@ def timer(
         sync()
         return time.perf_counter() - start
 
-    return run
+    return _tag(run, library)
 
 
 def calibrate(run: Runner, seconds: float) -> int:
@@ -261,7 +304,13 @@ class Timings:
         return (q3 - q1) / self[name]
 
 
-def interleaved(runners: Mapping[str, Runner], opts: Options, *, settle_s: float = 0.0) -> Timings:
+def interleaved(
+    runners: Mapping[str, Runner],
+    opts: Options,
+    *,
+    settle_s: float = 0.0,
+    mixed_ok: bool = False,
+) -> Timings:
     """Time each runner in interleaved rounds: every round runs each runner once (a loop of
     calls lasting about ``opts.round_s``), in a shuffled order, so drift in the machine's speed
     hits all variants alike. Compare at most a handful of variants per call, so the ones a
@@ -271,7 +320,19 @@ def interleaved(runners: Mapping[str, Runner], opts: Options, *, settle_s: float
     :class:`Options`). ``settle_s`` sleeps that long after each loop, untimed: give it about
     0.01 s in a group with a multithreaded torch step, whose OpenMP threads keep spinning for
     a few milliseconds afterwards and slowed the next variant's BLAS by 40% here.
+
+    Runners that time different CPU libraries (their ``library`` attribute, set by
+    :func:`timer` and :func:`step_runner`) raise :class:`MixedLibraries`: one library per
+    process. ``mixed_ok`` lifts the check, only for plumbing runs whose numbers mean nothing
+    (``--gpu --dry-run`` runs the GPU cases' cupy and torch CUDA code as numpy and torch CPU).
     """
+    libraries = {getattr(run, "library", None) for run in runners.values()} - {None}
+    if len(libraries) > 1 and not mixed_ok:
+        raise MixedLibraries(
+            f"runners {sorted(runners)} time {' and '.join(sorted(libraries))} in one process; "
+            "their idle threads slow each other (OpenBLAS spins ~100 ms after a GEMM): time "
+            "each library in its own worker process (benchmarks/mlp_processes.py)"
+        )
     numbers = {name: calibrate(run, opts.round_s) for name, run in runners.items()}
     pre = {
         name: math.ceil(n * opts.prewarm) if opts.prewarm > 0 else 0 for name, n in numbers.items()
@@ -303,11 +364,17 @@ def interleaved(runners: Mapping[str, Runner], opts: Options, *, settle_s: float
 
 
 def step_runner(
-    step: Callable[..., Any], *args: Any, sync: Callable[[], Any] | None = None
+    step: Callable[..., Any],
+    *args: Any,
+    sync: Callable[[], Any] | None = None,
+    library: str | None = None,
 ) -> Runner:
     """A runner that calls ``step(*args)`` ``n`` times; with ``sync`` (a device synchronize)
-    it synchronizes before starting the clock and before reading it."""
+    it synchronizes before starting the clock and before reading it. ``library``: the CPU
+    library it times (default: that of the first array in ``args``), checked by
+    :func:`interleaved`."""
     perf_counter = time.perf_counter
+    library = library or library_of(*args)
 
     if sync is None:
 
@@ -317,7 +384,7 @@ def step_runner(
                 step(*args)
             return perf_counter() - start
 
-        return run
+        return _tag(run, library)
 
     def run_synced(number: int) -> float:
         sync()
@@ -327,7 +394,7 @@ def step_runner(
         sync()
         return perf_counter() - start
 
-    return run_synced
+    return _tag(run_synced, library)
 
 
 # --------------------------------------------------------------------------------------------

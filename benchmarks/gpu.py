@@ -189,6 +189,7 @@ def _step_rows(
                 ),
             },
             opts,
+            mixed_ok=opts.dry_run,  # on the CPU only in a dry run: numbers that mean nothing
         )
         rows.append(
             row(

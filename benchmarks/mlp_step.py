@@ -1,30 +1,31 @@
 """One training step of an MLP on the CPU: nnbackend's engine against a hand-written NumPy
-network with explicit backward in the book's style, and against PyTorch on the CPU, in one
-process.
+network with explicit backward in the book's style, in one process. PyTorch is timed against
+them in ``mlp_processes.py``, each implementation in its own worker process: timed in the
+process that runs NumPy it was slowed up to 8x (OpenBLAS's threads spin on after each GEMM),
+and :func:`benchmarks.interleaved` now refuses to mix the two.
 
 Cases:
     mlp_tiny      2-10-3 sigmoid network, batch 30 (the book's chapter 1), float32:
                   engine / the book's own chapter-1 code (``_book.py``) <= 1.5; the leaner
                   hand-written loop of ``_nets.py`` is reported beside it.
     mlp_medium    784-1024-1024-10 ReLU network, batch 256, float32: engine / hand <= 1.10,
-                  engine / torch CPU <= 1.0, and the step reaches >= 85% of the FLOP rate of
-                  its matrix products run alone.
+                  and the step reaches >= 85% of the FLOP rate of its matrix products run
+                  alone (against torch: ``mlp_processes``).
     mlp_dtypes    the medium step (and, for information, the tiny one) in float64, float32 and
                   float16: float64 / float32 >= 1.6, float16 / float32 <= 1.5.
     mlp_mixed16   the medium step in mixed16 (float16 compute, float32 master weights, dynamic
                   loss scaling), for information; skipped without ``nnbackend.precision``.
-    mlp_backends  the engine's tiny and medium steps on array_api_strict and torch (CPU)
-                  against numpy, and on torch against native PyTorch.
+    mlp_backends  the engine's tiny and medium steps on array_api_strict against numpy, and
+                  on torch (CPU) against native PyTorch (same library, same process).
 
 A step is forward, softmax-cross-entropy, backward and an SGD update; see ``_nets.py``.
-Variants are timed in small interleaved groups; torch is always in a group of its own with a
-pause after each of its loops (its OpenMP threads spin on and slow the next variant).
+Variants are timed in small interleaved groups of one library each; torch's groups pause after
+each of its loops (its OpenMP threads spin on and slow the next variant).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from benchmarks import Options, Row, interleaved, register, row, step_runner
 from benchmarks._book import BookTwoLayerNet
@@ -36,7 +37,6 @@ from benchmarks._nets import (
     data,
     engine_step,
     gemm_products,
-    has_torch,
     mixed16_step,
     on_backend,
     step_flops,
@@ -53,15 +53,9 @@ def _medium_opts(opts: Options) -> Options:
     return replace(opts, rounds=9 if opts.quick else 31, round_s=0.0, prewarm=0.0, warmup_s=0.3)
 
 
-def _torch_runner(sizes: list[int], activation: str, x: Any, t: Any) -> Any:
-    import torch
-
-    return step_runner(torch_step(sizes, activation), torch.from_numpy(x), torch.from_numpy(t))
-
-
 @register(
     "mlp_tiny",
-    "2-10-3 sigmoid MLP step (batch 30, float32): engine vs the book's code, hand NumPy, torch",
+    "2-10-3 sigmoid MLP step (batch 30, float32): engine vs the book's code, hand NumPy",
 )
 def mlp_tiny(opts: Options) -> list[Row]:
     sizes, activation, batch = TINY
@@ -99,26 +93,12 @@ def mlp_tiny(opts: Options) -> list[Row]:
         ),
         row("tiny: engine / hand", times.ratio("engine", "hand"), "x"),
     ]
-    if has_torch():
-        vs_torch = interleaved(
-            {"hand": hand_run, "torch": _torch_runner(sizes, activation, x, t)},
-            opts,
-            settle_s=TORCH_SETTLE_S,
-        )
-        rows.append(
-            row(
-                "tiny: torch CPU / hand",
-                vs_torch.ratio("torch", "hand"),
-                "x",
-                note=f"torch step {vs_torch['torch'] * 1e6:.0f} us",
-            )
-        )
     return rows
 
 
 @register(
     "mlp_medium",
-    "784-1024-1024-10 ReLU MLP step (batch 256, float32): engine vs hand, torch, GEMMs alone",
+    "784-1024-1024-10 ReLU MLP step (batch 256, float32): engine vs hand, GEMMs alone",
 )
 def mlp_medium(opts: Options) -> list[Row]:
     sizes, activation, batch = MEDIUM
@@ -167,26 +147,6 @@ def mlp_medium(opts: Options) -> list[Row]:
             note="the issue's formula; counts the first layer's input gradient the engine skips",
         ),
     ]
-    if has_torch():
-        vs_torch = interleaved(
-            {
-                "engine": engine_run,
-                "hand": hand_run,
-                "torch": _torch_runner(sizes, activation, x, t),
-            },
-            opts,
-            settle_s=TORCH_SETTLE_S,
-        )
-        rows += [
-            row(
-                "medium: engine / torch CPU",
-                vs_torch.ratio("engine", "torch"),
-                "x",
-                at_most=1.0,
-                note=f"torch step {vs_torch['torch'] * 1e3:.1f} ms",
-            ),
-            row("medium: torch CPU / hand", vs_torch.ratio("torch", "hand"), "x"),
-        ]
     return rows
 
 
@@ -290,7 +250,6 @@ def _backend_rows(label: str, net: tuple[list[int], str, int], opts: Options) ->
     if "torch" in available:
         xt, tt = on_backend("torch", x, t)
         on_torch = step_runner(engine_step(sizes, activation, "float32", "torch"), xt, tt)
-        g = interleaved({"numpy": numpy_run, "on torch": on_torch}, opts, settle_s=TORCH_SETTLE_S)
         native = interleaved(
             {"on torch": on_torch, "torch": step_runner(torch_step(sizes, activation), xt, tt)},
             opts,
@@ -298,10 +257,10 @@ def _backend_rows(label: str, net: tuple[list[int], str, int], opts: Options) ->
         )
         rows += [
             row(
-                f"{label}: engine on torch CPU / on numpy",
-                g.ratio("on torch", "numpy"),
-                "x",
-                note=f"engine on torch step {_fmt_s(g['on torch'])}",
+                f"{label}: engine on torch CPU step",
+                native["on torch"] * 1e3,
+                "ms",
+                note="against the engine on numpy: mlp_processes (one library per process)",
             ),
             row(
                 f"{label}: engine on torch CPU / native torch",
@@ -319,7 +278,7 @@ def _fmt_s(seconds: float) -> str:
 
 @register(
     "mlp_backends",
-    "engine tiny and medium steps (float32) on array_api_strict and torch CPU against numpy",
+    "engine tiny and medium steps (float32) on array_api_strict vs numpy, on torch CPU vs PyTorch",
 )
 def mlp_backends(opts: Options) -> list[Row]:
     return _backend_rows("tiny", TINY, opts) + _backend_rows("medium", MEDIUM, _medium_opts(opts))

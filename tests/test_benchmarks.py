@@ -4,6 +4,7 @@ docs/performance.md); each test runs the suite in a subprocess from the reposito
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -116,3 +117,76 @@ def test_tiny_baselines_compute_the_same_step() -> None:
     result = _run("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["same"]
+
+
+def test_harness_refuses_to_time_two_cpu_libraries_in_one_process() -> None:
+    """Issue 19: timing PyTorch in the process that runs NumPy slowed it up to 8x (OpenBLAS's
+    idle thread spins ~100 ms after each GEMM) and gave a false "engine 0.475x PyTorch".
+    ``interleaved`` refuses runners of two CPU libraries; one library per group runs."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        import array_api_strict
+        from benchmarks import MixedLibraries, Options, interleaved, library_of, step_runner
+        from benchmarks import timer
+        opts = Options(quick=True, rounds=2, round_s=1e-4, warmup_s=0.0, prewarm=0.0)
+        a = np.ones(4)
+        runs = {"numpy": step_runner(np.negative, a),
+                "strict": step_runner(array_api_strict.negative, array_api_strict.asarray(a)),
+                "plain": step_runner(abs, -1.0)}
+        interleaved(runs, opts)  # numpy, array_api_strict (NumPy inside) and no array: fine
+        assert library_of(1.0, a) == "numpy"
+        try:
+            import torch
+        except ImportError:
+            print("refused")
+            raise SystemExit
+        ta = torch.ones(4)
+        assert library_of(ta) == "torch"
+        for mixed in (
+            {"numpy": runs["numpy"], "torch": step_runner(torch.neg, ta)},
+            {"numpy": runs["numpy"], "torch": timer("torch.neg(x)", {"torch": torch, "x": ta})},
+            {"strict": runs["strict"], "torch": step_runner(torch.neg, ta)},
+        ):
+            try:
+                interleaved(mixed, opts)
+            except MixedLibraries as exc:
+                assert "numpy and torch" in str(exc) and "worker process" in str(exc)
+            else:
+                raise AssertionError("numpy and torch were timed in one process")
+        interleaved({"torch": step_runner(torch.neg, ta)}, opts)
+        print("refused")
+        """
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["refused"]
+
+
+def test_process_harness_times_each_implementation_in_its_own_process() -> None:
+    """``mlp_processes`` starts one worker per implementation: the engine's, the hand loop's
+    and the book's processes never load torch (nor numba, in float32), the torch worker does;
+    each reports page faults per step and peak RSS, and the case turns them into rows."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: no torch worker")
+    code = textwrap.dedent(
+        """
+        import json
+        from benchmarks import mlp_processes as mp
+        result = mp.measure(mp.CONFIGS["tiny"], rounds=2, round_s=0.002, warmup=0)
+        rows = mp.rows_of(result)
+        print(json.dumps({"workers": result["workers"], "rows": [r.name for r in rows]}))
+        """
+    )
+    result = _run("-c", code, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    workers = out["workers"]
+    assert set(workers) == {"engine", "hand", "book", "torch"}
+    for name in ("engine", "hand", "book"):
+        assert workers[name]["libraries"] == ["numpy"], (name, workers[name])
+    assert "torch" in workers["torch"]["libraries"]
+    for w in workers.values():
+        assert w["peak_rss_mib"] > 0 and w["faults_per_step"] >= 0 and w["median_s"] > 0
+    assert "tiny: engine / hand" in out["rows"]
+    assert "tiny: torch step" in out["rows"]

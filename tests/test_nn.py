@@ -671,3 +671,117 @@ def test_load_state_dict_validates_before_touching_anything() -> None:
     model.load_state_dict(missing, strict=False)
     np.testing.assert_array_equal(to_host(model.alpha), before["alpha"])
     assert np.all(to_host(model.zeta.weight) == 0)
+
+
+def test_linear_batch_one_weight_gradient_is_an_outer_product(
+    xp: Any, dtype: str, backend: str
+) -> None:
+    """Issue 19: with one row, the weight gradient ``x.T @ gy`` is an outer product, which
+    OpenBLAS's GEMM ran 3-4x slower than a broadcast multiply; the engine picks the multiply
+    by shape. Same values as the product (one multiply per element), in the weight's dtype."""
+    rng = np.random.default_rng(3)
+    x64 = rng.normal(size=(1, 7))
+    gy64 = rng.normal(size=(1, 5))
+    w64 = rng.normal(size=(7, 5))
+    x = nb.Tensor(on(backend, x64.astype(dtype)))
+    w = nb.Tensor(on(backend, w64.astype(dtype)), requires_grad=True)
+    b = nb.Tensor(on(backend, np.zeros(5, dtype)), requires_grad=True)
+    y = nn.functional.linear(x, w, b)
+    y.backward(on(backend, gy64.astype(dtype)))
+    assert w.grad.dtype == getattr(xp, dtype) and tuple(w.grad.shape) == (7, 5)
+    ref = x64.astype(dtype).astype(np.float64).T @ gy64.astype(dtype).astype(np.float64)
+    np.testing.assert_allclose(to_host(w.grad), ref, rtol=4 * eps(dtype), atol=4 * eps(dtype))
+    if backend == "numpy":  # the very values of the product
+        product = x64.astype(dtype).T @ gy64.astype(dtype)
+        assert np.array_equal(to_host(w.grad), product)
+
+
+def test_linear_batch_one_backward_runs_no_matrix_product() -> None:
+    """The batch-1 weight gradient is not a GEMM: with the data needing no gradient, backward
+    makes no matrix product at all (counted on array_api_strict's arrays)."""
+    if registry.probe("array_api_strict") is not None:
+        pytest.skip("array_api_strict is unavailable")
+    sx = nb.namespace("array_api_strict", "float64")
+    array = type(sx.asarray([1.0]))
+    calls = []
+    original = array.__matmul__
+
+    def counted(self: Any, other: Any) -> Any:
+        calls.append(other.shape)
+        return original(self, other)
+
+    with nb.using(backend="array_api_strict", dtype="float64"):
+        x = nb.Tensor(sx.ones((1, 6)))
+        w = nb.Tensor(sx.ones((6, 4)), requires_grad=True)
+        y = nn.functional.linear(x, w)
+        gy = sx.ones((1, 4))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(array, "__matmul__", counted)
+            y.backward(gy)
+            assert calls == []
+            x2 = nb.Tensor(sx.ones((2, 6)))
+            nn.functional.linear(x2, w).backward(sx.ones((2, 4)))
+            assert calls == [(6, 4), (2, 4)]  # two rows: forward x @ W, then x.T @ gy
+    np.testing.assert_array_equal(to_host(w.grad), np.full((6, 4), 3.0))
+
+
+_FAULTS_SCRIPT = """
+import resource
+import sys
+import numpy as np
+import nnbackend as nb
+from nnbackend import nn, optim
+nb.set_default_dtype("float64")
+nb.random.seed(0)
+model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                      nn.Linear(1024, 10))
+opt = optim.SGD(model.parameters(), lr=0.01)
+x = nb.namespace().asarray(np.random.default_rng(0).normal(size=(256, 784)))
+t = nb.namespace().asarray(np.arange(256) % 10)
+def step():
+    opt.zero_grad()
+    nn.SoftmaxCrossEntropy()(model(x), t).backward()
+    opt.step()
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print({b.name: b for b in nb.info().backends}["numpy"].facts["allocator"])
+"""
+
+
+def test_opt_in_allocator_setting_stops_page_faults_in_steady_state() -> None:
+    """Issue 19: the medium float64 step freed and refaulted its megabyte arrays every step
+    (about 7,000 page faults a step); with ``NNBACKEND_KEEP_FREED_MEMORY=1`` glibc keeps freed
+    memory and a steady-state step takes none. Without the setting nothing changes."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from nnbackend.backends import numpy as numpy_backend
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the setting is glibc's")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
+
+    def faults(**extra: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=True,
+        )
+        count, fact = done.stdout.split("\n", 1)
+        return int(count), fact.strip()
+
+    assert faults(**{numpy_backend.KEEP_MEMORY_ENV: "1"}) == (
+        0,
+        "keeps freed memory (no page faults in steady state)",
+    )
+    count, fact = faults()  # the default: the step's large temporaries fault in every step
+    assert count > 1000 and fact.startswith("the C library's default")

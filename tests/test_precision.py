@@ -41,6 +41,49 @@ def same_bits(a: Any, b: Any) -> bool:
 
 
 # -- the NumPy backend's float16 conversions -----------------------------------------------------
+_STEP_SCRIPT = """
+import sys
+import numpy as np
+import nnbackend as nb
+from nnbackend import nn, optim
+nb.set_default_dtype(sys.argv[1])
+nb.random.seed(0)
+model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+opt = optim.SGD(model.parameters(), lr=0.1)
+x = nb.namespace().asarray(np.random.default_rng(0).random((32, 64)).astype(sys.argv[1]))
+t = nb.namespace().asarray(np.arange(32) % 10)
+for _ in range(3):
+    opt.zero_grad()
+    nn.SoftmaxCrossEntropy()(model(x), t).backward()
+    opt.step()
+print("numba" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_numba_is_imported_only_by_a_float16_conversion(dtype: str) -> None:
+    """numba costs about 130 MB once imported: a float32 or float64 training run never loads
+    it; a float16 run does on its first conversion of 256 values or more (where numba is
+    installed and not turned off)."""
+    import os
+    import subprocess
+    import sys
+
+    from nnbackend.backends import numpy as numpy_backend
+
+    env = {k: v for k, v in os.environ.items() if k != numpy_backend.NUMBA_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", _STEP_SCRIPT, dtype],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    expected = dtype == "float16" and numpy_backend.numba_unused(env) is None
+    assert done.stdout.split()[-1] == str(expected)
+
+
 @pytest.fixture(scope="module", params=["compiled", "numpy"])
 def convert(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The NumPy backend's kernels with each conversion: compiled with numba (where it is

@@ -82,6 +82,8 @@ class Info:
                 )
             if "float16_conversion" in b.facts:
                 lines.append(f"  {'':<17} float16 conversions: {b.facts['float16_conversion']}")
+            if "allocator" in b.facts:
+                lines.append(f"  {'':<17} allocator: {b.facts['allocator']}")
             for gpu in b.facts.get("gpus", []):
                 lines.append(
                     f"  {'':<17} GPU {gpu['index']}: {gpu['name']}, "

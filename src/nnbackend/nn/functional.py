@@ -145,6 +145,16 @@ def _product(xp: Any, x: Any, w: Any) -> Any:
     return xp.reshape(xp.reshape(x, (-1, x.shape[-1])) @ w, (*lead, w.shape[-1]))
 
 
+def _weight_grad(xp: Any, x: Any, gy: Any) -> Any:
+    """``x.T @ gy`` for 2-D ``x`` (rows, in) and ``gy`` (rows, out), the kernel picked by
+    shape: for one row the product is an outer product, which a broadcast multiply computes
+    with the same values (one product per element) where OpenBLAS's GEMM took 1.1 ms for
+    1024x1024 against 0.35 ms (issue 19; 5.2 against 1.2 ms on the loaded machine here)."""
+    if x.shape[0] == 1:
+        return xp.reshape(x, (-1, 1)) * gy
+    return x.T @ gy
+
+
 class Linear(Function):
     """``x @ W + b`` with ``W`` of shape (in, out); ``x`` may have leading batch axes.
 
@@ -196,7 +206,7 @@ class Linear(Function):
         gx = gy @ w.T if need_x else None
         if gx is not None and shape is not None:
             gx = xp.reshape(gx, shape)
-        gw = x.T @ gy if need_w else None
+        gw = _weight_grad(xp, x, gy) if need_w else None
         gb = None
         if self.has_bias and self.needs_input_grad[2]:
             gb = k.sum(gy, axis=0)

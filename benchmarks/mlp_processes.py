@@ -1,0 +1,455 @@
+"""MLP training steps, each implementation in its own worker process: nnbackend's engine
+against the lean hand-written NumPy loop, the book's chapter-1 code, PyTorch on the CPU as its
+users run it, and the step's matrix products alone (NumPy's OpenBLAS and torch's MKL) as the
+floor.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks --case mlp_processes
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.mlp_processes [--large]
+
+Why processes (issue 19): after each GEMM, OpenBLAS's idle worker thread spins for about
+100 ms, and torch's OpenMP threads for a few ms; a torch step timed in the process that had
+just run a NumPy step took 2x as long, which once produced a false "engine 0.475x PyTorch".
+Here each implementation lives in a long-lived worker process of its own (one library per
+process: ``tests/test_benchmarks.py`` checks it) and the parent asks the workers, in shuffled
+order round after round, to time a loop of steps. After its loop a worker waits, untimed, until
+its own CPU time stops growing (its spinning threads have gone to sleep) before it answers, so
+it does not steal the next worker's cores. Reported per implementation: the median time per
+step, page faults per step in the timed loops, peak RSS; per pair: the median of per-round
+ratios; and the load average over the rounds.
+
+Implementation ``engine_keep`` is the engine with the opt-in allocator setting
+``NNBACKEND_KEEP_FREED_MEMORY=1`` (glibc keeps freed memory: no page faults in steady state).
+
+Configurations (float32 unless named): ``tiny`` 2-10-3 sigmoid, batch 30; ``medium``
+784-1024-1024-10 ReLU, batch 256, in float32 and float64; ``width1024_b1`` 1024-1024-1024-10,
+batch 1; ``large`` 4096-4096-4096-10, batch 512 (``--large`` only: a step takes 0.3 s here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import Options, Row, register, row
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Libraries whose presence in a worker says which one it timed.
+LIBRARIES = ("numpy", "torch", "numba", "jax")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A network and dtype, the implementations timed on it and the targets of issue 19."""
+
+    name: str
+    sizes: tuple[int, ...]
+    activation: str
+    batch: int
+    dtype: str
+    workers: tuple[str, ...]
+    targets: tuple[tuple[str, str, float], ...] = ()  # (a, b, at most) on a / b
+
+
+CONFIGS = {
+    c.name: c
+    for c in (
+        Config(
+            "tiny",
+            (2, 10, 3),
+            "sigmoid",
+            30,
+            "float32",
+            ("engine", "hand", "book", "torch"),
+            (("engine", "hand", 1.4),),
+        ),
+        Config(
+            "medium",
+            (784, 1024, 1024, 10),
+            "relu",
+            256,
+            "float32",
+            ("engine", "hand", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", 0.95), ("engine", "hand", 1.0)),
+        ),
+        Config(
+            "medium_f64",
+            (784, 1024, 1024, 10),
+            "relu",
+            256,
+            "float64",
+            ("engine", "engine_keep", "hand", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", 1.15), ("engine_keep", "torch", 1.15)),
+        ),
+        Config(
+            "width1024_b1",
+            (1024, 1024, 1024, 10),
+            "relu",
+            1,
+            "float32",
+            ("engine", "hand", "torch"),
+            (("engine", "torch", 1.5),),
+        ),
+        Config(
+            "large",
+            (4096, 4096, 4096, 10),
+            "relu",
+            512,
+            "float32",
+            ("engine", "engine_keep", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", 1.0), ("engine_keep", "torch", 1.0)),
+        ),
+    )
+}
+DEFAULT_CONFIGS = ("tiny", "medium", "medium_f64", "width1024_b1")
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side
+
+
+def _make_step(impl: str, config: Config) -> Any:
+    """The step function of ``impl`` on ``config``, its data bound; imports only the library
+    that ``impl`` times (and NumPy, which makes the data)."""
+    sizes, act, batch, dtype = list(config.sizes), config.activation, config.batch, config.dtype
+    from benchmarks._nets import LR, data
+
+    x, t = data(batch, sizes[0], sizes[-1], dtype)
+    if impl in ("engine", "engine_keep"):
+        if impl == "engine_keep":  # the opt-in allocator setting (glibc keeps freed memory)
+            os.environ["NNBACKEND_KEEP_FREED_MEMORY"] = "1"
+        import nnbackend as nb
+        from benchmarks._nets import engine_step
+
+        nb.set_backend("numpy")
+        step = engine_step(sizes, act, dtype)
+        return lambda: step(x, t)
+    if impl == "hand":
+        from benchmarks._nets import HandMLP
+
+        hand = HandMLP(sizes, act, dtype)
+        return lambda: hand.step(x, t)
+    if impl == "book":
+        from benchmarks._book import BookTwoLayerNet
+
+        book = BookTwoLayerNet(sizes, dtype, LR)
+        return lambda: book.step(x, t)
+    if impl == "torch":
+        import torch
+
+        from benchmarks._nets import torch_step
+
+        tstep = torch_step(sizes, act, dtype=dtype)
+        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+        return lambda: tstep(xt, tt)
+    if impl in ("gemm_numpy", "gemm_torch"):
+        from benchmarks._nets import gemm_products
+
+        if impl == "gemm_numpy":
+            import numpy as xp
+        else:
+            import torch
+
+            class _TorchNp:  # the few names gemm_products uses
+                @staticmethod
+                def asarray(a: Any) -> Any:
+                    return torch.from_numpy(a)
+
+            xp = _TorchNp()
+        run, _ = gemm_products(sizes, batch, dtype, xp)
+        return run
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def _settle(cap_s: float = 0.5) -> None:
+    """Sleep until this process's CPU time (all its threads) stops growing: its BLAS / OpenMP
+    threads have stopped spinning and will not steal the next worker's cores."""
+    deadline = time.perf_counter() + cap_s
+    last = time.process_time()
+    while time.perf_counter() < deadline:
+        time.sleep(0.005)
+        now = time.process_time()
+        if now - last < 0.0005:
+            return
+        last = now
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: ``VmHWM`` (the ``ru_maxrss`` of a process started by a big
+    parent keeps the parent's peak across ``exec`` on Linux, so it would report the parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def worker(impl: str, config_name: str) -> None:
+    """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS
+    and which of :data:`LIBRARIES` this process loaded) on stdin/stdout."""
+    step = _make_step(impl, CONFIGS[config_name])
+    for _ in range(3):
+        step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "run":
+            n = int(command[1])
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            seconds = time.perf_counter() - start
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            _settle()
+            print(json.dumps({"s": seconds, "faults": faults}), flush=True)
+        elif command[0] == "stats":
+            peak = _peak_rss_mib()
+            loaded = [name for name in LIBRARIES if name in sys.modules]
+            print(json.dumps({"peak_rss_mib": peak, "libraries": loaded}), flush=True)
+            return
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side
+
+
+class Worker:
+    """One implementation's worker process (``python -m benchmarks.mlp_processes --worker``)."""
+
+    def __init__(self, impl: str, config: str, threads: int | None = None) -> None:
+        self.name = impl
+        env = dict(os.environ)
+        if threads is not None:
+            for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[key] = str(threads)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")) if p
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.mlp_processes", "--worker", impl, config],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        line = self._read()
+        if line != "ready":
+            raise RuntimeError(f"worker {impl} did not start: {line!r}")
+
+    def _read(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} exited ({self.process.wait()})")
+        return line.strip()
+
+    def ask(self, command: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def run(self, n: int) -> tuple[float, int]:
+        answer = json.loads(self.ask(f"run {n}"))
+        return answer["s"], answer["faults"]
+
+    def close(self) -> dict[str, Any]:
+        try:
+            stats: dict[str, Any] = json.loads(self.ask("stats"))
+        finally:
+            if self.process.poll() is None:
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+        return stats
+
+
+def measure(
+    config: Config, rounds: int, round_s: float, threads: int | None = None, warmup: int = 2
+) -> dict[str, Any]:
+    """Time ``config``'s implementations, each in its own worker, in ``rounds`` shuffled
+    rounds of about ``round_s`` seconds each; ``threads`` sets every worker's BLAS / OpenMP
+    threads (default: the libraries' own choice, as users run them)."""
+    workers: dict[str, Worker] = {}
+    try:
+        for impl in config.workers:
+            workers[impl] = Worker(impl, config.name, threads)
+        steps = {}
+        for impl, w in workers.items():
+            seconds, _ = w.run(2)
+            steps[impl] = max(1, round(round_s / max(seconds / 2, 1e-7)))
+        times: dict[str, list[float]] = {impl: [] for impl in workers}
+        faults: dict[str, list[float]] = {impl: [] for impl in workers}
+        order = list(workers)
+        shuffle = random.Random(0).shuffle
+        load = []
+        for r in range(warmup + rounds):
+            shuffle(order)
+            for impl in order:
+                seconds, f = workers[impl].run(steps[impl])
+                if r >= warmup:
+                    times[impl].append(seconds / steps[impl])
+                    faults[impl].append(f / steps[impl])
+            load.append(os.getloadavg()[0])
+    finally:
+        stats = {impl: w.close() for impl, w in workers.items()}
+    return {
+        "config": config.name,
+        "sizes": list(config.sizes),
+        "batch": config.batch,
+        "dtype": config.dtype,
+        "rounds": rounds,
+        "threads": threads,
+        "load_average_during": [round(v, 2) for v in load],
+        "workers": {
+            impl: {
+                "median_s": statistics.median(times[impl]),
+                "min_s": min(times[impl]),
+                "steps_per_round": steps[impl],
+                "faults_per_step": statistics.median(faults[impl]),
+                **stats[impl],
+            }
+            for impl in workers
+        },
+        "samples": times,
+    }
+
+
+def ratio(result: dict[str, Any], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round."""
+    pairs = zip(result["samples"][a], result["samples"][b], strict=True)
+    return statistics.median(x / y for x, y in pairs)
+
+
+def _fmt(seconds: float) -> tuple[float, str]:
+    return (seconds * 1e3, "ms") if seconds >= 1e-3 else (seconds * 1e6, "us")
+
+
+def rows_of(result: dict[str, Any]) -> list[Row]:
+    """The case's rows for one configuration's result."""
+    name = result["config"]
+    config = CONFIGS[name]
+    load = result["load_average_during"]
+    out: list[Row] = []
+    for impl, w in result["workers"].items():
+        value, unit = _fmt(w["median_s"])
+        out.append(
+            row(
+                f"{name}: {impl} step",
+                value,
+                unit,
+                note=f"{w['faults_per_step']:.0f} page faults/step, peak RSS "
+                f"{w['peak_rss_mib']:.0f} MiB, loaded {'+'.join(w['libraries'])}",
+            )
+        )
+    for a, b, at_most in config.targets:
+        out.append(
+            row(
+                f"{name}: {a} / {b}",
+                ratio(result, a, b),
+                "x",
+                at_most=at_most,
+                note=f"load average {min(load):.1f}-{max(load):.1f} during the rounds",
+            )
+        )
+    workers = result["workers"]
+    if "gemm_numpy" in workers and "gemm_torch" in workers:
+        out.append(
+            row(
+                f"{name}: engine / its GEMMs alone on NumPy (floor)",
+                ratio(result, "engine", "gemm_numpy"),
+                "x",
+                note="the step's 8 products at its shapes, OpenBLAS; torch's MKL does them in "
+                f"{_fmt(workers['gemm_torch']['median_s'])[0]:.2f} "
+                f"{_fmt(workers['gemm_torch']['median_s'])[1]}",
+            )
+        )
+    if "engine" in workers and "hand" in workers and name.startswith("medium"):
+        for impl in ("engine", "engine_keep"):
+            if impl in workers:
+                out.append(
+                    row(
+                        f"{name}: page faults per step, {impl}",
+                        workers[impl]["faults_per_step"],
+                        "faults",
+                        at_most=0,
+                        note="engine_keep: NNBACKEND_KEEP_FREED_MEMORY=1" * (impl != "engine"),
+                    )
+                )
+        out.append(
+            row(
+                f"{name}: peak RSS engine / hand",
+                workers["engine"]["peak_rss_mib"] / workers["hand"]["peak_rss_mib"],
+                "x",
+                at_most=1.3 if config.dtype == "float32" else None,
+            )
+        )
+    return out
+
+
+@register(
+    "mlp_processes",
+    "MLP steps (tiny, medium f32/f64, width 1024 batch 1): engine, hand, book, torch, GEMMs, "
+    "each in its own process",
+)
+def mlp_processes(opts: Options) -> list[Row]:
+    names = ("tiny",) if opts.quick else DEFAULT_CONFIGS
+    rounds, round_s = (3, 0.02) if opts.quick else (15, 0.25)
+    rows: list[Row] = []
+    for name in names:
+        rows += rows_of(measure(CONFIGS[name], rounds, round_s))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.mlp_processes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", action="append", choices=sorted(CONFIGS))
+    parser.add_argument("--large", action="store_true", help="add the large configuration")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--round-s", type=float, default=0.25)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS / OpenMP threads per worker (default: the libraries' own choice)",
+    )
+    parser.add_argument("--json", help="write the raw results to this file")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(*args.worker)
+        return 0
+    names = list(args.config or DEFAULT_CONFIGS) + (["large"] if args.large else [])
+    results = []
+    for name in names:
+        result = measure(CONFIGS[name], args.rounds, args.round_s, args.threads)
+        results.append(result)
+        for r in rows_of(result):
+            target = f"  [{r.target}: {'met' if r.passed else 'MISSED'}]" if r.target else ""
+            print(f"{r.name:>48}: {r.value:10.3f} {r.unit}{target}  {r.note}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
