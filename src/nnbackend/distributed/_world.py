@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,9 +135,17 @@ def _install_abort_hook(comm: Communicator) -> None:
 
     def hook(kind: Any, value: Any, tb: Any) -> None:
         try:
-            sys.stderr.write(f"nnbackend.distributed: rank {comm.rank} raised; aborting the job\n")
+            # The exception in the first line: when the job is aborted, the launcher may stop
+            # forwarding this rank's output before a long traceback gets through.
+            sys.stderr.write(
+                f"nnbackend.distributed: rank {comm.rank} raised {kind.__name__}: {value}; "
+                "aborting the job\n"
+            )
+            sys.stderr.flush()
             traceback.print_exception(kind, value, tb)
             sys.stderr.flush()
+            if comm.size > 1:
+                time.sleep(0.2)  # let the launcher forward the traceback before the abort
         finally:
             if comm.size > 1:
                 comm.abort(1)
