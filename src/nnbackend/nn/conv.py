@@ -565,8 +565,65 @@ def _conv_init(shape: tuple[int, ...], fan_in: int, generator: Any) -> Any:
 
 
 class _ConvNd(Module):
+    """What Conv2d and ConvTranspose2d share: checked sizes, the weight and bias (PyTorch's
+    layout and initialisation) and the repr."""
+
+    output_padding = (0, 0)
+
+    def _setup(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Pair,
+        stride: Pair,
+        padding: Pair,
+        dilation: Pair,
+        groups: int,
+        bias: bool,
+        generator: Any,
+        *,
+        transposed: bool,
+    ) -> None:
+        name = type(self).__name__
+        _check_groups(name, groups, int(in_channels), "in_channels")
+        _check_groups(name, groups, int(out_channels), "out_channels")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
+        self.groups = groups
+        # Conv2d: (out, in / groups, kh, kw); ConvTranspose2d: (in, out / groups, kh, kw).
+        first, second = (
+            (self.in_channels, self.out_channels)
+            if transposed
+            else (self.out_channels, self.in_channels)
+        )
+        shape = (first, second // groups, *self.kernel_size)
+        fan_in = math.prod(shape[1:])
+        self.weight = Parameter(_conv_init(shape, fan_in, generator))
+        if bias:
+            self.bias = Parameter(_conv_init((self.out_channels,), fan_in, generator))
+        else:
+            self.register_parameter("bias", None)
+
     def _explain(self, x: Any, exc: Exception) -> Exception:
         return type(exc)(f"{self!r}: {exc}")
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        return text + ("" if self.bias is not None else ", bias=False")
 
 
 class Conv2d(_ConvNd):
@@ -597,21 +654,10 @@ class Conv2d(_ConvNd):
         generator: Any = None,
     ) -> None:
         super().__init__()
-        _check_groups("Conv2d", groups, int(in_channels), "in_channels")
-        _check_groups("Conv2d", groups, int(out_channels), "out_channels")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        self.dilation = _pair(dilation, "dilation", 1)
-        self.groups = groups
-        shape = (self.out_channels, self.in_channels // groups, *self.kernel_size)
-        fan_in = math.prod(shape[1:])
-        self.weight = Parameter(_conv_init(shape, fan_in, generator))
-        if bias:
-            self.bias = Parameter(_conv_init((self.out_channels,), fan_in, generator))
-        else:
-            self.register_parameter("bias", None)
+        self._setup(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            generator, transposed=False,
+        )  # fmt: skip
 
     def forward(self, x: Any) -> Tensor:
         try:
@@ -620,19 +666,6 @@ class Conv2d(_ConvNd):
             )
         except (ShapeError, DtypeError) as exc:
             raise self._explain(x, exc) from None
-
-    def extra_repr(self) -> str:
-        text = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
-        if self.padding != (0, 0):
-            text += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        return text + ("" if self.bias is not None else ", bias=False")
 
 
 class ConvTranspose2d(_ConvNd):
@@ -664,22 +697,11 @@ class ConvTranspose2d(_ConvNd):
         generator: Any = None,
     ) -> None:
         super().__init__()
-        _check_groups("ConvTranspose2d", groups, int(in_channels), "in_channels")
-        _check_groups("ConvTranspose2d", groups, int(out_channels), "out_channels")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
+        self._setup(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            generator, transposed=True,
+        )  # fmt: skip
         self.output_padding = _pair(output_padding, "output_padding", 0)
-        self.dilation = _pair(dilation, "dilation", 1)
-        self.groups = groups
-        shape = (self.in_channels, self.out_channels // groups, *self.kernel_size)
-        fan_in = math.prod(shape[1:])
-        self.weight = Parameter(_conv_init(shape, fan_in, generator))
-        if bias:
-            self.bias = Parameter(_conv_init((self.out_channels,), fan_in, generator))
-        else:
-            self.register_parameter("bias", None)
 
     def forward(self, x: Any) -> Tensor:
         try:
@@ -695,18 +717,3 @@ class ConvTranspose2d(_ConvNd):
             )
         except (ShapeError, DtypeError) as exc:
             raise self._explain(x, exc) from None
-
-    def extra_repr(self) -> str:
-        text = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
-        if self.padding != (0, 0):
-            text += f", padding={self.padding}"
-        if self.output_padding != (0, 0):
-            text += f", output_padding={self.output_padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        return text + ("" if self.bias is not None else ", bias=False")
