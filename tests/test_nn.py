@@ -779,9 +779,10 @@ def test_opt_in_allocator_setting_stops_page_faults_in_steady_state() -> None:
         count, fact = done.stdout.split("\n", 1)
         return int(count), fact.strip()
 
-    assert faults(**{numpy_backend.KEEP_MEMORY_ENV: "1"}) == (
-        0,
-        "keeps freed memory (no page faults in steady state)",
-    )
+    kept, fact = faults(**{numpy_backend.KEEP_MEMORY_ENV: "1"})
+    assert fact == "keeps freed memory (no page faults in steady state)"
+    # 0 on a quiet machine; CI saw 1-2 (a Python object's page, not the step's arrays, which
+    # cost thousands without the setting).
+    assert kept < 50, kept
     count, fact = faults()  # the default: the step's large temporaries fault in every step
     assert count > 1000 and fact.startswith("the C library's default")
