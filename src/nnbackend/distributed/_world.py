@@ -64,6 +64,17 @@ def _int(env: Mapping[str, str], *names: str) -> int | None:
     return None
 
 
+# The launchers, first match wins: (engine, size, rank, local rank, local size variables,
+# whether the rank variable must be set too for the launcher to count as present).
+_LAUNCHERS = (
+    ("mpi", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
+     "OMPI_COMM_WORLD_LOCAL_SIZE", False),
+    ("mpi", "PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", False),
+    ("torch", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", True),
+    ("mpi", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", True),
+)  # fmt: skip
+
+
 def detect(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What the launcher says about this process: ``{"engine", "rank", "size",
     "local_rank", "local_size"}``. ``mpiexec`` (MPICH's ``PMI_*``/``MPI_LOCAL*``, Open MPI's
@@ -71,41 +82,16 @@ def detect(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     ``LOCAL_RANK``) ``"torch"``; Slurm's ``srun`` (``SLURM_PROCID``, ``SLURM_NTASKS``)
     ``"mpi"``; nothing at all a world of one (engine ``"none"``)."""
     env = os.environ if env is None else env
-    if _int(env, "OMPI_COMM_WORLD_SIZE") is not None:
-        size = _int(env, "OMPI_COMM_WORLD_SIZE") or 1
+    for engine, size_var, rank_var, local_rank_var, local_size_var, needs_rank in _LAUNCHERS:
+        if _int(env, size_var) is None or (needs_rank and _int(env, rank_var) is None):
+            continue
+        size = _int(env, size_var) or 1
         return {
-            "engine": "mpi",
-            "rank": _int(env, "OMPI_COMM_WORLD_RANK") or 0,
+            "engine": engine,
+            "rank": _int(env, rank_var) or 0,
             "size": size,
-            "local_rank": _int(env, "OMPI_COMM_WORLD_LOCAL_RANK") or 0,
-            "local_size": _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") or size,
-        }
-    if _int(env, "PMI_SIZE") is not None:
-        size = _int(env, "PMI_SIZE") or 1
-        return {
-            "engine": "mpi",
-            "rank": _int(env, "PMI_RANK") or 0,
-            "size": size,
-            "local_rank": _int(env, "MPI_LOCALRANKID") or 0,
-            "local_size": _int(env, "MPI_LOCALNRANKS") or size,
-        }
-    if _int(env, "WORLD_SIZE") is not None and _int(env, "RANK") is not None:
-        size = _int(env, "WORLD_SIZE") or 1
-        return {
-            "engine": "torch",
-            "rank": _int(env, "RANK") or 0,
-            "size": size,
-            "local_rank": _int(env, "LOCAL_RANK") or 0,
-            "local_size": _int(env, "LOCAL_WORLD_SIZE") or size,
-        }
-    if _int(env, "SLURM_NTASKS") is not None and _int(env, "SLURM_PROCID") is not None:
-        size = _int(env, "SLURM_NTASKS") or 1
-        return {
-            "engine": "mpi",
-            "rank": _int(env, "SLURM_PROCID") or 0,
-            "size": size,
-            "local_rank": _int(env, "SLURM_LOCALID") or 0,
-            "local_size": _int(env, "SLURM_NTASKS_PER_NODE") or size,
+            "local_rank": _int(env, local_rank_var) or 0,
+            "local_size": _int(env, local_size_var) or size,
         }
     return {"engine": "none", "rank": 0, "size": 1, "local_rank": 0, "local_size": 1}
 
