@@ -32,11 +32,12 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks._workers import WorkerProcess, peak_rss_mib
 
 BATCH, SIZE, CLASSES, LR = 64, 28, 10, 0.01
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -162,57 +163,14 @@ def worker(name: str) -> None:
             faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before.ru_minflt
             print(seconds, flush=True)
         elif command[0] == "stats":
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-            print(json.dumps({"minor_faults": faults, "peak_rss_mib": peak / 1024}), flush=True)
+            print(json.dumps({"minor_faults": faults, "peak_rss_mib": peak_rss_mib()}), flush=True)
             return
-
-
-class Worker:
-    def __init__(self, name: str, threads: int | None) -> None:
-        self.name = name
-        env = dict(os.environ)
-        if threads is not None:
-            for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                env[key] = str(threads)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [p for p in (os.path.join(root, "src"), root, env.get("PYTHONPATH")) if p]
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.cnn_step", "--worker", name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=root,
-        )
-        line = self._read()
-        if line != "ready":
-            raise RuntimeError(f"worker {name} did not start: {line!r}")
-
-    def _read(self) -> str:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.name} exited ({self.process.wait()})")
-        return line.strip()
-
-    def ask(self, command: str) -> str:
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> dict[str, Any]:
-        stats: dict[str, Any] = json.loads(self.ask("stats"))
-        self.process.wait(timeout=30)
-        return stats
 
 
 def measure(
     names: tuple[str, ...], rounds: int, round_s: float, threads: int | None
 ) -> dict[str, Any]:
-    workers = {name: Worker(name, threads) for name in names}
+    workers = {name: WorkerProcess("benchmarks.cnn_step", [name], name, threads) for name in names}
     try:
         steps = {}
         for name, w in workers.items():  # calibrate: about round_s per round

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks._workers import ROOT, peak_rss_mib, worker_env
+
 RESULTS = ROOT / "benchmarks" / "results"
 V, D, H, N, T = 10000, 650, 650, 20, 35
 # --dry-run: the same plumbing at toy sizes (passed to the workers through the environment).
@@ -183,7 +184,7 @@ def worker(impl: str) -> None:
                 {
                     "times": times,
                     "faults": (usage.ru_minflt - before) / k,
-                    "maxrss_mb": usage.ru_maxrss / 1024,
+                    "maxrss_mb": peak_rss_mib(),
                     "loss": losses[-1],
                 }
             ),
@@ -192,14 +193,10 @@ def worker(impl: str) -> None:
 
 
 def _start(impl: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
-    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.lstm_lm_step", "--worker", impl],
         cwd=ROOT,
-        env=env,
+        env=worker_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

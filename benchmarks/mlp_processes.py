@@ -33,7 +33,6 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import Options, Row, register, row
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks._workers import WorkerProcess, peak_rss_mib
 
 # Libraries whose presence in a worker says which one it timed.
 LIBRARIES = ("numpy", "torch", "numba", "jax")
@@ -184,18 +182,6 @@ def _settle(cap_s: float = 0.5) -> None:
         last = now
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak RSS: ``VmHWM`` (the ``ru_maxrss`` of a process started by a big
-    parent keeps the parent's peak across ``exec`` on Linux, so it would report the parent)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def worker(impl: str, config_name: str) -> None:
     """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS
     and which of :data:`LIBRARIES` this process loaded) on stdin/stdout."""
@@ -216,7 +202,7 @@ def worker(impl: str, config_name: str) -> None:
             _settle()
             print(json.dumps({"s": seconds, "faults": faults}), flush=True)
         elif command[0] == "stats":
-            peak = _peak_rss_mib()
+            peak = peak_rss_mib()
             loaded = [name for name in LIBRARIES if name in sys.modules]
             print(json.dumps({"peak_rss_mib": peak, "libraries": loaded}), flush=True)
             return
@@ -226,57 +212,15 @@ def worker(impl: str, config_name: str) -> None:
 # Parent side
 
 
-class Worker:
+class Worker(WorkerProcess):
     """One implementation's worker process (``python -m benchmarks.mlp_processes --worker``)."""
 
     def __init__(self, impl: str, config: str, threads: int | None = None) -> None:
-        self.name = impl
-        env = dict(os.environ)
-        if threads is not None:
-            for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                env[key] = str(threads)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")) if p
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.mlp_processes", "--worker", impl, config],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        line = self._read()
-        if line != "ready":
-            raise RuntimeError(f"worker {impl} did not start: {line!r}")
-
-    def _read(self) -> str:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.name} exited ({self.process.wait()})")
-        return line.strip()
-
-    def ask(self, command: str) -> str:
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return self._read()
+        super().__init__("benchmarks.mlp_processes", [impl, config], impl, threads)
 
     def run(self, n: int) -> tuple[float, int]:
         answer = json.loads(self.ask(f"run {n}"))
         return answer["s"], answer["faults"]
-
-    def close(self) -> dict[str, Any]:
-        try:
-            stats: dict[str, Any] = json.loads(self.ask("stats"))
-        finally:
-            if self.process.poll() is None:
-                try:
-                    self.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-        return stats
 
 
 def measure(
