@@ -548,6 +548,19 @@ def _bad_labels(labels: Any, n_classes: int) -> LabelError:
     )
 
 
+def _labels_out_of_range(k: Any, labels: Any, hit: Any, onehot: Any, n: int, c: int) -> Any:
+    """Whether some of the ``n`` labels fall outside ``[0, c)``, from their one-hot ``hit``
+    (bool) and ``onehot`` (the same in the logits' dtype): every label in range <=> exactly
+    ``n`` hits. Reading that count is free where the arrays
+    live on the host: a :class:`LabelError` then, and None. On a device it would sync, so a 0-d
+    flag comes back instead, and the caller turns the loss NaN with it."""
+    if k.on_host(labels):
+        if int(k.count_nonzero(hit)) != n:  # NumPy: 0.5 us, a float sum: 1.4 us
+            raise _bad_labels(labels, c)
+        return None
+    return k.sum(onehot, axis=None) != float(n)
+
+
 class SoftmaxCrossEntropy(Function):
     grad_may_alias = False
 
@@ -575,13 +588,7 @@ class SoftmaxCrossEntropy(Function):
         if t.ndim == 1:
             hit = t[:, None] == _class_range(xp, c, t)
             labels, t = t, k.astype(hit, x.dtype)
-            # Every label in range <=> exactly n hits. Reading that count is free where the
-            # arrays live on the host; on a device it would sync, so the loss turns NaN instead.
-            if k.on_host(labels):
-                if int(k.count_nonzero(hit)) != n:  # NumPy: 0.5 us, a float sum: 1.4 us
-                    raise _bad_labels(labels, c)
-            else:
-                invalid = k.sum(t, axis=None) != float(n)
+            invalid = _labels_out_of_range(k, labels, hit, t, n, c)
         elif tuple(t.shape) != (n, c):
             raise ShapeError(
                 f"softmax_cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
@@ -640,17 +647,12 @@ class MaskedSoftmaxCrossEntropy(Function):
         valid = t != self.ignore_index
         safe = xp.where(valid, t, xp.zeros_like(t))
         hit = safe[:, None] == _class_range(xp, c, t)
-        invalid = None
-        if k.on_host(t):
-            if int(k.count_nonzero(hit)) != n:
-                raise _bad_labels(safe, c)
-        else:  # no sync on a device: out-of-range labels make the loss NaN
-            invalid = k.sum(k.astype(hit, x.dtype), axis=None) != float(n)
+        onehot = k.astype(hit, x.dtype)
+        invalid = _labels_out_of_range(k, safe, hit, onehot, n, c)
         z = x - k.max(x, axis=1, keepdims=True)
         e = xp.exp(z)
         s = k.sum(e, axis=1, keepdims=True)
         mask = k.astype(valid, x.dtype)
-        onehot = k.astype(hit, x.dtype)
         # max(count, 1): a batch of ignored labels only has loss 0 and gradient 0, not NaN.
         count = xp.maximum(k.sum(mask, axis=None), xp.ones((), dtype=x.dtype))
         rows = xp.reshape(xp.log(s), (-1,)) - k.sum(onehot * z, axis=1)
