@@ -294,7 +294,9 @@ def _after_forward(f: Function, xs: Any, ys: Any) -> None:
         anomaly.check_forward(f, xs, ys)
 
 
-def _check_grad(f: Function, x: Any, gx: Any) -> None:
+def check_gradient(f: Function, x: Any, gx: Any) -> None:
+    """A backward's gradient ``gx`` for input ``x`` of ``f`` must have the input's shape and
+    dtype: a :class:`ShapeError` or :class:`DtypeError` naming ``f`` otherwise."""
     if gx.shape != x.data.shape:
         raise ShapeError(
             f"{f.name}.backward returned a gradient of shape {tuple(gx.shape)} for an input of "
@@ -352,7 +354,7 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
             if type(gx) is not type(data):  # a NumPy scalar: the gradient of a 0-d input
                 gx = as_array(f.xp, gx)
             if check and (gx.shape != data.shape or gx.dtype != data.dtype):
-                _check_grad(f, x, gx)
+                check_gradient(f, x, gx)
             c = x.creator
             if c is not None:  # intermediate: sum this pass's gradients only
                 if x in fresh:

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from nnbackend.autograd import anomaly
-from nnbackend.autograd.function import Function
+from nnbackend.autograd.function import Function, check_gradient
 from nnbackend.autograd.mode import _enabled
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import DtypeError, GradientError, ShapeError
+from nnbackend.errors import GradientError
 from nnbackend.namespace import backend_for
 
 __all__ = ["grad", "run_graph_backward"]
@@ -73,19 +73,6 @@ def _once_differentiable(f: Function, gys: list[Any]) -> tuple[Any, ...]:
     for i, out in zip(present, outs, strict=True):
         result[i] = out
     return tuple(result)
-
-
-def _check(f: Function, x: Any, gx: Any) -> None:
-    if tuple(gx.shape) != tuple(x.data.shape):
-        raise ShapeError(
-            f"{f.name}.backward returned a gradient of shape {tuple(gx.shape)} for an input of "
-            f"shape {tuple(x.data.shape)}; gradients must have their input's shape"
-        )
-    if gx.dtype != x.data.dtype:
-        raise DtypeError(
-            f"{f.name}.backward returned a {gx.dtype} gradient for a {x.data.dtype} input; "
-            "cast it back so the model keeps its dtype"
-        )
 
 
 def run_graph_backward(
@@ -147,7 +134,7 @@ def run_graph_backward(
                     continue
                 if create_graph and not isinstance(gx, Tensor):
                     gx = Tensor._wrap(gx, False)
-                _check(f, x, gx.data if create_graph else gx)
+                check_gradient(f, x, gx.data if create_graph else gx)
                 add(x, gx)
     finally:
         _enabled.reset(token)
