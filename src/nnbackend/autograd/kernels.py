@@ -92,7 +92,8 @@ class Kernels:
         return self.astype(cached, dtype)
 
 
-def _sigmoid(xp: Any, x: Any) -> Any:
+def tanh_sigmoid(xp: Any, x: Any) -> Any:
+    """``sigmoid(x)`` as ``0.5 * tanh(x / 2) + 0.5``, on raw arrays."""
     # The tanh form never overflows (1 / (1 + exp(-x)) does in float16 below x = -11).
     return 0.5 * xp.tanh(0.5 * x) + 0.5
 
@@ -103,10 +104,10 @@ def lstm_cell(xp: Any, a: Any, c_prev: Any) -> tuple[Any, ...]:
     ``(h, c, f, g, i, o, tanh(c))`` (each (N, H); the last five are what the backward needs).
     """
     hsz = c_prev.shape[-1]
-    f = _sigmoid(xp, a[:, :hsz])
+    f = tanh_sigmoid(xp, a[:, :hsz])
     g = xp.tanh(a[:, hsz : 2 * hsz])
-    i = _sigmoid(xp, a[:, 2 * hsz : 3 * hsz])
-    o = _sigmoid(xp, a[:, 3 * hsz :])
+    i = tanh_sigmoid(xp, a[:, 2 * hsz : 3 * hsz])
+    o = tanh_sigmoid(xp, a[:, 3 * hsz :])
     c = f * c_prev + g * i
     tc = xp.tanh(c)
     return o * tc, c, f, g, i, o, tc

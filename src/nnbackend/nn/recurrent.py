@@ -38,7 +38,7 @@ from typing import Any
 
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
-from nnbackend.autograd.kernels import kernels
+from nnbackend.autograd.kernels import kernels, tanh_sigmoid
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for
@@ -63,11 +63,6 @@ __all__ = [
 
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
-
-
-def _sigmoid(xp: Any, x: Any) -> Any:
-    # The tanh form never overflows (1 / (1 + exp(-x)) does in float16 below x = -11).
-    return 0.5 * xp.tanh(0.5 * x) + 0.5
 
 
 def _flat(xp: Any, a: Any) -> Any:
@@ -188,7 +183,7 @@ class GRUFunction(Function):
         hs, saved = [], []
         for s in range(t):
             a = xw[:, s, :]
-            zr = _sigmoid(xp, a[:, : 2 * hsz] + h @ wh_zr)
+            zr = tanh_sigmoid(xp, a[:, : 2 * hsz] + h @ wh_zr)
             z, r = zr[:, :hsz], zr[:, hsz:]
             rh = r * h
             hh = xp.tanh(a[:, 2 * hsz :] + rh @ wh_h)
