@@ -228,7 +228,8 @@ def _demo(args: argparse.Namespace) -> int:
     from nnbackend import config, datasets, nn, optim, registry
     from nnbackend import random as nb_random
     from nnbackend.namespace import namespace
-    from nnbackend.train import PLOT_HINT, Trainer, plot_decision_boundary
+    from nnbackend.train import Trainer, plot_decision_boundary
+    from nnbackend.train.plots import PLOT_HINT
 
     with config.using(backend=args.backend, dtype=args.dtype):
         namespace()  # an unknown or unusable backend, or a dtype it lacks, fails here

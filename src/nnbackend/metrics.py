@@ -1,231 +1,36 @@
-"""Metrics as objects: accumulated on the device batch by batch, read back only by
-:meth:`Metric.result` (once per epoch in :meth:`nnbackend.Trainer.fit`).
+"""Metrics as objects for :meth:`nnbackend.Trainer.fit` and ``evaluate``: the public path of
+:mod:`nnbackend.train.metrics`, where they are defined (the training package owns them; this
+name stays so that ``from nnbackend.metrics import Accuracy`` keeps working).
 
-Each metric keeps a device-side sum (a 0-d array) and a host-side count; ``update`` never
-converts an array to a Python number, so a metric adds no device synchronisation to a step.
-Give metrics to ``Trainer.fit(metrics=[...])`` (their per-epoch values land in
-``history.metrics[name]`` and ``history.metrics["val_" + name]``) or
-``Trainer.evaluate(metrics=[...])``, or use them by hand.
-
->>> import nnbackend as nb
->>> from nnbackend.metrics import TopKAccuracy
->>> xp = nb.namespace()
->>> top2 = TopKAccuracy(2)
->>> top2.update(xp.asarray([[0.1, 0.5, 0.4], [0.8, 0.15, 0.05]]), xp.asarray([2, 1]))
->>> top2.result()
-1.0
-
-A metric of your own is a function ``fn(y, t)`` returning the batch's mean as a 0-d array:
-
->>> from nnbackend.metrics import Mean
->>> max_logit = Mean("max_logit", lambda y, t: nb.array_namespace(y).mean(
-...     nb.array_namespace(y).max(y, axis=1)))
+>>> from nnbackend.metrics import get
+>>> get("top3").k
+3
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Any
-
-from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import ArgumentError, ShapeError
-from nnbackend.namespace import backend_for
+from nnbackend.train.metrics import (
+    Accuracy,
+    BinaryAccuracy,
+    Mean,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    Metric,
+    Perplexity,
+    TopKAccuracy,
+    default_metric,
+    get,
+)
 
 __all__ = [
     "Accuracy",
+    "BinaryAccuracy",
     "MeanAbsoluteError",
     "MeanSquaredError",
     "Mean",
     "Metric",
     "Perplexity",
     "TopKAccuracy",
+    "default_metric",
     "get",
 ]
-
-
-def _data(x: Any) -> Any:
-    return x.data if isinstance(x, Tensor) else x
-
-
-def _wide(xp: Any, a: Any) -> Any:
-    half = getattr(xp, "float16", None)
-    return xp.astype(a, xp.float32) if half is not None and a.dtype == half else a
-
-
-def _labels(xp: Any, y: Any, t: Any) -> Any:
-    """Integer labels from ``t``: as given, or the argmax of one-hot rows."""
-    if t.ndim == y.ndim and tuple(t.shape) == tuple(y.shape):
-        return xp.argmax(t, axis=-1)
-    if not xp.isdtype(t.dtype, "integral"):
-        raise ShapeError(
-            f"targets of shape {tuple(t.shape)} and dtype {t.dtype} are neither integer labels "
-            f"nor one-hot rows of the outputs' shape {tuple(y.shape)}"
-        )
-    return t
-
-
-class Metric:
-    """Base class: :meth:`update` adds a batch (on the device), :meth:`result` reads the
-    value (the only host read), :meth:`reset` starts over.
-
-    Subclasses define :meth:`batch`, returning ``(sum over the batch as a 0-d array, count)``;
-    ``result`` is ``sum / count`` passed through :meth:`finish`.
-
-    Attributes:
-        name: the key in ``history.metrics``.
-    """
-
-    name = "metric"
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every batch."""
-        self.total: Any = None
-        self.count = 0
-
-    def batch(self, y: Any, t: Any) -> tuple[Any, int]:
-        """``(sum of the batch's values as a 0-d device array, number of values)``."""
-        raise NotImplementedError(f"{type(self).__name__} must define batch()")
-
-    def update(self, y: Any, t: Any) -> None:
-        """Add the batch of outputs ``y`` and targets ``t`` (arrays or Tensors)."""
-        value, n = self.batch(_data(y), _data(t))
-        self.total = value if self.total is None else self.total + value
-        self.count += n
-
-    def finish(self, mean: float) -> float:
-        """Turn the mean over all values into the reported number (identity here)."""
-        return mean
-
-    def result(self) -> float:
-        """The metric over every batch since :meth:`reset` (``nan`` before any)."""
-        if self.total is None or not self.count:
-            return math.nan
-        return self.finish(float(self.total) / self.count)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
-
-
-class Accuracy(Metric):
-    """The fraction of rows whose argmax equals the label (labels or one-hot targets)."""
-
-    name = "accuracy"
-
-    def batch(self, y: Any, t: Any) -> tuple[Any, int]:
-        xp = backend_for(y)[0]
-        labels = _labels(xp, y, t)
-        return xp.count_nonzero(xp.argmax(y, axis=-1) == labels), int(labels.shape[0])
-
-
-class TopKAccuracy(Metric):
-    """The fraction of rows whose label is among the ``k`` largest outputs: a row counts
-    when fewer than ``k`` outputs are strictly above the label's (ties go to the label)."""
-
-    def __init__(self, k: int = 5, name: str | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ArgumentError(f"k must be an int >= 1, got {k!r}")
-        self.k = k
-        self.name = name or f"top{k}"
-        super().__init__()
-
-    def batch(self, y: Any, t: Any) -> tuple[Any, int]:
-        xp = backend_for(y)[0]
-        labels = _labels(xp, y, t)
-        if y.ndim != 2:
-            raise ShapeError(f"{self.name}: outputs need shape (N, classes), got {tuple(y.shape)}")
-        hot = xp.reshape(labels, (-1, 1)) == xp.arange(y.shape[1], device=labels.device)
-        score = xp.sum(xp.where(hot, y, xp.zeros_like(y)), axis=1, keepdims=True)
-        above = xp.sum(xp.astype(y > score, xp.int64), axis=1)
-        return xp.count_nonzero(above < self.k), int(labels.shape[0])
-
-
-class Perplexity(Metric):
-    """``exp`` of the mean cross-entropy of softmax outputs (``y`` are logits) against
-    integer labels, over every predicted position: the language-model measure."""
-
-    name = "perplexity"
-
-    def batch(self, y: Any, t: Any) -> tuple[Any, int]:
-        xp = backend_for(y)[0]
-        y = _wide(xp, y)
-        classes = y.shape[-1]
-        y = xp.reshape(y, (-1, classes))
-        if not xp.isdtype(t.dtype, "integral"):
-            raise ShapeError(f"perplexity needs integer labels, got dtype {t.dtype}")
-        labels = xp.reshape(t, (-1, 1))
-        m = xp.max(y, axis=1, keepdims=True)
-        lse = m + xp.log(xp.sum(xp.exp(y - m), axis=1, keepdims=True))
-        hot = labels == xp.arange(classes, device=labels.device)
-        picked = xp.sum(xp.where(hot, y, xp.zeros_like(y)), axis=1, keepdims=True)
-        return xp.sum(lse - picked), int(y.shape[0])
-
-    def finish(self, mean: float) -> float:
-        return math.exp(mean)
-
-
-class MeanSquaredError(Metric):
-    """The mean of ``(y - t) ** 2`` over every element."""
-
-    name = "mse"
-
-    def batch(self, y: Any, t: Any) -> tuple[Any, int]:
-        xp = backend_for(y)[0]
-        d = _wide(xp, y) - _wide(xp, t)
-        return xp.sum(d * d), math.prod(int(s) for s in y.shape)
-
-
-class MeanAbsoluteError(Metric):
-    """The mean of ``|y - t|`` over every element."""
-
-    name = "mae"
-
-    def batch(self, y: Any, t: Any) -> tuple[Any, int]:
-        xp = backend_for(y)[0]
-        return xp.sum(xp.abs(_wide(xp, y) - _wide(xp, t))), math.prod(int(s) for s in y.shape)
-
-
-class Mean(Metric):
-    """A metric of your own: ``fn(y, t)`` returns the batch's mean as a 0-d array (kept on
-    the device); the result is the mean over batches weighted by their rows."""
-
-    def __init__(self, name: str, fn: Callable[[Any, Any], Any]) -> None:
-        if not callable(fn):
-            raise ArgumentError(f"fn must be callable (y, t) -> 0-d array, got {fn!r}")
-        self.name = str(name)
-        self.fn = fn
-        super().__init__()
-
-    def batch(self, y: Any, t: Any) -> tuple[Any, int]:
-        n = int(y.shape[0]) if y.ndim else 1
-        value = _data(self.fn(y, t))
-        xp = backend_for(value)[0]
-        return _wide(xp, value) * float(n), n
-
-
-_BY_NAME: dict[str, Callable[[], Metric]] = {
-    "accuracy": Accuracy,
-    "top5": lambda: TopKAccuracy(5),
-    "perplexity": Perplexity,
-    "mse": MeanSquaredError,
-    "mae": MeanAbsoluteError,
-}
-
-
-def get(metric: Metric | str) -> Metric:
-    """A :class:`Metric` from itself or a name: "accuracy", "top5" (any "top<k>"),
-    "perplexity", "mse", "mae"."""
-    if isinstance(metric, Metric):
-        return metric
-    if isinstance(metric, str):
-        if metric.startswith("top") and metric[3:].isdigit():
-            return TopKAccuracy(int(metric[3:]))
-        if metric in _BY_NAME:
-            return _BY_NAME[metric]()
-    raise ArgumentError(
-        f"unknown metric {metric!r}: give a nnbackend.metrics.Metric or one of "
-        f"{sorted(_BY_NAME)} (or 'top<k>')"
-    )

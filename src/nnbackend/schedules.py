@@ -172,7 +172,7 @@ class ReduceLROnPlateau(Schedule):
         min_lr: float = 0.0,
         mode: str = "auto",
     ) -> None:
-        from nnbackend.callbacks import _Monitor
+        from nnbackend.train.callbacks import _Monitor
 
         self.factor = _factor("factor", factor)
         if self.factor == 1.0:
@@ -205,7 +205,7 @@ class ReduceLROnPlateau(Schedule):
         return float(self.optimizer.lr)
 
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
-        from nnbackend.callbacks import monitored_value
+        from nnbackend.train.callbacks import monitored_value
 
         value = monitored_value(history, self.monitor)
         if value is not None:

@@ -1,5 +1,7 @@
 """Loss modules: thin wrappers of the fused, numerically stable functions in
-:mod:`nnbackend.nn.functional`. Each returns a 0-d Tensor (mean reduction)."""
+:mod:`nnbackend.nn.functional`. Each returns a 0-d Tensor (mean reduction), and names in
+``default_metric`` the metric of :mod:`nnbackend.metrics` that ``Trainer`` reports as its
+accuracy (``None``: no accuracy)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ class SoftmaxCrossEntropy(Module):
     1.386294
     """
 
+    default_metric: str | None = "accuracy"  # what Trainer reports (nnbackend.metrics)
+
     def __init__(self, ignore_index: int | None = None) -> None:
         super().__init__()
         self.ignore_index = ignore_index
@@ -44,12 +48,16 @@ class SigmoidCrossEntropy(Module):
     """Mean binary cross-entropy of ``sigmoid(logits)`` against targets in [0, 1], stable for
     logits of any magnitude."""
 
+    default_metric: str | None = "binary_accuracy"  # outputs > 0 against targets > 0.5
+
     def forward(self, logits: Any, targets: Any) -> Tensor:
         return F.sigmoid_cross_entropy(logits, targets)
 
 
 class MSELoss(Module):
     """Mean of ``(y - t) ** 2`` over all elements."""
+
+    default_metric: str | None = None  # a regression loss: no accuracy
 
     def forward(self, y: Any, t: Any) -> Tensor:
         return F.mse_loss(y, t)

@@ -1,0 +1,295 @@
+"""Callbacks for :meth:`nnbackend.Trainer.fit`: the :class:`Callback` base, how ``fit``
+dispatches its hooks, early stopping and best-model checkpoints.
+
+The public path is :mod:`nnbackend.callbacks` (``from nnbackend.callbacks import
+EarlyStopping``), which re-exports this module's names.
+
+The callback protocol is :class:`Callback`: ``fit`` calls ``on_fit_start``,
+``on_step_end`` (after every optimizer step), ``on_report``, ``on_epoch_end`` (after each
+completed epoch and its validation) and ``on_fit_end`` (also after an interruption), each as
+``hook(trainer, history)``. A callback stops training by setting
+``trainer.stop_training = True``. The learning-rate schedules of :mod:`nnbackend.schedules`
+are callbacks too.
+
+A callback monitors one of the per-epoch numbers of the :class:`~nnbackend.History`:
+``"loss"`` and ``"accuracy"`` (the training epoch's), ``"val_loss"`` and ``"val_accuracy"``
+(with ``validation_data`` or ``validation_split``), or the name of a metric given to ``fit``
+(``"top5"``, ``"val_top5"``). These are read to the host once per epoch anyway, so
+monitoring them costs no device synchronisation.
+
+>>> import nnbackend as nb
+>>> from nnbackend import nn, optim
+>>> from nnbackend.callbacks import EarlyStopping
+>>> nb.random.seed(0)
+>>> x, t = nb.datasets.spiral()
+>>> model = nn.Sequential(nn.Linear(2, 10), nn.Sigmoid(), nn.Linear(10, 3))
+>>> trainer = nb.Trainer(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=1.0))
+>>> stop = EarlyStopping("val_loss", patience=2, restore_best=True)
+>>> history = trainer.fit(x, t, epochs=5, validation_split=0.2, callbacks=[stop], progress=False)
+>>> stop.best_epoch is not None
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nnbackend.errors import ArgumentError
+from nnbackend.namespace import backend_for
+from nnbackend.train.history import History
+
+if TYPE_CHECKING:
+    from nnbackend.train.trainer import Trainer
+
+__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "monitored_value"]
+
+
+class Callback:
+    """Hooks into :meth:`Trainer.fit`. Override the ones you need; each gets the trainer and
+    the history so far. Set ``trainer.stop_training = True`` to stop after the current step.
+
+    A plain function given in ``callbacks`` is called as ``fn(trainer, history)`` at the end
+    of every epoch.
+    """
+
+    def on_fit_start(self, trainer: Trainer, history: History) -> None:
+        """Before the first step."""
+
+    def on_step_end(self, trainer: Trainer, history: History) -> None:
+        """After every optimizer step (``trainer.step`` counts them). Keep it cheap."""
+
+    def on_report(self, trainer: Trainer, history: History) -> None:
+        """After a report was appended to ``history.loss``."""
+
+    def on_epoch_end(self, trainer: Trainer, history: History) -> None:
+        """After each completed epoch (and its validation)."""
+
+    def on_fit_end(self, trainer: Trainer, history: History) -> None:
+        """When ``fit`` returns, also after an interruption."""
+
+
+_HOOKS = ("on_fit_start", "on_step_end", "on_report", "on_epoch_end", "on_fit_end")
+
+
+def _hooks(callbacks: Iterable[Any]) -> dict[str, list[Callable[[Trainer, History], Any]]]:
+    """The hooks of ``callbacks`` by name (``fit`` calls each list in order): the methods a
+    callback overrides (Callback's own no-ops are left out, so an unused ``on_step_end``
+    costs nothing), or a plain function as an ``on_epoch_end`` hook."""
+    table: dict[str, list[Callable[[Trainer, History], Any]]] = {name: [] for name in _HOOKS}
+    for cb in callbacks:
+        if any(hasattr(cb, name) for name in _HOOKS):
+            for name in _HOOKS:
+                method = getattr(cb, name, None)
+                # Skip Callback's no-op methods, so on_step_end costs nothing unless used.
+                if method is not None and getattr(type(cb), name, None) is not getattr(
+                    Callback, name, None
+                ):
+                    table[name].append(method)
+        elif callable(cb):
+            table["on_epoch_end"].append(cb)
+        else:
+            raise TypeError(
+                f"a callback is a nnbackend.train.Callback or a function (trainer, history), "
+                f"got {type(cb).__name__}"
+            )
+    return table
+
+
+_MAXIMISED = ("accuracy", "acc", "top")
+
+
+def monitored_value(history: History, monitor: str) -> float | None:
+    """The latest per-epoch value of ``monitor`` in ``history`` (``None`` when there is none
+    yet, e.g. ``val_loss`` without validation data).
+
+    Raises:
+        ArgumentError: ``monitor`` names nothing the history records (the message lists what
+            it does record).
+    """
+    table: dict[str, list[Any]] = {
+        "loss": history.epoch_loss,
+        "accuracy": history.epoch_accuracy,
+        "val_loss": history.val_loss,
+        "val_accuracy": history.val_accuracy,
+    }
+    table.update(history.metrics)
+    if monitor not in table:
+        raise ArgumentError(
+            f"cannot monitor {monitor!r}: the history records {sorted(table)}; pass "
+            "validation_data or validation_split for 'val_*', or add the metric to fit(metrics=)"
+        )
+    values = table[monitor]
+    return None if not values or values[-1] is None else float(values[-1])
+
+
+def _mode(monitor: str, mode: str) -> str:
+    if mode == "auto":
+        name = monitor.removeprefix("val_")
+        return "max" if name.startswith(_MAXIMISED) else "min"
+    if mode not in ("min", "max"):
+        raise ArgumentError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+class _Monitor:
+    """The best value of one monitored number so far, and whether the latest improved it."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
+        if not isinstance(monitor, str):
+            raise ArgumentError(f"monitor must be a name such as 'val_loss', got {monitor!r}")
+        if not (float(min_delta) >= 0.0):
+            raise ArgumentError(f"min_delta must be >= 0, got {min_delta!r}")
+        self.monitor = monitor
+        self.mode = _mode(monitor, mode)
+        self.min_delta = float(min_delta)
+        self.best: float | None = None
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+
+class EarlyStopping(Callback):
+    """Stop ``fit`` when ``monitor`` has not improved for ``patience`` epochs.
+
+    Args:
+        monitor: the per-epoch number to watch ("val_loss", "val_accuracy", "loss", a
+            metric's name).
+        patience: stop after this many epochs in a row without improvement (Keras's
+            meaning; 0 stops at the first).
+        min_delta: an improvement smaller than this does not count.
+        mode: "min", "max", or "auto" (max for accuracies and top-k, min otherwise).
+        restore_best: when training ends (stopped or not), put back the weights of the best
+            epoch. The snapshot is a copy on the model's own device, taken at each
+            improvement; nothing goes through the host.
+
+    Attributes:
+        best: the best value seen; ``best_epoch``: its epoch (0-based); ``stopped_epoch``: the
+            epoch after which training stopped, or ``None``.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        *,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best: bool = False,
+    ) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ArgumentError(f"patience must be an int >= 0, got {patience!r}")
+        self._watch = _Monitor(monitor, mode, min_delta)
+        self.monitor = monitor
+        self.patience = patience
+        self.restore_best = bool(restore_best)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+        self.wait = 0
+        self._snapshot: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: Trainer, history: History) -> None:
+        self._watch.best = self.best = None
+        self.best_epoch = self.stopped_epoch = None
+        self.wait = 0
+        self._snapshot = None
+
+    def on_epoch_end(self, trainer: Trainer, history: History) -> None:
+        value = monitored_value(history, self.monitor)
+        if value is None:
+            return
+        if self._watch.improved(value):
+            self._watch.best = self.best = value
+            self.best_epoch = trainer.epoch
+            self.wait = 0
+            if self.restore_best:
+                self._snapshot = _copy_weights(trainer.model)
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = trainer.epoch
+            trainer.stop_training = True
+
+    def on_fit_end(self, trainer: Trainer, history: History) -> None:
+        if self.restore_best and self._snapshot is not None:
+            trainer.model.load_state_dict(self._snapshot)
+
+
+def _copy_weights(model: Any) -> dict[str, Any]:
+    """A copy of every parameter, on its own backend and device."""
+    out = {}
+    for name, value in model.state_dict().items():
+        xp = backend_for(value)[0]
+        out[name] = xp.asarray(value, copy=True)
+    return out
+
+
+class ModelCheckpoint(Callback):
+    """Save the model with :func:`nnbackend.save` (atomically) after epochs.
+
+    Args:
+        path: the file; may hold ``{epoch}`` (1-based) and the monitored name, e.g.
+            ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``.
+        monitor: the per-epoch number that decides what "best" means.
+        save_best_only: save only when ``monitor`` improved (otherwise after every epoch).
+        mode: "min", "max" or "auto" as in :class:`EarlyStopping`.
+        dtype: store the parameters in this dtype (see :func:`nnbackend.save`).
+        save_optimizer: also store the optimizer's state.
+
+    Attributes:
+        best: the best value seen; ``best_epoch``: its epoch (0-based); ``saved``: the paths
+            written, in order.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        *,
+        save_best_only: bool = False,
+        mode: str = "auto",
+        dtype: Any = None,
+        save_optimizer: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.monitor = monitor
+        self._watch = _Monitor(monitor, mode, 0.0)
+        self.save_best_only = bool(save_best_only)
+        self.dtype = dtype
+        self.save_optimizer = bool(save_optimizer)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.saved: list[Path] = []
+
+    def on_fit_start(self, trainer: Trainer, history: History) -> None:
+        self._watch.best = self.best = None
+        self.best_epoch = None
+
+    def on_epoch_end(self, trainer: Trainer, history: History) -> None:
+        from nnbackend.io import save
+
+        value = monitored_value(history, self.monitor)
+        if self.save_best_only:
+            if value is None or not self._watch.improved(value):
+                return
+            self._watch.best = self.best = value
+            self.best_epoch = trainer.epoch
+        fields = {"epoch": trainer.epoch + 1, self.monitor: math.nan if value is None else value}
+        path = Path(self.path.format(**fields))
+        save(
+            trainer.model,
+            path,
+            dtype=self.dtype,
+            optimizer=trainer.optimizer if self.save_optimizer else None,
+        )
+        self.saved.append(path)

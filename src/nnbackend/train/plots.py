@@ -1,0 +1,169 @@
+"""Plots of training: the loss and accuracy curves of a :class:`~nnbackend.train.History`
+(drawn by :meth:`History.plot <nnbackend.train.History.plot>`) and the decision boundary of a
+2-D classifier (:func:`plot_decision_boundary`).
+
+Every plot needs matplotlib (``pip install 'nnbackend[plot]'``) and uses its object API only,
+so the user's pyplot state and GUI backend are left alone. Arrays reach the host through
+:func:`nnbackend.to_device` (a ``"numpy"`` target gives a NumPy array, which matplotlib reads);
+this module imports no array library itself. In data-parallel training only rank 0 writes
+files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nnbackend.device import to_device
+from nnbackend.errors import ShapeError
+from nnbackend.namespace import array_namespace
+from nnbackend.train._arrays import data, predict
+
+if TYPE_CHECKING:
+    from nnbackend.train.history import History
+
+__all__ = ["PLOT_HINT", "plot_decision_boundary"]
+
+PLOT_HINT = "pip install 'nnbackend[plot]'"
+"""How to install what the plots need."""
+
+
+def _writes_files() -> bool:
+    """False on the ranks other than 0 of a data-parallel job: they leave files alone."""
+    from nnbackend.distributed import is_main
+
+    return is_main()
+
+
+def _require_matplotlib(what: str) -> Any:
+    """``matplotlib.figure.Figure``, or an ImportError that says how to install it."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(f"{what} needs matplotlib, which is not installed: {PLOT_HINT}") from exc
+    return Figure
+
+
+def _on_host(x: Any) -> Any:
+    """``x`` (an array of any backend, or a Tensor) as a NumPy array."""
+    return to_device(data(x), "numpy")
+
+
+def _plot_history(history: History, path: str | Path, *, title: str | None = None) -> Path:
+    """The body of :meth:`History.plot <nnbackend.train.History.plot>`."""
+    Figure = _require_matplotlib("History.plot()")
+    path = Path(path)
+    if not _writes_files():
+        return path
+    has_acc = any(a is not None for a in history.accuracy + history.val_accuracy)
+    fig = Figure(figsize=(10 if has_acc else 6, 4), layout="constrained")
+    axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
+    epoch_steps = [history.steps_per_epoch * (i + 1) for i in range(len(history.val_loss))]
+    ax = axes[0]
+    ax.plot(history.report_steps, history.loss, label="train")
+    if history.val_loss:
+        ax.plot(epoch_steps, history.val_loss, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if has_acc:
+        ax = axes[1]
+        steps = [
+            s for s, a in zip(history.report_steps, history.accuracy, strict=True) if a is not None
+        ]
+        ax.plot(steps, [a for a in history.accuracy if a is not None], label="train")
+        if any(a is not None for a in history.val_accuracy):
+            ax.plot(
+                [
+                    s
+                    for s, a in zip(epoch_steps, history.val_accuracy, strict=True)
+                    if a is not None
+                ],
+                [a for a in history.val_accuracy if a is not None],
+                label="validation",
+            )
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.set_title("accuracy")
+        ax.set_ylim(-0.02, 1.02)  # a curve at exactly 0 or 1 stays visible
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def plot_decision_boundary(
+    model: Any, x: Any, t: Any, path: str | Path, *, resolution: int = 200, title: str | None = None
+) -> Path:
+    """Colour the plane by the class ``model`` predicts and scatter the points ``(x, t)`` on
+    top: the book's spiral figure. ``x`` has two features; ``t`` holds integer labels.
+
+    Needs matplotlib (``pip install 'nnbackend[plot]'``). Returns the path written. In
+    data-parallel training only rank 0 writes the file.
+    """
+    from nnbackend.datasets import to_backend
+
+    Figure = _require_matplotlib("plot_decision_boundary()")
+    if not _writes_files():
+        return Path(path)
+    x = data(x)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ShapeError(f"plot_decision_boundary needs 2-D points, got shape {tuple(x.shape)}")
+    hx = _on_host(x)
+    hp = array_namespace(hx)  # NumPy's namespace: the grid is built on the host in float64
+    hx = hp.astype(hx, hp.float64)
+    ht = _on_host(t)
+    if ht.ndim == 2:
+        ht = ht.argmax(axis=1)
+    lo, hi = hx.min(axis=0) - 0.1, hx.max(axis=0) + 0.1
+    gx, gy = hp.meshgrid(
+        hp.linspace(lo[0], hi[0], resolution, dtype=hp.float64),
+        hp.linspace(lo[1], hi[1], resolution, dtype=hp.float64),
+    )
+    grid = hp.stack([hp.reshape(gx, (-1,)), hp.reshape(gy, (-1,))], axis=1)
+    grid_b = to_backend(grid, like=x)  # x's backend, device and dtype
+    previous = getattr(model, "training", None)
+    if previous is not None:
+        model.eval()
+    try:
+        scores = predict(model, grid_b, 8192)
+    finally:
+        if previous is not None:
+            model.train(previous)
+    hs = hp.astype(_on_host(scores), hp.float64)
+    zone = hs.argmax(axis=1) if hs.ndim == 2 and hs.shape[1] > 1 else (hs.reshape(-1) > 0)
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    n_classes = int(max(ht.max(initial=0), zone.max(initial=0))) + 1
+    ax.contourf(
+        gx,
+        gy,
+        zone.reshape(gx.shape),
+        levels=[c - 0.5 for c in range(n_classes + 1)],
+        cmap="Pastel1" if n_classes <= 9 else "tab20",
+        alpha=0.8,
+    )
+    markers = "o^sDvP<>p*"
+    for c in range(n_classes):
+        pts = hx[ht == c]
+        ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=18,
+            marker=markers[c % len(markers)],
+            label=f"class {c}",
+            edgecolors="k",
+            linewidths=0.3,
+        )
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(title or "decision boundary")
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=100)
+    return path
