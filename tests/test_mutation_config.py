@@ -29,7 +29,9 @@ CORE = [  # issue 21: autograd/, nn/, optim, precision, io, config, namespace, r
     "src/nnbackend/config.py",
     "src/nnbackend/namespace.py",
     "src/nnbackend/registry.py",
-    "src/nnbackend/train.py",
+    "src/nnbackend/train/trainer.py",
+    "src/nnbackend/train/metrics.py",
+    "src/nnbackend/train/interrupt.py",
 ]
 
 
