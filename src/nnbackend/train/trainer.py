@@ -170,6 +170,19 @@ class Trainer:
             one when the policy in effect at ``fit`` is a mixed one (mixed16); ``None``
             never scales.
 
+    The accuracy that ``fit`` and ``evaluate`` report is the metric the loss declares in its
+    ``default_metric`` attribute (:func:`nnbackend.metrics.default_metric`): accuracy for
+    softmax cross-entropy, binary accuracy for sigmoid cross-entropy, none for MSE; a loss of
+    your own may declare any :class:`~nnbackend.metrics.Metric`.
+
+    **Customising a step.** ``fit`` calls :meth:`train_step` once per batch, on every path
+    (in-memory data shuffled or in order, a DataLoader, data-parallel ranks): override it in a
+    subclass to change what one step does (gradient accumulation, two optimizers, an extra
+    loss term). It gets the batch ``(x, t)``, must take one optimizer step, add 1 to
+    ``self.step``, and return ``(outputs, loss)`` for the whole batch; ``fit`` does the rest
+    (reports, metrics, callbacks). Clipping (``max_grad``), loss scaling and the gradient
+    all-reduce are the base method's: call ``super().train_step(x, t)`` to keep them.
+
     Attributes:
         step: optimizer steps taken in the current ``fit``.
         epoch: the current epoch (0-based).
@@ -402,7 +415,10 @@ class Trainer:
     def train_step(self, x: Any, t: Any) -> tuple[Any, Any]:
         """One optimizer step on the batch ``(x, t)``: forward, loss, backward, the gradient
         all-reduce (data-parallel training), clipping, loss scaling and the optimizer step.
-        :meth:`fit` calls it once per batch; override it to change what a step does.
+        :meth:`fit` calls it once per batch, whatever way the batches come: override it in a
+        subclass to change what a step does (see the class's "Customising a step"). An
+        override takes one optimizer step, adds 1 to ``self.step`` and returns
+        ``(outputs, loss)`` for the whole batch.
 
         In data-parallel training the gradients are all-reduced right after ``backward``,
         weighted by this rank's share of the global batch, before clipping, unscaling and
