@@ -581,24 +581,9 @@ class Trainer:
             if validation is not None:
                 raise ArgumentError("give validation or validation_data, not both")
             validation = validation_data
-        loader = _as_loader(x, t, validation_split)
-        if loader is not None:
-            if loader.like is None and any(True for _ in self._parameters()):
-                loader.like = self.model
-            batch_size = loader.batch_size
-            # A first batch tells the backend; the loop draws its own batches per epoch.
-            x, t = _first_batch(loader)
-        else:
-            x, t = self._on_model(x, t)
-        if validation_split is not None:
-            if validation is not None:
-                raise ArgumentError("give validation_data or validation_split, not both")
-            x, t, validation = _split(x, t, validation_split)
-        xp, x, t = self._check_pair(x, t, "fit")
-        if validation is not None:
-            if isinstance(validation, (tuple, list)) and len(validation) == 2:
-                validation = self._on_model(validation[0], validation[1])
-            validation = self._check_validation(validation, x, t)
+        xp, x, t, loader, batch_size, validation = self._fit_data(
+            x, t, batch_size, validation, validation_split
+        )
         train_metrics = [get_metric(m) for m in metrics]
         val_metrics = [copy.deepcopy(m) for m in train_metrics]
         n = int(x.shape[0]) if loader is None else loader.n
@@ -661,6 +646,33 @@ class Trainer:
         run.previous_mode = self._set_mode(True)
         run.start = time.perf_counter()
         return run
+
+    def _fit_data(
+        self, x: Any, t: Any, batch_size: int, validation: Any, validation_split: Any
+    ) -> tuple[Any, Any, Any, Any, int, Any]:
+        """``(xp, x, t, loader, batch_size, validation)`` for ``fit``: the training data on
+        the model's backend (for a DataLoader, its first batch, which fixes the backend), the
+        held-out rows of ``validation_split``, and the validation set checked against the
+        training data."""
+        loader = _as_loader(x, t, validation_split)
+        if loader is not None:
+            if loader.like is None and any(True for _ in self._parameters()):
+                loader.like = self.model
+            batch_size = loader.batch_size
+            # A first batch tells the backend; the loop draws its own batches per epoch.
+            x, t = _first_batch(loader)
+        else:
+            x, t = self._on_model(x, t)
+        if validation_split is not None:
+            if validation is not None:
+                raise ArgumentError("give validation_data or validation_split, not both")
+            x, t, validation = _split(x, t, validation_split)
+        xp, x, t = self._check_pair(x, t, "fit")
+        if validation is not None:
+            if isinstance(validation, (tuple, list)) and len(validation) == 2:
+                validation = self._on_model(validation[0], validation[1])
+            validation = self._check_validation(validation, x, t)
+        return xp, x, t, loader, batch_size, validation
 
     def _run_epochs(self, run: _Fit) -> None:
         """The epochs of ``fit``, until the last one or a stop (a callback, Ctrl-C)."""
