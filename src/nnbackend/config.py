@@ -482,7 +482,7 @@ def sources() -> dict[str, tuple[Any, str]]:
         dtype = _process_dtype(backend)
         source = _Process.dtype_source
         if _Process.dtype is None and dtype != BUILTIN_DTYPE:
-            source = f"{SOURCE_BUILTIN} on {backend} (it cannot hold {BUILTIN_DTYPE} now)"
+            source = f"{SOURCE_BUILTIN}: {backend} cannot hold {BUILTIN_DTYPE} here"
         result["dtype"] = (dtype, source)
     if overrides is not None and overrides.device is not None:
         result["device"] = (overrides.device, SOURCE_USING)
