@@ -112,9 +112,7 @@ def pytest_report_header() -> list[str]:
     if os.environ.get(TEST_BACKENDS_ENV, "").strip():
         lines.append(f"  (restricted by {TEST_BACKENDS_ENV}; not run: {', '.join(excluded)})")
     elif excluded:
-        lines.append(
-            f"  (opt-in, not run: {', '.join(excluded)}; select with {TEST_BACKENDS_ENV})"
-        )
+        lines.append(f"  (opt-in, not run: {', '.join(excluded)}; select with {TEST_BACKENDS_ENV})")
     for name in SELECTED_BACKENDS:
         reason = registry.probe(name)
         lines.append(f"  {name}: {'available' if reason is None else 'SKIPPED: ' + reason}")
