@@ -3,6 +3,8 @@
 | session     | what it does                                                                  |
 | ----------- | ----------------------------------------------------------------------------- |
 | `tests`     | installs `.[test]` and torch, runs pytest on every available backend          |
+| `tests-jax` | installs `.[test,jax]`, runs pytest on the jax backend with `JAX_ENABLE_X64=1`  |
+|             | (not a default session until the engine stops writing in place: issue 13)      |
 | `lint`      | `ruff check` and `ruff format --check`                                         |
 | `typecheck` | mypy on `src/nnbackend` (config in pyproject.toml)                             |
 | `gpu`       | on a CUDA machine, in the *current* environment: `scripts/gpu_check.py` (gpu   |
@@ -52,6 +54,24 @@ def tests(session: nox.Session) -> None:
         "pytest",
         *session.posargs,
         env={"NNBACKEND_TEST_BACKENDS": None, "NNBACKEND": None, "NNBACKEND_DTYPE": None},
+    )
+
+
+@nox.session(name="tests-jax")
+def tests_jax(session: nox.Session) -> None:
+    """pytest on the jax backend (CPU), float64 cases included: ``JAX_ENABLE_X64=1`` is set for
+    the run, as nnbackend never switches jax's x64 on itself. Not in the default sessions:
+    the engine and optimizers still write in place (issue 13, item 6, second wave)."""
+    session.install(".[test,jax]")
+    session.run(
+        "pytest",
+        *session.posargs,
+        env={
+            "NNBACKEND_TEST_BACKENDS": "jax",
+            "JAX_ENABLE_X64": "1",
+            "NNBACKEND": None,
+            "NNBACKEND_DTYPE": None,
+        },
     )
 
 

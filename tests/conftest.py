@@ -3,7 +3,8 @@
 Fixtures every test file can use (pytest finds them through this conftest):
 
 ``backend``
-    The name of a registered built-in backend: numpy, array_api_strict, torch, cupy. A backend
+    The name of a registered built-in backend: numpy, array_api_strict, torch, cupy (jax only
+    where ``NNBACKEND_TEST_BACKENDS`` names it, see ``OPT_IN_BACKENDS``). A backend
     that cannot run here is reported as SKIPPED with the reason from
     ``nnbackend.registry.probe(name)``, never dropped. The cupy parameter carries the ``gpu``
     marker. ``NNBACKEND_TEST_BACKENDS=numpy,array_api_strict`` restricts the parameters (CI uses
@@ -46,7 +47,11 @@ import nnbackend as nb
 from nnbackend import config, registry
 from nnbackend import random as nb_random
 
-BUILTIN_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy")
+BUILTIN_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy", "jax")
+# Run only where NNBACKEND_TEST_BACKENDS names them: jax's immutable arrays meet an engine and
+# optimizers that still write in place (issue 13, item 6, second wave), so a plain `pytest`
+# with jax installed would fail by the hundreds. CI runs the jax step on its own.
+OPT_IN_BACKENDS = frozenset({"jax"})
 GPU_BACKENDS = frozenset({"cupy"})
 DTYPES = ("float64", "float32", "float16")
 TEST_BACKENDS_ENV = "NNBACKEND_TEST_BACKENDS"
@@ -64,11 +69,11 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nnbackend
 
 
 def _selected_backends() -> tuple[str, ...]:
-    """The backends the ``backend`` fixture runs on: all built-ins, or those named in
-    ``NNBACKEND_TEST_BACKENDS`` (comma separated)."""
+    """The backends the ``backend`` fixture runs on: the built-ins but the opt-in ones, or
+    those named in ``NNBACKEND_TEST_BACKENDS`` (comma separated)."""
     raw = os.environ.get(TEST_BACKENDS_ENV, "").strip()
     if not raw:
-        return BUILTIN_BACKENDS
+        return tuple(name for name in BUILTIN_BACKENDS if name not in OPT_IN_BACKENDS)
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
@@ -103,9 +108,11 @@ def pytest_report_header() -> list[str]:
         lines.append(
             f"  ignored for the tests: {_AMBIENT} (select backends with {TEST_BACKENDS_ENV})"
         )
+    excluded = [name for name in BUILTIN_BACKENDS if name not in SELECTED_BACKENDS]
     if os.environ.get(TEST_BACKENDS_ENV, "").strip():
-        excluded = [name for name in BUILTIN_BACKENDS if name not in SELECTED_BACKENDS]
         lines.append(f"  (restricted by {TEST_BACKENDS_ENV}; not run: {', '.join(excluded)})")
+    elif excluded:
+        lines.append(f"  (opt-in, not run: {', '.join(excluded)}; select with {TEST_BACKENDS_ENV})")
     for name in SELECTED_BACKENDS:
         reason = registry.probe(name)
         lines.append(f"  {name}: {'available' if reason is None else 'SKIPPED: ' + reason}")
@@ -181,10 +188,16 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(params=DTYPES)
 def dtype(request: pytest.FixtureRequest, backend: str) -> str:
-    """A floating dtype name the backend has; float16 is skipped where the backend lacks it."""
+    """A floating dtype name the backend has; float16 is skipped where the backend lacks it,
+    and a dtype the backend cannot hold in this process (float64 on jax without
+    ``JAX_ENABLE_X64=1``) with the backend's reason."""
     name: str = request.param
-    if name == "float16" and not registry.get(backend).capabilities.float16:
+    record = registry.get(backend)
+    if name == "float16" and not record.capabilities.float16:
         _fixture_skip(f"backend {backend!r} has no float16", _lineno(dtype))
+    reason = None if record.dtype_reason is None else record.dtype_reason(name)
+    if reason is not None:
+        _fixture_skip(f"backend {backend!r} has no {name} here: {reason}", _lineno(dtype))
     return name
 
 

@@ -21,7 +21,7 @@ def test_module_info(run_python: Callable[..., Any]) -> None:
     assert lines[0] == "nnbackend settings:"
     assert "  backend = numpy (built-in default)" in lines
     assert "  dtype   = float32 (from NNBACKEND_DTYPE)" in lines
-    for name in ("numpy", "cupy", "torch", "array_api_strict"):
+    for name in ("numpy", "cupy", "torch", "array_api_strict", "jax"):
         assert any(line.startswith(f"  {name} ") and "available" in line for line in lines)
     assert "versions:" in lines
 

@@ -104,7 +104,7 @@ def test_unknown_target_lists_backends() -> None:
         nb.to_device(np.zeros(2), "nosuchlib")
     message = str(excinfo.value)
     assert "'nosuchlib' is neither a backend" in message
-    for name in ("numpy", "cupy", "torch", "array_api_strict"):
+    for name in ("numpy", "cupy", "torch", "array_api_strict", "jax"):
         assert name in message
     with pytest.raises(BackendError):
         parse_target(3)  # type: ignore[arg-type]

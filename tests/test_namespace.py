@@ -27,6 +27,7 @@ BASE_MODULES = {
     "torch": "array_api_compat.torch",
     "cupy": "array_api_compat.cupy",
     "array_api_strict": "array_api_strict",
+    "jax": "jax.numpy",  # jax.numpy is the Array API namespace itself: no wrapper
 }
 
 # ---------------------------------------------------------------------------------- strategies

@@ -34,6 +34,7 @@ __all__ = [
     "DTYPES",
     "DTYPE_ENV",
     "POLICIES",
+    "builtin_dtype",
     "check_dtypes_enabled",
     "get_backend",
     "get_default_dtype",
@@ -55,6 +56,8 @@ DTYPE_ENV = "NNBACKEND_DTYPE"
 CHECK_DTYPES_ENV = "NNBACKEND_CHECK_DTYPES"
 BUILTIN_BACKEND = "numpy"
 BUILTIN_DTYPE = "float64"
+# The built-in default on a backend that cannot hold float64 now (see builtin_dtype()).
+FALLBACK_DTYPE = "float32"
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16")
 #: The precision policies the dtype setting accepts: the array dtypes and the mixed ones.
 POLICIES: tuple[str, ...] = (*DTYPES, "mixed16")
@@ -243,11 +246,27 @@ def _process_backend() -> str:
     return _Process.backend or BUILTIN_BACKEND
 
 
-def _process_dtype() -> str:
-    """The process-wide policy name (a dtype name or "mixed16")."""
+def _process_dtype(backend: str | None = None) -> str:
+    """The process-wide policy name (a dtype name or "mixed16") for ``backend`` (default: the
+    active one), which only matters where nothing chose a dtype (see :func:`builtin_dtype`)."""
     if not _Process.environment_read:
         _read_environment()
-    return _Process.dtype or BUILTIN_DTYPE
+    return _Process.dtype or builtin_dtype(get_backend() if backend is None else backend)
+
+
+def builtin_dtype(backend: str) -> str:
+    """The default floating dtype where no argument, ``using`` block, ``set_default_dtype``
+    or ``NNBACKEND_DTYPE`` chose one: float64, or float32 on a backend that cannot hold
+    float64 in this process now (jax without ``jax_enable_x64``; its
+    :attr:`~nnbackend.Backend.dtype_reason` says so). A float64 chosen explicitly on such a
+    backend is an error instead (raised by :func:`nnbackend.namespace`)."""
+    try:
+        reason_of = registry.get(backend).dtype_reason
+    except BackendError:
+        return BUILTIN_DTYPE
+    if reason_of is not None and reason_of(BUILTIN_DTYPE) is not None:
+        return FALLBACK_DTYPE
+    return BUILTIN_DTYPE
 
 
 def set_backend(name: str) -> None:
@@ -339,7 +358,7 @@ def resolve(backend: str | None = None, dtype: Any = None) -> tuple[str, str, st
     elif overrides is not None and overrides.dtype is not None:
         dtype = overrides.dtype
     else:
-        dtype = _process_dtype()
+        dtype = _process_dtype(backend)
     return backend, _ARRAY_DTYPE.get(dtype, dtype), device
 
 
@@ -459,7 +478,12 @@ def sources() -> dict[str, tuple[Any, str]]:
     if overrides is not None and overrides.dtype is not None:
         result["dtype"] = (overrides.dtype, SOURCE_USING)
     else:
-        result["dtype"] = (_process_dtype(), _Process.dtype_source)
+        backend = result["backend"][0]
+        dtype = _process_dtype(backend)
+        source = _Process.dtype_source
+        if _Process.dtype is None and dtype != BUILTIN_DTYPE:
+            source = f"{SOURCE_BUILTIN}: {backend} cannot hold {BUILTIN_DTYPE} here"
+        result["dtype"] = (dtype, source)
     if overrides is not None and overrides.device is not None:
         result["device"] = (overrides.device, SOURCE_USING)
     else:

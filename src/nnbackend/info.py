@@ -95,6 +95,12 @@ class Info:
                     f"{b.facts['cuda_driver']}, memory pool "
                     f"{b.facts['memory_pool_used_bytes']}/{b.facts['memory_pool_total_bytes']} B"
                 )
+            if "x64" in b.facts:  # jax
+                x64 = "on" if b.facts["x64"] else "off (float64 needs JAX_ENABLE_X64=1)"
+                lines.append(
+                    f"  {'':<17} platform {b.facts.get('platform')}, devices "
+                    f"{', '.join(b.facts.get('devices', []))}; 64-bit types {x64}"
+                )
             if "threads" in b.facts and not b.facts.get("blas"):
                 lines.append(f"  {'':<17} threads: {b.facts['threads']}")
         if self.world:

@@ -264,6 +264,9 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
             f"backend {backend!r} has no float16; use float32 or float64 with it, or pick a "
             f"backend that has float16 ({', '.join(_float16_backends())})"
         )
+    reason = None if record.dtype_reason is None else record.dtype_reason(dtype)
+    if reason is not None:
+        raise DtypeError(f"backend {backend!r} cannot make {dtype} arrays here: {reason}")
     base = record.load_namespace()
     default = getattr(base, dtype)
     device_object = record.device(device) if device is not None else None
@@ -309,7 +312,9 @@ def namespace(backend: str | None = None, dtype: Any = None) -> Any:
         BackendError: unknown backend (the message lists the registered ones).
         BackendUnavailableError: the backend cannot run here (the message says why and how to
             fix it).
-        DtypeError: unknown dtype, or float16 on a backend without it.
+        DtypeError: unknown dtype, float16 on a backend without it, or a dtype the backend
+            cannot hold in this process (float64 on jax without ``jax_enable_x64``; the
+            message says how to switch it on).
 
     >>> import nnbackend as nb
     >>> xp = nb.namespace(dtype="float32")

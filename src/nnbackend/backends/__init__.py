@@ -6,9 +6,15 @@ callables import the library lazily. :data:`BUILTIN` lists the records nnbackend
 
 from __future__ import annotations
 
-from nnbackend.backends import cupy, numpy, strict, torch
+from nnbackend.backends import cupy, jax, numpy, strict, torch
 from nnbackend.backends.base import Backend, Capabilities
 
-BUILTIN: tuple[Backend, ...] = (numpy.BACKEND, cupy.BACKEND, torch.BACKEND, strict.BACKEND)
+BUILTIN: tuple[Backend, ...] = (
+    numpy.BACKEND,
+    cupy.BACKEND,
+    torch.BACKEND,
+    strict.BACKEND,
+    jax.BACKEND,
+)
 
 __all__ = ["BUILTIN", "Backend", "Capabilities"]

@@ -91,6 +91,13 @@ class Backend:
             caching allocator) to the driver and says ``{"freed_bytes": ..., "held_bytes":
             ...}``; ``{}`` when the library was never imported or holds nothing (it must not
             import the library). ``None`` for libraries with no cache of their own.
+        dtype_reason: ``dtype_reason(name)`` returns ``None`` when the library can hold the
+            floating dtype ``name`` ("float64", "float32", "float16") in this process now, else
+            a one-line reason that says how to fix it (jax without ``jax_enable_x64`` has no
+            float64). Choosing such a dtype raises :class:`~nnbackend.errors.DtypeError` with
+            the reason; where the user chose no dtype, the built-in default falls back from
+            float64 to float32. ``None`` (the default) means every dtype the capabilities
+            allow. It must not import the library.
         install_hint: the command that installs the library.
         description: one line for listings.
     """
@@ -111,6 +118,7 @@ class Backend:
     kernels: Callable[[], dict[str, Any]] = _no_kernels
     enter_device: Callable[[Any], AbstractContextManager[Any]] | None = None
     empty_cache: Callable[[], dict[str, int]] | None = None
+    dtype_reason: Callable[[str], str | None] | None = None
     install_hint: str = ""
     description: str = ""
 
