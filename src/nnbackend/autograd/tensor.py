@@ -232,7 +232,7 @@ class Tensor:
             return
         grad = _function.as_array(xp, grad)  # NumPy: a 0-d array, not a numpy.float64
         if self.creator is None:  # a leaf: accumulate like any other gradient
-            self.grad = grad if self.grad is None else _function._sum(xp, self.grad, grad)
+            self.grad = grad if self.grad is None else _function.add_arrays(xp, self.grad, grad)
             return
         _function.run_backward(self, grad, retain_grad)
 
