@@ -59,6 +59,7 @@ from nnbackend.errors import (
     DtypeError,
     NNBackendError,
 )
+from nnbackend.typing import Array
 
 __all__ = [
     "ArrayFn",
@@ -73,7 +74,7 @@ __all__ = [
     "to_device",
 ]
 
-ArrayFn = Callable[[Any], Any]
+ArrayFn = Callable[[Array], Array]
 """A function from one backend array to another (onto another device, into another dtype)."""
 
 
@@ -155,7 +156,7 @@ def _unknown_backend(name: object) -> str:
     return f"unknown backend {name!r}; registered backends are {', '.join(registry.backends())}"
 
 
-def is_array(value: Any) -> bool:
+def is_array(value: object) -> bool:
     """Whether ``value`` is an array of a registered backend (imports nothing)."""
     return (
         registry.backend_of(value) is not None

@@ -266,9 +266,10 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
         )
     base = record.load_namespace()
     default = getattr(base, dtype)
-    device_object = record.device(device) if device is not None else None
+    device_object = None
     base_info = base.__array_namespace_info__()
-    if device_object is not None:
+    if device is not None:
+        device_object = record.device(device)
         _check_device_dtype(backend, dtype, device, base_info, device_object)
     ns = ModuleType(f"nnbackend.namespace.{backend}")
     ns.__doc__ = (
