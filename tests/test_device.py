@@ -426,7 +426,8 @@ def test_optimizer_refresh_hook_is_used(strict: None) -> None:
     opt = Hooked(model.parameters(), lr=0.1)
     opt._pairs = None  # type: ignore[assignment]  # a layout to_device would reject
     nb.to_device(opt, "array_api_strict")
-    assert calls == ["array_api_strict"]
+    # _apply runs once while planning (nothing moved yet) and once committing.
+    assert calls == ["numpy", "array_api_strict"]
 
 
 class _WithBuffers(nn.Module):
@@ -571,3 +572,68 @@ def test_torch_cuda_cache_is_emptied() -> None:
 def test_public_names() -> None:
     for name in ("to_device", "from_dlpack", "empty_cache"):
         assert name in nb.__all__ and callable(getattr(nb, name))
+
+
+# -- objects move themselves: _apply ------------------------------------------------------
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(2, 2)
+        self.second = nn.Linear(2, 2)
+        self.second.weight = self.first.weight  # the same Parameter in two layers
+        self.cache = (np.ones(3), [np.zeros(1)])
+
+
+def test_module_apply_calls_fn_once_per_array_and_keeps_ties() -> None:
+    module = _Tied()
+    module.first.weight.grad = np.ones((2, 2))
+    seen: list[int] = []
+
+    def to32(a: Any) -> Any:
+        seen.append(id(a))
+        return a.astype(np.float32)
+
+    weight = module.first.weight
+    assert module._apply(to32) is module
+    assert len(seen) == len(set(seen)) == 6  # weight, its grad, two biases, two cached
+    assert module.second.weight is weight and weight.data.dtype == np.float32
+    assert weight.grad.dtype == np.float32
+    assert module.cache[0].dtype == np.float32 and module.cache[1][0].dtype == np.float32
+
+
+def test_optimizer_apply_keeps_parameters_and_state_dicts() -> None:
+    model = _mlp()
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    x, t = _data()
+    _step(model, opt, x, t)
+    params, states = list(opt.params), list(opt.state)
+    assert opt._apply(lambda a: a.astype(np.float32)) is opt
+    assert opt.params == params and all(a is b for a, b in zip(opt.state, states, strict=True))
+    assert {p.data.dtype for p in model.parameters()} == {np.dtype(np.float32)}
+    assert {s[k].dtype for s in opt.state for k in ("m", "v")} == {np.dtype(np.float32)}
+
+
+def test_a_class_with_apply_moves_with_to_device(strict: None) -> None:
+    class Holder:
+        def __init__(self) -> None:
+            self.array = np.ones(2)
+
+        def _apply(self, fn: Callable[[Any], Any]) -> Holder:
+            self.array = fn(self.array)
+            return self
+
+    holder = Holder()
+    assert nb.to_device(holder, "array_api_strict") is holder
+    assert registry.backend_of(holder.array) == "array_api_strict"
+
+
+def test_a_failure_late_in_a_move_leaves_earlier_objects_unmoved(strict: None) -> None:
+    model = _mlp()
+    with nb.using(dtype="float16"):
+        half = nb.Tensor(nb.namespace().ones(2))
+    before = [p.data for p in model.parameters()]
+    with pytest.raises(DtypeError, match="no float16"):
+        nb.to_device([model, half], "array_api_strict")
+    assert [p.data for p in model.parameters()] == before

@@ -43,7 +43,7 @@ class Declared(Function):
 
 def test_the_suite_runs_with_the_guard_on() -> None:
     assert config.check_dtypes_enabled()
-    assert config._switch.maybe
+    assert config.engine_switch.maybe
 
 
 def test_guard_names_the_op_shapes_and_dtypes(xp: Any, dtype: str) -> None:
@@ -98,13 +98,13 @@ def test_switch_is_off_when_nothing_asks_for_checks(monkeypatch: pytest.MonkeyPa
     config._Process.environment_read = False
     config.set_check_dtypes(None)
     nb.get_backend()  # reads the environment
-    assert config._switch.maybe is False
+    assert config.engine_switch.maybe is False
     with nb.using(check_dtypes=True):
-        assert config._switch.maybe is True
-    assert config._switch.maybe is False
+        assert config.engine_switch.maybe is True
+    assert config.engine_switch.maybe is False
     with nb.autograd.detect_anomaly():
-        assert config._switch.maybe is True
-    assert config._switch.maybe is False
+        assert config.engine_switch.maybe is True
+    assert config.engine_switch.maybe is False
 
 
 def test_guard_reaches_new_threads_through_the_process_setting() -> None:

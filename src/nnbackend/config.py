@@ -114,7 +114,19 @@ class _EngineSwitch:
     anomaly_blocks = 0  # open detect_anomaly() blocks, all threads together
 
 
-_switch = _EngineSwitch
+# -- internal API for other nnbackend modules (not in __all__) -----------------------------
+
+engine_switch = _EngineSwitch
+"""The engine's per-op flag holder: ``engine_switch.maybe`` (see :class:`_EngineSwitch`)."""
+
+current_overrides = _context.get
+"""The innermost ``using(...)`` block's overrides in this context, or ``None`` (a bound
+``ContextVar.get``: callers on hot paths keep it as a local)."""
+
+
+def settings_version() -> int:
+    """A number bumped on every process-wide settings change: caches keyed by it notice."""
+    return _Process.version
 
 
 def _refresh_switch() -> None:
@@ -127,8 +139,9 @@ def _refresh_switch() -> None:
     )
 
 
-def _count_blocks(kind: str, delta: int) -> None:
-    """Open (+1) or close (-1) a block that turns the engine's checks on."""
+def count_blocks(kind: str, delta: int) -> None:
+    """Open (+1) or close (-1) a block that turns the engine's checks on (``kind`` is
+    ``"check"`` or ``"anomaly"``); internal API for ``using`` and ``detect_anomaly``."""
     with _lock:
         name = "check_blocks" if kind == "check" else "anomaly_blocks"
         setattr(_EngineSwitch, name, getattr(_EngineSwitch, name) + delta)
@@ -203,7 +216,10 @@ def compute_dtype(policy: str) -> str:
     return _COMPUTE_DTYPE.get(policy, policy)
 
 
-def _check_backend(name: Any, *, variable: str | None = None) -> str:
+def check_backend(name: Any, *, variable: str | None = None) -> str:
+    """``name`` stripped, if it names a registered backend; else a :class:`BackendError`
+    listing the registered ones (naming ``variable`` when it came from the environment).
+    Internal API (``info`` checks the environment with it)."""
     if not isinstance(name, str):
         raise BackendError(f"a backend is selected by name (a str), got {type(name).__name__}")
     name = name.strip()
@@ -226,7 +242,7 @@ def _read_environment() -> None:
         # anything, so a bad value raises again on the next use instead of being half-applied.
         backend_name = dtype_name = None
         if _Process.backend is None and backend:
-            backend_name = _check_backend(backend, variable=BACKEND_ENV)
+            backend_name = check_backend(backend, variable=BACKEND_ENV)
         if _Process.dtype is None and dtype:
             dtype_name = normalize_policy(dtype, variable=DTYPE_ENV)
         check = _parse_flag(os.environ.get(CHECK_DTYPES_ENV, ""), CHECK_DTYPES_ENV)
@@ -272,7 +288,7 @@ def builtin_dtype(backend: str) -> str:
 def set_backend(name: str) -> None:
     """Set the process-wide default backend (overrides ``NNBACKEND``; ``using`` blocks still
     win). The name is checked now; the library is loaded and probed at first use."""
-    name = _check_backend(name)
+    name = check_backend(name)
     with _lock:
         _Process.backend, _Process.backend_source = name, "set_backend()"
         _Process.version += 1
@@ -346,7 +362,7 @@ def resolve(backend: str | None = None, dtype: Any = None) -> tuple[str, str, st
     overrides = _context.get()
     device = None if overrides is None else overrides.device
     if backend is not None:
-        backend = _check_backend(backend)
+        backend = check_backend(backend)
         if overrides is not None and overrides.backend != backend:
             device = None  # a device belongs to the backend it was chosen for
     elif overrides is not None and overrides.backend is not None:
@@ -401,7 +417,7 @@ def using(
     if device is not None:
         backend, device = _split_device(device, backend)
     if backend is not None:
-        backend = _check_backend(backend)
+        backend = check_backend(backend)
     dtype_name = normalize_policy(dtype) if dtype is not None else None
     check = None if check_dtypes is None else bool(check_dtypes)
     scope: AbstractContextManager[Any] = nullcontext()
@@ -431,7 +447,7 @@ def using(
     else:
         overrides = _Overrides(backend, dtype_name, device, check)
     if check:
-        _count_blocks("check", +1)
+        count_blocks("check", +1)
     token = _context.set(overrides)
     try:
         with scope:
@@ -439,7 +455,7 @@ def using(
     finally:
         _context.reset(token)
         if check:
-            _count_blocks("check", -1)
+            count_blocks("check", -1)
 
 
 @contextmanager

@@ -32,18 +32,25 @@ default) copies only where it must. Read-only arrays are never shared (DLPack ca
 Modules and optimizers are changed in place and returned; everything is moved first and only
 then bound, so an error (a backend that cannot run here, float16 on array_api_strict) leaves
 every object as it was. Arrays and Tensors are returned as new objects; the input is unchanged.
+
+Objects move themselves: this module knows no model or optimizer. It hands each object a
+function from one array to another and calls the object's ``_apply(fn)`` (the :class:`Movable`
+protocol; :class:`~nnbackend.nn.Module`, the optimizers and :class:`~nnbackend.Tensor` have
+one), which rebinds the arrays the object holds and renews whatever it caches about them. A
+class of your own moves with ``to_device`` once it has an ``_apply``; :func:`map_arrays` walks
+the arrays held in its attributes. ``_apply`` is called twice per move, first with a function
+that returns its input (while every conversion is made and checked), then with the one that
+returns the converted arrays, so it must visit the same arrays both times and bind only what
+``fn`` returns.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from nnbackend import config, registry
-from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends import host
 from nnbackend.backends.base import Backend
 from nnbackend.errors import (
     ArgumentError,
@@ -52,17 +59,40 @@ from nnbackend.errors import (
     DtypeError,
     NNBackendError,
 )
-from nnbackend.namespace import backend_for
-from nnbackend.nn.module import Module
-from nnbackend.optim import Optimizer
+from nnbackend.typing import Array
 
-__all__ = ["Target", "empty_cache", "from_dlpack", "parse_target", "to_device"]
+__all__ = [
+    "ArrayFn",
+    "Movable",
+    "Target",
+    "empty_cache",
+    "from_dlpack",
+    "is_array",
+    "map_arrays",
+    "once",
+    "parse_target",
+    "to_device",
+]
+
+ArrayFn = Callable[[Array], Array]
+"""A function from one backend array to another (onto another device, into another dtype)."""
+
+
+class Movable(Protocol):
+    """An object that :func:`to_device` moves in place: ``_apply(fn)`` rebinds every array it
+    holds (parameters, their gradients, buffers, optimizer state) to ``fn`` of it, renews
+    what it caches about them, and returns the object.
+
+    :func:`to_device` calls it twice (see the module docstring), so it must visit the same
+    arrays each time and change nothing but the bindings to what ``fn`` returns.
+    """
+
+    def _apply(self, fn: ArrayFn) -> object: ...
+
 
 # Errors a library raises when DLPack cannot hand an array over (wrong device, read-only,
 # unsupported dtype, a tensor that requires grad, an old library without __dlpack__).
 _DLPACK_ERRORS = (BufferError, TypeError, ValueError, RuntimeError, NotImplementedError)
-_MODULE_INTERNALS = frozenset({"_parameters", "_modules", "_buffers", "training", "_layers"})
-_OPTIMIZER_CACHES = frozenset({"params", "_entries", "_pairs"})
 
 
 @dataclass(frozen=True)
@@ -126,12 +156,83 @@ def _unknown_backend(name: object) -> str:
     return f"unknown backend {name!r}; registered backends are {', '.join(registry.backends())}"
 
 
-def _is_array(value: Any) -> bool:
+def is_array(value: object) -> bool:
+    """Whether ``value`` is an array of a registered backend (imports nothing)."""
     return (
         registry.backend_of(value) is not None
         and hasattr(value, "shape")
         and hasattr(value, "dtype")
     )
+
+
+def _has_method(value: Any, name: str) -> bool:
+    """Whether the instance ``value`` (not a class) has a callable ``name``."""
+    return not isinstance(value, type) and callable(getattr(type(value), name, None))
+
+
+class _Once:
+    """``fn`` called once per distinct array; its results map to themselves."""
+
+    __slots__ = ("fn", "seen")
+
+    def __init__(self, fn: ArrayFn) -> None:
+        self.fn = fn
+        self.seen: dict[int, tuple[Any, Any]] = {}  # id -> (array, result); keeps both alive
+
+    def __call__(self, x: Any) -> Any:
+        found = self.seen.get(id(x))
+        if found is not None and found[0] is x:
+            return found[1]
+        y = self.fn(x)
+        self.seen[id(x)] = (x, y)
+        self.seen.setdefault(id(y), (y, y))
+        return y
+
+
+def once(fn: ArrayFn) -> ArrayFn:
+    """``fn`` memoised by array identity, for one ``_apply`` call: each distinct array is
+    passed to ``fn`` once, an array held in two places becomes one array again, and an array
+    ``fn`` returned is returned as it is when met again (a Parameter shared by two layers is
+    not converted twice). Already-memoised functions are returned unchanged."""
+    return fn if isinstance(fn, _Once) else _Once(fn)
+
+
+def map_arrays(value: Any, fn: ArrayFn) -> Any:
+    """``value`` with ``fn`` applied to every array it holds, for ``_apply`` methods walking
+    their attributes: an array becomes ``fn(array)``; an object with ``_apply`` (a Tensor, a
+    Module, an optimizer) is changed in place by ``value._apply(fn)``; lists and dicts are
+    changed in place (other objects may hold them) and tuples rebuilt where something
+    changed; anything else (numbers, strings, generators) is returned as it is."""
+    return _map_arrays(value, fn, set())
+
+
+def _map_arrays(value: Any, fn: ArrayFn, active: set[int]) -> Any:
+    if _has_method(value, "_apply"):
+        value._apply(fn)
+        return value
+    if is_array(value):
+        return fn(value)
+    if type(value) not in (list, dict, tuple) or not value or id(value) in active:
+        return value
+    active.add(id(value))
+    try:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                new = _map_arrays(item, fn, active)
+                if new is not item:
+                    value[i] = new
+            return value
+        if isinstance(value, dict):
+            for key, item in list(value.items()):
+                new = _map_arrays(item, fn, active)
+                if new is not item:
+                    value[key] = new
+            return value
+        items = tuple(_map_arrays(item, fn, active) for item in value)
+        changed = any(new is not old for new, old in zip(items, value, strict=True))
+        return items if changed else value
+    finally:
+        active.discard(id(value))
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -177,20 +278,23 @@ def _import_dlpack(xp: Any, x: Any, copy: bool | None) -> Any:
 
 
 class _Mover:
-    """Plans a move (every array converted up front), then commits it (every binding made).
+    """Moves arrays to one target, memoised by identity, in two passes over the same objects.
 
-    Arrays are memoised by identity, so an array referenced twice (tied weights, a gradient
-    shared by two parameters) becomes one array on the target too.
+    The plan pass (``planning`` True) converts every array it is shown and hands the source
+    back, so the objects' ``_apply`` rebinds nothing; any error (an unknown device, float16
+    where the target has none, an optimizer with unknown caches) is raised then, before
+    anything changed. The commit pass hands out the converted arrays, which cannot fail. An
+    array referenced twice (tied weights, a gradient shared by two parameters) becomes one array
+    on the target too, and an array already moved is handed back as it is.
     """
 
     def __init__(self, target: Target, copy: bool | None) -> None:
         self.target = target
         self.copy = copy
+        self.planning = True
         self._arrays: dict[int, tuple[Any, Any]] = {}  # id(source) -> (source, moved)
-        self._seen: dict[int, Any] = {}  # objects planned in place, kept alive while planning
+        self._moved: dict[int, Any] = {}  # id(moved) -> moved
         self._places: dict[str, tuple[Backend, Any, Any]] = {}
-        self.commits: list[Callable[[], None]] = []
-        self.after: list[Callable[[], None]] = []
 
     # -- arrays --------------------------------------------------------------------------
     def _place(self, backend: str, source: str) -> tuple[Backend, Any, Any]:
@@ -219,16 +323,26 @@ class _Mover:
         return found
 
     def array(self, x: Any) -> Any:
+        """``x`` on the target (converted once)."""
         found = self._arrays.get(id(x))
-        if found is not None:
+        if found is not None and found[0] is x:
             return found[1]
+        if self._moved.get(id(x)) is x:
+            return x
         moved = self._move(x)
         self._arrays[id(x)] = (x, moved)
+        self._moved[id(moved)] = moved
         return moved
+
+    def fn(self, x: Any) -> Any:
+        """The function handed to the objects' ``_apply``: ``x`` itself while planning (its
+        conversion made and kept), its converted array when committing."""
+        moved = self.array(x)
+        return x if self.planning else moved
 
     def _move(self, x: Any) -> Any:
         source_name = registry.backend_of(x)
-        if source_name is None or not _is_array(x):
+        if source_name is None or not is_array(x):
             raise BackendMismatchError(
                 f"cannot move a {type(x).__module__}.{type(x).__qualname__}: not an array of a "
                 f"registered backend ({', '.join(registry.backends())})"
@@ -278,108 +392,21 @@ class _Mover:
             )
         on_host = source.to_host(x)
         if source.on_host(x):  # a host array: never alias it (it may be read-only)
-            on_host = host.numpy().array(on_host, copy=True)
+            on_host = on_host.copy()
         return record.from_host(on_host, device)
 
     # -- objects -------------------------------------------------------------------------
-    def _first_visit(self, obj: Any) -> bool:
-        if id(obj) in self._seen:
-            return False
-        self._seen[id(obj)] = obj
-        return True
-
-    def tensor_in_place(self, t: Tensor) -> None:
-        if not self._first_visit(t):
-            return
-        data = self.array(t.data)
-        grad = None if t.grad is None else self.array(t.grad)
-        if data is t.data and grad is t.grad:
-            return
-
-        def bind() -> None:
-            t.data = data
-            t.grad = grad
-
-        self.commits.append(bind)
-
-    def tensor_copy(self, t: Tensor) -> Tensor:
-        new = type(t)._wrap(self.array(t.data), t.requires_grad)
-        new.name = t.name
-        if t.grad is not None:
-            new.grad = self.array(t.grad)
-        return new
-
-    def module(self, module: Module) -> None:
-        for sub in module.modules():
-            if not self._first_visit(sub):
-                continue
-            buffers = getattr(sub, "_buffers", {})
-            for param in (*sub._parameters.values(), *buffers.values()):
-                if param is not None:
-                    self.tensor_in_place(param)
-            for key, value in list(vars(sub).items()):
-                if (
-                    key in _MODULE_INTERNALS
-                    or key in sub._parameters
-                    or key in sub._modules
-                    or key in buffers
-                ):
-                    continue
-                self.slot(value, functools.partial(sub.__dict__.__setitem__, key))
-
-    def optimizer(self, opt: Optimizer) -> None:
-        if not self._first_visit(opt):
-            return
-        for param in opt.params:
-            self.tensor_in_place(param)
-        for key, value in list(vars(opt).items()):
-            if key not in _OPTIMIZER_CACHES:
-                self.slot(value, functools.partial(setattr, opt, key))
-        refresh = _refresher(opt)
-        self.after.append(refresh)
-
-    def slot(self, value: Any, assign: Callable[[Any], Any]) -> None:
-        """Plan the move of whatever ``value`` holds; ``assign`` rebinds it where it lives.
-        Lists and dicts are changed in place (other objects may hold them), tuples rebuilt."""
-        if isinstance(value, Tensor):
-            self.tensor_in_place(value)
-        elif isinstance(value, Module):
-            self.module(value)
-        elif isinstance(value, Optimizer):
-            self.optimizer(value)
-        elif _is_array(value):
-            moved = self.array(value)
-            if moved is not value:
-                self.commits.append(lambda: assign(moved))
-        elif isinstance(value, list):
-            if self._first_visit(value):
-                for i, item in enumerate(value):
-                    self.slot(item, functools.partial(value.__setitem__, i))
-        elif isinstance(value, dict):
-            if self._first_visit(value):
-                for key, item in list(value.items()):
-                    self.slot(item, functools.partial(value.__setitem__, key))
-        elif type(value) is tuple and value:
-            items = list(value)
-            before = len(self.commits)
-            for i, item in enumerate(value):
-                self.slot(item, functools.partial(items.__setitem__, i))
-            if len(self.commits) > before:
-                self.commits.append(lambda: assign(tuple(items)))
-
     def value(self, value: Any) -> Any:
         """The moved counterpart of a top-level value: new arrays, Tensors and containers;
-        Modules and optimizers planned in place and returned as they are."""
-        if isinstance(value, Tensor):
-            return self.tensor_copy(value)
-        if isinstance(value, Module):
-            self.module(value)
+        objects with ``_apply`` (modules, optimizers) moved in place and returned as they
+        are."""
+        if _has_method(value, "_applied"):
+            return value._applied(self.fn)
+        if _has_method(value, "_apply"):
+            value._apply(self.fn)
             return value
-        if isinstance(value, Optimizer):
-            self.optimizer(value)
-            return value
-        if _is_array(value):
-            return self.array(value)
+        if is_array(value):
+            return self.fn(value)
         if isinstance(value, dict):
             return type(value)((k, self.value(v)) for k, v in value.items())
         if isinstance(value, list | tuple):
@@ -388,53 +415,17 @@ class _Mover:
         if value is None or isinstance(value, bool | int | float | complex | str):
             return value
         raise TypeError(
-            f"to_device moves arrays, Tensors, nn.Modules, optimizers and lists, tuples or "
-            f"dicts of them; got {type(value).__module__}.{type(value).__qualname__}"
+            f"to_device moves arrays, Tensors, nn.Modules, optimizers (any object with an "
+            f"_apply(fn) method) and lists, tuples or dicts of them; got "
+            f"{type(value).__module__}.{type(value).__qualname__}"
         )
 
-    def commit(self) -> None:
-        for bind in self.commits:
-            bind()
-        for refresh in self.after:
-            refresh()
-
-
-def _refresher(opt: Optimizer) -> Callable[[], None]:
-    """A function that renews what ``opt`` caches per parameter (its namespace and whether
-    it may write in place) after the parameters moved. Checked now, so an optimizer whose
-    caches are unknown fails before anything moves."""
-    hook = getattr(opt, "_refresh_entries", None)
-    if callable(hook):
-        return hook
-    entries = vars(opt).get("_entries")
-    pairs = vars(opt).get("_pairs")
-    shape_ok = (
-        entries is None
-        or all(
-            type(e) is tuple and len(e) >= 4 and isinstance(e[0], Tensor) and type(e[1]) is dict
-            for e in entries
-        )
-    ) and (
-        pairs is None
-        or all(type(e) is tuple and len(e) == 2 and isinstance(e[0], Tensor) for e in pairs)
-    )
-    if not shape_ok:
-        raise TypeError(
-            f"{type(opt).__name__} caches per-parameter facts in a form to_device does not know; "
-            "give it a _refresh_entries() method that rebuilds them from its parameters"
-        )
-
-    def refresh() -> None:
-        if entries is not None:
-            new = []
-            for p, st, _xp, _inplace, *rest in entries:
-                xp, record = backend_for(p.data)
-                new.append((p, st, xp, bool(record.capabilities.inplace), *rest))
-            entries[:] = new
-        if pairs is not None:
-            pairs[:] = [(p, bool(backend_for(p.data)[1].capabilities.inplace)) for p, _ in pairs]
-
-    return refresh
+    def move(self, value: Any) -> Any:
+        """Plan the move of ``value`` (everything converted, nothing bound), then commit it."""
+        self.planning = True
+        self.value(value)
+        self.planning = False
+        return self.value(value)
 
 
 def to_device(obj: Any, target: str | Target | None, *, copy: bool | None = None) -> Any:
@@ -462,10 +453,7 @@ def to_device(obj: Any, target: str | Target | None, *, copy: bool | None = None
     """
     if copy is not None and not isinstance(copy, bool):
         raise ArgumentError(f"copy must be True, False or None, got {copy!r}")
-    mover = _Mover(parse_target(target), copy)
-    result = mover.value(obj)
-    mover.commit()
-    return result
+    return _Mover(parse_target(target), copy).move(obj)
 
 
 def from_dlpack(
@@ -483,15 +471,15 @@ def from_dlpack(
     >>> import numpy as np                                      # doctest: +SKIP
     >>> t = nb.from_dlpack(np.arange(3.0), "torch")             # doctest: +SKIP
     """
-    if isinstance(x, Tensor):
-        x = x.data
+    if not is_array(x) and not hasattr(x, "__dlpack__") and is_array(getattr(x, "data", None)):
+        x = x.data  # a Tensor
     if backend is None:
         backend = config.get_backend()
     target = parse_target(backend if device is None else f"{backend}:{device}")
     if target.backend is None:
         raise BackendError(_unknown_backend(backend))
     mover = _Mover(target, copy)
-    if _is_array(x):
+    if is_array(x):
         return mover.array(x)
     if not hasattr(x, "__dlpack__"):
         raise BackendMismatchError(

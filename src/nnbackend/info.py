@@ -125,7 +125,7 @@ def _dist(name: str) -> str | None:
 
 def _status(name: str) -> BackendStatus:
     reason = registry.probe(name)
-    record = registry._records.get(name)
+    record = registry.find(name)
     if record is None:  # a plugin whose entry point failed
         return BackendStatus(name, False, reason, None, "plugin", {})
     version = facts = None
@@ -191,7 +191,7 @@ def _settings_despite_environment() -> tuple[Setting, ...]:
     reading them all at once failed."""
     out = []
     for name, variable, check, builtin in (
-        ("backend", config.BACKEND_ENV, config._check_backend, config.BUILTIN_BACKEND),
+        ("backend", config.BACKEND_ENV, config.check_backend, config.BUILTIN_BACKEND),
         ("dtype", config.DTYPE_ENV, config.normalize_policy, config.BUILTIN_DTYPE),
     ):
         raw = os.environ.get(variable, "").strip()

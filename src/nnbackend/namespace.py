@@ -29,7 +29,7 @@ _build_lock = threading.Lock()
 # (overrides object, process version, registry generation, namespace) of the last call with
 # no arguments. One tuple, swapped whole, so threads never see a torn entry.
 _last: tuple[Any, int, int, ModuleType | None] = (None, -1, -1, None)
-_get_overrides = config._context.get
+_get_overrides = config.current_overrides
 
 
 def _has_python_float(obj: Any) -> bool:
@@ -269,9 +269,10 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
         raise DtypeError(f"backend {backend!r} cannot make {dtype} arrays here: {reason}")
     base = record.load_namespace()
     default = getattr(base, dtype)
-    device_object = record.device(device) if device is not None else None
+    device_object = None
     base_info = base.__array_namespace_info__()
-    if device_object is not None:
+    if device is not None:
+        device_object = record.device(device)
         _check_device_dtype(backend, dtype, device, base_info, device_object)
     ns = ModuleType(f"nnbackend.namespace.{backend}")
     ns.__doc__ = (
@@ -296,7 +297,7 @@ def _float16_backends() -> list[str]:
     return [
         name
         for name in registry.backends()
-        if name in registry._records and registry._records[name].capabilities.float16
+        if (record := registry.find(name)) is not None and record.capabilities.float16
     ]
 
 
@@ -326,7 +327,7 @@ def namespace(backend: str | None = None, dtype: Any = None) -> Any:
     # register_backend() landing between this read and the cache store below then leaves a
     # version that no longer matches, so the next call resolves again, instead of an entry
     # that pairs the new version with a namespace built from the old settings.
-    version, generation = config._Process.version, registry.generation
+    version, generation = config.settings_version(), registry.generation
     if backend is None and dtype is None:
         overrides = _get_overrides()
         last = _last
@@ -420,13 +421,17 @@ def backend_for(array: Any) -> tuple[Any, Any]:
         )
     record = registry.require(name)
     found = (record.load_namespace(), record)
-    with registry._lock:  # held by registry changes while they bump and clear
+    with registry.change_lock():  # held by registry changes while they bump and clear
         # A registry change since the lookups cleared the cache: do not refill it with them.
         if registry.generation == generation:
             _by_type[type(array)] = found
     return found
 
 
-registry._change_callbacks.append(_by_type.clear)
+registry.on_change(_by_type.clear)
+
+cached_backend_for_type = _by_type.get
+"""``cached_backend_for_type(type(x))``: what :func:`backend_for` cached for arrays of that
+type, or ``None``; the engine's per-op lookup without a call frame (internal API)."""
 # Namespaces built from a replaced record are stale; drop them all (rebuilt on next use).
-registry._change_callbacks.append(_cache.clear)
+registry.on_change(_cache.clear)

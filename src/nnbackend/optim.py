@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from nnbackend.autograd.kernels import _cache as _kernels_cache
 from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.tensor import Tensor
+from nnbackend.device import map_arrays, once
 from nnbackend.errors import ArgumentError, CheckpointError
 from nnbackend.namespace import backend_for, namespace
 from nnbackend.nn.module import convert_like
@@ -50,6 +51,10 @@ __all__ = [
     "RMSprop",
     "clip_grad_norm",
 ]
+
+
+# Optimizer attributes that are its parameters or caches about them, never state to move.
+_NOT_STATE = frozenset({"params", "_entries", "_pairs", "_scratch_views", "_scratch_flat"})
 
 
 def _as_params(params: Any) -> list[Tensor]:
@@ -238,6 +243,65 @@ class Optimizer:
             p.data[...] = k.narrow(wide.data)
         else:
             p.data = k.narrow(wide.data)
+
+    # -- moving --------------------------------------------------------------------------
+    def _apply(self, fn: Callable[[Any], Any]) -> Optimizer:
+        """Rebind every array this optimizer holds to ``fn`` of it: its parameters (data and
+        ``.grad``; the Parameter objects stay, so the model's links hold), its state arrays
+        (the state dicts stay the same dicts) and arrays or Tensors in other attributes; then
+        the per-parameter caches are renewed (:meth:`_refresh_entries`) and scratch buffers
+        dropped. Returns ``self``;
+        ``nnbackend.to_device`` uses it. Raises TypeError (before anything changes) where a
+        subclass caches per-parameter facts in a form this method does not know."""
+        if type(self)._refresh_entries is Optimizer._refresh_entries:
+            self._check_entries()
+        fn = once(fn)
+        for p in self.params:
+            p._apply(fn)
+        for key, value in list(vars(self).items()):
+            if key not in _NOT_STATE:
+                new = map_arrays(value, fn)
+                if new is not value:
+                    setattr(self, key, new)
+        # The parameters may have moved before this call (a model moved with its optimizer
+        # rebinds them first), so the caches are renewed whether or not fn changed anything.
+        self.__dict__.pop("_scratch_views", None)
+        self.__dict__.pop("_scratch_flat", None)
+        self._refresh_entries()
+        return self
+
+    def _check_entries(self) -> None:
+        entries = vars(self).get("_entries")
+        pairs = vars(self).get("_pairs")
+        known = (
+            entries is None
+            or all(
+                type(e) is tuple and len(e) >= 4 and isinstance(e[0], Tensor) and type(e[1]) is dict
+                for e in entries
+            )
+        ) and (
+            pairs is None
+            or all(type(e) is tuple and len(e) == 2 and isinstance(e[0], Tensor) for e in pairs)
+        )
+        if not known:
+            raise TypeError(
+                f"{type(self).__name__} caches per-parameter facts in a form _apply does not "
+                "know; give it a _refresh_entries() method that rebuilds them from its parameters"
+            )
+
+    def _refresh_entries(self) -> None:
+        """Renew what is cached per parameter (its namespace, whether it may be written in
+        place) after the parameters' arrays moved to another backend or device."""
+        entries = vars(self).get("_entries")
+        if entries is not None:
+            new = []
+            for p, st, _xp, _inplace, *rest in entries:
+                xp, record = backend_for(p.data)
+                new.append((p, st, xp, bool(record.capabilities.inplace), *rest))
+            entries[:] = new
+        pairs = vars(self).get("_pairs")
+        if pairs is not None:
+            pairs[:] = [(p, bool(backend_for(p.data)[1].capabilities.inplace)) for p, _ in pairs]
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@ callable that returns one.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -132,6 +134,27 @@ def _on_change() -> None:
 
 
 _change_callbacks: list[Any] = []
+
+
+# -- internal API for other nnbackend modules (not in __all__) -----------------------------
+
+
+def on_change(callback: Callable[[], object]) -> None:
+    """Call ``callback()`` (under :func:`change_lock`) whenever a backend is registered,
+    replaced or unregistered: caches built from the registry clear themselves with it."""
+    _change_callbacks.append(callback)
+
+
+def change_lock() -> AbstractContextManager[Any]:
+    """The lock registry changes hold while they bump :data:`generation` and run the
+    :func:`on_change` callbacks; a cache refilled under it never misses a change."""
+    return _lock
+
+
+def find(name: str) -> Backend | None:
+    """The record registered as ``name``, or ``None``: no entry points loaded, no probe,
+    no error (unlike :func:`get`)."""
+    return _records.get(name)
 
 
 def _load_entry_points() -> None:

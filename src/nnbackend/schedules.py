@@ -187,7 +187,7 @@ class ReduceLROnPlateau(Schedule):
     def lr_at(self, n: int) -> float:
         return float(self.optimizer.lr) if n else self.base_lr
 
-    def step(self, value: float | None = None) -> float:  # type: ignore[override]
+    def step(self, value: float | None = None) -> float:
         """Record the monitored ``value`` of one epoch; reduce ``lr`` after ``patience``
         epochs without improvement. Returns the learning rate now."""
         self.n += 1

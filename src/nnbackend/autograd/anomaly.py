@@ -53,11 +53,11 @@ def detect_anomaly(record_stack: bool = True) -> Iterator[None]:
     """
     token = _active.set(True)
     stack_token = _record_stack.set(bool(record_stack))
-    config._count_blocks("anomaly", +1)
+    config.count_blocks("anomaly", +1)
     try:
         yield
     finally:
-        config._count_blocks("anomaly", -1)
+        config.count_blocks("anomaly", -1)
         _record_stack.reset(stack_token)
         _active.reset(token)
 

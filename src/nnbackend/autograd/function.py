@@ -41,9 +41,9 @@ from typing import Any
 
 from nnbackend import config
 from nnbackend.autograd import anomaly
-from nnbackend.autograd.mode import _enabled
+from nnbackend.autograd.mode import is_grad_enabled, restore_grad_enabled, set_grad_enabled
 from nnbackend.errors import DtypeError, GradientError, ShapeError
-from nnbackend.namespace import _by_type, backend_for
+from nnbackend.namespace import backend_for, cached_backend_for_type
 
 __all__ = ["Function", "run_backward"]
 
@@ -53,9 +53,9 @@ _new = object.__new__
 # generation by it (never by memory address), so gradients are summed in the same order on
 # every run and backward is bitwise reproducible. next() on a count is atomic under the GIL.
 _next_seq = itertools.count().__next__
-_by_type_get = _by_type.get
+_by_type_get = cached_backend_for_type
 # The engine's one per-op flag: true only while the dtype guard or anomaly detection may be on.
-_switch = config._switch
+_switch = config.engine_switch
 # Set by tensor.py once Tensor exists (tensor.py imports this module, not the reverse).
 Tensor: Any = None
 
@@ -101,11 +101,11 @@ class Function:
                 f"{type(self).__name__} defines neither backward() nor graph_backward()"
             )
         wrap = Tensor._wrap
-        token = _enabled.set(False)
+        token = set_grad_enabled(False)
         try:
             gxs = self.graph_backward(*[None if g is None else wrap(g, False) for g in gys])
         finally:
-            _enabled.reset(token)
+            restore_grad_enabled(token)
         if type(gxs) is tuple:
             return tuple([g.data if isinstance(g, Tensor) else g for g in gxs])
         return gxs.data if isinstance(gxs, Tensor) else gxs
@@ -174,7 +174,7 @@ class Function:
             ys = as_arrays(self.xp, ys)
         if _switch.maybe:
             _after_forward(self, xs, ys)
-        if record and _enabled.get():
+        if record and is_grad_enabled():
             self.inputs = tuple(tensors)
             self.generation = generation
             self.seq = _next_seq()
@@ -309,7 +309,7 @@ def check_gradient(f: Function, x: Any, gx: Any) -> None:
         )
 
 
-def _sum(xp: Any, a: Any, b: Any) -> Any:
+def add_arrays(xp: Any, a: Any, b: Any) -> Any:
     """``a + b``, an array also for 0-d operands on NumPy."""
     out = a + b
     return out if type(out) is type(a) else as_array(xp, out)
@@ -358,7 +358,7 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
             c = x.creator
             if c is not None:  # intermediate: sum this pass's gradients only
                 if x in fresh:
-                    x.grad = _sum(f.xp, x.grad, gx)
+                    x.grad = add_arrays(f.xp, x.grad, gx)
                 else:
                     x.grad = gx
                     fresh.add(x)
@@ -366,7 +366,7 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
                     seen.add(c)
                     push(heap, (-c.generation, -c.seq, c))
             elif x.grad is not None:  # leaf: accumulate across passes
-                x.grad = _sum(f.xp, x.grad, gx)
+                x.grad = add_arrays(f.xp, x.grad, gx)
             elif f.grad_may_alias:
                 # A view or a pass-through of another gradient: give the leaf its own array,
                 # so writing into one leaf's .grad never changes another array.

@@ -142,12 +142,16 @@ class _LocallyConstant(Function):
         return Tensor._wrap(self.xp.zeros(x.shape, dtype=x.dtype), False)
 
 
-def _piecewise(x: Any, value: Any) -> Any:
+def piecewise(x: Any, value: Any) -> Any:
     """``value`` (an array computed from ``x``'s data), tied to ``x`` in the graph when
-    gradients are being recorded."""
+    gradients are being recorded. Internal API for nodes in other modules."""
     if isinstance(x, Tensor) and x.requires_grad and is_grad_enabled():
         return _LocallyConstant(value)(x)
     return value
+
+
+# nn/functional.py's name for it until #13 item 1 rewrites that module.
+_piecewise = piecewise
 
 
 # -- elementwise ----------------------------------------------------------------------------
@@ -197,7 +201,7 @@ class Abs(_Unary):
         return xp.abs(x)
 
     def derivative(self, x: Any, gy: Tensor) -> Tensor:
-        return gy * _piecewise(x, self.xp.sign(self.x))  # the subgradient 0 at 0, as torch
+        return gy * piecewise(x, self.xp.sign(self.x))  # the subgradient 0 at 0, as torch
 
 
 class Sin(_Unary):
@@ -266,7 +270,7 @@ class Where(Function):
         self.cond = cond
 
     def forward(self, a: Any, b: Any) -> Any:
-        ops._same_dtype("where", a, b)
+        ops.check_same_dtype("where", a, b)
         self.shapes = (_shape(a), _shape(b))
         return self.xp.where(self.cond, a, b)
 
@@ -292,7 +296,7 @@ class _Extremum(Function):
 
     def forward(self, a: Any, b: Any) -> Any:
         xp = self.xp
-        ops._same_dtype("maximum" if self.larger else "minimum", a, b)
+        ops.check_same_dtype("maximum" if self.larger else "minimum", a, b)
         self.shapes = (_shape(a), _shape(b))
         dtype = (a if type(a) not in _SCALARS else b).dtype
         if type(a) in _SCALARS:
@@ -307,8 +311,8 @@ class _Extremum(Function):
         na, nb = self.needs_input_grad
         sa, sb = self.shapes
         wa = self.wa
-        ga = sum_to(gy * _piecewise(self.inputs[0], wa), sa) if na else None
-        gb = sum_to(gy * _piecewise(self.inputs[1], 1.0 - wa), sb) if nb else None
+        ga = sum_to(gy * piecewise(self.inputs[0], wa), sa) if na else None
+        gb = sum_to(gy * piecewise(self.inputs[1], 1.0 - wa), sb) if nb else None
         return ga, gb
 
 
@@ -351,7 +355,7 @@ class Clip(Function):
 
     def graph_backward(self, gy: Tensor) -> Tensor:
         inside = self.xp.astype(self.inside, gy.dtype)
-        return gy * _piecewise(self.inputs[0], inside)
+        return gy * piecewise(self.inputs[0], inside)
 
 
 def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
@@ -414,7 +418,7 @@ def softplus(x: Any) -> Tensor:
 
 # -- reductions -----------------------------------------------------------------------------
 def _reduced_count(shape: tuple[int, ...], axis: Any) -> int:
-    return math.prod(shape[a] for a in ops._axes(axis, len(shape)))
+    return math.prod(shape[a] for a in ops.normalize_axes(axis, len(shape)))
 
 
 def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
@@ -445,7 +449,7 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     out = ops.log(ops.sum(ops.exp(x - m), axis, True)) + m
     if keepdims:
         return out
-    axes = ops._axes(axis, x.ndim)
+    axes = ops.normalize_axes(axis, x.ndim)
     return ops.reshape(out, tuple(n for i, n in enumerate(x.shape) if i not in axes))
 
 
@@ -458,7 +462,7 @@ class Prod(Function):
     def forward(self, x: Any) -> Any:
         xp = self.xp
         self.x = x
-        self.axes = ops._axes(self.axis, x.ndim)
+        self.axes = ops.normalize_axes(self.axis, x.ndim)
         y = x
         for a in sorted(self.axes, reverse=True):
             y = xp.prod(y, axis=a, keepdims=True, dtype=x.dtype)
@@ -536,7 +540,7 @@ def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
     if axis is None:
         axes = tuple(i for i, n in enumerate(shape) if n == 1)
     else:
-        axes = ops._axes(axis, len(shape))
+        axes = ops.normalize_axes(axis, len(shape))
         bad = [a for a in axes if shape[a] != 1]
         if bad:
             raise ShapeError(f"squeeze: axes {bad} of shape {shape} do not have length 1")
@@ -564,7 +568,7 @@ class Concat(Function):
         xp = self.xp
         first = xs[0]
         for x in xs[1:]:
-            ops._same_dtype("concat", first, x)
+            ops.check_same_dtype("concat", first, x)
         self.axis = self.axis % first.ndim if first.ndim else self.axis
         self.sizes = [int(x.shape[self.axis]) for x in xs]
         return xp.concat(list(xs), axis=self.axis)

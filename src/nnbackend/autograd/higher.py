@@ -26,7 +26,7 @@ from typing import Any
 
 from nnbackend.autograd import anomaly
 from nnbackend.autograd.function import Function, check_gradient
-from nnbackend.autograd.mode import _enabled
+from nnbackend.autograd.mode import restore_grad_enabled, set_grad_enabled
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import GradientError
 from nnbackend.namespace import backend_for
@@ -55,11 +55,11 @@ class _BackwardOf(Function):
 
 
 def _once_differentiable(f: Function, gys: list[Any]) -> tuple[Any, ...]:
-    token = _enabled.set(False)
+    token = set_grad_enabled(False)
     try:
         raw = f.backward(*[None if g is None else g.data for g in gys])
     finally:
-        _enabled.reset(token)
+        restore_grad_enabled(token)
     if type(raw) is not tuple:
         raw = (raw,)
     present = [i for i, g in enumerate(raw) if g is not None]
@@ -98,7 +98,7 @@ def run_graph_backward(
 
     for root, g in zip(roots, grads, strict=True):
         add(root, g)
-    token = _enabled.set(create_graph)
+    token = set_grad_enabled(create_graph)
     try:
         while heap:
             f = heapq.heappop(heap)[2]
@@ -137,7 +137,7 @@ def run_graph_backward(
                 check_gradient(f, x, gx.data if create_graph else gx)
                 add(x, gx)
     finally:
-        _enabled.reset(token)
+        restore_grad_enabled(token)
     return found
 
 

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 __all__ = ["enable_grad", "is_grad_enabled", "no_grad"]
 
 _enabled: ContextVar[bool] = ContextVar("nnbackend_grad_enabled", default=True)
 is_grad_enabled = _enabled.get
+
+
+def set_grad_enabled(mode: bool) -> Token[bool]:
+    """Turn recording on (``True``) or off in this context until
+    :func:`restore_grad_enabled` is given the returned token (internal API for the engine,
+    which cannot afford a ``with`` block per backward node)."""
+    return _enabled.set(mode)
+
+
+def restore_grad_enabled(token: Token[bool]) -> None:
+    """Undo the :func:`set_grad_enabled` call that returned ``token``."""
+    _enabled.reset(token)
 
 
 @contextmanager

@@ -56,7 +56,9 @@ def unbroadcast(xp: Any, g: Any, shape: tuple[int, ...]) -> Any:
     return g
 
 
-def _same_dtype(op: str, a: Any, b: Any) -> None:
+def check_same_dtype(op: str, a: Any, b: Any) -> None:
+    """A :class:`DtypeError` naming ``op`` and both dtypes where two arrays differ in dtype
+    (Python scalars always pass). Internal API for the engine's nodes."""
     if type(a) in _SCALARS or type(b) in _SCALARS:
         return
     if a.dtype != b.dtype:
@@ -78,7 +80,7 @@ def _shape(x: Any) -> Any:
 
 class Add(Function):
     def forward(self, a: Any, b: Any) -> Any:
-        _same_dtype("add", a, b)
+        check_same_dtype("add", a, b)
         self.shapes = (_shape(a), _shape(b))
         return a + b
 
@@ -98,7 +100,7 @@ class Add(Function):
 
 class Sub(Function):
     def forward(self, a: Any, b: Any) -> Any:
-        _same_dtype("sub", a, b)
+        check_same_dtype("sub", a, b)
         self.shapes = (_shape(a), _shape(b))
         return a - b
 
@@ -120,7 +122,7 @@ class Mul(Function):
     grad_may_alias = False
 
     def forward(self, a: Any, b: Any) -> Any:
-        _same_dtype("mul", a, b)
+        check_same_dtype("mul", a, b)
         self.a, self.b = a, b
         return a * b
 
@@ -145,7 +147,7 @@ class Div(Function):
     grad_may_alias = False
 
     def forward(self, a: Any, b: Any) -> Any:
-        _same_dtype("div", a, b)
+        check_same_dtype("div", a, b)
         self.a, self.b = a, b
         return a / b
 
@@ -181,7 +183,7 @@ class Pow(Function):
     grad_may_alias = False
 
     def forward(self, a: Any, b: Any) -> Any:
-        _same_dtype("pow", a, b)
+        check_same_dtype("pow", a, b)
         self.a, self.b = a, b
         self.y = a**b
         return self.y
@@ -264,7 +266,7 @@ class MatMul(Function):
     grad_may_alias = False
 
     def forward(self, a: Any, b: Any) -> Any:
-        _same_dtype("matmul", a, b)
+        check_same_dtype("matmul", a, b)
         if a.ndim == 0 or b.ndim == 0:
             raise ShapeError("matmul needs operands with at least one dimension; use * for scalars")
         if a.shape[-1] != b.shape[0 if b.ndim == 1 else -2]:
@@ -352,7 +354,9 @@ class Transpose(Function):
         return transpose(gy, self.inverse)
 
 
-def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
+def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """``axis`` (None, an int or a tuple, negatives allowed) as a tuple of non-negative axes
+    of an ``ndim``-dimensional array. Internal API for the engine's nodes."""
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, int):
@@ -378,7 +382,7 @@ class Sum(Function):
     def forward(self, x: Any) -> Any:
         xp = self.xp
         self.in_shape = tuple(x.shape)
-        self.axes = _axes(self.axis, x.ndim)
+        self.axes = normalize_axes(self.axis, x.ndim)
         k = self.k = _kernels_cache.get(xp) or kernels(xp, x)
         if k.half is not None and x.dtype == k.half and _size(x) >= 1024:
             # Software float16 adds: sum in float32 (also more accurate), store float16.
@@ -430,7 +434,7 @@ class Max(Function):
 
     def forward(self, x: Any) -> Any:
         self.x = x
-        self.axes = _axes(self.axis, x.ndim)
+        self.axes = normalize_axes(self.axis, x.ndim)
         self.y = self.xp.max(x, axis=self.axes, keepdims=True)
         if self.keepdims:
             return self.y
@@ -453,7 +457,7 @@ class Max(Function):
             gy = reshape(gy, tuple(1 if i in self.axes else n for i, n in enumerate(shape)))
         mask = xp.astype(self.x == self.y, self.x.dtype)
         share = mask / xp.sum(mask, axis=self.axes, keepdims=True)
-        return gy * _F._piecewise(self.inputs[0], share)
+        return gy * _F.piecewise(self.inputs[0], share)
 
 
 class Exp(Function):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nnbackend.autograd import function as _function
@@ -231,7 +232,7 @@ class Tensor:
             return
         grad = _function.as_array(xp, grad)  # NumPy: a 0-d array, not a numpy.float64
         if self.creator is None:  # a leaf: accumulate like any other gradient
-            self.grad = grad if self.grad is None else _function._sum(xp, self.grad, grad)
+            self.grad = grad if self.grad is None else _function.add_arrays(xp, self.grad, grad)
             return
         _function.run_backward(self, grad, retain_grad)
 
@@ -247,6 +248,26 @@ class Tensor:
     def zero_grad(self) -> None:
         """Forget the gradient."""
         self.grad = None
+
+    # -- moving (nnbackend.to_device calls these; see nnbackend.device.Movable) ------------
+    def _apply(self, fn: Callable[[Any], Any]) -> Tensor:
+        """Rebind ``.data`` and ``.grad`` to ``fn`` of them (``fn`` maps one backend array to
+        another, e.g. onto another device); both are computed before either is bound.
+        Returns ``self``."""
+        data = fn(self.data)
+        grad = None if self.grad is None else fn(self.grad)
+        self.data = data
+        self.grad = grad
+        return self
+
+    def _applied(self, fn: Callable[[Any], Any]) -> Tensor:
+        """A new leaf Tensor of the same class holding ``fn(self.data)``, with
+        ``requires_grad``, ``name`` and ``fn(self.grad)`` carried over; ``self`` is unchanged."""
+        new = type(self)._wrap(fn(self.data), self.requires_grad)
+        new.name = self.name
+        if self.grad is not None:
+            new.grad = fn(self.grad)
+        return new
 
     # -- operators (defined in ops.py, bound below) ---------------------------------------
     def __neg__(self) -> Tensor:

@@ -215,7 +215,8 @@ class SafetensorsFile:
         for name, spec in header.items():
             if not isinstance(spec, dict):
                 raise self._error(f"entry {name!r} is not an object")
-            dtype = DTYPES.get(spec.get("dtype")) if isinstance(spec.get("dtype"), str) else None
+            raw_dtype = spec.get("dtype")
+            dtype = DTYPES.get(raw_dtype) if isinstance(raw_dtype, str) else None
             if dtype is None:
                 raise self._error(
                     f"entry {name!r} has dtype {spec.get('dtype')!r}; this reader takes "

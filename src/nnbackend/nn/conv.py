@@ -56,7 +56,9 @@ __all__ = [
 Pair = int | tuple[int, int]
 
 
-def _pair(value: Any, what: str, minimum: int) -> tuple[int, int]:
+def as_pair(value: Any, what: str, minimum: int) -> tuple[int, int]:
+    """``value`` (an int or two ints, each >= ``minimum``) as a pair of ints, else an
+    :class:`ArgumentError` naming ``what``. Internal API, shared with the pooling layers."""
     if isinstance(value, int) and not isinstance(value, bool):
         pair = (value, value)
     elif isinstance(value, tuple | list) and len(value) == 2:
@@ -102,7 +104,7 @@ def backend_kernels(xp: Any, array: Any) -> dict[str, Any]:
     return found
 
 
-registry._change_callbacks.append(_kernel_cache.clear)
+registry.on_change(_kernel_cache.clear)
 
 
 # -- im2col / col2im over the namespace ----------------------------------------------------
@@ -153,7 +155,7 @@ def im2col(
     Uses the backend's ``im2col`` kernel where it has one, else a gather over the namespace.
     """
     xp = backend_for(x)[0]
-    return _im2col(xp, x, _geometry(x.shape, kernel_size, stride, dilation))
+    return im2col_with(xp, x, patch_geometry(x.shape, kernel_size, stride, dilation))
 
 
 def col2im(
@@ -167,12 +169,14 @@ def col2im(
     each element is the sum of the entries of ``cols`` that :func:`im2col` copied from it.
     Scatter-add, through the backend's kernel or its scatter-add where it has one."""
     xp = backend_for(cols)[0]
-    return _col2im(xp, cols, _geometry(tuple(shape), kernel_size, stride, dilation))
+    return col2im_with(xp, cols, patch_geometry(tuple(shape), kernel_size, stride, dilation))
 
 
-def _geometry(
+def patch_geometry(
     shape: Any, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
 ) -> tuple[int, ...]:
+    """The 12 numbers :func:`im2col_with` and :func:`col2im_with` work from: the padded NCHW
+    input ``shape``, kernel, stride, dilation and the output height and width."""
     n, c, hp, wp = (int(s) for s in shape)
     oh = (hp - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     ow = (wp - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
@@ -184,7 +188,8 @@ def _geometry(
     return (n, c, hp, wp, kernel[0], kernel[1], stride[0], stride[1], *dilation, oh, ow)
 
 
-def _im2col(xp: Any, x: Any, g: tuple[int, ...]) -> Any:
+def im2col_with(xp: Any, x: Any, g: tuple[int, ...]) -> Any:
+    """:func:`im2col` of ``x`` in namespace ``xp`` for a :func:`patch_geometry` ``g``."""
     kernel = backend_kernels(xp, x).get("im2col")
     if kernel is not None:
         return kernel(x, g)
@@ -193,7 +198,8 @@ def _im2col(xp: Any, x: Any, g: tuple[int, ...]) -> Any:
     return xp.reshape(xp.take(xp.reshape(x, (-1,)), idx, axis=0), (n * oh * ow, c * kh * kw))
 
 
-def _col2im(xp: Any, cols: Any, g: tuple[int, ...]) -> Any:
+def col2im_with(xp: Any, cols: Any, g: tuple[int, ...]) -> Any:
+    """:func:`col2im` of ``cols`` in namespace ``xp`` for a :func:`patch_geometry` ``g``."""
     kernel = backend_kernels(xp, cols).get("col2im")
     if kernel is not None:
         return kernel(cols, g)
@@ -234,7 +240,9 @@ def pad2d(xp: Any, x: Any, padding: tuple[int, int], value: float = 0.0) -> Any:
     return xp.concat([top, x, top], axis=2)
 
 
-def _crop(x: Any, padding: tuple[int, int], size: tuple[int, int]) -> Any:
+def crop_to(x: Any, padding: tuple[int, int], size: tuple[int, int]) -> Any:
+    """The ``size`` (height, width) window of NCHW ``x`` starting at ``padding`` (``x``
+    itself when that is all of it): undoes :func:`pad2d`."""
     ph, pw = padding
     if ph == 0 and pw == 0 and tuple(x.shape[2:]) == tuple(size):
         return x
@@ -331,14 +339,14 @@ class Convolution(Function):
     def _forward(self, xp: Any, x: Any, w: Any) -> Any:
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
-        g = _geometry(
+        g = patch_geometry(
             (n, c, h + 2 * self.padding[0], wd + 2 * self.padding[1]),
             (kh, kw),
             self.stride,
             self.dilation,
         )
         self.geometry = g
-        self.cols = cols = _im2col(xp, pad2d(xp, x, self.padding), g)
+        self.cols = cols = im2col_with(xp, pad2d(xp, x, self.padding), g)
         w3 = xp.reshape(w, (self.groups, o // self.groups, cg * kh * kw))
         y = _grouped(xp, cols, w3, self.groups, transpose_b=True)  # (M, O)
         return _rows_nchw(xp, y, n, g[10], g[11])
@@ -357,12 +365,12 @@ class Convolution(Function):
                 f"conv_transpose2d: padding {self.padding} leaves no output for an input of "
                 f"height and width {(h, wd)}; use less padding"
             )
-        g = _geometry((n, cout, hp, wp), (kh, kw), self.stride, self.dilation)
+        g = patch_geometry((n, cout, hp, wp), (kh, kw), self.stride, self.dilation)
         self.geometry = g
         self.rows = rows = _nhwc_rows(xp, x)  # (N H W, Cin)
         w3 = xp.reshape(w, (self.groups, cin // self.groups, og * kh * kw))
         cols = _grouped(xp, rows, w3, self.groups, transpose_b=False)  # (N H W, Cout kk)
-        return _crop(_col2im(xp, cols, g), self.padding, self.out_size)
+        return crop_to(col2im_with(xp, cols, g), self.padding, self.out_size)
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         k = self.wide
@@ -412,7 +420,7 @@ class Convolution(Function):
         if need_x:
             w3 = xp.reshape(w, (groups, o // groups, -1))
             gcols = _grouped(xp, gy_rows, w3, groups, transpose_b=False)  # (M, C kk)
-            gx = _crop(_col2im(xp, gcols, self.geometry), self.padding, (h, wd))
+            gx = crop_to(col2im_with(xp, gcols, self.geometry), self.padding, (h, wd))
         return gx, gw, gb
 
     def _transposed_backward(self, xp: Any, gy: Any, need_x: bool, need_w: bool) -> tuple[Any, Any]:
@@ -435,7 +443,7 @@ class Convolution(Function):
                 gy_p = xp.concat(
                     [gy_p, xp.zeros((n, gy.shape[1], hp, extra[1]), dtype=gy.dtype)], axis=3
                 )
-        gcols = _im2col(xp, gy_p, g)  # (N H W, Cout kk)
+        gcols = im2col_with(xp, gy_p, g)  # (N H W, Cout kk)
         gx = gw = None
         if need_w:
             gw = xp.reshape(_grouped_t(xp, self.rows, gcols, groups), tuple(w.shape))
@@ -520,9 +528,11 @@ def conv2d(
     _check_groups("conv2d", groups, int(wd.shape[0]) if wd.ndim else 0, "out_channels")
     _check("conv2d", xd, wd, bd, int(wd.shape[1]) * groups, groups)
     node = Convolution(
-        _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1),
+        as_pair(stride, "stride", 1),
+        as_pair(padding, "padding", 0),
+        as_pair(dilation, "dilation", 1),
         groups,
-    )  # fmt: skip
+    )
     return node(x, weight) if bias is None else node(x, weight, bias)
 
 
@@ -548,13 +558,13 @@ def conv_transpose2d(
     xd, wd, bd = _data(x), _data(weight), _data(bias)
     _check_groups("conv_transpose2d", groups, int(wd.shape[0]) if wd.ndim else 0, "in_channels")
     _check("conv_transpose2d", xd, wd, bd, int(wd.shape[0]), groups)
-    stride_, dilation_ = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
-    out_pad = _pair(output_padding, "output_padding", 0)
+    stride_, dilation_ = as_pair(stride, "stride", 1), as_pair(dilation, "dilation", 1)
+    out_pad = as_pair(output_padding, "output_padding", 0)
     if out_pad[0] >= stride_[0] or out_pad[1] >= stride_[1]:
         raise ArgumentError(
             f"conv_transpose2d: output_padding {out_pad} must be smaller than the stride {stride_}"
         )
-    node = Convolution(stride_, _pair(padding, "padding", 0), dilation_, groups, True, out_pad)
+    node = Convolution(stride_, as_pair(padding, "padding", 0), dilation_, groups, True, out_pad)
     return node(x, weight) if bias is None else node(x, weight, bias)
 
 
@@ -588,10 +598,10 @@ class _ConvNd(Module):
         _check_groups(name, groups, int(in_channels), "in_channels")
         _check_groups(name, groups, int(out_channels), "out_channels")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        self.dilation = _pair(dilation, "dilation", 1)
+        self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
+        self.stride = as_pair(stride, "stride", 1)
+        self.padding = as_pair(padding, "padding", 0)
+        self.dilation = as_pair(dilation, "dilation", 1)
         self.groups = groups
         # Conv2d: (out, in / groups, kh, kw); ConvTranspose2d: (in, out / groups, kh, kw).
         first, second = (
@@ -701,7 +711,7 @@ class ConvTranspose2d(_ConvNd):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
             generator, transposed=True,
         )  # fmt: skip
-        self.output_padding = _pair(output_padding, "output_padding", 0)
+        self.output_padding = as_pair(output_padding, "output_padding", 0)
 
     def forward(self, x: Any) -> Tensor:
         try:

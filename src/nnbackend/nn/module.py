@@ -14,16 +14,20 @@ in the same order (never through a set) and checkpoints written on one backend l
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
+from nnbackend.device import map_arrays, once, to_device
 from nnbackend.errors import ArgumentError, CheckpointError, DtypeError
 from nnbackend.namespace import backend_for
 
 __all__ = ["Module", "Parameter", "Sequential"]
+
+# Module attributes that are its own bookkeeping, never arrays to move.
+_NOT_STATE = frozenset({"_parameters", "_modules", "_buffers", "training", "_layers"})
 
 
 class Parameter(Tensor):
@@ -312,14 +316,34 @@ class Module:
             param.grad = None
 
     # -- devices -------------------------------------------------------------------------
+    def _apply(self, fn: Callable[[Any], Any]) -> Module:
+        """Rebind every array this module holds to ``fn`` of it, recursively through the
+        children: parameters and their ``.grad`` (the same Parameter objects stay), buffers,
+        and arrays or Tensors held in other attributes (also inside lists, dicts and tuples).
+        ``fn`` maps one backend array to another and is called once per distinct array, so
+        tied weights stay tied. Returns ``self``. :meth:`to` and ``nnbackend.to_device`` use
+        it (moving everything first, then binding); a subclass caching something derived from
+        its arrays overrides it and calls ``super()._apply(fn)``."""
+        fn = once(fn)
+        for child in self.children():
+            child._apply(fn)
+        for tensor in (*self._parameters.values(), *self._buffers.values()):
+            if tensor is not None:
+                tensor._apply(fn)
+        skip = (_NOT_STATE, self._parameters, self._modules, self._buffers)
+        for key, value in list(vars(self).items()):
+            if not any(key in names for names in skip):
+                new = map_arrays(value, fn)
+                if new is not value:
+                    self.__dict__[key] = new
+        return self
+
     def to(self, target: Any = None, *, copy: bool | None = None) -> Module:
         """Move every parameter (with its gradient) and every array this module or a
         descendant holds to ``target``, in place, and return ``self``: ``model.to("cupy")``,
         ``model.to("cupy:1")``, ``model.to("numpy")``. See :func:`nnbackend.to_device`.
         Parameters keep their identity, so an optimizer built on them stays valid; move its
         state too with ``nnbackend.to_device(optimizer, target)``."""
-        from nnbackend.device import to_device  # the device layer sits above the models
-
         result: Module = to_device(self, target, copy=copy)
         return result
 

@@ -28,13 +28,13 @@ from nnbackend.errors import ArgumentError, ShapeError
 from nnbackend.namespace import backend_for
 from nnbackend.nn.conv import (
     Pair,
-    _col2im,
-    _crop,
-    _geometry,
-    _im2col,
-    _pair,
+    as_pair,
     backend_kernels,
+    col2im_with,
+    crop_to,
+    im2col_with,
     pad2d,
+    patch_geometry,
 )
 from nnbackend.nn.module import Module
 
@@ -91,7 +91,7 @@ class _Pool(Function):
             raise ArgumentError(
                 f"pooling padding {self.padding} must be at most half the kernel size {self.kernel}"
             )
-        self.geometry = _geometry(
+        self.geometry = patch_geometry(
             (n, c, h + 2 * ph, w + 2 * pw), self.kernel, self.stride, self.dilation
         )
         # Where arrays take slice assignment, a window is visited one kernel offset at a time
@@ -111,13 +111,13 @@ class _Pool(Function):
         """The windows of every channel as rows: (N C OH OW, kh kw)."""
         n, c, hp, wp = padded.shape
         g = (n * c, 1, *self.geometry[2:])
-        return _im2col(self.xp, self.xp.reshape(padded, (n * c, 1, hp, wp)), g)
+        return im2col_with(self.xp, self.xp.reshape(padded, (n * c, 1, hp, wp)), g)
 
     def _from_columns(self, gcols: Any) -> Any:
         n, c, h, w = self.in_shape
         g = self.geometry
-        padded = _col2im(self.xp, gcols, (n * c, 1, *g[2:]))
-        return _crop(self.xp.reshape(padded, (n, c, g[2], g[3])), self.padding, (h, w))
+        padded = col2im_with(self.xp, gcols, (n * c, 1, *g[2:]))
+        return crop_to(self.xp.reshape(padded, (n, c, g[2], g[3])), self.padding, (h, w))
 
     def _scatter(self, parts: Any, dtype: Any, device: Any) -> Any:
         """The input gradient from ``(offset, rows, columns, gradient)`` of each offset."""
@@ -131,7 +131,7 @@ class _Pool(Function):
                 out[:, :, rows, columns] = part
             else:
                 out[:, :, rows, columns] = out[:, :, rows, columns] + part
-        return _crop(out, self.padding, (h, w))
+        return crop_to(out, self.padding, (h, w))
 
     def _out(self, y: Any) -> Any:
         n, c = self.in_shape[:2]
@@ -230,12 +230,12 @@ class AvgPool(_Pool):
 def _pool_args(
     kernel_size: Pair, stride: Pair | None, padding: Pair, dilation: Pair
 ) -> tuple[tuple[int, int], ...]:
-    kernel = _pair(kernel_size, "kernel_size", 1)
+    kernel = as_pair(kernel_size, "kernel_size", 1)
     return (
         kernel,
-        kernel if stride is None else _pair(stride, "stride", 1),
-        _pair(padding, "padding", 0),
-        _pair(dilation, "dilation", 1),
+        kernel if stride is None else as_pair(stride, "stride", 1),
+        as_pair(padding, "padding", 0),
+        as_pair(dilation, "dilation", 1),
     )
 
 
@@ -291,7 +291,7 @@ def adaptive_avg_pool2d(x: Any, output_size: int | tuple[int, int]) -> Tensor:
     ``torch.nn.functional.adaptive_avg_pool2d``."""
     xd = _data(x)
     _check_images("adaptive_avg_pool2d", xd)
-    return AdaptiveAvgPool(_pair(output_size, "output_size", 1))(x)
+    return AdaptiveAvgPool(as_pair(output_size, "output_size", 1))(x)
 
 
 def flatten(x: Any, start_dim: int = 1) -> Tensor:
@@ -345,7 +345,7 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size: int | tuple[int, int]) -> None:
         super().__init__()
-        self.output_size = _pair(output_size, "output_size", 1)
+        self.output_size = as_pair(output_size, "output_size", 1)
 
     def forward(self, x: Any) -> Tensor:
         return adaptive_avg_pool2d(x, self.output_size)
