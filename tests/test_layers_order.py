@@ -56,7 +56,6 @@ KNOWN: dict[str, str] = {
     "nnbackend.autograd.tensor imports nnbackend.backends.host": "#13 item 2",
     "nnbackend.nn.functional imports nnbackend.backends.host": "#13 item 2",
     "nnbackend.nn.module imports nnbackend.backends.host": "#13 item 2",
-    "nnbackend.train imports nnbackend.backends.host": "#13 items 2 and 4",
     # item 1: the ops object replaces the kernels cache and the float16 helpers of functional.
     "nnbackend.autograd.ops reaches nnbackend.autograd.kernels._cache": "#13 item 1",
     "nnbackend.nn.functional reaches nnbackend.autograd.kernels._cache": "#13 item 1",
@@ -79,7 +78,6 @@ KNOWN: dict[str, str] = {
     "nnbackend.nn.layers reaches nnbackend.nn.functional._same_backend": "#13 item 1",
     "nnbackend.nn.normalization reaches nnbackend.nn.functional._mixed_compute": "#13 item 1",
     # item 4: train.py becomes a package; callbacks get a public monitor base.
-    "nnbackend.schedules reaches nnbackend.callbacks._Monitor": "#13 item 4",
 }
 
 

@@ -152,13 +152,13 @@ def test_no_shuffle_uses_data_order() -> None:
 # -- device-side bookkeeping ---------------------------------------------------------------
 def test_loss_read_back_only_at_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     reads = []
-    original = train.metrics._Sums.read
+    original = train.metrics.MetricSums.read
 
     def counting_read(self: Any) -> Any:
         reads.append(1)
         return original(self)
 
-    monkeypatch.setattr(train.metrics._Sums, "read", counting_read)
+    monkeypatch.setattr(train.metrics.MetricSums, "read", counting_read)
     x, t, _, trainer = _spiral_setup()
     history = trainer.fit(x, t, epochs=4, batch_size=30, seed=0, progress=False)
     assert len(reads) == 4 == len(history.loss)  # one read per epoch, none per step

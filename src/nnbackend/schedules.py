@@ -172,7 +172,7 @@ class ReduceLROnPlateau(Schedule):
         min_lr: float = 0.0,
         mode: str = "auto",
     ) -> None:
-        from nnbackend.train.callbacks import _Monitor
+        from nnbackend.train.callbacks import Monitor
 
         self.factor = _factor("factor", factor)
         if self.factor == 1.0:
@@ -180,7 +180,7 @@ class ReduceLROnPlateau(Schedule):
         self.patience = _positive_int("patience", patience, allow_zero=True)
         self.min_lr = float(min_lr)
         self.monitor = monitor
-        self._watch = _Monitor(monitor, mode, 0.0)
+        self._watch = Monitor(monitor, mode, 0.0)
         self.wait = 0
         super().__init__(optimizer)
 

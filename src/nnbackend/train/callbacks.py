@@ -75,7 +75,7 @@ class Callback:
 _HOOKS = ("on_fit_start", "on_step_end", "on_report", "on_epoch_end", "on_fit_end")
 
 
-def _hooks(callbacks: Iterable[Any]) -> dict[str, list[Callable[[Trainer, History], Any]]]:
+def hooks_by_event(callbacks: Iterable[Any]) -> dict[str, list[Callable[[Trainer, History], Any]]]:
     """The hooks of ``callbacks`` by name (``fit`` calls each list in order): the methods a
     callback overrides (Callback's own no-ops are left out, so an unused ``on_step_end``
     costs nothing), or a plain function as an ``on_epoch_end`` hook."""
@@ -135,7 +135,7 @@ def _mode(monitor: str, mode: str) -> str:
     return mode
 
 
-class _Monitor:
+class Monitor:
     """The best value of one monitored number so far, and whether the latest improved it."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
@@ -188,7 +188,7 @@ class EarlyStopping(Callback):
     ) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ArgumentError(f"patience must be an int >= 0, got {patience!r}")
-        self._watch = _Monitor(monitor, mode, min_delta)
+        self._watch = Monitor(monitor, mode, min_delta)
         self.monitor = monitor
         self.patience = patience
         self.restore_best = bool(restore_best)
@@ -263,7 +263,7 @@ class ModelCheckpoint(Callback):
     ) -> None:
         self.path = os.fspath(path)
         self.monitor = monitor
-        self._watch = _Monitor(monitor, mode, 0.0)
+        self._watch = Monitor(monitor, mode, 0.0)
         self.save_best_only = bool(save_best_only)
         self.dtype = dtype
         self.save_optimizer = bool(save_optimizer)

@@ -98,6 +98,6 @@ class History:
         backend are left alone. Returns the path written. In data-parallel training only
         rank 0 writes the file.
         """
-        from nnbackend.train.plots import _plot_history
+        from nnbackend.train.plots import plot_history
 
-        return _plot_history(self, path, title=title)
+        return plot_history(self, path, title=title)

@@ -10,7 +10,7 @@ from typing import Any
 __all__: list[str] = []
 
 
-class _InterruptGuard:
+class InterruptGuard:
     """In the main thread, turn the first Ctrl-C into a request to stop after the current
     step; a second Ctrl-C raises ``KeyboardInterrupt`` at once, except inside an optimizer
     step (while ``in_step`` is True), where it is held until the step is finished
@@ -29,7 +29,7 @@ class _InterruptGuard:
         self.pending = False  # a second Ctrl-C came during the step
         self.held: tuple[int, Any] | None = None  # a signal for the foreign handler
 
-    def __enter__(self) -> _InterruptGuard:
+    def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             try:
                 current = signal.getsignal(signal.SIGINT)
@@ -75,7 +75,7 @@ class _InterruptGuard:
             self.installed = False
 
 
-class _StepMark:
+class StepMark:
     """Where :meth:`Trainer.train_step` marks its optimizer step outside ``fit``."""
 
     __slots__ = ("in_step",)

@@ -312,7 +312,7 @@ def default_metric(loss_fn: Any) -> Metric | None:
         ) from None
 
 
-class _Sums:
+class MetricSums:
     """Device-side running sums of the loss (times the batch size) and of the loss's default
     metric (``correct``, counted over ``predictions``: for accuracy, the correct predictions),
     read to the host only by :meth:`read`: what ``fit`` and ``evaluate`` report. With a
@@ -373,7 +373,7 @@ class _Sums:
         return self.samples > 0
 
 
-def _metric_result(metric: Any, comm: Any) -> float:
+def metric_result(metric: Any, comm: Any) -> float:
     """``metric.result()``, over the batches of every rank when ``comm`` is given (its sum
     and count all-reduced; metrics without that state report this rank's value)."""
     total = getattr(metric, "total", None)

@@ -49,7 +49,7 @@ def _on_host(x: Any) -> Any:
     return to_device(data(x), "numpy")
 
 
-def _plot_history(history: History, path: str | Path, *, title: str | None = None) -> Path:
+def plot_history(history: History, path: str | Path, *, title: str | None = None) -> Path:
     """The body of :meth:`History.plot <nnbackend.train.History.plot>`."""
     Figure = _require_matplotlib("History.plot()")
     path = Path(path)

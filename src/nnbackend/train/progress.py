@@ -1,6 +1,6 @@
 """Progress renderers of :meth:`nnbackend.Trainer.fit`: nothing, a tqdm bar, a built-in
 one-line bar, or one log line per report (``fit(progress=...)`` chooses, through
-:func:`_make_progress`)."""
+:func:`make_progress`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, TextIO
 __all__: list[str] = []
 
 
-class _NoProgress:
+class NoProgress:
     def update(self) -> None:
         pass
 
@@ -25,7 +25,7 @@ class _NoProgress:
         pass
 
 
-class _TqdmProgress(_NoProgress):
+class TqdmProgress(NoProgress):
     def __init__(self, tqdm: Any, total: int, stream: TextIO) -> None:
         self.bar = tqdm(
             total=total, unit="step", dynamic_ncols=True, file=stream, leave=True, mininterval=0.1
@@ -44,7 +44,7 @@ class _TqdmProgress(_NoProgress):
         self.bar.close()
 
 
-class _TextProgress(_NoProgress):
+class TextProgress(NoProgress):
     """A one-line bar redrawn in place at most ten times a second (used without tqdm)."""
 
     def __init__(self, total: int, stream: TextIO) -> None:
@@ -91,7 +91,7 @@ class _TextProgress(_NoProgress):
         self.stream.flush()
 
 
-class _LogProgress(_NoProgress):
+class LogProgress(NoProgress):
     """One line per report, for logs and pipes (``progress="log"``)."""
 
     def __init__(self, stream: TextIO) -> None:
@@ -112,15 +112,15 @@ class _LogProgress(_NoProgress):
         self.stream.flush()
 
 
-def _make_progress(progress: Any, total: int, stream: TextIO | None = None) -> _NoProgress:
+def make_progress(progress: Any, total: int, stream: TextIO | None = None) -> NoProgress:
     stream = sys.stderr if stream is None else stream
     if progress == "auto":
         isatty = getattr(stream, "isatty", None)
         progress = bool(isatty and isatty())
     if progress is False or progress is None:
-        return _NoProgress()
+        return NoProgress()
     if progress == "log":
-        return _LogProgress(stream)
+        return LogProgress(stream)
     if progress is True or progress in ("bar", "tqdm", "text"):
         if progress != "text":
             try:
@@ -129,14 +129,14 @@ def _make_progress(progress: Any, total: int, stream: TextIO | None = None) -> _
                 if progress == "tqdm":
                     raise ImportError("progress='tqdm' needs tqdm: pip install tqdm") from None
             else:
-                return _TqdmProgress(tqdm, total, stream)
-        return _TextProgress(total, stream)
+                return TqdmProgress(tqdm, total, stream)
+        return TextProgress(total, stream)
     raise ValueError(
         f"progress must be 'auto', True, False, 'bar', 'tqdm', 'text' or 'log', got {progress!r}"
     )
 
 
-def _metrics_text(loss: float, accuracy: float | None) -> str:
+def metrics_text(loss: float, accuracy: float | None) -> str:
     text = f"loss={loss:.4f}"
     if accuracy is not None:
         text += f" acc={accuracy:.1%}"

@@ -26,12 +26,12 @@ from nnbackend.autograd.mode import no_grad
 from nnbackend.errors import ArgumentError, BackendMismatchError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 from nnbackend.train._arrays import data, predict, wide
-from nnbackend.train.callbacks import _hooks
+from nnbackend.train.callbacks import hooks_by_event
 from nnbackend.train.history import History
-from nnbackend.train.interrupt import _InterruptGuard, _StepMark
-from nnbackend.train.metrics import Metric, _metric_result, _Sums, default_metric
+from nnbackend.train.interrupt import InterruptGuard, StepMark
+from nnbackend.train.metrics import Metric, MetricSums, default_metric, metric_result
 from nnbackend.train.metrics import get as get_metric
-from nnbackend.train.progress import _make_progress, _metrics_text, _NoProgress
+from nnbackend.train.progress import NoProgress, make_progress, metrics_text
 
 __all__ = ["Trainer"]
 
@@ -78,7 +78,7 @@ class _Scorer:
             return None, 0
         return self.metric.batch(y, t)
 
-    def read(self, sums: _Sums) -> tuple[float, float | None]:
+    def read(self, sums: MetricSums) -> tuple[float, float | None]:
         """``(mean loss, metric)`` of ``sums`` (the one device read), the metric finished."""
         loss, value = sums.read()
         if value is not None and self.metric is not None:
@@ -110,11 +110,11 @@ class _Fit:
     train_metrics: list[Any]
     val_metrics: list[Any]
     history: History
-    bar: _NoProgress
+    bar: NoProgress
     scaler: nb_precision.LossScaler | None
-    guard: _InterruptGuard
-    interval: _Sums
-    whole: _Sums
+    guard: InterruptGuard
+    interval: MetricSums
+    whole: MetricSums
     scorer: _Scorer
     previous_mode: bool | None = None
     start: float = field(default=0.0)
@@ -235,7 +235,7 @@ class Trainer:
         # What train_step uses; fit sets them for its run.
         self._step_scaler: nb_precision.LossScaler | None = self.loss_scaler
         self._clip: Callable[[], Any] | None = None
-        self._guard: Any = _StepMark()
+        self._guard: Any = StepMark()
         self._reducer: Any = None
         self._share = 1.0
 
@@ -588,7 +588,7 @@ class Trainer:
         val_metrics = [copy.deepcopy(m) for m in train_metrics]
         n = int(x.shape[0]) if loader is None else loader.n
         steps_per_epoch = -(-n // batch_size) if loader is None else len(loader)
-        hooks = _hooks(callbacks)
+        hooks = hooks_by_event(callbacks)
         clip: Callable[[], Any] | None = None
         if max_grad is not None:
             from nnbackend.optim import clip_grad_norm
@@ -611,9 +611,9 @@ class Trainer:
         history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         self.step = self.epoch = 0
         self.stop_training = False
-        bar = _make_progress(progress, epochs * steps_per_epoch)
+        bar = make_progress(progress, epochs * steps_per_epoch)
         scaler = self._resolve_loss_scaler()
-        guard = _InterruptGuard()
+        guard = InterruptGuard()
         self._step_scaler, self._clip, self._guard = scaler, clip, guard
         run = _Fit(
             xp=xp,
@@ -639,8 +639,8 @@ class Trainer:
             bar=bar,
             scaler=scaler,
             guard=guard,
-            interval=_Sums(comm),
-            whole=_Sums(comm),
+            interval=MetricSums(comm),
+            whole=MetricSums(comm),
             scorer=_Scorer(self.loss_fn),
         )
         run.previous_mode = self._set_mode(True)
@@ -764,7 +764,7 @@ class Trainer:
         history.accuracy.append(acc)
         history.report_steps.append(self.step)
         run.interval.reset()
-        run.bar.report(_metrics_text(loss, acc) + extra)
+        run.bar.report(metrics_text(loss, acc) + extra)
         for hook in run.hooks["on_report"]:
             hook(self, history)
 
@@ -777,12 +777,12 @@ class Trainer:
         history.epoch_loss.append(e_loss)
         history.epoch_accuracy.append(e_acc)
         for m in run.train_metrics:
-            history.metrics.setdefault(m.name, []).append(_metric_result(m, run.comm))
+            history.metrics.setdefault(m.name, []).append(metric_result(m, run.comm))
         extra = "" if run.validation is None else self._validate(run)
         if run.eval_interval is None:
             self._report(run, extra, (e_loss, e_acc))
         elif extra:
-            run.bar.report("epoch " + _metrics_text(e_loss, e_acc) + extra)
+            run.bar.report("epoch " + metrics_text(e_loss, e_acc) + extra)
         history.epochs = epoch + 1
         history.epoch_time.append(time.perf_counter() - run.start)
         for hook in run.hooks["on_epoch_end"]:
@@ -796,7 +796,7 @@ class Trainer:
             history.metrics.setdefault("val_" + m.name, []).append(m.result())
         history.val_loss.append(v_loss)
         history.val_accuracy.append(v_acc)
-        return " val_" + _metrics_text(v_loss, v_acc).replace(" acc=", " val_acc=")
+        return " val_" + metrics_text(v_loss, v_acc).replace(" acc=", " val_acc=")
 
     def _end_fit(self, run: _Fit, finished: bool) -> None:
         """Whatever way ``fit`` ends: a last report for the steps since the previous one
@@ -813,7 +813,7 @@ class Trainer:
         history.wall_time = time.perf_counter() - run.start
         run.bar.close()
         self._restore_mode(run.previous_mode)
-        self._clip, self._guard = None, _StepMark()
+        self._clip, self._guard = None, StepMark()
         self._share = 1.0 / run.size
 
     # -- evaluation --------------------------------------------------------------------------
@@ -838,7 +838,7 @@ class Trainer:
         x, t = self._on_model(x, t)
         xp, x, t = self._check_pair(x, t, "evaluate")
         n = int(x.shape[0])
-        sums = _Sums()
+        sums = MetricSums()
         scorer = _Scorer(self.loss_fn)
         previous = self._set_mode(False)
         try:
