@@ -19,7 +19,7 @@ from typing import Any
 from nnbackend import config, registry
 from nnbackend.errors import BackendMismatchError, DtypeError
 
-__all__ = ["array_namespace", "backend_for", "namespace"]
+__all__ = ["array_namespace", "backend_for", "namespace", "ops_for"]
 
 # Names copied from the backend namespace besides its public ones.
 _KEPT_DUNDERS = ("__array_api_version__", "__version__", "__all__", "__getattr__")
@@ -422,6 +422,26 @@ def backend_for(array: Any) -> tuple[Any, Any]:
     return found
 
 
+# backend namespace -> its operations object (nnbackend.backends.ops.Ops), built once.
+_ops: dict[Any, Any] = {}
+
+
+def ops_for(xp: Any, array: Any) -> Any:
+    """The operations object (:class:`nnbackend.backends.ops.Ops`) of ``array``'s backend,
+    whose namespace is ``xp``: one dictionary lookup after the first call. Built by the
+    backend record's ``ops`` factory; dropped when the registry changes."""
+    found = _ops.get(xp)
+    if found is None:
+        generation = registry.generation
+        xp_, record = backend_for(array)
+        found = record.ops(xp_, record)
+        with registry._lock:
+            if registry.generation == generation:
+                _ops[xp] = found
+    return found
+
+
 registry._change_callbacks.append(_by_type.clear)
+registry._change_callbacks.append(_ops.clear)
 # Namespaces built from a replaced record are stale; drop them all (rebuilt on next use).
 registry._change_callbacks.append(_cache.clear)
