@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 import nnbackend as nb
 from nnbackend import nn, registry
-from nnbackend.namespace import ops_for as _ops_for
 from nnbackend.errors import ArgumentError, CheckpointError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
+from nnbackend.namespace import ops_for as _ops_for
 
 
 # -- helpers ------------------------------------------------------------------------------

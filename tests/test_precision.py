@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 import nnbackend as nb
 from nnbackend import config, nn, optim, precision
-from nnbackend.namespace import ops_for as _ops_for
 from nnbackend.backends.numpy import kernels as numpy_kernels
 from nnbackend.errors import BackendError, CheckpointError, DtypeError
 from nnbackend.namespace import backend_for
+from nnbackend.namespace import ops_for as _ops_for
 from nnbackend.nn import functional as F
 from nnbackend.precision import LossScaleError, LossScaler, Policy
 

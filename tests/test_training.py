@@ -12,8 +12,8 @@ import pytest
 
 import nnbackend as nb
 from nnbackend import nn, optim, registry
-from nnbackend.namespace import ops_for as _ops_for
 from nnbackend.namespace import backend_for
+from nnbackend.namespace import ops_for as _ops_for
 
 
 def to_host(x: Any) -> np.ndarray:

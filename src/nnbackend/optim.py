@@ -175,17 +175,19 @@ class Optimizer:
         self.steps = 0
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         # Per-parameter facts, looked up once: (param, state, slot).
-        self._entries: list[tuple[Tensor, dict[str, Any], _Slot]] = []
-        self._refresh_entries()
+        self._entries: list[tuple[Tensor, dict[str, Any], _Slot]] = self._entry_list()
 
     def _refresh_entries(self) -> None:
         """Look up each parameter's backend facts again (after its arrays moved)."""
+        self._entries = self._entry_list()
+
+    def _entry_list(self) -> list[tuple[Tensor, dict[str, Any], _Slot]]:
         entries = []
         for p, st in zip(self.params, self.state, strict=True):
             xp = backend_for(p.data)[0]
             tiny = float(xp.finfo(p.data.dtype).smallest_normal)
             entries.append((p, st, _Slot(ops_for(xp, p.data), xp, tiny)))
-        self._entries = entries
+        return entries
 
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to ``None``."""

@@ -233,9 +233,7 @@ class Ops:
             self._to_narrow = offered["float32_to_float16"]  # type: ignore[method-assign]
         #: ``x > 0`` and ``where(mask, x, 0)`` for float16 ``x`` computed wide (NumPy reads
         #: the bits instead of comparing in software).
-        self._positive: Callable[[Any], Any] = offered.get("float16_positive") or (
-            lambda x: x > 0
-        )
+        self._positive: Callable[[Any], Any] = offered.get("float16_positive") or (lambda x: x > 0)
         self._keep: Callable[[Any, Any], Any] = offered.get("float16_keep") or (
             lambda mask, x: xp.where(mask, x, 0.0)
         )
@@ -252,6 +250,14 @@ class Ops:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.record.name!r}>"
+
+    @staticmethod
+    def host_numpy() -> Any:
+        """NumPy, the library of :meth:`to_host`'s results: for reference computations that
+        run on the host by design (gradient checks in float64)."""
+        import numpy as np
+
+        return np
 
     def host_copy(self, x: Any) -> Any:
         """A new, writable NumPy array with ``x``'s values (never shares memory with ``x``)."""
@@ -371,6 +377,13 @@ class Ops:
                     x if x.dtype == self.float32 else self.xp.astype(x, self.float32)
                 )
         return self.xp.astype(x, dtype)
+
+    def dtype(self, name: str) -> Any:
+        """The backend's dtype called ``name``, or ``None`` where it has none (float16 on a
+        record whose capabilities say it has none)."""
+        if name == "float16":
+            return self.float16
+        return getattr(self.xp, name, None)
 
     def accumulate_dtype(self, dtype: Any) -> Any:
         """The dtype statistics and loss scales of ``dtype`` are accumulated in: float32 for

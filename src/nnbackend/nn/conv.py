@@ -98,7 +98,6 @@ def _offered(ops: Any) -> dict[str, Any]:
     return {name: ops.kernel(name) for name in names if ops.kernel(name) is not None}
 
 
-
 # -- im2col / col2im over the namespace ----------------------------------------------------
 # (namespace, device, geometry) -> int64 gather indices, made once per geometry.
 _index_cache: dict[Any, Any] = {}
@@ -226,7 +225,9 @@ def pad2d(xp: Any, x: Any, padding: tuple[int, int], value: float = 0.0) -> Any:
         return xp.concat([top, wide, top], axis=2)
 
     out = xp.full(shape, value, dtype=x.dtype, device=x.device)
-    return ops_for(xp, x).write(out, (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + w)), x, by_concat)
+    return ops_for(xp, x).write(
+        out, (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + w)), x, by_concat
+    )
 
 
 def _crop(x: Any, padding: tuple[int, int], size: tuple[int, int]) -> Any:

@@ -242,8 +242,8 @@ def _same_backend(x: Any, weight: Any) -> None:
 
 def _float_dtype(array: Any, name: str) -> Any:
     xp, record = backend_for(array)
-    found = getattr(xp, name, None)
-    if found is None or (name == "float16" and not record.capabilities.float16):
+    found = ops_for(xp, array).dtype(name)
+    if found is None:
         # Not a DtypeError: layers rephrase those as "input dtype differs from the layer's".
         raise BackendError(
             f"backend {record.name!r} has no {name}, which the {config.get_policy()} policy "
@@ -273,7 +273,7 @@ def _loss_inputs(y: Any, t: Any) -> tuple[Any, Any]:
         return y, t
     yd = _data(y)
     xp = backend_for(yd)[0]
-    if yd.dtype == getattr(xp, "float16", None):
+    if _ops(xp, yd).accumulate_dtype(yd.dtype) != yd.dtype:  # float16: sum in float32
         y = cast(y, "float32")
     td = _data(t)
     if xp.isdtype(td.dtype, "real floating") and td.dtype != xp.float32:
@@ -425,9 +425,7 @@ def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
         raise DtypeError(f"class labels must be integers, got {dtype}")
     # cupy.cuda.Device defines __eq__ without __hash__: key such devices by their repr.
     key = ("class_range", n_classes, dtype, device if type(device).__hash__ else repr(device))
-    return _ops(xp, labels).cached(
-        key, lambda: xp.arange(n_classes, dtype=dtype, device=device)
-    )
+    return _ops(xp, labels).cached(key, lambda: xp.arange(n_classes, dtype=dtype, device=device))
 
 
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
@@ -934,7 +932,7 @@ def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, A
     dtypes = (x.dtype, w.dtype, self.inputs[2].dtype if self.inputs[2] is not None else w.dtype)
     # float16 statistics in float32: 1/sqrt(var + eps) is up to 316 for a constant row, and its
     # derivatives take its cube, past float16's range (an inf times 0 would give NaN).
-    dt = xp.float32 if gy.dtype == getattr(xp, "float16", None) else gy.dtype
+    dt = _ops(xp, gy).accumulate_dtype(gy.dtype)
     gy, x, w = _like(xp, gy, dt), _like(xp, x, dt), _like(xp, w, dt)
     xc = x - ops.mean(x, -1, True)
     inv = 1.0 / _F.sqrt(ops.mean(xc * xc, -1, True) + self.eps)

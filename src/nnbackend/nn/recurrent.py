@@ -38,8 +38,8 @@ from typing import Any
 
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
-from nnbackend.backends.ops import tanh_sigmoid
 from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends.ops import tanh_sigmoid
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for, ops_for
 from nnbackend.nn import init
