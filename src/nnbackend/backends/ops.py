@@ -341,6 +341,14 @@ class Ops:
             return NATIVE
         return self._wide
 
+    def compute_product(self, x: Any, n_out: int, min_macs: int = 2048) -> Compute:
+        """:meth:`compute` for a product of ``x`` with ``n_out`` columns: widened only from
+        ``min_macs`` multiply-adds on (the size is looked at only where it matters)."""
+        slow = self._slow if self._decided else self._slow_dtype(x)
+        if slow is None or x.dtype != slow or _size(x) * n_out < min_macs:
+            return NATIVE
+        return self._wide
+
     def compute_as(self, dtype: Any, like: Any = None) -> Compute:
         """The :class:`Compute` for a node that computes in ``dtype`` whatever its operands'
         dtypes (mixed precision), on ``like``'s device: float32 stored as ``dtype`` where

@@ -136,9 +136,12 @@ class Linear(Function):
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         xp = self.xp
         self.has_bias = b is not None
-        ops = _ops(xp, x)
-        c = self.c = ops.compute(x, -(-WIDE_MIN_MACS // max(int(w.shape[-1]), 1)))
-        return self._forward_in(xp, c, x, w, b)
+        ops = self.ops = _ops_cache.get(xp) or ops_for(xp, x)
+        c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
+        self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
+        self.x, self.w = x, w = c.widen(x), c.widen_weight(w)
+        y = _product(xp, x, w)
+        return c.narrow(y if b is None else y + c.widen(b))
 
     def _forward_in(self, xp: Any, c: Any, x: Any, w: Any, b: Any) -> Any:
         """The product in ``c``'s compute dtype, stored as ``c`` says."""
@@ -164,7 +167,7 @@ class Linear(Function):
         gw = _weight_grad(xp, x, gy) if need_w else None
         gb = None
         if self.has_bias and self.needs_input_grad[2]:
-            gb = _ops(xp, gy).sum(gy, axis=0)
+            gb = self.ops.sum(gy, axis=0)
         dtypes = self.in_dtypes
         gx, gw, gb = c.narrow(gx, dtypes[0]), c.narrow(gw, dtypes[1]), c.narrow(gb, dtypes[2])
         if not self.has_bias:
@@ -185,7 +188,8 @@ class MixedLinear(Linear):
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         xp = self.xp
         self.has_bias = b is not None
-        c = self.c = _ops(xp, x).compute_as(self.output_dtype, x)
+        ops = self.ops = _ops(xp, x)
+        c = self.c = ops.compute_as(self.output_dtype, x)
         return self._forward_in(xp, c, x, w, b)
 
 
@@ -294,7 +298,7 @@ def _sigmoid_arrays(xp: Any, x: Any) -> Any:
     upper = x >= 0
     if type(upper) is not type(x):  # a numpy.bool for a 0-d x
         upper = as_array(xp, upper)
-    return xp.maximum(e, _ops(xp, x).astype(upper, x.dtype)) / (1.0 + e)
+    return xp.maximum(e, (_ops_cache.get(xp) or ops_for(xp, x)).astype(upper, x.dtype)) / (1.0 + e)
 
 
 class Sigmoid(Function):
@@ -302,8 +306,9 @@ class Sigmoid(Function):
     trusted_grads = True
 
     def forward(self, x: Any) -> Any:
-        c = self.c = _ops(self.xp, x).compute(x, WIDE_MIN_SIZE)
-        self.y = y = _sigmoid_arrays(self.xp, c.widen(x))
+        xp = self.xp
+        c = self.c = (_ops_cache.get(xp) or ops_for(xp, x)).compute(x, WIDE_MIN_SIZE)
+        self.y = y = _sigmoid_arrays(xp, c.widen(x))
         return c.narrow(y)
 
     def backward(self, gy: Any) -> Any:
@@ -421,11 +426,15 @@ def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
     comparing with an array on another device would fail), kept by the backend's ops (where
     they may cache) per combination, not made once per step."""
     dtype, device = labels.dtype, getattr(labels, "device", None)
-    if not xp.isdtype(dtype, "integral"):
-        raise DtypeError(f"class labels must be integers, got {dtype}")
     # cupy.cuda.Device defines __eq__ without __hash__: key such devices by their repr.
     key = ("class_range", n_classes, dtype, device if type(device).__hash__ else repr(device))
-    return _ops(xp, labels).cached(key, lambda: xp.arange(n_classes, dtype=dtype, device=device))
+    ops = _ops(xp, labels)
+    found = ops._cache.get(key)
+    if found is None:
+        if not xp.isdtype(dtype, "integral"):
+            raise DtypeError(f"class labels must be integers, got {dtype}")
+        found = ops.cached(key, lambda: xp.arange(n_classes, dtype=dtype, device=device))
+    return found
 
 
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
@@ -461,7 +470,7 @@ class SoftmaxCrossEntropy(Function):
                 "reshape them first, e.g. y.reshape(-1, C) with labels t.reshape(-1)"
             )
         n, c = x.shape
-        k = self.k = _ops(xp, x)
+        k = self.k = _ops_cache.get(xp) or ops_for(xp, x)
         cm = self.c = k.compute(x)  # many passes: always worth widening
         x = cm.widen(x)
         if cm.wide and t.dtype == cm.store:  # float16 targets of float16 logits
