@@ -493,7 +493,7 @@ def test_cupy_kernels_agree_with_the_namespace(cp: Any) -> None:
 def test_fused_lstm_kernels_agree_with_the_generic_step(cp: Any, dtype: str) -> None:
     """The one-kernel LSTM step (and its backward) against the namespace code it replaces,
     with the gate blocks as strided views of one (N, 4H) array, as the layer passes them."""
-    from nnbackend.autograd import kernels as generic
+    from nnbackend.backends import ops as generic
 
     xp = registry.get("cupy").load_namespace()
     cell, cell_backward = cupy_backend._lstm_kernels(cp)

@@ -49,36 +49,9 @@ RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}
 HOST = "nnbackend.backends.host"
 HOST_USERS = ("nnbackend.backends", "nnbackend.io", "nnbackend.random", "nnbackend.datasets")
 
-# Violations that other branches remove, each with the item of issue #13 that removes it.
-KNOWN: dict[str, str] = {
-    # item 2: the engine, layers and training stop importing NumPy through backends.host.
-    "nnbackend.autograd.gradcheck imports nnbackend.backends.host": "#13 item 2",
-    "nnbackend.autograd.tensor imports nnbackend.backends.host": "#13 item 2",
-    "nnbackend.nn.functional imports nnbackend.backends.host": "#13 item 2",
-    "nnbackend.nn.module imports nnbackend.backends.host": "#13 item 2",
-    # item 1: the ops object replaces the kernels cache and the float16 helpers of functional.
-    "nnbackend.autograd.ops reaches nnbackend.autograd.kernels._cache": "#13 item 1",
-    "nnbackend.nn.functional reaches nnbackend.autograd.kernels._cache": "#13 item 1",
-    "nnbackend.optim reaches nnbackend.autograd.kernels._cache": "#13 item 1",
-    "nnbackend.autograd.kernels reaches nnbackend.registry._change_callbacks": (
-        "#13 item 1 (use registry.on_change)"
-    ),
-    "nnbackend.nn.functional reaches nnbackend.config._context": (
-        "#13 item 1 (use config.current_overrides)"
-    ),
-    "nnbackend.nn.functional reaches nnbackend.config._Process": (
-        "#13 item 1 (use config.settings_version)"
-    ),
-    "nnbackend.nn.functional reaches nnbackend.autograd.functions._piecewise": (
-        "#13 item 1 (use functions.piecewise, then delete the _piecewise alias)"
-    ),
-    "nnbackend.nn.conv reaches nnbackend.nn.functional._float_dtype": "#13 item 1",
-    "nnbackend.nn.conv reaches nnbackend.nn.functional._mixed_compute": "#13 item 1",
-    "nnbackend.nn.layers reaches nnbackend.nn.functional._mixed_compute": "#13 item 1",
-    "nnbackend.nn.layers reaches nnbackend.nn.functional._same_backend": "#13 item 1",
-    "nnbackend.nn.normalization reaches nnbackend.nn.functional._mixed_compute": "#13 item 1",
-    # item 4: train.py becomes a package; callbacks get a public monitor base.
-}
+# Known violations awaiting removal, each with the issue item that removes it (none today;
+# the test fails on an entry that is no longer a violation, so the list cannot go stale).
+KNOWN: dict[str, str] = {}
 
 
 def layer_of(module: str) -> str | None:

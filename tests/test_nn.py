@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 import nnbackend as nb
 from nnbackend import nn, registry
-from nnbackend.autograd.kernels import kernels
 from nnbackend.errors import ArgumentError, CheckpointError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
+from nnbackend.namespace import ops_for as _ops_for
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def test_embedding_indices_out_of_range_are_refused(xp: Any, backend: str, bad: 
     NaN there instead (the next test fakes that path on the CPU)."""
     emb = nn.Embedding(5, 2)
     idx = on(backend, np.array([[0, 3], [bad, 4]], dtype=np.int64))
-    if not kernels(backend_for(idx)[0], idx).on_host(idx):
+    if not _ops_for(backend_for(idx)[0], idx).on_host(idx):
         rows = to_host(emb(idx))
         assert np.isnan(rows[1, 0]).all() and not np.isnan(rows[[0, 1], [0, 1]]).any()
         return
@@ -441,7 +441,7 @@ def test_embedding_indices_out_of_range_on_a_device_give_nan_rows(
     (so the loss is NaN) instead of another row's values; good rows are untouched."""
     emb = nn.Embedding(5, 2)
     idx = np.array([1, -1, 5, 4], dtype=np.int64)
-    k = kernels(nb.namespace().__wrapped__, idx)
+    k = _ops_for(nb.namespace().__wrapped__, idx)
     monkeypatch.setattr(k, "on_host", lambda array: False)
     y = to_host(emb(idx))
     w = to_host(emb.weight)

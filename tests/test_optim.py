@@ -215,7 +215,7 @@ def test_backend_without_inplace_rebinds(name: str) -> None:
     p = nn.Parameter(original)
     opt = make(name, [p])
     registry.register_backend(record, replace=True)
-    assert opt._entries[0][3] is False
+    assert opt._entries[0][2].ops.inplace is False
     for _ in range(3):
         p.grad = np.array([0.5, -0.5])
         opt.step()
@@ -226,7 +226,8 @@ def test_backend_without_inplace_rebinds(name: str) -> None:
     for _ in range(3):
         with_inplace.grad = np.array([0.5, -0.5])
         in_opt.step()
-    np.testing.assert_allclose(to_host(p), to_host(with_inplace), rtol=1e-15)
+    # bit for bit: each rule is written once, the ops only decide where results go
+    np.testing.assert_array_equal(to_host(p), to_host(with_inplace))
 
 
 def test_optimizer_takes_a_module_and_deduplicates() -> None:

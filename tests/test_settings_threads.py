@@ -109,7 +109,7 @@ def test_mixed_precision_cache_never_keeps_a_stale_policy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     nb.set_default_dtype("float32")
-    assert F._mixed_compute() is None
+    assert F.mixed_compute() is None
     get_policy = config.get_policy
 
     def policy_then_another_thread_sets() -> str:
@@ -119,9 +119,9 @@ def test_mixed_precision_cache_never_keeps_a_stale_policy(
 
     nb.set_default_dtype("float64")
     monkeypatch.setattr(config, "get_policy", policy_then_another_thread_sets)
-    assert F._mixed_compute() is None  # float64 was active when it was called
+    assert F.mixed_compute() is None  # float64 was active when it was called
     monkeypatch.setattr(config, "get_policy", get_policy)
-    assert F._mixed_compute() == "float16"  # mixed16 now
+    assert F.mixed_compute() == "float16"  # mixed16 now
 
 
 def test_backend_for_cache_never_keeps_a_replaced_record(
@@ -163,7 +163,7 @@ def _check_block(backend: str, policy: str) -> None:
     assert ns.__nnbackend__[:2] == (backend, dtype), (ns.__nnbackend__, backend, policy)
     assert str(ns.zeros(1).dtype).rsplit(".", 1)[-1] == dtype
     compute = config.compute_dtype(policy)
-    assert F._mixed_compute() == (compute if compute != dtype else None)
+    assert F.mixed_compute() == (compute if compute != dtype else None)
     assert nb.precision.policy().name == policy
 
 
@@ -173,7 +173,7 @@ def _check_process_default() -> None:
     assert nb.namespace().__nnbackend__[:2] == (backend, dtype)
     policy = config.get_policy()
     compute = config.compute_dtype(policy)
-    assert F._mixed_compute() == (compute if compute != config.array_dtype(policy) else None)
+    assert F.mixed_compute() == (compute if compute != config.array_dtype(policy) else None)
 
 
 def _hammer(rng: random.Random, iterations: int) -> None:
@@ -185,7 +185,7 @@ def _hammer(rng: random.Random, iterations: int) -> None:
             nb.set_backend(rng.choice(_BACKENDS))
         elif roll < 0.5:
             nb.namespace()  # the process default: only must not fail
-            F._mixed_compute()
+            F.mixed_compute()
         else:
             backend = rng.choice(_BACKENDS)
             policy = rng.choice(_BLOCK_DTYPES[backend])
@@ -209,7 +209,7 @@ def _hammer_defaults(rng: random.Random, iterations: int) -> None:
             nb.set_default_dtype(rng.choice(_PROCESS_DTYPES))
         else:
             nb.namespace()
-            F._mixed_compute()
+            F.mixed_compute()
 
 
 async def _task(rng: random.Random, iterations: int) -> None:

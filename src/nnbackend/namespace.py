@@ -19,7 +19,7 @@ from typing import Any
 from nnbackend import config, registry
 from nnbackend.errors import BackendMismatchError, DtypeError
 
-__all__ = ["array_namespace", "backend_for", "namespace"]
+__all__ = ["array_namespace", "backend_for", "namespace", "ops_for"]
 
 # Names copied from the backend namespace besides its public ones.
 _KEPT_DUNDERS = ("__array_api_version__", "__version__", "__all__", "__getattr__")
@@ -433,5 +433,26 @@ registry.on_change(_by_type.clear)
 cached_backend_for_type = _by_type.get
 """``cached_backend_for_type(type(x))``: what :func:`backend_for` cached for arrays of that
 type, or ``None``; the engine's per-op lookup without a call frame (internal API)."""
+
+# backend namespace -> its operations object (nnbackend.backends.ops.Ops), built once.
+_ops: dict[Any, Any] = {}
+
+
+def ops_for(xp: Any, array: Any) -> Any:
+    """The operations object (:class:`nnbackend.backends.ops.Ops`) of ``array``'s backend,
+    whose namespace is ``xp``: one dictionary lookup after the first call. Built by the
+    backend record's ``ops`` factory; dropped when the registry changes."""
+    found = _ops.get(xp)
+    if found is None:
+        generation = registry.generation
+        xp_, record = backend_for(array)
+        found = record.ops(xp_, record)
+        with registry.change_lock():
+            if registry.generation == generation:
+                _ops[xp] = found
+    return found
+
+
+registry.on_change(_ops.clear)
 # Namespaces built from a replaced record are stale; drop them all (rebuilt on next use).
 registry.on_change(_cache.clear)

@@ -2,14 +2,17 @@
 
 Every optimizer updates each parameter in its own dtype: hyperparameters are Python floats
 (which never promote an array), and state arrays are made with ``zeros_like``. Where a
-backend supports in-place writes (:attr:`nnbackend.Capabilities.inplace`) parameters and state
-are updated in place; elsewhere ``param.data`` is rebound to the new array. Parameters whose
-``.grad`` is ``None`` are skipped. Nothing here reads an array back to the host.
+backend supports in-place writes parameters and state are updated in place; elsewhere
+``param.data`` is rebound to the new array: each rule is written once, with the update
+primitives of the backend's ops (:class:`nnbackend.backends.ops.Ops`: ``add_``, ``sub_``,
+``mul_``, ``sub_scaled_``), which decide. Parameters whose ``.grad`` is ``None`` are skipped.
+Nothing here reads an array back to the host.
 
-Float16 parameters on a backend without fast float16 arithmetic (NumPy on a CPU, whose float16
+Float16 parameters where the backend computes float16 in float32 (NumPy on a CPU, whose float16
 arithmetic runs in software and slows down further on subnormal numbers) are updated in
-float32 and stored back in float16, state included: the stored values are the float32 update
-rounded once, never float16 intermediates.
+float32 and stored back in float16, state included (:meth:`~nnbackend.backends.ops.Ops.
+apply_update`): the stored values are the float32 update rounded once, never float16
+intermediates.
 
 The update rules are PyTorch's (``torch.optim``), so results can be compared one to one, also
 under a learning-rate schedule: :class:`Momentum` keeps PyTorch's buffer
@@ -31,12 +34,10 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from nnbackend.autograd.kernels import _cache as _kernels_cache
-from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.device import map_arrays, once
 from nnbackend.errors import ArgumentError, CheckpointError
-from nnbackend.namespace import backend_for, namespace
+from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.nn.module import convert_like
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
 
 
 # Optimizer attributes that are its parameters or caches about them, never state to move.
-_NOT_STATE = frozenset({"params", "_entries", "_pairs", "_scratch_views", "_scratch_flat"})
+_NOT_STATE = frozenset({"params", "_entries"})
 
 
 def _as_params(params: Any) -> list[Tensor]:
@@ -121,26 +122,18 @@ def _checked_lr(opt: Any) -> float:
     return value
 
 
-class _Wide:
-    """A float32 stand-in for a float16 parameter during an update."""
+class _Slot:
+    """What an update rule needs to know about one parameter besides its arrays: the
+    backend's ops and the dtype's smallest normal number (the floor of ``eps``)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("ops", "tiny", "xp")
 
-    def __init__(self, data: Any) -> None:
-        self.data = data
+    def __init__(self, ops: Any, xp: Any, tiny: float) -> None:
+        self.ops, self.xp, self.tiny = ops, xp, tiny
 
-
-def _half_kernels(xp: Any, g: Any) -> Any:
-    """The backend's kernels when ``g`` is float16 there and float16 math is slow, else None."""
-    k = _kernels_cache.get(xp)
-    if k is None:
-        k = kernels(xp, g)
-    half = k.half
-    # A few hundred values: NumPy's float16 arithmetic costs less than two conversions.
-    if half is None or g.dtype != half:
-        return None
-    n = g.size
-    return k if (n if type(n) is int else math.prod(g.shape)) >= 256 else None
+    def eps(self, eps: float) -> float:
+        """``eps`` raised to the dtype's smallest normal number."""
+        return eps if eps > self.tiny else self.tiny
 
 
 def _fraction(name: str, value: float) -> float:
@@ -186,13 +179,20 @@ class Optimizer:
         self.lr = _positive("lr", lr)
         self.steps = 0
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
-        # Per-parameter facts, looked up once: (param, state, xp, in-place writes?, the
-        # dtype's smallest normal number).
-        self._entries: list[tuple[Tensor, dict[str, Any], Any, bool, float]] = []
+        # Per-parameter facts, looked up once: (param, state, slot).
+        self._entries: list[tuple[Tensor, dict[str, Any], _Slot]] = self._entry_list()
+
+    def _refresh_entries(self) -> None:
+        """Look up each parameter's backend facts again (after its arrays moved)."""
+        self._entries = self._entry_list()
+
+    def _entry_list(self) -> list[tuple[Tensor, dict[str, Any], _Slot]]:
+        entries = []
         for p, st in zip(self.params, self.state, strict=True):
-            xp, record = backend_for(p.data)
+            xp = backend_for(p.data)[0]
             tiny = float(xp.finfo(p.data.dtype).smallest_normal)
-            self._entries.append((p, st, xp, bool(record.capabilities.inplace), tiny))
+            entries.append((p, st, _Slot(ops_for(xp, p.data), xp, tiny)))
+        return entries
 
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to ``None``."""
@@ -201,60 +201,32 @@ class Optimizer:
 
     def step(self) -> None:
         """Update every parameter that has a gradient."""
-        if type(self)._update is Optimizer._update:
-            raise NotImplementedError(f"{type(self).__name__} must define step()")
+        if type(self)._rule is Optimizer._rule:
+            raise NotImplementedError(f"{type(self).__name__} must define _rule()")
         self.lr = _checked_lr(self)
         self.steps += 1
-        update = self._update
-        for p, st, xp, inplace, tiny in self._entries:
+        rule, names = self._rule, self.state_names
+        for p, st, slot in self._entries:
             g = p.grad
             if g is None:
                 continue
-            k = _half_kernels(xp, g)
-            if k is not None:
-                self._wide_update(k, p, g, st, xp, inplace, tiny)
-            else:
-                update(p, g, st, xp, inplace, tiny)
+            p.data = slot.ops.apply_update(rule, p.data, g, st, names, slot)
 
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        """Update one parameter ``p`` (anything with a ``.data``) from its gradient ``g``."""
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        """The update of one parameter: from its data ``p``, gradient ``g``, state ``st`` (a
+        dict of arrays, updated by rebinding its entries) and ``slot`` (the ops and the eps
+        floor), the new data. Written once with the ops' update primitives, which write in
+        place where the backend allows and return new arrays otherwise."""
         raise NotImplementedError
-
-    def _wide_update(
-        self, k: Any, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        """:meth:`_update` in float32 for a float16 parameter, its state stored back in
-        float16: one rounding per stored value, and no software float16 arithmetic."""
-        wide = _Wide(k.widen(p.data))
-        wide_state = {
-            key: (k.widen(value) if key in self.state_names else value) for key, value in st.items()
-        }
-        self._update(wide, k.widen(g), wide_state, xp, inplace, tiny)
-        for key, value in wide_state.items():
-            if key not in self.state_names:
-                st[key] = value
-            elif inplace and key in st:
-                st[key][...] = k.narrow(value)
-            else:
-                st[key] = k.narrow(value)
-        if inplace:
-            p.data[...] = k.narrow(wide.data)
-        else:
-            p.data = k.narrow(wide.data)
 
     # -- moving --------------------------------------------------------------------------
     def _apply(self, fn: Callable[[Any], Any]) -> Optimizer:
         """Rebind every array this optimizer holds to ``fn`` of it: its parameters (data and
         ``.grad``; the Parameter objects stay, so the model's links hold), its state arrays
         (the state dicts stay the same dicts) and arrays or Tensors in other attributes; then
-        the per-parameter caches are renewed (:meth:`_refresh_entries`) and scratch buffers
-        dropped. Returns ``self``;
-        ``nnbackend.to_device`` uses it. Raises TypeError (before anything changes) where a
-        subclass caches per-parameter facts in a form this method does not know."""
-        if type(self)._refresh_entries is Optimizer._refresh_entries:
-            self._check_entries()
+        the per-parameter caches are renewed (:meth:`_refresh_entries`, which a subclass
+        caching its own per-parameter facts extends). Returns ``self``; ``nnbackend.to_device``
+        uses it."""
         fn = once(fn)
         for p in self.params:
             p._apply(fn)
@@ -265,43 +237,8 @@ class Optimizer:
                     setattr(self, key, new)
         # The parameters may have moved before this call (a model moved with its optimizer
         # rebinds them first), so the caches are renewed whether or not fn changed anything.
-        self.__dict__.pop("_scratch_views", None)
-        self.__dict__.pop("_scratch_flat", None)
         self._refresh_entries()
         return self
-
-    def _check_entries(self) -> None:
-        entries = vars(self).get("_entries")
-        pairs = vars(self).get("_pairs")
-        known = (
-            entries is None
-            or all(
-                type(e) is tuple and len(e) >= 4 and isinstance(e[0], Tensor) and type(e[1]) is dict
-                for e in entries
-            )
-        ) and (
-            pairs is None
-            or all(type(e) is tuple and len(e) == 2 and isinstance(e[0], Tensor) for e in pairs)
-        )
-        if not known:
-            raise TypeError(
-                f"{type(self).__name__} caches per-parameter facts in a form _apply does not "
-                "know; give it a _refresh_entries() method that rebuilds them from its parameters"
-            )
-
-    def _refresh_entries(self) -> None:
-        """Renew what is cached per parameter (its namespace, whether it may be written in
-        place) after the parameters' arrays moved to another backend or device."""
-        entries = vars(self).get("_entries")
-        if entries is not None:
-            new = []
-            for p, st, _xp, _inplace, *rest in entries:
-                xp, record = backend_for(p.data)
-                new.append((p, st, xp, bool(record.capabilities.inplace), *rest))
-            entries[:] = new
-        pairs = vars(self).get("_pairs")
-        if pairs is not None:
-            pairs[:] = [(p, bool(backend_for(p.data)[1].capabilities.inplace)) for p, _ in pairs]
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -309,7 +246,8 @@ class Optimizer:
         each parameter's index (in ``params`` order) to its state (copies of the arrays, so
         later steps do not change the snapshot). Parameters without state are left out."""
         state: dict[int, dict[str, Any]] = {}
-        for i, (p, st, xp, _, _) in enumerate(self._entries):
+        for i, (p, st, slot) in enumerate(self._entries):
+            xp = slot.xp
             if st:
                 state[i] = {
                     k: (xp.asarray(v, copy=True) if k in self.state_names else v)
@@ -400,17 +338,11 @@ class Optimizer:
 
 
 def _zeros_state(st: dict[str, Any], name: str, p: Any, xp: Any) -> Any:
-    """The state array ``st[name]``, made as zeros like ``p.data`` on first use."""
+    """The state array ``st[name]``, made as zeros like ``p`` (an array) on first use."""
     found = st.get(name)
     if found is None:
-        found = st[name] = xp.zeros_like(p.data)
+        found = st[name] = xp.zeros_like(p)
     return found
-
-
-# Parameters of at least this many elements are updated through a scratch buffer (where the
-# backend offers scale_into): below glibc's default mmap threshold (128 KiB) a temporary is
-# cheap to allocate, and a dictionary lookup would cost more than it saves.
-_SCRATCH_MIN = 32768
 
 
 class SGD(Optimizer):
@@ -418,93 +350,19 @@ class SGD(Optimizer):
 
     def __init__(self, params: Iterable[Tensor] | Any, lr: float = 0.01) -> None:
         super().__init__(params, lr)
-        self._pairs = [(p, inplace) for p, _, _, inplace, _ in self._entries]
 
     def step(self) -> None:
         lr = self.lr = _checked_lr(self)
         self.steps += 1
-        # The kernels (and the dtype updated in float32) looked up once per backend, not once
-        # per parameter: a _half_kernels call per parameter cost 0.3 us of a 50 us step.
-        seen_xp = k = half = scale_into = None
-        for p, _st, xp, inplace, _tiny in self._entries:
+        # One pass, no state: the ops' sub_scaled_ (NumPy: through a scratch buffer, and
+        # float16 in float32 a block at a time) is the whole rule.
+        for p, _st, slot in self._entries:
             g = p.grad
-            if g is None:
-                continue
-            if xp is not seen_xp:
-                seen_xp, k = xp, _kernels_cache.get(xp) or kernels(xp, g)
-                half, scale_into = k.half, k.scale_into
-            if half is not None and g.dtype == half:  # float16, in float32, rounded once
-                _sgd_half(k, p, g, lr, inplace)
-            elif inplace and scale_into is not None and g.size >= _SCRATCH_MIN:
-                # lr * g into a scratch buffer kept across steps: a fresh parameter-sized
-                # temporary, freed at the top of the heap, made glibc hand the memory back to
-                # the OS and fault it in again every step (benchmarks/NOTES.md: 30% of the
-                # 784-1024-1024-10 step). Small parameters keep the plain expression.
-                tmp = self._scratch(xp, p, g)
-                scale_into(g, lr, tmp)
-                p.data -= tmp
-            elif inplace:
-                p.data -= lr * g
-            else:
-                p.data = p.data - lr * g
+            if g is not None:
+                p.data = slot.ops.sub_scaled_(p.data, lr, g)
 
-    def _scratch(self, xp: Any, p: Any, g: Any) -> Any:
-        """A buffer of ``g``'s shape and dtype for parameter ``p``: a view of one flat array
-        per (backend, dtype) sized for the largest parameter, so the scratch memory is one
-        parameter's worth, not one per parameter. The view is kept per parameter."""
-        views: dict[int, Any] = self.__dict__.setdefault("_scratch_views", {})
-        view = views.get(id(p))
-        if (
-            view is not None
-            and type(view) is type(g)  # not an array moved by to_device to another backend
-            and view.shape == g.shape
-            and view.dtype == g.dtype
-        ):
-            return view
-        flats: dict[Any, Any] = self.__dict__.setdefault("_scratch_flat", {})
-        key = (xp, g.dtype)
-        flat = flats.get(key)
-        if flat is None or type(flat) is not type(g) or flat.shape[0] < g.size:
-            flat = flats[key] = xp.empty((g.size,), dtype=g.dtype)
-            views.clear()  # views of the old array would keep it alive
-        view = views[id(p)] = xp.reshape(flat[: g.size], g.shape)
-        return view
-
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        if inplace:
-            p.data -= self.lr * g
-        else:
-            p.data = p.data - self.lr * g
-
-
-# Elements per pass of a float16 update: the float32 temporaries stay small (and in cache),
-# instead of megabyte arrays that the allocator maps fresh, page fault by page fault, each step.
-_CHUNK = 1 << 16
-
-
-def _sgd_half(k: Any, p: Any, g: Any, lr: float, inplace: bool) -> None:
-    """``p -= lr * g`` for float16 ``p`` and ``g``, in float32, a block of rows at a time."""
-    data = p.data
-    if not inplace or data.ndim == 0:
-        wide = k.widen(data)
-        wide -= lr * k.widen(g)
-        if inplace:
-            data[...] = k.narrow(wide)
-        else:
-            p.data = k.narrow(wide)
-        return
-    rows = data.shape[0]
-    per_row = 1
-    for n in data.shape[1:]:
-        per_row *= n
-    block = max(1, _CHUNK // max(per_row, 1))
-    for lo in range(0, rows, block):
-        part = slice(lo, lo + block)
-        wide = k.widen(data[part])
-        wide -= lr * k.widen(g[part])
-        data[part] = k.narrow(wide)
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        return slot.ops.sub_scaled_(p, self.lr, g)
 
 
 class Momentum(Optimizer):
@@ -527,36 +385,22 @@ class Momentum(Optimizer):
         super().__init__(params, lr)
         self.momentum = _fraction("momentum", momentum)
 
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        lr, mu = self.lr, self.momentum
-        b = _zeros_state(st, "momentum_buffer", p, xp)
-        if inplace:
-            b *= mu
-            b += g
-            p.data -= lr * b
-        else:
-            b = st["momentum_buffer"] = mu * b + g
-            p.data = p.data - lr * b
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        ops, mu = slot.ops, self.momentum
+        b = _zeros_state(st, "momentum_buffer", p, slot.xp)
+        b = st["momentum_buffer"] = ops.add_(ops.mul_(b, mu), g)
+        return ops.sub_(p, self.lr * b)
 
 
 class Nesterov(Momentum):
     """Nesterov's accelerated gradient in PyTorch's form (``SGD(momentum=m,
     nesterov=True)``): ``b = momentum * b + g; p -= lr * (g + momentum * b)``."""
 
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        lr, mu = self.lr, self.momentum
-        b = _zeros_state(st, "momentum_buffer", p, xp)
-        if inplace:
-            b *= mu
-            b += g
-            p.data -= lr * (g + mu * b)
-        else:
-            b = st["momentum_buffer"] = mu * b + g
-            p.data = p.data - lr * (g + mu * b)
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        ops, mu = slot.ops, self.momentum
+        b = _zeros_state(st, "momentum_buffer", p, slot.xp)
+        b = st["momentum_buffer"] = ops.add_(ops.mul_(b, mu), g)
+        return ops.sub_(p, self.lr * (g + mu * b))
 
 
 class AdaGrad(Optimizer):
@@ -571,18 +415,10 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr)
         self.eps = _positive("eps", eps)
 
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        lr, eps = self.lr, self.eps
-        h = _zeros_state(st, "h", p, xp)
-        e = eps if eps > tiny else tiny
-        if inplace:
-            h += g * g
-            p.data -= lr * g / (xp.sqrt(h) + e)
-        else:
-            h = st["h"] = h + g * g
-            p.data = p.data - lr * g / (xp.sqrt(h) + e)
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        ops, xp = slot.ops, slot.xp
+        h = st["h"] = ops.add_(_zeros_state(st, "h", p, xp), g * g)
+        return ops.sub_(p, self.lr * g / (xp.sqrt(h) + slot.eps(self.eps)))
 
 
 class RMSprop(Optimizer):
@@ -603,19 +439,11 @@ class RMSprop(Optimizer):
         self.alpha = _fraction("alpha", alpha)
         self.eps = _positive("eps", eps)
 
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        lr, a, eps = self.lr, self.alpha, self.eps
-        h = _zeros_state(st, "h", p, xp)
-        e = eps if eps > tiny else tiny
-        if inplace:
-            h *= a
-            h += (1.0 - a) * (g * g)
-            p.data -= lr * g / (xp.sqrt(h) + e)
-        else:
-            h = st["h"] = a * h + (1.0 - a) * (g * g)
-            p.data = p.data - lr * g / (xp.sqrt(h) + e)
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        ops, xp, a = slot.ops, slot.xp, self.alpha
+        h = ops.mul_(_zeros_state(st, "h", p, xp), a)
+        h = st["h"] = ops.add_(h, (1.0 - a) * (g * g))
+        return ops.sub_(p, self.lr * g / (xp.sqrt(h) + slot.eps(self.eps)))
 
 
 class Adam(Optimizer):
@@ -646,34 +474,22 @@ class Adam(Optimizer):
         self.eps = _positive("eps", eps)
         self.weight_decay = _positive("weight_decay", weight_decay)
 
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        lr, b1, b2, eps, wd = self.lr, self.beta1, self.beta2, self.eps, self.weight_decay
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        ops, xp = slot.ops, slot.xp
+        lr, b1, b2, wd = self.lr, self.beta1, self.beta2, self.weight_decay
         m = _zeros_state(st, "m", p, xp)
         v = _zeros_state(st, "v", p, xp)
         t = st["step"] = st.get("step", 0) + 1
         step_size = lr / (1.0 - b1**t)
         inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**t)
-        e = eps if eps > tiny else tiny
         if wd:
             if self._decoupled:
-                if inplace:
-                    p.data *= 1.0 - lr * wd
-                else:
-                    p.data = p.data * (1.0 - lr * wd)
+                p = ops.mul_(p, 1.0 - lr * wd)
             else:
-                g = g + wd * p.data
-        if inplace:
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            p.data -= step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
-        else:
-            m = st["m"] = b1 * m + (1.0 - b1) * g
-            v = st["v"] = b2 * v + (1.0 - b2) * (g * g)
-            p.data = p.data - step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + e)
+                g = g + wd * p
+        m = st["m"] = ops.add_(ops.mul_(m, b1), (1.0 - b1) * g)
+        v = st["v"] = ops.add_(ops.mul_(v, b2), (1.0 - b2) * (g * g))
+        return ops.sub_(p, step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + slot.eps(self.eps)))
 
 
 class BookAdam(Adam):
@@ -701,25 +517,18 @@ class BookAdam(Adam):
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
 
-    def _update(
-        self, p: Any, g: Any, st: dict[str, Any], xp: Any, inplace: bool, tiny: float
-    ) -> None:
-        lr, b1, b2, eps, wd = self.lr, self.beta1, self.beta2, self.eps, self.weight_decay
+    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+        ops, xp = slot.ops, slot.xp
+        lr, b1, b2, wd = self.lr, self.beta1, self.beta2, self.weight_decay
         m = _zeros_state(st, "m", p, xp)
         v = _zeros_state(st, "v", p, xp)
         t = st["step"] = st.get("step", 0) + 1
         lr_t = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
-        e = eps if eps > tiny else tiny
         if wd:
-            g = g + wd * p.data
-        if inplace:
-            m += (1.0 - b1) * (g - m)
-            v += (1.0 - b2) * (g * g - v)
-            p.data -= lr_t * m / (xp.sqrt(v) + e)
-        else:
-            m = st["m"] = m + (1.0 - b1) * (g - m)
-            v = st["v"] = v + (1.0 - b2) * (g * g - v)
-            p.data = p.data - lr_t * m / (xp.sqrt(v) + e)
+            g = g + wd * p
+        m = st["m"] = ops.add_(m, (1.0 - b1) * (g - m))
+        v = st["v"] = ops.add_(v, (1.0 - b2) * (g * g - v))
+        return ops.sub_(p, lr_t * m / (xp.sqrt(v) + slot.eps(self.eps)))
 
 
 class AdamW(Adam):

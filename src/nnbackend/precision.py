@@ -63,7 +63,7 @@ from typing import Any
 from nnbackend import config
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, CheckpointError, NNBackendError
-from nnbackend.namespace import backend_for
+from nnbackend.namespace import backend_for, ops_for
 
 __all__ = [
     "POLICIES",
@@ -305,7 +305,7 @@ class LossScaler:
         total: Any = 0.0
         for p in with_grad:
             g = p.grad
-            s = xp.sum(_as_float32(xp, g) if g.dtype == getattr(xp, "float16", None) else g)
+            s = xp.sum(_accumulating(xp, g))
             total = total + (s if s.dtype == wide else xp.astype(s, wide))
         finite = xp.isfinite(total)
         if self._device_mode(with_grad):
@@ -427,10 +427,11 @@ class LossScaler:
         return f"LossScaler({kind}, scale={self.scale:g}, skipped={self.skipped}/{self.steps})"
 
 
-def _as_float32(xp: Any, g: Any) -> Any:
-    from nnbackend.autograd.ops import convert
-
-    return convert(xp, g, xp.float32)
+def _accumulating(xp: Any, g: Any) -> Any:
+    """``g`` in the dtype its sums are accumulated in (float32 for float16)."""
+    ops = ops_for(xp, g)
+    acc = ops.accumulate_dtype(g.dtype)
+    return g if acc == g.dtype else ops.convert(g, acc)
 
 
 def _to_array(xp: Any, value: Any, dtype: Any) -> Any:
@@ -442,12 +443,9 @@ def _to_array(xp: Any, value: Any, dtype: Any) -> Any:
 def _times(xp: Any, g: Any, factor: float) -> Any:
     """``g * factor`` as a new array, in float32 for float16 gradients (float16 products
     underflow, and run in software on NumPy)."""
-    half = getattr(xp, "float16", None)
-    if half is not None and g.dtype == half:
-        from nnbackend.autograd.ops import convert
-
-        return convert(xp, convert(xp, g, xp.float32) * factor, half)
-    return g * factor
+    ops = ops_for(xp, g)
+    wide = _accumulating(xp, g)
+    return g * factor if wide is g else ops.convert(wide * factor, g.dtype)
 
 
 def cast_parameters(params: Iterable[Tensor] | Any, dtype: Any) -> None:

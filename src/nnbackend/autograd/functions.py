@@ -151,7 +151,6 @@ def piecewise(x: Any, value: Any) -> Any:
 
 
 # nn/functional.py's name for it until #13 item 1 rewrites that module.
-_piecewise = piecewise
 
 
 # -- elementwise ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends import host
+from nnbackend.backends.ops import Ops
 from nnbackend.config import normalize_dtype, using
 from nnbackend.errors import ArgumentError, GradientError
 from nnbackend.namespace import backend_for
@@ -20,7 +20,7 @@ __all__ = ["default_tolerance", "gradcheck", "gradgradcheck"]
 def default_tolerance(dtype_name: str) -> float:
     """The relative and absolute tolerance used for gradients computed in ``dtype_name``:
     ten times the square root of its machine epsilon, at least 1e-6."""
-    eps = float(host.numpy().finfo(dtype_name).eps)
+    eps = float(Ops.host_numpy().finfo(dtype_name).eps)
     return max(10.0 * eps**0.5, 1e-6)
 
 
@@ -49,7 +49,7 @@ def gradcheck(
         ArgumentError: ``eps`` is not a finite number > 0, or a tolerance is negative or NaN.
         GradientError: the gradients differ, or ``fn`` returns something other than a Tensor.
     """
-    np = host.numpy()
+    np = Ops.host_numpy()
     leaves = []
     floating = []
     for x in inputs:
@@ -202,7 +202,7 @@ def gradgradcheck(
     from nnbackend.autograd import functions as F
     from nnbackend.autograd.higher import grad
 
-    np = host.numpy()
+    np = Ops.host_numpy()
     floating = []
     for x in inputs:
         data = x.data if isinstance(x, Tensor) else x

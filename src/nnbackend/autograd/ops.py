@@ -9,11 +9,9 @@ import math
 from typing import Any
 
 from nnbackend.autograd.function import Function
-from nnbackend.autograd.kernels import _cache as _kernels_cache
-from nnbackend.autograd.kernels import kernels
 from nnbackend.config import normalize_dtype
 from nnbackend.errors import DtypeError, ShapeError
-from nnbackend.namespace import backend_for
+from nnbackend.namespace import backend_for, ops_for
 
 __all__ = [
     "add",
@@ -214,25 +212,15 @@ class Pow(Function):
 def matmul_arrays(xp: Any, a: Any, b: Any) -> Any:
     """``a @ b``, computed in float32 and stored in float16 where the backend has no fast
     float16 matrix product (NumPy on a CPU runs float16 GEMM about 250x slower)."""
-    k = _kernels_cache.get(xp) or kernels(xp, a)
-    if k.half is not None and a.dtype == k.half and _size(a) * b.shape[-1] >= 2048:
-        return k.narrow(k.widen(a) @ k.widen(b))
+    c = ops_for(xp, a).compute(a, -(-2048 // (b.shape[-1] or 1)))
     # The operator, not xp.matmul: it is standard and skips a Python wrapper.
-    return a @ b
+    return c.narrow(c.widen(a) @ c.widen(b))
 
 
 def convert(xp: Any, x: Any, dtype: Any) -> Any:
     """``x`` as ``dtype`` (a new array), with the backend's fast float16 conversions where it
     has them."""
-    k = _kernels_cache.get(xp) or kernels(xp, x)
-    half = getattr(xp, "float16", None)
-    if half is not None:
-        if x.dtype == half:
-            wide = k.widen(x)
-            return wide if dtype == xp.float32 else xp.astype(wide, dtype)
-        if dtype == half:
-            return k.narrow(x if x.dtype == xp.float32 else xp.astype(x, xp.float32))
-    return xp.astype(x, dtype)
+    return ops_for(xp, x).convert(x, dtype)
 
 
 class Cast(Function):
@@ -383,13 +371,12 @@ class Sum(Function):
         xp = self.xp
         self.in_shape = tuple(x.shape)
         self.axes = normalize_axes(self.axis, x.ndim)
-        k = self.k = _kernels_cache.get(xp) or kernels(xp, x)
-        if k.half is not None and x.dtype == k.half and _size(x) >= 1024:
-            # Software float16 adds: sum in float32 (also more accurate), store float16.
-            return k.narrow(
-                self._reduce(xp.sum(k.widen(x), axis=self.axes, keepdims=self.keepdims))
-            )
-        return self._reduce(xp.sum(x, axis=self.axes, keepdims=self.keepdims, dtype=x.dtype))
+        # Where float16 adds are slow: sum in float32 (also more accurate), store float16.
+        c = ops_for(xp, x).compute(x, 1024)
+        wide = c.widen(x)
+        return c.narrow(
+            self._reduce(xp.sum(wide, axis=self.axes, keepdims=self.keepdims, dtype=wide.dtype))
+        )
 
     def _reduce(self, y: Any) -> Any:
         return y
@@ -397,12 +384,8 @@ class Sum(Function):
     def backward(self, gy: Any) -> Any:
         xp = self.xp
         gy = _expand_reduced(xp, gy, self.axes, self.keepdims, self.in_shape)
-        half = self.k.half
-        if half is not None and gy.dtype == half:
-            # A copy of the broadcast: float16 additions run in software.
-            return xp.asarray(xp.broadcast_to(gy, self.in_shape), copy=True)
         # A new array, not a read-only broadcast view: gradients must be writable.
-        return xp.zeros(self.in_shape, dtype=gy.dtype) + gy
+        return ops_for(xp, gy).expand(gy, self.in_shape)
 
     def graph_backward(self, gy: Any) -> Any:
         if not self.keepdims:
@@ -526,15 +509,7 @@ def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
     index_add_), else a one-hot matrix product that only needs the standard."""
     indices = xp.reshape(indices, (-1,))
     values = xp.reshape(values, (indices.shape[0], *target.shape[1:]))
-    record = backend_for(target)[1]
-    if record.scatter_add is not None and record.capabilities.inplace:
-        return record.scatter_add(target, indices, values)
-    n = target.shape[0]
-    onehot = xp.astype(
-        xp.reshape(indices, (-1, 1)) == xp.arange(n, dtype=indices.dtype), target.dtype
-    )
-    flat = xp.reshape(values, (indices.shape[0], -1))
-    return target + xp.reshape(matmul_arrays(xp, onehot.T, flat), target.shape)
+    return ops_for(xp, target).scatter_add(target, indices, values)
 
 
 def _setitem_key(key: Any, ndim: int) -> tuple[Any, bool]:
@@ -566,19 +541,20 @@ class GetItem(Function):
         gx = xp.zeros(self.in_shape, dtype=self.dtype)
         if self.rows is not None:
             return scatter_add_rows(xp, gx, self.rows, gy)
-        if backend_for(gy)[1].capabilities.inplace:
-            key, added = _setitem_key(self.key, len(self.in_shape))
-            if added:  # the new axes (size 1) out of the gradient, by a reshape
-                gy = xp.reshape(gy, tuple(gx[key].shape))
-            gx[key] = gy
-            return gx
-        # No in-place writes (JAX-like arrays): each input element sums the output gradients
-        # taken from it, found by indexing an array of flat positions with the same key.
-        n = _count(self.in_shape)
-        picked = xp.reshape(xp.reshape(xp.arange(n), self.in_shape)[self.key], (-1,))
-        hits = xp.reshape(xp.arange(n), (-1, 1)) == picked
-        summed = xp.sum(xp.where(hits, xp.reshape(gy, (-1,)), 0.0), axis=1)
-        return xp.reshape(summed, self.in_shape)
+        key, added = _setitem_key(self.key, len(self.in_shape))
+        if added:  # the new axes (size 1) out of the gradient, by a reshape
+            gy = xp.reshape(gy, tuple(gx[key].shape))
+
+        def out_of_place() -> Any:
+            # No in-place writes: each input element sums the output gradients taken from
+            # it, found by indexing an array of flat positions with the same key.
+            n = _count(self.in_shape)
+            picked = xp.reshape(xp.reshape(xp.arange(n), self.in_shape)[self.key], (-1,))
+            hits = xp.reshape(xp.arange(n), (-1, 1)) == picked
+            summed = xp.sum(xp.where(hits, xp.reshape(gy, (-1,)), 0.0), axis=1)
+            return xp.reshape(summed, self.in_shape)
+
+        return ops_for(xp, gx).write(gx, key, gy, out_of_place)
 
     def graph_backward(self, gy: Any) -> Any:
         return _GetItemBackward(self)(gy)

@@ -6,10 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from nnbackend.autograd import function as _function
-from nnbackend.autograd.kernels import kernels
-from nnbackend.backends import host
 from nnbackend.errors import DtypeError, GradientError
-from nnbackend.namespace import backend_for, namespace
+from nnbackend.namespace import backend_for, namespace, ops_for
 
 __all__ = ["Tensor", "as_tensor"]
 
@@ -147,7 +145,7 @@ class Tensor:
 
     def numpy(self) -> Any:
         """A host NumPy copy of ``.data``."""
-        return host.numpy().array(backend_for(self.data)[1].to_host(self.data), copy=True)
+        return ops_for(backend_for(self.data)[0], self.data).host_copy(self.data)
 
     def tolist(self) -> Any:
         """``.data`` as nested Python lists."""
@@ -205,7 +203,7 @@ class Tensor:
         xp = backend_for(data)[0]
         if grad is None:
             if data.ndim == 0:  # the usual case, a loss: a copy of a cached one
-                grad = kernels(xp, data).one(xp, data.dtype)
+                grad = ops_for(xp, data).one(data.dtype)
             elif self.size != 1:
                 raise GradientError(
                     f"backward() without a gradient needs a one-element tensor, this one has "

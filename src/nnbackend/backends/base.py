@@ -25,7 +25,9 @@ class Capabilities:
         inplace: arrays support ``x[...] = y`` and in-place operators; where not, the engine and
             the optimizers rebind instead of mutating.
         fast_float16_matmul: a float16 matrix product runs at least as fast as float32 (true on
-            GPUs with tensor cores, false for NumPy on a CPU).
+            GPUs with tensor cores, false for NumPy on a CPU). Informational: the engine asks
+            the backend's ops object (:meth:`nnbackend.backends.ops.Ops.compute_dtype`), which
+            decides how float16 computes (for torch, per device, from a measured probe).
     """
 
     float16: bool = True
@@ -53,6 +55,12 @@ def _no_kernels() -> dict[str, Any]:
     return {}
 
 
+def _base_ops(xp: Any, record: Backend) -> Any:
+    from nnbackend.backends.ops import Ops
+
+    return Ops(xp, record)
+
+
 @dataclass(frozen=True, eq=False)
 class Backend:
     """One registered array library.
@@ -76,6 +84,11 @@ class Backend:
         scatter_add: ``scatter_add(target, indices, values)`` adds ``values`` into the rows
             ``indices`` of ``target``, accumulating repeated indices; ``None`` means the engine
             uses a standard-only fallback.
+        ops: ``ops(xp, record)`` builds the backend's operations object
+            (:class:`nnbackend.backends.ops.Ops` or a subclass): every way the backend
+            behaves differently (fast kernels, the float16 policy, in-place versus rebinding
+            updates, device-side random bits, caching). The default builds the base ``Ops``,
+            which takes the record's ``kernels()`` overrides.
         kernels: returns faster equivalents of namespace functions for the engine's hot loops,
             by name (``"sum"``, ``"max"``), with the namespace's signature restricted to
             ``(x, axis=..., keepdims=...)`` on floating arrays; missing names fall back to
@@ -116,6 +129,7 @@ class Backend:
     scatter_add: Callable[[Any, Any, Any], Any] | None = None
     on_host: Callable[[Any], bool] = _always_on_host
     kernels: Callable[[], dict[str, Any]] = _no_kernels
+    ops: Callable[[Any, Backend], Any] = _base_ops
     enter_device: Callable[[Any], AbstractContextManager[Any]] | None = None
     empty_cache: Callable[[], dict[str, int]] | None = None
     dtype_reason: Callable[[str], str | None] | None = None

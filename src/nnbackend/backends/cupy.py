@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nnbackend.backends.base import Backend, Capabilities
+from nnbackend.backends.ops import Ops
 
 INSTALL_HINT = "pip install 'nnbackend[gpu]' (or the cupy-cudaXXx wheel matching your CUDA)"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
@@ -273,7 +274,7 @@ dc_prev = (T)(ds * f_);
 
 
 def _lstm_kernels(cupy: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``(cell, cell_backward)`` with the signatures of ``nnbackend.autograd.kernels
+    """``(cell, cell_backward)`` with the signatures of ``nnbackend.backends.ops
     .lstm_cell`` and ``lstm_cell_backward`` (less ``xp``), each one CuPy ElementwiseKernel
     over the gate blocks as strided views (compiled at first use, cached by CuPy)."""
     forward = cupy.ElementwiseKernel(
@@ -310,6 +311,32 @@ def _lstm_kernels(cupy: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
         return da, dc_prev
 
     return cell, cell_backward
+
+
+class CupyOps(Ops):
+    """CuPy's operations: its own reductions and fused LSTM cells (from :func:`kernels`),
+    ``cupyx.scatter_add``, native float16 (tensor cores), and random bits drawn on the
+    device."""
+
+    float16_compute = "native"
+
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        """``a @ b``, into ``out`` when given (``cupy.matmul(out=)``)."""
+        if out is not None:
+            import cupy
+
+            return cupy.matmul(a, b, out=out)
+        return a @ b
+
+    def uniform(self, generator: Any, shape: tuple[int, ...], like: Any) -> Any:
+        """Uniform numbers in [0, 1) drawn on ``like``'s GPU by CuPy's generator, seeded
+        from ``generator`` (one host draw): reproducible per seed, but a different stream
+        from the host backends'."""
+        import cupy
+
+        seed = int(generator.integers(0, 2**63 - 1))
+        with like.device:
+            return cupy.random.default_rng(seed).random(shape, dtype=cupy.float32)
 
 
 def on_host(array: Any) -> bool:
@@ -396,6 +423,7 @@ BACKEND = Backend(
     scatter_add=scatter_add,
     on_host=on_host,
     kernels=kernels,
+    ops=CupyOps,
     enter_device=enter_device,
     empty_cache=empty_cache,
     install_hint=INSTALL_HINT,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from nnbackend.backends.base import Backend, Capabilities
+from nnbackend.backends.ops import Ops
 
 
 def load_namespace() -> Any:
@@ -249,12 +251,89 @@ def kernels() -> dict[str, Any]:
         "max": np.maximum.reduce,
         "astype": np.ndarray.astype,
         "count_nonzero": np.count_nonzero,
-        "scale_into": lambda x, s, out: np.multiply(x, s, out=out),
         "float16_to_float32": float16_to_float32,
         "float32_to_float16": float32_to_float16,
         "float16_positive": float16_positive,
         "float16_keep": float16_keep,
     }
+
+
+# Parameters of at least this many elements are updated through a scratch buffer: below
+# glibc's default mmap threshold (128 KiB) a temporary is cheap to allocate.
+_SCRATCH_MIN = 32768
+# Elements per pass of a float16 update: the float32 temporaries stay small (and in cache).
+_CHUNK = 1 << 16
+
+
+class NumpyOps(Ops):
+    """NumPy's operations: ufunc reductions, ``matmul`` with ``out=``, ``np.add.at``, float16
+    computed in float32 (NumPy's float16 arithmetic runs in software, about 250x slower for
+    a matrix product) with exact, faster conversions, and an SGD step without temporaries."""
+
+    float16_compute = "float32"
+
+    def __init__(self, xp: Any, record: Any) -> None:
+        super().__init__(xp, record)
+        import numpy as np
+
+        self._np = np
+        self._scratch: dict[Any, Any] = {}
+
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        """``a @ b``, into ``out`` when its shape and dtype fit."""
+        if out is not None:
+            return self._np.matmul(a, b, out=out)
+        return a @ b
+
+    def expand(self, x: Any, shape: tuple[int, ...]) -> Any:
+        """A copy of the broadcast (no additions: float16 ones run in software)."""
+        return self._np.broadcast_to(x, shape).copy()
+
+    def scatter_add(self, target: Any, indices: Any, values: Any) -> Any:
+        """``np.add.at`` into ``target``; returns ``target``."""
+        if not self.inplace:
+            return super().scatter_add(target, indices, values)
+        self._np.add.at(target, indices, values)
+        return target
+
+    def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
+        """``y -= a * x`` in place; ``a * x`` goes to a scratch buffer kept across steps for
+        large arrays (a fresh parameter-sized temporary, freed at the top of the heap, made
+        glibc hand the memory back and fault it in again every step: benchmarks/NOTES.md,
+        30% of the 784-1024-1024-10 step), and float16 runs in float32 a block at a time."""
+        np = self._np
+        if not self.inplace:  # a record that forbids in-place writes: rebind
+            return super().sub_scaled_(y, a, x)
+        if y.dtype == np.float16:
+            return self._sub_scaled_half(y, a, x)
+        if x.size < _SCRATCH_MIN or not self.may_cache:
+            y -= a * x
+            return y
+        key = x.dtype
+        flat = self._scratch.get(key)
+        if flat is None or flat.shape[0] < x.size:
+            flat = self._scratch[key] = np.empty((x.size,), dtype=x.dtype)
+        tmp = flat[: x.size].reshape(x.shape)
+        np.multiply(x, a, out=tmp)
+        y -= tmp
+        return y
+
+    def _sub_scaled_half(self, y: Any, a: float, x: Any) -> Any:
+        """``y -= a * x`` for float16 ``y`` and ``x``, in float32, a block of rows at a time
+        (rounded once, and no megabyte float32 temporaries)."""
+        if y.ndim == 0:
+            wide = self._to_wide(y)
+            wide -= a * self._to_wide(x)
+            y[...] = self._to_narrow(wide)
+            return y
+        per_row = max(1, math.prod(y.shape[1:]))
+        block = max(1, _CHUNK // per_row)
+        for lo in range(0, y.shape[0], block):
+            part = slice(lo, lo + block)
+            wide = self._to_wide(y[part])
+            wide -= a * self._to_wide(x[part])
+            y[part] = self._to_narrow(wide)
+        return y
 
 
 def blas_facts() -> list[dict[str, Any]]:
@@ -332,6 +411,7 @@ BACKEND = Backend(
     facts=facts,
     scatter_add=scatter_add,
     kernels=kernels,
+    ops=NumpyOps,
     install_hint="pip install numpy array-api-compat",
     description="NumPy on the CPU (default)",
 )

@@ -7,10 +7,15 @@ dtype explicitly, so other torch code in the process is unaffected.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from nnbackend.backends.base import Backend, Capabilities
+from nnbackend.backends.ops import Ops
+from nnbackend.errors import ArgumentError
 
 
 def load_namespace() -> Any:
@@ -141,6 +146,141 @@ def kernels() -> dict[str, Any]:
     }
 
 
+FLOAT16_ENV = "NNBACKEND_FLOAT16_COMPUTE"
+_FLOAT16_CHOICES = ("native", "float32")
+# The probe's product: (64, 256) @ (256, 128), about two million multiply-adds: a fraction of a
+# millisecond in float32, and big enough that a CPU without fast float16 shows it.
+PROBE_SHAPE = (64, 256, 128)
+# float16 counts as fast where its product takes at most this many times the float32 one.
+PROBE_RATIO = 1.25
+_probed: dict[str, tuple[str, float]] = {}  # device type -> (decision, measured ratio)
+
+
+def float16_setting(environ: Mapping[str, str] = os.environ) -> str | None:
+    """``NNBACKEND_FLOAT16_COMPUTE`` ("native" or "float32"), or ``None`` when unset; any
+    other value raises :class:`~nnbackend.errors.ArgumentError`."""
+    value = environ.get(FLOAT16_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in _FLOAT16_CHOICES:
+        raise ArgumentError(
+            f"{FLOAT16_ENV}={value!r} is not a float16 compute mode; use one of "
+            f"{', '.join(_FLOAT16_CHOICES)} (or unset it to measure)"
+        )
+    return value
+
+
+def probe_float16(device: Any = "cpu", rounds: int = 5) -> tuple[str, float]:
+    """Time a float16 against a float32 matrix product (``PROBE_SHAPE``) on ``device`` and
+    say ``("native", ratio)`` where float16 takes at most ``PROBE_RATIO`` times as long,
+    else ``("float32", ratio)``. Interleaved rounds, the fastest of each kept; stops early
+    once float16 is clearly slow (a CPU without fast float16 runs it 20-30x slower). On a
+    CPU it runs on one thread: the ratio per core is what matters, and a thread descheduled
+    by another busy process would stall a multi-threaded product for milliseconds."""
+    import torch
+
+    if torch.device(device).type == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _probe(torch, device, rounds)
+        finally:
+            torch.set_num_threads(threads)
+    return _probe(torch, device, rounds)
+
+
+def _probe(torch: Any, device: Any, rounds: int) -> tuple[str, float]:
+    m, k, n = PROBE_SHAPE
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    a32 = torch.rand((m, k), generator=gen).to(dev)
+    b32 = torch.rand((k, n), generator=gen).to(dev)
+    a16, b16 = a32.half(), b32.half()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    best = {torch.float32: float("inf"), torch.float16: float("inf")}
+    for a, b in ((a32, b32), (a16, b16)):  # warm-up: first calls pick kernels, fault pages
+        a @ b
+    sync()
+    for _ in range(rounds):
+        for a, b in ((a32, b32), (a16, b16)):
+            start = time.perf_counter()
+            a @ b
+            sync()
+            best[a.dtype] = min(best[a.dtype], time.perf_counter() - start)
+        if best[torch.float16] > 4 * PROBE_RATIO * best[torch.float32]:
+            break  # clearly slow: no need to measure on
+    ratio = best[torch.float16] / max(best[torch.float32], 1e-9)
+    return ("native" if ratio <= PROBE_RATIO else "float32"), ratio
+
+
+def float16_decision(device_type: str = "cpu") -> tuple[str, str]:
+    """``(mode, why)`` for float16 on torch devices of ``device_type``: the environment
+    variable if set, else CUDA native, else the probe's verdict (measured once per process
+    and device type)."""
+    setting = float16_setting()
+    if setting is not None:
+        return setting, f"set by {FLOAT16_ENV}"
+    if device_type != "cpu":
+        return "native", f"{device_type}: native float16"
+    if device_type not in _probed:
+        _probed[device_type] = probe_float16(device_type)
+    mode, ratio = _probed[device_type]
+    return mode, f"probe: float16 product {ratio:.2f}x float32 on the {device_type}"
+
+
+class TorchOps(Ops):
+    """torch's operations: ``index_add_`` for scatter-add, ``matmul`` with ``out=``, float16
+    decided per device (CUDA native; on a CPU by :func:`probe_float16`, unless
+    ``NNBACKEND_FLOAT16_COMPUTE`` says), and random bits drawn on CUDA devices."""
+
+    float16_compute = "probe"
+
+    def __init__(self, xp: Any, record: Any) -> None:
+        super().__init__(xp, record)
+        self._slow_by_device: dict[str, Any] = {}
+
+    def float16_policy(self, x: Any = None) -> str:
+        """``"native"`` or ``"float32"`` for float16 arrays on ``x``'s device type."""
+        device = getattr(x, "device", None)
+        return float16_decision(getattr(device, "type", "cpu"))[0]
+
+    def _slow_dtype(self, x: Any) -> Any:
+        """Per device type (a CPU may compute float16 in float32 while a CUDA device of the
+        same process computes it natively): decided at the first float16 question there."""
+        device = getattr(x, "device", None)
+        kind = getattr(device, "type", "cpu")
+        try:
+            return self._slow_by_device[kind]
+        except KeyError:
+            pass
+        if self.float16 is None:
+            slow = None
+        else:
+            slow = self.float16 if self.float16_policy(x) == "float32" else None
+        self._slow_by_device[kind] = slow
+        return slow
+
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        """``a @ b``, into ``out`` when given (``torch.matmul(out=)``)."""
+        if out is not None:
+            import torch
+
+            return torch.matmul(a, b, out=out)
+        return a @ b
+
+    def uniform(self, generator: Any, shape: tuple[int, ...], like: Any) -> Any:
+        """On a CPU the host stream (as every host backend); on a CUDA device, numbers drawn
+        there by a torch generator seeded from ``generator`` (reproducible per seed, but a
+        different stream from the host's)."""
+        if like.device.type == "cpu":
+            return super().uniform(generator, shape, like)
+        import torch
+
+        seed = int(generator.integers(0, 2**63 - 1))
+        gen = torch.Generator(device=like.device).manual_seed(seed)
+        return torch.rand(shape, generator=gen, device=like.device, dtype=torch.float32)
+
+
 def empty_cache() -> dict[str, int]:
     """Return the free blocks of torch's CUDA caching allocator (current device) to the
     driver. ``{}`` where torch was never imported or never touched CUDA in this process
@@ -174,6 +314,7 @@ BACKEND = Backend(
     facts=facts,
     scatter_add=scatter_add,
     kernels=kernels,
+    ops=TorchOps,
     empty_cache=empty_cache,
     on_host=lambda array: array.device.type == "cpu",
     install_hint="pip install 'nnbackend[torch]'",

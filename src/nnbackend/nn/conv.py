@@ -32,15 +32,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nnbackend import registry
 from nnbackend.autograd.function import Function
-from nnbackend.autograd.kernels import kernels as engine_kernels
 from nnbackend.autograd.ops import cast, scatter_add_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
-from nnbackend.namespace import backend_for
+from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import _float_dtype, _mixed_compute
+from nnbackend.nn.functional import float_dtype, mixed_compute
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -81,30 +79,25 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 
 
 # -- backend kernels -----------------------------------------------------------------------
-_kernel_cache: dict[Any, dict[str, Any]] = {}
-
-
 def backend_kernels(xp: Any, array: Any) -> dict[str, Any]:
     """The convolution kernels (``im2col``, ``col2im``, ``convolution``,
     ``convolution_backward``, ``max_pool2d``, ``max_pool2d_backward``) that ``array``'s
-    backend offers through its ``kernels()``; an empty mapping where it offers none."""
-    found = _kernel_cache.get(xp)
-    if found is None:
-        record = backend_for(array)[1]
-        offered = record.kernels()
-        names = (
-            "im2col",
-            "col2im",
-            "convolution",
-            "convolution_backward",
-            "max_pool2d",
-            "max_pool2d_backward",
-        )
-        found = _kernel_cache[xp] = {k: offered[k] for k in names if k in offered}
-    return found
+    backend offers (:meth:`nnbackend.backends.ops.Ops.kernel`); an empty mapping where it
+    offers none."""
+    ops = ops_for(xp, array)
+    return ops.cached(("conv_kernels",), lambda: _offered(ops))
 
 
-registry.on_change(_kernel_cache.clear)
+def _offered(ops: Any) -> dict[str, Any]:
+    names = (
+        "im2col",
+        "col2im",
+        "convolution",
+        "convolution_backward",
+        "max_pool2d",
+        "max_pool2d_backward",
+    )
+    return {name: ops.kernel(name) for name in names if ops.kernel(name) is not None}
 
 
 # -- im2col / col2im over the namespace ----------------------------------------------------
@@ -204,8 +197,8 @@ def col2im_with(xp: Any, cols: Any, g: tuple[int, ...]) -> Any:
     if kernel is not None:
         return kernel(cols, g)
     n, c, hp, wp, kh, kw, sh, sw, dh, dw, oh, ow = g
-    record = backend_for(cols)[1]
-    if record.scatter_add is not None or not record.capabilities.inplace:
+    ops = ops_for(xp, cols)
+    if ops.record.scatter_add is not None or not ops.inplace:
         idx = _gather_indices(xp, cols, g)
         target = xp.zeros((n * c * hp * wp,), dtype=cols.dtype, device=cols.device)
         out = scatter_add_rows(xp, target, idx, xp.reshape(cols, (-1,)))
@@ -230,14 +223,17 @@ def pad2d(xp: Any, x: Any, padding: tuple[int, int], value: float = 0.0) -> Any:
         return x
     n, c, h, w = x.shape
     shape = (n, c, h + 2 * ph, w + 2 * pw)
-    if backend_for(x)[1].capabilities.inplace:
-        out = xp.full(shape, value, dtype=x.dtype, device=x.device)
-        out[:, :, ph : ph + h, pw : pw + w] = x
-        return out
-    side = xp.full((n, c, h, pw), value, dtype=x.dtype, device=x.device)
-    x = xp.concat([side, x, side], axis=3)
-    top = xp.full((n, c, ph, w + 2 * pw), value, dtype=x.dtype, device=x.device)
-    return xp.concat([top, x, top], axis=2)
+
+    def by_concat() -> Any:
+        side = xp.full((n, c, h, pw), value, dtype=x.dtype, device=x.device)
+        wide = xp.concat([side, x, side], axis=3)
+        top = xp.full((n, c, ph, w + 2 * pw), value, dtype=x.dtype, device=x.device)
+        return xp.concat([top, wide, top], axis=2)
+
+    out = xp.full(shape, value, dtype=x.dtype, device=x.device)
+    return ops_for(xp, x).write(
+        out, (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + w)), x, by_concat
+    )
 
 
 def crop_to(x: Any, padding: tuple[int, int], size: tuple[int, int]) -> Any:
@@ -299,19 +295,12 @@ class Convolution(Function):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups, self.transposed, self.output_padding = groups, transposed, output_padding
 
-    wide: Any = None  # the backend's kernels when float16 is computed in float32
-
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         xp = self.xp
-        k = engine_kernels(xp, x)
-        if k.half is not None and x.dtype == k.half:
-            # No fast float16 here (NumPy on a CPU: software float16, 37x slower for a LeNet
-            # step): compute in float32, store float16, as the Linear node does.
-            self.wide = k
-            x, w = k.widen(x), k.widen(w)
-            b = None if b is None else k.widen(b)
-            return k.narrow(self._forward_any(xp, x, w, b))
-        return self._forward_any(xp, x, w, b)
+        # Where float16 is slow (NumPy on a CPU: software float16, 37x slower for a LeNet
+        # step): compute in float32, store float16, as the Linear node does.
+        c = self.c = ops_for(xp, x).compute(x)
+        return c.narrow(self._forward_any(xp, c.widen(x), c.widen(w), c.widen(b)))
 
     def _forward_any(self, xp: Any, x: Any, w: Any, b: Any) -> Any:
         self.has_bias = b is not None
@@ -373,11 +362,8 @@ class Convolution(Function):
         return crop_to(col2im_with(xp, cols, g), self.padding, self.out_size)
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
-        k = self.wide
-        if k is None:
-            return self._backward_any(gy)
-        grads = self._backward_any(k.widen(gy))
-        return tuple(None if g is None else k.narrow(g) for g in grads)
+        c = self.c
+        return tuple(c.narrow(g) for g in self._backward_any(c.widen(gy)))
 
     def _backward_any(self, gy: Any) -> tuple[Any, ...]:
         xp = self.xp
@@ -430,19 +416,22 @@ class Convolution(Function):
         ph, pw = self.padding
         # The padded gradient: the cropped-off border (and output padding) got no gradient.
         gy_p = xp.zeros((n, gy.shape[1], hp, wp), dtype=gy.dtype, device=gy.device)
-        if backend_for(gy)[1].capabilities.inplace:
-            gy_p[:, :, ph : ph + gy.shape[2], pw : pw + gy.shape[3]] = gy
-        else:
-            gy_p = pad2d(xp, gy, self.padding)
-            extra = (hp - gy_p.shape[2], wp - gy_p.shape[3])
+
+        def by_concat() -> Any:
+            padded = pad2d(xp, gy, self.padding)
+            extra = (hp - padded.shape[2], wp - padded.shape[3])
             if extra != (0, 0):
-                gy_p = xp.concat(
-                    [gy_p, xp.zeros((n, gy.shape[1], extra[0], gy_p.shape[3]), dtype=gy.dtype)],
+                padded = xp.concat(
+                    [padded, xp.zeros((n, gy.shape[1], extra[0], padded.shape[3]), dtype=gy.dtype)],
                     axis=2,
                 )
-                gy_p = xp.concat(
-                    [gy_p, xp.zeros((n, gy.shape[1], hp, extra[1]), dtype=gy.dtype)], axis=3
+                padded = xp.concat(
+                    [padded, xp.zeros((n, gy.shape[1], hp, extra[1]), dtype=gy.dtype)], axis=3
                 )
+            return padded
+
+        key = (slice(None), slice(None), slice(ph, ph + gy.shape[2]), slice(pw, pw + gy.shape[3]))
+        gy_p = ops_for(xp, gy).write(gy_p, key, gy, by_concat)
         gcols = im2col_with(xp, gy_p, g)  # (N H W, Cout kk)
         gx = gw = None
         if need_w:
@@ -488,10 +477,10 @@ def _check_groups(name: str, groups: int, channels: int, what: str) -> None:
 def _to_compute(x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any]:
     """Under a mixed precision policy ("mixed16"): the operands cast to its compute dtype
     (differentiably: each gradient comes back in its operand's dtype), else unchanged."""
-    compute = _mixed_compute()
+    compute = mixed_compute()
     if compute is None:
         return x, weight, bias
-    target = _float_dtype(_data(weight), compute)
+    target = float_dtype(_data(weight), compute)
     return tuple(  # type: ignore[return-value]
         a if a is None or _data(a).dtype == target else cast(a, compute) for a in (x, weight, bias)
     )

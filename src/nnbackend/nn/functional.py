@@ -17,20 +17,15 @@ parameter's own dtype; the losses compute in float32.
 
 from __future__ import annotations
 
-import functools
 import math
-import weakref
 from typing import Any
 
 from nnbackend import config
 from nnbackend.autograd import functions as _F
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function, as_array
-from nnbackend.autograd.kernels import _cache as _kernels_cache
-from nnbackend.autograd.kernels import kernels
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends import host
 from nnbackend.errors import (
     ArgumentError,
     BackendError,
@@ -39,7 +34,7 @@ from nnbackend.errors import (
     LabelError,
     ShapeError,
 )
-from nnbackend.namespace import backend_for
+from nnbackend.namespace import backend_for, ops_for
 
 __all__ = [
     "dropout",
@@ -64,18 +59,18 @@ def _data(x: Any) -> Any:
 
 
 # (context overrides, process settings version, compute dtype name or None): the last answer
-# of _mixed_compute, so a layer call under an unchanged setting pays one context read.
+# of mixed_compute, so a layer call under an unchanged setting pays one context read.
 _policy_seen: tuple[Any, int, str | None] = (None, -1, None)
-_get_overrides = config._context.get
+_get_overrides = config.current_overrides
 
 
-def _mixed_compute() -> str | None:
+def mixed_compute() -> str | None:
     """The compute dtype name when the active precision policy is a mixed one, else None."""
     global _policy_seen
     overrides = _get_overrides()
     # Read before the policy: a set_default_dtype() in another thread between the two then
     # leaves a stale version here (answered again next call), never a stale answer.
-    version = config._Process.version
+    version = config.settings_version()
     seen = _policy_seen
     if seen[0] is overrides and seen[1] == version:
         return seen[2]
@@ -98,43 +93,13 @@ def _size(x: Any) -> int:
     return n if type(n) is int else math.prod(x.shape)
 
 
-def _half_math(xp: Any, x: Any) -> Any:
-    """The backend's kernels when ``x`` is a float16 array big enough to compute in float32 on
-    a backend without fast float16, else None."""
-    k = _kernels_cache.get(xp) or kernels(xp, x)
-    return k if k.half is not None and x.dtype == k.half and _size(x) >= WIDE_MIN_SIZE else None
+def _ops(xp: Any, x: Any) -> Any:
+    """The operations object of ``x``'s backend (namespace ``xp``)."""
+    return ops_for(xp, x)
 
 
 def _to(xp: Any, x: Any, dtype: Any) -> Any:
     return x if x is None or x.dtype == dtype else convert(xp, x, dtype)
-
-
-# id(float16 weight) -> (weak reference to it, its float32 copy). A weight lives across steps:
-# its float32 copy is rewritten in the same memory each forward, not allocated afresh (fresh
-# megabyte arrays cost a page fault per 4 KiB, which made NumPy's float16 step twice as slow
-# as its float32 one). Like the weight itself, which optimizers update in place, the copy a
-# graph saved reflects the latest forward, not the one that recorded it.
-_wide_weights: dict[int, tuple[Any, Any]] = {}
-
-
-def _widen_weight(k: Any, w: Any) -> Any:
-    key = id(w)
-    entry = _wide_weights.get(key)
-    if entry is not None and entry[0]() is w:
-        return k.widen(w, entry[1])
-    wide = k.widen(w)
-    try:
-        ref = weakref.ref(w, functools.partial(_forget_weight, key))
-    except TypeError:  # arrays that take no weak references: no reuse
-        return wide
-    _wide_weights[key] = (ref, wide)
-    return wide
-
-
-def _forget_weight(key: int, ref: Any) -> None:
-    entry = _wide_weights.get(key)
-    if entry is not None and entry[0] is ref:
-        del _wide_weights[key]
 
 
 def _product(xp: Any, x: Any, w: Any) -> Any:
@@ -158,43 +123,35 @@ def _weight_grad(xp: Any, x: Any, gy: Any) -> Any:
 class Linear(Function):
     """``x @ W + b`` with ``W`` of shape (in, out); ``x`` may have leading batch axes.
 
-    Float16 on a backend without fast float16 runs the products and the bias sum in float32
-    (keeping float32 copies of ``x`` and ``W`` for the backward) and stores float16.
+    Where the backend computes float16 in float32 (:meth:`~nnbackend.backends.ops.Ops.compute`)
+    the products and the bias sum run in float32 (keeping float32 copies of ``x`` and ``W``
+    for the backward) and the output is stored in float16; gradients go back in each
+    input's dtype.
     """
 
     grad_may_alias = False
     trusted_grads = True
-    wide = False  # computing in float32 for float16 operands
-    in_dtypes: tuple[Any, ...] | None = None  # set when gradients need a cast back
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         xp = self.xp
         self.has_bias = b is not None
-        k = self.k = _kernels_cache.get(xp) or kernels(xp, x)
-        if k.half is not None and x.dtype == k.half and _size(x) * w.shape[-1] >= WIDE_MIN_MACS:
-            return self._wide_forward(xp, k, x, w, b)
-        self.x, self.w = x, w
-        y = _product(xp, x, w)
-        return y if b is None else y + b
-
-    def _wide_forward(self, xp: Any, k: Any, x: Any, w: Any, b: Any) -> Any:
-        """Compute in float32, return float16; gradients go back in each input's dtype."""
-        f32 = xp.float32
-        self.wide = True
+        ops = self.ops = ops_for(xp, x)
+        c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
         self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
-        self.x = x = _to(xp, x, f32)
-        self.w = w = (
-            w if w.dtype == f32 else _widen_weight(k, w) if w.dtype == k.half else _to(xp, w, f32)
-        )
+        self.x, self.w = x, w = c.widen(x), c.widen_weight(w)
         y = _product(xp, x, w)
-        if b is not None:
-            y = y + _to(xp, b, f32)
-        return k.narrow(y)
+        return c.narrow(y if b is None else y + c.widen(b))
+
+    def _forward_in(self, xp: Any, c: Any, x: Any, w: Any, b: Any) -> Any:
+        """The product in ``c``'s compute dtype, stored as ``c`` says."""
+        self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
+        self.x, self.w = x, w = c.widen(x), c.widen_weight(w)
+        y = _product(xp, x, w)
+        return c.narrow(y if b is None else y + c.widen(b))
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
-        xp, x, w, k = self.xp, self.x, self.w, self.k
-        if self.wide:
-            gy = k.widen(gy)
+        xp, x, w, c = self.xp, self.x, self.w, self.c
+        gy = c.widen(gy)
         need_x, need_w = self.needs_input_grad[:2]
         shape = None
         if x.ndim != 2:
@@ -209,10 +166,9 @@ class Linear(Function):
         gw = _weight_grad(xp, x, gy) if need_w else None
         gb = None
         if self.has_bias and self.needs_input_grad[2]:
-            gb = k.sum(gy, axis=0)
+            gb = self.ops.sum(gy, axis=0)
         dtypes = self.in_dtypes
-        if dtypes is not None:
-            gx, gw, gb = _to(xp, gx, dtypes[0]), _to(xp, gw, dtypes[1]), _to(xp, gb, dtypes[2])
+        gx, gw, gb = c.narrow(gx, dtypes[0]), c.narrow(gw, dtypes[1]), c.narrow(gb, dtypes[2])
         if not self.has_bias:
             return gx, gw
         return gx, gw, gb
@@ -221,7 +177,9 @@ class Linear(Function):
 class MixedLinear(Linear):
     """``x @ W + b`` computed in the dtype ``compute`` (float16) whatever the dtypes of ``x``,
     ``W`` and ``b``: the mixed precision node. The output is in ``compute``; each gradient in
-    its input's dtype (float32 for float32 master weights)."""
+    its input's dtype (float32 for float32 master weights). Where the backend computes
+    float16 in float32, the product runs in float32 from the float32 weights themselves and
+    the activations are stored in float16."""
 
     def __init__(self, compute: Any) -> None:
         self.output_dtype = compute
@@ -229,16 +187,9 @@ class MixedLinear(Linear):
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         xp = self.xp
         self.has_bias = b is not None
-        k = self.k = _kernels_cache.get(xp) or kernels(xp, x)
-        c = self.output_dtype
-        if k.half is not None and c == k.half:
-            # No fast float16 here: the product runs in float32 from the float32 weights
-            # themselves, and the activations are stored in float16.
-            return self._wide_forward(xp, k, x, w, b)
-        self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
-        self.x, self.w = x, w = _to(xp, x, c), _to(xp, w, c)
-        y = _product(xp, x, w)
-        return y if b is None else y + _to(xp, b, c)
+        ops = self.ops = _ops(xp, x)
+        c = self.c = ops.compute_as(self.output_dtype, x)
+        return self._forward_in(xp, c, x, w, b)
 
 
 def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
@@ -253,14 +204,14 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     """
     xd = x.data if isinstance(x, Tensor) else x
     wd = weight.data if isinstance(weight, Tensor) else weight
-    compute = _mixed_compute()
+    compute = mixed_compute()
     if xd.dtype != wd.dtype and compute is None:
-        _same_backend(xd, wd)
+        same_backend(xd, wd)
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
         )
-    node = Linear() if compute is None else MixedLinear(_float_dtype(xd, compute))
+    node = Linear() if compute is None else MixedLinear(float_dtype(xd, compute))
     try:
         return node(x, weight) if bias is None else node(x, weight, bias)
     except Exception:
@@ -274,7 +225,7 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
         raise
 
 
-def _same_backend(x: Any, weight: Any) -> None:
+def same_backend(x: Any, weight: Any) -> None:
     """Raise :class:`~nnbackend.errors.BackendMismatchError` when the input ``x`` is not an
     array of the weight's backend (checked only where the dtypes already differ: a NumPy
     float64 array and a torch float64 weight are a backend mismatch, not a dtype one)."""
@@ -292,10 +243,10 @@ def _same_backend(x: Any, weight: Any) -> None:
     )
 
 
-def _float_dtype(array: Any, name: str) -> Any:
+def float_dtype(array: Any, name: str) -> Any:
     xp, record = backend_for(array)
-    found = getattr(xp, name, None)
-    if found is None or (name == "float16" and not record.capabilities.float16):
+    found = ops_for(xp, array).dtype(name)
+    if found is None:
         # Not a DtypeError: layers rephrase those as "input dtype differs from the layer's".
         raise BackendError(
             f"backend {record.name!r} has no {name}, which the {config.get_policy()} policy "
@@ -307,10 +258,10 @@ def _float_dtype(array: Any, name: str) -> Any:
 def matmul(a: Any, b: Any) -> Tensor:
     """``a @ b`` with gradients (:func:`nnbackend.autograd.ops.matmul`); under a mixed
     precision policy both operands are cast to its compute dtype first."""
-    compute = _mixed_compute()
+    compute = mixed_compute()
     if compute is not None:
         ad, bd = _data(a), _data(b)
-        target = _float_dtype(ad, compute)
+        target = float_dtype(ad, compute)
         if ad.dtype != target:
             a = cast(a, compute)
         if bd.dtype != target:
@@ -321,11 +272,11 @@ def matmul(a: Any, b: Any) -> Tensor:
 def _loss_inputs(y: Any, t: Any) -> tuple[Any, Any]:
     """Under a mixed policy, float16 predictions (and float targets) go to float32: losses
     are summed over the batch, where float16's range and precision fall short."""
-    if _mixed_compute() is None:
+    if mixed_compute() is None:
         return y, t
     yd = _data(y)
     xp = backend_for(yd)[0]
-    if yd.dtype == getattr(xp, "float16", None):
+    if _ops(xp, yd).accumulate_dtype(yd.dtype) != yd.dtype:  # float16: sum in float32
         y = cast(y, "float32")
     td = _data(t)
     if xp.isdtype(td.dtype, "real floating") and td.dtype != xp.float32:
@@ -342,12 +293,11 @@ def _sigmoid_arrays(xp: Any, x: Any) -> Any:
 
     The numerator is ``maximum(e, x >= 0)`` (1 where ``x >= 0``, since ``e <= 1``), not a
     ``where``: NumPy's ``where`` runs a branchy loop, ten times slower on random signs."""
-    k = _kernels_cache.get(xp) or kernels(xp, x)
     e = xp.exp(-xp.abs(x))
     upper = x >= 0
     if type(upper) is not type(x):  # a numpy.bool for a 0-d x
         upper = as_array(xp, upper)
-    return xp.maximum(e, k.astype(upper, x.dtype)) / (1.0 + e)
+    return xp.maximum(e, ops_for(xp, x).astype(upper, x.dtype)) / (1.0 + e)
 
 
 class Sigmoid(Function):
@@ -355,18 +305,14 @@ class Sigmoid(Function):
     trusted_grads = True
 
     def forward(self, x: Any) -> Any:
-        k = self.k = _half_math(self.xp, x)
-        if k is not None:  # float16 without fast float16: in float32
-            self.y = y = _sigmoid_arrays(self.xp, k.widen(x))
-            return k.narrow(y)
-        self.y = _sigmoid_arrays(self.xp, x)
-        return self.y
+        xp = self.xp
+        c = self.c = ops_for(xp, x).compute(x, WIDE_MIN_SIZE)
+        self.y = y = _sigmoid_arrays(xp, c.widen(x))
+        return c.narrow(y)
 
     def backward(self, gy: Any) -> Any:
-        y, k = self.y, self.k
-        if k is not None:
-            return k.narrow(k.widen(gy) * y * (1.0 - y))
-        return gy * y * (1.0 - y)
+        y, c = self.y, self.c
+        return c.narrow(c.widen(gy) * y * (1.0 - y))
 
 
 def sigmoid(x: Any) -> Tensor:
@@ -380,34 +326,18 @@ class Tanh(Function):
     trusted_grads = True
 
     def forward(self, x: Any) -> Any:
-        k = self.k = _half_math(self.xp, x)
-        if k is not None:  # float16 without fast float16: in float32
-            self.y = y = self.xp.tanh(k.widen(x))
-            return k.narrow(y)
-        self.y = self.xp.tanh(x)
-        return self.y
+        c = self.c = _ops(self.xp, x).compute(x, WIDE_MIN_SIZE)
+        self.y = y = self.xp.tanh(c.widen(x))
+        return c.narrow(y)
 
     def backward(self, gy: Any) -> Any:
-        k = self.k
-        if k is not None:
-            return k.narrow(k.widen(gy) * (1.0 - self.y * self.y))
-        return gy * (1.0 - self.y * self.y)
+        c = self.c
+        return c.narrow(c.widen(gy) * (1.0 - self.y * self.y))
 
 
 def tanh(x: Any) -> Tensor:
     """Hyperbolic tangent."""
     return Tanh()(x)
-
-
-# (namespace, dtype) -> a 0-d zero, for maximum(x, 0) on every backend (2023.12 takes arrays).
-_zeros: dict[tuple[Any, Any], Any] = {}
-
-
-def _zero(xp: Any, dtype: Any) -> Any:
-    found = _zeros.get((xp, dtype))
-    if found is None:
-        found = _zeros[(xp, dtype)] = xp.zeros((), dtype=dtype)
-    return found
 
 
 class LeakyReLU(Function):
@@ -418,37 +348,12 @@ class LeakyReLU(Function):
         self.slope = float(slope)
 
     def forward(self, x: Any) -> Any:
-        k = self.k = _half_math(self.xp, x)
-        if k is not None:  # float16 without fast float16: no float16 arithmetic
-            self.mask = k.positive(x)
-            if self.slope == 0.0:
-                return k.keep(self.mask, x)
-            wide = k.widen(x)
-            return k.narrow(self.xp.where(self.mask, wide, wide * self.slope))
-        mask = self.mask = x > 0
-        if type(mask) is not type(x):  # a numpy.bool for a 0-d x: an array, for backward
-            self.mask = as_array(self.xp, mask)
-        slope = self.slope
-        if 0.0 <= slope <= 1.0:
-            # maximum, not where: NumPy's where runs a branchy loop, 0.95 ms for 256x1024
-            # elements of random sign against 0.1 ms (benchmarks/NOTES.md).
-            if slope == 0.0:
-                return self.xp.maximum(x, _zero(self.xp, x.dtype))
-            return self.xp.maximum(x, x * slope)
-        return self.xp.where(self.mask, x, x * slope)
+        ops = self.ops = _ops(self.xp, x)
+        self.mask = ops.relu_mask(x)
+        return ops.leaky_relu(x, self.mask, self.slope)
 
     def backward(self, gy: Any) -> Any:
-        k = self.k
-        if k is not None:
-            if self.slope == 0.0:
-                return k.keep(self.mask, gy)
-            wide = k.widen(gy)
-            return k.narrow(self.xp.where(self.mask, wide, wide * self.slope))
-        # The mask as 0/1 (or slope/1) factors: a multiply instead of a where (see forward).
-        gain = (_kernels_cache.get(self.xp) or kernels(self.xp, gy)).astype(self.mask, gy.dtype)
-        if self.slope != 0.0:
-            gain = gain * (1.0 - self.slope) + self.slope
-        return gy * gain
+        return self.ops.leaky_relu_backward(gy, self.mask, self.slope)
 
 
 def relu(x: Any) -> Tensor:
@@ -470,20 +375,17 @@ class Softmax(Function):
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        k = self.k = kernels(xp, x)
-        self.wide = wide = k.half is not None and x.dtype == k.half  # many passes: always worth it
-        if wide:  # float16 without fast float16: in float32
-            x = k.widen(x)
+        k = self.k = _ops(xp, x)
+        c = self.c = k.compute(x)  # many passes: always worth widening
+        x = c.widen(x)
         e = xp.exp(x - k.max(x, axis=self.axis, keepdims=True))
         self.y = e / k.sum(e, axis=self.axis, keepdims=True)
-        return k.narrow(self.y) if wide else self.y
+        return c.narrow(self.y)
 
     def backward(self, gy: Any) -> Any:
-        y, k = self.y, self.k
-        if self.wide:
-            gy = k.widen(gy)
-            return k.narrow(y * (gy - k.sum(gy * y, axis=self.axis, keepdims=True)))
-        return y * (gy - k.sum(gy * y, axis=self.axis, keepdims=True))
+        y, k, c = self.y, self.k, self.c
+        gy = c.widen(gy)
+        return c.narrow(y * (gy - k.sum(gy * y, axis=self.axis, keepdims=True)))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -500,20 +402,17 @@ class LogSoftmax(Function):
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        k = self.k = kernels(xp, x)
-        self.wide = wide = k.half is not None and x.dtype == k.half  # many passes: always worth it
-        if wide:  # float16 without fast float16: in float32
-            x = k.widen(x)
+        k = self.k = _ops(xp, x)
+        c = self.c = k.compute(x)  # many passes: always worth widening
+        x = c.widen(x)
         z = x - k.max(x, axis=self.axis, keepdims=True)
         self.y = z - xp.log(k.sum(xp.exp(z), axis=self.axis, keepdims=True))
-        return k.narrow(self.y) if wide else self.y
+        return c.narrow(self.y)
 
     def backward(self, gy: Any) -> Any:
-        xp, k = self.xp, self.k
-        if self.wide:
-            gy = k.widen(gy)
-            return k.narrow(gy - xp.exp(self.y) * k.sum(gy, axis=self.axis, keepdims=True))
-        return gy - xp.exp(self.y) * k.sum(gy, axis=self.axis, keepdims=True)
+        xp, k, c = self.xp, self.k, self.c
+        gy = c.widen(gy)
+        return c.narrow(gy - xp.exp(self.y) * k.sum(gy, axis=self.axis, keepdims=True))
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
@@ -521,26 +420,24 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     return LogSoftmax(axis)(x)
 
 
-# (namespace, n_classes, label dtype) -> arange(n_classes): made once, not once per step.
-_class_ranges: dict[tuple[Any, int, Any, Any], Any] = {}
-
-
 def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
     """``arange(n_classes)`` in the labels' dtype, on the labels' device (a GPU's own one:
-    comparing with an array on another device would fail), made once per combination."""
+    comparing with an array on another device would fail), kept by the backend's ops (where
+    they may cache) per combination, not made once per step."""
     dtype, device = labels.dtype, getattr(labels, "device", None)
     # cupy.cuda.Device defines __eq__ without __hash__: key such devices by their repr.
-    key = (xp, n_classes, dtype, device if type(device).__hash__ else repr(device))
-    found = _class_ranges.get(key)
-    if found is None:
+    key = ("class_range", n_classes, dtype, device if type(device).__hash__ else repr(device))
+
+    def make() -> Any:  # the dtype check runs only on a cache miss, not every step
         if not xp.isdtype(dtype, "integral"):
             raise DtypeError(f"class labels must be integers, got {dtype}")
-        found = _class_ranges[key] = xp.arange(n_classes, dtype=dtype, device=device)
-    return found
+        return xp.arange(n_classes, dtype=dtype, device=device)
+
+    return _ops(xp, labels).cached(key, make)
 
 
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
-    found = host.numpy().asarray(backend_for(labels)[1].to_host(labels))
+    found = _ops(backend_for(labels)[0], labels).host_copy(labels)
     wrong = found[(found < 0) | (found >= n_classes)]
     return LabelError(
         f"labels must lie in [0, {n_classes}) for {n_classes} classes; found "
@@ -572,12 +469,11 @@ class SoftmaxCrossEntropy(Function):
                 "reshape them first, e.g. y.reshape(-1, C) with labels t.reshape(-1)"
             )
         n, c = x.shape
-        k = self.k = kernels(xp, x)
-        self.wide = wide = k.half is not None and x.dtype == k.half  # many passes: always worth it
-        if wide:  # float16 without fast float16: in float32, stored in float16
-            x = k.widen(x)
-            if t.dtype == k.half:
-                t = k.widen(t)
+        k = self.k = ops_for(xp, x)
+        cm = self.c = k.compute(x)  # many passes: always worth widening
+        x = cm.widen(x)
+        if cm.wide and t.dtype == cm.store:  # float16 targets of float16 logits
+            t = cm.widen(t)
         z = x - k.max(x, axis=1, keepdims=True)
         e = xp.exp(z)
         s = k.sum(e, axis=1, keepdims=True)
@@ -605,12 +501,11 @@ class SoftmaxCrossEntropy(Function):
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if invalid is not None:
             loss = xp.where(invalid, float("nan"), loss)
-        return k.narrow(loss) if wide else loss
+        return cm.narrow(loss)
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
-        k = self.k
-        if self.wide:
-            gy = k.widen(gy)
+        k, c = self.k, self.c
+        gy = c.widen(gy)
         # gy is 0-d: (array * gy) * (1/n) keeps every product an array product, where
         # gy / n first would be a 0-d scalar division, dearer than either on NumPy.
         inv_n = 1.0 / self.n
@@ -622,9 +517,7 @@ class SoftmaxCrossEntropy(Function):
             gx = (p - self.t) * gy * inv_n
         if self.needs_input_grad[1]:
             gt = self.logp * gy * -inv_n
-        if self.wide:
-            return (None if gx is None else k.narrow(gx)), (None if gt is None else k.narrow(gt))
-        return gx, gt
+        return c.narrow(gx), c.narrow(gt)
 
 
 class MaskedSoftmaxCrossEntropy(Function):
@@ -640,10 +533,9 @@ class MaskedSoftmaxCrossEntropy(Function):
     def forward(self, x: Any, t: Any) -> Any:
         xp = self.xp
         n, c = x.shape
-        k = self.k = kernels(xp, x)
-        self.wide = wide = k.half is not None and x.dtype == k.half
-        if wide:  # float16 without fast float16: in float32, stored in float16
-            x = k.widen(x)
+        k = self.k = _ops(xp, x)
+        cm = self.c = k.compute(x)
+        x = cm.widen(x)
         valid = t != self.ignore_index
         safe = xp.where(valid, t, xp.zeros_like(t))
         hit = safe[:, None] == _class_range(xp, c, t)
@@ -660,14 +552,12 @@ class MaskedSoftmaxCrossEntropy(Function):
         loss = k.sum(rows * mask, axis=None) / count
         if invalid is not None:
             loss = xp.where(invalid, float("nan"), loss)
-        return k.narrow(loss) if wide else loss
+        return cm.narrow(loss)
 
     def backward(self, gy: Any) -> tuple[Any, None]:
-        k = self.k
-        if self.wide:
-            gy = k.widen(gy)
-        gx = (self.p - self.onehot) * (self.mask / self.count)[:, None] * gy
-        return (k.narrow(gx) if self.wide else gx), None
+        c = self.c
+        gx = (self.p - self.onehot) * (self.mask / self.count)[:, None] * c.widen(gy)
+        return c.narrow(gx), None
 
 
 def softmax_cross_entropy(logits: Any, labels: Any, ignore_index: int | None = None) -> Tensor:
@@ -778,26 +668,24 @@ class Dropout(Function):
         self.mask = mask
 
     def forward(self, x: Any) -> Any:
-        k = self.k = _half_math(self.xp, x)
-        if k is not None:  # float16 without fast float16: multiply in float32
-            self.mask = k.widen(self.mask)
-            return k.narrow(k.widen(x) * self.mask)
-        return x * self.mask
+        c = self.c = _ops(self.xp, x).compute(x, WIDE_MIN_SIZE)
+        self.mask = c.widen(self.mask)
+        return c.narrow(c.widen(x) * self.mask)
 
     def backward(self, gy: Any) -> Any:
-        k = self.k
-        if k is not None:
-            return k.narrow(k.widen(gy) * self.mask)
-        return gy * self.mask
+        c = self.c
+        return c.narrow(c.widen(gy) * self.mask)
 
 
 def dropout(x: Any, p: float, training: bool = True, generator: Any = None) -> Tensor:
     """Inverted dropout: zero each element with probability ``p`` and scale the rest by
     ``1 / (1 - p)``; the identity when not training or ``p == 0``.
 
-    The mask is drawn by ``generator`` (a :class:`nnbackend.random.Generator`, default the
-    module-level one) on the host and moved to the input's backend, so a seed reproduces it on
-    every backend.
+    The mask comes from the backend's ops (:meth:`~nnbackend.backends.ops.Ops.dropout_mask`),
+    seeded by ``generator`` (a :class:`nnbackend.random.Generator`, default the module-level
+    one): reproducible per seed. Host backends (NumPy, array-api-strict, torch on a CPU)
+    share one stream; a GPU (CuPy, torch on CUDA) draws on the device from a seed taken from
+    the generator, a different stream.
     """
     if not 0.0 <= p < 1.0:
         raise ArgumentError(f"dropout probability must be in [0, 1), got {p}")
@@ -806,15 +694,8 @@ def dropout(x: Any, p: float, training: bool = True, generator: Any = None) -> T
     from nnbackend import random
 
     data = _data(x)
-    xp, record = backend_for(data)
     rng = generator if generator is not None else random.default_generator()
-    keep = rng._host.random(tuple(data.shape)) >= p
-    scale = (keep / (1.0 - p)).astype(str(data.dtype).rsplit(".", 1)[-1])
-    mask = record.from_host(
-        scale, getattr(data, "device", None) if record.name != "numpy" else None
-    )
-    if mask.dtype != data.dtype:
-        mask = xp.astype(mask, data.dtype)
+    mask = _ops(backend_for(data)[0], data).dropout_mask(rng._host, data, p)
     return Dropout(mask)(x)
 
 
@@ -824,12 +705,12 @@ def _bad_indices(xp: Any, indices: Any, n: int) -> Any:
     synchronise, return the mask of bad ones (None when all are surely good)."""
     if _size(indices) == 0:
         return None
-    k = _kernels_cache.get(xp) or kernels(xp, indices)
+    k = _ops(xp, indices)
     if not k.on_host(indices):
         return (indices < 0) | (indices >= n)
     low, high = int(xp.min(indices)), int(xp.max(indices))
     if low < 0 or high >= n:
-        found = host.numpy().asarray(backend_for(indices)[1].to_host(indices))
+        found = k.host_copy(indices)
         wrong = found[(found < 0) | (found >= n)]
         raise ArgumentError(
             f"embedding indices must lie in [0, {n}) for a weight of {n} rows; found "
@@ -867,8 +748,8 @@ def embedding(indices: Any, weight: Any) -> Tensor:
     if not xp.isdtype(idx.dtype, "integral"):
         raise DtypeError(f"embedding indices must be integers, got {idx.dtype}")
     rows = Embedding()(weight, idx)
-    compute = _mixed_compute()
-    if compute is not None and rows.data.dtype != _float_dtype(rows.data, compute):
+    compute = mixed_compute()
+    if compute is not None and rows.data.dtype != float_dtype(rows.data, compute):
         return cast(rows, compute)  # gather in the weight's dtype, then cast the rows only
     return rows
 
@@ -910,14 +791,14 @@ def layer_norm(x: Any, weight: Any, bias: Any, eps: float = 1e-5) -> Tensor:
     and shift by ``bias`` (both of the last axis' size). Under a mixed precision policy the
     normalisation runs in the parameters' dtype (float32: a variance in float16 overflows
     easily) and the result is cast to the compute dtype."""
-    compute = _mixed_compute()
+    compute = mixed_compute()
     if compute is None:
         return LayerNorm(eps)(x, weight, bias)
     xd, wd = _data(x), _data(weight)
     if xd.dtype != wd.dtype:
         x = cast(x, wd.dtype) if isinstance(x, Tensor) else backend_for(xd)[0].astype(xd, wd.dtype)
     y = LayerNorm(eps)(x, weight, bias)
-    return cast(y, compute) if wd.dtype != _float_dtype(wd, compute) else y
+    return cast(y, compute) if wd.dtype != float_dtype(wd, compute) else y
 
 
 # -- Higher-order derivatives -------------------------------------------------------------
@@ -972,7 +853,7 @@ def _leaky_relu_graph_backward(self: LeakyReLU, gy: Tensor) -> Tensor:
     gain = xp.astype(self.mask, gy.dtype)
     if self.slope != 0.0:
         gain = gain * (1.0 - self.slope) + self.slope
-    return gy * _F._piecewise(self.inputs[0], gain)
+    return gy * _F.piecewise(self.inputs[0], gain)
 
 
 def _softmax_graph_backward(self: Softmax, gy: Tensor) -> Tensor:
@@ -1059,7 +940,7 @@ def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, A
     dtypes = (x.dtype, w.dtype, self.inputs[2].dtype if self.inputs[2] is not None else w.dtype)
     # float16 statistics in float32: 1/sqrt(var + eps) is up to 316 for a constant row, and its
     # derivatives take its cube, past float16's range (an inf times 0 would give NaN).
-    dt = xp.float32 if gy.dtype == getattr(xp, "float16", None) else gy.dtype
+    dt = _ops(xp, gy).accumulate_dtype(gy.dtype)
     gy, x, w = _like(xp, gy, dt), _like(xp, x, dt), _like(xp, w, dt)
     xc = x - ops.mean(x, -1, True)
     inv = 1.0 / _F.sqrt(ops.mean(xc * xc, -1, True) + self.eps)

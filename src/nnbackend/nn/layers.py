@@ -254,8 +254,8 @@ class LayerNorm(Module):
                 f"{self!r}: expected input of shape (..., {self.dim}), got shape {tuple(xd.shape)}"
             )
         # Under a mixed precision policy F.layer_norm casts float16 activations itself.
-        if xd.dtype != self.weight.data.dtype and F._mixed_compute() is None:
-            F._same_backend(xd, self.weight.data)  # another backend's array: say that instead
+        if xd.dtype != self.weight.data.dtype and F.mixed_compute() is None:
+            F.same_backend(xd, self.weight.data)  # another backend's array: say that instead
             raise DtypeError(
                 f"{self!r}: input dtype {xd.dtype} differs from the layer's dtype "
                 f"{self.weight.data.dtype}; cast the input (xp.astype) first"

@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends import host
 from nnbackend.config import normalize_dtype
 from nnbackend.device import map_arrays, once, to_device
 from nnbackend.errors import ArgumentError, CheckpointError, DtypeError
-from nnbackend.namespace import backend_for
+from nnbackend.namespace import backend_for, ops_for
 
 __all__ = ["Module", "Parameter", "Sequential"]
 
@@ -541,7 +540,7 @@ def convert_like(value: Any, like: Any, where: str) -> Any:
         )
     if record_v is not record:
         # Through the host: a copy, so the checkpoint and the model never share memory.
-        host_value = host.numpy().array(record_v.to_host(value), copy=True)
+        host_value = ops_for(backend_for(value)[0], value).host_copy(value)
         moved = record.from_host(host_value, getattr(like, "device", None))
         return moved if moved.dtype == like.dtype else xp.astype(moved, like.dtype)
     return xp.asarray(value, copy=True)

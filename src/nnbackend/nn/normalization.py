@@ -23,8 +23,9 @@ from nnbackend.autograd.function import Function
 from nnbackend.autograd.ops import cast
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
+from nnbackend.namespace import ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import _mixed_compute
+from nnbackend.nn.functional import mixed_compute
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "batch_norm", "group_norm"]
@@ -45,25 +46,25 @@ class _Float32Statistics(Function):
 
     grad_may_alias = False
     trusted_grads = True
-    half: Any = None
+    store: Any = None  # the input dtype, where statistics are accumulated in a wider one
 
     def forward(self, x: Any, *params: Any) -> Any:
         xp = self.xp
-        half = getattr(xp, "float16", None)
-        if half is None or x.dtype != half:
+        acc = ops_for(xp, x).accumulate_dtype(x.dtype)
+        if acc == x.dtype:
             return self._forward(x, *params)
-        self.half, f32 = half, xp.float32
+        self.store, self.acc = x.dtype, acc
         self.param_dtypes = [p.dtype for p in params]
-        return xp.astype(self._forward(*[xp.astype(a, f32) for a in (x, *params)]), half)
+        return xp.astype(self._forward(*[xp.astype(a, acc) for a in (x, *params)]), x.dtype)
 
     def backward(self, gy: Any) -> Any:
-        if self.half is None:
+        if self.store is None:
             return self._backward(gy)
         xp = self.xp
-        grads = self._backward(xp.astype(gy, xp.float32))
+        grads = self._backward(xp.astype(gy, self.acc))
         if not isinstance(grads, tuple):
-            return xp.astype(grads, self.half)
-        dtypes = [self.half, *self.param_dtypes]
+            return xp.astype(grads, self.store)
+        dtypes = [self.store, *self.param_dtypes]
         return tuple(
             None if g is None else xp.astype(g, d) for g, d in zip(grads, dtypes, strict=True)
         )
@@ -155,7 +156,7 @@ def _mixed(x: Any, like: Any) -> tuple[Any, Any]:
     """Under a mixed precision policy: ``x`` cast to the dtype of ``like`` (the layer's
     float32 parameters or statistics: normalisation runs there, a float16 variance overflows)
     and the compute dtype name to cast the result to; else ``(x, None)``."""
-    compute = _mixed_compute()
+    compute = mixed_compute()
     ld = _data(like)
     if compute is None or ld is None:
         return x, None

@@ -25,7 +25,7 @@ from nnbackend.autograd.function import Function
 from nnbackend.autograd.ops import reshape
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, ShapeError
-from nnbackend.namespace import backend_for
+from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn.conv import (
     Pair,
     as_pair,
@@ -96,7 +96,7 @@ class _Pool(Function):
         )
         # Where arrays take slice assignment, a window is visited one kernel offset at a time
         # (kh kw strided views of the input, no copy); elsewhere through im2col / col2im.
-        self.by_offsets = USE_OFFSETS and backend_for(x)[1].capabilities.inplace
+        self.by_offsets = USE_OFFSETS and ops_for(self.xp, x).inplace
 
     def _offsets(self) -> Any:
         """``(offset, rows, columns)``: the strided view of every window's element ``offset``."""

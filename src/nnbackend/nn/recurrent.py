@@ -38,10 +38,10 @@ from typing import Any
 
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
-from nnbackend.autograd.kernels import kernels, tanh_sigmoid
 from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends.ops import tanh_sigmoid
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
-from nnbackend.namespace import array_namespace, backend_for
+from nnbackend.namespace import array_namespace, backend_for, ops_for
 from nnbackend.nn import init
 from nnbackend.nn.module import Module, Parameter
 
@@ -134,7 +134,7 @@ class LSTMFunction(Function):
         hsz = wh.shape[0]
         self.wx, self.wh = wx, wh
         xw = xp.reshape(_flat(xp, x) @ wx + b, (n, t, 4 * hsz))
-        cell = kernels(xp, x).lstm_cell  # one fused kernel a step where the backend has one
+        cell = ops_for(xp, x).lstm_cell  # one fused kernel a step where the backend has one
         h, c = h0, c0
         hs, cs, gates = [], [], []
         for s in range(t):
@@ -154,7 +154,7 @@ class LSTMFunction(Function):
         dh = xp.zeros_like(self.h0) if ghT is None else ghT
         dc = xp.zeros_like(self.c0) if gcT is None else gcT
         das = [None] * t
-        cell_backward = kernels(xp, wh).lstm_cell_backward
+        cell_backward = ops_for(xp, wh).lstm_cell_backward
         for s in range(t - 1, -1, -1):
             if ghs is not None:
                 dh = dh + ghs[:, s, :]

@@ -1,0 +1,575 @@
+"""The operations object: every way one array library differs from the others, in one place.
+
+The engine, the layers and the optimizers are written once against the Array API namespace
+and ask an :class:`Ops` (through :func:`nnbackend.namespace.ops_for`) whenever a backend's
+behaviour matters:
+
+* **fast kernels**: ``sum`` / ``max`` / ``astype`` / ``count_nonzero`` that skip Python layers,
+  ``matmul`` with ``out=``, ``scatter_add`` (returning its result), the LSTM cell hooks, a
+  cached ``one(dtype)``, and the extra kernels a backend offers by name (``kernel("im2col")``);
+* **the float16 policy**: ``compute_dtype(dtype)``, ``widen(x)`` / ``narrow(x, like=...)`` and
+  :meth:`Ops.compute`: float16 is computed in float32 and stored narrow where float16
+  arithmetic is slow (NumPy on a CPU; torch on a CPU where a probe measures it slow), natively
+  elsewhere;
+* **updates**: ``update(old, new)``, ``add_(y, x)``, ``sub_(y, x)``, ``mul_(y, a)``,
+  ``sub_scaled_(y, a, x)`` and ``write(target, key, value, fallback)`` write in place where
+  the backend allows and return a new array otherwise, so each optimizer rule and each node is
+  written once (a backend with immutable arrays only overrides these);
+* **random bits** on the device (``dropout_mask``), seeded from :mod:`nnbackend.random`;
+* **host transfer** (``to_host`` / ``from_host``) and ``may_cache``: whether arrays may be
+  kept between calls (a tracing backend's may not; :meth:`Ops.cached` then makes them anew).
+
+One :class:`Ops` per backend namespace, built by the backend record's ``ops`` factory
+(``Ops`` itself for records without one, whose ``kernels()`` overrides still apply).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from typing import Any
+
+__all__ = ["NATIVE", "Compute", "Ops", "lstm_cell", "lstm_cell_backward", "tanh_sigmoid"]
+
+
+# Below this many elements NumPy's own float16 arithmetic costs less than converting to
+# float32 and back (a few microseconds of calls).
+_WIDE_MIN_SIZE = 1024
+
+
+def _size(x: Any) -> int:
+    """The number of elements (``size`` is a method on torch tensors)."""
+    n = x.size
+    return n if type(n) is int else math.prod(x.shape)
+
+
+class Compute:
+    """How one node computes: in float32 for float16 operands (``wide``), or natively.
+
+    ``widen(a)``: ``a`` in the compute dtype (float16 becomes float32; ``None`` stays
+    ``None``). ``narrow(a, dtype=None)``: ``a`` stored back, in ``dtype`` or the narrow dtype.
+    :data:`NATIVE` (the usual case) makes both the identity.
+    """
+
+    __slots__ = ("dtype", "ops", "store", "wide")
+
+    def __init__(self, ops: Any, dtype: Any, store: Any, wide: bool) -> None:
+        self.ops, self.dtype, self.store, self.wide = ops, dtype, store, wide
+
+    def widen(self, a: Any) -> Any:
+        """``a`` in the compute dtype."""
+        if a is None or a.dtype == self.dtype:
+            return a
+        if a.dtype == self.store:
+            return self.ops._to_wide(a)
+        return self.ops.astype(a, self.dtype)
+
+    def narrow(self, a: Any, dtype: Any = None) -> Any:
+        """``a`` in ``dtype`` (default: the dtype the node stores)."""
+        target = self.store if dtype is None else dtype
+        if a is None or a.dtype == target:
+            return a
+        if target == self.store and a.dtype == self.dtype:
+            return self.ops._to_narrow(a)
+        return self.ops.astype(a, target)
+
+    def widen_weight(self, w: Any) -> Any:
+        """:meth:`widen` for a weight that lives across steps: its float32 copy is kept
+        (where the ops may cache) and rewritten in the same memory each call."""
+        if w.dtype != self.store:
+            return self.widen(w)
+        return self.ops._wide_weight(w)
+
+
+class _Native(Compute):
+    """Compute natively: both conversions are the identity."""
+
+    __slots__ = ()
+
+    def widen(self, a: Any) -> Any:
+        """``a`` itself."""
+        return a
+
+    def narrow(self, a: Any, dtype: Any = None) -> Any:
+        """``a`` itself."""
+        return a
+
+    def widen_weight(self, w: Any) -> Any:
+        """``w`` itself."""
+        return w
+
+
+#: The compute context of every node that needs no conversion.
+NATIVE: Compute = _Native(None, None, None, False)
+
+
+class _Cast(Compute):
+    """Compute in a given dtype (a mixed precision node on a backend with fast float16):
+    operands are cast to it, results stay in it."""
+
+    __slots__ = ()
+
+    def widen(self, a: Any) -> Any:
+        """``a`` cast to the compute dtype."""
+        if a is None or a.dtype == self.dtype:
+            return a
+        return self.ops.convert(a, self.dtype)
+
+    def narrow(self, a: Any, dtype: Any = None) -> Any:
+        """``a`` in ``dtype`` (default: left in the compute dtype)."""
+        if a is None or dtype is None or a.dtype == dtype:
+            return a
+        return self.ops.convert(a, dtype)
+
+    def widen_weight(self, w: Any) -> Any:
+        """``w`` cast to the compute dtype."""
+        return self.widen(w)
+
+
+def tanh_sigmoid(xp: Any, x: Any) -> Any:
+    """``sigmoid(x)`` as ``0.5 * tanh(x / 2) + 0.5``, on raw arrays."""
+    # The tanh form never overflows (1 / (1 + exp(-x)) does in float16 below x = -11).
+    return 0.5 * xp.tanh(0.5 * x) + 0.5
+
+
+def lstm_cell(xp: Any, a: Any, c_prev: Any) -> tuple[Any, ...]:
+    """The elementwise part of one LSTM step, gates in the book's order ``(f, g, i, o)``:
+    from the pre-activations ``a`` (N, 4H) and the previous cell ``c_prev`` (N, H),
+    ``(h, c, f, g, i, o, tanh(c))`` (each (N, H); the last five are what the backward needs).
+    """
+    hsz = c_prev.shape[-1]
+    f = tanh_sigmoid(xp, a[:, :hsz])
+    g = xp.tanh(a[:, hsz : 2 * hsz])
+    i = tanh_sigmoid(xp, a[:, 2 * hsz : 3 * hsz])
+    o = tanh_sigmoid(xp, a[:, 3 * hsz :])
+    c = f * c_prev + g * i
+    tc = xp.tanh(c)
+    return o * tc, c, f, g, i, o, tc
+
+
+def lstm_cell_backward(
+    xp: Any, dh: Any, dc: Any, f: Any, g: Any, i: Any, o: Any, tc: Any, c_prev: Any
+) -> tuple[Any, Any]:
+    """The backward of :func:`lstm_cell`: from the gradients of ``h`` and ``c``, the gradient
+    of the pre-activations ``da`` (N, 4H) and of the previous cell ``dc_prev`` (N, H)."""
+    ds = dc + dh * o * (1.0 - tc * tc)
+    df = ds * c_prev * f * (1.0 - f)
+    dg = ds * i * (1.0 - g * g)
+    di = ds * g * i * (1.0 - i)
+    do = dh * tc * o * (1.0 - o)
+    return xp.concat([df, dg, di, do], axis=1), ds * f
+
+
+def _no_float16(x: Any, out: Any = None) -> Any:
+    raise TypeError("this backend has no float16")
+
+
+# Names of kernels() entries that replace an Ops default; the rest are extra kernels.
+_OVERRIDES = (
+    "sum",
+    "max",
+    "astype",
+    "count_nonzero",
+    "lstm_cell",
+    "lstm_cell_backward",
+    "float16_to_float32",
+    "float32_to_float16",
+    "float16_positive",
+    "float16_keep",
+)
+
+
+class Ops:
+    """The behaviour of one backend, shared defaults written once over ``xp``.
+
+    A subclass overrides only what differs: class attributes (``may_cache``,
+    ``float16_compute``), the update primitives, :meth:`scatter_add`, :meth:`dropout_mask`,
+    :meth:`matmul`, or the conversions ``_to_wide`` / ``_to_narrow``. Kernel attributes
+    (``sum``, ``max``, ``astype``, ``count_nonzero``, ``lstm_cell``, ``lstm_cell_backward``)
+    are plain callables set in ``__init__``, so a hot loop pays no method dispatch; a
+    record's ``kernels()`` entries of those names replace them.
+
+    Attributes:
+        xp: the backend's Array API namespace.
+        record: the :class:`~nnbackend.Backend` record.
+        inplace: whether arrays take in-place writes (the update primitives use it).
+        may_cache: whether arrays may be kept between calls (:meth:`cached`).
+        float16_compute: ``"native"`` or ``"float32"``: how float16 arithmetic runs;
+            ``"probe"`` lets :meth:`float16_policy` decide per device.
+    """
+
+    #: Whether arrays made by these ops may be cached between calls. A tracing backend
+    #: (whose arrays are placeholders inside a trace) sets False.
+    may_cache: bool = True
+    #: "native": float16 math in float16; "float32": widened; "probe": measured per device.
+    float16_compute: str = "native"
+
+    def __init__(self, xp: Any, record: Any) -> None:
+        self.xp, self.record = xp, record
+        caps = record.capabilities
+        self.inplace = bool(caps.inplace)
+        self.to_host: Callable[[Any], Any] = record.to_host
+        self.from_host: Callable[[Any, Any], Any] = record.from_host
+        self.on_host: Callable[[Any], bool] = record.on_host
+        offered = dict(record.kernels())
+        self._extra = {k: v for k, v in offered.items() if k not in _OVERRIDES}
+        self.sum: Callable[..., Any] = offered.get("sum", xp.sum)
+        self.max: Callable[..., Any] = offered.get("max", xp.max)
+        self.astype: Callable[..., Any] = offered.get("astype", xp.astype)
+        counter = offered.get("count_nonzero") or getattr(xp, "count_nonzero", None)
+        self.count_nonzero: Callable[[Any], Any] = counter or (
+            lambda x: xp.sum(xp.astype(x, xp.int64))
+        )
+        #: One LSTM step's elementwise part (see :func:`lstm_cell`); a GPU backend fuses it.
+        self.lstm_cell: Callable[..., Any] = offered.get("lstm_cell") or (
+            lambda a, c: lstm_cell(xp, a, c)
+        )
+        self.lstm_cell_backward: Callable[..., Any] = offered.get("lstm_cell_backward") or (
+            lambda *args: lstm_cell_backward(xp, *args)
+        )
+        if "float16_to_float32" in offered:
+            self._to_wide = offered["float16_to_float32"]  # type: ignore[method-assign]
+        if "float32_to_float16" in offered:
+            self._to_narrow = offered["float32_to_float16"]  # type: ignore[method-assign]
+        #: ``x > 0`` and ``where(mask, x, 0)`` for float16 ``x`` computed wide (NumPy reads
+        #: the bits instead of comparing in software).
+        self._positive: Callable[[Any], Any] = offered.get("float16_positive") or (lambda x: x > 0)
+        self._keep: Callable[[Any, Any], Any] = offered.get("float16_keep") or (
+            lambda mask, x: xp.where(mask, x, 0.0)
+        )
+        self._cache: dict[Hashable, Any] = {}
+        self.float16 = xp.float16 if caps.float16 and hasattr(xp, "float16") else None
+        self.float32 = xp.float32
+        # The dtype computed in float32 (float16 where it is slow), decided lazily.
+        self._slow: Any = None
+        self._decided = False
+        self._wide = (
+            Compute(self, xp.float32, self.float16, True) if self.float16 is not None else NATIVE
+        )
+        self._weights: dict[int, tuple[Any, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.record.name!r}>"
+
+    @staticmethod
+    def host_numpy() -> Any:
+        """NumPy, the library of :meth:`to_host`'s results: for reference computations that
+        run on the host by design (gradient checks in float64)."""
+        import numpy as np
+
+        return np
+
+    def host_copy(self, x: Any) -> Any:
+        """A new, writable NumPy array with ``x``'s values (never shares memory with ``x``)."""
+        import numpy as np
+
+        return np.array(self.to_host(x), copy=True)
+
+    # -- kernels ---------------------------------------------------------------------------
+    def kernel(self, name: str) -> Callable[..., Any] | None:
+        """The backend's own kernel ``name`` (``"im2col"``, ``"convolution"``,
+        ``"max_pool2d"``, ...), or ``None`` where it offers none."""
+        return self._extra.get(name)
+
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        """``a @ b``; into ``out`` where the library can write there (``out`` is a hint)."""
+        return a @ b
+
+    def scatter_add(self, target: Any, indices: Any, values: Any) -> Any:
+        """``target`` with ``values[i]`` added into the row ``indices[i]``, repeated indices
+        accumulating; returns the result (``target`` itself where written in place). The
+        default is a one-hot matrix product that needs only the standard."""
+        record = self.record
+        if record.scatter_add is not None and self.inplace:
+            return record.scatter_add(target, indices, values)
+        xp = self.xp
+        n = target.shape[0]
+        onehot = xp.astype(
+            xp.reshape(indices, (-1, 1)) == xp.arange(n, dtype=indices.dtype), target.dtype
+        )
+        flat = xp.reshape(values, (indices.shape[0], -1))
+        c = self.compute(onehot, 1)
+        summed = c.narrow(c.widen(onehot).T @ c.widen(flat))
+        return target + xp.reshape(summed, target.shape)
+
+    def expand(self, x: Any, shape: tuple[int, ...]) -> Any:
+        """``x`` broadcast to ``shape`` as a new, writable array."""
+        return self.xp.zeros(shape, dtype=x.dtype) + x
+
+    def one(self, dtype: Any) -> Any:
+        """A new 0-d array holding 1 in ``dtype`` (a copy of a cached one: ``astype`` copies;
+        about 0.13 us on NumPy against 1.06 us for ``xp.asarray(1.0, dtype=...)``)."""
+        cached = self.cached(("one", dtype), lambda: self.xp.asarray(1.0, dtype=dtype))
+        return self.astype(cached, dtype)
+
+    def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """``make()``, kept under ``key`` for later calls where :attr:`may_cache`."""
+        found = self._cache.get(key)
+        if found is None:
+            found = make()
+            if self.may_cache:
+                self._cache[key] = found
+        return found
+
+    # -- float16 policy --------------------------------------------------------------------
+    def float16_policy(self, x: Any = None) -> str:
+        """``"native"`` or ``"float32"``: how float16 math runs for arrays like ``x`` here."""
+        return "native" if self.float16_compute == "probe" else self.float16_compute
+
+    def _slow_dtype(self, x: Any) -> Any:
+        """The float16 dtype where float16 is computed in float32 here, else ``None``
+        (decided once, at the first question; a backend with several kinds of device
+        overrides this to decide per device)."""
+        if not self._decided:
+            self._decided = True
+            wide = self.float16 is not None and self.float16_policy(x) == "float32"
+            self._slow = self.float16 if wide else None
+        return self._slow
+
+    def compute_dtype(self, dtype: Any, like: Any = None) -> Any:
+        """The dtype arithmetic on ``dtype`` runs in (on ``like``'s device): float32 for
+        float16 where float16 is slow, ``dtype`` otherwise."""
+        slow = self._slow if self._decided else self._slow_dtype(like)
+        return self.float32 if slow is not None and dtype == slow else dtype
+
+    def compute(self, x: Any, min_size: int = 0) -> Compute:
+        """The :class:`Compute` for a node on ``x``: float32 when ``x`` is float16, float16
+        math is slow here, and ``x`` has at least ``min_size`` elements (below that the
+        conversions cost more than they save); else :data:`NATIVE`."""
+        slow = self._slow if self._decided else self._slow_dtype(x)
+        if slow is None or x.dtype != slow or (min_size and _size(x) < min_size):
+            return NATIVE
+        return self._wide
+
+    def compute_product(self, x: Any, n_out: int, min_macs: int = 2048) -> Compute:
+        """:meth:`compute` for a product of ``x`` with ``n_out`` columns: widened only from
+        ``min_macs`` multiply-adds on (the size is looked at only where it matters)."""
+        slow = self._slow if self._decided else self._slow_dtype(x)
+        if slow is None or x.dtype != slow or _size(x) * n_out < min_macs:
+            return NATIVE
+        return self._wide
+
+    def compute_as(self, dtype: Any, like: Any = None) -> Compute:
+        """The :class:`Compute` for a node that computes in ``dtype`` whatever its operands'
+        dtypes (mixed precision), on ``like``'s device: float32 stored as ``dtype`` where
+        ``dtype`` is slow there, else a cast to ``dtype``."""
+        slow = self._slow if self._decided else self._slow_dtype(like)
+        if slow is not None and dtype == slow:
+            return self._wide
+        return _Cast(self, dtype, dtype, False)
+
+    def widen(self, x: Any, out: Any = None) -> Any:
+        """``x`` in its compute dtype (float16 -> float32 where float16 is slow; otherwise
+        ``x`` itself); into ``out`` (a float32 array of ``x``'s shape) where the backend can."""
+        slow = self._slow if self._decided else self._slow_dtype(x)
+        if slow is None or x.dtype != slow:
+            return x
+        return self._to_wide(x, out)
+
+    def narrow(self, x: Any, like: Any = None, dtype: Any = None) -> Any:
+        """``x`` stored in ``like``'s dtype (or ``dtype``); ``x`` itself where it already is."""
+        target = like.dtype if like is not None else dtype
+        if target is None or x.dtype == target:
+            return x
+        return self.convert(x, target)
+
+    def convert(self, x: Any, dtype: Any) -> Any:
+        """``x`` as ``dtype`` (a new array), with the backend's fast float16 conversions."""
+        f16 = self.float16
+        if f16 is not None:
+            if x.dtype == f16:
+                wide = self._to_wide(x)
+                return wide if dtype == self.float32 else self.xp.astype(wide, dtype)
+            if dtype == f16:
+                return self._to_narrow(
+                    x if x.dtype == self.float32 else self.xp.astype(x, self.float32)
+                )
+        return self.xp.astype(x, dtype)
+
+    def dtype(self, name: str) -> Any:
+        """The backend's dtype called ``name``, or ``None`` where it has none (float16 on a
+        record whose capabilities say it has none)."""
+        if name == "float16":
+            return self.float16
+        return getattr(self.xp, name, None)
+
+    def accumulate_dtype(self, dtype: Any) -> Any:
+        """The dtype statistics and loss scales of ``dtype`` are accumulated in: float32 for
+        float16 (its sums overflow and lose small terms) on every backend, else ``dtype``."""
+        return self.float32 if self.float16 is not None and dtype == self.float16 else dtype
+
+    def _to_wide(self, x: Any, out: Any = None) -> Any:
+        """float16 -> float32 (``out`` is a hint)."""
+        if self.float16 is None:
+            return _no_float16(x)
+        return self.xp.astype(x, self.float32)
+
+    def _to_narrow(self, x: Any) -> Any:
+        """float32 -> float16."""
+        if self.float16 is None:
+            return _no_float16(x)
+        return self.xp.astype(x, self.float16)
+
+    def _wide_weight(self, w: Any) -> Any:
+        """The float32 copy of float16 weight ``w``, kept (where the ops may cache) by the
+        weight's identity while it lives and rewritten in the same memory each call: a fresh
+        megabyte array each forward costs a page fault per 4 KiB."""
+        if not self.may_cache:
+            return self._to_wide(w)
+        import functools
+        import weakref
+
+        key = id(w)
+        entry = self._weights.get(key)
+        if entry is not None and entry[0]() is w:
+            return self._to_wide(w, entry[1])
+        wide = self._to_wide(w)
+        try:
+            ref = weakref.ref(w, functools.partial(self._forget_weight, key))
+        except TypeError:  # arrays that take no weak references: no reuse
+            return wide
+        self._weights[key] = (ref, wide)
+        return wide
+
+    def _forget_weight(self, key: int, ref: Any) -> None:
+        entry = self._weights.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._weights[key]
+
+    # -- elementwise kernels with a float16 variant ----------------------------------------
+    def relu_mask(self, x: Any) -> Any:
+        """``x > 0`` as a boolean array (0-d arrays stay arrays)."""
+        if self.compute(x, _WIDE_MIN_SIZE).wide:
+            return self._positive(x)
+        mask = x > 0
+        if type(mask) is not type(x):  # a numpy.bool for a 0-d x
+            mask = self.xp.asarray(mask)
+        return mask
+
+    def leaky_relu(self, x: Any, mask: Any, slope: float) -> Any:
+        """``x`` where ``mask``, ``slope * x`` elsewhere (``mask`` is :meth:`relu_mask`)."""
+        xp = self.xp
+        c = self.compute(x, _WIDE_MIN_SIZE)
+        if c.wide:  # no float16 arithmetic at all for ReLU
+            if slope == 0.0:
+                return self._keep(mask, x)
+            wide = c.widen(x)
+            return c.narrow(xp.where(mask, wide, wide * slope))
+        if 0.0 <= slope <= 1.0:
+            # maximum, not where: NumPy's where runs a branchy loop, 0.95 ms for 256x1024
+            # elements of random sign against 0.1 ms (benchmarks/NOTES.md).
+            if slope == 0.0:
+                return xp.maximum(x, self._zero(x.dtype))
+            return xp.maximum(x, x * slope)
+        return xp.where(mask, x, x * slope)
+
+    def _zero(self, dtype: Any) -> Any:
+        found = self._cache.get(("zero", dtype))
+        if found is None:
+            found = self.cached(("zero", dtype), lambda: self.xp.zeros((), dtype=dtype))
+        return found
+
+    def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
+        """The gradient of :meth:`leaky_relu`: ``gy`` where ``mask``, ``slope * gy`` else."""
+        c = self.compute(gy, _WIDE_MIN_SIZE)
+        if c.wide:
+            if slope == 0.0:
+                return self._keep(mask, gy)
+            wide = c.widen(gy)
+            return c.narrow(self.xp.where(mask, wide, wide * slope))
+        # The mask as 0/1 (or slope/1) factors: a multiply instead of a where.
+        gain = self.astype(mask, gy.dtype)
+        if slope != 0.0:
+            gain = gain * (1.0 - slope) + slope
+        return gy * gain
+
+    # -- updates ---------------------------------------------------------------------------
+    def update(self, old: Any, new: Any) -> Any:
+        """``new`` stored as ``old``'s value: written into ``old`` (and ``old`` returned)
+        where arrays take in-place writes, else ``new`` itself (rebind the result)."""
+        if self.inplace and old is not new:
+            old[...] = new
+            return old
+        return new
+
+    def add_(self, y: Any, x: Any) -> Any:
+        """``y + x``, into ``y`` where allowed; rebind the result."""
+        if self.inplace:
+            y += x
+            return y
+        return y + x
+
+    def sub_(self, y: Any, x: Any) -> Any:
+        """``y - x``, into ``y`` where allowed; rebind the result."""
+        if self.inplace:
+            y -= x
+            return y
+        return y - x
+
+    def mul_(self, y: Any, a: Any) -> Any:
+        """``y * a``, into ``y`` where allowed; rebind the result."""
+        if self.inplace:
+            y *= a
+            return y
+        return y * a
+
+    def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
+        """``y - a * x`` (the SGD step), into ``y`` where allowed; rebind the result. Where
+        ``y``'s dtype computes wide, in float32 and rounded once."""
+        c = self.compute(x)
+        if c.wide:
+            return self.update(y, c.narrow(c.widen(y) - a * c.widen(x)))
+        return self.sub_(y, a * x)
+
+    def write(self, target: Any, key: Any, value: Any, fallback: Callable[[], Any]) -> Any:
+        """``target`` with ``target[key] = value``: written in place where allowed (and
+        ``target`` returned), else ``fallback()``, the caller's out-of-place construction
+        (a backend with an indexed update, such as JAX's ``.at[].set``, overrides this)."""
+        if self.inplace:
+            target[key] = value
+            return target
+        return fallback()
+
+    def apply_update(
+        self,
+        rule: Callable[[Any, Any, dict[str, Any], Any], Any],
+        data: Any,
+        g: Any,
+        state: dict[str, Any],
+        names: tuple[str, ...],
+        extra: Any,
+    ) -> Any:
+        """Run one optimizer ``rule(data, g, state, extra) -> new data`` for a parameter and
+        return its new stored data. Where float16 is computed in float32 here, the rule runs
+        on float32 copies of the parameter, the gradient and the state arrays ``names``, and
+        each is stored back once, rounded (never float16 intermediates)."""
+        c = self.compute(g, 256)  # a few hundred values: float16 math is cheaper than converting
+        if not c.wide:
+            return rule(data, g, state, extra)
+        wide_state = {k: (c.widen(v) if k in names else v) for k, v in state.items()}
+        new = rule(c.widen(data), c.widen(g), wide_state, extra)
+        for key, value in wide_state.items():
+            if key not in names:
+                state[key] = value
+            elif key in state:
+                state[key] = self.update(state[key], c.narrow(value))
+            else:
+                state[key] = c.narrow(value)
+        return self.update(data, c.narrow(new))
+
+    # -- random bits -----------------------------------------------------------------------
+    def uniform(self, generator: Any, shape: tuple[int, ...], like: Any) -> Any:
+        """Uniform numbers in [0, 1) of ``shape``, on ``like``'s device, drawn from
+        ``generator`` (the host ``numpy.random.Generator`` inside an
+        :class:`nnbackend.random.Generator`): the default draws them on the host and moves
+        them, so one seed gives one stream on every backend that does not override this."""
+        values = generator.random(shape)
+        device = getattr(like, "device", None)
+        moved = self.from_host(values, None if self.record.name == "numpy" else device)
+        return moved
+
+    def dropout_mask(self, generator: Any, like: Any, p: float) -> Any:
+        """The inverted-dropout factors for ``like``: 0 with probability ``p``, else
+        ``1 / (1 - p)``, in ``like``'s dtype and on its device."""
+        keep = self.uniform(generator, tuple(like.shape), like) >= p
+        return self.astype(keep, like.dtype) * (1.0 / (1.0 - p))

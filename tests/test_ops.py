@@ -1,0 +1,265 @@
+"""The operations object's contract (nnbackend.backends.ops), on every backend, and the rule
+that the engine, layers and optimizers hold no backend branch."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nnbackend as nb
+from nnbackend import nn, optim, registry
+from nnbackend.backends.ops import Ops
+from nnbackend.namespace import backend_for, ops_for
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "nnbackend"
+OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "BookAdam", "AdamW"]
+
+
+def _ops(xp: Any) -> Any:
+    a = xp.zeros((1,), dtype=xp.float32)
+    return ops_for(backend_for(a)[0], a)
+
+
+def _host(ops: Any, a: Any) -> Any:
+    return np.asarray(ops.host_copy(a))
+
+
+def test_every_backend_has_an_ops_object(xp: Any) -> None:
+    ops = _ops(xp)
+    assert isinstance(ops, Ops)
+    assert ops is _ops(xp)  # cached per namespace
+
+
+def test_widen_narrow_round_trip(xp: Any) -> None:
+    ops = _ops(xp)
+    if ops.float16 is None:
+        pytest.skip("this backend has no float16")
+    values = np.array([0.0, -0.0, 1.5, -2.25, 65504.0, 6.1e-5, 5.96e-8, np.inf], np.float16)
+    x = xp.asarray(values)
+    wide = ops.widen(x)
+    assert wide.dtype == ops.compute_dtype(x.dtype)
+    back = ops.narrow(wide, like=x)
+    assert back.dtype == x.dtype
+    np.testing.assert_array_equal(_host(ops, back).view(np.uint16), values.view(np.uint16))
+    # convert is exact both ways whatever the policy
+    assert ops.convert(x, ops.float32).dtype == ops.float32
+    np.testing.assert_array_equal(
+        _host(ops, ops.convert(ops.convert(x, ops.float32), x.dtype)).view(np.uint16),
+        values.view(np.uint16),
+    )
+
+
+def test_numpy_computes_float16_in_float32() -> None:
+    ops = _ops(nb.namespace("numpy"))
+    assert ops.compute_dtype(ops.float16) == ops.float32
+    assert ops.compute_dtype(ops.float32) == ops.float32
+    big = np.ones(4096, np.float16)
+    assert ops.compute(big, 1024).wide and not ops.compute(big[:10], 1024).wide
+    assert not ops.compute(np.ones(4096, np.float32)).wide
+
+
+def test_scatter_add_accumulates_repeated_indices(xp: Any) -> None:
+    ops = _ops(xp)
+    target = xp.zeros((4, 3), dtype=xp.float32)
+    indices = xp.asarray([0, 2, 0, 0, 3])
+    values = xp.reshape(xp.arange(15, dtype=xp.float32), (5, 3))
+    out = ops.scatter_add(target, indices, values)
+    want = np.zeros((4, 3), np.float32)
+    np.add.at(want, [0, 2, 0, 0, 3], np.arange(15, dtype=np.float32).reshape(5, 3))
+    np.testing.assert_array_equal(_host(ops, out), want)
+
+
+@pytest.fixture
+def no_inplace_numpy() -> Any:
+    """The numpy record, registered with in-place writes forbidden (conftest restores)."""
+    record = registry.get("numpy")
+    registry.register_backend(
+        dataclasses.replace(
+            record, capabilities=dataclasses.replace(record.capabilities, inplace=False)
+        ),
+        replace=True,
+    )
+    return record
+
+
+def test_update_primitives_rebind_without_inplace_writes(no_inplace_numpy: Any) -> None:
+    ops = _ops(nb.namespace("numpy"))
+    assert not ops.inplace
+    y = np.array([1.0, 2.0])
+    for op, arg in ((ops.add_, np.array([1.0, 1.0])), (ops.sub_, np.array([1.0, 1.0]))):
+        out = op(y, arg)
+        assert out is not y
+    assert ops.mul_(y, 2.0) is not y and ops.sub_scaled_(y, 0.5, y) is not y
+    assert ops.update(y, np.array([5.0, 6.0])) is not y
+    fresh = ops.write(np.zeros(3), slice(0, 1), 1.0, lambda: np.array([1.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(fresh, [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(y, [1.0, 2.0])  # never written
+
+
+def test_update_primitives_write_in_place(xp: Any) -> None:
+    ops = _ops(xp)
+    if not ops.inplace:
+        pytest.skip("no in-place writes here")
+    y = xp.asarray([1.0, 2.0], dtype=xp.float32)
+    assert ops.add_(y, y) is y and ops.mul_(y, 0.5) is y and ops.sub_scaled_(y, 0.5, y) is y
+    np.testing.assert_array_equal(_host(ops, y), [0.5, 1.0])
+
+
+def _train(name: str, steps: int = 4) -> tuple[Any, list[dict[str, Any]]]:
+    rng = np.random.default_rng(3)
+    originals = [rng.standard_normal((40, 900)), rng.standard_normal(7), np.array(0.5)]
+    params = [nn.Parameter(a.copy()) for a in originals]
+    kwargs = {"weight_decay": 0.1} if name in ("Adam", "AdamW", "BookAdam") else {}
+    opt = getattr(optim, name)(params, lr=0.05, **kwargs)
+    for _ in range(steps):
+        for p, a in zip(params, originals, strict=True):
+            p.grad = rng.standard_normal(a.shape)
+        opt.step()
+    return [np.array(p.data) for p in params], opt.state
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_rebinding_equals_in_place_bit_for_bit(name: str, no_inplace_numpy: Any) -> None:
+    rebound, rebound_state = _train(name)
+    registry.register_backend(no_inplace_numpy, replace=True)
+    in_place, in_place_state = _train(name)
+    for a, b in zip(rebound, in_place, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(rebound_state, in_place_state, strict=True):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+
+
+def test_ops_arrays_are_not_cached_where_the_ops_may_not() -> None:
+    ops = _ops(nb.namespace("numpy"))
+    made = []
+    ops.may_cache = False
+    try:
+        for _ in range(2):
+            ops.cached(("test", 1), lambda: made.append(1) or np.zeros(1))
+    finally:
+        ops.may_cache = True
+    assert len(made) == 2
+    ops.cached(("test", 2), lambda: made.append(1) or np.zeros(1))
+    ops.cached(("test", 2), lambda: made.append(1) or np.zeros(1))
+    assert len(made) == 3
+
+
+def test_dropout_masks_come_from_the_ops_reproducibly(xp: Any) -> None:
+    from nnbackend import random
+    from nnbackend.nn import functional as F
+
+    x = xp.ones((50, 40), dtype=xp.float32)
+    masks = []
+    for _ in range(2):
+        gen = random.Generator(7)
+        masks.append(_host(_ops(xp), F.dropout(x, 0.5, generator=gen).data))
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert set(np.unique(masks[0])) == {0.0, 2.0}
+
+
+# -- the torch float16 probe ---------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["native", "float32"])
+def test_torch_float16_mode_is_forced_by_the_environment(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from nnbackend.backends import torch as torch_backend
+
+    monkeypatch.setenv(torch_backend.FLOAT16_ENV, mode)
+    record = registry.get("torch")
+    ops = torch_backend.TorchOps(record.load_namespace(), record)
+    x = torch.ones(2048, dtype=torch.float16)
+    want = torch.float32 if mode == "float32" else torch.float16
+    assert ops.compute_dtype(torch.float16, x) == want
+    assert ops.compute(x).wide == (mode == "float32")
+
+
+def test_torch_float16_setting_rejects_other_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnbackend.backends import torch as torch_backend
+    from nnbackend.errors import ArgumentError
+
+    monkeypatch.setenv(torch_backend.FLOAT16_ENV, "fast")
+    with pytest.raises(ArgumentError, match="native, float32"):
+        torch_backend.float16_setting()
+
+
+def test_torch_probe_measures_and_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    from nnbackend.backends import torch as torch_backend
+
+    mode, ratio = torch_backend.probe_float16("cpu", rounds=2)
+    assert mode == ("native" if ratio <= torch_backend.PROBE_RATIO else "float32")
+    monkeypatch.delenv(torch_backend.FLOAT16_ENV, raising=False)
+    monkeypatch.setitem(torch_backend._probed, "cpu", ("float32", 9.0))
+    assert torch_backend.float16_decision("cpu")[0] == "float32"
+    monkeypatch.setitem(torch_backend._probed, "cpu", ("native", 0.9))
+    assert torch_backend.float16_decision("cpu")[0] == "native"
+
+
+# -- no backend branch above the adapters ----------------------------------------------------
+def _checked_files() -> list[Path]:
+    files = [*sorted((SRC / "autograd").rglob("*.py")), *sorted((SRC / "nn").rglob("*.py"))]
+    return [*files, SRC / "optim.py", SRC / "precision.py"]
+
+
+def _branch_problems(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            names = [a.name for a in node.names]
+            if node.module == "nnbackend.backends.host" or (
+                node.module == "nnbackend.backends" and "host" in names
+            ):
+                problems.append(f"{path.name}:{node.lineno} imports backends.host")
+        if isinstance(node, ast.Import) and any(
+            a.name.endswith("backends.host") for a in node.names
+        ):
+            problems.append(f"{path.name}:{node.lineno} imports backends.host")
+        if (isinstance(node, ast.Name) and node.id == "inplace") or (
+            isinstance(node, ast.arg) and node.arg == "inplace"
+        ):
+            problems.append(f"{path.name}:{node.lineno} a variable named inplace")
+        if isinstance(node, ast.Attribute) and node.attr in ("capabilities", "fast_float16_matmul"):
+            problems.append(f"{path.name}:{node.lineno} reads the record's .{node.attr}")
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_wide")) or (
+            isinstance(node, ast.Name) and node.id.startswith("_wide")
+        ):
+            problems.append(f"{path.name}:{node.lineno} a _wide helper")
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith("_wide"):
+            problems.append(f"{path.name}:{node.lineno} a _wide helper")
+        if isinstance(node, (ast.If, ast.IfExp)):
+            for sub in ast.walk(node.test):
+                name = sub.id if isinstance(sub, ast.Name) else getattr(sub, "attr", None)
+                text = sub.value if isinstance(sub, ast.Constant) else None
+                if (isinstance(name, str) and ("half" in name or "float16" in name)) or (
+                    text == "float16"
+                ):
+                    problems.append(f"{path.name}:{node.lineno} branches on float16")
+    return problems
+
+
+def test_no_backend_branch_in_engine_layers_or_optimizers() -> None:
+    problems = [p for path in _checked_files() for p in _branch_problems(path)]
+    assert problems == []
+
+
+def test_the_branch_check_finds_what_it_looks_for(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from nnbackend.backends import host\n"
+        "def f(x, k, inplace):\n"
+        "    if k.half is not None and x.dtype == k.half:\n"
+        "        return _wide_update(x)\n"
+        "    return x.capabilities\n"
+    )
+    found = " ".join(_branch_problems(bad))
+    for what in ("backends.host", "inplace", "float16", "_wide", ".capabilities"):
+        assert what in found
