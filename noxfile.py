@@ -4,7 +4,7 @@
 | ----------- | ----------------------------------------------------------------------------- |
 | `tests`     | installs `.[test]` and torch, runs pytest on every available backend          |
 | `tests-jax` | installs `.[test,jax]`, runs pytest on the jax backend with `JAX_ENABLE_X64=1`  |
-|             | (not a default session: the whole suite again, slower on jax; CI runs it)    |
+|             | (not a default session: the whole suite again, slower on jax; CI runs it)     |
 | `lint`      | `ruff check` and `ruff format --check`                                         |
 | `typecheck` | mypy on `src/nnbackend` (config in pyproject.toml)                             |
 | `gpu`       | on a CUDA machine, in the *current* environment: `scripts/gpu_check.py` (gpu   |
