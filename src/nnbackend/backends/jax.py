@@ -222,9 +222,10 @@ class JaxOps(Ops):
       this machine (AMD EPYC, jax 0.10.2, medians of 7 x 10): float16/float32 matmul time
       1.08 at 256x1024x1024 and 1.09 at 30x100x100, while widening in Python cost 3.9x
       float32 at 30x100x100 (dispatch) and 28x for a 100x2 by 2x100 outer product.
-    * **Random bits on the device.** :meth:`uniform` (and so :meth:`dropout_mask`) draws with
-      ``jax.random`` from a key taken from the host generator of :mod:`nnbackend.random`:
-      one seed gives one sequence of masks on jax (not the numbers NumPy draws).
+    * **Random bits.** :meth:`uniform` (and so :meth:`dropout_mask`) takes the host stream of
+      :mod:`nnbackend.random` on a CPU device (the same masks as NumPy's for one seed), and
+      draws with ``jax.random`` on an accelerator, keyed from that stream (reproducible per
+      seed), as the torch backend does on CUDA.
     """
 
     may_cache = False
@@ -277,18 +278,27 @@ class JaxOps(Ops):
         return target.at[key].set(value)
 
     def uniform(self, generator: Any, shape: tuple[int, ...], like: Any) -> Any:
-        """float32 numbers in [0, 1) of ``shape`` from ``jax.random``, keyed by 32 bits drawn
-        from ``generator`` (the host ``numpy.random.Generator``), on ``like``'s device."""
+        """Uniform numbers in [0, 1) of ``shape`` on ``like``'s device. On a CPU device, the
+        host stream of ``generator`` (the ``numpy.random.Generator`` inside an
+        :class:`nnbackend.random.Generator`), as every CPU backend draws them: a jax CPU array
+        lives in host memory already, and one seed gives the same masks as NumPy's and torch's
+        (gradient checks, which recompute on NumPy, rely on it). On an accelerator, float32
+        numbers drawn there by ``jax.random`` from a key of 32 bits taken from ``generator``
+        (reproducible per seed, but a different stream from the host's)."""
         import jax
-        import jax.numpy as jnp
 
+        device = None if _is_tracer(like) else _only_device(like)
+        if device is None or device.platform == "cpu":
+            return self.from_host(generator.random(shape), device)
         key = jax.random.key(int(generator.integers(0, 2**32)))
-        values = jax.random.uniform(key, shape, dtype=jnp.float32)
-        if not _is_tracer(like):
-            placed = like.devices()
-            if len(placed) == 1 and values.devices() != placed:
-                values = jax.device_put(values, next(iter(placed)))
-        return values
+        with jax.default_device(device):
+            return jax.random.uniform(key, shape, dtype=jax.numpy.float32)
+
+
+def _only_device(x: Any) -> Any:
+    """The one device ``x`` lives on, or ``None`` (several devices: a sharded array)."""
+    placed = x.devices()
+    return next(iter(placed)) if len(placed) == 1 else None
 
 
 BACKEND = Backend(
