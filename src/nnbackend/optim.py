@@ -109,11 +109,11 @@ def _loaded_hyperparameter(key: str, value: Any) -> float:
 def _checked_lr(opt: Any) -> float:
     """``opt.lr`` as a float, or an ArgumentError before anything is updated: ``lr`` may be
     changed between steps, and NaN, infinite or negative rates would corrupt every weight."""
-    lr = opt.lr
+    lr: object = opt.lr  # whatever the user assigned since
     if type(lr) is float and 0.0 <= lr < math.inf:  # the usual case: one comparison
         return lr
     # A real number (int, float, numpy.float32, ...); never a bool or a string.
-    value = float(lr) if isinstance(lr, numbers.Real) and not isinstance(lr, bool) else math.nan
+    value = float(lr) if not isinstance(lr, bool) and isinstance(lr, numbers.Real) else math.nan
     if not 0.0 <= value < math.inf:
         raise ArgumentError(
             f"{type(opt).__name__}.lr must be a finite number >= 0 at step(), got {lr!r}; set "
