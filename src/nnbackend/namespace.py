@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import threading
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnbackend import config, registry
 from nnbackend.errors import BackendMismatchError, DtypeError
+from nnbackend.typing import Array, DType, Namespace
+
+if TYPE_CHECKING:
+    from nnbackend.backends.base import Backend
+    from nnbackend.backends.ops import Ops
 
 __all__ = ["array_namespace", "backend_for", "namespace", "ops_for"]
 
@@ -301,7 +306,7 @@ def _float16_backends() -> list[str]:
     ]
 
 
-def namespace(backend: str | None = None, dtype: Any = None) -> Any:
+def namespace(backend: str | None = None, dtype: DType | str | None = None) -> Namespace:
     """The Array API namespace of the active backend, whose creation functions default to the
     active floating dtype.
 
@@ -350,7 +355,7 @@ def _lookup(backend: str, dtype: str, device: str | None, generation: int) -> Mo
     return ns
 
 
-def array_namespace(*arrays: Any, dtype: Any = None) -> Any:
+def array_namespace(*arrays: Any, dtype: DType | str | None = None) -> Namespace:
     """The nnbackend namespace of the backend that owns ``arrays``.
 
     Python scalars and ``None`` are skipped; with no arrays at all the active namespace is
@@ -402,7 +407,7 @@ def _floating_dtype(arrays: tuple[Any, ...]) -> str | None:
 _by_type: dict[type, tuple[Any, Any]] = {}
 
 
-def backend_for(array: Any) -> tuple[Any, Any]:
+def backend_for(array: Array) -> tuple[Namespace, Backend]:
     """``(xp, record)`` for an array: the backend's own Array API namespace (no dtype
     defaulting: callers pass dtypes explicitly) and its :class:`~nnbackend.Backend` record.
 
@@ -438,7 +443,7 @@ type, or ``None``; the engine's per-op lookup without a call frame (internal API
 _ops: dict[Any, Any] = {}
 
 
-def ops_for(xp: Any, array: Any) -> Any:
+def ops_for(xp: Namespace, array: Array) -> Ops:
     """The operations object (:class:`nnbackend.backends.ops.Ops`) of ``array``'s backend,
     whose namespace is ``xp``: one dictionary lookup after the first call. Built by the
     backend record's ``ops`` factory; dropped when the registry changes."""
