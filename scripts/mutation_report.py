@@ -7,8 +7,9 @@ Reads ``mutmut results --all true`` (or ``--results FILE``, a saved copy of that
 ``tests/mutation_accepted.txt``, the survivors judged equivalent (one per line: the mutant's
 name, then ``#`` and why no test can tell it from the original). The score of a module is
 ``killed / (mutants - accepted)``, where killed counts timeouts too (an infinite loop is a
-caught bug) and mutants skipped or not checked yet do not count. Survivors that are not
-accepted are listed: each wants a test, or a line in the accepted file.
+caught bug), a mutant no test covers ("no tests") counts as a survivor, and mutants skipped
+or not checked yet do not count. Survivors that are not accepted are listed: each wants a
+test, or a line in the accepted file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ACCEPTED = ROOT / "tests" / "mutation_accepted.txt"
 # nnbackend.io._npz.x__array_bytes__mutmut_3, nnbackend.optim.xǁAdamǁ_update__mutmut_12
 NAME = re.compile(r"^(?P<module>[\w.]+?)\.x[_ǁ][^.]*__mutmut_\d+$")
 KILLED = {"killed", "timeout"}
-SURVIVED = {"survived"}
+SURVIVED = {"survived", "no tests"}  # no test covers a "no tests" mutant: it survives
 
 
 def module_of(mutant: str) -> str:
