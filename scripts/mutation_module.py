@@ -19,6 +19,7 @@ the tests changed: ``--rerun-survivors`` passes the survivors of the last run by
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -40,18 +41,10 @@ def scratch_pyproject(mutate: list[str], tests: list[str]) -> str:
     if not sep:
         raise SystemExit("pyproject.toml has no [tool.mutmut] table")
     config = tomllib.loads(text)["tool"]["mutmut"]
-
-    def toml_list(items: list[str]) -> str:
-        return "[" + ", ".join(f'"{item}"' for item in items) + "]"
-
-    return (
-        f"{head}[tool.mutmut]\n"
-        f"source_paths = {toml_list(config['source_paths'])}\n"
-        f"only_mutate = {toml_list(mutate)}\n"
-        f"also_copy = {toml_list(config['also_copy'])}\n"
-        f"pytest_add_cli_args = {toml_list(config['pytest_add_cli_args'])}\n"
-        f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
-    )
+    config.update(only_mutate=mutate, pytest_add_cli_args_test_selection=tests)
+    # JSON strings and lists of them are valid TOML.
+    table = "".join(f"{key} = {json.dumps(value)}\n" for key, value in config.items())
+    return f"{head}[tool.mutmut]\n{table}"
 
 
 def main(argv: list[str] | None = None) -> int:
