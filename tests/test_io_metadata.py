@@ -1,16 +1,20 @@
-"""The checkpoint metadata checks (``nnbackend.io._metadata``), field by field: every wrong
-field is refused with a message naming the file, the field, what it should be and what it
-was (issue #21: mutation testing found most of these branches and messages unchecked)."""
+"""The checkpoint metadata checks (``nnbackend.io._metadata``) and the hand-parsed ``.npy``
+headers of ``.npz`` entries, field by field: every wrong field is refused with a message
+naming the file, the field, what it should be and what it was (issue #21: mutation testing
+found most of these branches and messages unchecked)."""
 
 from __future__ import annotations
 
 import copy
+import io
+import struct
 from typing import Any
 
 import pytest
 
 from nnbackend.errors import CheckpointError
 from nnbackend.io import _metadata as M
+from nnbackend.io import _npz
 
 WHERE = "f.npz"
 TAIL = "; the file is corrupted or was not written by nnbackend.save"
@@ -224,3 +228,75 @@ def test_an_entrys_dtype_and_shape_are_checked_with_whole_messages() -> None:
     with pytest.raises(CheckpointError) as info:
         M.check_entry(WHERE, "w", "float32", [2, 3], (3, 2), "float32", "the model has (3, 2)")
     assert str(info.value) == f"{WHERE}: entry 'w' has shape (2, 3), but the model has (3, 2)"
+
+
+# -- the .npy header of each .npz entry, parsed by hand --------------------------------------
+def _npy(text: str, major: int = 1, magic: bytes = b"\x93NUMPY", length: int | None = None,
+         tail: bytes = b"") -> io.BytesIO:  # fmt: skip
+    body = text.encode("latin1")
+    size = len(body) if length is None else length
+    width = "<H" if major == 1 else "<I"
+    return io.BytesIO(magic + bytes([major, 0]) + struct.pack(width, size) + body + tail)
+
+
+GOOD = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+
+
+def _npy_refused(stream: io.BytesIO) -> str:
+    with pytest.raises(CheckpointError) as info:
+        _npz._npy_header(WHERE, "k", stream)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("major", [1, 2, 3])
+def test_a_good_npy_header_of_each_version_is_parsed(major: int) -> None:
+    np = pytest.importorskip("numpy")
+    stream = _npy(GOOD, major, tail=b"DATA")
+    assert _npz._npy_header(WHERE, "k", stream) == (np.dtype("<f4"), (2, 3), False)
+    assert stream.read() == b"DATA"  # left at the first data byte
+    text = f"{{'descr': '>f8', 'fortran_order': True, 'shape': {(0,) + (1,) * 63}}}"
+    assert _npz._npy_header(WHERE, "k", _npy(text, major)) == (np.dtype(">f8"), (0,) + (1,) * 63,
+                                                                True)  # fmt: skip
+    text = "{'descr': '|u1', 'fortran_order': False, 'shape': ()}"
+    assert _npz._npy_header(WHERE, "k", _npy(text, major))[1] == ()
+
+
+BAD = f"{WHERE}: entry 'k' is not a valid .npy array"
+
+
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [(io.BytesIO(b"\x93NUM"), f"{WHERE}: entry 'k' ends inside its .npy header; the file is "
+      "truncated"),
+     (_npy(GOOD, length=len(GOOD) + 1), f"{WHERE}: entry 'k' ends inside its .npy header; the "
+      "file is truncated"),
+     (_npy(GOOD, major=2, length=10_000), f"{WHERE}: entry 'k' ends inside its .npy header; "
+      "the file is truncated"),
+     (_npy(GOOD, magic=b"\x93NUMPZ"), f"{BAD} (no .npy magic bytes); the file is corrupted"),
+     (_npy(GOOD, major=4), f"{BAD} (unknown .npy format version 4)"),
+     (_npy(GOOD, major=0), f"{BAD} (unknown .npy format version 0)"),
+     (_npy(GOOD, major=2, length=10_001), f"{BAD} (a 10001-byte header, more than 10000); the "
+      "file is corrupted"),
+     (_npy("{'descr': "), f"{BAD} (its header is not a dict literal)"),
+     (_npy("{'descr': '<f4', 'shape': (2,)}"), f"{BAD} (its header needs exactly descr, "
+      "fortran_order, shape)"),
+     (_npy("[1, 2, 3]"), f"{BAD} (its header needs exactly descr, fortran_order, shape)"),
+     (_npy("{'descr': '<i4', 'fortran_order': False, 'shape': (2,)}"), f"{BAD} (dtype '<i4'; a "
+      "checkpoint holds float16/32/64 arrays and uint8 metadata only)"),
+     (_npy("{'descr': 4, 'fortran_order': False, 'shape': (2,)}"), f"{BAD} (dtype 4; a "
+      "checkpoint holds float16/32/64 arrays and uint8 metadata only)"),
+     (_npy("{'descr': '<f4', 'fortran_order': 1, 'shape': (2,)}"), f"{BAD} (fortran_order is 1, "
+      "not a bool)"),
+     (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': [2]}"), f"{BAD} (shape [2] is not "
+      "a tuple of non-negative ints)"),
+     (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -1)}"), f"{BAD} (shape (2, -1) "
+      "is not a tuple of non-negative ints)"),
+     (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (True,)}"), f"{BAD} (shape (True,) "
+      "is not a tuple of non-negative ints)"),
+     (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2.0,)}"), f"{BAD} (shape (2.0,) "
+      "is not a tuple of non-negative ints)"),
+     (_npy(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {(1,) * 65}}}"), f"{BAD} (shape "
+      f"{(1,) * 65!r} is not a tuple of non-negative ints)")],
+)  # fmt: skip
+def test_each_npy_header_refusal_has_its_whole_message(stream: io.BytesIO, message: str) -> None:
+    assert _npy_refused(stream) == message
