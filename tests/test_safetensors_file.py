@@ -229,6 +229,12 @@ W = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
      ({"w": {"dtype": "F32", "data_offsets": [0, 8]}},
       "entry 'w' needs a 'shape' and 'data_offsets' list"),
      ({"w": {**W, "shape": [-1]}}, "entry 'w' has an invalid shape [-1]"),
+     ({"w": {**W, "data_offsets": [0, 8, 8]}}, "entry 'w' has invalid data_offsets [0, 8, 8]"),
+     ({"w": {**W, "data_offsets": [0, "8"]}}, "entry 'w' has invalid data_offsets [0, '8']"),
+     ({"w": {**W, "data_offsets": [0, 16]}}, "entry 'w' spans bytes [0, 16) of a 8-byte data "
+      "buffer"),
+     ({"w": {**W, "shape": [3]}}, "entry 'w' declares shape [3] of float32 (12 bytes) but "
+      "spans 8 bytes"),
      ({"w": {**W, "shape": [1] * 65}}, f"entry 'w' has an invalid shape {[1] * 65}")],
 )  # fmt: skip
 def test_each_header_refusal_has_its_whole_message(tmp_path, header, message):
