@@ -235,6 +235,8 @@ W = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
       "buffer"),
      ({"w": {**W, "shape": [3]}}, "entry 'w' declares shape [3] of float32 (12 bytes) but "
       "spans 8 bytes"),
+     ({"w": W, "v": {**W, "data_offsets": [8, 12]}}, "entry 'v' declares shape [2] of float32 "
+      "(8 bytes) but spans 4 bytes"),
      ({"w": {**W, "shape": [1] * 65}}, f"entry 'w' has an invalid shape {[1] * 65}")],
 )  # fmt: skip
 def test_each_header_refusal_has_its_whole_message(tmp_path, header, message):
@@ -338,3 +340,45 @@ def test_whether_a_process_is_alive(monkeypatch):
     assert _files._pid_alive(2**70) is True  # cannot tell: the temporary file is kept
     monkeypatch.setattr(os, "name", "nt")  # never probed there: kill() would signal it
     assert _files._pid_alive(2**30) is True
+
+
+F2 = {"dtype": "F32", "shape": [2]}
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "message"),
+    [({"a": {**F2, "data_offsets": [0, 8]}, "b": {**F2, "data_offsets": [4, 12]}}, 12,
+      "entry 'b' overlaps another in the data buffer"),
+     ({"a": {**F2, "data_offsets": [0, 8]}, "b": {**F2, "data_offsets": [12, 20]}}, 20,
+      "entry 'b' leaves a gap before it in the data buffer"),
+     ({"a": {**F2, "data_offsets": [4, 12]}}, 12, "entry 'a' leaves a gap before it in the data "
+      "buffer"),
+     ({"a": {**F2, "data_offsets": [0, 8]}}, 12, "the entries cover 8 of the 12 data bytes; the "
+      "file has trailing data or is corrupted")],
+)  # fmt: skip
+def test_the_entries_must_tile_the_data_buffer(tmp_path, header, size, message):
+    path = _raw(tmp_path / "t.safetensors", header, b"\0" * size)
+    with pytest.raises(CheckpointError) as info:
+        SafetensorsFile(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_the_length_field_is_checked_against_the_file(tmp_path):
+    path = tmp_path / "s.safetensors"
+    path.write_bytes(b"\x02\x00")
+    with pytest.raises(CheckpointError) as info:
+        SafetensorsFile(path)
+    assert str(info.value) == f"{path}: 2 bytes is too short for a safetensors header"
+    for length in (12, 2**64 - 1):
+        path.write_bytes(struct.pack("<Q", length) + b"{}" + b" " * 8)
+        with pytest.raises(CheckpointError) as info:
+            SafetensorsFile(path)
+        assert str(info.value) == (
+            f"{path}: the header claims {length} bytes, but the file has 10 after the length "
+            "field (this reader takes at most 100000000); the file is truncated or not a "
+            "safetensors file"
+        )
+
+
+def test_a_prefix_too_short_to_hold_a_length_is_no_safetensors():
+    assert looks_like_safetensors(b"\x02" + b"\0" * 6) is False
