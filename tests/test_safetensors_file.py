@@ -235,8 +235,8 @@ W = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
       "buffer"),
      ({"w": {**W, "shape": [3]}}, "entry 'w' declares shape [3] of float32 (12 bytes) but "
       "spans 8 bytes"),
-     ({"w": W, "v": {**W, "data_offsets": [8, 12]}}, "entry 'v' declares shape [2] of float32 "
-      "(8 bytes) but spans 4 bytes"),
+     ({"w": {**W, "data_offsets": [4, 8]}}, "entry 'w' declares shape [2] of float32 (8 bytes) "
+      "but spans 4 bytes"),
      ({"w": {**W, "shape": [1] * 65}}, f"entry 'w' has an invalid shape {[1] * 65}")],
 )  # fmt: skip
 def test_each_header_refusal_has_its_whole_message(tmp_path, header, message):
