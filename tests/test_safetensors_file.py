@@ -382,3 +382,14 @@ def test_the_length_field_is_checked_against_the_file(tmp_path):
 
 def test_a_prefix_too_short_to_hold_a_length_is_no_safetensors():
     assert looks_like_safetensors(b"\x02" + b"\0" * 6) is False
+
+
+def test_the_plausible_header_lengths_are_2_to_the_cap():
+    from nnbackend.io.safetensors import MAX_HEADER
+
+    def prefix(n: int) -> bytes:
+        return struct.pack("<Q", n) + b"{"
+
+    assert [looks_like_safetensors(prefix(n)) for n in (1, 2, MAX_HEADER, MAX_HEADER + 1)] == [
+        False, True, True, False
+    ]  # fmt: skip
