@@ -95,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             row["other"] += 1  # skipped, not checked, suspicious, segfault
     print(
-        f"{'module':36} {'mutants':>7} {'killed':>7} {'accepted':>8} {'survived':>8} {'score':>6}"
+        f"{'module':36} {'mutants':>7} {'killed':>7} {'accepted':>8} {'survived':>8} "
+        f"{'not run':>7} {'score':>6}"
     )
     worst = 100.0
     for module, row in sorted(counts.items()):
         judged = row["killed"] + row["survived"]
         score = 100.0 * row["killed"] / judged if judged else 100.0
         worst = min(worst, score)
+        # Mutants not run yet (a stopped run) are left out of the score: say how many.
+        shown = f"{score:5.1f}%" if judged else "   n/a"
         print(
             f"{module:36} {row['mutants']:7} {row['killed']:7} {row['accepted']:8} "
-            f"{row['survived']:8} {score:5.1f}%"
+            f"{row['survived']:8} {row['other']:7} {shown}"
         )
     if open_survivors:
         print(f"\n{len(open_survivors)} survivors want a test (or a line in {ACCEPTED.name}):")
