@@ -2,7 +2,7 @@
 touching ``pyproject.toml`` (on two cores the whole ``nox -s mutation`` takes hours).
 
     python scripts/mutation_module.py NAME --mutate GLOB... --tests PATH... [--max-children N]
-        [--rerun-survivors] [-- MUTMUT_RUN_ARGS...]
+        [--rerun-survivors] [--only MUTANT_PATTERN...]
 
     python scripts/mutation_module.py namespace --mutate src/nnbackend/namespace.py \\
         --tests tests/test_namespace.py tests/test_namespace_mutants.py
@@ -13,7 +13,8 @@ checkout's ``src``, ``tests`` and the other files the tests read, and a copy of
 ``--tests``. ``mutmut run`` runs there (so it mutates this checkout's code), on numpy and
 array_api_strict; ``mutmut results`` is saved as ``results.txt`` in that folder and
 ``scripts/mutation_report.py`` prints the score. mutmut does not retest a survivor when only
-the tests changed: ``--rerun-survivors`` passes the survivors of the last run by name.
+the tests changed: ``--rerun-survivors`` passes the survivors of the last run by name;
+``--only`` runs just the mutants matching the patterns (``"nnbackend.io._metadata.*"``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="+", required=True, help="the test files to run")
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--rerun-survivors", action="store_true")
-    parser.add_argument("mutmut_args", nargs="*", help="after --: more `mutmut run` arguments")
+    parser.add_argument("--only", nargs="+", default=[], help="mutant name patterns to run")
     args = parser.parse_args(argv)
     for path in args.tests:
         if not (ROOT / path.partition("::")[0]).exists():
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             link.symlink_to(ROOT / name)
     (scratch / "pyproject.toml").write_text(scratch_pyproject(args.mutate, args.tests), "utf-8")
     results = scratch / "results.txt"
-    names = list(args.mutmut_args)
+    names = list(args.only)
     if args.rerun_survivors and results.exists():
         names += RETESTED.findall(results.read_text("utf-8"))
     env = {k: v for k, v in os.environ.items() if k not in ("NNBACKEND", "NNBACKEND_DTYPE")}
