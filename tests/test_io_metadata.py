@@ -193,6 +193,7 @@ def test_optimizer_keys_name_every_state_array() -> None:
                                        "4": {}}))  # fmt: skip
     assert M.optimizer_keys(meta) == {"optimizer/0/m", "optimizer/0/v", "optimizer/3/m"}
     assert M.optimizer_keys(_meta()) == set()
+    assert M.optimizer_keys(_meta(optimizer={"type": "SGD"})) == set()  # no state at all
 
 
 @pytest.mark.parametrize("blob", [b"\xff\xfe", b"{", b"[" * 100_000 + b"]" * 100_000])
