@@ -206,6 +206,8 @@ class Ops:
         may_cache: whether arrays may be kept between calls (:meth:`cached`).
         float16_compute: ``"native"`` or ``"float32"``: how float16 arithmetic runs;
             ``"probe"`` lets :meth:`float16_policy` decide per device.
+        small_float16_native: where float16 is widened, whether arrays below a node's size
+            threshold stay in float16.
     """
 
     #: Whether arrays made by these ops may be cached between calls. A tracing backend
@@ -213,6 +215,11 @@ class Ops:
     may_cache: bool = True
     #: "native": float16 math in float16; "float32": widened; "probe": measured per device.
     float16_compute: str = "native"
+    #: Where float16 is widened: whether arrays below a node's size threshold still compute
+    #: in float16. True for NumPy, whose software float16 costs less than two conversions on
+    #: a few hundred elements; False where small float16 kernels are slow paths (torch on a
+    #: CPU: its tiny float16 products ran 2.3x the float32 step).
+    small_float16_native: bool = True
 
     def __init__(self, xp: Namespace, record: Any) -> None:
         self.xp, self.record = xp, record
@@ -347,7 +354,9 @@ class Ops:
         math is slow here, and ``x`` has at least ``min_size`` elements (below that the
         conversions cost more than they save); else :data:`NATIVE`."""
         slow = self._slow if self._decided else self._slow_dtype(x)
-        if slow is None or x.dtype != slow or (min_size and _size(x) < min_size):
+        if slow is None or x.dtype != slow:
+            return NATIVE
+        if min_size and self.small_float16_native and _size(x) < min_size:
             return NATIVE
         return self._wide
 
@@ -355,7 +364,9 @@ class Ops:
         """:meth:`compute` for a product of ``x`` with ``n_out`` columns: widened only from
         ``min_macs`` multiply-adds on (the size is looked at only where it matters)."""
         slow = self._slow if self._decided else self._slow_dtype(x)
-        if slow is None or x.dtype != slow or _size(x) * n_out < min_macs:
+        if slow is None or x.dtype != slow:
+            return NATIVE
+        if self.small_float16_native and _size(x) * n_out < min_macs:
             return NATIVE
         return self._wide
 
