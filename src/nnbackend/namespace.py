@@ -247,11 +247,28 @@ def _check_device_dtype(backend: str, dtype: str, device: str, info: Any, device
 
 class NamespaceInfo:
     """``__array_namespace_info__()`` of an nnbackend namespace: the backend's own inspection
-    object, with ``default_dtypes()`` reporting nnbackend's default floating dtype."""
+    object, with ``default_dtypes()`` reporting nnbackend's default floating dtype and
+    ``default_device()`` the device the namespace's creation functions place arrays on."""
 
-    def __init__(self, base_info: Any, default: Any) -> None:
+    def __init__(self, base_info: Any, default: Any, device: Any = None, base: Any = None) -> None:
         self._base_info = base_info
         self._default = default
+        self._device = device
+        self._base = base
+
+    def default_device(self) -> Any:
+        """The device arrays made without ``device=`` land on: the ``using(device=...)``
+        block's device, else the library's default. jax's own answer is ``None`` ("whatever
+        the current default is") while its arrays report a concrete device, so where the
+        library answers ``None`` the device of a fresh empty array is returned instead: then
+        ``xp.zeros(3, device=info.default_device()).device == info.default_device()`` holds
+        on every backend, as the standard's inspection API promises."""
+        if self._device is not None:
+            return self._device
+        found = self._base_info.default_device()
+        if found is None and self._base is not None:
+            found = self._base.empty((0,)).device
+        return found
 
     def default_dtypes(self, *, device: Any = None) -> dict[str, Any]:
         dtypes = dict(self._base_info.default_dtypes(device=device))
@@ -291,7 +308,7 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
     ns.__dict__.update(_creation_functions(base, default, device_object))
     if hasattr(base, "fft"):
         ns.fft = _fft_module(base.fft, default, device_object)  # type: ignore[attr-defined]
-    info = NamespaceInfo(base_info, default)
+    info = NamespaceInfo(base_info, default, device_object, base)
     ns.__array_namespace_info__ = lambda: info  # type: ignore[attr-defined]
     ns.__nnbackend__ = (backend, dtype, device)  # type: ignore[attr-defined]
     ns.__wrapped__ = base  # type: ignore[attr-defined]
