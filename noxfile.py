@@ -6,7 +6,7 @@
 | `tests-jax` | installs `.[test,jax]`, runs pytest on the jax backend with `JAX_ENABLE_X64=1`  |
 |             | (not a default session: the whole suite again, slower on jax; CI runs it)     |
 | `lint`      | `ruff check` and `ruff format --check`                                         |
-| `typecheck` | mypy on `src/nnbackend` (config in pyproject.toml)                             |
+| `typecheck` | installs `.[typecheck]` (the pinned mypy), runs mypy as CI does ([tool.mypy])  |
 | `gpu`       | on a CUDA machine, in the *current* environment: `scripts/gpu_check.py` (gpu   |
 |             | tests, GPU benchmarks, suite on cupy); installs nothing; `-- --dry-run` on CPU |
 | `docs`      | `mkdocs build --strict` with the `docs` extra                                  |
@@ -39,7 +39,6 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 ROOT = Path(__file__).resolve().parent
 TORCH = "torch==2.13.0"  # the only torch spec allowed here (see the module docstring)
 RUFF = "ruff==0.17.6"  # pinned: a newer formatter may restyle code and fail `format --check`
-MYPY = "mypy==2.4.1"
 MUTMUT = "mutmut==3.8.1"  # [tool.mutmut] in pyproject.toml is mutmut 3's format
 
 
@@ -86,8 +85,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy on src/nnbackend, configured by [tool.mypy] in pyproject.toml."""
-    session.install(".", MYPY)
+    """mypy on src/nnbackend, configured by [tool.mypy] in pyproject.toml, with the mypy
+    version the ``typecheck`` extra pins: the same check as CI's mypy step (``.ci/run``)."""
+    session.install(".[typecheck]")
     session.run("mypy", *session.posargs)
 
 

@@ -7,8 +7,9 @@ Reads ``mutmut results --all true`` (or ``--results FILE``, a saved copy of that
 ``tests/mutation_accepted.txt``, the survivors judged equivalent (one per line: the mutant's
 name, then ``#`` and why no test can tell it from the original). The score of a module is
 ``killed / (mutants - accepted)``, where killed counts timeouts too (an infinite loop is a
-caught bug) and mutants skipped or not checked yet do not count. Survivors that are not
-accepted are listed: each wants a test, or a line in the accepted file.
+caught bug), a mutant no test covers ("no tests") counts as a survivor, and mutants skipped
+or not checked yet do not count. Survivors that are not accepted are listed: each wants a
+test, or a line in the accepted file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ACCEPTED = ROOT / "tests" / "mutation_accepted.txt"
 # nnbackend.io._npz.x__array_bytes__mutmut_3, nnbackend.optim.xǁAdamǁ_update__mutmut_12
 NAME = re.compile(r"^(?P<module>[\w.]+?)\.x[_ǁ][^.]*__mutmut_\d+$")
 KILLED = {"killed", "timeout"}
-SURVIVED = {"survived"}
+SURVIVED = {"survived", "no tests"}  # no test covers a "no tests" mutant: it survives
 
 
 def module_of(mutant: str) -> str:
@@ -94,22 +95,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             row["other"] += 1  # skipped, not checked, suspicious, segfault
     print(
-        f"{'module':36} {'mutants':>7} {'killed':>7} {'accepted':>8} {'survived':>8} {'score':>6}"
+        f"{'module':36} {'mutants':>7} {'killed':>7} {'accepted':>8} {'survived':>8} "
+        f"{'not run':>7} {'score':>6}"
     )
     worst = 100.0
     for module, row in sorted(counts.items()):
         judged = row["killed"] + row["survived"]
         score = 100.0 * row["killed"] / judged if judged else 100.0
         worst = min(worst, score)
+        # Mutants not run yet (a stopped run) are left out of the score: say how many.
+        shown = f"{score:5.1f}%" if judged else "   n/a"
         print(
             f"{module:36} {row['mutants']:7} {row['killed']:7} {row['accepted']:8} "
-            f"{row['survived']:8} {score:5.1f}%"
+            f"{row['survived']:8} {row['other']:7} {shown}"
         )
     if open_survivors:
         print(f"\n{len(open_survivors)} survivors want a test (or a line in {ACCEPTED.name}):")
         for name in open_survivors:
             print(f"  {name}   (mutmut show {name})")
-    stale = sorted(set(accepted) - set(results)) if results else []
+    # Only modules this run covered: a run of one module says nothing about the others.
+    stale = sorted(n for n in set(accepted) - set(results) if module_of(n) in counts)
     if stale:
         print(f"\n{len(stale)} accepted names no longer exist (the code moved): {stale[:10]}")
     if args.fail_under is not None and worst < args.fail_under:

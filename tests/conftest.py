@@ -65,7 +65,14 @@ hypothesis.settings.register_profile(
 hypothesis.settings.register_profile(
     "thorough", parent=hypothesis.settings.get_profile("nnbackend"), max_examples=300
 )
-hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "nnbackend"))
+# jax dispatches every operation eagerly and compiles each new (operation, shape, dtype) on
+# first use, so a hypothesis example costs it several times what it costs NumPy: a run on jax
+# alone (CI's jax step) draws 10 examples where the others draw 25. Every property still runs
+# on every dtype; the tests that scale their budget from the profile (``per_op``, ``few``)
+# scale with it. HYPOTHESIS_PROFILE=nnbackend (or thorough) chooses explicitly.
+hypothesis.settings.register_profile(
+    "nnbackend-jax", parent=hypothesis.settings.get_profile("nnbackend"), max_examples=10
+)
 
 
 def _selected_backends() -> tuple[str, ...]:
@@ -78,6 +85,18 @@ def _selected_backends() -> tuple[str, ...]:
 
 
 SELECTED_BACKENDS = _selected_backends()
+
+
+def _hypothesis_profile(selected: tuple[str, ...]) -> str:
+    """HYPOTHESIS_PROFILE where set; else "nnbackend-jax" for a run on jax alone, and
+    "nnbackend" for any other selection."""
+    chosen = os.environ.get("HYPOTHESIS_PROFILE", "").strip()
+    if chosen:
+        return chosen
+    return "nnbackend-jax" if selected == ("jax",) else "nnbackend"
+
+
+hypothesis.settings.load_profile(_hypothesis_profile(SELECTED_BACKENDS))
 
 
 # NNBACKEND / NNBACKEND_DTYPE of the shell running pytest are set aside for the session, so
@@ -103,7 +122,11 @@ def pytest_unconfigure() -> None:
 
 
 def pytest_report_header() -> list[str]:
-    lines = [f"nnbackend test backends: {', '.join(SELECTED_BACKENDS)}"]
+    lines = [
+        f"nnbackend test backends: {', '.join(SELECTED_BACKENDS)} "
+        f"(hypothesis profile {_hypothesis_profile(SELECTED_BACKENDS)!r}, "
+        f"max_examples={hypothesis.settings.default.max_examples})"
+    ]
     if _AMBIENT:
         lines.append(
             f"  ignored for the tests: {_AMBIENT} (select backends with {TEST_BACKENDS_ENV})"

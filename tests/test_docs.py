@@ -324,7 +324,7 @@ def test_error_table_matches_the_messages(monkeypatch: pytest.MonkeyPatch) -> No
     from nnbackend.backends import cupy as cupy_backend
 
     def env_backend() -> None:
-        monkeypatch.setenv("NNBACKEND", "jax")
+        monkeypatch.setenv("NNBACKEND", "mxnet")
         config._Process.environment_read = False
         try:
             nb.get_backend()
@@ -341,7 +341,7 @@ def test_error_table_matches_the_messages(monkeypatch: pytest.MonkeyPatch) -> No
     with nb.using(backend="array_api_strict"):
         strict_linear = nn.Linear(2, 3)
     messages = [
-        _raised(lambda: nb.set_backend("jax")),
+        _raised(lambda: nb.set_backend("mxnet")),
         _raised(env_backend),
         _raised(lambda: nb.set_default_dtype("bfloat16")),
         _raised(lambda: nb.namespace("array_api_strict", dtype="float16")),

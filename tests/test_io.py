@@ -382,3 +382,106 @@ def test_not_a_module_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="named_parameters"):
         nb.save(object(), tmp_path / "odd.npz")
     assert not list(tmp_path.iterdir())
+
+
+# -- whole messages and the metadata written (issue #21: mutation testing of io) -------------
+class _Named:
+    """A stand-in module whose named_parameters() is given."""
+
+    def __init__(self, named: list[tuple[Any, Any]]) -> None:
+        self._named = named
+
+    def named_parameters(self) -> list[tuple[Any, Any]]:
+        return self._named
+
+
+def test_save_refusals_say_what_was_wrong(tmp_path: Path) -> None:
+    with pytest.raises(TypeError) as info:
+        nb.save(object(), tmp_path / "a.npz")
+    assert str(info.value) == (
+        "save/load need an nn.Module (something with named_parameters()), got object"
+    )
+    model = _mlp([2, 3])
+    with pytest.raises(nb.errors.ArgumentError) as info:
+        nb.save(model, tmp_path / "a.npz", format="zip")
+    assert str(info.value) == (
+        "unknown checkpoint format 'zip'; expected one of ('safetensors', 'npz')"
+    )
+    t = nb.Tensor(nb.namespace("numpy", "float64").ones(2))
+    with pytest.raises(CheckpointError) as info:
+        nb.save(_Named([("a", t), ("a", t)]), tmp_path / "a.npz")
+    assert str(info.value) == "two parameters are named 'a'; names must be distinct"
+    with pytest.raises(CheckpointError) as info:
+        nb.save(_Named([(1, t)]), tmp_path / "a.npz")
+    assert str(info.value) == "parameter names must be strings, got 1"
+    assert not list(tmp_path.iterdir())
+
+
+def test_float16_storage_refuses_only_values_beyond_its_range(tmp_path: Path) -> None:
+    xp = nb.namespace("numpy", "float64")
+    edge = _Named([("w", nb.Tensor(xp.asarray([65504.0, -65504.0])))])
+    nb.save(edge, tmp_path / "edge.npz", dtype="float16")  # float16's largest value fits
+    big = _Named([("w", nb.Tensor(xp.asarray([1.0, -1.5e6])))])
+    with pytest.raises(CheckpointError) as info:
+        nb.save(big, tmp_path / "big.npz", dtype="float16")
+    assert str(info.value) == (
+        "cannot store parameter 'w' in float16: it holds values up to 1.5e+06, beyond "
+        "float16's 65504.0"
+    )
+
+
+def test_the_format_follows_the_suffix_case_blind(tmp_path: Path) -> None:
+    model = _mlp([2, 3])
+    for name, magic in (("a.NPZ", b"PK"), ("a.npz", b"PK"), ("a.bin", b"{")):
+        nb.save(model, tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:9].endswith(magic) or (
+            tmp_path / name
+        ).read_bytes().startswith(magic), name
+
+
+def test_the_metadata_written(tmp_path: Path) -> None:
+    with nb.using(backend="numpy", dtype="float32"):
+        model = _mlp([2, 3])
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    for path in (tmp_path / "m.npz", tmp_path / "m.safetensors"):
+        nb.save(model, path, dtype="float16", optimizer=opt)
+        meta = io.read_metadata(path)
+        assert {k: v for k, v in meta.items() if k != "optimizer"} == {
+            "format": "nnbackend-checkpoint",
+            "format_version": 1,
+            "nnbackend_version": nb.__version__,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "backend": "numpy",
+            "parameters": {
+                "0.weight": {"shape": [2, 3], "dtype": "float16", "model_dtype": "float32"},
+                "0.bias": {"shape": [3], "dtype": "float16", "model_dtype": "float32"},
+            },
+        }
+        saved = meta["optimizer"]
+        assert saved["type"] == "Adam" and saved["parameters"] == ["0.weight", "0.bias"]
+        assert saved["steps"] == 0 and saved["state"] == {} and saved["extra"] == {}
+        assert saved["hyperparameters"]["lr"] == 0.01
+
+
+def test_a_file_of_neither_format_is_named_by_its_first_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"hello world, no checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        nb.load(_mlp([2, 3]), path)
+    assert str(info.value) == (
+        f"{path}: cannot read the checkpoint: it is neither a safetensors nor an .npz file (it "
+        "starts with b'hello wo'); the file is truncated, corrupted or of another kind"
+    )
+
+
+def test_a_model_that_does_not_fit_is_named_with_where_the_file_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    nb.save(_mlp([2, 3]), path)
+    other = _mlp([2, 3, 4])
+    with pytest.raises(CheckpointError) as info:
+        nb.load(other, path)
+    assert str(info.value) == (
+        f"{path}: the checkpoint does not fit Sequential (missing from the file: ['2.weight', "
+        "'2.bias']); it was saved from nnbackend.nn.module.Sequential. Pass strict=False to "
+        "load only the common entries"
+    )

@@ -130,3 +130,39 @@ def test_every_reinjected_fault_still_applies_to_the_code() -> None:
         assert text.count(fault.old) == 1, f"{fault.name}: the code moved; update the table"
         test_file, _, test_name = fault.test.partition("::")
         assert f"def {test_name}(" in (ROOT / test_file).read_text("utf-8"), fault.test
+
+
+def test_a_mutant_no_test_covers_counts_as_a_survivor(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    report = _script("mutation_report")
+    results = tmp_path / "results.txt"
+    results.write_text(
+        "    nnbackend.config.x_f__mutmut_1: killed\n    nnbackend.config.x_f__mutmut_2: no tests\n"
+    )
+    none = tmp_path / "none.txt"
+    none.write_text("")
+    assert report.main(["--results", str(results), "--accepted", str(none)]) == 0
+    out = capsys.readouterr().out
+    assert "50.0%" in out and "nnbackend.config.x_f__mutmut_2" in out
+
+
+def test_the_one_module_runner_narrows_only_what_is_mutated_and_run() -> None:
+    runner = _script("mutation_module")
+    text = runner.scratch_pyproject(["src/nnbackend/config.py"], ["tests/test_config.py"])
+    scratch = tomllib.loads(text)
+    full = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    assert scratch["tool"]["mutmut"] == {
+        **_config(),
+        "only_mutate": ["src/nnbackend/config.py"],
+        "pytest_add_cli_args_test_selection": ["tests/test_config.py"],
+    }
+    assert scratch["tool"]["pytest"] == full["tool"]["pytest"]
+    listing = "\n".join(
+        [
+            "    a.x_f__mutmut_1: survived",
+            "    a.x_f__mutmut_2: killed",
+            "    a.x_g__mutmut_3: no tests",
+        ]
+    )
+    assert runner.RETESTED.findall(listing) == ["a.x_f__mutmut_1", "a.x_g__mutmut_3"]

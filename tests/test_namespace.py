@@ -263,6 +263,16 @@ def test_fft_frequencies_land_on_the_using_device() -> None:
         assert "device1" in str(xp.fft.rfftfreq(4).device)
 
 
+def test_default_device_is_the_using_device() -> None:
+    """Inside ``using(device=...)`` the inspection API names the device the creation
+    functions use, not the library's own default."""
+    with nb.using(backend="array_api_strict", device="device1", dtype="float32"):
+        xp = nb.namespace()
+        device = xp.__array_namespace_info__().default_device()
+        assert "device1" in str(device)
+        assert xp.zeros(1).device == device
+
+
 @pytest.mark.parametrize("device", ["no_float64", "no_x64"])
 def test_a_default_dtype_the_device_cannot_hold_is_a_dtype_error(device: str) -> None:
     """array_api_strict's no_float64 device with the float64 default: a DtypeError naming

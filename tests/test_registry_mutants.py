@@ -138,3 +138,28 @@ def test_a_name_registered_again_after_unregistering_gets_the_new_namespace() ->
     registry.unregister_backend("again")
     nb.register_backend(_record("again", load=lambda: array_api_strict))
     assert "array_api_strict" in type(nb.namespace("again").asarray([1.0])).__module__
+
+
+def test_every_registry_change_gives_a_new_generation(numpy_like_backend: Any) -> None:
+    """``namespace()`` trusts its last namespace while the generation is unchanged: a
+    generation that came back after a change would hand out a namespace of a replaced or
+    removed backend."""
+    seen = [registry.generation]
+    for _ in range(2):
+        nb.register_backend(numpy_like_backend("gen_a"))
+        seen.append(registry.generation)
+        nb.register_backend(numpy_like_backend("gen_b"))
+        seen.append(registry.generation)
+        registry.unregister_backend("gen_a")
+        seen.append(registry.generation)
+        registry.unregister_backend("gen_b")
+        seen.append(registry.generation)
+    assert seen == sorted(set(seen)), seen
+    library = type(array_api_compat.numpy)("replaced")
+    library.__dict__.update(vars(array_api_compat.numpy))
+    nb.register_backend(numpy_like_backend("gen_a"))
+    with nb.using(backend="gen_a"):
+        first = nb.namespace()
+        nb.register_backend(numpy_like_backend("gen_a", load_namespace=lambda: library),
+                            replace=True)  # fmt: skip
+        assert nb.namespace() is not first and nb.namespace().__wrapped__ is library

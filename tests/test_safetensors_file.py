@@ -4,6 +4,7 @@ own readers read, and what it reads it checks against the file before touching a
 from __future__ import annotations
 
 import json
+import os
 import struct
 import tracemalloc
 
@@ -186,3 +187,209 @@ def test_format_detection():
     assert looks_like_safetensors(struct.pack("<Q", 40) + b'{"a":')
     assert not looks_like_safetensors(b"PK\x03\x04" + b"\0" * 10)
     assert not looks_like_safetensors(b"")
+
+
+# -- the exact bytes written, each refusal's whole message (issue #21: mutation testing) ------
+def test_the_header_is_compact_utf8_json_padded_with_spaces_to_8_bytes(tmp_path):
+    tensors = {"wé": np.arange(3, dtype=np.float32), "b": np.ones((2, 2), dtype=np.float64)}
+    for meta in ({"ü": "ö"}, {"k": "vv"}, {}):
+        path = _write(tmp_path / "t.safetensors", tensors, meta)
+        header = ({"__metadata__": meta} if meta else {}) | {
+            "wé": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+            "b": {"dtype": "F64", "shape": [2, 2], "data_offsets": [12, 44]},
+        }
+        blob = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)
+        data = tensors["wé"].tobytes() + tensors["b"].tobytes()
+        assert path.read_bytes() == struct.pack("<Q", len(blob)) + blob + data
+
+
+def test_metadata_must_map_strings_to_strings(tmp_path):
+    for meta in ({"a": 1}, {1: "a"}):
+        with pytest.raises(CheckpointError) as info:
+            _write(tmp_path / "m.safetensors", {}, meta)
+        assert str(info.value) == "safetensors metadata must map strings to strings"
+
+
+W = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [("[1]", "the header is not a JSON object"),
+     ('{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "the header's JSON is nested too deeply"),
+     ({"__metadata__": {"a": 1}, "w": W}, "'__metadata__' must map strings to strings"),
+     ({"__metadata__": ["a"], "w": W}, "'__metadata__' must map strings to strings"),
+     ({"w": [1]}, "entry 'w' is not an object"),
+     ({"w": {**W, "dtype": [1]}}, "entry 'w' has dtype [1]; this reader takes ['BOOL', 'F16', "
+      "'F32', 'F64', 'I16', 'I32', 'I64', 'I8', 'U16', 'U32', 'U64', 'U8']"),
+     ({"w": {**W, "dtype": "F8"}}, "entry 'w' has dtype 'F8'; this reader takes ['BOOL', "
+      "'F16', 'F32', 'F64', 'I16', 'I32', 'I64', 'I8', 'U16', 'U32', 'U64', 'U8']"),
+     ({"w": {"dtype": "F32", "shape": [2]}}, "entry 'w' needs a 'shape' and 'data_offsets' list"),
+     ({"w": {"dtype": "F32", "data_offsets": [0, 8]}},
+      "entry 'w' needs a 'shape' and 'data_offsets' list"),
+     ({"w": {**W, "shape": [-1]}}, "entry 'w' has an invalid shape [-1]"),
+     ({"w": {**W, "data_offsets": [0, 8, 8]}}, "entry 'w' has invalid data_offsets [0, 8, 8]"),
+     ({"w": {**W, "data_offsets": [0, "8"]}}, "entry 'w' has invalid data_offsets [0, '8']"),
+     ({"w": {**W, "data_offsets": [0, 16]}}, "entry 'w' spans bytes [0, 16) of a 8-byte data "
+      "buffer"),
+     ({"w": {**W, "shape": [3]}}, "entry 'w' declares shape [3] of float32 (12 bytes) but "
+      "spans 8 bytes"),
+     ({"w": {**W, "data_offsets": [4, 8]}}, "entry 'w' declares shape [2] of float32 (8 bytes) "
+      "but spans 4 bytes"),
+     ({"w": {**W, "shape": [1] * 65}}, f"entry 'w' has an invalid shape {[1] * 65}")],
+)  # fmt: skip
+def test_each_header_refusal_has_its_whole_message(tmp_path, header, message):
+    path = _raw(tmp_path / "h.safetensors", header, b"\0" * 8)
+    with pytest.raises(CheckpointError) as info:
+        SafetensorsFile(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_bad_utf8_and_bad_json_name_the_cause(tmp_path):
+    path = _raw(tmp_path / "u.safetensors", b'{"\xff": 1}')
+    with pytest.raises(
+        CheckpointError, match=r"^.*u\.safetensors: the header is not UTF-8 \(.+\)$"
+    ):
+        SafetensorsFile(path)
+    path = _raw(tmp_path / "j.safetensors", b'{"a": }')
+    with pytest.raises(
+        CheckpointError, match=r"j\.safetensors: the header is not valid JSON \(.+\)$"
+    ):
+        SafetensorsFile(path)
+
+
+def test_a_tensor_may_have_64_dimensions(tmp_path):
+    path = _raw(tmp_path / "d.safetensors", {"w": {**W, "shape": [1] * 63 + [2]}}, b"\0" * 8)
+    with SafetensorsFile(path) as f:
+        assert f.array("w").shape == (1,) * 63 + (2,)
+
+
+def test_iterating_a_file_gives_its_entry_names_and_closing_twice_is_harmless(tmp_path):
+    path = _write(tmp_path / "i.safetensors", {"b": np.ones(2), "a": np.zeros(1)})
+    f = SafetensorsFile(path)
+    assert list(f) == ["b", "a"]
+    f.close()
+    f.close()
+
+
+def test_a_foreign_files_floating_entries_are_its_parameters(tmp_path):
+    from nnbackend.io.safetensors import SafetensorsCheckpoint
+
+    path = _write(tmp_path / "f.safetensors", {"w": np.ones((2, 3), np.float32),
+                                              "b": np.ones(3, np.float64)})  # fmt: skip
+    ckpt = SafetensorsCheckpoint(str(path), 1000)
+    assert ckpt.meta == {
+        "format": "nnbackend-checkpoint",
+        "format_version": 1,
+        "model_class": "(a safetensors file written by another program)",
+        "backend": None,
+        "parameters": {"w": {"shape": [2, 3], "dtype": "float32"},
+                       "b": {"shape": [3], "dtype": "float64"}},
+        "optimizer": None,
+    }  # fmt: skip
+    assert ckpt.stray_names == [] and ckpt.where == str(path)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.array("w", (3, 2), "float32", "the model's w has shape (3, 2)")
+    assert str(info.value) == (
+        f"{path}: entry 'w' has shape (2, 3), but the model's w has shape (3, 2)"
+    )
+    with pytest.raises(CheckpointError) as info:
+        ckpt.array("w", (2, 3), "float64", "x")
+    assert str(info.value) == (
+        f"{path}: entry 'w' has dtype float32, but the metadata says float64; the file is corrupted"
+    )
+    ckpt.close()
+
+
+def test_the_checkpoint_metadata_and_header_are_capped(tmp_path):
+    from nnbackend.io.safetensors import SafetensorsCheckpoint
+
+    meta = json.dumps({"format": "nnbackend-checkpoint", "format_version": 1,
+                       "parameters": {}})  # fmt: skip
+    path = _write(tmp_path / "c.safetensors", {}, {"nnbackend": meta})
+    SafetensorsCheckpoint(str(path), len(meta)).close()  # exactly the cap is fine
+    with pytest.raises(CheckpointError) as info:
+        SafetensorsCheckpoint(str(path), len(meta) - 1)
+    assert str(info.value) == (
+        f"{path}: the metadata holds {len(meta)} characters, more than the {len(meta) - 1} "
+        "this reader accepts; the file is corrupted"
+    )
+    # A long tensor name makes the header long without making the metadata long.
+    path = _write(tmp_path / "c.safetensors", {"n" * 400: np.ones(1)}, {"nnbackend": meta})
+    header_length = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    cap = -(-header_length // 3) - 1  # 3 * cap is just under the header's length
+    assert len(meta) <= cap
+    with pytest.raises(CheckpointError, match=f"this reader takes at most {3 * cap}"):
+        SafetensorsCheckpoint(str(path), cap)
+    path = _write(tmp_path / "bad.safetensors", {}, {"nnbackend": "{"})
+    with pytest.raises(CheckpointError, match=rf"^{path}: the metadata entry is corrupted"):
+        SafetensorsCheckpoint(str(path), 1000)
+    path = _write(tmp_path / "v.safetensors", {}, {"nnbackend": "[]"})
+    with pytest.raises(CheckpointError, match=rf"^{path}: not an nnbackend checkpoint"):
+        SafetensorsCheckpoint(str(path), 1000)
+
+
+def test_whether_a_process_is_alive(monkeypatch):
+    from nnbackend.io import _files
+
+    assert _files._pid_alive(os.getpid()) is True
+    assert _files._pid_alive(1) is True  # init: alive, whether or not we may signal it
+    assert _files._pid_alive(0) is False  # 0 and below name process groups, not a process
+    assert _files._pid_alive(-5) is False
+    assert _files._pid_alive(2**70) is True  # cannot tell: the temporary file is kept
+    monkeypatch.setattr(os, "name", "nt")  # never probed there: kill() would signal it
+    assert _files._pid_alive(2**30) is True
+
+
+F2 = {"dtype": "F32", "shape": [2]}
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "message"),
+    [({"a": {**F2, "data_offsets": [0, 8]}, "b": {**F2, "data_offsets": [4, 12]}}, 12,
+      "entry 'b' overlaps another in the data buffer"),
+     ({"a": {**F2, "data_offsets": [0, 8]}, "b": {**F2, "data_offsets": [12, 20]}}, 20,
+      "entry 'b' leaves a gap before it in the data buffer"),
+     ({"a": {**F2, "data_offsets": [4, 12]}}, 12, "entry 'a' leaves a gap before it in the data "
+      "buffer"),
+     ({"a": {**F2, "data_offsets": [0, 8]}}, 12, "the entries cover 8 of the 12 data bytes; the "
+      "file has trailing data or is corrupted")],
+)  # fmt: skip
+def test_the_entries_must_tile_the_data_buffer(tmp_path, header, size, message):
+    path = _raw(tmp_path / "t.safetensors", header, b"\0" * size)
+    with pytest.raises(CheckpointError) as info:
+        SafetensorsFile(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_the_length_field_is_checked_against_the_file(tmp_path):
+    path = tmp_path / "s.safetensors"
+    path.write_bytes(b"\x02\x00")
+    with pytest.raises(CheckpointError) as info:
+        SafetensorsFile(path)
+    assert str(info.value) == f"{path}: 2 bytes is too short for a safetensors header"
+    for length in (12, 2**64 - 1):
+        path.write_bytes(struct.pack("<Q", length) + b"{}" + b" " * 8)
+        with pytest.raises(CheckpointError) as info:
+            SafetensorsFile(path)
+        assert str(info.value) == (
+            f"{path}: the header claims {length} bytes, but the file has 10 after the length "
+            "field (this reader takes at most 100000000); the file is truncated or not a "
+            "safetensors file"
+        )
+
+
+def test_a_prefix_too_short_to_hold_a_length_is_no_safetensors():
+    assert looks_like_safetensors(b"\x02" + b"\0" * 6) is False
+
+
+def test_the_plausible_header_lengths_are_2_to_the_cap():
+    from nnbackend.io.safetensors import MAX_HEADER
+
+    def prefix(n: int) -> bytes:
+        return struct.pack("<Q", n) + b"{"
+
+    assert [looks_like_safetensors(prefix(n)) for n in (1, 2, MAX_HEADER, MAX_HEADER + 1)] == [
+        False, True, True, False
+    ]  # fmt: skip

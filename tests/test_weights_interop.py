@@ -4,6 +4,7 @@ parameter lists (nb.load_book_params)."""
 from __future__ import annotations
 
 import pickle
+import warnings
 from itertools import pairwise
 
 import numpy as np
@@ -220,3 +221,86 @@ def test_book_gru_has_no_torch_layout() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(ArgumentError, match="GRU"):
         model.load_state_dict(torch.nn.Sequential(torch.nn.GRU(3, 4)).state_dict(), layout="torch")
+
+
+# -- the book's parameter files: each refusal's whole message, and what a load leaves behind ---
+def test_book_params_refusals_say_what_and_how_to_fix(tmp_path, monkeypatch):
+    from nnbackend.io import book
+
+    path = _book_file(tmp_path / "p.pkl", [np.ones((2, 3)), np.ones(3)])
+    model = nn.Linear(2, 3)
+    with pytest.raises(CheckpointError) as info:
+        nb.load_book_params(model, path)
+    assert str(info.value) == (
+        f"{path}: the book's parameter files are pickles, and reading a pickle can run code "
+        "hidden in it. Pass trust=True only for a file whose origin you trust; nnbackend then "
+        "reads it with an unpickler that builds nothing but NumPy arrays. To share weights "
+        "safely, save them with nnbackend.save(model, 'model.safetensors')"
+    )
+    size = path.stat().st_size
+    monkeypatch.setattr(book, "MAX_BYTES", size)
+    nb.load_book_params(model, path, trust=True)  # exactly the cap is fine
+    monkeypatch.setattr(book, "MAX_BYTES", size - 1)
+    with pytest.raises(CheckpointError) as info:
+        nb.load_book_params(model, path, trust=True)
+    assert str(info.value) == f"{path}: {size} bytes is more than a parameter file holds"
+    monkeypatch.undo()
+    (tmp_path / "bad.pkl").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match=r"parameter file \(UnpicklingError: "):
+        nb.load_book_params(model, tmp_path / "bad.pkl", trust=True)
+    with pytest.raises(CheckpointError) as info:
+        nb.load_book_params(model, _book_file(tmp_path / "one.pkl", [np.ones((2, 3))]), trust=True)
+    assert str(info.value) == (
+        f"{tmp_path / 'one.pkl'}: the file holds 1 arrays, the model has 2 parameters; build "
+        "the model with the book's layers in the book's order"
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [np.ones((2, 3), dtype=np.float32),  # one array, not a list of them
+     [np.ones((2, 3), dtype=np.int64), np.ones(3, dtype=np.int64)]],  # integers
+)  # fmt: skip
+def test_book_params_hold_a_list_of_floating_arrays(tmp_path, content):
+    path = tmp_path / "p.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(content, f)
+    model = nn.Linear(3, 3) if isinstance(content, np.ndarray) else nn.Linear(2, 3)
+    with pytest.raises(CheckpointError) as info:
+        nb.load_book_params(model, path, trust=True)
+    assert str(info.value) == f"{path}: expected a list of floating-point arrays"
+
+
+def test_book_params_beyond_float16_are_refused_without_a_warning(tmp_path):
+    path = tmp_path / "big.pkl"
+    with open(path, "wb") as f:
+        pickle.dump([np.full((2, 3), 1e6, dtype=np.float32), np.ones(3, dtype=np.float32)], f)
+    with nb.using(backend="numpy", dtype="float16"):
+        model = nn.Linear(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the overflow is reported by the error, not by NumPy
+        with pytest.raises(CheckpointError) as info:
+            nb.load_book_params(model, path, trust=True)
+    assert str(info.value) == (
+        f"{path}: array 0 holds values beyond float16's range; build the model in a wider dtype"
+    )
+
+
+def test_book_params_land_c_ordered_on_the_models_backend_and_device_with_no_gradient(tmp_path):
+    weight = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+    path = tmp_path / "p.pkl"
+    with open(path, "wb") as f:
+        pickle.dump([weight, np.ones(3)], f)
+    with nb.using(backend="array_api_strict", dtype="float32", device="device1"):
+        model = nn.Linear(2, 3)
+        model.weight.grad = nb.namespace().ones((2, 3))
+        nb.load_book_params(model, path, trust=True)
+    data = model.weight.data
+    assert type(data).__module__.startswith("array_api_strict") and "device1" in str(data.device)
+    assert model.weight.grad is None
+    host = np.asarray(nb.to_device(data, "numpy"))
+    np.testing.assert_array_equal(host, weight.astype(np.float32))
+    with nb.using(backend="numpy"):
+        model = nn.Linear(2, 3)
+        nb.load_book_params(model, path, trust=True)
+    assert model.weight.data.flags.c_contiguous

@@ -219,7 +219,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from nnbackend.info import package_version
+    from nnbackend._version import package_version
 
     return package_version()
 

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import threading
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnbackend import config, registry
 from nnbackend.errors import BackendMismatchError, DtypeError
+from nnbackend.typing import Array, DType, Namespace
+
+if TYPE_CHECKING:
+    from nnbackend.backends.base import Backend
+    from nnbackend.backends.ops import Ops
 
 __all__ = ["array_namespace", "backend_for", "namespace", "ops_for"]
 
@@ -242,11 +247,28 @@ def _check_device_dtype(backend: str, dtype: str, device: str, info: Any, device
 
 class NamespaceInfo:
     """``__array_namespace_info__()`` of an nnbackend namespace: the backend's own inspection
-    object, with ``default_dtypes()`` reporting nnbackend's default floating dtype."""
+    object, with ``default_dtypes()`` reporting nnbackend's default floating dtype and
+    ``default_device()`` the device the namespace's creation functions place arrays on."""
 
-    def __init__(self, base_info: Any, default: Any) -> None:
+    def __init__(self, base_info: Any, default: Any, device: Any = None, base: Any = None) -> None:
         self._base_info = base_info
         self._default = default
+        self._device = device
+        self._base = base
+
+    def default_device(self) -> Any:
+        """The device arrays made without ``device=`` land on: the ``using(device=...)``
+        block's device, else the library's default. jax's own answer is ``None`` ("whatever
+        the current default is") while its arrays report a concrete device, so where the
+        library answers ``None`` the device of a fresh empty array is returned instead: then
+        ``xp.zeros(3, device=info.default_device()).device == info.default_device()`` holds
+        on every backend, as the standard's inspection API promises."""
+        if self._device is not None:
+            return self._device
+        found = self._base_info.default_device()
+        if found is None and self._base is not None:
+            found = self._base.empty((0,)).device
+        return found
 
     def default_dtypes(self, *, device: Any = None) -> dict[str, Any]:
         dtypes = dict(self._base_info.default_dtypes(device=device))
@@ -286,7 +308,7 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
     ns.__dict__.update(_creation_functions(base, default, device_object))
     if hasattr(base, "fft"):
         ns.fft = _fft_module(base.fft, default, device_object)  # type: ignore[attr-defined]
-    info = NamespaceInfo(base_info, default)
+    info = NamespaceInfo(base_info, default, device_object, base)
     ns.__array_namespace_info__ = lambda: info  # type: ignore[attr-defined]
     ns.__nnbackend__ = (backend, dtype, device)  # type: ignore[attr-defined]
     ns.__wrapped__ = base  # type: ignore[attr-defined]
@@ -301,7 +323,7 @@ def _float16_backends() -> list[str]:
     ]
 
 
-def namespace(backend: str | None = None, dtype: Any = None) -> Any:
+def namespace(backend: str | None = None, dtype: DType | str | None = None) -> Namespace:
     """The Array API namespace of the active backend, whose creation functions default to the
     active floating dtype.
 
@@ -350,7 +372,7 @@ def _lookup(backend: str, dtype: str, device: str | None, generation: int) -> Mo
     return ns
 
 
-def array_namespace(*arrays: Any, dtype: Any = None) -> Any:
+def array_namespace(*arrays: Any, dtype: DType | str | None = None) -> Namespace:
     """The nnbackend namespace of the backend that owns ``arrays``.
 
     Python scalars and ``None`` are skipped; with no arrays at all the active namespace is
@@ -402,7 +424,7 @@ def _floating_dtype(arrays: tuple[Any, ...]) -> str | None:
 _by_type: dict[type, tuple[Any, Any]] = {}
 
 
-def backend_for(array: Any) -> tuple[Any, Any]:
+def backend_for(array: Array) -> tuple[Namespace, Backend]:
     """``(xp, record)`` for an array: the backend's own Array API namespace (no dtype
     defaulting: callers pass dtypes explicitly) and its :class:`~nnbackend.Backend` record.
 
@@ -438,7 +460,7 @@ type, or ``None``; the engine's per-op lookup without a call frame (internal API
 _ops: dict[Any, Any] = {}
 
 
-def ops_for(xp: Any, array: Any) -> Any:
+def ops_for(xp: Namespace, array: Array) -> Ops:
     """The operations object (:class:`nnbackend.backends.ops.Ops`) of ``array``'s backend,
     whose namespace is ``xp``: one dictionary lookup after the first call. Built by the
     backend record's ``ops`` factory; dropped when the registry changes."""

@@ -32,13 +32,17 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.device import map_arrays, once
 from nnbackend.errors import ArgumentError, CheckpointError
 from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.nn.module import convert_like
+from nnbackend.typing import Array, Namespace
+
+if TYPE_CHECKING:
+    from nnbackend.backends.ops import Ops
 
 __all__ = [
     "SGD",
@@ -109,11 +113,11 @@ def _loaded_hyperparameter(key: str, value: Any) -> float:
 def _checked_lr(opt: Any) -> float:
     """``opt.lr`` as a float, or an ArgumentError before anything is updated: ``lr`` may be
     changed between steps, and NaN, infinite or negative rates would corrupt every weight."""
-    lr = opt.lr
+    lr: object = opt.lr  # whatever the user assigned since
     if type(lr) is float and 0.0 <= lr < math.inf:  # the usual case: one comparison
         return lr
     # A real number (int, float, numpy.float32, ...); never a bool or a string.
-    value = float(lr) if isinstance(lr, numbers.Real) and not isinstance(lr, bool) else math.nan
+    value = float(lr) if not isinstance(lr, bool) and isinstance(lr, numbers.Real) else math.nan
     if not 0.0 <= value < math.inf:
         raise ArgumentError(
             f"{type(opt).__name__}.lr must be a finite number >= 0 at step(), got {lr!r}; set "
@@ -128,7 +132,7 @@ class _Slot:
 
     __slots__ = ("ops", "tiny", "xp")
 
-    def __init__(self, ops: Any, xp: Any, tiny: float) -> None:
+    def __init__(self, ops: Ops, xp: Namespace, tiny: float) -> None:
         self.ops, self.xp, self.tiny = ops, xp, tiny
 
     def eps(self, eps: float) -> float:
@@ -212,7 +216,7 @@ class Optimizer:
                 continue
             p.data = slot.ops.apply_update(rule, p.data, g, st, names, slot)
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         """The update of one parameter: from its data ``p``, gradient ``g``, state ``st`` (a
         dict of arrays, updated by rebinding its entries) and ``slot`` (the ops and the eps
         floor), the new data. Written once with the ops' update primitives, which write in
@@ -220,7 +224,7 @@ class Optimizer:
         raise NotImplementedError
 
     # -- moving --------------------------------------------------------------------------
-    def _apply(self, fn: Callable[[Any], Any]) -> Optimizer:
+    def _apply(self, fn: Callable[[Array], Array]) -> Optimizer:
         """Rebind every array this optimizer holds to ``fn`` of it: its parameters (data and
         ``.grad``; the Parameter objects stay, so the model's links hold), its state arrays
         (the state dicts stay the same dicts) and arrays or Tensors in other attributes; then
@@ -337,7 +341,7 @@ class Optimizer:
         return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
 
 
-def _zeros_state(st: dict[str, Any], name: str, p: Any, xp: Any) -> Any:
+def _zeros_state(st: dict[str, Any], name: str, p: Array, xp: Namespace) -> Array:
     """The state array ``st[name]``, made as zeros like ``p`` (an array) on first use."""
     found = st.get(name)
     if found is None:
@@ -361,7 +365,7 @@ class SGD(Optimizer):
             if g is not None:
                 p.data = slot.ops.sub_scaled_(p.data, lr, g)
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         return slot.ops.sub_scaled_(p, self.lr, g)
 
 
@@ -385,7 +389,7 @@ class Momentum(Optimizer):
         super().__init__(params, lr)
         self.momentum = _fraction("momentum", momentum)
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, mu = slot.ops, self.momentum
         b = _zeros_state(st, "momentum_buffer", p, slot.xp)
         b = st["momentum_buffer"] = ops.add_(ops.mul_(b, mu), g)
@@ -396,7 +400,7 @@ class Nesterov(Momentum):
     """Nesterov's accelerated gradient in PyTorch's form (``SGD(momentum=m,
     nesterov=True)``): ``b = momentum * b + g; p -= lr * (g + momentum * b)``."""
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, mu = slot.ops, self.momentum
         b = _zeros_state(st, "momentum_buffer", p, slot.xp)
         b = st["momentum_buffer"] = ops.add_(ops.mul_(b, mu), g)
@@ -415,7 +419,7 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr)
         self.eps = _positive("eps", eps)
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, xp = slot.ops, slot.xp
         h = st["h"] = ops.add_(_zeros_state(st, "h", p, xp), g * g)
         return ops.sub_(p, self.lr * g / (xp.sqrt(h) + slot.eps(self.eps)))
@@ -439,7 +443,7 @@ class RMSprop(Optimizer):
         self.alpha = _fraction("alpha", alpha)
         self.eps = _positive("eps", eps)
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, xp, a = slot.ops, slot.xp, self.alpha
         h = ops.mul_(_zeros_state(st, "h", p, xp), a)
         h = st["h"] = ops.add_(h, (1.0 - a) * (g * g))
@@ -474,7 +478,7 @@ class Adam(Optimizer):
         self.eps = _positive("eps", eps)
         self.weight_decay = _positive("weight_decay", weight_decay)
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, xp = slot.ops, slot.xp
         lr, b1, b2, wd = self.lr, self.beta1, self.beta2, self.weight_decay
         m = _zeros_state(st, "m", p, xp)
@@ -517,7 +521,7 @@ class BookAdam(Adam):
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
 
-    def _rule(self, p: Any, g: Any, st: dict[str, Any], slot: _Slot) -> Any:
+    def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, xp = slot.ops, slot.xp
         lr, b1, b2, wd = self.lr, self.beta1, self.beta2, self.weight_decay
         m = _zeros_state(st, "m", p, xp)
@@ -548,7 +552,7 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float = 1e-6) -> Any:
+def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float = 1e-6) -> Array:
     """Scale the gradients so that their global L2 norm is at most ``max_norm``.
 
     Everything happens on the device: the factor ``min(1, max_norm / (norm + eps))`` is a 0-d

@@ -162,8 +162,8 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     with _lock:
-        if _entry_points_loaded:
-            return
+        if _entry_points_loaded:  # set by another thread while this one waited
+            return  # type: ignore[unreachable]  # mypy narrows the global across the lock
         _entry_points_loaded = True
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in _records:

@@ -44,6 +44,7 @@ from nnbackend.autograd import anomaly
 from nnbackend.autograd.mode import is_grad_enabled, restore_grad_enabled, set_grad_enabled
 from nnbackend.errors import DtypeError, GradientError, ShapeError
 from nnbackend.namespace import backend_for, cached_backend_for_type
+from nnbackend.typing import Array, DType, Namespace
 
 __all__ = ["Function", "run_backward"]
 
@@ -77,7 +78,7 @@ class Function:
     #: and dtype: the engine then skips its per-input check (user Functions keep it).
     trusted_grads: bool = False
 
-    xp: Any
+    xp: Namespace
     inputs: tuple[Any, ...]
     outputs: tuple[Any, ...]
     needs_input_grad: tuple[bool, ...]
@@ -85,11 +86,11 @@ class Function:
     #: The node's creation order among recorded nodes (set when it joins the graph).
     seq: int
 
-    def forward(self, *xs: Any) -> Any:
+    def forward(self, *xs: Array) -> Any:
         """Compute the outputs (one array or a tuple of arrays) from raw arrays."""
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def backward(self, *gys: Any) -> Any:
+    def backward(self, *gys: Array) -> Any:
         """Return the gradient of each input (a tuple when there are several inputs), from
         raw arrays to raw arrays.
 
@@ -208,7 +209,7 @@ class Function:
         return type(self).__name__
 
 
-def as_array(xp: Any, y: Any) -> Any:
+def as_array(xp: Namespace, y: Any) -> Any:
     """``y`` as an array of ``xp``'s backend: NumPy returns scalars (``numpy.float64``), not
     0-d arrays, from arithmetic and reductions on 0-d arrays; the Array API (and in-place
     writes into a 0-d ``.grad``) needs arrays. Arrays, ``None`` and Python scalars pass."""
@@ -217,7 +218,7 @@ def as_array(xp: Any, y: Any) -> Any:
     return xp.asarray(y)
 
 
-def as_arrays(xp: Any, ys: Any) -> Any:
+def as_arrays(xp: Namespace, ys: Any) -> Any:
     """:func:`as_array` of one output or of each in a tuple."""
     if type(ys) is tuple:
         return tuple([as_array(xp, y) for y in ys])
@@ -253,7 +254,7 @@ def _is_floating(xp: Any, a: Any) -> bool:
         return _dtype_name(dtype) in config.DTYPES
 
 
-def expected_dtype(f: Function, xs: Any) -> Any:
+def expected_dtype(f: Function, xs: Any) -> DType:
     """The dtype the policy gives ``f``'s floating outputs: its ``output_dtype`` when it casts,
     else the dtype of its first floating input (ops never promote), else the active default
     float dtype."""
@@ -309,7 +310,7 @@ def check_gradient(f: Function, x: Any, gx: Any) -> None:
         )
 
 
-def add_arrays(xp: Any, a: Any, b: Any) -> Any:
+def add_arrays(xp: Namespace, a: Array, b: Array) -> Array:
     """``a + b``, an array also for 0-d operands on NumPy."""
     out = a + b
     return out if type(out) is type(a) else as_array(xp, out)

@@ -276,8 +276,8 @@ class Where(Function):
     def graph_backward(self, gy: Tensor) -> tuple[Any, Any]:
         na, nb = self.needs_input_grad
         sa, sb = self.shapes
-        ga = sum_to(Where(self.cond)(gy, 0.0), sa) if na else None
-        gb = sum_to(Where(self.cond)(0.0, gy), sb) if nb else None
+        ga = sum_to(Where(self.cond)(gy, 0.0), sa) if na and sa is not None else None
+        gb = sum_to(Where(self.cond)(0.0, gy), sb) if nb and sb is not None else None
         return ga, gb
 
 
@@ -310,8 +310,8 @@ class _Extremum(Function):
         na, nb = self.needs_input_grad
         sa, sb = self.shapes
         wa = self.wa
-        ga = sum_to(gy * piecewise(self.inputs[0], wa), sa) if na else None
-        gb = sum_to(gy * piecewise(self.inputs[1], 1.0 - wa), sb) if nb else None
+        ga = sum_to(gy * piecewise(self.inputs[0], wa), sa) if na and sa is not None else None
+        gb = sum_to(gy * piecewise(self.inputs[1], 1.0 - wa), sb) if nb and sb is not None else None
         return ga, gb
 
 
@@ -596,7 +596,7 @@ class Split(Function):
             start += n
         return tuple(outs)
 
-    def graph_backward(self, *gys: Tensor) -> Tensor:
+    def graph_backward(self, *gys: Tensor | None) -> Tensor:
         xp = self.xp
         parts = []
         for g, n in zip(gys, self.sizes, strict=True):

@@ -8,6 +8,7 @@ from typing import Any
 from nnbackend.autograd import function as _function
 from nnbackend.errors import DtypeError, GradientError
 from nnbackend.namespace import backend_for, namespace, ops_for
+from nnbackend.typing import Array, Device, DType, Namespace
 
 __all__ = ["Tensor", "as_tensor"]
 
@@ -43,8 +44,8 @@ class Tensor:
     __array_ufunc__ = None
     __array_priority__ = 1000
 
-    data: Any
-    grad: Any
+    data: Array
+    grad: Array  # or None before a backward pass (callers filter; Array is Any)
     creator: Any
     generation: int
     requires_grad: bool
@@ -97,7 +98,7 @@ class Tensor:
         return tuple(self.data.shape)
 
     @property
-    def dtype(self) -> Any:
+    def dtype(self) -> DType:
         """The backend dtype of ``.data``."""
         return self.data.dtype
 
@@ -115,7 +116,7 @@ class Tensor:
         return n
 
     @property
-    def device(self) -> Any:
+    def device(self) -> Device:
         """The device ``.data`` lives on (the backend's device object)."""
         return getattr(self.data, "device", "cpu")
 
@@ -125,7 +126,7 @@ class Tensor:
         return str(backend_for(self.data)[1].name)
 
     @property
-    def xp(self) -> Any:
+    def xp(self) -> Namespace:
         """The Array API namespace of ``.data``."""
         return backend_for(self.data)[0]
 
@@ -143,7 +144,7 @@ class Tensor:
             return int(x)
         return float(x)
 
-    def numpy(self) -> Any:
+    def numpy(self) -> Array:
         """A host NumPy copy of ``.data``."""
         return ops_for(backend_for(self.data)[0], self.data).host_copy(self.data)
 
@@ -248,7 +249,7 @@ class Tensor:
         self.grad = None
 
     # -- moving (nnbackend.to_device calls these; see nnbackend.device.Movable) ------------
-    def _apply(self, fn: Callable[[Any], Any]) -> Tensor:
+    def _apply(self, fn: Callable[[Array], Array]) -> Tensor:
         """Rebind ``.data`` and ``.grad`` to ``fn`` of them (``fn`` maps one backend array to
         another, e.g. onto another device); both are computed before either is bound.
         Returns ``self``."""
@@ -258,7 +259,7 @@ class Tensor:
         self.grad = grad
         return self
 
-    def _applied(self, fn: Callable[[Any], Any]) -> Tensor:
+    def _applied(self, fn: Callable[[Array], Array]) -> Tensor:
         """A new leaf Tensor of the same class holding ``fn(self.data)``, with
         ``requires_grad``, ``name`` and ``fn(self.grad)`` carried over; ``self`` is unchanged."""
         new = type(self)._wrap(fn(self.data), self.requires_grad)
@@ -487,7 +488,7 @@ class Tensor:
         """Split along ``axis`` into equal parts or parts of the given lengths."""
         return _F.split(self, sections, axis)
 
-    def astype(self, dtype: Any) -> Tensor:
+    def astype(self, dtype: DType | str) -> Tensor:
         """This tensor converted to the floating ``dtype`` ("float16", "float32", ... or a
         dtype object), in the graph: the gradient is converted back to this tensor's dtype.
         Always a new array."""

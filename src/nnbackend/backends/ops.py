@@ -29,6 +29,8 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from nnbackend.typing import Array, DType, Namespace
+
 __all__ = ["NATIVE", "Compute", "Ops", "lstm_cell", "lstm_cell_backward", "tanh_sigmoid"]
 
 
@@ -53,10 +55,10 @@ class Compute:
 
     __slots__ = ("dtype", "ops", "store", "wide")
 
-    def __init__(self, ops: Any, dtype: Any, store: Any, wide: bool) -> None:
+    def __init__(self, ops: Any, dtype: DType, store: DType, wide: bool) -> None:
         self.ops, self.dtype, self.store, self.wide = ops, dtype, store, wide
 
-    def widen(self, a: Any) -> Any:
+    def widen(self, a: Array) -> Array:
         """``a`` in the compute dtype."""
         if a is None or a.dtype == self.dtype:
             return a
@@ -64,7 +66,7 @@ class Compute:
             return self.ops._to_wide(a)
         return self.ops.astype(a, self.dtype)
 
-    def narrow(self, a: Any, dtype: Any = None) -> Any:
+    def narrow(self, a: Array, dtype: DType | None = None) -> Array:
         """``a`` in ``dtype`` (default: the dtype the node stores)."""
         target = self.store if dtype is None else dtype
         if a is None or a.dtype == target:
@@ -73,7 +75,7 @@ class Compute:
             return self.ops._to_narrow(a)
         return self.ops.astype(a, target)
 
-    def widen_weight(self, w: Any) -> Any:
+    def widen_weight(self, w: Array) -> Array:
         """:meth:`widen` for a weight that lives across steps: its float32 copy is kept
         (where the ops may cache) and rewritten in the same memory each call."""
         if w.dtype != self.store:
@@ -86,15 +88,15 @@ class _Native(Compute):
 
     __slots__ = ()
 
-    def widen(self, a: Any) -> Any:
+    def widen(self, a: Array) -> Array:
         """``a`` itself."""
         return a
 
-    def narrow(self, a: Any, dtype: Any = None) -> Any:
+    def narrow(self, a: Array, dtype: DType | None = None) -> Array:
         """``a`` itself."""
         return a
 
-    def widen_weight(self, w: Any) -> Any:
+    def widen_weight(self, w: Array) -> Array:
         """``w`` itself."""
         return w
 
@@ -109,30 +111,30 @@ class _Cast(Compute):
 
     __slots__ = ()
 
-    def widen(self, a: Any) -> Any:
+    def widen(self, a: Array) -> Array:
         """``a`` cast to the compute dtype."""
         if a is None or a.dtype == self.dtype:
             return a
         return self.ops.convert(a, self.dtype)
 
-    def narrow(self, a: Any, dtype: Any = None) -> Any:
+    def narrow(self, a: Array, dtype: DType | None = None) -> Array:
         """``a`` in ``dtype`` (default: left in the compute dtype)."""
         if a is None or dtype is None or a.dtype == dtype:
             return a
         return self.ops.convert(a, dtype)
 
-    def widen_weight(self, w: Any) -> Any:
+    def widen_weight(self, w: Array) -> Array:
         """``w`` cast to the compute dtype."""
         return self.widen(w)
 
 
-def tanh_sigmoid(xp: Any, x: Any) -> Any:
+def tanh_sigmoid(xp: Namespace, x: Array) -> Array:
     """``sigmoid(x)`` as ``0.5 * tanh(x / 2) + 0.5``, on raw arrays."""
     # The tanh form never overflows (1 / (1 + exp(-x)) does in float16 below x = -11).
     return 0.5 * xp.tanh(0.5 * x) + 0.5
 
 
-def lstm_cell(xp: Any, a: Any, c_prev: Any) -> tuple[Any, ...]:
+def lstm_cell(xp: Namespace, a: Array, c_prev: Array) -> tuple[Array, ...]:
     """The elementwise part of one LSTM step, gates in the book's order ``(f, g, i, o)``:
     from the pre-activations ``a`` (N, 4H) and the previous cell ``c_prev`` (N, H),
     ``(h, c, f, g, i, o, tanh(c))`` (each (N, H); the last five are what the backward needs).
@@ -148,8 +150,16 @@ def lstm_cell(xp: Any, a: Any, c_prev: Any) -> tuple[Any, ...]:
 
 
 def lstm_cell_backward(
-    xp: Any, dh: Any, dc: Any, f: Any, g: Any, i: Any, o: Any, tc: Any, c_prev: Any
-) -> tuple[Any, Any]:
+    xp: Namespace,
+    dh: Array,
+    dc: Array,
+    f: Array,
+    g: Array,
+    i: Array,
+    o: Array,
+    tc: Array,
+    c_prev: Array,
+) -> tuple[Array, Array]:
     """The backward of :func:`lstm_cell`: from the gradients of ``h`` and ``c``, the gradient
     of the pre-activations ``da`` (N, 4H) and of the previous cell ``dc_prev`` (N, H)."""
     ds = dc + dh * o * (1.0 - tc * tc)
@@ -196,6 +206,8 @@ class Ops:
         may_cache: whether arrays may be kept between calls (:meth:`cached`).
         float16_compute: ``"native"`` or ``"float32"``: how float16 arithmetic runs;
             ``"probe"`` lets :meth:`float16_policy` decide per device.
+        small_float16_native: where float16 is widened, whether arrays below a node's size
+            threshold stay in float16.
     """
 
     #: Whether arrays made by these ops may be cached between calls. A tracing backend
@@ -203,8 +215,13 @@ class Ops:
     may_cache: bool = True
     #: "native": float16 math in float16; "float32": widened; "probe": measured per device.
     float16_compute: str = "native"
+    #: Where float16 is widened: whether arrays below a node's size threshold still compute
+    #: in float16. True for NumPy, whose software float16 costs less than two conversions on
+    #: a few hundred elements; False where small float16 kernels are slow paths (torch on a
+    #: CPU: its tiny float16 products ran 2.3x the float32 step).
+    small_float16_native: bool = True
 
-    def __init__(self, xp: Any, record: Any) -> None:
+    def __init__(self, xp: Namespace, record: Any) -> None:
         self.xp, self.record = xp, record
         caps = record.capabilities
         self.inplace = bool(caps.inplace)
@@ -259,7 +276,7 @@ class Ops:
 
         return np
 
-    def host_copy(self, x: Any) -> Any:
+    def host_copy(self, x: Array) -> Array:
         """A new, writable NumPy array with ``x``'s values (never shares memory with ``x``)."""
         import numpy as np
 
@@ -271,11 +288,11 @@ class Ops:
         ``"max_pool2d"``, ...), or ``None`` where it offers none."""
         return self._extra.get(name)
 
-    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+    def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
         """``a @ b``; into ``out`` where the library can write there (``out`` is a hint)."""
         return a @ b
 
-    def scatter_add(self, target: Any, indices: Any, values: Any) -> Any:
+    def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """``target`` with ``values[i]`` added into the row ``indices[i]``, repeated indices
         accumulating; returns the result (``target`` itself where written in place). The
         default is a one-hot matrix product that needs only the standard."""
@@ -292,11 +309,11 @@ class Ops:
         summed = c.narrow(c.widen(onehot).T @ c.widen(flat))
         return target + xp.reshape(summed, target.shape)
 
-    def expand(self, x: Any, shape: tuple[int, ...]) -> Any:
+    def expand(self, x: Array, shape: tuple[int, ...]) -> Array:
         """``x`` broadcast to ``shape`` as a new, writable array."""
         return self.xp.zeros(shape, dtype=x.dtype) + x
 
-    def one(self, dtype: Any) -> Any:
+    def one(self, dtype: DType) -> Array:
         """A new 0-d array holding 1 in ``dtype`` (a copy of a cached one: ``astype`` copies;
         about 0.13 us on NumPy against 1.06 us for ``xp.asarray(1.0, dtype=...)``)."""
         cached = self.cached(("one", dtype), lambda: self.xp.asarray(1.0, dtype=dtype))
@@ -312,7 +329,7 @@ class Ops:
         return found
 
     # -- float16 policy --------------------------------------------------------------------
-    def float16_policy(self, x: Any = None) -> str:
+    def float16_policy(self, x: Array | None = None) -> str:
         """``"native"`` or ``"float32"``: how float16 math runs for arrays like ``x`` here."""
         return "native" if self.float16_compute == "probe" else self.float16_compute
 
@@ -326,30 +343,34 @@ class Ops:
             self._slow = self.float16 if wide else None
         return self._slow
 
-    def compute_dtype(self, dtype: Any, like: Any = None) -> Any:
+    def compute_dtype(self, dtype: DType, like: Array | None = None) -> DType:
         """The dtype arithmetic on ``dtype`` runs in (on ``like``'s device): float32 for
         float16 where float16 is slow, ``dtype`` otherwise."""
         slow = self._slow if self._decided else self._slow_dtype(like)
         return self.float32 if slow is not None and dtype == slow else dtype
 
-    def compute(self, x: Any, min_size: int = 0) -> Compute:
+    def compute(self, x: Array, min_size: int = 0) -> Compute:
         """The :class:`Compute` for a node on ``x``: float32 when ``x`` is float16, float16
         math is slow here, and ``x`` has at least ``min_size`` elements (below that the
         conversions cost more than they save); else :data:`NATIVE`."""
         slow = self._slow if self._decided else self._slow_dtype(x)
-        if slow is None or x.dtype != slow or (min_size and _size(x) < min_size):
+        if slow is None or x.dtype != slow:
+            return NATIVE
+        if min_size and self.small_float16_native and _size(x) < min_size:
             return NATIVE
         return self._wide
 
-    def compute_product(self, x: Any, n_out: int, min_macs: int = 2048) -> Compute:
+    def compute_product(self, x: Array, n_out: int, min_macs: int = 2048) -> Compute:
         """:meth:`compute` for a product of ``x`` with ``n_out`` columns: widened only from
         ``min_macs`` multiply-adds on (the size is looked at only where it matters)."""
         slow = self._slow if self._decided else self._slow_dtype(x)
-        if slow is None or x.dtype != slow or _size(x) * n_out < min_macs:
+        if slow is None or x.dtype != slow:
+            return NATIVE
+        if self.small_float16_native and _size(x) * n_out < min_macs:
             return NATIVE
         return self._wide
 
-    def compute_as(self, dtype: Any, like: Any = None) -> Compute:
+    def compute_as(self, dtype: DType, like: Array | None = None) -> Compute:
         """The :class:`Compute` for a node that computes in ``dtype`` whatever its operands'
         dtypes (mixed precision), on ``like``'s device: float32 stored as ``dtype`` where
         ``dtype`` is slow there, else a cast to ``dtype``."""
@@ -358,7 +379,7 @@ class Ops:
             return self._wide
         return _Cast(self, dtype, dtype, False)
 
-    def widen(self, x: Any, out: Any = None) -> Any:
+    def widen(self, x: Array, out: Array | None = None) -> Array:
         """``x`` in its compute dtype (float16 -> float32 where float16 is slow; otherwise
         ``x`` itself); into ``out`` (a float32 array of ``x``'s shape) where the backend can."""
         slow = self._slow if self._decided else self._slow_dtype(x)
@@ -366,14 +387,14 @@ class Ops:
             return x
         return self._to_wide(x, out)
 
-    def narrow(self, x: Any, like: Any = None, dtype: Any = None) -> Any:
+    def narrow(self, x: Array, like: Array | None = None, dtype: DType | None = None) -> Array:
         """``x`` stored in ``like``'s dtype (or ``dtype``); ``x`` itself where it already is."""
         target = like.dtype if like is not None else dtype
         if target is None or x.dtype == target:
             return x
         return self.convert(x, target)
 
-    def convert(self, x: Any, dtype: Any) -> Any:
+    def convert(self, x: Array, dtype: DType) -> Array:
         """``x`` as ``dtype`` (a new array), with the backend's fast float16 conversions."""
         f16 = self.float16
         if f16 is not None:
@@ -386,14 +407,14 @@ class Ops:
                 )
         return self.xp.astype(x, dtype)
 
-    def dtype(self, name: str) -> Any:
+    def dtype(self, name: str) -> DType | None:
         """The backend's dtype called ``name``, or ``None`` where it has none (float16 on a
         record whose capabilities say it has none)."""
         if name == "float16":
             return self.float16
         return getattr(self.xp, name, None)
 
-    def accumulate_dtype(self, dtype: Any) -> Any:
+    def accumulate_dtype(self, dtype: DType) -> DType:
         """The dtype statistics and loss scales of ``dtype`` are accumulated in: float32 for
         float16 (its sums overflow and lose small terms) on every backend, else ``dtype``."""
         return self.float32 if self.float16 is not None and dtype == self.float16 else dtype
@@ -437,7 +458,7 @@ class Ops:
             del self._weights[key]
 
     # -- elementwise kernels with a float16 variant ----------------------------------------
-    def relu_mask(self, x: Any) -> Any:
+    def relu_mask(self, x: Array) -> Array:
         """``x > 0`` as a boolean array (0-d arrays stay arrays)."""
         if self.compute(x, _WIDE_MIN_SIZE).wide:
             return self._positive(x)
@@ -446,7 +467,7 @@ class Ops:
             mask = self.xp.asarray(mask)
         return mask
 
-    def leaky_relu(self, x: Any, mask: Any, slope: float) -> Any:
+    def leaky_relu(self, x: Array, mask: Array, slope: float) -> Array:
         """``x`` where ``mask``, ``slope * x`` elsewhere (``mask`` is :meth:`relu_mask`)."""
         xp = self.xp
         c = self.compute(x, _WIDE_MIN_SIZE)
@@ -469,7 +490,7 @@ class Ops:
             found = self.cached(("zero", dtype), lambda: self.xp.zeros((), dtype=dtype))
         return found
 
-    def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
+    def leaky_relu_backward(self, gy: Array, mask: Array, slope: float) -> Array:
         """The gradient of :meth:`leaky_relu`: ``gy`` where ``mask``, ``slope * gy`` else."""
         c = self.compute(gy, _WIDE_MIN_SIZE)
         if c.wide:
@@ -558,7 +579,7 @@ class Ops:
         return self.update(data, c.narrow(new))
 
     # -- random bits -----------------------------------------------------------------------
-    def uniform(self, generator: Any, shape: tuple[int, ...], like: Any) -> Any:
+    def uniform(self, generator: Any, shape: tuple[int, ...], like: Array) -> Array:
         """Uniform numbers in [0, 1) of ``shape``, on ``like``'s device, drawn from
         ``generator`` (the host ``numpy.random.Generator`` inside an
         :class:`nnbackend.random.Generator`): the default draws them on the host and moves
@@ -568,7 +589,7 @@ class Ops:
         moved = self.from_host(values, None if self.record.name == "numpy" else device)
         return moved
 
-    def dropout_mask(self, generator: Any, like: Any, p: float) -> Any:
+    def dropout_mask(self, generator: Any, like: Array, p: float) -> Array:
         """The inverted-dropout factors for ``like``: 0 with probability ``p``, else
         ``1 / (1 - p)``, in ``like``'s dtype and on its device."""
         keep = self.uniform(generator, tuple(like.shape), like) >= p

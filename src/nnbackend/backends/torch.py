@@ -234,6 +234,7 @@ class TorchOps(Ops):
     ``NNBACKEND_FLOAT16_COMPUTE`` says), and random bits drawn on CUDA devices."""
 
     float16_compute = "probe"
+    small_float16_native = False
 
     def __init__(self, xp: Any, record: Any) -> None:
         super().__init__(xp, record)

@@ -109,7 +109,7 @@ _INDEX_CACHE_SIZE = 64
 def _gather_indices(xp: Any, like: Any, geometry: tuple[int, ...]) -> Any:
     n, c, hp, wp, kh, kw, sh, sw, dh, dw, oh, ow = geometry
     device = getattr(like, "device", None)
-    key = (xp, device if type(device).__hash__ else repr(device), geometry)
+    key = (xp, device if type(device).__hash__ is not None else repr(device), geometry)
     found = _index_cache.get(key)
     if found is None:
         i64 = xp.int64
@@ -481,7 +481,7 @@ def _to_compute(x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any]:
     if compute is None:
         return x, weight, bias
     target = float_dtype(_data(weight), compute)
-    return tuple(  # type: ignore[return-value]
+    return tuple(
         a if a is None or _data(a).dtype == target else cast(a, compute) for a in (x, weight, bias)
     )
 

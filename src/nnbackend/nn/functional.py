@@ -426,7 +426,12 @@ def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
     they may cache) per combination, not made once per step."""
     dtype, device = labels.dtype, getattr(labels, "device", None)
     # cupy.cuda.Device defines __eq__ without __hash__: key such devices by their repr.
-    key = ("class_range", n_classes, dtype, device if type(device).__hash__ else repr(device))
+    key = (
+        "class_range",
+        n_classes,
+        dtype,
+        device if type(device).__hash__ is not None else repr(device),
+    )
 
     def make() -> Any:  # the dtype check runs only on a cache miss, not every step
         if not xp.isdtype(dtype, "integral"):
@@ -956,16 +961,19 @@ def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, A
     return _back_to(gx, dtypes[0]), _back_to(gw, dtypes[1]), _back_to(gb, dtypes[2])
 
 
-Linear.graph_backward = _linear_graph_backward  # type: ignore[method-assign]
-Sigmoid.graph_backward = _sigmoid_graph_backward  # type: ignore[method-assign]
-Tanh.graph_backward = _tanh_graph_backward  # type: ignore[method-assign]
-LeakyReLU.graph_backward = _leaky_relu_graph_backward  # type: ignore[method-assign]
-Softmax.graph_backward = _softmax_graph_backward  # type: ignore[method-assign]
-LogSoftmax.graph_backward = _log_softmax_graph_backward  # type: ignore[method-assign]
-SoftmaxCrossEntropy.graph_backward = _softmax_cross_entropy_graph_backward  # type: ignore[method-assign]
-MaskedSoftmaxCrossEntropy.graph_backward = _masked_softmax_cross_entropy_graph_backward  # type: ignore[method-assign]
-SigmoidCrossEntropy.graph_backward = _sigmoid_cross_entropy_graph_backward  # type: ignore[method-assign]
-MSE.graph_backward = _mse_graph_backward  # type: ignore[method-assign]
-Dropout.graph_backward = _dropout_graph_backward  # type: ignore[method-assign]
-Embedding.graph_backward = _embedding_graph_backward  # type: ignore[method-assign]
-LayerNorm.graph_backward = _layer_norm_graph_backward  # type: ignore[method-assign]
+# Attached to their classes here, kept apart from the first-order paths. mypy checks each
+# against Function.graph_backward(self: Function, *gys), while these take their own node
+# class as `self` (sound: only that class calls them): hence `assignment` too.
+Linear.graph_backward = _linear_graph_backward  # type: ignore[method-assign,assignment]
+Sigmoid.graph_backward = _sigmoid_graph_backward  # type: ignore[method-assign,assignment]
+Tanh.graph_backward = _tanh_graph_backward  # type: ignore[method-assign,assignment]
+LeakyReLU.graph_backward = _leaky_relu_graph_backward  # type: ignore[method-assign,assignment]
+Softmax.graph_backward = _softmax_graph_backward  # type: ignore[method-assign,assignment]
+LogSoftmax.graph_backward = _log_softmax_graph_backward  # type: ignore[method-assign,assignment]
+SoftmaxCrossEntropy.graph_backward = _softmax_cross_entropy_graph_backward  # type: ignore[method-assign,assignment]
+MaskedSoftmaxCrossEntropy.graph_backward = _masked_softmax_cross_entropy_graph_backward  # type: ignore[method-assign,assignment]
+SigmoidCrossEntropy.graph_backward = _sigmoid_cross_entropy_graph_backward  # type: ignore[method-assign,assignment]
+MSE.graph_backward = _mse_graph_backward  # type: ignore[method-assign,assignment]
+Dropout.graph_backward = _dropout_graph_backward  # type: ignore[method-assign,assignment]
+Embedding.graph_backward = _embedding_graph_backward  # type: ignore[method-assign,assignment]
+LayerNorm.graph_backward = _layer_norm_graph_backward  # type: ignore[method-assign,assignment]

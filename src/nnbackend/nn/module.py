@@ -22,6 +22,7 @@ from nnbackend.config import normalize_dtype
 from nnbackend.device import map_arrays, once, to_device
 from nnbackend.errors import ArgumentError, CheckpointError, DtypeError
 from nnbackend.namespace import backend_for, ops_for
+from nnbackend.typing import Array
 
 __all__ = ["Module", "Parameter", "Sequential"]
 
@@ -146,7 +147,7 @@ class Module:
         self._buffers.pop(name, None)
         object.__delattr__(self, name)
 
-    def register_buffer(self, name: str, array: Any) -> None:
+    def register_buffer(self, name: str, array: Array | Tensor | None) -> None:
         """Register ``array`` (a backend array, a Tensor, or ``None``) as the state ``name``
         that is not trained but belongs to the model, such as BatchNorm's running mean.
 
@@ -315,7 +316,7 @@ class Module:
             param.grad = None
 
     # -- devices -------------------------------------------------------------------------
-    def _apply(self, fn: Callable[[Any], Any]) -> Module:
+    def _apply(self, fn: Callable[[Array], Array]) -> Module:
         """Rebind every array this module holds to ``fn`` of it, recursively through the
         children: parameters and their ``.grad`` (the same Parameter objects stay), buffers,
         and arrays or Tensors held in other attributes (also inside lists, dicts and tuples).
@@ -517,7 +518,7 @@ def _holds_layers(value: Any) -> bool:
     return any(isinstance(item, (Module, Parameter)) for item in items)
 
 
-def convert_like(value: Any, like: Any, where: str) -> Any:
+def convert_like(value: Any, like: Array, where: str) -> Array:
     """A copy of ``value`` on ``like``'s backend and device, after checking shape and dtype;
     ``where`` names the entry in the :class:`~nnbackend.errors.CheckpointError` otherwise.
     Shared by ``Module.load_state_dict`` and the optimizers' ``load_state_dict``."""

@@ -371,6 +371,8 @@ def _group_norm(x: Any, num_groups: int, weight: Any, bias: Any, eps: float) -> 
 
 class _BatchNorm(Module):
     _ndims: tuple[int, ...] = ()
+    running_mean: Tensor | None  # buffers (register_buffer), None without running stats
+    running_var: Tensor | None
 
     def __init__(
         self,

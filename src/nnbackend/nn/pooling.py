@@ -210,7 +210,7 @@ class AvgPool(_Pool):
         self.width = self.kernel[0] * self.kernel[1]
         if not self.by_offsets:
             return self._out(xp.mean(self._columns(padded), axis=1))
-        total = None
+        total: Any = None  # the sum over the offsets (there is at least one)
         for _, rows, columns in self._offsets():
             v = padded[:, :, rows, columns]
             total = v if total is None else total + v

@@ -69,7 +69,9 @@ def _flat(xp: Any, a: Any) -> Any:
     return xp.reshape(a, (-1, a.shape[-1]))
 
 
-def _input_grads(self: Any, x: Any, hprev: Any, da: Any, dh0: Any, extra: Any = None) -> tuple:
+def _input_grads(
+    self: Any, x: Any, hprev: Any, da: Any, dh0: Any, extra: Any = None
+) -> tuple[Any, ...]:
     """The gradients of ``(x, h0, [c0,] wx, wh, b)`` from the stacked pre-activation
     gradients ``da`` (N, T, G*H): three matrix products over all time steps at once."""
     xp, wx = self.xp, self.wx
@@ -105,7 +107,7 @@ class RNNFunction(Function):
         self.hs = xp.stack(hs, axis=1)
         return self.hs, h
 
-    def backward(self, ghs: Any, ghT: Any) -> tuple:
+    def backward(self, ghs: Any, ghT: Any) -> tuple[Any, ...]:
         xp, hs, wh = self.xp, self.hs, self.wh
         t = hs.shape[1]
         whT = xp.matrix_transpose(wh)
@@ -128,7 +130,7 @@ class LSTMFunction(Function):
 
     grad_may_alias = False
 
-    def forward(self, x: Any, h0: Any, c0: Any, wx: Any, wh: Any, b: Any) -> tuple:
+    def forward(self, x: Any, h0: Any, c0: Any, wx: Any, wh: Any, b: Any) -> tuple[Any, ...]:
         xp = self.xp
         n, t = x.shape[0], x.shape[1]
         hsz = wh.shape[0]
@@ -147,7 +149,7 @@ class LSTMFunction(Function):
         self.hs = xp.stack(hs, axis=1)
         return self.hs, h, c
 
-    def backward(self, ghs: Any, ghT: Any, gcT: Any) -> tuple:
+    def backward(self, ghs: Any, ghT: Any, gcT: Any) -> tuple[Any, ...]:
         xp, wh, hs, cs = self.xp, self.wh, self.hs, self.cs
         t = hs.shape[1]
         whT = xp.matrix_transpose(wh)
@@ -194,7 +196,7 @@ class GRUFunction(Function):
         self.hs = xp.stack(hs, axis=1)
         return self.hs, h
 
-    def backward(self, ghs: Any, ghT: Any) -> tuple:
+    def backward(self, ghs: Any, ghT: Any) -> tuple[Any, ...]:
         xp, wh, hs = self.xp, self.wh, self.hs
         hsz = wh.shape[0]
         t = hs.shape[1]

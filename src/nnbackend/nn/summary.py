@@ -77,7 +77,7 @@ def summary(model: Module, x: Any = None, *, input_shape: tuple[int, ...] | None
     elif x is not None and input_shape is not None:
         raise ArgumentError("give x or input_shape, not both")
     shapes = _run(model, x) if x is not None else {}
-    rows = [("layer", "type", "output shape", "parameters")]
+    rows: list[tuple[str, ...]] = [("layer", "type", "output shape", "parameters")]
     for name, module in model.named_modules():
         count = sum(math.prod(p.data.shape) for p in module.parameters())
         rows.append(

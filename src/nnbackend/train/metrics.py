@@ -296,7 +296,7 @@ def default_metric(loss_fn: Any) -> Metric | None:
     Raises:
         ArgumentError: the declaration is none of these (the message names the loss).
     """
-    choice = getattr(loss_fn, "default_metric", _UNDECLARED)
+    choice: Any = getattr(loss_fn, "default_metric", _UNDECLARED)  # checked by get() below
     if choice is _UNDECLARED:
         return Accuracy()
     if callable(choice) and not isinstance(choice, Metric):
