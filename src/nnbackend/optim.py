@@ -34,6 +34,7 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from nnbackend.autograd import trace
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.device import map_arrays, once
 from nnbackend.errors import ArgumentError, CheckpointError
@@ -199,6 +200,7 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
+    @trace.recorded
     def step(self) -> None:
         """Update every parameter that has a gradient."""
         if type(self)._rule is Optimizer._rule:
@@ -351,6 +353,7 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Tensor] | Any, lr: float = 0.01) -> None:
         super().__init__(params, lr)
 
+    @trace.recorded
     def step(self) -> None:
         lr = self.lr = _checked_lr(self)
         self.steps += 1
@@ -548,6 +551,7 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
+@trace.recorded
 def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float = 1e-6) -> Any:
     """Scale the gradients so that their global L2 norm is at most ``max_norm``.
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nnbackend.autograd import function as _function
+from nnbackend.autograd import trace as _trace
 from nnbackend.errors import DtypeError, GradientError
 from nnbackend.namespace import backend_for, namespace, ops_for
 
@@ -199,6 +200,11 @@ class Tensor:
                 "backward() on a tensor that does not require a gradient: no input of its graph "
                 "has requires_grad=True (or it was computed under no_grad())"
             )
+        if _function._switch.maybe:
+            rec = _trace.current()
+            if rec is not None:  # compile_step is recording: it runs and records this pass
+                rec.backward(self, grad, retain_grad, create_graph)
+                return
         data = self.data
         xp = backend_for(data)[0]
         if grad is None:

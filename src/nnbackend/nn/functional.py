@@ -664,12 +664,16 @@ def mse_loss(y: Any, t: Any) -> Tensor:
 class Dropout(Function):
     grad_may_alias = False
 
-    def __init__(self, mask: Any) -> None:
-        self.mask = mask
+    def __init__(self, p: float, generator: Any) -> None:
+        self.p, self.generator = p, generator
 
     def forward(self, x: Any) -> Any:
-        c = self.c = _ops(self.xp, x).compute(x, WIDE_MIN_SIZE)
-        self.mask = c.widen(self.mask)
+        # The mask is drawn here, from the inputs, not given to the constructor: a replayed
+        # step (compile_step) runs forward again and so draws a fresh mask every time.
+        k = _ops(self.xp, x)
+        mask = k.dropout_mask(self.generator._host, x, self.p)
+        c = self.c = k.compute(x, WIDE_MIN_SIZE)
+        self.mask = c.widen(mask)
         return c.narrow(c.widen(x) * self.mask)
 
     def backward(self, gy: Any) -> Any:
@@ -693,10 +697,8 @@ def dropout(x: Any, p: float, training: bool = True, generator: Any = None) -> T
         return x if isinstance(x, Tensor) else Tensor(x)
     from nnbackend import random
 
-    data = _data(x)
     rng = generator if generator is not None else random.default_generator()
-    mask = _ops(backend_for(data)[0], data).dropout_mask(rng._host, data, p)
-    return Dropout(mask)(x)
+    return Dropout(p, rng)(x)
 
 
 def _bad_indices(xp: Any, indices: Any, n: int) -> Any:
