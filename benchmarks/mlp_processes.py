@@ -17,7 +17,8 @@ it does not steal the next worker's cores. Reported per implementation: the medi
 step, page faults per step in the timed loops, peak RSS; per pair: the median of per-round
 ratios; and the load average over the rounds.
 
-Implementation ``engine_keep`` is the engine with the opt-in allocator setting
+Implementation ``compiled`` is the engine's step through ``nb.compile_step`` (recorded on
+its first calls, then replayed on raw arrays). Implementation ``engine_keep`` is the engine with the opt-in allocator setting
 ``NNBACKEND_KEEP_FREED_MEMORY=1`` (glibc keeps freed memory: no page faults in steady state).
 
 Configurations (float32 unless named): ``tiny`` 2-10-3 sigmoid, batch 30; ``medium``
@@ -68,8 +69,8 @@ CONFIGS = {
             "sigmoid",
             30,
             "float32",
-            ("engine", "hand", "book", "torch"),
-            (("engine", "hand", 1.4),),
+            ("engine", "compiled", "hand", "book", "torch"),
+            (("engine", "hand", 1.4), ("compiled", "hand", 1.0)),
         ),
         Config(
             "medium",
@@ -77,8 +78,8 @@ CONFIGS = {
             "relu",
             256,
             "float32",
-            ("engine", "hand", "torch", "gemm_numpy", "gemm_torch"),
-            (("engine", "torch", 0.95), ("engine", "hand", 1.0)),
+            ("engine", "compiled", "hand", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", 0.95), ("engine", "hand", 1.0), ("compiled", "hand", 1.0)),
         ),
         Config(
             "medium_f64",
@@ -132,6 +133,13 @@ def _make_step(impl: str, config: Config) -> Any:
         nb.set_backend("numpy")
         step = engine_step(sizes, act, dtype)
         return lambda: step(x, t)
+    if impl == "compiled":
+        import nnbackend as nb
+        from benchmarks._nets import engine_step
+
+        nb.set_backend("numpy")
+        compiled = nb.compile_step(engine_step(sizes, act, dtype))
+        return lambda: compiled(x, t)
     if impl == "hand":
         from benchmarks._nets import HandMLP
 

@@ -48,7 +48,7 @@ import itertools
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from nnbackend import config
@@ -435,9 +435,10 @@ class _Recorder:
         else:
             outs = [f"v{k}"]
             arrays = [ys]
-            if getattr(ys, "shape", None) == ():
-                call = f"_as1(n{k}.xp, {call})"
             self.lines.append(f"    v{k} = {call}")
+            if getattr(ys, "shape", None) == ():  # NumPy may give a scalar: as __call__ does
+                self.scope[f"T{k}"] = type(ys)
+                self.lines.append(f"    if type(v{k}) is not T{k}: v{k} = _as1(n{k}.xp, v{k})")
         for name, y in zip(outs, arrays, strict=True):
             if y is not None and type(y) not in _SCALARS:
                 self.names[id(y)] = name
@@ -447,6 +448,9 @@ class _Recorder:
         if self.in_call:
             return method(*args, **kwargs)
         self._check_unchanged(f"before {method.__qualname__}")
+        # An iterator argument (model.parameters() as a generator) would be spent after one
+        # call: the recording keeps, and the call gets, its items.
+        args = tuple(list(a) if isinstance(a, Iterator) else a for a in args)
         j = len(self.calls)
         self.calls.append((method, args, kwargs))
         self.scope[f"F{j}"] = method
@@ -533,8 +537,10 @@ class _Recorder:
         if type(seed) is not type(data):
             seed = as_array(xp, seed)
         if getattr(seed, "shape", None) == ():
-            self.lines.append(f"    {root_var} = _as1(XP0, {root_var})")
-            self.scope["XP0"] = xp
+            self.scope["XP0"], self.scope["T_" + rname] = xp, type(seed)
+            self.lines.append(
+                f"    if type({root_var}) is not T_{rname}: {root_var} = _as1(XP0, {root_var})"
+            )
         self._run_backward(root, seed, retain_grad, root_var)
 
     def _grad_var(self, t: Tensor) -> str:
@@ -596,7 +602,11 @@ class _Recorder:
                 xd = x.data
                 if type(gx) is not type(xd):
                     gx = as_array(f.xp, gx)
-                    src = f"_as1(n{k}.xp, {src})"
+                if getattr(xd, "shape", None) == ():  # a NumPy scalar gradient: as run_backward
+                    self.scope[f"T{k}_{i}"] = type(xd)
+                    lines.append(f"    _x = {src}")
+                    lines.append(f"    if type(_x) is not T{k}_{i}: _x = _as1(n{k}.xp, _x)")
+                    src = "_x"
                 if check and (gx.shape != xd.shape or gx.dtype != xd.dtype):
                     from nnbackend.autograd.function import check_gradient
 
