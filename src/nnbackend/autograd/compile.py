@@ -305,13 +305,13 @@ class _Recording:
 def _record(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[_Recording, Any]:
     """Run ``fn(*args)`` eagerly with a recorder on; return its recording and result."""
     rec = _Recorder(args)
-    token = trace._recorder.set(rec)
+    token = trace.start(rec)
     config.count_blocks("trace", 1)
     try:
         result = fn(*args)
     finally:
         config.count_blocks("trace", -1)
-        trace._recorder.reset(token)
+        trace.stop(token)
     rec.finish(result)
     return _Recording(rec), result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from nnbackend import config
 from nnbackend.autograd import function as _function
 from nnbackend.autograd import trace as _trace
 from nnbackend.errors import DtypeError, GradientError
@@ -13,6 +14,7 @@ from nnbackend.namespace import backend_for, namespace, ops_for
 __all__ = ["Tensor", "as_tensor"]
 
 _new = object.__new__
+_switch = config.engine_switch
 
 
 class Tensor:
@@ -200,7 +202,7 @@ class Tensor:
                 "backward() on a tensor that does not require a gradient: no input of its graph "
                 "has requires_grad=True (or it was computed under no_grad())"
             )
-        if _function._switch.maybe:
+        if _switch.maybe:
             rec = _trace.current()
             if rec is not None:  # compile_step is recording: it runs and records this pass
                 rec.backward(self, grad, retain_grad, create_graph)

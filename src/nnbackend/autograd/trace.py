@@ -17,12 +17,23 @@ from typing import Any, TypeVar
 
 from nnbackend.errors import CompileError
 
-__all__ = ["current", "recorded", "refuse"]
+__all__ = ["current", "recorded", "refuse", "start", "stop"]
 
 _recorder: ContextVar[Any] = ContextVar("nnbackend_step_recorder", default=None)
 
 current = _recorder.get
 """The recorder active in this context, or ``None`` (a bound ``ContextVar.get``)."""
+
+
+def start(recorder: Any) -> Any:
+    """Make ``recorder`` the active one in this context; returns the token for :func:`stop`."""
+    return _recorder.set(recorder)
+
+
+def stop(token: Any) -> None:
+    """End the recording :func:`start` began (the previous recorder, if any, is active again)."""
+    _recorder.reset(token)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
