@@ -4,7 +4,7 @@
 | ----------- | ----------------------------------------------------------------------------- |
 | `tests`     | installs `.[test]` and torch, runs pytest on every available backend          |
 | `tests-jax` | installs `.[test,jax]`, runs pytest on the jax backend with `JAX_ENABLE_X64=1`  |
-|             | (not a default session until the engine stops writing in place: issue 13)      |
+|             | (not a default session: the whole suite again, slower on jax; CI runs it)     |
 | `lint`      | `ruff check` and `ruff format --check`                                         |
 | `typecheck` | mypy on `src/nnbackend` (config in pyproject.toml)                             |
 | `gpu`       | on a CUDA machine, in the *current* environment: `scripts/gpu_check.py` (gpu   |
@@ -61,7 +61,8 @@ def tests(session: nox.Session) -> None:
 def tests_jax(session: nox.Session) -> None:
     """pytest on the jax backend (CPU), float64 cases included: ``JAX_ENABLE_X64=1`` is set for
     the run, as nnbackend never switches jax's x64 on itself. Not in the default sessions:
-    the engine and optimizers still write in place (issue 13, item 6, second wave)."""
+    it runs the whole suite a second time, slower (each operation is a jax dispatch); CI's
+    ``.ci/run`` runs it as a required step."""
     session.install(".[test,jax]")
     session.run(
         "pytest",

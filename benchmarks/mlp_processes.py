@@ -18,7 +18,11 @@ step, page faults per step in the timed loops, peak RSS; per pair: the median of
 ratios; and the load average over the rounds.
 
 Implementation ``compiled`` is the engine's step through ``nb.compile_step`` (recorded on
-its first calls, then replayed on raw arrays). Implementation ``engine_keep`` is the engine with the opt-in allocator setting
+its first calls, then replayed on raw arrays). Implementation ``engine_jax`` (``--jax``:
+added to every configuration) is the same engine on the jax backend, eager, each step waiting
+for its loss.
+
+Implementation ``engine_keep`` is the engine with the opt-in allocator setting
 ``NNBACKEND_KEEP_FREED_MEMORY=1`` (glibc keeps freed memory: no page faults in steady state).
 
 Configurations (float32 unless named): ``tiny`` 2-10-3 sigmoid, batch 30; ``medium``
@@ -29,6 +33,7 @@ batch 1; ``large`` 4096-4096-4096-10, batch 512 (``--large`` only: a step takes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -57,7 +62,7 @@ class Config:
     batch: int
     dtype: str
     workers: tuple[str, ...]
-    targets: tuple[tuple[str, str, float], ...] = ()  # (a, b, at most) on a / b
+    targets: tuple[tuple[str, str, float | None], ...] = ()  # (a, b, at most) on a / b
 
 
 CONFIGS = {
@@ -140,6 +145,18 @@ def _make_step(impl: str, config: Config) -> Any:
         nb.set_backend("numpy")
         compiled = nb.compile_step(engine_step(sizes, act, dtype))
         return lambda: compiled(x, t)
+    if impl == "engine_jax":  # the same engine on jax, eager (op by op, no jax.jit)
+        import jax
+        import jax.numpy as jnp
+
+        import nnbackend as nb
+        from benchmarks._nets import engine_step
+
+        step = engine_step(sizes, act, dtype, backend="jax")
+        xj, tj = jnp.asarray(x), jnp.asarray(t)
+        # jax dispatches asynchronously: each step waits for its loss, as a loop that reads
+        # it would, so the time is the step's and not its dispatch's.
+        return lambda: jax.block_until_ready(step(xj, tj).data)
     if impl == "hand":
         from benchmarks._nets import HandMLP
 
@@ -384,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="BLAS / OpenMP threads per worker (default: the libraries' own choice)",
     )
+    parser.add_argument(
+        "--jax", action="store_true", help="add the engine on the jax backend (engine_jax)"
+    )
     parser.add_argument("--json", help="write the raw results to this file")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -393,7 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     names = list(args.config or DEFAULT_CONFIGS) + (["large"] if args.large else [])
     results = []
     for name in names:
-        result = measure(CONFIGS[name], args.rounds, args.round_s, args.threads)
+        config = CONFIGS[name]
+        if args.jax:
+            config = dataclasses.replace(
+                config,
+                workers=(*config.workers, "engine_jax"),
+                targets=(*config.targets, ("engine_jax", "engine", None)),
+            )
+            CONFIGS[name] = config  # rows_of looks the configuration up by name
+        result = measure(config, args.rounds, args.round_s, args.threads)
         results.append(result)
         for r in rows_of(result):
             target = f"  [{r.target}: {'met' if r.passed else 'MISSED'}]" if r.target else ""

@@ -263,3 +263,210 @@ def test_the_branch_check_finds_what_it_looks_for(tmp_path: Path) -> None:
     found = " ".join(_branch_problems(bad))
     for what in ("backends.host", "inplace", "float16", "_wide", ".capabilities"):
         assert what in found
+
+
+# -- JaxOps: no in-place writes anywhere -----------------------------------------------------
+def _jax_ops() -> Any:
+    jnp = pytest.importorskip("jax.numpy")
+    with nb.using(backend="jax", dtype="float32"):
+        return ops_for(jnp, jnp.zeros((1,), dtype=jnp.float32))
+
+
+def test_jax_scatter_add_accumulates_repeated_indices_into_a_new_array() -> None:
+    ops = _jax_ops()
+    jnp = ops.xp
+    target = jnp.ones((4, 3), dtype=jnp.float32)
+    values = jnp.reshape(jnp.arange(15, dtype=jnp.float32), (5, 3))
+    out = ops.scatter_add(target, jnp.asarray([0, 2, 0, 0, 3]), values)
+    want = np.ones((4, 3), np.float32)
+    np.add.at(want, [0, 2, 0, 0, 3], np.arange(15, dtype=np.float32).reshape(5, 3))
+    np.testing.assert_array_equal(_host(ops, out), want)
+    np.testing.assert_array_equal(_host(ops, target), np.ones((4, 3)))
+
+
+def test_jax_write_sets_through_at_without_the_fallback() -> None:
+    ops = _jax_ops()
+    jnp = ops.xp
+    target = jnp.zeros((3, 4), dtype=jnp.float32)
+
+    def fallback() -> Any:
+        raise AssertionError("JaxOps.write must not need the out-of-place fallback")
+
+    out = ops.write(target, (slice(None), slice(1, 3)), jnp.ones((3, 2), jnp.float32), fallback)
+    want = np.zeros((3, 4), np.float32)
+    want[:, 1:3] = 1.0
+    np.testing.assert_array_equal(_host(ops, out), want)
+    np.testing.assert_array_equal(_host(ops, target), np.zeros((3, 4)))
+
+
+def test_jax_update_primitives_return_new_values() -> None:
+    ops = _jax_ops()
+    jnp = ops.xp
+    assert not ops.inplace and not ops.may_cache and ops.float16_compute == "native"
+    y = jnp.asarray([1.0, 2.0], dtype=jnp.float32)
+    x = jnp.asarray([0.5, 4.0], dtype=jnp.float32)
+    got = {
+        "add_": ops.add_(y, x),
+        "sub_": ops.sub_(y, x),
+        "mul_": ops.mul_(y, 3.0),
+        "sub_scaled_": ops.sub_scaled_(y, 0.5, x),
+        "update": ops.update(y, x),
+    }
+    want = {
+        "add_": [1.5, 6.0],
+        "sub_": [0.5, -2.0],
+        "mul_": [3.0, 6.0],
+        "sub_scaled_": [0.75, 0.0],
+        "update": [0.5, 4.0],
+    }
+    for name, value in got.items():
+        np.testing.assert_array_equal(_host(ops, value), want[name], err_msg=name)
+    np.testing.assert_array_equal(_host(ops, y), [1.0, 2.0])
+
+
+def test_jax_caches_constants_only_outside_a_trace() -> None:
+    ops = _jax_ops()
+    jax = pytest.importorskip("jax")
+    made: list[int] = []
+
+    def make() -> Any:
+        made.append(1)
+        return ops.xp.asarray(2.0, dtype=ops.xp.float32)
+
+    @jax.jit
+    def traced(x: Any) -> Any:
+        return x * ops.cached(("test-jax", 1), make)
+
+    for _ in range(2):
+        traced(ops.xp.ones(2, dtype=ops.xp.float32))
+        traced(ops.xp.ones(3, dtype=ops.xp.float32))  # a new shape: traced again
+    assert len(made) == 2 and ("test-jax", 1) not in ops._cache  # tracers never kept
+    ops.cached(("test-jax", 2), make)
+    ops.cached(("test-jax", 2), make)
+    assert len(made) == 3  # a concrete constant is kept
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_keeps_its_state_on_jax(name: str) -> None:
+    """Each rule stores what the ops return: on jax (no in-place writes) a rule that updated a
+    state array through a local alias would leave the state at zero and the parameters off
+    NumPy's."""
+    ops = _jax_ops()
+    jnp = ops.xp
+    rng = np.random.default_rng(5)
+    start = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(4)]
+    start[1] = start[1].astype(np.float32)
+    grads = [[rng.standard_normal(a.shape).astype(np.float32) for a in start] for _ in range(3)]
+    kwargs = {"weight_decay": 0.1} if name in ("Adam", "AdamW", "BookAdam") else {}
+    results = {}
+    for backend, asarray in (("numpy", np.asarray), ("jax", jnp.asarray)):
+        with nb.using(backend=backend, dtype="float32"):
+            params = [nn.Parameter(asarray(a.copy())) for a in start]
+            opt = getattr(optim, name)(params, lr=0.05, **kwargs)
+            states = []
+            for step in grads:
+                for p, g in zip(params, step, strict=True):
+                    p.grad = asarray(g)
+                opt.step()
+                states.append(
+                    [
+                        {k: np.array(ops.host_copy(v)) for k in opt.state_names for v in [st[k]]}
+                        for st in opt.state
+                    ]
+                )
+            results[backend] = ([np.array(ops.host_copy(p.data)) for p in params], states)
+    (p_np, s_np), (p_jax, s_jax) = results["numpy"], results["jax"]
+    for a, b in zip(p_np, p_jax, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    for step_np, step_jax in zip(s_np, s_jax, strict=True):
+        for st_np, st_jax in zip(step_np, step_jax, strict=True):
+            assert set(st_np) == set(st_jax)
+            for key in st_np:
+                np.testing.assert_allclose(st_jax[key], st_np[key], rtol=1e-5, atol=1e-6)
+    for key in results["jax"][1][0][0]:  # every state array moved between steps
+        assert not np.array_equal(s_jax[0][0][key], s_jax[-1][0][key]), key
+    for a, b in zip(start, p_jax, strict=True):
+        assert not np.array_equal(a, b)
+
+
+_GETITEM_PEAK = """
+import nnbackend as nb
+from nnbackend.autograd import ops as o
+from nnbackend.autograd.tensor import Tensor
+
+def vmhwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+
+with nb.using(backend="jax", dtype="float32"):
+    xp = nb.namespace()
+    x = Tensor(xp.ones((192, 192)), requires_grad=True)
+    o.sum(x * x).backward()  # jax warmed up without indexing
+    base = vmhwm()
+    x = Tensor(xp.ones((192, 192)), requires_grad=True)
+    y = x[:, :96]
+    o.sum(y * y).backward()
+    total = float(xp.sum(x.grad))
+    print(vmhwm() - base, total)
+"""
+
+
+def test_jax_indexing_backward_builds_no_big_temporary() -> None:
+    """``x[:, :96]`` of a 192x192 float32 array: the gradient is written through ``.at[]``,
+    not by the standard-only fallback (a 36864 x 18432 mask, 3.2 GiB of peak memory)."""
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc/self/status (VmHWM)")
+    done = subprocess.run(
+        [sys.executable, "-c", _GETITEM_PEAK], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    growth, total = done.stdout.split()
+    assert float(total) == 2.0 * 192 * 96
+    assert int(growth) < 50 * 2**20, f"peak RSS grew {int(growth) / 2**20:.0f} MiB"
+
+
+def test_batch_norm_rejects_immutable_running_statistics() -> None:
+    """Raw jax arrays as running statistics cannot be updated: an error, never stale
+    statistics; NumPy arrays are still written in place."""
+    from nnbackend.errors import ArgumentError
+    from nnbackend.nn import normalization as F
+
+    x = np.arange(12.0).reshape(4, 3)
+    mean, var = np.zeros(3), np.ones(3)
+    F.batch_norm(x, mean, var, training=True)
+    np.testing.assert_allclose(mean, 0.1 * x.mean(axis=0))
+    ops = _jax_ops()
+    jnp = ops.xp
+    with nb.using(backend="jax", dtype="float32"):
+        xj = jnp.asarray(x, dtype=jnp.float32)
+        with pytest.raises(ArgumentError, match="immutable"):
+            F.batch_norm(xj, jnp.zeros(3, jnp.float32), jnp.ones(3, jnp.float32), training=True)
+        rm = nb.Tensor(jnp.zeros(3, jnp.float32))
+        F.batch_norm(xj, rm, nb.Tensor(jnp.ones(3, jnp.float32)), training=True)
+        np.testing.assert_allclose(_host(ops, rm.data), 0.1 * x.mean(axis=0), rtol=1e-6)
+
+
+def test_jax_dropout_masks_on_a_cpu_follow_the_host_stream() -> None:
+    """One seed, one mask: on a CPU device jax draws NumPy's numbers (gradient checks
+    recompute a seeded dropout on NumPy and need the same mask)."""
+    from nnbackend import random
+    from nnbackend.nn import functional as F
+
+    ops = _jax_ops()
+    jnp = ops.xp
+    x = jnp.ones((50, 40), dtype=jnp.float32)
+    with nb.using(backend="jax", dtype="float32"):
+        masks = [
+            _host(ops, F.dropout(x, 0.5, generator=random.Generator(s)).data) for s in (7, 7, 8)
+        ]
+    with nb.using(backend="numpy", dtype="float32"):
+        host = F.dropout(np.ones((50, 40), np.float32), 0.5, generator=random.Generator(7)).data
+    np.testing.assert_array_equal(masks[0], masks[1])
+    np.testing.assert_array_equal(masks[0], host)
+    assert not np.array_equal(masks[0], masks[2])
+    assert set(np.unique(masks[0])) == {0.0, 2.0}

@@ -144,12 +144,21 @@ class BatchNormEval(_Float32Statistics):
         return tuple(grads) if len(grads) > 1 else grads[0]
 
 
-def _set(holder: Any, value: Any) -> None:
-    """Store new running statistics: rebind a Tensor (a buffer), or write into an array."""
+def _set(holder: Any, value: Any, xp: Any, what: str) -> None:
+    """Store new running statistics: rebind a Tensor (a buffer), or write into an array
+    (through the ops: an array of a backend without in-place writes cannot be updated, and
+    silently keeping the old statistics would be wrong, so that is an error)."""
     if isinstance(holder, Tensor):
         holder.data = value
-    else:
-        holder[...] = value
+        return
+    ops = ops_for(xp, holder)
+    if not ops.inplace:
+        raise ArgumentError(
+            f"batch_norm: {what} is a {ops.record.name} array, which cannot be updated in place "
+            "(the backend's arrays are immutable); pass the running statistics as Tensors "
+            "(nb.Tensor(array)), whose .data is rebound, or use nn.BatchNorm"
+        )
+    ops.update(holder, value)
 
 
 def _mixed(x: Any, like: Any) -> tuple[Any, Any]:
@@ -180,7 +189,8 @@ def batch_norm(
 
     ``training=True`` normalises by the batch's mean and biased variance and, when
     ``running_mean`` / ``running_var`` are given (Tensors, such as a layer's buffers, are
-    rebound; arrays are written in place), updates them to ``(1 - momentum) running +
+    rebound; arrays are written in place, and an array of a backend whose arrays are
+    immutable, such as jax, raises ArgumentError), updates them to ``(1 - momentum) running +
     momentum batch`` with the unbiased variance. ``training=False`` normalises by the running
     statistics. ``weight`` and ``bias`` (per channel) scale and shift the result. Under a
     mixed precision policy ("mixed16") the normalisation runs in the parameters' dtype
@@ -189,7 +199,7 @@ def batch_norm(
     Raises:
         ShapeError: ``x`` has fewer than 2 axes, or a per-channel array has the wrong length.
         ArgumentError: training on a single value per channel, or evaluating without running
-            statistics.
+            statistics, or running statistics given as immutable (jax) arrays when training.
     """
     x, compute = _mixed(x, weight if weight is not None else running_mean)
     y = _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
@@ -251,8 +261,8 @@ def _batch_norm(
         rm, rv = _data(running_mean), _data(running_var)
         xp = node.xp
         mean, var = xp.astype(node.mean, rm.dtype), xp.astype(node.var, rv.dtype)
-        _set(running_mean, rm * (1.0 - m) + mean * m)
-        _set(running_var, rv * (1.0 - m) + var * (m * count / (count - 1)))
+        _set(running_mean, rm * (1.0 - m) + mean * m, xp, "running_mean")
+        _set(running_var, rv * (1.0 - m) + var * (m * count / (count - 1)), xp, "running_var")
     return y
 
 
