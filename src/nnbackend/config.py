@@ -146,9 +146,7 @@ def count_blocks(kind: str, delta: int) -> None:
     ``"check"``, ``"anomaly"`` or ``"trace"``); internal API for ``using``,
     ``detect_anomaly`` and ``compile_step``."""
     with _lock:
-        name = {"check": "check_blocks", "anomaly": "anomaly_blocks", "trace": "trace_blocks"}[
-            kind
-        ]
+        name = {"check": "check_blocks", "anomaly": "anomaly_blocks", "trace": "trace_blocks"}[kind]
         setattr(_EngineSwitch, name, getattr(_EngineSwitch, name) + delta)
         _refresh_switch()
 

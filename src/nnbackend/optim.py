@@ -339,6 +339,12 @@ class Optimizer:
         return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
 
 
+def _sqrt(x: Any) -> Any:
+    """``math.sqrt`` of a Python float; the square root of a traced scalar otherwise (a jitted
+    step, compile_step on jax, passes the step counts in as arrays)."""
+    return math.sqrt(x) if isinstance(x, float) else x**0.5
+
+
 def _zeros_state(st: dict[str, Any], name: str, p: Any, xp: Any) -> Any:
     """The state array ``st[name]``, made as zeros like ``p`` (an array) on first use."""
     found = st.get(name)
@@ -484,7 +490,7 @@ class Adam(Optimizer):
         v = _zeros_state(st, "v", p, xp)
         t = st["step"] = st.get("step", 0) + 1
         step_size = lr / (1.0 - b1**t)
-        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**t)
+        inv_sqrt_bc2 = 1.0 / _sqrt(1.0 - b2**t)
         if wd:
             if self._decoupled:
                 p = ops.mul_(p, 1.0 - lr * wd)
@@ -526,7 +532,7 @@ class BookAdam(Adam):
         m = _zeros_state(st, "m", p, xp)
         v = _zeros_state(st, "v", p, xp)
         t = st["step"] = st.get("step", 0) + 1
-        lr_t = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        lr_t = lr * _sqrt(1.0 - b2**t) / (1.0 - b1**t)
         if wd:
             g = g + wd * p
         m = st["m"] = ops.add_(m, (1.0 - b1) * (g - m))

@@ -37,6 +37,10 @@ sort, no per-op checks.
   steps depending on the gradients' values), ``backward(create_graph=True)``, a Function with
   only a ``graph_backward``.
 
+On a backend with a tracing compiler (jax) the accepted recording is compiled whole
+(``jax.jit``): parameters, optimizer state and step counts, learning rates, dropout masks
+(drawn outside the trace) and the arguments go in on every call; see docs/compile.md.
+
 Replays do not set intermediate Tensors' ``.grad`` (``retain_grad``), and each node keeps the
 arrays its ``backward`` needs until the next replay (an eager graph frees them when the loss
 goes). The returned Tensors are outside any graph.
@@ -77,6 +81,7 @@ def compile_step(
     check: bool = True,
     key: Callable[[], Hashable] | None = None,
     cache_size: int = 8,
+    jit: bool = True,
 ) -> CompiledStep:
     """Compile ``fn``, a function running one training step, into a :class:`CompiledStep`:
     recorded on its first calls, replayed on raw arrays afterwards (see the module's tracing
@@ -91,6 +96,8 @@ def compile_step(
         key: returns extra Python state the step depends on (e.g. ``lambda: model.training``):
             part of the signature.
         cache_size: how many signatures' recordings to keep.
+        jit: on a backend with a tracing compiler (jax), compile the whole recorded step
+            with it (``jax.jit``); ``False`` replays the nodes eagerly there too.
 
     >>> import nnbackend as nb
     >>> from nnbackend import nn, optim
@@ -117,7 +124,7 @@ def compile_step(
         raise ArgumentError(f"compile_step: key must be a callable or None, got {key!r}")
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
         raise ArgumentError(f"compile_step: cache_size must be an int >= 1, got {cache_size!r}")
-    return CompiledStep(fn, check=check, key=key, cache_size=cache_size)
+    return CompiledStep(fn, check=check, key=key, cache_size=cache_size, jit=jit)
 
 
 class CompiledStep:
@@ -137,11 +144,13 @@ class CompiledStep:
         check: bool = True,
         key: Callable[[], Hashable] | None = None,
         cache_size: int = 8,
+        jit: bool = True,
     ) -> None:
         self.fn = fn
         self.check = bool(check)
         self.key = key
         self.cache_size = cache_size
+        self.jit = bool(jit)
         self.records = 0
         self.replays = 0
         self.eager_signatures: dict[Hashable, str] = {}
@@ -199,6 +208,10 @@ class CompiledStep:
                     stacklevel=2,
                 )
                 return result
+        if self.jit and new.leaves:
+            jitted = _JitRecording.make(new)
+            if jitted is not None:
+                new = jitted  # type: ignore[assignment]
         self._cache[sig] = new
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -257,8 +270,11 @@ class _Recording:
         self.calls = rec.calls
         self.requires = [t.requires_grad for t in rec.leaves]
         self._last = [t.data for t in rec.leaves]
+        self.draws = rec.draws
+        self.backend = rec.backend
+        self.scope = rec.scope
         scope: dict[str, Any] = dict(rec.scope)
-        exec(compile(self.code, "<nnbackend compiled step>", "exec"), scope)  # noqa: S102
+        exec(compile(self.code, "<nnbackend compiled step>", "exec"), scope)
         self._replay = scope["_replay"]
 
     def valid(self) -> bool:
@@ -343,6 +359,7 @@ class _Recorder:
         self.grads: dict[int, Any] = {}  # id(leaf) -> the .grad the recording left
         self.in_call = False
         self.backend: Any = None
+        self.draws: list[tuple[Function, tuple[Any, ...]]] = []
         for i, a in enumerate(args):
             d = a.data if isinstance(a, Tensor) else a
             if type(d) in _SCALARS:
@@ -413,6 +430,8 @@ class _Recorder:
         self.node_index[id(f)] = k
         self.pre.append({key: v for key, v in pre.items()})
         self.scope[f"n{k}"] = f
+        if getattr(type(f), "draw_random", None) is not None:  # a jitted replay draws outside
+            self.draws.append((f, tuple(xs)))
         self._call_srcs = srcs
 
     def after_forward(self, f: Function, xs: Any, ys: Any) -> None:
@@ -429,8 +448,9 @@ class _Recorder:
         call = f"n{k}.forward({', '.join(self._call_srcs)})"
         if type(ys) is tuple:
             outs = [f"v{k}_{j}" for j in range(len(ys))]
-            self.lines.append(f"    {', '.join(outs)}{',' if len(outs) == 1 else ''} = "
-                              f"_as(n{k}.xp, {call})")
+            self.lines.append(
+                f"    {', '.join(outs)}{',' if len(outs) == 1 else ''} = _as(n{k}.xp, {call})"
+            )
             arrays = list(ys)
         else:
             outs = [f"v{k}"]
@@ -581,9 +601,7 @@ class _Recorder:
                 elif out.grad is None:
                     exprs.append("None")
                 else:
-                    raise CompileError(
-                        "compile_step: a second backward() through a retained graph"
-                    )
+                    raise CompileError("compile_step: a second backward() through a retained graph")
             gxs = f.backward(*[None if o is None else o.grad for o in outputs])
             tuple_out = type(gxs) is tuple
             lines.append(f"    _r = n{k}.backward({', '.join(exprs)})")
@@ -633,8 +651,11 @@ class _Recorder:
                     g = gx * 1.0
                     x.grad = g if type(g) is type(xd) else as_array(f.xp, g)
                     wrap = "_as1" if type(g) is not type(xd) else ""
-                    lines.append(f"    {leaf}.grad = {wrap}(n{k}.xp, {src} * 1.0)"
-                                 if wrap else f"    {leaf}.grad = {src} * 1.0")
+                    lines.append(
+                        f"    {leaf}.grad = {wrap}(n{k}.xp, {src} * 1.0)"
+                        if wrap
+                        else f"    {leaf}.grad = {src} * 1.0"
+                    )
                 else:
                     x.grad = gx
                     lines.append(f"    {leaf}.grad = {src}")
@@ -682,3 +703,147 @@ class _Recorder:
                 "node made; return Tensors"
             )
         return name
+
+
+def _optimizer_of(method: Any, args: tuple[Any, ...]) -> Any:
+    """The optimizer a recorded call steps (``Optimizer.step`` and overrides), or None."""
+    if method.__name__ != "step" or len(args) != 1:
+        return None
+    opt = args[0]
+    return opt if hasattr(opt, "_entries") and hasattr(opt, "_rule") else None
+
+
+class _JitRecording:
+    """A recording compiled whole by the backend's tracing compiler (``jax.jit``): one pure
+    function of the parameters' arrays, the optimizers' state arrays and step counts, their
+    learning rates, the random draws (dropout masks, drawn outside from the same generator
+    stream as eager steps) and the arguments, returning the new parameters, gradients, state
+    and the step's results. Nothing that changes from step to step is a constant of the trace;
+    the other hyperparameters (betas, eps, momentum, weight decay) are, and a change of one
+    traces again."""
+
+    def __init__(self, rec: _Recording, compiler: Callable[..., Any]) -> None:
+        self.rec = rec
+        self.leaves = rec.leaves
+        self.opts = []
+        scope = dict(rec.scope)
+        for j, (method, args, _kwargs) in enumerate(rec.calls):
+            opt = _optimizer_of(method, args)
+            if opt is not None:
+                if opt not in self.opts:
+                    self.opts.append(opt)
+                scope[f"F{j}"] = self._traced_step
+        scope["_W"] = lambda d, _rg: d  # raw arrays out of the trace; wrapped after
+        exec(compile(rec.code, "<nnbackend jitted step>", "exec"), scope)
+        self._replay = scope["_replay"]
+        self._compiler = compiler
+        self._compiled: dict[Hashable, Any] = {}
+        self._updated: set[tuple[int, int]] = set()
+
+    @staticmethod
+    def make(rec: _Recording) -> _JitRecording | None:
+        """A jitted recording where the backend has a tracing compiler, else None."""
+        d = rec.leaves[0].data
+        ops = ops_for(backend_for(d)[0], d)
+        if ops.jit(lambda: None) is None:
+            return None
+        for method, args, _kwargs in rec.calls:
+            opt = _optimizer_of(method, args)
+            if opt is None and method.__name__ == "step":
+                return None  # a step of its own kind: replay it as it is
+        return _JitRecording(rec, ops.jit)
+
+    def valid(self) -> bool:
+        return self.rec.valid()
+
+    # -- inside the trace ------------------------------------------------------------------
+    def _traced_step(self, opt: Any) -> None:
+        # Optimizer.step without its host-side parts (the lr check and the count, done
+        # around the call): each parameter's rule on traced arrays.
+        rule, names = opt._rule, opt.state_names
+        k = self.opts.index(opt)
+        for i, (p, st, slot) in enumerate(opt._entries):
+            g = p.grad
+            if g is None:
+                continue
+            self._updated.add((k, i))
+            p.data = slot.ops.apply_update(rule, p.data, g, st, names, slot)
+
+    def _pure(self, params: Any, states: Any, lrs: Any, draws: Any, args: Any) -> tuple[Any, ...]:
+        leaves, opts = self.leaves, self.opts
+        for t, d in zip(leaves, params, strict=True):
+            t.data, t.grad = d, None
+        for opt, st_list, lr in zip(opts, states, lrs, strict=True):
+            opt.lr = lr
+            for st, new in zip(opt.state, st_list, strict=True):
+                st.update(new)
+        for (node, _xs), mask in zip(self.rec.draws, draws, strict=True):
+            node.draw_random = lambda *_xs, _m=mask: _m
+        try:
+            out = self._replay(*args)
+        finally:
+            for node, _xs in self.rec.draws:
+                node.__dict__.pop("draw_random", None)
+        new_states = [[dict(st) for st in opt.state] for opt in opts]
+        return [t.data for t in leaves], [t.grad for t in leaves], new_states, out
+
+    # -- around it -------------------------------------------------------------------------
+    def run(self, *args: Any) -> Any:
+        leaves, opts = self.leaves, self.opts
+        lrs = [_checked_lr(opt) for opt in opts]
+        static = tuple(
+            tuple(getattr(opt, h) for h in opt.hyperparameters if h != "lr") for opt in opts
+        )
+        fn = self._compiled.get(static)
+        if fn is None:
+            fn = self._compiled[static] = self._compiler(self._pure)
+        draws = [node.draw_random(*xs) for node, xs in self.rec.draws]
+        params = [t.data for t in leaves]
+        states = [[dict(st) for st in opt.state] for opt in opts]
+        saved = [(t.data, t.grad) for t in leaves], [opt.lr for opt in opts], states
+        try:
+            new_params, grads, new_states, out = fn(params, states, lrs, draws, args)
+        except BaseException:
+            self._restore(saved)
+            raise
+        for t, d, g in zip(leaves, new_params, grads, strict=True):
+            t.data, t.grad = d, g
+        updated = self._updated
+        for k, (opt, lr, st_list) in enumerate(zip(opts, lrs, new_states, strict=True)):
+            opt.lr = lr
+            opt.steps += 1
+            for i, (st, new) in enumerate(zip(opt.state, st_list, strict=True)):
+                if "step" in new:  # the count stays a Python int (the trace got it as input)
+                    new["step"] = states[k][i]["step"] + ((k, i) in updated)
+                st.update(new)
+        self.rec._last = [t.data for t in leaves]
+        return _wrap_out(out)
+
+    def _restore(self, saved: Any) -> None:
+        pairs, lrs, states = saved
+        for t, (d, g) in zip(self.leaves, pairs, strict=True):
+            t.data, t.grad = d, g
+        for opt, lr, st_list in zip(self.opts, lrs, states, strict=True):
+            opt.lr = lr
+            for st, old in zip(opt.state, st_list, strict=True):
+                st.clear()
+                st.update(old)
+
+
+def _wrap_out(out: Any) -> Any:
+    if out is None or isinstance(out, Tensor):
+        return out
+    if isinstance(out, tuple):
+        return tuple(_wrap_out(o) for o in out)
+    return Tensor._wrap(out, False)
+
+
+def _checked_lr(opt: Any) -> Any:
+    """``opt.lr`` checked as ``Optimizer.step`` checks it (a float >= 0, finite)."""
+    lr = opt.lr
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0.0 <= lr < math.inf:
+        raise ArgumentError(
+            f"{type(opt).__name__}.lr must be a finite number >= 0 at step(), got {lr!r}; set "
+            "it to a valid rate (e.g. opt.lr = 0.01) before the next step"
+        )
+    return float(lr)

@@ -670,11 +670,16 @@ class Dropout(Function):
     def forward(self, x: Any) -> Any:
         # The mask is drawn here, from the inputs, not given to the constructor: a replayed
         # step (compile_step) runs forward again and so draws a fresh mask every time.
-        k = _ops(self.xp, x)
-        mask = k.dropout_mask(self.generator._host, x, self.p)
-        c = self.c = k.compute(x, WIDE_MIN_SIZE)
+        mask = self.draw_random(x)
+        c = self.c = _ops(self.xp, x).compute(x, WIDE_MIN_SIZE)
         self.mask = c.widen(mask)
         return c.narrow(c.widen(x) * self.mask)
+
+    def draw_random(self, x: Any) -> Any:
+        """The mask for input ``x``, from the generator: the one random draw of this node, in
+        a method of its own so that a jitted step (compile_step on jax) can draw it outside
+        the trace and pass it in."""
+        return _ops(self.xp, x).dropout_mask(self.generator._host, x, self.p)
 
     def backward(self, gy: Any) -> Any:
         c = self.c

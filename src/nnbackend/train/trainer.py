@@ -216,7 +216,7 @@ class Trainer:
         precision: Any = None,
         loss_scaler: Any = "auto",
         world: Any = "auto",
-        compile: bool = False,  # noqa: A002 - the name users know from torch.compile
+        compile: bool = False,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
