@@ -207,6 +207,7 @@ def test_a_non_callable_is_an_argument_error():
         nb.compile_step(lambda: None, cache_size=0)
 
 
+@pytest.mark.filterwarnings("ignore:You are comparing:UserWarning")
 def test_inputs_of_another_backend_are_a_backend_mismatch_error():
     if nb.registry.probe("array_api_strict") is not None:
         pytest.skip("array_api_strict is not installed")

@@ -360,6 +360,7 @@ class _Recorder:
         self.in_call = False
         self.backend: Any = None
         self.draws: list[tuple[Function, tuple[Any, ...]]] = []
+        self._call_srcs: list[str] = []
         for i, a in enumerate(args):
             d = a.data if isinstance(a, Tensor) else a
             if type(d) in _SCALARS:
@@ -415,8 +416,8 @@ class _Recorder:
 
     # -- hooks ----------------------------------------------------------------------------
     def before_forward(self, f: Function, xs: Any, tensors: Any) -> None:
-        if self.in_call:
-            return
+        if self.in_call or self.pending is not None:
+            return  # inside a recorded call, or a node called by another node's forward
         if type(f).backward is Function.backward and any(f.needs_input_grad):
             raise CompileError(
                 f"compile_step cannot record {type(f).__name__}: it defines only "
