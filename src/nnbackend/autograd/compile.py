@@ -294,14 +294,14 @@ class _Recording:
         """Why ``other`` (a second recording of the same signature) differs, or None."""
         if self.code != other.code:
             return "the nodes, their wiring or the calls differ"
-        for a, b in zip(self.nodes, other.nodes, strict=True):
-            if type(a) is not type(b):
-                return f"node {type(a).__name__} against {type(b).__name__}"
-        for i, (a, b) in enumerate(zip(self.pre, other.pre, strict=True)):
-            if a.keys() != b.keys() or not all(_equal_values(a[k], b[k]) for k in a):
+        for na, nb_ in zip(self.nodes, other.nodes, strict=True):
+            if type(na) is not type(nb_):
+                return f"node {type(na).__name__} against {type(nb_).__name__}"
+        for i, (pa, pb) in enumerate(zip(self.pre, other.pre, strict=True)):
+            if pa.keys() != pb.keys() or not all(_equal_values(pa[k], pb[k]) for k in pa):
                 return f"the settings of node {i} ({type(self.nodes[i]).__name__}) differ"
-        for a, b in zip(self.leaves, other.leaves, strict=True):
-            if a is not b and not _equal_arrays(a.data, b.data):
+        for ta, tb in zip(self.leaves, other.leaves, strict=True):
+            if ta is not tb and not _equal_arrays(ta.data, tb.data):
                 return "a Tensor made inside the step holds other values"
         for i, (a, b) in enumerate(zip(self.consts, other.consts, strict=True)):
             if not _equal_arrays(a, b):
@@ -726,7 +726,7 @@ class _JitRecording:
     def __init__(self, rec: _Recording, compiler: Callable[..., Any]) -> None:
         self.rec = rec
         self.leaves = rec.leaves
-        self.opts = []
+        self.opts: list[Any] = []
         scope = dict(rec.scope)
         for j, (method, args, _kwargs) in enumerate(rec.calls):
             opt = _optimizer_of(method, args)
@@ -779,7 +779,7 @@ class _JitRecording:
             for st, new in zip(opt.state, st_list, strict=True):
                 st.update(new)
         for (node, _xs), mask in zip(self.rec.draws, draws, strict=True):
-            node.draw_random = lambda *_xs, _m=mask: _m
+            node.__dict__["draw_random"] = lambda *_xs, _m=mask: _m
         try:
             out = self._replay(*args)
         finally:
@@ -798,7 +798,7 @@ class _JitRecording:
         fn = self._compiled.get(static)
         if fn is None:
             fn = self._compiled[static] = self._compiler(self._pure)
-        draws = [node.draw_random(*xs) for node, xs in self.rec.draws]
+        draws = [getattr(node, "draw_random")(*xs) for node, xs in self.rec.draws]  # noqa: B009
         params = [t.data for t in leaves]
         states = [[dict(st) for st in opt.state] for opt in opts]
         saved = [(t.data, t.grad) for t in leaves], [opt.lr for opt in opts], states
