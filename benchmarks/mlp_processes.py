@@ -17,8 +17,10 @@ it does not steal the next worker's cores. Reported per implementation: the medi
 step, page faults per step in the timed loops, peak RSS; per pair: the median of per-round
 ratios; and the load average over the rounds.
 
-Implementation ``engine_jax`` (``--jax``: added to every configuration) is the same engine on
-the jax backend, eager, each step waiting for its loss.
+Implementation ``compiled`` is the engine's step through ``nb.compile_step`` (recorded on
+its first calls, then replayed on raw arrays). Implementation ``engine_jax`` (``--jax``:
+added to every configuration) is the same engine on the jax backend, eager, each step waiting
+for its loss.
 
 Implementation ``engine_keep`` is the engine with the opt-in allocator setting
 ``NNBACKEND_KEEP_FREED_MEMORY=1`` (glibc keeps freed memory: no page faults in steady state).
@@ -72,8 +74,8 @@ CONFIGS = {
             "sigmoid",
             30,
             "float32",
-            ("engine", "hand", "book", "torch"),
-            (("engine", "hand", 1.4),),
+            ("engine", "compiled", "hand", "book", "torch"),
+            (("engine", "hand", 1.4), ("compiled", "hand", 1.0)),
         ),
         Config(
             "medium",
@@ -81,8 +83,8 @@ CONFIGS = {
             "relu",
             256,
             "float32",
-            ("engine", "hand", "torch", "gemm_numpy", "gemm_torch"),
-            (("engine", "torch", 0.95), ("engine", "hand", 1.0)),
+            ("engine", "compiled", "hand", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", 0.95), ("engine", "hand", 1.0), ("compiled", "hand", 1.0)),
         ),
         Config(
             "medium_f64",
@@ -136,6 +138,13 @@ def _make_step(impl: str, config: Config) -> Any:
         nb.set_backend("numpy")
         step = engine_step(sizes, act, dtype)
         return lambda: step(x, t)
+    if impl == "compiled":
+        import nnbackend as nb
+        from benchmarks._nets import engine_step
+
+        nb.set_backend("numpy")
+        compiled = nb.compile_step(engine_step(sizes, act, dtype))
+        return lambda: compiled(x, t)
     if impl == "engine_jax":  # the same engine on jax, eager (op by op, no jax.jit)
         import jax
         import jax.numpy as jnp

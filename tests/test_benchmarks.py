@@ -182,11 +182,12 @@ def test_process_harness_times_each_implementation_in_its_own_process() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.splitlines()[-1])
     workers = out["workers"]
-    assert set(workers) == {"engine", "hand", "book", "torch"}
-    for name in ("engine", "hand", "book"):
+    assert set(workers) == {"engine", "compiled", "hand", "book", "torch"}
+    for name in ("engine", "compiled", "hand", "book"):
         assert workers[name]["libraries"] == ["numpy"], (name, workers[name])
     assert "torch" in workers["torch"]["libraries"]
     for w in workers.values():
         assert w["peak_rss_mib"] > 0 and w["faults_per_step"] >= 0 and w["median_s"] > 0
     assert "tiny: engine / hand" in out["rows"]
+    assert "tiny: compiled / hand" in out["rows"]
     assert "tiny: torch step" in out["rows"]

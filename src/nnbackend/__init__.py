@@ -30,6 +30,7 @@ from nnbackend.autograd import (
     gradgradcheck,
     no_grad,
 )
+from nnbackend.autograd.compile import CompiledStep, compile_step
 from nnbackend.backends.base import Backend, Capabilities
 from nnbackend.config import (
     get_backend,
@@ -50,6 +51,7 @@ from nnbackend.train import History, Trainer
 __all__ = [
     "Backend",
     "Capabilities",
+    "CompiledStep",
     "Function",
     "History",
     "Tensor",
@@ -65,6 +67,7 @@ __all__ = [
     "available_backends",
     "backends",
     "callbacks",
+    "compile_step",
     "data",
     "datasets",
     "empty_cache",

@@ -112,6 +112,7 @@ class _EngineSwitch:
     maybe = True
     check_blocks = 0  # open using(check_dtypes=True) blocks, all threads together
     anomaly_blocks = 0  # open detect_anomaly() blocks, all threads together
+    trace_blocks = 0  # compile_step recordings in progress, all threads together
 
 
 # -- internal API for other nnbackend modules (not in __all__) -----------------------------
@@ -135,15 +136,17 @@ def _refresh_switch() -> None:
         or (_Process.check_dtypes is None and _Process.env_check_dtypes)
         or _EngineSwitch.check_blocks
         or _EngineSwitch.anomaly_blocks
+        or _EngineSwitch.trace_blocks
         or not _Process.environment_read
     )
 
 
 def count_blocks(kind: str, delta: int) -> None:
     """Open (+1) or close (-1) a block that turns the engine's checks on (``kind`` is
-    ``"check"`` or ``"anomaly"``); internal API for ``using`` and ``detect_anomaly``."""
+    ``"check"``, ``"anomaly"`` or ``"trace"``); internal API for ``using``,
+    ``detect_anomaly`` and ``compile_step``."""
     with _lock:
-        name = "check_blocks" if kind == "check" else "anomaly_blocks"
+        name = {"check": "check_blocks", "anomaly": "anomaly_blocks", "trace": "trace_blocks"}[kind]
         setattr(_EngineSwitch, name, getattr(_EngineSwitch, name) + delta)
         _refresh_switch()
 

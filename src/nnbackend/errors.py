@@ -14,6 +14,8 @@ __all__ = [
     "BackendMismatchError",
     "BackendUnavailableError",
     "CheckpointError",
+    "CompileError",
+    "CompileWarning",
     "DownloadError",
     "DtypeError",
     "GradientError",
@@ -71,3 +73,14 @@ class CheckpointError(NNBackendError, ValueError):
 class DownloadError(NNBackendError, OSError):
     """A data set that could not be downloaded (offline, a server error) or whose download
     failed its checksum; the message gives the manual download command."""
+
+
+class CompileError(NNBackendError, RuntimeError):
+    """A training step that :func:`nnbackend.compile_step` cannot record faithfully (a value
+    decided from array contents, parameters changed outside an optimizer's ``step``, a
+    backward through a graph built outside the step); the message names the call."""
+
+
+class CompileWarning(UserWarning):
+    """A compiled step runs eagerly instead (its recordings differ from call to call, or it
+    cannot be recorded); the message says why."""

@@ -34,6 +34,7 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from nnbackend.autograd import trace
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.device import map_arrays, once
 from nnbackend.errors import ArgumentError, CheckpointError
@@ -203,6 +204,7 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
+    @trace.recorded
     def step(self) -> None:
         """Update every parameter that has a gradient."""
         if type(self)._rule is Optimizer._rule:
@@ -341,6 +343,12 @@ class Optimizer:
         return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
 
 
+def _sqrt(x: Any) -> Any:
+    """``math.sqrt`` of a Python float; the square root of a traced scalar otherwise (a jitted
+    step, compile_step on jax, passes the step counts in as arrays)."""
+    return math.sqrt(x) if isinstance(x, float) else x**0.5
+
+
 def _zeros_state(st: dict[str, Any], name: str, p: Array, xp: Namespace) -> Array:
     """The state array ``st[name]``, made as zeros like ``p`` (an array) on first use."""
     found = st.get(name)
@@ -355,6 +363,7 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Tensor] | Any, lr: float = 0.01) -> None:
         super().__init__(params, lr)
 
+    @trace.recorded
     def step(self) -> None:
         lr = self.lr = _checked_lr(self)
         self.steps += 1
@@ -485,7 +494,7 @@ class Adam(Optimizer):
         v = _zeros_state(st, "v", p, xp)
         t = st["step"] = st.get("step", 0) + 1
         step_size = lr / (1.0 - b1**t)
-        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2**t)
+        inv_sqrt_bc2 = 1.0 / _sqrt(1.0 - b2**t)
         if wd:
             if self._decoupled:
                 p = ops.mul_(p, 1.0 - lr * wd)
@@ -527,7 +536,7 @@ class BookAdam(Adam):
         m = _zeros_state(st, "m", p, xp)
         v = _zeros_state(st, "v", p, xp)
         t = st["step"] = st.get("step", 0) + 1
-        lr_t = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        lr_t = lr * _sqrt(1.0 - b2**t) / (1.0 - b1**t)
         if wd:
             g = g + wd * p
         m = st["m"] = ops.add_(m, (1.0 - b1) * (g - m))
@@ -552,6 +561,7 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
+@trace.recorded
 def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float = 1e-6) -> Array:
     """Scale the gradients so that their global L2 norm is at most ``max_norm``.
 

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnbackend import config
+from nnbackend.autograd import trace
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, CheckpointError, NNBackendError
 from nnbackend.namespace import backend_for, ops_for
@@ -326,6 +327,10 @@ class LossScaler:
         """Unscale the gradients (unless :meth:`unscale` did), then run ``optimizer.step()``
         if they are all finite, else skip it; then adapt the scale. Returns whether the step
         was taken (in device mode: True; read :attr:`skipped` to know)."""
+        trace.refuse(
+            "LossScaler.step skips the update when a gradient is not finite, a decision "
+            "taken from the gradients' values every step; run this step eagerly"
+        )
         self.unscale(optimizer)
         flag, self._unscaled, self._unscaled_for = self._unscaled, None, None
         self.steps += 1

@@ -40,7 +40,7 @@ import weakref
 from typing import Any
 
 from nnbackend import config
-from nnbackend.autograd import anomaly
+from nnbackend.autograd import anomaly, trace
 from nnbackend.autograd.mode import is_grad_enabled, restore_grad_enabled, set_grad_enabled
 from nnbackend.errors import DtypeError, GradientError, ShapeError
 from nnbackend.namespace import backend_for, cached_backend_for_type
@@ -170,6 +170,8 @@ class Function:
         found = _by_type_get(type(array))  # backend_for without its call
         self.xp = (found if found is not None else backend_for(array))[0]
         self.needs_input_grad = tuple(needs)
+        if _switch.maybe:
+            _before_forward(self, xs, tensors)
         ys = self.forward(*xs)
         if type(ys) is not type(array):  # a tuple, or a NumPy scalar from 0-d arithmetic
             ys = as_arrays(self.xp, ys)
@@ -287,12 +289,23 @@ def check_output_dtypes(f: Function, xs: Any, ys: Any) -> None:
             )
 
 
+def _before_forward(f: Function, xs: Any, tensors: Any) -> None:
+    # Reached only while some context may have a check on or a step being recorded.
+    rec = trace.current()
+    if rec is not None:
+        rec.before_forward(f, xs, tensors)
+
+
 def _after_forward(f: Function, xs: Any, ys: Any) -> None:
-    # Reached only while some context may have the guard or anomaly detection on.
+    # Reached only while some context may have the guard or anomaly detection on, or a step
+    # being recorded (compile_step).
     if config.check_dtypes_enabled():
         check_output_dtypes(f, xs, ys)
     if anomaly.is_enabled():
         anomaly.check_forward(f, xs, ys)
+    rec = trace.current()
+    if rec is not None:
+        rec.after_forward(f, xs, ys)
 
 
 def check_gradient(f: Function, x: Any, gx: Any) -> None:

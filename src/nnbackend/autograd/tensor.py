@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from nnbackend import config
 from nnbackend.autograd import function as _function
+from nnbackend.autograd import trace as _trace
 from nnbackend.errors import DtypeError, GradientError
 from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.typing import Array, Device, DType, Namespace
@@ -13,6 +15,7 @@ from nnbackend.typing import Array, Device, DType, Namespace
 __all__ = ["Tensor", "as_tensor"]
 
 _new = object.__new__
+_switch = config.engine_switch
 
 
 class Tensor:
@@ -200,6 +203,11 @@ class Tensor:
                 "backward() on a tensor that does not require a gradient: no input of its graph "
                 "has requires_grad=True (or it was computed under no_grad())"
             )
+        if _switch.maybe:
+            rec = _trace.current()
+            if rec is not None:  # compile_step is recording: it runs and records this pass
+                rec.backward(self, grad, retain_grad, create_graph)
+                return
         data = self.data
         xp = backend_for(data)[0]
         if grad is None:

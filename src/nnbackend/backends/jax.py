@@ -277,6 +277,12 @@ class JaxOps(Ops):
         """``target.at[key].set(value)``: a new array (``fallback`` is not needed)."""
         return target.at[key].set(value)
 
+    def jit(self, fn: Any) -> Any:
+        """``jax.jit(fn)``: :func:`nnbackend.compile_step` compiles a whole training step."""
+        import jax
+
+        return jax.jit(fn)
+
     def uniform(self, generator: Any, shape: tuple[int, ...], like: Any) -> Any:
         """Uniform numbers in [0, 1) of ``shape`` on ``like``'s device. On a CPU device, the
         host stream of ``generator`` (the ``numpy.random.Generator`` inside an

@@ -578,6 +578,13 @@ class Ops:
                 state[key] = c.narrow(value)
         return self.update(data, c.narrow(new))
 
+    # -- compiling -------------------------------------------------------------------------
+    def jit(self, fn: Callable[..., Any]) -> Callable[..., Any] | None:
+        """``fn`` (a pure function of arrays and nested lists, tuples and dicts of them)
+        compiled by the backend's tracing compiler, or ``None`` where the backend has none
+        (eager backends: :func:`nnbackend.compile_step` replays their nodes instead)."""
+        return None
+
     # -- random bits -----------------------------------------------------------------------
     def uniform(self, generator: Any, shape: tuple[int, ...], like: Array) -> Array:
         """Uniform numbers in [0, 1) of ``shape``, on ``like``'s device, drawn from

@@ -669,13 +669,22 @@ def mse_loss(y: Any, t: Any) -> Tensor:
 class Dropout(Function):
     grad_may_alias = False
 
-    def __init__(self, mask: Any) -> None:
-        self.mask = mask
+    def __init__(self, p: float, generator: Any) -> None:
+        self.p, self.generator = p, generator
 
     def forward(self, x: Any) -> Any:
+        # The mask is drawn here, from the inputs, not given to the constructor: a replayed
+        # step (compile_step) runs forward again and so draws a fresh mask every time.
+        mask = self.draw_random(x)
         c = self.c = _ops(self.xp, x).compute(x, WIDE_MIN_SIZE)
-        self.mask = c.widen(self.mask)
+        self.mask = c.widen(mask)
         return c.narrow(c.widen(x) * self.mask)
+
+    def draw_random(self, x: Any) -> Any:
+        """The mask for input ``x``, from the generator: the one random draw of this node, in
+        a method of its own so that a jitted step (compile_step on jax) can draw it outside
+        the trace and pass it in."""
+        return _ops(self.xp, x).dropout_mask(self.generator._host, x, self.p)
 
     def backward(self, gy: Any) -> Any:
         c = self.c
@@ -698,10 +707,8 @@ def dropout(x: Any, p: float, training: bool = True, generator: Any = None) -> T
         return x if isinstance(x, Tensor) else Tensor(x)
     from nnbackend import random
 
-    data = _data(x)
     rng = generator if generator is not None else random.default_generator()
-    mask = _ops(backend_for(data)[0], data).dropout_mask(rng._host, data, p)
-    return Dropout(mask)(x)
+    return Dropout(p, rng)(x)
 
 
 def _bad_indices(xp: Any, indices: Any, n: int) -> Any:

@@ -15,6 +15,7 @@ import functools
 import operator
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,13 @@ from nnbackend import config, registry
 from nnbackend import precision as nb_precision
 from nnbackend import random as nb_random
 from nnbackend.autograd.mode import no_grad
-from nnbackend.errors import ArgumentError, BackendMismatchError, DtypeError, ShapeError
+from nnbackend.errors import (
+    ArgumentError,
+    BackendMismatchError,
+    CompileWarning,
+    DtypeError,
+    ShapeError,
+)
 from nnbackend.namespace import backend_for
 from nnbackend.train._arrays import data, predict, wide
 from nnbackend.train.callbacks import hooks_by_event
@@ -169,6 +176,15 @@ class Trainer:
         loss_scaler: a :class:`~nnbackend.precision.LossScaler`; ``"auto"`` makes a dynamic
             one when the policy in effect at ``fit`` is a mixed one (mixed16); ``None``
             never scales.
+        compile: run :meth:`train_step` as a compiled step (:func:`nnbackend.compile_step`):
+            the first steps of each batch shape are recorded, the later ones replayed on raw
+            arrays (``max_grad`` clipping included). Steps that cannot be recorded run
+            eagerly, with a :class:`~nnbackend.errors.CompileWarning` saying why: a loss
+            scaler (it skips steps depending on the gradients' values), data-parallel
+            training (the all-reduce is not a recorded call), an optimizer whose ``step`` is
+            not a recorded one. A subclass overriding :meth:`train_step` gets the compiled
+            step where it calls ``super().train_step(x, t)``; the rest of its override runs
+            as written (it may compile parts of it with :func:`nnbackend.compile_step`).
 
     The accuracy that ``fit`` and ``evaluate`` report is the metric the loss declares in its
     ``default_metric`` attribute (:func:`nnbackend.metrics.default_metric`): accuracy for
@@ -200,6 +216,7 @@ class Trainer:
         precision: Any = None,
         loss_scaler: Any = "auto",
         world: Any = "auto",
+        compile: bool = False,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
@@ -238,6 +255,10 @@ class Trainer:
         self._guard: Any = StepMark()
         self._reducer: Any = None
         self._share = 1.0
+        self.compile = bool(compile)
+        self._compiled: Any = None
+        self._clip_key: float | None = None
+        self._compile_warned = False
 
     @property
     def world(self) -> Any:
@@ -430,6 +451,15 @@ class Trainer:
         Returns:
             ``(outputs, loss)``: the model's output and the (unscaled) loss Tensor.
         """
+        if self.compile and self._can_compile():
+            guard = self._guard
+            guard.in_step = True  # a second Ctrl-C waits for the whole replayed step
+            try:
+                y, loss = self._compiled(x, t)
+            finally:
+                guard.in_step = False
+            self.step += 1
+            return y, loss
         opt = self.optimizer
         opt.zero_grad()
         y = self.model(x)
@@ -456,6 +486,50 @@ class Trainer:
             scaler.step(opt)
             self.step += 1
             guard.in_step = False
+        return y, loss
+
+    def _can_compile(self) -> bool:
+        """Whether this step can run compiled (making the compiled step on first use); warns
+        once, with the reason, where it cannot."""
+        why = None
+        if self._step_scaler is not None:
+            why = "a loss scaler decides from the gradients' values whether to skip a step"
+        elif self._reducer is not None:
+            why = "data-parallel training all-reduces gradients outside the recorded calls"
+        elif getattr(type(self.optimizer).step, "__wrapped__", None) is None:
+            why = (
+                f"{type(self.optimizer).__name__}.step is not a recorded call (decorate it "
+                "with nnbackend.autograd.trace.recorded)"
+            )
+        if why is not None:
+            if not self._compile_warned:
+                self._compile_warned = True
+                warnings.warn(
+                    f"Trainer(compile=True) runs this step eagerly: {why}",
+                    CompileWarning,
+                    stacklevel=3,
+                )
+            return False
+        if self._compiled is None:
+            from nnbackend.autograd.compile import compile_step
+
+            model = self.model
+            self._compiled = compile_step(
+                self._step_body,
+                key=lambda: (getattr(model, "training", None), self._clip_key),
+            )
+        return True
+
+    def _step_body(self, x: Any, t: Any) -> tuple[Any, Any]:
+        """What the compiled step records: forward, loss, backward, clipping, the update."""
+        opt = self.optimizer
+        opt.zero_grad()
+        y = self.model(x)
+        loss = self.loss_fn(y, t)
+        loss.backward()
+        if self._clip is not None:
+            self._clip()
+        opt.step()
         return y, loss
 
     @_under_policy
@@ -596,6 +670,7 @@ class Trainer:
             params = self._parameters()
             max_norm = float(max_grad)
             clip = lambda: clip_grad_norm(params, max_norm)
+        self._clip_key = None if max_grad is None else float(max_grad)
         world = self.join_world()
         comm = None
         rank, size = 0, 1

@@ -1,0 +1,850 @@
+"""A compiled training step: record one step's node calls once, replay them on raw arrays.
+
+``step = nb.compile_step(fn)`` wraps a function that runs one training step (forward, loss,
+``backward()``, an optimizer ``step()``) and returns its loss. Calling ``step(x, t)`` records
+the step the first time it sees a *signature*, and from then on replays the recording: each
+node's ``forward`` and ``backward`` on raw arrays, in the recorded order, with the recorded
+gradient accumulation, then the optimizer's ``step()``; no Tensors, no graph, no topological
+sort, no per-op checks.
+
+**The tracing contract** (that of ``torch.jit.trace`` and ``jax.jit``):
+
+- A recording holds what the step *did*, not the Python that decided it: an ``if`` on an array
+  value, a loop whose length depends on data, a NumPy call outside the engine's Functions,
+  are frozen as they ran when recorded.
+- Replayed every time, so never frozen: every Function's ``forward`` and ``backward``
+  (dropout masks are drawn in ``forward``: a fresh mask per replay from the same generator
+  stream as eager), the parameters' current arrays (``p.data``), the optimizer's ``step()``
+  and ``clip_grad_norm`` (they run as written: learning rates changed by a schedule, Adam's
+  per-parameter step counts, optimizer state loaded from a checkpoint are read each time).
+- The signature: the arguments' types, shapes and dtypes (Python scalars by value), the
+  settings (``nb.set_*``, the innermost ``using`` block), whether gradients are enabled and
+  the ``key()`` given to :func:`compile_step`. A new signature records again; a small cache
+  keeps the last :attr:`CompiledStep.cache_size` recordings (the last, smaller batch of an
+  epoch keeps its own).
+- A recording is dropped, and the step recorded again, when a parameter's array was rebound
+  outside the step (``load_state_dict``, ``to_device``, ``p.data = ...``) or its
+  ``requires_grad`` changed.
+- Checked: with ``check=True`` (the default) the step is recorded on the first *two* calls of
+  a signature and replayed from the third, when both recordings agree: the same nodes wired
+  the same way, the same constants (arrays the step used that are neither inputs, parameters
+  nor results of recorded nodes), the same node settings. Where they differ something
+  data-dependent was frozen, and that signature runs eagerly, with a
+  :class:`~nnbackend.errors.CompileWarning`.
+- Refused with :class:`~nnbackend.errors.CompileError` while recording: parameters changed
+  outside an optimizer's ``step()`` (a hand-written update), gradients changed between
+  ``backward()`` and ``step()`` outside ``clip_grad_norm``, a loss scaler's ``step`` (it skips
+  steps depending on the gradients' values), ``backward(create_graph=True)``, a Function with
+  only a ``graph_backward``.
+
+On a backend with a tracing compiler (jax) the accepted recording is compiled whole
+(``jax.jit``): parameters, optimizer state and step counts, learning rates, dropout masks
+(drawn outside the trace) and the arguments go in on every call; see docs/compile.md.
+
+Replays do not set intermediate Tensors' ``.grad`` (``retain_grad``), and each node keeps the
+arrays its ``backward`` needs until the next replay (an eager graph frees them when the loss
+goes). The returned Tensors are outside any graph.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+from nnbackend import config
+from nnbackend.autograd import trace
+from nnbackend.autograd.function import Function, add_arrays, as_array, as_arrays
+from nnbackend.autograd.mode import is_grad_enabled
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.errors import (
+    ArgumentError,
+    BackendMismatchError,
+    CompileError,
+    CompileWarning,
+    GradientError,
+)
+from nnbackend.namespace import backend_for, ops_for
+
+__all__ = ["CompiledStep", "compile_step"]
+
+_SCALARS = (int, float, bool, complex, str, type(None))
+_MISSING = object()
+
+
+def compile_step(
+    fn: Callable[..., Any],
+    *,
+    check: bool = True,
+    key: Callable[[], Hashable] | None = None,
+    cache_size: int = 8,
+    jit: bool = True,
+) -> CompiledStep:
+    """Compile ``fn``, a function running one training step, into a :class:`CompiledStep`:
+    recorded on its first calls, replayed on raw arrays afterwards (see the module's tracing
+    contract).
+
+    Args:
+        fn: called with the step's arguments (backend arrays, Tensors or Python scalars);
+            runs forward, loss, ``backward()`` and an optimizer ``step()``; returns a Tensor
+            (the loss), a tuple of Tensors, or ``None``.
+        check: record twice and replay only when both recordings agree (a data-dependent
+            value frozen in the first is then caught); ``False`` replays from the second call.
+        key: returns extra Python state the step depends on (e.g. ``lambda: model.training``):
+            part of the signature.
+        cache_size: how many signatures' recordings to keep.
+        jit: on a backend with a tracing compiler (jax), compile the whole recorded step
+            with it (``jax.jit``); ``False`` replays the nodes eagerly there too.
+
+    >>> import nnbackend as nb
+    >>> from nnbackend import nn, optim
+    >>> model = nn.Linear(2, 1)
+    >>> opt = optim.SGD(model.parameters(), lr=0.1)
+    >>> def train(x, t):
+    ...     opt.zero_grad()
+    ...     loss = nn.MSELoss()(model(x), t)
+    ...     loss.backward()
+    ...     opt.step()
+    ...     return loss
+    >>> step = nb.compile_step(train)
+    >>> xp = nb.namespace()
+    >>> losses = [float(step(xp.ones((4, 2)), xp.zeros((4, 1))).item()) for _ in range(5)]
+    >>> losses[-1] < losses[0]
+    True
+    """
+    if not callable(fn):
+        raise ArgumentError(
+            f"compile_step needs a callable running one training step, got "
+            f"{type(fn).__name__} {fn!r}"
+        )
+    if key is not None and not callable(key):
+        raise ArgumentError(f"compile_step: key must be a callable or None, got {key!r}")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+        raise ArgumentError(f"compile_step: cache_size must be an int >= 1, got {cache_size!r}")
+    return CompiledStep(fn, check=check, key=key, cache_size=cache_size, jit=jit)
+
+
+class CompiledStep:
+    """A training step compiled by :func:`compile_step`; call it like the function it wraps.
+
+    Attributes:
+        fn: the wrapped function.
+        records: how many times a step was recorded (eager calls with the recorder on).
+        replays: how many calls were replayed.
+        eager_signatures: signatures that run eagerly (their recordings disagreed), with why.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        check: bool = True,
+        key: Callable[[], Hashable] | None = None,
+        cache_size: int = 8,
+        jit: bool = True,
+    ) -> None:
+        self.fn = fn
+        self.check = bool(check)
+        self.key = key
+        self.cache_size = cache_size
+        self.jit = bool(jit)
+        self.records = 0
+        self.replays = 0
+        self.eager_signatures: dict[Hashable, str] = {}
+        self._cache: OrderedDict[Hashable, _Recording] = OrderedDict()
+        self._pending: dict[Hashable, _Recording] = {}
+
+    def reset(self) -> None:
+        """Forget every recording (the next call records again)."""
+        self._cache.clear()
+        self._pending.clear()
+        self.eager_signatures.clear()
+
+    def signature(self, *args: Any) -> Hashable:
+        """The signature a call with ``args`` is cached under."""
+        sig: list[Any] = []
+        for a in args:
+            d = a.data if isinstance(a, Tensor) else a
+            if type(d) in _SCALARS:
+                sig.append((type(d), d))
+            else:
+                sig.append((type(d), tuple(d.shape), d.dtype, isinstance(a, Tensor)))
+        sig.append(config.settings_version())
+        sig.append(config.current_overrides())
+        sig.append(is_grad_enabled())
+        if self.key is not None:
+            sig.append(self.key())
+        return tuple(sig)
+
+    def __call__(self, *args: Any) -> Any:
+        sig = self.signature(*args)
+        rec = self._cache.get(sig)
+        if rec is not None:
+            if rec.valid():
+                self.replays += 1
+                return rec.run(*[a.data if isinstance(a, Tensor) else a for a in args])
+            del self._cache[sig]
+            self._pending.pop(sig, None)
+        if sig in self.eager_signatures:
+            return self.fn(*args)
+        new, result = _record(self.fn, args)
+        self.records += 1
+        if self.check:
+            first = self._pending.pop(sig, None)
+            if first is None:
+                self._pending[sig] = new
+                return result
+            why = first.differs(new)
+            if why is not None:
+                self.eager_signatures[sig] = why
+                warnings.warn(
+                    f"compile_step: this step runs eagerly for arguments {_describe(args)}: "
+                    f"two recordings differ ({why}); something the step computed from array "
+                    "values would be frozen by a replay",
+                    CompileWarning,
+                    stacklevel=2,
+                )
+                return result
+        if self.jit and new.leaves:
+            jitted = _JitRecording.make(new)
+            if jitted is not None:
+                new = jitted  # type: ignore[assignment]
+        self._cache[sig] = new
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return result
+
+
+def _describe(args: Any) -> str:
+    parts = []
+    for a in args:
+        d = a.data if isinstance(a, Tensor) else a
+        if type(d) in _SCALARS:
+            parts.append(repr(d))
+        else:
+            parts.append(f"{tuple(d.shape)} {d.dtype}")
+    return "(" + ", ".join(parts) + ")"
+
+
+def _equal_arrays(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b) or tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+        return False
+    xp = backend_for(a)[0]
+    return bool(xp.all(a == b))
+
+
+def _equal_values(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if type(a) in _SCALARS or type(b) in _SCALARS:
+        return type(a) is type(b) and (a == b or (a != a and b != b))
+    if hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(b, "shape"):
+        try:
+            backend_for(a)
+        except Exception:
+            return False
+        return _equal_arrays(a, b)
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+        return len(a) == len(b) and all(_equal_values(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+class _Recording:
+    """One signature's replay: generated Python code over the recorded nodes."""
+
+    def __init__(self, rec: _Recorder) -> None:
+        self.code = "\n".join(rec.lines)
+        self.nodes = rec.nodes
+        self.pre = rec.pre
+        self.leaves = rec.leaves
+        self.consts = rec.consts
+        self.literals = rec.literals
+        self.calls = rec.calls
+        self.requires = [t.requires_grad for t in rec.leaves]
+        self._last = [t.data for t in rec.leaves]
+        self.draws = rec.draws
+        self.backend = rec.backend
+        self.scope = rec.scope
+        scope: dict[str, Any] = dict(rec.scope)
+        exec(compile(self.code, "<nnbackend compiled step>", "exec"), scope)
+        self._replay = scope["_replay"]
+
+    def valid(self) -> bool:
+        """Whether every parameter still has the array the last run left (nothing rebound it
+        outside the step) and its ``requires_grad``."""
+        for t, d, r in zip(self.leaves, self._last, self.requires, strict=True):
+            if t.data is not d or t.requires_grad is not r:
+                return False
+        return True
+
+    def run(self, *args: Any) -> Any:
+        out = self._replay(*args)
+        self._last = [t.data for t in self.leaves]
+        return out
+
+    def differs(self, other: _Recording) -> str | None:
+        """Why ``other`` (a second recording of the same signature) differs, or None."""
+        if self.code != other.code:
+            return "the nodes, their wiring or the calls differ"
+        for na, nb_ in zip(self.nodes, other.nodes, strict=True):
+            if type(na) is not type(nb_):
+                return f"node {type(na).__name__} against {type(nb_).__name__}"
+        for i, (pa, pb) in enumerate(zip(self.pre, other.pre, strict=True)):
+            if pa.keys() != pb.keys() or not all(_equal_values(pa[k], pb[k]) for k in pa):
+                return f"the settings of node {i} ({type(self.nodes[i]).__name__}) differ"
+        for ta, tb in zip(self.leaves, other.leaves, strict=True):
+            if ta is not tb and not _equal_arrays(ta.data, tb.data):
+                return "a Tensor made inside the step holds other values"
+        for i, (a, b) in enumerate(zip(self.consts, other.consts, strict=True)):
+            if not _equal_arrays(a, b):
+                return f"constant {i} of shape {tuple(a.shape)} holds other values"
+        for a, b in zip(self.literals, other.literals, strict=True):
+            if not _equal_values(a, b):
+                return f"a Python value given to a node differs ({a!r} against {b!r})"
+        for (fa, aa, ka), (fb, ab, kb) in zip(self.calls, other.calls, strict=True):
+            if fa is not fb or len(aa) != len(ab) or ka.keys() != kb.keys():
+                return f"the call to {getattr(fa, '__qualname__', fa)} differs"
+            for x, y in itertools.chain(zip(aa, ab, strict=True), ((ka[k], kb[k]) for k in ka)):
+                if x is not y and not _equal_values(x, y):
+                    return f"the arguments of {getattr(fa, '__qualname__', fa)} differ"
+        return None
+
+
+def _record(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[_Recording, Any]:
+    """Run ``fn(*args)`` eagerly with a recorder on; return its recording and result."""
+    rec = _Recorder(args)
+    token = trace.start(rec)
+    config.count_blocks("trace", 1)
+    try:
+        result = fn(*args)
+    finally:
+        config.count_blocks("trace", -1)
+        trace.stop(token)
+    rec.finish(result)
+    return _Recording(rec), result
+
+
+class _Recorder:
+    """Watches one eager step (through the hooks of :mod:`nnbackend.autograd.trace`) and
+    writes the Python code that replays it."""
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.lines = ["def _replay(" + ", ".join(f"a{i}" for i in range(len(args))) + "):"]
+        self.scope: dict[str, Any] = {
+            "_as": as_arrays,
+            "_as1": as_array,
+            "_add": add_arrays,
+            "_W": Tensor._wrap,
+        }
+        self.names: dict[int, str] = {}  # id(array) -> the expression that holds it
+        self.keep: list[Any] = []  # every array named, so that ids stay unique
+        self.nodes: list[Function] = []
+        self.node_index: dict[int, int] = {}
+        self.pre: list[dict[str, Any]] = []
+        self.pending: tuple[Function, dict[str, Any]] | None = None
+        self.leaves: list[Tensor] = []
+        self.leaf_index: dict[int, int] = {}
+        self.leaf_snap: list[Any] = []  # (data, copy) after the leaf's last recorded change
+        self.consts: list[Any] = []
+        self.literals: list[Any] = []
+        self.calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+        self.grads: dict[int, Any] = {}  # id(leaf) -> the .grad the recording left
+        self.in_call = False
+        self.backend: Any = None
+        self.draws: list[tuple[Function, tuple[Any, ...]]] = []
+        self._call_srcs: list[str] = []
+        for i, a in enumerate(args):
+            d = a.data if isinstance(a, Tensor) else a
+            if type(d) in _SCALARS:
+                continue
+            self._backend_of(d, f"argument {i}")
+            self.names[id(d)] = f"a{i}"
+            self.keep.append(d)
+
+    # -- naming ---------------------------------------------------------------------------
+    def _backend_of(self, d: Any, what: str) -> None:
+        record = backend_for(d)[1]
+        if self.backend is None:
+            self.backend = record
+        elif record.name != self.backend.name:
+            raise BackendMismatchError(
+                f"compile_step: {what} is a {record.name} array where the step's other "
+                f"arrays are {self.backend.name}; move it with nb.to_backend(x, "
+                f"{self.backend.name!r}) first"
+            )
+
+    def _leaf(self, t: Tensor) -> str:
+        i = self.leaf_index.get(id(t))
+        if i is None:
+            i = self.leaf_index[id(t)] = len(self.leaves)
+            self.leaves.append(t)
+            self.scope[f"L{i}"] = t
+            self._backend_of(t.data, "a parameter")
+            self.leaf_snap.append(self._snapshot(t.data))
+        return f"L{i}"
+
+    @staticmethod
+    def _snapshot(d: Any) -> tuple[Any, Any]:
+        xp = backend_for(d)[0]
+        return d, xp.asarray(d, copy=True)
+
+    def _source(self, x: Any, t: Any) -> str:
+        """The expression that gives the input array ``x`` (Tensor ``t``, or None) on replay."""
+        if x is None or type(x) in _SCALARS:
+            name = f"K{len(self.literals)}"
+            self.literals.append(x)
+            self.scope[name] = x
+            return name
+        found = self.names.get(id(x))
+        if found is not None:
+            return found
+        if t is not None and t.creator is None:
+            return self._leaf(t) + ".data"
+        name = f"C{len(self.consts)}"
+        self.consts.append(x)
+        self.keep.append(x)
+        self.scope[name] = x
+        return name
+
+    # -- hooks ----------------------------------------------------------------------------
+    def before_forward(self, f: Function, xs: Any, tensors: Any) -> None:
+        if self.in_call or self.pending is not None:
+            return  # inside a recorded call, or a node called by another node's forward
+        if type(f).backward is Function.backward and any(f.needs_input_grad):
+            raise CompileError(
+                f"compile_step cannot record {type(f).__name__}: it defines only "
+                "graph_backward(), which reads the recorded input Tensors; define backward()"
+            )
+        k = len(self.nodes)
+        pre = dict(vars(f))
+        self.pending = (f, pre)
+        srcs = [self._source(x, t) for x, t in zip(xs, tensors, strict=True)]
+        self.nodes.append(f)
+        self.node_index[id(f)] = k
+        self.pre.append({key: v for key, v in pre.items()})
+        self.scope[f"n{k}"] = f
+        if getattr(type(f), "draw_random", None) is not None:  # a jitted replay draws outside
+            self.draws.append((f, tuple(xs)))
+        self._call_srcs = srcs
+
+    def after_forward(self, f: Function, xs: Any, ys: Any) -> None:
+        if self.in_call or self.pending is None or self.pending[0] is not f:
+            return
+        pre = self.pending[1]
+        self.pending = None
+        k = self.node_index[id(f)]
+        now = vars(f)
+        changed = {key: v for key, v in pre.items() if now.get(key, _MISSING) is not v}
+        if changed:  # forward rebinds a setting: put it back before each replayed forward
+            self.scope[f"R{k}"] = changed
+            self.lines.append(f"    n{k}.__dict__.update(R{k})")
+        call = f"n{k}.forward({', '.join(self._call_srcs)})"
+        if type(ys) is tuple:
+            outs = [f"v{k}_{j}" for j in range(len(ys))]
+            self.lines.append(
+                f"    {', '.join(outs)}{',' if len(outs) == 1 else ''} = _as(n{k}.xp, {call})"
+            )
+            arrays = list(ys)
+        else:
+            outs = [f"v{k}"]
+            arrays = [ys]
+            self.lines.append(f"    v{k} = {call}")
+            if getattr(ys, "shape", None) == ():  # NumPy may give a scalar: as __call__ does
+                self.scope[f"T{k}"] = type(ys)
+                self.lines.append(f"    if type(v{k}) is not T{k}: v{k} = _as1(n{k}.xp, v{k})")
+        for name, y in zip(outs, arrays, strict=True):
+            if y is not None and type(y) not in _SCALARS:
+                self.names[id(y)] = name
+                self.keep.append(y)
+
+    def call(self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.in_call:
+            return method(*args, **kwargs)
+        self._check_unchanged(f"before {method.__qualname__}")
+        # An iterator argument (model.parameters() as a generator) would be spent after one
+        # call: the recording keeps, and the call gets, its items.
+        args = tuple(list(a) if isinstance(a, Iterator) else a for a in args)
+        j = len(self.calls)
+        self.calls.append((method, args, kwargs))
+        self.scope[f"F{j}"] = method
+        self.scope[f"P{j}"] = args
+        self.scope[f"Q{j}"] = kwargs
+        self.in_call = True
+        try:
+            out = method(*args, **kwargs)
+        finally:
+            self.in_call = False
+        line = f"F{j}(*P{j}, **Q{j})"
+        if out is not None and type(out) not in _SCALARS and hasattr(out, "shape"):
+            self.names[id(out)] = f"r{j}"
+            self.keep.append(out)
+            line = f"r{j} = " + line
+        self.lines.append("    " + line)
+        # What the call left is the new expected state.
+        for t in self.leaves:
+            if id(t) in self.grads:
+                self.grads[id(t)] = t.grad
+        self.leaf_snap = [self._snapshot(t.data) for t in self.leaves]
+        return out
+
+    def _check_unchanged(self, when: str) -> None:
+        for i, t in enumerate(self.leaves):
+            d, copy = self.leaf_snap[i]
+            if t.data is not d or not _equal_arrays(t.data, copy):
+                raise CompileError(
+                    f"compile_step cannot record this step: parameter {i} (shape "
+                    f"{tuple(t.data.shape)}) changed {when} outside an optimizer's step() "
+                    "(a hand-written update): replays run only recorded calls. Use an "
+                    "nnbackend.optim optimizer, or a decorated step (nnbackend.autograd.trace."
+                    "recorded)"
+                )
+            expected = self.grads.get(id(t), _MISSING)
+            if expected is not _MISSING and t.grad is not expected:
+                raise CompileError(
+                    f"compile_step cannot record this step: the gradient of parameter {i} "
+                    f"changed {when} outside backward() and clip_grad_norm(); replays would "
+                    "not repeat that change"
+                )
+
+    def backward(self, root: Tensor, grad: Any, retain_grad: bool, create_graph: bool) -> None:
+        if create_graph:
+            raise CompileError(
+                "compile_step cannot record backward(create_graph=True); take higher-order "
+                "gradients eagerly"
+            )
+        if self.in_call:
+            raise CompileError("compile_step: backward() inside a recorded call")
+        data = root.data
+        xp = backend_for(data)[0]
+        if root.creator is None:
+            raise CompileError("compile_step cannot record backward() on a leaf Tensor")
+        rname = self.names.get(id(data))
+        if rname is None or not rname.startswith("v"):
+            raise CompileError(
+                "compile_step: backward() on a Tensor computed outside the step being recorded"
+            )
+        root_var = "g" + rname
+        if grad is None:
+            if data.ndim == 0:
+                one = ops_for(xp, data).one
+                self.scope["ONE_" + rname] = one
+                self.scope["DT_" + rname] = data.dtype
+                seed = one(data.dtype)
+                self.lines.append(f"    {root_var} = ONE_{rname}(DT_{rname})")
+            elif math.prod(data.shape) == 1:
+                self.scope["XP_" + rname] = xp
+                seed = xp.ones_like(data)
+                self.lines.append(f"    {root_var} = XP_{rname}.ones_like({rname})")
+            else:
+                raise GradientError(
+                    f"backward() without a gradient needs a one-element tensor, this one has "
+                    f"shape {tuple(data.shape)}"
+                )
+        else:
+            g = grad.data if isinstance(grad, Tensor) else grad
+            src = self._source(g, grad if isinstance(grad, Tensor) else None)
+            self.scope["XP_" + rname] = xp
+            self.scope["DT_" + rname] = data.dtype
+            seed = xp.astype(g, data.dtype, copy=True)
+            self.lines.append(f"    {root_var} = XP_{rname}.astype({src}, DT_{rname}, copy=True)")
+        if type(seed) is not type(data):
+            seed = as_array(xp, seed)
+        if getattr(seed, "shape", None) == ():
+            self.scope["XP0"], self.scope["T_" + rname] = xp, type(seed)
+            self.lines.append(
+                f"    if type({root_var}) is not T_{rname}: {root_var} = _as1(XP0, {root_var})"
+            )
+        self._run_backward(root, seed, retain_grad, root_var)
+
+    def _grad_var(self, t: Tensor) -> str:
+        name = self.names.get(id(t.data))
+        if name is None or not name.startswith("v"):
+            raise CompileError(
+                "compile_step: backward() reaches a Tensor computed outside the step being "
+                "recorded; compute everything the loss depends on inside the step"
+            )
+        return "g" + name
+
+    def _run_backward(self, root: Tensor, grad: Any, retain_grad: bool, root_var: str) -> None:
+        # run_backward's pass (nnbackend.autograd.function), executed here as it is there and
+        # written down as code: the same order, the same accumulations.
+        import heapq
+
+        lines = self.lines
+        root.grad = grad
+        creator = root.creator
+        fresh = {root: root_var}  # intermediate -> the variable holding its gradient
+        heap: list[tuple[int, int, Function]] = [(-creator.generation, -creator.seq, creator)]
+        seen = {creator}
+        while heap:
+            f = heapq.heappop(heap)[2]
+            k = self.node_index.get(id(f))
+            if k is None:
+                raise CompileError(
+                    f"compile_step: backward() reaches a {f.name} node created outside the "
+                    "step being recorded"
+                )
+            outputs = [r() for r in f.outputs]
+            exprs = []
+            for out in outputs:
+                if out is None:
+                    exprs.append("None")
+                elif out in fresh:
+                    exprs.append(fresh[out])
+                elif out.grad is None:
+                    exprs.append("None")
+                else:
+                    raise CompileError("compile_step: a second backward() through a retained graph")
+            gxs = f.backward(*[None if o is None else o.grad for o in outputs])
+            tuple_out = type(gxs) is tuple
+            lines.append(f"    _r = n{k}.backward({', '.join(exprs)})")
+            if not tuple_out:
+                gxs = (gxs,)
+            inputs = f.inputs
+            if len(gxs) != len(inputs):
+                raise GradientError(
+                    f"{f.name}.backward returned {len(gxs)} gradients for {len(inputs)} inputs"
+                )
+            check = not f.trusted_grads
+            for i, (x, gx, need) in enumerate(zip(inputs, gxs, f.needs_input_grad, strict=True)):
+                if not need or gx is None:
+                    continue
+                src = f"_r[{i}]" if tuple_out else "_r"
+                xd = x.data
+                if type(gx) is not type(xd):
+                    gx = as_array(f.xp, gx)
+                if getattr(xd, "shape", None) == ():  # a NumPy scalar gradient: as run_backward
+                    self.scope[f"T{k}_{i}"] = type(xd)
+                    lines.append(f"    _x = {src}")
+                    lines.append(f"    if type(_x) is not T{k}_{i}: _x = _as1(n{k}.xp, _x)")
+                    src = "_x"
+                if check and (gx.shape != xd.shape or gx.dtype != xd.dtype):
+                    from nnbackend.autograd.function import check_gradient
+
+                    check_gradient(f, x, gx)
+                c = x.creator
+                if c is not None:
+                    if x in fresh:
+                        x.grad = add_arrays(f.xp, x.grad, gx)
+                        var = fresh[x]
+                        lines.append(f"    {var} = _add(n{k}.xp, {var}, {src})")
+                    else:
+                        x.grad = gx
+                        var = fresh[x] = self._grad_var(x)
+                        lines.append(f"    {var} = {src}")
+                    if c not in seen:
+                        seen.add(c)
+                        heapq.heappush(heap, (-c.generation, -c.seq, c))
+                    continue
+                leaf = self._leaf(x)
+                if x.grad is not None:
+                    x.grad = add_arrays(f.xp, x.grad, gx)
+                    lines.append(f"    {leaf}.grad = _add(n{k}.xp, {leaf}.grad, {src})")
+                elif f.grad_may_alias:
+                    g = gx * 1.0
+                    x.grad = g if type(g) is type(xd) else as_array(f.xp, g)
+                    wrap = "_as1" if type(g) is not type(xd) else ""
+                    lines.append(
+                        f"    {leaf}.grad = {wrap}(n{k}.xp, {src} * 1.0)"
+                        if wrap
+                        else f"    {leaf}.grad = {src} * 1.0"
+                    )
+                else:
+                    x.grad = gx
+                    lines.append(f"    {leaf}.grad = {src}")
+                self.grads[id(x)] = x.grad
+            if not retain_grad:
+                for out in outputs:
+                    if out is not None and not out._retain and out is not root:
+                        out.grad = None
+
+    # -- the end --------------------------------------------------------------------------
+    def finish(self, result: Any) -> None:
+        self._check_unchanged("after the last recorded call")
+        for t in self.leaves:  # e.g. zero_grad() at the end of the step
+            if id(t) in self.grads and t.grad is None:
+                self.lines.append(f"    {self._leaf(t)}.grad = None")
+        self.lines.append("    return " + self._returned(result))
+        for f in self.nodes:  # the replay never reads them: let the recorded graph go
+            if getattr(f, "inputs", None):
+                f.inputs = tuple(None for _ in f.inputs)
+
+    def _returned(self, result: Any) -> str:
+        if result is None:
+            return "None"
+        if isinstance(result, tuple | list):
+            inner = ", ".join(self._returned(r) for r in result)
+            return f"({inner}{',' if len(result) == 1 else ''})"
+        if isinstance(result, Tensor):
+            name = self.names.get(id(result.data))
+            if name is None:
+                if result.creator is None and result.requires_grad:
+                    return f"{self._leaf(result)}"
+                raise CompileError(
+                    "compile_step: the step returned a Tensor that no recorded node made"
+                )
+            return f"_W({name}, False)"
+        if type(result) in _SCALARS:
+            raise CompileError(
+                f"compile_step: the step returned the Python value {result!r}, which a replay "
+                "would freeze; return Tensors (the loss) and read them with .item()"
+            )
+        name = self.names.get(id(result))
+        if name is None:
+            raise CompileError(
+                f"compile_step: the step returned a {type(result).__name__} that no recorded "
+                "node made; return Tensors"
+            )
+        return name
+
+
+def _optimizer_of(method: Any, args: tuple[Any, ...]) -> Any:
+    """The optimizer a recorded call steps (``Optimizer.step`` and overrides), or None."""
+    if method.__name__ != "step" or len(args) != 1:
+        return None
+    opt = args[0]
+    return opt if hasattr(opt, "_entries") and hasattr(opt, "_rule") else None
+
+
+class _JitRecording:
+    """A recording compiled whole by the backend's tracing compiler (``jax.jit``): one pure
+    function of the parameters' arrays, the optimizers' state arrays and step counts, their
+    learning rates, the random draws (dropout masks, drawn outside from the same generator
+    stream as eager steps) and the arguments, returning the new parameters, gradients, state
+    and the step's results. Nothing that changes from step to step is a constant of the trace;
+    the other hyperparameters (betas, eps, momentum, weight decay) are, and a change of one
+    traces again."""
+
+    def __init__(self, rec: _Recording, compiler: Callable[..., Any]) -> None:
+        self.rec = rec
+        self.leaves = rec.leaves
+        self.opts: list[Any] = []
+        scope = dict(rec.scope)
+        for j, (method, args, _kwargs) in enumerate(rec.calls):
+            opt = _optimizer_of(method, args)
+            if opt is not None:
+                if opt not in self.opts:
+                    self.opts.append(opt)
+                scope[f"F{j}"] = self._traced_step
+        scope["_W"] = lambda d, _rg: d  # raw arrays out of the trace; wrapped after
+        exec(compile(rec.code, "<nnbackend jitted step>", "exec"), scope)
+        self._replay = scope["_replay"]
+        self._compiler = compiler
+        self._compiled: dict[Hashable, Any] = {}
+        self._updated: set[tuple[int, int]] = set()
+
+    @staticmethod
+    def make(rec: _Recording) -> _JitRecording | None:
+        """A jitted recording where the backend has a tracing compiler, else None."""
+        d = rec.leaves[0].data
+        ops = ops_for(backend_for(d)[0], d)
+        if ops.jit(lambda: None) is None:
+            return None
+        for method, args, _kwargs in rec.calls:
+            opt = _optimizer_of(method, args)
+            if opt is None and method.__name__ == "step":
+                return None  # a step of its own kind: replay it as it is
+        return _JitRecording(rec, ops.jit)
+
+    def valid(self) -> bool:
+        return self.rec.valid()
+
+    # -- inside the trace ------------------------------------------------------------------
+    def _traced_step(self, opt: Any) -> None:
+        # Optimizer.step without its host-side parts (the lr check and the count, done
+        # around the call): each parameter's rule on traced arrays.
+        rule, names = opt._rule, opt.state_names
+        k = self.opts.index(opt)
+        for i, (p, st, slot) in enumerate(opt._entries):
+            g = p.grad
+            if g is None:
+                continue
+            self._updated.add((k, i))
+            p.data = slot.ops.apply_update(rule, p.data, g, st, names, slot)
+
+    def _pure(self, params: Any, states: Any, lrs: Any, draws: Any, args: Any) -> tuple[Any, ...]:
+        leaves, opts = self.leaves, self.opts
+        for t, d in zip(leaves, params, strict=True):
+            t.data, t.grad = d, None
+        for opt, st_list, lr in zip(opts, states, lrs, strict=True):
+            opt.lr = lr
+            for st, new in zip(opt.state, st_list, strict=True):
+                st.update(new)
+        for (node, _xs), mask in zip(self.rec.draws, draws, strict=True):
+            node.__dict__["draw_random"] = lambda *_xs, _m=mask: _m
+        try:
+            out = self._replay(*args)
+        finally:
+            for node, _xs in self.rec.draws:
+                node.__dict__.pop("draw_random", None)
+        new_states = [[dict(st) for st in opt.state] for opt in opts]
+        return [t.data for t in leaves], [t.grad for t in leaves], new_states, out
+
+    # -- around it -------------------------------------------------------------------------
+    def run(self, *args: Any) -> Any:
+        leaves, opts = self.leaves, self.opts
+        lrs = [_checked_lr(opt) for opt in opts]
+        static = tuple(
+            tuple(getattr(opt, h) for h in opt.hyperparameters if h != "lr") for opt in opts
+        )
+        fn = self._compiled.get(static)
+        if fn is None:
+            fn = self._compiled[static] = self._compiler(self._pure)
+        draws = [getattr(node, "draw_random")(*xs) for node, xs in self.rec.draws]  # noqa: B009
+        params = [t.data for t in leaves]
+        states = [[dict(st) for st in opt.state] for opt in opts]
+        saved = [(t.data, t.grad) for t in leaves], [opt.lr for opt in opts], states
+        try:
+            new_params, grads, new_states, out = fn(params, states, lrs, draws, args)
+        except BaseException:
+            self._restore(saved)
+            raise
+        for t, d, g in zip(leaves, new_params, grads, strict=True):
+            t.data, t.grad = d, g
+        updated = self._updated
+        for k, (opt, lr, st_list) in enumerate(zip(opts, lrs, new_states, strict=True)):
+            opt.lr = lr
+            opt.steps += 1
+            for i, (st, new) in enumerate(zip(opt.state, st_list, strict=True)):
+                if "step" in new:  # the count stays a Python int (the trace got it as input)
+                    new["step"] = states[k][i]["step"] + ((k, i) in updated)
+                st.update(new)
+        self.rec._last = [t.data for t in leaves]
+        return _wrap_out(out)
+
+    def _restore(self, saved: Any) -> None:
+        pairs, lrs, states = saved
+        for t, (d, g) in zip(self.leaves, pairs, strict=True):
+            t.data, t.grad = d, g
+        for opt, lr, st_list in zip(self.opts, lrs, states, strict=True):
+            opt.lr = lr
+            for st, old in zip(opt.state, st_list, strict=True):
+                st.clear()
+                st.update(old)
+
+
+def _wrap_out(out: Any) -> Any:
+    if out is None or isinstance(out, Tensor):
+        return out
+    if isinstance(out, tuple):
+        return tuple(_wrap_out(o) for o in out)
+    return Tensor._wrap(out, False)
+
+
+def _checked_lr(opt: Any) -> Any:
+    """``opt.lr`` checked as ``Optimizer.step`` checks it (a float >= 0, finite)."""
+    lr = opt.lr
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0.0 <= lr < math.inf:
+        raise ArgumentError(
+            f"{type(opt).__name__}.lr must be a finite number >= 0 at step(), got {lr!r}; set "
+            "it to a valid rate (e.g. opt.lr = 0.01) before the next step"
+        )
+    return float(lr)
