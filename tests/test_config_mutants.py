@@ -101,7 +101,7 @@ def test_the_check_dtypes_variable_is_read_case_blind(
     config.set_check_dtypes(None)
     fresh_settings(NNBACKEND_CHECK_DTYPES=value)
     assert config.check_dtypes_enabled() is on
-    assert config._switch.maybe is on
+    assert config.engine_switch.maybe is on
 
 
 def test_the_check_dtypes_precedence(fresh_settings: Callable[..., None]) -> None:
@@ -127,30 +127,30 @@ def test_the_check_dtypes_precedence(fresh_settings: Callable[..., None]) -> Non
 def test_the_engine_switch_is_off_only_when_no_check_can_be_on(
     fresh_settings: Callable[..., None],
 ) -> None:
-    """``_switch.maybe`` is the one flag each op reads: it must be on whenever the guard or
+    """``engine_switch.maybe`` is the one flag each op reads: it must be on whenever the guard or
     anomaly detection is on anywhere, and off otherwise (so ops skip the context read)."""
     from nnbackend.autograd.anomaly import detect_anomaly
 
     fresh_settings(NNBACKEND_CHECK_DTYPES="0")
     config.set_check_dtypes(None)
-    assert config._switch.maybe is True  # the environment is not read yet
+    assert config.engine_switch.maybe is True  # the environment is not read yet
     config.check_dtypes_enabled()
-    assert config._switch.maybe is False
+    assert config.engine_switch.maybe is False
     with nb.using(check_dtypes=True):
-        assert config._switch.maybe is True
-    assert config._switch.maybe is False
+        assert config.engine_switch.maybe is True
+    assert config.engine_switch.maybe is False
     with detect_anomaly():
-        assert config._switch.maybe is True
-    assert config._switch.maybe is False
+        assert config.engine_switch.maybe is True
+    assert config.engine_switch.maybe is False
     config.set_check_dtypes(True)
-    assert config._switch.maybe is True
+    assert config.engine_switch.maybe is True
     config.set_check_dtypes(False)
-    assert config._switch.maybe is False
+    assert config.engine_switch.maybe is False
     fresh_settings(NNBACKEND_CHECK_DTYPES="1")
     config.check_dtypes_enabled()
-    assert config._switch.maybe is False  # set_check_dtypes(False) wins over the variable
+    assert config.engine_switch.maybe is False  # set_check_dtypes(False) wins over the variable
     config.set_check_dtypes(None)
-    assert config._switch.maybe is True
+    assert config.engine_switch.maybe is True
 
 
 # ------------------------------------------------------------------------------- names, versions
