@@ -366,8 +366,7 @@ class Ops:
         if slow is None or x.dtype != slow:
             return NATIVE
         if min_size and (
-            self.float16_elementwise_native
-            or (self.small_float16_native and _size(x) < min_size)
+            self.float16_elementwise_native or (self.small_float16_native and _size(x) < min_size)
         ):
             return NATIVE
         return self._wide
