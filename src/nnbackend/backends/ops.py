@@ -242,6 +242,8 @@ class Ops:
         self.sum: Callable[..., Any] = offered.get("sum", xp.sum)
         self.max: Callable[..., Any] = offered.get("max", xp.max)
         self.astype: Callable[..., Any] = offered.get("astype", xp.astype)
+        #: ``xp.asarray`` of one value (a backend whose namespace wraps it may go direct).
+        self.asarray: Callable[[Any], Any] = xp.asarray
         counter = offered.get("count_nonzero") or getattr(xp, "count_nonzero", None)
         self.count_nonzero: Callable[[Any], Any] = counter or (
             lambda x: xp.sum(xp.astype(x, xp.int64))
