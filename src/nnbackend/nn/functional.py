@@ -438,17 +438,13 @@ def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
         dtype,
         device if type(device).__hash__ is not None else repr(device),
     )
-    ops = _ops(xp, labels)
-    found = ops._cache.get(key)
-    if found is not None:
-        return found
 
     def make() -> Any:  # the dtype check runs only on a cache miss, not every step
         if not xp.isdtype(dtype, "integral"):
             raise DtypeError(f"class labels must be integers, got {dtype}")
         return xp.arange(n_classes, dtype=dtype, device=device)
 
-    return ops.cached(key, make)
+    return _ops(xp, labels).cached(key, make)
 
 
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
