@@ -179,11 +179,16 @@ def test_torch_float16_mode_is_forced_by_the_environment(
     want = torch.float32 if mode == "float32" else torch.float16
     assert ops.compute_dtype(torch.float16, x) == want
     assert ops.compute(x).wide == (mode == "float32")
-    # torch's small float16 kernels are slow paths: where float16 is widened, small arrays
-    # are too (NumPy keeps them native: see test_numpy_computes_float16_in_float32).
+    # torch's small float16 products are slow paths: where float16 is widened, small
+    # products are too (NumPy keeps them native: see test_numpy_computes_float16_in_float32).
     small = torch.ones((30, 2), dtype=torch.float16)
-    assert ops.compute(small, 1024).wide == (mode == "float32")
     assert ops.compute_product(small, 10).wide == (mode == "float32")
+    # Its float16 elementwise kernels run at float32's speed: the elementwise nodes (those
+    # that give a size threshold) stay native at every size; the many-pass ones widen.
+    big = torch.ones((256, 1024), dtype=torch.float16)
+    assert not ops.compute(small, 1024).wide
+    assert not ops.compute(big, 1024).wide
+    assert ops.compute(big).wide == (mode == "float32")
 
 
 def test_torch_float16_setting_rejects_other_values(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,7 +43,7 @@ from nnbackend import config
 from nnbackend.autograd import anomaly, trace
 from nnbackend.autograd.mode import is_grad_enabled, restore_grad_enabled, set_grad_enabled
 from nnbackend.errors import DtypeError, GradientError, ShapeError
-from nnbackend.namespace import backend_for, cached_backend_for_type
+from nnbackend.namespace import backend_for, cached_backend_for_type, ops_for
 from nnbackend.typing import Array, DType, Namespace
 
 __all__ = ["Function", "run_backward"]
@@ -217,7 +217,7 @@ def as_array(xp: Namespace, y: Any) -> Any:
     writes into a 0-d ``.grad``) needs arrays. Arrays, ``None`` and Python scalars pass."""
     if y is None or type(y) in _SCALARS or getattr(y, "shape", None) != ():
         return y
-    return xp.asarray(y)
+    return ops_for(xp, y).asarray(y)
 
 
 def as_arrays(xp: Namespace, ys: Any) -> Any:

@@ -212,7 +212,7 @@ class Pow(Function):
 def matmul_arrays(xp: Any, a: Any, b: Any) -> Any:
     """``a @ b``, computed in float32 and stored in float16 where the backend has no fast
     float16 matrix product (NumPy on a CPU runs float16 GEMM about 250x slower)."""
-    c = ops_for(xp, a).compute(a, -(-2048 // (b.shape[-1] or 1)))
+    c = ops_for(xp, a).compute_product(a, b.shape[-1], 2048)
     # The operator, not xp.matmul: it is standard and skips a Python wrapper.
     return c.narrow(c.widen(a) @ c.widen(b))
 

@@ -278,6 +278,9 @@ class NumpyOps(Ops):
 
         self._np = np
         self._scratch: dict[Any, Any] = {}
+        # NumPy's own asarray: 0.14 us for a 0-d scalar against 1.5 us through the Array
+        # API wrapper (two calls a step: the loss and its seed gradient).
+        self.asarray = np.asarray
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         """``a @ b``, into ``out`` when its shape and dtype fit."""

@@ -208,6 +208,10 @@ class Ops:
             ``"probe"`` lets :meth:`float16_policy` decide per device.
         small_float16_native: where float16 is widened, whether arrays below a node's size
             threshold stay in float16.
+        float16_elementwise_native: where float16 is widened, whether the elementwise nodes
+            (those that give :meth:`compute` a size threshold) compute in float16 at any
+            size, only products (:meth:`compute_product`) and the many-pass nodes being
+            widened.
     """
 
     #: Whether arrays made by these ops may be cached between calls. A tracing backend
@@ -220,6 +224,11 @@ class Ops:
     #: a few hundred elements; False where small float16 kernels are slow paths (torch on a
     #: CPU: its tiny float16 products ran 2.3x the float32 step).
     small_float16_native: bool = True
+    #: Where float16 is widened: whether elementwise nodes still compute in float16 at every
+    #: size. True for torch on a CPU, whose float16 elementwise kernels convert per vector
+    #: and run at float32's speed (a 1M-element add 0.14 ms against 0.11 ms) while only its
+    #: float16 GEMM is slow: widening them would add two conversion passes per node.
+    float16_elementwise_native: bool = False
 
     def __init__(self, xp: Namespace, record: Any) -> None:
         self.xp, self.record = xp, record
@@ -233,6 +242,8 @@ class Ops:
         self.sum: Callable[..., Any] = offered.get("sum", xp.sum)
         self.max: Callable[..., Any] = offered.get("max", xp.max)
         self.astype: Callable[..., Any] = offered.get("astype", xp.astype)
+        #: ``xp.asarray`` of one value (a backend whose namespace wraps it may go direct).
+        self.asarray: Callable[[Any], Any] = xp.asarray
         counter = offered.get("count_nonzero") or getattr(xp, "count_nonzero", None)
         self.count_nonzero: Callable[[Any], Any] = counter or (
             lambda x: xp.sum(xp.astype(x, xp.int64))
@@ -305,7 +316,7 @@ class Ops:
             xp.reshape(indices, (-1, 1)) == xp.arange(n, dtype=indices.dtype), target.dtype
         )
         flat = xp.reshape(values, (indices.shape[0], -1))
-        c = self.compute(onehot, 1)
+        c = self.compute_product(onehot, flat.shape[-1], 1)
         summed = c.narrow(c.widen(onehot).T @ c.widen(flat))
         return target + xp.reshape(summed, target.shape)
 
@@ -356,7 +367,9 @@ class Ops:
         slow = self._slow if self._decided else self._slow_dtype(x)
         if slow is None or x.dtype != slow:
             return NATIVE
-        if min_size and self.small_float16_native and _size(x) < min_size:
+        if min_size and (
+            self.float16_elementwise_native or (self.small_float16_native and _size(x) < min_size)
+        ):
             return NATIVE
         return self._wide
 
@@ -539,8 +552,19 @@ class Ops:
         ``y``'s dtype computes wide, in float32 and rounded once."""
         c = self.compute(x)
         if c.wide:
-            return self.update(y, c.narrow(c.widen(y) - a * c.widen(x)))
+            if not self.inplace:
+                return self.update(y, c.narrow(c.widen(y) - a * c.widen(x)))
+            # Both widened copies are new arrays: the same two roundings, in place.
+            step = c.widen(x)
+            step *= a
+            wide = c.widen(y)
+            wide -= step
+            return self._store_narrow(y, wide)
         return self.sub_(y, a * x)
+
+    def _store_narrow(self, y: Any, wide: Any) -> Any:
+        """``wide`` (float32) rounded into float16 ``y`` (in place; ``y`` returned)."""
+        return self.update(y, self._to_narrow(wide))
 
     def write(self, target: Any, key: Any, value: Any, fallback: Callable[[], Any]) -> Any:
         """``target`` with ``target[key] = value``: written in place where allowed (and

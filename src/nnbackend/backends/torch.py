@@ -235,6 +235,7 @@ class TorchOps(Ops):
 
     float16_compute = "probe"
     small_float16_native = False
+    float16_elementwise_native = True
 
     def __init__(self, xp: Any, record: Any) -> None:
         super().__init__(xp, record)
@@ -260,6 +261,17 @@ class TorchOps(Ops):
             slow = self.float16 if self.float16_policy(x) == "float32" else None
         self._slow_by_device[kind] = slow
         return slow
+
+    def _store_narrow(self, y: Any, wide: Any) -> Any:
+        """``wide`` rounded into ``y`` by one ``copy_`` (no float16 temporary)."""
+        y.copy_(wide)
+        return y
+
+    def _to_wide(self, x: Any, out: Any = None) -> Any:
+        """float16 -> float32, into ``out`` (a float32 array of ``x``'s shape) when given."""
+        if out is not None and out.shape == x.shape:
+            return out.copy_(x)
+        return x.to(self.float32)
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         """``a @ b``, into ``out`` when given (``torch.matmul(out=)``)."""

@@ -26,6 +26,7 @@ from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function, as_array
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends.ops import NATIVE
 from nnbackend.errors import (
     ArgumentError,
     BackendError,
@@ -137,10 +138,11 @@ class Linear(Function):
         self.has_bias = b is not None
         ops = self.ops = ops_for(xp, x)
         c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
-        self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
-        self.x, self.w = x, w = c.widen(x), c.widen_weight(w)
-        y = _product(xp, x, w)
-        return c.narrow(y if b is None else y + c.widen(b))
+        if c is NATIVE:  # the usual case: no conversions to ask for
+            self.x, self.w = x, w
+            y = _product(xp, x, w)
+            return y if b is None else y + b
+        return self._forward_in(xp, c, x, w, b)
 
     def _forward_in(self, xp: Any, c: Any, x: Any, w: Any, b: Any) -> Any:
         """The product in ``c``'s compute dtype, stored as ``c`` says."""
@@ -151,7 +153,9 @@ class Linear(Function):
 
     def backward(self, gy: Any) -> tuple[Any, ...]:
         xp, x, w, c = self.xp, self.x, self.w, self.c
-        gy = c.widen(gy)
+        native = c is NATIVE
+        if not native:
+            gy = c.widen(gy)
         need_x, need_w = self.needs_input_grad[:2]
         shape = None
         if x.ndim != 2:
@@ -167,8 +171,10 @@ class Linear(Function):
         gb = None
         if self.has_bias and self.needs_input_grad[2]:
             gb = self.ops.sum(gy, axis=0)
-        dtypes = self.in_dtypes
-        gx, gw, gb = c.narrow(gx, dtypes[0]), c.narrow(gw, dtypes[1]), c.narrow(gb, dtypes[2])
+        if not native:
+            dtypes = self.in_dtypes
+            gx, gw = c.narrow(gx, dtypes[0]), c.narrow(gw, dtypes[1])
+            gb = c.narrow(gb, dtypes[2])
         if not self.has_bias:
             return gx, gw
         return gx, gw, gb
@@ -476,9 +482,10 @@ class SoftmaxCrossEntropy(Function):
         n, c = x.shape
         k = self.k = ops_for(xp, x)
         cm = self.c = k.compute(x)  # many passes: always worth widening
-        x = cm.widen(x)
-        if cm.wide and t.dtype == cm.store:  # float16 targets of float16 logits
-            t = cm.widen(t)
+        if cm.wide:
+            x = cm.widen(x)
+            if t.dtype == cm.store:  # float16 targets of float16 logits
+                t = cm.widen(t)
         z = x - k.max(x, axis=1, keepdims=True)
         e = xp.exp(z)
         s = k.sum(e, axis=1, keepdims=True)
@@ -506,11 +513,12 @@ class SoftmaxCrossEntropy(Function):
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if invalid is not None:
             loss = xp.where(invalid, float("nan"), loss)
-        return cm.narrow(loss)
+        return cm.narrow(loss) if cm.wide else loss
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         k, c = self.k, self.c
-        gy = c.widen(gy)
+        if c.wide:
+            gy = c.widen(gy)
         # gy is 0-d: (array * gy) * (1/n) keeps every product an array product, where
         # gy / n first would be a 0-d scalar division, dearer than either on NumPy.
         inv_n = 1.0 / self.n
@@ -522,7 +530,9 @@ class SoftmaxCrossEntropy(Function):
             gx = (p - self.t) * gy * inv_n
         if self.needs_input_grad[1]:
             gt = self.logp * gy * -inv_n
-        return c.narrow(gx), c.narrow(gt)
+        if c.wide:
+            return c.narrow(gx), c.narrow(gt)
+        return gx, gt
 
 
 class MaskedSoftmaxCrossEntropy(Function):
