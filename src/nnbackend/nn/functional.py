@@ -978,19 +978,23 @@ def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, A
     return _back_to(gx, dtypes[0]), _back_to(gw, dtypes[1]), _back_to(gb, dtypes[2])
 
 
-# Attached to their classes here, kept apart from the first-order paths. mypy checks each
-# against Function.graph_backward(self: Function, *gys), while these take their own node
-# class as `self` (sound: only that class calls them): hence `assignment` too.
-Linear.graph_backward = _linear_graph_backward  # type: ignore[method-assign,assignment]
-Sigmoid.graph_backward = _sigmoid_graph_backward  # type: ignore[method-assign,assignment]
-Tanh.graph_backward = _tanh_graph_backward  # type: ignore[method-assign,assignment]
-LeakyReLU.graph_backward = _leaky_relu_graph_backward  # type: ignore[method-assign,assignment]
-Softmax.graph_backward = _softmax_graph_backward  # type: ignore[method-assign,assignment]
-LogSoftmax.graph_backward = _log_softmax_graph_backward  # type: ignore[method-assign,assignment]
-SoftmaxCrossEntropy.graph_backward = _softmax_cross_entropy_graph_backward  # type: ignore[method-assign,assignment]
-MaskedSoftmaxCrossEntropy.graph_backward = _masked_softmax_cross_entropy_graph_backward  # type: ignore[method-assign,assignment]
-SigmoidCrossEntropy.graph_backward = _sigmoid_cross_entropy_graph_backward  # type: ignore[method-assign,assignment]
-MSE.graph_backward = _mse_graph_backward  # type: ignore[method-assign,assignment]
-Dropout.graph_backward = _dropout_graph_backward  # type: ignore[method-assign,assignment]
-Embedding.graph_backward = _embedding_graph_backward  # type: ignore[method-assign,assignment]
-LayerNorm.graph_backward = _layer_norm_graph_backward  # type: ignore[method-assign,assignment]
+# Attached to their classes here, kept apart from the first-order paths. Each takes its own
+# node class as `self` (sound: only that class calls it), which mypy would check against
+# Function.graph_backward(self: Function, *gys): hence setattr.
+for _node, _graph_backward in (
+    (Linear, _linear_graph_backward),
+    (Sigmoid, _sigmoid_graph_backward),
+    (Tanh, _tanh_graph_backward),
+    (LeakyReLU, _leaky_relu_graph_backward),
+    (Softmax, _softmax_graph_backward),
+    (LogSoftmax, _log_softmax_graph_backward),
+    (SoftmaxCrossEntropy, _softmax_cross_entropy_graph_backward),
+    (MaskedSoftmaxCrossEntropy, _masked_softmax_cross_entropy_graph_backward),
+    (SigmoidCrossEntropy, _sigmoid_cross_entropy_graph_backward),
+    (MSE, _mse_graph_backward),
+    (Dropout, _dropout_graph_backward),
+    (Embedding, _embedding_graph_backward),
+    (LayerNorm, _layer_norm_graph_backward),
+):
+    setattr(_node, "graph_backward", _graph_backward)  # noqa: B010  (typed apart, see above)
+del _node, _graph_backward
