@@ -231,6 +231,14 @@ def xp(backend: str, dtype: str) -> Iterator[Any]:
         yield nb.namespace(backend, dtype)
 
 
+@pytest.fixture
+def xp64(backend: str) -> Iterator[Any]:
+    """The backend's namespace in float64, active for the test (for tests where the dtype
+    does not matter)."""
+    with nb.using(backend=backend, dtype="float64"):
+        yield nb.namespace()
+
+
 def _reset_process_settings() -> None:
     """Back to a fresh process: no set_*() defaults, environment not read yet."""
     with config._lock:

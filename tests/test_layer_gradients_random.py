@@ -10,7 +10,7 @@ random projection) in float64, entry by entry, computed on the host from the lay
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,12 +29,6 @@ TOL = 1e-6  # central differences in float64 with step 1e-6: errors ~1e-9 relati
 def _host(a: Any) -> np.ndarray:
     a = a.data if isinstance(a, Tensor) else a
     return np.array(registry.get(registry.backend_of(a)).to_host(a), copy=True)
-
-
-@pytest.fixture
-def xp64(backend: str) -> Iterator[Any]:
-    with nb.using(backend=backend, dtype="float64"):
-        yield nb.namespace()
 
 
 def _randomise(module: nn.Module, xp: Any, rng: np.random.Generator) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ from nnbackend.nn import functional as F
 def _host(a: Any) -> np.ndarray:
     a = a.data if isinstance(a, Tensor) else a
     return np.array(registry.get(registry.backend_of(a)).to_host(a), copy=True)
-
-
-@pytest.fixture
-def xp64(backend: str) -> Iterator[Any]:
-    """The backend's namespace in float64, active for the test (for tests where the dtype
-    does not matter)."""
-    with nb.using(backend=backend, dtype="float64"):
-        yield nb.namespace()
 
 
 def _eps(dtype: str) -> float:

@@ -11,7 +11,6 @@ the order alone, computed here in float64 NumPy.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,12 +24,6 @@ from nnbackend.autograd.tensor import Tensor
 def _host(a: Any) -> np.ndarray:
     a = a.data if isinstance(a, Tensor) else a
     return np.array(registry.get(registry.backend_of(a)).to_host(a), copy=True)
-
-
-@pytest.fixture
-def xp64(backend: str) -> Iterator[Any]:
-    with nb.using(backend=backend, dtype="float64"):
-        yield nb.namespace()
 
 
 class _Recorder(nn.Module):
