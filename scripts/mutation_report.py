@@ -15,6 +15,7 @@ test, or a line in the accepted file.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import subprocess
 import sys
@@ -35,6 +36,18 @@ def module_of(mutant: str) -> str:
     if match is None:
         raise ValueError(f"not a mutmut 3 mutant name: {mutant!r}")
     return match.group("module")
+
+
+def wilson(killed: int, judged: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval, in percent, of a kill rate of ``killed``/``judged``:
+    the range a module's whole score lies in when only a random sample of its mutants ran."""
+    if judged == 0:
+        return 0.0, 100.0
+    p = killed / judged
+    centre = p + z * z / (2 * judged)
+    half = z * math.sqrt(p * (1 - p) / judged + z * z / (4 * judged * judged))
+    scale = 1 + z * z / judged
+    return 100.0 * (centre - half) / scale, 100.0 * (centre + half) / scale
 
 
 def read_accepted(path: Path = ACCEPTED) -> dict[str, str]:
@@ -105,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         worst = min(worst, score)
         # Mutants not run yet (a stopped run) are left out of the score: say how many.
         shown = f"{score:5.1f}%" if judged else "   n/a"
+        if judged and row["other"]:  # a sample: the whole module's score lies in this range
+            low, high = wilson(row["killed"], judged)
+            shown += f" (sample of {judged}: 95% interval {low:.1f}-{high:.1f}%)"
         print(
             f"{module:36} {row['mutants']:7} {row['killed']:7} {row['accepted']:8} "
             f"{row['survived']:8} {row['other']:7} {shown}"

@@ -166,3 +166,39 @@ def test_the_one_module_runner_narrows_only_what_is_mutated_and_run() -> None:
         ]
     )
     assert runner.RETESTED.findall(listing) == ["a.x_f__mutmut_1", "a.x_g__mutmut_3"]
+
+
+def test_a_sample_is_reproducible_leaves_out_what_ran_and_takes_all_of_a_small_pool(
+    tmp_path: Path,
+) -> None:
+    runner = _script("mutation_module")
+    names = [f"nnbackend.config.x_f__mutmut_{i}" for i in range(1, 41)]
+    first = runner.draw_sample(names, 10, seed=3, done=set())
+    assert first == runner.draw_sample(list(reversed(names)), 10, seed=3, done=set())
+    assert len(first) == 10 and set(first) <= set(names) and first == sorted(first)
+    assert first != runner.draw_sample(names, 10, seed=4, done=set())
+    rest = runner.draw_sample(names, 100, seed=3, done=set(first))
+    assert sorted(rest + first) == sorted(names)
+    meta = tmp_path / "mutants" / "src" / "nnbackend" / "config.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text('{"exit_code_by_key": {"b.x_g__mutmut_2": null, "a.x_f__mutmut_1": 1}}')
+    assert runner.generated_mutants(tmp_path) == ["a.x_f__mutmut_1", "b.x_g__mutmut_2"]
+
+
+def test_a_partly_run_module_reports_its_sample_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    report = _script("mutation_report")
+    low, high = report.wilson(95, 100)
+    assert 88.7 < low < 88.9 and 97.8 < high < 97.9  # the textbook 95% Wilson interval
+    assert report.wilson(0, 0) == (0.0, 100.0)
+    lines = [f"    nnbackend.config.x_f__mutmut_{i}: killed" for i in range(1, 10)]
+    lines += ["    nnbackend.config.x_f__mutmut_10: survived"]
+    lines += ["    nnbackend.config.x_f__mutmut_11: not checked"]
+    results = tmp_path / "results.txt"
+    results.write_text("\n".join(lines) + "\n")
+    none = tmp_path / "none.txt"
+    none.write_text("")
+    assert report.main(["--results", str(results), "--accepted", str(none)]) == 0
+    out = capsys.readouterr().out
+    assert "90.0% (sample of 10: 95% interval 59.6-98.2%)" in out
