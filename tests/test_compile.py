@@ -464,8 +464,8 @@ def test_jax_jitted_steps_stay_within_1e_6_of_eager_over_200_steps(run_python: A
 
 
 def test_jax_jitted_steps_in_float32(run_python: Any):
-    """float32: SGD and Momentum stay within 1e-6. (Adam does not: where a gradient is 0 for
-    many steps, ``v`` is near 0 and ``m / sqrt(v)`` turns the last-bit differences of XLA's
-    fused arithmetic into visible ones, 2e-3 with dropout here; float64 stays at 1e-15.)"""
-    diffs = _jax_check(run_python, "float32", ["sgd", "momentum"])
-    assert len(diffs) == 4 and max(diffs.values()) <= 1e-6, diffs
+    """float32: SGD, Momentum and Adam, with and without dropout, stay within 1e-6 of the
+    eager jax step over 200 steps (2.4e-7 measured on 2026-12-01: one float32 ulp of the
+    parameters; XLA folds a transpose into the product under jit, a last-bit difference)."""
+    diffs = _jax_check(run_python, "float32", ["sgd", "momentum", "adam"])
+    assert len(diffs) == 6 and max(diffs.values()) <= 1e-6, diffs
