@@ -200,9 +200,14 @@ class Optimizer:
         return entries
 
     def zero_grad(self) -> None:
-        """Set every parameter's ``.grad`` to ``None``."""
+        """Set every parameter's ``.grad`` to ``None``, keeping each array aside for the next
+        ``backward`` to write into where nothing else refers to it
+        (:meth:`nnbackend.Tensor.zero_grad`)."""
         for p in self.params:
-            p.grad = None
+            g = p.grad
+            if g is not None:
+                p._spare = g
+                p.grad = None
 
     @trace.recorded
     def step(self) -> None:

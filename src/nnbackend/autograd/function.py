@@ -323,6 +323,21 @@ def check_gradient(f: Function, x: Any, gx: Any) -> None:
         )
 
 
+def spare_grad(t: Any, ops: Any) -> Any:
+    """An array that a node's ``backward`` may write the gradient of input ``t`` into
+    (``out=``) instead of allocating a new one, or ``None``: the array ``t.zero_grad()`` kept
+    aside, taken (once) and handed to ``ops.reuse``, which accepts it only where nothing else
+    refers to it. The gradient then becomes ``t.grad`` as it is (the node has
+    ``grad_may_alias = False``), or is added to a ``t.grad`` set earlier in the pass (a new
+    array; the spare goes). A node calls this with the input Tensor from ``self.inputs``
+    (``None`` in a compiled replay, which allocates)."""
+    spare = getattr(t, "_spare", None)  # unset on Tensors made by Tensor._wrap; t may be None
+    if spare is None:
+        return None
+    t._spare = None
+    return ops.reuse(spare, t.data.shape, t.data.dtype)
+
+
 def add_arrays(xp: Namespace, a: Array, b: Array) -> Array:
     """``a + b``, an array also for 0-d operands on NumPy."""
     out = a + b

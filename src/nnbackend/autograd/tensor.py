@@ -36,6 +36,7 @@ class Tensor:
     __slots__ = (
         "__weakref__",
         "_retain",
+        "_spare",
         "creator",
         "data",
         "generation",
@@ -80,6 +81,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self.name = name
         self._retain = False
+        self._spare = None
 
     @classmethod
     def _wrap(cls, data: Any, requires_grad: bool) -> Tensor:
@@ -253,8 +255,19 @@ class Tensor:
         return Tensor._wrap(self.data, False)
 
     def zero_grad(self) -> None:
-        """Forget the gradient."""
-        self.grad = None
+        """Forget the gradient (``.grad`` becomes ``None``).
+
+        The array is kept aside as a spare: where the backend can prove that nothing else
+        refers to it any more (NumPy: its reference count), the next ``backward`` writes
+        this tensor's new gradient into it instead of allocating one, so a training step
+        allocates no new gradient arrays (and glibc does not page-fault megabytes in again
+        every step). A gradient you kept (``g = p.grad``) is never written into: it is
+        simply not reused. ``p.grad = None`` instead frees the array at once.
+        """
+        g = self.grad
+        if g is not None:
+            self._spare = g
+            self.grad = None
 
     # -- moving (nnbackend.to_device calls these; see nnbackend.device.Movable) ------------
     def _apply(self, fn: Callable[[Array], Array]) -> Tensor:
@@ -265,6 +278,7 @@ class Tensor:
         grad = None if self.grad is None else fn(self.grad)
         self.data = data
         self.grad = grad
+        self._spare = None  # a spare of the old device or dtype would never fit
         return self
 
     def _applied(self, fn: Callable[[Array], Array]) -> Tensor:

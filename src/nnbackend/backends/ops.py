@@ -303,6 +303,14 @@ class Ops:
         """``a @ b``; into ``out`` where the library can write there (``out`` is a hint)."""
         return a @ b
 
+    def reuse(self, spare: Any, shape: tuple[int, ...], dtype: DType) -> Array | None:
+        """``spare`` when the engine may write a new result of ``shape`` and ``dtype`` into
+        it (``out=``) instead of allocating one, else ``None``. ``spare`` is an array the
+        engine has let go of (a parameter's gradient from the previous step, kept aside by
+        ``zero_grad``); a backend answers yes only where it can prove that nothing else
+        holds it, its memory included. The default never reuses: the caller allocates."""
+        return None
+
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """``target`` with ``values[i]`` added into the row ``indices[i]``, repeated indices
         accumulating; returns the result (``target`` itself where written in place). The
@@ -511,11 +519,13 @@ class Ops:
                 return self._keep(mask, gy)
             wide = c.widen(gy)
             return c.narrow(self.xp.where(mask, wide, wide * slope))
-        # The mask as 0/1 (or slope/1) factors: a multiply instead of a where.
+        # The mask as 0/1 (or slope/1) factors: a multiply instead of a where. The factors
+        # are a new array: the product goes into it where arrays take in-place writes (the
+        # same products, commuted; one gradient-sized array fewer).
         gain = self.astype(mask, gy.dtype)
         if slope != 0.0:
-            gain = gain * (1.0 - slope) + slope
-        return gy * gain
+            gain = self.add_(self.mul_(gain, 1.0 - slope), slope)
+        return self.mul_(gain, gy)
 
     # -- updates ---------------------------------------------------------------------------
     def update(self, old: Any, new: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 from nnbackend import config
 from nnbackend.autograd import functions as _F
 from nnbackend.autograd import ops
-from nnbackend.autograd.function import Function, as_array
+from nnbackend.autograd.function import Function, as_array, spare_grad
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends.ops import NATIVE
@@ -111,13 +111,16 @@ def _product(xp: Any, x: Any, w: Any) -> Any:
     return xp.reshape(xp.reshape(x, (-1, x.shape[-1])) @ w, (*lead, w.shape[-1]))
 
 
-def _weight_grad(xp: Any, x: Any, gy: Any) -> Any:
+def _weight_grad(xp: Any, x: Any, gy: Any, ops: Any = None, out: Any = None) -> Any:
     """``x.T @ gy`` for 2-D ``x`` (rows, in) and ``gy`` (rows, out), the kernel picked by
     shape: for one row the product is an outer product, which a broadcast multiply computes
     with the same values (one product per element) where OpenBLAS's GEMM took 1.1 ms for
-    1024x1024 against 0.35 ms (issue 19; 5.2 against 1.2 ms on the loaded machine here)."""
+    1024x1024 against 0.35 ms (issue 19; 5.2 against 1.2 ms on the loaded machine here).
+    ``out``: an array the product may be written into (``ops.matmul(out=)``)."""
     if x.shape[0] == 1:
         return xp.reshape(x, (-1, 1)) * gy
+    if out is not None:
+        return ops.matmul(x.T, gy, out=out)
     return x.T @ gy
 
 
@@ -141,7 +144,9 @@ class Linear(Function):
         if c is NATIVE:  # the usual case: no conversions to ask for
             self.x, self.w = x, w
             y = _product(xp, x, w)
-            return y if b is None else y + b
+            # The product is a new array of the output's shape: the bias goes into it (one
+            # activation-sized array a layer fewer; the same sums).
+            return y if b is None else ops.add_(y, b)
         return self._forward_in(xp, c, x, w, b)
 
     def _forward_in(self, xp: Any, c: Any, x: Any, w: Any, b: Any) -> Any:
@@ -167,7 +172,14 @@ class Linear(Function):
         gx = gy @ w.T if need_x else None
         if gx is not None and shape is not None:
             gx = xp.reshape(gx, shape)
-        gw = _weight_grad(xp, x, gy) if need_w else None
+        gw = None
+        if need_w:
+            # The weight's gradient from the previous step, where zero_grad kept it and
+            # nothing else refers to it: the product is written there, so a steady-state
+            # step allocates no weight-sized arrays (issue 19: glibc page-faulted them in
+            # again every step, 6,400 faults a step on the medium float64 MLP).
+            out = spare_grad(self.inputs[1], self.ops) if native and x.shape[0] > 1 else None
+            gw = _weight_grad(xp, x, gy, self.ops, out)
         gb = None
         if self.has_bias and self.needs_input_grad[2]:
             gb = self.ops.sum(gy, axis=0)
