@@ -72,6 +72,8 @@ from nnbackend.namespace import backend_for, ops_for
 __all__ = ["CompiledStep", "compile_step"]
 
 _SCALARS = (int, float, bool, complex, str, type(None))
+_settings_version = config.settings_version
+_current_overrides = config.current_overrides
 _MISSING = object()
 
 
@@ -165,27 +167,34 @@ class CompiledStep:
 
     def signature(self, *args: Any) -> Hashable:
         """The signature a call with ``args`` is cached under."""
+        return self._signature(args)[0]
+
+    def _signature(self, args: tuple[Any, ...]) -> tuple[Hashable, list[Any]]:
+        """The signature of ``args`` and their raw values (a Tensor's array), in one pass."""
         sig: list[Any] = []
+        raw: list[Any] = []
         for a in args:
-            d = a.data if isinstance(a, Tensor) else a
+            tensor = isinstance(a, Tensor)
+            d = a.data if tensor else a
+            raw.append(d)
             if type(d) in _SCALARS:
                 sig.append((type(d), d))
             else:
-                sig.append((type(d), tuple(d.shape), d.dtype, isinstance(a, Tensor)))
-        sig.append(config.settings_version())
-        sig.append(config.current_overrides())
+                sig.append((type(d), tuple(d.shape), d.dtype, tensor))
+        sig.append(_settings_version())
+        sig.append(_current_overrides())
         sig.append(is_grad_enabled())
         if self.key is not None:
             sig.append(self.key())
-        return tuple(sig)
+        return tuple(sig), raw
 
     def __call__(self, *args: Any) -> Any:
-        sig = self.signature(*args)
+        sig, raw = self._signature(args)
         rec = self._cache.get(sig)
         if rec is not None:
             if rec.valid():
                 self.replays += 1
-                return rec.run(*[a.data if isinstance(a, Tensor) else a for a in args])
+                return rec.run(*raw)
             del self._cache[sig]
             self._pending.pop(sig, None)
         if sig in self.eager_signatures:
@@ -276,18 +285,31 @@ class _Recording:
         scope: dict[str, Any] = dict(rec.scope)
         exec(compile(self.code, "<nnbackend compiled step>", "exec"), scope)
         self._replay = scope["_replay"]
+        # The checks of valid() and the arrays run() notes, written out for these leaves:
+        # one expression each instead of a loop over three lists (the tiny step's replay
+        # pays them every call).
+        n = len(self.leaves)
+        for i, r in enumerate(self.requires):
+            scope[f"_R{i}"] = r
+        checks = " and ".join(
+            f"L{i}.data is _D[{i}] and L{i}.requires_grad is _R{i}" for i in range(n)
+        )
+        datas = "".join(f"L{i}.data, " for i in range(n))
+        extra = (
+            f"def _valid(_D):\n    return {checks or 'True'}\n"
+            f"def _datas():\n    return [{datas}]\n"
+        )
+        exec(compile(extra, "<nnbackend compiled step checks>", "exec"), scope)
+        self._valid, self._datas = scope["_valid"], scope["_datas"]
 
     def valid(self) -> bool:
         """Whether every parameter still has the array the last run left (nothing rebound it
         outside the step) and its ``requires_grad``."""
-        for t, d, r in zip(self.leaves, self._last, self.requires, strict=True):
-            if t.data is not d or t.requires_grad is not r:
-                return False
-        return True
+        return bool(self._valid(self._last))
 
     def run(self, *args: Any) -> Any:
         out = self._replay(*args)
-        self._last = [t.data for t in self.leaves]
+        self._last = self._datas()
         return out
 
     def differs(self, other: _Recording) -> str | None:

@@ -339,11 +339,14 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
     fresh = {root}  # intermediates whose .grad was set during this pass
     # Highest generation first; among equals, the node created last first (as a stack would),
     # by creation order: the summation order of gradients never depends on memory addresses.
-    heap: list[tuple[int, int, Function]] = [(-creator.generation, -creator.seq, creator)]
+    # A node that finds one new creator while the queue is empty (a chain of layers, the
+    # usual case) hands it on directly: the queue would have given it back at once.
+    heap: list[tuple[int, int, Function]] = []
     seen = {creator}
     pop, push = heapq.heappop, heapq.heappush
-    while heap:
-        f = pop(heap)[2]
+    f = creator
+    while True:
+        nxt = None  # the first creator this node finds, not yet in the queue
         outputs = f.outputs
         single = len(outputs) == 1
         if single:
@@ -378,7 +381,10 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
                     fresh.add(x)
                 if c not in seen:
                     seen.add(c)
-                    push(heap, (-c.generation, -c.seq, c))
+                    if nxt is None:
+                        nxt = c
+                    else:
+                        push(heap, (-c.generation, -c.seq, c))
             elif x.grad is not None:  # leaf: accumulate across passes
                 x.grad = add_arrays(f.xp, x.grad, gx)
             elif f.grad_may_alias:
@@ -397,3 +403,11 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
                     out = ref()
                     if out is not None and not out._retain and out is not root:
                         out.grad = None
+        if nxt is not None:
+            if not heap:
+                f = nxt
+                continue
+            push(heap, (-nxt.generation, -nxt.seq, nxt))
+        elif not heap:
+            return
+        f = pop(heap)[2]

@@ -140,7 +140,7 @@ class Linear(Function):
         c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
         if c is NATIVE:  # the usual case: no conversions to ask for
             self.x, self.w = x, w
-            y = _product(xp, x, w)
+            y = x @ w if x.ndim <= 2 else _product(xp, x, w)
             return y if b is None else y + b
         return self._forward_in(xp, c, x, w, b)
 
@@ -156,7 +156,7 @@ class Linear(Function):
         native = c is NATIVE
         if not native:
             gy = c.widen(gy)
-        need_x, need_w = self.needs_input_grad[:2]
+        needs = self.needs_input_grad
         shape = None
         if x.ndim != 2:
             # Products of 2-D arrays: NumPy runs (N, T, in) @ (in, out) 4-6x slower than the
@@ -164,12 +164,14 @@ class Linear(Function):
             shape = tuple(x.shape)
             x = xp.reshape(x, (-1, w.shape[0]))
             gy = xp.reshape(gy, (-1, w.shape[1]))
-        gx = gy @ w.T if need_x else None
+        gx = gy @ w.T if needs[0] else None
         if gx is not None and shape is not None:
             gx = xp.reshape(gx, shape)
-        gw = _weight_grad(xp, x, gy) if need_w else None
+        gw = None
+        if needs[1]:  # _weight_grad, inlined for the usual batch of several rows
+            gw = x.T @ gy if x.shape[0] != 1 else _weight_grad(xp, x, gy)
         gb = None
-        if self.has_bias and self.needs_input_grad[2]:
+        if self.has_bias and needs[2]:
             gb = self.ops.sum(gy, axis=0)
         if not native:
             dtypes = self.in_dtypes
@@ -290,7 +292,7 @@ def _loss_inputs(y: Any, t: Any) -> tuple[Any, Any]:
     return y, t
 
 
-def _sigmoid_arrays(xp: Any, x: Any) -> Any:
+def _sigmoid_arrays(xp: Any, x: Any, ops: Any = None) -> Any:
     """``1 / (1 + exp(-x))`` in the split form: with ``e = exp(-|x|)`` (never above 1, so it
     never overflows, even in float16), ``1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` for
     ``x < 0``. Both keep full relative precision: the ``0.5 * tanh(x / 2) + 0.5`` form loses
@@ -303,7 +305,9 @@ def _sigmoid_arrays(xp: Any, x: Any) -> Any:
     upper = x >= 0
     if type(upper) is not type(x):  # a numpy.bool for a 0-d x
         upper = as_array(xp, upper)
-    return xp.maximum(e, ops_for(xp, x).astype(upper, x.dtype)) / (1.0 + e)
+    if ops is None:
+        ops = ops_for(xp, x)
+    return xp.maximum(e, ops.astype(upper, x.dtype)) / (1.0 + e)
 
 
 class Sigmoid(Function):
@@ -312,12 +316,18 @@ class Sigmoid(Function):
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        c = self.c = ops_for(xp, x).compute(x, WIDE_MIN_SIZE)
-        self.y = y = _sigmoid_arrays(xp, c.widen(x))
+        ops = ops_for(xp, x)
+        c = self.c = ops.compute(x, WIDE_MIN_SIZE)
+        if c is NATIVE:  # the usual case: no conversions (and no calls to make none)
+            self.y = y = _sigmoid_arrays(xp, x, ops)
+            return y
+        self.y = y = _sigmoid_arrays(xp, c.widen(x), ops)
         return c.narrow(y)
 
     def backward(self, gy: Any) -> Any:
         y, c = self.y, self.c
+        if c is NATIVE:
+            return gy * y * (1.0 - y)
         return c.narrow(c.widen(gy) * y * (1.0 - y))
 
 
@@ -426,7 +436,7 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     return LogSoftmax(axis)(x)
 
 
-def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
+def _class_range(xp: Any, n_classes: int, labels: Any, ops: Any = None) -> Any:
     """``arange(n_classes)`` in the labels' dtype, on the labels' device (a GPU's own one:
     comparing with an array on another device would fail), kept by the backend's ops (where
     they may cache) per combination, not made once per step."""
@@ -438,13 +448,18 @@ def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
         dtype,
         device if type(device).__hash__ is not None else repr(device),
     )
+    if ops is None:
+        ops = _ops(xp, labels)
+    found = ops.lookup(key)  # the usual case: made before, no closure to build
+    if found is not None:
+        return found
 
     def make() -> Any:  # the dtype check runs only on a cache miss, not every step
         if not xp.isdtype(dtype, "integral"):
             raise DtypeError(f"class labels must be integers, got {dtype}")
         return xp.arange(n_classes, dtype=dtype, device=device)
 
-    return _ops(xp, labels).cached(key, make)
+    return ops.cached(key, make)
 
 
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
@@ -494,7 +509,7 @@ class SoftmaxCrossEntropy(Function):
         invalid = None
         self.rows_sum_to_one = t.ndim == 1
         if t.ndim == 1:
-            hit = t[:, None] == _class_range(xp, c, t)
+            hit = t[:, None] == _class_range(xp, c, t, k)
             labels, t = t, k.astype(hit, x.dtype)
             invalid = _labels_out_of_range(k, labels, hit, t, n, c)
         elif tuple(t.shape) != (n, c):
