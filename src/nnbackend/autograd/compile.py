@@ -468,7 +468,9 @@ class _Recorder:
         if changed:  # forward rebinds a setting: put it back before each replayed forward
             self.scope[f"R{k}"] = changed
             self.lines.append(f"    n{k}.__dict__.update(R{k})")
-        call = f"n{k}.forward({', '.join(self._call_srcs)})"
+        # A node's replay_forward: forward without re-deciding what the recording decided.
+        method = "forward" if type(f).replay_forward is None else "replay_forward"
+        call = f"n{k}.{method}({', '.join(self._call_srcs)})"
         if type(ys) is tuple:
             outs = [f"v{k}_{j}" for j in range(len(ys))]
             self.lines.append(

@@ -77,6 +77,14 @@ class Function:
     #: Set by built-in ops whose ``backward`` always returns gradients of their inputs' shape
     #: and dtype: the engine then skips its per-input check (user Functions keep it).
     trusted_grads: bool = False
+    #: Optional method ``replay_forward(*xs)``, defined by ops whose ``forward`` first
+    #: decides things from its inputs' backend, shapes and dtypes (the ops object, whether
+    #: float16 computes wide) and then computes: the computing part alone, reading those
+    #: decisions from ``self``. A compiled step (:func:`nnbackend.compile_step`) replays
+    #: such a node with it, because a replay gives the node arrays of the recording's
+    #: backend, shapes and dtypes; the results must equal ``forward``'s bit for bit, and
+    #: checks on the arrays' values (labels in range) stay in it.
+    replay_forward: Any = None
 
     xp: Namespace
     inputs: tuple[Any, ...]

@@ -134,15 +134,20 @@ class Linear(Function):
     trusted_grads = True
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
-        xp = self.xp
         self.has_bias = b is not None
-        ops = self.ops = ops_for(xp, x)
-        c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
+        ops = self.ops = ops_for(self.xp, x)
+        self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
+        return self.replay_forward(x, w, b)
+
+    def replay_forward(self, x: Any, w: Any, b: Any = None) -> Any:
+        """The product, with the decisions :meth:`forward` made (the compute dtype), which a
+        compiled step's replays keep (see :attr:`Function.replay_forward`)."""
+        c = self.c
         if c is NATIVE:  # the usual case: no conversions to ask for
             self.x, self.w = x, w
-            y = x @ w if x.ndim <= 2 else _product(xp, x, w)
+            y = x @ w if x.ndim <= 2 else _product(self.xp, x, w)
             return y if b is None else y + b
-        return self._forward_in(xp, c, x, w, b)
+        return self._forward_in(self.xp, c, x, w, b)
 
     def _forward_in(self, xp: Any, c: Any, x: Any, w: Any, b: Any) -> Any:
         """The product in ``c``'s compute dtype, stored as ``c`` says."""
@@ -315,13 +320,18 @@ class Sigmoid(Function):
     trusted_grads = True
 
     def forward(self, x: Any) -> Any:
-        xp = self.xp
-        ops = ops_for(xp, x)
-        c = self.c = ops.compute(x, WIDE_MIN_SIZE)
+        ops = self.ops = ops_for(self.xp, x)
+        self.c = ops.compute(x, WIDE_MIN_SIZE)
+        return self.replay_forward(x)
+
+    def replay_forward(self, x: Any) -> Any:
+        """The sigmoid, with the decisions :meth:`forward` made (the compute dtype), which a
+        compiled step's replays keep (see :attr:`Function.replay_forward`)."""
+        c = self.c
         if c is NATIVE:  # the usual case: no conversions (and no calls to make none)
-            self.y = y = _sigmoid_arrays(xp, x, ops)
+            self.y = y = _sigmoid_arrays(self.xp, x, self.ops)
             return y
-        self.y = y = _sigmoid_arrays(xp, c.widen(x), ops)
+        self.y = y = _sigmoid_arrays(self.xp, c.widen(x), self.ops)
         return c.narrow(y)
 
     def backward(self, gy: Any) -> Any:
@@ -488,15 +498,21 @@ class SoftmaxCrossEntropy(Function):
     grad_may_alias = False
 
     def forward(self, x: Any, t: Any) -> Any:
-        xp = self.xp
         if x.ndim != 2:
             raise ShapeError(
                 f"softmax_cross_entropy: logits must have shape (N, C), got {tuple(x.shape)}; "
                 "reshape them first, e.g. y.reshape(-1, C) with labels t.reshape(-1)"
             )
+        k = self.k = ops_for(self.xp, x)
+        self.c = k.compute(x)  # many passes: always worth widening
+        return self.replay_forward(x, t)
+
+    def replay_forward(self, x: Any, t: Any) -> Any:
+        """The loss, with the decisions :meth:`forward` made (the ops, the compute dtype),
+        which a compiled step's replays keep (see :attr:`Function.replay_forward`); the
+        labels are checked on every call."""
+        xp, k, cm = self.xp, self.k, self.c
         n, c = x.shape
-        k = self.k = ops_for(xp, x)
-        cm = self.c = k.compute(x)  # many passes: always worth widening
         if cm.wide:
             x = cm.widen(x)
             if t.dtype == cm.store:  # float16 targets of float16 logits
@@ -507,8 +523,8 @@ class SoftmaxCrossEntropy(Function):
         self.p = e / s
         log_s = xp.log(s)
         invalid = None
-        self.rows_sum_to_one = t.ndim == 1
-        if t.ndim == 1:
+        rows_sum_to_one = self.rows_sum_to_one = t.ndim == 1
+        if rows_sum_to_one:
             hit = t[:, None] == _class_range(xp, c, t, k)
             labels, t = t, k.astype(hit, x.dtype)
             invalid = _labels_out_of_range(k, labels, hit, t, n, c)
@@ -522,7 +538,7 @@ class SoftmaxCrossEntropy(Function):
         self.t, self.n = t, n
         self.logp: Any = z - log_s if self.needs_input_grad[1] else None
         # -sum(t * (z - log s)) / n, with log s summed per row: one (N, C) pass fewer.
-        if self.rows_sum_to_one:
+        if rows_sum_to_one:
             loss = (k.sum(log_s, axis=None) - k.sum(t * z, axis=None)) / float(n)
         else:
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
