@@ -296,8 +296,7 @@ class _Recording:
         )
         datas = "".join(f"L{i}.data, " for i in range(n))
         extra = (
-            f"def _valid(_D):\n    return {checks or 'True'}\n"
-            f"def _datas():\n    return [{datas}]\n"
+            f"def _valid(_D):\n    return {checks or 'True'}\ndef _datas():\n    return [{datas}]\n"
         )
         exec(compile(extra, "<nnbackend compiled step checks>", "exec"), scope)
         self._valid, self._datas = scope["_valid"], scope["_datas"]
