@@ -146,7 +146,7 @@ class Function:
         tensor_type = Tensor
         xs = []
         needs = []
-        tensors: Any = inputs  # the inputs themselves while all are Tensors (the usual case)
+        tensors = []
         array = None
         record = False
         generation = 0
@@ -154,6 +154,7 @@ class Function:
             if isinstance(x, tensor_type):
                 data = x.data
                 xs.append(data)
+                tensors.append(x)
                 if x.requires_grad:
                     needs.append(True)
                     record = True
@@ -166,7 +167,7 @@ class Function:
             else:
                 xs.append(x)
                 needs.append(False)
-                tensors = None
+                tensors.append(None)
                 if array is None and x is not None and type(x) not in _SCALARS:
                     array = x
         if array is None:
@@ -174,8 +175,6 @@ class Function:
                 f"{type(self).__name__} needs at least one Tensor or array input, got only "
                 f"Python scalars {inputs!r}"
             )
-        if tensors is None:  # a plain array or scalar among them: None in its place
-            tensors = tuple([x if isinstance(x, tensor_type) else None for x in inputs])
         found = _by_type_get(type(array))  # backend_for without its call
         self.xp = (found if found is not None else backend_for(array))[0]
         self.needs_input_grad = tuple(needs)
@@ -187,7 +186,7 @@ class Function:
         if _switch.maybe:
             _after_forward(self, xs, ys)
         if record and is_grad_enabled():
-            self.inputs = tensors
+            self.inputs = tuple(tensors)
             self.generation = generation
             self.seq = _next_seq()
             generation += 1
