@@ -12,7 +12,9 @@ sort, no per-op checks.
 - A recording holds what the step *did*, not the Python that decided it: an ``if`` on an array
   value, a loop whose length depends on data, a NumPy call outside the engine's Functions,
   are frozen as they ran when recorded.
-- Replayed every time, so never frozen: every Function's ``forward`` and ``backward``
+- Replayed every time, so never frozen: every Function's ``forward`` (its
+  ``replay_forward`` where it defines one: ``forward`` less the decisions that depend only
+  on the arrays' backend, shapes and dtypes, which a replay keeps) and ``backward``
   (dropout masks are drawn in ``forward``: a fresh mask per replay from the same generator
   stream as eager), the parameters' current arrays (``p.data``), the optimizer's ``step()``
   and ``clip_grad_norm`` (they run as written: learning rates changed by a schedule, Adam's
