@@ -140,6 +140,42 @@ def test_replayed_nodes_keep_the_decisions_of_their_recording(dtype: str):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_subclass_overriding_forward_alone_is_replayed_with_its_forward():
+    """A Function subclass that overrides ``forward`` but inherits ``replay_forward`` (from
+    the built-in Sigmoid) is replayed with its own ``forward``: the inherited shortcut would
+    skip the override. With the override doubling the output, replays equal the eager steps."""
+    from nnbackend.nn import functional as F
+
+    class DoubledSigmoid(F.Sigmoid):
+        def forward(self, x: Any) -> Any:
+            return super().forward(x) * 2.0
+
+        def backward(self, gy: Any) -> Any:
+            return super().backward(gy * 2.0)
+
+    losses = []
+    for compiled in (False, True):
+        with nb.using(backend="numpy"):
+            nb.random.seed(0)
+            model = nn.Sequential(nn.Linear(2, 8))
+            head = nn.Linear(8, 3)
+        opt = optim.SGD([*model.parameters(), *head.parameters()], lr=0.1)
+
+        def step(xb: Any, tb: Any, model: Any = model, head: Any = head, opt: Any = opt) -> Any:
+            opt.zero_grad()
+            loss = nn.SoftmaxCrossEntropy()(head(DoubledSigmoid()(model(xb))), tb)
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = nb.compile_step(step) if compiled else step
+        x, t = _batches("numpy", 1)[0]
+        losses.append([float(run(x, t).item()) for _ in range(6)])
+        if compiled:
+            assert run.replays == 4
+    assert losses[1] == losses[0]
+
+
 def test_labels_out_of_range_raise_a_label_error_in_a_replay():
     """A replay checks the labels of every call, as the eager step does: a new label array of
     the recorded shape and dtype with a label out of range is a LabelError, not a loss."""

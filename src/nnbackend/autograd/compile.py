@@ -341,6 +341,23 @@ class _Recording:
         return None
 
 
+def _replays_with_replay_forward(cls: type) -> bool:
+    """Whether nodes of ``cls`` are replayed with ``replay_forward``: only where the class
+    that defines it is the one defining ``forward``, or a subclass of it. A subclass that
+    overrides ``forward`` alone (its own computation) is replayed with its ``forward``, never
+    with an inherited ``replay_forward`` that would skip the override."""
+    forward_owner = replay_owner = None
+    for klass in cls.__mro__:
+        found = klass.__dict__
+        if forward_owner is None and "forward" in found:
+            forward_owner = klass
+        if replay_owner is None and "replay_forward" in found:
+            replay_owner = klass
+    if replay_owner is None or replay_owner.__dict__["replay_forward"] is None:
+        return False
+    return forward_owner is None or issubclass(replay_owner, forward_owner)
+
+
 def _record(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[_Recording, Any]:
     """Run ``fn(*args)`` eagerly with a recorder on; return its recording and result."""
     rec = _Recorder(args)
@@ -470,7 +487,7 @@ class _Recorder:
             self.scope[f"R{k}"] = changed
             self.lines.append(f"    n{k}.__dict__.update(R{k})")
         # A node's replay_forward: forward without re-deciding what the recording decided.
-        method = "forward" if type(f).replay_forward is None else "replay_forward"
+        method = "replay_forward" if _replays_with_replay_forward(type(f)) else "forward"
         call = f"n{k}.{method}({', '.join(self._call_srcs)})"
         if type(ys) is tuple:
             outs = [f"v{k}_{j}" for j in range(len(ys))]

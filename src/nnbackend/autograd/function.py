@@ -83,7 +83,8 @@ class Function:
     #: decisions from ``self``. A compiled step (:func:`nnbackend.compile_step`) replays
     #: such a node with it, because a replay gives the node arrays of the recording's
     #: backend, shapes and dtypes; the results must equal ``forward``'s bit for bit, and
-    #: checks on the arrays' values (labels in range) stay in it.
+    #: checks on the arrays' values (labels in range) stay in it. A subclass that overrides
+    #: ``forward`` alone is replayed with its ``forward``.
     replay_forward: Any = None
 
     xp: Namespace
