@@ -239,7 +239,8 @@ class Tensor:
 
             backward_create_graph(self, grad, retain_grad)
             return
-        grad = _function.as_array(xp, grad)  # NumPy: a 0-d array, not a numpy.float64
+        if type(grad) is not type(data):  # NumPy: a 0-d array, not a numpy.float64
+            grad = _function.as_array(xp, grad)
         if self.creator is None:  # a leaf: accumulate like any other gradient
             self.grad = grad if self.grad is None else _function.add_arrays(xp, self.grad, grad)
             return

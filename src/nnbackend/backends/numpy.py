@@ -283,6 +283,7 @@ class NumpyOps(Ops):
         import numpy as np
 
         self._np = np
+        self._f16 = np.dtype(np.float16)  # compared with a dtype: cheaper than with the type
         self._scratch: dict[Any, Any] = {}
         # NumPy's own asarray: 0.14 us for a 0-d scalar against 1.5 us through the Array
         # API wrapper (two calls a step: the loss and its seed gradient).
@@ -346,14 +347,14 @@ class NumpyOps(Ops):
         large arrays (a fresh parameter-sized temporary, freed at the top of the heap, made
         glibc hand the memory back and fault it in again every step: benchmarks/NOTES.md,
         30% of the 784-1024-1024-10 step), and float16 runs in float32 a block at a time."""
-        np = self._np
         if not self.inplace:  # a record that forbids in-place writes: rebind
             return super().sub_scaled_(y, a, x)
-        if y.dtype == np.float16:
+        if y.dtype == self._f16:
             return self._sub_scaled_half(y, a, x)
         if x.size < _SCRATCH_MIN or not self.may_cache:
             y -= a * x
             return y
+        np = self._np
         key = x.dtype
         flat = self._scratch.get(key)
         if flat is None or flat.shape[0] < x.size:

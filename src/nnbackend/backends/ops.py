@@ -335,8 +335,15 @@ class Ops:
     def one(self, dtype: DType) -> Array:
         """A new 0-d array holding 1 in ``dtype`` (a copy of a cached one: ``astype`` copies;
         about 0.13 us on NumPy against 1.06 us for ``xp.asarray(1.0, dtype=...)``)."""
-        cached = self.cached(("one", dtype), lambda: self.xp.asarray(1.0, dtype=dtype))
+        cached = self._cache.get(("one", dtype))
+        if cached is None:
+            cached = self.cached(("one", dtype), lambda: self.xp.asarray(1.0, dtype=dtype))
         return self.astype(cached, dtype)
+
+    def lookup(self, key: Hashable) -> Any:
+        """What :meth:`cached` keeps under ``key``, or ``None`` (nothing kept yet, or ops that
+        may not cache): a hot path's first look, before it builds its ``make``."""
+        return self._cache.get(key)
 
     def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
         """``make()``, kept under ``key`` for later calls where :attr:`may_cache`."""
