@@ -1,0 +1,193 @@
+"""Checkpoint edges that mutation testing of ``io/__init__.py``, ``io/_files.py`` and
+``io/_npz.py`` found untested (issue #21): an optimizer of one's own (no ``params``, no step
+count, extra state fields), a file whose optimizer metadata leaves out optional fields, the
+temporary file's name, platforms without ``fchmod``, no free temporary name, the zip64 entries
+of the ``.npz`` layout, and the entry named in the errors of a damaged ``.npz``."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nnbackend as nb
+from nnbackend import io, nn
+from nnbackend.errors import CheckpointError
+from nnbackend.io import _files
+
+
+def _model(seed: int = 0) -> nn.Sequential:
+    with nb.using(backend="numpy", dtype="float64"):
+        nb.random.seed(seed)
+        return nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
+
+
+class _OwnOptimizer:
+    """An optimizer of one's own: a ``state_dict`` with no step count and a field of its own,
+    and no ``params`` attribute."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"type": "Own", "state": {}, "warmup": 3}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loaded = state
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
+def test_an_optimizer_of_ones_own_round_trips_with_defaults_and_extra_fields(
+    tmp_path: Path, suffix: str
+) -> None:
+    path = tmp_path / f"own.{suffix}"
+    nb.save(_model(), path, optimizer=_OwnOptimizer())
+    opt_meta = io.read_metadata(path)["optimizer"]
+    assert opt_meta["steps"] == 0 and opt_meta["hyperparameters"] == {}
+    assert opt_meta["parameters"] == [] and opt_meta["extra"] == {"warmup": 3}
+    opt = _OwnOptimizer()
+    nb.load(_model(1), path, optimizer=opt)
+    assert opt.loaded == {
+        "type": "Own", "hyperparameters": {}, "steps": 0, "state": {}, "warmup": 3
+    }  # fmt: skip
+
+
+def _rewrite_metadata(src: Path, dst: Path, change: Any) -> None:
+    """``src`` with its metadata entry replaced by ``change(metadata)``."""
+    with zipfile.ZipFile(src) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    meta = io.read_metadata(src)
+    change(meta)
+    buf = json.dumps(meta).encode("utf-8")
+    import io as stdio
+
+    out = stdio.BytesIO()
+    np.lib.format.write_array(out, np.frombuffer(buf, dtype=np.uint8), allow_pickle=False)
+    members[io.METADATA_KEY + ".npy"] = out.getvalue()
+    with zipfile.ZipFile(dst, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_optional_optimizer_fields_missing_from_the_file_load_as_their_defaults(
+    tmp_path: Path,
+) -> None:
+    nb.save(_model(), tmp_path / "full.npz", optimizer=_OwnOptimizer())
+
+    def drop(meta: dict[str, Any]) -> None:
+        for key in ("hyperparameters", "steps", "extra", "state"):
+            del meta["optimizer"][key]
+
+    _rewrite_metadata(tmp_path / "full.npz", tmp_path / "lean.npz", drop)
+    opt = _OwnOptimizer()
+    nb.load(_model(1), tmp_path / "lean.npz", optimizer=opt)
+    assert opt.loaded == {"type": "Own", "hyperparameters": {}, "steps": 0, "state": {}}
+
+
+# -- temporary files -------------------------------------------------------------------------
+def test_the_temporary_name_carries_this_machine_s_name_made_file_safe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_files.socket, "gethostname", lambda: "node 7.example_org")
+    assert _files.tmp_prefix(Path("d/ckpt.npz")) == ".ckpt.npz.node-7-example-org."
+    monkeypatch.setattr(_files.socket, "gethostname", lambda: "")
+    assert _files.tmp_prefix(Path("ckpt.npz")) == ".ckpt.npz.host."
+
+
+@pytest.mark.parametrize("missing", [AttributeError, NotImplementedError])
+def test_saving_over_a_file_where_fchmod_is_unsupported_still_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: type[Exception]
+) -> None:
+    path = tmp_path / "m.npz"
+    nb.save(_model(), path)
+
+    def fchmod(fd: int, mode: int) -> None:
+        raise missing("no fchmod here")
+
+    monkeypatch.setattr(_files.os, "fchmod", fchmod, raising=False)
+    nb.save(_model(2), path)  # replaces the file: its mode is kept by fchmod, here refused
+    model = _model(1)
+    nb.load(model, path)
+    assert np.array_equal(model[0].weight.data, _model(2)[0].weight.data)
+
+
+def test_no_free_temporary_name_is_an_eexist_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def taken(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".tmp"):
+            raise FileExistsError(errno.EEXIST, "exists", path)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(_files.os, "open", taken)
+    with pytest.raises(FileExistsError, match="no free temporary name") as info:
+        nb.save(_model(), tmp_path / "m.npz")
+    assert info.value.errno == errno.EEXIST
+    assert "m.npz" in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+# -- the .npz layout -------------------------------------------------------------------------
+def test_npz_entries_are_zip64_stored_as_numpy_savez_writes_them(tmp_path: Path) -> None:
+    """``force_zip64``: an entry is streamed without knowing its size, so its local header
+    must leave room for sizes beyond 4 GiB (sizes 0xFFFFFFFF, a zip64 extra field)."""
+    path = tmp_path / "m.npz"
+    nb.save(_model(), path)
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+    assert len(infos) == 5  # four parameters and the metadata
+    for info in infos:
+        assert info.compress_type == zipfile.ZIP_STORED
+        head = raw[info.header_offset : info.header_offset + 30]
+        assert head[:4] == b"PK\x03\x04"
+        (name_len, extra_len) = struct.unpack("<HH", head[26:30])
+        extra = raw[info.header_offset + 30 + name_len :][:extra_len]
+        assert extra[:2] == b"\x01\x00", info.filename  # the zip64 extra field's id
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {info.filename: zf.read(info) for info in zf.infolist()}
+
+
+def _write(path: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+@pytest.mark.parametrize("cut", [1, -1])
+def test_a_metadata_entry_of_the_wrong_length_is_named_in_the_error(
+    tmp_path: Path, cut: int
+) -> None:
+    nb.save(_model(), tmp_path / "m.npz")
+    members = _members(tmp_path / "m.npz")
+    blob = members[io.METADATA_KEY + ".npy"]
+    members[io.METADATA_KEY + ".npy"] = blob[:-1] if cut > 0 else blob + b" "
+    _write(tmp_path / "bad.npz", members)
+    with pytest.raises(CheckpointError, match=r"entry '__nnbackend__' (ends after|holds more)"):
+        io.read_metadata(tmp_path / "bad.npz")
+
+
+def test_a_parameter_entry_with_a_broken_npy_header_is_named_in_the_error(
+    tmp_path: Path,
+) -> None:
+    nb.save(_model(), tmp_path / "m.npz")
+    members = _members(tmp_path / "m.npz")
+    members["0.weight.npy"] = b"NOTNUMPY" + members["0.weight.npy"][8:]
+    _write(tmp_path / "bad.npz", members)
+    model = _model(1)
+    before = np.array(model[0].weight.data, copy=True)
+    with pytest.raises(CheckpointError, match=r"entry '0\.weight' is not a valid \.npy array"):
+        nb.load(model, tmp_path / "bad.npz")
+    assert np.array_equal(model[0].weight.data, before)
