@@ -191,3 +191,44 @@ def test_a_parameter_entry_with_a_broken_npy_header_is_named_in_the_error(
     with pytest.raises(CheckpointError, match=r"entry '0\.weight' is not a valid \.npy array"):
         nb.load(model, tmp_path / "bad.npz")
     assert np.array_equal(model[0].weight.data, before)
+
+
+# -- what a checkpoint holds -----------------------------------------------------------------
+@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
+def test_buffers_are_saved_and_loaded_with_the_parameters(tmp_path: Path, suffix: str) -> None:
+    """BatchNorm's running statistics are buffers, not parameters: a checkpoint that left
+    them out would load a model that predicts differently in evaluation mode."""
+    with nb.using(backend="numpy", dtype="float64"):
+        nb.random.seed(0)
+        model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+        fresh = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+        x = np.random.default_rng(0).standard_normal((8, 2)) * 3.0 + 1.0
+        model(x)  # training mode: the running statistics move
+    path = tmp_path / f"bn.{suffix}"
+    nb.save(model, path)
+    assert set(io.read_metadata(path)["parameters"]) >= {"1.running_mean", "1.running_var"}
+    nb.load(fresh, path)
+    for name in ("running_mean", "running_var"):
+        want = getattr(model[1], name).data
+        assert not np.array_equal(want, getattr(nn.BatchNorm1d(3), name).data)
+        assert np.array_equal(getattr(fresh[1], name).data, want), name
+
+
+def test_a_safetensors_header_names_the_format(tmp_path: Path) -> None:
+    safetensors = pytest.importorskip("safetensors")
+    path = tmp_path / "m.safetensors"
+    nb.save(_model(), path)
+    with safetensors.safe_open(str(path), framework="numpy") as f:
+        header = f.metadata()
+    assert header["format"] == io.FORMAT
+    assert json.loads(header["nnbackend"])["format"] == io.FORMAT
+
+
+def test_a_device_file_is_refused_as_not_a_regular_file() -> None:
+    if not os.path.exists(os.devnull) or os.name == "nt":
+        pytest.skip("needs a character device")
+    message = r"is a FIFO, device or socket, not a regular checkpoint file"
+    with pytest.raises(CheckpointError, match=message):
+        io.read_metadata(os.devnull)
+    with pytest.raises(CheckpointError, match=message):
+        nb.load(_model(), os.devnull)
