@@ -11,6 +11,7 @@ children, see CONTRIBUTING)."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import warnings
 from dataclasses import fields
@@ -23,7 +24,13 @@ import nnbackend as nb
 from nnbackend import distributed, nn, optim, registry
 from nnbackend.callbacks import EarlyStopping
 from nnbackend.data import DataLoader
-from nnbackend.errors import ArgumentError, CompileWarning, DtypeError
+from nnbackend.errors import (
+    ArgumentError,
+    BackendMismatchError,
+    CompileWarning,
+    DtypeError,
+    ShapeError,
+)
 from nnbackend.metrics import Accuracy
 from nnbackend.train.callbacks import Monitor, monitored_value
 from nnbackend.train.metrics import MetricSums, TopKAccuracy, metric_result
@@ -98,7 +105,9 @@ def test_explicit_min_and_max_modes_are_accepted_and_others_refused() -> None:
     assert Monitor("val_loss", "min", 0.0).mode == "min"
     assert Monitor("val_accuracy", "max", 0.0).mode == "max"
     assert Monitor("loss", "max", 0.0).monitor == "loss"
-    with pytest.raises(ArgumentError, match="mode must be 'auto', 'min' or 'max'"):
+    with pytest.raises(
+        ArgumentError, match=r"^mode must be 'auto', 'min' or 'max', got 'minimum'$"
+    ):
         Monitor("loss", "minimum", 0.0)
     # mode="max" on a falling loss: no epoch after the first improves it.
     x, t = _spiral()
@@ -306,3 +315,131 @@ def test_metric_sums_are_all_reduced_on_their_own_device() -> None:
     sums.add(strict.asarray(0.25, device=device), 2, strict.asarray(1, device=device), 2)
     assert sums.read() == (0.25, 0.5)
     assert comm.devices == [device, device]
+
+
+# -- every refusal says what was wrong and how to fix it ------------------------------------------
+def _bad_fit(**kwargs: Any) -> Any:
+    x, t = _spiral()
+    args = {"x": x, "t": t, "epochs": 1, "batch_size": 4, "progress": False, **kwargs}
+    return lambda: _trainer().fit(**args)
+
+
+def _model_and_opt() -> tuple[Any, Any]:
+    with nb.using(backend="numpy", dtype="float64"):
+        model = nn.Linear(2, 3)
+    return model, optim.SGD(model.parameters())
+
+
+class _Nothing:
+    pass
+
+
+class _OnlyStep:
+    def step(self) -> None:
+        pass
+
+
+def _strict_labels() -> Any:
+    strict = pytest.importorskip("array_api_strict")
+    return strict.asarray(np.arange(12) % 3)
+
+
+X12, T12 = _spiral()
+REFUSALS: list[tuple[str, Any, type[Exception], str]] = [
+    ("model", lambda: nb.Trainer(3, nn.MSELoss(), _model_and_opt()[1]), TypeError,
+     r"model must be callable \(an nn\.Module\), got int"),
+    ("loss", lambda: nb.Trainer(_model_and_opt()[0], "mse", _model_and_opt()[1]), TypeError,
+     r"loss_fn must be callable, got str"),
+    ("optimizer", lambda: nb.Trainer(_model_and_opt()[0], nn.MSELoss(), _Nothing()), TypeError,
+     r"optimizer must have a step\(\) method \(an nnbackend\.optim optimizer\), got _Nothing"),
+    ("zero_grad", lambda: nb.Trainer(_model_and_opt()[0], nn.MSELoss(), _OnlyStep()),
+     TypeError, r"optimizer must have a zero_grad\(\) method \(an nnbackend\.optim optimizer\), "
+     r"got _OnlyStep"),
+    ("scaler", lambda: nb.Trainer(*_model_and_opt()[:1], nn.MSELoss(), _model_and_opt()[1],
+                                  loss_scaler="dynamic"), TypeError,
+     r"loss_scaler must be 'auto', None or a nnbackend\.precision\.LossScaler, got 'dynamic'"),
+    ("epochs", _bad_fit(epochs=1.5), ArgumentError, r"epochs must be an integer >= 0, got 1\.5"),
+    ("batch_size", _bad_fit(batch_size=0), ArgumentError,
+     r"batch_size must be an integer >= 1, got 0"),
+    ("bool", _bad_fit(batch_size=True), ArgumentError,
+     r"batch_size must be an integer >= 1, got True"),
+    ("eval_interval", _bad_fit(eval_interval="2"), ArgumentError,
+     r"eval_interval must be an integer >= 1, got '2'"),
+    ("max_grad", _bad_fit(max_grad=0.0), ValueError, r"max_grad must be > 0, got 0\.0"),
+    ("both validations", _bad_fit(validation=(X12, T12), validation_data=(X12, T12)),
+     ArgumentError, r"give validation or validation_data, not both"),
+    ("split and data", _bad_fit(validation_data=(X12, T12), validation_split=0.5),
+     ArgumentError, r"give validation_data or validation_split, not both"),
+    ("split type", _bad_fit(validation_split="half"), ArgumentError,
+     r"validation_split must be a number, got 'half'"),
+    ("split range", _bad_fit(validation_split=1.0), ArgumentError,
+     r"validation_split must be between 0 and 1, got 1\.0"),
+    ("no targets", _bad_fit(t=None), ArgumentError,
+     r"fit needs targets t \(or a nnbackend\.data\.DataLoader as x\)"),
+    ("rows", _bad_fit(t=T12[:5]), ShapeError,
+     r"fit: 12 inputs \(shape \(12, 2\)\) but 5 targets \(shape \(5,\)\)"),
+    ("scalar", _bad_fit(t=np.float64(1.0)), ShapeError,
+     r"fit: inputs and targets need a leading sample axis"),
+    ("empty", _bad_fit(x=np.zeros((0, 2)), t=np.zeros(0, np.int64)), ShapeError,
+     r"fit: the data set is empty"),
+    ("pair", _bad_fit(validation=(X12,)), ArgumentError,
+     r"fit\(validation=\.\.\.\): validation must be a pair \(x_val, t_val\), got tuple of "
+     r"length 1"),
+    ("not a pair", _bad_fit(validation=X12), ArgumentError,
+     r"fit\(validation=\.\.\.\): validation must be a pair \(x_val, t_val\), got ndarray"),
+    ("row shape", _bad_fit(validation=(np.zeros((3, 4)), np.zeros(3, np.int64))), ShapeError,
+     r"fit\(validation=\.\.\.\): validation inputs have shape \(3, 4\), but the training "
+     r"inputs \(12, 2\); each row must have shape \(2,\)"),
+    ("loader split", lambda: _trainer().fit(DataLoader(X12, T12), validation_split=0.5),
+     ArgumentError, r"validation_split needs the data in memory; with a DataLoader, pass "
+     r"validation_data=\(x_val, t_val\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_fit_refusals_say_what_was_wrong(call: Any, error: type[Exception], message: str) -> None:
+    """The whole message (``re.fullmatch``), so a changed word anywhere in it is caught."""
+    with pytest.raises(error) as info:
+        call()
+    assert re.fullmatch(message, str(info.value)), str(info.value)
+
+
+def test_arrays_from_two_backends_are_named() -> None:
+    """``fit`` moves inputs and targets together (a model without parameters keeps the first
+    array's backend), so only the validation set of such a model can be on another backend;
+    the pair check itself names both backends."""
+    with pytest.raises(
+        BackendMismatchError,
+        match=r"fit: inputs and targets are arrays from two backends, 'numpy' and "
+        r"'array_api_strict'; move one to the other's backend first",
+    ):
+        nb.Trainer._check_pair(X12, _strict_labels(), "fit")
+    strict = pytest.importorskip("array_api_strict")
+    trainer = nb.Trainer(_Scale(np.ones((2, 3))), nn.MSELoss(), _NoOptimizer())
+    y = np.zeros((12, 3))
+    with pytest.raises(
+        BackendMismatchError,
+        match=r"fit\(validation=\.\.\.\): the validation set is on backend 'array_api_strict', "
+        r"the training data on 'numpy'; move it to 'numpy' first",
+    ):
+        trainer.fit(X12, y, progress=False, validation=(strict.asarray(X12), strict.asarray(y)))
+
+
+def test_callback_monitor_and_metric_refusals_say_what_was_wrong() -> None:
+    with pytest.raises(ArgumentError, match=r"^patience must be an int >= 0, got -1$"):
+        EarlyStopping("loss", patience=-1)
+    with pytest.raises(ArgumentError, match=r"^patience must be an int >= 0, got True$"):
+        EarlyStopping("loss", patience=True)
+    with pytest.raises(ArgumentError, match=r"^min_delta must be >= 0, got -0\.1$"):
+        EarlyStopping("loss", min_delta=-0.1)
+    with pytest.raises(ArgumentError, match=r"^monitor must be a name such as 'val_loss', got 3$"):
+        EarlyStopping(3)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match=r"^k must be an int >= 1, got 0$"):
+        TopKAccuracy(0)
+    with pytest.raises(ArgumentError, match=r"^fn must be callable \(y, t\) -> 0-d array, got 2$"):
+        nb.metrics.Mean("m", 2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^a callback is a nnbackend\.train\.Callback or a "
+                       r"function \(trainer, history\), got int$"):  # fmt: skip
+        _trainer().fit(X12, T12, progress=False, callbacks=[3])
