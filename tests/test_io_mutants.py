@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import nnbackend as nb
-from nnbackend import io, nn
+from nnbackend import io, nn, optim
 from nnbackend.errors import CheckpointError
 from nnbackend.io import _files
 
@@ -232,3 +232,143 @@ def test_a_device_file_is_refused_as_not_a_regular_file() -> None:
         io.read_metadata(os.devnull)
     with pytest.raises(CheckpointError, match=message):
         nb.load(_model(), os.devnull)
+
+
+# -- every refusal names the file, the entry and what is wrong ---------------------------------
+class _BadStateNames:
+    def __init__(self, params: list[Any]) -> None:
+        self.params = params
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"type": "Bad", "state": {0: {"m/v": np.zeros(3)}}}
+
+
+def test_an_optimizer_state_name_unfit_for_a_zip_entry_is_refused_before_writing(
+    tmp_path: Path,
+) -> None:
+    model = _model()
+    with pytest.raises(
+        CheckpointError,
+        match=r"^cannot save _BadStateNames's state 'm/v': state names must be letters, "
+        r"digits, '_', '\.' or '-'$",
+    ):
+        nb.save(model, tmp_path / "m.npz", optimizer=_BadStateNames(list(model.parameters())))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_zip_member_that_is_no_npy_array_is_refused(tmp_path: Path) -> None:
+    nb.save(_model(), tmp_path / "m.npz")
+    members = _members(tmp_path / "m.npz")
+    members["notes.txt"] = b"hello"
+    _write(tmp_path / "bad.npz", members)
+    with pytest.raises(
+        CheckpointError,
+        match=r"bad\.npz: unexpected entries \['notes\.txt'\] \(a checkpoint holds \.npy "
+        r"arrays only\)$",
+    ):
+        io.read_metadata(tmp_path / "bad.npz")
+
+
+def test_an_entry_compressed_with_another_method_is_refused(tmp_path: Path) -> None:
+    nb.save(_model(), tmp_path / "m.npz")
+    members = _members(tmp_path / "m.npz")
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as zf:
+        for name, data in members.items():
+            method = zipfile.ZIP_BZIP2 if name == "0.weight.npy" else zipfile.ZIP_STORED
+            zf.writestr(name, data, compress_type=method)
+    with pytest.raises(
+        CheckpointError,
+        match=r"bad\.npz: entry '0\.weight' uses zip compression method 12; checkpoints are "
+        r"stored or deflated$",
+    ):
+        nb.load(_model(1), tmp_path / "bad.npz")
+
+
+def test_an_npy_header_longer_than_numpy_accepts_is_refused(tmp_path: Path) -> None:
+    nb.save(_model(), tmp_path / "m.npz")
+    members = _members(tmp_path / "m.npz")
+    members["0.weight.npy"] = b"\x93NUMPY\x02\x00" + struct.pack("<I", 20000) + b" " * 20000
+    _write(tmp_path / "bad.npz", members)
+    with pytest.raises(
+        CheckpointError,
+        match=r"entry '0\.weight' is not a valid \.npy array \(a 20000-byte header, more than "
+        r"10000\); the file is corrupted$",
+    ):
+        nb.load(_model(1), tmp_path / "bad.npz")
+
+
+def test_a_truncated_zip_is_a_checkpoint_error_naming_the_file(tmp_path: Path) -> None:
+    nb.save(_model(), tmp_path / "m.npz")
+    raw = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(
+        CheckpointError,
+        match=r"cut\.npz: cannot read the checkpoint \(BadZipFile: .*\); the file is "
+        r"truncated, corrupted or not an \.npz checkpoint$",
+    ):
+        io.read_metadata(tmp_path / "cut.npz")
+
+
+def test_a_directory_is_refused_as_not_a_regular_file(tmp_path: Path) -> None:
+    with pytest.raises(
+        CheckpointError, match=r"is a directory, not a(?: regular)? checkpoint file$"
+    ):
+        io.read_metadata(tmp_path)
+
+
+def test_loading_a_value_that_overflows_the_model_dtype_says_what_to_do(tmp_path: Path) -> None:
+    big = _model()
+    big[0].weight.data[0, 0] = 1e6
+    nb.save(big, tmp_path / "big.npz")
+    with nb.using(backend="numpy", dtype="float16"):
+        nb.random.seed(0)
+        half = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
+    with pytest.raises(
+        CheckpointError,
+        match=r"big\.npz: entry '0\.weight' holds values up to 1e\+06, beyond float16's "
+        r"6\.55e\+04: loading it into a float16 parameter would make them infinite\. Load into "
+        r"a model of a wider dtype$",
+    ):
+        nb.load(half, tmp_path / "big.npz")
+
+
+def _adam(model: Any) -> Any:
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    for p in model.parameters():
+        p.grad = p.data * 0.5
+    opt.step()
+    return opt
+
+
+def test_an_optimizer_over_other_parameters_is_refused_by_count_and_by_name(
+    tmp_path: Path,
+) -> None:
+    model = _model()
+    nb.save(model, tmp_path / "m.npz", optimizer=_adam(model))
+    fresh = _model(1)
+    params = list(fresh.parameters())
+    with pytest.raises(
+        CheckpointError,
+        match=r"m\.npz: the saved optimizer had 4 parameters, this one has 3$",
+    ):
+        nb.load(fresh, tmp_path / "m.npz", optimizer=optim.Adam(params[:3]))
+    swapped = [params[1], params[0], *params[2:]]
+    with pytest.raises(
+        CheckpointError,
+        match=r"m\.npz: optimizer parameter 0 was '0\.weight' when saved but is '0\.bias' now$",
+    ):
+        nb.load(fresh, tmp_path / "m.npz", optimizer=optim.Adam(swapped))
+
+
+def test_optimizer_state_for_a_parameter_the_optimizer_lacks_is_refused(tmp_path: Path) -> None:
+    nb.save(_model(), tmp_path / "m.npz", optimizer=_OwnOptimizer())
+
+    def add_state(meta: dict[str, Any]) -> None:
+        meta["optimizer"]["state"] = {"5": {"numbers": {"step": 1}, "arrays": []}}
+
+    _rewrite_metadata(tmp_path / "m.npz", tmp_path / "bad.npz", add_state)
+    with pytest.raises(
+        CheckpointError,
+        match=r"bad\.npz: optimizer state for parameter 5, but the optimizer has 0 parameters$",
+    ):
+        nb.load(_model(1), tmp_path / "bad.npz", optimizer=_OwnOptimizer())
