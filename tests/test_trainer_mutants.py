@@ -443,3 +443,128 @@ def test_callback_monitor_and_metric_refusals_say_what_was_wrong() -> None:
     with pytest.raises(TypeError, match=r"^a callback is a nnbackend\.train\.Callback or a "
                        r"function \(trainer, history\), got int$"):  # fmt: skip
         _trainer().fit(X12, T12, progress=False, callbacks=[3])
+
+
+# -- sample B's survivors: metrics, monitors, the data-parallel split, compile, the log --------
+def test_targets_neither_labels_nor_one_hot_are_refused_with_both_shapes() -> None:
+    with pytest.raises(
+        ShapeError,
+        match=r"^targets of shape \(4,\) and dtype float64 are neither integer labels nor "
+        r"one-hot rows of the outputs' shape \(4, 3\)$",
+    ):
+        Accuracy().update(np.zeros((4, 3)), np.zeros(4))
+
+
+def test_binary_accuracy_reads_a_target_of_one_half_as_zero() -> None:
+    """A target means 1 *above* 0.5, as a logit means 1 above 0."""
+    acc = nb.metrics.BinaryAccuracy()
+    acc.update(np.array([[1.0, -1.0, 0.0]]), np.array([[0.5, 0.5, 0.5]]))
+    assert acc.result() == pytest.approx(2 / 3)  # -1 and 0 agree with 0.5 read as 0
+
+
+def test_mean_metric_of_float16_values_is_weighted_in_float32() -> None:
+    """``value * rows`` in float16 would round 0.1 * 1001 to 100.0625."""
+    value16 = np.float16(0.1)
+    mean = nb.metrics.Mean("m", lambda y, t: np.asarray(value16))
+    mean.update(np.zeros((1001, 1), np.float16), np.zeros(1001, np.int64))
+    assert mean.result() == pytest.approx(float(value16), rel=1e-6)
+
+
+def test_monitored_value_reads_each_name_and_none_when_missing() -> None:
+    history = nb.History(epoch_loss=[0.5, 0.25], epoch_accuracy=[0.5, None])
+    assert monitored_value(history, "loss") == 0.25
+    assert monitored_value(history, "accuracy") is None  # the loss had no accuracy
+    history.epoch_accuracy[-1] = 0.75
+    assert monitored_value(history, "accuracy") == 0.75
+    assert monitored_value(nb.History(), "val_loss") is None  # nothing yet
+    assert monitored_value(nb.History(), "accuracy") is None
+
+
+def test_early_stopping_defaults_to_a_patience_of_five_on_val_loss() -> None:
+    stop = EarlyStopping()
+    assert (stop.monitor, stop.patience, stop.restore_best) == ("val_loss", 5, False)
+
+
+def test_a_loader_whose_last_global_batch_starves_a_rank_is_refused() -> None:
+    """10 rows in batches of 4 end with 2 rows: too few for 3 ranks."""
+    from nnbackend.train import trainer as trainer_module
+
+    loader = DataLoader(np.zeros((10, 2)), np.zeros(10, np.int64), batch_size=4, shuffle=False)
+    with pytest.raises(
+        ArgumentError,
+        match=r"^data-parallel training on 3 ranks: a global batch of 2 rows \(10 rows in "
+        r"batches of 4\) leaves a rank without rows; ",
+    ):
+        trainer_module._check_split(10, 4, 3, 3, loader)
+    trainer_module._check_split(10, 4, 3, 2, loader)  # 2 rows for 2 ranks is enough
+
+
+class _PlainSGD:
+    """An optimizer whose ``step`` is not a recorded call."""
+
+    def __init__(self, params: list[Any]) -> None:
+        self.params = params
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        for p in self.params:
+            p.data = p.data - 0.1 * p.grad
+
+
+def test_compile_with_an_unrecorded_optimizer_step_warns_and_runs_eagerly() -> None:
+    with nb.using(backend="numpy", dtype="float64"):
+        model = nn.Linear(2, 3)
+    trainer = nb.Trainer(
+        model, nn.SoftmaxCrossEntropy(), _PlainSGD(list(model.parameters())), compile=True
+    )
+    with pytest.warns(CompileWarning, match=r"_PlainSGD\.step is not a recorded call") as got:
+        trainer.train_step(nb.to_backend(X12, like=model), nb.to_backend(T12, like=model))
+    assert trainer._compiled is None and trainer.step == 1
+    assert got[0].filename == __file__  # stacklevel: the line that called train_step
+
+
+def _dropout_net() -> tuple[Any, nb.Trainer]:
+    with nb.using(backend="numpy", dtype="float64"):
+        nb.random.seed(0)
+        model = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    return model, nb.Trainer(
+        model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), compile=True
+    )
+
+
+def test_a_compiled_step_records_again_when_the_mode_or_clipping_changes() -> None:
+    """The compiled step depends on the model's mode (dropout) and on ``max_grad``: each
+    change records a new step, so it equals the eager trainer on the same sequence."""
+    weights = []
+    for compiled in (True, False):
+        model, trainer = _dropout_net()
+        trainer.compile = compiled
+        nb.random.seed(1)
+        trainer.fit(X12, T12, epochs=2, batch_size=4, seed=0, progress=False)
+        model.eval()
+        xb, tb = nb.to_backend(X12[:4], like=model), nb.to_backend(T12[:4], like=model)
+        for _ in range(2):
+            trainer.train_step(xb, tb)  # eval mode: no dropout
+        model.train()
+        trainer.fit(X12, T12, epochs=2, batch_size=4, seed=0, progress=False, max_grad=0.05)
+        weights.append([_host(p) for p in model.parameters()])
+    for got, want in zip(*weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_the_log_shows_training_and_validation_accuracy_at_each_epoch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _trainer().fit(
+        X12, T12, epochs=1, batch_size=4, seed=0, progress="log", eval_interval=2,
+        validation=(X12, T12),
+    )  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    epoch = [line for line in lines if " epoch loss=" in line]
+    assert len(epoch) == 1
+    assert re.search(
+        r"\] epoch loss=\d\.\d{4} acc=\d+\.\d% val_loss=\d\.\d{4} val_acc=\d+\.\d%$", epoch[0]
+    ), epoch[0]
