@@ -59,6 +59,21 @@ def test_an_optimizer_of_ones_own_round_trips_with_defaults_and_extra_fields(
     }  # fmt: skip
 
 
+class _Untyped(_OwnOptimizer):
+    """A ``state_dict`` without a ``"type"``: the class name stands in for it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": {}}
+
+
+def test_an_optimizer_state_without_a_type_is_saved_under_its_class_name(tmp_path: Path) -> None:
+    nb.save(_model(), tmp_path / "m.npz", optimizer=_Untyped())
+    assert io.read_metadata(tmp_path / "m.npz")["optimizer"]["type"] == "_Untyped"
+    opt = _Untyped()
+    nb.load(_model(1), tmp_path / "m.npz", optimizer=opt)
+    assert opt.loaded is not None and opt.loaded["type"] == "_Untyped"
+
+
 def _rewrite_metadata(src: Path, dst: Path, change: Any) -> None:
     """``src`` with its metadata entry replaced by ``change(metadata)``."""
     with zipfile.ZipFile(src) as zf:
@@ -372,3 +387,80 @@ def test_optimizer_state_for_a_parameter_the_optimizer_lacks_is_refused(tmp_path
         match=r"bad\.npz: optimizer state for parameter 5, but the optimizer has 0 parameters$",
     ):
         nb.load(_model(1), tmp_path / "bad.npz", optimizer=_OwnOptimizer())
+
+
+# -- sample B's survivors --------------------------------------------------------------------
+def test_a_value_at_float16_s_largest_finite_loads_into_float16(tmp_path: Path) -> None:
+    edge = _model()
+    edge[0].weight.data[0, 0] = 65504.0  # float16's largest finite value: not an overflow
+    nb.save(edge, tmp_path / "edge.npz")
+    with nb.using(backend="numpy", dtype="float16"):
+        nb.random.seed(0)
+        half = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
+    nb.load(half, tmp_path / "edge.npz")
+    assert float(half[0].weight.data[0, 0]) == 65504.0
+
+
+def _dead_pid() -> int:
+    pid = 2**22 - 7
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            pass
+        pid -= 1
+
+
+def test_only_files_shaped_like_a_dead_save_s_temporary_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``.<name>.<host>.<pid>.<token>.tmp`` of a dead process goes; names of another shape
+    (one field, a non-numeric pid) and other files stay, whatever order the folder lists."""
+    path = tmp_path / "m.npz"
+    prefix = _files.tmp_prefix(path)
+    dead = _dead_pid()
+    keep = [
+        "notes.txt",
+        f"{prefix}{dead}.tmp",  # one field
+        f"{prefix}abc.1234.tmp",  # no pid
+        f"{prefix}{dead}.ab.cd.tmp",  # three fields
+    ]
+    stale = f"{prefix}{dead}.0badc0de.tmp"
+    for name in [*keep, stale]:
+        (tmp_path / name).write_bytes(b"x")
+    real_listdir = os.listdir
+    monkeypatch.setattr(
+        _files.os, "listdir", lambda d: sorted(real_listdir(d), key=lambda n: n == stale)
+    )  # the stale one last, after every name to skip
+    nb.save(_model(), path)
+    assert sorted(real_listdir(tmp_path)) == sorted([*keep, "m.npz"])
+
+
+def test_a_name_near_the_file_system_limit_still_saves(tmp_path: Path) -> None:
+    """The temporary name adds the host, the pid and 8 hex digits to the checkpoint's name:
+    a name 20 bytes short of the limit leaves room for them."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    overhead = len(_files.tmp_prefix(Path("x"))) - 1 + len(str(os.getpid())) + 1 + 8 + 4
+    name = "c" * (limit - overhead - 20) + ".npz"
+    assert len(name) + 64 > limit - overhead  # a 64-digit token would not fit
+    nb.save(_model(), tmp_path / name)
+    model = _model(1)
+    nb.load(model, tmp_path / name)
+    assert np.array_equal(model[0].weight.data, _model()[0].weight.data)
+
+
+def test_corrupted_metadata_json_is_named_with_its_file(tmp_path: Path) -> None:
+    nb.save(_model(), tmp_path / "m.npz")
+    members = _members(tmp_path / "m.npz")
+    import io as stdio
+
+    out = stdio.BytesIO()
+    np.lib.format.write_array(out, np.frombuffer(b"{not json", dtype=np.uint8))
+    members[io.METADATA_KEY + ".npy"] = out.getvalue()
+    _write(tmp_path / "bad.npz", members)
+    where = str(tmp_path / "bad.npz")
+    with pytest.raises(CheckpointError) as info:
+        io.read_metadata(where)
+    assert str(info.value).startswith(f"{where}: the metadata entry is corrupted (")
