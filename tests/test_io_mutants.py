@@ -464,3 +464,29 @@ def test_corrupted_metadata_json_is_named_with_its_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         io.read_metadata(where)
     assert str(info.value).startswith(f"{where}: the metadata entry is corrupted (")
+
+
+class _Pair(nn.Module):
+    """``a`` (optional) then ``b``: parameter names ``a.*`` come before ``b.*``."""
+
+    def __init__(self, a: int | None, b: int) -> None:
+        super().__init__()
+        with nb.using(backend="numpy", dtype="float64"):
+            if a is not None:
+                self.a = nn.Linear(2, a)
+            self.b = nn.Linear(2, b)
+
+    def forward(self, x: Any) -> Any:
+        return self.b(x)
+
+
+def test_strict_false_checks_the_shape_of_every_common_entry(tmp_path: Path) -> None:
+    """A parameter the file lacks, first in the model, does not stop the shape check of the
+    entries after it: a common entry of another shape is refused, the model left as it was."""
+    nb.save(_Pair(None, 3), tmp_path / "b.npz")
+    model = _Pair(2, 4)  # a.* not in the file; b.* there, with 3 outputs instead of 4
+    before = [np.array(p.data, copy=True) for p in model.parameters()]
+    with pytest.raises(CheckpointError, match=r"entry 'b\.weight' has shape"):
+        nb.load(model, tmp_path / "b.npz", strict=False)
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert np.array_equal(p.data, b)
