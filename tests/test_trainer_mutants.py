@@ -11,6 +11,7 @@ children, see CONTRIBUTING)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import warnings
@@ -523,7 +524,8 @@ def test_compile_with_an_unrecorded_optimizer_step_warns_and_runs_eagerly() -> N
     with pytest.warns(CompileWarning, match=r"_PlainSGD\.step is not a recorded call") as got:
         trainer.train_step(nb.to_backend(X12, like=model), nb.to_backend(T12, like=model))
     assert trainer._compiled is None and trainer.step == 1
-    assert got[0].filename == __file__  # stacklevel: the line that called train_step
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampolines add stack frames
+        assert got[0].filename == __file__  # stacklevel: the line that called train_step
 
 
 def _dropout_net() -> tuple[Any, nb.Trainer]:
