@@ -490,3 +490,20 @@ def test_strict_false_checks_the_shape_of_every_common_entry(tmp_path: Path) -> 
         nb.load(model, tmp_path / "b.npz", strict=False)
     for p, b in zip(model.parameters(), before, strict=True):
         assert np.array_equal(p.data, b)
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
+def test_an_integer_buffer_is_refused_before_anything_is_written(
+    tmp_path: Path, suffix: str
+) -> None:
+    """``load`` accepts only floating entries (a hostile file's dtype is checked), so a model
+    with an integer buffer would save a checkpoint nobody can read: ``save`` refuses it,
+    naming the buffer and its dtype, and leaves an existing file as it was."""
+    model = _model()
+    model.register_buffer("count", np.zeros(3, dtype=np.int64))
+    path = tmp_path / f"m.{suffix}"
+    path.write_bytes(b"an earlier checkpoint")
+    with pytest.raises(CheckpointError, match=r"cannot save 'count': its dtype is int64"):
+        nb.save(model, path)
+    assert path.read_bytes() == b"an earlier checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"m.{suffix}"]

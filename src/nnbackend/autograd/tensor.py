@@ -213,8 +213,8 @@ class Tensor:
         data = self.data
         xp = backend_for(data)[0]
         if grad is None:
-            if data.ndim == 0:  # the usual case, a loss: a copy of a cached one
-                grad = ops_for(xp, data).one(data.dtype)
+            if data.ndim == 0:  # the usual case, a loss: a copy of a cached one, on its device
+                grad = ops_for(xp, data).one(data.dtype, getattr(data, "device", None))
             elif self.size != 1:
                 raise GradientError(
                     f"backward() without a gradient needs a one-element tensor, this one has "
