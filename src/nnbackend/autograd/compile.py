@@ -268,6 +268,18 @@ def _equal_values(a: Any, b: Any) -> bool:
         return False
 
 
+#: Arrays from this many bytes up that a node kept after its step are let go by the replay.
+_BIG_BYTES = 64 * 1024
+
+
+def _holds_big_array(value: Any) -> bool:
+    """Whether ``value`` is, or is a tuple/list holding, an array of :data:`_BIG_BYTES`+."""
+    if isinstance(value, tuple | list):
+        return any(_holds_big_array(v) for v in value)
+    nbytes = getattr(value, "nbytes", None)
+    return isinstance(nbytes, int) and nbytes >= _BIG_BYTES
+
+
 class _Recording:
     """One signature's replay: generated Python code over the recorded nodes."""
 
@@ -714,6 +726,17 @@ class _Recorder:
         for t in self.leaves:  # e.g. zero_grad() at the end of the step
             if id(t) in self.grads and t.grad is None:
                 self.lines.append(f"    {self._leaf(t)}.grad = None")
+        for k, f in enumerate(self.nodes):
+            # What forward kept for backward (inputs, masks, outputs) is dead once the step
+            # has run: let it go after each replay, as the eager graph goes, instead of
+            # holding a step's activations between steps. Only large arrays: a tiny step's
+            # replay would pay more for the lines than the memory is worth.
+            pre = self.pre[k]
+            held = {key: pre.get(key) for key, v in vars(f).items() if _holds_big_array(v)}
+            if held:
+                self.scope[f"DROP{k}"] = held
+                self.lines.append(f"    n{k}.__dict__.update(DROP{k})")
+                vars(f).update(held)
         self.lines.append("    return " + self._returned(result))
         for f in self.nodes:  # the replay never reads them: let the recorded graph go
             if getattr(f, "inputs", None):
