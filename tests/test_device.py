@@ -653,3 +653,53 @@ def test_a_model_on_a_second_device_trains_there() -> None:
     for p in model.parameters():
         assert str(p.data.device) == str(p.grad.device) == "array_api_strict.Device('device1')"
     assert losses[-1] < losses[0]
+
+
+def _second_device_cases() -> dict[str, tuple[Callable[[], Any], Callable[..., Any]]]:
+    """Models whose forward or backward makes constants (initial states, padding, a
+    gradient for an unused slice, embedding rows), each with a loss of its output."""
+    fn = nb.autograd.functions
+
+    def seq(h: Any) -> Any:
+        return (h[0] if isinstance(h, tuple) else h).sum()
+
+    def ce(m: Any, x: Any) -> Any:
+        return nn.SoftmaxCrossEntropy()(m(x), nb.to_device(nb.Tensor(np.array([0, 2])), DEV1))
+
+    return {
+        "rnn": (lambda: nn.RNN(6, 4), lambda m, x: seq(m(x))),
+        "lstm": (lambda: nn.LSTM(6, 4), lambda m, x: seq(m(x))),
+        "gru": (lambda: nn.GRU(6, 4), lambda m, x: seq(m(x))),
+        "embedding": (
+            lambda: nn.Sequential(nn.Embedding(5, 4), nn.Flatten(), nn.Linear(20, 3)),
+            lambda m, x: ce(m, nb.to_device(nb.Tensor(np.array([[1, 2, 3, 1, 0]] * 2)), DEV1)),
+        ),
+        "conv": (
+            lambda: nn.Sequential(nn.Conv2d(6, 4, 2, stride=3), nn.Flatten(), nn.Linear(16, 3)),
+            lambda m, x: ce(m, nb.to_device(nb.Tensor(np.ones((2, 6, 6, 6))), DEV1)),
+        ),
+        "slices": (
+            lambda: nn.Linear(6, 4),
+            lambda m, x: (fn.concat([m(x)[:, 0, :2], m(x)[1:, 1, 2:]], axis=0) ** 2).sum(),
+        ),
+    }
+
+
+DEV1 = "array_api_strict:device1"
+
+
+@pytest.mark.parametrize("case", sorted(_second_device_cases()))
+def test_layers_that_make_constants_train_on_a_second_device(case: str) -> None:
+    make, loss_of = _second_device_cases()[case]
+    with nb.using(backend="array_api_strict", dtype="float64"):
+        nb.random.seed(0)
+        model = make()
+    model.to(DEV1)
+    x = nb.to_device(nb.Tensor(np.linspace(-1.0, 1.0, 60).reshape(2, 5, 6)), DEV1)
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        loss_of(model, x).backward()
+        opt.step()
+    for p in model.parameters():
+        assert str(p.grad.device) == str(p.data.device) == f"{DEV1.split(':')[0]}.Device('device1')"

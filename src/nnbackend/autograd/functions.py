@@ -85,7 +85,7 @@ class BroadcastTo(Function):
     def forward(self, x: Any) -> Any:
         self.in_shape = tuple(x.shape)
         # A new array, not a read-only view: results may be written into.
-        return self.xp.zeros(self.shape, dtype=x.dtype) + x
+        return self.xp.zeros(self.shape, dtype=x.dtype, device=x.device) + x
 
     def graph_backward(self, gy: Tensor) -> Tensor:
         return sum_to(gy, self.in_shape)
@@ -139,7 +139,7 @@ class _LocallyConstant(Function):
 
     def graph_backward(self, gy: Tensor) -> Tensor:
         x = self.inputs[0].data
-        return Tensor._wrap(self.xp.zeros(x.shape, dtype=x.dtype), False)
+        return Tensor._wrap(self.xp.zeros(x.shape, dtype=x.dtype, device=x.device), False)
 
 
 def piecewise(x: Any, value: Any) -> Any:
@@ -297,9 +297,10 @@ class _Extremum(Function):
         xp = self.xp
         ops.check_same_dtype("maximum" if self.larger else "minimum", a, b)
         self.shapes = (_shape(a), _shape(b))
-        dtype = (a if type(a) not in _SCALARS else b).dtype
+        like = a if type(a) not in _SCALARS else b
+        dtype = like.dtype
         if type(a) in _SCALARS:
-            a = xp.asarray(a, dtype=dtype)
+            a = xp.asarray(a, dtype=dtype, device=like.device)
         if type(b) in _SCALARS:
             b = xp.asarray(b, dtype=dtype)
         win = (a > b) if self.larger else (a < b)
@@ -341,7 +342,7 @@ class Clip(Function):
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        inside = xp.ones(x.shape, dtype=xp.bool)
+        inside = xp.ones(x.shape, dtype=xp.bool, device=x.device)
         y = x
         if self.lo is not None:
             inside = inside & (x >= self.lo)
@@ -599,11 +600,12 @@ class Split(Function):
     def graph_backward(self, *gys: Tensor | None) -> Tensor:
         xp = self.xp
         parts = []
+        device = next((g.data.device for g in gys if g is not None), None)
         for g, n in zip(gys, self.sizes, strict=True):
             if g is None:
                 shape = list(self.shape)
                 shape[self.axis] = n
-                g = xp.zeros(tuple(shape), dtype=self.dtype)
+                g = xp.zeros(tuple(shape), dtype=self.dtype, device=device)
             parts.append(g)
         return concat(parts, self.axis)
 
@@ -689,7 +691,7 @@ def pad(x: Any, pad_width: Any, value: float = 0.0) -> Tensor:
         for n in (before, after):
             side = list(out.shape)
             side[axis] = n
-            parts.append(xp.full(tuple(side), value, dtype=x.dtype) if n else None)
+            parts.append(xp.full(tuple(side), value, dtype=x.dtype, device=x.device) if n else None)
         pieces = [p for p in (parts[0], out, parts[1]) if p is not None]
         if len(pieces) > 1:
             out = concat(pieces, axis)
@@ -737,7 +739,7 @@ class TakeBackward(Function):
         moved = xp.permute_dims(gy, order) if order != tuple(range(gy.ndim)) else gy
         front = _moveaxis_to_front(len(shape), axis)
         target_shape = tuple(shape[i] for i in front)
-        target = xp.zeros(target_shape, dtype=gy.dtype)
+        target = xp.zeros(target_shape, dtype=gy.dtype, device=gy.device)
         summed = ops.scatter_add_rows(xp, target, self.indices, moved)
         inverse = tuple(sorted(range(len(front)), key=lambda i: front[i]))
         return xp.permute_dims(summed, inverse) if axis else summed

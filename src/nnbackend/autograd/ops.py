@@ -538,7 +538,7 @@ class GetItem(Function):
 
     def backward(self, gy: Any) -> Any:
         xp = self.xp
-        gx = xp.zeros(self.in_shape, dtype=self.dtype)
+        gx = xp.zeros(self.in_shape, dtype=self.dtype, device=gy.device)
         if self.rows is not None:
             return scatter_add_rows(xp, gx, self.rows, gy)
         key, added = _setitem_key(self.key, len(self.in_shape))

@@ -328,7 +328,9 @@ class Ops:
         xp = self.xp
         n = target.shape[0]
         onehot = xp.astype(
-            xp.reshape(indices, (-1, 1)) == xp.arange(n, dtype=indices.dtype), target.dtype
+            xp.reshape(indices, (-1, 1))
+            == xp.arange(n, dtype=indices.dtype, device=indices.device),
+            target.dtype,
         )
         flat = xp.reshape(values, (indices.shape[0], -1))
         c = self.compute_product(onehot, flat.shape[-1], 1)

@@ -422,11 +422,22 @@ class Convolution(Function):
             extra = (hp - padded.shape[2], wp - padded.shape[3])
             if extra != (0, 0):
                 padded = xp.concat(
-                    [padded, xp.zeros((n, gy.shape[1], extra[0], padded.shape[3]), dtype=gy.dtype)],
+                    [
+                        padded,
+                        xp.zeros(
+                            (n, gy.shape[1], extra[0], padded.shape[3]),
+                            dtype=gy.dtype,
+                            device=gy.device,
+                        ),
+                    ],
                     axis=2,
                 )
                 padded = xp.concat(
-                    [padded, xp.zeros((n, gy.shape[1], hp, extra[1]), dtype=gy.dtype)], axis=3
+                    [
+                        padded,
+                        xp.zeros((n, gy.shape[1], hp, extra[1]), dtype=gy.dtype, device=gy.device),
+                    ],
+                    axis=3,
                 )
             return padded
 

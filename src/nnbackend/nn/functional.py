@@ -605,7 +605,7 @@ class MaskedSoftmaxCrossEntropy(Function):
         s = k.sum(e, axis=1, keepdims=True)
         mask = k.astype(valid, x.dtype)
         # max(count, 1): a batch of ignored labels only has loss 0 and gradient 0, not NaN.
-        count = xp.maximum(k.sum(mask, axis=None), xp.ones((), dtype=x.dtype))
+        count = xp.maximum(k.sum(mask, axis=None), xp.ones((), dtype=x.dtype, device=x.device))
         rows = xp.reshape(xp.log(s), (-1,)) - k.sum(onehot * z, axis=1)
         self.p, self.onehot, self.mask, self.count = e / s, onehot, mask, count
         loss = k.sum(rows * mask, axis=None) / count
@@ -802,7 +802,7 @@ class Embedding(Function):
         return rows
 
     def backward(self, gy: Any) -> tuple[Any, None]:
-        gw = self.xp.zeros(self.shape, dtype=self.dtype)
+        gw = self.xp.zeros(self.shape, dtype=self.dtype, device=gy.device)
         return scatter_add_rows(self.xp, gw, self.indices, gy), None
 
 

@@ -266,7 +266,7 @@ def _check(kind: str, x: Any, state: tuple[Any, ...], wx: Any, wh: Any, b: Any) 
     out = []
     for name, s in zip(("h0", "c0"), state, strict=False):
         if s is None:
-            out.append(xp.zeros((xd.shape[0], hsz), dtype=wxd.dtype))
+            out.append(xp.zeros((xd.shape[0], hsz), dtype=wxd.dtype, device=wxd.device))
             continue
         sd = _data(s)
         if tuple(sd.shape) != (xd.shape[0], hsz):
@@ -576,7 +576,7 @@ def from_torch_layout(
         blocks = _blocks(xp, a, count, axis)
         return xp.concat([blocks[torch_pos] for torch_pos in order], axis=axis)
 
-    b = xp.zeros((wi.shape[0],), dtype=wi.dtype)
+    b = xp.zeros((wi.shape[0],), dtype=wi.dtype, device=wi.device)
     for extra in (bias_ih, bias_hh):
         if extra is not None:
             b = b + _data(extra)
