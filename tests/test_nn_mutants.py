@@ -10,6 +10,7 @@ Each test was checked against the mutant it was written for (the line patched by
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -372,3 +373,19 @@ def test_sequential_indexing_and_edits(xp64: Any) -> None:
 def test_parameter_rejects_integer_arrays_naming_the_dtype(xp64: Any) -> None:
     with pytest.raises(DtypeError, match="a Parameter holds floating-point values, got dtype "):
         nn.Parameter(xp64.asarray([1, 2]), requires_grad=False)
+
+
+def test_layer_norm_second_derivative_with_the_ops_cache_cold(xp64: Any) -> None:
+    """The double backward of layer_norm looked up its ops from a Tensor: that works only
+    while the ops cache is warm, and any registry change empties it between a forward and
+    a ``create_graph`` backward (found by mutmut, whose tests start with a cold cache)."""
+    rng = np.random.default_rng(5)
+    x = Tensor(xp64.asarray(rng.standard_normal((2, 3))), requires_grad=True)
+    w = Tensor(xp64.asarray(rng.standard_normal(3)), requires_grad=True)
+    b = Tensor(xp64.asarray(rng.standard_normal(3)), requires_grad=True)
+    y = F.layer_norm(x, w, b)
+    importlib.import_module("nnbackend.namespace")._ops.clear()  # as registry.on_change does
+    (gx,) = nb.grad(y, [x], Tensor(xp64.asarray(rng.standard_normal((2, 3)))), create_graph=True)
+    assert tuple(gx.shape) == (2, 3)
+    (ggx,) = nb.grad(gx.sum(), [x])
+    assert tuple(ggx.shape) == (2, 3)
