@@ -21,7 +21,14 @@ import pytest
 import nnbackend as nb
 from nnbackend import nn, registry
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import ArgumentError, CheckpointError, DtypeError, LabelError
+from nnbackend.errors import (
+    ArgumentError,
+    CheckpointError,
+    DtypeError,
+    LabelError,
+    ShapeError,
+)
+from nnbackend.nn import conv, pooling, recurrent
 from nnbackend.nn import functional as F
 
 
@@ -389,3 +396,140 @@ def test_layer_norm_second_derivative_with_the_ops_cache_cold(xp64: Any) -> None
     assert tuple(gx.shape) == (2, 3)
     (ggx,) = nb.grad(gx.sum(), [x])
     assert tuple(ggx.shape) == (2, 3)
+
+
+# -- conv, pooling and recurrent errors: the whole message, which says what to fix ------------
+def _z(*shape: int, dtype: str = "float64") -> Any:
+    xp = nb.namespace("numpy", "float64")
+    return xp.zeros(shape, dtype=getattr(xp, dtype))
+
+
+ERRORS: dict[str, tuple[Callable[[], Any], type[Exception], str]] = {
+    "pair_len": (
+        lambda: nn.Conv2d(1, 1, (1, 2, 3)),
+        ArgumentError,
+        "kernel_size must be an int or a pair of ints, got (1, 2, 3)",
+    ),
+    "pair_min": (
+        lambda: nn.Conv2d(1, 1, 3, stride=0),
+        ArgumentError,
+        "stride must be integers >= 1, got 0",
+    ),
+    "kernel_fit": (
+        lambda: conv.conv2d(_z(1, 1, 2, 2), _z(1, 1, 3, 3)),
+        ShapeError,
+        "a kernel of size (3, 3) with dilation (1, 1) does not fit a (padded) input of height "
+        "and width (2, 2); use a smaller kernel or more padding",
+    ),
+    "transpose_padding": (
+        lambda: conv.conv_transpose2d(_z(1, 1, 1, 1), _z(1, 1, 1, 1), padding=1),
+        ShapeError,
+        "conv_transpose2d: padding (1, 1) leaves no output for an input of height and width "
+        "(1, 1); use less padding",
+    ),
+    "images": (
+        lambda: conv.conv2d(_z(1, 2, 2), _z(1, 1, 1, 1)),
+        ShapeError,
+        "conv2d: input must be a batch of images (N, C, H, W), got shape (1, 2, 2); add a batch "
+        "axis with x.reshape(1, *x.shape) or a channel axis with x.reshape(N, 1, H, W)",
+    ),
+    "weight_axes": (
+        lambda: conv.conv2d(_z(1, 1, 2, 2), _z(1, 1, 1)),
+        ShapeError,
+        "conv2d: weight must have 4 axes, got shape (1, 1, 1)",
+    ),
+    "channels": (
+        lambda: conv.conv2d(_z(1, 2, 3, 3), _z(1, 1, 1, 1)),
+        ShapeError,
+        "conv2d: input has 2 channels (shape (1, 2, 3, 3)), the weight of shape (1, 1, 1, 1) "
+        "with groups=1 expects 1",
+    ),
+    "dtype": (
+        lambda: conv.conv2d(_z(1, 1, 3, 3, dtype="float32"), _z(1, 1, 1, 1), _z(1)),
+        DtypeError,
+        "conv2d: input dtype float32 differs from weight dtype float64 (bias float64); cast the "
+        "input (xp.astype) or build the layer under the input's dtype",
+    ),
+    "bias": (
+        lambda: conv.conv2d(_z(1, 1, 3, 3), _z(1, 1, 1, 1), _z(1, 1)),
+        ShapeError,
+        "conv2d: bias must be 1-D, got shape (1, 1)",
+    ),
+    "groups": (
+        lambda: conv.conv2d(_z(1, 1, 3, 3), _z(1, 1, 1, 1), groups=0),
+        ArgumentError,
+        "conv2d: groups must be a positive int, got 0",
+    ),
+    "divisible": (
+        lambda: nn.Conv2d(3, 4, 1, groups=2),
+        ArgumentError,
+        "Conv2d: in_channels (3) must be divisible by groups (2)",
+    ),
+    "output_padding": (
+        lambda: conv.conv_transpose2d(_z(1, 1, 2, 2), _z(1, 1, 2, 2), stride=2, output_padding=2),
+        ArgumentError,
+        "conv_transpose2d: output_padding (2, 2) must be smaller than the stride (2, 2)",
+    ),
+    "layer_names_itself": (
+        lambda: nn.Conv2d(2, 3, 1)(_z(1, 1, 3, 3)),
+        ShapeError,
+        "Conv2d(2, 3, kernel_size=(1, 1), stride=(1, 1)): conv2d: input has 1 channels (shape "
+        "(1, 1, 3, 3)), the weight of shape (3, 2, 1, 1) with groups=1 expects 2",
+    ),
+    "pool_images": (
+        lambda: pooling.max_pool2d(_z(2, 3), 2),
+        ShapeError,
+        "max_pool2d: input must be a batch of images (N, C, H, W), got shape (2, 3)",
+    ),
+    "pool_floating": (
+        lambda: pooling.avg_pool2d(_z(1, 1, 2, 2, dtype="int64"), 2),
+        ArgumentError,
+        "avg_pool2d: input must be floating, got dtype int64",
+    ),
+    "rnn_weights": (
+        lambda: recurrent.rnn(_z(1, 2, 3), None, _z(3, 4), _z(4, 5), _z(4)),
+        ShapeError,
+        "rnn: weights of shapes weight_x (3, 4), weight_h (4, 5) do not form a RNN layer; "
+        "expected (D, 1*H) and (H, 1*H)",
+    ),
+    "rnn_input": (
+        lambda: recurrent.rnn(_z(1, 2, 2), None, _z(3, 4), _z(4, 4), _z(4)),
+        ShapeError,
+        "rnn: expected input of shape (N, T, 3), got (1, 2, 2); a single time step is (N, 1, D)",
+    ),
+    "rnn_dtype": (
+        lambda: recurrent.rnn(_z(1, 2, 3, dtype="float32"), None, _z(3, 4), _z(4, 4), _z(4)),
+        DtypeError,
+        "rnn: input dtype float32 differs from the weights' dtype float64; cast the input "
+        "(xp.astype) or build the layer under the input's dtype",
+    ),
+    "rnn_h0": (
+        lambda: recurrent.rnn(_z(1, 2, 3), _z(2, 4), _z(3, 4), _z(4, 4), _z(4)),
+        ShapeError,
+        "rnn: initial state h0 has shape (2, 4), expected (1, 4) (batch, hidden)",
+    ),
+    "rnn_h0_dtype": (
+        lambda: recurrent.rnn(_z(1, 2, 3), _z(1, 4, dtype="float32"), _z(3, 4), _z(4, 4), _z(4)),
+        DtypeError,
+        "rnn: initial state h0 has dtype float32, the weights float64",
+    ),
+    "lstm_c0": (
+        lambda: recurrent.lstm(_z(1, 2, 3), None, _z(2, 4), _z(3, 16), _z(4, 16), _z(16)),
+        ShapeError,
+        "lstm: initial state c0 has shape (2, 4), expected (1, 4) (batch, hidden)",
+    ),
+    "gru_weights": (
+        lambda: recurrent.gru(_z(1, 2, 3), None, _z(3, 8), _z(4, 12), _z(12)),
+        ShapeError,
+        "gru: weights of shapes weight_x (3, 8), weight_h (4, 12) do not form a GRU layer; "
+        "expected (D, 3*H) and (H, 3*H)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_conv_pooling_and_recurrent_errors_say_what_to_fix(case: str) -> None:
+    make, kind, message = ERRORS[case]
+    with nb.using(backend="numpy", dtype="float64"), pytest.raises(kind) as info:
+        make()
+    assert str(info.value) == message
