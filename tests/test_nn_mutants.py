@@ -28,6 +28,7 @@ from nnbackend.errors import (
     LabelError,
     ShapeError,
 )
+from nnbackend.namespace import ops_for
 from nnbackend.nn import attention, conv, normalization, pooling, recurrent, sampling, summary
 from nnbackend.nn import functional as F
 
@@ -736,3 +737,120 @@ def test_conv_pooling_and_recurrent_errors_say_what_to_fix(case: str) -> None:
     with nb.using(backend="numpy", dtype="float64"), pytest.raises(kind) as info:
         make()
     assert info.value.args[0] == message
+
+
+# -- sample A's survivors, second round -------------------------------------------------------
+def test_a_cleared_buffer_does_not_hide_the_buffers_after_it(xp64: Any) -> None:
+    module = nn.Module()
+    module.register_buffer("empty", None)
+    module.register_buffer("steps", xp64.zeros(()))
+    module.register_buffer("again", None)
+    module.register_buffer("total", xp64.ones(2))
+    assert [name for name, _ in module.named_buffers()] == ["steps", "total"]
+
+
+@pytest.mark.parametrize("make", [nn.init.zeros, nn.init.ones])
+def test_init_fills_take_an_explicit_dtype(xp64: Any, make: Callable[..., Any]) -> None:
+    a = make((2, 3), dtype="float32")
+    assert tuple(a.shape) == (2, 3)
+    assert str(a.dtype).endswith("float32")
+    assert str(make(4).dtype).endswith("float64")  # the active default
+
+
+def test_output_padding_equal_to_the_stride_on_either_axis_is_refused() -> None:
+    with nb.using(backend="numpy", dtype="float64"):
+        for out_pad in ((2, 0), (0, 2)):
+            with pytest.raises(ArgumentError, match="must be smaller than the stride"):
+                conv.conv_transpose2d(
+                    _z(1, 1, 2, 2), _z(1, 1, 2, 2), stride=2, output_padding=out_pad
+                )
+        y = conv.conv_transpose2d(_z(1, 1, 2, 2), _z(1, 1, 2, 2), stride=2, output_padding=(1, 0))
+        assert tuple(y.shape) == (1, 1, 5, 4)
+
+
+def test_batch_norm_trains_on_a_batch_of_two(xp64: Any) -> None:
+    layer = nn.BatchNorm1d(3)
+    y = layer(xp64.asarray([[1.0, 2.0, 3.0], [3.0, 6.0, 9.0]]))
+    np.testing.assert_allclose(_host(y), [[-1.0] * 3, [1.0] * 3], atol=1e-5)
+
+
+def test_batch_norm_without_running_stats_uses_the_batch_in_eval_mode(xp64: Any) -> None:
+    layer = nn.BatchNorm1d(2, track_running_stats=False).eval()
+    assert layer.running_mean is None and layer.running_var is None
+    assert list(layer.named_buffers()) == []
+    y = layer(xp64.asarray([[0.0, 10.0], [2.0, 30.0]]))
+    np.testing.assert_allclose(_host(y), [[-1.0, -1.0], [1.0, 1.0]], atol=1e-4)
+
+
+def test_batch_norm_eval_gives_the_bias_its_gradient_with_the_weight_frozen(xp64: Any) -> None:
+    layer = nn.BatchNorm1d(3).eval()
+    layer.weight.requires_grad = False
+    rng = np.random.default_rng(6)
+    gy = rng.standard_normal((4, 3))
+    y = layer(xp64.asarray(rng.standard_normal((4, 3))))
+    (y * Tensor(xp64.asarray(gy))).sum().backward()
+    assert layer.weight.grad is None
+    np.testing.assert_allclose(_host(layer.bias.grad), gy.sum(0), rtol=1e-12)
+
+
+def test_second_derivative_through_float16_dropout_computed_in_float32() -> None:
+    """NumPy widens float16 dropout of this size to float32, keeping a float32 mask; its
+    double backward casts the mask to the gradient's dtype."""
+    rng = np.random.default_rng(7)
+    with nb.using(backend="numpy", dtype="float16"):
+        xp = nb.namespace()
+        x = Tensor(xp.asarray(rng.standard_normal((32, 64)).astype(np.float16)), requires_grad=True)
+        v = Tensor(xp.asarray(rng.standard_normal((32, 64)).astype(np.float16)), requires_grad=True)
+        y = F.dropout(x, 0.5, training=True, generator=nb.random.Generator(3))
+        (gx,) = nb.grad(y, [x], v, create_graph=True)
+    kept = _host(y.data) != 0
+    assert str(gx.dtype) == "float16"
+    np.testing.assert_allclose(_host(gx.data), np.where(kept, 2 * _host(v.data), 0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("padding", [(1, 2), (2, 0), (0, 1)])
+def test_padding_where_arrays_cannot_be_written_in_place(
+    monkeypatch: pytest.MonkeyPatch, padding: tuple[int, int]
+) -> None:
+    """Backends with immutable arrays pad by concatenation; it gives what the in-place path
+    (and NumPy's pad) gives."""
+    with nb.using(backend="numpy", dtype="float64"):
+        xp = nb.namespace()
+        x = xp.asarray(np.arange(24.0).reshape(1, 2, 3, 4))
+        want = np.pad(
+            _host(x), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-5.0
+        )
+        monkeypatch.setattr(ops_for(xp, x), "inplace", False)
+        np.testing.assert_array_equal(_host(conv.pad2d(xp, x, padding, -5.0)), want)
+
+
+def test_conv_layers_agree_with_and_without_in_place_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The out-of-place fallbacks of the convolutions and pools (backends with immutable
+    arrays) give the same outputs and gradients as the in-place paths."""
+    rng = np.random.default_rng(8)
+    xh = rng.standard_normal((2, 2, 5, 5))
+    layers = [
+        nn.Conv2d(2, 3, 3, stride=2, padding=1),
+        nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.AvgPool2d(2, padding=1),
+    ]
+
+    def run(layer: nn.Module) -> list[np.ndarray]:
+        x = Tensor(nb.namespace().asarray(xh), requires_grad=True)
+        y = layer(x)
+        proj = np.cos(np.arange(int(np.prod(tuple(y.shape))))).reshape(tuple(y.shape))
+        (y * Tensor(nb.namespace().asarray(proj))).sum().backward()
+        return [_host(y), _host(x.grad)] + [_host(p.grad) for p in layer.parameters()]
+
+    with nb.using(backend="numpy", dtype="float64"):
+        for layer in layers:
+            in_place = run(layer)
+            layer.zero_grad()
+            with monkeypatch.context() as m:
+                m.setattr(ops_for(nb.namespace(), nb.namespace().zeros(1)), "inplace", False)
+                out_of_place = run(layer)
+            for a, b in zip(in_place, out_of_place, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=repr(layer))
