@@ -71,7 +71,7 @@ def mutmut_environment(base: Mapping[str, str]) -> dict[str, str]:
     array_api_strict, and one BLAS/OpenMP thread. torch's intra-op thread pool, started in
     mutmut's parent, hangs its forked children: a test that compares with torch then hangs
     until mutmut's timeout, and the mutant counts as killed whether or not a test would have
-    failed (in the nn sample, 13 of 200 such "timeouts" were survivors)."""
+    failed (in the first nn sample, 11 of 19 such "timeouts" were survivors)."""
     env = {k: v for k, v in base.items() if k not in ("NNBACKEND", "NNBACKEND_DTYPE")}
     env["NNBACKEND_TEST_BACKENDS"] = "numpy,array_api_strict"
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
