@@ -28,7 +28,7 @@ from nnbackend.errors import (
     LabelError,
     ShapeError,
 )
-from nnbackend.namespace import ops_for
+from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import attention, conv, normalization, pooling, recurrent, sampling, summary
 from nnbackend.nn import functional as F
 
@@ -808,24 +808,28 @@ def test_second_derivative_through_float16_dropout_computed_in_float32() -> None
     np.testing.assert_allclose(_host(gx.data), np.where(kept, 2 * _host(v.data), 0), rtol=1e-3)
 
 
+def _without_in_place_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``Ops.write`` takes its caller's out-of-place construction, as on a backend
+    whose arrays are immutable."""
+    ops_class = importlib.import_module("nnbackend.backends.ops").Ops
+    monkeypatch.setattr(ops_class, "write", lambda self, target, key, value, fallback: fallback())
+
+
 @pytest.mark.parametrize("padding", [(1, 2), (2, 0), (0, 1)])
 def test_padding_where_arrays_cannot_be_written_in_place(
-    monkeypatch: pytest.MonkeyPatch, padding: tuple[int, int]
+    monkeypatch: pytest.MonkeyPatch, xp64: Any, padding: tuple[int, int]
 ) -> None:
-    """Backends with immutable arrays pad by concatenation; it gives what the in-place path
-    (and NumPy's pad) gives."""
-    with nb.using(backend="numpy", dtype="float64"):
-        xp = nb.namespace()
-        x = xp.asarray(np.arange(24.0).reshape(1, 2, 3, 4))
-        want = np.pad(
-            _host(x), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-5.0
-        )
-        monkeypatch.setattr(ops_for(xp, x), "inplace", False)
-        np.testing.assert_array_equal(_host(conv.pad2d(xp, x, padding, -5.0)), want)
+    """Backends with immutable arrays pad by concatenation; it gives NumPy's pad."""
+    x = xp64.asarray(np.arange(24.0).reshape(1, 2, 3, 4))
+    want = np.pad(
+        _host(x), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-5.0
+    )
+    _without_in_place_writes(monkeypatch)
+    np.testing.assert_array_equal(_host(conv.pad2d(xp64, x, padding, -5.0)), want)
 
 
 def test_conv_layers_agree_with_and_without_in_place_writes(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, xp64: Any
 ) -> None:
     """The out-of-place fallbacks of the convolutions and pools (backends with immutable
     arrays) give the same outputs and gradients as the in-place paths."""
@@ -834,23 +838,270 @@ def test_conv_layers_agree_with_and_without_in_place_writes(
     layers = [
         nn.Conv2d(2, 3, 3, stride=2, padding=1),
         nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+        nn.ConvTranspose2d(2, 2, 2, stride=3, padding=(1, 0), output_padding=(2, 1)),
         nn.MaxPool2d(3, stride=2, padding=1),
         nn.AvgPool2d(2, padding=1),
     ]
 
     def run(layer: nn.Module) -> list[np.ndarray]:
-        x = Tensor(nb.namespace().asarray(xh), requires_grad=True)
+        x = Tensor(xp64.asarray(xh), requires_grad=True)
         y = layer(x)
         proj = np.cos(np.arange(int(np.prod(tuple(y.shape))))).reshape(tuple(y.shape))
-        (y * Tensor(nb.namespace().asarray(proj))).sum().backward()
+        (y * Tensor(xp64.asarray(proj))).sum().backward()
         return [_host(y), _host(x.grad)] + [_host(p.grad) for p in layer.parameters()]
 
+    for layer in layers:
+        in_place = run(layer)
+        layer.zero_grad()
+        with monkeypatch.context() as m:
+            _without_in_place_writes(m)
+            out_of_place = run(layer)
+        for a, b in zip(in_place, out_of_place, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=repr(layer))
+
+
+# -- sample B's survivors ------------------------------------------------------------------------
+def test_attention_layers_hold_no_weights_before_their_first_call() -> None:
+    assert nn.TimeAttention().attention_weights is None
+    assert nn.Attention().attention_weights is None
+
+
+def test_conv_weights_start_uniform_around_zero(xp64: Any) -> None:
+    layer = nn.Conv2d(4, 8, 3)  # fan_in 36: U[-1/6, 1/6)
+    for p in (layer.weight, layer.bias):
+        values = _host(p)
+        assert values.min() < -0.05 and values.max() > 0.05
+        assert np.abs(values).max() <= 1 / 6
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        nn.init.he_normal,
+        nn.init.he_uniform,
+        nn.init.xavier_normal,
+        nn.init.xavier_uniform,
+        lambda shape, dtype: nn.init.normal(shape, 0.1, dtype=dtype),
+        lambda shape, dtype: nn.init.uniform(shape, -1.0, 1.0, dtype=dtype),
+    ],
+)
+def test_every_initialiser_takes_an_explicit_dtype(xp64: Any, make: Callable[..., Any]) -> None:
+    a = make((4, 3), dtype="float32")
+    assert tuple(a.shape) == (4, 3) and str(a.dtype).endswith("float32")
+
+
+def test_functional_dropout_drops_unless_told_it_is_not_training(xp64: Any) -> None:
+    x = xp64.ones((20, 20))
+    dropped = _host(F.dropout(x, 0.5, generator=nb.random.Generator(1)))
+    assert 0 < int((dropped == 0).sum()) < 400
+    assert set(np.unique(dropped)) == {0.0, 2.0}
+    np.testing.assert_array_equal(_host(F.dropout(x, 0.5, training=False)), _host(x))
+
+
+def test_layer_norm_second_derivatives_random_weight_and_bias(xp64: Any) -> None:
+    rng = np.random.default_rng(9)
+    x = xp64.asarray(rng.standard_normal((3, 4)))
+    w = xp64.asarray(rng.standard_normal(4) + 1.5)
+    b = xp64.asarray(rng.standard_normal(4))
+    assert nb.gradgradcheck(lambda a, ww, bb: F.layer_norm(a, ww, bb) ** 2, x, w, b)
+    x3 = xp64.asarray(rng.standard_normal((2, 2, 3)))
+    w3 = xp64.asarray(rng.standard_normal(3) + 1.5)
+    b3 = xp64.asarray(rng.standard_normal(3))
+    assert nb.gradgradcheck(lambda a, ww, bb: F.layer_norm(a, ww, bb) ** 2, x3, w3, b3)
+    # gradgradcheck checks the graph-built first derivatives only against themselves: they
+    # must also equal the plain backward's.
+    for xa, wa, ba in ((x, w, b), (x3, w3, b3)):
+        leaves = [Tensor(a, requires_grad=True) for a in (xa, wa, ba)]
+        v = Tensor(xp64.asarray(rng.standard_normal(tuple(xa.shape))))
+        plain = nb.grad(F.layer_norm(*leaves), leaves, v)
+        graph = nb.grad(F.layer_norm(*leaves), leaves, v, create_graph=True)
+        for p, g in zip(plain, graph, strict=True):
+            np.testing.assert_allclose(_host(g), _host(p), rtol=1e-10, atol=1e-12)
+
+
+def test_more_errors_say_what_to_fix() -> None:
     with nb.using(backend="numpy", dtype="float64"):
-        for layer in layers:
-            in_place = run(layer)
-            layer.zero_grad()
-            with monkeypatch.context() as m:
-                m.setattr(ops_for(nb.namespace(), nb.namespace().zeros(1)), "inplace", False)
-                out_of_place = run(layer)
-            for a, b in zip(in_place, out_of_place, strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=repr(layer))
+        xp = nb.namespace()
+        with pytest.raises(ArgumentError) as info:
+            conv.conv2d(_z(1, 1, 3, 3), _z(1, 1, 1, 1), padding=-1)
+        assert info.value.args[0] == "padding must be integers >= 0, got -1"
+        with pytest.raises(ArgumentError) as info:
+            conv.conv_transpose2d(_z(1, 3, 3, 3), _z(3, 1, 1, 1), groups=2)
+        assert info.value.args[0] == (
+            "conv_transpose2d: in_channels (3) must be divisible by groups (2)"
+        )
+        with pytest.raises(ArgumentError) as info:
+            pooling.adaptive_avg_pool2d(_z(1, 1, 2, 2), 0)
+        assert info.value.args[0] == "output_size must be integers >= 1, got 0"
+        with pytest.raises(DtypeError) as info:
+            nn.MatMul(xp.ones((3, 2)))(xp.ones((2, 3), dtype=xp.float32))
+        assert info.value.args[0] == (
+            "MatMul(weight_shape=(3, 2)): input dtype float32 differs from the layer's dtype "
+            "float64; cast the input (xp.astype) or build the layer under the input's dtype "
+            "(nnbackend.using(dtype=...))"
+        )
+        layer = nn.Linear(3, 2)
+        with pytest.raises(CheckpointError) as info:
+            layer.load_state_dict({"weight": xp.ones((3, 2), dtype=xp.float32), "bias": xp.ones(2)})
+        assert info.value.args[0] == (
+            "entry 'weight' has dtype float32; the parameter has dtype float64 (cast the "
+            "checkpoint first: nnbackend never converts silently)"
+        )
+
+
+def test_batch_norm_refuses_running_statistics_it_cannot_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with nb.using(backend="numpy", dtype="float64"):
+        mean, var = _z(2), _z(2) + 1.0
+        monkeypatch.setattr(ops_for(backend_for(mean)[0], mean), "inplace", False)
+        with pytest.raises(ArgumentError) as info:
+            normalization.batch_norm(_z(3, 2), mean, var, training=True)
+    assert info.value.args[0] == (
+        "batch_norm: running_mean is a numpy array, which cannot be updated in place (the "
+        "backend's arrays are immutable); pass the running statistics as Tensors "
+        "(nb.Tensor(array)), whose .data is rebound, or use nn.BatchNorm"
+    )
+
+
+def test_a_layer_call_is_its_forward() -> None:
+    """Calling a module runs its class's forward directly (one frame per layer)."""
+    assert nn.Linear.__call__ is nn.Linear.forward
+    assert nn.Sequential.__call__ is nn.Sequential.forward
+
+    class Own(nn.Module):
+        def forward(self, x: Any) -> Any:
+            return x
+
+        def __call__(self, x: Any) -> Any:
+            return ("own", x)
+
+    assert Own()(1) == ("own", 1)
+    assert _Net.__call__ is nn.Module.__call__  # no forward of its own: the base call
+
+
+def test_add_module_binds_the_attribute_and_shared_buffers_are_listed_once(xp64: Any) -> None:
+    outer = nn.Module()
+    inner = nn.Linear(2, 2)
+    outer.add_module("enc", inner)
+    assert outer.enc is inner
+    shared = xp64.zeros(3)
+    outer.register_buffer("stats", shared)
+    inner.register_buffer("stats", outer.stats)  # the same Tensor under two names
+    assert [name for name, _ in outer.named_buffers()] == ["stats"]
+
+
+def test_group_norm_without_affine_and_with_its_own_eps(xp64: Any) -> None:
+    rng = np.random.default_rng(10)
+    xh = rng.standard_normal((2, 4, 3))
+    layer = nn.GroupNorm(2, 4, eps=0.5, affine=False)
+    assert list(layer.parameters()) == [] and layer.bias is None and layer.weight is None
+    groups = xh.reshape(2, 2, -1)
+    mean = groups.mean(-1, keepdims=True)
+    var = groups.var(-1, keepdims=True)
+    want = ((groups - mean) / np.sqrt(var + 0.5)).reshape(xh.shape)
+    np.testing.assert_allclose(_host(layer(xp64.asarray(xh))), want, rtol=1e-10)
+
+
+def test_negative_sampling_loss_in_float32(backend: str) -> None:
+    """The labels are made in the scores' dtype (float32 here), not the active default
+    float64: array_api_strict refuses to mix the two."""
+    with nb.using(backend=backend, dtype="float32"):
+        xp = nb.namespace()
+        h = xp.ones((2, 3))
+        w = xp.ones((5, 3)) * 0.1
+        target = xp.asarray([0, 1])
+        negatives = xp.asarray([[2, 3], [3, 4]])
+    with nb.using(backend=backend, dtype="float64"):
+        loss = sampling.negative_sampling_loss(h, w, target, negatives)
+    assert str(loss.dtype).endswith("float32")
+    score = 1 / (1 + np.exp(-0.3))  # every score is h . w = 0.3
+    want = -np.log(score) - 2 * np.log(1 - score)
+    np.testing.assert_allclose(float(_host(loss)), want, rtol=1e-5)
+
+
+def test_summary_counts_frozen_parameters_apart(xp64: Any) -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    model[0].weight.requires_grad = False
+    assert model.summary(input_shape=(2,)).splitlines()[-1] == (
+        "parameters: 13 (trainable 7); float64: 104 bytes"
+    )
+
+
+# -- graph-built first derivatives equal the plain backward's, for every fused node -----------
+def _graph_cases(xp: Any, rng: np.random.Generator) -> dict[str, tuple[Callable[..., Any], list]]:
+    """Each fused node's function and its inputs."""
+
+    def r(*shape: int) -> Any:
+        return xp.asarray(rng.standard_normal(shape))
+
+    soft = xp.asarray(rng.uniform(0.1, 0.6, (4, 3)))  # rows that do not sum to 1
+    labels = xp.asarray([0, 2, 1, 2])
+    masked = xp.asarray([0, -1, 1, 2])
+    return {
+        "linear-nd": (F.linear, [r(2, 3, 4), r(4, 2), r(2)]),
+        "linear-no-bias": (F.linear, [r(5, 4), r(4, 3)]),
+        "matmul": (F.matmul, [r(3, 4), r(4, 2)]),
+        "sigmoid": (F.sigmoid, [r(3, 4)]),
+        "tanh": (F.tanh, [r(3, 4)]),
+        "leaky_relu": (lambda x: F.leaky_relu(x, 0.2), [r(3, 4)]),
+        "softmax": (lambda x: F.softmax(x, axis=0), [r(3, 4)]),
+        "log_softmax": (F.log_softmax, [r(3, 4)]),
+        "softmax_ce-labels": (lambda x: F.softmax_cross_entropy(x, labels), [r(4, 3)]),
+        "softmax_ce-soft": (F.softmax_cross_entropy, [r(4, 3), soft]),
+        "softmax_ce-ignore": (
+            lambda x: F.softmax_cross_entropy(x, masked, ignore_index=-1),
+            [r(4, 3)],
+        ),
+        "sigmoid_ce": (F.sigmoid_cross_entropy, [r(4, 3), soft]),
+        "mse": (F.mse_loss, [r(4, 3), r(4, 3)]),
+        "dropout": (
+            lambda x: F.dropout(x, 0.4, generator=nb.random.Generator(5)),
+            [r(4, 3)],
+        ),
+        "embedding": (
+            lambda w: F.embedding(xp.asarray([[0, 2], [2, 1]]), w),
+            [r(3, 4)],
+        ),
+        "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b), [r(2, 3, 4), r(4), r(4)]),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "linear-nd", "linear-no-bias", "matmul", "sigmoid", "tanh", "leaky_relu", "softmax",
+        "log_softmax", "softmax_ce-labels", "softmax_ce-soft", "softmax_ce-ignore",
+        "sigmoid_ce", "mse", "dropout", "embedding", "layer_norm",
+    ],
+)  # fmt: skip
+def test_graph_first_derivatives_equal_the_plain_ones(xp64: Any, case: str) -> None:
+    """``create_graph=True`` runs each node's ``graph_backward``, a second implementation of
+    its gradient: it must give the plain backward's numbers (gradgradcheck only checks the
+    graph against itself), with random values, N-D inputs and soft targets."""
+    rng = np.random.default_rng(20)
+    cases = _graph_cases(xp64, rng)
+    fn, arrays = cases[case]
+    v = None
+    results = []
+    for create_graph in (False, True):
+        leaves = [Tensor(a, requires_grad=True) for a in arrays]
+        y = fn(*leaves)
+        if v is None:
+            v = xp64.asarray(rng.standard_normal(tuple(y.shape)))
+        grads = nb.grad(y, leaves, Tensor(v), create_graph=create_graph)
+        results.append([_host(g) for g in grads])
+    for plain, graph in zip(*results, strict=True):
+        np.testing.assert_allclose(graph, plain, rtol=1e-10, atol=1e-12, err_msg=case)
+
+
+def test_mixed_policy_widens_only_float16_predictions_in_losses() -> None:
+    """Under "mixed16" a loss sums float16 predictions in float32; wider ones are left alone."""
+    xp = nb.namespace("numpy", "float64")
+    labels = xp.asarray([0, 1, 1])
+    with nb.using(dtype="mixed16"):
+        wide = F.softmax_cross_entropy(xp.ones((3, 2)), labels)
+        narrow = F.softmax_cross_entropy(xp.ones((3, 2), dtype=xp.float16), labels)
+    assert str(wide.dtype) == "float64"
+    assert str(narrow.dtype) == "float32"
+    np.testing.assert_allclose(float(_host(wide)), np.log(2.0), rtol=1e-12)
