@@ -1038,6 +1038,7 @@ def _graph_cases(xp: Any, rng: np.random.Generator) -> dict[str, tuple[Callable[
     soft = xp.asarray(rng.uniform(0.1, 0.6, (4, 3)))  # rows that do not sum to 1
     labels = xp.asarray([0, 2, 1, 2])
     masked = xp.asarray([0, -1, 1, 2])
+    raw_x = r(3, 4)  # a plain array: the node records no input Tensor for it
     return {
         "linear-nd": (F.linear, [r(2, 3, 4), r(4, 2), r(2)]),
         "linear-no-bias": (F.linear, [r(5, 4), r(4, 3)]),
@@ -1064,6 +1065,10 @@ def _graph_cases(xp: Any, rng: np.random.Generator) -> dict[str, tuple[Callable[
             [r(3, 4)],
         ),
         "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b), [r(2, 3, 4), r(4), r(4)]),
+        "layer_norm-raw-input": (
+            lambda w, b: F.layer_norm(raw_x, w, b),
+            [r(4), r(4)],
+        ),
     }
 
 
@@ -1072,7 +1077,7 @@ def _graph_cases(xp: Any, rng: np.random.Generator) -> dict[str, tuple[Callable[
     [
         "linear-nd", "linear-no-bias", "matmul", "sigmoid", "tanh", "leaky_relu", "softmax",
         "log_softmax", "softmax_ce-labels", "softmax_ce-soft", "softmax_ce-ignore",
-        "sigmoid_ce", "mse", "dropout", "embedding", "layer_norm",
+        "sigmoid_ce", "mse", "dropout", "embedding", "layer_norm", "layer_norm-raw-input",
     ],
 )  # fmt: skip
 def test_graph_first_derivatives_equal_the_plain_ones(xp64: Any, case: str) -> None:
@@ -1105,3 +1110,166 @@ def test_mixed_policy_widens_only_float16_predictions_in_losses() -> None:
     assert str(wide.dtype) == "float64"
     assert str(narrow.dtype) == "float32"
     np.testing.assert_allclose(float(_host(wide)), np.log(2.0), rtol=1e-12)
+
+
+# -- sample C's survivors ------------------------------------------------------------------------
+def test_module_list_item_assignment_replaces_the_layer(xp64: Any) -> None:
+    layers = nn.ModuleList([nn.ReLU(), nn.Tanh()])
+    new = nn.Sigmoid()
+    layers[1] = new
+    assert list(layers) == [layers[0], new]
+    assert dict(layers.named_children())["1"] is new
+
+
+def test_still_more_errors_say_what_to_fix() -> None:
+    with nb.using(backend="numpy", dtype="float64"):
+        cases: list[tuple[Callable[[], Any], type[Exception], str]] = [
+            (
+                lambda: nn.Conv2d(1, 1, 3, padding=-1),
+                ArgumentError,
+                "padding must be integers >= 0, got -1",
+            ),
+            (
+                lambda: nn.ConvTranspose2d(2, 1, 1)(_z(1, 1, 2, 2)),
+                ShapeError,
+                "ConvTranspose2d(2, 1, kernel_size=(1, 1), stride=(1, 1)): conv_transpose2d: input "
+                "has 1 channels (shape (1, 1, 2, 2)), the weight of shape (2, 1, 1, 1) with "
+                "groups=1 expects 2",
+            ),
+            (
+                lambda: F.mse_loss(_z(2, 3), _z(3, 2)),
+                ShapeError,
+                "mse_loss: shapes (2, 3) and (3, 2) differ",
+            ),
+            (
+                lambda: pooling.adaptive_avg_pool2d(_z(2, 3), 1),
+                ShapeError,
+                "adaptive_avg_pool2d: input must be a batch of images (N, C, H, W), got shape "
+                "(2, 3)",
+            ),
+            (
+                lambda: normalization.batch_norm(_z(2, 3), _z(3), None),
+                ArgumentError,
+                "batch_norm: evaluation (training=False) needs running_mean and running_var",
+            ),
+            (
+                lambda: nn.EmbeddingDot(5),
+                ArgumentError,
+                "EmbeddingDot needs num_embeddings and embedding_dim, or weight",
+            ),
+            (
+                lambda: nn.GRU(2, 3).load_state_dict(
+                    {"weight_ih_l0": _z(9, 2), "weight_hh_l0": _z(9, 3)}, layout="torch"
+                ),
+                ArgumentError,
+                "the book's GRU and PyTorch's GRU are different functions (PyTorch applies the "
+                "reset gate after the hidden product and swaps z and 1-z): no layout converter",
+            ),
+            (
+                lambda: nn.Linear(2, 3).summary(input_shape=("a",)),
+                ArgumentError,
+                "input_shape is the shape of one sample, a tuple of ints, got ('a',)",
+            ),
+        ]
+        for make, kind, message in cases:
+            with pytest.raises(kind) as info:
+                make()
+            assert info.value.args[0] == message
+
+
+def test_a_layer_on_one_backend_named_when_called_with_another() -> None:
+    with nb.using(backend="array_api_strict", dtype="float64"):
+        layer = nn.Linear(2, 3)
+    with pytest.raises(nb.errors.BackendMismatchError) as info:
+        layer(_z(1, 2))
+    assert info.value.args[0] == (
+        "the input is an array of backend 'numpy' but the layer's weights are on backend "
+        "'array_api_strict'; move the data first with nnbackend.to_backend(x, like=model) "
+        "(Trainer.fit/evaluate/predict do it for you)"
+    )
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax_cross_entropy_shifts_each_row_by_its_own_maximum(xp64: Any, masked: bool) -> None:
+    """Rows a thousand apart: one shift for the whole batch would underflow the low row."""
+    logits = xp64.asarray([[1000.0, 999.0], [-1000.0, -1001.0]])
+    labels = xp64.asarray([0, 0])
+    loss = F.softmax_cross_entropy(logits, labels, ignore_index=-1 if masked else None)
+    np.testing.assert_allclose(float(_host(loss)), np.log1p(np.exp(-1.0)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [nn.init.he_uniform, nn.init.xavier_uniform])
+def test_uniform_initialisers_are_centred(xp64: Any, make: Callable[..., Any]) -> None:
+    values = _host(make((20, 20), generator=nb.random.Generator(2)))
+    assert values.min() < -0.05 and values.max() > 0.05
+    assert abs(values.mean()) < 0.05
+
+
+def test_softmax_layer_normalises_along_its_axis(xp64: Any) -> None:
+    x = xp64.asarray(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_allclose(_host(nn.Softmax(axis=0)(x)).sum(0), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(_host(nn.Softmax()(x)).sum(1), [1.0, 1.0])
+
+
+def test_an_inherited_own_call_is_kept_by_a_subclass_with_a_forward() -> None:
+    class Wrapped(nn.Module):
+        def __call__(self, x: Any) -> Any:
+            return ("wrapped", self.forward(x))
+
+        def forward(self, x: Any) -> Any:
+            return x
+
+    class Child(Wrapped):
+        def forward(self, x: Any) -> Any:
+            return x + 1
+
+    assert Child()(1) == ("wrapped", 2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: nn.RNN(3, 4, generator=g).weight_x,
+        lambda g: nn.LSTM(3, 2, generator=g).weight_h,
+        lambda g: nn.EmbeddingDot(5, 3, generator=g).weight,
+    ],
+)
+def test_layers_draw_their_weights_from_the_generator_given(
+    xp64: Any, make: Callable[[Any], Any]
+) -> None:
+    first = _host(make(nb.random.Generator(4)))
+    nb.random.default_generator().normal((7,))  # moves the module-level stream
+    np.testing.assert_array_equal(_host(make(nb.random.Generator(4))), first)
+
+
+def test_a_stateful_layer_starts_from_the_state_set(xp64: Any) -> None:
+    layer = nn.RNN(2, 3, stateful=True)
+    x = xp64.asarray(np.ones((1, 2, 2)))
+    h0 = xp64.asarray(np.full((1, 3), 0.5))
+    layer.set_state(Tensor(h0))
+    assert layer.state is not None
+    _, from_state = layer(x)
+    fresh = nn.RNN(2, 3)
+    fresh.load_state_dict(layer.state_dict())
+    _, from_h0 = fresh(x, h0)
+    np.testing.assert_allclose(_host(from_state), _host(from_h0), rtol=1e-12)
+
+
+def test_linear_takes_plain_arrays_as_weights(xp64: Any) -> None:
+    x, w, b = xp64.ones((2, 3)), xp64.ones((3, 4)), xp64.zeros(4)
+    np.testing.assert_allclose(_host(F.linear(x, w, b)), np.full((2, 4), 3.0))
+
+
+def test_mixed_policy_casts_operands_and_float_targets() -> None:
+    xp = nb.namespace("numpy", "float32")
+    with nb.using(backend="numpy", dtype="mixed16"):
+        y = F.matmul(xp.ones((2, 3)), xp.ones((3, 2)))
+        assert str(y.dtype) == "float16"
+        pred = Tensor(xp.asarray(np.full((2, 2), 0.5, dtype=np.float16)), requires_grad=True)
+        target = Tensor(xp.asarray(np.zeros((2, 2), dtype=np.float16)), requires_grad=True)
+        loss = F.mse_loss(pred, target)
+        loss.backward()
+        raw = F.mse_loss(pred, xp.asarray(np.zeros((2, 2), dtype=np.float64)))
+    assert str(loss.dtype) == "float32" and str(raw.dtype) == "float32"
+    assert target.grad is not None and str(target.grad.dtype) == "float16"
+    np.testing.assert_allclose(_host(target.grad).astype(float), np.full((2, 2), -0.25))
