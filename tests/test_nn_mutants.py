@@ -1273,3 +1273,13 @@ def test_mixed_policy_casts_operands_and_float_targets() -> None:
     assert str(loss.dtype) == "float32" and str(raw.dtype) == "float32"
     assert target.grad is not None and str(target.grad.dtype) == "float16"
     np.testing.assert_allclose(_host(target.grad).astype(float), np.full((2, 2), -0.25))
+
+
+def test_max_pooling_with_one_window_element_returns_a_new_array() -> None:
+    """A 1x1 max pool's output holds its own copy: a view of the input would let an in-place
+    write to one change the other."""
+    with nb.using(backend="numpy", dtype="float64"):
+        x = nb.namespace().asarray(np.arange(8.0).reshape(1, 2, 2, 2))
+        y = pooling.max_pool2d(x, 1)
+    np.testing.assert_array_equal(_host(y), _host(x))
+    assert not np.shares_memory(y.data, x)
