@@ -1283,3 +1283,74 @@ def test_max_pooling_with_one_window_element_returns_a_new_array() -> None:
         y = pooling.max_pool2d(x, 1)
     np.testing.assert_array_equal(_host(y), _host(x))
     assert not np.shares_memory(y.data, x)
+
+
+# -- sample D's survivors (checked by hand after D's run) ----------------------------------------
+def test_transposed_conv_argument_errors_name_the_argument() -> None:
+    with nb.using(backend="numpy", dtype="float64"):
+        for kwargs, message in (
+            ({"stride": 0}, "stride must be integers >= 1, got 0"),
+            ({"padding": -1}, "padding must be integers >= 0, got -1"),
+        ):
+            with pytest.raises(ArgumentError) as info:
+                conv.conv_transpose2d(_z(1, 1, 2, 2), _z(1, 1, 1, 1), **kwargs)
+            assert info.value.args[0] == message
+
+
+def test_summary_of_a_model_without_parameters() -> None:
+    class Identity(nn.Module):
+        def forward(self, x: Any) -> Any:
+            return x
+
+    with nb.using(backend="numpy", dtype="float64"):
+        last = Identity().summary(input_shape=(2,)).splitlines()[-1]
+    assert last == "parameters: 0 (trainable 0); no arrays"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: nn.Conv2d(2, 3, 2, generator=g).bias,
+        lambda g: nn.ConvTranspose2d(2, 3, 2, generator=g).weight,
+        lambda g: nn.Embedding(4, 3, generator=g).weight,
+    ],
+)
+def test_more_layers_draw_from_the_generator_given(xp64: Any, make: Callable[[Any], Any]) -> None:
+    first = _host(make(nb.random.Generator(6)))
+    nb.random.default_generator().normal((7,))  # moves the module-level stream
+    np.testing.assert_array_equal(_host(make(nb.random.Generator(6))), first)
+
+
+def test_functional_batch_norm_updates_running_statistics_with_momentum_a_tenth(
+    xp64: Any,
+) -> None:
+    mean, var = Tensor(xp64.zeros(2)), Tensor(xp64.ones(2))
+    x = xp64.asarray([[1.0, 2.0], [3.0, 6.0]])
+    normalization.batch_norm(x, mean, var, training=True)
+    np.testing.assert_allclose(_host(mean), [0.2, 0.4], rtol=1e-12)
+    np.testing.assert_allclose(_host(var), [0.9 + 0.1 * 2.0, 0.9 + 0.1 * 8.0], rtol=1e-12)
+
+
+def test_dropout_outside_training_returns_a_tensor_of_the_input(xp64: Any) -> None:
+    x = xp64.ones((2, 3))
+    for out in (F.dropout(x, 0.5, training=False), F.dropout(x, 0.0)):
+        assert isinstance(out, Tensor)
+        np.testing.assert_array_equal(_host(out), np.ones((2, 3)))
+
+
+def test_group_norm_without_affine_parameters_goes_backward(xp64: Any) -> None:
+    rng = np.random.default_rng(21)
+    x = Tensor(xp64.asarray(rng.standard_normal((2, 4, 3))), requires_grad=True)
+    y = nn.GroupNorm(2, 4, affine=False)(x)
+    (y * Tensor(xp64.asarray(rng.standard_normal((2, 4, 3))))).sum().backward()
+    assert tuple(x.grad.shape) == (2, 4, 3)
+    assert np.abs(_host(x.grad).reshape(2, 2, -1).sum(-1)).max() < 1e-12  # mean-free groups
+
+
+def test_rnn_whose_final_state_gets_no_gradient(xp64: Any) -> None:
+    layer = nn.RNN(2, 3)
+    x = Tensor(xp64.asarray(np.ones((1, 2, 2))), requires_grad=True)
+    hs, _ = layer(x)
+    hs.sum().backward()
+    assert tuple(x.grad.shape) == (1, 2, 2)
+    assert layer.weight_x.grad is not None
