@@ -131,7 +131,8 @@ def mutation(session: nox.Session) -> None:
     Results are kept in ``mutants/``: a second run retests only what changed; ``mutmut
     browse`` shows them. See CONTRIBUTING.md."""
     session.install(".[test]", MUTMUT)
+    # One BLAS/OpenMP thread: torch's thread pool hangs mutmut's forked children otherwise.
     env = {"NNBACKEND_TEST_BACKENDS": "numpy,array_api_strict", "NNBACKEND": None,
-           "NNBACKEND_DTYPE": None}  # fmt: skip
+           "NNBACKEND_DTYPE": None, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
     session.run("mutmut", "run", *session.posargs, env=env)
     session.run("python", str(ROOT / "scripts" / "mutation_report.py"), env=env)

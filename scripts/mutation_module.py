@@ -2,7 +2,7 @@
 touching ``pyproject.toml`` (on two cores the whole ``nox -s mutation`` takes hours).
 
     python scripts/mutation_module.py NAME --mutate GLOB... --tests PATH... [--max-children N]
-        [--rerun-survivors] [--only MUTANT_PATTERN...]
+        [--rerun-survivors] [--only MUTANT_PATTERN...] [--deselect TEST_ID...]
 
     python scripts/mutation_module.py namespace --mutate src/nnbackend/namespace.py \\
         --tests tests/test_namespace.py tests/test_namespace_mutants.py
@@ -37,6 +37,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,18 +47,35 @@ NO_MATCH = "nnbackend.__sample_probe_matches_nothing__"
 RETESTED = re.compile(r"^\s*(\S+__mutmut_\d+): (?:survived|no tests)$", re.MULTILINE)
 
 
-def scratch_pyproject(mutate: list[str], tests: list[str]) -> str:
+def scratch_pyproject(
+    mutate: list[str], tests: list[str], timeout_multiplier: float | None = None
+) -> str:
     """``pyproject.toml`` with its ``[tool.mutmut]`` table narrowed to ``mutate`` and
-    ``tests`` (the table must be the file's last one, as it is here)."""
+    ``tests`` (the table must be the file's last one, as it is here), and mutmut's
+    ``timeout_multiplier`` where one is given."""
     text = (ROOT / "pyproject.toml").read_text("utf-8")
     head, sep, _ = text.partition("[tool.mutmut]")
     if not sep:
         raise SystemExit("pyproject.toml has no [tool.mutmut] table")
     config = tomllib.loads(text)["tool"]["mutmut"]
     config.update(only_mutate=mutate, pytest_add_cli_args_test_selection=tests)
+    if timeout_multiplier is not None:
+        config["timeout_multiplier"] = timeout_multiplier
     # JSON strings and lists of them are valid TOML.
     table = "".join(f"{key} = {json.dumps(value)}\n" for key, value in config.items())
     return f"{head}[tool.mutmut]\n{table}"
+
+
+def mutmut_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` for mutmut's runs: no backend or dtype setting, the tests on numpy and
+    array_api_strict, and one BLAS/OpenMP thread. torch's intra-op thread pool, started in
+    mutmut's parent, hangs its forked children: a test that compares with torch then hangs
+    until mutmut's timeout, and the mutant counts as killed whether or not a test would have
+    failed (in the first nn sample, 11 of 19 such "timeouts" were survivors)."""
+    env = {k: v for k, v in base.items() if k not in ("NNBACKEND", "NNBACKEND_DTYPE")}
+    env["NNBACKEND_TEST_BACKENDS"] = "numpy,array_api_strict"
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    return env
 
 
 def generated_mutants(scratch: Path) -> list[str]:
@@ -80,7 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="names the scratch folder mutants/scratch-NAME")
     parser.add_argument("--mutate", nargs="+", required=True, help="only_mutate globs")
     parser.add_argument("--tests", nargs="+", required=True, help="the test files to run")
+    parser.add_argument(
+        "--deselect",
+        nargs="+",
+        default=[],
+        help="test ids left out (slow ones), passed to pytest as --deselect",
+    )
     parser.add_argument("--max-children", type=int, default=1)
+    parser.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        default=None,
+        help="mutmut's timeout_multiplier (its default 15: a mutant that hangs a "
+        "forked test costs 30x its tests' time before it counts as killed)",
+    )
     parser.add_argument("--rerun-survivors", action="store_true")
     parser.add_argument("--only", nargs="+", default=[], help="mutant name patterns to run")
     parser.add_argument("--sample", type=int, default=0, help="run N random mutants not run yet")
@@ -91,19 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.tests:
         if not (ROOT / path.partition("::")[0]).exists():
             raise SystemExit(f"no test file {path}")
+    for test_id in args.deselect:
+        if not (ROOT / test_id.partition("::")[0]).exists():
+            raise SystemExit(f"no test file {test_id}")
+    tests = [*args.tests, *(f"--deselect={test_id}" for test_id in args.deselect)]
     scratch = ROOT / "mutants" / f"scratch-{args.name}"
     scratch.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
         link = scratch / name
         if not link.is_symlink():
             link.symlink_to(ROOT / name)
-    (scratch / "pyproject.toml").write_text(scratch_pyproject(args.mutate, args.tests), "utf-8")
+    (scratch / "pyproject.toml").write_text(
+        scratch_pyproject(args.mutate, tests, args.timeout_multiplier), "utf-8"
+    )
     results = scratch / "results.txt"
     names = list(args.only)
     if args.rerun_survivors and results.exists():
         names += RETESTED.findall(results.read_text("utf-8"))
-    env = {k: v for k, v in os.environ.items() if k not in ("NNBACKEND", "NNBACKEND_DTYPE")}
-    env["NNBACKEND_TEST_BACKENDS"] = "numpy,array_api_strict"
+    env = mutmut_environment(os.environ)
     if args.sample:
         # Generates the mutants and the coverage table, then stops: nothing matches.
         probe = ["mutmut", "run", "--max-children", str(args.max_children), NO_MATCH]

@@ -159,3 +159,91 @@ def test_nd_input_equals_the_flattened_rows(xp64: Any, name: str, lead: list[int
     np.testing.assert_allclose(gx_nd, gx_2d, rtol=1e-12, atol=1e-12)
     for a, b in zip(gp_nd, gp_2d, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+# -- normalization, convolution and recurrent layers, random weights ---------------------------
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 2)])
+def test_batch_norm_1d_training_random_weight_and_bias(xp64: Any, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(11)
+    layer = nn.BatchNorm1d(3)
+    _randomise(layer, xp64, rng)
+    _check(layer, xp64.asarray(rng.standard_normal(shape)), xp64)
+
+
+def test_batch_norm_2d_training_random_weight_and_bias(xp64: Any) -> None:
+    rng = np.random.default_rng(12)
+    layer = nn.BatchNorm2d(2)
+    _randomise(layer, xp64, rng)
+    _check(layer, xp64.asarray(rng.standard_normal((3, 2, 2, 2))), xp64)
+
+
+def test_batch_norm_eval_random_weight_bias_and_running_statistics(xp64: Any) -> None:
+    rng = np.random.default_rng(13)
+    layer = nn.BatchNorm1d(3)
+    _randomise(layer, xp64, rng)
+    layer.running_mean = xp64.asarray(rng.standard_normal(3))
+    layer.running_var = xp64.asarray(rng.uniform(0.5, 2.0, 3))
+    layer.eval()
+    _check(layer, xp64.asarray(rng.standard_normal((4, 3, 2))), xp64)
+
+
+def test_batch_norm_without_affine_parameters(xp64: Any) -> None:
+    rng = np.random.default_rng(14)
+    _check(nn.BatchNorm1d(3, affine=False), xp64.asarray(rng.standard_normal((5, 3))), xp64)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 3), (2, 4, 2, 2)])
+def test_group_norm_random_weight_and_bias(xp64: Any, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(15)
+    layer = nn.GroupNorm(2, 4)
+    _randomise(layer, xp64, rng)
+    _check(layer, xp64.asarray(rng.standard_normal(shape)), xp64)
+
+
+CONVS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "conv": (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 5, 5)),
+    "conv-groups-dilation": (lambda: nn.Conv2d(2, 4, 2, groups=2, dilation=2), (1, 2, 5, 4)),
+    "conv-rect": (lambda: nn.Conv2d(1, 2, (3, 1), stride=(1, 2), padding=(0, 1)), (1, 1, 4, 5)),
+    "transpose": (
+        lambda: nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+        (1, 2, 3, 3),
+    ),
+    "transpose-groups": (lambda: nn.ConvTranspose2d(2, 4, 2, groups=2, bias=False), (1, 2, 2, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_convolutions_random_weights_and_bias(xp64: Any, name: str) -> None:
+    rng = np.random.default_rng(16)
+    make, shape = CONVS[name]
+    layer = make()
+    _randomise(layer, xp64, rng)
+    _check(layer, xp64.asarray(rng.standard_normal(shape)), xp64)
+
+
+class _Sequence(nn.Module):
+    """A recurrent layer from a trainable initial state: its output sequence, the final
+    hidden state (and cell) added in, so every output's gradient path is checked."""
+
+    def __init__(self, layer: nn.Module, xp: Any, hidden: int, lstm: bool) -> None:
+        super().__init__()
+        self.layer = layer
+        self.h0 = nn.Parameter(xp.zeros((2, hidden)))
+        self.c0 = nn.Parameter(xp.zeros((2, hidden))) if lstm else None
+        self.lstm = lstm
+
+    def forward(self, x: Any) -> Any:
+        if self.lstm:
+            hs, (h, c) = self.layer(x, (self.h0, self.c0))
+            return hs + (h + c * 0.5).reshape((2, 1, -1))
+        hs, h = self.layer(x, self.h0)
+        return hs + h.reshape((2, 1, -1))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_recurrent_layers_random_weights_and_initial_state(xp64: Any, kind: str) -> None:
+    rng = np.random.default_rng(17)
+    layer = getattr(nn, kind)(3, 2)
+    model = _Sequence(layer, xp64, 2, kind == "LSTM")
+    _randomise(model, xp64, rng)
+    _check(model, xp64.asarray(rng.standard_normal((2, 3, 3))), xp64)

@@ -168,6 +168,23 @@ def test_the_one_module_runner_narrows_only_what_is_mutated_and_run() -> None:
     assert runner.RETESTED.findall(listing) == ["a.x_f__mutmut_1", "a.x_g__mutmut_3"]
 
 
+def test_the_runner_passes_pytest_options_a_timeout_and_one_thread() -> None:
+    runner = _script("mutation_module")
+    tests = ["tests/test_nn.py", "--deselect=tests/test_nn.py::test_slow"]
+    scratch = tomllib.loads(runner.scratch_pyproject(["src/nnbackend/nn/*"], tests, 2.0))
+    assert scratch["tool"]["mutmut"]["pytest_add_cli_args_test_selection"] == tests
+    assert scratch["tool"]["mutmut"]["timeout_multiplier"] == 2.0
+    plain = tomllib.loads(runner.scratch_pyproject(["src/nnbackend/nn/*"], tests))
+    assert "timeout_multiplier" not in plain["tool"]["mutmut"]
+    env = runner.mutmut_environment({"NNBACKEND": "torch", "OMP_NUM_THREADS": "8", "HOME": "/h"})
+    assert env == {
+        "HOME": "/h",
+        "NNBACKEND_TEST_BACKENDS": "numpy,array_api_strict",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
 def test_a_sample_is_reproducible_leaves_out_what_ran_and_takes_all_of_a_small_pool(
     tmp_path: Path,
 ) -> None:
