@@ -962,7 +962,7 @@ def _layer_norm_graph_backward(self: LayerNorm, gy: Tensor) -> tuple[Any, Any, A
     dtypes = (x.dtype, w.dtype, self.inputs[2].dtype if self.inputs[2] is not None else w.dtype)
     # float16 statistics in float32: 1/sqrt(var + eps) is up to 316 for a constant row, and its
     # derivatives take its cube, past float16's range (an inf times 0 would give NaN).
-    dt = _ops(xp, gy).accumulate_dtype(gy.dtype)
+    dt = _ops(xp, gy.data).accumulate_dtype(gy.dtype)
     gy, x, w = _like(xp, gy, dt), _like(xp, x, dt), _like(xp, w, dt)
     xc = x - ops.mean(x, -1, True)
     inv = 1.0 / _F.sqrt(ops.mean(xc * xc, -1, True) + self.eps)
