@@ -233,3 +233,207 @@ def test_a_failing_whole_step_puts_back_the_parameters_rate_and_state(
     assert opt.lr == 0.5
     for st, old in zip(opt.state, state, strict=True):
         assert st.keys() == old.keys() and all(st[k] is old[k] for k in old)
+
+
+# -- refusals say which op refused, exactly --------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("add", lambda a, b: a + b),
+        ("sub", lambda a, b: a - b),
+        ("mul", lambda a, b: a * b),
+        ("div", lambda a, b: a / b),
+        ("pow", lambda a, b: a**b),
+        ("matmul", lambda a, b: a @ b),
+        ("maximum", lambda a, b: nb.functional.maximum(a, b)),
+        ("minimum", lambda a, b: nb.functional.minimum(a, b)),
+        ("where", lambda a, b: nb.functional.where(a.data > 0, a, b)),
+        ("concat", lambda a, b: nb.functional.concat([a, b], 0)),
+    ],
+)
+def test_mixed_dtypes_are_refused_naming_the_op(name: str, call: Any) -> None:
+    a = Tensor(np.full((2, 2), 0.5), requires_grad=True)
+    b = Tensor(np.full((2, 2), 0.25, dtype=np.float32), requires_grad=True)
+    with pytest.raises(nb.errors.DtypeError, match=f"^{name}: operands have dtypes float64 and"):
+        call(a, b)
+
+
+def test_empty_sequences_are_refused_with_their_message() -> None:
+    with pytest.raises(nb.errors.ArgumentError, match=exactly("stack needs at least one array")):
+        nb.functional.stack([])
+    with pytest.raises(nb.errors.ArgumentError, match=exactly("concat needs at least one array")):
+        nb.functional.concat([])
+
+
+def test_the_dtype_guard_names_a_strict_dtype_by_its_short_name() -> None:
+    """array_api_strict's dtypes have no ``name``: the guard's message strips the module."""
+    import array_api_strict as xs
+
+    from nnbackend.autograd.function import Function
+
+    class Widen(Function):
+        def forward(self, x: Any) -> Any:
+            return self.xp.astype(x, self.xp.float64)
+
+        def backward(self, gy: Any) -> Any:
+            return gy
+
+    x = Tensor(xs.ones((2,), dtype=xs.float32), requires_grad=True)
+    with nb.using(check_dtypes=True), pytest.raises(nb.errors.DtypeError) as info:
+        Widen()(x)
+    assert "where the policy expects float32; inputs ((2,) array_api_strict.float32)" in str(
+        info.value
+    )
+
+
+# -- first derivatives under create_graph equal the plain backward's -------------------------
+CREATE_GRAPH_CASES: dict[str, tuple[Any, list[tuple[int, ...]]]] = {
+    "div": (lambda a, b: a / (b * b + 1.0), [(2, 3, 4), (3, 1)]),
+    "div_broadcast": (lambda a, b: a / (b + 3.0), [(2, 3), (3,)]),
+    "pow": (lambda a, b: (a * a + 1.0) ** b, [(2, 3), (2, 3)]),
+    "vector_at_matrix": (lambda a, b: a @ b, [(3,), (3, 4)]),
+    "matrix_at_vector": (lambda a, b: a @ b, [(2, 3), (3,)]),
+    "batched_at_vector": (lambda a, b: a @ b, [(2, 2, 3), (3,)]),
+    "vector_at_batched": (lambda a, b: a @ b, [(3,), (2, 3, 4)]),
+    "vector_at_vector": (lambda a, b: a @ b, [(3,), (3,)]),
+    "batched": (lambda a, b: a @ b, [(2, 2, 3), (3, 4)]),
+    "prod_axis": (lambda a, b: a.prod(axis=0) * b, [(3, 2), (2,)]),
+    "max_axis": (lambda a, b: a.max(axis=1, keepdims=True) * b, [(2, 3), (2, 1)]),
+    "mean_axes": (lambda a, b: a.mean(axis=(0, 2)) * b, [(2, 3, 2), (3,)]),
+    "cast": (lambda a, b: a.astype("float32").astype("float64") * b, [(2, 3), (2, 3)]),
+    "flip_tuple": (lambda a, b: nb.functional.flip(a, [0, 1]) * b, [(2, 3), (2, 3)]),
+    "einsum_transpose": (lambda a, b: nb.functional.einsum("ij->ji", a) * b, [(2, 3), (3, 2)]),
+    "einsum_sum_then_transpose": (
+        lambda a, b: nb.functional.einsum("ijk->kj", a) * b,
+        [(2, 3, 4), (4, 3)],
+    ),
+    "take_nd": (lambda a, b: nb.functional.take(a, [[0, 2], [2, 2]], 1) * b, [(2, 3), (2, 2, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CREATE_GRAPH_CASES))
+def test_create_graph_first_derivatives_equal_the_plain_ones(name: str, xp64: Any) -> None:
+    """Random non-unit values and a random output weight, N-D and 1-D operands: the
+    gradients ``graph_backward`` records equal ``backward``'s, which equal central
+    differences (gradcheck)."""
+    fn, shapes = CREATE_GRAPH_CASES[name]
+    arrays = [rand(xp64, *s, seed=i + 3, low=0.3, high=1.7) for i, s in enumerate(shapes)]
+    if name != "cast":  # float32 on the way: the float64 tolerance does not hold
+        assert nb.gradcheck(fn, *arrays)
+    plain = [Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*plain)
+    weight = rand(xp64, *out.shape, seed=11)
+    out.backward(weight)
+    graph = [Tensor(a, requires_grad=True) for a in arrays]
+    grads = nb.grad(fn(*graph), graph, weight, create_graph=True)
+    for t, g in zip(plain, grads, strict=True):
+        assert g.shape == t.shape and g.requires_grad
+        np.testing.assert_allclose(host(g), host(t.grad), rtol=1e-12, atol=1e-12)
+
+
+def test_an_array_times_a_tensor_is_in_the_graph() -> None:
+    """``ndarray @ Tensor`` (NumPy defers to Tensor.__rmatmul__) records the product."""
+    a = np.array([[1.0, 2.0, 0.5], [-1.0, 0.25, 3.0]])
+    b = Tensor(np.array([[0.5, 1.0], [2.0, -1.0], [1.5, 0.75]]), requires_grad=True)
+    y = a @ b
+    assert isinstance(y, Tensor) and y.requires_grad
+    np.testing.assert_array_equal(host(y), a @ host(b))
+    w = np.array([[1.0, -2.0], [0.5, 3.0]])
+    y.backward(w)
+    np.testing.assert_array_equal(host(b.grad), a.T @ w)
+
+
+def test_tensor_reductions_pass_their_axis_and_keepdims(xp64: Any) -> None:
+    values = np.array([[0.5, 3.0, -1.0], [2.0, -4.0, 1.5]])
+    a = Tensor(xp64.asarray(values))
+    for method, ref in [("prod", np.prod), ("min", np.min), ("max", np.max), ("sum", np.sum),
+                        ("mean", np.mean), ("var", np.var), ("std", np.std)]:  # fmt: skip
+        for axis in (0, 1):
+            got = getattr(a, method)(axis=axis)
+            np.testing.assert_allclose(host(got), ref(values, axis=axis), rtol=1e-12)
+            kept = getattr(a, method)(axis, True)
+            assert kept.shape == ref(values, axis=axis, keepdims=True).shape
+    np.testing.assert_allclose(
+        host(a.var(axis=1, correction=1.0)), np.var(values, axis=1, ddof=1), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        host(a.logsumexp(axis=0)), np.log(np.exp(values).sum(axis=0)), rtol=1e-12
+    )
+
+
+def test_argmax_and_argmin_of_the_flattened_array(xp64: Any) -> None:
+    a = Tensor(xp64.asarray([[0.5, 3.0, -1.0], [2.0, -4.0, 1.0]]))
+    assert int(host(a.argmax())) == 1 and int(host(a.argmin())) == 4
+    assert host(a.argmax(keepdims=True)).shape == (1, 1)
+    assert host(a.argmax(axis=1)).tolist() == [1, 0]
+
+
+def test_cast_gradients_stay_on_their_backend_one_after_another() -> None:
+    """The backward of a cast converts the gradient with its own backend's ops: NumPy's
+    first, then array_api_strict's in the same process."""
+    import array_api_strict as xs
+
+    for xp in (namespace_module.namespace("numpy"), xs):
+        x = Tensor(xp.asarray([0.5, 1.5], dtype=xp.float64), requires_grad=True)
+        (x.astype("float32") * 3.0).sum().backward()
+        assert type(x.grad) is type(x.data) and host(x.grad).tolist() == [3.0, 3.0]
+        assert x.grad.dtype == xp.float64
+
+
+# -- higher.py: what create_graph keeps and accumulates --------------------------------------
+def test_create_graph_adds_to_a_raw_gradient_left_by_a_plain_backward(xp64: Any) -> None:
+    x = Tensor(rand(xp64, 3, seed=5), requires_grad=True)
+    (x * x).sum().backward()  # .grad = 2x, a raw array
+    first = host(x.grad).copy()
+    (x * x * x).sum().backward(create_graph=True)  # adds 3x^2, as a Tensor in the graph
+    assert isinstance(x.grad, Tensor) and x.grad.requires_grad
+    np.testing.assert_allclose(host(x.grad), first + 3 * host(x) ** 2, rtol=1e-12)
+
+
+def test_create_graph_keeps_retained_intermediate_gradients_only(xp64: Any) -> None:
+    x = Tensor(rand(xp64, 3, seed=6), requires_grad=True)
+    kept = (x * 2.0).retain_grad()
+    dropped = kept * kept
+    root = dropped.sum()
+    root.backward(create_graph=True)
+    assert isinstance(kept.grad, Tensor)
+    np.testing.assert_allclose(host(kept.grad), 2 * host(kept), rtol=1e-12)
+    assert dropped.grad is None
+    assert isinstance(root.grad, Tensor) and float(host(root.grad)) == 1.0
+
+
+def test_a_raw_backward_refuses_second_derivatives_also_through_the_output_gradient() -> None:
+    """The gradient of a Function with only a raw backward depends on the incoming
+    gradient too: differentiating with respect to that gradient must also refuse clearly."""
+    from nnbackend.autograd.function import Function
+
+    class Twice(Function):
+        def forward(self, x: Any) -> Any:
+            return x * 2.0
+
+        def backward(self, gy: Any) -> Any:
+            return gy * 2.0
+
+    x = Tensor(np.array([0.5, 1.5]), requires_grad=True)
+    v = Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    (gx,) = nb.grad(Twice()(x), x, v, create_graph=True)
+    np.testing.assert_array_equal(host(gx), [2.0, -4.0])
+    # The recorded gradient hangs off both: the input and the incoming gradient.
+    assert any(t is v for t in gx.creator.inputs) and any(t is x for t in gx.creator.inputs)
+    message = (
+        "Twice defines backward() on arrays only, so its gradient cannot be differentiated "
+        "again; define graph_backward() with differentiable Tensor operations (see the "
+        "'Writing a Function' guide)"
+    )
+    with pytest.raises(nb.errors.GradientError, match=exactly(message)):
+        nb.grad(gx.sum(), v)
+
+
+# -- anomaly detection in ops with several outputs -------------------------------------------
+def test_anomaly_in_the_second_output_of_a_split_is_named() -> None:
+    from nnbackend.autograd import AnomalyError, detect_anomaly
+
+    x = Tensor(np.array([1.0, 2.0, np.inf]), requires_grad=True)
+    with detect_anomaly(), pytest.raises(AnomalyError) as info:
+        nb.functional.split(x, [2, 1])
+    assert str(info.value).startswith("Split forward produced inf in output 1 (shape (1,) ")
