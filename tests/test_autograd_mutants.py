@@ -437,3 +437,117 @@ def test_anomaly_in_the_second_output_of_a_split_is_named() -> None:
     with detect_anomaly(), pytest.raises(AnomalyError) as info:
         nb.functional.split(x, [2, 1])
     assert str(info.value).startswith("Split forward produced inf in output 1 (shape (1,) ")
+
+
+# -- compile_step: which differences between two recordings matter ---------------------------
+def _linear_step(extra: Any) -> tuple[Any, Any]:
+    """A one-layer model and a step whose loss goes through ``extra(h)`` (a callable run
+    inside the step on the layer's output Tensor)."""
+    from nnbackend import nn, optim
+
+    nb.random.seed(1)
+    model = nn.Linear(3, 2)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x: Any) -> Any:
+        opt.zero_grad()
+        loss = (extra(model(x)) ** 2.0).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, step
+
+
+def _run_compiled(extra: Any, calls: int = 5) -> tuple[Any, list[Any]]:
+    import warnings
+
+    _, step = _linear_step(extra)
+    run = nb.compile_step(step)
+    x = np.random.default_rng(2).uniform(-1, 1, (4, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(calls):
+            run(x)
+    return run, [w for w in caught if issubclass(w.category, nb.errors.CompileWarning)]
+
+
+class _Weighted(nb.autograd.Function):
+    """``x * factor * weights``, with its settings (a number, an array, a NaN) kept on the
+    node, where compile_step compares them between two recordings."""
+
+    def __init__(self, factor: float, weights: Any) -> None:
+        self.factor, self.weights, self.unused = factor, weights, float("nan")
+
+    def forward(self, x: Any) -> Any:
+        return x * self.factor * self.weights
+
+    def backward(self, gy: Any) -> Any:
+        return gy * self.factor * self.weights
+
+
+def test_equal_settings_made_afresh_each_step_still_replay() -> None:
+    """Literals and node settings built anew on every call (equal values, other objects:
+    numbers, arrays, a NaN equal to a NaN) are the same recording: replayed, no warning."""
+
+    def extra(h: Any) -> Any:
+        half = float("0.5")  # a new float object every call
+        return _Weighted(float("1.5"), np.array([0.5, 2.0]))(h * half)
+
+    run, warned = _run_compiled(extra)
+    assert not warned and run.records == 2 and run.replays == 3
+
+
+def test_a_setting_array_that_changes_between_recordings_runs_eagerly() -> None:
+    calls = []
+
+    def drifting(h: Any) -> Any:
+        calls.append(None)
+        return _Weighted(1.5, np.array([0.5, float(len(calls))]))(h)
+
+    run, warned = _run_compiled(drifting)
+    assert run.replays == 0 and len(warned) == 1
+    assert "the settings of node 1 (_Weighted) differ" in str(warned[0].message)
+
+
+def test_a_tensor_made_inside_the_step_is_compared_by_value() -> None:
+    calls = []
+
+    def same(h: Any) -> Any:
+        return h * Tensor(np.array([0.5, 2.0]), requires_grad=True)
+
+    run, warned = _run_compiled(same)
+    assert not warned and run.replays == 3
+
+    def drifting(h: Any) -> Any:
+        calls.append(None)
+        return h * Tensor(np.array([0.5, float(len(calls))]), requires_grad=True)
+
+    run, warned = _run_compiled(drifting)
+    assert run.replays == 0 and len(warned) == 1
+    assert "a Tensor made inside the step holds other values" in str(warned[0].message)
+
+
+def test_a_python_number_that_changes_between_recordings_runs_eagerly() -> None:
+    calls = []
+
+    def drifting(h: Any) -> Any:
+        calls.append(None)
+        return h * float(len(calls))
+
+    run, warned = _run_compiled(drifting)
+    assert run.replays == 0 and len(warned) == 1
+    assert "a Python value given to a node differs (1.0 against 2.0)" in str(warned[0].message)
+
+
+def test_a_nan_setting_against_a_number_differs() -> None:
+    calls = []
+
+    def drifting(h: Any) -> Any:
+        calls.append(None)
+        node = _Weighted(1.5, np.array([0.5, 2.0]))
+        node.unused = float("nan") if len(calls) == 1 else 0.0
+        return node(h)
+
+    run, warned = _run_compiled(drifting)
+    assert run.replays == 0 and len(warned) == 1
