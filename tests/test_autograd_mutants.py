@@ -551,3 +551,18 @@ def test_a_nan_setting_against_a_number_differs() -> None:
 
     run, warned = _run_compiled(drifting)
     assert run.replays == 0 and len(warned) == 1
+
+
+def test_flattening_reshapes_use_minus_one_on_torch() -> None:
+    """argmax of the flattened array and take with 2-D indices reshape with ``-1``: NumPy
+    and array_api_strict accept any negative length there, torch only ``-1``."""
+    if nb.registry.probe("torch") is not None:
+        pytest.skip("torch is not installed")
+    with nb.using(backend="torch", dtype="float64"):
+        xp = nb.namespace()
+        a = Tensor(xp.asarray([[0.5, 3.0, -1.0], [2.0, -4.0, 1.5]]), requires_grad=True)
+        assert int(a.argmax().item()) == 1 and int(a.argmin().item()) == 4
+        picked = nb.functional.take(a, xp.asarray([[2, 0], [1, 1]]), 1)
+        assert picked.shape == (2, 2, 2)
+        picked.sum().backward()
+        assert host(a.grad).tolist() == [[1.0, 2.0, 1.0], [1.0, 2.0, 1.0]]
