@@ -566,3 +566,104 @@ def test_flattening_reshapes_use_minus_one_on_torch() -> None:
         assert picked.shape == (2, 2, 2)
         picked.sum().backward()
         assert host(a.grad).tolist() == [[1.0, 2.0, 1.0], [1.0, 2.0, 1.0]]
+
+
+# -- compile_step: what records again ----------------------------------------------------------
+def test_the_signature_holds_what_a_replay_depends_on() -> None:
+    _, step = _linear_step(lambda h: h)
+    run = nb.compile_step(step)
+    x = np.ones((2, 3))
+    base = run.signature(x)
+    assert run.signature(np.ones((2, 3))) == base
+    assert run.signature(np.ones((3, 3))) != base  # shape
+    assert run.signature(np.ones((2, 3), dtype=np.float32)) != base  # dtype
+    assert run.signature(Tensor(x)) != base  # a Tensor, not an array
+    assert run.signature(x, 2) != run.signature(x, 3)  # Python scalars by value
+    assert run.signature(x, 2) != run.signature(x, 2.0)  # ... and by type
+    with nb.no_grad():
+        assert run.signature(x) != base
+    with nb.using(check_dtypes=False):
+        assert run.signature(x) != base
+    nb.set_default_dtype("float32")
+    try:
+        assert run.signature(x) != base
+    finally:
+        nb.set_default_dtype("float64")
+    mode = ["train"]
+    keyed = nb.compile_step(step, key=lambda: mode[0])
+    first = keyed.signature(x)
+    mode[0] = "eval"
+    assert keyed.signature(x) != first
+
+
+def test_a_key_change_records_again_and_both_recordings_are_kept() -> None:
+    _, step = _linear_step(lambda h: h)
+    mode = ["a"]
+    run = nb.compile_step(step, key=lambda: mode[0])
+    x = np.ones((2, 3))
+    for m in ["a", "a", "a", "b", "b", "b", "a", "b"]:
+        mode[0] = m
+        run(x)
+    assert run.records == 4 and run.replays == 4
+
+
+def test_the_cache_keeps_the_last_recordings_only() -> None:
+    _, step = _linear_step(lambda h: h)
+    run = nb.compile_step(step, check=False, cache_size=2)
+    xs = [np.ones((n, 3)) for n in (1, 2, 3)]
+    for x in xs:  # three signatures, recorded once each (check=False)
+        run(x)
+    assert run.records == 3 and len(run._cache) == 2
+    run(xs[2])
+    run(xs[1])
+    assert run.replays == 2
+    run(xs[0])  # dropped from the cache: recorded again
+    assert run.records == 4 and len(run._cache) == 2
+    run.reset()
+    assert not run._cache and not run._pending and not run.eager_signatures
+    run(xs[0])
+    assert run.records == 5
+
+
+def test_without_the_check_the_second_call_replays_and_with_it_the_third() -> None:
+    for check, records in ((True, 2), (False, 1)):
+        _, step = _linear_step(lambda h: h)
+        run = nb.compile_step(step, check=check)
+        for _ in range(4):
+            run(np.ones((2, 3)))
+        assert run.records == records and run.replays == 4 - records
+
+
+def test_a_signature_found_to_differ_stays_eager() -> None:
+    calls = []
+
+    def drifting(h: Any) -> Any:
+        calls.append(None)
+        return h * float(len(calls))
+
+    run, warned = _run_compiled(drifting, calls=6)
+    assert len(warned) == 1 and run.records == 2 and run.replays == 0
+    assert len(run.eager_signatures) == 1
+    assert "a Python value given to a node differs" in next(iter(run.eager_signatures.values()))
+    assert len(calls) == 6  # every call ran the function
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"key": 3}, "compile_step: key must be a callable or None, got 3"),
+        ({"cache_size": 0}, "compile_step: cache_size must be an int >= 1, got 0"),
+        ({"cache_size": True}, "compile_step: cache_size must be an int >= 1, got True"),
+        ({"cache_size": 2.0}, "compile_step: cache_size must be an int >= 1, got 2.0"),
+    ],
+)
+def test_compile_step_refuses_bad_settings_exactly(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(nb.errors.ArgumentError, match=exactly(message)):
+        nb.compile_step(lambda: None, **kwargs)
+
+
+def test_compile_step_refuses_a_non_callable_exactly() -> None:
+    message = "compile_step needs a callable running one training step, got int 42"
+    with pytest.raises(nb.errors.ArgumentError, match=exactly(message)):
+        nb.compile_step(42)  # type: ignore[arg-type]
+    assert nb.compile_step(lambda: None, cache_size=1).cache_size == 1
