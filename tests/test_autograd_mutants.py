@@ -208,7 +208,7 @@ def test_a_failing_whole_step_puts_back_the_parameters_rate_and_state(
         def backward(self, gy: Any) -> Any:
             return gy
 
-    model, opt, inner = _jit_setup("adam", False)
+    model, opt, _ = _jit_setup("adam", False)
 
     def step(x: Any, t: Any) -> Any:
         opt.zero_grad()
