@@ -667,3 +667,335 @@ def test_compile_step_refuses_a_non_callable_exactly() -> None:
     with pytest.raises(nb.errors.ArgumentError, match=exactly(message)):
         nb.compile_step(42)  # type: ignore[arg-type]
     assert nb.compile_step(lambda: None, cache_size=1).cache_size == 1
+
+
+# -- every refusal of the engine, word for word ------------------------------------------------
+def _t(*shape: int, requires_grad: bool = True) -> Tensor:
+    n = int(np.prod(shape)) if shape else 1
+    values = (np.arange(n, dtype=np.float64) + 1.0).reshape(shape)
+    return Tensor(values, requires_grad=requires_grad)
+
+
+def _wrong_shape_grad() -> Any:
+    from nnbackend.autograd.function import Function
+
+    class Bad(Function):
+        def forward(self, x: Any) -> Any:
+            return x * 2.0
+
+        def backward(self, gy: Any) -> Any:
+            return gy[:1]
+
+    return Bad()(_t(3)).sum().backward()
+
+
+def _wrong_dtype_grad() -> Any:
+    from nnbackend.autograd.function import Function
+
+    class Bad(Function):
+        def forward(self, x: Any) -> Any:
+            return x * 2.0
+
+        def backward(self, gy: Any) -> Any:
+            return gy.astype(np.float32)
+
+    return Bad()(_t(3)).sum().backward()
+
+
+def _wrong_count() -> Any:
+    from nnbackend.autograd.function import Function
+
+    class Bad(Function):
+        def forward(self, x: Any) -> Any:
+            return x * 2.0
+
+        def backward(self, gy: Any) -> Any:
+            return gy, gy
+
+    return Bad()(_t(3)).sum().backward()
+
+
+def _no_forward() -> Any:
+    return nb.autograd.Function()(_t(2))
+
+
+def _no_backward() -> Any:
+    from nnbackend.autograd.function import Function
+
+    class Fwd(Function):
+        def forward(self, x: Any) -> Any:
+            return x * 1.0
+
+    return Fwd()(_t(2)).sum().backward()
+
+
+def _no_graph_backward() -> Any:
+    from nnbackend.autograd.function import Function
+
+    class Fwd(Function):
+        def forward(self, x: Any) -> Any:
+            return x * 1.0
+
+    return Fwd().graph_backward(None)
+
+
+def _scalars_only() -> Any:
+    from nnbackend.autograd.function import Function
+
+    class Fwd(Function):
+        def forward(self, a: Any, b: Any) -> Any:
+            return a
+
+    return Fwd()(1.0, 2)
+
+
+REFUSALS: dict[str, tuple[Any, type, str]] = {
+    "int_requires_grad": (
+        lambda: Tensor(np.arange(3), requires_grad=True),
+        nb.errors.DtypeError,
+        "only floating-point tensors can require a gradient, got dtype int64; a gradient of "
+        "integers would be truncated to 0. Cast first, e.g. Tensor(xp.astype(x, xp.float32), "
+        "requires_grad=True)",
+    ),
+    "item": (
+        lambda: _t(2).item(),
+        ValueError,
+        "item() needs a tensor with one element, this one has shape (2,)",
+    ),
+    "len": (lambda: len(_t()), TypeError, "len() of a 0-d tensor"),
+    "backward_no_grad": (
+        lambda: _t(2, requires_grad=False).sum().backward(),
+        nb.errors.GradientError,
+        "backward() on a tensor that does not require a gradient: no input of its graph has "
+        "requires_grad=True (or it was computed under no_grad())",
+    ),
+    "backward_not_scalar": (
+        lambda: (_t(2, 3) * 2.0).backward(),
+        nb.errors.GradientError,
+        "backward() without a gradient needs a one-element tensor, this one has shape (2, 3); "
+        "pass grad= an array of that shape (or reduce it first, e.g. loss.sum())",
+    ),
+    "backward_grad_shape": (
+        lambda: (_t(2, 3) * 2.0).backward(np.ones((3, 2))),
+        nb.errors.GradientError,
+        "backward() got a gradient of shape (3, 2) for a tensor of shape (2, 3)",
+    ),
+    "grad_shape": (
+        _wrong_shape_grad,
+        nb.errors.ShapeError,
+        "Bad.backward returned a gradient of shape (1,) for an input of shape (3,); gradients "
+        "must have their input's shape",
+    ),
+    "grad_dtype": (
+        _wrong_dtype_grad,
+        nb.errors.DtypeError,
+        "Bad.backward returned a float32 gradient for a float64 input; cast it back "
+        "(xp.astype) so the model keeps its dtype",
+    ),
+    "grad_count": (
+        _wrong_count,
+        nb.errors.GradientError,
+        "Bad.backward returned 2 gradients for 1 inputs",
+    ),
+    "no_forward": (_no_forward, NotImplementedError, "Function must define forward()"),
+    "no_backward": (
+        _no_backward,
+        NotImplementedError,
+        "Fwd defines neither backward() nor graph_backward()",
+    ),
+    "no_graph_backward": (
+        _no_graph_backward,
+        NotImplementedError,
+        "Fwd does not define graph_backward()",
+    ),
+    "scalars_only": (
+        _scalars_only,
+        TypeError,
+        "Fwd needs at least one Tensor or array input, got only Python scalars (1.0, 2)",
+    ),
+    "matmul_0d": (
+        lambda: _t() @ _t(2),
+        nb.errors.ShapeError,
+        "matmul needs operands with at least one dimension; use * for scalars",
+    ),
+    "matmul_align": (
+        lambda: _t(2, 3) @ _t(2, 3),
+        nb.errors.ShapeError,
+        "matmul: shapes (2, 3) and (2, 3) do not align (3 != 2)",
+    ),
+    "matmul_align_vector": (
+        lambda: _t(2, 3) @ _t(2),
+        nb.errors.ShapeError,
+        "matmul: shapes (2, 3) and (2,) do not align (3 != 2)",
+    ),
+    "getitem_pattern": (
+        lambda: _t(3, 3)[np.array([0, 1]), np.array([1, 2])],
+        NotImplementedError,
+        "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
+        "integer array on the first axis (x[idx]); use reshape/take for other patterns",
+    ),
+    "getitem_second_axis": (
+        lambda: _t(3, 3)[:, np.array([0, 1])],
+        NotImplementedError,
+        "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
+        "integer array on the first axis (x[idx]); use reshape/take for other patterns",
+    ),
+    "getitem_mask": (
+        lambda: _t(3)[np.array([True, False, True])],
+        NotImplementedError,
+        "boolean-mask indexing with gradients; use xp.where instead",
+    ),
+    "sum_to": (
+        lambda: nb.functional.sum_to(_t(3), (1, 1, 3)),
+        nb.errors.ShapeError,
+        "sum_to: cannot sum shape (3,) to (1, 1, 3)",
+    ),
+    "clip": (
+        lambda: nb.functional.clip(_t(3), 2.0, 1.0),
+        nb.errors.ArgumentError,
+        "clip: min 2.0 is greater than max 1.0",
+    ),
+    "var": (
+        lambda: _t(2, 3).var(axis=0, correction=2.0),
+        nb.errors.ArgumentError,
+        "var: 2 elements with correction 2.0: nothing to divide",
+    ),
+    "flatten": (
+        lambda: nb.functional.flatten(_t(2, 3, 4), 2, 1),
+        nb.errors.ArgumentError,
+        "flatten: start axis 2 comes after end axis 1",
+    ),
+    "squeeze": (
+        lambda: nb.functional.squeeze(_t(2, 1, 3), (1, 2)),
+        nb.errors.ShapeError,
+        "squeeze: axes [2] of shape (2, 1, 3) do not have length 1",
+    ),
+    "expand_dims_high": (
+        lambda: nb.functional.expand_dims(_t(2, 3), 3),
+        nb.errors.ArgumentError,
+        "expand_dims: axis 3 is out of range for 2 axes",
+    ),
+    "expand_dims_low": (
+        lambda: nb.functional.expand_dims(_t(2, 3), -4),
+        nb.errors.ArgumentError,
+        "expand_dims: axis -4 is out of range for 2 axes",
+    ),
+    "stack_shapes": (
+        lambda: nb.functional.stack([_t(2), _t(3)]),
+        nb.errors.ShapeError,
+        "stack needs arrays of one shape, got [(2,), (3,)]",
+    ),
+    "split_0d": (
+        lambda: nb.functional.split(_t(), 1),
+        nb.errors.ShapeError,
+        "split needs an array with at least one axis",
+    ),
+    "split_unequal": (
+        lambda: nb.functional.split(_t(5), 2),
+        nb.errors.ShapeError,
+        "split: an axis of length 5 does not split into 2 equal parts",
+    ),
+    "split_zero": (
+        lambda: nb.functional.split(_t(4), 0),
+        nb.errors.ShapeError,
+        "split: an axis of length 4 does not split into 0 equal parts",
+    ),
+    "split_sizes": (
+        lambda: nb.functional.split(_t(4), [1, 2]),
+        nb.errors.ShapeError,
+        "split: part lengths [1, 2] do not add up to the axis' 4",
+    ),
+    "split_negative": (
+        lambda: nb.functional.split(_t(4), [5, -1]),
+        nb.errors.ShapeError,
+        "split: part lengths [5, -1] do not add up to the axis' 4",
+    ),
+    "pad_pairs": (
+        lambda: nb.functional.pad(_t(2, 3), [(1, 1)] * 3),
+        nb.errors.ShapeError,
+        "pad: 3 (before, after) pairs for 2 axes",
+    ),
+    "pad_negative": (
+        lambda: nb.functional.pad(_t(2, 3), [(0, 0), (1, -1)]),
+        nb.errors.ArgumentError,
+        "pad: widths must not be negative, got (1, -1)",
+    ),
+    "take_float": (
+        lambda: nb.functional.take(_t(3), np.array([0.0, 1.0])),
+        nb.errors.ArgumentError,
+        "take: indices must be integers, got float64",
+    ),
+    "einsum_implicit": (
+        lambda: nb.functional.einsum("ij,jk", _t(2, 2), _t(2, 2)),
+        nb.errors.ArgumentError,
+        "einsum: 'ij,jk': write the output explicitly (e.g. 'ij,jk->ik'); '...' is not "
+        "supported",
+    ),
+    "einsum_ellipsis": (
+        lambda: nb.functional.einsum("...i->i", _t(2, 2)),
+        nb.errors.ArgumentError,
+        "einsum: '...i->i': write the output explicitly (e.g. 'ij,jk->ik'); '...' is not "
+        "supported",
+    ),
+    "einsum_operands": (
+        lambda: nb.functional.einsum("ij->ij", _t(2, 2), _t(2, 2)),
+        nb.errors.ArgumentError,
+        "einsum: 'ij->ij' needs 1 or 2 operands, got 2",
+    ),
+    "einsum_three": (
+        lambda: nb.functional.einsum("i,i,i->", _t(2), _t(2), _t(2)),
+        nb.errors.ArgumentError,
+        "einsum: 'i,i,i->' needs 1 or 2 operands, got 3",
+    ),
+    "einsum_diagonal": (
+        lambda: nb.functional.einsum("ii->i", _t(2, 2)),
+        nb.errors.ArgumentError,
+        "einsum: repeated index in 'ii' (diagonals) is not supported",
+    ),
+    "einsum_axes": (
+        lambda: nb.functional.einsum("ijk->i", _t(2, 2)),
+        nb.errors.ShapeError,
+        "einsum: 'ijk' names 3 axes of a 2-d operand",
+    ),
+    "einsum_output": (
+        lambda: nb.functional.einsum("ij->ik", _t(2, 2)),
+        nb.errors.ArgumentError,
+        "einsum: output indices 'ik' do not all appear in the inputs",
+    ),
+    "einsum_lengths": (
+        lambda: nb.functional.einsum("ij,jk->ik", _t(2, 3), _t(2, 2)),
+        nb.errors.ShapeError,
+        "einsum: index 'j' has lengths 2 and 3",
+    ),
+    "getitem_ellipses": (
+        lambda: nb.functional.getitem(_t(2, 3), (Ellipsis, slice(None, None, -1), Ellipsis)),
+        nb.errors.ArgumentError,
+        "getitem: at most one ... in an index, got (Ellipsis, slice(None, None, -1), Ellipsis)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_word_for_word(case: str) -> None:
+    call, error, message = REFUSALS[case]
+    with pytest.raises(error, match=exactly(message)):
+        call()
+
+
+def test_limits_that_are_allowed() -> None:
+    """The edges of each refusal pass: min == max, N - correction > 0, start == end, the
+    extreme positions of a new axis, empty parts and zero widths."""
+    assert host(nb.functional.clip(_t(3), 2.0, 2.0)).tolist() == [2.0, 2.0, 2.0]
+    assert host(_t(2, 3).var(axis=0, correction=1.5)).shape == (3,)
+    assert nb.functional.flatten(_t(2, 3, 4), 1, 1).shape == (2, 3, 4)
+    assert nb.functional.flatten(_t(2, 3, 4), -2).shape == (2, 12)
+    assert nb.functional.flatten(_t()).shape == (1,)
+    assert nb.functional.expand_dims(_t(2, 3), 2).shape == (2, 3, 1)
+    assert nb.functional.expand_dims(_t(2, 3), -3).shape == (1, 2, 3)
+    assert nb.functional.expand_dims(_t(2, 3), -1).shape == (2, 3, 1)
+    assert [p.shape for p in nb.functional.split(_t(4), [0, 4])] == [(0,), (4,)]
+    assert [p.shape for p in nb.functional.split(_t(2, 4), 2, axis=-1)] == [(2, 2), (2, 2)]
+    assert nb.functional.pad(_t(2, 3), [(0, 0), (0, 2)]).shape == (2, 5)
+    assert nb.functional.pad(_t(2, 3), (1, 2)).shape == (5, 6)
+    assert nb.functional.squeeze(_t(2, 1, 3), -2).shape == (2, 3)
+    assert nb.functional.squeeze(_t(1, 2, 1)).shape == (2,)
