@@ -928,14 +928,12 @@ REFUSALS: dict[str, tuple[Any, type, str]] = {
     "einsum_implicit": (
         lambda: nb.functional.einsum("ij,jk", _t(2, 2), _t(2, 2)),
         nb.errors.ArgumentError,
-        "einsum: 'ij,jk': write the output explicitly (e.g. 'ij,jk->ik'); '...' is not "
-        "supported",
+        "einsum: 'ij,jk': write the output explicitly (e.g. 'ij,jk->ik'); '...' is not supported",
     ),
     "einsum_ellipsis": (
         lambda: nb.functional.einsum("...i->i", _t(2, 2)),
         nb.errors.ArgumentError,
-        "einsum: '...i->i': write the output explicitly (e.g. 'ij,jk->ik'); '...' is not "
-        "supported",
+        "einsum: '...i->i': write the output explicitly (e.g. 'ij,jk->ik'); '...' is not supported",
     ),
     "einsum_operands": (
         lambda: nb.functional.einsum("ij->ij", _t(2, 2), _t(2, 2)),
@@ -999,3 +997,150 @@ def test_limits_that_are_allowed() -> None:
     assert nb.functional.pad(_t(2, 3), (1, 2)).shape == (5, 6)
     assert nb.functional.squeeze(_t(2, 1, 3), -2).shape == (2, 3)
     assert nb.functional.squeeze(_t(1, 2, 1)).shape == (2,)
+
+
+# -- gradcheck: its report, its arguments and its comparisons ----------------------------------
+class _Off(nb.autograd.Function):
+    """``x * 2`` whose backward adds ``bump`` where ``mask`` is set (and may put non-finite
+    values there)."""
+
+    def __init__(self, bump: Any, mask: Any) -> None:
+        self.bump, self.mask = bump, mask
+
+    def forward(self, x: Any) -> Any:
+        return x * 2.0
+
+    def backward(self, gy: Any) -> Any:
+        return gy * 2.0 + self.xp.asarray(np.where(self.mask, self.bump, 0.0).tolist())
+
+
+def test_gradcheck_reports_the_worst_element_exactly() -> None:
+    x = np.array([[0.5, 1.0, 1.5], [2.0, 2.5, 3.0]])
+    mask = np.array([[0, 0, 1], [0, 1, 0]], bool)
+    bump = np.array([[0.0, 0.0, 0.1], [0.0, 0.3, 0.0]])
+    with pytest.raises(nb.errors.GradientError) as info:
+        nb.gradcheck(lambda t: _Off(bump, mask)(t), x)
+    message = str(info.value)
+    weight = np.random.default_rng(0).uniform(-1.0, 1.0, size=(2, 3))[1, 1]
+    numeric, analytic = 2.0 * weight, 2.0 * weight + 0.3
+    head = "gradcheck failed for input 0 (shape (2, 3), float64) at index (1, 1): backward gives "
+    assert message.startswith(head), message
+    got_a, got_n = (float(v) for v in re.findall(r"give[s]? (-?[\d.e-]+)", message))
+    assert got_a == pytest.approx(analytic, abs=1e-9)
+    assert got_n == pytest.approx(numeric, abs=1e-6)
+    assert message.endswith("(rtol=1e-06, atol=1e-06)")
+
+
+@pytest.mark.parametrize(
+    ("bump", "count"),
+    [(float("nan"), 1), (float("inf"), 2)],
+)
+def test_gradcheck_counts_non_finite_mismatches(bump: float, count: int) -> None:
+    x = np.array([0.5, 1.0, 1.5])
+    mask = np.array([False, True, count == 2])
+    with pytest.raises(nb.errors.GradientError) as info:
+        nb.gradcheck(lambda t: _Off(bump, mask)(t), x)
+    plural = "s" if count != 1 else ""
+    assert str(info.value).endswith(
+        f"(a non-finite gradient where the other is finite or differs ({count} element{plural}))"
+    )
+    assert " at index (1,): backward gives " in str(info.value)
+
+
+def test_gradcheck_accepts_equal_non_finite_gradients() -> None:
+    """An infinity where central differences also give that infinity (and NaN against NaN)
+    is no mismatch; +inf against -inf is."""
+    from nnbackend.autograd.gradcheck import _compare
+    from nnbackend.backends.ops import Ops
+
+    np_ = Ops.host_numpy()
+    inf, nan = float("inf"), float("nan")
+    same = np.array([1.0, inf, -inf, nan])
+    _compare(np_, 0, (4,), "float64", same, same.copy(), 1e-6, 1e-6)
+    with pytest.raises(nb.errors.GradientError, match=r"at index \(1,\)"):
+        _compare(np_, 0, (4,), "float64", same, np.array([1.0, -inf, -inf, nan]), 1e-6, 1e-6)
+    with pytest.raises(nb.errors.GradientError, match=r"at index \(3,\)"):
+        _compare(np_, 0, (4,), "float64", same, np.array([1.0, inf, -inf, inf]), 1e-6, 1e-6)
+    # Within atol + rtol * |numeric| passes, just beyond fails.
+    _compare(
+        np_, 0, (2,), "float64", np.array([1.0, 10.0]), np.array([1.0, 10.0 + 1e-5]), 1e-6, 1e-6
+    )
+    with pytest.raises(nb.errors.GradientError, match=r"at index \(1,\)"):
+        _compare(
+            np_, 0, (2,), "float64", np.array([1.0, 10.0]), np.array([1.0, 10.0 + 2e-5]), 1e-6, 1e-6
+        )
+    # atol alone decides near zero.
+    _compare(np_, 0, (1,), "float64", np.array([0.0]), np.array([0.5e-6]), 0.0, 1e-6)
+    with pytest.raises(nb.errors.GradientError):
+        _compare(np_, 0, (1,), "float64", np.array([0.0]), np.array([2e-6]), 0.0, 1e-6)
+    _compare(np_, 0, (0,), "float64", np.zeros(0), np.zeros(0), 0.0, 0.0)  # nothing to compare
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"eps": 0}, "gradcheck: eps must be a finite number > 0, got 0 (central differences "
+         "need a step, e.g. eps=1e-6)"),
+        ({"eps": True}, "gradcheck: eps must be a finite number > 0, got True (central "
+         "differences need a step, e.g. eps=1e-6)"),
+        ({"rtol": -1.0}, "gradcheck: rtol must be a finite number >= 0, got -1.0"),
+        ({"atol": "x"}, "gradcheck: atol must be a finite number >= 0, got 'x'"),
+        ({"atol": float("inf")}, "gradcheck: atol must be a finite number >= 0, got inf"),
+    ],
+)  # fmt: skip
+def test_gradcheck_refuses_bad_arguments_exactly(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(nb.errors.ArgumentError, match=exactly(message)):
+        nb.gradcheck(lambda t: t * t, np.array([0.5, 1.0]), **kwargs)
+
+
+def test_gradcheck_takes_zero_tolerances_and_a_given_step() -> None:
+    x = np.array([0.5, 1.0])
+    assert nb.gradcheck(lambda t: t * 3.0, x, rtol=0.0, atol=1e-9, eps=0.25)
+    assert nb.gradcheck(lambda t: t * 3.0, x, rtol=1e-9, atol=0.0)
+
+
+def test_gradcheck_refusals_of_its_function_and_inputs_exactly() -> None:
+    with pytest.raises(
+        nb.errors.GradientError, match=exactly("gradcheck needs at least one floating-point input")
+    ):
+        nb.gradcheck(lambda i: Tensor(i), np.array([1, 2]))
+
+    def returns_array(t: Tensor) -> Any:
+        return t.data
+
+    message = (
+        "gradcheck: fn 'returns_array' returned numpy.ndarray, not a Tensor; it must compute "
+        "its result from the Tensors it is given (with Tensor operations) so that the result "
+        "can be differentiated"
+    )
+    with pytest.raises(nb.errors.GradientError, match=exactly(message)):
+        nb.gradcheck(returns_array, np.array([0.5]))
+
+
+def test_gradcheck_of_a_constant_function_and_of_an_unused_input() -> None:
+    """A function whose output needs no gradient has analytic gradients 0; so has an input
+    it ignores; both equal central differences."""
+    x, y = np.array([0.5, 1.0]), np.array([2.0, 3.0])
+    assert nb.gradcheck(lambda t: Tensor(np.ones(2)), x)
+    assert nb.gradcheck(lambda a, b: a * 2.0, x, y)
+    with pytest.raises(nb.errors.GradientError, match="for input 1 "):
+        nb.gradcheck(lambda a, b: a * 2.0 + Tensor(b.data), x, y)
+
+
+def test_gradcheck_projects_with_its_seed() -> None:
+    """The output is weighted by uniform(-1, 1) numbers from ``seed``: a gradient wrong by
+    a multiple of one weight is found at that weight's index, for each seed."""
+    x = np.array([0.5, 1.0, 1.5, 2.0])
+    for seed in (0, 5):
+        weights = np.random.default_rng(seed).uniform(-1.0, 1.0, size=4)
+        worst = int(np.argmax(np.abs(weights)))
+
+        class Scaled(nb.autograd.Function):
+            def forward(self, t: Any) -> Any:
+                return t * 1.0
+
+            def backward(self, gy: Any) -> Any:
+                return gy * 2.0  # twice the true gradient: off by |weight| everywhere
+
+        with pytest.raises(nb.errors.GradientError, match=rf"at index \({worst},\)"):
+            nb.gradcheck(lambda t: Scaled()(t), x, seed=seed)
