@@ -1144,3 +1144,141 @@ def test_gradcheck_projects_with_its_seed() -> None:
 
         with pytest.raises(nb.errors.GradientError, match=rf"at index \({worst},\)"):
             nb.gradcheck(lambda t: Scaled()(t), x, seed=seed)
+
+
+# -- every Tensor method and operator computes what it says -----------------------------------
+_A = np.array([[0.5, -1.25, 2.0], [1.5, 0.75, -0.5]])
+_B = np.array([[1.5, 0.5, -2.0], [0.25, 2.0, 1.0]])
+
+METHODS: dict[str, tuple[Any, Any]] = {
+    "neg": (lambda a, b: -a, lambda a, b: -a),
+    "radd": (lambda a, b: 2.5 + a, lambda a, b: 2.5 + a),
+    "rsub": (lambda a, b: 2.5 - a, lambda a, b: 2.5 - a),
+    "rmul": (lambda a, b: 2.5 * a, lambda a, b: 2.5 * a),
+    "rtruediv": (lambda a, b: 2.5 / a, lambda a, b: 2.5 / a),
+    "rpow": (lambda a, b: 2.5**a, lambda a, b: 2.5**a),
+    "pow": (lambda a, b: a.abs() ** 1.5, lambda a, b: np.abs(a) ** 1.5),
+    "sub": (lambda a, b: a - b, lambda a, b: a - b),
+    "truediv": (lambda a, b: a / b, lambda a, b: a / b),
+    "matmul": (lambda a, b: a @ b.T, lambda a, b: a @ b.T),
+    "exp": (lambda a, b: a.exp(), np.exp),
+    "log": (lambda a, b: a.abs().log(), lambda a, b: np.log(np.abs(a))),
+    "sqrt": (lambda a, b: a.abs().sqrt(), lambda a, b: np.sqrt(np.abs(a))),
+    "log1p": (lambda a, b: a.abs().log1p(), lambda a, b: np.log1p(np.abs(a))),
+    "expm1": (lambda a, b: a.expm1(), lambda a, b: np.expm1(a)),
+    "sin": (lambda a, b: a.sin(), lambda a, b: np.sin(a)),
+    "cos": (lambda a, b: a.cos(), lambda a, b: np.cos(a)),
+    "tan": (lambda a, b: a.tan(), lambda a, b: np.tan(a)),
+    "tanh": (lambda a, b: a.tanh(), lambda a, b: np.tanh(a)),
+    "sigmoid": (lambda a, b: a.sigmoid(), lambda a, b: 1.0 / (1.0 + np.exp(-a))),
+    "softplus": (lambda a, b: a.softplus(), lambda a, b: np.log1p(np.exp(a))),
+    "clip": (lambda a, b: a.clip(-1.0, 1.0), lambda a, b: np.clip(a, -1.0, 1.0)),
+    "clip_low": (lambda a, b: a.clip(min=0.6), lambda a, b: np.maximum(a, 0.6)),
+    "clip_high": (lambda a, b: a.clip(max=0.6), lambda a, b: np.minimum(a, 0.6)),
+    "maximum": (lambda a, b: a.maximum(b), np.maximum),
+    "minimum": (lambda a, b: a.minimum(b), np.minimum),
+    "permute": (lambda a, b: a.reshape(1, 2, 3).permute(2, 0, 1), lambda a, b: a.reshape(1, 2, 3).transpose(2, 0, 1)),
+    "permute_tuple": (lambda a, b: a.permute((1, 0)), lambda a, b: a.T),
+    "transpose": (lambda a, b: a.reshape(1, 2, 3).transpose(1, 2, 0), lambda a, b: a.reshape(1, 2, 3).transpose(1, 2, 0)),
+    "transpose_list": (lambda a, b: a.transpose([1, 0]), lambda a, b: a.T),
+    "transpose_none": (lambda a, b: a.reshape(1, 2, 3).transpose(), lambda a, b: a.reshape(1, 2, 3).T),
+    "T": (lambda a, b: a.T, lambda a, b: a.T),
+    "reshape_list": (lambda a, b: a.reshape([3, 2]), lambda a, b: a.reshape(3, 2)),
+    "flatten": (lambda a, b: a.reshape(1, 2, 3).flatten(1), lambda a, b: a.reshape(1, 6)),
+    "flatten_end": (lambda a, b: a.reshape(1, 2, 3).flatten(0, 1), lambda a, b: a.reshape(2, 3)),
+    "squeeze": (lambda a, b: a.reshape(1, 2, 1, 3).squeeze(2), lambda a, b: a.reshape(1, 2, 3)),
+    "expand_dims": (lambda a, b: a.expand_dims(1), lambda a, b: a.reshape(2, 1, 3)),
+    "unsqueeze": (lambda a, b: a.unsqueeze(-1), lambda a, b: a.reshape(2, 3, 1)),
+    "broadcast_to": (lambda a, b: a[0, :].broadcast_to((4, 3)), lambda a, b: np.broadcast_to(a[0], (4, 3))),
+    "sum_to": (lambda a, b: a.sum_to((1, 3)), lambda a, b: a.sum(axis=0, keepdims=True)),
+    "flip": (lambda a, b: a.flip(1), lambda a, b: a[:, ::-1]),
+    "flip_all": (lambda a, b: a.flip(), lambda a, b: a[::-1, ::-1]),
+    "take": (lambda a, b: a.take([2, 0], axis=1), lambda a, b: a[:, [2, 0]]),
+    "split": (lambda a, b: a.split([1, 2], axis=1)[1], lambda a, b: a[:, 1:]),
+    "min": (lambda a, b: a.min(), lambda a, b: np.min(a)),
+    "max": (lambda a, b: a.max(), lambda a, b: np.max(a)),
+    "mean_keep": (lambda a, b: a.mean(1, True), lambda a, b: a.mean(1, keepdims=True)),
+    "sum_keep": (lambda a, b: a.sum(0, True), lambda a, b: a.sum(0, keepdims=True)),
+    "std": (lambda a, b: a.std(1, False, 1.0), lambda a, b: a.std(1, ddof=1)),
+    "logsumexp_keep": (lambda a, b: a.logsumexp(1, True), lambda a, b: np.log(np.exp(a).sum(1, keepdims=True))),
+    "getitem": (lambda a, b: a[1, ::2], lambda a, b: a[1, ::2]),
+    "getitem_reversed": (lambda a, b: a[:, ::-1], lambda a, b: a[:, ::-1]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_tensor_methods_compute_what_they_say(name: str, xp64: Any) -> None:
+    method, reference = METHODS[name]
+    a = Tensor(xp64.asarray(_A.tolist()), requires_grad=True)
+    b = Tensor(xp64.asarray(_B.tolist()), requires_grad=True)
+    got = method(a, b)
+    want = np.asarray(reference(_A, _B))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(host(got), want, rtol=1e-12, atol=1e-12)
+    if got.requires_grad:  # and the gradient is that of the same function
+        assert nb.gradcheck(method, a.data, b.data)
+
+
+def test_argmin_argmax_keepdims_and_axes(xp64: Any) -> None:
+    a = Tensor(xp64.asarray(_A.tolist()))
+    assert host(a.argmin(axis=1)).tolist() == [1, 2]
+    assert host(a.argmax(axis=0, keepdims=True)).tolist() == [[1, 1, 0]]
+    assert host(a.argmin(keepdims=True)).tolist() == [[1]]
+
+
+def test_a_one_element_tensor_backward_seeds_ones(xp64: Any) -> None:
+    x = Tensor(xp64.asarray([[1.5]]), requires_grad=True)
+    y = x * 3.0
+    y.backward()
+    assert host(x.grad).tolist() == [[3.0]] and host(y.grad).tolist() == [[1.0]]
+
+
+def test_backward_takes_a_tensor_or_another_dtype_and_copies_it(xp64: Any) -> None:
+    x = Tensor(xp64.asarray([1.0, 2.0]), requires_grad=True)
+    seed = xp64.asarray([0.5, -1.0], dtype=xp64.float32)
+    y = x * 2.0
+    y.backward(seed)
+    assert host(x.grad).tolist() == [1.0, -2.0] and x.grad.dtype == xp64.float64
+    assert y.grad.dtype == xp64.float64
+    given = xp64.asarray([1.0, 1.0])
+    z = x * 1.0
+    z.backward(Tensor(given))
+    assert z.grad is not given
+    np.testing.assert_array_equal(host(x.grad), [2.0, -1.0])
+    leaf = Tensor(xp64.asarray([1.0, 2.0]), requires_grad=True)
+    leaf.backward(given)
+    leaf.backward(given)  # a leaf's own backward accumulates too
+    assert host(leaf.grad).tolist() == [2.0, 2.0] and host(given).tolist() == [1.0, 1.0]
+
+
+def test_moving_a_tensor_maps_its_data_and_gradient(xp64: Any) -> None:
+    t = Tensor(xp64.asarray([1.0, 2.0]), requires_grad=True, name="w")
+    seen = []
+
+    def twice(a: Any) -> Any:
+        seen.append(a)
+        return a * 2.0
+
+    assert t._applied(twice).grad is None
+    t.grad = xp64.asarray([0.5, 0.25])
+    copy = t._applied(twice)
+    assert copy is not t and copy.requires_grad and copy.name == "w" and copy.creator is None
+    assert host(copy).tolist() == [2.0, 4.0] and host(copy.grad).tolist() == [1.0, 0.5]
+    assert host(t).tolist() == [1.0, 2.0]
+    frozen = Tensor(xp64.asarray([1.0]))._applied(twice)
+    assert not frozen.requires_grad
+    assert t._apply(twice) is t
+    assert host(t).tolist() == [2.0, 4.0] and host(t.grad).tolist() == [1.0, 0.5]
+    t.zero_grad()
+    assert t.grad is None and t._apply(twice).grad is None
+
+
+def test_tensor_conversions_and_repr(xp64: Any) -> None:
+    assert float(Tensor(xp64.asarray([2.5]))) == 2.5
+    assert bool(Tensor(xp64.asarray(0.0))) is False and bool(Tensor(xp64.asarray(1.0))) is True
+    w = Tensor(xp64.asarray([1.0]), requires_grad=True)
+    assert repr(w) == f"Tensor({w.data!r}, requires_grad=True)"
+    y = w * 2.0
+    assert repr(y) == f"Tensor({y.data!r}, requires_grad=True, creator=Mul)"
+    assert repr(Tensor(xp64.asarray([1.0]))) == f"Tensor({xp64.asarray([1.0])!r})"
+    assert Tensor(np.float64(2.5)).shape == ()
