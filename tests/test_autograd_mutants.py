@@ -1282,3 +1282,96 @@ def test_tensor_conversions_and_repr(xp64: Any) -> None:
     assert repr(y) == f"Tensor({y.data!r}, requires_grad=True, creator=Mul)"
     assert repr(Tensor(xp64.asarray([1.0]))) == f"Tensor({xp64.asarray([1.0])!r})"
     assert Tensor(np.float64(2.5)).shape == ()
+
+
+# -- nb.grad: its arguments, several outputs, and what it returns ------------------------------
+def test_grad_of_several_outputs_sums_their_weighted_gradients(xp64: Any) -> None:
+    x = Tensor(rand(xp64, 2, 3, seed=7), requires_grad=True)
+    a, b = x * 2.0, (x * x).sum(axis=1)
+    wa, wb = rand(xp64, 2, 3, seed=8), rand(xp64, 2, seed=9)
+    (g,) = nb.grad([a, b], x, [wa, Tensor(wb)])
+    want = 2.0 * host(wa) + 2.0 * host(x) * host(wb)[:, None]
+    np.testing.assert_allclose(host(g), want, rtol=1e-12)
+    assert x.grad is None and not g.requires_grad and g.creator is None
+    (g2,) = nb.grad(a, [x], wa)  # one array for one output; inputs as a list
+    np.testing.assert_allclose(host(g2), 2.0 * host(wa), rtol=1e-12)
+    (g3,) = nb.grad((a, b), (x,), (wa, wb), create_graph=True, retain_graph=True)
+    assert g3.requires_grad
+    np.testing.assert_allclose(host(g3), want, rtol=1e-12)
+
+
+def test_grad_with_respect_to_an_intermediate_and_a_leaf_used_twice(xp64: Any) -> None:
+    x = Tensor(rand(xp64, 3, seed=10), requires_grad=True)
+    h = x * x
+    y = (h * x + h).sum()  # x used through h and directly
+    gh, gx = nb.grad(y, [h, x])
+    np.testing.assert_allclose(host(gh), host(x) + 1.0, rtol=1e-12)
+    np.testing.assert_allclose(host(gx), 3.0 * host(x) ** 2 + 2.0 * host(x), rtol=1e-12)
+
+
+def test_grad_refuses_word_for_word(xp64: Any) -> None:
+    x = Tensor(rand(xp64, 2, seed=1), requires_grad=True)
+    y = x * 2.0
+    with pytest.raises(
+        nb.errors.GradientError,
+        match=exactly("grad(): 2 grad_outputs for 1 outputs; pass one each"),
+    ):
+        nb.grad(y, x, [xp64.ones(2), xp64.ones(2)])
+    with pytest.raises(TypeError, match=exactly("grad(): outputs must be Tensors, got ndarray")):
+        nb.grad([np.ones(2)], x)
+    with pytest.raises(TypeError, match=exactly("grad(): inputs must be Tensors, got list")):
+        nb.grad(y, [[x]])
+    message = (
+        "grad(): an output does not require a gradient: no input of its graph has "
+        "requires_grad=True (or it was computed under no_grad())"
+    )
+    with pytest.raises(nb.errors.GradientError, match=exactly(message)):
+        nb.grad(Tensor(xp64.ones(2)), x, xp64.ones(2))
+    message = (
+        "grad(): grad_outputs may be omitted only for one-element outputs, this one has "
+        "shape (2,); pass an array of that shape"
+    )
+    with pytest.raises(nb.errors.GradientError, match=exactly(message)):
+        nb.grad(y, x)
+    with pytest.raises(
+        nb.errors.GradientError,
+        match=exactly("grad(): a gradient of shape (3,) for an output of shape (2,)"),
+    ):
+        nb.grad(y, x, xp64.ones(3))
+    z = Tensor(rand(xp64, 4, seed=2), requires_grad=True)
+    message = (
+        "grad(): input 1 (shape (4,)) is not used by the outputs' graph (or does not require "
+        "a gradient); pass allow_unused=True to get None for it"
+    )
+    with pytest.raises(nb.errors.GradientError, match=exactly(message)):
+        nb.grad(y, [x, z], xp64.ones(2))
+
+
+def test_grad_casts_a_host_gradient_to_the_outputs_dtype(xp64: Any) -> None:
+    x = Tensor(xp64.asarray([1.0, 2.0], dtype=xp64.float32), requires_grad=True)
+    (g,) = nb.grad(x * 3.0, x, [[1.0, 0.5]])
+    assert g.dtype == xp64.float32 and host(g).tolist() == [3.0, 1.5]
+
+
+def test_create_graph_through_a_multi_output_node_with_one_output_unused(xp64: Any) -> None:
+    """A split whose first part is not used: its gradient there is zeros, and the second
+    derivative through the used part is right."""
+    x = Tensor(rand(xp64, 5, seed=3), requires_grad=True)
+    _, right = x.split([2, 3])  # an unused part of two elements (no truth value)
+    y = (right**3).sum()
+    (g,) = nb.grad(y, x, create_graph=True)
+    xs = host(x)
+    np.testing.assert_allclose(host(g), np.r_[0.0, 0.0, 3 * xs[2:] ** 2], rtol=1e-12)
+    (gg,) = nb.grad(g.sum(), x)
+    np.testing.assert_allclose(host(gg), np.r_[0.0, 0.0, 6 * xs[2:]], rtol=1e-12)
+
+
+def test_backward_create_graph_leaves_constants_alone(xp64: Any) -> None:
+    """Leaves that need no gradient get none; a leaf's gradient adds on a second pass."""
+    x = Tensor(rand(xp64, 3, seed=4), requires_grad=True)
+    c = Tensor(rand(xp64, 3, seed=5))
+    y = (x * c).sum()
+    y.backward(create_graph=True)
+    y.backward(create_graph=True)
+    assert c.grad is None
+    np.testing.assert_allclose(host(x.grad), 2.0 * host(c), rtol=1e-12)
