@@ -1177,11 +1177,11 @@ METHODS: dict[str, tuple[Any, Any]] = {
     "clip_high": (lambda a, b: a.clip(max=0.6), lambda a, b: np.minimum(a, 0.6)),
     "maximum": (lambda a, b: a.maximum(b), np.maximum),
     "minimum": (lambda a, b: a.minimum(b), np.minimum),
-    "permute": (lambda a, b: a.reshape(1, 2, 3).permute(2, 0, 1), lambda a, b: a.reshape(1, 2, 3).transpose(2, 0, 1)),
+    "permute": (lambda a, b: a.reshape(1, 2, 3).permute(2, 0, 1), lambda a, b: a.reshape(1, 2, 3).transpose(2, 0, 1)),  # noqa: E501
     "permute_tuple": (lambda a, b: a.permute((1, 0)), lambda a, b: a.T),
-    "transpose": (lambda a, b: a.reshape(1, 2, 3).transpose(1, 2, 0), lambda a, b: a.reshape(1, 2, 3).transpose(1, 2, 0)),
+    "transpose": (lambda a, b: a.reshape(1, 2, 3).transpose(1, 2, 0), lambda a, b: a.reshape(1, 2, 3).transpose(1, 2, 0)),  # noqa: E501
     "transpose_list": (lambda a, b: a.transpose([1, 0]), lambda a, b: a.T),
-    "transpose_none": (lambda a, b: a.reshape(1, 2, 3).transpose(), lambda a, b: a.reshape(1, 2, 3).T),
+    "transpose_none": (lambda a, b: a.reshape(1, 2, 3).transpose(), lambda a, b: a.reshape(1, 2, 3).T),  # noqa: E501
     "T": (lambda a, b: a.T, lambda a, b: a.T),
     "reshape_list": (lambda a, b: a.reshape([3, 2]), lambda a, b: a.reshape(3, 2)),
     "flatten": (lambda a, b: a.reshape(1, 2, 3).flatten(1), lambda a, b: a.reshape(1, 6)),
@@ -1189,7 +1189,7 @@ METHODS: dict[str, tuple[Any, Any]] = {
     "squeeze": (lambda a, b: a.reshape(1, 2, 1, 3).squeeze(2), lambda a, b: a.reshape(1, 2, 3)),
     "expand_dims": (lambda a, b: a.expand_dims(1), lambda a, b: a.reshape(2, 1, 3)),
     "unsqueeze": (lambda a, b: a.unsqueeze(-1), lambda a, b: a.reshape(2, 3, 1)),
-    "broadcast_to": (lambda a, b: a[0, :].broadcast_to((4, 3)), lambda a, b: np.broadcast_to(a[0], (4, 3))),
+    "broadcast_to": (lambda a, b: a[0, :].broadcast_to((4, 3)), lambda a, b: np.broadcast_to(a[0], (4, 3))),  # noqa: E501
     "sum_to": (lambda a, b: a.sum_to((1, 3)), lambda a, b: a.sum(axis=0, keepdims=True)),
     "flip": (lambda a, b: a.flip(1), lambda a, b: a[:, ::-1]),
     "flip_all": (lambda a, b: a.flip(), lambda a, b: a[::-1, ::-1]),
@@ -1200,7 +1200,7 @@ METHODS: dict[str, tuple[Any, Any]] = {
     "mean_keep": (lambda a, b: a.mean(1, True), lambda a, b: a.mean(1, keepdims=True)),
     "sum_keep": (lambda a, b: a.sum(0, True), lambda a, b: a.sum(0, keepdims=True)),
     "std": (lambda a, b: a.std(1, False, 1.0), lambda a, b: a.std(1, ddof=1)),
-    "logsumexp_keep": (lambda a, b: a.logsumexp(1, True), lambda a, b: np.log(np.exp(a).sum(1, keepdims=True))),
+    "logsumexp_keep": (lambda a, b: a.logsumexp(1, True), lambda a, b: np.log(np.exp(a).sum(1, keepdims=True))),  # noqa: E501
     "getitem": (lambda a, b: a[1, ::2], lambda a, b: a[1, ::2]),
     "getitem_reversed": (lambda a, b: a[:, ::-1], lambda a, b: a[:, ::-1]),
 }  # fmt: skip
@@ -1375,3 +1375,88 @@ def test_backward_create_graph_leaves_constants_alone(xp64: Any) -> None:
     y.backward(create_graph=True)
     assert c.grad is None
     np.testing.assert_allclose(host(x.grad), 2.0 * host(c), rtol=1e-12)
+
+
+# -- anomaly detection: what each message says -------------------------------------------------
+class _Emit(nb.autograd.Function):
+    """Forward returns ``x * 1`` plus ``extra`` (an array), backward returns ``grad``."""
+
+    def __init__(self, extra: Any = None, grad: Any = None) -> None:
+        self.extra, self.grad = extra, grad
+
+    def forward(self, x: Any, *rest: Any) -> Any:
+        return x * 1.0 if self.extra is None else x * 1.0 + self.extra
+
+    def backward(self, gy: Any) -> Any:
+        g = gy if self.grad is None else gy * 0.0 + self.grad
+        return (g,) + (None,) * (len(self.inputs) - 1)
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind"),
+    [
+        ([0.0, np.nan, 0.0], "NaN"),
+        ([0.0, np.inf, 0.0], "inf"),
+        ([0.0, -np.inf, 0.0], "-inf"),
+        ([np.nan, np.inf, -np.inf], "NaN and inf and -inf"),
+        ([np.inf, -np.inf, 0.0], "inf and -inf"),
+    ],
+)
+def test_anomaly_names_each_kind_of_non_finite_value(extra: list[float], kind: str) -> None:
+    from nnbackend.autograd import AnomalyError, detect_anomaly
+
+    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    with detect_anomaly(), pytest.raises(AnomalyError) as info:
+        _Emit(np.array(extra))(x, 2.5, None)
+    assert str(info.value) == (
+        f"_Emit forward produced {kind} in output 0 (shape (3,) float64); input 0: shape (3,) "
+        "float64; input 1: 2.5; input 2: None"
+    )
+
+
+def test_anomaly_in_a_backward_names_the_gradients_and_shapes() -> None:
+    from nnbackend.autograd import AnomalyError, detect_anomaly
+
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with detect_anomaly(record_stack=False):
+        y = _Emit(grad=np.array([np.nan, 0.0]))(x, 2.0)
+        with pytest.raises(AnomalyError) as info:
+            y.backward(np.array([1.0, 1.0]))
+    assert str(info.value) == (
+        "_Emit backward produced NaN in the gradient of input 0 (shape (2,) float64); input 0: "
+        "shape (2,) float64; input 1: None; output 0 gradient: shape (2,) float64"
+    )
+
+
+def test_anomaly_shows_the_last_forward_frames_of_the_op() -> None:
+    from nnbackend.autograd import AnomalyError, detect_anomaly
+
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with detect_anomaly():
+        y = _Emit(grad=np.array([np.inf, 0.0]))(x)
+        with pytest.raises(AnomalyError) as info:
+            y.backward(np.array([1.0, 1.0]))
+    head, sep, stack = str(info.value).partition("\nThe op was called in the forward pass at:\n")
+    assert sep and head.endswith("output 0 gradient: shape (2,) float64")
+    assert stack.count('  File "') == 4
+    if "MUTANT_UNDER_TEST" not in __import__("os").environ:  # trampolines add frames there
+        assert stack.rstrip().endswith("y = _Emit(grad=np.array([np.inf, 0.0]))(x)")
+
+
+def test_anomaly_checks_gradients_in_create_graph_passes_too() -> None:
+    from nnbackend.autograd import AnomalyError, detect_anomaly
+
+    class Given(nb.autograd.Function):
+        def forward(self, x: Any) -> Any:
+            return x * 1.0
+
+        def graph_backward(self, gy: Any) -> Any:
+            return Tensor(np.array([1.0, np.inf]))  # made outside any op
+
+    x = Tensor(np.array([0.0, 1.0]), requires_grad=True)
+    with detect_anomaly(record_stack=False):
+        y = Given()(x).sum()
+        with pytest.raises(AnomalyError, match=r"^Given backward produced inf in the gradient"):
+            nb.grad(y, x, create_graph=True)
+        with pytest.raises(AnomalyError, match=r"^Given backward produced inf in the gradient"):
+            nb.grad(y, x)
