@@ -1460,3 +1460,70 @@ def test_anomaly_checks_gradients_in_create_graph_passes_too() -> None:
             nb.grad(y, x, create_graph=True)
         with pytest.raises(AnomalyError, match=r"^Given backward produced inf in the gradient"):
             nb.grad(y, x)
+
+
+# -- to_dot: the whole text ----------------------------------------------------------------------
+def _numbered(dot: str) -> str:
+    """DOT text with each ``t<id>`` / ``f<id>`` renamed in order of first appearance."""
+    names: dict[str, str] = {}
+
+    def rename(m: re.Match[str]) -> str:
+        key = m.group(0)
+        if key not in names:
+            names[key] = f"{key[0]}{sum(1 for k in names if k[0] == key[0])}"
+        return names[key]
+
+    return re.sub(r"\b[tf]\d{6,}\b", rename, dot)
+
+
+def test_to_dot_writes_every_op_tensor_and_edge(xp64: Any) -> None:
+    from nnbackend.autograd import to_dot
+
+    w = Tensor(xp64.ones(2), requires_grad=True, name='w"1')
+    c = Tensor(xp64.ones(2))
+    y = (w * c + w * xp64.ones(2)).sum()
+    got = _numbered(to_dot(y, title="t\\x"))
+    want = """digraph "t\\\\x" {
+  rankdir=LR;
+  node [fontname="Helvetica"];
+  t0 [label="() float64", shape=ellipse];
+  f0 [label="Sum", shape=box, style=filled, fillcolor="lightgrey"];
+  f0 -> t0;
+  t1 [label="(2,) float64", shape=ellipse];
+  t1 -> f0;
+  f1 [label="Add", shape=box, style=filled, fillcolor="lightgrey"];
+  f1 -> t1;
+  t2 [label="(2,) float64", shape=ellipse];
+  t2 -> f1;
+  t3 [label="(2,) float64", shape=ellipse];
+  t3 -> f1;
+  f2 [label="Mul", shape=box, style=filled, fillcolor="lightgrey"];
+  f2 -> t3;
+  t4 [label="w\\"1\\n(2,) float64", shape=ellipse, style=filled, fillcolor="lightblue"];
+  t4 -> f2;
+  f3 [label="Mul", shape=box, style=filled, fillcolor="lightgrey"];
+  f3 -> t2;
+  t4 -> f3;
+  t5 [label="(2,) float64", shape=ellipse];
+  t5 -> f3;
+}"""
+    assert got == want
+
+
+def test_to_dot_skips_dead_outputs_and_draws_a_leaf_alone(xp64: Any) -> None:
+    from nnbackend.autograd import to_dot
+
+    x = Tensor(xp64.ones(4), requires_grad=True)
+    left, right = x.split(2)
+    del right  # the split's second output is gone
+    dot = _numbered(to_dot(left * 2.0))
+    assert dot.count("-> t") == 2  # Mul -> its output, Split -> left only
+    assert 'f1 [label="Split"' in dot
+    leaf = _numbered(to_dot(x, title="x"))
+    assert leaf.splitlines() == [
+        'digraph "x" {',
+        "  rankdir=LR;",
+        '  node [fontname="Helvetica"];',
+        '  t0 [label="(4,) float64", shape=ellipse, style=filled, fillcolor="lightblue"];',
+        "}",
+    ]
