@@ -1527,3 +1527,169 @@ def test_to_dot_skips_dead_outputs_and_draws_a_leaf_alone(xp64: Any) -> None:
         '  t0 [label="(4,) float64", shape=ellipse, style=filled, fillcolor="lightblue"];',
         "}",
     ]
+
+
+# -- compile_step: refusals word for word, and the replay of less usual steps ------------------
+def _compile_params() -> tuple[Any, Any]:
+    from nnbackend import nn, optim
+
+    w = nn.Parameter(np.array([[0.5, -1.0], [1.5, 0.25]]))
+    return w, optim.SGD([w], lr=0.1)
+
+
+def _refusal(body: Any) -> str:
+    w, opt = _compile_params()
+    outside = w * 2.0
+
+    def step(x: Any) -> Any:
+        return body(w, opt, x, outside)
+
+    with pytest.raises((nb.errors.CompileError, nb.errors.GradientError)) as info:
+        nb.compile_step(step)(np.ones((3, 2)))
+    return str(info.value)
+
+
+def test_compile_step_refusals_word_for_word() -> None:
+    def create_graph(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        (Tensor(x) @ w).sum().backward(create_graph=True)
+
+    assert _refusal(create_graph) == (
+        "compile_step cannot record backward(create_graph=True); take higher-order gradients "
+        "eagerly"
+    )
+
+    def on_leaf(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        w.backward(np.ones((2, 2)))
+
+    assert _refusal(on_leaf) == "compile_step cannot record backward() on a leaf Tensor"
+
+    def on_outside(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        outside.sum().backward()
+
+    assert _refusal(on_outside) == (
+        "compile_step: backward() reaches a Tensor computed outside the step being recorded; "
+        "compute everything the loss depends on inside the step"
+    )
+
+    def root_outside(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        outside.backward(np.ones((2, 2)))
+
+    assert _refusal(root_outside) == (
+        "compile_step: backward() on a Tensor computed outside the step being recorded"
+    )
+
+    def not_scalar(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        (Tensor(x) @ w).backward()
+
+    assert _refusal(not_scalar) == (
+        "backward() without a gradient needs a one-element tensor, this one has shape (3, 2)"
+    )
+
+    def returns_number(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        return 1.5
+
+    assert _refusal(returns_number) == (
+        "compile_step: the step returned the Python value 1.5, which a replay would freeze; "
+        "return Tensors (the loss) and read them with .item()"
+    )
+
+    def returns_array(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        return np.zeros(2)
+
+    assert _refusal(returns_array) == (
+        "compile_step: the step returned a ndarray that no recorded node made; return Tensors"
+    )
+
+    def returns_foreign(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        return outside
+
+    assert _refusal(returns_foreign) == (
+        "compile_step: the step returned a Tensor that no recorded node made"
+    )
+
+    def hand_update(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        opt.zero_grad()
+        (Tensor(x) @ w).sum().backward()
+        w.data = w.data - 0.1
+        opt.step()
+
+    assert _refusal(hand_update) == (
+        "compile_step cannot record this step: parameter 0 (shape (2, 2)) changed before "
+        "SGD.step outside an optimizer's step() (a hand-written update): replays run only "
+        "recorded calls. Use an nnbackend.optim optimizer, or a decorated step "
+        "(nnbackend.autograd.trace.recorded)"
+    )
+
+    def grad_edit(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        opt.zero_grad()
+        (Tensor(x) @ w).sum().backward()
+        w.grad = w.grad * 0.5
+        opt.step()
+
+    assert _refusal(grad_edit) == (
+        "compile_step cannot record this step: the gradient of parameter 0 changed before "
+        "SGD.step outside backward() and clip_grad_norm(); replays would not repeat that change"
+    )
+
+    class OnlyGraph(nb.autograd.Function):
+        def forward(self, x: Any) -> Any:
+            return x * 1.0
+
+        def graph_backward(self, gy: Any) -> Any:
+            return gy
+
+    def graph_only(w: Any, opt: Any, x: Any, outside: Any) -> Any:
+        return OnlyGraph()(w)
+
+    assert _refusal(graph_only) == (
+        "compile_step cannot record OnlyGraph: it defines only graph_backward(), which reads "
+        "the recorded input Tensors; define backward()"
+    )
+
+
+def test_unusual_steps_replay_like_eager_ones() -> None:
+    """A step with a parameter used twice (leaf gradients summed), a view-like node whose
+    gradient may alias (copied onto the leaf), a 0-d intermediate, two slices of one result, a
+    seed gradient given explicitly and a one-element root, a zero_grad at its end, and a tuple
+    of results with a leaf in it: replays equal eager calls exactly."""
+
+    def make() -> tuple[Any, Any, Any]:
+        from nnbackend import nn, optim
+
+        w = nn.Parameter(np.array([[0.5, -1.0, 0.25], [1.5, 0.25, -0.5]]))
+        b = nn.Parameter(np.array([0.1, -0.2, 0.3]))
+        opt = optim.Momentum([w, b], lr=0.05, momentum=0.5)
+
+        def step(x: Any, seed: Any) -> Any:
+            opt.zero_grad()
+            h = Tensor(x) @ w + b
+            left, right = h[:, :1], h[:, 1:]
+            scale = (w * w).sum()  # 0-d, w used a second time
+            y = (left * right[:, :1] + right.reshape(-1)[0] * scale).reshape(-1)
+            z = y.sum(keepdims=True)  # one element, not 0-d
+            z.backward()
+            h2 = (Tensor(x) @ w).T  # Transpose: its gradient may alias
+            h2.backward(seed)
+            opt.step()
+            total = z * 1.0
+            return total, (w,), b
+
+        return w, b, step
+
+    rng = np.random.default_rng(3)
+    batches = [(rng.uniform(-1, 1, (4, 2)), rng.uniform(-1, 1, (3, 4))) for _ in range(5)]
+    runs = []
+    for compiled in (False, True):
+        w, b, step = make()
+        run = nb.compile_step(step) if compiled else step
+        outs = [run(x, s) for x, s in batches]
+        runs.append((w, b, outs, run))
+    (we, be, oe, _), (wc, bc, oc, run) = runs
+    assert run.replays == 3
+    np.testing.assert_array_equal(host(wc), host(we))
+    np.testing.assert_array_equal(host(bc), host(be))
+    np.testing.assert_array_equal(host(wc.grad), host(we.grad))
+    for i, (e, c) in enumerate(zip(oe, oc, strict=True)):
+        np.testing.assert_array_equal(host(c[0]), host(e[0]))
+        assert c[1][0] is wc and c[2] is bc
+        assert c[0].requires_grad is (i < 2)  # the two recordings ran eagerly
