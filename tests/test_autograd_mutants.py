@@ -1693,3 +1693,32 @@ def test_unusual_steps_replay_like_eager_ones() -> None:
         np.testing.assert_array_equal(host(c[0]), host(e[0]))
         assert c[1][0] is wc and c[2] is bc
         assert c[0].requires_grad is (i < 2)  # the two recordings ran eagerly
+
+
+def test_matmul_on_numpy_then_strict_in_one_process() -> None:
+    """Each product looks up its own backend's ops (NumPy's float16 policy is not strict's)."""
+    import array_api_strict as xs
+
+    for xp in (namespace_module.namespace("numpy"), xs):
+        a = Tensor(xp.asarray([[1.0, 2.0]], dtype=xp.float32), requires_grad=True)
+        b = Tensor(xp.asarray([[0.5], [0.25]], dtype=xp.float32), requires_grad=True)
+        y = a @ b
+        assert type(y.data) is type(a.data) and host(y).tolist() == [[1.0]]
+        y.sum().backward()
+        assert host(a.grad).tolist() == [[0.5, 0.25]]
+
+
+def test_a_constant_graph_backward_gives_a_constant_gradient() -> None:
+    """A graph_backward may return a raw array (a gradient that does not depend on
+    anything): it is wrapped as a constant, whose own gradient is refused clearly."""
+
+    class Linear2(nb.autograd.Function):
+        def forward(self, x: Any) -> Any:
+            return x * 2.0
+
+        def graph_backward(self, gy: Any) -> Any:
+            return self.xp.full(self.inputs[0].shape, 2.0)
+
+    x = Tensor(np.array([0.5, 1.5]), requires_grad=True)
+    (g,) = nb.grad(Linear2()(x).sum(), x, create_graph=True)
+    assert host(g).tolist() == [2.0, 2.0] and not g.requires_grad and g.creator is None
