@@ -1722,3 +1722,15 @@ def test_a_constant_graph_backward_gives_a_constant_gradient() -> None:
     x = Tensor(np.array([0.5, 1.5]), requires_grad=True)
     (g,) = nb.grad(Linear2()(x).sum(), x, create_graph=True)
     assert host(g).tolist() == [2.0, 2.0] and not g.requires_grad and g.creator is None
+
+
+def test_gradcheck_names_a_callable_without_a_name() -> None:
+    import functools
+
+    def scaled(t: Tensor, k: float) -> Any:
+        return t.data * k
+
+    fn = functools.partial(scaled, k=2.0)
+    with pytest.raises(nb.errors.GradientError) as info:
+        nb.gradcheck(fn, np.array([0.5]))
+    assert str(info.value).startswith(f"gradcheck: fn {fn!r} returned numpy.ndarray, not a Tensor")
