@@ -61,15 +61,33 @@ def identity_jit(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     compiles is then run as it is, and must give the eager step's numbers. Returns the list
     of functions handed to the compiler."""
     from nnbackend.backends.numpy import NumpyOps
+    from nnbackend.nn.functional import Dropout
 
     compiled: list[Any] = []
+    tracing = [False]
 
     def jit(self: Any, fn: Any) -> Any:
-        if getattr(fn, "__name__", "") == "_pure":  # not compile_step's probe
-            compiled.append(fn)
-        return fn
+        if getattr(fn, "__name__", "") != "_pure":  # compile_step's probe
+            return fn
+        compiled.append(fn)
+
+        def traced(*args: Any) -> Any:  # as under jax.jit: no random draws inside
+            tracing[0] = True
+            try:
+                return fn(*args)
+            finally:
+                tracing[0] = False
+
+        return traced
+
+    draw = Dropout.draw_random
+
+    def draw_outside(self: Any, x: Any) -> Any:
+        assert not tracing[0], "a dropout mask drawn inside the compiled function"
+        return draw(self, x)
 
     monkeypatch.setattr(NumpyOps, "jit", jit)
+    monkeypatch.setattr(Dropout, "draw_random", draw_outside)
     return compiled
 
 
@@ -1734,3 +1752,122 @@ def test_gradcheck_names_a_callable_without_a_name() -> None:
     with pytest.raises(nb.errors.GradientError) as info:
         nb.gradcheck(fn, np.array([0.5]))
     assert str(info.value).startswith(f"gradcheck: fn {fn!r} returned numpy.ndarray, not a Tensor")
+
+
+def test_a_setting_array_of_another_dtype_differs() -> None:
+    calls = []
+
+    def drifting(h: Any) -> Any:
+        calls.append(None)
+        dtype = np.float64 if len(calls) == 1 else np.float32
+        return _Weighted(1.5, np.array([0.5, 2.0], dtype=dtype))(h)
+
+    run, warned = _run_compiled(drifting)
+    assert run.replays == 0 and len(warned) == 1
+
+
+class _TwoOut(nb.autograd.Function):
+    """``(2 x, 3 x)``: a node with two outputs and a raw backward."""
+
+    def forward(self, x: Any) -> Any:
+        return x * 2.0, x * 3.0
+
+    def backward(self, g1: Any, g2: Any) -> Any:
+        total = 0.0
+        if g1 is not None:
+            total = total + g1 * 2.0
+        if g2 is not None:
+            total = total + g2 * 3.0
+        return total
+
+
+def _replays_equal_eager(make: Any, args: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``make()``'s step eagerly and compiled on ``args``: the results, parameters and
+    gradients must be equal. Returns the compiled run's results."""
+    runs = []
+    for compiled in (False, True):
+        params, step = make()
+        run = nb.compile_step(step) if compiled else step
+        outs = [run(*a) for a in args]
+        runs.append((params, outs, run))
+    (pe, oe, _), (pc, oc, run) = runs
+    assert run.replays == len(args) - 2
+    for a, b in zip(pe, pc, strict=True):
+        np.testing.assert_array_equal(host(b), host(a))
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            np.testing.assert_array_equal(host(b.grad), host(a.grad))
+    for e, c in zip(oe, oc, strict=True):
+        e_list = e if isinstance(e, tuple) else (e,)
+        c_list = c if isinstance(c, tuple) else (c,)
+        assert type(c) is type(e) and len(c_list) == len(e_list)
+        for x, y in zip(e_list, c_list, strict=True):
+            np.testing.assert_array_equal(host(y), host(x))
+    return [o for o in oc]
+
+
+def test_steps_with_scalars_first_two_outputs_a_0d_bias_and_a_norm_replay() -> None:
+    """A Python number before the array argument (arguments after it are inputs too), a node
+    with two outputs, a 0-d parameter (its gradient a NumPy scalar on the way), the norm
+    clip_grad_norm returns, returned in a 1-tuple: replays equal eager."""
+    from nnbackend import nn, optim
+
+    def make() -> tuple[list[Any], Any]:
+        w = nn.Parameter(np.array([[0.5, -1.0], [1.5, 0.25]]))
+        b = nn.Parameter(np.array(0.25))
+        opt = optim.SGD([w, b], lr=0.05)
+
+        def step(scale: float, x: Any) -> Any:
+            opt.zero_grad()
+            two, three = _TwoOut()(Tensor(x) @ w)
+            loss = ((two - three * scale) ** 2.0).mean() + b
+            loss.backward()
+            norm = optim.clip_grad_norm([w, b], 10.0)
+            opt.step()
+            return (norm,)
+
+        return [w, b], step
+
+    rng = np.random.default_rng(5)
+    args = [(0.5, rng.uniform(-1, 1, (3, 2))) for _ in range(5)]
+    outs = _replays_equal_eager(make, args)
+    assert all(type(o) is tuple and len(o) == 1 for o in outs)
+
+
+def test_a_parameter_of_another_backend_is_named_as_a_parameter() -> None:
+    import array_api_strict as xs
+
+    from nnbackend import nn
+
+    w = nn.Parameter(xs.asarray([[0.5], [1.0]], dtype=xs.float64))
+
+    def step(x: Any) -> Any:
+        return Tensor(x) * 2.0 + w.sum()
+
+    message = (
+        "compile_step: a parameter is a array_api_strict array where the step's other arrays "
+        "are numpy; move it with nb.to_backend(x, 'numpy') first"
+    )
+    with pytest.raises(nb.errors.BackendMismatchError, match=exactly(message)):
+        nb.compile_step(step)(np.ones(2))
+
+
+def test_the_loss_a_recording_returned_can_still_be_drawn() -> None:
+    """A recording lets go of its graph (the nodes' inputs), and what it returned stays a
+    valid Tensor: drawing it shows the ops, without their inputs."""
+    from nnbackend import nn, optim
+    from nnbackend.autograd import to_dot
+
+    w = nn.Parameter(np.array([[0.5, -1.0], [1.5, 0.25]]))
+    opt = optim.SGD([w], lr=0.05)
+
+    def step(x: Any) -> Any:
+        opt.zero_grad()
+        loss = ((Tensor(x) @ w) ** 2.0).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    loss = nb.compile_step(step)(np.ones((2, 2)))
+    dot = to_dot(loss)
+    assert '[label="Sum"' in dot and '[label="MatMul"' not in dot
