@@ -308,6 +308,8 @@ def test_the_dtype_guard_names_a_strict_dtype_by_its_short_name() -> None:
 CREATE_GRAPH_CASES: dict[str, tuple[Any, list[tuple[int, ...]]]] = {
     "div": (lambda a, b: a / (b * b + 1.0), [(2, 3, 4), (3, 1)]),
     "div_broadcast": (lambda a, b: a / (b + 3.0), [(2, 3), (3,)]),
+    "div_by_a_number": (lambda a, b: a / 2.5 + b, [(2, 3), (2, 3)]),
+    "number_by_div": (lambda a, b: 2.5 / (a * a + 1.0) + b, [(2, 3), (2, 3)]),
     "pow": (lambda a, b: (a * a + 1.0) ** b, [(2, 3), (2, 3)]),
     "vector_at_matrix": (lambda a, b: a @ b, [(3,), (3, 4)]),
     "matrix_at_vector": (lambda a, b: a @ b, [(2, 3), (3,)]),
@@ -1212,6 +1214,7 @@ METHODS: dict[str, tuple[Any, Any]] = {
     "flip": (lambda a, b: a.flip(1), lambda a, b: a[:, ::-1]),
     "flip_all": (lambda a, b: a.flip(), lambda a, b: a[::-1, ::-1]),
     "take": (lambda a, b: a.take([2, 0], axis=1), lambda a, b: a[:, [2, 0]]),
+    "take_rows": (lambda a, b: a.take([1, 1, 0]), lambda a, b: a[[1, 1, 0]]),
     "split": (lambda a, b: a.split([1, 2], axis=1)[1], lambda a, b: a[:, 1:]),
     "min": (lambda a, b: a.min(), lambda a, b: np.min(a)),
     "max": (lambda a, b: a.max(), lambda a, b: np.max(a)),
@@ -1871,3 +1874,28 @@ def test_the_loss_a_recording_returned_can_still_be_drawn() -> None:
     loss = nb.compile_step(step)(np.ones((2, 2)))
     dot = to_dot(loss)
     assert '[label="Sum"' in dot and '[label="MatMul"' not in dot
+
+
+class _Both(nb.autograd.Function):
+    """``a * b`` with a raw backward for both inputs."""
+
+    def forward(self, a: Any, b: Any) -> Any:
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, gy: Any) -> Any:
+        return gy * self.b, gy * self.a
+
+
+def test_create_graph_through_raw_backwards_of_two_inputs_and_two_outputs() -> None:
+    """First derivatives through Functions that define only a raw backward: one with two
+    inputs (both gradients kept), one with two outputs of which one is gone."""
+    a = Tensor(np.array([0.5, 1.5]), requires_grad=True)
+    b = Tensor(np.array([2.0, -1.0]), requires_grad=True)
+    ga, gb = nb.grad(_Both()(a, b).sum(), [a, b], create_graph=True)
+    assert host(ga).tolist() == [2.0, -1.0] and host(gb).tolist() == [0.5, 1.5]
+    assert ga.requires_grad and gb.requires_grad
+    two, three = _TwoOut()(a)
+    del three  # the second output is gone: its gradient is None
+    (g,) = nb.grad(two.sum(), a, create_graph=True)
+    assert host(g).tolist() == [2.0, 2.0]
