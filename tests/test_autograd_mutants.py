@@ -1899,3 +1899,13 @@ def test_create_graph_through_raw_backwards_of_two_inputs_and_two_outputs() -> N
     del three  # the second output is gone: its gradient is None
     (g,) = nb.grad(two.sum(), a, create_graph=True)
     assert host(g).tolist() == [2.0, 2.0]
+
+
+def test_outputs_of_a_multi_output_node_keep_their_gradient_only_when_retained() -> None:
+    x = Tensor(np.array([0.5, 1.5, 2.5]), requires_grad=True)
+    left, right = x.split([1, 2])
+    right.retain_grad()
+    ((left * 2.0).sum() + (right * 3.0).sum()).backward()
+    assert left.grad is None
+    assert host(right.grad).tolist() == [3.0, 3.0]
+    assert host(x.grad).tolist() == [2.0, 3.0, 3.0]
