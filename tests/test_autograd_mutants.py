@@ -308,8 +308,8 @@ def test_the_dtype_guard_names_a_strict_dtype_by_its_short_name() -> None:
 CREATE_GRAPH_CASES: dict[str, tuple[Any, list[tuple[int, ...]]]] = {
     "div": (lambda a, b: a / (b * b + 1.0), [(2, 3, 4), (3, 1)]),
     "div_broadcast": (lambda a, b: a / (b + 3.0), [(2, 3), (3,)]),
-    "div_by_a_number": (lambda a, b: a / 2.5 + b, [(2, 3), (2, 3)]),
-    "number_by_div": (lambda a, b: 2.5 / (a * a + 1.0) + b, [(2, 3), (2, 3)]),
+    "div_by_a_number": (lambda a, b: a / 2.5 * b, [(2, 3), (2, 3)]),
+    "number_by_div": (lambda a, b: 2.5 / (a * a + 1.0) * b, [(2, 3), (2, 3)]),
     "pow": (lambda a, b: (a * a + 1.0) ** b, [(2, 3), (2, 3)]),
     "vector_at_matrix": (lambda a, b: a @ b, [(3,), (3, 4)]),
     "matrix_at_vector": (lambda a, b: a @ b, [(2, 3), (3,)]),
