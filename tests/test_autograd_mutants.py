@@ -1909,3 +1909,55 @@ def test_outputs_of_a_multi_output_node_keep_their_gradient_only_when_retained()
     assert left.grad is None
     assert host(right.grad).tolist() == [3.0, 3.0]
     assert host(x.grad).tolist() == [2.0, 3.0, 3.0]
+
+
+def test_second_derivatives_of_piecewise_functions_are_constant_zeros() -> None:
+    x = Tensor(np.array([-1.5, 0.5, 2.0]), requires_grad=True)
+    (g,) = nb.grad(x.abs().sum(), x, create_graph=True)
+    (gg,) = nb.grad(g.sum(), x, create_graph=True)
+    assert host(gg).tolist() == [0.0, 0.0, 0.0] and not gg.requires_grad
+
+
+def test_extrema_with_a_python_number_on_either_side() -> None:
+    x = Tensor(np.array([-1.5, 0.5, 2.0]), requires_grad=True)
+    y = nb.functional.maximum(0.5, x) + nb.functional.minimum(x, 0.5)
+    y.sum().backward()
+    assert host(y).tolist() == [-1.0, 1.0, 2.5]
+    assert host(x.grad).tolist() == [1.0, 1.0, 1.0]  # the tie at 0.5 shares: 0.5 + 0.5
+
+
+def test_a_cast_to_the_same_dtype_is_a_copy() -> None:
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = x.astype("float64")
+    assert not np.shares_memory(y.data, x.data)
+
+
+def test_create_graph_of_a_product_with_a_plain_array() -> None:
+    w = Tensor(np.array([[0.5, -1.0], [1.5, 0.25]]), requires_grad=True)
+    x = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    (gw,) = nb.grad(((x @ w) ** 2.0).sum(), w, create_graph=True)
+    np.testing.assert_allclose(host(gw), x.T @ (2.0 * (x @ host(w))), rtol=1e-12)
+    (gw2,) = nb.grad(((w @ x.T) ** 2.0).sum(), w, create_graph=True)
+    np.testing.assert_allclose(host(gw2), (2.0 * (host(w) @ x.T)) @ x, rtol=1e-12)
+
+
+def test_jit_false_replays_the_nodes_even_where_a_compiler_exists(identity_jit: list[Any]) -> None:
+    _, _, step = _jit_setup("sgd", False)
+    run = nb.compile_step(step, jit=False)
+    for x, t in _jit_batches(3):
+        run(x, t)
+    assert type(next(iter(run._cache.values()))).__name__ == "_Recording"
+    assert not identity_jit
+
+
+def test_a_list_setting_that_changes_between_recordings_runs_eagerly() -> None:
+    calls = []
+
+    def drifting(h: Any) -> Any:
+        calls.append(None)
+        node = _Weighted(1.5, np.array([0.5, 2.0]))
+        node.unused = [1.0, float(len(calls))]
+        return node(h)
+
+    run, warned = _run_compiled(drifting)
+    assert run.replays == 0 and len(warned) == 1
