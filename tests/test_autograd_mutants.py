@@ -309,6 +309,7 @@ CREATE_GRAPH_CASES: dict[str, tuple[Any, list[tuple[int, ...]]]] = {
     "div": (lambda a, b: a / (b * b + 1.0), [(2, 3, 4), (3, 1)]),
     "div_broadcast": (lambda a, b: a / (b + 3.0), [(2, 3), (3,)]),
     "div_by_a_number": (lambda a, b: a / 2.5 * b, [(2, 3), (2, 3)]),
+    "number_plus": (lambda a, b: (2.5 + a) * b + (b - 1.5) * a, [(2, 3), (2, 3)]),
     "number_by_div": (lambda a, b: 2.5 / (a * a + 1.0) * b, [(2, 3), (2, 3)]),
     "pow": (lambda a, b: (a * a + 1.0) ** b, [(2, 3), (2, 3)]),
     "vector_at_matrix": (lambda a, b: a @ b, [(3,), (3, 4)]),
@@ -1224,6 +1225,8 @@ METHODS: dict[str, tuple[Any, Any]] = {
     "logsumexp_keep": (lambda a, b: a.logsumexp(1, True), lambda a, b: np.log(np.exp(a).sum(1, keepdims=True))),  # noqa: E501
     "getitem": (lambda a, b: a[1, ::2], lambda a, b: a[1, ::2]),
     "getitem_reversed": (lambda a, b: a[:, ::-1], lambda a, b: a[:, ::-1]),
+    "getitem_reversed_empty": (lambda a, b: a[:, 1:1:-1], lambda a, b: a[:, 1:1:-1]),
+    "getitem_reversed_part": (lambda a, b: a[:, 2:0:-1], lambda a, b: a[:, 2:0:-1]),
 }  # fmt: skip
 
 
@@ -1961,3 +1964,24 @@ def test_a_list_setting_that_changes_between_recordings_runs_eagerly() -> None:
 
     run, warned = _run_compiled(drifting)
     assert run.replays == 0 and len(warned) == 1
+
+
+def test_a_recorded_backward_keeps_intermediate_gradients_when_asked() -> None:
+    from nnbackend import nn, optim
+
+    w = nn.Parameter(np.array([[0.5, -1.0], [1.5, 0.25]]))
+    opt = optim.SGD([w], lr=0.05)
+    seen: list[Any] = []
+
+    def step(x: Any) -> Any:
+        opt.zero_grad()
+        h = Tensor(x) @ w
+        loss = (h * h).sum()
+        loss.backward(retain_grad=True)
+        seen.append(h.grad)
+        opt.step()
+        return loss
+
+    x = np.array([[1.0, 2.0]])
+    nb.compile_step(step)(x)
+    np.testing.assert_allclose(host(seen[0]), 2.0 * (x @ np.array([[0.5, -1.0], [1.5, 0.25]])))
