@@ -1068,6 +1068,7 @@ def test_gradcheck_counts_non_finite_mismatches(bump: float, count: int) -> None
     assert " at index (1,): backward gives " in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_gradcheck_accepts_equal_non_finite_gradients() -> None:
     """An infinity where central differences also give that infinity (and NaN against NaN)
     is no mismatch; +inf against -inf is."""
