@@ -1986,3 +1986,32 @@ def test_a_recorded_backward_keeps_intermediate_gradients_when_asked() -> None:
     x = np.array([[1.0, 2.0]])
     nb.compile_step(step)(x)
     np.testing.assert_allclose(host(seen[0]), 2.0 * (x @ np.array([[0.5, -1.0], [1.5, 0.25]])))
+
+
+def test_a_recorded_call_with_another_number_of_arguments_runs_eagerly() -> None:
+    import warnings
+
+    from nnbackend import nn, optim
+
+    nb.namespace()  # settings read before the first signature is taken
+    w = nn.Parameter(np.array([[0.5, -1.0], [1.5, 0.25]]))
+    opt = optim.SGD([w], lr=0.05)
+    calls = []
+
+    def step(x: Any) -> Any:
+        calls.append(None)
+        opt.zero_grad()
+        loss = ((Tensor(x) @ w) ** 2.0).sum()
+        loss.backward()
+        args = (1.0,) if len(calls) == 1 else (1.0, 1e-3)
+        optim.clip_grad_norm([w], *args)
+        opt.step()
+        return loss
+
+    run = nb.compile_step(step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            run(np.ones((2, 2)))
+    assert run.replays == 0 and len(caught) == 1
+    assert "(the call to clip_grad_norm differs)" in str(caught[0].message)
