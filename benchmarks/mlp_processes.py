@@ -26,8 +26,11 @@ Implementation ``engine_keep`` is the engine with the opt-in allocator setting
 ``NNBACKEND_KEEP_FREED_MEMORY=1`` (glibc keeps freed memory: no page faults in steady state).
 
 Configurations (float32 unless named): ``tiny`` 2-10-3 sigmoid, batch 30; ``medium``
-784-1024-1024-10 ReLU, batch 256, in float32 and float64; ``width1024_b1`` 1024-1024-1024-10,
-batch 1; ``large`` 4096-4096-4096-10, batch 512 (``--large`` only: a step takes 0.3 s here).
+784-1024-1024-10 ReLU, batch 256, in float32 and float64; ``width1024_b1`` to
+``width1024_b16`` 1024-1024-1024-10 at batches 1, 2, 4, 8 and 16 (the batch sweep);
+``width2048`` 784-2048-2048-10, batch 256; ``large`` 4096-4096-4096-10, batch 512
+(``--large`` only: a step takes 0.3 s here). Page faults per step are a target (none) for the
+default engine on medium, medium_f64, width2048 and large.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Config:
     dtype: str
     workers: tuple[str, ...]
     targets: tuple[tuple[str, str, float | None], ...] = ()  # (a, b, at most) on a / b
+    #: Implementations that must take no page faults per step in steady state (issue 19).
+    fault_free: tuple[str, ...] = ()
 
 
 CONFIGS = {
@@ -85,6 +90,7 @@ CONFIGS = {
             "float32",
             ("engine", "compiled", "hand", "torch", "gemm_numpy", "gemm_torch"),
             (("engine", "torch", 0.95), ("engine", "hand", 1.0), ("compiled", "hand", 1.0)),
+            ("engine",),
         ),
         Config(
             "medium_f64",
@@ -94,6 +100,7 @@ CONFIGS = {
             "float64",
             ("engine", "engine_keep", "hand", "torch", "gemm_numpy", "gemm_torch"),
             (("engine", "torch", 1.15), ("engine_keep", "torch", 1.15)),
+            ("engine", "engine_keep"),
         ),
         Config(
             "width1024_b1",
@@ -104,6 +111,28 @@ CONFIGS = {
             ("engine", "hand", "torch"),
             (("engine", "torch", 1.5),),
         ),
+        *(
+            Config(
+                f"width1024_b{batch}",
+                (1024, 1024, 1024, 10),
+                "relu",
+                batch,
+                "float32",
+                ("engine", "hand", "torch"),
+                (("engine", "torch", 1.5),),
+            )
+            for batch in (2, 4, 8, 16)
+        ),
+        Config(
+            "width2048",
+            (784, 2048, 2048, 10),
+            "relu",
+            256,
+            "float32",
+            ("engine", "torch", "gemm_numpy", "gemm_torch"),
+            (("engine", "torch", None),),
+            ("engine",),
+        ),
         Config(
             "large",
             (4096, 4096, 4096, 10),
@@ -112,10 +141,13 @@ CONFIGS = {
             "float32",
             ("engine", "engine_keep", "torch", "gemm_numpy", "gemm_torch"),
             (("engine", "torch", 1.0), ("engine_keep", "torch", 1.0)),
+            ("engine", "engine_keep"),
         ),
     )
 }
-DEFAULT_CONFIGS = ("tiny", "medium", "medium_f64", "width1024_b1")
+# The width 1024 batch sweep (issue 19: engine / torch <= 1.5 at batches 1 to 16).
+BATCH_SWEEP = tuple(f"width1024_b{b}" for b in (1, 2, 4, 8, 16))
+DEFAULT_CONFIGS = ("tiny", "medium", "medium_f64", *BATCH_SWEEP, "width2048")
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,18 +380,18 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
                 f"{_fmt(workers['gemm_torch']['median_s'])[1]}",
             )
         )
-    if "engine" in workers and "hand" in workers and name.startswith("medium"):
-        for impl in ("engine", "engine_keep"):
-            if impl in workers:
-                out.append(
-                    row(
-                        f"{name}: page faults per step, {impl}",
-                        workers[impl]["faults_per_step"],
-                        "faults",
-                        at_most=0,
-                        note="engine_keep: NNBACKEND_KEEP_FREED_MEMORY=1" * (impl != "engine"),
-                    )
+    for impl in config.fault_free:
+        if impl in workers:
+            out.append(
+                row(
+                    f"{name}: page faults per step, {impl}",
+                    workers[impl]["faults_per_step"],
+                    "faults",
+                    at_most=0,
+                    note="engine_keep: NNBACKEND_KEEP_FREED_MEMORY=1" * (impl == "engine_keep"),
                 )
+            )
+    if "engine" in workers and "hand" in workers and name.startswith("medium"):
         out.append(
             row(
                 f"{name}: peak RSS engine / hand",
@@ -373,8 +405,8 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
 
 @register(
     "mlp_processes",
-    "MLP steps (tiny, medium f32/f64, width 1024 batch 1): engine, hand, book, torch, GEMMs, "
-    "each in its own process",
+    "MLP steps (tiny, medium f32/f64, width 1024 batches 1-16, width 2048): engine, hand, "
+    "book, torch, GEMMs, each in its own process",
 )
 def mlp_processes(opts: Options) -> list[Row]:
     names = ("tiny",) if opts.quick else DEFAULT_CONFIGS

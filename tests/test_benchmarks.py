@@ -191,3 +191,39 @@ def test_process_harness_times_each_implementation_in_its_own_process() -> None:
     assert "tiny: engine / hand" in out["rows"]
     assert "tiny: compiled / hand" in out["rows"]
     assert "tiny: torch step" in out["rows"]
+
+
+def test_process_harness_has_the_batch_sweep_and_the_zero_fault_rows() -> None:
+    """Issue 19's rows: width 1024 at batches 1 to 16 (engine, hand, torch; engine / torch
+    <= 1.5), width 2048 with its GEMM floors, and a zero page-fault target for the default
+    engine on medium f32/f64, width 2048 and large, reported as missed when it faults."""
+    from benchmarks import mlp_processes as mp
+
+    for batch in (1, 2, 4, 8, 16):
+        config = mp.CONFIGS[f"width1024_b{batch}"]
+        assert config.name in mp.DEFAULT_CONFIGS
+        assert (config.sizes, config.batch) == ((1024, 1024, 1024, 10), batch)
+        assert set(config.workers) == {"engine", "hand", "torch"}
+        assert ("engine", "torch", 1.5) in config.targets
+    wide = mp.CONFIGS["width2048"]
+    assert (wide.sizes, wide.batch, wide.dtype) == ((784, 2048, 2048, 10), 256, "float32")
+    assert {"engine", "torch", "gemm_numpy", "gemm_torch"} <= set(wide.workers)
+    for name in ("medium", "medium_f64", "width2048", "large"):
+        config = mp.CONFIGS[name]
+        assert "engine" in config.fault_free
+        workers = {
+            impl: {"median_s": 0.01, "faults_per_step": 0.0, "peak_rss_mib": 80.0, "libraries": []}
+            for impl in config.workers
+        }
+        workers["engine"]["faults_per_step"] = 12.5
+        result = {
+            "config": name,
+            "load_average_during": [1.0],
+            "workers": workers,
+            "samples": {impl: [0.01, 0.011] for impl in config.workers},
+        }
+        rows = {r.name: r for r in mp.rows_of(result)}
+        faults = rows[f"{name}: page faults per step, engine"]
+        assert faults.target == "<= 0" and faults.passed is False and faults.value == 12.5
+        for impl in set(config.fault_free) - {"engine"}:
+            assert rows[f"{name}: page faults per step, {impl}"].passed is True

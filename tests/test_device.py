@@ -627,3 +627,29 @@ def test_a_failure_late_in_a_move_leaves_earlier_objects_unmoved(strict: None) -
     with pytest.raises(DtypeError, match="no float16"):
         nb.to_device([model, half], "array_api_strict")
     assert [p.data for p in model.parameters()] == before
+
+
+def test_a_model_on_a_second_device_trains_there() -> None:
+    """The engine's constants (the loss's root gradient 1, ReLU's 0, a broadcast sum's
+    gradient) are made on the device of the arrays they meet, not the backend's default:
+    array_api_strict refuses to combine arrays of two devices, as CuPy on two GPUs would."""
+    registry.get("array_api_strict")  # skips nothing: strict is a test dependency
+    with nb.using(backend="array_api_strict", dtype="float64"):
+        nb.random.seed(0)
+        model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    model.to("array_api_strict:device1")
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    x = nb.to_device(
+        nb.Tensor(np.linspace(-1.0, 1.0, 12).reshape(4, 3)), "array_api_strict:device1"
+    )
+    t = nb.to_device(nb.Tensor(np.array([0, 1, 1, 0])), "array_api_strict:device1")
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = nn.SoftmaxCrossEntropy()(model(x), t) + (model(x) ** 2).sum() * 0.01
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.item()))
+    for p in model.parameters():
+        assert str(p.data.device) == str(p.grad.device) == "array_api_strict.Device('device1')"
+    assert losses[-1] < losses[0]

@@ -40,6 +40,12 @@ def _weights(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def _need(backend: str) -> None:
+    """Skip unless ``backend`` can run here and ``NNBACKEND_TEST_BACKENDS`` (when set) names
+    it, as the ``backend`` fixture does (the mutation runner sets it to keep torch out of
+    mutmut's forked children, where torch arithmetic can deadlock)."""
+    selected = os.environ.get("NNBACKEND_TEST_BACKENDS", "").strip()
+    if selected and backend not in {name.strip() for name in selected.split(",")}:
+        pytest.skip(f"backend {backend!r} is not in NNBACKEND_TEST_BACKENDS={selected}")
     reason = registry.probe(backend)
     if reason is not None:
         pytest.skip(f"backend {backend!r} is unavailable: {reason}")

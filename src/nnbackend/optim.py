@@ -131,10 +131,12 @@ class _Slot:
     """What an update rule needs to know about one parameter besides its arrays: the
     backend's ops and the dtype's smallest normal number (the floor of ``eps``)."""
 
-    __slots__ = ("ops", "tiny", "xp")
+    __slots__ = ("ops", "sub_scaled_", "tiny", "xp")
 
     def __init__(self, ops: Ops, xp: Namespace, tiny: float) -> None:
         self.ops, self.xp, self.tiny = ops, xp, tiny
+        #: ``ops.sub_scaled_``, bound once: SGD's whole rule, called per parameter per step.
+        self.sub_scaled_ = ops.sub_scaled_
 
     def eps(self, eps: float) -> float:
         """``eps`` raised to the dtype's smallest normal number."""
@@ -200,9 +202,14 @@ class Optimizer:
         return entries
 
     def zero_grad(self) -> None:
-        """Set every parameter's ``.grad`` to ``None``."""
+        """Set every parameter's ``.grad`` to ``None``, keeping each array aside for the next
+        ``backward`` to write into where nothing else refers to it
+        (:meth:`nnbackend.Tensor.zero_grad`)."""
         for p in self.params:
-            p.grad = None
+            g = p.grad
+            if g is not None:
+                p._spare = g
+                p.grad = None
 
     @trace.recorded
     def step(self) -> None:
@@ -372,7 +379,7 @@ class SGD(Optimizer):
         for p, _st, slot in self._entries:
             g = p.grad
             if g is not None:
-                p.data = slot.ops.sub_scaled_(p.data, lr, g)
+                p.data = slot.sub_scaled_(p.data, lr, g)
 
     def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         return slot.ops.sub_scaled_(p, self.lr, g)

@@ -12,7 +12,9 @@ sort, no per-op checks.
 - A recording holds what the step *did*, not the Python that decided it: an ``if`` on an array
   value, a loop whose length depends on data, a NumPy call outside the engine's Functions,
   are frozen as they ran when recorded.
-- Replayed every time, so never frozen: every Function's ``forward`` and ``backward``
+- Replayed every time, so never frozen: every Function's ``forward`` (its
+  ``replay_forward`` where it defines one: ``forward`` less the decisions that depend only
+  on the arrays' backend, shapes and dtypes, which a replay keeps) and ``backward``
   (dropout masks are drawn in ``forward``: a fresh mask per replay from the same generator
   stream as eager), the parameters' current arrays (``p.data``), the optimizer's ``step()``
   and ``clip_grad_norm`` (they run as written: learning rates changed by a schedule, Adam's
@@ -72,6 +74,8 @@ from nnbackend.namespace import backend_for, ops_for
 __all__ = ["CompiledStep", "compile_step"]
 
 _SCALARS = (int, float, bool, complex, str, type(None))
+_settings_version = config.settings_version
+_current_overrides = config.current_overrides
 _MISSING = object()
 
 
@@ -165,27 +169,34 @@ class CompiledStep:
 
     def signature(self, *args: Any) -> Hashable:
         """The signature a call with ``args`` is cached under."""
+        return self._signature(args)[0]
+
+    def _signature(self, args: tuple[Any, ...]) -> tuple[Hashable, list[Any]]:
+        """The signature of ``args`` and their raw values (a Tensor's array), in one pass."""
         sig: list[Any] = []
+        raw: list[Any] = []
         for a in args:
-            d = a.data if isinstance(a, Tensor) else a
+            tensor = isinstance(a, Tensor)
+            d = a.data if tensor else a
+            raw.append(d)
             if type(d) in _SCALARS:
                 sig.append((type(d), d))
             else:
-                sig.append((type(d), tuple(d.shape), d.dtype, isinstance(a, Tensor)))
-        sig.append(config.settings_version())
-        sig.append(config.current_overrides())
+                sig.append((type(d), tuple(d.shape), d.dtype, tensor))
+        sig.append(_settings_version())
+        sig.append(_current_overrides())
         sig.append(is_grad_enabled())
         if self.key is not None:
             sig.append(self.key())
-        return tuple(sig)
+        return tuple(sig), raw
 
     def __call__(self, *args: Any) -> Any:
-        sig = self.signature(*args)
+        sig, raw = self._signature(args)
         rec = self._cache.get(sig)
         if rec is not None:
             if rec.valid():
                 self.replays += 1
-                return rec.run(*[a.data if isinstance(a, Tensor) else a for a in args])
+                return rec.run(*raw)
             del self._cache[sig]
             self._pending.pop(sig, None)
         if sig in self.eager_signatures:
@@ -257,6 +268,18 @@ def _equal_values(a: Any, b: Any) -> bool:
         return False
 
 
+#: Arrays from this many bytes up that a node kept after its step are let go by the replay.
+_BIG_BYTES = 64 * 1024
+
+
+def _holds_big_array(value: Any) -> bool:
+    """Whether ``value`` is, or is a tuple/list holding, an array of :data:`_BIG_BYTES`+."""
+    if isinstance(value, tuple | list):
+        return any(_holds_big_array(v) for v in value)
+    nbytes = getattr(value, "nbytes", None)
+    return isinstance(nbytes, int) and nbytes >= _BIG_BYTES
+
+
 class _Recording:
     """One signature's replay: generated Python code over the recorded nodes."""
 
@@ -276,18 +299,30 @@ class _Recording:
         scope: dict[str, Any] = dict(rec.scope)
         exec(compile(self.code, "<nnbackend compiled step>", "exec"), scope)
         self._replay = scope["_replay"]
+        # The checks of valid() and the arrays run() notes, written out for these leaves:
+        # one expression each instead of a loop over three lists (the tiny step's replay
+        # pays them every call).
+        n = len(self.leaves)
+        for i, r in enumerate(self.requires):
+            scope[f"_R{i}"] = r
+        checks = " and ".join(
+            f"L{i}.data is _D[{i}] and L{i}.requires_grad is _R{i}" for i in range(n)
+        )
+        datas = "".join(f"L{i}.data, " for i in range(n))
+        extra = (
+            f"def _valid(_D):\n    return {checks or 'True'}\ndef _datas():\n    return [{datas}]\n"
+        )
+        exec(compile(extra, "<nnbackend compiled step checks>", "exec"), scope)
+        self._valid, self._datas = scope["_valid"], scope["_datas"]
 
     def valid(self) -> bool:
         """Whether every parameter still has the array the last run left (nothing rebound it
         outside the step) and its ``requires_grad``."""
-        for t, d, r in zip(self.leaves, self._last, self.requires, strict=True):
-            if t.data is not d or t.requires_grad is not r:
-                return False
-        return True
+        return bool(self._valid(self._last))
 
     def run(self, *args: Any) -> Any:
         out = self._replay(*args)
-        self._last = [t.data for t in self.leaves]
+        self._last = self._datas()
         return out
 
     def differs(self, other: _Recording) -> str | None:
@@ -316,6 +351,23 @@ class _Recording:
                 if x is not y and not _equal_values(x, y):
                     return f"the arguments of {getattr(fa, '__qualname__', fa)} differ"
         return None
+
+
+def _replays_with_replay_forward(cls: type) -> bool:
+    """Whether nodes of ``cls`` are replayed with ``replay_forward``: only where the class
+    that defines it is the one defining ``forward``, or a subclass of it. A subclass that
+    overrides ``forward`` alone (its own computation) is replayed with its ``forward``, never
+    with an inherited ``replay_forward`` that would skip the override."""
+    forward_owner = replay_owner = None
+    for klass in cls.__mro__:
+        found = klass.__dict__
+        if forward_owner is None and "forward" in found:
+            forward_owner = klass
+        if replay_owner is None and "replay_forward" in found:
+            replay_owner = klass
+    if replay_owner is None or replay_owner.__dict__["replay_forward"] is None:
+        return False
+    return forward_owner is None or issubclass(replay_owner, forward_owner)
 
 
 def _record(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[_Recording, Any]:
@@ -446,7 +498,9 @@ class _Recorder:
         if changed:  # forward rebinds a setting: put it back before each replayed forward
             self.scope[f"R{k}"] = changed
             self.lines.append(f"    n{k}.__dict__.update(R{k})")
-        call = f"n{k}.forward({', '.join(self._call_srcs)})"
+        # A node's replay_forward: forward without re-deciding what the recording decided.
+        method = "replay_forward" if _replays_with_replay_forward(type(f)) else "forward"
+        call = f"n{k}.{method}({', '.join(self._call_srcs)})"
         if type(ys) is tuple:
             outs = [f"v{k}_{j}" for j in range(len(ys))]
             self.lines.append(
@@ -672,6 +726,17 @@ class _Recorder:
         for t in self.leaves:  # e.g. zero_grad() at the end of the step
             if id(t) in self.grads and t.grad is None:
                 self.lines.append(f"    {self._leaf(t)}.grad = None")
+        for k, f in enumerate(self.nodes):
+            # What forward kept for backward (inputs, masks, outputs) is dead once the step
+            # has run: let it go after each replay, as the eager graph goes, instead of
+            # holding a step's activations between steps. Only large arrays: a tiny step's
+            # replay would pay more for the lines than the memory is worth.
+            pre = self.pre[k]
+            held = {key: pre.get(key) for key, v in vars(f).items() if _holds_big_array(v)}
+            if held:
+                self.scope[f"DROP{k}"] = held
+                self.lines.append(f"    n{k}.__dict__.update(DROP{k})")
+                vars(f).update(held)
         self.lines.append("    return " + self._returned(result))
         for f in self.nodes:  # the replay never reads them: let the recorded graph go
             if getattr(f, "inputs", None):

@@ -77,6 +77,15 @@ class Function:
     #: Set by built-in ops whose ``backward`` always returns gradients of their inputs' shape
     #: and dtype: the engine then skips its per-input check (user Functions keep it).
     trusted_grads: bool = False
+    #: Optional method ``replay_forward(*xs)``, defined by ops whose ``forward`` first
+    #: decides things from its inputs' backend, shapes and dtypes (the ops object, whether
+    #: float16 computes wide) and then computes: the computing part alone, reading those
+    #: decisions from ``self``. A compiled step (:func:`nnbackend.compile_step`) replays
+    #: such a node with it, because a replay gives the node arrays of the recording's
+    #: backend, shapes and dtypes; the results must equal ``forward``'s bit for bit, and
+    #: checks on the arrays' values (labels in range) stay in it. A subclass that overrides
+    #: ``forward`` alone is replayed with its ``forward``.
+    replay_forward: Any = None
 
     xp: Namespace
     inputs: tuple[Any, ...]
@@ -323,6 +332,21 @@ def check_gradient(f: Function, x: Any, gx: Any) -> None:
         )
 
 
+def spare_grad(t: Any, ops: Any) -> Any:
+    """An array that a node's ``backward`` may write the gradient of input ``t`` into
+    (``out=``) instead of allocating a new one, or ``None``: the array ``t.zero_grad()`` kept
+    aside, taken (once) and handed to ``ops.reuse``, which accepts it only where nothing else
+    refers to it. The gradient then becomes ``t.grad`` as it is (the node has
+    ``grad_may_alias = False``), or is added to a ``t.grad`` set earlier in the pass (a new
+    array; the spare goes). A node calls this with the input Tensor from ``self.inputs``
+    (``None`` in a compiled replay, which allocates)."""
+    spare = getattr(t, "_spare", None)  # unset on Tensors made by Tensor._wrap; t may be None
+    if spare is None:
+        return None
+    t._spare = None
+    return ops.reuse(spare, t.data.shape, t.data.dtype)
+
+
 def add_arrays(xp: Namespace, a: Array, b: Array) -> Array:
     """``a + b``, an array also for 0-d operands on NumPy."""
     out = a + b
@@ -339,11 +363,14 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
     fresh = {root}  # intermediates whose .grad was set during this pass
     # Highest generation first; among equals, the node created last first (as a stack would),
     # by creation order: the summation order of gradients never depends on memory addresses.
-    heap: list[tuple[int, int, Function]] = [(-creator.generation, -creator.seq, creator)]
+    # A node that finds one new creator while the queue is empty (a chain of layers, the
+    # usual case) hands it on directly: the queue would have given it back at once.
+    heap: list[tuple[int, int, Function]] = []
     seen = {creator}
     pop, push = heapq.heappop, heapq.heappush
-    while heap:
-        f = pop(heap)[2]
+    f = creator
+    while True:
+        nxt = None  # the first creator this node finds, not yet in the queue
         outputs = f.outputs
         single = len(outputs) == 1
         if single:
@@ -378,7 +405,10 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
                     fresh.add(x)
                 if c not in seen:
                     seen.add(c)
-                    push(heap, (-c.generation, -c.seq, c))
+                    if nxt is None:
+                        nxt = c
+                    else:
+                        push(heap, (-c.generation, -c.seq, c))
             elif x.grad is not None:  # leaf: accumulate across passes
                 x.grad = add_arrays(f.xp, x.grad, gx)
             elif f.grad_may_alias:
@@ -397,3 +427,11 @@ def run_backward(root: Any, grad: Any, retain_grad: bool) -> None:
                     out = ref()
                     if out is not None and not out._retain and out is not root:
                         out.grad = None
+        if nxt is not None:
+            if not heap:
+                f = nxt
+                continue
+            push(heap, (-nxt.generation, -nxt.seq, nxt))
+        elif not heap:
+            return
+        f = pop(heap)[2]

@@ -36,6 +36,7 @@ class Tensor:
     __slots__ = (
         "__weakref__",
         "_retain",
+        "_spare",
         "creator",
         "data",
         "generation",
@@ -80,6 +81,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self.name = name
         self._retain = False
+        self._spare = None
 
     @classmethod
     def _wrap(cls, data: Any, requires_grad: bool) -> Tensor:
@@ -211,8 +213,8 @@ class Tensor:
         data = self.data
         xp = backend_for(data)[0]
         if grad is None:
-            if data.ndim == 0:  # the usual case, a loss: a copy of a cached one
-                grad = ops_for(xp, data).one(data.dtype)
+            if data.ndim == 0:  # the usual case, a loss: a copy of a cached one, on its device
+                grad = ops_for(xp, data).one(data.dtype, getattr(data, "device", None))
             elif self.size != 1:
                 raise GradientError(
                     f"backward() without a gradient needs a one-element tensor, this one has "
@@ -237,7 +239,8 @@ class Tensor:
 
             backward_create_graph(self, grad, retain_grad)
             return
-        grad = _function.as_array(xp, grad)  # NumPy: a 0-d array, not a numpy.float64
+        if type(grad) is not type(data):  # NumPy: a 0-d array, not a numpy.float64
+            grad = _function.as_array(xp, grad)
         if self.creator is None:  # a leaf: accumulate like any other gradient
             self.grad = grad if self.grad is None else _function.add_arrays(xp, self.grad, grad)
             return
@@ -253,8 +256,19 @@ class Tensor:
         return Tensor._wrap(self.data, False)
 
     def zero_grad(self) -> None:
-        """Forget the gradient."""
-        self.grad = None
+        """Forget the gradient (``.grad`` becomes ``None``).
+
+        The array is kept aside as a spare: where the backend can prove that nothing else
+        refers to it any more (NumPy: its reference count), the next ``backward`` writes
+        this tensor's new gradient into it instead of allocating one, so a training step
+        allocates no new gradient arrays (and glibc does not page-fault megabytes in again
+        every step). A gradient you kept (``g = p.grad``) is never written into: it is
+        simply not reused. ``p.grad = None`` instead frees the array at once.
+        """
+        g = self.grad
+        if g is not None:
+            self._spare = g
+            self.grad = None
 
     # -- moving (nnbackend.to_device calls these; see nnbackend.device.Movable) ------------
     def _apply(self, fn: Callable[[Array], Array]) -> Tensor:
@@ -265,6 +279,7 @@ class Tensor:
         grad = None if self.grad is None else fn(self.grad)
         self.data = data
         self.grad = grad
+        self._spare = None  # a spare of the old device or dtype would never fit
         return self
 
     def _applied(self, fn: Callable[[Array], Array]) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -265,6 +266,11 @@ _SCRATCH_MIN = 32768
 _CHUNK = 1 << 16
 
 
+def _references(a: Any) -> int:
+    """CPython's reference count of ``a`` (see :meth:`NumpyOps.reuse`)."""
+    return sys.getrefcount(a)
+
+
 class NumpyOps(Ops):
     """NumPy's operations: ufunc reductions, ``matmul`` with ``out=``, ``np.add.at``, float16
     computed in float32 (NumPy's float16 arithmetic runs in software, about 250x slower for
@@ -277,10 +283,47 @@ class NumpyOps(Ops):
         import numpy as np
 
         self._np = np
+        self._f16 = np.dtype(np.float16)  # compared with a dtype: cheaper than with the type
         self._scratch: dict[Any, Any] = {}
         # NumPy's own asarray: 0.14 us for a 0-d scalar against 1.5 us through the Array
         # API wrapper (two calls a step: the loss and its seed gradient).
         self.asarray = np.asarray
+        self._sole_references = self._probe_references()
+
+    def reuse(self, spare: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        """``spare`` when it is a writable, C-contiguous NumPy array of ``shape`` and
+        ``dtype`` of at least :data:`_SCRATCH_MIN` elements that owns its memory (no view of
+        another array) and that nothing else refers to: CPython's reference count shows only
+        the caller's own reference (a user who kept ``g = p.grad``, a view of it, a torch
+        tensor or memoryview made from it all hold a reference), else ``None``. Below the
+        size, glibc's malloc serves arrays from its free lists without page faults, and the
+        checks would cost more than they save."""
+        np = self._np
+        if (
+            type(spare) is not np.ndarray
+            or spare.size < _SCRATCH_MIN
+            or spare.shape != shape
+            or spare.dtype != dtype
+            or spare.base is not None
+            or not spare.flags.c_contiguous
+            or not spare.flags.writeable
+            or not self.inplace
+            or not self.may_cache
+        ):
+            return None
+        if _references(spare) > self._sole_references:
+            return None
+        return spare
+
+    def _probe_references(self) -> int:
+        # The reference count reuse() sees for an array that only its caller's local holds:
+        # measured with the very same call shape (a local, a method, _references), so the
+        # interpreter's own references on the way are counted alike on every CPython.
+        probe = self._np.empty(1)
+        return self._count_via(probe)
+
+    def _count_via(self, a: Any) -> int:
+        return _references(a)
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         """``a @ b``, into ``out`` when its shape and dtype fit."""
@@ -304,14 +347,14 @@ class NumpyOps(Ops):
         large arrays (a fresh parameter-sized temporary, freed at the top of the heap, made
         glibc hand the memory back and fault it in again every step: benchmarks/NOTES.md,
         30% of the 784-1024-1024-10 step), and float16 runs in float32 a block at a time."""
-        np = self._np
         if not self.inplace:  # a record that forbids in-place writes: rebind
             return super().sub_scaled_(y, a, x)
-        if y.dtype == np.float16:
+        if y.dtype == self._f16:
             return self._sub_scaled_half(y, a, x)
         if x.size < _SCRATCH_MIN or not self.may_cache:
             y -= a * x
             return y
+        np = self._np
         key = x.dtype
         flat = self._scratch.get(key)
         if flat is None or flat.shape[0] < x.size:

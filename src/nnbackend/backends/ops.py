@@ -39,6 +39,13 @@ __all__ = ["NATIVE", "Compute", "Ops", "lstm_cell", "lstm_cell_backward", "tanh_
 _WIDE_MIN_SIZE = 1024
 
 
+def _device_of(x: Any) -> Any:
+    """``x``'s device (the Array API's ``x.device``), or ``None`` for an object without one:
+    constants made for ``x`` go there, not to the backend's default device (a model moved to
+    a second device, ``array_api_strict:device1`` or ``cuda:1``)."""
+    return getattr(x, "device", None)
+
+
 def _size(x: Any) -> int:
     """The number of elements (``size`` is a method on torch tensors)."""
     n = x.size
@@ -303,6 +310,14 @@ class Ops:
         """``a @ b``; into ``out`` where the library can write there (``out`` is a hint)."""
         return a @ b
 
+    def reuse(self, spare: Any, shape: tuple[int, ...], dtype: DType) -> Array | None:
+        """``spare`` when the engine may write a new result of ``shape`` and ``dtype`` into
+        it (``out=``) instead of allocating one, else ``None``. ``spare`` is an array the
+        engine has let go of (a parameter's gradient from the previous step, kept aside by
+        ``zero_grad``); a backend answers yes only where it can prove that nothing else
+        holds it, its memory included. The default never reuses: the caller allocates."""
+        return None
+
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """``target`` with ``values[i]`` added into the row ``indices[i]``, repeated indices
         accumulating; returns the result (``target`` itself where written in place). The
@@ -322,13 +337,26 @@ class Ops:
 
     def expand(self, x: Array, shape: tuple[int, ...]) -> Array:
         """``x`` broadcast to ``shape`` as a new, writable array."""
-        return self.xp.zeros(shape, dtype=x.dtype) + x
+        return self.xp.zeros(shape, dtype=x.dtype, device=_device_of(x)) + x
 
-    def one(self, dtype: DType) -> Array:
-        """A new 0-d array holding 1 in ``dtype`` (a copy of a cached one: ``astype`` copies;
-        about 0.13 us on NumPy against 1.06 us for ``xp.asarray(1.0, dtype=...)``)."""
-        cached = self.cached(("one", dtype), lambda: self.xp.asarray(1.0, dtype=dtype))
+    def one(self, dtype: DType, device: Any = None) -> Array:
+        """A new 0-d array holding 1 in ``dtype`` on ``device`` (the backend's default where
+        ``None``): a copy of a cached one, kept per dtype and device (``astype`` copies; about
+        0.13 us on NumPy against 1.06 us for ``xp.asarray(1.0, dtype=...)``)."""
+        key = ("one", dtype, device)
+        cached = self._cache.get(key)
+        if cached is None:
+            xp = self.xp
+            if device is None:
+                cached = self.cached(key, lambda: xp.asarray(1.0, dtype=dtype))
+            else:
+                cached = self.cached(key, lambda: xp.asarray(1.0, dtype=dtype, device=device))
         return self.astype(cached, dtype)
+
+    def lookup(self, key: Hashable) -> Any:
+        """What :meth:`cached` keeps under ``key``, or ``None`` (nothing kept yet, or ops that
+        may not cache): a hot path's first look, before it builds its ``make``."""
+        return self._cache.get(key)
 
     def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
         """``make()``, kept under ``key`` for later calls where :attr:`may_cache`."""
@@ -493,14 +521,15 @@ class Ops:
             # maximum, not where: NumPy's where runs a branchy loop, 0.95 ms for 256x1024
             # elements of random sign against 0.1 ms (benchmarks/NOTES.md).
             if slope == 0.0:
-                return xp.maximum(x, self._zero(x.dtype))
+                return xp.maximum(x, self._zero(x.dtype, _device_of(x)))
             return xp.maximum(x, x * slope)
         return xp.where(mask, x, x * slope)
 
-    def _zero(self, dtype: Any) -> Any:
-        found = self._cache.get(("zero", dtype))
+    def _zero(self, dtype: Any, device: Any = None) -> Any:
+        key = ("zero", dtype, device)
+        found = self._cache.get(key)
         if found is None:
-            found = self.cached(("zero", dtype), lambda: self.xp.zeros((), dtype=dtype))
+            found = self.cached(key, lambda: self.xp.zeros((), dtype=dtype, device=device))
         return found
 
     def leaky_relu_backward(self, gy: Array, mask: Array, slope: float) -> Array:
@@ -511,11 +540,13 @@ class Ops:
                 return self._keep(mask, gy)
             wide = c.widen(gy)
             return c.narrow(self.xp.where(mask, wide, wide * slope))
-        # The mask as 0/1 (or slope/1) factors: a multiply instead of a where.
+        # The mask as 0/1 (or slope/1) factors: a multiply instead of a where. The factors
+        # are a new array: the product goes into it where arrays take in-place writes (the
+        # same products, commuted; one gradient-sized array fewer).
         gain = self.astype(mask, gy.dtype)
         if slope != 0.0:
-            gain = gain * (1.0 - slope) + slope
-        return gy * gain
+            gain = self.add_(self.mul_(gain, 1.0 - slope), slope)
+        return self.mul_(gain, gy)
 
     # -- updates ---------------------------------------------------------------------------
     def update(self, old: Any, new: Any) -> Any:

@@ -54,6 +54,7 @@ from nnbackend.io import _npz
 from nnbackend.io import safetensors as _st
 from nnbackend.io._files import atomic_write, open_regular
 from nnbackend.io._metadata import (
+    FLOAT_NAMES,
     FORMAT,
     FORMAT_VERSION,
     MAPPED_PREFIX,
@@ -246,6 +247,12 @@ def save(
         backend = backend or backend_for(data)[1].name
         value = _to_host(data)
         model_dtype = _dtype_name(data.dtype)
+        if model_dtype not in FLOAT_NAMES:  # load would refuse the file: refuse it here
+            raise CheckpointError(
+                f"cannot save {name!r}: its dtype is {model_dtype}, and a checkpoint holds "
+                f"floating parameters and buffers ({', '.join(sorted(FLOAT_NAMES))}); keep a "
+                "count or an index as a Python attribute, or as a float buffer"
+            )
         if store_dtype is not None and value.dtype != np.dtype(store_dtype):
             if store_dtype == "float16":
                 finfo = np.finfo(np.float16)

@@ -23,7 +23,7 @@ from typing import Any
 from nnbackend import config
 from nnbackend.autograd import functions as _F
 from nnbackend.autograd import ops
-from nnbackend.autograd.function import Function, as_array
+from nnbackend.autograd.function import Function, as_array, spare_grad
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends.ops import NATIVE
@@ -111,13 +111,16 @@ def _product(xp: Any, x: Any, w: Any) -> Any:
     return xp.reshape(xp.reshape(x, (-1, x.shape[-1])) @ w, (*lead, w.shape[-1]))
 
 
-def _weight_grad(xp: Any, x: Any, gy: Any) -> Any:
+def _weight_grad(xp: Any, x: Any, gy: Any, ops: Any = None, out: Any = None) -> Any:
     """``x.T @ gy`` for 2-D ``x`` (rows, in) and ``gy`` (rows, out), the kernel picked by
     shape: for one row the product is an outer product, which a broadcast multiply computes
     with the same values (one product per element) where OpenBLAS's GEMM took 1.1 ms for
-    1024x1024 against 0.35 ms (issue 19; 5.2 against 1.2 ms on the loaded machine here)."""
+    1024x1024 against 0.35 ms (issue 19; 5.2 against 1.2 ms on the loaded machine here).
+    ``out``: an array the product may be written into (``ops.matmul(out=)``)."""
     if x.shape[0] == 1:
         return xp.reshape(x, (-1, 1)) * gy
+    if out is not None:
+        return ops.matmul(x.T, gy, out=out)
     return x.T @ gy
 
 
@@ -134,15 +137,22 @@ class Linear(Function):
     trusted_grads = True
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
-        xp = self.xp
         self.has_bias = b is not None
-        ops = self.ops = ops_for(xp, x)
-        c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
+        ops = self.ops = ops_for(self.xp, x)
+        self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
+        return self.replay_forward(x, w, b)
+
+    def replay_forward(self, x: Any, w: Any, b: Any = None) -> Any:
+        """The product, with the decisions :meth:`forward` made (the compute dtype), which a
+        compiled step's replays keep (see :attr:`Function.replay_forward`)."""
+        c = self.c
         if c is NATIVE:  # the usual case: no conversions to ask for
             self.x, self.w = x, w
-            y = _product(xp, x, w)
-            return y if b is None else y + b
-        return self._forward_in(xp, c, x, w, b)
+            y = x @ w if x.ndim <= 2 else _product(self.xp, x, w)
+            # The product is a new array of the output's shape: the bias goes into it (one
+            # activation-sized array a layer fewer; the same sums).
+            return y if b is None else self.ops.add_(y, b)
+        return self._forward_in(self.xp, c, x, w, b)
 
     def _forward_in(self, xp: Any, c: Any, x: Any, w: Any, b: Any) -> Any:
         """The product in ``c``'s compute dtype, stored as ``c`` says."""
@@ -156,7 +166,7 @@ class Linear(Function):
         native = c is NATIVE
         if not native:
             gy = c.widen(gy)
-        need_x, need_w = self.needs_input_grad[:2]
+        needs = self.needs_input_grad
         shape = None
         if x.ndim != 2:
             # Products of 2-D arrays: NumPy runs (N, T, in) @ (in, out) 4-6x slower than the
@@ -164,12 +174,22 @@ class Linear(Function):
             shape = tuple(x.shape)
             x = xp.reshape(x, (-1, w.shape[0]))
             gy = xp.reshape(gy, (-1, w.shape[1]))
-        gx = gy @ w.T if need_x else None
+        gx = gy @ w.T if needs[0] else None
         if gx is not None and shape is not None:
             gx = xp.reshape(gx, shape)
-        gw = _weight_grad(xp, x, gy) if need_w else None
+        gw = None
+        if needs[1]:
+            # The weight's gradient from the previous step, where zero_grad kept it and
+            # nothing else refers to it: the product is written there, so a steady-state
+            # step allocates no weight-sized arrays (issue 19: glibc page-faulted them in
+            # again every step, 6,400 faults a step on the medium float64 MLP).
+            out = spare_grad(self.inputs[1], self.ops) if native and x.shape[0] > 1 else None
+            if out is None and x.shape[0] != 1:  # _weight_grad inlined: the usual case
+                gw = x.T @ gy
+            else:
+                gw = _weight_grad(xp, x, gy, self.ops, out)
         gb = None
-        if self.has_bias and self.needs_input_grad[2]:
+        if self.has_bias and needs[2]:
             gb = self.ops.sum(gy, axis=0)
         if not native:
             dtypes = self.in_dtypes
@@ -290,7 +310,7 @@ def _loss_inputs(y: Any, t: Any) -> tuple[Any, Any]:
     return y, t
 
 
-def _sigmoid_arrays(xp: Any, x: Any) -> Any:
+def _sigmoid_arrays(xp: Any, x: Any, ops: Any = None) -> Any:
     """``1 / (1 + exp(-x))`` in the split form: with ``e = exp(-|x|)`` (never above 1, so it
     never overflows, even in float16), ``1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` for
     ``x < 0``. Both keep full relative precision: the ``0.5 * tanh(x / 2) + 0.5`` form loses
@@ -303,7 +323,9 @@ def _sigmoid_arrays(xp: Any, x: Any) -> Any:
     upper = x >= 0
     if type(upper) is not type(x):  # a numpy.bool for a 0-d x
         upper = as_array(xp, upper)
-    return xp.maximum(e, ops_for(xp, x).astype(upper, x.dtype)) / (1.0 + e)
+    if ops is None:
+        ops = ops_for(xp, x)
+    return xp.maximum(e, ops.astype(upper, x.dtype)) / (1.0 + e)
 
 
 class Sigmoid(Function):
@@ -311,13 +333,24 @@ class Sigmoid(Function):
     trusted_grads = True
 
     def forward(self, x: Any) -> Any:
-        xp = self.xp
-        c = self.c = ops_for(xp, x).compute(x, WIDE_MIN_SIZE)
-        self.y = y = _sigmoid_arrays(xp, c.widen(x))
+        ops = self.ops = ops_for(self.xp, x)
+        self.c = ops.compute(x, WIDE_MIN_SIZE)
+        return self.replay_forward(x)
+
+    def replay_forward(self, x: Any) -> Any:
+        """The sigmoid, with the decisions :meth:`forward` made (the compute dtype), which a
+        compiled step's replays keep (see :attr:`Function.replay_forward`)."""
+        c = self.c
+        if c is NATIVE:  # the usual case: no conversions (and no calls to make none)
+            self.y = y = _sigmoid_arrays(self.xp, x, self.ops)
+            return y
+        self.y = y = _sigmoid_arrays(self.xp, c.widen(x), self.ops)
         return c.narrow(y)
 
     def backward(self, gy: Any) -> Any:
         y, c = self.y, self.c
+        if c is NATIVE:
+            return gy * y * (1.0 - y)
         return c.narrow(c.widen(gy) * y * (1.0 - y))
 
 
@@ -426,7 +459,7 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     return LogSoftmax(axis)(x)
 
 
-def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
+def _class_range(xp: Any, n_classes: int, labels: Any, ops: Any = None) -> Any:
     """``arange(n_classes)`` in the labels' dtype, on the labels' device (a GPU's own one:
     comparing with an array on another device would fail), kept by the backend's ops (where
     they may cache) per combination, not made once per step."""
@@ -438,13 +471,18 @@ def _class_range(xp: Any, n_classes: int, labels: Any) -> Any:
         dtype,
         device if type(device).__hash__ is not None else repr(device),
     )
+    if ops is None:
+        ops = _ops(xp, labels)
+    found = ops.lookup(key)  # the usual case: made before, no closure to build
+    if found is not None:
+        return found
 
     def make() -> Any:  # the dtype check runs only on a cache miss, not every step
         if not xp.isdtype(dtype, "integral"):
             raise DtypeError(f"class labels must be integers, got {dtype}")
         return xp.arange(n_classes, dtype=dtype, device=device)
 
-    return _ops(xp, labels).cached(key, make)
+    return ops.cached(key, make)
 
 
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
@@ -473,15 +511,21 @@ class SoftmaxCrossEntropy(Function):
     grad_may_alias = False
 
     def forward(self, x: Any, t: Any) -> Any:
-        xp = self.xp
         if x.ndim != 2:
             raise ShapeError(
                 f"softmax_cross_entropy: logits must have shape (N, C), got {tuple(x.shape)}; "
                 "reshape them first, e.g. y.reshape(-1, C) with labels t.reshape(-1)"
             )
+        k = self.k = ops_for(self.xp, x)
+        self.c = k.compute(x)  # many passes: always worth widening
+        return self.replay_forward(x, t)
+
+    def replay_forward(self, x: Any, t: Any) -> Any:
+        """The loss, with the decisions :meth:`forward` made (the ops, the compute dtype),
+        which a compiled step's replays keep (see :attr:`Function.replay_forward`); the
+        labels are checked on every call."""
+        xp, k, cm = self.xp, self.k, self.c
         n, c = x.shape
-        k = self.k = ops_for(xp, x)
-        cm = self.c = k.compute(x)  # many passes: always worth widening
         if cm.wide:
             x = cm.widen(x)
             if t.dtype == cm.store:  # float16 targets of float16 logits
@@ -492,9 +536,9 @@ class SoftmaxCrossEntropy(Function):
         self.p = e / s
         log_s = xp.log(s)
         invalid = None
-        self.rows_sum_to_one = t.ndim == 1
-        if t.ndim == 1:
-            hit = t[:, None] == _class_range(xp, c, t)
+        rows_sum_to_one = self.rows_sum_to_one = t.ndim == 1
+        if rows_sum_to_one:
+            hit = t[:, None] == _class_range(xp, c, t, k)
             labels, t = t, k.astype(hit, x.dtype)
             invalid = _labels_out_of_range(k, labels, hit, t, n, c)
         elif tuple(t.shape) != (n, c):
@@ -507,7 +551,7 @@ class SoftmaxCrossEntropy(Function):
         self.t, self.n = t, n
         self.logp: Any = z - log_s if self.needs_input_grad[1] else None
         # -sum(t * (z - log s)) / n, with log s summed per row: one (N, C) pass fewer.
-        if self.rows_sum_to_one:
+        if rows_sum_to_one:
             loss = (k.sum(log_s, axis=None) - k.sum(t * z, axis=None)) / float(n)
         else:
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)

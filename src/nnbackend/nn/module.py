@@ -311,9 +311,11 @@ class Module:
         return self.train(False)
 
     def zero_grad(self) -> None:
-        """Forget every parameter's gradient (sets ``.grad`` to ``None``)."""
+        """Forget every parameter's gradient (sets ``.grad`` to ``None``), keeping each
+        array aside for the next ``backward`` to write into where nothing else refers to it
+        (:meth:`nnbackend.Tensor.zero_grad`)."""
         for param in self.parameters():
-            param.grad = None
+            param.zero_grad()
 
     # -- devices -------------------------------------------------------------------------
     def _apply(self, fn: Callable[[Array], Array]) -> Module:
