@@ -3,6 +3,7 @@ NaN or an infinity is named, with the shapes and dtypes involved."""
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -55,7 +56,11 @@ def test_backward_anomaly_names_the_op_and_where_it_was_called() -> None:
     assert message.startswith("BadGrad backward produced inf in the gradient of input 0")
     assert "input 0: shape (3,) float64" in message
     assert "output 0 gradient: shape (3,) float64" in message
-    assert "test_anomaly.py" in message and "y = BadGrad()(w)" in message
+    assert "\nThe op was called in the forward pass at:\n" in message
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        # Under mutmut every engine function runs through trampolines (two frames more
+        # each), which push the calling line out of the last frames shown.
+        assert "test_anomaly.py" in message and "y = BadGrad()(w)" in message
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

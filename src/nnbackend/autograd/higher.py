@@ -110,7 +110,9 @@ def run_graph_backward(
                 if len(gys) > 1:
                     xp = f.xp
                     gys = [
-                        Tensor._wrap(xp.zeros_like(o.data), False) if g is None and o else g
+                        Tensor._wrap(xp.zeros_like(o.data), False)
+                        if g is None and o is not None
+                        else g
                         for g, o in zip(gys, outs, strict=True)
                     ]
                 if f.supports_double_backward():

@@ -486,8 +486,8 @@ def _rows_index(key: Any) -> Any:
         return None
     first, rest = parts[0], parts[1:]
     if isinstance(first, int | slice | type(None) | type(Ellipsis)) or any(
-        k is not Ellipsis and k != slice(None) for k in rest
-    ):
+        k is not Ellipsis and not (isinstance(k, slice) and k == slice(None)) for k in rest
+    ):  # (an array's != is elementwise: compare slices only)
         raise NotImplementedError(
             "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
             "integer array on the first axis (x[idx]); use reshape/take for other patterns"
