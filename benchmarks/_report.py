@@ -95,38 +95,87 @@ FINDINGS = """\
 
 Profiles (cProfile, line_profiler, page-fault counts) of the steps that miss a target, their
 causes and every change tried, each with its before and after, are in `benchmarks/NOTES.md` in
-the repository. In short, as of November 2026:
+the repository. In short, as of 2026-12-01 (issue 19; `mlp_processes`, each implementation in
+its own worker process; the dedicated run with the large case is
+`benchmarks/results/issue19_final_20261201.txt`, the morning's baseline beside it):
 
-- **Against PyTorch (issue 19).** The earlier "medium: engine / torch CPU 0.475x" was an
+- **Against PyTorch on the CPU.** The earlier "medium: engine / torch CPU 0.475x" was an
   artefact: torch was timed in the process that had just run NumPy, whose OpenBLAS thread spins
-  for about 100 ms after each GEMM. Measured by `mlp_processes` (one process each) on a quiet
-  machine, issue 19 found PyTorch faster from width 128 up, by 1.1-1.8x (medium float32
-  10.8 ms engine against 8.9-10.7 ms torch), and nnbackend ahead only where Python overhead
-  dominates. The `mlp_processes` rows on this page were taken with the development machine's
-  2 cores shared with other work (load average 3.5-4 over 2 CPUs): every step there ran 3-10x
-  slower than on a quiet machine and torch's OpenMP threads suffer more from the contention
-  than OpenBLAS's, so its ratios below 1 do **not** show nnbackend ahead of PyTorch; rerun it
-  on a quiet machine before drawing that conclusion.
-- **Memory.** numba (about 130 MB) is imported only by the first float16 conversion that needs
-  it. The medium float64 step faults its large temporaries in every step (4,000-7,000 page
-  faults); `NNBACKEND_KEEP_FREED_MEMORY=1` (opt-in, glibc) keeps freed memory in the process and
-  takes that to zero (the `engine_keep` worker).
+  for about 100 ms after each GEMM. Measured one process each, the engine is level with
+  PyTorch where the GEMMs dominate: medium float32 engine / torch 0.916, 0.941 and 0.989 in
+  three runs on 2026-12-01 (target 0.95: met in two of three; the engine's step is 1.14-1.21x
+  its own 8 GEMMs on OpenBLAS, torch's 1.07-1.28x its GEMMs on MKL); medium float64 0.85,
+  large (4096x3, batch 512) 0.91, width 2048 0.98, width 1024 at batches 1-16 0.53-1.41.
+- **Memory.** The default engine takes no page faults in a steady-state step of the medium
+  float32/float64, width 2048 and large networks (the float64 and large steps took 4,700-6,400
+  a step before): `zero_grad()` keeps each gradient array aside and the next backward writes
+  the new weight gradient into it where nothing else refers to it (NumPy; a gradient the user
+  kept is never written into), and Linear and ReLU make one activation-sized array fewer each.
+  Activations over glibc's 32 MiB mmap threshold still fault; `NNBACKEND_KEEP_FREED_MEMORY=1`
+  (opt-in, glibc) keeps freed memory in the process for those (the `engine_keep` worker).
+  numba (about 130 MB) is imported only by the first float16 conversion that needs it.
 - **Batch 1.** The weight gradient of a one-row batch is an outer product, computed as a
-  broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024.
+  broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024. Batch 4
+  is OpenBLAS's slowest small-M shape (engine 7.5 ms against 2.6 at batch 2 and 2.9 at 8).
+- **Tiny step** (2-10-3, batch 30): eager / lean hand loop 1.68 (target 1.4), compiled / hand
+  1.24 (target 1.0), both missed. The engine's own array calls, written out flat, take 0.95x
+  the hand loop's; the compiled replay adds about 9 us of Python around them (node methods 4,
+  `SGD.step` 1.3, generated code 2, the call 1), the eager step about 1.3 us per node to build
+  the graph and 1.2 us per node backward (`benchmarks/NOTES.md`, the tiny-step section).
+"""
 
-- **Tiny step.** Both networks make about 40 NumPy calls; the engine's extra time is Python per
-  graph node: about 1 us to record a node and 0.8 us to run it backward (`engine_overhead`),
-  four nodes a step, plus the layer call chain. A few costs were avoidable (the loss gradient
-  of 1 built through `asarray`, a shape and dtype check of every gradient of the built-in
-  nodes, a float sum to validate the labels).
-- **Medium step.** The engine's step took 4,000 to 6,600 page faults (16-26 MiB) where the
-  hand-written one took none: glibc gave the memory of the optimizer's parameter-sized
-  temporaries back to the OS and faulted it in again every step, 30% of the step. And NumPy's
-  `where`, which the ReLU used forward and backward, runs a branchy loop: 0.95 ms for 256x1024
-  elements of random sign, against 0.1 ms for `maximum`.
-- The engine patch proposed in `benchmarks/engine_patches.diff` measured tiny 1.50-1.53 (from
-  1.61-1.63), medium 0.74 of the hand-written step (from 1.07-1.29) and 86% of its GEMMs' FLOP
-  rate (from 46-52%).
+STATIC_SECTIONS = """\
+## Float16 on torch CPUs (issue 13)
+
+How float16 computes is the backend ops' decision (`nnbackend.backends.ops`). On torch, a
+CPU's answer comes from a one-time probe (a (64, 256) @ (256, 128) product in float16 against
+float32, on one thread, the fastest of five rounds): at most 1.25x float32 is "native", else
+float16 is computed in float32 and stored in float16 as on NumPy. `NNBACKEND_FLOAT16_COMPUTE=
+native|float32` overrides it; CUDA devices compute natively. On this machine's CPU (no
+AVX512-FP16) the probe measured float16 7-30x slower and chose float32: the tiny network's
+float16 / float32 step went from 38x to 2.3x (quiet; loaded shared cores, see
+`benchmarks/results/ops_measures.md`). Since then torch's float16 elementwise nodes stay
+native (its float16 elementwise kernels run at about float32 speed on this CPU; only its
+float16 products are slow), products and the many-pass nodes widen whatever their size, and
+the cached float32 weight copies are rewritten in place. Final measures, 2026-12-01, each case
+in its own worker process, shuffled rounds, medians (`benchmarks/results/issue13_measures.json`;
+the scripts beside it as `issue13_*.py.txt`):
+
+| measure | tiny 2-10-3, b30 | medium 784-1024-1024-10, b256 | target |
+|---|---:|---:|---|
+| torch backend float16 / float32 step, quiet (load 0.9) | 1.40 | 1.06 | <= 1.5: met |
+| the same with one busy process on the cores | 1.45 | 0.98 | <= 1.5: met |
+| torch backend float16 step / PyTorch's own float16 step | 1.32 | 0.032 | <= 1.2: tiny missed |
+| numpy float32 step now / before the ops layer (9b35f9d) | 0.983 | 0.993 | <= 1.03: met |
+
+PyTorch's own float16 medium step takes 708 ms here (this CPU has no fast float16 products);
+computing the products in float32 takes 22.9 ms. The tiny step's gap to PyTorch is per-node
+Python work, not arithmetic.
+
+## Compiled steps (issue 19, item 3)
+
+`nb.compile_step` and `Trainer(compile=True)` ([Compiled steps](compile.md)) replay a recorded
+step on raw arrays. Measured with `mlp_processes` (the `compiled` worker, in its own process,
+interleaved with the others; float32) on 2026-12-01, load average 0.2-1.1
+(`benchmarks/results/issue19_final_20261201.txt`; OpenBLAS 0.3.31, SkylakeX kernel, 2
+threads):
+
+| case | eager | compiled | hand | eager / hand | compiled / hand (target 1.0) |
+|---|---:|---:|---:|---:|---|
+| tiny 2-10-3, batch 30 | 58.5 us | 42.8 us | 34.7 us | 1.68 | 1.24: **missed** |
+| medium 784-1024-1024-10, batch 256 | 19.0 ms | 17.2 ms | 21.8 ms | 0.73 | 0.72: met |
+
+No page faults per step for any of the three, in either case; peak RSS (MiB) eager, compiled,
+hand: tiny 52, 53, 44; medium 83, 94, 67.
+
+Replays call each node's `replay_forward` (the computing half of `forward`, with the decisions
+the recording made) and `backward`, then the optimizer's real `step()`; labels are still
+checked on every replay. A replay lets go of the large arrays its nodes kept for backward, as
+an eager graph does after each step (medium: 11.2 MiB held between steps, eager 11.1).
+
+On jax, where `compile_step` is a `jax.jit` of the whole step, the tiny step took 94 us against
+949 us eager (one process, best of 5 loops, each step waiting for its loss; not in the
+interleaved harness).
 """
 
 
@@ -390,6 +439,7 @@ def write_report(directory: Path = RESULTS_DIR, doc: Path = DOC, plot: Path = PL
     kept = _gpu_check_section(doc)
     if kept:
         parts.append(kept)
+    parts.append(STATIC_SECTIONS)
     doc.write_text("\n\n".join(p.rstrip() for p in parts) + "\n")
     written.append(doc)
     return written
