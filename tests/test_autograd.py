@@ -775,3 +775,14 @@ def test_construction(xp: Any, dtype: str) -> None:
     assert detached.creator is None and not detached.requires_grad
     with pytest.raises(BackendMismatchError, match="registered backend"):
         Tensor(object())
+
+
+def test_builtin_abs_of_a_tensor_is_differentiable(xp64: Any) -> None:
+    """``abs(t)`` works as on NumPy arrays and torch tensors: |x| forward, sign(x) backward."""
+    x = Tensor(xp64.asarray([-2.0, 0.5, 3.0]), requires_grad=True)
+    y = abs(x)
+    assert isinstance(y, Tensor)
+    y.sum().backward()
+    host = nb.registry.get(nb.registry.backend_of(y.data)).to_host
+    assert np.asarray(host(y.data)).tolist() == [2.0, 0.5, 3.0]
+    assert np.asarray(host(x.grad)).tolist() == [-1.0, 1.0, 1.0]

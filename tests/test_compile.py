@@ -225,6 +225,31 @@ def _wide_step() -> Any:
     return step
 
 
+def test_a_fresh_interpreter_records_twice_then_replays(run_python: Any):
+    """The first use of nnbackend reads the environment, which bumps the settings version
+    that a recording's signature holds. Where the compiled step is that first use (a Tensor
+    made from a NumPy array reads nothing), the environment is now read before the first
+    signature, so the second call is not a new signature (three recordings instead of two)."""
+    result = run_python(
+        """
+        import numpy as np
+        import nnbackend as nb
+        w = nb.Tensor(np.ones(3), requires_grad=True)
+        def step(x):
+            w.grad = None
+            loss = (w * x).sum()
+            loss.backward()
+            return loss
+        compiled = nb.compile_step(step)
+        for _ in range(4):
+            compiled(np.ones(3))
+        print(compiled.records, compiled.replays)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2", "2"]
+
+
 def test_a_replay_keeps_no_activations_between_steps():
     """After a step, eager holds nothing of its graph; a replay reuses the recorded nodes,
     and lets go of the large arrays their forward kept for backward (inputs, masks,

@@ -126,7 +126,11 @@ current_overrides = _context.get
 
 
 def settings_version() -> int:
-    """A number bumped on every process-wide settings change: caches keyed by it notice."""
+    """A number bumped on every process-wide settings change: caches keyed by it notice.
+    The environment is read first, so that its first reading (which bumps the number) does
+    not come between two lookups of one cache (a compiled step recorded a third time)."""
+    if not _Process.environment_read:
+        _read_environment()
     return _Process.version
 
 

@@ -295,6 +295,11 @@ class Tensor:
     def __neg__(self) -> Tensor:
         return _ops.neg(self)
 
+    def __abs__(self) -> Tensor:
+        """``abs(t)``: elementwise absolute value, as :meth:`abs` (NumPy arrays and torch
+        tensors support the builtin too)."""
+        return _F.abs(self)
+
     def __add__(self, other: Any) -> Tensor:
         return _ops.add(self, other)
 
