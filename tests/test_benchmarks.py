@@ -193,10 +193,13 @@ def test_process_harness_times_each_implementation_in_its_own_process() -> None:
     assert "tiny: torch step" in out["rows"]
 
 
-def test_process_harness_has_the_batch_sweep_and_the_zero_fault_rows() -> None:
+def test_process_harness_has_the_batch_sweep_and_the_zero_fault_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 19's rows: width 1024 at batches 1 to 16 (engine, hand, torch; engine / torch
     <= 1.5), width 2048 with its GEMM floors, and a zero page-fault target for the default
     engine on medium f32/f64, width 2048 and large, reported as missed when it faults."""
+    monkeypatch.syspath_prepend(str(ROOT))  # the pytest script, unlike python -m, adds no cwd
     from benchmarks import mlp_processes as mp
 
     for batch in (1, 2, 4, 8, 16):
