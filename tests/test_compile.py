@@ -34,6 +34,20 @@ def _data(n: int = 150, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((n, 2)), rng.integers(0, 3, n)
 
 
+def _step_of(model: Any, opt: Any) -> Any:
+    """One training step of ``model`` with ``opt`` on softmax cross-entropy, as users write it."""
+    loss_fn = nn.SoftmaxCrossEntropy()
+
+    def step(x: Any, t: Any) -> Any:
+        opt.zero_grad()
+        loss = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
 def _setup(backend: str, opt_name: str, dropout: bool) -> tuple[Any, Any, Any]:
     """A model, its optimizer and a one-step function on ``backend`` (same seed each time)."""
     with nb.using(backend=backend):
@@ -44,14 +58,7 @@ def _setup(backend: str, opt_name: str, dropout: bool) -> tuple[Any, Any, Any]:
         layers += [nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 3)]
         model = nn.Sequential(*layers)
     opt = OPTIMIZERS[opt_name](model.parameters())
-    loss_fn = nn.SoftmaxCrossEntropy()
-
-    def step(x: Any, t: Any) -> Any:
-        opt.zero_grad()
-        loss = loss_fn(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
+    step = _step_of(model, opt)
 
     return model, opt, step
 
@@ -106,14 +113,7 @@ def _sigmoid_net_run(dtype: str, compiled: bool, steps: int = 40) -> tuple[list[
         nb.random.seed(0)
         model = nn.Sequential(nn.Linear(2, 40), nn.Sigmoid(), nn.Linear(40, 3))
     opt = optim.SGD(model.parameters(), lr=0.5)
-    loss_fn = nn.SoftmaxCrossEntropy()
-
-    def step(xb: Any, tb: Any) -> Any:
-        opt.zero_grad()
-        loss = loss_fn(model(xb), tb)
-        loss.backward()
-        opt.step()
-        return loss
+    step = _step_of(model, opt)
 
     run = nb.compile_step(step) if compiled else step
     xs = x.astype(dtype)
@@ -213,14 +213,7 @@ def _wide_step() -> Any:
         nb.random.seed(0)
         model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 4))
     opt = optim.SGD(model.parameters(), lr=0.05)
-    loss_fn = nn.SoftmaxCrossEntropy()
-
-    def step(x: Any, t: Any) -> Any:
-        opt.zero_grad()
-        loss = loss_fn(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
+    step = _step_of(model, opt)
 
     return step
 
