@@ -480,3 +480,27 @@ def test_jax_dropout_masks_on_a_cpu_follow_the_host_stream() -> None:
     np.testing.assert_array_equal(masks[0], host)
     assert not np.array_equal(masks[0], masks[2])
     assert set(np.unique(masks[0])) == {0.0, 2.0}
+
+
+class _UnhashableDevice(str):
+    """A device object that compares but cannot be hashed, as ``cupy.cuda.Device``."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_constants_are_cached_per_device_even_for_an_unhashable_device() -> None:
+    """The root gradient's 1 (and ReLU's 0, the class range, conv's indices) are cached per
+    device; a CuPy device cannot be a dictionary key itself, so the key holds its repr."""
+    from nnbackend.backends.ops import device_key
+
+    device = _UnhashableDevice("cpu")
+    with pytest.raises(TypeError):
+        hash(device)
+    assert device_key(device) == repr(device) and device_key("cpu") == "cpu"
+    assert device_key(None) is None
+    xp = nb.namespace("numpy", "float32")
+    ops = ops_for(xp, xp.zeros(1))
+    first = ops.one(xp.float32, device)
+    again = ops.one(xp.float32, device)
+    assert float(first) == float(again) == 1.0 and first is not again  # copies of one cached
+    assert ops.lookup(("one", xp.float32, repr(device))) is not None

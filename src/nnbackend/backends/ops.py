@@ -31,7 +31,15 @@ from typing import Any
 
 from nnbackend.typing import Array, DType, Namespace
 
-__all__ = ["NATIVE", "Compute", "Ops", "lstm_cell", "lstm_cell_backward", "tanh_sigmoid"]
+__all__ = [
+    "NATIVE",
+    "Compute",
+    "Ops",
+    "device_key",
+    "lstm_cell",
+    "lstm_cell_backward",
+    "tanh_sigmoid",
+]
 
 
 # Below this many elements NumPy's own float16 arithmetic costs less than converting to
@@ -44,6 +52,12 @@ def _device_of(x: Any) -> Any:
     constants made for ``x`` go there, not to the backend's default device (a model moved to
     a second device, ``array_api_strict:device1`` or ``cuda:1``)."""
     return getattr(x, "device", None)
+
+
+def device_key(device: Any) -> Hashable:
+    """``device`` as part of a cache key: itself, or its ``repr`` where it cannot be hashed
+    (``cupy.cuda.Device`` defines ``__eq__`` without ``__hash__``)."""
+    return device if type(device).__hash__ is not None else repr(device)
 
 
 def _size(x: Any) -> int:
@@ -345,14 +359,11 @@ class Ops:
         """A new 0-d array holding 1 in ``dtype`` on ``device`` (the backend's default where
         ``None``): a copy of a cached one, kept per dtype and device (``astype`` copies; about
         0.13 us on NumPy against 1.06 us for ``xp.asarray(1.0, dtype=...)``)."""
-        key = ("one", dtype, device)
+        key = ("one", dtype, device_key(device))
         cached = self._cache.get(key)
         if cached is None:
             xp = self.xp
-            if device is None:
-                cached = self.cached(key, lambda: xp.asarray(1.0, dtype=dtype))
-            else:
-                cached = self.cached(key, lambda: xp.asarray(1.0, dtype=dtype, device=device))
+            cached = self.cached(key, lambda: xp.asarray(1.0, dtype=dtype, device=device))
         return self.astype(cached, dtype)
 
     def lookup(self, key: Hashable) -> Any:
@@ -528,7 +539,7 @@ class Ops:
         return xp.where(mask, x, x * slope)
 
     def _zero(self, dtype: Any, device: Any = None) -> Any:
-        key = ("zero", dtype, device)
+        key = ("zero", dtype, device_key(device))
         found = self._cache.get(key)
         if found is None:
             found = self.cached(key, lambda: self.xp.zeros((), dtype=dtype, device=device))

@@ -35,6 +35,7 @@ from typing import Any
 from nnbackend.autograd.function import Function
 from nnbackend.autograd.ops import cast, scatter_add_rows
 from nnbackend.autograd.tensor import Tensor
+from nnbackend.backends.ops import device_key
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
@@ -109,7 +110,7 @@ _INDEX_CACHE_SIZE = 64
 def _gather_indices(xp: Any, like: Any, geometry: tuple[int, ...]) -> Any:
     n, c, hp, wp, kh, kw, sh, sw, dh, dw, oh, ow = geometry
     device = getattr(like, "device", None)
-    key = (xp, device if type(device).__hash__ is not None else repr(device), geometry)
+    key = (xp, device_key(device), geometry)
     found = _index_cache.get(key)
     if found is None:
         i64 = xp.int64

@@ -26,7 +26,7 @@ from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function, as_array, spare_grad
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends.ops import NATIVE
+from nnbackend.backends.ops import NATIVE, device_key
 from nnbackend.errors import (
     ArgumentError,
     BackendError,
@@ -464,13 +464,7 @@ def _class_range(xp: Any, n_classes: int, labels: Any, ops: Any = None) -> Any:
     comparing with an array on another device would fail), kept by the backend's ops (where
     they may cache) per combination, not made once per step."""
     dtype, device = labels.dtype, getattr(labels, "device", None)
-    # cupy.cuda.Device defines __eq__ without __hash__: key such devices by their repr.
-    key = (
-        "class_range",
-        n_classes,
-        dtype,
-        device if type(device).__hash__ is not None else repr(device),
-    )
+    key = ("class_range", n_classes, dtype, device_key(device))
     if ops is None:
         ops = _ops(xp, labels)
     found = ops.lookup(key)  # the usual case: made before, no closure to build
