@@ -678,6 +678,10 @@ def _second_device_cases() -> dict[str, tuple[Callable[[], Any], Callable[..., A
             lambda: nn.Sequential(nn.Conv2d(6, 4, 2, stride=3), nn.Flatten(), nn.Linear(16, 3)),
             lambda m, x: ce(m, nb.to_device(nb.Tensor(np.ones((2, 6, 6, 6))), DEV1)),
         ),
+        "maximum": (
+            lambda: nn.Linear(6, 4),
+            lambda m, x: (fn.maximum(m(x), 0.1) + fn.minimum(0.2, m(x))).sum(),
+        ),
         "slices": (
             lambda: nn.Linear(6, 4),
             lambda m, x: (fn.concat([m(x)[:, 0, :2], m(x)[1:, 1, 2:]], axis=0) ** 2).sum(),

@@ -302,7 +302,7 @@ class _Extremum(Function):
         if type(a) in _SCALARS:
             a = xp.asarray(a, dtype=dtype, device=like.device)
         if type(b) in _SCALARS:
-            b = xp.asarray(b, dtype=dtype)
+            b = xp.asarray(b, dtype=dtype, device=like.device)
         win = (a > b) if self.larger else (a < b)
         self.wa = xp.astype(win, dtype) + 0.5 * xp.astype(a == b, dtype)
         return xp.maximum(a, b) if self.larger else xp.minimum(a, b)
