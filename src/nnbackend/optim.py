@@ -206,10 +206,7 @@ class Optimizer:
         ``backward`` to write into where nothing else refers to it
         (:meth:`nnbackend.Tensor.zero_grad`)."""
         for p in self.params:
-            g = p.grad
-            if g is not None:
-                p._spare = g
-                p.grad = None
+            p.zero_grad()
 
     @trace.recorded
     def step(self) -> None:
