@@ -204,6 +204,9 @@ def test_the_whole_step_refuses_a_bad_learning_rate_before_running(
     opt.lr = 0
     run(*batches[3])  # an int rate is a rate: the parameters stay (lr 0)
     assert opt.lr == 0.0 and type(opt.lr) is float
+    opt.lr = np.float32(0.0)  # a NumPy scalar is a rate too, as in the eager step()
+    run(*batches[3])
+    assert opt.lr == 0.0 and type(opt.lr) is float
     for b, p in zip(before, model.parameters(), strict=True):
         np.testing.assert_array_equal(host(p), b)
 

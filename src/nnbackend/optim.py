@@ -222,6 +222,11 @@ class Optimizer:
                 continue
             p.data = slot.ops.apply_update(rule, p.data, g, st, names, slot)
 
+    def _step_lr(self) -> float:
+        """``self.lr`` as :meth:`step` takes it (a float), or the ArgumentError it raises:
+        also what compile_step's jitted whole step checks before running."""
+        return _checked_lr(self)
+
     def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         """The update of one parameter: from its data ``p``, gradient ``g``, state ``st`` (a
         dict of arrays, updated by rebinding its entries) and ``slot`` (the ops and the eps

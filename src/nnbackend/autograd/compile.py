@@ -856,7 +856,7 @@ class _JitRecording:
     # -- around it -------------------------------------------------------------------------
     def run(self, *args: Any) -> Any:
         leaves, opts = self.leaves, self.opts
-        lrs = [_checked_lr(opt) for opt in opts]
+        lrs = [opt._step_lr() for opt in opts]
         static = tuple(
             tuple(getattr(opt, h) for h in opt.hyperparameters if h != "lr") for opt in opts
         )
@@ -902,14 +902,3 @@ def _wrap_out(out: Any) -> Any:
     if isinstance(out, tuple):
         return tuple(_wrap_out(o) for o in out)
     return Tensor._wrap(out, False)
-
-
-def _checked_lr(opt: Any) -> Any:
-    """``opt.lr`` checked as ``Optimizer.step`` checks it (a float >= 0, finite)."""
-    lr = opt.lr
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0.0 <= lr < math.inf:
-        raise ArgumentError(
-            f"{type(opt).__name__}.lr must be a finite number >= 0 at step(), got {lr!r}; set "
-            "it to a valid rate (e.g. opt.lr = 0.01) before the next step"
-        )
-    return float(lr)
