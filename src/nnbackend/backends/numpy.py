@@ -259,6 +259,13 @@ def kernels() -> dict[str, Any]:
     }
 
 
+# The lowest input of NumpyOps.sigmoid per dtype (``dtype.char``): exp(-x) stays finite there
+# (a little above -log of the largest value, for exp's own rounding).
+_SIGMOID_FLOOR = {
+    "f": -0.999 * math.log(3.4028234663852886e38),
+    "d": -0.999 * math.log(1.7976931348623157e308),
+}
+
 # Parameters of at least this many elements are updated through a scratch buffer: below
 # glibc's default mmap threshold (128 KiB) a temporary is cheap to allocate.
 _SCRATCH_MIN = 32768
@@ -341,6 +348,74 @@ class NumpyOps(Ops):
             return super().scatter_add(target, indices, values)
         self._np.add.at(target, indices, values)
         return target
+
+    # -- elementwise and per-row kernels: fewer calls for the same values ----------------------
+    def sigmoid(self, x: Any) -> Any:
+        """``1 / (1 + exp(-x))`` in five calls (the split form takes eight: 1.4 us of the
+        tiny step's 3.8), for float32 and float64 arrays; others take :meth:`Ops.sigmoid`.
+        ``x`` is first raised to the lowest value whose ``exp(-x)`` is finite (-88.6 in
+        float32, -708 in float64), so nothing overflows: results keep full relative
+        precision down to there and are that floor's subnormal value (3e-39 in float32,
+        1e-308 in float64) below it, where the split form's go on down to 0."""
+        floor = _SIGMOID_FLOOR.get(x.dtype.char)
+        if floor is None or x.ndim == 0:
+            return super().sigmoid(x)
+        np = self._np
+        e = np.maximum(x, floor)
+        np.negative(e, out=e)
+        np.exp(e, out=e)
+        e += 1.0
+        return np.reciprocal(e, out=e)
+
+    def row_max(self, x: Any) -> Any:
+        """Each row's maximum, (N, 1). Over a few columns of many rows, NumPy's reduction
+        runs a loop per row (12 us for 256 x 10): there it is one ``maximum`` per column
+        pair (6 us; 10 against 46 us for 1024 x 10), the very same values."""
+        n, c = x.shape
+        if not 2 <= c <= 64 or (c > 3 and n < 16 * c):
+            return self._np.maximum.reduce(x, axis=1, keepdims=True)
+        maximum, cols = self._np.maximum, x.T
+        m = maximum(cols[0], cols[1])
+        for j in range(2, c):
+            maximum(m, cols[j], out=m)
+        return m.reshape(n, 1)
+
+    def row_sum(self, x: Any) -> Any:
+        """Each row's sum, (N, 1): up to 256 columns of float32 or float64, one product with
+        a column of ones (BLAS: 1.5 against 6 us for 256 x 10, 0.9 against 1.6 for 30 x 3);
+        beyond, NumPy's pairwise sum, whose rounding error grows more slowly with the row."""
+        c = x.shape[1]
+        if c > 256 or x.dtype.char not in "fd":
+            return self._np.add.reduce(x, axis=1, keepdims=True)
+        key = ("ones_column", c, x.dtype)
+        ones = self._cache.get(key)
+        if ones is None:
+            ones = self.cached(key, lambda: self._np.ones((c, 1), dtype=x.dtype))
+        return x @ ones
+
+    def one_hot(self, labels: Any, n_classes: int, dtype: Any) -> tuple[Any, Any]:
+        """Up to 256 classes of float32 or float64: rows taken by ``label + 1`` from a cached
+        identity matrix between two rows of NaN, the index clipped, so that every label
+        outside ``[0, n_classes)`` takes a NaN row (one that wraps around in ``+ 1`` too).
+        Two calls (1 us for 30 labels) instead of a comparison, a conversion and a count
+        (2 us); the check is left to the caller (``None``): a bad label makes a sum over the
+        one-hot rows NaN."""
+        kind = labels.dtype.kind
+        dtype = self._np.dtype(dtype)  # also given as a type (xp.float32)
+        if n_classes > 256 or labels.ndim != 1 or kind not in "iu" or dtype.char not in "fd":
+            return super().one_hot(labels, n_classes, dtype)
+        key = ("one_hot_rows", n_classes, dtype)
+        table = self._cache.get(key)
+        if table is None:
+            np = self._np
+
+            def make() -> Any:
+                rows = np.full((n_classes + 2, n_classes), np.nan, dtype=dtype)
+                rows[1:-1] = np.eye(n_classes, dtype=dtype)
+                return rows
+
+            table = self.cached(key, make)
+        return table.take(labels + 1, axis=0, mode="clip"), None
 
     def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
         """``y -= a * x`` in place; ``a * x`` goes to a scratch buffer kept across steps for

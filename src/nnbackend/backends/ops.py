@@ -561,6 +561,70 @@ class Ops:
             gain = self.add_(self.mul_(gain, 1.0 - slope), slope)
         return self.mul_(gain, gy)
 
+    def sigmoid(self, x: Array) -> Array:
+        """``1 / (1 + exp(-x))`` in the split form: with ``e = exp(-|x|)`` (never above 1,
+        so it never overflows, even in float16), ``1 / (1 + e)`` for ``x >= 0`` and
+        ``e / (1 + e)`` for ``x < 0``. Both keep full relative precision: the
+        ``0.5 * tanh(x / 2) + 0.5`` form loses it for negative ``x`` (2.6% at x = -15 in
+        float32) and gives 0 where the result is still representable.
+
+        The numerator is ``maximum(e, x >= 0)`` (1 where ``x >= 0``, since ``e <= 1``), not
+        a ``where``: a ``where`` is a branchy loop on some libraries (NumPy's: ten times
+        slower on random signs)."""
+        xp = self.xp
+        e = xp.exp(-xp.abs(x))
+        upper = x >= 0
+        if type(upper) is not type(x):  # a numpy.bool for a 0-d x
+            upper = self.asarray(upper)
+        return xp.maximum(e, self.astype(upper, x.dtype)) / (1.0 + e)
+
+    # -- per-row reductions and labels (softmax and its losses) -------------------------------
+    def row_max(self, x: Array) -> Array:
+        """The maximum of each row of a 2-D ``x``, shape (N, 1)."""
+        return self.max(x, axis=1, keepdims=True)
+
+    def row_sum(self, x: Array) -> Array:
+        """The sum of each row of a 2-D ``x``, shape (N, 1)."""
+        return self.sum(x, axis=1, keepdims=True)
+
+    def class_range(self, n_classes: int, labels: Array) -> Array:
+        """``arange(n_classes)`` in the integer ``labels``' dtype, on their device (a GPU's
+        own one: comparing with an array on another device would fail), kept per
+        combination instead of made once per step. Raises :class:`~nnbackend.errors.DtypeError`
+        for labels that are not integers."""
+        dtype, device = labels.dtype, _device_of(labels)
+        key = ("class_range", n_classes, dtype, device_key(device))
+        found = self._cache.get(key)  # the usual case: made before, no closure to build
+        if found is not None:
+            return found
+        xp = self.xp
+        if not xp.isdtype(dtype, "integral"):
+            from nnbackend.errors import DtypeError
+
+            raise DtypeError(f"class labels must be integers, got {dtype}")
+        return self.cached(key, lambda: xp.arange(n_classes, dtype=dtype, device=device))
+
+    def one_hot(self, labels: Array, n_classes: int, dtype: DType) -> tuple[Array, Any]:
+        """The one-hot rows (N, ``n_classes``) in ``dtype`` of the integer ``labels`` (N,),
+        and whether some label lies outside ``[0, n_classes)``: ``True`` or ``False`` where
+        the labels live on the host (their count of hits is free to read), else a 0-d
+        boolean array (reading it would synchronise a device each step; the caller turns the
+        loss NaN with it). An out-of-range label gets a row of zeros here; a backend may
+        instead give it a row of NaN and return ``None``: not checked, a sum over the rows
+        is then NaN and the caller checks the labels (:meth:`labels_in_range`)."""
+        hit = labels[:, None] == self.class_range(n_classes, labels)
+        onehot = self.astype(hit, dtype)
+        n = labels.shape[0]
+        if self.on_host(labels):
+            return onehot, int(self.count_nonzero(hit)) != n
+        return onehot, self.sum(onehot, axis=None) != float(n)
+
+    def labels_in_range(self, labels: Array, n_classes: int) -> bool:
+        """Whether every label lies in ``[0, n_classes)`` (reads the labels: on a device, a
+        synchronisation)."""
+        found = self.host_copy(labels)
+        return bool(((found >= 0) & (found < n_classes)).all())
+
     # -- updates ---------------------------------------------------------------------------
     def update(self, old: Any, new: Any) -> Any:
         """``new`` stored as ``old``'s value: written into ``old`` (and ``old`` returned)

@@ -23,10 +23,10 @@ from typing import Any
 from nnbackend import config
 from nnbackend.autograd import functions as _F
 from nnbackend.autograd import ops
-from nnbackend.autograd.function import Function, as_array, spare_grad
+from nnbackend.autograd.function import Function, spare_grad
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends.ops import NATIVE, device_key
+from nnbackend.backends.ops import NATIVE
 from nnbackend.errors import (
     ArgumentError,
     BackendError,
@@ -310,24 +310,6 @@ def _loss_inputs(y: Any, t: Any) -> tuple[Any, Any]:
     return y, t
 
 
-def _sigmoid_arrays(xp: Any, x: Any, ops: Any = None) -> Any:
-    """``1 / (1 + exp(-x))`` in the split form: with ``e = exp(-|x|)`` (never above 1, so it
-    never overflows, even in float16), ``1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` for
-    ``x < 0``. Both keep full relative precision: the ``0.5 * tanh(x / 2) + 0.5`` form loses
-    it for negative ``x`` (2.6% at x = -15 in float32) and gives 0 where the result is still
-    representable.
-
-    The numerator is ``maximum(e, x >= 0)`` (1 where ``x >= 0``, since ``e <= 1``), not a
-    ``where``: NumPy's ``where`` runs a branchy loop, ten times slower on random signs."""
-    e = xp.exp(-xp.abs(x))
-    upper = x >= 0
-    if type(upper) is not type(x):  # a numpy.bool for a 0-d x
-        upper = as_array(xp, upper)
-    if ops is None:
-        ops = ops_for(xp, x)
-    return xp.maximum(e, ops.astype(upper, x.dtype)) / (1.0 + e)
-
-
 class Sigmoid(Function):
     grad_may_alias = False
     trusted_grads = True
@@ -342,9 +324,9 @@ class Sigmoid(Function):
         compiled step's replays keep (see :attr:`Function.replay_forward`)."""
         c = self.c
         if c is NATIVE:  # the usual case: no conversions (and no calls to make none)
-            self.y = y = _sigmoid_arrays(self.xp, x, self.ops)
+            self.y = y = self.ops.sigmoid(x)
             return y
-        self.y = y = _sigmoid_arrays(self.xp, c.widen(x), self.ops)
+        self.y = y = self.ops.sigmoid(c.widen(x))
         return c.narrow(y)
 
     def backward(self, gy: Any) -> Any:
@@ -355,8 +337,10 @@ class Sigmoid(Function):
 
 
 def sigmoid(x: Any) -> Tensor:
-    """``1 / (1 + exp(-x))``, computed from ``exp(-|x|)`` so that it never overflows (also in
-    float16) and keeps its relative precision for large negative ``x``."""
+    """``1 / (1 + exp(-x))``, computed so that it never overflows (also in float16) and keeps
+    its relative precision for large negative ``x`` (:meth:`Ops.sigmoid
+    <nnbackend.backends.ops.Ops.sigmoid>`; NumPy's float32 and float64 give a subnormal floor
+    below -88.6 and -708, where the exact values are subnormal too)."""
     return Sigmoid()(x)
 
 
@@ -459,26 +443,6 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     return LogSoftmax(axis)(x)
 
 
-def _class_range(xp: Any, n_classes: int, labels: Any, ops: Any = None) -> Any:
-    """``arange(n_classes)`` in the labels' dtype, on the labels' device (a GPU's own one:
-    comparing with an array on another device would fail), kept by the backend's ops (where
-    they may cache) per combination, not made once per step."""
-    dtype, device = labels.dtype, getattr(labels, "device", None)
-    key = ("class_range", n_classes, dtype, device_key(device))
-    if ops is None:
-        ops = _ops(xp, labels)
-    found = ops.lookup(key)  # the usual case: made before, no closure to build
-    if found is not None:
-        return found
-
-    def make() -> Any:  # the dtype check runs only on a cache miss, not every step
-        if not xp.isdtype(dtype, "integral"):
-            raise DtypeError(f"class labels must be integers, got {dtype}")
-        return xp.arange(n_classes, dtype=dtype, device=device)
-
-    return ops.cached(key, make)
-
-
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
     found = _ops(backend_for(labels)[0], labels).host_copy(labels)
     wrong = found[(found < 0) | (found >= n_classes)]
@@ -488,17 +452,33 @@ def _bad_labels(labels: Any, n_classes: int) -> LabelError:
     )
 
 
-def _labels_out_of_range(k: Any, labels: Any, hit: Any, onehot: Any, n: int, c: int) -> Any:
-    """Whether some of the ``n`` labels fall outside ``[0, c)``, from their one-hot ``hit``
-    (bool) and ``onehot`` (the same in the logits' dtype): every label in range <=> exactly
-    ``n`` hits. Reading that count is free where the arrays
-    live on the host: a :class:`LabelError` then, and None. On a device it would sync, so a 0-d
-    flag comes back instead, and the caller turns the loss NaN with it."""
-    if k.on_host(labels):
-        if int(k.count_nonzero(hit)) != n:  # NumPy: 0.5 us, a float sum: 1.4 us
-            raise _bad_labels(labels, c)
-        return None
-    return k.sum(onehot, axis=None) != float(n)
+def _one_hot(k: Any, labels: Any, n_classes: int, dtype: Any) -> tuple[Any, Any]:
+    """The one-hot rows of integer ``labels`` in ``dtype`` (:meth:`Ops.one_hot`), and what
+    is left to check: None where every label lies in ``[0, n_classes)``; a label outside
+    raises :class:`LabelError` where the labels live on the host. On a device, where
+    reading the check would sync, a 0-d flag comes back instead, and the caller turns the
+    loss NaN with it; where the ops left the check to the loss (their rows of NaN for bad
+    labels), ``labels`` comes back: a NaN loss is then checked by :func:`_check_labels`."""
+    onehot, bad = k.one_hot(labels, n_classes, dtype)
+    if bad is False:
+        return onehot, None
+    if bad is True:
+        raise _bad_labels(labels, n_classes)
+    return onehot, labels if bad is None else bad
+
+
+def _checked_loss(k: Any, invalid: Any, labels: Any, n_classes: int, loss: Any) -> Any:
+    """``loss`` after the labels' check :func:`_one_hot` left: NaN where a device's flag
+    says a label is out of range; where the one-hot rows were left unchecked (``invalid``
+    is the labels), a NaN loss from a bad label raises :class:`LabelError` (a NaN from the
+    logits stays the loss)."""
+    if invalid is None:
+        return loss
+    if invalid is labels:
+        if loss != loss and not k.labels_in_range(labels, n_classes):
+            raise _bad_labels(labels, n_classes)
+        return loss
+    return k.xp.where(invalid, float("nan"), loss)
 
 
 class SoftmaxCrossEntropy(Function):
@@ -524,17 +504,15 @@ class SoftmaxCrossEntropy(Function):
             x = cm.widen(x)
             if t.dtype == cm.store:  # float16 targets of float16 logits
                 t = cm.widen(t)
-        z = x - k.max(x, axis=1, keepdims=True)
+        z = x - k.row_max(x)
         e = xp.exp(z)
-        s = k.sum(e, axis=1, keepdims=True)
+        s = k.row_sum(e)
         self.p = e / s
         log_s = xp.log(s)
         invalid = None
         rows_sum_to_one = self.rows_sum_to_one = t.ndim == 1
         if rows_sum_to_one:
-            hit = t[:, None] == _class_range(xp, c, t, k)
-            labels, t = t, k.astype(hit, x.dtype)
-            invalid = _labels_out_of_range(k, labels, hit, t, n, c)
+            labels, (t, invalid) = t, _one_hot(k, t, c, x.dtype)
         elif tuple(t.shape) != (n, c):
             raise ShapeError(
                 f"softmax_cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
@@ -550,7 +528,7 @@ class SoftmaxCrossEntropy(Function):
         else:
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if invalid is not None:
-            loss = xp.where(invalid, float("nan"), loss)
+            loss = _checked_loss(k, invalid, labels, c, loss)
         return cm.narrow(loss) if cm.wide else loss
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
@@ -585,18 +563,16 @@ class MaskedSoftmaxCrossEntropy(Function):
 
     def forward(self, x: Any, t: Any) -> Any:
         xp = self.xp
-        n, c = x.shape
+        c = x.shape[1]
         k = self.k = _ops(xp, x)
         cm = self.c = k.compute(x)
         x = cm.widen(x)
         valid = t != self.ignore_index
         safe = xp.where(valid, t, xp.zeros_like(t))
-        hit = safe[:, None] == _class_range(xp, c, t)
-        onehot = k.astype(hit, x.dtype)
-        invalid = _labels_out_of_range(k, safe, hit, onehot, n, c)
-        z = x - k.max(x, axis=1, keepdims=True)
+        onehot, invalid = _one_hot(k, safe, c, x.dtype)
+        z = x - k.row_max(x)
         e = xp.exp(z)
-        s = k.sum(e, axis=1, keepdims=True)
+        s = k.row_sum(e)
         mask = k.astype(valid, x.dtype)
         # max(count, 1): a batch of ignored labels only has loss 0 and gradient 0, not NaN.
         count = xp.maximum(k.sum(mask, axis=None), xp.ones((), dtype=x.dtype, device=x.device))
@@ -604,7 +580,7 @@ class MaskedSoftmaxCrossEntropy(Function):
         self.p, self.onehot, self.mask, self.count = e / s, onehot, mask, count
         loss = k.sum(rows * mask, axis=None) / count
         if invalid is not None:
-            loss = xp.where(invalid, float("nan"), loss)
+            loss = _checked_loss(k, invalid, safe, c, loss)
         return cm.narrow(loss)
 
     def backward(self, gy: Any) -> tuple[Any, None]:
