@@ -198,3 +198,57 @@ def test_softmax_cross_entropy_matches_the_formula(n: int, c: int, seed: int, dt
     grad = np.exp(logp)
     grad[np.arange(n), labels] -= 1.0
     np.testing.assert_allclose(x.grad, grad / n, rtol=rtol * 10, atol=rtol)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 3), (2, 64, 8), (6, 2)])
+def test_row_kernels_reduce_the_last_axis_of_any_array(xp: Any, shape: tuple[int, ...]) -> None:
+    ops = _ops(xp)
+    values = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+    for a in (values, np.swapaxes(values, 0, 1)):  # contiguous, and a transposed view
+        x = xp.asarray(a)
+        np.testing.assert_array_equal(_host(ops, ops.row_max(x)), a.max(axis=-1, keepdims=True))
+        np.testing.assert_allclose(
+            _host(ops, ops.row_sum(x)), a.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1, 2])
+def test_softmax_and_log_softmax_along_each_axis(xp64: Any, axis: int) -> None:
+    values = np.random.default_rng(axis + 5).normal(scale=3.0, size=(3, 40, 4))
+    gy = np.random.default_rng(axis + 9).normal(size=values.shape)
+    shifted = values - values.max(axis=axis, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=axis, keepdims=True)
+    for fn, want, grad in (
+        (F.softmax, p, p * (gy - (gy * p).sum(axis=axis, keepdims=True))),
+        (F.log_softmax, np.log(p), gy - p * gy.sum(axis=axis, keepdims=True)),
+    ):
+        x = nb.Tensor(xp64.asarray(values), requires_grad=True)
+        y = fn(x, axis=axis)
+        y.backward(xp64.asarray(gy))
+        ops = _ops(xp64)
+        np.testing.assert_allclose(_host(ops, y.data), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(_host(ops, x.grad), grad, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_a_compiled_step_with_softmax_replays(axis: int) -> None:
+    """The node keeps no per-call objects in its settings: two recordings agree, and the
+    third call replays (no CompileWarning), equal to the eager step."""
+    xp = nb.namespace("numpy", "float64")
+    w = nb.Tensor(xp.asarray(np.random.default_rng(1).normal(size=(4, 4))), requires_grad=True)
+    x = xp.asarray(np.random.default_rng(2).normal(size=(6, 4)))
+
+    def step(a: Any) -> Any:
+        w.grad = None
+        loss = (F.log_softmax(a @ w, axis=axis) * F.softmax(a @ w, axis=axis)).sum()
+        loss.backward()
+        return loss
+
+    compiled = nb.compile_step(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses = [float(compiled(x).item()) for _ in range(3)]
+    assert compiled.replays == 1
+    grad = w.grad.copy()
+    assert losses[0] == losses[2] == float(step(x).item())
+    np.testing.assert_array_equal(grad, w.grad)

@@ -580,12 +580,14 @@ class Ops:
 
     # -- per-row reductions and labels (softmax and its losses) -------------------------------
     def row_max(self, x: Array) -> Array:
-        """The maximum of each row of a 2-D ``x``, shape (N, 1)."""
-        return self.max(x, axis=1, keepdims=True)
+        """The maximum along the last axis of ``x`` (two or more axes), the axis kept: shape
+        (..., 1)."""
+        return self.max(x, axis=-1, keepdims=True)
 
     def row_sum(self, x: Array) -> Array:
-        """The sum of each row of a 2-D ``x``, shape (N, 1)."""
-        return self.sum(x, axis=1, keepdims=True)
+        """The sum along the last axis of ``x`` (two or more axes), the axis kept: shape
+        (..., 1)."""
+        return self.sum(x, axis=-1, keepdims=True)
 
     def class_range(self, n_classes: int, labels: Array) -> Array:
         """``arange(n_classes)`` in the integer ``labels``' dtype, on their device (a GPU's

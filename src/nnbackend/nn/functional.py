@@ -389,26 +389,38 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
     return LeakyReLU(negative_slope)(x)
 
 
-class Softmax(Function):
-    grad_may_alias = False
-    trusted_grads = True
+class _AlongAxis(Function):
+    """A node reducing along ``axis`` with the axis kept: through the ops' per-row kernels
+    (:meth:`Ops.row_max`, :meth:`Ops.row_sum`) where ``axis`` is the last of two or more."""
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
+
+    def _top(self, x: Any) -> Any:
+        self.rows = x.ndim >= 2 and self.axis in (-1, x.ndim - 1)
+        return self.k.row_max(x) if self.rows else self.k.max(x, axis=self.axis, keepdims=True)
+
+    def _total(self, x: Any) -> Any:
+        return self.k.row_sum(x) if self.rows else self.k.sum(x, axis=self.axis, keepdims=True)
+
+
+class Softmax(_AlongAxis):
+    grad_may_alias = False
+    trusted_grads = True
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
         k = self.k = _ops(xp, x)
         c = self.c = k.compute(x)  # many passes: always worth widening
         x = c.widen(x)
-        e = xp.exp(x - k.max(x, axis=self.axis, keepdims=True))
-        self.y = e / k.sum(e, axis=self.axis, keepdims=True)
+        e = xp.exp(x - self._top(x))
+        self.y = e / self._total(e)
         return c.narrow(self.y)
 
     def backward(self, gy: Any) -> Any:
-        y, k, c = self.y, self.k, self.c
+        y, c = self.y, self.c
         gy = c.widen(gy)
-        return c.narrow(y * (gy - k.sum(gy * y, axis=self.axis, keepdims=True)))
+        return c.narrow(y * (gy - self._total(gy * y)))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
@@ -416,26 +428,23 @@ def softmax(x: Any, axis: int = -1) -> Tensor:
     return Softmax(axis)(x)
 
 
-class LogSoftmax(Function):
+class LogSoftmax(_AlongAxis):
     grad_may_alias = False
     trusted_grads = True
-
-    def __init__(self, axis: int) -> None:
-        self.axis = axis
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
         k = self.k = _ops(xp, x)
         c = self.c = k.compute(x)  # many passes: always worth widening
         x = c.widen(x)
-        z = x - k.max(x, axis=self.axis, keepdims=True)
-        self.y = z - xp.log(k.sum(xp.exp(z), axis=self.axis, keepdims=True))
+        z = x - self._top(x)
+        self.y = z - xp.log(self._total(xp.exp(z)))
         return c.narrow(self.y)
 
     def backward(self, gy: Any) -> Any:
-        xp, k, c = self.xp, self.k, self.c
+        xp, c = self.xp, self.c
         gy = c.widen(gy)
-        return c.narrow(gy - xp.exp(self.y) * k.sum(gy, axis=self.axis, keepdims=True))
+        return c.narrow(gy - xp.exp(self.y) * self._total(gy))
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
