@@ -389,9 +389,13 @@ def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
     return LeakyReLU(negative_slope)(x)
 
 
-class _AlongAxis(Function):
-    """A node reducing along ``axis`` with the axis kept: through the ops' per-row kernels
-    (:meth:`Ops.row_max`, :meth:`Ops.row_sum`) where ``axis`` is the last of two or more."""
+class _AlongAxis:
+    """What a node reducing along ``axis`` with the axis kept mixes in: the reductions, through
+    the ops' per-row kernels (:meth:`Ops.row_max`, :meth:`Ops.row_sum`) where ``axis`` is the
+    last of two or more."""
+
+    k: Any  # the node's ops, set by its forward
+    rows: bool
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
@@ -404,7 +408,7 @@ class _AlongAxis(Function):
         return self.k.row_sum(x) if self.rows else self.k.sum(x, axis=self.axis, keepdims=True)
 
 
-class Softmax(_AlongAxis):
+class Softmax(_AlongAxis, Function):
     grad_may_alias = False
     trusted_grads = True
 
@@ -428,7 +432,7 @@ def softmax(x: Any, axis: int = -1) -> Tensor:
     return Softmax(axis)(x)
 
 
-class LogSoftmax(_AlongAxis):
+class LogSoftmax(_AlongAxis, Function):
     grad_may_alias = False
     trusted_grads = True
 
