@@ -315,6 +315,12 @@ class NumpyOps(Ops):
             return None
         return spare
 
+    def out_array(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """``np.empty(shape, dtype)`` for the sizes :meth:`reuse` takes, else ``None``."""
+        if not self.inplace or not self.may_cache or math.prod(shape) < _SCRATCH_MIN:
+            return None
+        return self._np.empty(shape, dtype=dtype)
+
     def _probe_references(self) -> int:
         # The reference count reuse() sees for an array that only its caller's local holds:
         # measured with the very same call shape (a local, a method, _references), so the

@@ -332,6 +332,14 @@ class Ops:
         holds it, its memory included. The default never reuses: the caller allocates."""
         return None
 
+    def out_array(self, shape: tuple[int, ...], dtype: DType) -> Array | None:
+        """A new array of ``shape`` and ``dtype`` for a result to be written into with
+        ``matmul(out=)`` where that result would otherwise be a view of another array (a
+        product reshaped to a weight's shape): an array that owns its memory can be
+        reused in the next step (:meth:`reuse`), a view cannot. ``None`` where :meth:`reuse` never
+        says yes (the default): the caller allocates as usual."""
+        return None
+
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """``target`` with ``values[i]`` added into the row ``indices[i]``, repeated indices
         accumulating; returns the result (``target`` itself where written in place). The
