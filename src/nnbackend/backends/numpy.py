@@ -381,7 +381,7 @@ class NumpyOps(Ops):
     def _temp(self, like: Any, slot: int) -> Any:
         """Scratch buffer ``slot`` as an array of ``like``'s shape and dtype (its old values
         are garbage; the caller overwrites it)."""
-        key = (like.dtype, slot)
+        key = like.dtype if slot == 0 else (like.dtype, slot)  # slot 0: sub_scaled_'s buffer
         n = like.size
         flat = self._scratch.get(key)
         if flat is None or flat.shape[0] < n:
