@@ -8,6 +8,7 @@ NumPy step on a large parameter allocates nothing of the parameter's size."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tracemalloc
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import pytest
 import nnbackend as nb
 from nnbackend import nn, optim, registry
 from nnbackend.backends.numpy import _SCRATCH_MIN
+from nnbackend.namespace import ops_for
 
 # A 0-d, a small and a large parameter (the large one takes NumPy's scratch buffers).
 SHAPES = [(), (3, 2), (_SCRATCH_MIN // 8 + 3, 8)]
@@ -158,3 +160,78 @@ def test_a_steady_state_step_allocates_no_parameter_sized_array(case: str, dtype
         assert p.data is data
         for name in opt.state_names:
             assert opt.state[0][name] is state[name]  # updated in place, never rebound
+
+
+# Each primitive against its formula on NumPy, small (generic path) and large (scratch path):
+# (call, formula, the arrays it may write: the first argument only).
+def _primitive_cases(ops: Any, a: Any, b: Any, c: Any) -> list[tuple[str, Any, Any]]:
+    h = np.abs(c)
+    return [
+        ("add_scaled_", lambda: ops.add_scaled_(a, 0.3, b), lambda: a + 0.3 * b),
+        (
+            "add_scaled_square_",
+            lambda: ops.add_scaled_square_(a, 0.3, b),
+            lambda: a + 0.3 * (b * b),
+        ),
+        ("add_scaled_square_ None", lambda: ops.add_scaled_square_(a, None, b), lambda: a + b * b),
+        ("add_scaled_diff_", lambda: ops.add_scaled_diff_(a, 0.1, b), lambda: a + 0.1 * (b - a)),
+        (
+            "add_scaled_diff_ square",
+            lambda: ops.add_scaled_diff_(a, 0.1, b, square=True),
+            lambda: a + 0.1 * (b * b - a),
+        ),
+        ("sub_times_", lambda: ops.sub_times_(a, 0.3, b), lambda: a - 0.3 * b),
+        (
+            "sub_scaled_sum_",
+            lambda: ops.sub_scaled_sum_(a, 0.3, b, 0.9, c),
+            lambda: a - 0.3 * (b + 0.9 * c),
+        ),
+        (
+            "sub_scaled_ratio_",
+            lambda: ops.sub_scaled_ratio_(a, 0.3, b, h, 1.7, 1e-8),
+            lambda: a - 0.3 * b / (np.sqrt(h) * 1.7 + 1e-8),
+        ),
+        (
+            "sub_scaled_ratio_ None",
+            lambda: ops.sub_scaled_ratio_(a, 0.3, b, h, None, 1e-8),
+            lambda: a - 0.3 * b / (np.sqrt(h) + 1e-8),
+        ),
+        ("scaled_sum", lambda: ops.scaled_sum(b, 0.3, c), lambda: b + 0.3 * c),
+    ]
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+@pytest.mark.parametrize("shape", [(3, 2), (_SCRATCH_MIN // 8 + 3, 8)])
+def test_each_primitive_is_its_formula_in_place_or_rebound(
+    inplace: bool, shape: tuple[int, ...]
+) -> None:
+    record = registry.get("numpy")
+    if not inplace:  # the record forbids writes: every primitive returns a new array
+        registry.register_backend(
+            dataclasses.replace(
+                record, capabilities=dataclasses.replace(record.capabilities, inplace=False)
+            ),
+            replace=True,
+        )
+    try:
+        xp = nb.namespace("numpy")
+        ops = ops_for(xp, xp.zeros(1))
+        assert ops.inplace is inplace
+        rng = np.random.default_rng(4)
+        originals = [rng.standard_normal(shape) for _ in range(3)]
+        count = len(_primitive_cases(ops, *originals))
+        for i in range(count):
+            a, b, c = (o.copy() for o in originals)
+            name, call, formula = _primitive_cases(ops, a, b, c)[i]
+            want = formula()
+            got = call()
+            np.testing.assert_array_equal(got, want, err_msg=name)
+            # Only the updated array (the first argument) is written, and only in place.
+            writes_a = inplace and name != "scaled_sum"
+            assert (got is a) is writes_a, name
+            np.testing.assert_array_equal(b, originals[1], err_msg=name)
+            np.testing.assert_array_equal(c, originals[2], err_msg=name)
+            if not writes_a:
+                np.testing.assert_array_equal(a, originals[0], err_msg=name)
+    finally:
+        registry.register_backend(record, replace=True)
