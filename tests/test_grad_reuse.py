@@ -12,6 +12,7 @@ import weakref
 from typing import Any
 
 import numpy as np
+import pytest
 
 import nnbackend as nb
 from nnbackend import nn, optim, registry
@@ -175,3 +176,102 @@ def test_linear_and_relu_write_only_into_their_own_new_arrays(xp: Any, dtype: st
             np.testing.assert_array_equal(_host(leaf.grad), gy * factors)
     for original, array in zip((x, w, b, gy), (xa, wa, ba, gya), strict=True):
         np.testing.assert_array_equal(_host(array), original)
+
+
+# Convolution, Embedding and the recurrent layers write their weight gradients into the
+# spare too (2026-12-01 (2)): each weight below has at least _SCRATCH_MIN elements.
+LAYERS: dict[str, tuple[Any, tuple[int, ...]]] = {
+    "conv": (lambda: nn.Conv2d(32, 128, 3), (2, 32, 5, 5)),
+    "conv_groups": (lambda: nn.Conv2d(64, 128, 3, groups=2), (2, 64, 5, 5)),
+    "conv_transpose": (lambda: nn.ConvTranspose2d(128, 32, 3), (2, 128, 3, 3)),
+    "embedding": (lambda: nn.Embedding(1000, 40), (4, 6)),
+    "rnn": (lambda: nn.RNN(200, 200), (2, 3, 200)),
+    "lstm": (lambda: nn.LSTM(100, 100), (2, 3, 100)),
+    "gru": (lambda: nn.GRU(110, 110), (2, 3, 110)),
+}
+
+
+def _big_weights(module: nn.Module) -> list[Any]:
+    return [p for p in module.parameters() if p.size >= _SCRATCH_MIN]
+
+
+def _layer(xp: Any, dtype: str, name: str) -> nn.Module:
+    rng = np.random.default_rng(5)
+    module = LAYERS[name][0]()
+    for p in module.parameters():
+        p.data = xp.asarray((0.1 * rng.standard_normal(tuple(p.shape))).astype(dtype))
+    assert len(_big_weights(module)) == (2 if name in ("rnn", "lstm", "gru") else 1)
+    return module
+
+
+def _layer_backward(module: nn.Module, xp: Any, dtype: str, name: str, k: int) -> None:
+    rng = np.random.default_rng(200 + k)
+    shape = LAYERS[name][1]
+    if name == "embedding":  # repeated rows: their gradients add up in the scatter
+        x = xp.asarray(rng.integers(0, 50, shape))
+    else:
+        x = xp.asarray(rng.standard_normal(shape).astype(dtype))
+    out = module(x)
+    y = out[0] if isinstance(out, tuple) else out
+    target = xp.asarray(rng.standard_normal(tuple(y.shape)).astype(dtype))
+    nn.MSELoss()(y, target).backward()
+
+
+LAYER_NAMES = sorted(LAYERS)
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_layer_weight_gradients_are_reused_across_steps(name: str) -> None:
+    with nb.using(backend="numpy", dtype="float32"):
+        xp = nb.namespace()
+        module = _layer(xp, "float32", name)
+        opt = optim.SGD(module.parameters(), lr=0.01)
+        refs: list[list[Any]] = []
+        for k in range(3):
+            opt.zero_grad()
+            _layer_backward(module, xp, "float32", name, k)
+            refs.append([weakref.ref(p.grad) for p in _big_weights(module)])
+            opt.step()
+        for step in refs[1:]:
+            for first, later in zip(refs[0], step, strict=True):
+                assert later() is first() is not None
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_a_layer_gradient_the_user_kept_is_never_written_into(xp64: Any, name: str) -> None:
+    module = _layer(xp64, "float64", name)
+    opt = optim.SGD(module.parameters(), lr=0.01)
+    kept = []
+    for k in range(3):
+        opt.zero_grad()
+        _layer_backward(module, xp64, "float64", name, k)
+        kept += [(p.grad, _host(p.grad)) for p in _big_weights(module)]
+        opt.step()
+    for g, values in kept:
+        np.testing.assert_array_equal(_host(g), values)
+
+
+def _train_layer(xp: Any, dtype: str, name: str, reuse: bool, steps: int = 3) -> list[Any]:
+    module = _layer(xp, dtype, name)
+    opt = optim.SGD(module.parameters(), lr=0.01)
+    params = list(module.parameters())
+    for k in range(steps):
+        if reuse:
+            opt.zero_grad()
+        else:
+            for p in params:
+                p.grad = None
+        _layer_backward(module, xp, dtype, name, k)
+        if k == steps - 1:  # accumulation over two backward calls, into a reused array
+            _layer_backward(module, xp, dtype, name, k + 1)
+        opt.step()
+    return [_host(p.data) for p in params] + [_host(p.grad) for p in params]
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_layer_results_are_bit_equal_with_and_without_reuse(xp: Any, dtype: str, name: str) -> None:
+    reused = _train_layer(xp, dtype, name, reuse=True)
+    fresh = _train_layer(xp, dtype, name, reuse=False)
+    for a, b in zip(reused, fresh, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)

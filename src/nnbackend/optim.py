@@ -5,7 +5,10 @@ Every optimizer updates each parameter in its own dtype: hyperparameters are Pyt
 backend supports in-place writes parameters and state are updated in place; elsewhere
 ``param.data`` is rebound to the new array: each rule is written once, with the update
 primitives of the backend's ops (:class:`nnbackend.backends.ops.Ops`: ``add_``, ``sub_``,
-``mul_``, ``sub_scaled_``), which decide. Parameters whose ``.grad`` is ``None`` are skipped.
+``mul_``, ``sub_scaled_``, ``add_scaled_``, ``sub_scaled_ratio_``, ...), which decide; NumPy
+computes their temporaries in scratch buffers kept across steps, so a steady-state step
+allocates no parameter-sized arrays (the same operations in the same order: the same bits).
+Parameters whose ``.grad`` is ``None`` are skipped.
 Nothing here reads an array back to the host.
 
 Float16 parameters where the backend computes float16 in float32 (NumPy on a CPU, whose float16
@@ -411,7 +414,7 @@ class Momentum(Optimizer):
         ops, mu = slot.ops, self.momentum
         b = _zeros_state(st, "momentum_buffer", p, slot.xp)
         b = st["momentum_buffer"] = ops.add_(ops.mul_(b, mu), g)
-        return ops.sub_(p, self.lr * b)
+        return ops.sub_times_(p, self.lr, b)
 
 
 class Nesterov(Momentum):
@@ -422,7 +425,7 @@ class Nesterov(Momentum):
         ops, mu = slot.ops, self.momentum
         b = _zeros_state(st, "momentum_buffer", p, slot.xp)
         b = st["momentum_buffer"] = ops.add_(ops.mul_(b, mu), g)
-        return ops.sub_(p, self.lr * (g + mu * b))
+        return ops.sub_scaled_sum_(p, self.lr, g, mu, b)
 
 
 class AdaGrad(Optimizer):
@@ -439,8 +442,8 @@ class AdaGrad(Optimizer):
 
     def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, xp = slot.ops, slot.xp
-        h = st["h"] = ops.add_(_zeros_state(st, "h", p, xp), g * g)
-        return ops.sub_(p, self.lr * g / (xp.sqrt(h) + slot.eps(self.eps)))
+        h = st["h"] = ops.add_scaled_square_(_zeros_state(st, "h", p, xp), None, g)
+        return ops.sub_scaled_ratio_(p, self.lr, g, h, None, slot.eps(self.eps))
 
 
 class RMSprop(Optimizer):
@@ -464,8 +467,8 @@ class RMSprop(Optimizer):
     def _rule(self, p: Array, g: Array, st: dict[str, Any], slot: _Slot) -> Array:
         ops, xp, a = slot.ops, slot.xp, self.alpha
         h = ops.mul_(_zeros_state(st, "h", p, xp), a)
-        h = st["h"] = ops.add_(h, (1.0 - a) * (g * g))
-        return ops.sub_(p, self.lr * g / (xp.sqrt(h) + slot.eps(self.eps)))
+        h = st["h"] = ops.add_scaled_square_(h, 1.0 - a, g)
+        return ops.sub_scaled_ratio_(p, self.lr, g, h, None, slot.eps(self.eps))
 
 
 class Adam(Optimizer):
@@ -508,10 +511,10 @@ class Adam(Optimizer):
             if self._decoupled:
                 p = ops.mul_(p, 1.0 - lr * wd)
             else:
-                g = g + wd * p
-        m = st["m"] = ops.add_(ops.mul_(m, b1), (1.0 - b1) * g)
-        v = st["v"] = ops.add_(ops.mul_(v, b2), (1.0 - b2) * (g * g))
-        return ops.sub_(p, step_size * m / (xp.sqrt(v) * inv_sqrt_bc2 + slot.eps(self.eps)))
+                g = ops.scaled_sum(g, wd, p)  # a temporary: p.grad itself stays as it is
+        m = st["m"] = ops.add_scaled_(ops.mul_(m, b1), 1.0 - b1, g)
+        v = st["v"] = ops.add_scaled_square_(ops.mul_(v, b2), 1.0 - b2, g)
+        return ops.sub_scaled_ratio_(p, step_size, m, v, inv_sqrt_bc2, slot.eps(self.eps))
 
 
 class BookAdam(Adam):
@@ -547,10 +550,10 @@ class BookAdam(Adam):
         t = st["step"] = st.get("step", 0) + 1
         lr_t = lr * _sqrt(1.0 - b2**t) / (1.0 - b1**t)
         if wd:
-            g = g + wd * p
-        m = st["m"] = ops.add_(m, (1.0 - b1) * (g - m))
-        v = st["v"] = ops.add_(v, (1.0 - b2) * (g * g - v))
-        return ops.sub_(p, lr_t * m / (xp.sqrt(v) + slot.eps(self.eps)))
+            g = ops.scaled_sum(g, wd, p)  # a temporary: p.grad itself stays as it is
+        m = st["m"] = ops.add_scaled_diff_(m, 1.0 - b1, g)
+        v = st["v"] = ops.add_scaled_diff_(v, 1.0 - b2, g, square=True)
+        return ops.sub_scaled_ratio_(p, lr_t, m, v, None, slot.eps(self.eps))
 
 
 class AdamW(Adam):

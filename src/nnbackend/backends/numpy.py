@@ -322,6 +322,12 @@ class NumpyOps(Ops):
             return None
         return spare
 
+    def out_array(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """``np.empty(shape, dtype)`` for the sizes :meth:`reuse` takes, else ``None``."""
+        if not self.inplace or not self.may_cache or math.prod(shape) < _SCRATCH_MIN:
+            return None
+        return self._np.empty(shape, dtype=dtype)
+
     def _probe_references(self) -> int:
         # The reference count reuse() sees for an array that only its caller's local holds:
         # measured with the very same call shape (a local, a method, _references), so the
@@ -452,6 +458,114 @@ class NumpyOps(Ops):
         np.multiply(x, a, out=tmp)
         y -= tmp
         return y
+
+    # -- optimizer rules through scratch buffers ---------------------------------------------
+    # Each primitive below runs its Ops counterpart's expression as the same ufunc calls in
+    # the same order (a * b and b * a, a + b and b + a are the same IEEE operation), writing
+    # each temporary into a scratch buffer kept across steps instead of a new array: equal
+    # bit for bit, and no parameter-sized allocations (each one above glibc's mmap threshold
+    # is a fresh mmap and page faults every step). Small arrays, other dtypes or shapes, and
+    # scalars that are not Python floats (a NumPy float64 would promote) take the generic
+    # expression.
+    def _temp(self, like: Any, slot: int) -> Any:
+        """Scratch buffer ``slot`` as an array of ``like``'s shape and dtype (its old values
+        are garbage; the caller overwrites it)."""
+        key = like.dtype if slot == 0 else (like.dtype, slot)  # slot 0: sub_scaled_'s buffer
+        n = like.size
+        flat = self._scratch.get(key)
+        if flat is None or flat.shape[0] < n:
+            flat = self._scratch[key] = self._np.empty((n,), dtype=like.dtype)
+        return flat[:n].reshape(like.shape)
+
+    def _fits(self, y: Any, arrays: tuple[Any, ...], scalars: tuple[Any, ...]) -> bool:
+        """Whether an update of ``y`` from ``arrays`` and ``scalars`` may use the scratch
+        buffers: large NumPy arrays of one shape and dtype and Python float scalars."""
+        np = self._np
+        if (
+            type(y) is not np.ndarray
+            or y.size < _SCRATCH_MIN
+            or not self.inplace
+            or not self.may_cache
+        ):
+            return False
+        dtype, shape = y.dtype, y.shape
+        for x in arrays:
+            if type(x) is not np.ndarray or x.dtype != dtype or x.shape != shape:
+                return False
+        return all(type(s) is float for s in scalars)
+
+    def add_scaled_(self, y: Any, a: Any, x: Any) -> Any:
+        """``y += a * x``, ``a * x`` in a scratch buffer for large arrays."""
+        if not self._fits(y, (x,), (a,)):
+            return super().add_scaled_(y, a, x)
+        t = self._np.multiply(x, a, out=self._temp(y, 0))
+        y += t
+        return y
+
+    def add_scaled_square_(self, y: Any, a: Any, x: Any) -> Any:
+        """``y += a * (x * x)`` (``y += x * x`` for ``a=None``) through a scratch buffer."""
+        if not self._fits(y, (x,), () if a is None else (a,)):
+            return super().add_scaled_square_(y, a, x)
+        t = self._np.multiply(x, x, out=self._temp(y, 0))
+        if a is not None:
+            t *= a
+        y += t
+        return y
+
+    def add_scaled_diff_(self, y: Any, a: Any, x: Any, square: bool = False) -> Any:
+        """``y += a * (x - y)`` (``x * x - y`` with ``square``) through a scratch buffer."""
+        if not self._fits(y, (x,), (a,)):
+            return super().add_scaled_diff_(y, a, x, square)
+        np, t = self._np, self._temp(y, 0)
+        if square:
+            np.multiply(x, x, out=t)
+            t -= y
+        else:
+            np.subtract(x, y, out=t)
+        t *= a
+        y += t
+        return y
+
+    def sub_times_(self, y: Any, a: Any, x: Any) -> Any:
+        """``y -= a * x`` in ``y``'s dtype, ``a * x`` in a scratch buffer for large arrays."""
+        if not self._fits(y, (x,), (a,)):
+            return super().sub_times_(y, a, x)
+        t = self._np.multiply(x, a, out=self._temp(y, 0))
+        y -= t
+        return y
+
+    def sub_scaled_sum_(self, y: Any, a: Any, x: Any, b: Any, z: Any) -> Any:
+        """``y -= a * (x + b * z)`` through a scratch buffer (``b * z + x``: the same sum)."""
+        if not self._fits(y, (x, z), (a, b)):
+            return super().sub_scaled_sum_(y, a, x, b, z)
+        t = self._np.multiply(z, b, out=self._temp(y, 0))
+        t += x
+        t *= a
+        y -= t
+        return y
+
+    def sub_scaled_ratio_(self, y: Any, a: Any, x: Any, h: Any, c: Any, eps: Any) -> Any:
+        """``y -= a * x / (sqrt(h) * c + eps)`` through two scratch buffers."""
+        if not self._fits(y, (x, h), (a, eps) if c is None else (a, c, eps)):
+            return super().sub_scaled_ratio_(y, a, x, h, c, eps)
+        np = self._np
+        t = np.multiply(x, a, out=self._temp(y, 0))
+        d = np.sqrt(h, out=self._temp(y, 1))
+        if c is not None:
+            d *= c
+        d += eps
+        t /= d
+        y -= t
+        return y
+
+    def scaled_sum(self, x: Any, a: Any, y: Any) -> Any:
+        """``x + a * y`` (``a * y + x``) in scratch buffer 2 for large arrays: valid until the
+        next call, which overwrites it."""
+        if not self._fits(x, (y,), (a,)):
+            return super().scaled_sum(x, a, y)
+        t = self._np.multiply(y, a, out=self._temp(x, 2))
+        t += x
+        return t
 
     def _sub_scaled_half(self, y: Any, a: float, x: Any) -> Any:
         """``y -= a * x`` for float16 ``y`` and ``x``, in float32, a block of rows at a time

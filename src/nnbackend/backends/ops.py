@@ -332,6 +332,14 @@ class Ops:
         holds it, its memory included. The default never reuses: the caller allocates."""
         return None
 
+    def out_array(self, shape: tuple[int, ...], dtype: DType) -> Array | None:
+        """A new array of ``shape`` and ``dtype`` for a result to be written into with
+        ``matmul(out=)`` where that result would otherwise be a view of another array (a
+        product reshaped to a weight's shape): an array that owns its memory can be
+        reused in the next step (:meth:`reuse`), a view cannot. ``None`` where :meth:`reuse` never
+        says yes (the default): the caller allocates as usual."""
+        return None
+
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """``target`` with ``values[i]`` added into the row ``indices[i]``, repeated indices
         accumulating; returns the result (``target`` itself where written in place). The
@@ -671,6 +679,52 @@ class Ops:
             wide -= step
             return self._store_narrow(y, wide)
         return self.sub_(y, a * x)
+
+    # The optimizers' update rules (optim.py), one primitive per term of a rule. Each is the
+    # rule's own expression here (in place into ``y`` where arrays take writes, rebound
+    # otherwise); NumPy overrides them to compute the same operations, in the same order, on
+    # the same values, through scratch buffers kept across steps (no parameter-sized
+    # temporaries: benchmarks/NOTES.md, 2026-12-01 (2)). They compute in the arrays' own
+    # dtype: a rule runs inside :meth:`apply_update`, which has widened float16 already.
+    def add_scaled_(self, y: Any, a: Any, x: Any) -> Any:
+        """``y + a * x`` (Adam's first moment), into ``y`` where allowed; rebind the result."""
+        return self.add_(y, a * x)
+
+    def add_scaled_square_(self, y: Any, a: Any, x: Any) -> Any:
+        """``y + a * (x * x)``, or ``y + x * x`` where ``a`` is ``None`` (the second moments
+        of RMSprop and Adam; AdaGrad's sum), into ``y`` where allowed; rebind the result."""
+        return self.add_(y, x * x if a is None else a * (x * x))
+
+    def add_scaled_diff_(self, y: Any, a: Any, x: Any, square: bool = False) -> Any:
+        """``y + a * (x - y)``, or ``y + a * (x * x - y)`` with ``square`` (the book's Adam
+        moments), into ``y`` where allowed; rebind the result."""
+        return self.add_(y, a * ((x * x if square else x) - y))
+
+    def sub_times_(self, y: Any, a: Any, x: Any) -> Any:
+        """``y - a * x`` in the arrays' own dtype (Momentum's step; :meth:`sub_scaled_`, SGD's,
+        computes float16 in float32 where float16 is slow), into ``y`` where allowed; rebind
+        the result."""
+        return self.sub_(y, a * x)
+
+    def sub_scaled_sum_(self, y: Any, a: Any, x: Any, b: Any, z: Any) -> Any:
+        """``y - a * (x + b * z)`` (Nesterov's step), into ``y`` where allowed; rebind the
+        result."""
+        return self.sub_(y, a * (x + b * z))
+
+    def sub_scaled_ratio_(self, y: Any, a: Any, x: Any, h: Any, c: Any, eps: Any) -> Any:
+        """``y - a * x / (sqrt(h) * c + eps)``, or ``y - a * x / (sqrt(h) + eps)`` where ``c``
+        is ``None`` (the steps of AdaGrad, RMSprop and Adam), into ``y`` where allowed;
+        rebind the result."""
+        d = self.xp.sqrt(h)
+        if c is not None:
+            d = d * c
+        return self.sub_(y, a * x / (d + eps))
+
+    def scaled_sum(self, x: Any, a: Any, y: Any) -> Any:
+        """``x + a * y`` as an array the caller only reads (a gradient with coupled weight
+        decay), valid until the next call: NumPy hands out the same scratch buffer each
+        time; neither ``x`` nor ``y`` is written."""
+        return x + a * y
 
     def _store_narrow(self, y: Any, wide: Any) -> Any:
         """``wide`` (float32) rounded into float16 ``y`` (in place; ``y`` returned)."""

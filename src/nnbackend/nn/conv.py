@@ -32,10 +32,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nnbackend.autograd.function import Function
+from nnbackend.autograd.function import Function, spare_grad
 from nnbackend.autograd.ops import cast, scatter_add_rows
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends.ops import device_key
+from nnbackend.backends.ops import NATIVE, device_key
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
@@ -259,13 +259,22 @@ def _grouped(xp: Any, a: Any, b: Any, groups: int, transpose_b: bool) -> Any:
     return xp.reshape(xp.permute_dims(out, (1, 0, 2)), (m, -1))
 
 
-def _grouped_t(xp: Any, a: Any, b: Any, groups: int) -> Any:
-    """``a.T @ b`` per group: ``a`` (M, G Ka), ``b`` (M, G Kb) -> (G, Ka, Kb)."""
+def _grouped_t(xp: Any, a: Any, b: Any, groups: int, out: Any = None, ops: Any = None) -> Any:
+    """``a.T @ b`` per group: ``a`` (M, G Ka), ``b`` (M, G Kb) -> (G, Ka, Kb). With ``out``
+    (a C-contiguous array of G Ka Kb elements, from :func:`spare_grad`), the product is
+    written into it by ``ops.matmul`` (the same GEMM) and ``out`` is returned."""
     m = a.shape[0]
     if groups == 1:
+        if out is not None:
+            ops.matmul(a.T, b, out=xp.reshape(out, (a.shape[1], b.shape[1]), copy=False))
+            return out
         return xp.reshape(a.T @ b, (1, a.shape[1], b.shape[1]))
     ag = xp.permute_dims(xp.reshape(a, (m, groups, -1)), (1, 2, 0))
     bg = xp.permute_dims(xp.reshape(b, (m, groups, -1)), (1, 0, 2))
+    if out is not None:
+        shape = (groups, ag.shape[1], bg.shape[2])
+        ops.matmul(ag, bg, out=xp.reshape(out, shape, copy=False))
+        return out
     return ag @ bg
 
 
@@ -391,6 +400,21 @@ class Convolution(Function):
                 gx, gw, gb = self._backward(xp, gy, need_x, need_w, need_b)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
+    def _spare_weight_grad(self, xp: Any, gy: Any) -> tuple[Any, Any]:
+        """``(array, ops)``: the array the weight gradient's product is written into: the
+        weight's gradient array from the previous step, where ``zero_grad`` kept it and
+        nothing else refers to it (:func:`spare_grad`; no weight-sized allocation a step),
+        else a new array of the weight's shape where the backend can write into one
+        (:meth:`~nnbackend.backends.ops.Ops.out_array`: the product reshaped would be a view,
+        which could never be reused), else ``None``. Only where the node computes in the
+        weight's own dtype: a widened float16 gradient is narrowed into a new array anyway."""
+        ops = ops_for(xp, gy)
+        if self.c is not NATIVE:
+            return None, ops
+        w = self.w
+        out = spare_grad(self.inputs[1], ops)
+        return (ops.out_array(tuple(w.shape), w.dtype) if out is None else out), ops
+
     def _backward(
         self, xp: Any, gy: Any, need_x: bool, need_w: bool, need_b: bool
     ) -> tuple[Any, Any, Any]:
@@ -403,7 +427,9 @@ class Convolution(Function):
         gb = xp.sum(gy_rows, axis=0) if need_b else None
         gx = gw = None
         if need_w:
-            gw = xp.reshape(_grouped_t(xp, gy_rows, self.cols, groups), tuple(w.shape))
+            out, ops = self._spare_weight_grad(xp, gy)
+            gw = _grouped_t(xp, gy_rows, self.cols, groups, out, ops)
+            gw = xp.reshape(gw, tuple(w.shape)) if out is None else out
         if need_x:
             w3 = xp.reshape(w, (groups, o // groups, -1))
             gcols = _grouped(xp, gy_rows, w3, groups, transpose_b=False)  # (M, C kk)
@@ -447,7 +473,9 @@ class Convolution(Function):
         gcols = im2col_with(xp, gy_p, g)  # (N H W, Cout kk)
         gx = gw = None
         if need_w:
-            gw = xp.reshape(_grouped_t(xp, self.rows, gcols, groups), tuple(w.shape))
+            out, ops = self._spare_weight_grad(xp, gy)
+            gw = _grouped_t(xp, self.rows, gcols, groups, out, ops)
+            gw = xp.reshape(gw, tuple(w.shape)) if out is None else out
         if need_x:
             w3 = xp.reshape(w, (groups, cin // groups, -1))
             rows = _grouped(xp, gcols, w3, groups, transpose_b=True)  # (N H W, Cin)

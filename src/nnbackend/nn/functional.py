@@ -785,7 +785,14 @@ class Embedding(Function):
         return rows
 
     def backward(self, gy: Any) -> tuple[Any, None]:
-        gw = self.xp.zeros(self.shape, dtype=self.dtype, device=gy.device)
+        # The weight's gradient array from the previous step where zero_grad kept it and
+        # nothing else refers to it (spare_grad): zeroed and scattered into, the same sums
+        # as into new zeros, without a weight-sized allocation a step.
+        gw = spare_grad(self.inputs[0], ops_for(self.xp, gy))
+        if gw is None:
+            gw = self.xp.zeros(self.shape, dtype=self.dtype, device=gy.device)
+        else:
+            gw[...] = 0
         return scatter_add_rows(self.xp, gw, self.indices, gy), None
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from nnbackend.autograd import ops
-from nnbackend.autograd.function import Function
+from nnbackend.autograd.function import Function, spare_grad
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends.ops import tanh_sigmoid
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
@@ -69,6 +69,16 @@ def _flat(xp: Any, a: Any) -> Any:
     return xp.reshape(a, (-1, a.shape[-1]))
 
 
+def _weight_grad(node: Any, i: int, a: Any, b: Any) -> Any:
+    """``a.T @ b``, the gradient of the node's input ``i`` (a weight): written into that
+    weight's gradient array from the previous step where ``zero_grad`` kept it and nothing
+    else refers to it (:func:`spare_grad`; the same GEMM, no weight-sized allocation a
+    step), else a new array. The product already sums over all time steps at once."""
+    ops = ops_for(node.xp, b)
+    out = spare_grad(node.inputs[i], ops)
+    return a.T @ b if out is None else ops.matmul(a.T, b, out=out)
+
+
 def _input_grads(
     self: Any, x: Any, hprev: Any, da: Any, dh0: Any, extra: Any = None
 ) -> tuple[Any, ...]:
@@ -79,8 +89,8 @@ def _input_grads(
     n, t = x.shape[0], x.shape[1]
     da2 = _flat(xp, da)
     gx = xp.reshape(da2 @ xp.matrix_transpose(wx), (n, t, wx.shape[0])) if need[0] else None
-    gwx = _flat(xp, x).T @ da2 if need[-3] else None
-    gwh = _flat(xp, hprev).T @ da2 if need[-2] else None
+    gwx = _weight_grad(self, -3, _flat(xp, x), da2) if need[-3] else None
+    gwh = _weight_grad(self, -2, _flat(xp, hprev), da2) if need[-2] else None
     gb = xp.sum(da2, axis=0) if need[-1] else None
     if extra is None:
         return gx, dh0 if need[1] else None, gwx, gwh, gb
@@ -223,17 +233,23 @@ class GRUFunction(Function):
         n = x.shape[0]
         da2 = _flat(xp, da)
         gx = xp.reshape(da2 @ xp.matrix_transpose(wx), (n, t, wx.shape[0])) if need[0] else None
-        gwx = _flat(xp, x).T @ da2 if need[2] else None
+        gwx = _weight_grad(self, 2, _flat(xp, x), da2) if need[2] else None
         gb = xp.sum(da2, axis=0) if need[4] else None
         gwh = None
         if need[3]:
             # The (z, r) blocks multiply h_{t-1}, the h~ block multiplies r * h_{t-1}.
             hprev = xp.concat([self.h0[:, None, :], hs[:, :-1, :]], axis=1)
             rhp = xp.stack(rhs, axis=1)
-            gwh = xp.concat(
-                [_flat(xp, hprev).T @ da2[:, : 2 * hsz], _flat(xp, rhp).T @ da2[:, 2 * hsz :]],
-                axis=1,
-            )
+            ops = ops_for(xp, da2)
+            gwh = spare_grad(self.inputs[3], ops)
+            if gwh is None:
+                gwh = xp.concat(
+                    [_flat(xp, hprev).T @ da2[:, : 2 * hsz], _flat(xp, rhp).T @ da2[:, 2 * hsz :]],
+                    axis=1,
+                )
+            else:  # the two products straight into their columns of the spare
+                ops.matmul(_flat(xp, hprev).T, da2[:, : 2 * hsz], out=gwh[:, : 2 * hsz])
+                ops.matmul(_flat(xp, rhp).T, da2[:, 2 * hsz :], out=gwh[:, 2 * hsz :])
         gh0 = dh if need[1] else None
         return gx, gh0, gwx, gwh, gb
 
