@@ -6,6 +6,7 @@ import importlib.util
 import math
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -291,7 +292,7 @@ class NumpyOps(Ops):
 
         self._np = np
         self._f16 = np.dtype(np.float16)  # compared with a dtype: cheaper than with the type
-        self._scratch: dict[Any, Any] = {}
+        self._local = threading.local()  # the scratch buffers, one dict per thread
         # NumPy's own asarray: 0.14 us for a 0-d scalar against 1.5 us through the Array
         # API wrapper (two calls a step: the loss and its seed gradient).
         self.asarray = np.asarray
@@ -449,13 +450,7 @@ class NumpyOps(Ops):
         if x.size < _SCRATCH_MIN or not self.may_cache:
             y -= a * x
             return y
-        np = self._np
-        key = x.dtype
-        flat = self._scratch.get(key)
-        if flat is None or flat.shape[0] < x.size:
-            flat = self._scratch[key] = np.empty((x.size,), dtype=x.dtype)
-        tmp = flat[: x.size].reshape(x.shape)
-        np.multiply(x, a, out=tmp)
+        tmp = self._np.multiply(x, a, out=self._temp(x, 0))
         y -= tmp
         return y
 
@@ -472,9 +467,15 @@ class NumpyOps(Ops):
         are garbage; the caller overwrites it)."""
         key = like.dtype if slot == 0 else (like.dtype, slot)  # slot 0: sub_scaled_'s buffer
         n = like.size
-        flat = self._scratch.get(key)
+        # One set of buffers per thread: NumPy lets go of the GIL inside a large ufunc, and
+        # two threads training two models would write each other's temporaries between a
+        # rule's two calls (silently wrong parameters: tests/test_optim_reuse.py).
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = {}
+        flat = scratch.get(key)
         if flat is None or flat.shape[0] < n:
-            flat = self._scratch[key] = self._np.empty((n,), dtype=like.dtype)
+            flat = scratch[key] = self._np.empty((n,), dtype=like.dtype)
         return flat[:n].reshape(like.shape)
 
     def _fits(self, y: Any, arrays: tuple[Any, ...], scalars: tuple[Any, ...]) -> bool:
