@@ -96,32 +96,43 @@ FINDINGS = """\
 Profiles (cProfile, line_profiler, page-fault counts) of the steps that miss a target, their
 causes and every change tried, each with its before and after, are in `benchmarks/NOTES.md` in
 the repository. In short, as of 2026-12-01 (issue 19; `mlp_processes`, each implementation in
-its own worker process; the dedicated run with the large case is
-`benchmarks/results/issue19_final_20261201.txt`, the morning's baseline beside it):
+its own worker process; the dedicated runs with the large case are
+`benchmarks/results/issue19_final2_20261201.txt` (the latest) and
+`issue19_final_20261201.txt`, the morning's baseline beside them):
 
 - **Against PyTorch on the CPU.** The earlier "medium: engine / torch CPU 0.475x" was an
   artefact: torch was timed in the process that had just run NumPy, whose OpenBLAS thread spins
   for about 100 ms after each GEMM. Measured one process each, the engine is level with
-  PyTorch where the GEMMs dominate: medium float32 engine / torch 0.916, 0.941 and 0.989 in
-  three runs on 2026-12-01 (target 0.95: met in two of three; the engine's step is 1.14-1.21x
-  its own 8 GEMMs on OpenBLAS, torch's 1.07-1.28x its GEMMs on MKL); medium float64 0.85,
-  large (4096x3, batch 512) 0.91, width 2048 0.98, width 1024 at batches 1-16 0.53-1.41.
+  PyTorch where the GEMMs dominate: medium float32 engine / torch 0.916, 0.941, 0.989 and
+  0.982 in four runs on 2026-12-01 (target 0.95: met in two of four; the engine's step is
+  1.14-1.21x its own 8 GEMMs on OpenBLAS, torch's 1.07-1.28x its GEMMs on MKL, and that spread
+  is the noise); medium float64 0.85-1.13, large (4096x3, batch 512) 0.90-0.91, width 2048
+  0.94-0.98, width 1024 at batches 1-16 0.53-1.41.
 - **Memory.** The default engine takes no page faults in a steady-state step of the medium
-  float32/float64, width 2048 and large networks (the float64 and large steps took 4,700-6,400
-  a step before): `zero_grad()` keeps each gradient array aside and the next backward writes
-  the new weight gradient into it where nothing else refers to it (NumPy; a gradient the user
-  kept is never written into), and Linear and ReLU make one activation-sized array fewer each.
+  float32, width 2048 and large networks (the large step took 4,700 a step before), and none
+  in most runs of medium float64 (4,500 a step in some fresh processes, on every tree: glibc
+  trims its heap when enough is free at its top after a step, which depends on where small
+  arrays land; `NNBACKEND_KEEP_FREED_MEMORY=1` gives 0 in every run): `zero_grad()` keeps each
+  gradient array aside and the next backward writes the new weight gradient into it where
+  nothing else refers to it (NumPy; a gradient the user kept is never written into), for
+  Linear, convolution, embedding and recurrent weights; the optimizers' rules (Momentum to
+  Adam) compute their temporaries in scratch buffers kept per thread (the peak memory of Adam's
+  step on the medium float64 network: 16.8 MB before, 0.3 MB now); Linear and ReLU make one
+  activation-sized array fewer each.
   Activations over glibc's 32 MiB mmap threshold still fault; `NNBACKEND_KEEP_FREED_MEMORY=1`
   (opt-in, glibc) keeps freed memory in the process for those (the `engine_keep` worker).
   numba (about 130 MB) is imported only by the first float16 conversion that needs it.
 - **Batch 1.** The weight gradient of a one-row batch is an outer product, computed as a
   broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024. Batch 4
   is OpenBLAS's slowest small-M shape (engine 7.5 ms against 2.6 at batch 2 and 2.9 at 8).
-- **Tiny step** (2-10-3, batch 30): eager / lean hand loop 1.68 (target 1.4), compiled / hand
-  1.24 (target 1.0), both missed. The engine's own array calls, written out flat, take 0.95x
-  the hand loop's; the compiled replay adds about 9 us of Python around them (node methods 4,
-  `SGD.step` 1.3, generated code 2, the call 1), the eager step about 1.3 us per node to build
-  the graph and 1.2 us per node backward (`benchmarks/NOTES.md`, the tiny-step section).
+- **Tiny step** (2-10-3, batch 30): eager / lean hand loop 1.63 (target 1.4), compiled / hand
+  1.18 (target 1.0), both missed (1.68 and 1.24 in the morning; the softmax loss and the
+  sigmoid now take fewer NumPy calls through the ops' kernels). The compiled step's own calls
+  written out in one function, no node methods and no call wrapper, take 0.96x the hand loop's:
+  what is left is Python around the array calls (node methods about 4 us, the compiled call's
+  checks 2.3, `SGD.step` 1), which only a replay inlining the nodes' code would remove; the
+  eager step pays about 2.3 us per node to build the graph and as much backward
+  (`benchmarks/NOTES.md`, the tiny-step sections).
 """
 
 STATIC_SECTIONS = """\
@@ -156,14 +167,14 @@ Python work, not arithmetic.
 
 `nb.compile_step` and `Trainer(compile=True)` ([Compiled steps](compile.md)) replay a recorded
 step on raw arrays. Measured with `mlp_processes` (the `compiled` worker, in its own process,
-interleaved with the others; float32) on 2026-12-01, load average 0.2-1.1
-(`benchmarks/results/issue19_final_20261201.txt`; OpenBLAS 0.3.31, SkylakeX kernel, 2
+interleaved with the others; float32) on 2026-12-01, load average 0.2-1.0
+(`benchmarks/results/issue19_final2_20261201.txt`; OpenBLAS 0.3.31, SkylakeX kernel, 2
 threads):
 
 | case | eager | compiled | hand | eager / hand | compiled / hand (target 1.0) |
 |---|---:|---:|---:|---:|---|
-| tiny 2-10-3, batch 30 | 58.5 us | 42.8 us | 34.7 us | 1.68 | 1.24: **missed** |
-| medium 784-1024-1024-10, batch 256 | 19.0 ms | 17.2 ms | 21.8 ms | 0.73 | 0.72: met |
+| tiny 2-10-3, batch 30 | 55.0 us | 39.5 us | 33.8 us | 1.63 | 1.18: **missed** |
+| medium 784-1024-1024-10, batch 256 | 15.8 ms | 15.5 ms | 21.0 ms | 0.74 | 0.72: met |
 
 No page faults per step for any of the three, in either case; peak RSS (MiB) eager, compiled,
 hand: tiny 52, 53, 44; medium 83, 94, 67.
