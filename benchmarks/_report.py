@@ -103,11 +103,14 @@ its own worker process; the dedicated runs with the large case are
 - **Against PyTorch on the CPU.** The earlier "medium: engine / torch CPU 0.475x" was an
   artefact: torch was timed in the process that had just run NumPy, whose OpenBLAS thread spins
   for about 100 ms after each GEMM. Measured one process each, the engine is level with
-  PyTorch where the GEMMs dominate: medium float32 engine / torch 0.916, 0.941, 0.989 and
-  0.982 in four runs on 2026-12-01 (target 0.95: met in two of four; the engine's step is
-  1.14-1.21x its own 8 GEMMs on OpenBLAS, torch's 1.07-1.28x its GEMMs on MKL, and that spread
-  is the noise); medium float64 0.85-1.13, large (4096x3, batch 512) 0.90-0.91, width 2048
-  0.94-0.98, width 1024 at batches 1-16 0.53-1.41.
+  PyTorch where the GEMMs dominate: medium float32 engine / torch 0.916, 0.941, 0.989, 0.982,
+  1.027 and 0.935 in six runs on 2026-12-01 (target 0.95: met in three of six; the engine's
+  step is 1.14-1.21x its own 8 GEMMs on OpenBLAS, torch's 1.07-1.28x its GEMMs on MKL, and that
+  spread is the noise); medium float64 0.85-1.13, large (4096x3, batch 512) 0.90-0.91, width
+  2048 0.94-0.98, width 1024 at batches 1-16 0.53-1.41. `mlp_medium`'s in-process FLOP-rate
+  ratio (engine and GEMMs alone timed in one process) read 0.79 on the final tree where it read
+  0.89 in the morning; run in alternation, the morning's tree read 0.76 and 0.81 and the final
+  tree 0.87 and 0.85: the machine, not the code.
 - **Memory.** The default engine takes no page faults in a steady-state step of the medium
   float32, width 2048 and large networks (the large step took 4,700 a step before), and none
   in most runs of medium float64 (4,500 a step in some fresh processes, on every tree: glibc
