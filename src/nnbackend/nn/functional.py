@@ -471,7 +471,7 @@ def _one_hot(k: Any, labels: Any, n_classes: int, dtype: Any) -> tuple[Any, Any]
     raises :class:`LabelError` where the labels live on the host. On a device, where
     reading the check would sync, a 0-d flag comes back instead, and the caller turns the
     loss NaN with it; where the ops left the check to the loss (their rows of NaN for bad
-    labels), ``labels`` comes back: a NaN loss is then checked by :func:`_check_labels`."""
+    labels), ``labels`` comes back: a NaN loss is then checked by :func:`_checked_loss`."""
     onehot, bad = k.one_hot(labels, n_classes, dtype)
     if bad is False:
         return onehot, None
