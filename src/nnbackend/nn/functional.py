@@ -395,17 +395,18 @@ class _AlongAxis:
     last of two or more."""
 
     k: Any  # the node's ops, set by its forward
-    rows: bool
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
 
+    def _rows(self, x: Any) -> bool:
+        return x.ndim >= 2 and self.axis in (-1, x.ndim - 1)
+
     def _top(self, x: Any) -> Any:
-        self.rows = x.ndim >= 2 and self.axis in (-1, x.ndim - 1)
-        return self.k.row_max(x) if self.rows else self.k.max(x, axis=self.axis, keepdims=True)
+        return self.k.row_max(x) if self._rows(x) else self.k.max(x, axis=self.axis, keepdims=True)
 
     def _total(self, x: Any) -> Any:
-        return self.k.row_sum(x) if self.rows else self.k.sum(x, axis=self.axis, keepdims=True)
+        return self.k.row_sum(x) if self._rows(x) else self.k.sum(x, axis=self.axis, keepdims=True)
 
 
 class Softmax(_AlongAxis, Function):
@@ -466,32 +467,27 @@ def _bad_labels(labels: Any, n_classes: int) -> LabelError:
 
 
 def _one_hot(k: Any, labels: Any, n_classes: int, dtype: Any) -> tuple[Any, Any]:
-    """The one-hot rows of integer ``labels`` in ``dtype`` (:meth:`Ops.one_hot`), and what
-    is left to check: None where every label lies in ``[0, n_classes)``; a label outside
-    raises :class:`LabelError` where the labels live on the host. On a device, where
-    reading the check would sync, a 0-d flag comes back instead, and the caller turns the
-    loss NaN with it; where the ops left the check to the loss (their rows of NaN for bad
-    labels), ``labels`` comes back: a NaN loss is then checked by :func:`_checked_loss`."""
+    """:meth:`Ops.one_hot`: the one-hot rows of integer ``labels`` in ``dtype``, and what
+    the ops know of labels outside ``[0, n_classes)``. Where they found one on the host,
+    :class:`LabelError` now; what is left for the loss goes to :func:`_checked_loss`."""
     onehot, bad = k.one_hot(labels, n_classes, dtype)
-    if bad is False:
-        return onehot, None
     if bad is True:
         raise _bad_labels(labels, n_classes)
-    return onehot, labels if bad is None else bad
+    return onehot, bad
 
 
-def _checked_loss(k: Any, invalid: Any, labels: Any, n_classes: int, loss: Any) -> Any:
-    """``loss`` after the labels' check :func:`_one_hot` left: NaN where a device's flag
-    says a label is out of range; where the one-hot rows were left unchecked (``invalid``
-    is the labels), a NaN loss from a bad label raises :class:`LabelError` (a NaN from the
-    logits stays the loss)."""
-    if invalid is None:
+def _checked_loss(k: Any, bad: Any, labels: Any, n_classes: int, loss: Any) -> Any:
+    """``loss`` after the labels' check :meth:`Ops.one_hot` left (``bad``): ``False``, none
+    left; ``None``, the ops gave bad labels rows of NaN without checking, so a NaN loss from
+    a bad label raises :class:`LabelError` (a NaN from the logits stays the loss); else a 0-d
+    flag on a device, where reading it would sync: the loss turns NaN with it."""
+    if bad is False:
         return loss
-    if invalid is labels:
+    if bad is None:
         if loss != loss and not k.labels_in_range(labels, n_classes):
             raise _bad_labels(labels, n_classes)
         return loss
-    return k.xp.where(invalid, float("nan"), loss)
+    return k.xp.where(bad, float("nan"), loss)
 
 
 class SoftmaxCrossEntropy(Function):
@@ -522,10 +518,9 @@ class SoftmaxCrossEntropy(Function):
         s = k.row_sum(e)
         self.p = e / s
         log_s = xp.log(s)
-        invalid = None
         rows_sum_to_one = self.rows_sum_to_one = t.ndim == 1
         if rows_sum_to_one:
-            labels, (t, invalid) = t, _one_hot(k, t, c, x.dtype)
+            labels, (t, bad) = t, _one_hot(k, t, c, x.dtype)
         elif tuple(t.shape) != (n, c):
             raise ShapeError(
                 f"softmax_cross_entropy: targets of shape {tuple(t.shape)} do not fit logits of "
@@ -540,8 +535,8 @@ class SoftmaxCrossEntropy(Function):
             loss = (k.sum(log_s, axis=None) - k.sum(t * z, axis=None)) / float(n)
         else:
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
-        if invalid is not None:
-            loss = _checked_loss(k, invalid, labels, c, loss)
+        if rows_sum_to_one:
+            loss = _checked_loss(k, bad, labels, c, loss)
         return cm.narrow(loss) if cm.wide else loss
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
@@ -582,7 +577,7 @@ class MaskedSoftmaxCrossEntropy(Function):
         x = cm.widen(x)
         valid = t != self.ignore_index
         safe = xp.where(valid, t, xp.zeros_like(t))
-        onehot, invalid = _one_hot(k, safe, c, x.dtype)
+        onehot, bad = _one_hot(k, safe, c, x.dtype)
         z = x - k.row_max(x)
         e = xp.exp(z)
         s = k.row_sum(e)
@@ -592,8 +587,7 @@ class MaskedSoftmaxCrossEntropy(Function):
         rows = xp.reshape(xp.log(s), (-1,)) - k.sum(onehot * z, axis=1)
         self.p, self.onehot, self.mask, self.count = e / s, onehot, mask, count
         loss = k.sum(rows * mask, axis=None) / count
-        if invalid is not None:
-            loss = _checked_loss(k, invalid, safe, c, loss)
+        loss = _checked_loss(k, bad, safe, c, loss)
         return cm.narrow(loss)
 
     def backward(self, gy: Any) -> tuple[Any, None]:
