@@ -36,6 +36,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ import hypothesis
 import pytest
 
 import nnbackend as nb
-from nnbackend import config, registry
+from nnbackend import config, distributed, registry
 from nnbackend import random as nb_random
 
 BUILTIN_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy", "jax")
@@ -454,3 +455,37 @@ def numpy_like_backend() -> Callable[..., nb.Backend]:
         return nb.Backend(name=name, **{**defaults, **fields})
 
     return make
+
+
+def _run_on_ranks(size: int, fn: Callable[[Any], Any], *, backend: str, dtype: str) -> list[Any]:
+    """``fn(comm)`` on ``size`` threads joined by a thread group; their results by rank.
+    An exception on any rank is raised here (after the others were released)."""
+    comms = distributed.thread_group(size, timeout=20.0)
+    results: list[Any] = [None] * size
+    errors: list[BaseException] = []
+
+    def run(comm: Any) -> None:
+        try:
+            with nb.using(backend=backend, dtype=dtype):  # contexts do not cross threads
+                results[comm.rank] = fn(comm)
+        except BaseException as exc:
+            errors.append(exc)
+            comm.abort()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in comms]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.fixture(scope="session")
+def on_ranks() -> Callable[..., list[Any]]:
+    """``on_ranks(size, fn, backend=..., dtype=...)``: ``fn(comm)`` on ``size`` threads
+    joined by a thread group, under those settings (contexts do not cross threads); their
+    results by rank, and an exception on any rank raised in the test (after the others were
+    released). Session-scoped: hypothesis tests take it too."""
+    return _run_on_ranks

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,31 +24,6 @@ from nnbackend.errors import ArgumentError
 def _host(a: Any) -> np.ndarray:
     a = a.data if isinstance(a, nb.Tensor) else a
     return np.asarray(registry.get(registry.backend_of(a)).to_host(a))
-
-
-def _on_ranks(size: int, fn: Callable[[Any], Any], *, backend: str, dtype: str) -> list[Any]:
-    """``fn(comm)`` on ``size`` threads joined by a thread group; their results by rank.
-    An exception on any rank is raised here (after the others were released)."""
-    comms = distributed.thread_group(size, timeout=20.0)
-    results: list[Any] = [None] * size
-    errors: list[BaseException] = []
-
-    def run(comm: Any) -> None:
-        try:
-            with nb.using(backend=backend, dtype=dtype):  # contexts do not cross threads
-                results[comm.rank] = fn(comm)
-        except BaseException as exc:
-            errors.append(exc)
-            comm.abort()
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in comms]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
-    if errors:
-        raise errors[0]
-    return results
 
 
 def _names(backend_dtype: tuple[str, str]) -> dict[str, str]:
@@ -144,7 +118,9 @@ def test_buckets_group_by_dtype_and_size(xp: Any) -> None:
     seed=st.integers(0, 1000),
 )
 @settings(max_examples=15, deadline=None)
-def test_reduce_weights_each_rank_by_its_share(n0: int, n1: int, bucket: int, seed: int) -> None:
+def test_reduce_weights_each_rank_by_its_share(
+    n0: int, n1: int, bucket: int, seed: int, on_ranks: Any
+) -> None:
     rng = np.random.default_rng(seed)
     shapes = [(3,), (2, 2), (4,)]
     grads = [[rng.standard_normal(s) for s in shapes] for _ in range(2)]
@@ -160,7 +136,7 @@ def test_reduce_weights_each_rank_by_its_share(n0: int, n1: int, bucket: int, se
         assert reducer.collectives == len(reducer.buckets())
         return [_host(p.grad) for p in ps]
 
-    out = _on_ranks(2, work, backend="numpy", dtype="float64")
+    out = on_ranks(2, work, backend="numpy", dtype="float64")
     for k in range(len(shapes)):
         expected = shares[0] * grads[0][k] + shares[1] * grads[1][k]
         np.testing.assert_array_equal(out[0][k], out[1][k])  # bitwise the same on every rank
@@ -168,7 +144,7 @@ def test_reduce_weights_each_rank_by_its_share(n0: int, n1: int, bucket: int, se
 
 
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
-def test_missing_gradients_are_zero_filled_and_masked(backend: str) -> None:
+def test_missing_gradients_are_zero_filled_and_masked(backend: str, on_ranks: Any) -> None:
     def work(comm: Any) -> list[Any]:
         xp = nb.namespace()
         used, rank1_only, unused = _params(xp, [(2,), (3,), (2,)])
@@ -178,13 +154,13 @@ def test_missing_gradients_are_zero_filled_and_masked(backend: str) -> None:
         distributed.GradientReducer([used, rank1_only, unused], comm).reduce(0.5)
         return [None if p.grad is None else _host(p.grad) for p in (used, rank1_only, unused)]
 
-    for grads in _on_ranks(2, work, backend=backend, dtype="float64"):
+    for grads in on_ranks(2, work, backend=backend, dtype="float64"):
         np.testing.assert_array_equal(grads[0], [1.5, 3.0])
         np.testing.assert_array_equal(grads[1], [2.0, 3.0, 4.0])  # rank 0 had none: zeros
         assert grads[2] is None  # no rank had one: still None everywhere
 
 
-def test_no_sync_leaves_the_gradients_local() -> None:
+def test_no_sync_leaves_the_gradients_local(on_ranks: Any) -> None:
     def work(comm: Any) -> tuple[np.ndarray, np.ndarray]:
         xp = nb.namespace()
         (p,) = _params(xp, [(2,)])
@@ -196,7 +172,7 @@ def test_no_sync_leaves_the_gradients_local() -> None:
         reducer.reduce(0.5)
         return local, _host(p.grad)
 
-    (local0, summed0), (local1, summed1) = _on_ranks(2, work, backend="numpy", dtype="float64")
+    (local0, summed0), (local1, summed1) = on_ranks(2, work, backend="numpy", dtype="float64")
     np.testing.assert_array_equal(local0, [1.0, 1.0])
     np.testing.assert_array_equal(local1, [2.0, 2.0])
     np.testing.assert_array_equal(summed0, [1.5, 1.5])
@@ -236,7 +212,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize(("n", "batch", "extra"), [(60, 12, {}), (61, 9, {"max_grad": 0.05})])
 def test_two_ranks_equal_one_process_on_the_global_batch(
-    backend: str, name: str, n: int, batch: int, extra: dict[str, Any]
+    backend: str, name: str, n: int, batch: int, extra: dict[str, Any], on_ranks: Any
 ) -> None:
     """Uneven splits (9 rows: 4 and 5; the last batch of 7: 3 and 4) and clipping included."""
     make = OPTIMIZERS[name]
@@ -247,7 +223,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(
         w = distributed.World("threads", comm.rank, comm.size, comm=comm)
         return _fit(w, make, n=n, batch=batch, **extra)
 
-    (w0, h0), (w1, hr1) = _on_ranks(2, work, backend=backend, dtype="float64")
+    (w0, h0), (w1, hr1) = on_ranks(2, work, backend=backend, dtype="float64")
     assert h0.steps == hr1.steps == h1.steps
     for a, b, c in zip(w0, w1, single, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -264,7 +240,7 @@ def _metrics() -> list[Any]:
     return ["accuracy", nb.metrics.Mean("mean_output", lambda y, t: nb.namespace().mean(y))]
 
 
-def test_metrics_are_reduced_over_every_rank() -> None:
+def test_metrics_are_reduced_over_every_rank(on_ranks: Any) -> None:
     with nb.using(backend="numpy", dtype="float64"):
         _, single = _fit(None, OPTIMIZERS["SGD"], n=61, batch=9, metrics=_metrics())
 
@@ -272,7 +248,7 @@ def test_metrics_are_reduced_over_every_rank() -> None:
         w = distributed.World("threads", comm.rank, comm.size, comm=comm)
         return _fit(w, OPTIMIZERS["SGD"], n=61, batch=9, metrics=_metrics())[1]
 
-    h0, h1 = _on_ranks(2, work, backend="numpy", dtype="float64")
+    h0, h1 = on_ranks(2, work, backend="numpy", dtype="float64")
     assert h0.metrics == h1.metrics
     assert h0.metrics["accuracy"] == single.metrics["accuracy"]
     np.testing.assert_allclose(
@@ -281,7 +257,7 @@ def test_metrics_are_reduced_over_every_rank() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
-def test_one_rank_overflowing_skips_the_step_on_every_rank() -> None:
+def test_one_rank_overflowing_skips_the_step_on_every_rank(on_ranks: Any) -> None:
     """The loss scaler's decision is the global one: an infinite gradient on rank 1 only
     skips the step on rank 0 too (wrapping the optimizer instead would hang or diverge)."""
 
@@ -303,13 +279,13 @@ def test_one_rank_overflowing_skips_the_step_on_every_rank() -> None:
         trainer.train_step(xp.asarray(x), xp.asarray(t))
         return scaler.skipped, before, [_host(p.data) for p in model.parameters()]
 
-    for skipped, before, after in _on_ranks(2, work, backend="numpy", dtype="float64"):
+    for skipped, before, after in on_ranks(2, work, backend="numpy", dtype="float64"):
         assert skipped == 1
         for a, b in zip(before, after, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
-def test_train_step_in_a_loop_of_your_own_equals_one_process() -> None:
+def test_train_step_in_a_loop_of_your_own_equals_one_process(on_ranks: Any) -> None:
     x, t = _data(16)
 
     def run(comm: Any) -> list[np.ndarray]:
@@ -330,21 +306,21 @@ def test_train_step_in_a_loop_of_your_own_equals_one_process() -> None:
 
     with nb.using(backend="numpy", dtype="float64"):
         single = run(None)
-    for weights in _on_ranks(2, run, backend="numpy", dtype="float64"):
+    for weights in on_ranks(2, run, backend="numpy", dtype="float64"):
         for a, c in zip(weights, single, strict=True):
             np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
 
 
-def test_a_batch_too_small_for_every_rank_is_an_error() -> None:
+def test_a_batch_too_small_for_every_rank_is_an_error(on_ranks: Any) -> None:
     def work(comm: Any) -> Any:
         w = distributed.World("threads", comm.rank, comm.size, comm=comm)
         return _fit(w, OPTIMIZERS["SGD"], n=61, batch=20)  # the last batch holds 1 row
 
     with pytest.raises(ArgumentError, match="leaves a rank without rows"):
-        _on_ranks(2, work, backend="numpy", dtype="float64")
+        on_ranks(2, work, backend="numpy", dtype="float64")
 
 
-def test_only_rank_zero_prints_progress(capsys: pytest.CaptureFixture[str]) -> None:
+def test_only_rank_zero_prints_progress(capsys: pytest.CaptureFixture[str], on_ranks: Any) -> None:
     def work(comm: Any) -> None:
         w = distributed.World("threads", comm.rank, comm.size, comm=comm)
         model = nn.Linear(4, 3)
@@ -354,7 +330,7 @@ def test_only_rank_zero_prints_progress(capsys: pytest.CaptureFixture[str]) -> N
         x, t = _data(16)
         trainer.fit(x, t, epochs=3, batch_size=8, seed=0, progress="log")
 
-    _on_ranks(2, work, backend="numpy", dtype="float64")
+    on_ranks(2, work, backend="numpy", dtype="float64")
     assert capsys.readouterr().err.count(" step ") == 3  # one line per epoch, one rank
 
 
@@ -502,7 +478,7 @@ def test_blas_threads_are_shared_among_the_local_ranks(monkeypatch: pytest.Monke
     assert distributed.limit_blas_threads(16) == 1  # never zero
 
 
-def test_a_dataloader_is_split_like_arrays() -> None:
+def test_a_dataloader_is_split_like_arrays(on_ranks: Any) -> None:
     from nnbackend.data import DataLoader
 
     x, t = _data(40)
@@ -523,11 +499,11 @@ def test_a_dataloader_is_split_like_arrays() -> None:
 
     with nb.using(backend="numpy", dtype="float64"):
         single = run(None)
-    for weights in _on_ranks(2, run, backend="numpy", dtype="float64"):
+    for weights in on_ranks(2, run, backend="numpy", dtype="float64"):
         for a, c in zip(weights, single, strict=True):
             np.testing.assert_allclose(a, c, rtol=0, atol=1e-12)
     with pytest.raises(ArgumentError, match=r"DataLoader\(seed=...\)"):
-        _on_ranks(2, lambda c: run(c, seed=None), backend="numpy", dtype="float64")
+        on_ranks(2, lambda c: run(c, seed=None), backend="numpy", dtype="float64")
 
 
 def test_only_rank_zero_writes_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

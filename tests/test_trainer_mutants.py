@@ -256,36 +256,23 @@ def test_no_sync_in_a_single_process_is_a_no_op_and_in_a_world_holds_the_reduce(
     assert trainer._reducer.synchronizing
 
 
-def test_compile_in_data_parallel_training_warns_and_runs_eagerly() -> None:
-    comms = distributed.thread_group(2, timeout=20.0)
-    errors: list[BaseException] = []
+def test_compile_in_data_parallel_training_warns_and_runs_eagerly(on_ranks: Any) -> None:
     x, t = _spiral(8)
 
     def run(comm: Any) -> None:
-        try:
-            with nb.using(backend="numpy", dtype="float64"):
-                nb.random.seed(0)
-                model = nn.Linear(2, 3)
-            trainer = nb.Trainer(
-                model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters()),
-                world=_world(comm), compile=True,
-            )  # fmt: skip
-            trainer.fit(x, t, epochs=1, batch_size=4, seed=0, progress=False)
-            assert trainer._compiled is None and trainer.step == 2
-        except BaseException as exc:
-            errors.append(exc)
-            comm.abort()
+        nb.random.seed(0)
+        model = nn.Linear(2, 3)
+        trainer = nb.Trainer(
+            model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters()),
+            world=_world(comm), compile=True,
+        )  # fmt: skip
+        trainer.fit(x, t, epochs=1, batch_size=4, seed=0, progress=False)
+        assert trainer._compiled is None and trainer.step == 2
 
     # The warnings module's state is global: record in this thread what both ranks warn.
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
-        threads = [threading.Thread(target=run, args=(c,)) for c in comms]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
-    if errors:
-        raise errors[0]
+        on_ranks(2, run, backend="numpy", dtype="float64")
     messages = [str(w.message) for w in got if w.category is CompileWarning]
     assert len(messages) == 2  # once per rank's trainer
     for message in messages:
