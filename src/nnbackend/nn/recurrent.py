@@ -43,7 +43,6 @@ from nnbackend.backends.ops import tanh_sigmoid
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import _weight_grad as _linear_weight_grad
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -71,13 +70,13 @@ def _flat(xp: Any, a: Any) -> Any:
 
 
 def _weight_grad(node: Any, i: int, a: Any, b: Any) -> Any:
-    """``a.T @ b``, the gradient of the node's input ``i`` (a weight), by Linear's kernel
-    choice (:func:`nnbackend.nn.functional._weight_grad`): written into that weight's
-    gradient array from the previous step where ``zero_grad`` kept it and nothing else
-    refers to it (:func:`spare_grad`; the same GEMM, no weight-sized allocation a step),
-    else a new array. The product already sums over all time steps at once."""
+    """``a.T @ b``, the gradient of the node's input ``i`` (a weight): written into that
+    weight's gradient array from the previous step where ``zero_grad`` kept it and nothing
+    else refers to it (:func:`spare_grad`; the same GEMM, no weight-sized allocation a
+    step), else a new array. The product already sums over all time steps at once."""
     ops = ops_for(node.xp, b)
-    return _linear_weight_grad(node.xp, a, b, ops, spare_grad(node.inputs[i], ops))
+    out = spare_grad(node.inputs[i], ops)
+    return a.T @ b if out is None else ops.matmul(a.T, b, out=out)
 
 
 def _input_grads(
