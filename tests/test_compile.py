@@ -287,6 +287,89 @@ def test_a_new_batch_size_records_again_and_both_recordings_stay_cached():
         np.testing.assert_array_equal(a, b)
 
 
+def _changes() -> dict[str, Any]:
+    """Ways one call's signature can differ from the replayed one: each maps the hot
+    arguments ``(x, t, scale)`` and the key's state to the changed call."""
+    return {
+        "batch size": lambda x, t, s, k: ((x[:20], t[:20], s), k),
+        "a dtype": lambda x, t, s, k: ((x, t.astype(np.int32), s), k),
+        "a Tensor argument": lambda x, t, s, k: ((nb.Tensor(x), t, s), k),
+        "a scalar's value": lambda x, t, s, k: ((x, t, 0.5), k),
+        "a scalar's type": lambda x, t, s, k: ((x, t, 2), k),
+        "the key": lambda x, t, s, k: ((x, t, s), not k),
+    }
+
+
+def _scaled_step(model: Any, opt: Any, flag: list[bool]) -> Any:
+    """A step whose loss is scaled by its third argument, negated while ``flag[0]``."""
+    loss_fn = nn.SoftmaxCrossEntropy()
+
+    def step(x: Any, t: Any, scale: Any) -> Any:
+        opt.zero_grad()
+        loss = loss_fn(model(x), t) * (scale if not flag[0] else -scale)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("change", sorted(_changes()))
+def test_a_call_with_another_signature_never_takes_the_replayed_recording(change: str):
+    """After replays of one signature, a call differing in any part of it (an argument's
+    shape, dtype or kind, a scalar's value or type, the ``key()``) records its own step,
+    equal to eager; the first signature then replays again."""
+    x, t = _data(30)
+    results = []
+    for compile_it in (False, True):
+        model, opt, _ = _setup("numpy", "sgd", False)
+        flag = [False]
+        step = _scaled_step(model, opt, flag)
+        run = nb.compile_step(step, key=lambda f=flag: f[0]) if compile_it else step
+        losses = [float(run(x, t, 2.0).item()) for _ in range(4)]
+        args, flag[0] = _changes()[change](x, t, 2.0, flag[0])
+        losses += [float(run(*args).item()) for _ in range(3)]
+        flag[0] = False
+        losses += [float(run(x, t, 2.0).item()) for _ in range(2)]
+        results.append((losses, _host(model)))
+        if compile_it:
+            assert (run.records, run.replays) == (4, 5), (run.records, run.replays)
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("setting", ["no_grad", "using", "set_default_dtype"])
+def test_a_replay_steps_aside_when_the_settings_change(setting: str):
+    """Grad mode, a ``using`` block and a process setting are part of the signature: a call
+    under another one records (or runs) its own step, never the replayed recording."""
+    x, t = _data(30)
+    _, _, step = _setup("numpy", "sgd", False)
+    run = nb.compile_step(step)
+    for _ in range(3):
+        run(x, t)
+    assert (run.records, run.replays) == (2, 1)
+    if setting == "no_grad":
+        with nb.no_grad(), pytest.raises(nb.errors.GradientError):
+            run(x, t)  # eager: backward() without a graph
+    elif setting == "using":
+        with nb.using(check_dtypes=True):
+            run(x, t)
+    else:
+        old = nb.get_default_dtype()
+        nb.set_default_dtype("float32" if old != "float32" else "float64")
+        try:
+            run(x, t)
+        finally:
+            nb.set_default_dtype(old)
+    assert run.replays == 1
+    run(x, t)
+    if setting == "set_default_dtype":  # the settings' version moved on: a new signature
+        assert (run.records, run.replays) == (4, 1)
+    else:
+        assert (run.records, run.replays) == (2 + (setting == "using"), 2)
+
+
 @pytest.mark.parametrize("opt_name", ["momentum", "adam"])
 def test_a_learning_rate_schedule_is_read_on_every_replay(opt_name: str):
     """The lr changes every step (a schedule): the replayed steps follow it exactly."""

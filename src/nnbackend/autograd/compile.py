@@ -77,6 +77,7 @@ _SCALARS = (int, float, bool, complex, str, type(None))
 _settings_version = config.settings_version
 _current_overrides = config.current_overrides
 _MISSING = object()
+_MISS = object()  # a hot replay's answer to a call it does not fit
 
 
 def compile_step(
@@ -160,9 +161,14 @@ class CompiledStep:
         self.eager_signatures: dict[Hashable, str] = {}
         self._cache: OrderedDict[Hashable, _Recording] = OrderedDict()
         self._pending: dict[Hashable, _Recording] = {}
+        # The last replayed recording's guarded replay (_Recording.fast): the signature and
+        # validity checks written out for that one signature, and the replay inline; it
+        # answers _MISS for any other call, which takes the general path below.
+        self._hot: Callable[..., Any] | None = None
 
     def reset(self) -> None:
         """Forget every recording (the next call records again)."""
+        self._hot = None
         self._cache.clear()
         self._pending.clear()
         self.eager_signatures.clear()
@@ -191,14 +197,22 @@ class CompiledStep:
         return tuple(sig), raw
 
     def __call__(self, *args: Any) -> Any:
+        hot = self._hot
+        if hot is not None:
+            out = hot(*args)
+            if out is not _MISS:
+                self.replays += 1
+                return out
         sig, raw = self._signature(args)
         rec = self._cache.get(sig)
         if rec is not None:
             if rec.valid():
                 self.replays += 1
+                self._hot = rec.fast(sig, self.key)
                 return rec.run(*raw)
             del self._cache[sig]
             self._pending.pop(sig, None)
+        self._hot = None
         if sig in self.eager_signatures:
             return self.fn(*args)
         new, result = _record(self.fn, args)
@@ -285,6 +299,7 @@ class _Recording:
 
     def __init__(self, rec: _Recorder) -> None:
         self.code = "\n".join(rec.lines)
+        self.body, self.returned = rec.lines[1:-1], rec.returned
         self.nodes = rec.nodes
         self.pre = rec.pre
         self.leaves = rec.leaves
@@ -305,14 +320,15 @@ class _Recording:
         n = len(self.leaves)
         for i, r in enumerate(self.requires):
             scope[f"_R{i}"] = r
-        checks = " and ".join(
-            f"L{i}.data is _D[{i}] and L{i}.requires_grad is _R{i}" for i in range(n)
+        checks = self._checks = (
+            " and ".join(f"L{i}.data is _D[{i}] and L{i}.requires_grad is _R{i}" for i in range(n))
+            or "True"
         )
-        datas = "".join(f"L{i}.data, " for i in range(n))
-        extra = (
-            f"def _valid(_D):\n    return {checks or 'True'}\ndef _datas():\n    return [{datas}]\n"
-        )
+        datas = self._data_list = "".join(f"L{i}.data, " for i in range(n))
+        extra = f"def _valid(_D):\n    return {checks}\ndef _datas():\n    return [{datas}]\n"
+        self._fast: tuple[Any, Callable[..., Any]] | None = None
         exec(compile(extra, "<nnbackend compiled step checks>", "exec"), scope)
+        self._exec_scope = scope
         self._valid, self._datas = scope["_valid"], scope["_datas"]
 
     def valid(self) -> bool:
@@ -322,8 +338,60 @@ class _Recording:
 
     def run(self, *args: Any) -> Any:
         out = self._replay(*args)
-        self._last = self._datas()
+        self._last[:] = self._datas()
         return out
+
+    def fast(self, sig: Any, key: Callable[[], Hashable] | None) -> Callable[..., Any]:
+        """This recording's replay behind the checks :class:`CompiledStep` makes before it,
+        written out for ``sig`` (the signature it is cached under): a function of the call's
+        arguments that replays when they, the settings and the parameters fit, and answers
+        ``_MISS`` otherwise, touching nothing. Made once per recording."""
+        made = self._fast
+        if made is not None and made[0] == sig:
+            return made[1]
+        scope: dict[str, Any] = dict(self._exec_scope)
+        n_args = len(sig) - (4 if key is not None else 3)
+        args = [f"a{i}" for i in range(n_args)]
+        lines = [f"def _fast({', '.join(args)}):"]
+        for i, entry in enumerate(sig[:n_args]):
+            a = args[i]
+            scope[f"_T{i}"] = entry[0]
+            if len(entry) == 2:  # a Python scalar, by type and value
+                scope[f"_V{i}"] = entry[1]
+                lines.append(f"    if type({a}) is not _T{i} or not {a} == _V{i}: return _MISS")
+                continue
+            _type, shape, dtype, tensor = entry
+            if tensor:
+                lines.append(f"    if type({a}) is not _Tensor: return _MISS")
+                lines.append(f"    {a} = {a}.data")
+            scope[f"_S{i}"], scope[f"_DT{i}"] = shape, dtype
+            lines.append(
+                f"    if type({a}) is not _T{i} or {a}.shape != _S{i} "
+                f"or {a}.dtype != _DT{i}: return _MISS"
+            )
+        scope.update(
+            _Tensor=Tensor,
+            _MISS=_MISS,
+            _sv=_settings_version,
+            _co=_current_overrides,
+            _ge=is_grad_enabled,
+            _SV=sig[n_args],
+            _CO=sig[n_args + 1],
+            _GE=sig[n_args + 2],
+            _D=self._last,
+        )
+        context = "_sv() != _SV or _ge() is not _GE or _co() != _CO"
+        if key is not None:
+            scope["_key"], scope["_K"] = key, sig[n_args + 3]
+            context += " or _key() != _K"
+        lines.append(f"    if {context}: return _MISS")
+        lines.append(f"    if not ({self._checks}): return _MISS")
+        lines.extend(self.body)
+        lines.append(f"    _D[:] = [{self._data_list}]")
+        lines.append(f"    return {self.returned}")
+        exec(compile("\n".join(lines), "<nnbackend compiled step (hot)>", "exec"), scope)
+        self._fast = (sig, scope["_fast"])
+        return scope["_fast"]
 
     def differs(self, other: _Recording) -> str | None:
         """Why ``other`` (a second recording of the same signature) differs, or None."""
@@ -413,6 +481,7 @@ class _Recorder:
         self.backend: Any = None
         self.draws: list[tuple[Function, tuple[Any, ...]]] = []
         self._call_srcs: list[str] = []
+        self.returned = "None"  # the expression the replay returns (set by finish)
         for i, a in enumerate(args):
             d = a.data if isinstance(a, Tensor) else a
             if type(d) in _SCALARS:
@@ -512,8 +581,10 @@ class _Recorder:
             arrays = [ys]
             self.lines.append(f"    v{k} = {call}")
             if getattr(ys, "shape", None) == ():  # NumPy may give a scalar: as __call__ does
+                # (as_array's conversion, the ops looked up once: the loss of every step)
                 self.scope[f"T{k}"] = type(ys)
-                self.lines.append(f"    if type(v{k}) is not T{k}: v{k} = _as1(n{k}.xp, v{k})")
+                self.scope[f"AS{k}"] = ops_for(f.xp, ys).asarray
+                self.lines.append(f"    if type(v{k}) is not T{k}: v{k} = AS{k}(v{k})")
         for name, y in zip(outs, arrays, strict=True):
             if y is not None and type(y) not in _SCALARS:
                 self.names[id(y)] = name
@@ -737,7 +808,8 @@ class _Recorder:
                 self.scope[f"DROP{k}"] = held
                 self.lines.append(f"    n{k}.__dict__.update(DROP{k})")
                 vars(f).update(held)
-        self.lines.append("    return " + self._returned(result))
+        self.returned = self._returned(result)
+        self.lines.append("    return " + self.returned)
         for f in self.nodes:  # the replay never reads them: let the recorded graph go
             if getattr(f, "inputs", None):
                 f.inputs = tuple(None for _ in f.inputs)
@@ -822,6 +894,11 @@ class _JitRecording:
     def valid(self) -> bool:
         return self.rec.valid()
 
+    def fast(self, sig: Any, key: Callable[[], Hashable] | None) -> None:
+        """No guarded replay: every call goes through :meth:`run` (whose own work, moving
+        the state in and out of the compiled function, outweighs the checks)."""
+        return None
+
     # -- inside the trace ------------------------------------------------------------------
     def _traced_step(self, opt: Any) -> None:
         # Optimizer.step without its host-side parts (the lr check and the count, done
@@ -882,7 +959,7 @@ class _JitRecording:
                 if "step" in new:  # the count stays a Python int (the trace got it as input)
                     new["step"] = states[k][i]["step"] + ((k, i) in updated)
                 st.update(new)
-        self.rec._last = [t.data for t in leaves]
+        self.rec._last[:] = [t.data for t in leaves]
         return _wrap_out(out)
 
     def _restore(self, saved: Any) -> None:

@@ -183,7 +183,12 @@ class Linear(Function):
             # nothing else refers to it: the product is written there, so a steady-state
             # step allocates no weight-sized arrays (issue 19: glibc page-faulted them in
             # again every step, 6,400 faults a step on the medium float64 MLP).
-            out = spare_grad(self.inputs[1], self.ops) if native and x.shape[0] > 1 else None
+            weight = self.inputs[1]  # None in a compiled step's replay: nothing to reuse
+            out = (
+                spare_grad(weight, self.ops)
+                if native and weight is not None and x.shape[0] > 1
+                else None
+            )
             if out is None and x.shape[0] != 1:  # _weight_grad inlined: the usual case
                 gw = x.T @ gy
             else:
