@@ -426,6 +426,30 @@ def test_clip_grad_norm_does_not_write_gradients_in_place() -> None:
     np.testing.assert_allclose(b.grad, a.grad)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_clip_grad_norm_of_large_gradients_equals_the_formula_bit_for_bit(dtype: str) -> None:
+    """Large gradients' squares go through NumPy's scratch buffer (or the widened copy of
+    float16): the norm and the scaled gradients are the formula's, term by term, and the
+    gradients given are never written into."""
+    rng = np.random.default_rng(5)
+    grads = [(rng.standard_normal((256, 256)) * 3).astype(dtype) for _ in range(2)]
+    params = [nn.Parameter(np.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    kept = [g.copy() for g in grads]
+    norm = optim.clip_grad_norm(params, 1.0)
+    acc = np.float64 if dtype == "float64" else np.float32
+    total = None
+    for g in kept:
+        w = g.astype(acc)
+        total = np.sum(w * w) if total is None else total + np.sum(w * w)
+    np.testing.assert_array_equal(norm, np.sqrt(total))
+    factor = np.clip(1.0 / (np.sqrt(total) + 1e-6), None, 1.0).astype(acc)
+    for p, g, k in zip(params, grads, kept, strict=True):
+        np.testing.assert_array_equal(p.grad, k * factor.astype(dtype))
+        np.testing.assert_array_equal(g, k)
+
+
 def test_clip_grad_norm_reads_nothing_back_to_the_host(no_host_reads: Any) -> None:
     with nb.using(backend="array_api_strict", dtype="float64"):
         xp = nb.namespace()

@@ -581,8 +581,11 @@ def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float =
     array, and the gradients are multiplied by it whether or not it is 1, so the norm is never
     read back to the host. The gradients are rebound (``p.grad = g * factor``), never written
     in place, because a gradient array may be shared by several parameters or be a read-only
-    broadcast view. The squares are summed in at least float32, so float16 gradients do not
-    overflow.
+    broadcast view (scaling in place where nothing else holds the array was measured on the
+    LSTM language model: no fewer page faults, 25 MB more peak memory). The squares are
+    summed in at least float32, so float16 gradients do not overflow; on NumPy they go
+    through a scratch buffer (:meth:`Ops.sum_of_squares
+    <nnbackend.backends.ops.Ops.sum_of_squares>`), not a new gradient-sized array each.
 
     Returns:
         The norm before clipping, as a 0-d array (float32 for float16 gradients, else the
@@ -593,16 +596,14 @@ def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float =
     if not with_grad:
         return namespace().zeros(())
     xp = backend_for(with_grad[0].grad)[0]
+    ops = ops_for(xp, with_grad[0].grad)
     acc = xp.float32
     for p in with_grad:
         if p.grad.dtype == xp.float64:
             acc = xp.float64
     total = None
     for p in with_grad:
-        g = p.grad
-        if g.dtype != acc:
-            g = xp.astype(g, acc)
-        sq = xp.sum(g * g)
+        sq = ops.sum_of_squares(p.grad, acc)
         total = sq if total is None else total + sq
     norm = xp.sqrt(total)
     factor = xp.clip(max_norm / (norm + eps), max=1.0)

@@ -495,6 +495,25 @@ class NumpyOps(Ops):
                 return False
         return all(type(s) is float for s in scalars)
 
+    def sum_of_squares(self, x: Any, dtype: Any) -> Any:
+        """``sum(x * x)`` with the squares in a scratch buffer (or in the widened copy) for
+        large C-contiguous arrays: the same products summed in the same order, without a
+        gradient-sized temporary per parameter per step."""
+        np = self._np
+        if (
+            type(x) is not np.ndarray
+            or x.size < _SCRATCH_MIN
+            or not x.flags.c_contiguous
+            or not self.may_cache
+        ):
+            return super().sum_of_squares(x, dtype)
+        if x.dtype != dtype:
+            wide = self.xp.astype(x, dtype)  # a new array: square it in place
+            squares = np.multiply(wide, wide, out=wide)
+        else:
+            squares = np.multiply(x, x, out=self._temp(x, 0))  # (the SGD step's buffer)
+        return self.xp.sum(squares)
+
     def add_scaled_(self, y: Any, a: Any, x: Any) -> Any:
         """``y += a * x``, ``a * x`` in a scratch buffer for large arrays."""
         if not self._fits(y, (x,), (a,)):

@@ -658,6 +658,14 @@ class Ops:
             return y
         return y - x
 
+    def sum_of_squares(self, x: Any, dtype: Any) -> Any:
+        """``sum(x * x)`` over all elements as a 0-d array, computed in ``dtype`` (a
+        gradient's share of its global norm: ``clip_grad_norm``)."""
+        xp = self.xp
+        if x.dtype != dtype:
+            x = xp.astype(x, dtype)
+        return xp.sum(x * x)
+
     def mul_(self, y: Any, a: Any) -> Any:
         """``y * a``, into ``y`` where allowed; rebind the result."""
         if self.inplace:
