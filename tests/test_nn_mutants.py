@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -1187,6 +1188,18 @@ def test_a_layer_on_one_backend_named_when_called_with_another() -> None:
         "'array_api_strict'; move the data first with nnbackend.to_backend(x, like=model) "
         "(Trainer.fit/evaluate/predict do it for you)"
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_layer_of_another_backend_never_compares_its_dtypes(dtype: str) -> None:
+    """A NumPy input to an array_api_strict layer is a backend mismatch, of either dtype,
+    without array_api_strict's warning about comparing its dtypes with NumPy's."""
+    with nb.using(backend="array_api_strict", dtype="float32"):
+        layer = nn.Linear(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(nb.errors.BackendMismatchError):
+            layer(np.ones((1, 2), dtype=dtype))
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -236,7 +236,9 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     xd = x.data if isinstance(x, Tensor) else x
     wd = weight.data if isinstance(weight, Tensor) else weight
     compute = mixed_compute()
-    if xd.dtype != wd.dtype and compute is None:
+    # Dtypes of two libraries are not compared (array_api_strict warns that its dtypes never
+    # equal NumPy's): a dtype of another type is a backend mismatch, or a dtype error.
+    if compute is None and (type(xd.dtype) is not type(wd.dtype) or xd.dtype != wd.dtype):
         same_backend(xd, wd)
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
