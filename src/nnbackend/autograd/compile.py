@@ -76,8 +76,7 @@ __all__ = ["CompiledStep", "compile_step"]
 _SCALARS = (int, float, bool, complex, str, type(None))
 _settings_version = config.settings_version
 _current_overrides = config.current_overrides
-_MISSING = object()
-_MISS = object()  # a hot replay's answer to a call it does not fit
+_MISSING = object()  # also a hot replay's answer to a call it does not fit
 
 
 def compile_step(
@@ -163,7 +162,7 @@ class CompiledStep:
         self._pending: dict[Hashable, _Recording] = {}
         # The last replayed recording's guarded replay (_Recording.fast): the signature and
         # validity checks written out for that one signature, and the replay inline; it
-        # answers _MISS for any other call, which takes the general path below.
+        # answers _MISSING for any other call, which takes the general path below.
         self._hot: Callable[..., Any] | None = None
 
     def reset(self) -> None:
@@ -200,7 +199,7 @@ class CompiledStep:
         hot = self._hot
         if hot is not None:
             out = hot(*args)
-            if out is not _MISS:
+            if out is not _MISSING:
                 self.replays += 1
                 return out
         sig, raw = self._signature(args)
@@ -326,7 +325,7 @@ class _Recording:
         )
         datas = self._data_list = "".join(f"L{i}.data, " for i in range(n))
         extra = f"def _valid(_D):\n    return {checks}\ndef _datas():\n    return [{datas}]\n"
-        self._fast: tuple[Any, Callable[..., Any]] | None = None
+        self._fast: Callable[..., Any] | None = None
         exec(compile(extra, "<nnbackend compiled step checks>", "exec"), scope)
         self._exec_scope = scope
         self._valid, self._datas = scope["_valid"], scope["_datas"]
@@ -345,10 +344,9 @@ class _Recording:
         """This recording's replay behind the checks :class:`CompiledStep` makes before it,
         written out for ``sig`` (the signature it is cached under): a function of the call's
         arguments that replays when they, the settings and the parameters fit, and answers
-        ``_MISS`` otherwise, touching nothing. Made once per recording."""
-        made = self._fast
-        if made is not None and made[0] == sig:
-            return made[1]
+        ``_MISSING`` otherwise, touching nothing. Made once per recording."""
+        if self._fast is not None:  # a recording is cached under one signature only
+            return self._fast
         scope: dict[str, Any] = dict(self._exec_scope)
         n_args = len(sig) - (4 if key is not None else 3)
         args = [f"a{i}" for i in range(n_args)]
@@ -358,20 +356,20 @@ class _Recording:
             scope[f"_T{i}"] = entry[0]
             if len(entry) == 2:  # a Python scalar, by type and value
                 scope[f"_V{i}"] = entry[1]
-                lines.append(f"    if type({a}) is not _T{i} or not {a} == _V{i}: return _MISS")
+                lines.append(f"    if type({a}) is not _T{i} or not {a} == _V{i}: return _MISSING")
                 continue
             _type, shape, dtype, tensor = entry
             if tensor:
-                lines.append(f"    if type({a}) is not _Tensor: return _MISS")
+                lines.append(f"    if type({a}) is not _Tensor: return _MISSING")
                 lines.append(f"    {a} = {a}.data")
             scope[f"_S{i}"], scope[f"_DT{i}"] = shape, dtype
             lines.append(
                 f"    if type({a}) is not _T{i} or {a}.shape != _S{i} "
-                f"or {a}.dtype != _DT{i}: return _MISS"
+                f"or {a}.dtype != _DT{i}: return _MISSING"
             )
         scope.update(
             _Tensor=Tensor,
-            _MISS=_MISS,
+            _MISSING=_MISSING,
             _sv=_settings_version,
             _co=_current_overrides,
             _ge=is_grad_enabled,
@@ -384,14 +382,14 @@ class _Recording:
         if key is not None:
             scope["_key"], scope["_K"] = key, sig[n_args + 3]
             context += " or _key() != _K"
-        lines.append(f"    if {context}: return _MISS")
-        lines.append(f"    if not ({self._checks}): return _MISS")
+        lines.append(f"    if {context}: return _MISSING")
+        lines.append(f"    if not ({self._checks}): return _MISSING")
         lines.extend(self.body)
         lines.append(f"    _D[:] = [{self._data_list}]")
         lines.append(f"    return {self.returned}")
         exec(compile("\n".join(lines), "<nnbackend compiled step (hot)>", "exec"), scope)
-        self._fast = (sig, scope["_fast"])
-        return scope["_fast"]
+        self._fast = scope["_fast"]
+        return self._fast
 
     def differs(self, other: _Recording) -> str | None:
         """Why ``other`` (a second recording of the same signature) differs, or None."""
