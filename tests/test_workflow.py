@@ -291,9 +291,14 @@ def _on(backend: str, a: np.ndarray) -> Any:
     return registry.get(backend).from_host(np.ascontiguousarray(a), None)
 
 
+# No subnormals: XLA's CPU backend (jax) flushes them to zero, so argmax([-2.2e-313, 0]) is a tie
+# there (index 0) where NumPy finds index 1; docs/backends.md says so.
+_METRIC_VALUES = st.floats(-4, 4, allow_subnormal=False)
+
+
 @given(
     y=hnp.arrays(
-        np.float64, st.tuples(st.integers(1, 12), st.integers(2, 6)), elements=st.floats(-4, 4)
+        np.float64, st.tuples(st.integers(1, 12), st.integers(2, 6)), elements=_METRIC_VALUES
     ),
     data=st.data(),
 )
@@ -301,7 +306,7 @@ def test_metrics_match_numpy_references(backend: str, y: np.ndarray, data: Any) 
     n, c = y.shape
     t = np.asarray(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
     k = data.draw(st.integers(1, c))
-    r = data.draw(hnp.arrays(np.float64, y.shape, elements=st.floats(-4, 4)))
+    r = data.draw(hnp.arrays(np.float64, y.shape, elements=_METRIC_VALUES))
     yb, tb, rb = _on(backend, y), _on(backend, t.astype(np.int64)), _on(backend, r)
     label_score = y[np.arange(n), t]
     expected = {
