@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
+import nnbackend as nb
 from nnbackend import nn, optim, registry
+from nnbackend.backends import numpy as numpy_ops
 from nnbackend.backends.numpy import _CHUNK, _SCRATCH_MIN
 from nnbackend.namespace import backend_for, ops_for
 
@@ -64,3 +67,71 @@ def test_a_parameter_without_gradient_is_left_alone(xp: Any) -> None:
     b.grad, a.grad = xp.asarray(np.full(_SCRATCH_MIN + 1, 4.0)), None
     opt.step()  # b now uses the scratch buffer a used: a's values must not leak into it
     assert np.all(_host(a) == 0.0) and np.all(_host(b) == -1.0)
+
+
+def _numpy_ops() -> Any:
+    xp = nb.namespace("numpy")
+    return ops_for(xp, xp.zeros(1))
+
+
+@pytest.fixture
+def blocked_from_1_kib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocked path for gradients from 1 KiB (it starts at 32 MiB) in the test's arrays."""
+    monkeypatch.setattr(numpy_ops, "_BLOCKED_MIN_BYTES", 1024)
+
+
+def test_blocked_sgd_update_equals_the_formula_bit_for_bit(blocked_from_1_kib: None) -> None:
+    """Large C-contiguous parameters are updated a cache-sized block at a time (NumPy): the
+    same two ufuncs on every element, so the same bits as ``p - lr * g``, across the blocks'
+    edges and the short last block; a transposed view, another dtype and aliasing arrays
+    take the whole-array path, with the same values."""
+    ops = _numpy_ops()
+    rng = np.random.default_rng(5)
+    n = 2 * _CHUNK + 1829  # two full blocks and a short one
+    for dtype in (np.float32, np.float64):
+        p = rng.standard_normal((n // 7 + 1, 7)).astype(dtype)
+        g = rng.standard_normal(p.shape).astype(dtype)
+        for lr in (0.1, np.float32(0.03)):
+            want = p - lr * g
+            assert ops.sub_scaled_(p, lr, g) is p
+            np.testing.assert_array_equal(p, want)
+    p = rng.standard_normal((400, 300))
+    g = rng.standard_normal((300, 400)).T  # not C-contiguous
+    want = p - 0.2 * g
+    np.testing.assert_array_equal(ops.sub_scaled_(p, 0.2, g), want)
+    p32, g64 = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n)
+    want32 = p32.copy()
+    want32 -= 0.2 * g64  # a float64 gradient into a float32 parameter: NumPy's same_kind cast
+    np.testing.assert_array_equal(ops.sub_scaled_(p32, 0.2, g64), want32)
+    both = rng.standard_normal(n + 3)
+    y, x = both[3:], both[:-3]  # overlapping views: the blocks must not see their own writes
+    want = y - 0.2 * x
+    np.testing.assert_array_equal(ops.sub_scaled_(y, 0.2, x), want)
+
+
+def test_a_large_sgd_step_keeps_no_parameter_sized_scratch(blocked_from_1_kib: None) -> None:
+    """The blocked update keeps one block of scratch per dtype and thread, never an array of
+    the parameter's size (a 4096x4096 float32 layer kept 64 MiB). Run in a new thread, whose
+    scratch buffers start empty."""
+    import threading
+    import tracemalloc
+
+    ops = _numpy_ops()
+    rng = np.random.default_rng(6)
+    p = rng.standard_normal((1024, 513))
+    g = rng.standard_normal(p.shape)
+    kept: list[int] = []
+
+    def first_step() -> None:
+        before = tracemalloc.get_traced_memory()[0]
+        ops.sub_scaled_(p, 0.1, g)
+        kept.append(tracemalloc.get_traced_memory()[0] - before)
+
+    tracemalloc.start()
+    try:
+        worker = threading.Thread(target=first_step)
+        worker.start()
+        worker.join()
+    finally:
+        tracemalloc.stop()
+    assert kept and kept[0] <= _CHUNK * 8 + 4096, f"{kept} bytes kept after a step"
