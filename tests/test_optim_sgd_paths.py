@@ -74,13 +74,16 @@ def _numpy_ops() -> Any:
     return ops_for(xp, xp.zeros(1))
 
 
-@pytest.fixture
-def blocked_from_1_kib(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The blocked path for gradients from 1 KiB (it starts at 32 MiB) in the test's arrays."""
-    monkeypatch.setattr(numpy_ops, "_BLOCKED_MIN_BYTES", 1024)
+@pytest.fixture(params=["own block", "start of the scratch buffer"])
+def block_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Either kind of block for the test's arrays: a block of its own from 1 KiB (it starts
+    at 32 MiB), or the start of the gradient-sized scratch buffer (below that size)."""
+    if request.param == "own block":
+        monkeypatch.setattr(numpy_ops, "_OWN_BLOCK_MIN_BYTES", 1024)
+    return str(request.param)
 
 
-def test_blocked_sgd_update_equals_the_formula_bit_for_bit(blocked_from_1_kib: None) -> None:
+def test_blocked_sgd_update_equals_the_formula_bit_for_bit(block_kind: str) -> None:
     """Large C-contiguous parameters are updated a cache-sized block at a time (NumPy): the
     same two ufuncs on every element, so the same bits as ``p - lr * g``, across the blocks'
     edges and the short last block; a transposed view, another dtype and aliasing arrays
@@ -109,10 +112,13 @@ def test_blocked_sgd_update_equals_the_formula_bit_for_bit(blocked_from_1_kib: N
     np.testing.assert_array_equal(ops.sub_scaled_(y, 0.2, x), want)
 
 
-def test_a_large_sgd_step_keeps_no_parameter_sized_scratch(blocked_from_1_kib: None) -> None:
-    """The blocked update keeps one block of scratch per dtype and thread, never an array of
-    the parameter's size (a 4096x4096 float32 layer kept 64 MiB). Run in a new thread, whose
-    scratch buffers start empty."""
+def test_a_large_sgd_step_keeps_no_parameter_sized_scratch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From 32 MiB (here from 1 KiB) the blocked update keeps one block of scratch per dtype
+    and thread, never an array of the parameter's size (a 4096x4096 float32 layer kept 64
+    MiB). Run in a new thread, whose scratch buffers start empty."""
+    monkeypatch.setattr(numpy_ops, "_OWN_BLOCK_MIN_BYTES", 1024)
     import threading
     import tracemalloc
 

@@ -273,12 +273,13 @@ _SCRATCH_MIN = 32768
 # Elements per pass of a float16 update, and of a blocked SGD update: the temporaries stay
 # small (and in cache).
 _CHUNK = 1 << 16
-# Gradients from this size up are applied by SGD a block at a time (_sub_scaled_blocks)
-# instead of through a gradient-sized scratch buffer: glibc maps a buffer this large on its
-# own (above its largest mmap threshold), so it never shaped the heap. A smaller one lives in
-# the heap, where it happens to keep glibc from trimming the heap between steps: without it
-# the medium float64 MLP took 4,400 page faults a step and 17% more time (2026-12-02).
-_BLOCKED_MIN_BYTES = 32 << 20
+# SGD applies a gradient a block at a time (_sub_scaled_blocks). From this size up the block is
+# a buffer of its own: glibc maps a gradient-sized buffer this large on its own (above its
+# largest mmap threshold), where it only held memory (64 MiB for a 4096x4096 float32 layer).
+# A smaller one lives in the heap, where, measured, it keeps glibc from trimming the heap
+# between steps: without it the medium float64 MLP took 4,400 page faults a step and 17% more
+# time (2026-12-02). So below this size the block is the start of that buffer, kept whole.
+_OWN_BLOCK_MIN_BYTES = 32 << 20
 
 
 def _references(a: Any) -> int:
@@ -459,8 +460,7 @@ class NumpyOps(Ops):
             return y
         np = self._np
         if (
-            x.nbytes >= _BLOCKED_MIN_BYTES
-            and x.shape == y.shape
+            x.shape == y.shape
             and x.flags.c_contiguous
             and y.flags.c_contiguous
             and not np.may_share_memory(x, y)
@@ -472,20 +472,27 @@ class NumpyOps(Ops):
 
     def _sub_scaled_blocks(self, y: Any, a: float, x: Any) -> Any:
         """``y -= a * x`` for C-contiguous ``y`` and ``x`` of one shape, :data:`_CHUNK`
-        elements at a time through a cache-sized scratch block: the same two ufuncs on each
-        element (the same values), but ``a * x`` never goes out to memory and back. 1.6-1.9x
-        faster than through a parameter-sized buffer from 784x1024 to 4096x4096, float32 and
-        float64; taken from :data:`_BLOCKED_MIN_BYTES` up (benchmarks/NOTES.md, 2026-12-02)."""
+        elements at a time through one cache-sized block: the same two ufuncs on each element
+        (the same values), but ``a * x`` never goes out to memory and back. 1.6-1.9x faster
+        than through the whole buffer from 784x1024 to 4096x4096, float32 and float64; the
+        width-1024 batch-2 step 3.2-3.3 -> 2.8-3.0 ms, medium float64 26.4-26.7 -> 25.0-25.4
+        (benchmarks/NOTES.md, 2026-12-02).
+
+        Below :data:`_OWN_BLOCK_MIN_BYTES` the block is the start of the gradient-sized
+        scratch buffer, which keeps its size (see there); from it up, a block of its own."""
         np = self._np
         flat_y, flat_x = y.reshape(-1), x.reshape(-1)
         n = flat_x.shape[0]
-        scratch = getattr(self._local, "scratch", None)  # per thread, as _temp's
-        if scratch is None:
-            scratch = self._local.scratch = {}
-        key = (x.dtype, "block")
-        block = scratch.get(key)
-        if block is None:
-            block = scratch[key] = np.empty((_CHUNK,), dtype=x.dtype)
+        if x.nbytes < _OWN_BLOCK_MIN_BYTES:
+            block = self._temp(x, 0).reshape(-1)
+        else:
+            scratch = getattr(self._local, "scratch", None)  # per thread, as _temp's
+            if scratch is None:
+                scratch = self._local.scratch = {}
+            key = (x.dtype, "block")
+            block = scratch.get(key)
+            if block is None:
+                block = scratch[key] = np.empty((_CHUNK,), dtype=x.dtype)
         multiply, subtract = np.multiply, np.subtract
         for lo in range(0, n, _CHUNK):
             hi = lo + _CHUNK if lo + _CHUNK < n else n
