@@ -95,47 +95,53 @@ FINDINGS = """\
 
 Profiles (cProfile, line_profiler, page-fault counts) of the steps that miss a target, their
 causes and every change tried, each with its before and after, are in `benchmarks/NOTES.md` in
-the repository. In short, as of 2026-12-01 (issue 19; `mlp_processes`, each implementation in
-its own worker process; the dedicated runs with the large case are
-`benchmarks/results/issue19_final2_20261201.txt` (the latest) and
-`issue19_final_20261201.txt`, the morning's baseline beside them):
+the repository. In short, as of 2026-12-02 (issue 19; `mlp_processes`, each implementation in
+its own worker process; the large case's dedicated run is
+`benchmarks/results/issue19_large_20261202.txt`, the earlier machines' runs are
+`issue19_final2_20261201.txt` and `issue19_final_20261201.txt`):
 
-- **Against PyTorch on the CPU.** The earlier "medium: engine / torch CPU 0.475x" was an
-  artefact: torch was timed in the process that had just run NumPy, whose OpenBLAS thread spins
-  for about 100 ms after each GEMM. Measured one process each, the engine is level with
-  PyTorch where the GEMMs dominate: medium float32 engine / torch 0.916, 0.941, 0.989, 0.982,
-  1.027 and 0.935 in six runs on 2026-12-01 (target 0.95: met in three of six; the engine's
-  step is 1.14-1.21x its own 8 GEMMs on OpenBLAS, torch's 1.07-1.28x its GEMMs on MKL, and that
-  spread is the noise); medium float64 0.85-1.13, large (4096x3, batch 512) 0.90-0.91, width
-  2048 0.94-0.98, width 1024 at batches 1-16 0.53-1.41. `mlp_medium`'s in-process FLOP-rate
-  ratio (engine and GEMMs alone timed in one process) read 0.79 on the final tree where it read
-  0.89 in the morning; run in alternation, the morning's tree read 0.76 and 0.81 and the final
-  tree 0.87 and 0.85: the machine, not the code.
+- **The machine decides the PyTorch ratios.** This page's run is on an Intel Xeon with AMX
+  (Sapphire Rapids class), where torch's MKL does the medium step's 8 products in 0.90x the
+  time OpenBLAS takes (8.68 against 9.59 ms; float64 0.83x): the GEMMs alone on NumPy take
+  0.90x torch's *whole* medium step. The engine's step is 1.29x its own GEMMs, torch's 1.23x
+  its own, so medium float32 engine / torch reads 1.14 here (target 0.95: missed), float64
+  1.27 (target 1.15: missed), where the AMD EPYC of 2026-12-01 read 0.92-1.03 and 0.85-1.13.
+  The non-GEMM 2 ms of the medium step are mostly memory traffic: the SGD update of 1.9 M
+  parameters (0.84 ms, one thread, two ufuncs a block; torch's fused two-thread `add_` took
+  3.3 ms for a 4096x4096 float32 update that takes NumPy 8.4 ms this way), ReLU and its mask,
+  the bias sums. Large (4096x3, batch 512): 1.02 (1.09
+  before this session's blocked SGD update), with the GEMMs alone on OpenBLAS at 0.97x torch's
+  step. Width 1024 at batches 1-16: 0.98-1.77; torch's time there swings with its own page
+  faults (1.7 ms with 126 faults a step, 2.5 ms with 871), the engine's does not (2.9-3.6 ms,
+  no faults): these steps are memory-bound (a 1024x1024 weight read forward and backward, its
+  gradient written, the update), and torch runs its elementwise work on two threads.
+- **The SGD update, a block at a time.** NumPy has no fused `p -= lr * g`; the engine applies
+  it 64 Ki elements at a time through a cache-sized block (the same two ufuncs, the same bits),
+  1.6-1.9x faster than through a gradient-sized buffer: width 1024 batch 2 3.2-3.3 -> 2.8-3.0
+  ms, medium float64 26.4-26.9 -> 25.0-25.6 ms, large 354-355 -> 342-343 ms and 64 MiB less
+  peak RSS.
 - **Memory.** The default engine takes no page faults in a steady-state step of the medium
-  float32, width 2048 and large networks (the large step took 4,700 a step before), and none
-  in most runs of medium float64 (4,500 a step in some fresh processes, on every tree: glibc
-  trims its heap when enough is free at its top after a step, which depends on where small
-  arrays land; `NNBACKEND_KEEP_FREED_MEMORY=1` gives 0 in every run): `zero_grad()` keeps each
-  gradient array aside and the next backward writes the new weight gradient into it where
-  nothing else refers to it (NumPy; a gradient the user kept is never written into), for
-  Linear, convolution, embedding and recurrent weights; the optimizers' rules (Momentum to
-  Adam) compute their temporaries in scratch buffers kept per thread (the peak memory of Adam's
-  step on the medium float64 network: 16.8 MB before, 0.3 MB now); Linear and ReLU make one
-  activation-sized array fewer each.
-  Activations over glibc's 32 MiB mmap threshold still fault; `NNBACKEND_KEEP_FREED_MEMORY=1`
-  (opt-in, glibc) keeps freed memory in the process for those (the `engine_keep` worker).
-  numba (about 130 MB) is imported only by the first float16 conversion that needs it.
+  float32 and float64, width 2048 and large networks (the large step took 4,700 a step before
+  issue 19). For medium float64 this rests on where glibc's heap ends between steps: the
+  SGD's gradient-sized scratch buffer keeps it from trimming its top (4,400 faults a step
+  without it, measured this session); `NNBACKEND_KEEP_FREED_MEMORY=1` (opt-in, glibc) gives 0
+  whatever the layout. `zero_grad()` keeps each gradient array aside and the next backward
+  writes the new weight gradient into it where nothing else refers to it (NumPy; a gradient
+  the user kept is never written into), for Linear, convolution, embedding and recurrent
+  weights; the optimizers' rules (Momentum to Adam) compute their temporaries in scratch
+  buffers kept per thread (the peak memory of Adam's step on the medium float64 network: 16.8
+  MB before, 0.3 MB now). numba (about 130 MB) is imported only by the first float16
+  conversion that needs it.
 - **Batch 1.** The weight gradient of a one-row batch is an outer product, computed as a
-  broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024. Batch 4
-  is OpenBLAS's slowest small-M shape (engine 7.5 ms against 2.6 at batch 2 and 2.9 at 8).
-- **Tiny step** (2-10-3, batch 30): eager / lean hand loop 1.63 (target 1.4), compiled / hand
-  1.18 (target 1.0), both missed (1.68 and 1.24 in the morning; the softmax loss and the
-  sigmoid now take fewer NumPy calls through the ops' kernels). The compiled step's own calls
-  written out in one function, no node methods and no call wrapper, take 0.96x the hand loop's:
-  what is left is Python around the array calls (node methods about 4 us, the compiled call's
-  checks 2.3, `SGD.step` 1), which only a replay inlining the nodes' code would remove; the
-  eager step pays about 2.3 us per node to build the graph and as much backward
-  (`benchmarks/NOTES.md`, the tiny-step sections).
+  broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024.
+- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop 1.13 (target 1.0), eager / hand
+  2.15 (target 1.4), both missed; on 2026-12-01's machines they read 1.18-1.34 and 1.63-1.70.
+  This CPU runs the hand loop's NumPy calls faster (31.7 us) and the engine's Python slower
+  (eager 67.9 us, 55.0 on the earlier Sapphire Rapids). The compiled step's own calls written
+  out in one function, no node methods and no call wrapper, take 0.96-1.0x the hand loop's:
+  what is left is Python around the array calls (node methods, `SGD.step`), which only a
+  replay inlining the nodes' code would remove; the eager step pays about 2.3 us per node to
+  build the graph and as much backward (`benchmarks/NOTES.md`, the tiny-step sections).
 """
 
 STATIC_SECTIONS = """\
