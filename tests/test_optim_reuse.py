@@ -19,11 +19,13 @@ import pytest
 
 import nnbackend as nb
 from nnbackend import nn, optim, registry
-from nnbackend.backends.numpy import _SCRATCH_MIN
+from nnbackend.backends import numpy as numpy_ops
+from nnbackend.backends.numpy import _CHUNK, _SCRATCH_MIN
 from nnbackend.namespace import ops_for
 
-# A 0-d, a small and a large parameter (the large one takes NumPy's scratch buffers).
-SHAPES = [(), (3, 2), (_SCRATCH_MIN // 8 + 3, 8)]
+# A 0-d, a small and two large parameters (the large ones take NumPy's scratch buffers; the
+# last one three cache-sized blocks, the third of them short).
+SHAPES = [(), (3, 2), (_SCRATCH_MIN // 8 + 3, 8), (2 * _CHUNK // 8 + 229, 8)]
 LRS = (0.1, 0.03, 0.2)  # changed between steps
 
 
@@ -201,10 +203,20 @@ def _primitive_cases(ops: Any, a: Any, b: Any, c: Any) -> list[tuple[str, Any, A
 
 
 @pytest.mark.parametrize("inplace", [True, False])
-@pytest.mark.parametrize("shape", [(3, 2), (_SCRATCH_MIN // 8 + 3, 8)])
+@pytest.mark.parametrize(
+    ("shape", "own_blocks"),
+    [
+        ((3, 2), False),
+        ((_SCRATCH_MIN // 8 + 3, 8), False),
+        ((2 * _CHUNK // 8 + 229, 8), False),  # blocks at the start of the scratch buffers
+        ((2 * _CHUNK // 8 + 229, 8), True),  # blocks of their own (from 32 MiB; here 1 KiB)
+    ],
+)
 def test_each_primitive_is_its_formula_in_place_or_rebound(
-    inplace: bool, shape: tuple[int, ...]
+    inplace: bool, shape: tuple[int, ...], own_blocks: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if own_blocks:
+        monkeypatch.setattr(numpy_ops, "_OWN_BLOCK_MIN_BYTES", 1024)
     record = registry.get("numpy")
     if not inplace:  # the record forbids writes: every primitive returns a new array
         registry.register_backend(

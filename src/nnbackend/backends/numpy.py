@@ -270,10 +270,10 @@ _SIGMOID_FLOOR = {
 # Parameters of at least this many elements are updated through a scratch buffer: below
 # glibc's default mmap threshold (128 KiB) a temporary is cheap to allocate.
 _SCRATCH_MIN = 32768
-# Elements per pass of a float16 update, and of a blocked SGD update: the temporaries stay
-# small (and in cache).
+# Elements per pass of a float16 update, and of a blocked optimizer update: the temporaries
+# stay small (and in cache).
 _CHUNK = 1 << 16
-# SGD applies a gradient a block at a time (_sub_scaled_blocks). From this size up the block is
+# Optimizer updates run a block at a time (NumpyOps._in_blocks). From this size up a block is
 # a buffer of its own: glibc maps a gradient-sized buffer this large on its own (above its
 # largest mmap threshold), where it only held memory (64 MiB for a 4096x4096 float32 layer).
 # A smaller one lives in the heap, where, measured, it keeps glibc from trimming the heap
@@ -447,10 +447,11 @@ class NumpyOps(Ops):
         return table.take(labels + 1, axis=0, mode="clip"), None
 
     def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
-        """``y -= a * x`` in place; ``a * x`` goes to a scratch buffer kept across steps for
-        large arrays (a fresh parameter-sized temporary, freed at the top of the heap, made
-        glibc hand the memory back and fault it in again every step: benchmarks/NOTES.md,
-        30% of the 784-1024-1024-10 step), and float16 runs in float32 a block at a time."""
+        """``y -= a * x`` in place; for large arrays ``a * x`` goes to scratch kept across
+        steps (a fresh parameter-sized temporary, freed at the top of the heap, made glibc
+        hand the memory back and fault it in again every step: benchmarks/NOTES.md, 30% of
+        the 784-1024-1024-10 step), a cache-sized block at a time where the arrays allow
+        (:meth:`_in_blocks`); float16 runs in float32 a block of rows at a time."""
         if not self.inplace:  # a record that forbids in-place writes: rebind
             return super().sub_scaled_(y, a, x)
         if y.dtype == self._f16:
@@ -458,47 +459,69 @@ class NumpyOps(Ops):
         if x.size < _SCRATCH_MIN or not self.may_cache:
             y -= a * x
             return y
-        np = self._np
-        if (
-            x.shape == y.shape
-            and x.flags.c_contiguous
-            and y.flags.c_contiguous
-            and not np.may_share_memory(x, y)
-        ):
+        if self._blockwise(y, (x,)) and x.dtype == y.dtype:
             return self._sub_scaled_blocks(y, a, x)
-        tmp = np.multiply(x, a, out=self._temp(x, 0))
+        tmp = self._np.multiply(x, a, out=self._temp(x, 0))
         y -= tmp
         return y
 
     def _sub_scaled_blocks(self, y: Any, a: float, x: Any) -> Any:
-        """``y -= a * x`` for C-contiguous ``y`` and ``x`` of one shape, :data:`_CHUNK`
-        elements at a time through one cache-sized block: the same two ufuncs on each element
-        (the same values), but ``a * x`` never goes out to memory and back. 1.6-1.9x faster
-        than through the whole buffer from 784x1024 to 4096x4096, float32 and float64; the
-        width-1024 batch-2 step 3.2-3.3 -> 2.8-3.0 ms, medium float64 26.4-26.7 -> 25.0-25.4
-        (benchmarks/NOTES.md, 2026-12-02).
+        """``y -= a * x`` a block at a time (:meth:`_in_blocks`); the width-1024 batch-2 step
+        3.2-3.3 -> 2.8-3.0 ms, medium float64 26.4-26.7 -> 25.0-25.4 (benchmarks/NOTES.md,
+        2026-12-02)."""
+        multiply, subtract = self._np.multiply, self._np.subtract
 
-        Below :data:`_OWN_BLOCK_MIN_BYTES` the block is the start of the gradient-sized
-        scratch buffer, which keeps its size (see there); from it up, a block of its own."""
+        def body(y: Any, x: Any, t: Any) -> None:
+            subtract(y, multiply(x, a, out=t), out=y)
+
+        return self._in_blocks(body, y, (x,), 1)
+
+    def _blockwise(self, y: Any, arrays: tuple[Any, ...]) -> bool:
+        """Whether an update of ``y`` from ``arrays`` may run a block at a time: all of one
+        shape, C-contiguous, none overlapping ``y`` (a block would read what another wrote)."""
         np = self._np
-        flat_y, flat_x = y.reshape(-1), x.reshape(-1)
-        n = flat_x.shape[0]
-        if x.nbytes < _OWN_BLOCK_MIN_BYTES:
-            block = self._temp(x, 0).reshape(-1)
+        if not y.flags.c_contiguous:
+            return False
+        for x in arrays:
+            if x.shape != y.shape or not x.flags.c_contiguous or np.may_share_memory(x, y):
+                return False
+        return True
+
+    def _in_blocks(self, body: Any, y: Any, arrays: tuple[Any, ...], temps: int) -> Any:
+        """Run ``body(y, *arrays, *scratch)`` over :data:`_CHUNK`-element blocks of the
+        C-contiguous ``y`` and ``arrays`` (checked by :meth:`_blockwise`), with ``temps``
+        cache-sized scratch blocks: the same ufuncs on each element, so the same values as one
+        pass over the whole arrays, but the temporaries never go out to memory and back
+        (1.6-1.9x faster for SGD's update from 784x1024 to 4096x4096, float32 and float64).
+
+        Below :data:`_OWN_BLOCK_MIN_BYTES` a block is the start of the gradient-sized scratch
+        buffer, which keeps its size (see there); from it up, a block of its own."""
+        np = self._np
+        flat_y = y.reshape(-1)
+        flats = [x.reshape(-1) for x in arrays]
+        n = flat_y.shape[0]
+        if y.nbytes < _OWN_BLOCK_MIN_BYTES:
+            blocks = [self._temp(y, slot).reshape(-1) for slot in range(temps)]
         else:
             scratch = getattr(self._local, "scratch", None)  # per thread, as _temp's
             if scratch is None:
                 scratch = self._local.scratch = {}
-            key = (x.dtype, "block")
-            block = scratch.get(key)
-            if block is None:
-                block = scratch[key] = np.empty((_CHUNK,), dtype=x.dtype)
-        multiply, subtract = np.multiply, np.subtract
+            blocks = []
+            for slot in range(temps):
+                key = (y.dtype, "block", slot)
+                block = scratch.get(key)
+                if block is None:
+                    block = scratch[key] = np.empty((_CHUNK,), dtype=y.dtype)
+                blocks.append(block)
+        if len(flats) == 1 and temps == 1:  # SGD and most rules: no lists per block
+            flat_x, block = flats[0], blocks[0]
+            for lo in range(0, n, _CHUNK):
+                hi = lo + _CHUNK if lo + _CHUNK < n else n
+                body(flat_y[lo:hi], flat_x[lo:hi], block[: hi - lo])
+            return y
         for lo in range(0, n, _CHUNK):
             hi = lo + _CHUNK if lo + _CHUNK < n else n
-            part = flat_y[lo:hi]
-            tmp = multiply(flat_x[lo:hi], a, out=block[: hi - lo])
-            subtract(part, tmp, out=part)
+            body(flat_y[lo:hi], *[f[lo:hi] for f in flats], *[b[: hi - lo] for b in blocks])
         return y
 
     # -- optimizer rules through scratch buffers ---------------------------------------------
@@ -561,69 +584,97 @@ class NumpyOps(Ops):
             squares = np.multiply(x, x, out=self._temp(x, 0))  # (the SGD step's buffer)
         return self.xp.sum(squares)
 
+    def _rule(self, body: Any, y: Any, arrays: tuple[Any, ...], temps: int) -> Any:
+        """``body(y, *arrays, *scratch)`` a block at a time where :meth:`_blockwise` allows,
+        else once over the whole arrays with gradient-sized scratch buffers."""
+        if self._blockwise(y, arrays):
+            return self._in_blocks(body, y, arrays, temps)
+        body(y, *arrays, *[self._temp(y, slot) for slot in range(temps)])
+        return y
+
     def add_scaled_(self, y: Any, a: Any, x: Any) -> Any:
         """``y += a * x``, ``a * x`` in a scratch buffer for large arrays."""
         if not self._fits(y, (x,), (a,)):
             return super().add_scaled_(y, a, x)
-        t = self._np.multiply(x, a, out=self._temp(y, 0))
-        y += t
-        return y
+        np = self._np
+
+        def body(y: Any, x: Any, t: Any) -> None:
+            y += np.multiply(x, a, out=t)
+
+        return self._rule(body, y, (x,), 1)
 
     def add_scaled_square_(self, y: Any, a: Any, x: Any) -> Any:
         """``y += a * (x * x)`` (``y += x * x`` for ``a=None``) through a scratch buffer."""
         if not self._fits(y, (x,), () if a is None else (a,)):
             return super().add_scaled_square_(y, a, x)
-        t = self._np.multiply(x, x, out=self._temp(y, 0))
-        if a is not None:
-            t *= a
-        y += t
-        return y
+        np = self._np
+
+        def body(y: Any, x: Any, t: Any) -> None:
+            np.multiply(x, x, out=t)
+            if a is not None:
+                t *= a
+            y += t
+
+        return self._rule(body, y, (x,), 1)
 
     def add_scaled_diff_(self, y: Any, a: Any, x: Any, square: bool = False) -> Any:
         """``y += a * (x - y)`` (``x * x - y`` with ``square``) through a scratch buffer."""
         if not self._fits(y, (x,), (a,)):
             return super().add_scaled_diff_(y, a, x, square)
-        np, t = self._np, self._temp(y, 0)
-        if square:
-            np.multiply(x, x, out=t)
-            t -= y
-        else:
-            np.subtract(x, y, out=t)
-        t *= a
-        y += t
-        return y
+        np = self._np
+
+        def body(y: Any, x: Any, t: Any) -> None:
+            if square:
+                np.multiply(x, x, out=t)
+                t -= y
+            else:
+                np.subtract(x, y, out=t)
+            t *= a
+            y += t
+
+        return self._rule(body, y, (x,), 1)
 
     def sub_times_(self, y: Any, a: Any, x: Any) -> Any:
         """``y -= a * x`` in ``y``'s dtype, ``a * x`` in a scratch buffer for large arrays."""
         if not self._fits(y, (x,), (a,)):
             return super().sub_times_(y, a, x)
-        t = self._np.multiply(x, a, out=self._temp(y, 0))
-        y -= t
-        return y
+        np = self._np
+
+        def body(y: Any, x: Any, t: Any) -> None:
+            y -= np.multiply(x, a, out=t)
+
+        return self._rule(body, y, (x,), 1)
 
     def sub_scaled_sum_(self, y: Any, a: Any, x: Any, b: Any, z: Any) -> Any:
         """``y -= a * (x + b * z)`` through a scratch buffer (``b * z + x``: the same sum)."""
         if not self._fits(y, (x, z), (a, b)):
             return super().sub_scaled_sum_(y, a, x, b, z)
-        t = self._np.multiply(z, b, out=self._temp(y, 0))
-        t += x
-        t *= a
-        y -= t
-        return y
+        np = self._np
+
+        def body(y: Any, x: Any, z: Any, t: Any) -> None:
+            np.multiply(z, b, out=t)
+            t += x
+            t *= a
+            y -= t
+
+        return self._rule(body, y, (x, z), 1)
 
     def sub_scaled_ratio_(self, y: Any, a: Any, x: Any, h: Any, c: Any, eps: Any) -> Any:
         """``y -= a * x / (sqrt(h) * c + eps)`` through two scratch buffers."""
         if not self._fits(y, (x, h), (a, eps) if c is None else (a, c, eps)):
             return super().sub_scaled_ratio_(y, a, x, h, c, eps)
         np = self._np
-        t = np.multiply(x, a, out=self._temp(y, 0))
-        d = np.sqrt(h, out=self._temp(y, 1))
-        if c is not None:
-            d *= c
-        d += eps
-        t /= d
-        y -= t
-        return y
+
+        def body(y: Any, x: Any, h: Any, t: Any, d: Any) -> None:
+            np.multiply(x, a, out=t)
+            np.sqrt(h, out=d)
+            if c is not None:
+                d *= c
+            d += eps
+            t /= d
+            y -= t
+
+        return self._rule(body, y, (x, h), 2)
 
     def scaled_sum(self, x: Any, a: Any, y: Any) -> Any:
         """``x + a * y`` (``a * y + x``) in scratch buffer 2 for large arrays: valid until the
