@@ -131,8 +131,8 @@ its own worker process; the large case's dedicated run is
   weights; the optimizers' rules (Momentum to Adam) compute their temporaries in scratch
   buffers kept per thread (the peak memory of Adam's step on the medium float64 network: 16.8
   MB before, 0.3 MB now), a cache-sized block at a time like SGD's (Adam's step on two
-  4096x4096 float32 parameters 182-188 -> 109-111 ms, Momentum's 58-61 -> 44-45). numba (about 130 MB) is imported only by the first float16
-  conversion that needs it.
+  4096x4096 float32 parameters 182-188 -> 109-111 ms, Momentum's 58-61 -> 44-45). numba
+  (about 130 MB) is imported only by the first float16 conversion that needs it.
 - **Batch 1.** The weight gradient of a one-row batch is an outer product, computed as a
   broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024.
 - **Tiny step** (2-10-3, batch 30): compiled / lean hand loop 1.13 (target 1.0), eager / hand
