@@ -6,6 +6,8 @@ buffer shared between parameters; a learning rate changed between steps."""
 
 from __future__ import annotations
 
+import threading
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -119,9 +121,6 @@ def test_a_large_sgd_step_keeps_no_parameter_sized_scratch(
     and thread, never an array of the parameter's size (a 4096x4096 float32 layer kept 64
     MiB). Run in a new thread, whose scratch buffers start empty."""
     monkeypatch.setattr(numpy_ops, "_OWN_BLOCK_MIN_BYTES", 1024)
-    import threading
-    import tracemalloc
-
     ops = _numpy_ops()
     rng = np.random.default_rng(6)
     p = rng.standard_normal((1024, 513))

@@ -459,22 +459,19 @@ class NumpyOps(Ops):
         if x.size < _SCRATCH_MIN or not self.may_cache:
             y -= a * x
             return y
-        if self._blockwise(y, (x,)) and x.dtype == y.dtype:
-            return self._sub_scaled_blocks(y, a, x)
-        tmp = self._np.multiply(x, a, out=self._temp(x, 0))
+        multiply = self._np.multiply
+        if x.dtype == y.dtype and self._blockwise(y, (x,)):
+            # The width-1024 batch-2 step 3.2-3.3 -> 2.8-3.0 ms, medium float64 26.4-26.7 ->
+            # 25.0-25.4 (benchmarks/NOTES.md, 2026-12-02).
+            subtract = self._np.subtract
+
+            def body(y: Any, x: Any, t: Any) -> None:
+                subtract(y, multiply(x, a, out=t), out=y)
+
+            return self._in_blocks(body, y, (x,), 1)
+        tmp = multiply(x, a, out=self._temp(x, 0))
         y -= tmp
         return y
-
-    def _sub_scaled_blocks(self, y: Any, a: float, x: Any) -> Any:
-        """``y -= a * x`` a block at a time (:meth:`_in_blocks`); the width-1024 batch-2 step
-        3.2-3.3 -> 2.8-3.0 ms, medium float64 26.4-26.7 -> 25.0-25.4 (benchmarks/NOTES.md,
-        2026-12-02)."""
-        multiply, subtract = self._np.multiply, self._np.subtract
-
-        def body(y: Any, x: Any, t: Any) -> None:
-            subtract(y, multiply(x, a, out=t), out=y)
-
-        return self._in_blocks(body, y, (x,), 1)
 
     def _blockwise(self, y: Any, arrays: tuple[Any, ...]) -> bool:
         """Whether an update of ``y`` from ``arrays`` may run a block at a time: all of one
@@ -503,9 +500,7 @@ class NumpyOps(Ops):
         if y.nbytes < _OWN_BLOCK_MIN_BYTES:
             blocks = [self._temp(y, slot).reshape(-1) for slot in range(temps)]
         else:
-            scratch = getattr(self._local, "scratch", None)  # per thread, as _temp's
-            if scratch is None:
-                scratch = self._local.scratch = {}
+            scratch = self._scratch()
             blocks = []
             for slot in range(temps):
                 key = (y.dtype, "block", slot)
@@ -513,7 +508,9 @@ class NumpyOps(Ops):
                 if block is None:
                     block = scratch[key] = np.empty((_CHUNK,), dtype=y.dtype)
                 blocks.append(block)
-        if len(flats) == 1 and temps == 1:  # SGD and most rules: no lists per block
+        # SGD and most rules: no lists built per block (330 against 343 us for a 1024x1024
+        # float32 SGD update, thread time, best of 9).
+        if len(flats) == 1 and temps == 1:
             flat_x, block = flats[0], blocks[0]
             for lo in range(0, n, _CHUNK):
                 hi = lo + _CHUNK if lo + _CHUNK < n else n
@@ -532,17 +529,22 @@ class NumpyOps(Ops):
     # is a fresh mmap and page faults every step). Small arrays, other dtypes or shapes, and
     # scalars that are not Python floats (a NumPy float64 would promote) take the generic
     # expression.
+    def _scratch(self) -> dict[Any, Any]:
+        """This thread's scratch buffers. One set per thread: NumPy lets go of the GIL inside
+        a large ufunc, and two threads training two models would write each other's
+        temporaries between a rule's two calls (silently wrong parameters:
+        tests/test_optim_reuse.py)."""
+        scratch: dict[Any, Any] | None = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = {}
+        return scratch
+
     def _temp(self, like: Any, slot: int) -> Any:
         """Scratch buffer ``slot`` as an array of ``like``'s shape and dtype (its old values
         are garbage; the caller overwrites it)."""
         key = like.dtype if slot == 0 else (like.dtype, slot)  # slot 0: sub_scaled_'s buffer
         n = like.size
-        # One set of buffers per thread: NumPy lets go of the GIL inside a large ufunc, and
-        # two threads training two models would write each other's temporaries between a
-        # rule's two calls (silently wrong parameters: tests/test_optim_reuse.py).
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = {}
+        scratch = self._scratch()
         flat = scratch.get(key)
         if flat is None or flat.shape[0] < n:
             flat = scratch[key] = self._np.empty((n,), dtype=like.dtype)
