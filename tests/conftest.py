@@ -435,6 +435,16 @@ class DLPackProducer:
 
 
 @pytest.fixture
+def ufunc_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy's optimizer updates through its ufuncs only, never its BLAS's axpy (whose one
+    rounding may differ from ``p - lr * g`` in the last bit): for tests of the exact values
+    of the ufunc paths. tests/test_blas_axpy.py tests the axpy path."""
+    from nnbackend.backends import blas
+
+    monkeypatch.setattr(blas, "usable", lambda *args: None)
+
+
+@pytest.fixture
 def dlpack_producer() -> type[DLPackProducer]:
     """The :class:`DLPackProducer` class."""
     return DLPackProducer

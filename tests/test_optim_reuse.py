@@ -3,7 +3,8 @@
 Momentum, Nesterov, AdaGrad, RMSprop and the Adam family are written with the ops' update
 primitives (``add_scaled_``, ``sub_scaled_ratio_``, ...); NumPy computes their temporaries in
 scratch buffers kept across steps. The results are those of the rules' plain formulas bit for
-bit (the reference below, written out with host NumPy), on every backend, and a steady-state
+bit (the reference below, written out with host NumPy), on every backend (NumPy's ufunc paths:
+its BLAS axpy is tested in tests/test_blas_axpy.py), and a steady-state
 NumPy step on a large parameter allocates nothing of the parameter's size."""
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from nnbackend import nn, optim, registry
 from nnbackend.backends import numpy as numpy_ops
 from nnbackend.backends.numpy import _CHUNK, _SCRATCH_MIN
 from nnbackend.namespace import ops_for
+
+# The scratch-buffer paths, bit for bit: NumPy's BLAS axpy (Momentum's ``p -= lr * b``,
+# rounded once) is tested in tests/test_blas_axpy.py.
+pytestmark = pytest.mark.usefixtures("ufunc_updates")
 
 # A 0-d, a small and two large parameters (the large ones take NumPy's scratch buffers; the
 # last one three cache-sized blocks, the third of them short).
