@@ -6,6 +6,7 @@ that is not a power of two, its snapshot checks and repr, and ``policy(name)``."
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,9 @@ def test_unscale_takes_an_optimizers_params_before_its_parameters() -> None:
 def test_device_growth_that_would_overflow_float32_keeps_the_scale_and_is_not_counted() -> None:
     _, opt = _sgd([0.0], [1.0])
     scaler = LossScaler(init_scale=2.0**127, growth_interval=1, check="device")
-    scaler.step(opt)
+    with warnings.catch_warnings():  # a step that went right: no overflow warning either
+        warnings.simplefilter("error")
+        scaler.step(opt)
     assert scaler.scale == 2.0**127
     assert scaler.growths == 0 and scaler.good_steps == 0
 

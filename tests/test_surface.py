@@ -72,6 +72,33 @@ def test_no_private_names_in_dir() -> None:
         assert name in dir(nb)
 
 
+def test_every_public_name_resolves_after_a_plain_import(run_python: Any) -> None:
+    """``import nnbackend as nb`` then ``nb.nn.Linear``, ``nb.optim.SGD``, ``nb.data`` (the
+    docstrings' own examples): the subpackages load on first use, and every name in
+    ``__all__`` resolves in a fresh interpreter."""
+    result = run_python(
+        """
+        import sys
+        import nnbackend as nb
+        assert "nnbackend.nn" not in sys.modules  # not at import: it stays light
+        layer = nb.nn.Linear(2, 3)
+        opt = nb.optim.SGD(layer.parameters(), lr=0.1)
+        assert nb.data.DataLoader and nb.distributed.World
+        missing = [name for name in nb.__all__ if not hasattr(nb, name)]
+        assert not missing, missing
+        print(type(opt).__name__, sorted({"nn", "optim", "data"} - set(dir(nb))))
+        try:
+            nb.no_such_name
+        except AttributeError as error:
+            print(error)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "SGD []"
+    assert lines[1] == "module 'nnbackend' has no attribute 'no_such_name'"
+
+
 def test_fixture_skips_are_one_line_per_reason() -> None:
     """``-ra`` folds the dtype fixture's "has no float16" skips of different test functions
     into one line (pytest reported each at its test's line before)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import urllib.error
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,18 @@ def test_preprocess_and_count_based_vectors_match_the_book(xp: Any, dtype: str) 
     assert [w for w, _ in top] == ["goodbye", "i", "hello"]
     book = 1 / ((1 + 1e-8) * (math.sqrt(2) + 1e-8))  # the book: x / (norm + eps), y too
     assert abs(top[0][1] - book) < 10 * eps
+
+
+def test_ppmi_of_a_word_that_never_co_occurs_is_zero(xp: Any, dtype: str) -> None:
+    """Its column sum is 0 (and so is its row and column of C): 0, not NaN, and no warning;
+    the other words' values are the book's."""
+    c = np.array([[0, 0, 0], [0, 0, 2], [0, 2, 0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _host(nb.text.ppmi(xp.asarray(c)))
+    want = np.zeros((3, 3))
+    want[1, 2] = want[2, 1] = np.log2(2 * 4 / (2 * 2) + 1e-8)  # 1
+    np.testing.assert_allclose(got, want, rtol=1e-3)
 
 
 def test_create_contexts_target(xp: Any) -> None:

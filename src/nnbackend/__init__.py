@@ -70,6 +70,7 @@ __all__ = [
     "compile_step",
     "data",
     "datasets",
+    "distributed",
     "empty_cache",
     "errors",
     "from_dlpack",
@@ -81,6 +82,8 @@ __all__ = [
     "load_book_params",
     "metrics",
     "namespace",
+    "nn",
+    "optim",
     "precision",
     "random",
     "register_backend",
@@ -95,7 +98,16 @@ __all__ = [
 ]
 
 
+# Subpackages imported on first use, so ``nb.nn.Linear`` works after ``import nnbackend as
+# nb`` (as ``torch.nn`` after ``import torch``) while ``import nnbackend`` stays light.
+_ON_FIRST_USE = frozenset({"data", "distributed", "nn", "optim"})
+
+
 def __getattr__(name: str) -> object:
+    if name in _ON_FIRST_USE:
+        import importlib
+
+        return importlib.import_module(f"nnbackend.{name}")
     if name == "__version__":
         from nnbackend._version import package_version
 
@@ -104,7 +116,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    """Public names only (``__all__``, the loaded submodules, ``__version__``): no
+    """Public names only (``__all__``, the loaded subpackages, ``__version__``): no
     ``annotations`` or other names the implementation imports."""
     modules = {n for n, v in globals().items() if not n.startswith("_") and type(v) is type(errors)}
     return sorted({*__all__, *modules, "__version__"})

@@ -384,10 +384,15 @@ class LossScaler:
         good = xp.where(finite, good + 1, 0)
         if self.dynamic:
             grow = good >= self.growth_interval
-            grown = scale * self.growth_factor
-            grown = xp.where(xp.isfinite(grown), grown, scale)
+            # Grown only where the product stays finite in float32: only a scale that fits
+            # is multiplied (an overflow would warn on NumPy: a RuntimeWarning for a step
+            # that went right).
+            fits = scale <= _FLOAT32_MAX / self.growth_factor
+            grown = xp.where(fits, scale, xp.zeros_like(scale)) * self.growth_factor
+            fits = fits & xp.isfinite(grown)
+            grown = xp.where(fits, grown, scale)
             self._growths = _to_array(xp, self._growths, xp.int64) + xp.astype(
-                grow & xp.isfinite(scale * self.growth_factor), xp.int64
+                grow & fits, xp.int64
             )
             scale = xp.where(finite, xp.where(grow, grown, scale), scale * self.backoff_factor)
             good = xp.where(grow, 0, good)
@@ -437,6 +442,9 @@ def _accumulating(xp: Any, g: Any) -> Any:
     ops = ops_for(xp, g)
     acc = ops.accumulate_dtype(g.dtype)
     return g if acc == g.dtype else ops.convert(g, acc)
+
+
+_FLOAT32_MAX = 3.4028234663852886e38  # the device-mode scale is a float32
 
 
 def _to_array(xp: Any, value: Any, dtype: Any) -> Any:

@@ -4,7 +4,8 @@
 ``most_similar`` and ``analogy`` are chapters 2-4's count- and inference-based word vectors;
 ``create_contexts_target`` makes CBOW's training pairs; ``lm_batch`` and ``eval_perplexity``
 are the language-model batching and evaluation of chapters 5-6. Everything runs on the active
-backend's arrays (word ids as int64), written against the Array API only.
+backend's arrays (word ids in the namespace's index dtype: int64, int32 on jax without x64),
+written against the Array API only.
 
 >>> import nnbackend as nb
 >>> corpus, word_to_id, id_to_word = nb.text.preprocess("You say goodbye and I say hello.")
@@ -53,7 +54,8 @@ def preprocess(
     """Word ids of ``text`` (a string, or a list of words already split) in order of first
     appearance, as the book's ``preprocess``: ``(corpus, word_to_id, id_to_word)``.
 
-    ``corpus`` is an int64 array on the active backend. Pass ``word_to_id`` to extend an
+    ``corpus`` is an array of the active backend's index dtype (int64; int32 on jax without
+    x64). Pass ``word_to_id`` to extend an
     existing vocabulary (it is updated in place with the new words).
     """
     words = tokenize(text) if isinstance(text, str) else [str(w) for w in text]
@@ -63,12 +65,18 @@ def preprocess(
             w2i[w] = len(w2i)
     i2w = {i: w for w, i in w2i.items()}
     xp = namespace()
-    return xp.asarray([w2i[w] for w in words], dtype=xp.int64), w2i, i2w
+    return xp.asarray([w2i[w] for w in words], dtype=_index_dtype(xp)), w2i, i2w
+
+
+def _index_dtype(xp: Any) -> Any:
+    """The namespace's own integer dtype for indices (Array API ``default_dtypes``): int64,
+    or int32 where asking for int64 would be truncated with a warning (jax without x64)."""
+    return xp.__array_namespace_info__().default_dtypes()["indexing"]
 
 
 def _ids(xp: Any, corpus: Any) -> Any:
     if isinstance(corpus, list | tuple | range):
-        return xp.asarray(list(corpus), dtype=xp.int64)
+        return xp.asarray(list(corpus), dtype=_index_dtype(xp))
     return corpus
 
 
@@ -91,18 +99,19 @@ def create_contexts_target(corpus: Any, window_size: int = 1) -> tuple[Any, Any]
 
 
 def create_co_matrix(corpus: Any, vocab_size: int, window_size: int = 1) -> Any:
-    """The co-occurrence matrix (vocab_size, vocab_size) of the book's chapter 2, as int64:
+    """The co-occurrence matrix (vocab_size, vocab_size) of the book's chapter 2, in the
+    index dtype (int64; int32 on jax without x64):
     ``C[w, c]`` counts how often ``c`` lies within ``window_size`` of ``w``."""
     xp = array_namespace(corpus) if not isinstance(corpus, list | tuple | range) else namespace()
     ids = _ids(xp, corpus)
     v = int(vocab_size)
     size = ids.shape[0]
-    c = xp.zeros((v * v, 1), dtype=xp.int64)
+    c = xp.zeros((v * v, 1), dtype=_index_dtype(xp))
     for k in range(1, int(window_size) + 1):
         if k >= size:
             break
         a, b = ids[:-k], ids[k:]
-        ones = xp.ones((a.shape[0], 1), dtype=xp.int64)
+        ones = xp.ones((a.shape[0], 1), dtype=_index_dtype(xp))
         for rows, cols in ((a, b), (b, a)):
             c = scatter_add_rows(xp, c, rows * v + cols, ones)
     return xp.reshape(c, (v, v))
@@ -126,7 +135,12 @@ def ppmi(c: Any, eps: float = 1e-8) -> Any:
     cf = xp.astype(c, ns.asarray(0.0).dtype) if xp.isdtype(c.dtype, "integral") else c
     total = xp.sum(cf)
     s = xp.sum(cf, axis=0)
-    pmi = xp.log2(cf * total / (s[:, None] * s[None, :]) + eps)
+    # A word that never co-occurs has S = 0, and C = 0 in its row and column: its PPMI is 0
+    # (dividing by S * S = 0 gave NaN). log2 is taken of positive values only (a ratio + eps
+    # of 0, where eps is below float16's range, would be -inf): the PPMI is 0 there too.
+    product = s[:, None] * s[None, :]
+    ratio = cf * total / xp.where(product > 0, product, xp.ones_like(product)) + eps
+    pmi = xp.log2(xp.where(ratio > 0, ratio, xp.ones_like(ratio)))
     return xp.maximum(pmi, xp.zeros_like(pmi))
 
 
@@ -189,8 +203,8 @@ def lm_batch(xs: Any, ts: Any, batch_size: int, time_size: int, time_idx: int) -
     jump = size // int(batch_size)
     if jump < 1:
         raise ShapeError(f"lm_batch: a corpus of {size} words is shorter than the batch size")
-    offsets = xp.arange(int(batch_size), dtype=xp.int64) * jump
-    steps = xp.arange(int(time_size), dtype=xp.int64) + int(time_idx)
+    offsets = xp.arange(int(batch_size), dtype=_index_dtype(xp)) * jump
+    steps = xp.arange(int(time_size), dtype=_index_dtype(xp)) + int(time_idx)
     idx = xp.reshape((offsets[:, None] + steps[None, :]) % size, (-1,))
     shape = (int(batch_size), int(time_size))
     return xp.reshape(xp.take(xs, idx), shape), xp.reshape(xp.take(ts, idx), shape)
@@ -224,11 +238,11 @@ def eval_perplexity(
     reset = getattr(model, "reset_state", None)
     if reset is not None:
         reset()
-    offsets = xp.arange(int(batch_size), dtype=xp.int64) * jump
+    offsets = xp.arange(int(batch_size), dtype=_index_dtype(xp)) * jump
     total = 0.0
     with no_grad():
         for it in range(max_iters):
-            steps = xp.arange(int(time_size), dtype=xp.int64) + it * int(time_size)
+            steps = xp.arange(int(time_size), dtype=_index_dtype(xp)) + it * int(time_size)
             pos = offsets[:, None] + steps[None, :]
             shape = (int(batch_size), int(time_size))
             bx = xp.reshape(xp.take(ids, xp.reshape(pos % size, (-1,))), shape)
