@@ -204,7 +204,9 @@ def test_facts_and_empty_cache_with_a_runtime(
     assert facts["memory_pool_free_bytes"] == 7 << 20
     assert facts["pinned_pool_free_blocks"] == 2
     assert cupy_backend.empty_cache() == {"freed_bytes": 7 << 20, "held_bytes": 3 << 20}
-    assert nb.empty_cache() == {"cupy": {"freed_bytes": 0, "held_bytes": 3 << 20}}
+    released = nb.empty_cache()  # (and NumPy's recycled arrays, where earlier tests left some)
+    assert released["cupy"] == {"freed_bytes": 0, "held_bytes": 3 << 20}
+    assert set(released) <= {"cupy", "numpy"}
 
 
 def test_empty_cache_imports_nothing() -> None:

@@ -501,11 +501,12 @@ def from_dlpack(
 
 
 def empty_cache() -> dict[str, dict[str, int]]:
-    """Return the memory that device libraries keep cached (CuPy's memory pool, torch's CUDA
-    caching allocator) to the driver, and say how much, per backend: ``{"cupy":
-    {"freed_bytes": ..., "held_bytes": ...}}``. A library not imported in this process (or,
-    for torch, that never used CUDA) is skipped and not imported, so on a machine without a
-    GPU this is ``{}``."""
+    """Return the memory that array libraries keep cached (CuPy's memory pool, torch's CUDA
+    caching allocator) to the driver, and let go of NumPy's recycled intermediates (the
+    calling thread's), and say how much, per backend: ``{"cupy": {"freed_bytes": ...,
+    "held_bytes": ...}}``. A library not imported in this process (or, for torch, that never
+    used CUDA) is skipped and not imported; a backend with nothing to free is left out, so on
+    a machine without a GPU that never trained on NumPy this is ``{}``."""
     released = {}
     for name in registry.backends():
         release = registry.get(name).empty_cache

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import math
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -283,9 +285,27 @@ _CHUNK = 1 << 16
 _OWN_BLOCK_MIN_BYTES = 32 << 20
 
 
+# The recycled intermediates (NumpyOps.recycled): at most this many arrays per shape and
+# dtype (an MLP's step holds two or three per layer at once, and the previous step's graph
+# may still be alive while the next forward runs), and at most this many bytes per thread
+# in all, the shapes asked for longest ago let go first.
+_POOL_DEPTH = 64
+_POOL_BYTES = 1 << 30
+
+
 def _references(a: Any) -> int:
     """CPython's reference count of ``a`` (see :meth:`NumpyOps.reuse`)."""
     return sys.getrefcount(a)
+
+
+_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # the NumpyOps whose threads pool arrays
+
+
+def empty_cache() -> dict[str, int]:
+    """Let go of the calling thread's recycled intermediates (:meth:`NumpyOps.recycled`):
+    ``{"freed_bytes": ..., "held_bytes": 0}``, or ``{}`` when none were kept."""
+    freed = sum(ops.empty_pool() for ops in list(_POOLS))
+    return {"freed_bytes": freed, "held_bytes": 0} if freed else {}
 
 
 class NumpyOps(Ops):
@@ -301,11 +321,15 @@ class NumpyOps(Ops):
 
         self._np = np
         self._f16 = np.dtype(np.float16)  # compared with a dtype: cheaper than with the type
+        self._bool = np.dtype(np.bool_)
         self._local = threading.local()  # the scratch buffers, one dict per thread
         # NumPy's own asarray: 0.14 us for a 0-d scalar against 1.5 us through the Array
         # API wrapper (two calls a step: the loss and its seed gradient).
         self.asarray = np.asarray
         self._sole_references = self._probe_references()
+        self._pooled_references = self._probe_pool()
+        if self.inplace:
+            self.recycle_min = _SCRATCH_MIN
 
     def reuse(self, spare: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         """``spare`` when it is a writable, C-contiguous NumPy array of ``shape`` and
@@ -338,6 +362,90 @@ class NumpyOps(Ops):
             return None
         return self._np.empty(shape, dtype=dtype)
 
+    def recycled(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """An array of ``shape`` and ``dtype`` (garbage values) for a step's intermediate:
+        one given out for the same shape in an earlier step that nothing refers to any more
+        (CPython's reference count shows only this pool's own reference: a user's, a view's,
+        a graph's all count), else a new one, kept for the steps to come; ``None`` below
+        :data:`_SCRATCH_MIN` elements or where the ops may not keep arrays.
+
+        Why: a step frees and makes the same megabyte arrays every step, and whether glibc
+        hands their memory back to the OS in between (to page-fault it in again, 1,400 to
+        7,000 faults a step on the medium float64 MLP) depended on where the heap happened
+        to end. Pools are per thread (two threads must never be handed the same array) and
+        bounded (:data:`_POOL_DEPTH`, :data:`_POOL_BYTES`); :func:`nnbackend.empty_cache`
+        empties the calling thread's."""
+        if not self.inplace or not self.may_cache or math.prod(shape) < _SCRATCH_MIN:
+            return None
+        pool = self._pool()
+        key = (shape, dtype)
+        ring = pool.get(key)
+        if ring is not None:
+            pool.move_to_end(key)
+            free = self._free_in(ring)
+            if free is not None:
+                return free
+        array = self._np.empty(shape, dtype=dtype)
+        self._pool_keep(pool, key, array)
+        return array
+
+    def _free_in(self, ring: list[Any]) -> Any:
+        """The first array of ``ring`` that only the ring refers to, moved to the ring's end,
+        or ``None``. Arrays in use gather at the end, so in a steady state the first one
+        looked at is free."""
+        limit = self._pooled_references
+        for i in range(len(ring)):
+            array = ring[i]
+            if _references(array) <= limit:
+                ring.append(ring.pop(i))
+                return array
+        return None
+
+    def _probe_pool(self) -> int:
+        # The count _free_in sees for an array only its ring holds, measured with _free_in
+        # itself (the interpreter's own references on the way differ between versions).
+        ring = [self._np.empty(1)]
+        for limit in range(1, 64):
+            self._pooled_references = limit
+            if self._free_in(ring) is not None:
+                return limit
+        return 0  # never free: recycled() then always makes new arrays
+
+    def _pool(self) -> Any:
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = collections.OrderedDict()
+            self._local.pool_bytes = 0
+            _POOLS.add(self)
+        return pool
+
+    def _pool_keep(self, pool: Any, key: Any, array: Any) -> None:
+        """Keep ``array`` in ``key``'s ring where the bounds allow, letting go of the shapes
+        asked for longest ago to make room."""
+        ring = pool.get(key)
+        if (ring is not None and len(ring) >= _POOL_DEPTH) or array.nbytes > _POOL_BYTES:
+            return
+        local = self._local
+        while local.pool_bytes + array.nbytes > _POOL_BYTES and pool:
+            _, dropped = pool.popitem(last=False)
+            local.pool_bytes -= sum(a.nbytes for a in dropped)
+        ring = pool.get(key)
+        if ring is None:
+            ring = pool[key] = []
+        ring.append(array)
+        local.pool_bytes += array.nbytes
+
+    def empty_pool(self) -> int:
+        """Let go of the calling thread's recycled arrays; returns their bytes (those still
+        in use stay alive with their users)."""
+        pool = getattr(self._local, "pool", None)
+        if not pool:
+            return 0
+        freed = int(self._local.pool_bytes)
+        pool.clear()
+        self._local.pool_bytes = 0
+        return freed
+
     def _probe_references(self) -> int:
         # The reference count reuse() sees for an array that only its caller's local holds:
         # measured with the very same call shape (a local, a method, _references), so the
@@ -366,6 +474,37 @@ class NumpyOps(Ops):
         return target
 
     # -- elementwise and per-row kernels: fewer calls for the same values ----------------------
+    # -- ReLU into recycled arrays: the same ufuncs as Ops's, their results in arrays of
+    # earlier steps (recycled) for float32/float64 arrays of recycle_min elements or more.
+    def _recycled_like(self, x: Any, dtype: Any) -> Any:
+        if x.size < self.recycle_min or type(x) is not self._np.ndarray or x.dtype.char not in "fd":
+            return None
+        return self.recycled(x.shape, dtype)
+
+    def relu_mask(self, x: Any) -> Any:
+        """``x > 0`` (:meth:`Ops.relu_mask`), into a recycled array."""
+        out = self._recycled_like(x, self._bool)
+        if out is None:
+            return super().relu_mask(x)
+        return self._np.greater(x, 0, out=out)
+
+    def leaky_relu(self, x: Any, mask: Any, slope: float) -> Any:
+        """:meth:`Ops.leaky_relu`; ReLU's ``maximum(x, 0)`` into a recycled array."""
+        out = self._recycled_like(x, x.dtype) if slope == 0.0 else None
+        if out is None:
+            return super().leaky_relu(x, mask, slope)
+        return self._np.maximum(x, self._zero(x.dtype), out=out)
+
+    def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
+        """:meth:`Ops.leaky_relu_backward`; ReLU's ``mask * gy`` into a recycled array (the
+        mask as 0/1 factors, then the same product)."""
+        out = self._recycled_like(gy, gy.dtype) if slope == 0.0 else None
+        if out is None:
+            return super().leaky_relu_backward(gy, mask, slope)
+        self._np.copyto(out, mask)
+        out *= gy
+        return out
+
     def sigmoid(self, x: Any) -> Any:
         """``1 / (1 + exp(-x))`` in five calls (the split form takes eight: 1.4 us of the
         tiny step's 3.8), for float32 and float64 arrays; others take :meth:`Ops.sigmoid`.
@@ -495,11 +634,6 @@ class NumpyOps(Ops):
             y = y.copy()
         elif not y.flags.writeable:
             return None  # NumPy's own error, from the ufunc path
-        elif y.nbytes < _OWN_BLOCK_MIN_BYTES:
-            # The ufunc path's scratch buffer, made all the same (once): where it lies in the
-            # heap keeps glibc from trimming what the step frees below it. Without it the
-            # medium float64 MLP took 1,400 page faults a step (2026-12-02; _OWN_BLOCK_MIN).
-            self._temp(y, 0)
         axpy(y.size, -a, x.ctypes.data, y.ctypes.data)
         return y
 
@@ -815,6 +949,7 @@ BACKEND = Backend(
     scatter_add=scatter_add,
     kernels=kernels,
     ops=NumpyOps,
+    empty_cache=empty_cache,
     install_hint="pip install numpy array-api-compat",
     description="NumPy on the CPU (default)",
 )

@@ -26,6 +26,7 @@ One :class:`Ops` per backend namespace, built by the backend record's ``ops`` fa
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -338,6 +339,18 @@ class Ops:
         product reshaped to a weight's shape): an array that owns its memory can be
         reused in the next step (:meth:`reuse`), a view cannot. ``None`` where :meth:`reuse` never
         says yes (the default): the caller allocates as usual."""
+        return None
+
+    #: The fewest elements for which :meth:`recycled` may give an array: a node compares
+    #: its result's size with this before calling it, so small steps pay one comparison.
+    recycle_min: int = sys.maxsize
+
+    def recycled(self, shape: tuple[int, ...], dtype: DType) -> Array | None:
+        """An array of ``shape`` and ``dtype`` (garbage values) for a step's intermediate
+        result (a layer's output, a gradient passed down) to be written into with ``out=``,
+        taken from the arrays given out for the same shape in earlier steps where the
+        backend can prove nothing refers to one any more, else ``None``: the caller
+        allocates as usual. The default never recycles."""
         return None
 
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:

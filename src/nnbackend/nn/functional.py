@@ -148,7 +148,14 @@ class Linear(Function):
         c = self.c
         if c is NATIVE:  # the usual case: no conversions to ask for
             self.x, self.w = x, w
-            y = x @ w if x.ndim <= 2 else _product(self.xp, x, w)
+            ops = self.ops
+            if x.ndim == 2 and x.shape[0] * w.shape[-1] >= ops.recycle_min and w.ndim == 2:
+                # Into an array of an earlier step's (NumPy: no page faults, whatever the
+                # heap does); None where there is none to give.
+                out = ops.recycled((x.shape[0], w.shape[1]), x.dtype)
+                y = x @ w if out is None else ops.matmul(x, w, out=out)
+            else:
+                y = x @ w if x.ndim <= 2 else _product(self.xp, x, w)
             # The product is a new array of the output's shape: the bias goes into it (one
             # activation-sized array a layer fewer; the same sums).
             return y if b is None else self.ops.add_(y, b)
@@ -174,7 +181,15 @@ class Linear(Function):
             shape = tuple(x.shape)
             x = xp.reshape(x, (-1, w.shape[0]))
             gy = xp.reshape(gy, (-1, w.shape[1]))
-        gx = gy @ w.T if needs[0] else None
+        gx = None
+        if needs[0]:
+            ops = self.ops
+            out = (
+                ops.recycled((gy.shape[0], w.shape[0]), gy.dtype)
+                if native and gy.shape[0] * w.shape[0] >= ops.recycle_min
+                else None
+            )
+            gx = gy @ w.T if out is None else ops.matmul(gy, w.T, out=out)
         if gx is not None and shape is not None:
             gx = xp.reshape(gx, shape)
         gw = None
