@@ -477,20 +477,21 @@ class NumpyOps(Ops):
     # -- ReLU into recycled arrays: the same ufuncs as Ops's, their results in arrays of
     # earlier steps (recycled) for float32/float64 arrays of recycle_min elements or more.
     def _recycled_like(self, x: Any, dtype: Any) -> Any:
-        if x.size < self.recycle_min or type(x) is not self._np.ndarray or x.dtype.char not in "fd":
+        if type(x) is not self._np.ndarray or x.dtype.char not in "fd":
             return None
         return self.recycled(x.shape, dtype)
 
     def relu_mask(self, x: Any) -> Any:
         """``x > 0`` (:meth:`Ops.relu_mask`), into a recycled array."""
-        out = self._recycled_like(x, self._bool)
+        out = self._recycled_like(x, self._bool) if x.size >= self.recycle_min else None
         if out is None:
             return super().relu_mask(x)
         return self._np.greater(x, 0, out=out)
 
     def leaky_relu(self, x: Any, mask: Any, slope: float) -> Any:
         """:meth:`Ops.leaky_relu`; ReLU's ``maximum(x, 0)`` into a recycled array."""
-        out = self._recycled_like(x, x.dtype) if slope == 0.0 else None
+        big = x.size >= self.recycle_min and slope == 0.0
+        out = self._recycled_like(x, x.dtype) if big else None
         if out is None:
             return super().leaky_relu(x, mask, slope)
         return self._np.maximum(x, self._zero(x.dtype), out=out)
@@ -498,7 +499,8 @@ class NumpyOps(Ops):
     def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
         """:meth:`Ops.leaky_relu_backward`; ReLU's ``mask * gy`` into a recycled array (the
         mask as 0/1 factors, then the same product)."""
-        out = self._recycled_like(gy, gy.dtype) if slope == 0.0 else None
+        big = gy.size >= self.recycle_min and slope == 0.0
+        out = self._recycled_like(gy, gy.dtype) if big else None
         if out is None:
             return super().leaky_relu_backward(gy, mask, slope)
         self._np.copyto(out, mask)
@@ -595,9 +597,10 @@ class NumpyOps(Ops):
         wheels ship OpenBLAS, large float32/float64 updates by a Python float are one BLAS
         axpy instead (:mod:`nnbackend.backends.blas`): rounded once, like PyTorch's, so a
         value may differ from ``y - a * x`` in its last bit."""
-        fused = self._axpy_update(y, a, x)
-        if fused is not None:
-            return fused
+        if x.size >= _SCRATCH_MIN:  # (small ones: one comparison, for the tiny step)
+            fused = self._axpy_update(y, a, x)
+            if fused is not None:
+                return fused
         if not self.inplace:  # a record that forbids in-place writes: rebind
             return super().sub_scaled_(y, a, x)
         if y.dtype == self._f16:
@@ -625,7 +628,7 @@ class NumpyOps(Ops):
         on the BLAS threads, 2.5-3x faster than two ufuncs), else into a copy, so rebinding
         backends get the same bits; ``None`` where it does not apply."""
         np = self._np
-        if type(y) is not np.ndarray or type(x) is not np.ndarray or y.size < _SCRATCH_MIN:
+        if type(y) is not np.ndarray or type(x) is not np.ndarray:
             return None
         axpy = blas.usable(np, y, a, x)
         if axpy is None:
@@ -803,9 +806,10 @@ class NumpyOps(Ops):
     def sub_times_(self, y: Any, a: Any, x: Any) -> Any:
         """``y -= a * x`` in ``y``'s dtype: NumPy's BLAS axpy (as :meth:`sub_scaled_`), else
         ``a * x`` in a scratch buffer for large arrays."""
-        fused = self._axpy_update(y, a, x)
-        if fused is not None:
-            return fused
+        if x.size >= _SCRATCH_MIN:
+            fused = self._axpy_update(y, a, x)
+            if fused is not None:
+                return fused
         if not self._fits(y, (x,), (a,)):
             return super().sub_times_(y, a, x)
         np = self._np

@@ -149,7 +149,7 @@ class Linear(Function):
         if c is NATIVE:  # the usual case: no conversions to ask for
             self.x, self.w = x, w
             ops = self.ops
-            if x.ndim == 2 and x.shape[0] * w.shape[-1] >= ops.recycle_min and w.ndim == 2:
+            if x.shape[0] * w.shape[-1] >= ops.recycle_min and x.ndim == 2 and w.ndim == 2:
                 # Into an array of an earlier step's (NumPy: no page faults, whatever the
                 # heap does); None where there is none to give.
                 out = ops.recycled((x.shape[0], w.shape[1]), x.dtype)
