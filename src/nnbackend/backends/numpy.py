@@ -474,8 +474,8 @@ class NumpyOps(Ops):
         return target
 
     # -- elementwise and per-row kernels: fewer calls for the same values ----------------------
-    # -- ReLU into recycled arrays: the same ufuncs as Ops's, their results in arrays of
-    # earlier steps (recycled) for float32/float64 arrays of recycle_min elements or more.
+    # ReLU: the same ufuncs as Ops's, their results in recycled arrays for float32 and
+    # float64 arrays of recycle_min elements or more.
     def _recycled_like(self, x: Any, dtype: Any) -> Any:
         if type(x) is not self._np.ndarray or x.dtype.char not in "fd":
             return None
