@@ -96,53 +96,62 @@ FINDINGS = """\
 Profiles (cProfile, line_profiler, page-fault counts) of the steps that miss a target, their
 causes and every change tried, each with its before and after, are in `benchmarks/NOTES.md` in
 the repository. In short, as of 2026-12-02 (issue 19; `mlp_processes`, each implementation in
-its own worker process; the large case's dedicated run is
-`benchmarks/results/issue19_large_20261202.txt`, the earlier machines' runs are
-`issue19_final2_20261201.txt` and `issue19_final_20261201.txt`):
+its own worker process; the large case's dedicated runs are
+`benchmarks/results/issue19_large_20261202b.txt` and, before the axpy and the recycled arrays,
+`issue19_large_20261202.txt`; the earlier machines' runs are `issue19_final2_20261201.txt`
+and `issue19_final_20261201.txt`):
 
 - **The machine decides the PyTorch ratios.** This page's run is on an Intel Xeon with AMX
-  (Sapphire Rapids class), where torch's MKL does the medium step's 8 products in 0.90x the
-  time OpenBLAS takes (8.68 against 9.59 ms; float64 0.83x): the GEMMs alone on NumPy take
-  0.90x torch's *whole* medium step. The engine's step is 1.29x its own GEMMs, torch's 1.23x
-  its own, so medium float32 engine / torch reads 1.14 here (target 0.95: missed), float64
-  1.27 (target 1.15: missed), where the AMD EPYC of 2026-12-01 read 0.92-1.03 and 0.85-1.13.
-  The non-GEMM 2 ms of the medium step are mostly memory traffic: the SGD update of 1.9 M
-  parameters (0.84 ms, one thread, two ufuncs a block; torch's fused two-thread `add_` took
-  3.3 ms for a 4096x4096 float32 update that takes NumPy 8.4 ms this way), ReLU and its mask,
-  the bias sums. Large (4096x3, batch 512): 1.02 (1.09
-  before this session's blocked SGD update), with the GEMMs alone on OpenBLAS at 0.97x torch's
-  step. Width 1024 at batches 1-16: 0.98-1.77; torch's time there swings with its own page
-  faults (1.7 ms with 126 faults a step, 2.5 ms with 871), the engine's does not (2.9-3.6 ms,
-  no faults): these steps are memory-bound (a 1024x1024 weight read forward and backward, its
-  gradient written, the update), and torch runs its elementwise work on two threads.
-- **The SGD update, a block at a time.** NumPy has no fused `p -= lr * g`; the engine applies
-  it 64 Ki elements at a time through a cache-sized block (the same two ufuncs, the same bits),
-  1.6-1.9x faster than through a gradient-sized buffer: width 1024 batch 2 3.2-3.3 -> 2.8-3.0
-  ms, medium float64 26.4-26.9 -> 25.0-25.6 ms, large 354-355 -> 342-343 ms and 64 MiB less
-  peak RSS.
+  (Sapphire Rapids class), where torch's MKL does the medium step's 8 products in 0.89x the
+  time OpenBLAS takes (8.67 against 9.72 ms; float64 0.82x): the GEMMs alone on NumPy take
+  0.90x torch's *whole* medium step. The engine's step is 1.20x its own GEMMs (1.29x before
+  the axpy), torch's 1.24x its own, so medium float32 engine / torch reads 1.09 here (target
+  0.95: missed; meeting it would need the engine's non-GEMM work under 0.5 ms), where the AMD
+  EPYC of 2026-12-01 read 0.92-1.03. Medium float64 reads 1.04 (target 1.15: met; 1.27
+  before), large (4096x3, batch 512) 1.00 and 0.97 in two runs (target 1.0: met; 1.02
+  before; the GEMMs alone on OpenBLAS take 0.96-1.0x torch's step), width 1024 at
+  batches 1-16 0.61-1.36 (target 1.5: met; torch's time there swings with its own page
+  faults, the engine's does not).
+- **SGD's update is OpenBLAS's axpy.** NumPy has no fused `p -= lr * g`; where NumPy's wheels
+  ship OpenBLAS, the update of a large float32/float64 parameter (SGD's, Momentum's
+  `p -= lr * b`) is the BLAS `axpy` NumPy itself links, called through ctypes: one pass on the
+  BLAS threads without the GIL, 4096x4096 float32 4-5 ms against 13 for two ufuncs a block at
+  a time (torch's `add_` 6-8 ms). Medium float32 step 14.5 -> 13.4-14.0 ms, large 382 ->
+  369-378 ms, width 1024 batch 4 3.55-3.60 -> 2.84-2.93 ms (A/B, alternating processes). It
+  rounds once, like torch's `add_(alpha=)`: a value may differ from `p - lr * g` in its last
+  bit. Elsewhere (another BLAS, small parameters, views) the update runs 64 Ki elements at a
+  time through a cache-sized block, the same ufuncs and bits as one pass, 1.6-1.9x faster than
+  through a gradient-sized buffer. Running those blocks on two Python threads gained nothing
+  (12.5 -> 11.9-12.7 ms at 4096x4096: the GIL hand-offs between ufunc calls eat it).
 - **Memory.** The default engine takes no page faults in a steady-state step of the medium
-  float32 and float64, width 2048 and large networks (the large step took 4,700 a step before
-  issue 19). For medium float64 this rests on where glibc's heap ends between steps: the
-  SGD's gradient-sized scratch buffer keeps it from trimming its top (4,400 faults a step
-  without it, measured this session); `NNBACKEND_KEEP_FREED_MEMORY=1` (opt-in, glibc) gives 0
-  whatever the layout. `zero_grad()` keeps each gradient array aside and the next backward
+  float32 and float64, width 1024, width 2048 and large networks (the large step took 4,700 a
+  step before issue 19, medium float64 7,000). A step writes its layers' outputs, ReLU masks
+  and passed-down gradients into arrays of earlier steps that nothing refers to any more
+  (`NumpyOps.recycled`: per thread, at most 64 per shape and 1 GiB; `nb.empty_cache()` lets
+  go), so this no longer depends on where glibc's heap ends (medium float64 took 1,400
+  faults a step once the axpy left the old SGD scratch buffer unmade).
+  `zero_grad()` keeps each gradient array aside and the next backward
   writes the new weight gradient into it where nothing else refers to it (NumPy; a gradient
   the user kept is never written into), for Linear, convolution, embedding and recurrent
   weights; the optimizers' rules (Momentum to Adam) compute their temporaries in scratch
   buffers kept per thread (the peak memory of Adam's step on the medium float64 network: 16.8
-  MB before, 0.3 MB now), a cache-sized block at a time like SGD's (Adam's step on two
-  4096x4096 float32 parameters 182-188 -> 109-111 ms, Momentum's 58-61 -> 44-45). numba
-  (about 130 MB) is imported only by the first float16 conversion that needs it.
+  MB before, 0.3 MB now), a cache-sized block at a time (Adam's step on two 4096x4096 float32
+  parameters 182-188 -> 109-111 ms, Momentum's 58-61 -> 44-45). numba (about 130 MB) is
+  imported only by the first float16 conversion that needs it.
 - **Batch 1.** The weight gradient of a one-row batch is an outer product, computed as a
   broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024.
-- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop 1.13 (target 1.0), eager / hand
-  2.15 (target 1.4), both missed; on 2026-12-01's machines they read 1.18-1.34 and 1.63-1.70.
-  This CPU runs the hand loop's NumPy calls faster (31.7 us) and the engine's Python slower
-  (eager 67.9 us, 55.0 on the earlier Sapphire Rapids). The compiled step's own calls written
+- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop 1.20 (target 1.0), eager / hand
+  2.22 (target 1.4), both missed; on 2026-12-01's machines they read 1.18-1.34 and 1.63-1.70.
+  This CPU runs the hand loop's NumPy calls faster (31.8 us) and the engine's Python slower
+  (eager 70.4 us, 55.0 on the earlier Sapphire Rapids). The compiled step's own calls written
   out in one function, no node methods and no call wrapper, take 0.96-1.0x the hand loop's:
   what is left is Python around the array calls (node methods, `SGD.step`), which only a
   replay inlining the nodes' code would remove; the eager step pays about 2.3 us per node to
   build the graph and as much backward (`benchmarks/NOTES.md`, the tiny-step sections).
+- **float16 / float32 (`mlp_dtypes`, 1.59 against 1.5).** The float16 step did not get
+  slower (19.9-20.7 ms against 19.6-22.7 before, A/B); the float32 step it is divided by got
+  faster (the axpy, which float16 parameters, updated in float32 a block of rows at a time,
+  do not take).
 """
 
 STATIC_SECTIONS = """\
