@@ -310,6 +310,11 @@ def _isolate_settings() -> Iterator[None]:
                     current.clear()
                     current.update(value)
                 registry.generation += 1
+                # As a registry change does: the caches built from the test's records
+                # (namespace.backend_for's by array type, ops_for's) forget them. Without
+                # this, a test that left a numpy record without in-place writes to be
+                # restored here made the next test's optimizer rebind (CI, 2026-12-02).
+                registry._on_change()
             registry._entry_points_loaded = saved_loaded
         nb_random._global = saved_random
 
