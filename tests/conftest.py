@@ -32,6 +32,7 @@ registry and the module-level random generator after every test.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -437,6 +438,19 @@ class DLPackProducer:
 
     def __dlpack_device__(self) -> Any:
         return self.array.__dlpack_device__()
+
+
+@pytest.fixture
+def numpy_without_inplace_writes() -> Callable[[], None]:
+    """``forbid()`` registers the numpy record with in-place writes forbidden (its ops then
+    rebind every result); the registry is restored after the test."""
+
+    def forbid() -> None:
+        record = registry.get("numpy")
+        caps = dataclasses.replace(record.capabilities, inplace=False)
+        registry.register_backend(dataclasses.replace(record, capabilities=caps), replace=True)
+
+    return forbid
 
 
 @pytest.fixture

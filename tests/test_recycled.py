@@ -7,16 +7,16 @@ earlier step keeps its values."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 import nnbackend as nb
-from nnbackend import nn, optim, registry
+from nnbackend import nn, optim
 from nnbackend.backends import numpy as numpy_ops
 from nnbackend.backends.numpy import NumpyOps
 from nnbackend.namespace import ops_for
@@ -70,25 +70,16 @@ def test_an_array_comes_back_only_when_nothing_holds_it() -> None:
 
 
 def test_small_arrays_and_records_without_writes_are_not_recycled(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, numpy_without_inplace_writes: Callable[[], None]
 ) -> None:
     ops = _ops()
     assert ops.recycled((ROWS, 8), np.dtype(np.float64)) is None  # below recycle_min
     monkeypatch.setattr(ops, "may_cache", False)
     assert ops.recycled((ROWS, WIDTH), np.dtype(np.float64)) is None
-    record = registry.get("numpy")
-    registry.register_backend(
-        dataclasses.replace(
-            record, capabilities=dataclasses.replace(record.capabilities, inplace=False)
-        ),
-        replace=True,
-    )
-    try:
-        strict_ops = _ops()
-        assert strict_ops.recycled((ROWS, WIDTH), np.dtype(np.float64)) is None
-        assert strict_ops.recycle_min > 2**40  # nodes never even ask
-    finally:
-        registry.register_backend(record, replace=True)
+    numpy_without_inplace_writes()
+    rebinding = _ops()
+    assert rebinding.recycled((ROWS, WIDTH), np.dtype(np.float64)) is None
+    assert rebinding.recycle_min > 2**40  # nodes never even ask
 
 
 def test_each_thread_has_its_own_arrays() -> None:
