@@ -366,8 +366,10 @@ class NumpyOps(Ops):
         """An array of ``shape`` and ``dtype`` (garbage values) for a step's intermediate:
         one given out for the same shape in an earlier step that nothing refers to any more
         (CPython's reference count shows only this pool's own reference: a user's, a view's,
-        a graph's all count), else a new one, kept for the steps to come; ``None`` below
-        :data:`_SCRATCH_MIN` elements or where the ops may not keep arrays.
+        a graph's, a torch tensor's or a memoryview's all count; a weak reference does not,
+        so an array reached only through one may be rewritten), else a new one, kept for the
+        steps to come; ``None`` below :data:`_SCRATCH_MIN` elements or where the ops may not
+        keep arrays.
 
         Why: a step frees and makes the same megabyte arrays every step, and whether glibc
         hands their memory back to the OS in between (to page-fault it in again, 1,400 to
