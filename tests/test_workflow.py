@@ -125,6 +125,18 @@ def test_numpy_input_to_a_torch_model_is_a_backend_mismatch() -> None:
         norm(np.ones((2, 4)))
 
 
+def test_a_python_list_input_is_a_backend_mismatch_with_its_fix() -> None:
+    """A list is not an array of the model's backend: a typed error naming it and
+    to_backend, not an AttributeError from inside the layer (found probing, 2026-12-02)."""
+    model = small_model()
+    rows = np.ones((2, 4)).tolist()
+    with pytest.raises(BackendMismatchError, match=r"builtins\.list, not an array.*to_backend"):
+        model(rows)
+    with pytest.raises(BackendMismatchError, match=r"builtins\.list"):
+        nn.ReLU()(rows)
+    assert tuple(model(nb.to_backend(rows, like=model)).shape) == (2, 3)
+
+
 # -- validation_split / validation_data --------------------------------------------------------
 def test_validation_split_holds_out_the_last_rows() -> None:
     x, t = user_data(100)

@@ -252,8 +252,10 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     wd = weight.data if isinstance(weight, Tensor) else weight
     compute = mixed_compute()
     # Dtypes of two libraries are not compared (array_api_strict warns that its dtypes never
-    # equal NumPy's): a dtype of another type is a backend mismatch, or a dtype error.
-    if compute is None and (type(xd.dtype) is not type(wd.dtype) or xd.dtype != wd.dtype):
+    # equal NumPy's): a dtype of another type is a backend mismatch, or a dtype error. An
+    # input without a dtype (a list) is a backend mismatch too, with its fix.
+    x_dtype = getattr(xd, "dtype", None)
+    if compute is None and (type(x_dtype) is not type(wd.dtype) or x_dtype != wd.dtype):
         same_backend(xd, wd)
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
@@ -280,8 +282,12 @@ def same_backend(x: Any, weight: Any) -> None:
     w_record = backend_for(weight)[1]
     try:
         x_name = backend_for(x)[1].name
-    except BackendMismatchError:
-        x_name = f"{type(x).__module__}.{type(x).__qualname__}"
+    except BackendMismatchError:  # not an array of any backend: a list, a scalar, ...
+        raise BackendMismatchError(
+            f"the input is a {type(x).__module__}.{type(x).__qualname__}, not an array of the "
+            f"layer's backend {w_record.name!r}; make it one with "
+            "nnbackend.to_backend(x, like=model) (Trainer.fit/evaluate/predict do it for you)"
+        ) from None
     if x_name == w_record.name:
         return
     raise BackendMismatchError(
