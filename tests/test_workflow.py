@@ -135,6 +135,20 @@ def test_a_python_list_input_is_a_backend_mismatch_with_its_fix() -> None:
     with pytest.raises(BackendMismatchError, match=r"builtins\.list"):
         nn.ReLU()(rows)
     assert tuple(model(nb.to_backend(rows, like=model)).shape) == (2, 3)
+    images = np.ones((1, 1, 5, 5)).tolist()
+    sequences = np.ones((2, 5, 4)).tolist()
+    for layer, data in (
+        (nn.LayerNorm(4), rows),
+        (nn.BatchNorm1d(4), rows),
+        (nn.Conv2d(1, 2, 3), images),
+        (nn.LSTM(4, 3), sequences),
+        (nn.GRU(4, 3), sequences),
+        (nn.RNN(4, 3), sequences),
+    ):
+        with pytest.raises(BackendMismatchError, match=r"builtins\.list, not an array"):
+            layer(data)
+    with pytest.raises(BackendMismatchError, match=r"builtins\.list, not an array"):
+        nn.SoftmaxCrossEntropy()(rows, np.array([0, 1]))
 
 
 # -- validation_split / validation_data --------------------------------------------------------

@@ -39,7 +39,7 @@ from nnbackend.backends.ops import NATIVE, device_key
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import float_dtype, mixed_compute
+from nnbackend.nn.functional import float_dtype, mixed_compute, not_an_array
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -484,6 +484,8 @@ class Convolution(Function):
 
 
 def _check(name: str, x: Any, w: Any, b: Any, channels: int, groups: int) -> None:
+    if not hasattr(x, "ndim"):
+        raise not_an_array(x, name)
     if x.ndim != 4:
         raise ShapeError(
             f"{name}: input must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}; "

@@ -275,6 +275,16 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
         raise
 
 
+def not_an_array(x: Any, where: str) -> BackendMismatchError:
+    """The error for a layer's input that is no array at all (a list, a string): what it is,
+    and how to make it one."""
+    return BackendMismatchError(
+        f"{where}: the input is a {type(x).__module__}.{type(x).__qualname__}, not an array of "
+        "the layer's backend; make it one with nnbackend.to_backend(x, like=model) "
+        "(Trainer.fit/evaluate/predict do it for you)"
+    )
+
+
 def same_backend(x: Any, weight: Any) -> None:
     """Raise :class:`~nnbackend.errors.BackendMismatchError` when the input ``x`` is not an
     array of the weight's backend (checked only where the dtypes already differ: a NumPy
@@ -283,11 +293,7 @@ def same_backend(x: Any, weight: Any) -> None:
     try:
         x_name = backend_for(x)[1].name
     except BackendMismatchError:  # not an array of any backend: a list, a scalar, ...
-        raise BackendMismatchError(
-            f"the input is a {type(x).__module__}.{type(x).__qualname__}, not an array of the "
-            f"layer's backend {w_record.name!r}; make it one with "
-            "nnbackend.to_backend(x, like=model) (Trainer.fit/evaluate/predict do it for you)"
-        ) from None
+        raise not_an_array(x, "linear") from None
     if x_name == w_record.name:
         return
     raise BackendMismatchError(
@@ -638,6 +644,8 @@ def softmax_cross_entropy(logits: Any, labels: Any, ignore_index: int | None = N
     """
     logits, labels = _loss_inputs(logits, labels)
     ld, td = _data(logits), _data(labels)
+    if not hasattr(ld, "ndim"):
+        raise not_an_array(ld, "softmax_cross_entropy")
     if ld.ndim > 2 and td.ndim == ld.ndim - 1:
         logits = ops.reshape(logits, (-1, ld.shape[-1]))
         labels = backend_for(td)[0].reshape(td, (-1,))

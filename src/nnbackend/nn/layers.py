@@ -249,6 +249,8 @@ class LayerNorm(Module):
 
     def forward(self, x: Any) -> Tensor:
         xd = _data(x)
+        if not hasattr(xd, "ndim"):
+            raise F.not_an_array(xd, repr(self))
         if xd.ndim == 0 or xd.shape[-1] != self.dim:
             raise ShapeError(
                 f"{self!r}: expected input of shape (..., {self.dim}), got shape {tuple(xd.shape)}"

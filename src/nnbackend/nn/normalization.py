@@ -25,7 +25,7 @@ from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import mixed_compute
+from nnbackend.nn.functional import mixed_compute, not_an_array
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "batch_norm", "group_norm"]
@@ -404,6 +404,8 @@ class _BatchNorm(Module):
     def forward(self, x: Any) -> Tensor:
         xd = _data(x)
         if getattr(xd, "ndim", None) not in self._ndims:
+            if not hasattr(xd, "ndim"):
+                raise not_an_array(xd, repr(self))
             raise ShapeError(
                 f"{self!r}: expected input with {' or '.join(map(str, self._ndims))} axes "
                 f"(N, C{', ...' if max(self._ndims) > 2 else ''}), got shape "

@@ -43,6 +43,7 @@ from nnbackend.backends.ops import tanh_sigmoid
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for, ops_for
 from nnbackend.nn import init
+from nnbackend.nn.functional import not_an_array
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -370,6 +371,14 @@ class RNNBase(Module):
         """The kept state (raw arrays) or None."""
         return self._state
 
+    def _rows(self, x: Any) -> int:
+        """The batch size of the input ``x`` (N, T, D), or the error for an input that is no
+        array at all."""
+        xd = _data(x)
+        if not hasattr(xd, "shape"):
+            raise not_an_array(xd, repr(self))
+        return int(xd.shape[0])
+
     def _initial(self, state: Any, n: int) -> tuple[Any, ...]:
         count = 2 if self.kind == "lstm" else 1
         if state is None:
@@ -438,7 +447,7 @@ class RNN(RNNBase):
     kind = "rnn"
 
     def forward(self, x: Any, h0: Any = None) -> tuple[Tensor, Tensor]:
-        (h0,) = self._initial(h0, _data(x).shape[0])
+        (h0,) = self._initial(h0, self._rows(x))
         hs, h = rnn(x, h0, self.weight_x, self.weight_h, self.bias)
         self._keep(h)
         return hs, h
@@ -460,7 +469,7 @@ class LSTM(RNNBase):
     kind = "lstm"
 
     def forward(self, x: Any, state: Any = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        h0, c0 = self._initial(state, _data(x).shape[0])
+        h0, c0 = self._initial(state, self._rows(x))
         hs, h, c = lstm(x, h0, c0, self.weight_x, self.weight_h, self.bias)
         self._keep(h, c)
         return hs, (h, c)
@@ -475,7 +484,7 @@ class GRU(RNNBase):
     kind = "gru"
 
     def forward(self, x: Any, h0: Any = None) -> tuple[Tensor, Tensor]:
-        (h0,) = self._initial(h0, _data(x).shape[0])
+        (h0,) = self._initial(h0, self._rows(x))
         hs, h = gru(x, h0, self.weight_x, self.weight_h, self.bias)
         self._keep(h)
         return hs, h
