@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 import nnbackend as nb
 import nnbackend.functional as F
-from nnbackend.errors import ArgumentError, ShapeError
+from nnbackend.errors import ArgumentError, BackendMismatchError, ShapeError
 
 STEP = 1.0 / 16.0
 BUDGET = settings.default.max_examples
@@ -357,3 +357,41 @@ def test_negative_step_slices(xp: Any, dtype: str, data: st.DataObject) -> None:
     np.testing.assert_array_equal(got.numpy().astype(np.float64), host_x[key])
     if got.size:
         assert nb.gradcheck(lambda t: t[key] * 2.0, x)
+
+
+def test_an_axis_out_of_range_is_an_error_not_another_axis() -> None:
+    """``axis % ndim`` turned axis 5 of a 2-D array into axis 1 (sum, mean, max, concat) and
+    returned a result for the wrong axis; NumPy raises. Now a ShapeError (a ValueError, like
+    NumPy's AxisError) names the axis and the valid range; negative axes in range still
+    count from the end (found probing, 2026-12-02)."""
+    x = nb.Tensor(np.arange(6.0).reshape(2, 3))
+    bad = {
+        "sum": lambda: x.sum(axis=5),
+        "mean": lambda: x.mean(axis=-3),
+        "max": lambda: x.max(axis=2),
+        "sum of a tuple": lambda: x.sum(axis=(0, 5)),
+        "concat": lambda: F.concat([x, x], axis=3),
+        "split": lambda: F.split(x, 2, axis=4),
+        "take": lambda: F.take(x, np.array([0]), axis=3),
+        "flatten": lambda: F.flatten(x, 0, 5),
+        "transpose": lambda: x.transpose((0, 5)),
+    }
+    for name, call in bad.items():
+        with pytest.raises(ShapeError, match=r"out of range for an array of 2 axes"):
+            call()
+        assert issubclass(ShapeError, ValueError), name
+    np.testing.assert_array_equal(x.sum(axis=-1).data, [3.0, 12.0])
+    np.testing.assert_array_equal(F.concat([x, x], axis=-1).data.shape, (2, 6))
+    np.testing.assert_array_equal(x.max(axis=(0, -1)).data, 5.0)
+
+
+def test_an_operand_that_is_no_array_is_a_typed_type_error() -> None:
+    """``tensor + "a"`` or ``tensor * None`` raised AttributeError from inside the engine;
+    now a BackendMismatchError (a TypeError, as NumPy and torch raise) naming what it got."""
+    x = nb.Tensor(np.ones(3))
+    for other in ("a", None, [1.0, 2.0, 3.0]):
+        for call in (lambda o=other: x + o, lambda o=other: x * o, lambda o=other: o - x):
+            with pytest.raises(BackendMismatchError) as info:
+                call()
+            assert isinstance(info.value, TypeError)
+            assert type(other).__qualname__ in str(info.value)

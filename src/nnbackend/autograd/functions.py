@@ -527,7 +527,7 @@ def flatten(x: Any, start: int = 0, end: int = -1) -> Tensor:
     shape = tuple(_data(x).shape)
     if not shape:
         return ops.reshape(x, (1,))
-    s, e = start % len(shape), end % len(shape)
+    s, e = ops.normalize_axis(start, len(shape)), ops.normalize_axis(end, len(shape))
     if s > e:
         raise ArgumentError(f"flatten: start axis {start} comes after end axis {end}")
     merged = math.prod(shape[s : e + 1])
@@ -569,7 +569,7 @@ class Concat(Function):
         first = xs[0]
         for x in xs[1:]:
             ops.check_same_dtype("concat", first, x)
-        self.axis = self.axis % first.ndim if first.ndim else self.axis
+        self.axis = ops.normalize_axis(self.axis, first.ndim) if first.ndim else self.axis
         self.sizes = [int(x.shape[self.axis]) for x in xs]
         return xp.concat(list(xs), axis=self.axis)
 
@@ -588,7 +588,7 @@ class Split(Function):
 
     def forward(self, x: Any) -> Any:
         self.shape, self.dtype = tuple(x.shape), x.dtype
-        axis = self.axis = self.axis % x.ndim
+        axis = self.axis = ops.normalize_axis(self.axis, x.ndim)
         outs = []
         start = 0
         for n in self.sizes:
@@ -635,7 +635,7 @@ def split(x: Any, sections: int | Sequence[int], axis: int = 0) -> tuple[Tensor,
     shape = tuple(_data(x).shape)
     if not shape:
         raise ShapeError("split needs an array with at least one axis")
-    length = shape[axis % len(shape)]
+    length = shape[ops.normalize_axis(axis, len(shape))]
     if isinstance(sections, int):
         if sections <= 0 or length % sections:
             raise ShapeError(
@@ -712,7 +712,7 @@ class Take(Function):
 
     def forward(self, x: Any) -> Any:
         xp = self.xp
-        axis = self.axis = self.axis % x.ndim
+        axis = self.axis = ops.normalize_axis(self.axis, x.ndim)
         self.in_shape = tuple(x.shape)
         flat = xp.take(x, xp.reshape(self.indices, (-1,)), axis=axis)
         shape = (*x.shape[:axis], *self.indices.shape, *x.shape[axis + 1 :])

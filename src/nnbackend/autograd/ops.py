@@ -10,7 +10,7 @@ from typing import Any
 
 from nnbackend.autograd.function import Function
 from nnbackend.config import normalize_dtype
-from nnbackend.errors import DtypeError, ShapeError
+from nnbackend.errors import BackendMismatchError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 
 __all__ = [
@@ -59,7 +59,15 @@ def check_same_dtype(op: str, a: Any, b: Any) -> None:
     (Python scalars always pass). Internal API for the engine's nodes."""
     if type(a) in _SCALARS or type(b) in _SCALARS:
         return
-    if a.dtype != b.dtype:
+    try:
+        differ = a.dtype != b.dtype
+    except AttributeError:  # a string, None, a list: no operand at all
+        other = b if hasattr(a, "dtype") else a
+        raise BackendMismatchError(
+            f"{op}: an operand is a {type(other).__module__}.{type(other).__qualname__}; "
+            "expected a Tensor, an array of the same backend, or a Python number"
+        ) from None
+    if differ:
         raise DtypeError(
             f"{op}: operands have dtypes {a.dtype} and {b.dtype}; nnbackend never promotes "
             "silently. Cast one with xp.astype, or use a Python scalar instead of a 0-d array"
@@ -331,7 +339,7 @@ class Transpose(Function):
         if self.axes is None:
             axes = tuple(range(x.ndim))[::-1]
         else:
-            axes = tuple(a % x.ndim for a in self.axes)
+            axes = tuple(normalize_axis(a, x.ndim) for a in self.axes)
         self.inverse = tuple(sorted(range(len(axes)), key=lambda i: axes[i]))
         return self.xp.permute_dims(x, axes)
 
@@ -342,14 +350,31 @@ class Transpose(Function):
         return transpose(gy, self.inverse)
 
 
+def normalize_axis(axis: int, ndim: int) -> int:
+    """``axis`` (negatives count from the end) as a non-negative axis of an
+    ``ndim``-dimensional array; a :class:`~nnbackend.errors.ShapeError` (a ValueError, as
+    NumPy's AxisError is) for one outside ``[-ndim, ndim)``, which ``axis % ndim`` would have
+    silently wrapped onto another axis. Internal API for the engine's nodes."""
+    if not -ndim <= axis < ndim:
+        raise ShapeError(
+            f"axis {axis} is out of range for an array of {ndim} axes; use an axis in "
+            f"[{-ndim}, {ndim})"
+        )
+    return axis % ndim
+
+
 def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     """``axis`` (None, an int or a tuple, negatives allowed) as a tuple of non-negative axes
-    of an ``ndim``-dimensional array. Internal API for the engine's nodes."""
+    of an ``ndim``-dimensional array (each checked by :func:`normalize_axis`; a 0-d array
+    takes the axes it is given, as the reductions over it ignore them). Internal API for
+    the engine's nodes."""
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, int):
         axis = (axis,)
-    return tuple(a % ndim if ndim else a for a in axis)
+    if not ndim:
+        return tuple(axis)
+    return tuple(normalize_axis(a, ndim) for a in axis)
 
 
 def _expand_reduced(
