@@ -668,3 +668,38 @@ def test_bad_validation_set_is_refused_before_the_first_epoch() -> None:
             other = datasets.spiral()
         fit((other.x, other.t))
     assert len(steps) == 60 if registry.probe("array_api_strict") is None else 40
+
+
+def test_metrics_refuse_targets_that_would_broadcast() -> None:
+    """Found probing (2026-12-02): (N, 1) labels against (N, C) outputs made Accuracy compare
+    an (N, N) grid and report 1.0 where it was 0.25; MSE / MAE / BinaryAccuracy averaged
+    (N, 1) outputs against (N,) or (N + 1,) targets over a broadcast grid. Now a ShapeError
+    naming both shapes, and a sequence's accuracy counts every position."""
+    from nnbackend import metrics
+    from nnbackend.errors import ShapeError
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((4, 3))
+    labels = np.array([0, 1, 2, 0])
+    right = float(np.mean(np.argmax(scores, axis=1) == labels))
+    for make in (metrics.Accuracy, lambda: metrics.TopKAccuracy(1)):
+        metric = make()
+        for bad in (labels[:, None], np.append(labels, 0)):
+            with pytest.raises(ShapeError, match=r"do not fit outputs of shape \(4, 3\)"):
+                metric.update(scores, bad)
+        metric.update(scores, labels)
+        assert metric.result() == right
+    column = scores[:, :1]
+    for make in (metrics.MeanSquaredError, metrics.MeanAbsoluteError, metrics.BinaryAccuracy):
+        metric = make()
+        for bad in (np.zeros(4), np.zeros(5)):
+            with pytest.raises(ShapeError, match=r"outputs of shape \(4, 1\) and targets"):
+                metric.update(column, bad)
+        metric.update(column, np.zeros((4, 1)))
+        assert 0.0 <= metric.result() < math.inf
+    assert metrics.MeanSquaredError().batch(column, np.zeros((4, 1)))[1] == 4
+    sequence = rng.standard_normal((2, 5, 3))
+    tags = rng.integers(0, 3, (2, 5))
+    accuracy = metrics.Accuracy()
+    accuracy.update(sequence, tags)
+    assert accuracy.result() == float(np.mean(np.argmax(sequence, axis=-1) == tags))

@@ -56,7 +56,10 @@ __all__ = [
 
 
 def _labels(xp: Any, y: Any, t: Any) -> Any:
-    """Integer labels from ``t``: as given, or the argmax of one-hot rows."""
+    """Integer labels from ``t``: as given (one per row of ``y``: the outputs' shape without
+    its last axis), or the argmax of one-hot rows. Labels of another shape are an error:
+    (N, 1) labels against (N, C) outputs broadcast to an (N, N) comparison, and reported
+    1.0 where the accuracy was 0.25."""
     if t.ndim == y.ndim and tuple(t.shape) == tuple(y.shape):
         return xp.argmax(t, axis=-1)
     if not xp.isdtype(t.dtype, "integral"):
@@ -64,7 +67,22 @@ def _labels(xp: Any, y: Any, t: Any) -> Any:
             f"targets of shape {tuple(t.shape)} and dtype {t.dtype} are neither integer labels "
             f"nor one-hot rows of the outputs' shape {tuple(y.shape)}"
         )
+    if tuple(t.shape) != tuple(y.shape[:-1]):
+        raise ShapeError(
+            f"integer labels of shape {tuple(t.shape)} do not fit outputs of shape "
+            f"{tuple(y.shape)}: expected one label per row, shape {tuple(y.shape[:-1])}"
+        )
     return t
+
+
+def _same_shape(name: str, y: Any, t: Any) -> None:
+    """A metric over every element compares ``y`` and ``t`` element by element: of one
+    shape, never broadcast ((N, 1) outputs against (N,) targets gave an (N, N) mean)."""
+    if tuple(t.shape) != tuple(y.shape):
+        raise ShapeError(
+            f"{name}: outputs of shape {tuple(y.shape)} and targets of shape {tuple(t.shape)} "
+            "differ; reshape the targets to the outputs' shape"
+        )
 
 
 class Metric:
@@ -126,7 +144,8 @@ class Accuracy(Metric):
     def batch(self, y: Any, t: Any) -> tuple[Any, int]:
         xp = backend_for(y)[0]
         labels = _labels(xp, y, t)
-        return xp.count_nonzero(xp.argmax(y, axis=-1) == labels), int(labels.shape[0])
+        count = math.prod(int(d) for d in labels.shape)  # every position of a sequence
+        return xp.count_nonzero(xp.argmax(y, axis=-1) == labels), count
 
     def applies_to(self, y: Any, t: Any) -> bool:
         """Outputs ``(N, classes)`` with two classes or more, and integer labels ``(N,)`` or
@@ -157,6 +176,7 @@ class BinaryAccuracy(Metric):
 
     def batch(self, y: Any, t: Any) -> tuple[Any, int]:
         xp = backend_for(y)[0]
+        _same_shape(self.name, y, t)
         return xp.count_nonzero((y > 0) == (t > 0.5)), math.prod(int(d) for d in t.shape)
 
     def applies_to(self, y: Any, t: Any) -> bool:
@@ -177,9 +197,9 @@ class TopKAccuracy(Metric):
 
     def batch(self, y: Any, t: Any) -> tuple[Any, int]:
         xp = backend_for(y)[0]
-        labels = _labels(xp, y, t)
         if y.ndim != 2:
             raise ShapeError(f"{self.name}: outputs need shape (N, classes), got {tuple(y.shape)}")
+        labels = _labels(xp, y, t)
         hot = xp.reshape(labels, (-1, 1)) == xp.arange(y.shape[1], device=labels.device)
         score = xp.sum(xp.where(hot, y, xp.zeros_like(y)), axis=1, keepdims=True)
         above = xp.sum(xp.astype(y > score, xp.int64), axis=1)
@@ -217,6 +237,7 @@ class MeanSquaredError(Metric):
 
     def batch(self, y: Any, t: Any) -> tuple[Any, int]:
         xp = backend_for(y)[0]
+        _same_shape(self.name, y, t)
         d = _wide(xp, y) - _wide(xp, t)
         return xp.sum(d * d), math.prod(int(s) for s in y.shape)
 
@@ -228,6 +249,7 @@ class MeanAbsoluteError(Metric):
 
     def batch(self, y: Any, t: Any) -> tuple[Any, int]:
         xp = backend_for(y)[0]
+        _same_shape(self.name, y, t)
         return xp.sum(xp.abs(_wide(xp, y) - _wide(xp, t))), math.prod(int(s) for s in y.shape)
 
 
