@@ -256,7 +256,7 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     # input without a dtype (a list) is a backend mismatch too, with its fix.
     x_dtype = getattr(xd, "dtype", None)
     if compute is None and (type(x_dtype) is not type(wd.dtype) or x_dtype != wd.dtype):
-        same_backend(xd, wd)
+        same_backend(xd, wd, "linear")
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
@@ -285,15 +285,16 @@ def not_an_array(x: Any, where: str) -> BackendMismatchError:
     )
 
 
-def same_backend(x: Any, weight: Any) -> None:
+def same_backend(x: Any, weight: Any, where: str) -> None:
     """Raise :class:`~nnbackend.errors.BackendMismatchError` when the input ``x`` is not an
     array of the weight's backend (checked only where the dtypes already differ: a NumPy
-    float64 array and a torch float64 weight are a backend mismatch, not a dtype one)."""
+    float64 array and a torch float64 weight are a backend mismatch, not a dtype one).
+    ``where`` (the layer or function) names the caller when ``x`` is no array at all."""
     w_record = backend_for(weight)[1]
     try:
         x_name = backend_for(x)[1].name
     except BackendMismatchError:  # not an array of any backend: a list, a scalar, ...
-        raise not_an_array(x, "linear") from None
+        raise not_an_array(x, where) from None
     if x_name == w_record.name:
         return
     raise BackendMismatchError(

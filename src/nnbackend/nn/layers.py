@@ -257,7 +257,7 @@ class LayerNorm(Module):
             )
         # Under a mixed precision policy F.layer_norm casts float16 activations itself.
         if xd.dtype != self.weight.data.dtype and F.mixed_compute() is None:
-            F.same_backend(xd, self.weight.data)  # another backend's array: say that instead
+            F.same_backend(xd, self.weight.data, repr(self))  # another backend's: say that
             raise DtypeError(
                 f"{self!r}: input dtype {xd.dtype} differs from the layer's dtype "
                 f"{self.weight.data.dtype}; cast the input (xp.astype) first"
