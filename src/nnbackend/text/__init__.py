@@ -106,12 +106,13 @@ def create_co_matrix(corpus: Any, vocab_size: int, window_size: int = 1) -> Any:
     ids = _ids(xp, corpus)
     v = int(vocab_size)
     size = ids.shape[0]
-    c = xp.zeros((v * v, 1), dtype=_index_dtype(xp))
+    index = _index_dtype(xp)
+    c = xp.zeros((v * v, 1), dtype=index)
     for k in range(1, int(window_size) + 1):
         if k >= size:
             break
         a, b = ids[:-k], ids[k:]
-        ones = xp.ones((a.shape[0], 1), dtype=_index_dtype(xp))
+        ones = xp.ones((a.shape[0], 1), dtype=index)
         for rows, cols in ((a, b), (b, a)):
             c = scatter_add_rows(xp, c, rows * v + cols, ones)
     return xp.reshape(c, (v, v))
@@ -203,8 +204,9 @@ def lm_batch(xs: Any, ts: Any, batch_size: int, time_size: int, time_idx: int) -
     jump = size // int(batch_size)
     if jump < 1:
         raise ShapeError(f"lm_batch: a corpus of {size} words is shorter than the batch size")
-    offsets = xp.arange(int(batch_size), dtype=_index_dtype(xp)) * jump
-    steps = xp.arange(int(time_size), dtype=_index_dtype(xp)) + int(time_idx)
+    index = _index_dtype(xp)
+    offsets = xp.arange(int(batch_size), dtype=index) * jump
+    steps = xp.arange(int(time_size), dtype=index) + int(time_idx)
     idx = xp.reshape((offsets[:, None] + steps[None, :]) % size, (-1,))
     shape = (int(batch_size), int(time_size))
     return xp.reshape(xp.take(xs, idx), shape), xp.reshape(xp.take(ts, idx), shape)
@@ -238,11 +240,12 @@ def eval_perplexity(
     reset = getattr(model, "reset_state", None)
     if reset is not None:
         reset()
-    offsets = xp.arange(int(batch_size), dtype=_index_dtype(xp)) * jump
+    index = _index_dtype(xp)
+    offsets = xp.arange(int(batch_size), dtype=index) * jump
     total = 0.0
     with no_grad():
         for it in range(max_iters):
-            steps = xp.arange(int(time_size), dtype=_index_dtype(xp)) + it * int(time_size)
+            steps = xp.arange(int(time_size), dtype=index) + it * int(time_size)
             pos = offsets[:, None] + steps[None, :]
             shape = (int(batch_size), int(time_size))
             bx = xp.reshape(xp.take(ids, xp.reshape(pos % size, (-1,))), shape)
