@@ -88,11 +88,12 @@ def _host(model: Any) -> list[np.ndarray]:
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_replays_equal_the_eager_step_bit_for_bit(backend: str, opt_name: str, dropout: bool):
     """200 steps: every loss and every parameter equal the eager run's exactly (the replay
-    calls the same node methods on the same arrays in the same order; the optimizer's step
-    runs as written, so Adam's step counts and the state are live, and dropout draws a fresh
-    mask per replay from the same stream). This holds on every eager backend, torch and
-    array-api-strict included: no tolerance is needed because no operation differs. (On jax,
-    opted in, too: ``jit=False`` replays its nodes eagerly; the jitted step has its own test.)"""
+    runs the nodes' own code, inline or through their methods, on the same arrays in the
+    same order; the optimizer's step runs as written, so Adam's step counts and the state
+    are live, and dropout draws a fresh mask per replay from the same stream). This holds on
+    every eager backend, torch and array-api-strict included: no tolerance is needed because
+    no operation differs. (On jax, opted in, too: ``jit=False`` replays its nodes eagerly;
+    the jitted step has its own test.)"""
     batches = _batches(backend, STEPS)
     eager_model, _, eager_step = _setup(backend, opt_name, dropout)
     model, _, step = _setup(backend, opt_name, dropout)
@@ -103,6 +104,55 @@ def test_replays_equal_the_eager_step_bit_for_bit(backend: str, opt_name: str, d
     assert got == expected
     for a, b in zip(_host(model), _host(eager_model), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _inline_case(name: str) -> tuple[Any, Any]:
+    """A model and a batch for :func:`test_small_nodes_run_inline_and_equal_eager`."""
+    x, t = _data(150)
+    if name == "no_bias_leaky":
+        layers = [nn.Linear(2, 8, bias=False), nn.LeakyReLU(0.2), nn.Linear(8, 3, bias=False)]
+    elif name == "batch_of_one":  # Linear keeps its methods for one row
+        layers = [nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3)]
+        x, t = x[:1], t[:1]
+    elif name == "float64":
+        layers = [nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 3)]
+    else:  # "wide": above the recycling size, so Linear replays through its methods
+        layers = [nn.Linear(2, 300), nn.ReLU(), nn.Linear(300, 3)]
+    dtype = "float64" if name == "float64" else "float32"
+    return nn.Sequential(*layers), (x.astype(dtype), t)
+
+
+@pytest.mark.parametrize("name", ["no_bias_leaky", "batch_of_one", "float64", "wide"])
+def test_small_nodes_run_inline_and_equal_eager(name: str):
+    """Linear, the ReLU family, Sigmoid and the softmax loss give a replay their own code
+    (``Function.replay_code``), written into it in place of calls to their methods, where
+    their arrays are small; elsewhere they keep the calls. Either way 20 steps equal the
+    eager steps bit for bit, and the method calls left are the ones expected."""
+    runs, codes = [], []
+    for compiled in (False, True):
+        with nb.using(backend="numpy", dtype="float64" if name == "float64" else "float32"):
+            nb.random.seed(0)
+            model, (x, t) = _inline_case(name)
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        step = nb.compile_step(_step_of(model, opt)) if compiled else _step_of(model, opt)
+        runs.append(([float(step(x, t).item()) for _ in range(20)], _host(model)))
+        if compiled:
+            assert step.replays == 18
+            (rec,) = step._cache.values()
+            codes = [line.strip() for line in rec.code.splitlines()]
+    assert runs[1][0] == runs[0][0]
+    for a, b in zip(runs[1][1], runs[0][1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    calls = sorted({line.split("(")[0].split(" = ")[-1] for line in codes if ".replay" in line})
+    backwards = [line for line in codes if ".backward(" in line]
+    expected = {
+        "no_bias_leaky": ([], 0),
+        "batch_of_one": (["n0.replay_forward", "n2.replay_forward"], 2),
+        "float64": (["n1.forward"], 1),  # Tanh has no code of its own
+        "wide": (["n0.replay_forward", "n2.replay_forward"], 2),
+    }[name]
+    calls += sorted({line.split("(")[0].split(" = ")[-1] for line in codes if ".forward(" in line})
+    assert (calls, len(backwards)) == expected, codes
 
 
 def _sigmoid_net_run(dtype: str, compiled: bool, steps: int = 40) -> tuple[list[float], Any]:

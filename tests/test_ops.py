@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnbackend as nb
 from nnbackend import nn, optim, registry
@@ -504,3 +506,53 @@ def test_constants_are_cached_per_device_even_for_an_unhashable_device() -> None
     again = ops.one(xp.float32, device)
     assert float(first) == float(again) == 1.0 and first is not again  # copies of one cached
     assert ops.lookup(("one", xp.float32, repr(device))) is not None
+
+
+@settings(deadline=None)
+@given(
+    rows=st.integers(1, 300),
+    cols=st.integers(1, 40),
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 2**16),
+)
+def test_column_sums_and_sums_of_products_match_float64_references(
+    xp: Any, rows: int, cols: int, dtype: str, seed: int
+) -> None:
+    """``column_sum`` (a bias's gradient) and ``sum_product`` (the softmax loss) agree with
+    sums taken in float64 within the rounding of a sum in ``dtype``, on every backend (NumPy
+    computes them as BLAS products with ones, and a dot product); the function
+    ``column_summer`` gives for a row count is the one ``column_sum`` applies."""
+    ops = _ops(xp)
+    rng = np.random.default_rng(seed)
+    a64, b64 = rng.standard_normal((rows, cols)), rng.standard_normal((rows, cols))
+    a, b = xp.asarray(a64.astype(dtype)), xp.asarray(b64.astype(dtype))
+    exact_a, exact_b = a64.astype(dtype).astype(np.float64), b64.astype(dtype).astype(np.float64)
+    eps = float(np.finfo(dtype).eps)
+    columns = _host(ops, ops.column_sum(a))
+    assert columns.shape == (cols,) and columns.dtype == np.dtype(dtype)
+    bound = rows * eps * np.abs(exact_a).sum(axis=0) + 1e-300
+    assert (np.abs(columns - exact_a.sum(axis=0)) <= bound).all()
+    np.testing.assert_array_equal(_host(ops, ops.column_summer(rows, a.dtype)(a)), columns)
+    total = float(np.asarray(ops.to_host(ops.sum_product(a, b))))
+    products = exact_a * exact_b
+    assert abs(total - products.sum()) <= rows * cols * eps * np.abs(products).sum() + 1e-300
+
+
+def test_numpy_sums_of_products_carry_nan_and_take_any_layout() -> None:
+    """A NaN in either operand makes the BLAS dot product NaN (the loss's bad-label check
+    relies on it); transposed, mixed-dtype or large operands take the product and NumPy's
+    sum instead, with the same value up to rounding. The table of column-sum functions stays
+    small when the row count keeps changing."""
+    ops = _ops(nb.namespace("numpy"))
+    a = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    b = np.ones((4, 3), np.float32)
+    b[2, 1] = np.nan
+    assert np.isnan(ops.sum_product(a, b))
+    assert ops.sum_product(a.T, a.T) == np.float32((a * a).sum())
+    assert ops.sum_product(a, a.astype(np.float64)) == (a * a).sum()
+    big = np.full((100, 100), 0.5)
+    assert ops.sum_product(big, big) == 2500.0
+    for n in range(1, 200):
+        ops.column_sum(np.ones((n, 2), np.float32))
+    assert len(ops._summers) <= 64
+    assert ops.column_sum(np.ones((3, 2), np.int64)).tolist() == [3, 3]

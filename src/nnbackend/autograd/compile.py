@@ -419,19 +419,20 @@ class _Recording:
         return None
 
 
-def _replays_with_replay_forward(cls: type) -> bool:
-    """Whether nodes of ``cls`` are replayed with ``replay_forward``: only where the class
-    that defines it is the one defining ``forward``, or a subclass of it. A subclass that
-    overrides ``forward`` alone (its own computation) is replayed with its ``forward``, never
-    with an inherited ``replay_forward`` that would skip the override."""
+def _replays_with_replay_forward(cls: type, name: str = "replay_forward") -> bool:
+    """Whether nodes of ``cls`` are replayed with ``replay_forward`` (or, with ``name``,
+    with the code of ``replay_code``): only where the class that defines it is the one
+    defining ``forward``, or a subclass of it. A subclass that overrides ``forward`` alone
+    (its own computation) is replayed with its ``forward``, never with an inherited
+    ``replay_forward`` that would skip the override."""
     forward_owner = replay_owner = None
     for klass in cls.__mro__:
         found = klass.__dict__
         if forward_owner is None and "forward" in found:
             forward_owner = klass
-        if replay_owner is None and "replay_forward" in found:
+        if replay_owner is None and name in found:
             replay_owner = klass
-    if replay_owner is None or replay_owner.__dict__["replay_forward"] is None:
+    if replay_owner is None or replay_owner.__dict__[name] is None:
         return False
     return forward_owner is None or issubclass(replay_owner, forward_owner)
 
@@ -466,6 +467,8 @@ class _Recorder:
         self.keep: list[Any] = []  # every array named, so that ids stay unique
         self.nodes: list[Function] = []
         self.node_index: dict[int, int] = {}
+        # Node index -> the code of its backward, for nodes replayed inline (replay_code).
+        self.inline_backward: dict[int, Callable[[str, list[str | None]], list[str]]] = {}
         self.pre: list[dict[str, Any]] = []
         self.pending: tuple[Function, dict[str, Any]] | None = None
         self.leaves: list[Tensor] = []
@@ -562,13 +565,17 @@ class _Recorder:
         k = self.node_index[id(f)]
         now = vars(f)
         changed = {key: v for key, v in pre.items() if now.get(key, _MISSING) is not v}
-        if changed:  # forward rebinds a setting: put it back before each replayed forward
-            self.scope[f"R{k}"] = changed
+        inline = type(ys) is not tuple and self._inline(f, k)
+        if changed and not inline:  # forward rebinds a setting: put it back before each
+            self.scope[f"R{k}"] = changed  # replayed forward
             self.lines.append(f"    n{k}.__dict__.update(R{k})")
         # A node's replay_forward: forward without re-deciding what the recording decided.
         method = "replay_forward" if _replays_with_replay_forward(type(f)) else "forward"
         call = f"n{k}.{method}({', '.join(self._call_srcs)})"
-        if type(ys) is tuple:
+        if inline:  # its code, written by _inline
+            outs, arrays = [f"v{k}"], [ys]
+            self._as_array_line(f, k, ys)
+        elif type(ys) is tuple:
             outs = [f"v{k}_{j}" for j in range(len(ys))]
             self.lines.append(
                 f"    {', '.join(outs)}{',' if len(outs) == 1 else ''} = _as(n{k}.xp, {call})"
@@ -578,15 +585,38 @@ class _Recorder:
             outs = [f"v{k}"]
             arrays = [ys]
             self.lines.append(f"    v{k} = {call}")
-            if getattr(ys, "shape", None) == ():  # NumPy may give a scalar: as __call__ does
-                # (as_array's conversion, the ops looked up once: the loss of every step)
-                self.scope[f"T{k}"] = type(ys)
-                self.scope[f"AS{k}"] = ops_for(f.xp, ys).asarray
-                self.lines.append(f"    if type(v{k}) is not T{k}: v{k} = AS{k}(v{k})")
+            self._as_array_line(f, k, ys)
         for name, y in zip(outs, arrays, strict=True):
             if y is not None and type(y) not in _SCALARS:
                 self.names[id(y)] = name
                 self.keep.append(y)
+
+    def _as_array_line(self, f: Function, k: int, y: Any) -> None:
+        if getattr(y, "shape", None) == ():  # NumPy may give a scalar: as __call__ does
+            # (as_array's conversion, the ops looked up once: the loss of every step)
+            self.scope[f"T{k}"] = type(y)
+            self.scope[f"AS{k}"] = ops_for(f.xp, y).asarray
+            self.lines.append(f"    if type(v{k}) is not T{k}: v{k} = AS{k}(v{k})")
+
+    def _inline(self, f: Function, k: int) -> bool:
+        """Write node ``k``'s forward as its own code (:attr:`Function.replay_code`) where it
+        offers some for this run; whether it did."""
+        if not _replays_with_replay_forward(type(f), "replay_code"):
+            return False
+
+        def bind(value: Any) -> str:
+            name = f"B{k}_{len(bound)}"
+            bound[name] = value
+            return name
+
+        bound: dict[str, Any] = {}
+        code = f.replay_code(list(self._call_srcs), f"v{k}", bind)
+        if code is None:
+            return False
+        lines, self.inline_backward[k] = code
+        self.scope.update(bound)
+        self.lines.extend("    " + line for line in lines)
+        return True
 
     def call(self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.in_call:
@@ -728,9 +758,17 @@ class _Recorder:
                     raise CompileError("compile_step: a second backward() through a retained graph")
             gxs = f.backward(*[None if o is None else o.grad for o in outputs])
             tuple_out = type(gxs) is tuple
-            lines.append(f"    _r = n{k}.backward({', '.join(exprs)})")
             if not tuple_out:
                 gxs = (gxs,)
+            inline = self.inline_backward.get(k)
+            if inline is not None:  # the node's own code; each gradient in a variable
+                names: list[str | None] = [
+                    f"_g{k}_{i}" if need and gx is not None else None
+                    for i, (need, gx) in enumerate(zip(f.needs_input_grad, gxs, strict=False))
+                ]
+                lines.extend("    " + line for line in inline(exprs[0], names))
+            else:
+                lines.append(f"    _r = n{k}.backward({', '.join(exprs)})")
             inputs = f.inputs
             if len(gxs) != len(inputs):
                 raise GradientError(
@@ -740,7 +778,10 @@ class _Recorder:
             for i, (x, gx, need) in enumerate(zip(inputs, gxs, f.needs_input_grad, strict=True)):
                 if not need or gx is None:
                     continue
-                src = f"_r[{i}]" if tuple_out else "_r"
+                if inline is not None:
+                    src = str(names[i])
+                else:
+                    src = f"_r[{i}]" if tuple_out else "_r"
                 xd = x.data
                 if type(gx) is not type(xd):
                     gx = as_array(f.xp, gx)
@@ -802,10 +843,10 @@ class _Recorder:
             # replay would pay more for the lines than the memory is worth.
             pre = self.pre[k]
             held = {key: pre.get(key) for key, v in vars(f).items() if _holds_big_array(v)}
-            if held:
+            if held and k not in self.inline_backward:  # an inline node keeps nothing
                 self.scope[f"DROP{k}"] = held
                 self.lines.append(f"    n{k}.__dict__.update(DROP{k})")
-                vars(f).update(held)
+            vars(f).update(held)
         self.returned = self._returned(result)
         self.lines.append("    return " + self.returned)
         for f in self.nodes:  # the replay never reads them: let the recorded graph go

@@ -86,6 +86,20 @@ class Function:
     #: checks on the arrays' values (labels in range) stay in it. A subclass that overrides
     #: ``forward`` alone is replayed with its ``forward``.
     replay_forward: Any = None
+    #: Optional method ``replay_code(srcs, out, bind)``: the node's computation as Python
+    #: source, which a compiled step's replay runs inline instead of calling the node's
+    #: methods (in a small step, the calls and the attribute traffic around them cost a
+    #: tenth of the replay). Called once the recorded ``forward`` has run, with ``srcs``
+    #: the expressions of the inputs, ``out`` the variable the output goes to and
+    #: ``bind(value)``, which puts a value in the replay's scope and returns its name. It
+    #: returns ``None`` (replay through the methods) or ``(lines, backward)``: the lines
+    #: that compute ``out`` from ``srcs``, and ``backward(gy, gxs)``, the lines that compute
+    #: input ``i``'s gradient into the variable ``gxs[i]`` (``None`` where none is needed)
+    #: from the expression ``gy``. Variables the two share are named ``out + "_"`` and a
+    #: suffix. The code must give the very arrays the methods give for the inputs' shapes
+    #: and dtypes of the recorded run, bit for bit; the same ownership rule as for
+    #: ``replay_forward`` applies.
+    replay_code: Any = None
 
     xp: Namespace
     inputs: tuple[Any, ...]

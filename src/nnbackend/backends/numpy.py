@@ -273,6 +273,10 @@ _SIGMOID_FLOOR = {
 # Parameters of at least this many elements are updated through a scratch buffer: below
 # glibc's default mmap threshold (128 KiB) a temporary is cheap to allocate.
 _SCRATCH_MIN = 32768
+# Sums of products of up to this many float32/float64 values go through a BLAS dot product
+# (NumpyOps.sum_product): its rounding error grows with the count over its few accumulators,
+# where NumPy's pairwise sum's grows with the logarithm of the count.
+_DOT_MAX = 4096
 # Elements per pass of a float16 update, and of a blocked optimizer update: the temporaries
 # stay small (and in cache).
 _CHUNK = 1 << 16
@@ -323,6 +327,7 @@ class NumpyOps(Ops):
         self._f16 = np.dtype(np.float16)  # compared with a dtype: cheaper than with the type
         self._bool = np.dtype(np.bool_)
         self._local = threading.local()  # the scratch buffers, one dict per thread
+        self._summers: dict[Any, Any] = {}  # (rows, dtype) -> column_summer's function
         # NumPy's own asarray: 0.14 us for a 0-d scalar against 1.5 us through the Array
         # API wrapper (two calls a step: the loss and its seed gradient).
         self.asarray = np.asarray
@@ -557,6 +562,50 @@ class NumpyOps(Ops):
         if ones is None:
             ones = self.cached(key, lambda: self._np.ones((c, 1), dtype=x.dtype))
         return x @ ones
+
+    def column_sum(self, x: Any) -> Any:
+        """:meth:`column_summer`'s function for ``x``'s rows and dtype, looked up in a small
+        table of its own (a bias gradient's every step)."""
+        key = (x.shape[0], x.dtype)
+        summer = self._summers.get(key)
+        if summer is None:
+            if len(self._summers) >= 64:  # row counts that keep changing: start again
+                self._summers.clear()
+            summer = self.column_summer(*key)
+            if self.may_cache:
+                self._summers[key] = summer
+        return summer(x)
+
+    def column_summer(self, n_rows: int, dtype: Any) -> Any:
+        """For float32 and float64, the product of a row of ``n_rows`` ones with the array
+        (BLAS: 0.7 against 1.3 us for 30 x 10, 1.1 against 4.3 for 256 x 10, 11 against 18
+        for 256 x 1024). NumPy's reduction over the first axis adds the rows one after
+        another too, so the sums are as accurate. The ones are one array per dtype, kept at
+        the most rows asked for (a batch size that varies makes no new array each time)."""
+        dtype = self._np.dtype(dtype)
+        if dtype.char not in "fd":
+            return super().column_summer(n_rows, dtype)
+        key = ("ones", dtype)
+        ones = self._cache.get(key)
+        if ones is None or ones.shape[0] < n_rows:
+            ones = self._np.ones(n_rows, dtype=dtype)
+            if self.may_cache:
+                self._cache[key] = ones
+        return ones[:n_rows].__matmul__
+
+    def sum_product(self, a: Any, b: Any) -> Any:
+        """``sum(a * b)`` of small contiguous float32 or float64 arrays of one shape and dtype
+        as one BLAS dot product (0.8 against 1.1 us for 30 x 3: no product array, no second
+        pass); a product and NumPy's pairwise sum elsewhere."""
+        if (
+            a.size > _DOT_MAX
+            or a.dtype.char not in "fd"
+            or a.dtype != b.dtype
+            or a.shape != b.shape
+            or not (a.flags.c_contiguous and b.flags.c_contiguous)
+        ):
+            return self._np.add.reduce(a * b, axis=None)
+        return self._np.vdot(a, b)
 
     def _as_rows(self, kernel: Any, ufunc: Any, x: Any) -> Any:
         """``kernel`` (a 2-D row reduction) over the last axis of a C-contiguous ``x`` of

@@ -25,6 +25,7 @@ One :class:`Ops` per backend namespace, built by the backend record's ``ops`` fa
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable, Hashable
@@ -609,6 +610,19 @@ class Ops:
         """The sum along the last axis of ``x`` (two or more axes), the axis kept: shape
         (..., 1)."""
         return self.sum(x, axis=-1, keepdims=True)
+
+    def column_sum(self, x: Array) -> Array:
+        """Each column's sum of a 2-D ``x`` (N, C), shape (C,): a bias's gradient."""
+        return self.column_summer(x.shape[0], x.dtype)(x)
+
+    def column_summer(self, n_rows: int, dtype: DType) -> Callable[[Array], Array]:
+        """The function :meth:`column_sum` applies to arrays of ``n_rows`` rows of ``dtype``
+        (a compiled step's replay calls it directly)."""
+        return functools.partial(self.sum, axis=0)
+
+    def sum_product(self, a: Array, b: Array) -> Array:
+        """``sum(a * b)`` over every element of ``a`` and ``b`` (one shape), 0-d."""
+        return self.sum(a * b, axis=None)
 
     def class_range(self, n_classes: int, labels: Array) -> Array:
         """``arange(n_classes)`` in the integer ``labels``' dtype, on their device (a GPU's

@@ -18,6 +18,7 @@ parameter's own dtype; the losses compute in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from nnbackend import config
@@ -161,6 +162,38 @@ class Linear(Function):
             return y if b is None else self.ops.add_(y, b)
         return self._forward_in(self.xp, c, x, w, b)
 
+    def replay_code(self, srcs: list[str], out: str, bind: Callable[[Any], str]) -> Any:
+        """The product, the bias and the backward's products as code for a compiled step's
+        replay (:attr:`Function.replay_code`), for 2-D arrays below the size where the ops
+        recycle the outputs: the sizes whose replay the method calls would slow most."""
+        x, w, ops = self.x, self.w, self.ops
+        small = ops.recycle_min
+        if (
+            self.c is not NATIVE
+            or x.ndim != 2
+            or w.ndim != 2
+            or x.shape[0] < 2  # one row: _weight_grad's own kernel choice
+            or x.shape[0] * max(w.shape) >= small
+        ):
+            return None
+        xs, ws = f"{out}_x", f"{out}_w"
+        lines = [f"{xs} = {srcs[0]}", f"{ws} = {srcs[1]}", f"{out} = {xs} @ {ws}"]
+        if self.has_bias:
+            lines.append(f"{out} = {bind(ops.add_)}({out}, {srcs[2]})")
+        total = bind(ops.column_summer(x.shape[0], x.dtype))
+
+        def backward(gy: str, gxs: list[str | None]) -> list[str]:
+            code = []
+            if gxs[0] is not None:
+                code.append(f"{gxs[0]} = {gy} @ {ws}.T")
+            if gxs[1] is not None:
+                code.append(f"{gxs[1]} = {xs}.T @ {gy}")
+            if len(gxs) > 2 and gxs[2] is not None:
+                code.append(f"{gxs[2]} = {total}({gy})")
+            return code
+
+        return lines, backward
+
     def _forward_in(self, xp: Any, c: Any, x: Any, w: Any, b: Any) -> Any:
         """The product in ``c``'s compute dtype, stored as ``c`` says."""
         self.in_dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
@@ -210,7 +243,7 @@ class Linear(Function):
                 gw = _weight_grad(xp, x, gy, self.ops, out)
         gb = None
         if self.has_bias and needs[2]:
-            gb = self.ops.sum(gy, axis=0)
+            gb = self.ops.column_sum(gy)
         if not native:
             dtypes = self.in_dtypes
             gx, gw = c.narrow(gx, dtypes[0]), c.narrow(gw, dtypes[1])
@@ -370,6 +403,18 @@ class Sigmoid(Function):
             return gy * y * (1.0 - y)
         return c.narrow(c.widen(gy) * y * (1.0 - y))
 
+    def replay_code(self, srcs: list[str], out: str, bind: Callable[[Any], str]) -> Any:
+        """:meth:`replay_forward` and :meth:`backward` as code for a compiled step's replay
+        (:attr:`Function.replay_code`), where no conversions are made."""
+        if self.c is not NATIVE:
+            return None
+        lines = [f"{out} = {bind(self.ops.sigmoid)}({srcs[0]})"]
+
+        def backward(gy: str, gxs: list[str | None]) -> list[str]:
+            return [f"{gxs[0]} = {gy} * {out} * (1.0 - {out})"]
+
+        return lines, backward
+
 
 def sigmoid(x: Any) -> Tensor:
     """``1 / (1 + exp(-x))``, computed so that it never overflows (also in float16) and keeps
@@ -412,6 +457,21 @@ class LeakyReLU(Function):
 
     def backward(self, gy: Any) -> Any:
         return self.ops.leaky_relu_backward(gy, self.mask, self.slope)
+
+    def replay_code(self, srcs: list[str], out: str, bind: Callable[[Any], str]) -> Any:
+        """:meth:`forward` and :meth:`backward` as code for a compiled step's replay
+        (:attr:`Function.replay_code`)."""
+        ops, mask, slope = self.ops, f"{out}_mask", bind(self.slope)
+        lines = [
+            f"{mask} = {bind(ops.relu_mask)}({srcs[0]})",
+            f"{out} = {bind(ops.leaky_relu)}({srcs[0]}, {mask}, {slope})",
+        ]
+        backward_kernel = bind(ops.leaky_relu_backward)
+
+        def backward(gy: str, gxs: list[str | None]) -> list[str]:
+            return [f"{gxs[0]} = {backward_kernel}({gy}, {mask}, {slope})"]
+
+        return lines, backward
 
 
 def relu(x: Any) -> Tensor:
@@ -567,12 +627,39 @@ class SoftmaxCrossEntropy(Function):
         self.logp: Any = z - log_s if self.needs_input_grad[1] else None
         # -sum(t * (z - log s)) / n, with log s summed per row: one (N, C) pass fewer.
         if rows_sum_to_one:
-            loss = (k.sum(log_s, axis=None) - k.sum(t * z, axis=None)) / float(n)
+            loss = (k.sum(log_s, axis=None) - k.sum_product(t, z)) / float(n)
         else:
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if rows_sum_to_one:
             loss = _checked_loss(k, bad, labels, c, loss)
         return cm.narrow(loss) if cm.wide else loss
+
+    def replay_code(self, srcs: list[str], out: str, bind: Callable[[Any], str]) -> Any:
+        """:meth:`replay_forward` and :meth:`backward` as code for a compiled step's replay
+        (:attr:`Function.replay_code`), for integer labels and no conversions: the usual
+        classifier's loss; the labels are checked on every replay, as there."""
+        if self.c.wide or not self.rows_sum_to_one or self.needs_input_grad[1]:
+            return None
+        k, xp, x, t = self.k, self.xp, srcs[0], srcs[1]
+        z, e, s, p, onehot, bad = (f"{out}_{name}" for name in ("z", "e", "s", "p", "t", "bad"))
+        ops = bind(k)
+        lines = [
+            f"{z} = {x} - {bind(k.row_max)}({x})",
+            f"{e} = {bind(xp.exp)}({z})",
+            f"{s} = {bind(k.row_sum)}({e})",
+            f"{p} = {e} / {s}",
+            f"{onehot}, {bad} = {bind(_one_hot)}({ops}, {t}, {bind(self.p.shape[1])}, "
+            f"{bind(self.p.dtype)})",
+            f"{out} = ({bind(k.sum)}({bind(xp.log)}({s}), axis=None) - "
+            f"{bind(k.sum_product)}({onehot}, {z})) / {bind(float(self.n))}",
+            f"{out} = {bind(_checked_loss)}({ops}, {bad}, {t}, {bind(self.p.shape[1])}, {out})",
+        ]
+        inv_n = bind(1.0 / self.n)
+
+        def backward(gy: str, gxs: list[str | None]) -> list[str]:
+            return [f"{gxs[0]} = ({p} - {onehot}) * {gy} * {inv_n}"] if gxs[0] else []
+
+        return lines, backward
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         k, c = self.k, self.c
