@@ -556,3 +556,26 @@ def test_numpy_sums_of_products_carry_nan_and_take_any_layout() -> None:
         ops.column_sum(np.ones((n, 2), np.float32))
     assert len(ops._summers) <= 64
     assert ops.column_sum(np.ones((3, 2), np.int64)).tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_relu_and_sigmoid_of_large_arrays_equal_their_scalar_forms(dtype: str) -> None:
+    """Large ReLU and sigmoid inputs are compared with a cached array of the constant (NumPy's
+    vectorised loop), not a 0-d one: the results keep every bit of the scalar forms, signed
+    zeros, NaN and infinities included, and the cached constants are never written."""
+    ops = _ops(nb.namespace("numpy"))
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((256, 300)) * 100).astype(dtype)
+    x.flat[:6] = [-0.0, 0.0, np.nan, -np.inf, np.inf, -1e-300]
+    relu = ops.leaky_relu(x, ops.relu_mask(x), 0.0)
+    expected = np.maximum(x, np.zeros((), dtype))
+    np.testing.assert_array_equal(relu.view(f"u{x.itemsize}"), expected.view(f"u{x.itemsize}"))
+    floor = np.asarray(-0.999 * np.log(float(np.finfo(dtype).max)), dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sig = ops.sigmoid(x)
+        reference = np.reciprocal(np.exp(-np.maximum(x, floor)) + 1.0)
+    np.testing.assert_array_equal(sig, reference)
+    constants = [v for k, v in ops._cache.items() if isinstance(k, tuple) and k[0] == "filled"]
+    assert len(constants) >= 2
+    for filled in constants:
+        assert not filled.flags.writeable

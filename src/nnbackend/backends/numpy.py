@@ -273,6 +273,10 @@ _SIGMOID_FLOOR = {
 # Parameters of at least this many elements are updated through a scratch buffer: below
 # glibc's default mmap threshold (128 KiB) a temporary is cheap to allocate.
 _SCRATCH_MIN = 32768
+# From this many elements up, np.maximum against a constant reads it from an array of the
+# input's shape (NumpyOps._filled_like): below, the lookup costs more than the faster loop
+# saves.
+_FILLED_MIN = 4096
 # Sums of products of up to this many float32/float64 values go through a BLAS dot product
 # (NumpyOps.sum_product): its rounding error grows with the count over its few accumulators,
 # where NumPy's pairwise sum's grows with the logarithm of the count.
@@ -496,12 +500,27 @@ class NumpyOps(Ops):
         return self._np.greater(x, 0, out=out)
 
     def leaky_relu(self, x: Any, mask: Any, slope: float) -> Any:
-        """:meth:`Ops.leaky_relu`; ReLU's ``maximum(x, 0)`` into a recycled array."""
+        """:meth:`Ops.leaky_relu`; ReLU's ``maximum(x, 0)`` into a recycled array, the zero
+        an array of ``x``'s shape: NumPy's vectorised loop takes two arrays, a 0-d zero runs
+        its scalar loop (256 x 1024 float32: 31 against 83 us; float64 53 against 126)."""
         big = x.size >= self.recycle_min and slope == 0.0
         out = self._recycled_like(x, x.dtype) if big else None
-        if out is None:
+        if out is None or not x.flags.c_contiguous:
             return super().leaky_relu(x, mask, slope)
-        return self._np.maximum(x, self._zero(x.dtype), out=out)
+        return self._np.maximum(x, self._filled_like(x, 0.0), out=out)
+
+    def _filled_like(self, x: Any, value: float) -> Any:
+        """``value`` in an array of ``x``'s (C-contiguous) shape and dtype, to read, never to
+        write: a view of one flat array per value and dtype, kept at the largest size asked
+        for (for ufuncs whose vectorised loops take two arrays, not an array and a scalar)."""
+        key = ("filled", value, x.dtype)
+        filled = self._cache.get(key)
+        if filled is None or filled.size < x.size:
+            filled = self._np.full(x.size, value, dtype=x.dtype)
+            filled.flags.writeable = False
+            if self.may_cache:
+                self._cache[key] = filled
+        return filled[: x.size].reshape(x.shape)
 
     def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
         """:meth:`Ops.leaky_relu_backward`; ReLU's ``mask * gy`` into a recycled array (the
@@ -525,6 +544,8 @@ class NumpyOps(Ops):
         if floor is None or x.ndim == 0:
             return super().sigmoid(x)
         np = self._np
+        if x.size >= _FILLED_MIN and x.flags.c_contiguous:  # (see leaky_relu)
+            floor = self._filled_like(x, floor)
         e = np.maximum(x, floor)
         np.negative(e, out=e)
         np.exp(e, out=e)
