@@ -558,12 +558,21 @@ def test_numpy_sums_of_products_carry_nan_and_take_any_layout() -> None:
     assert ops.column_sum(np.ones((3, 2), np.int64)).tolist() == [3, 3]
 
 
+@pytest.mark.parametrize("block", [None, 7001], ids=["whole", "blocks"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_numpy_relu_and_sigmoid_of_large_arrays_equal_their_scalar_forms(dtype: str) -> None:
+def test_numpy_relu_and_sigmoid_of_large_arrays_equal_their_scalar_forms(
+    dtype: str, block: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Large ReLU and sigmoid inputs are compared with a cached array of the constant (NumPy's
-    vectorised loop), not a 0-d one: the results keep every bit of the scalar forms, signed
-    zeros, NaN and infinities included, and the cached constants are never written."""
+    vectorised loop), not a 0-d one, a block at a time beyond the cached array's size: the
+    results keep every bit of the scalar forms, signed zeros, NaN and infinities included,
+    and the cached constants are never written."""
+    from nnbackend.backends import numpy as numpy_backend
+
+    if block is not None:
+        monkeypatch.setattr(numpy_backend, "_FILLED_MAX", block)
     ops = _ops(nb.namespace("numpy"))
+    ops._cache.clear()
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((256, 300)) * 100).astype(dtype)
     x.flat[:6] = [-0.0, 0.0, np.nan, -np.inf, np.inf, -1e-300]
@@ -579,3 +588,4 @@ def test_numpy_relu_and_sigmoid_of_large_arrays_equal_their_scalar_forms(dtype: 
     assert len(constants) >= 2
     for filled in constants:
         assert not filled.flags.writeable
+        assert filled.size <= (block or x.size)
