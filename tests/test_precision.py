@@ -199,6 +199,39 @@ def test_float16_bit_kernels(convert: dict[str, Any]) -> None:
     assert same_bits(convert["float16_keep"](mask, ALL_HALVES), np.where(mask, ALL_HALVES, 0.0))
 
 
+def test_float16_sub_scaled_is_the_rounded_float32_update(
+    convert: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    """SGD's float16 update ``p -= lr * g`` in one compiled pass: the bits of the float32
+    update rounded once, for every float16 value of ``p`` against gradients that overflow,
+    underflow to subnormals, are infinite or NaN; where it does not apply (no numba, a NumPy
+    scalar rate, a strided or overlapping operand) it answers False and writes nothing."""
+    kernel = convert["float16_sub_scaled"]
+    rng = np.random.default_rng(7)
+    g = (rng.standard_normal(ALL_HALVES.size) * 100.0).astype(np.float16)
+    g[::97] = np.inf
+    g[5::89] = -np.inf
+    g[7::83] = np.nan
+    g[9::7] *= np.float16(1e-5)
+    for lr in (0.01, 700.0, 1e-9):
+        p = ALL_HALVES.copy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = (p.astype(np.float32) - np.float32(lr) * g.astype(np.float32)).astype(
+                np.float16
+            )
+        compiled = request.node.callspec.params["convert"] == "compiled"
+        assert kernel(p, lr, g) is compiled
+        assert same_bits(p, expected if compiled else ALL_HALVES)
+    p = ALL_HALVES.copy()
+    refused = [
+        kernel(p, np.float64(0.01), g),  # a NumPy scalar: NumPy would compute in float64
+        kernel(p[::2], 0.01, g[::2]),
+        kernel(p[1:], 0.01, p[:-1]),
+        kernel(p, 0.01, g.astype(np.float32)),
+    ]
+    assert refused == [False] * 4 and same_bits(p, ALL_HALVES)
+
+
 # -- float16 nodes: float32 math, float16 results -------------------------------------------------
 def _reference(build: Callable[[str], Any], x: np.ndarray) -> tuple[Any, Any]:
     """``build`` run in float64 from the same float16 values: output and input gradient."""

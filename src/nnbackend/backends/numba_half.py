@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["narrow_into", "widen_into"]
+__all__ = ["narrow_into", "sub_scaled_into", "widen_into"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -55,3 +55,21 @@ def narrow_into(src_f: np.ndarray, src_u: np.ndarray, out: np.ndarray) -> None: 
         nan = np.uint32(0x7E00) | ((a >> np.uint32(13)) & np.uint32(0x3FF))
         h = nan if a > np.uint32(0x7F800000) else h  # NaN stays NaN (quiet, payload's top)
         out[i] = np.uint16(sign | h)
+
+
+@numba.njit(cache=True, nogil=True)
+def sub_scaled_into(
+    y: np.ndarray, x: np.ndarray, a: np.float32, table: np.ndarray, scratch: np.ndarray
+) -> None:  # pragma: no cover
+    """``y -= a * x`` for flat float16 ``y`` and ``x`` (their uint16 bits): each value
+    widened through ``table`` (as :func:`widen_into`), ``y - a * x`` computed in float32 and
+    rounded once to float16 (as :func:`narrow_into`), a block of ``scratch.size`` values at
+    a time (``scratch``: float32, its size the block). The bits of NumPy's
+    ``(y32 - a * x32).astype(float16)`` with ``a`` a float32, in one pass."""
+    bits = scratch.view(np.uint32)
+    block = scratch.size
+    for lo in range(0, y.size, block):
+        m = min(block, y.size - lo)
+        for j in range(m):
+            scratch[j] = table[y[lo + j]] - a * table[x[lo + j]]
+        narrow_into(scratch[:m], bits[:m], y[lo : lo + m])
