@@ -68,6 +68,10 @@ class Config:
     targets: tuple[tuple[str, str, float | None], ...] = ()  # (a, b, at most) on a / b
     #: Implementations that must take no page faults per step in steady state (issue 19).
     fault_free: tuple[str, ...] = ()
+    #: Rounds run for each round asked for: a step of microseconds sees its rounds vary by
+    #: tens of percent on a shared machine (the tiny hand loop 27-43 us within one run), so
+    #: its medians need more of them (45 rounds of the tiny step take about a minute).
+    rounds_factor: int = 1
 
 
 CONFIGS = {
@@ -81,6 +85,7 @@ CONFIGS = {
             "float32",
             ("engine", "compiled", "hand", "book", "torch"),
             (("engine", "hand", 1.4), ("compiled", "hand", 1.0)),
+            rounds_factor=3,
         ),
         Config(
             "medium",
@@ -284,8 +289,10 @@ def measure(
     config: Config, rounds: int, round_s: float, threads: int | None = None, warmup: int = 2
 ) -> dict[str, Any]:
     """Time ``config``'s implementations, each in its own worker, in ``rounds`` shuffled
-    rounds of about ``round_s`` seconds each; ``threads`` sets every worker's BLAS / OpenMP
-    threads (default: the libraries' own choice, as users run them)."""
+    rounds (times the configuration's ``rounds_factor``) of about ``round_s`` seconds each;
+    ``threads`` sets every worker's BLAS / OpenMP threads (default: the libraries' own
+    choice, as users run them)."""
+    rounds *= config.rounds_factor
     workers: dict[str, Worker] = {}
     try:
         for impl in config.workers:
