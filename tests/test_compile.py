@@ -153,6 +153,43 @@ def test_small_nodes_run_inline_and_equal_eager(name: str):
     }[name]
     calls += sorted({line.split("(")[0].split(" = ")[-1] for line in codes if ".forward(" in line})
     assert (calls, len(backwards)) == expected, codes
+    # The loss's inline backward takes its gradient as one (x * 1 is x): the seed of
+    # loss.backward() is not even made.
+    assert not [line for line in codes if "ONE_" in line], codes
+
+
+@pytest.mark.parametrize("seed", ["explicit", "shaped"])
+def test_a_loss_given_its_own_gradient_replays_it(seed: str):
+    """``loss.backward(g)`` with a gradient other than the implicit one, or a one-element
+    loss of shape (1,), is replayed with that gradient (the product with the implicit seed
+    is left out only where the seed is the 0-d one): 8 steps equal the eager steps."""
+    runs = []
+    for compiled in (False, True):
+        with nb.using(backend="numpy"):
+            nb.random.seed(0)
+            model = nn.Sequential(nn.Linear(2, 8), nn.Sigmoid(), nn.Linear(8, 3))
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        loss_fn = nn.SoftmaxCrossEntropy()
+
+        def step(x: Any, t: Any, model: Any = model, opt: Any = opt, loss_fn: Any = loss_fn) -> Any:
+            opt.zero_grad()
+            loss = loss_fn(model(x), t)
+            if seed == "explicit":
+                loss.backward(np.asarray(2.5))
+            else:
+                loss = loss.reshape(1)
+                loss.backward()
+            opt.step()
+            return loss
+
+        run = nb.compile_step(step) if compiled else step
+        x, t = _batches("numpy", 1)[0]
+        runs.append(([float(run(x, t).numpy().sum()) for _ in range(8)], _host(model)))
+        if compiled:
+            assert run.replays == 6
+    assert runs[1][0] == runs[0][0]
+    for a, b in zip(runs[1][1], runs[0][1], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def _sigmoid_net_run(dtype: str, compiled: bool, steps: int = 40) -> tuple[list[float], Any]:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -468,7 +469,9 @@ class _Recorder:
         self.nodes: list[Function] = []
         self.node_index: dict[int, int] = {}
         # Node index -> the code of its backward, for nodes replayed inline (replay_code).
-        self.inline_backward: dict[int, Callable[[str, list[str | None]], list[str]]] = {}
+        self.inline_backward: dict[int, Callable[[str, list[str | None], bool], list[str]]] = {}
+        # The variable holding loss.backward()'s own seed, a 0-d one, while it is known to be.
+        self.unit_var: str | None = None
         self.pre: list[dict[str, Any]] = []
         self.pending: tuple[Function, dict[str, Any]] | None = None
         self.leaves: list[Tensor] = []
@@ -715,7 +718,18 @@ class _Recorder:
             self.lines.append(
                 f"    if type({root_var}) is not T_{rname}: {root_var} = _as1(XP0, {root_var})"
             )
-        self._run_backward(root, seed, retain_grad, root_var)
+        seeded = len(self.lines)
+        self.unit_var = root_var if grad is None and data.ndim == 0 else None
+        try:
+            self._run_backward(root, seed, retain_grad, root_var)
+        finally:
+            self.unit_var = None
+        if grad is None and not any(
+            re.search(rf"\b{root_var}\b", line) for line in self.lines[seeded:]
+        ):
+            # Nothing reads the seed (the loss's inline backward left the product with one
+            # out): the lines making it go.
+            del self.lines[seeded - (2 if data.ndim == 0 else 1) : seeded]
 
     def _grad_var(self, t: Tensor) -> str:
         name = self.names.get(id(t.data))
@@ -766,7 +780,8 @@ class _Recorder:
                     f"_g{k}_{i}" if need and gx is not None else None
                     for i, (need, gx) in enumerate(zip(f.needs_input_grad, gxs, strict=False))
                 ]
-                lines.extend("    " + line for line in inline(exprs[0], names))
+                unit = exprs[0] == self.unit_var
+                lines.extend("    " + line for line in inline(exprs[0], names, unit))
             else:
                 lines.append(f"    _r = n{k}.backward({', '.join(exprs)})")
             inputs = f.inputs

@@ -93,9 +93,11 @@ class Function:
     #: the expressions of the inputs, ``out`` the variable the output goes to and
     #: ``bind(value)``, which puts a value in the replay's scope and returns its name. It
     #: returns ``None`` (replay through the methods) or ``(lines, backward)``: the lines
-    #: that compute ``out`` from ``srcs``, and ``backward(gy, gxs)``, the lines that compute
-    #: input ``i``'s gradient into the variable ``gxs[i]`` (``None`` where none is needed)
-    #: from the expression ``gy``. Variables the two share are named ``out + "_"`` and a
+    #: that compute ``out`` from ``srcs``, and ``backward(gy, gxs, unit)``, the lines that
+    #: compute input ``i``'s gradient into the variable ``gxs[i]`` (``None`` where none is
+    #: needed) from the expression ``gy``; ``unit`` says that ``gy`` holds a 0-d one (the
+    #: seed of ``loss.backward()``), so a product with it may be left out where that keeps
+    #: the bits (``x * 1`` is ``x``). Variables the two share are named ``out + "_"`` and a
     #: suffix. The code must give the very arrays the methods give for the inputs' shapes
     #: and dtypes of the recorded run, bit for bit; the same ownership rule as for
     #: ``replay_forward`` applies.

@@ -182,7 +182,7 @@ class Linear(Function):
             lines.append(f"{out} = {bind(ops.add_)}({out}, {srcs[2]})")
         total = bind(ops.column_summer(x.shape[0], x.dtype))
 
-        def backward(gy: str, gxs: list[str | None]) -> list[str]:
+        def backward(gy: str, gxs: list[str | None], unit: bool) -> list[str]:
             code = []
             if gxs[0] is not None:
                 code.append(f"{gxs[0]} = {gy} @ {ws}.T")
@@ -410,7 +410,7 @@ class Sigmoid(Function):
             return None
         lines = [f"{out} = {bind(self.ops.sigmoid)}({srcs[0]})"]
 
-        def backward(gy: str, gxs: list[str | None]) -> list[str]:
+        def backward(gy: str, gxs: list[str | None], unit: bool) -> list[str]:
             return [f"{gxs[0]} = {gy} * {out} * (1.0 - {out})"]
 
         return lines, backward
@@ -468,7 +468,7 @@ class LeakyReLU(Function):
         ]
         backward_kernel = bind(ops.leaky_relu_backward)
 
-        def backward(gy: str, gxs: list[str | None]) -> list[str]:
+        def backward(gy: str, gxs: list[str | None], unit: bool) -> list[str]:
             return [f"{gxs[0]} = {backward_kernel}({gy}, {mask}, {slope})"]
 
         return lines, backward
@@ -656,8 +656,12 @@ class SoftmaxCrossEntropy(Function):
         ]
         inv_n = bind(1.0 / self.n)
 
-        def backward(gy: str, gxs: list[str | None]) -> list[str]:
-            return [f"{gxs[0]} = ({p} - {onehot}) * {gy} * {inv_n}"] if gxs[0] else []
+        def backward(gy: str, gxs: list[str | None], unit: bool) -> list[str]:
+            if not gxs[0]:
+                return []
+            if unit:  # gy is one: (p - t) * 1 is p - t exactly, so the product goes
+                return [f"{gxs[0]} = ({p} - {onehot}) * {inv_n}"]
+            return [f"{gxs[0]} = ({p} - {onehot}) * {gy} * {inv_n}"]
 
         return lines, backward
 
