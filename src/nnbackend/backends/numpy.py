@@ -375,7 +375,7 @@ class NumpyOps(Ops):
         self._sole_references = self._probe_references()
         self._pooled_references = self._probe_pool()
         if self.inplace:
-            self.recycle_min = _SCRATCH_MIN
+            self.recycle_min = self.reuse_min = _SCRATCH_MIN
 
     def reuse(self, spare: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         """``spare`` when it is a writable, C-contiguous NumPy array of ``shape`` and

@@ -345,6 +345,9 @@ class Ops:
     #: The fewest elements for which :meth:`recycled` may give an array: a node compares
     #: its result's size with this before calling it, so small steps pay one comparison.
     recycle_min: int = sys.maxsize
+    #: The fewest elements for which :meth:`reuse` may accept a spare: likewise compared
+    #: first (a tiny step's two calls per layer cost more than the allocation they save).
+    reuse_min: int = sys.maxsize
 
     def recycled(self, shape: tuple[int, ...], dtype: DType) -> Array | None:
         """An array of ``shape`` and ``dtype`` (garbage values) for a step's intermediate

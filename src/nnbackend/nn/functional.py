@@ -234,7 +234,10 @@ class Linear(Function):
             weight = self.inputs[1]  # None in a compiled step's replay: nothing to reuse
             out = (
                 spare_grad(weight, self.ops)
-                if native and weight is not None and x.shape[0] > 1
+                if native
+                and weight is not None
+                and x.shape[0] > 1
+                and w.shape[0] * w.shape[-1] >= self.ops.reuse_min
                 else None
             )
             if out is None and x.shape[0] != 1:  # _weight_grad inlined: the usual case
