@@ -101,17 +101,14 @@ its own worker process; the large case's dedicated runs are
 `issue19_large_20261202.txt`; the earlier machines' runs are `issue19_final2_20261201.txt`
 and `issue19_final_20261201.txt`):
 
-- **The machine decides the PyTorch ratios.** This page's run is on an Intel Xeon with AMX
-  (Sapphire Rapids class), where torch's MKL does the medium step's 8 products in 0.89x the
-  time OpenBLAS takes (8.67 against 9.72 ms; float64 0.82x): the GEMMs alone on NumPy take
-  0.90x torch's *whole* medium step. The engine's step is 1.20x its own GEMMs (1.29x before
-  the axpy), torch's 1.24x its own, so medium float32 engine / torch reads 1.09 here (target
-  0.95: missed; meeting it would need the engine's non-GEMM work under 0.5 ms), where the AMD
-  EPYC of 2026-12-01 read 0.92-1.03. Medium float64 reads 1.04 (target 1.15: met; 1.27
-  before), large (4096x3, batch 512) 1.00 and 0.97 in two runs (target 1.0: met; 1.02
-  before; the GEMMs alone on OpenBLAS take 0.96-1.0x torch's step), width 1024 at
-  batches 1-16 0.61-1.36 (target 1.5: met; torch's time there swings with its own page
-  faults, the engine's does not).
+- **The machine decides the PyTorch ratios.** This page's run is on an AMD EPYC (Zen 5),
+  where torch's MKL does the medium step's 8 products in 2.05x the time OpenBLAS takes (14.6
+  against 7.1 ms): medium float32 engine / torch reads 0.48-0.54 here (five runs), float64
+  0.55-0.62, width 1024 at batches 1-16 0.34-0.74. On the Intel Xeon with AMX of the
+  morning's runs (`issue19_large_20261202b.txt`), MKL took 0.89x OpenBLAS's time, and medium
+  float32 read 1.09 (target 0.95: missed there; the GEMMs alone on NumPy took 0.90x torch's
+  whole step, so meeting it needs the engine's non-GEMM work under 0.5 ms), float64 1.04,
+  large (4096x3, batch 512) 0.97-1.00, width 1024 0.61-1.36 (all three targets met).
 - **SGD's update is OpenBLAS's axpy.** NumPy has no fused `p -= lr * g`; where NumPy's wheels
   ship OpenBLAS, the update of a large float32/float64 parameter (SGD's, Momentum's
   `p -= lr * b`) is the BLAS `axpy` NumPy itself links, called through ctypes: one pass on the
@@ -140,18 +137,31 @@ and `issue19_final_20261201.txt`):
   imported only by the first float16 conversion that needs it.
 - **Batch 1.** The weight gradient of a one-row batch is an outer product, computed as a
   broadcast multiply (same values) instead of OpenBLAS's GEMM, 4x slower at 1024x1024.
-- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop 1.20 (target 1.0), eager / hand
-  2.22 (target 1.4), both missed; on 2026-12-01's machines they read 1.18-1.34 and 1.63-1.70.
-  This CPU runs the hand loop's NumPy calls faster (31.8 us) and the engine's Python slower
-  (eager 70.4 us, 55.0 on the earlier Sapphire Rapids). The compiled step's own calls written
-  out in one function, no node methods and no call wrapper, take 0.96-1.0x the hand loop's:
-  what is left is Python around the array calls (node methods, `SGD.step`), which only a
-  replay inlining the nodes' code would remove; the eager step pays about 2.3 us per node to
-  build the graph and as much backward (`benchmarks/NOTES.md`, the tiny-step sections).
-- **float16 / float32 (`mlp_dtypes`, 1.59 against 1.5).** The float16 step did not get
-  slower (19.9-20.7 ms against 19.6-22.7 before, A/B); the float32 step it is divided by got
-  faster (the axpy, which float16 parameters, updated in float32 a block of rows at a time,
-  do not take).
+- **ReLU and sigmoid.** NumPy's `maximum` runs its vectorised loop for two arrays only: with
+  a 0-d zero it takes its scalar loop (256x1024 float32 83 us, against 31 with an array of
+  zeros). The NumPy ops read the constant from a cached read-only array (at most 1M
+  elements, larger inputs a block at a time): the medium step's ReLU forward 101 -> 47 us a
+  layer, a sigmoid of 262,144 values 306 -> 259 us, the same bits.
+- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop **0.94** (target 1.0: met;
+  1.10-1.16 before; 0.95-0.97 by thread time in separate processes): a replay runs the small
+  nodes' own code written into it (`Function.replay_code`) instead of their methods, sums a
+  bias gradient as one product with a row of ones (BLAS: 0.7 against 1.3 us for 30x10) and
+  the labels' loss with one dot product, and leaves out the loss's seed of one. Eager / hand
+  1.82 (target 1.4: missed), eager / the book's code 1.65 (target 1.5: missed): a minimal
+  define-by-run engine making the hand loop's own array calls takes 1.15-1.18
+  (`issue19_eager_floor_20261202.py.txt`); the engine's other 0.6 is Python, about 50 more
+  function calls a step (the module, functional and node layers, the precision policy and
+  dtype checks, the recording hooks, each node's choice of kernels, the general backward).
+- **FLOP rate (`mlp_medium`, 0.76-0.83 against 0.85 in four runs).** The medium step's
+  non-GEMM work measured alone is about 0.65 ms a step (bias additions and ReLU passes 0.27,
+  the SGD update through axpy 0.36, the loss 0.02); the rest of the gap is the GEMMs running
+  slower inside the step than back to back.
+- **float16 / float32 (`mlp_dtypes`, 1.36 and 1.39 against 1.5: met; 1.39 and 1.56 in the
+  two runs before).** NumPy's float16 SGD update is one compiled pass (numba: widen,
+  `p - lr * g` in float32, round once; the bits of the blockwise path): the medium float16
+  step's update 2.6-2.9 -> 1.9-2.1 ms. Its halves on a second thread (2.4x alone) gained
+  nothing inside a step, where OpenBLAS's worker still spins on the other core after the
+  GEMMs.
 """
 
 STATIC_SECTIONS = """\
@@ -186,22 +196,33 @@ Python work, not arithmetic.
 
 `nb.compile_step` and `Trainer(compile=True)` ([Compiled steps](compile.md)) replay a recorded
 step on raw arrays. Measured with `mlp_processes` (the `compiled` worker, in its own process,
-interleaved with the others; float32) on 2026-12-01, load average 0.2-1.0
-(`benchmarks/results/issue19_final2_20261201.txt`; OpenBLAS 0.3.31, SkylakeX kernel, 2
-threads):
+interleaved with the others; float32; the tiny configuration over 45 rounds) on 2026-12-02 at
+12:10 on an AMD EPYC (2 vCPUs; OpenBLAS 0.3.31, SkylakeX kernel, 2 threads; the run's own
+load average 1.6-1.8), after the changes of `benchmarks/NOTES.md`, "Issue 19, 2026-12-02 (3)":
 
 | case | eager | compiled | hand | eager / hand | compiled / hand (target 1.0) |
 |---|---:|---:|---:|---:|---|
-| tiny 2-10-3, batch 30 | 55.0 us | 39.5 us | 33.8 us | 1.63 | 1.18: **missed** |
-| medium 784-1024-1024-10, batch 256 | 15.8 ms | 15.5 ms | 21.0 ms | 0.74 | 0.72: met |
+| tiny 2-10-3, batch 30 | 50.4 us | 25.9 us | 27.4 us | 1.82 (target 1.4: **missed**) | 0.94: met |
+| medium 784-1024-1024-10, batch 256 | 8.88 ms | 8.64 ms | 14.9 ms | 0.59 | 0.55: met |
 
-No page faults per step for any of the three, in either case; peak RSS (MiB) eager, compiled,
-hand: tiny 52, 53, 44; medium 83, 94, 67.
+Before that session's changes the tiny compiled step took 1.10-1.16 of the hand loop (the same
+harness, 15 and 7 rounds). No page faults per step for any of the three in the medium case;
+peak RSS (MiB) eager, compiled, hand: tiny 52, 53, 44; medium 77, 95, 67.
 
-Replays call each node's `replay_forward` (the computing half of `forward`, with the decisions
-the recording made) and `backward`, then the optimizer's real `step()`; labels are still
-checked on every replay. A replay lets go of the large arrays its nodes kept for backward, as
-an eager graph does after each step (medium: 11.2 MiB held between steps, eager 11.1).
+A replay runs the small nodes' own code written into it (`Function.replay_code`: `Linear`,
+the ReLU family, `Sigmoid` and the softmax loss with integer labels; the same array
+operations in the same order, so the same bits as eager), other nodes through their methods
+(`replay_forward`, the computing half of `forward`, with the decisions the recording made,
+and `backward`), then the optimizer's real `step()`; labels are still checked on every
+replay. A replay lets go of the large arrays its nodes kept for backward, as an eager graph
+does after each step.
+
+The eager tiny step's floor: a minimal define-by-run engine making the hand loop's own array
+calls (a node object and a Tensor per operation, gradients handed back along the chain) takes
+1.15-1.18 of the hand loop (`benchmarks/results/issue19_eager_floor_20261202.py.txt`);
+nnbackend's 1.8 is the rest of its Python: about 50 more function calls a step than that
+engine's 17 (the module, functional and node layers, the precision policy and dtype checks,
+the recording hooks, each node's choice of its backend's kernels, the general backward pass).
 
 On jax, where `compile_step` is a `jax.jit` of the whole step, the tiny step took 94 us against
 949 us eager (one process, best of 5 loops, each step waiting for its loss; not in the
