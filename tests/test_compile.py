@@ -263,6 +263,40 @@ def test_a_subclass_overriding_forward_alone_is_replayed_with_its_forward():
     assert losses[1] == losses[0]
 
 
+def test_a_subclass_overriding_backward_alone_keeps_its_backward_in_a_replay():
+    """A subclass of a node with replay code (Sigmoid) that overrides only ``backward`` (its
+    own gradient, here doubled) is replayed through its methods, not the inherited code that
+    would skip the override: replays equal the eager steps."""
+    from nnbackend.nn import functional as F
+
+    class SteeperSigmoid(F.Sigmoid):
+        def backward(self, gy: Any) -> Any:
+            return super().backward(gy) * 2.0
+
+    losses = []
+    for compiled in (False, True):
+        with nb.using(backend="numpy"):
+            nb.random.seed(0)
+            model, head = nn.Linear(2, 8), nn.Linear(8, 3)
+        opt = optim.SGD([*model.parameters(), *head.parameters()], lr=0.5)
+
+        def step(xb: Any, tb: Any, model: Any = model, head: Any = head, opt: Any = opt) -> Any:
+            opt.zero_grad()
+            loss = nn.SoftmaxCrossEntropy()(head(SteeperSigmoid()(model(xb))), tb)
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = nb.compile_step(step) if compiled else step
+        x, t = _batches("numpy", 1)[0]
+        losses.append([float(run(x, t).item()) for _ in range(6)])
+        if compiled:
+            assert run.replays == 4
+            (rec,) = run._cache.values()
+            assert "n1.backward(" in rec.code
+    assert losses[1] == losses[0]
+
+
 def test_labels_out_of_range_raise_a_label_error_in_a_replay():
     """A replay checks the labels of every call, as the eager step does: a new label array of
     the recorded shape and dtype with a label out of range is a LabelError, not a loss."""

@@ -421,21 +421,25 @@ class _Recording:
 
 
 def _replays_with_replay_forward(cls: type, name: str = "replay_forward") -> bool:
-    """Whether nodes of ``cls`` are replayed with ``replay_forward`` (or, with ``name``,
-    with the code of ``replay_code``): only where the class that defines it is the one
-    defining ``forward``, or a subclass of it. A subclass that overrides ``forward`` alone
-    (its own computation) is replayed with its ``forward``, never with an inherited
-    ``replay_forward`` that would skip the override."""
-    forward_owner = replay_owner = None
+    """Whether nodes of ``cls`` are replayed with ``replay_forward`` (or, with ``name``
+    ``"replay_code"``, with that code): only where the class that defines it is the one
+    defining ``forward``, or a subclass of it, and for ``replay_code``, likewise for
+    ``backward`` and ``replay_forward``. A subclass that overrides ``forward`` alone (its own
+    computation), or ``backward`` (its own gradient), is replayed with its own methods, never
+    with an inherited shortcut that would skip the override."""
+    over = ("forward",) if name == "replay_forward" else ("forward", "backward", "replay_forward")
+    owners: dict[str, type | None] = dict.fromkeys((name, *over))
     for klass in cls.__mro__:
-        found = klass.__dict__
-        if forward_owner is None and "forward" in found:
-            forward_owner = klass
-        if replay_owner is None and name in found:
-            replay_owner = klass
+        for key, owner in owners.items():
+            if owner is None and key in klass.__dict__:
+                owners[key] = klass
+    replay_owner = owners[name]
     if replay_owner is None or replay_owner.__dict__[name] is None:
         return False
-    return forward_owner is None or issubclass(replay_owner, forward_owner)
+    return all(
+        owners[key] is None or issubclass(replay_owner, owners[key])  # type: ignore[arg-type]
+        for key in over
+    )
 
 
 def _record(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[_Recording, Any]:

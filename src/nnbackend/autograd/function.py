@@ -99,8 +99,9 @@ class Function:
     #: seed of ``loss.backward()``), so a product with it may be left out where that keeps
     #: the bits (``x * 1`` is ``x``). Variables the two share are named ``out + "_"`` and a
     #: suffix. The code must give the very arrays the methods give for the inputs' shapes
-    #: and dtypes of the recorded run, bit for bit; the same ownership rule as for
-    #: ``replay_forward`` applies.
+    #: and dtypes of the recorded run, bit for bit. A subclass that overrides ``forward``,
+    #: ``backward`` or ``replay_forward`` without its own ``replay_code`` is replayed through
+    #: its methods.
     replay_code: Any = None
 
     xp: Namespace
