@@ -152,10 +152,12 @@ and `issue19_final_20261201.txt`):
   (`issue19_eager_floor_20261202.py.txt`); the engine's other 0.6 is Python, about 50 more
   function calls a step (the module, functional and node layers, the precision policy and
   dtype checks, the recording hooks, each node's choice of kernels, the general backward).
-- **FLOP rate (`mlp_medium`, 0.76-0.83 against 0.85 in four runs).** The medium step's
-  non-GEMM work measured alone is about 0.65 ms a step (bias additions and ReLU passes 0.27,
-  the SGD update through axpy 0.36, the loss 0.02); the rest of the gap is the GEMMs running
-  slower inside the step than back to back.
+- **FLOP rate (`mlp_medium`, 0.76-0.83 against 0.85 in four runs).** Inside the step the
+  six large GEMMs run as fast as back to back (6.6-6.8 ms); its elementwise work takes
+  1.3-1.5 ms, twice what the same passes take alone on cache-warm arrays (0.65 ms): they run
+  on arrays the GEMMs have just pushed out of the cache (ReLU forward 0.13-0.16 ms a layer
+  in the step, 0.047 alone). Meeting 0.85 would need fused passes (the bias and ReLU in one),
+  which NumPy cannot do without a compiled kernel.
 - **float16 / float32 (`mlp_dtypes`, 1.36 and 1.39 against 1.5: met; 1.39 and 1.56 in the
   two runs before).** NumPy's float16 SGD update is one compiled pass (numba: widen,
   `p - lr * g` in float32, round once; the bits of the blockwise path): the medium float16
