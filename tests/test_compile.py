@@ -227,6 +227,29 @@ def test_replayed_nodes_keep_the_decisions_of_their_recording(dtype: str):
         np.testing.assert_array_equal(a, b)
 
 
+def _with_node(node: type, lr: float) -> tuple[list[list[float]], Any]:
+    """Six steps of Linear(2, 8) -> ``node()`` -> Linear(8, 3) on the softmax loss, eager and
+    then compiled (same seed): the losses of each, and the compiled step."""
+    losses, run = [], None
+    for compiled in (False, True):
+        with nb.using(backend="numpy"):
+            nb.random.seed(0)
+            model, head = nn.Linear(2, 8), nn.Linear(8, 3)
+        opt = optim.SGD([*model.parameters(), *head.parameters()], lr=lr)
+
+        def step(xb: Any, tb: Any, model: Any = model, head: Any = head, opt: Any = opt) -> Any:
+            opt.zero_grad()
+            loss = nn.SoftmaxCrossEntropy()(head(node()(model(xb))), tb)
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = nb.compile_step(step) if compiled else step
+        x, t = _batches("numpy", 1)[0]
+        losses.append([float(run(x, t).item()) for _ in range(6)])
+    return losses, run
+
+
 def test_a_subclass_overriding_forward_alone_is_replayed_with_its_forward():
     """A Function subclass that overrides ``forward`` but inherits ``replay_forward`` (from
     the built-in Sigmoid) is replayed with its own ``forward``: the inherited shortcut would
@@ -240,26 +263,8 @@ def test_a_subclass_overriding_forward_alone_is_replayed_with_its_forward():
         def backward(self, gy: Any) -> Any:
             return super().backward(gy * 2.0)
 
-    losses = []
-    for compiled in (False, True):
-        with nb.using(backend="numpy"):
-            nb.random.seed(0)
-            model = nn.Sequential(nn.Linear(2, 8))
-            head = nn.Linear(8, 3)
-        opt = optim.SGD([*model.parameters(), *head.parameters()], lr=0.1)
-
-        def step(xb: Any, tb: Any, model: Any = model, head: Any = head, opt: Any = opt) -> Any:
-            opt.zero_grad()
-            loss = nn.SoftmaxCrossEntropy()(head(DoubledSigmoid()(model(xb))), tb)
-            loss.backward()
-            opt.step()
-            return loss
-
-        run = nb.compile_step(step) if compiled else step
-        x, t = _batches("numpy", 1)[0]
-        losses.append([float(run(x, t).item()) for _ in range(6)])
-        if compiled:
-            assert run.replays == 4
+    losses, run = _with_node(DoubledSigmoid, lr=0.1)
+    assert run.replays == 4
     assert losses[1] == losses[0]
 
 
@@ -273,27 +278,10 @@ def test_a_subclass_overriding_backward_alone_keeps_its_backward_in_a_replay():
         def backward(self, gy: Any) -> Any:
             return super().backward(gy) * 2.0
 
-    losses = []
-    for compiled in (False, True):
-        with nb.using(backend="numpy"):
-            nb.random.seed(0)
-            model, head = nn.Linear(2, 8), nn.Linear(8, 3)
-        opt = optim.SGD([*model.parameters(), *head.parameters()], lr=0.5)
-
-        def step(xb: Any, tb: Any, model: Any = model, head: Any = head, opt: Any = opt) -> Any:
-            opt.zero_grad()
-            loss = nn.SoftmaxCrossEntropy()(head(SteeperSigmoid()(model(xb))), tb)
-            loss.backward()
-            opt.step()
-            return loss
-
-        run = nb.compile_step(step) if compiled else step
-        x, t = _batches("numpy", 1)[0]
-        losses.append([float(run(x, t).item()) for _ in range(6)])
-        if compiled:
-            assert run.replays == 4
-            (rec,) = run._cache.values()
-            assert "n1.backward(" in rec.code
+    losses, run = _with_node(SteeperSigmoid, lr=0.5)
+    assert run.replays == 4
+    (rec,) = run._cache.values()
+    assert "n1.backward(" in rec.code
     assert losses[1] == losses[0]
 
 
