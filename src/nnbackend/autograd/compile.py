@@ -420,13 +420,14 @@ class _Recording:
         return None
 
 
-def _replays_with_replay_forward(cls: type, name: str = "replay_forward") -> bool:
-    """Whether nodes of ``cls`` are replayed with ``replay_forward`` (or, with ``name``
-    ``"replay_code"``, with that code): only where the class that defines it is the one
-    defining ``forward``, or a subclass of it, and for ``replay_code``, likewise for
-    ``backward`` and ``replay_forward``. A subclass that overrides ``forward`` alone (its own
-    computation), or ``backward`` (its own gradient), is replayed with its own methods, never
-    with an inherited shortcut that would skip the override."""
+def _takes_shortcut(cls: type, name: str = "replay_forward") -> bool:
+    """Whether nodes of ``cls`` are replayed through the shortcut ``name``: ``replay_forward``
+    instead of ``forward``, or the code of ``replay_code`` instead of both methods. Only where
+    the class that defines it is the one defining ``forward``, or a subclass of it, and for
+    ``replay_code``, likewise for ``backward`` and ``replay_forward``. A subclass that
+    overrides ``forward`` alone (its own computation), or ``backward`` (its own gradient), is
+    replayed with its own methods, never with an inherited shortcut that would skip the
+    override."""
     over = ("forward",) if name == "replay_forward" else ("forward", "backward", "replay_forward")
     owners: dict[str, type | None] = dict.fromkeys((name, *over))
     for klass in cls.__mro__:
@@ -577,7 +578,7 @@ class _Recorder:
             self.scope[f"R{k}"] = changed  # replayed forward
             self.lines.append(f"    n{k}.__dict__.update(R{k})")
         # A node's replay_forward: forward without re-deciding what the recording decided.
-        method = "replay_forward" if _replays_with_replay_forward(type(f)) else "forward"
+        method = "replay_forward" if _takes_shortcut(type(f)) else "forward"
         call = f"n{k}.{method}({', '.join(self._call_srcs)})"
         if inline:  # its code, written by _inline
             outs, arrays = [f"v{k}"], [ys]
@@ -608,7 +609,7 @@ class _Recorder:
     def _inline(self, f: Function, k: int) -> bool:
         """Write node ``k``'s forward as its own code (:attr:`Function.replay_code`) where it
         offers some for this run; whether it did."""
-        if not _replays_with_replay_forward(type(f), "replay_code"):
+        if not _takes_shortcut(type(f), "replay_code"):
             return False
 
         def bind(value: Any) -> str:

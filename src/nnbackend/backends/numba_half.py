@@ -4,9 +4,10 @@ NumPy converts float16 one element at a time in C (this wheel's baseline has no 
 1.7 ns an element to widen and 2.6 ns to narrow here, a little less with the bit arithmetic of
 :func:`nnbackend.backends.numpy.kernels`. On a CPU without fast float16 products the engine
 runs float16 layers in float32 and converts their operands and results, so a float16 step is
-mostly conversions. numba compiles the two loops below to the CPU's vector instructions:
-about 0.35 ns an element to widen (a 65536-entry table) and 0.42 ns to narrow (round to
-nearest even, branch-free), four to six times faster.
+mostly conversions. numba compiles the two conversion loops below to the CPU's vector
+instructions: about 0.35 ns an element to widen (a 65536-entry table) and 0.42 ns to narrow
+(round to nearest even, branch-free), four to six times faster. A third loop, SGD's float16
+update, runs both conversions around its arithmetic in one pass.
 
 Both give ``astype``'s very bits for every input (NaN stays NaN): checked over all 2**32
 float32 bit patterns during development, and over every float16 and special float32 value by

@@ -547,11 +547,10 @@ class NumpyOps(Ops):
 
     def _maximum(self, x: Any, value: float, out: Any = None) -> Any:
         """``np.maximum(x, value)`` (into ``out``), for C-contiguous arrays of
-        :data:`_FILLED_MIN` elements or more with ``value`` read from a cached read-only
-        array of the constant: NumPy's vectorised loop takes two arrays, a scalar runs its
-        scalar loop (256 x 1024 float32: 31 against 83 us; float64 53 against 126). The same
-        bits. The constants are one flat array per value and dtype, at most
-        :data:`_FILLED_MAX` elements: a larger ``x`` is taken a block at a time."""
+        :data:`_FILLED_MIN` elements or more with ``value`` read from :meth:`_constant`'s
+        array: NumPy's vectorised loop takes two arrays, a scalar runs its scalar loop (256 x
+        1024 float32: 31 against 83 us; float64 53 against 126). The same bits. At most
+        :data:`_FILLED_MAX` constants are kept: a larger ``x`` is taken a block at a time."""
         np = self._np
         n = x.size
         if (
@@ -560,13 +559,7 @@ class NumpyOps(Ops):
             or (out is not None and not out.flags.c_contiguous)
         ):
             return np.maximum(x, value, out=out)
-        key = ("filled", value, x.dtype)
-        filled = self._cache.get(key)
-        if filled is None or filled.size < min(n, _FILLED_MAX):
-            filled = np.full(min(n, _FILLED_MAX), value, dtype=x.dtype)
-            filled.flags.writeable = False
-            if self.may_cache:
-                self._cache[key] = filled
+        filled = self._constant(value, min(n, _FILLED_MAX), x.dtype)
         if n <= _FILLED_MAX:
             return np.maximum(x, filled[:n].reshape(x.shape), out=out)
         if out is None:
@@ -576,6 +569,19 @@ class NumpyOps(Ops):
             hi = min(lo + _FILLED_MAX, n)
             np.maximum(flat_x[lo:hi], filled[: hi - lo], out=flat_out[lo:hi])
         return out
+
+    def _constant(self, value: float, size: int, dtype: Any) -> Any:
+        """A flat read-only array of at least ``size`` elements holding ``value`` in
+        ``dtype``, to read and never write: one per value and dtype, kept at the largest size
+        asked for (the caller takes the view it needs)."""
+        key = ("filled", value, dtype)
+        found = self._cache.get(key)
+        if found is None or found.size < size:
+            found = self._np.full(size, value, dtype=dtype)
+            found.flags.writeable = False
+            if self.may_cache:
+                self._cache[key] = found
+        return found
 
     def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
         """:meth:`Ops.leaky_relu_backward`; ReLU's ``mask * gy`` into a recycled array (the
@@ -654,18 +660,12 @@ class NumpyOps(Ops):
         """For float32 and float64, the product of a row of ``n_rows`` ones with the array
         (BLAS: 0.7 against 1.3 us for 30 x 10, 1.1 against 4.3 for 256 x 10, 11 against 18
         for 256 x 1024). NumPy's reduction over the first axis adds the rows one after
-        another too, so the sums are as accurate. The ones are one array per dtype, kept at
-        the most rows asked for (a batch size that varies makes no new array each time)."""
+        another too, so the sums are as accurate. The ones are :meth:`_constant`'s (a batch
+        size that varies makes no new array each time)."""
         dtype = self._np.dtype(dtype)
         if dtype.char not in "fd":
             return super().column_summer(n_rows, dtype)
-        key = ("ones", dtype)
-        ones = self._cache.get(key)
-        if ones is None or ones.shape[0] < n_rows:
-            ones = self._np.ones(n_rows, dtype=dtype)
-            if self.may_cache:
-                self._cache[key] = ones
-        return ones[:n_rows].__matmul__
+        return self._constant(1.0, n_rows, dtype)[:n_rows].__matmul__
 
     def sum_product(self, a: Any, b: Any) -> Any:
         """``sum(a * b)`` of small contiguous float32 or float64 arrays of one shape and dtype

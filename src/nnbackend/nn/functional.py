@@ -645,17 +645,16 @@ class SoftmaxCrossEntropy(Function):
             return None
         k, xp, x, t = self.k, self.xp, srcs[0], srcs[1]
         z, e, s, p, onehot, bad = (f"{out}_{name}" for name in ("z", "e", "s", "p", "t", "bad"))
-        ops = bind(k)
+        ops, classes = bind(k), bind(self.p.shape[1])
         lines = [
             f"{z} = {x} - {bind(k.row_max)}({x})",
             f"{e} = {bind(xp.exp)}({z})",
             f"{s} = {bind(k.row_sum)}({e})",
             f"{p} = {e} / {s}",
-            f"{onehot}, {bad} = {bind(_one_hot)}({ops}, {t}, {bind(self.p.shape[1])}, "
-            f"{bind(self.p.dtype)})",
+            f"{onehot}, {bad} = {bind(_one_hot)}({ops}, {t}, {classes}, {bind(self.p.dtype)})",
             f"{out} = ({bind(k.sum)}({bind(xp.log)}({s}), axis=None) - "
             f"{bind(k.sum_product)}({onehot}, {z})) / {bind(float(self.n))}",
-            f"{out} = {bind(_checked_loss)}({ops}, {bad}, {t}, {bind(self.p.shape[1])}, {out})",
+            f"{out} = {bind(_checked_loss)}({ops}, {bad}, {t}, {classes}, {out})",
         ]
         inv_n = bind(1.0 / self.n)
 
