@@ -725,6 +725,35 @@ def test_linear_batch_one_backward_runs_no_matrix_product() -> None:
     np.testing.assert_array_equal(to_host(w.grad), np.full((6, 4), 3.0))
 
 
+def test_a_linear_node_subclass_keeps_its_overrides_on_small_products() -> None:
+    """The Linear node computes small products without calling ``replay_forward`` and
+    differentiates them without its full ``backward``'s tests; a subclass that overrides
+    ``replay_forward`` (here: doubling the output) or ``backward`` (doubling the weight's
+    gradient) is not taken that way: eager runs its overrides."""
+    from nnbackend.nn import functional as F
+
+    class Doubled(F.Linear):
+        def replay_forward(self, x: Any, w: Any, b: Any = None) -> Any:
+            return super().replay_forward(x, w, b) * 2.0
+
+    class SteeperWeight(F.Linear):
+        def backward(self, gy: Any) -> Any:
+            gx, gw, gb = super().backward(gy)
+            return gx, gw * 2.0, gb
+
+    xp = nb.namespace("numpy", "float64")
+    x = xp.asarray([[1.0, 2.0], [3.0, 4.0]])
+    b = nb.Tensor(xp.asarray([0.5, -0.5, 1.0]), requires_grad=True)
+    w = nb.Tensor(xp.reshape(xp.arange(6.0), (2, 3)), requires_grad=True)
+    plain = F.Linear()(x, w, b)
+    np.testing.assert_array_equal(Doubled()(x, w, b).data, plain.data * 2.0)
+    plain.backward(xp.ones((2, 3)))
+    expected = w.grad * 2.0
+    w.grad = None
+    SteeperWeight()(x, w, b).backward(xp.ones((2, 3)))
+    np.testing.assert_array_equal(w.grad, expected)
+
+
 _FAULTS_SCRIPT = """
 import os
 import resource

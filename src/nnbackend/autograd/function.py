@@ -50,6 +50,7 @@ __all__ = ["Function", "run_backward"]
 
 _SCALARS = (int, float, bool)
 _new = object.__new__
+_ref = weakref.ref
 # Creation order of recorded nodes: the backward queue breaks ties between nodes of equal
 # generation by it (never by memory address), so gradients are summed in the same order on
 # every run and backward is bitwise reproducible. next() on a count is atomic under the GIL.
@@ -208,8 +209,8 @@ class Function:
             self.generation = generation
             self.seq = _next_seq()
             generation += 1
-            wrap = tensor_type._wrap
             if type(ys) is tuple:
+                wrap = tensor_type._wrap
                 outputs = tuple([wrap(y, True) for y in ys])
                 for out in outputs:
                     out.creator = self
@@ -225,7 +226,7 @@ class Function:
             out.requires_grad = True
             out.name = None
             out._retain = False
-            self.outputs = (weakref.ref(out),)
+            self.outputs = (_ref(out),)
             return out
         if type(ys) is tuple:
             return tuple([tensor_type._wrap(y, False) for y in ys])

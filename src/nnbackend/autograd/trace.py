@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+from nnbackend import config
 from nnbackend.errors import CompileError
 
 __all__ = ["current", "recorded", "refuse", "start", "stop"]
@@ -43,9 +44,11 @@ def recorded(method: F) -> F:
     optimizer state, not on Tensors) as a step of its own in a recording: a replay calls it
     again with the same arguments, so it reads hyperparameters and state afresh each time."""
 
+    switch = config.engine_switch  # on while any recording may be active
+
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        rec = _recorder.get()
+        rec = _recorder.get() if switch.maybe else None
         if rec is None:
             return method(*args, **kwargs)
         return rec.call(method, args, kwargs)

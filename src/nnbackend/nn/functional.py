@@ -140,7 +140,17 @@ class Linear(Function):
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         self.has_bias = b is not None
         ops = self.ops = ops_for(self.xp, x)
-        self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
+        c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
+        # Small products: replay_forward's operations without its call, and backward's
+        # without its tests (a tenth of the tiny step's Linear nodes); not for subclasses,
+        # which may override either.
+        if c is NATIVE and type(self) is Linear and x.ndim == 2 and w.ndim == 2:
+            rows, n_in, n_out = x.shape[0], w.shape[0], w.shape[1]
+            if rows * max(n_in, n_out) < ops.recycle_min and n_in * n_out < ops.reuse_min:
+                self.small = rows > 1  # one row: _weight_grad's own kernel
+                self.x, self.w = x, w
+                y = x @ w
+                return y if b is None else ops.add_(y, b)
         return self.replay_forward(x, w, b)
 
     def replay_forward(self, x: Any, w: Any, b: Any = None) -> Any:
@@ -201,7 +211,18 @@ class Linear(Function):
         y = _product(xp, x, w)
         return c.narrow(y if b is None else y + c.widen(b))
 
+    #: Set by :meth:`forward` for 2-D float products of more than one row below the ops'
+    #: recycling and reuse sizes: :meth:`backward` then takes its short path.
+    small = False
+
     def backward(self, gy: Any) -> tuple[Any, ...]:
+        if self.small:  # the same operations as below for such products, without the tests
+            needs = self.needs_input_grad
+            gx = gy @ self.w.T if needs[0] else None
+            gw = self.x.T @ gy if needs[1] else None
+            if not self.has_bias:
+                return gx, gw
+            return gx, gw, self.ops.column_sum(gy) if needs[2] else None
         xp, x, w, c = self.xp, self.x, self.w, self.c
         native = c is NATIVE
         if not native:
@@ -635,7 +656,10 @@ class SoftmaxCrossEntropy(Function):
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if rows_sum_to_one:
             loss = _checked_loss(k, bad, labels, c, loss)
-        return cm.narrow(loss) if cm.wide else loss
+        if cm.wide:
+            return cm.narrow(loss)
+        # NumPy's sums give a scalar: the 0-d array here, not through Function's as_arrays
+        return loss if type(loss) is type(x) else k.asarray(loss)
 
     def replay_code(self, srcs: list[str], out: str, bind: Callable[[Any], str]) -> Any:
         """:meth:`replay_forward` and :meth:`backward` as code for a compiled step's replay
@@ -736,8 +760,10 @@ def softmax_cross_entropy(logits: Any, labels: Any, ignore_index: int | None = N
     on a GPU, where a check would force a device synchronisation each step, they make the loss
     NaN instead. Under a mixed precision policy float16 logits are cast to float32 first.
     """
-    logits, labels = _loss_inputs(logits, labels)
-    ld, td = _data(logits), _data(labels)
+    if mixed_compute() is not None:
+        logits, labels = _loss_inputs(logits, labels)
+    ld = logits.data if isinstance(logits, Tensor) else logits
+    td = labels.data if isinstance(labels, Tensor) else labels
     if not hasattr(ld, "ndim"):
         raise not_an_array(ld, "softmax_cross_entropy")
     if ld.ndim > 2 and td.ndim == ld.ndim - 1:
