@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import importlib.util
 import math
 import os
@@ -639,8 +640,8 @@ class NumpyOps(Ops):
             return self._np.add.reduce(x, axis=1, keepdims=True)
         key = ("ones_column", c, x.dtype)
         ones = self._cache.get(key)
-        if ones is None:
-            ones = self.cached(key, lambda: self._np.ones((c, 1), dtype=x.dtype))
+        if ones is None:  # (a partial, not a lambda: see Ops.one)
+            ones = self.cached(key, functools.partial(self._np.ones, (c, 1), dtype=x.dtype))
         return x @ ones
 
     def column_sum(self, x: Any) -> Any:
@@ -703,15 +704,20 @@ class NumpyOps(Ops):
         key = ("one_hot_rows", n_classes, dtype)
         table = self._cache.get(key)
         if table is None:
-            np = self._np
-
-            def make() -> Any:
-                rows = np.full((n_classes + 2, n_classes), np.nan, dtype=dtype)
-                rows[1:-1] = np.eye(n_classes, dtype=dtype)
-                return rows
-
-            table = self.cached(key, make)
+            table = self._one_hot_table(key, n_classes, dtype)
         return table.take(labels + 1, axis=0, mode="clip"), None
+
+    def _one_hot_table(self, key: Any, n_classes: int, dtype: Any) -> Any:
+        """:meth:`one_hot`'s identity rows between two rows of NaN, made once (apart from
+        :meth:`one_hot`: a closure there would cost each call its cells)."""
+        np = self._np
+
+        def make() -> Any:
+            rows = np.full((n_classes + 2, n_classes), np.nan, dtype=dtype)
+            rows[1:-1] = np.eye(n_classes, dtype=dtype)
+            return rows
+
+        return self.cached(key, make)
 
     def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
         """``y -= a * x`` in place; for large arrays ``a * x`` goes to scratch kept across
@@ -735,19 +741,23 @@ class NumpyOps(Ops):
         if x.size < _SCRATCH_MIN or not self.may_cache:
             y -= a * x
             return y
-        multiply = self._np.multiply
         if x.dtype == y.dtype and self._blockwise(y, (x,)):
             # The width-1024 batch-2 step 3.2-3.3 -> 2.8-3.0 ms, medium float64 26.4-26.7 ->
             # 25.0-25.4 (benchmarks/NOTES.md, 2026-12-02).
-            subtract = self._np.subtract
-
-            def body(y: Any, x: Any, t: Any) -> None:
-                subtract(y, multiply(x, a, out=t), out=y)
-
-            return self._in_blocks(body, y, (x,), 1)
-        tmp = multiply(x, a, out=self._temp(x, 0))
+            return self._sub_scaled_blocks(y, a, x)
+        tmp = self._np.multiply(x, a, out=self._temp(x, 0))
         y -= tmp
         return y
+
+    def _sub_scaled_blocks(self, y: Any, a: float, x: Any) -> Any:
+        """:meth:`sub_scaled_` a cache-sized block at a time (apart from it: the closure
+        would cost each of its calls, the tiny step's four included, its cells)."""
+        multiply, subtract = self._np.multiply, self._np.subtract
+
+        def body(y: Any, x: Any, t: Any) -> None:
+            subtract(y, multiply(x, a, out=t), out=y)
+
+        return self._in_blocks(body, y, (x,), 1)
 
     def _axpy_update(self, y: Any, a: Any, x: Any) -> Any:
         """``y - a * x`` for large arrays through NumPy's BLAS axpy where it applies

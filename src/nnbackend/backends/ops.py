@@ -387,8 +387,10 @@ class Ops:
         key = ("one", dtype, device_key(device))
         cached = self._cache.get(key)
         if cached is None:
-            xp = self.xp
-            cached = self.cached(key, lambda: xp.asarray(1.0, dtype=dtype, device=device))
+            # A partial, not a lambda: a closure would cost every call, hits included, the
+            # cells it reads (3.11 builds them on entry).
+            make = functools.partial(self.xp.asarray, 1.0, dtype=dtype, device=device)
+            cached = self.cached(key, make)
         return self.astype(cached, dtype)
 
     def lookup(self, key: Hashable) -> Any:
@@ -566,8 +568,10 @@ class Ops:
     def _zero(self, dtype: Any, device: Any = None) -> Any:
         key = ("zero", dtype, device_key(device))
         found = self._cache.get(key)
-        if found is None:
-            found = self.cached(key, lambda: self.xp.zeros((), dtype=dtype, device=device))
+        if found is None:  # (a partial, not a lambda: see one())
+            found = self.cached(
+                key, functools.partial(self.xp.zeros, (), dtype=dtype, device=device)
+            )
         return found
 
     def leaky_relu_backward(self, gy: Array, mask: Array, slope: float) -> Array:
@@ -634,7 +638,7 @@ class Ops:
         for labels that are not integers."""
         dtype, device = labels.dtype, _device_of(labels)
         key = ("class_range", n_classes, dtype, device_key(device))
-        found = self._cache.get(key)  # the usual case: made before, no closure to build
+        found = self._cache.get(key)  # the usual case: made before
         if found is not None:
             return found
         xp = self.xp
@@ -642,7 +646,8 @@ class Ops:
             from nnbackend.errors import DtypeError
 
             raise DtypeError(f"class labels must be integers, got {dtype}")
-        return self.cached(key, lambda: xp.arange(n_classes, dtype=dtype, device=device))
+        # (a partial, not a lambda: see one())
+        return self.cached(key, functools.partial(xp.arange, n_classes, dtype=dtype, device=device))
 
     def one_hot(self, labels: Array, n_classes: int, dtype: DType) -> tuple[Array, Any]:
         """The one-hot rows (N, ``n_classes``) in ``dtype`` of the integer ``labels`` (N,),
