@@ -85,13 +85,13 @@ def test_the_block_is_local_and_nests() -> None:
     seen: list[bool] = []
     with detect_anomaly():
         with detect_anomaly():
-            assert config._EngineSwitch.anomaly_blocks == 2
+            assert config.engine_switch.anomaly_blocks == 2
         assert anomaly_module.is_enabled()
         thread = threading.Thread(target=lambda: seen.append(anomaly_module.is_enabled()))
         thread.start()
         thread.join()
         assert seen == [False]  # another thread is not inside the block
-    assert config._EngineSwitch.anomaly_blocks == 0
+    assert config.engine_switch.anomaly_blocks == 0
     assert not anomaly_module.is_enabled()
 
 
