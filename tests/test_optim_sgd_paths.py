@@ -147,3 +147,30 @@ def test_a_large_sgd_step_keeps_no_parameter_sized_scratch(
     finally:
         tracemalloc.stop()
     assert kept and kept[0] <= _CHUNK * 8 + 4096, f"{kept} bytes kept after a step"
+
+
+def test_small_updates_by_a_kept_rate_array_equal_the_python_float_formula() -> None:
+    """Below the scratch size, ``sub_scaled_`` multiplies by the rate kept as a 0-d array of
+    the gradient's dtype (NumPy 2 converts a Python float operand on every call). Its values
+    are those of ``y - a * x`` with the Python float, whatever the order of rates and dtypes:
+    a rate changed between calls, the same rate in another dtype, a NumPy scalar rate (not
+    weak: it computes in its own dtype, as before) and a rate that leaves the array alone."""
+    ops = ops_for(nb.namespace("numpy"), np.zeros(1))
+    rng = np.random.default_rng(3)
+    cases = [
+        (0.1, "float32"),
+        (0.1, "float32"),
+        (0.3, "float32"),
+        (0.3, "float64"),
+        (0.1, "float32"),
+        (np.float64(0.1), "float32"),
+        (0.0, "float64"),
+        (1e-30, "float32"),
+    ]
+    for rate, dtype in cases:
+        y, x = (rng.standard_normal((5, 4)).astype(dtype) for _ in range(2))
+        expected = y.copy()
+        expected -= rate * x
+        got = ops.sub_scaled_(y, rate, x)
+        assert got is y and got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, expected)
