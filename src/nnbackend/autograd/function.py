@@ -194,8 +194,8 @@ class Function:
                 f"{type(self).__name__} needs at least one Tensor or array input, got only "
                 f"Python scalars {inputs!r}"
             )
-        found = _by_type_get(type(array))  # backend_for without its call
-        self.xp = (found if found is not None else backend_for(array))[0]
+        # backend_for without its call, where its cache knows the type (a non-empty tuple)
+        self.xp = (_by_type_get(type(array)) or backend_for(array))[0]
         self.needs_input_grad = tuple(needs)
         if _switch.maybe:
             _before_forward(self, xs, tensors)

@@ -64,6 +64,7 @@ def _data(x: Any) -> Any:
 # of mixed_compute, so a layer call under an unchanged setting pays one context read.
 _policy_seen: tuple[Any, int, str | None] = (None, -1, None)
 _get_overrides = config.current_overrides
+_settings_version = config.settings_version
 
 
 def mixed_compute() -> str | None:
@@ -72,7 +73,7 @@ def mixed_compute() -> str | None:
     overrides = _get_overrides()
     # Read before the policy: a set_default_dtype() in another thread between the two then
     # leaves a stale version here (answered again next call), never a stale answer.
-    version = config.settings_version()
+    version = _settings_version()
     seen = _policy_seen
     if seen[0] is overrides and seen[1] == version:
         return seen[2]
@@ -145,8 +146,9 @@ class Linear(Function):
         # without its tests (a tenth of the tiny step's Linear nodes); not for subclasses,
         # which may override either.
         if c is NATIVE and type(self) is Linear and x.ndim == 2 and w.ndim == 2:
-            rows, n_in, n_out = x.shape[0], w.shape[0], w.shape[1]
-            if rows * max(n_in, n_out) < ops.recycle_min and n_in * n_out < ops.reuse_min:
+            rows, (n_in, n_out) = x.shape[0], w.shape
+            wider = n_in if n_in > n_out else n_out
+            if rows * wider < ops.recycle_min and n_in * n_out < ops.reuse_min:
                 self.small = rows > 1  # one row: _weight_grad's own kernel
                 self.x, self.w = x, w
                 y = x @ w
@@ -311,8 +313,13 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     # Dtypes of two libraries are not compared (array_api_strict warns that its dtypes never
     # equal NumPy's): a dtype of another type is a backend mismatch, or a dtype error. An
     # input without a dtype (a list) is a backend mismatch too, with its fix.
-    x_dtype = getattr(xd, "dtype", None)
-    if compute is None and (type(x_dtype) is not type(wd.dtype) or x_dtype != wd.dtype):
+    x_dtype, w_dtype = getattr(xd, "dtype", None), wd.dtype
+    # (the same dtype object, the usual case, needs no comparison)
+    if (
+        compute is None
+        and x_dtype is not w_dtype
+        and (type(x_dtype) is not type(w_dtype) or x_dtype != w_dtype)
+    ):
         same_backend(xd, wd, "linear")
         raise DtypeError(
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
