@@ -142,26 +142,26 @@ and `issue19_final_20261201.txt`):
   zeros). The NumPy ops read the constant from a cached read-only array (at most 1M
   elements, larger inputs a block at a time): the medium step's ReLU forward 101 -> 47 us a
   layer, a sigmoid of 262,144 values 306 -> 259 us, the same bits.
-- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop **0.94** (target 1.0: met;
-  1.10-1.16 before; 0.95-0.97 by thread time in separate processes): a replay runs the small
-  nodes' own code written into it (`Function.replay_code`) instead of their methods, sums a
-  bias gradient as one product with a row of ones (BLAS: 0.7 against 1.3 us for 30x10) and
-  the labels' loss with one dot product, and leaves out the loss's seed of one. Eager / hand
-  1.68 on this page's run (1.82 before the fourth session of 2026-12-02; target 1.4:
-  missed), eager / the book's code 1.42-1.54 in four runs (1.65 before; target 1.5: met in
-  three). Counted by callgrind (`issue19_callgrind_20261202.sh.txt`: deterministic, where
-  wall time here moves by 30%), an eager step runs 448k instructions against the hand loop's
-  325k: its NumPy work is smaller (214k against 268k: no first-layer input gradient), its
-  interpreter work 4x larger (233k against 57k). The session took 489k -> 448k: no closure
-  cells built on every call of a per-op function (3.11 builds them on entry, used or not),
-  the engine's flag a slot read, constants and SGD's rate as 0-d arrays (NumPy 2 converts a
-  Python float operand on every call; the sigmoid of 30x10 3.9 -> 2.5 us) and shorter paths
-  through Linear and the loss. A minimal define-by-run engine making the hand loop's own
-  array calls takes 1.15-1.18 (`issue19_eager_floor_20261202.py.txt`): the rest is the
-  engine's Python, 3,600 bytecodes a step (the module, functional and node layers, the
-  policy and dtype checks, the recording hooks, each node's kernel choices, the general
-  backward pass with its checks), half of them in `Function.__call__` and `run_backward`.
-- **FLOP rate (`mlp_medium`, 0.76-0.83 against 0.85 in four runs).** Inside the step the
+- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop **0.89** on this page's run (0.94 at
+  12:10; target 1.0: met; 1.10-1.16 before; 0.95-0.97 by thread time in separate processes): a
+  replay runs the small nodes' own code written into it (`Function.replay_code`) instead of their
+  methods, sums a bias gradient as one product with a row of ones (BLAS: 0.7 against 1.3 us for
+  30x10) and the labels' loss with one dot product, and leaves out the loss's seed of one. Eager /
+  hand 1.62 on this page's run (1.82 before the fourth session of 2026-12-02; target 1.4: missed),
+  eager / the book's code 1.46 (1.44-1.54 in the session's last five runs, 1.65 before; target 1.5).
+  Counted by callgrind (`issue19_callgrind_20261202.sh.txt`: deterministic, where wall time here
+  moves by 30%), an eager step runs 444k instructions against the hand loop's 325k: its NumPy work
+  is smaller (214k against 268k: no first-layer input gradient), its interpreter work 4x larger
+  (230k against 57k). The session took 489k -> 444k: no closure cells built on every call of a
+  per-op function (3.11 builds them on entry, used or not), the engine's flag a slot read, constants
+  and SGD's rate as 0-d arrays (NumPy 2 converts a Python float operand on every call; the sigmoid
+  of 30x10 3.9 -> 2.5 us) and shorter paths through Linear and the loss. A minimal define-by-run
+  engine making the hand loop's own array calls takes 1.15-1.18
+  (`issue19_eager_floor_20261202.py.txt`): the rest is the engine's Python, 3,600 bytecodes a step
+  (the module, functional and node layers, the policy and dtype checks, the recording hooks, each
+  node's kernel choices, the general backward pass with its checks), half of them in
+  `Function.__call__` and `run_backward`.
+- **FLOP rate (`mlp_medium`, 0.76-0.83 against 0.85 in six runs).** Inside the step the
   six large GEMMs run as fast as back to back (6.6-6.8 ms); its elementwise work takes
   1.3-1.5 ms, twice what the same passes take alone on cache-warm arrays (0.65 ms): they run
   on arrays the GEMMs have just pushed out of the cache (ReLU forward 0.13-0.16 ms a layer
@@ -208,18 +208,18 @@ Python work, not arithmetic.
 `nb.compile_step` and `Trainer(compile=True)` ([Compiled steps](compile.md)) replay a recorded
 step on raw arrays. Measured with `mlp_processes` (the `compiled` worker, in its own process,
 interleaved with the others; float32; the tiny configuration over 45 rounds) on 2026-12-02 at
-16:05 on an AMD EPYC (2 vCPUs; OpenBLAS 0.3.31, SkylakeX kernel, 2 threads; the run's own
-load average 1.0-1.3, the machine slower than at 12:10, when the tiny hand loop took 27 us),
-after the changes of `benchmarks/NOTES.md`, "Issue 19, 2026-12-02 (4)":
+16:25 on an AMD EPYC (2 vCPUs; OpenBLAS 0.3.31, SkylakeX kernel, 2 threads; the run's own
+load average 1.4-1.6), after the changes of `benchmarks/NOTES.md`, "Issue 19, 2026-12-02
+(4)":
 
 | case | eager | compiled | hand | eager / hand | compiled / hand (target 1.0) |
 |---|---:|---:|---:|---:|---|
-| tiny 2-10-3, batch 30 | 76.7 us | 42.8 us | 46.1 us | 1.68 (target 1.4: **missed**) | 0.92: met |
-| medium 784-1024-1024-10, batch 256 | 10.6 ms | 10.6 ms | 17.2 ms | 0.65 | 0.60: met |
+| tiny 2-10-3, batch 30 | 47.8 us | 26.4 us | 29.6 us | 1.62 (target 1.4: **missed**) | 0.89: met |
+| medium 784-1024-1024-10, batch 256 | 7.73 ms | 7.55 ms | 13.3 ms | 0.58 | 0.57: met |
 
 Before the third session of 2026-12-02 the tiny compiled step took 1.10-1.16 of the hand loop
 (the same harness, 15 and 7 rounds). No page faults per step for any of the three in the
-medium case; peak RSS (MiB) eager, compiled, hand: tiny 53, 53, 45; medium 77, 96, 68.
+medium case; peak RSS (MiB) eager, compiled, hand: tiny 53, 53, 45; medium 77, 95, 67.
 
 A replay runs the small nodes' own code written into it (`Function.replay_code`: `Linear`,
 the ReLU family, `Sigmoid` and the softmax loss with integer labels; the same array
@@ -232,7 +232,7 @@ does after each step.
 The eager tiny step's floor: a minimal define-by-run engine making the hand loop's own array
 calls (a node object and a Tensor per operation, gradients handed back along the chain) takes
 1.15-1.18 of the hand loop (`benchmarks/results/issue19_eager_floor_20261202.py.txt`);
-nnbackend's 1.7 is the rest of its Python: about 50 more function calls and 3,600 bytecodes
+nnbackend's 1.6 is the rest of its Python: about 50 more function calls and 3,600 bytecodes
 a step (the module, functional and node layers, the precision policy and dtype checks, the
 recording hooks, each node's choice of its backend's kernels, the general backward pass).
 
