@@ -9,14 +9,13 @@ from nnbackend import config
 from nnbackend.autograd import function as _function
 from nnbackend.autograd import trace as _trace
 from nnbackend.errors import DtypeError, GradientError
-from nnbackend.namespace import backend_for, cached_backend_for_type, namespace, ops_for
+from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.typing import Array, Device, DType, Namespace
 
 __all__ = ["Tensor", "as_tensor"]
 
 _new = object.__new__
 _switch = config.engine_switch
-_by_type_get = cached_backend_for_type
 
 
 class Tensor:
@@ -212,7 +211,7 @@ class Tensor:
                 rec.backward(self, grad, retain_grad, create_graph)
                 return
         data = self.data
-        xp = (_by_type_get(type(data)) or backend_for(data))[0]  # backend_for, its cache first
+        xp = backend_for(data)[0]
         if grad is None:
             if data.ndim == 0:  # the usual case, a loss: a copy of a cached one, on its device
                 grad = ops_for(xp, data).one(data.dtype, getattr(data, "device", None))

@@ -297,13 +297,14 @@ def kernels() -> dict[str, Any]:
     }
 
 
-# The lowest input of NumpyOps.sigmoid per dtype (``dtype.char``): exp(-x) stays finite there
-# (a little above -log of the largest value, for exp's own rounding).
 def _read_only(a: Any) -> Any:
+    """``a``, made read-only: a cached constant that callers read and never write."""
     a.flags.writeable = False
     return a
 
 
+# The lowest input of NumpyOps.sigmoid per dtype (``dtype.char``): exp(-x) stays finite there
+# (a little above -log of the largest value, for exp's own rounding).
 _SIGMOID_FLOOR = {
     "f": -0.999 * math.log(3.4028234663852886e38),
     "d": -0.999 * math.log(1.7976931348623157e308),
@@ -378,10 +379,11 @@ class NumpyOps(Ops):
         # NumPy's own asarray: 0.14 us for a 0-d scalar against 1.5 us through the Array
         # API wrapper (two calls a step: the loss and its seed gradient).
         self.asarray = np.asarray
-        # sigmoid's floor and its one as read-only 0-d arrays: NumPy 2 turns a Python float
-        # operand into an array on every call (0.72 against 0.45 us for a 30 x 10 maximum).
+        # sigmoid's floor (as a number and as a read-only 0-d array) and its one (0-d): NumPy
+        # 2 turns a Python float operand into an array on every call (0.72 against 0.45 us
+        # for a 30 x 10 maximum).
         self._sigmoid_constants = {
-            char: tuple(_read_only(np.asarray(v, dtype=char)) for v in (floor, 1.0))
+            char: (floor, *(_read_only(np.asarray(v, dtype=char)) for v in (floor, 1.0)))
             for char, floor in _SIGMOID_FLOOR.items()
         }
         # sub_scaled_'s last small-array rate: (rate, dtype, the rate as a 0-d array)
@@ -559,12 +561,14 @@ class NumpyOps(Ops):
             return super().leaky_relu(x, mask, slope)
         return self._maximum(x, 0.0, out)
 
-    def _maximum(self, x: Any, value: float, out: Any = None) -> Any:
+    def _maximum(self, x: Any, value: float, out: Any = None, scalar: Any = None) -> Any:
         """``np.maximum(x, value)`` (into ``out``), for C-contiguous arrays of
         :data:`_FILLED_MIN` elements or more with ``value`` read from :meth:`_constant`'s
         array: NumPy's vectorised loop takes two arrays, a scalar runs its scalar loop (256 x
         1024 float32: 31 against 83 us; float64 53 against 126). The same bits. At most
-        :data:`_FILLED_MAX` constants are kept: a larger ``x`` is taken a block at a time."""
+        :data:`_FILLED_MAX` constants are kept: a larger ``x`` is taken a block at a time.
+        Other arrays take ``scalar`` where given, ``value`` as a 0-d array of ``x``'s dtype
+        (cheaper than the Python number, which NumPy 2 converts on every call)."""
         np = self._np
         n = x.size
         if (
@@ -572,7 +576,7 @@ class NumpyOps(Ops):
             or not x.flags.c_contiguous
             or (out is not None and not out.flags.c_contiguous)
         ):
-            return np.maximum(x, value, out=out)
+            return np.maximum(x, value if scalar is None else scalar, out=out)
         filled = self._constant(value, min(n, _FILLED_MAX), x.dtype)
         if n <= _FILLED_MAX:
             return np.maximum(x, filled[:n].reshape(x.shape), out=out)
@@ -591,8 +595,7 @@ class NumpyOps(Ops):
         key = ("filled", value, dtype)
         found = self._cache.get(key)
         if found is None or found.size < size:
-            found = self._np.full(size, value, dtype=dtype)
-            found.flags.writeable = False
+            found = _read_only(self._np.full(size, value, dtype=dtype))
             if self.may_cache:
                 self._cache[key] = found
         return found
@@ -619,11 +622,8 @@ class NumpyOps(Ops):
         if constants is None or x.ndim == 0:
             return super().sigmoid(x)
         np = self._np
-        floor, one = constants  # 0-d arrays: the same values as the Python floats, sooner
-        if x.size < _FILLED_MIN:
-            e = np.maximum(x, floor)
-        else:
-            e = self._maximum(x, _SIGMOID_FLOOR[x.dtype.char])
+        floor, floor_0d, one = constants  # 0-d arrays: the floats' values, read sooner
+        e = self._maximum(x, floor, scalar=floor_0d)
         np.negative(e, out=e)
         np.exp(e, out=e)
         np.add(e, one, out=e)
