@@ -100,6 +100,27 @@ def test_nothing_past_the_array_is_written(axpy_calls: list[int]) -> None:
     np.testing.assert_array_max_ulp(p, before[5 : N + 5] - np.float32(0.5) * g, maxulp=1)
 
 
+def test_addresses_are_the_first_elements_writable_or_not() -> None:
+    """blas.address reads a writable array's address through the buffer protocol and falls
+    back to ``ctypes.data`` for a read-only one; both are the first element's."""
+    base = np.arange(N + 7, dtype=np.float32)
+    view = base[7:]  # an offset view: its address is not its base's
+    assert blas.address(view) == view.ctypes.data == base.ctypes.data + 7 * 4
+    view.flags.writeable = False
+    assert blas.address(view) == view.ctypes.data
+
+
+def test_a_read_only_gradient_still_takes_the_axpy(axpy_calls: list[int]) -> None:
+    rng = np.random.default_rng(4)
+    p = rng.uniform(1.0, 2.0, N).astype(np.float32)
+    g = rng.standard_normal(N).astype(np.float32)
+    g.flags.writeable = False
+    want = p - np.float32(0.25) * g
+    got = _numpy_ops().sub_scaled_(p, 0.25, g)
+    assert got is p and axpy_calls == [N]
+    np.testing.assert_array_max_ulp(got, want, maxulp=1)
+
+
 def _cases(rng: np.random.Generator) -> list[tuple[str, Any, Any, Any]]:
     """(name, p, lr, g) that must take the ufuncs: NumPy's values, bit for bit."""
     p = rng.standard_normal((N // 7, 7))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -122,6 +123,22 @@ def _checked(np: Any, kernels: dict[str, Axpy]) -> dict[str, Axpy]:
     return good
 
 
+#: The largest finite value of each kernel's dtype (``np.finfo(dtype).max``, without its call).
+_LARGEST = {"f": (2.0 - 2.0**-23) * 2.0**127, "d": sys.float_info.max}
+
+_addressof, _char_from_buffer = ctypes.addressof, ctypes.c_char.from_buffer
+
+
+def address(a: Any) -> int:
+    """The address of the first element of the C-contiguous NumPy array ``a``: through the
+    buffer protocol where ``a`` is writable (0.27 us), else ``a.ctypes.data`` (1.2 us, a
+    Python-level object each time)."""
+    try:
+        return int(_addressof(_char_from_buffer(a)))
+    except (TypeError, ValueError, BufferError):  # read-only, or no buffer to export
+        return int(a.ctypes.data)
+
+
 def usable(np: Any, y: Any, a: Any, x: Any) -> Axpy | None:
     """The kernel for ``y += a * x`` when it gives the update NumPy would, up to the rounding
     it saves: ``y`` and ``x`` C-contiguous, native float32 or float64 of one shape, not
@@ -130,10 +147,11 @@ def usable(np: Any, y: Any, a: Any, x: Any) -> Axpy | None:
     (axpy skips the work for ``a == 0``, where NumPy would still spread a NaN gradient)."""
     if type(a) is not float or a == 0.0 or not math.isfinite(a):
         return None
-    kernel = axpy_kernels(np).get(y.dtype.char)
+    char = y.dtype.char
+    kernel = axpy_kernels(np).get(char)
     if (
         kernel is None
-        or abs(a) > np.finfo(y.dtype).max  # NumPy's own overflow, warning included
+        or abs(a) > _LARGEST[char]  # NumPy's own overflow, warning included
         or x.dtype != y.dtype
         or not y.dtype.isnative
         or x.shape != y.shape

@@ -348,6 +348,10 @@ def _references(a: Any) -> int:
     return sys.getrefcount(a)
 
 
+# The same count without a Python frame, for NumpyOps._free_in (its probe calibrates it).
+_refcount = sys.getrefcount
+
+
 _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # the NumpyOps whose threads pool arrays
 
 
@@ -439,16 +443,21 @@ class NumpyOps(Ops):
         to end. Pools are per thread (two threads must never be handed the same array) and
         bounded (:data:`_POOL_DEPTH`, :data:`_POOL_BYTES`); :func:`nnbackend.empty_cache`
         empties the calling thread's."""
-        if not self.inplace or not self.may_cache or math.prod(shape) < _SCRATCH_MIN:
+        if not self.inplace or not self.may_cache:
             return None
-        pool = self._pool()
+        try:  # (the thread's pool, without _pool()'s call: ten calls a medium MLP step)
+            pool = self._local.pool
+        except AttributeError:
+            pool = self._pool()
         key = (shape, dtype)
         ring = pool.get(key)
-        if ring is not None:
+        if ring is not None:  # (a shape in the pool is large enough: _pool_keep's callers)
             pool.move_to_end(key)
             free = self._free_in(ring)
             if free is not None:
                 return free
+        elif math.prod(shape) < _SCRATCH_MIN:
+            return None
         array = self._np.empty(shape, dtype=dtype)
         self._pool_keep(pool, key, array)
         return array
@@ -458,9 +467,8 @@ class NumpyOps(Ops):
         or ``None``. Arrays in use gather at the end, so in a steady state the first one
         looked at is free."""
         limit = self._pooled_references
-        for i in range(len(ring)):
-            array = ring[i]
-            if _references(array) <= limit:
+        for i, array in enumerate(ring):
+            if _refcount(array) <= limit:
                 ring.append(ring.pop(i))
                 return array
         return None
@@ -800,7 +808,7 @@ class NumpyOps(Ops):
             y = y.copy()
         elif not y.flags.writeable:
             return None  # NumPy's own error, from the ufunc path
-        axpy(y.size, -a, x.ctypes.data, y.ctypes.data)
+        axpy(y.size, -a, blas.address(x), blas.address(y))
         return y
 
     def _blockwise(self, y: Any, arrays: tuple[Any, ...]) -> bool:
