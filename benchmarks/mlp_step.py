@@ -33,6 +33,7 @@ from benchmarks._nets import (
     LR,
     MEDIUM,
     TINY,
+    EngineCallsMLP,
     HandMLP,
     data,
     engine_step,
@@ -106,12 +107,18 @@ def mlp_medium(opts: Options) -> list[Row]:
     x, t = data(batch, sizes[0], sizes[-1], "float32")
     hand = HandMLP(sizes, activation, "float32")
     hand_run = step_runner(hand.step, x, t)
-    engine_run = step_runner(engine_step(sizes, activation, "float32"), x, t)
+    engine = engine_step(sizes, activation, "float32")
+    engine_run = step_runner(engine, x, t)
     gemms, gemm_flops = gemm_products(sizes, batch, "float32")
     gemm_run = step_runner(gemms)
+    # The engine's NumPy calls without the engine, from its weights: the FLOP rate's floor.
+    params = list(engine.model.parameters())  # type: ignore[attr-defined]
+    pairs = zip(params[::2], params[1::2], strict=True)
+    calls = EngineCallsMLP([(w.data, b.data) for w, b in pairs], batch)
+    calls_run = step_runner(calls.step, x, t)
 
     times = interleaved({"hand": hand_run, "engine": engine_run}, opts)
-    alone = interleaved({"engine": engine_run, "gemms": gemm_run}, opts)
+    alone = interleaved({"engine": engine_run, "gemms": gemm_run, "calls": calls_run}, opts)
     nominal = step_flops(sizes, batch)
     rows = [
         row("medium: hand-written NumPy step", times["hand"] * 1e3, "ms"),
@@ -139,6 +146,18 @@ def mlp_medium(opts: Options) -> list[Row]:
             "x",
             at_least=0.85,
             note="= time of the 8 GEMMs alone / step time, paired per round",
+        ),
+        row(
+            "medium: the engine's NumPy calls alone, FLOP rate / GEMMs-alone rate",
+            alone.ratio("gemms", "calls"),
+            "x",
+            note="the floor: the same calls into kept buffers, no engine (EngineCallsMLP)",
+        ),
+        row(
+            "medium: engine / its NumPy calls alone",
+            alone.ratio("engine", "calls"),
+            "x",
+            note="what the engine's Python costs among the GEMMs (a few hundred us a step)",
         ),
         row(
             "medium: engine nominal rate (6*batch*weights / step)",

@@ -119,6 +119,40 @@ def test_tiny_baselines_compute_the_same_step() -> None:
     assert result.stdout.split() == ["same"]
 
 
+def test_the_engines_numpy_calls_alone_make_the_engines_step() -> None:
+    """EngineCallsMLP (the FLOP rate's floor in mlp_medium) replays the engine's NumPy calls
+    without the engine: from the engine's weights it makes the engine's step, loss and
+    updated weights, to rounding (float64; the SGD axpy rounds once)."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        import nnbackend as nb
+        from nnbackend import nn, optim
+        from benchmarks._nets import LR, EngineCallsMLP, _model, data
+        sizes, batch = [300, 256, 128, 10], 160  # big enough for the pool and the axpy
+        x, t = data(batch, sizes[0], sizes[-1], "float64")
+        with nb.using(dtype="float64"):
+            model = _model(sizes, "relu")
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        calls = EngineCallsMLP([(m.weight.data, m.bias.data) for m in linears], batch)
+        loss_fn, opt = nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=LR)
+        for _ in range(3):
+            opt.zero_grad()
+            loss = loss_fn(model(x), t)
+            loss.backward()
+            opt.step()
+            np.testing.assert_allclose(calls.step(x, t), float(loss.item()), rtol=1e-12)
+        for m, (w, b) in zip(linears, calls.params):
+            np.testing.assert_allclose(w, m.weight.data, rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(b, m.bias.data, rtol=1e-12, atol=1e-15)
+        print("same")
+        """
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["same"]
+
+
 def test_harness_refuses_to_time_two_cpu_libraries_in_one_process() -> None:
     """Issue 19: timing PyTorch in the process that runs NumPy slowed it up to 8x (OpenBLAS's
     idle thread spins ~100 ms after each GEMM) and gave a false "engine 0.475x PyTorch".
