@@ -142,31 +142,37 @@ and `issue19_final_20261201.txt`):
   zeros). The NumPy ops read the constant from a cached read-only array (at most 1M
   elements, larger inputs a block at a time): the medium step's ReLU forward 101 -> 47 us a
   layer, a sigmoid of 262,144 values 306 -> 259 us, the same bits.
-- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop **0.89** on this page's run (0.94 at
-  12:10; target 1.0: met; 1.10-1.16 before; 0.95-0.97 by thread time in separate processes): a
-  replay runs the small nodes' own code written into it (`Function.replay_code`) instead of their
-  methods, sums a bias gradient as one product with a row of ones (BLAS: 0.7 against 1.3 us for
-  30x10) and the labels' loss with one dot product, and leaves out the loss's seed of one. Eager /
-  hand 1.62 on this page's run (1.82 before the fourth session of 2026-12-02; target 1.4: missed),
-  eager / the book's code 1.46 (1.44-1.54 in the session's last five runs, 1.65 before; target 1.5).
-  Counted by callgrind (`issue19_callgrind_20261202.sh.txt`: deterministic, where wall time here
-  moves by 30%), an eager step runs 444k instructions against the hand loop's 325k: its NumPy work
-  is smaller (214k against 268k: no first-layer input gradient), its interpreter work 4x larger
-  (230k against 57k). The session took 489k -> 444k: no closure cells built on every call of a
-  per-op function (3.11 builds them on entry, used or not), the engine's flag a slot read, constants
-  and SGD's rate as 0-d arrays (NumPy 2 converts a Python float operand on every call; the sigmoid
-  of 30x10 3.9 -> 2.5 us) and shorter paths through Linear and the loss. A minimal define-by-run
-  engine making the hand loop's own array calls takes 1.15-1.18
-  (`issue19_eager_floor_20261202.py.txt`): the rest is the engine's Python, 3,600 bytecodes a step
-  (the module, functional and node layers, the policy and dtype checks, the recording hooks, each
-  node's kernel choices, the general backward pass with its checks), half of them in
-  `Function.__call__` and `run_backward`.
-- **FLOP rate (`mlp_medium`, 0.76-0.83 against 0.85 in six runs).** Inside the step the
-  six large GEMMs run as fast as back to back (6.6-6.8 ms); its elementwise work takes
-  1.3-1.5 ms, twice what the same passes take alone on cache-warm arrays (0.65 ms): they run
-  on arrays the GEMMs have just pushed out of the cache (ReLU forward 0.13-0.16 ms a layer
-  in the step, 0.047 alone). Meeting 0.85 would need fused passes (the bias and ReLU in one),
-  which NumPy cannot do without a compiled kernel.
+- **Tiny step** (2-10-3, batch 30): compiled / lean hand loop **0.93** on this page's run (0.89
+  and 0.94 earlier on 2026-12-02; target 1.0: met; 1.10-1.16 before; 0.95-0.97 by thread time in
+  separate processes): a replay runs the small nodes' own code written into it
+  (`Function.replay_code`) instead of their methods, sums a bias gradient as one product with a
+  row of ones (BLAS: 0.7 against 1.3 us for 30x10) and the labels' loss with one dot product, and
+  leaves out the loss's seed of one. Eager / hand 1.61 on this page's run (1.62-1.74 since; 1.82
+  before the fourth session of 2026-12-02; target 1.4: missed), eager / the book's code 1.48
+  (1.44-1.54 in seven runs since, 1.65 before; target 1.5). Counted by callgrind
+  (`issue19_callgrind_20261202.sh.txt`: deterministic, where wall time here moves by 30%), an
+  eager step runs 444k instructions against the hand loop's 325k: its NumPy work is smaller (214k
+  against 268k: no first-layer input gradient), its interpreter work 4x larger (230k against 57k).
+  The session took 489k -> 444k: no closure cells built on every call of a per-op function (3.11
+  builds them on entry, used or not), the engine's flag a slot read, constants and SGD's rate as
+  0-d arrays (NumPy 2 converts a Python float operand on every call; the sigmoid of 30x10 3.9 ->
+  2.5 us) and shorter paths through Linear and the loss. A minimal define-by-run engine making the
+  hand loop's own array calls takes 1.15-1.18 (`issue19_eager_floor_20261202.py.txt`): the rest is
+  the engine's Python, 3,600 bytecodes a step (the module, functional and node layers, the policy
+  and dtype checks, the recording hooks, each node's kernel choices, the general backward pass
+  with its checks), half of them in `Function.__call__` and `run_backward`.
+- **FLOP rate (`mlp_medium`, 0.76-0.83 against 0.85 in ten runs).** Its floor is measured beside
+  it: "the engine's NumPy calls alone" runs the engine's very calls, in its order and into its
+  kept buffers, with no engine (`_nets.EngineCallsMLP`; callgrind counts its instructions within
+  0.13% of the engine step's). That floor read 0.854 on this page's run (engine 0.798) and
+  0.80-0.88 in other runs of the day: even with no engine at all, 0.85 is met only while the
+  machine is quiet. Its elementwise passes run on arrays the GEMMs have just pushed out of the
+  cache (ReLU forward 0.13-0.16 ms a layer in the step, 0.047 alone). The engine adds 5-7% to it
+  (engine / calls alone 1.049-1.067): its Python, about 7,500 bytecodes a step, runs at about 45
+  ns a bytecode among the GEMMs, 6-7x slower than in the tiny step (perf: the interpreter 6.2% of
+  the main thread's samples, 2.4% for the calls alone; `issue19_medium_floor_20261202.sh.txt`).
+  Meeting 0.85 reliably would need fused passes (the bias and ReLU in one), which NumPy cannot do
+  without a compiled kernel.
 - **float16 / float32 (`mlp_dtypes`, 1.36 and 1.39 against 1.5: met; 1.39 and 1.56 in the
   two runs before).** NumPy's float16 SGD update is one compiled pass (numba: widen,
   `p - lr * g` in float32, round once; the bits of the blockwise path): the medium float16
