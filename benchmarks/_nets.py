@@ -26,6 +26,7 @@ __all__ = [
     "LARGE",
     "EngineCallsMLP",
     "HandMLP",
+    "HandReusedMLP",
     "data",
     "engine_step",
     "gemm_products",
@@ -105,6 +106,88 @@ class HandMLP:
             dout = dout @ w.T  # the book's Affine computes dx, the first layer's included
             w -= lr * dw
             b -= lr * db
+        return loss
+
+
+class HandReusedMLP(HandMLP):
+    """The lean hand-written loop with its arrays made once and reused, as a NumPy user who
+    minds memory writes it (issue 19's "hand NumPy, reused buffers"): each product into a
+    kept array (``matmul(out=)``), the bias, the activation and the gradients' scalings in
+    place, SGD as ``g *= lr; w -= g``. Unlike :class:`HandMLP` (the book's shape), it
+    computes no input gradient for the first layer (the data needs none) and masks ReLU's
+    gradient with a product instead of boolean indexing. The same step, to rounding, as
+    :class:`HandMLP`'s from the same seed. Its arrays are made for the first batch size
+    it sees, and again when the size changes.
+    """
+
+    def __init__(
+        self, sizes: list[int], activation: str, dtype: str, seed: int = 0, xp: Any = np
+    ) -> None:
+        super().__init__(sizes, activation, dtype, seed, xp)
+        self._batch = -1
+
+    def _make(self, batch: int, dtype: Any) -> None:
+        xp = self.xp
+        outs = [w.shape[1] for w, _ in self.params]
+        self.a = [xp.empty((batch, n), dtype=dtype) for n in outs]  # activations, in place
+        self.mask = [xp.empty((batch, n), dtype=bool) for n in outs[:-1]]
+        self.dx = [xp.empty((batch, n), dtype=dtype) for n in outs[:-1]]
+        self.tmp = [xp.empty((batch, n), dtype=dtype) for n in outs[:-1]]  # sigmoid's
+        self.p = xp.empty((batch, outs[-1]), dtype=dtype)
+        self.gw = [xp.empty_like(w) for w, _ in self.params]
+        self.gb = [xp.empty_like(b) for _, b in self.params]
+        self.rows = xp.arange(batch)
+        self._batch = batch
+
+    def step(self, x: Any, t: Any, lr: float = LR) -> Any:
+        xp = self.xp
+        n = x.shape[0]
+        if n != self._batch:
+            self._make(n, x.dtype)
+        last = len(self.params) - 1
+        relu = self.activation == "relu"
+        h = x
+        for i, (w, b) in enumerate(self.params):
+            a = xp.matmul(h, w, out=self.a[i])
+            a += b
+            if i < last:
+                if relu:
+                    xp.greater(a, 0, out=self.mask[i])
+                    xp.maximum(a, 0, out=a)
+                else:
+                    xp.negative(a, out=a)
+                    xp.exp(a, out=a)
+                    a += 1
+                    xp.reciprocal(a, out=a)
+            h = a
+        # softmax with cross entropy, as HandMLP's
+        p, rows = self.p, self.rows
+        xp.subtract(h, h.max(axis=1, keepdims=True), out=p)
+        xp.exp(p, out=p)
+        p /= p.sum(axis=1, keepdims=True)
+        loss = -xp.log(p[rows, t] + 1e-7).sum() / n
+        p[rows, t] -= 1
+        p /= n
+        dout = p
+        for i in range(last, -1, -1):
+            w, b = self.params[i]
+            h_in = x if i == 0 else self.a[i - 1]
+            gw = xp.matmul(h_in.T, dout, out=self.gw[i])
+            gb = xp.sum(dout, axis=0, out=self.gb[i])
+            if i > 0:
+                dx = xp.matmul(dout, w.T, out=self.dx[i - 1])
+                if relu:
+                    dx *= self.mask[i - 1]
+                else:
+                    act, tmp = self.a[i - 1], self.tmp[i - 1]
+                    xp.subtract(1, act, out=tmp)
+                    tmp *= act
+                    dx *= tmp
+                dout = dx
+            gw *= lr
+            w -= gw
+            gb *= lr
+            b -= gb
         return loss
 
 
