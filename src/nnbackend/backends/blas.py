@@ -115,7 +115,7 @@ def _checked(np: Any, kernels: dict[str, Axpy]) -> dict[str, Axpy]:
         want = y - dtype.type(0.375) * x
         want[37:] = 7.0
         try:
-            axpy(37, -0.375, x.ctypes.data, y.ctypes.data)
+            axpy(37, -0.375, address(x), address(y))  # the addresses the updates take
         except Exception:
             continue
         if np.array_equal(y, want):

@@ -343,13 +343,9 @@ _POOL_DEPTH = 64
 _POOL_BYTES = 1 << 30
 
 
-def _references(a: Any) -> int:
-    """CPython's reference count of ``a`` (see :meth:`NumpyOps.reuse`)."""
-    return sys.getrefcount(a)
-
-
-# The same count without a Python frame, for NumpyOps._free_in (its probe calibrates it).
-_refcount = sys.getrefcount
+# CPython's reference count of an array (NumpyOps.reuse and _free_in), without a Python
+# frame of its own: each caller's probe measures the count it sees for an unreferenced array.
+_references = sys.getrefcount
 
 
 _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()  # the NumpyOps whose threads pool arrays
@@ -468,7 +464,7 @@ class NumpyOps(Ops):
         looked at is free."""
         limit = self._pooled_references
         for i, array in enumerate(ring):
-            if _refcount(array) <= limit:
+            if _references(array) <= limit:
                 ring.append(ring.pop(i))
                 return array
         return None
