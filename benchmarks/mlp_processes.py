@@ -28,6 +28,11 @@ arrays made once and reused (``_nets.HandReusedMLP``: issue 19's "hand NumPy, re
 buffers"). The targets against the hand loop take ``hand_best``: in each round, the faster of
 the two.
 
+Implementation ``calls`` (medium) is the engine's NumPy calls in the engine's order, into
+kept buffers, with no engine around them (``_nets.EngineCallsMLP``): ``engine / calls`` is
+what the engine's Python costs, ``calls / hand_reused`` how the engine's choice of kernels
+compares with the hand loop's. It loads nnbackend only to copy the engine's starting weights.
+
 Implementation ``engine_keep`` is the engine with the opt-in allocator setting
 ``NNBACKEND_KEEP_FREED_MEMORY=1`` (glibc keeps freed memory: no page faults in steady state).
 
@@ -104,13 +109,25 @@ CONFIGS = {
             "relu",
             256,
             "float32",
-            ("engine", "compiled", "hand", "hand_reused", "torch", "gemm_numpy", "gemm_torch"),
+            (
+                "engine",
+                "compiled",
+                "hand",
+                "hand_reused",
+                "calls",
+                "torch",
+                "gemm_numpy",
+                "gemm_torch",
+            ),
             (
                 ("engine", "torch", 0.95),
                 ("engine", "hand_best", 1.0),
                 ("compiled", "hand_best", 1.0),
                 ("engine", "hand", None),
                 ("engine", "hand_reused", None),
+                ("calls", "hand_reused", None),
+                ("engine", "calls", None),
+                ("compiled", "calls", None),
             ),
             ("engine",),
         ),
@@ -215,6 +232,15 @@ def _make_step(impl: str, config: Config) -> Any:
         # jax dispatches asynchronously: each step waits for its loss, as a loop that reads
         # it would, so the time is the step's and not its dispatch's.
         return lambda: jax.block_until_ready(step(xj, tj).data)
+    if impl == "calls":  # the engine's NumPy calls, no engine: the floor of its array work
+        import nnbackend as nb
+        from benchmarks._nets import EngineCallsMLP, engine_step
+
+        nb.set_backend("numpy")
+        model = engine_step(sizes, act, dtype).model  # type: ignore[attr-defined]
+        params = [p.data for p in model.parameters()]
+        calls = EngineCallsMLP(list(zip(params[::2], params[1::2], strict=True)), batch)
+        return lambda: calls.step(x, t)
     if impl in ("hand", "hand_reused"):
         from benchmarks._nets import HandMLP, HandReusedMLP
 

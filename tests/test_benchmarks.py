@@ -153,6 +153,23 @@ def test_the_engines_numpy_calls_alone_make_the_engines_step() -> None:
     assert result.stdout.split() == ["same"]
 
 
+def test_the_calls_worker_starts_from_the_engines_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlp_processes' ``calls`` worker (medium) times the engine's NumPy calls alone: it starts
+    from the engine worker's weights, so its steps are the engine's (loss to rounding)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import dataclasses
+
+    from benchmarks import mlp_processes as mp
+
+    medium = mp.CONFIGS["medium"]
+    assert "calls" in medium.workers
+    assert {("engine", "calls"), ("calls", "hand_reused")} <= {(a, b) for a, b, _ in medium.targets}
+    config = dataclasses.replace(medium, sizes=(300, 256, 128, 10), batch=160, dtype="float64")
+    engine, calls = mp._make_step("engine", config), mp._make_step("calls", config)
+    for _ in range(2):
+        assert float(calls()) == pytest.approx(float(engine().item()), rel=1e-12)
+
+
 def test_harness_refuses_to_time_two_cpu_libraries_in_one_process() -> None:
     """Issue 19: timing PyTorch in the process that runs NumPy slowed it up to 8x (OpenBLAS's
     idle thread spins ~100 ms after each GEMM) and gave a false "engine 0.475x PyTorch".
