@@ -23,8 +23,9 @@ Adding a case::
 Rules the helpers follow, so that numbers from different cases compare: variants are timed in
 interleaved rounds (each round runs every variant once, in a shuffled order), each round times
 a loop of calls sized to take ``opts.round_s`` seconds, and the reported value is the median
-over rounds (for a ratio, the median of the per-round ratios). Compare ratios taken in one
-run, never absolute times across runs or machines.
+over rounds (for a ratio, the median of the per-round ratios; :func:`interval_note` gives
+its 90% interval, for a target's note). Compare ratios taken in one run, never absolute times
+across runs or machines.
 
 Environment: ``OPENBLAS_CORETYPE`` (set on some machines here) slows current NumPy. Nothing in
 this package changes it; unset it on the command line of the run instead::
@@ -66,9 +67,11 @@ __all__ = [
     "Skip",
     "Timings",
     "interleaved",
+    "interval_note",
     "library_of",
     "load_cases",
     "machine_facts",
+    "median_interval",
     "register",
     "row",
     "step_runner",
@@ -282,6 +285,44 @@ def calibrate(run: Runner, seconds: float) -> int:
     return max(1, round(seconds / max(per_call, 1e-10)))
 
 
+def median_interval(values: list[float], level: float = 0.9) -> tuple[float, float] | None:
+    """A distribution-free ``level`` confidence interval for the median of the distribution
+    ``values`` were drawn from (independent rounds): the order statistics ``x(j)`` and
+    ``x(n+1-j)`` for the largest ``j`` whose coverage, ``1 - 2 P(B < j)`` with ``B`` binomial
+    ``(n, 1/2)``, is at least ``level``. ``None`` when ``values`` are too few for any ``j``
+    (fewer than 5 at 90%). Where the interval straddles a target, another run may well give
+    the other verdict: the difference is within the machine's noise."""
+    xs = sorted(values)
+    n = len(xs)
+    below = 0.0  # P(B < j)
+    best = None
+    for j in range(1, n // 2 + 1):
+        below += math.comb(n, j - 1) / 2**n
+        if 1 - 2 * below < level:
+            break
+        best = j
+    if best is None:
+        return None
+    return xs[best - 1], xs[n - best]
+
+
+def interval_note(
+    ratios: list[float], at_most: float | None = None, at_least: float | None = None
+) -> str:
+    """The note of a ratio row: its 90% interval (:func:`median_interval`) and, given the
+    row's target, whether that interval leaves the verdict in doubt."""
+    found = median_interval(ratios)
+    if found is None:
+        return ""
+    lo, hi = found
+    text = f"90% interval {lo:.3f}-{hi:.3f}"
+    if (at_most is not None and lo <= at_most < hi) or (
+        at_least is not None and lo < at_least <= hi
+    ):
+        text += ", which straddles the target: the verdict is within the noise"
+    return text
+
+
 @dataclass
 class Timings:
     """Seconds per call of each variant, one sample per round. ``t[name]`` is the median;
@@ -294,9 +335,12 @@ class Timings:
     def __getitem__(self, name: str) -> float:
         return statistics.median(self.samples[name])
 
+    def ratios(self, a: str, b: str) -> list[float]:
+        """``a``'s time / ``b``'s, round by round."""
+        return [x / y for x, y in zip(self.samples[a], self.samples[b], strict=True)]
+
     def ratio(self, a: str, b: str) -> float:
-        pairs = zip(self.samples[a], self.samples[b], strict=True)
-        return statistics.median(x / y for x, y in pairs)
+        return statistics.median(self.ratios(a, b))
 
     def spread(self, name: str) -> float:
         """Interquartile range over median: how noisy this variant's rounds were."""

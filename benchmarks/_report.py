@@ -68,7 +68,10 @@ interleaved rounds in shuffled order. Every value is a median; a ratio is the me
 per-round ratios, which cancels drift in the machine's speed. Compare ratios, not absolute
 times: the development machine has two cores shared with other work (the load average is
 recorded with every case, and `mlp_processes` records it during its rounds, with the page
-faults per step and the peak RSS of every worker).
+faults per step and the peak RSS of every worker). A target's note gives the 90% interval of
+its median (order statistics of the rounds, no assumption about their distribution); where
+that interval straddles the target, the note says so: another run may well give the other
+verdict, and the two measured sides differ by less than the machine's noise.
 
 A *step* is forward, softmax-cross-entropy, backward and an SGD update. The two hand-written
 loops: `hand` (`_nets.HandMLP`) makes new arrays every step and computes the gradient of the

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import Options, Row, register, row
+from benchmarks import Options, Row, interval_note, register, row
 from benchmarks._workers import WorkerProcess, peak_rss_mib
 
 # Libraries whose presence in a worker says which one it timed.
@@ -399,10 +399,14 @@ def samples(result: dict[str, Any], impl: str) -> list[float]:
     return list(result["samples"][impl])
 
 
+def ratios(result: dict[str, Any], a: str, b: str) -> list[float]:
+    """``a``'s time / ``b``'s time, round by round."""
+    return [x / y for x, y in zip(samples(result, a), samples(result, b), strict=True)]
+
+
 def ratio(result: dict[str, Any], a: str, b: str) -> float:
     """Median over rounds of ``a``'s time / ``b``'s time in the same round."""
-    pairs = zip(samples(result, a), samples(result, b), strict=True)
-    return statistics.median(x / y for x, y in pairs)
+    return statistics.median(ratios(result, a, b))
 
 
 def _fmt(seconds: float) -> tuple[float, str]:
@@ -427,13 +431,15 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
             )
         )
     for a, b, at_most in config.targets:
+        spread = interval_note(ratios(result, a, b), at_most)
         out.append(
             row(
                 f"{name}: {a} / {b}",
                 ratio(result, a, b),
                 "x",
                 at_most=at_most,
-                note=f"load average {min(load):.1f}-{max(load):.1f} during the rounds",
+                note=f"load average {min(load):.1f}-{max(load):.1f} during the rounds"
+                + (f"; {spread}" if spread else ""),
             )
         )
     workers = result["workers"]

@@ -246,6 +246,49 @@ def test_process_harness_times_each_implementation_in_its_own_process() -> None:
     assert "tiny: torch step" in out["rows"]
 
 
+def test_a_median_of_rounds_comes_with_its_distribution_free_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ratio's rows say how far the noise reaches: the median's 90% interval from order
+    statistics (binomial coverage), and, where it straddles the target, that the verdict is
+    within the noise."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import math
+
+    from benchmarks import interval_note, median_interval
+    from benchmarks import mlp_processes as mp
+
+    assert median_interval([1.0, 2.0, 3.0, 4.0]) is None  # no rank pair covers 90%
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 3.0]) == (1.0, 5.0)  # 1 - 2/32 = 0.94
+    values = [float(v) for v in range(15)]
+    lo, hi = median_interval(values[::-1])  # type: ignore[misc]
+    # ranks 4 and 12 of 15: coverage 1 - 2 P(B <= 3) = 0.965; ranks 5 and 11 give 0.88
+    assert (lo, hi) == (3.0, 11.0)
+    below = sum(math.comb(15, k) for k in range(4)) / 2**15
+    assert 1 - 2 * below >= 0.9 > 1 - 2 * (below + math.comb(15, 4) / 2**15)
+    assert interval_note(values) == "90% interval 3.000-11.000"
+    assert "straddles" in interval_note(values, at_most=7.0)
+    assert "straddles" not in interval_note(values, at_most=12.0)
+    assert "straddles" in interval_note(values, at_least=7.0)
+    assert "straddles" not in interval_note(values, at_least=2.0)
+    assert interval_note([1.0, 2.0]) == ""
+    # mlp_processes puts it in each target's note
+    config = mp.CONFIGS["tiny"]
+    result = {
+        "config": "tiny",
+        "load_average_during": [1.0],
+        "workers": {
+            impl: {"median_s": 1.0, "faults_per_step": 0.0, "peak_rss_mib": 1.0, "libraries": []}
+            for impl in config.workers
+        },
+        "samples": {impl: [1.0] * 15 for impl in config.workers},
+    }
+    result["samples"]["engine"] = [1.3 + i / 100 for i in range(15)]  # interval 1.33-1.41
+    rows = {r.name: r for r in mp.rows_of(result)}
+    note = rows["tiny: engine / hand_best"].note
+    assert "90% interval" in note and "straddles" in note, note
+
+
 def test_targets_against_the_hand_loop_take_the_faster_hand_of_each_round(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
