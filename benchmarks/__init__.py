@@ -307,20 +307,25 @@ def median_interval(values: list[float], level: float = 0.9) -> tuple[float, flo
 
 
 def interval_note(
-    ratios: list[float], at_most: float | None = None, at_least: float | None = None
+    ratios: list[float],
+    at_most: float | None = None,
+    at_least: float | None = None,
+    *,
+    before: str = "",
 ) -> str:
-    """The note of a ratio row: its 90% interval (:func:`median_interval`) and, given the
-    row's target, whether that interval leaves the verdict in doubt."""
+    """The note of a ratio row: ``before`` (the row's own note), then the 90% interval of
+    the median of ``ratios`` (:func:`median_interval`) and, given the row's target, whether
+    that interval leaves the verdict in doubt."""
     found = median_interval(ratios)
     if found is None:
-        return ""
+        return before
     lo, hi = found
     text = f"90% interval {lo:.3f}-{hi:.3f}"
     if (at_most is not None and lo <= at_most < hi) or (
         at_least is not None and lo < at_least <= hi
     ):
         text += ", which straddles the target: the verdict is within the noise"
-    return text
+    return f"{before}; {text}" if before else text
 
 
 @dataclass

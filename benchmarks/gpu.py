@@ -7,6 +7,9 @@ Cases (all ``gpu=True``):
     mlp_large       4096-4096-4096-10, batch 1024. Targets (issue 6, on an H100): float32 engine
                     step at least 10x faster than the numpy engine on the CPU, within 1.2x of
                     PyTorch CUDA; float16 (or mixed16) at least 1.5x faster than float32.
+                    Issue 19: the engine's step and its compiled step (``nb.compile_step``)
+                    within 1.1x of PyTorch CUDA's, in float32 and in float16 (torch's model
+                    in the same dtype), each dtype in one interleaved run of the three.
 
 Timing: each loop of steps is bracketed by CUDA events recorded on the current stream (a
 synchronize first, so no earlier work is counted), read after the end event completes.
@@ -34,6 +37,7 @@ from benchmarks import (
     Runner,
     Skip,
     interleaved,
+    interval_note,
     register,
     row,
     step_runner,
@@ -295,6 +299,8 @@ def mlp_large(opts: Options) -> list[Row]:
             )
         )
 
+    rows += _vs_torch_rows(setup, net, gopts)
+
     x_host, t = data(batch, sizes[0], sizes[-1], "float32")
     variants = {}
     for dtype in ("float32", "float16"):
@@ -321,4 +327,61 @@ def mlp_large(opts: Options) -> list[Row]:
             {"float32": variants["float32"], "mixed16": setup.runner(mixed, x, tt)}, gopts
         )
         rows.append(row("large gpu: float32 / mixed16 step", m.ratio("float32", "mixed16"), "x"))
+    return rows
+
+
+def _vs_torch_rows(setup: GpuSetup, net: tuple[list[int], str, int], opts: Options) -> list[Row]:
+    """Issue 19's GPU targets: the engine's eager step and its compiled step against PyTorch
+    CUDA's, float32 and float16, at most 1.1x; each dtype's three steps in one interleaved
+    run (CUDA events time each loop on the GPU's own clock)."""
+    sizes, activation, batch = net
+    if setup.torch_device is None:
+        return [
+            row(
+                f"large gpu {dtype}: engine / torch",
+                math.nan,
+                "x",
+                note="torch with CUDA not available",
+            )
+            for dtype in ("float32", "float16")
+        ]
+    import nnbackend as nb
+
+    device = setup.torch_device
+    rows = []
+    for dtype in ("float32", "float16"):
+        x_host, t_host = data(batch, sizes[0], sizes[-1], dtype)
+        x, t = setup.to_device(x_host, t_host)
+        xt, tt = setup.to_torch(x_host, t_host)
+        compiled = nb.compile_step(engine_step(sizes, activation, dtype, setup.backend))
+        runners = {
+            "engine": setup.runner(engine_step(sizes, activation, dtype, setup.backend), x, t),
+            "compiled": setup.runner(compiled, x, t),
+            "torch": setup.torch_runner(torch_step(sizes, activation, device, dtype), xt, tt),
+        }
+        # mixed_ok: on the GPU the steps are timed by CUDA events, not by the CPU's clock; on a
+        # CPU (the dry run) the numbers mean nothing anyway.
+        times = interleaved(runners, opts, mixed_ok=True)
+        label = f"large gpu {dtype}"
+        torch_ms = f"torch {device} step {times['torch'] * 1e3:.2f} ms"
+        rows += [
+            row(f"{label}: engine step", times["engine"] * 1e3, "ms"),
+            row(f"{label}: compiled step", times["compiled"] * 1e3, "ms"),
+            row(
+                f"{label}: engine / torch {device}",
+                times.ratio("engine", "torch"),
+                "x",
+                at_most=1.1,
+                note=interval_note(times.ratios("engine", "torch"), 1.1, before=torch_ms),
+            ),
+            row(
+                f"{label}: compiled / torch {device}",
+                times.ratio("compiled", "torch"),
+                "x",
+                at_most=1.1,
+                note=interval_note(
+                    times.ratios("compiled", "torch"), 1.1, before=f"{compiled.replays} replays"
+                ),
+            ),
+        ]
     return rows

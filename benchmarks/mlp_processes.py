@@ -431,15 +431,17 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
             )
         )
     for a, b, at_most in config.targets:
-        spread = interval_note(ratios(result, a, b), at_most)
         out.append(
             row(
                 f"{name}: {a} / {b}",
                 ratio(result, a, b),
                 "x",
                 at_most=at_most,
-                note=f"load average {min(load):.1f}-{max(load):.1f} during the rounds"
-                + (f"; {spread}" if spread else ""),
+                note=interval_note(
+                    ratios(result, a, b),
+                    at_most,
+                    before=f"load average {min(load):.1f}-{max(load):.1f} during the rounds",
+                ),
             )
         )
     workers = result["workers"]

@@ -268,7 +268,7 @@ def plan(
             "tests marked gpu (`pytest -m gpu`: the GPU tests and every cupy-parametrised test)",
             [*pytest, *parallel, "-m", "gpu", "--junitxml", str(tmp / "gpu_tests.xml"), "tests"],
             test_env,
-            budget * 0.45,
+            budget * 0.4,
             "pytest",
             tmp / "gpu_tests.xml",
         )
@@ -285,7 +285,7 @@ def plan(
                 "GPU benchmarks (`python -m benchmarks --gpu`)",
                 bench,
                 dict(env, NNBACKEND=backend, PYTHONUNBUFFERED="1"),
-                budget * 0.3,
+                budget * 0.35,
                 "bench",
             )
         )

@@ -48,6 +48,34 @@ def test_gpu_case_is_reported_skipped_without_a_gpu() -> None:
     assert "skipped mlp_large: no usable CUDA GPU" in result.stdout
 
 
+def test_gpu_large_case_measures_issue_19s_targets_against_torch_in_both_dtypes() -> None:
+    """Issue 19's GPU targets (the large step on cupy at most 1.1x PyTorch CUDA, float32 and
+    float16, the compiled step included) are rows of ``mlp_large``: its dry run (numpy for
+    cupy, torch on the CPU) makes them, the compiled step replaying."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: the dry run has no torch side")
+    code = textwrap.dedent(
+        """
+        import json
+        from benchmarks import Options
+        from benchmarks.gpu import mlp_large
+        rows = mlp_large(Options.make(quick=True, dry_run=True))
+        print(json.dumps([[r.name, r.value, r.target, r.note] for r in rows]))
+        """
+    )
+    result = _run("-c", code, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {name: (value, target, note) for name, value, target, note in
+            json.loads(result.stdout.splitlines()[-1])}  # fmt: skip
+    for dtype in ("float32", "float16"):
+        for step in ("engine", "compiled"):
+            value, target, _ = rows[f"large gpu {dtype}: {step} / torch cpu"]
+            assert target == "<= 1.1" and value > 0, (dtype, step, value)
+        assert rows[f"large gpu {dtype}: compiled step"][0] > 0
+        replays = rows[f"large gpu {dtype}: compiled / torch cpu"][2]
+        assert int(replays.split(" replays")[0]) > 0, replays
+
+
 def test_report_is_written_from_saved_results(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()
