@@ -111,7 +111,7 @@ and `issue19_final_20261201.txt`):
 
 - **The machine decides the PyTorch ratios.** This page's run is on an AMD EPYC (Zen 5),
   where torch's MKL does the medium step's 8 products in 2.05x the time OpenBLAS takes (14.6
-  against 7.1 ms): medium float32 engine / torch reads 0.48-0.54 here (five runs), float64
+  against 7.1 ms): medium float32 engine / torch reads 0.48-0.54 here (six runs), float64
   0.55-0.62, width 1024 at batches 1-16 0.34-0.74. On the Intel Xeon with AMX of the
   morning's runs (`issue19_large_20261202b.txt`), MKL took 0.89x OpenBLAS's time, and medium
   float32 read 1.09 (target 0.95: missed there; the GEMMs alone on NumPy took 0.90x torch's
@@ -150,15 +150,16 @@ and `issue19_final_20261201.txt`):
   zeros). The NumPy ops read the constant from a cached read-only array (at most 1M
   elements, larger inputs a block at a time): the medium step's ReLU forward 101 -> 47 us a
   layer, a sigmoid of 262,144 values 306 -> 259 us, the same bits.
-- **Tiny step** (2-10-3, batch 30): compiled / the faster hand loop **1.01** on this page's run
-  (target 1.0: missed by 1%; against the allocating loop alone, the baseline until this run,
-  0.89-0.93 earlier on 2026-12-02, 1.10-1.16 before): a replay runs the small nodes' own code
+- **Tiny step** (2-10-3, batch 30): compiled / the faster hand loop **0.91** on this page's run
+  (target 1.0: met; 0.95 and 1.01 in the two full runs before it; against the allocating loop
+  alone, the baseline until 2026-12-02 18:25, 0.89-0.93 earlier that day, 1.10-1.16 before): a
+  replay runs the small nodes' own code
   written into it (`Function.replay_code`) instead of their methods, sums a bias gradient as one
   product with a row of ones (BLAS: 0.7 against 1.3 us for 30x10) and the labels' loss with one
-  dot product, and leaves out the loss's seed of one. Eager / the faster hand loop 1.70 on this
-  page's run (target 1.4: missed; against the allocating loop alone 1.50 in the same run,
-  1.61-1.74 in earlier ones, 1.82 before the fourth session of 2026-12-02), eager / the book's
-  code 1.48 (1.44-1.54 in seven runs since, 1.65 before; target 1.5). Counted by callgrind
+  dot product, and leaves out the loss's seed of one. Eager / the faster hand loop 1.67 on this
+  page's run (target 1.4: missed; 1.70 and 1.72 in the two full runs before it, 1.82 before the
+  fourth session of 2026-12-02), eager / the book's code 1.52 (1.44-1.54 in eight runs since,
+  1.65 before; target 1.5: within the noise of it). Counted by callgrind
   (`issue19_callgrind_20261202.sh.txt`: deterministic, where wall time here moves by 30%), an
   eager step runs 444k instructions against the hand loop's 325k: its NumPy work is smaller (214k
   against 268k: no first-layer input gradient), its interpreter work 4x larger (230k against 57k).
@@ -170,20 +171,20 @@ and `issue19_final_20261201.txt`):
   the engine's Python, 3,600 bytecodes a step (the module, functional and node layers, the policy
   and dtype checks, the recording hooks, each node's kernel choices, the general backward pass
   with its checks), half of them in `Function.__call__` and `run_backward`.
-- **FLOP rate (`mlp_medium`, 0.76-0.84 against 0.85 in eleven runs).** Its floor is measured
+- **FLOP rate (`mlp_medium`, 0.75-0.84 against 0.85 in twelve runs).** Its floor is measured
   beside it: "the engine's NumPy calls alone" runs the engine's very calls, in its order and into
   its kept buffers, with no engine (`_nets.EngineCallsMLP`; callgrind counts its instructions
-  within 0.13% of the engine step's). That floor read 0.863 on this page's run (engine 0.838) and
-  0.80-0.88 in other runs of the day: even with no engine at all, 0.85 is met only while the
+  within 0.13% of the engine step's). That floor read 0.808 on this page's run (engine 0.751) and
+  0.80-0.88 in other runs: even with no engine at all, 0.85 is met only while the
   machine is quiet. Its elementwise passes run on arrays the GEMMs have just pushed out of the
   cache (ReLU forward 0.13-0.16 ms a layer in the step, 0.047 alone). The engine adds 5-7% to it
-  (engine / calls alone 1.049-1.067): its Python, about 7,500 bytecodes a step, runs at about 45
+  (engine / calls alone 1.049-1.076): its Python, about 7,500 bytecodes a step, runs at about 45
   ns a bytecode among the GEMMs, 6-7x slower than in the tiny step (perf: the interpreter 6.2% of
   the main thread's samples, 2.4% for the calls alone; `issue19_medium_floor_20261202.sh.txt`).
   Meeting 0.85 reliably would need fused passes (the bias and ReLU in one), which NumPy cannot do
   without a compiled kernel.
-- **float16 / float32 (`mlp_dtypes`, 1.36 and 1.39 against 1.5: met; 1.39 and 1.56 in the
-  two runs before).** NumPy's float16 SGD update is one compiled pass (numba: widen,
+- **float16 / float32 (`mlp_dtypes`, 1.35 on this page's run against 1.5: met; 1.36-1.56 in
+  the four runs before).** NumPy's float16 SGD update is one compiled pass (numba: widen,
   `p - lr * g` in float32, round once; the bits of the blockwise path): the medium float16
   step's update 2.6-2.9 -> 1.9-2.1 ms. Its halves on a second thread (2.4x alone) gained
   nothing inside a step, where OpenBLAS's worker still spins on the other core after the
@@ -222,29 +223,32 @@ Python work, not arithmetic.
 
 `nb.compile_step` and `Trainer(compile=True)` ([Compiled steps](compile.md)) replay a recorded
 step on raw arrays. Measured with `mlp_processes` (the `compiled` worker, in its own process,
-interleaved with the others; float32; the tiny configuration over 45 rounds) on 2026-12-02 at
-18:25 on an AMD EPYC (2 vCPUs; OpenBLAS 0.3.31, SkylakeX kernel, 2 threads; the run's own
-load average 0.7-1.2), with both hand loops (`hand_reused` makes its arrays once; ratios
+interleaved with the others; float32; the tiny configuration over 45 rounds) on 2026-12-03 at
+06:19 on an AMD EPYC (2 vCPUs; OpenBLAS 0.3.31, SkylakeX kernel, 2 threads; the run's own
+load average 0.8-1.3), with both hand loops (`hand_reused` makes its arrays once; ratios
 against `hand_best`, the faster hand loop of each round):
 
 | case | eager | compiled | hand | reused | eager / best | compiled / best |
 |---|---:|---:|---:|---:|---|---|
-| tiny, b30 | 74.8 us | 43.0 us | 46.9 us | 44.7 us | 1.70 (1.4: **no**) | 1.01 (1.0: **no**) |
-| medium | 11.45 ms | 10.90 ms | 19.24 ms | 10.87 ms | 1.14 (1.0: **no**) | 1.03 (1.0: **no**) |
+| tiny, b30 | 51.6 us | 26.7 us | 30.6 us | 29.9 us | 1.67 (1.4: **no**) | 0.91 (1.0: yes) |
+| medium | 9.26 ms | 9.29 ms | 15.99 ms | 8.81 ms | 1.05 (1.0: **no**) | 1.04 (1.0: **no**) |
 
 "reused": the hand loop with reused buffers; "best": `hand_best`; tiny: 2-10-3, batch 30;
 medium: 784-1024-1024-10, batch 256;
 "(1.4: **no**)": the target, missed.
 
-Two more runs of the medium configuration alone (`python -m benchmarks.mlp_processes --config
-medium`): eager / hand_best 1.000 and 1.035, compiled 0.989 and 0.991. Against the allocating
-loop alone (the targets' baseline until this run) the same runs read 0.58-0.62 eager and
-0.57-0.60 compiled; the tiny compiled step read 0.89-0.93. In one process (`mlp_medium`,
-interleaved) the engine reads 0.96-0.98 of the loop with reused buffers, and its own NumPy
-calls without the engine 0.92-0.93: the engine's array work is the cheaper one (the BLAS axpy,
-ReLU against an array of zeros), its Python takes that back. No page faults per step for any of
-them in the medium case; peak RSS (MiB) eager, compiled, hand, hand with reused buffers: medium
-77, 95, 67, 67.
+Both medium misses are within the noise: their 90% intervals (0.99-1.21 eager, 0.91-1.10
+compiled) straddle 1.0, and runs of the medium configuration alone (`python -m
+benchmarks.mlp_processes --config medium`) read eager / hand_best 1.000, 1.035, 1.035 and 1.021,
+compiled 0.989, 0.991, 1.013 and 1.050. The same loop's buffers placed at other addresses move
+its step by up to 3% from one process to the next (`benchmarks/NOTES.md`, 2026-12-02 (6)), the
+size of these differences. Against the allocating loop alone (the targets' baseline until
+2026-12-02 18:25) the medium runs read 0.58-0.62 eager and 0.57-0.60 compiled. In one process
+(`mlp_medium`, interleaved) the engine reads 0.96-0.98 of the loop with reused buffers, and its
+own NumPy calls without the engine 0.89-0.93: the engine's array work is the cheaper one (the
+BLAS axpy, ReLU against an array of zeros), its Python takes that back. No page faults per step
+for any of them in the medium case; peak RSS (MiB) eager, compiled, hand, hand with reused
+buffers: medium 78, 96, 68, 68.
 
 A replay runs the small nodes' own code written into it (`Function.replay_code`: `Linear`,
 the ReLU family, `Sigmoid` and the softmax loss with integer labels; the same array
