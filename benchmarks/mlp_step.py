@@ -91,7 +91,11 @@ def mlp_tiny(opts: Options) -> list[Row]:
             times.ratio("engine", "book"),
             "x",
             at_most=1.5,
-            note="issue 3's target: the book's style, about 40 us on this machine",
+            note=interval_note(
+                times.ratios("engine", "book"),
+                at_most=1.5,
+                before="issue 3's target: the book's style, about 40 us on this machine",
+            ),
         ),
         row("tiny: engine / hand", times.ratio("engine", "hand"), "x"),
     ]
@@ -222,13 +226,18 @@ def mlp_dtypes(opts: Options) -> list[Row]:
             wide.ratio("float64", "float32"),
             "x",
             at_least=1.6,
+            note=interval_note(wide.ratios("float64", "float32"), at_least=1.6),
         ),
         row(
             "medium: float16 / float32 step",
             half.ratio("float16", "float32"),
             "x",
             at_most=1.5,
-            note=f"float16 conversions: {float16_conversion()}",
+            note=interval_note(
+                half.ratios("float16", "float32"),
+                at_most=1.5,
+                before=f"float16 conversions: {float16_conversion()}",
+            ),
         ),
     ]
     sizes, activation, batch = TINY

@@ -39,6 +39,8 @@ def test_quick_tiny_case_runs_and_prints_its_table() -> None:
     assert "BLAS:" in out and "load average" in out
     assert "tiny: engine / hand" in out
     assert "<= 1.5" in out  # the row carries its target
+    book = next(line for line in out.splitlines() if "tiny: engine / the book's code" in line)
+    assert "issue 3's target" in book and "90% interval" in book  # and its noise
 
 
 @pytest.mark.skipif(registry.probe("cupy") is None, reason="a GPU is usable: the case would run")
