@@ -158,8 +158,9 @@ and `issue19_final_20261201.txt`):
   product with a row of ones (BLAS: 0.7 against 1.3 us for 30x10) and the labels' loss with one
   dot product, and leaves out the loss's seed of one. Eager / the faster hand loop 1.67 on this
   page's run (target 1.4: missed; 1.70 and 1.72 in the two full runs before it, 1.82 before the
-  fourth session of 2026-12-02), eager / the book's code 1.52 (1.44-1.54 in eight runs since,
-  1.65 before; target 1.5: within the noise of it). Counted by callgrind
+  fourth session of 2026-12-02), eager / the book's code 1.48 in `mlp_tiny`'s own run (06:44,
+  90% interval 1.46-1.50, straddling the target of 1.5; 1.44-1.54 in nine runs since, 1.65
+  before). Counted by callgrind
   (`issue19_callgrind_20261202.sh.txt`: deterministic, where wall time here moves by 30%), an
   eager step runs 444k instructions against the hand loop's 325k: its NumPy work is smaller (214k
   against 268k: no first-layer input gradient), its interpreter work 4x larger (230k against 57k).
@@ -183,12 +184,12 @@ and `issue19_final_20261201.txt`):
   the main thread's samples, 2.4% for the calls alone; `issue19_medium_floor_20261202.sh.txt`).
   Meeting 0.85 reliably would need fused passes (the bias and ReLU in one), which NumPy cannot do
   without a compiled kernel.
-- **float16 / float32 (`mlp_dtypes`, 1.35 on this page's run against 1.5: met; 1.36-1.56 in
-  the four runs before).** NumPy's float16 SGD update is one compiled pass (numba: widen,
-  `p - lr * g` in float32, round once; the bits of the blockwise path): the medium float16
-  step's update 2.6-2.9 -> 1.9-2.1 ms. Its halves on a second thread (2.4x alone) gained
-  nothing inside a step, where OpenBLAS's worker still spins on the other core after the
-  GEMMs.
+- **float16 / float32 (`mlp_dtypes`, 1.47 on this page's run, 06:44, against 1.5: met, but its
+  90% interval 1.44-1.54 straddles the target; 1.35-1.56 in the five runs before).** NumPy's
+  float16 SGD update is one compiled pass (numba: widen, `p - lr * g` in float32, round once;
+  the bits of the blockwise path): the medium float16 step's update 2.6-2.9 -> 1.9-2.1 ms. Its
+  halves on a second thread (2.4x alone) gained nothing inside a step, where OpenBLAS's worker
+  still spins on the other core after the GEMMs.
 """
 
 STATIC_SECTIONS = """\
