@@ -12,6 +12,7 @@ Three kinds of test:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -514,6 +515,273 @@ def test_fused_lstm_kernels_agree_with_the_generic_step(cp: Any, dtype: str) -> 
     for g, w in zip(got_b, want_b, strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape
         cp.testing.assert_allclose(g, w, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_the_fused_update_check_refuses_a_wrong_or_failing_kernel(dtype: str) -> None:
+    """The one-time check before CuPy's fused ``y -= a * x`` is used, run with NumPy standing
+    in for CuPy: the right update passes, one that is off by any amount or raises (a kernel
+    that does not compile) is refused, so the generic update runs instead."""
+    dt = np.dtype(dtype)
+
+    def right(x: Any, a: float, y: Any) -> None:
+        np.subtract(y, a * x, out=y)
+
+    def off(x: Any, a: float, y: Any) -> None:
+        right(x, a, y)
+        y[17] += dt.type(0.5)
+
+    def fails(x: Any, a: float, y: Any) -> None:
+        raise RuntimeError("nvrtc: error: identifier undefined")
+
+    def ignores_the_rate(x: Any, a: float, y: Any) -> None:
+        right(x, 1.0, y)
+
+    assert cupy_backend.checked_update(np, right, dt, np.asarray)
+    for wrong in (off, fails, ignores_the_rate):
+        assert not cupy_backend.checked_update(np, wrong, dt, np.asarray)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_the_fused_relu_backward_check_refuses_a_wrong_or_failing_kernel(dtype: str) -> None:
+    """The same one-time check for ReLU's fused backward, NumPy standing in for CuPy."""
+    dt = np.dtype(dtype)
+
+    def right(gy: Any, mask: Any) -> Any:
+        return gy * mask.astype(gy.dtype)
+
+    def keeps_everything(gy: Any, mask: Any) -> Any:
+        return gy.copy()
+
+    def widens(gy: Any, mask: Any) -> Any:
+        return right(gy, mask).astype(np.float64) if dt != np.float64 else right(gy, ~mask)
+
+    def fails(gy: Any, mask: Any) -> Any:
+        raise RuntimeError("nvrtc: error: no instance of overloaded function")
+
+    assert cupy_backend.checked_relu_backward(np, right, dt, np.asarray)
+    for wrong in (keeps_everything, widens, fails):
+        assert not cupy_backend.checked_relu_backward(np, wrong, dt, np.asarray)
+
+
+class _DeviceArray(np.ndarray):
+    """A NumPy array standing in for a CuPy one: ``data.ptr`` and ``device`` as CuPy has them."""
+
+    @property
+    def data(self) -> Any:  # type: ignore[override]
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+    @property
+    def device(self) -> Any:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+def _kernel_cupy(calls: list[str], broken: bool) -> types.ModuleType:
+    """A stand-in cupy whose ElementwiseKernel runs the two fused kernels' formulas in NumPy
+    (the update through float32 for float16, as the CUDA code does) and logs each call;
+    ``broken`` kernels raise, as one that NVRTC cannot compile would."""
+
+    class ElementwiseKernel:
+        def __init__(self, in_params: str, out_params: str, op: str, name: str, **kw: Any):
+            self.name = name
+
+        def __call__(self, *args: Any) -> Any:
+            calls.append(self.name)
+            if broken:
+                raise RuntimeError("CompileException: nvrtc")
+            if self.name == "nnbackend_sub_scaled":
+                x, a, y = args
+                wide = np.float32 if y.dtype == np.float16 else y.dtype.type
+                y[...] = (y.astype(wide) - wide(a) * x.astype(wide)).astype(y.dtype)
+                return y
+            gy, mask = args
+            return (gy * mask.astype(gy.dtype)).view(_DeviceArray)
+
+    module = types.ModuleType("cupy")
+    module.ndarray = _DeviceArray  # type: ignore[attr-defined]
+    module.ElementwiseKernel = ElementwiseKernel  # type: ignore[attr-defined]
+    module.asarray = lambda a: np.array(a).view(_DeviceArray)  # type: ignore[attr-defined]
+    module.asnumpy = lambda a: np.asarray(a).view(np.ndarray)  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_cupy_ops_route_updates_to_the_fused_kernels_only_where_they_apply(
+    monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    """CupyOps' choice between its fused kernels and the generic update, run on the CPU with
+    a stand-in cupy: the fused kernel for contiguous arrays of one float dtype and a Python
+    float rate (checked once per dtype, then called), the generic update for views, array
+    rates, float16 Momentum and other slopes; a kernel that fails its check is never used
+    again and the generic update gives the same values."""
+    calls: list[str] = []
+    monkeypatch.setitem(sys.modules, "cupy", _kernel_cupy(calls, broken))
+    monkeypatch.setattr(cupy_backend, "_update_kernels", {})
+    record = registry.get("numpy")
+    ops = cupy_backend.CupyOps(record.load_namespace(), record)
+    rng = np.random.default_rng(0)
+    fused = "nnbackend_sub_scaled"
+
+    def arrays(dtype: str) -> tuple[Any, Any, Any]:
+        p = rng.standard_normal((8, 6)).astype(dtype)
+        g = rng.standard_normal((8, 6)).astype(dtype)
+        want = (p.astype(np.float64) - 0.25 * g.astype(np.float64)).astype(dtype)
+        return p.view(_DeviceArray), g.view(_DeviceArray), want
+
+    for dtype in ("float16", "float32", "float64"):
+        p, g, want = arrays(dtype)
+        calls.clear()
+        out = ops.sub_scaled_(p, 0.25, g)
+        assert out is p  # in place either way
+        np.testing.assert_allclose(p, want, rtol=1e-3 if dtype == "float16" else 1e-6)
+        # The first use checks (one call), then the update itself runs fused unless refused.
+        assert calls == ([fused] if broken else [fused, fused]), (dtype, calls)
+        calls.clear()
+        ops.sub_scaled_(p, 0.25, g)
+        assert calls == ([] if broken else [fused]), "checked once per dtype"
+        assert (ops._fused["update", p.dtype.char] is None) is broken
+
+    p, g, _ = arrays("float32")
+    calls.clear()
+    ops.sub_scaled_(p[:, ::2], 0.25, np.ascontiguousarray(g[:, ::2]).view(_DeviceArray))
+    ops.sub_scaled_(p, np.float32(0.25), g)  # a NumPy scalar rate
+    ops.sub_scaled_(p, 0.25, np.ascontiguousarray(g[:1]).view(_DeviceArray))  # broadcast
+    assert calls == []
+    p16, g16, _ = arrays("float16")
+    ops.sub_times_(p16, 0.25, g16)  # Momentum computes float16 in float16
+    assert calls == []
+    ops.sub_times_(p, 0.25, g)
+    assert calls == ([] if broken else [fused])
+
+    gy = rng.standard_normal((8, 6)).astype("float32").view(_DeviceArray)
+    mask = (rng.standard_normal((8, 6)) > 0).view(_DeviceArray)
+    calls.clear()
+    got = ops.leaky_relu_backward(gy, mask, 0.0)
+    np.testing.assert_array_equal(got, gy * mask)
+    relu = "nnbackend_relu_backward"
+    assert calls == ([relu] if broken else [relu, relu])
+    calls.clear()
+    ops.leaky_relu_backward(gy, mask, 0.2)
+    assert calls == []
+
+
+def test_fused_kernels_take_arrays_that_are_the_same_or_apart() -> None:
+    """An elementwise kernel reads and writes element i of both arrays in one thread: the
+    same memory (``p -= lr * p``) and separate memory are safe, a partial overlap is not."""
+
+    def at(ptr: int, nbytes: int) -> Any:
+        return types.SimpleNamespace(data=types.SimpleNamespace(ptr=ptr), nbytes=nbytes)
+
+    assert cupy_backend._disjoint_or_same(at(1000, 400), at(1000, 400))
+    assert cupy_backend._disjoint_or_same(at(1000, 400), at(1400, 400))
+    assert cupy_backend._disjoint_or_same(at(1400, 400), at(1000, 400))
+    assert not cupy_backend._disjoint_or_same(at(1000, 400), at(1396, 400))
+    assert not cupy_backend._disjoint_or_same(at(1396, 400), at(1000, 400))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_fused_sgd_and_momentum_updates_match_the_formula(cp: Any, dtype: str) -> None:
+    """SGD's update (and Momentum's, float32 and float64) is the fused kernel on a GPU: in
+    place, within one rounding of ``p - lr * g`` (float16: computed in float32 and rounded
+    once, as on NumPy); views and array rates take the generic update with the same values."""
+    from nnbackend.namespace import ops_for
+
+    xp = registry.get("cupy").load_namespace()
+    rng = np.random.default_rng(0)
+    p_host = rng.standard_normal((64, 33)).astype(dtype)
+    g_host = rng.standard_normal((64, 33)).astype(dtype)
+    lr = 0.0123
+    wide = np.float32 if dtype == "float16" else dtype
+    want = (p_host.astype(wide) - np.asarray(lr, wide) * g_host.astype(wide)).astype(dtype)
+    ulp = np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
+    g = cp.asarray(g_host)
+    ops = ops_for(xp, g)
+    methods = [ops.sub_scaled_] + ([ops.sub_times_] if dtype != "float16" else [])
+    for method in methods:
+        p = cp.asarray(p_host)
+        pointer = p.data.ptr
+        out = method(p, lr, g)
+        assert out is p and p.data.ptr == pointer  # in place
+        diff = np.abs(cp.asnumpy(p).astype(np.float64) - want.astype(np.float64))
+        assert np.all(diff <= ulp), f"{method.__name__}: {diff.max()} > one ulp"
+    assert ops._fused["update", np.dtype(dtype).char] is not None, "the kernel was refused"
+
+    # A strided view and a 0-d array rate go the generic way, to the same values.
+    full = cp.asarray(p_host)
+    view = full[:, ::2]
+    got = ops.sub_scaled_(view, lr, cp.ascontiguousarray(g[:, ::2]))
+    np.testing.assert_allclose(
+        cp.asnumpy(got).astype(np.float64),
+        want[:, ::2].astype(np.float64),
+        rtol=0,
+        atol=float(np.max(ulp)) * 2,
+    )
+    q = cp.asarray(p_host)
+    q = ops.sub_scaled_(q, cp.asarray(lr, dtype=dtype), g)
+    np.testing.assert_allclose(
+        cp.asnumpy(q).astype(np.float64),
+        want.astype(np.float64),
+        rtol=0,
+        atol=float(np.max(ulp)) * 2,
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_fused_relu_backward_gives_the_generic_bits(cp: Any, dtype: str) -> None:
+    """ReLU's backward in one kernel: bit for bit the generic conversion and product, NaN
+    and negative zero included."""
+    from nnbackend.backends.ops import Ops
+    from nnbackend.namespace import ops_for
+
+    xp = registry.get("cupy").load_namespace()
+    rng = np.random.default_rng(1)
+    x = cp.asarray(rng.standard_normal((128, 65)).astype(dtype))
+    gy_host = rng.standard_normal((128, 65)).astype(dtype)
+    gy_host[0, :4] = [np.nan, np.inf, -0.0, -1.0]
+    gy = cp.asarray(gy_host)
+    ops = ops_for(xp, x)
+    mask = ops.relu_mask(x)
+    got = ops.leaky_relu_backward(gy, mask, 0.0)
+    want = Ops.leaky_relu_backward(ops, gy, mask, 0.0)
+    bits = {"float16": np.uint16, "float32": np.uint32, "float64": np.uint64}[dtype]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(cp.asnumpy(got).view(bits), cp.asnumpy(want).view(bits))
+    assert ops._fused["relu_backward", np.dtype(dtype).char] is not None, "kernel refused"
+    leaky = ops.leaky_relu_backward(gy, mask, 0.1)  # other slopes: the generic kernels
+    np.testing.assert_array_equal(
+        cp.asnumpy(leaky), cp.asnumpy(Ops.leaky_relu_backward(ops, gy, mask, 0.1))
+    )
+
+
+def test_the_kernel_compile_script_writes_kernels_as_cupy_generates_them() -> None:
+    """``scripts/compile_cupy_kernels.py`` compiles the fused kernels with NVRTC on a machine
+    without a GPU; the code it compiles must be CuPy's shape: the placeholder a typedef,
+    arrays as references to their element (inputs const), the rate by value."""
+    spec = importlib.util.spec_from_file_location(
+        "compile_cupy_kernels", ROOT / "scripts" / "compile_cupy_kernels.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def param(name: str, dtype: Any, ctype: str, const: bool) -> Any:
+        return types.SimpleNamespace(name=name, dtype=dtype, ctype=ctype, is_const=const)
+
+    kernel = types.SimpleNamespace(
+        name="nnbackend_sub_scaled",
+        in_params=(param("x", None, "T", True), param("a", np.float64, "double", True)),
+        out_params=(param("y", None, "T", False),),
+        preamble="// the preamble",
+        operation="y = (T)fma(-(W)a, nnb_wide(x), nnb_wide(y));",
+    )
+    code = module.source(kernel, "float16")
+    assert "typedef float16 T;" in code
+    assert "nnbackend_sub_scaled(const T* _raw_x, const double a, T* _raw_y, long long n)" in code
+    assert "const T &x = _raw_x[i];" in code and "T &y = _raw_y[i];" in code
+    assert "_raw_a" not in code  # the rate is a scalar
+    assert code.index("// the preamble") < code.index("__global__") < code.index("fma(")
 
 
 # ---------------------------------------------------------------------------------- check script

@@ -19,6 +19,10 @@ Everything that differs on a GPU lives here:
   array, so the engine never reads a value back to validate it inside a training step (the
   fused loss turns bad labels into NaN instead); only ``to_host`` (``.get()``) waits for the
   GPU.
+* **Fused updates**: SGD's ``p -= lr * g`` (and Momentum's ``p -= lr * b`` in float32 and
+  float64) is one kernel instead of a product into a parameter-sized temporary and a
+  subtraction, and ReLU's backward one kernel instead of a conversion and a product
+  (:func:`update_kernels`); each is checked once on the device before use.
 * **Memory**: :func:`facts` reports the default memory pool (used, held, limit) and the pinned
   host pool; :func:`empty_cache` returns the pool's free blocks to the driver
   (``nnbackend.empty_cache()``).
@@ -29,6 +33,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -273,10 +278,9 @@ dc_prev = (T)(ds * f_);
 """
 
 
-def _lstm_kernels(cupy: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``(cell, cell_backward)`` with the signatures of ``nnbackend.backends.ops
-    .lstm_cell`` and ``lstm_cell_backward`` (less ``xp``), each one CuPy ElementwiseKernel
-    over the gate blocks as strided views (compiled at first use, cached by CuPy)."""
+def lstm_elementwise_kernels(cupy: Any) -> tuple[Any, Any]:
+    """The LSTM step's two CuPy ElementwiseKernels, forward and backward (compiled at first
+    use, cached by CuPy)."""
     forward = cupy.ElementwiseKernel(
         "T a_f, T a_g, T a_i, T a_o, T c_prev",
         "T h, T c, T gate_f, T gate_g, T gate_i, T gate_o, T tanh_c",
@@ -291,6 +295,14 @@ def _lstm_kernels(cupy: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
         "nnbackend_lstm_cell_backward",
         preamble=_LSTM_PREAMBLE,
     )
+    return forward, backward
+
+
+def _lstm_kernels(cupy: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(cell, cell_backward)`` with the signatures of ``nnbackend.backends.ops
+    .lstm_cell`` and ``lstm_cell_backward`` (less ``xp``), each one CuPy ElementwiseKernel
+    over the gate blocks as strided views (:func:`lstm_elementwise_kernels`)."""
+    forward, backward = lstm_elementwise_kernels(cupy)
 
     def cell(a: Any, c_prev: Any) -> tuple[Any, ...]:
         hsz = c_prev.shape[-1]
@@ -313,12 +325,121 @@ def _lstm_kernels(cupy: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
     return cell, cell_backward
 
 
+# ``y -= a * x`` in one pass: each value widened (float16 and float32 to float, float64 stays
+# double), the product subtracted with one rounding by an explicit fused multiply-add (as
+# NumPy's BLAS axpy and PyTorch's ``add_(alpha=)`` round; ``y - a * x`` written out would be
+# fused or not at ptxas's choice), stored back. The rate comes in as a double and is rounded
+# to the arithmetic's type first, as a Python float operand is (NumPy 2's weak scalars);
+# float16 is computed in float32 and rounded to float16 once, as NumPy's float16 update is.
+# (Compiled with NVRTC 13.5 for compute_80 against CuPy 14.2's headers: one fma.rn.f32 for
+# float16 and float32, one fma.rn.f64 for float64.)
+_UPDATE = r"""
+typedef decltype(nnb_wide(y)) W;
+y = (T)fma(-(W)a, nnb_wide(x), nnb_wide(y));
+"""
+
+# ReLU's gradient: the mask as a 0/1 factor times ``gy``, in one kernel; the same products (so
+# the same bits, NaN and -0 included) as the generic conversion followed by a multiply.
+_RELU_BACKWARD = "gx = gy * (m ? (T)1 : (T)0);"
+
+_UNCHECKED = object()
+_kernels_lock = threading.Lock()
+_update_kernels: dict[str, Any] = {}
+
+
+def update_kernels(cupy: Any) -> dict[str, Any]:
+    """The fused kernels, made once (CuPy compiles each at its first call per device and
+    dtype): ``"update"`` called as ``update(x, a, y)`` does ``y -= a * x`` in place,
+    ``"relu_backward"`` as ``relu_backward(gy, mask)`` returns ``gy`` times the boolean mask
+    as 0/1."""
+    if not _update_kernels:
+        with _kernels_lock:
+            if not _update_kernels:
+                _update_kernels["relu_backward"] = cupy.ElementwiseKernel(
+                    "T gy, bool m", "T gx", _RELU_BACKWARD, "nnbackend_relu_backward"
+                )
+                _update_kernels["update"] = cupy.ElementwiseKernel(
+                    "T x, float64 a",
+                    "T y",
+                    _UPDATE,
+                    "nnbackend_sub_scaled",
+                    preamble=_LSTM_PREAMBLE,
+                )
+    return _update_kernels
+
+
+def checked_update(xp: Any, update: Callable[..., Any], dtype: Any, to_host: Any) -> bool:
+    """Whether ``update(x, a, y)`` (``y -= a * x`` in place) gives the exact answer on 37
+    values of ``dtype`` made by ``xp.asarray``: small integers and halves, so every product
+    and difference is exact whether or not it is fused, and one right answer remains. A
+    kernel that fails to compile or launch (an unusual driver or CuPy) is refused too, and
+    the caller falls back to the generic update. ``to_host`` reads an array back."""
+    import numpy
+
+    x = numpy.arange(-18, 19).astype(dtype)
+    y = (numpy.arange(37)[::-1] * 0.5).astype(dtype)
+    want = y - dtype.type(0.375) * x
+    try:
+        got = xp.asarray(y)
+        update(xp.asarray(x), 0.375, got)
+        return bool(numpy.array_equal(to_host(got), want))
+    except Exception:
+        return False
+
+
+def checked_relu_backward(
+    xp: Any, relu_backward: Callable[..., Any], dtype: Any, to_host: Any
+) -> bool:
+    """Whether ``relu_backward(gy, mask)`` keeps ``gy`` where ``mask`` holds and gives zero
+    elsewhere on a few values of ``dtype``; a kernel that fails to compile or launch is
+    refused too (the caller then takes the generic backward)."""
+    import numpy
+
+    gy = numpy.array([-1.5, 2.0, 0.25, 3.0, -0.5], dtype=dtype)
+    mask = numpy.array([True, False, True, False, True])
+    want = numpy.where(mask, gy, 0).astype(dtype)
+    try:
+        got = relu_backward(xp.asarray(gy), xp.asarray(mask))
+        return bool(numpy.array_equal(to_host(got), want)) and got.dtype == want.dtype
+    except Exception:
+        return False
+
+
+def _disjoint_or_same(x: Any, y: Any) -> bool:
+    """Whether the memory of ``x`` and ``y`` (C-contiguous) is the same or does not overlap:
+    an elementwise kernel reads and writes element ``i`` of both in one thread, so only a
+    partial overlap would race."""
+    xs, ys = x.data.ptr, y.data.ptr
+    return xs == ys or xs + x.nbytes <= ys or ys + y.nbytes <= xs
+
+
 class CupyOps(Ops):
     """CuPy's operations: its own reductions and fused LSTM cells (from :func:`kernels`),
+    fused SGD / Momentum updates and ReLU backward (:func:`update_kernels`),
     ``cupyx.scatter_add``, native float16 (tensor cores), and random bits drawn on the
     device."""
 
     float16_compute = "native"
+
+    def __init__(self, xp: Any, record: Any) -> None:
+        super().__init__(xp, record)
+        #: Each fused kernel by (name, dtype character) once checked, None where refused.
+        self._fused: dict[tuple[str, str], Any] = {}
+
+    def _kernel(self, name: str, like: Any) -> Any:
+        """The fused kernel ``name`` (:func:`update_kernels`) for ``like``'s dtype, checked on
+        its first use for that dtype on ``like``'s device; None where the check refused it."""
+        key = (name, like.dtype.char)
+        found = self._fused.get(key, _UNCHECKED)
+        if found is _UNCHECKED:
+            import cupy
+
+            kernel = update_kernels(cupy)[name]
+            check = checked_update if name == "update" else checked_relu_backward
+            with like.device:
+                good = check(cupy, kernel, like.dtype, cupy.asnumpy)
+            found = self._fused[key] = kernel if good else None
+        return found
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         """``a @ b``, into ``out`` when given (``cupy.matmul(out=)``)."""
@@ -327,6 +448,65 @@ class CupyOps(Ops):
 
             return cupy.matmul(a, b, out=out)
         return a @ b
+
+    def _fused_update(self, y: Any, a: Any, x: Any) -> Any:
+        """The fused ``y -= a * x`` kernel where it applies: CuPy arrays of one float dtype and
+        shape, C-contiguous, not partly overlapping, in place allowed, ``a`` a Python float;
+        the kernel checked once per dtype (:func:`checked_update`). ``None`` elsewhere."""
+        import cupy
+
+        if (
+            type(a) is not float
+            or not self.inplace
+            or type(y) is not cupy.ndarray
+            or type(x) is not cupy.ndarray
+            or y.dtype.char not in "efd"
+            or x.dtype != y.dtype
+            or x.shape != y.shape
+            or not (y.flags.c_contiguous and x.flags.c_contiguous)
+            or not _disjoint_or_same(x, y)
+        ):
+            return None
+        return self._kernel("update", y)
+
+    def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
+        """SGD's ``y -= a * x`` as one kernel (:func:`update_kernels`): a parameter read and
+        written once, no parameter-sized temporary; float16 computed in float32 and rounded
+        once, as NumPy computes it. Elsewhere the generic two-kernel update."""
+        update = self._fused_update(y, a, x)
+        if update is None:
+            return super().sub_scaled_(y, a, x)
+        update(x, a, y)
+        return y
+
+    def sub_times_(self, y: Any, a: Any, x: Any) -> Any:
+        """Momentum's ``y -= a * x`` as one kernel in float32 and float64 (float16 keeps the
+        generic update: this rule computes in the arrays' own dtype)."""
+        if y.dtype == self.float16:
+            return super().sub_times_(y, a, x)
+        update = self._fused_update(y, a, x)
+        if update is None:
+            return super().sub_times_(y, a, x)
+        update(x, a, y)
+        return y
+
+    def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
+        """ReLU's backward (``slope`` 0) as one kernel, the same products as the generic
+        conversion and multiply (times 1 or 0: exact in every dtype); other slopes generic."""
+        import cupy
+
+        if (
+            slope != 0.0
+            or type(gy) is not cupy.ndarray
+            or type(mask) is not cupy.ndarray
+            or gy.dtype.char not in "efd"
+            or gy.shape != mask.shape
+        ):
+            return super().leaky_relu_backward(gy, mask, slope)
+        kernel = self._kernel("relu_backward", gy)
+        if kernel is None:
+            return super().leaky_relu_backward(gy, mask, slope)
+        return kernel(gy, mask)
 
     def uniform(self, generator: Any, shape: tuple[int, ...], like: Any) -> Any:
         """Uniform numbers in [0, 1) drawn on ``like``'s GPU by CuPy's generator, seeded
