@@ -449,10 +449,11 @@ class CupyOps(Ops):
             return cupy.matmul(a, b, out=out)
         return a @ b
 
-    def _fused_update(self, y: Any, a: Any, x: Any) -> Any:
-        """The fused ``y -= a * x`` kernel where it applies: CuPy arrays of one float dtype and
-        shape, C-contiguous, not partly overlapping, in place allowed, ``a`` a Python float;
-        the kernel checked once per dtype (:func:`checked_update`). ``None`` elsewhere."""
+    def _updated(self, y: Any, a: Any, x: Any) -> bool:
+        """Whether ``y -= a * x`` was done by the fused kernel: CuPy arrays of one float dtype
+        and shape, C-contiguous, not partly overlapping, in place allowed, ``a`` a Python
+        float, the kernel accepted for the dtype (:func:`checked_update`, once per dtype).
+        False (and nothing written) elsewhere."""
         import cupy
 
         if (
@@ -466,29 +467,25 @@ class CupyOps(Ops):
             or not (y.flags.c_contiguous and x.flags.c_contiguous)
             or not _disjoint_or_same(x, y)
         ):
-            return None
-        return self._kernel("update", y)
+            return False
+        update = self._kernel("update", y)
+        if update is None:
+            return False
+        update(x, a, y)
+        return True
 
     def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
         """SGD's ``y -= a * x`` as one kernel (:func:`update_kernels`): a parameter read and
         written once, no parameter-sized temporary; float16 computed in float32 and rounded
         once, as NumPy computes it. Elsewhere the generic two-kernel update."""
-        update = self._fused_update(y, a, x)
-        if update is None:
-            return super().sub_scaled_(y, a, x)
-        update(x, a, y)
-        return y
+        return y if self._updated(y, a, x) else super().sub_scaled_(y, a, x)
 
     def sub_times_(self, y: Any, a: Any, x: Any) -> Any:
         """Momentum's ``y -= a * x`` as one kernel in float32 and float64 (float16 keeps the
         generic update: this rule computes in the arrays' own dtype)."""
-        if y.dtype == self.float16:
-            return super().sub_times_(y, a, x)
-        update = self._fused_update(y, a, x)
-        if update is None:
-            return super().sub_times_(y, a, x)
-        update(x, a, y)
-        return y
+        if y.dtype != self.float16 and self._updated(y, a, x):
+            return y
+        return super().sub_times_(y, a, x)
 
     def leaky_relu_backward(self, gy: Any, mask: Any, slope: float) -> Any:
         """ReLU's backward (``slope`` 0) as one kernel, the same products as the generic
