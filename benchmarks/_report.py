@@ -190,6 +190,15 @@ and `issue19_final_20261201.txt`):
   the bits of the blockwise path): the medium float16 step's update 2.6-2.9 -> 1.9-2.1 ms. Its
   halves on a second thread (2.4x alone) gained nothing inside a step, where OpenBLAS's worker
   still spins on the other core after the GEMMs.
+- **GPU: this page's GPU numbers predate the fused CuPy updates.** Since 2026-12-03 SGD's
+  update, Momentum's (float32, float64) and ReLU's backward run as one CuPy kernel each instead
+  of two (the update no longer writes `lr * g` into a parameter-sized temporary: about 400 MB
+  less memory traffic a step on the large network, an estimated 100 us of the 460 us by which
+  the engine trailed torch CUDA). They were compiled with NVRTC without a GPU
+  (`scripts/compile_cupy_kernels.py`) but not yet run on one: "GPU results" above and "GPU
+  check" below are the H200 run of 2026-11-30, and issue 19's GPU rows (float32 and float16,
+  compiled step included, against torch CUDA at 1.1) await the next `python
+  scripts/gpu_check.py`.
 """
 
 STATIC_SECTIONS = """\
