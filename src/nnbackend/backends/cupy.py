@@ -22,7 +22,9 @@ Everything that differs on a GPU lives here:
 * **Fused updates**: SGD's ``p -= lr * g`` (and Momentum's ``p -= lr * b`` in float32 and
   float64) is one kernel instead of a product into a parameter-sized temporary and a
   subtraction, and ReLU's backward one kernel instead of a conversion and a product
-  (:func:`update_kernels`); each is checked once on the device before use.
+  (:func:`update_kernels`); each is checked on its first use per dtype with a few exact
+  values (one small round trip to the host, the only one; a kernel that fails the check or
+  does not compile is never used, and the generic update runs).
 * **Memory**: :func:`facts` reports the default memory pool (used, held, limit) and the pinned
   host pool; :func:`empty_cache` returns the pool's free blocks to the driver
   (``nnbackend.empty_cache()``).
