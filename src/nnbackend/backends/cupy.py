@@ -407,6 +407,13 @@ def checked_relu_backward(
         return False
 
 
+#: The first-use check of each kernel of :func:`update_kernels`, by name.
+_CHECKS: dict[str, Callable[..., bool]] = {
+    "update": checked_update,
+    "relu_backward": checked_relu_backward,
+}
+
+
 def _disjoint_or_same(x: Any, y: Any) -> bool:
     """Whether the memory of ``x`` and ``y`` (C-contiguous) is the same or does not overlap:
     an elementwise kernel reads and writes element ``i`` of both in one thread, so only a
@@ -437,9 +444,8 @@ class CupyOps(Ops):
             import cupy
 
             kernel = update_kernels(cupy)[name]
-            check = checked_update if name == "update" else checked_relu_backward
             with like.device:
-                good = check(cupy, kernel, like.dtype, cupy.asnumpy)
+                good = _CHECKS[name](cupy, kernel, like.dtype, cupy.asnumpy)
             found = self._fused[key] = kernel if good else None
         return found
 
