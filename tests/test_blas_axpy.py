@@ -166,6 +166,23 @@ def test_a_zero_rate_still_spreads_a_nan_gradient(axpy_calls: list[int]) -> None
     assert axpy_calls == []
 
 
+@pytest.mark.parametrize("rate", [1e-46, -1e-46, 5e-324])
+def test_a_rate_that_rounds_to_zero_in_float32_still_spreads_a_nan_gradient(
+    rate: float, axpy_calls: list[int]
+) -> None:
+    """A Python float that is nonzero but 0 as a float32 made saxpy return early: the NaN
+    and inf of the gradient vanished where NumPy's ``p - rate * g`` gives NaN."""
+    p = np.ones(N, np.float32)
+    g = np.zeros(N, np.float32)
+    g[3], g[5] = np.nan, np.inf
+    with np.errstate(invalid="ignore"):
+        want = p - np.float32(rate) * g
+        got = _numpy_ops().sub_scaled_(p.copy(), rate, g)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[3]) and np.isnan(got[5])
+    assert axpy_calls == []
+
+
 def test_a_read_only_parameter_raises_numpys_error_and_is_unchanged(
     axpy_calls: list[int],
 ) -> None:

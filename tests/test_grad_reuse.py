@@ -275,3 +275,46 @@ def test_layer_results_are_bit_equal_with_and_without_reuse(xp: Any, dtype: str,
     for a, b in zip(reused, fresh, strict=True):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+
+
+def test_reference_probes_under_a_tracer_that_reads_locals(run_python: Any) -> None:
+    """The reference-count baselines, measured while a debugger-style tracer read
+    ``frame.f_locals`` (it keeps a reference to every local it saw), came out one too high:
+    after the tracer went, arrays the user held were written into."""
+    result = run_python(
+        """
+        import sys
+        import numpy as np
+
+        def tracer(frame, event, arg):
+            frame.f_locals
+            return tracer
+
+        sys.settrace(tracer)
+        import nnbackend as nb
+        from nnbackend import nn, optim
+
+        rng = np.random.default_rng(0)
+        model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        loss_fn = nn.SoftmaxCrossEntropy()
+
+        def step(kept):
+            x, t = rng.standard_normal((256, 256)), rng.integers(0, 10, 256)
+            opt.zero_grad()
+            h = model[1](model[0](x))
+            loss_fn(model[2](h), t).backward()
+            kept.append((model[0].weight.grad, model[0].weight.grad.copy()))
+            kept.append((h.data, h.data.copy()))
+            opt.step()
+
+        step([])
+        sys.settrace(None)
+        kept = []
+        for _ in range(3):
+            step(kept)
+        print(sum(not np.array_equal(a, b) for a, b in kept))
+        """
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["0"]

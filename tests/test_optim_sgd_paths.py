@@ -174,3 +174,45 @@ def test_small_updates_by_a_kept_rate_array_equal_the_python_float_formula() -> 
         got = ops.sub_scaled_(y, rate, x)
         assert got is y and got.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("n", [3, 256, 1000, 40_000])
+@pytest.mark.parametrize("grad_dtype", ["float32", "float64"])
+def test_a_float16_parameter_with_a_wider_gradient_set_by_hand(n: int, grad_dtype: str) -> None:
+    """A float32 gradient set by hand on a float16 parameter went down the float16 paths,
+    which read its bytes as float16: twice the elements, written past the end of a buffer
+    (garbage, NaN, then a crash). It gets what NumPy's ``p -= lr * g`` gives."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(n).astype(np.float16)
+    grad = rng.standard_normal(n).astype(grad_dtype)
+    p = nn.Parameter(data.copy())
+    p.grad = grad
+    optim.SGD([p], lr=0.1).step()
+    want = data.copy()
+    want -= 0.1 * grad
+    np.testing.assert_array_equal(_host(p), want)
+
+
+def test_float16_to_float32_converts_what_is_not_float16_by_value() -> None:
+    """The conversion reads float16 bits: given another dtype it converts by value instead
+    of reading twice (or four times) as many elements."""
+    convert = numpy_ops.kernels()["float16_to_float32"]
+    x = np.arange(1000, dtype=np.float32) / 7
+    np.testing.assert_array_equal(convert(x), x)
+    out = np.empty(1000, np.float32)
+    assert convert(x.astype(np.float64), out=out) is out
+    np.testing.assert_array_equal(out, x)
+
+
+def test_float16_sgd_with_a_gradient_overlapping_the_parameter() -> None:
+    """The float16 path updated a block of rows at a time, reading the gradient block by
+    block: a gradient that is the parameter reversed read rows already updated."""
+    n = 2 * _CHUNK + 17
+    data = np.random.default_rng(1).standard_normal(n).astype(np.float16)
+    p = nn.Parameter(data.copy())
+    p.grad = p.data[::-1]
+    optim.SGD([p], lr=0.25).step()
+    want = (data.astype(np.float32) - np.float32(0.25) * data[::-1].astype(np.float32)).astype(
+        np.float16
+    )
+    np.testing.assert_array_equal(_host(p), want)

@@ -142,9 +142,9 @@ def address(a: Any) -> int:
 def usable(np: Any, y: Any, a: Any, x: Any) -> Axpy | None:
     """The kernel for ``y += a * x`` when it gives the update NumPy would, up to the rounding
     it saves: ``y`` and ``x`` C-contiguous, native float32 or float64 of one shape, not
-    overlapping (the caller checks that ``y`` may be written), ``a`` a nonzero Python float
-    finite in their dtype
-    (axpy skips the work for ``a == 0``, where NumPy would still spread a NaN gradient)."""
+    overlapping (the caller checks that ``y`` may be written), ``a`` a Python float finite
+    and nonzero in their dtype (axpy skips the work for ``a == 0``, also for a rate that
+    rounds to 0 in float32, where NumPy would still spread a NaN gradient)."""
     if type(a) is not float or a == 0.0 or not math.isfinite(a):
         return None
     char = y.dtype.char
@@ -152,6 +152,7 @@ def usable(np: Any, y: Any, a: Any, x: Any) -> Axpy | None:
     if (
         kernel is None
         or abs(a) > _LARGEST[char]  # NumPy's own overflow, warning included
+        or y.dtype.type(a) == 0  # a rate that rounds to 0 in float32: axpy would skip
         or x.dtype != y.dtype
         or not y.dtype.isnative
         or x.shape != y.shape

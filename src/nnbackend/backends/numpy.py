@@ -180,6 +180,11 @@ def kernels() -> dict[str, Any]:
         x = np.asarray(x)
         if out is not None and (out.shape != x.shape or not out.flags.c_contiguous):
             out = None
+        if x.dtype != np.float16:  # (the table and the kernel read float16 bits)
+            if out is None:
+                return x.astype(np.float32)
+            out[...] = x
+            return out
         if x.size < 256:
             if out is None:
                 return x.astype(np.float32)
@@ -388,8 +393,8 @@ class NumpyOps(Ops):
         }
         # sub_scaled_'s last small-array rate: (rate, dtype, the rate as a 0-d array)
         self._scale: tuple[Any, Any, Any] = (None, None, None)
-        self._sole_references = self._probe_references()
-        self._pooled_references = self._probe_pool()
+        self._sole_references = _untraced(self._probe_references)
+        self._pooled_references = _untraced(self._probe_pool)
         if self.inplace:
             self.recycle_min = self.reuse_min = _SCRATCH_MIN
 
@@ -755,7 +760,8 @@ class NumpyOps(Ops):
                 return fused
         if not self.inplace:  # a record that forbids in-place writes: rebind
             return super().sub_scaled_(y, a, x)
-        if y.dtype == self._f16:
+        if y.dtype == self._f16 and x.dtype == self._f16:  # (a float32 gradient set by
+            # hand goes the general way: the float16 paths read x's bits as float16)
             if self._f16_sub_scaled is not None and self._f16_sub_scaled(y, a, x):
                 return y
             return self._sub_scaled_half(y, a, x)
@@ -1034,6 +1040,8 @@ class NumpyOps(Ops):
             wide -= a * self._to_wide(x)
             y[...] = self._to_narrow(wide)
             return y
+        if self._np.may_share_memory(x, y):  # (blocks of y written before x's are read)
+            x = x.copy()
         per_row = max(1, math.prod(y.shape[1:]))
         block = max(1, _CHUNK // per_row)
         for lo in range(0, y.shape[0], block):
@@ -1042,6 +1050,23 @@ class NumpyOps(Ops):
             wide -= a * self._to_wide(x[part])
             y[part] = self._to_narrow(wide)
         return y
+
+
+def _untraced(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with this thread's trace and profile functions off: a debugger's or
+    snooper's hook that reads ``frame.f_locals`` keeps a reference to each local it saw
+    (CPython before 3.13), which would make the reference-count probes count one too many,
+    and reuse then write into arrays that one outside reference still holds."""
+    trace, profile = sys.gettrace(), sys.getprofile()
+    if trace is None and profile is None:
+        return fn(*args)
+    sys.settrace(None)
+    sys.setprofile(None)
+    try:
+        return fn(*args)
+    finally:
+        sys.settrace(trace)
+        sys.setprofile(profile)
 
 
 def blas_facts() -> list[dict[str, Any]]:
