@@ -19,11 +19,19 @@ sort, no per-op checks.
   stream as eager), the parameters' current arrays (``p.data``), the optimizer's ``step()``
   and ``clip_grad_norm`` (they run as written: learning rates changed by a schedule, Adam's
   per-parameter step counts, optimizer state loaded from a checkpoint are read each time).
-- The signature: the arguments' types, shapes and dtypes (Python scalars by value), the
-  settings (``nb.set_*``, the innermost ``using`` block), whether gradients are enabled and
-  the ``key()`` given to :func:`compile_step`. A new signature records again; a small cache
-  keeps the last :attr:`CompiledStep.cache_size` recordings (the last, smaller batch of an
-  epoch keeps its own).
+- Gradients accumulate as eager ones: a replayed backward adds to the ``.grad`` a call
+  finds, or stores where it is ``None``; where the step resets gradients itself
+  (``zero_grad()``, seen at once; ``p.grad = None``, seen from its second recording) it
+  stores. Nodes that update state besides their outputs (BatchNorm's running statistics)
+  do so in ``forward``, so on every replay.
+- The signature: the arguments' types, shapes and dtypes (Python scalars by value), which
+  arguments are one array, the settings (``nb.set_*``, the innermost ``using`` block),
+  whether gradients are enabled and the ``key()`` given to :func:`compile_step`. A new
+  signature records again; a small cache keeps the last :attr:`CompiledStep.cache_size`
+  recordings (the last, smaller batch of an epoch keeps its own). Arguments are backend
+  arrays, Tensors and Python scalars (else :class:`~nnbackend.errors.ArgumentError`); a
+  Tensor argument that requires a gradient runs the step eagerly with a
+  :class:`~nnbackend.errors.CompileWarning` (a replay could not set its ``.grad``).
 - A recording is dropped, and the step recorded again, when a parameter's array was rebound
   outside the step (``load_state_dict``, ``to_device``, ``p.data = ...``) or its
   ``requires_grad`` changed.
@@ -32,7 +40,8 @@ sort, no per-op checks.
   the same way, the same constants (arrays the step used that are neither inputs, parameters
   nor results of recorded nodes), the same node settings. Where they differ something
   data-dependent was frozen, and that signature runs eagerly, with a
-  :class:`~nnbackend.errors.CompileWarning`.
+  :class:`~nnbackend.errors.CompileWarning`. ``check=False`` replays from the second call
+  (the third where the first recording could not tell whether the step resets gradients).
 - Refused with :class:`~nnbackend.errors.CompileError` while recording: parameters changed
   outside an optimizer's ``step()`` (a hand-written update), gradients changed between
   ``backward()`` and ``step()`` outside ``clip_grad_norm``, a loss scaler's ``step`` (it skips
@@ -97,7 +106,8 @@ def compile_step(
             runs forward, loss, ``backward()`` and an optimizer ``step()``; returns a Tensor
             (the loss), a tuple of Tensors, or ``None``.
         check: record twice and replay only when both recordings agree (a data-dependent
-            value frozen in the first is then caught); ``False`` replays from the second call.
+            value frozen in the first is then caught); ``False`` replays from the second call
+            (the third where the first could not tell whether the step resets gradients).
         key: returns extra Python state the step depends on (e.g. ``lambda: model.training``):
             part of the signature.
         cache_size: how many signatures' recordings to keep.
@@ -181,14 +191,28 @@ class CompiledStep:
         """The signature of ``args`` and their raw values (a Tensor's array), in one pass."""
         sig: list[Any] = []
         raw: list[Any] = []
-        for a in args:
+        # Which arguments are one array (step(x, x)): a recording names an array by the
+        # first argument that held it, so calls with another pattern need their own.
+        same: list[int] = []
+        for i, a in enumerate(args):
             tensor = isinstance(a, Tensor)
             d = a.data if tensor else a
             raw.append(d)
             if type(d) in _SCALARS:
                 sig.append((type(d), d))
-            else:
-                sig.append((type(d), tuple(d.shape), d.dtype, tensor))
+                continue
+            shape, dtype = getattr(d, "shape", None), getattr(d, "dtype", None)
+            if shape is None or dtype is None:
+                raise ArgumentError(
+                    f"compile_step: argument {i} is a {type(d).__name__}; a compiled step takes "
+                    "backend arrays, Tensors and Python scalars (convert it with xp.asarray)"
+                )
+            # A Tensor that requires a gradient gets one from backward: "grad" (such calls
+            # run eagerly, see __call__).
+            kind = ("grad" if a.requires_grad else True) if tensor else False
+            sig.append((type(d), tuple(shape), dtype, kind))
+            same.append(next(j for j in range(i + 1) if raw[j] is d))
+        sig.append(tuple(same))
         sig.append(_settings_version())
         sig.append(_current_overrides())
         sig.append(is_grad_enabled())
@@ -215,15 +239,42 @@ class CompiledStep:
         self._hot = None
         if sig in self.eager_signatures:
             return self.fn(*args)
-        new, result = _record(self.fn, args)
+        if any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            # A replay gets the arguments' arrays, not their Tensors: it could not set an
+            # argument's .grad. Such calls run as they are.
+            reason = "an argument is a Tensor that requires a gradient"
+            self.eager_signatures[sig] = reason
+            warnings.warn(
+                f"compile_step: this step runs eagerly for arguments {_describe(args)}: {reason}, "
+                "which a replay cannot set; pass its array (or a Tensor that needs no "
+                "gradient) to compile the step",
+                CompileWarning,
+                stacklevel=2,
+            )
+            return self.fn(*args)
+        # Parameters a recording of this step already knows (from this signature's first
+        # recording, or the last cached one): their gradients as the call starts tell the
+        # recorder whether the step resets them itself (see _Recorder._grad_line).
+        known = self._pending.get(sig) or next(reversed(self._cache.values()), None)
+        new, result = _record(self.fn, args, known.leaves if known is not None else ())
         self.records += 1
-        if self.check:
-            first = self._pending.pop(sig, None)
-            if first is None:
-                self._pending[sig] = new
-                return result
+        first = self._pending.pop(sig, None)
+        if first is None and (self.check or not new.knows_resets()):
+            # Record again on the next call: to compare (check), or, unchecked, to learn
+            # from a second look whether the step resets the gradients itself.
+            self._pending[sig] = new
+            if len(self._pending) > self.cache_size:  # (a new float argument each call)
+                del self._pending[next(iter(self._pending))]
+            return result
+        if not self.check:
+            if first is not None and first.canonical == new.canonical:
+                new.merge(first)
+        else:
+            assert first is not None
             why = first.differs(new)
-            if why is not None:
+            if why is None:
+                new.merge(first)
+            else:
                 self.eager_signatures[sig] = why
                 warnings.warn(
                     f"compile_step: this step runs eagerly for arguments {_describe(args)}: "
@@ -260,7 +311,9 @@ def _equal_arrays(a: Any, b: Any) -> bool:
     if type(a) is not type(b) or tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
         return False
     xp = backend_for(a)[0]
-    return bool(xp.all(a == b))
+    # NaN equals NaN here: a parameter a diverging step made NaN is unchanged, not "changed
+    # outside the optimizer" (a != a is all False for integers and booleans)
+    return bool(xp.all((a == b) | ((a != a) & (b != b))))
 
 
 def _equal_values(a: Any, b: Any) -> bool:
@@ -298,8 +351,13 @@ class _Recording:
     """One signature's replay: generated Python code over the recorded nodes."""
 
     def __init__(self, rec: _Recorder) -> None:
-        self.code = "\n".join(rec.lines)
-        self.body, self.returned = rec.lines[1:-1], rec.returned
+        # The code as recorded, every leaf's first gradient write in its general form (what
+        # differs() compares), and those writes: (line, the form for a step that resets the
+        # leaf's gradient itself, leaf index, whether this recording saw it do so).
+        self.canonical = "\n".join(rec.lines)
+        self._lines = rec.lines
+        self._writes = rec.grad_writes
+        self.returned = rec.returned
         self.nodes = rec.nodes
         self.pre = rec.pre
         self.leaves = rec.leaves
@@ -311,9 +369,8 @@ class _Recording:
         self.draws = rec.draws
         self.backend = rec.backend
         self.scope = rec.scope
+        self._build()
         scope: dict[str, Any] = dict(rec.scope)
-        exec(compile(self.code, "<nnbackend compiled step>", "exec"), scope)
-        self._replay = scope["_replay"]
         # The checks of valid() and the arrays run() notes, written out for these leaves:
         # one expression each instead of a loop over three lists (the tiny step's replay
         # pays them every call).
@@ -326,10 +383,45 @@ class _Recording:
         )
         datas = self._data_list = "".join(f"L{i}.data, " for i in range(n))
         extra = f"def _valid(_D):\n    return {checks}\ndef _datas():\n    return [{datas}]\n"
-        self._fast: Callable[..., Any] | None = None
         exec(compile(extra, "<nnbackend compiled step checks>", "exec"), scope)
         self._exec_scope = scope
         self._valid, self._datas = scope["_valid"], scope["_datas"]
+
+    def _build(self) -> None:
+        """The replay's code and function: each first gradient write in the form for a step
+        that resets the gradient itself where this recording (or one merged in) saw it do
+        so, else in the general form, which reads the ``.grad`` the call finds."""
+        lines = list(self._lines)
+        inputs = []
+        for line, reset_form, leaf, reset in self._writes:
+            if reset:
+                lines[line] = reset_form
+            else:
+                inputs.append(leaf)
+        self.grad_inputs = inputs  # leaves whose incoming .grad a replay reads
+        self.code = "\n".join(lines)
+        self.body = lines[1:-1]
+        scope: dict[str, Any] = dict(self.scope)
+        exec(compile(self.code, "<nnbackend compiled step>", "exec"), scope)
+        self._replay = scope["_replay"]
+        self._fast: Callable[..., Any] | None = None
+
+    def knows_resets(self) -> bool:
+        """Whether this recording saw the step reset every gradient it writes first
+        (the usual step, which calls zero_grad()): nothing about them is left to learn."""
+        return all(reset for _line, _form, _leaf, reset in self._writes)
+
+    def merge(self, other: _Recording) -> None:
+        """Take in what ``other``, a recording of the same code (``differs`` found
+        nothing), saw of the step resetting gradients itself: a reset either saw happened
+        (the step is the same Python both times), where the other could not tell."""
+        writes = [
+            (line, form, leaf, reset or theirs[3])
+            for (line, form, leaf, reset), theirs in zip(self._writes, other._writes, strict=True)
+        ]
+        if writes != self._writes:
+            self._writes = writes
+            self._build()
 
     def valid(self) -> bool:
         """Whether every parameter still has the array the last run left (nothing rebound it
@@ -349,9 +441,10 @@ class _Recording:
         if self._fast is not None:  # a recording is cached under one signature only
             return self._fast
         scope: dict[str, Any] = dict(self._exec_scope)
-        n_args = len(sig) - (4 if key is not None else 3)
+        n_args = len(sig) - (5 if key is not None else 4)
         args = [f"a{i}" for i in range(n_args)]
         lines = [f"def _fast({', '.join(args)}):"]
+        arrays: list[str] = []
         for i, entry in enumerate(sig[:n_args]):
             a = args[i]
             scope[f"_T{i}"] = entry[0]
@@ -360,28 +453,38 @@ class _Recording:
                 lines.append(f"    if type({a}) is not _T{i} or not {a} == _V{i}: return _MISSING")
                 continue
             _type, shape, dtype, tensor = entry
-            if tensor:
-                lines.append(f"    if type({a}) is not _Tensor: return _MISSING")
+            if tensor:  # (never "grad": such signatures run eagerly)
+                lines.append(
+                    f"    if type({a}) is not _Tensor or {a}.requires_grad: return _MISSING"
+                )
                 lines.append(f"    {a} = {a}.data")
             scope[f"_S{i}"], scope[f"_DT{i}"] = shape, dtype
             lines.append(
                 f"    if type({a}) is not _T{i} or {a}.shape != _S{i} "
                 f"or {a}.dtype != _DT{i}: return _MISSING"
             )
+            arrays.append(a)
+        # The arguments' sharing of arrays, as recorded (sig[n_args]: per array argument,
+        # the index of the first argument holding the same array).
+        same = sig[n_args]
+        for j in range(1, len(arrays)):
+            for i in range(j):
+                op = "is not" if same[i] == same[j] else "is"
+                lines.append(f"    if {arrays[j]} {op} {arrays[i]}: return _MISSING")
         scope.update(
             _Tensor=Tensor,
             _MISSING=_MISSING,
             _sv=_settings_version,
             _co=_current_overrides,
             _ge=is_grad_enabled,
-            _SV=sig[n_args],
-            _CO=sig[n_args + 1],
-            _GE=sig[n_args + 2],
+            _SV=sig[n_args + 1],
+            _CO=sig[n_args + 2],
+            _GE=sig[n_args + 3],
             _D=self._last,
         )
         context = "_sv() != _SV or _ge() is not _GE or _co() != _CO"
         if key is not None:
-            scope["_key"], scope["_K"] = key, sig[n_args + 3]
+            scope["_key"], scope["_K"] = key, sig[n_args + 4]
             context += " or _key() != _K"
         lines.append(f"    if {context}: return _MISSING")
         lines.append(f"    if not ({self._checks}): return _MISSING")
@@ -394,7 +497,7 @@ class _Recording:
 
     def differs(self, other: _Recording) -> str | None:
         """Why ``other`` (a second recording of the same signature) differs, or None."""
-        if self.code != other.code:
+        if self.canonical != other.canonical:
             return "the nodes, their wiring or the calls differ"
         for na, nb_ in zip(self.nodes, other.nodes, strict=True):
             if type(na) is not type(nb_):
@@ -443,9 +546,12 @@ def _takes_shortcut(cls: type, name: str = "replay_forward") -> bool:
     )
 
 
-def _record(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[_Recording, Any]:
-    """Run ``fn(*args)`` eagerly with a recorder on; return its recording and result."""
-    rec = _Recorder(args)
+def _record(
+    fn: Callable[..., Any], args: tuple[Any, ...], known: Any = ()
+) -> tuple[_Recording, Any]:
+    """Run ``fn(*args)`` eagerly with a recorder on; return its recording and result.
+    ``known``: Tensors the step is expected to use (their gradients are noted first)."""
+    rec = _Recorder(args, known)
     token = trace.start(rec)
     config.count_blocks("trace", 1)
     try:
@@ -461,7 +567,7 @@ class _Recorder:
     """Watches one eager step (through the hooks of :mod:`nnbackend.autograd.trace`) and
     writes the Python code that replays it."""
 
-    def __init__(self, args: tuple[Any, ...]) -> None:
+    def __init__(self, args: tuple[Any, ...], known: Any = ()) -> None:
         self.lines = ["def _replay(" + ", ".join(f"a{i}" for i in range(len(args))) + "):"]
         self.scope: dict[str, Any] = {
             "_as": as_arrays,
@@ -486,6 +592,17 @@ class _Recorder:
         self.literals: list[Any] = []
         self.calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
         self.grads: dict[int, Any] = {}  # id(leaf) -> the .grad the recording left
+        # What the recording knows of each leaf's .grad, for the code of its first write
+        # (_grad_line): the gradients of known Tensors as the call started, and of each leaf
+        # when the step first used it; the Tensors zero_grad() reset since their last write;
+        # those written since their last reset; the leaves whose replayed first write reads
+        # the .grad the call finds (their gradient accumulates, as eager's does).
+        self.start_grads: dict[int, Any] = {id(t): t.grad for t in known}
+        self.seen_grads: dict[int, Any] = {}
+        self.zeroed: set[int] = set()
+        self.written: set[int] = set()
+        self.grad_writes: list[tuple[int, str, int, bool]] = []  # see _Recording
+        self.tensors: list[Tensor] = list(known)  # (so that the ids above stay unique)
         self.in_call = False
         self.backend: Any = None
         self.draws: list[tuple[Function, tuple[Any, ...]]] = []
@@ -496,7 +613,7 @@ class _Recorder:
             if type(d) in _SCALARS:
                 continue
             self._backend_of(d, f"argument {i}")
-            self.names[id(d)] = f"a{i}"
+            self.names.setdefault(id(d), f"a{i}")  # step(x, x): both are a0
             self.keep.append(d)
 
     # -- naming ---------------------------------------------------------------------------
@@ -519,6 +636,7 @@ class _Recorder:
             self.scope[f"L{i}"] = t
             self._backend_of(t.data, "a parameter")
             self.leaf_snap.append(self._snapshot(t.data))
+            self.seen_grads[id(t)] = t.grad
         return f"L{i}"
 
     @staticmethod
@@ -675,6 +793,35 @@ class _Recorder:
                     "not repeat that change"
                 )
 
+    def zero_grad(self, t: Tensor) -> None:
+        """``t.zero_grad()`` ran in the step: its gradient is ``None`` until written again."""
+        self.zeroed.add(id(t))
+        self.written.discard(id(t))
+        self.tensors.append(t)
+
+    def _grad_line(self, x: Tensor, leaf: str, k: int, src: str, copy: str) -> str:
+        """The replay's code for a write of ``src`` into leaf ``x``'s ``.grad`` by node ``k``
+        (``copy``: the expression a first gradient is stored as), as eager's run_backward
+        decides it: added to a gradient the leaf has, else stored. Where the recording knows
+        the state (written earlier in the step, or reset by it since), the code is that
+        branch; where it depends on what the caller left (gradients accumulated over calls
+        without zero_grad() in the step), both, chosen on each replay."""
+        i = id(x)
+        add = f"_add(n{k}.xp, {leaf}.grad, {src})"
+        if i in self.written:
+            return f"    {leaf}.grad = {add}"
+        # The step's own reset (zero_grad(), or .grad = None), seen: the gradient was set
+        # as the call started or as the step first used the leaf, and is None now.
+        reset = x.grad is None and (
+            i in self.zeroed
+            or self.start_grads.get(i) is not None
+            or self.seen_grads.get(i) is not None
+        )
+        self.grad_writes.append(
+            (len(self.lines), f"    {leaf}.grad = {copy}", self.leaf_index[i], reset)
+        )
+        return f"    {leaf}.grad = {copy} if {leaf}.grad is None else {add}"
+
     def backward(self, root: Tensor, grad: Any, retain_grad: bool, create_graph: bool) -> None:
         if create_graph:
             raise CompileError(
@@ -734,7 +881,12 @@ class _Recorder:
         ):
             # Nothing reads the seed (the loss's inline backward left the product with one
             # out): the lines making it go.
-            del self.lines[seeded - (2 if data.ndim == 0 else 1) : seeded]
+            gone = 2 if data.ndim == 0 else 1
+            del self.lines[seeded - gone : seeded]
+            self.grad_writes = [
+                (line - gone if line >= seeded else line, form, leaf, reset)
+                for line, form, leaf, reset in self.grad_writes
+            ]
 
     def _grad_var(self, t: Tensor) -> str:
         name = self.names.get(id(t.data))
@@ -829,22 +981,23 @@ class _Recorder:
                         heapq.heappush(heap, (-c.generation, -c.seq, c))
                     continue
                 leaf = self._leaf(x)
+                if f.grad_may_alias:  # a first gradient gets its own array, as eager's
+                    copied = f"{src} * 1.0"
+                    if type(gx * 1.0) is not type(xd):
+                        copied = f"_as1(n{k}.xp, {copied})"
+                else:
+                    copied = src
+                lines.append(self._grad_line(x, leaf, k, src, copied))
                 if x.grad is not None:
                     x.grad = add_arrays(f.xp, x.grad, gx)
-                    lines.append(f"    {leaf}.grad = _add(n{k}.xp, {leaf}.grad, {src})")
                 elif f.grad_may_alias:
                     g = gx * 1.0
                     x.grad = g if type(g) is type(xd) else as_array(f.xp, g)
-                    wrap = "_as1" if type(g) is not type(xd) else ""
-                    lines.append(
-                        f"    {leaf}.grad = {wrap}(n{k}.xp, {src} * 1.0)"
-                        if wrap
-                        else f"    {leaf}.grad = {src} * 1.0"
-                    )
                 else:
                     x.grad = gx
-                    lines.append(f"    {leaf}.grad = {src}")
                 self.grads[id(x)] = x.grad
+                self.written.add(id(x))
+                self.zeroed.discard(id(x))
             if not retain_grad:
                 for out in outputs:
                     if out is not None and not out._retain and out is not root:
@@ -944,6 +1097,8 @@ class _JitRecording:
         ops = ops_for(backend_for(d)[0], d)
         if ops.jit(lambda: None) is None:
             return None
+        if any(node.updates_state for node in rec.nodes):
+            return None  # (see Function.updates_state)
         for method, args, _kwargs in rec.calls:
             opt = _optimizer_of(method, args)
             if opt is None and method.__name__ == "step":
@@ -971,10 +1126,12 @@ class _JitRecording:
             self._updated.add((k, i))
             p.data = slot.ops.apply_update(rule, p.data, g, st, names, slot)
 
-    def _pure(self, params: Any, states: Any, lrs: Any, draws: Any, args: Any) -> tuple[Any, ...]:
+    def _pure(
+        self, params: Any, grads: Any, states: Any, lrs: Any, draws: Any, args: Any
+    ) -> tuple[Any, ...]:
         leaves, opts = self.leaves, self.opts
-        for t, d in zip(leaves, params, strict=True):
-            t.data, t.grad = d, None
+        for t, d, g in zip(leaves, params, grads, strict=True):
+            t.data, t.grad = d, g
         for opt, st_list, lr in zip(opts, states, lrs, strict=True):
             opt.lr = lr
             for st, new in zip(opt.state, st_list, strict=True):
@@ -1004,7 +1161,11 @@ class _JitRecording:
         states = [[dict(st) for st in opt.state] for opt in opts]
         saved = [(t.data, t.grad) for t in leaves], [opt.lr for opt in opts], states
         try:
-            new_params, grads, new_states, out = fn(params, states, lrs, draws, args)
+            # The gradients a replay adds to (accumulation over calls) go in; None else.
+            grads_in = [None] * len(leaves)
+            for i in self.rec.grad_inputs:
+                grads_in[i] = leaves[i].grad
+            new_params, grads, new_states, out = fn(params, grads_in, states, lrs, draws, args)
         except BaseException:
             self._restore(saved)
             raise

@@ -104,6 +104,11 @@ class Function:
     #: ``backward`` or ``replay_forward`` without its own ``replay_code`` is replayed through
     #: its methods.
     replay_code: Any = None
+    #: Whether ``forward`` also updates state outside its outputs (BatchNorm's running
+    #: statistics): a compiled step replays such a node with its ``forward`` on every
+    #: call, but never inside a whole-step tracing compiler (``jax.jit``), out of whose
+    #: trace that state could not come.
+    updates_state: bool = False
 
     xp: Namespace
     inputs: tuple[Any, ...]

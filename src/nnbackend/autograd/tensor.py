@@ -269,6 +269,10 @@ class Tensor:
         if g is not None:
             self._spare = g
             self.grad = None
+        if _switch.maybe:  # a compiled step being recorded notes the reset
+            rec = _trace.current()
+            if rec is not None:
+                rec.zero_grad(self)
 
     # -- moving (nnbackend.to_device calls these; see nnbackend.device.Movable) ------------
     def _apply(self, fn: Callable[[Array], Array]) -> Tensor:

@@ -13,6 +13,7 @@ in the same order (never through a set) and checkpoints written on one backend l
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -56,6 +57,26 @@ class Parameter(Tensor):
 
     def __repr__(self) -> str:
         return f"Parameter({self.data!r})"
+
+
+# A count of the changes to any module's mode or children (train(), eval(), assigning
+# .training, adding, replacing or deleting a submodule): a compiled Trainer step keys its
+# recordings on its model's modules and their modes, and reads them again only when this
+# count moved. next() on a count is atomic under the GIL.
+_next_change = itertools.count(1).__next__
+_changes = 0
+
+
+def _changed() -> None:
+    global _changes
+    _changes = _next_change()
+
+
+def changes() -> int:
+    """How many changes of a module's mode or children there have been (any module): a
+    number that moves whenever ``train()``/``eval()`` runs or a submodule is added,
+    replaced or deleted. Internal API (the compiled Trainer step's key)."""
+    return _changes
 
 
 def _describe(value: Any) -> str:
@@ -140,10 +161,13 @@ class Module:
             modules[name] = None
         # Registered members also live in __dict__, so reading them costs a plain lookup.
         self.__dict__[name] = value
+        if name == "training" or name in modules:
+            _changed()
 
     def __delattr__(self, name: str) -> None:
         self._parameters.pop(name, None)
-        self._modules.pop(name, None)
+        if self._modules.pop(name, None) is not None:
+            _changed()
         self._buffers.pop(name, None)
         object.__delattr__(self, name)
 
@@ -197,6 +221,7 @@ class Module:
         self._parameters.pop(name, None)
         self._modules[name] = module
         self.__dict__[name] = module
+        _changed()
 
     # -- calling ------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -304,6 +329,7 @@ class Module:
         mode = bool(mode)
         for module in self.modules():
             module.__dict__["training"] = mode
+        _changed()
         return self
 
     def eval(self) -> Module:

@@ -80,8 +80,24 @@ class BatchNormTrain(_Float32Statistics):
     """Normalisation by the batch's own statistics over every axis but the channels' (1).
     ``self.mean`` and ``self.var`` (biased) are kept for the running estimates."""
 
-    def __init__(self, eps: float) -> None:
+    def __init__(self, eps: float, running: tuple[Any, Any, float, int] | None = None) -> None:
         self.eps = eps
+        # (running_mean, running_var, momentum, count): updated by forward itself, so that a
+        # compiled step's replay, which runs the node's forward and no Python around it,
+        # updates them on every step as eager does.
+        self.running = running
+        self.updates_state = running is not None
+
+    def forward(self, x: Any, *params: Any) -> Any:
+        y = super().forward(x, *params)
+        if self.running is not None:
+            running_mean, running_var, m, count = self.running
+            rm, rv = _data(running_mean), _data(running_var)
+            xp = self.xp
+            mean, var = xp.astype(self.mean, rm.dtype), xp.astype(self.var, rv.dtype)
+            _set(running_mean, rm * (1.0 - m) + mean * m, xp, "running_mean")
+            _set(running_var, rv * (1.0 - m) + var * (m * count / (count - 1)), xp, "running_var")
+        return y
 
     def _forward(self, x: Any, w: Any = None, b: Any = None) -> Any:
         xp = self.xp
@@ -254,16 +270,10 @@ def _batch_norm(
             f"batch_norm: training needs more than one value per channel, got input of shape "
             f"{tuple(xd.shape)}; use a larger batch, or model.eval()"
         )
-    node = BatchNormTrain(float(eps))
-    y = node(*args)
+    running = None
     if running_mean is not None and running_var is not None:
-        m = float(momentum)
-        rm, rv = _data(running_mean), _data(running_var)
-        xp = node.xp
-        mean, var = xp.astype(node.mean, rm.dtype), xp.astype(node.var, rv.dtype)
-        _set(running_mean, rm * (1.0 - m) + mean * m, xp, "running_mean")
-        _set(running_var, rv * (1.0 - m) + var * (m * count / (count - 1)), xp, "running_var")
-    return y
+        running = (running_mean, running_var, float(momentum), count)
+    return BatchNormTrain(float(eps), running)(*args)
 
 
 class GroupNorm(Module):

@@ -257,6 +257,9 @@ class Trainer:
         self._share = 1.0
         self.compile = bool(compile)
         self._compiled: Any = None
+        self._compiled_for: tuple[Any, ...] = ()  # (model, loss_fn, optimizer) it records
+        self._modes: tuple[Any, ...] = ()  # ((module, training), ...) of the model
+        self._modes_seen = -1  # nn.module.changes() when _modes was read
         self._clip_key: float | None = None
         self._compile_warned = False
 
@@ -510,15 +513,40 @@ class Trainer:
                     stacklevel=3,
                 )
             return False
-        if self._compiled is None:
+        parts = (self.model, self.loss_fn, self.optimizer)
+        if self._compiled is None or any(
+            a is not b for a, b in zip(parts, self._compiled_for, strict=True)
+        ):
+            # (again when a callback or the user swapped the model, loss or optimizer: the
+            # recordings hold the old ones)
             from nnbackend.autograd.compile import compile_step
+            from nnbackend.nn.module import changes  # (nn is imported on first use)
 
-            model = self.model
+            self._module_changes = changes
+            self._compiled_for = parts
+            self._modes_seen = -1
             self._compiled = compile_step(
-                self._step_body,
-                key=lambda: (getattr(model, "training", None), self._clip_key),
+                self._step_body, key=lambda: (self._module_modes(), self._clip_key)
             )
         return True
+
+    def _module_modes(self) -> tuple[Any, ...]:
+        """The model's modules and their modes, ``((module, training), ...)``: part of the
+        compiled step's key, so that a submodule put in eval mode (a frozen BatchNorm or
+        Dropout) or a layer added or replaced records the step again. Read again only after
+        some module's mode or children changed (:func:`nnbackend.nn.module.changes`)."""
+        seen = self._module_changes()
+        if seen != self._modes_seen:
+            from nnbackend.nn.module import Module
+
+            model = self.model
+            mods = model.modules() if isinstance(model, Module) else ()
+            self._modes = (
+                getattr(model, "training", None),
+                *((m, m.training) for m in mods),
+            )
+            self._modes_seen = seen
+        return self._modes
 
     def _step_body(self, x: Any, t: Any) -> tuple[Any, Any]:
         """What the compiled step records: forward, loss, backward, clipping, the update."""
