@@ -1367,3 +1367,28 @@ def test_rnn_whose_final_state_gets_no_gradient(xp64: Any) -> None:
     hs.sum().backward()
     assert tuple(x.grad.shape) == (1, 2, 2)
     assert layer.weight_x.grad is not None
+
+
+@pytest.mark.parametrize(
+    "loss, target",
+    [
+        (nn.SoftmaxCrossEntropy(), [0, 1]),
+        (nn.MSELoss(), [[0.0, 0.0, 0.0]] * 2),
+        (nn.functional.sigmoid_cross_entropy, [[0.0, 1.0, 0.0]] * 2),
+    ],
+    ids=["softmax_cross_entropy", "mse", "sigmoid_cross_entropy"],
+)
+def test_a_loss_given_a_list_of_targets_names_it(loss: Any, target: Any) -> None:
+    """Targets as a Python list raised AttributeError ('list' object has no attribute
+    'ndim') from inside the loss: a typed error that says which argument, and the fix."""
+    y = Tensor(np.ones((2, 3)), requires_grad=True)
+    with pytest.raises(nb.errors.BackendMismatchError, match=r"targets|labels") as info:
+        loss(y, target)
+    assert "builtins.list" in str(info.value) and "to_backend" in str(info.value)
+
+
+def test_mse_against_a_python_number_names_it() -> None:
+    """(It raised AttributeError: 'float' object has no attribute 'shape'.)"""
+    y = Tensor(np.full((2, 3), 2.0), requires_grad=True)
+    with pytest.raises(nb.errors.BackendMismatchError, match=r"mse_loss \(targets\)"):
+        nn.MSELoss()(y, 0.0)

@@ -394,9 +394,15 @@ def matmul(a: Any, b: Any) -> Tensor:
     return ops.matmul(a, b)
 
 
-def _loss_inputs(y: Any, t: Any) -> tuple[Any, Any]:
+def _loss_inputs(y: Any, t: Any, where: str = "loss") -> tuple[Any, Any]:
     """Under a mixed policy, float16 predictions (and float targets) go to float32: losses
-    are summed over the batch, where float16's range and precision fall short."""
+    are summed over the batch, where float16's range and precision fall short. Predictions
+    or targets that are no array at all (a list, a Python number) raise
+    BackendMismatchError naming ``where``."""
+    for value, what in ((y, "predictions"), (t, "targets")):
+        d = _data(value)
+        if not hasattr(d, "ndim"):
+            raise not_an_array(d, f"{where} ({what})")
     if mixed_compute() is None:
         return y, t
     yd = _data(y)
@@ -773,6 +779,8 @@ def softmax_cross_entropy(logits: Any, labels: Any, ignore_index: int | None = N
     td = labels.data if isinstance(labels, Tensor) else labels
     if not hasattr(ld, "ndim"):
         raise not_an_array(ld, "softmax_cross_entropy")
+    if not hasattr(td, "ndim"):
+        raise not_an_array(td, "softmax_cross_entropy (labels)")
     if ld.ndim > 2 and td.ndim == ld.ndim - 1:
         logits = ops.reshape(logits, (-1, ld.shape[-1]))
         labels = backend_for(td)[0].reshape(td, (-1,))
@@ -830,7 +838,7 @@ class SigmoidCrossEntropy(Function):
 def sigmoid_cross_entropy(logits: Any, targets: Any) -> Tensor:
     """Mean binary cross-entropy of ``sigmoid(logits)`` against ``targets`` in [0, 1],
     computed stably for large logits (in float32 under a mixed precision policy)."""
-    logits, targets = _loss_inputs(logits, targets)
+    logits, targets = _loss_inputs(logits, targets, "sigmoid_cross_entropy")
     return SigmoidCrossEntropy()(logits, targets)
 
 
@@ -856,7 +864,7 @@ class MSE(Function):
 def mse_loss(y: Any, t: Any) -> Tensor:
     """Mean of ``(y - t) ** 2`` over all elements (in float32 under a mixed precision
     policy)."""
-    y, t = _loss_inputs(y, t)
+    y, t = _loss_inputs(y, t, "mse_loss")
     return MSE()(y, t)
 
 
