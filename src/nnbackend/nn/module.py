@@ -127,7 +127,8 @@ class Module:
         params = self._parameters
         modules = self._modules
         if isinstance(value, Parameter):
-            modules.pop(name, None)
+            if modules.pop(name, None) is not None:  # a submodule replaced by a parameter
+                _changed()
             self._buffers.pop(name, None)
             params[name] = value
         elif isinstance(value, Module):

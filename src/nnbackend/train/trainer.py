@@ -514,9 +514,7 @@ class Trainer:
                 )
             return False
         parts = (self.model, self.loss_fn, self.optimizer)
-        if self._compiled is None or any(
-            a is not b for a, b in zip(parts, self._compiled_for, strict=True)
-        ):
+        if self._compiled is None or any(map(operator.is_not, parts, self._compiled_for)):
             # (again when a callback or the user swapped the model, loss or optimizer: the
             # recordings hold the old ones)
             from nnbackend.autograd.compile import compile_step
