@@ -1128,3 +1128,155 @@ def test_jax_jitted_steps_accumulate_gradients_as_eager_ones():
             assert f.replays >= 5
     for a, b in zip(*results, strict=True):
         assert float(np.max(np.abs(a - b))) <= 1e-6
+
+
+# -- a second review (2026-12-03): what Trainer(compile=True) keyed on ------------------------
+
+
+def _trainer_data() -> tuple[np.ndarray, np.ndarray]:
+    r = np.random.default_rng(1)
+    return r.standard_normal((48, 4)), r.integers(0, 3, 48)
+
+
+def _bn_net() -> Any:
+    nb.random.seed(0)
+    return nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.LeakyReLU(0.1), nn.Dropout(0.5), nn.Linear(8, 3)
+    )
+
+
+def _set_bias_none(m: Any) -> None:
+    m[4].bias = None
+
+
+def _new_weight(m: Any) -> None:
+    m[4].weight = nn.Parameter(np.zeros((8, 3)))
+
+
+def _reset_running_mean(m: Any) -> None:
+    m[1].running_mean = np.zeros(8)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: setattr(m[3], "p", 0.0),
+        lambda m: setattr(m[1], "momentum", 0.9),
+        lambda m: setattr(m[1], "eps", 0.5),
+        lambda m: setattr(m[2], "negative_slope", 0.5),
+        _reset_running_mean,
+        _set_bias_none,
+        _new_weight,
+    ],
+    ids=["dropout_p", "momentum", "eps", "slope", "buffer", "bias_removed", "weight_replaced"],
+)
+def test_trainer_compiled_step_follows_module_settings_and_what_they_hold(change: Any):
+    """Python settings of the model's modules, a buffer reassigned and a parameter removed
+    or replaced between fits were frozen (or orphaned) by the first recording."""
+    x, t = _trainer_data()
+    results = []
+    for compiled in (False, True):
+        m = _bn_net()
+        tr = nb.Trainer(
+            m, nn.SoftmaxCrossEntropy(), optim.SGD(m.parameters(), lr=0.1), compile=compiled
+        )
+        tr.fit(x, t, epochs=2, batch_size=16, seed=3, progress=False)
+        change(m)
+        h = tr.fit(x, t, epochs=2, batch_size=16, seed=3, progress=False)
+        results.append((h.epoch_loss, m, np.array(m[1].running_mean.data)))
+    assert results[0][0] == results[1][0]
+    assert _same_params(results[0][1], results[1][1])
+    assert np.array_equal(results[0][2], results[1][2])
+
+
+def test_trainer_compiled_step_follows_a_wrapped_model():
+    """A model that is a callable wrapper, not a Module: its network put in eval mode
+    between fits kept replaying its training-mode (dropout) step."""
+
+    class Wrapper:
+        def __init__(self, net: Any) -> None:
+            self.net = net
+
+        def parameters(self) -> Any:
+            return self.net.parameters()
+
+        def __call__(self, x: Any) -> Any:
+            return self.net(x)
+
+    x, t = _trainer_data()
+    results = []
+    for compiled in (False, True):
+        nb.random.seed(0)
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+        tr = nb.Trainer(
+            Wrapper(net),
+            nn.SoftmaxCrossEntropy(),
+            optim.SGD(net.parameters(), lr=0.1),
+            compile=compiled,
+        )
+        tr.fit(x, t, epochs=2, batch_size=16, seed=3, progress=False)
+        net.eval()
+        h = tr.fit(x, t, epochs=2, batch_size=16, seed=3, progress=False)
+        results.append((h.epoch_loss, net))
+    assert results[0][0] == results[1][0]
+    assert _same_params(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_trainer_trains_a_function_model(compiled: bool):
+    """A model that is a plain function of the batch (the docstring allows any callable):
+    the data was converted "like" the function, a BackendMismatchError."""
+    x, t = _trainer_data()
+    net = nn.Linear(4, 3)
+    tr = nb.Trainer(
+        lambda xb: net(xb),
+        nn.SoftmaxCrossEntropy(),
+        optim.SGD(net.parameters(), lr=0.1),
+        compile=compiled,
+    )
+    h = tr.fit(x, t, epochs=3, batch_size=16, progress=False)
+    assert h.steps == 9 and h.epoch_loss[-1] < h.epoch_loss[0]
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_second_ctrl_c_during_a_step_leaves_a_history_of_every_applied_step(compiled: bool):
+    """Two Ctrl-C while the optimizer's update ran (or, compiled, anywhere in the step,
+    which the guard holds whole): the step was applied and counted, but its loss was missing
+    from the history (the interrupt was raised before the step's bookkeeping)."""
+    import signal
+
+    x, t = _trainer_data()
+    nb.random.seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    real_step = opt.step
+    calls = [0]
+
+    def step_then_ctrl_c() -> None:
+        real_step()
+        calls[0] += 1
+        if calls[0] == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+    ce = nn.SoftmaxCrossEntropy()
+
+    values: list[float] = []
+
+    def loss(y: Any, tt: Any) -> Any:
+        calls[0] += 1 if compiled else 0
+        if compiled and calls[0] == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        out = ce(y, tt)
+        values.append(float(out.item()))  # (the first two steps run this, compiled or not)
+        return out
+
+    if not compiled:
+        opt.step = step_then_ctrl_c  # type: ignore[method-assign]
+    tr = nb.Trainer(m, loss, opt, compile=compiled)
+    h = tr.fit(x, t, epochs=3, batch_size=16, seed=3, progress=False)
+    assert h.interrupted
+    assert h.steps == 2 == h.report_steps[-1]
+    assert len(h.loss) == len(h.report_steps) == 1
+    assert h.loss[0] == pytest.approx((values[0] + values[1]) / 2, rel=1e-12)

@@ -59,12 +59,13 @@ class Parameter(Tensor):
         return f"Parameter({self.data!r})"
 
 
-# A count of the changes to any module's mode or children (train(), eval(), assigning
-# .training, adding, replacing or deleting a submodule): a compiled Trainer step keys its
-# recordings on its model's modules and their modes, and reads them again only when this
-# count moved. next() on a count is atomic under the GIL.
+# A count of the changes to any module's attributes (train(), eval(), assigning any
+# attribute, adding, replacing or deleting a submodule, parameter or buffer): a compiled
+# Trainer step keys its recordings on its model's modules and their settings (settings_key),
+# and reads them again only when this count moved. next() on a count is atomic under the GIL.
 _next_change = itertools.count(1).__next__
 _changes = 0
+_SETTING_TYPES = (bool, int, float, str, type(None))
 
 
 def _changed() -> None:
@@ -73,10 +74,29 @@ def _changed() -> None:
 
 
 def changes() -> int:
-    """How many changes of a module's mode or children there have been (any module): a
-    number that moves whenever ``train()``/``eval()`` runs or a submodule is added,
-    replaced or deleted. Internal API (the compiled Trainer step's key)."""
+    """A number that moves whenever any module's attributes change (``train()``/``eval()``,
+    an assignment, a submodule, parameter or buffer added, replaced or deleted). Internal
+    API (the compiled Trainer step's key, :func:`settings_key`)."""
     return _changes
+
+
+def settings_key(root: Module) -> tuple[Any, ...]:
+    """What a recording of ``root``'s forward depends on besides arrays: each module, its
+    Python settings (``training``, ``p`` of Dropout, a momentum, a slope: attributes that
+    are bools, numbers, strings or None) and which parameters and buffers it holds (by
+    identity). Internal API: ``Trainer(compile=True)`` records its step again when this
+    changes (read again only when :func:`changes` moved)."""
+    key: list[Any] = []
+    for m in root.modules():
+        d = m.__dict__
+        settings = tuple(
+            (k, v if v == v else "nan")  # (NaN never equals itself)
+            for k, v in d.items()
+            if type(v) in _SETTING_TYPES
+        )
+        held = tuple(map(id, m._parameters.values())) + tuple(map(id, m._buffers.values()))
+        key.append((m, settings, held))
+    return tuple(key)
 
 
 def _describe(value: Any) -> str:
@@ -126,9 +146,9 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         params = self._parameters
         modules = self._modules
+        _changed()  # (before the assignment: a refused one changes nothing, harmlessly)
         if isinstance(value, Parameter):
-            if modules.pop(name, None) is not None:  # a submodule replaced by a parameter
-                _changed()
+            modules.pop(name, None)
             self._buffers.pop(name, None)
             params[name] = value
         elif isinstance(value, Module):
@@ -162,13 +182,11 @@ class Module:
             modules[name] = None
         # Registered members also live in __dict__, so reading them costs a plain lookup.
         self.__dict__[name] = value
-        if name == "training" or name in modules:
-            _changed()
 
     def __delattr__(self, name: str) -> None:
+        _changed()
         self._parameters.pop(name, None)
-        if self._modules.pop(name, None) is not None:
-            _changed()
+        self._modules.pop(name, None)
         self._buffers.pop(name, None)
         object.__delattr__(self, name)
 
@@ -206,6 +224,7 @@ class Module:
             )
         self._buffers[name] = value
         self.__dict__[name] = value
+        _changed()
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Register ``param`` (or a ``None`` placeholder) under ``name``."""
@@ -214,6 +233,7 @@ class Module:
         self._modules.pop(name, None)
         self._parameters[name] = param
         self.__dict__[name] = param
+        _changed()
 
     def add_module(self, name: str, module: Module | None) -> None:
         """Register ``module`` (or a ``None`` placeholder) under ``name``."""

@@ -185,6 +185,12 @@ class Trainer:
             not a recorded one. A subclass overriding :meth:`train_step` gets the compiled
             step where it calls ``super().train_step(x, t)``; the rest of its override runs
             as written (it may compile parts of it with :func:`nnbackend.compile_step`).
+            The step is recorded again when the model, loss or optimizer is replaced, or
+            when a module of the model or loss changes a Python setting (``eval()`` on a
+            submodule, a Dropout ``p``, a momentum) or the parameters and buffers it holds;
+            values the step reads from elsewhere (a closure's or a global's number) are
+            frozen as recorded (docs/compile.md). A second Ctrl-C waits for the whole
+            compiled step, which is then counted in the history.
 
     The accuracy that ``fit`` and ``evaluate`` report is the metric the loss declares in its
     ``default_metric`` attribute (:func:`nnbackend.metrics.default_metric`): accuracy for
@@ -346,6 +352,17 @@ class Trainer:
             return list(params())
         return list(getattr(self.optimizer, "params", []))
 
+    def _like(self) -> Any:
+        """What data is converted like: the model where it is a Module with parameters,
+        else the first parameter the optimizer trains (a model that is a function or a
+        wrapper), else ``None``."""
+        params = self._parameters()
+        if not params:
+            return None
+        from nnbackend.nn.module import Module
+
+        return self.model if isinstance(self.model, Module) else params[0]
+
     def _on_model(self, *arrays: Any) -> tuple[Any, ...]:
         """``arrays`` on the model's backend, device and dtype (labels as its int64), each
         converted once: NumPy arrays, lists, Tensors and other backends' arrays alike.
@@ -353,10 +370,8 @@ class Trainer:
         the active one."""
         from nnbackend.datasets import to_backend
 
-        like: Any = None
-        if any(True for _ in self._parameters()):
-            like = self.model
-        else:
+        like: Any = self._like()
+        if like is None:
             for a in arrays:
                 if registry.backend_of(data(a)) is not None:
                     like = data(a)
@@ -529,20 +544,25 @@ class Trainer:
         return True
 
     def _module_modes(self) -> tuple[Any, ...]:
-        """The model's modules and their modes, ``((module, training), ...)``: part of the
-        compiled step's key, so that a submodule put in eval mode (a frozen BatchNorm or
-        Dropout) or a layer added or replaced records the step again. Read again only after
-        some module's mode or children changed (:func:`nnbackend.nn.module.changes`)."""
+        """The model's and the loss's modules with their settings and the parameters and
+        buffers they hold (:func:`nnbackend.nn.module.settings_key`): part of the compiled
+        step's key, so that a submodule put in eval mode (a frozen BatchNorm or Dropout), a
+        changed Dropout ``p`` or momentum, a layer or parameter added, replaced or removed,
+        or a buffer reassigned records the step again. Read again only after some module's
+        attributes changed (:func:`nnbackend.nn.module.changes`). A model that is not a
+        Module (a wrapper around one) keys on that count itself: any module change records
+        again."""
         seen = self._module_changes()
         if seen != self._modes_seen:
-            from nnbackend.nn.module import Module
+            from nnbackend.nn.module import Module, settings_key
 
-            model = self.model
-            mods = model.modules() if isinstance(model, Module) else ()
-            self._modes = (
-                getattr(model, "training", None),
-                *((m, m.training) for m in mods),
-            )
+            parts: list[Any] = []
+            for part in (self.model, self.loss_fn):
+                if isinstance(part, Module):
+                    parts.append(settings_key(part))
+                elif part is self.model:
+                    parts.append(seen)
+            self._modes = tuple(parts)
             self._modes_seen = seen
         return self._modes
 
@@ -757,8 +777,8 @@ class Trainer:
         training data."""
         loader = _as_loader(x, t, validation_split)
         if loader is not None:
-            if loader.like is None and any(True for _ in self._parameters()):
-                loader.like = self.model
+            if loader.like is None:
+                loader.like = self._like()
             batch_size = loader.batch_size
             # A first batch tells the backend; the loop draws its own batches per epoch.
             x, t = _first_batch(loader)
@@ -834,9 +854,6 @@ class Trainer:
         the loss's default metric summed on the device, the metrics fed, the bar moved, the
         ``on_step_end`` hooks, and a report every ``eval_interval`` steps."""
         y, loss = self.train_step(xb, tb)
-        guard = run.guard
-        if guard.pending or guard.held is not None:
-            guard.release()
         yd = data(y)
         correct, count = run.scorer.batch(yd, tb)
         lv = wide(run.xp, data(loss))
@@ -845,6 +862,11 @@ class Trainer:
         run.whole.add(lv, rows, correct, count)
         if run.eval_interval is not None:
             run.interval.add(lv, rows, correct, count)
+        # A Ctrl-C held while the update ran (the whole step, when compiled) is raised once
+        # the step it let finish is in the sums: the history then has every applied step.
+        guard = run.guard
+        if guard.pending or guard.held is not None:
+            guard.release()
         run.bar.update()
         for hook in run.hooks["on_step_end"]:
             hook(self, run.history)
