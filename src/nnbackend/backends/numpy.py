@@ -284,6 +284,10 @@ def kernels() -> dict[str, Any]:
         bits = np.asarray(x).view(np.int16)
         return (bits > 0) & (bits <= 0x7C00)
 
+    def float16_nan(x: Any) -> Any:
+        """``isnan(x)`` for float16 ``x``, read from its bits."""
+        return (np.asarray(x).view(np.uint16) & 0x7FFF) > 0x7C00
+
     def float16_keep(mask: Any, x: Any) -> Any:
         """``where(mask, x, 0)`` for float16 ``x``: its bits times the mask (``where`` takes
         a branching loop, 30 times slower on random masks)."""
@@ -298,6 +302,7 @@ def kernels() -> dict[str, Any]:
         "float32_to_float16": float32_to_float16,
         "float16_positive": float16_positive,
         "float16_keep": float16_keep,
+        "float16_nan": float16_nan,
         "float16_sub_scaled": float16_sub_scaled,
     }
 
@@ -731,7 +736,14 @@ class NumpyOps(Ops):
         table = self._cache.get(key)
         if table is None:
             table = self._one_hot_table(key, n_classes, dtype)
-        return table.take(labels + 1, axis=0, mode="clip"), None
+        # + 1 in a wide integer: in the labels' own dtype the largest one wraps around
+        # (uint8 255 of 256 classes, a byte model's, would take a NaN row)
+        index = (
+            labels + 1
+            if labels.dtype.itemsize == 8
+            else self._np.add(labels, 1, dtype=self._np.intp)
+        )
+        return table.take(index, axis=0, mode="clip"), None
 
     def _one_hot_table(self, key: Any, n_classes: int, dtype: Any) -> Any:
         """:meth:`one_hot`'s identity rows between two rows of NaN, made once (apart from

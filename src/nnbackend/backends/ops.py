@@ -209,6 +209,7 @@ _OVERRIDES = (
     "float32_to_float16",
     "float16_positive",
     "float16_keep",
+    "float16_nan",
 )
 
 
@@ -288,6 +289,7 @@ class Ops:
         self._keep: Callable[[Any, Any], Any] = offered.get("float16_keep") or (
             lambda mask, x: xp.where(mask, x, 0.0)
         )
+        self._nan: Callable[[Any], Any] = offered.get("float16_nan") or xp.isnan
         self._cache: dict[Hashable, Any] = {}
         self.float16 = xp.float16 if caps.float16 and hasattr(xp, "float16") else None
         self.float32 = xp.float32
@@ -553,8 +555,8 @@ class Ops:
         xp = self.xp
         c = self.compute(x, _WIDE_MIN_SIZE)
         if c.wide:  # no float16 arithmetic at all for ReLU
-            if slope == 0.0:
-                return self._keep(mask, x)
+            if slope == 0.0:  # (NaN kept, as maximum(x, 0) keeps it: the mask is x > 0)
+                return self._keep(mask | self._nan(x), x)
             wide = c.widen(x)
             return c.narrow(xp.where(mask, wide, wide * slope))
         if 0.0 <= slope <= 1.0:
@@ -646,6 +648,8 @@ class Ops:
             from nnbackend.errors import DtypeError
 
             raise DtypeError(f"class labels must be integers, got {dtype}")
+        if xp.iinfo(dtype).max < n_classes - 1:  # (300 classes of uint8 labels: int64)
+            dtype = xp.int64
         # (a partial, not a lambda: see one())
         return self.cached(key, functools.partial(xp.arange, n_classes, dtype=dtype, device=device))
 

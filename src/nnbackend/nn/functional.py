@@ -325,6 +325,20 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
         )
+    if bias is not None:
+        bd = bias.data if isinstance(bias, Tensor) else bias
+        # (checked here: the node's gradients are trusted, and a bias of shape (N, out)
+        # would broadcast in forward and get column sums for a gradient)
+        if getattr(bd, "ndim", None) != 1 or bd.shape[0] != wd.shape[-1]:
+            raise ShapeError(
+                f"linear: bias of shape {tuple(getattr(bd, 'shape', ()))} for a weight of "
+                f"shape {tuple(wd.shape)}; expected ({wd.shape[-1]},)"
+            )
+        if compute is None and bd.dtype is not w_dtype and bd.dtype != w_dtype:
+            raise DtypeError(
+                f"linear: bias dtype {bd.dtype} differs from weight dtype {w_dtype}; build "
+                "the layer under one dtype"
+            )
     node = Linear() if compute is None else MixedLinear(float_dtype(xd, compute))
     try:
         return node(x, weight) if bias is None else node(x, weight, bias)
@@ -608,18 +622,44 @@ def _one_hot(k: Any, labels: Any, n_classes: int, dtype: Any) -> tuple[Any, Any]
     return onehot, bad
 
 
-def _checked_loss(k: Any, bad: Any, labels: Any, n_classes: int, loss: Any) -> Any:
+def _checked_loss(
+    k: Any,
+    bad: Any,
+    labels: Any,
+    n_classes: int,
+    loss: Any,
+    onehot: Any = None,
+    z: Any = None,
+    s: Any = None,
+    n: int = 1,
+) -> Any:
     """``loss`` after the labels' check :meth:`Ops.one_hot` left (``bad``): ``False``, none
     left; ``None``, the ops gave bad labels rows of NaN without checking, so a NaN loss from
     a bad label raises :class:`LabelError` (a NaN from the logits stays the loss); else a 0-d
-    flag on a device, where reading it would sync: the loss turns NaN with it."""
-    if bad is False:
+    flag on a device, where reading it would sync: the loss turns NaN with it.
+
+    Given the one-hot rows, the shifted logits ``z`` and the row sums ``s``, a NaN loss
+    with labels in range is computed again leaving out the other classes' logits: the sum
+    of one-hot rows times ``z`` made ``0 * -inf`` NaN where a class is masked with ``-inf``
+    (on a device, where NaN is not looked at, it is computed that way every time)."""
+    if bad is False or bad is None:
+        if loss != loss:
+            if bad is None and not k.labels_in_range(labels, n_classes):
+                raise _bad_labels(labels, n_classes)
+            if onehot is not None:
+                loss = _label_term_loss(k, onehot, z, s, n)
         return loss
-    if bad is None:
-        if loss != loss and not k.labels_in_range(labels, n_classes):
-            raise _bad_labels(labels, n_classes)
-        return loss
+    if onehot is not None:
+        loss = _label_term_loss(k, onehot, z, s, n)
     return k.xp.where(bad, float("nan"), loss)
+
+
+def _label_term_loss(k: Any, onehot: Any, z: Any, s: Any, n: int) -> Any:
+    """The mean cross-entropy from one-hot rows, shifted logits and row sums, reading only
+    each row's label logit (``where``, not a product: ``0 * -inf`` is NaN)."""
+    xp = k.xp
+    picked = xp.where(onehot > 0, z, xp.zeros_like(z))
+    return (k.sum(xp.log(s), axis=None) - k.sum_product(onehot, picked)) / float(n)
 
 
 class SoftmaxCrossEntropy(Function):
@@ -630,6 +670,11 @@ class SoftmaxCrossEntropy(Function):
             raise ShapeError(
                 f"softmax_cross_entropy: logits must have shape (N, C), got {tuple(x.shape)}; "
                 "reshape them first, e.g. y.reshape(-1, C) with labels t.reshape(-1)"
+            )
+        if x.shape[0] == 0:
+            raise ShapeError(
+                "softmax_cross_entropy: an empty batch (logits of 0 rows) has no mean loss; "
+                "skip empty batches"
             )
         k = self.k = ops_for(self.xp, x)
         self.c = k.compute(x)  # many passes: always worth widening
@@ -652,6 +697,11 @@ class SoftmaxCrossEntropy(Function):
         log_s = xp.log(s)
         rows_sum_to_one = self.rows_sum_to_one = t.ndim == 1
         if rows_sum_to_one:
+            if t.shape[0] != n:
+                raise ShapeError(
+                    f"softmax_cross_entropy: {t.shape[0]} labels for logits of {n} rows; "
+                    "pass one label per row"
+                )
             labels, (t, bad) = t, _one_hot(k, t, c, x.dtype)
         elif tuple(t.shape) != (n, c):
             raise ShapeError(
@@ -668,7 +718,7 @@ class SoftmaxCrossEntropy(Function):
         else:
             loss = -k.sum(t * (z - log_s), axis=None) / float(n)
         if rows_sum_to_one:
-            loss = _checked_loss(k, bad, labels, c, loss)
+            loss = _checked_loss(k, bad, labels, c, loss, t, z, s, n)
         if cm.wide:
             return cm.narrow(loss)
         # NumPy's sums give a scalar: the 0-d array here, not through Function's as_arrays
@@ -691,7 +741,8 @@ class SoftmaxCrossEntropy(Function):
             f"{onehot}, {bad} = {bind(_one_hot)}({ops}, {t}, {classes}, {bind(self.p.dtype)})",
             f"{out} = ({bind(k.sum)}({bind(xp.log)}({s}), axis=None) - "
             f"{bind(k.sum_product)}({onehot}, {z})) / {bind(float(self.n))}",
-            f"{out} = {bind(_checked_loss)}({ops}, {bad}, {t}, {classes}, {out})",
+            f"{out} = {bind(_checked_loss)}({ops}, {bad}, {t}, {classes}, {out}, {onehot}, {z}, "
+            f"{s}, {bind(self.n)})",
         ]
         inv_n = bind(1.0 / self.n)
 
@@ -740,6 +791,11 @@ class MaskedSoftmaxCrossEntropy(Function):
         k = self.k = _ops(xp, x)
         cm = self.c = k.compute(x)
         x = cm.widen(x)
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ShapeError(
+                f"softmax_cross_entropy: labels of shape {tuple(t.shape)} for logits of "
+                f"{x.shape[0]} rows; pass one label per row"
+            )
         valid = t != self.ignore_index
         safe = xp.where(valid, t, xp.zeros_like(t))
         onehot, bad = _one_hot(k, safe, c, x.dtype)
@@ -749,9 +805,14 @@ class MaskedSoftmaxCrossEntropy(Function):
         mask = k.astype(valid, x.dtype)
         # max(count, 1): a batch of ignored labels only has loss 0 and gradient 0, not NaN.
         count = xp.maximum(k.sum(mask, axis=None), xp.ones((), dtype=x.dtype, device=x.device))
-        rows = xp.reshape(xp.log(s), (-1,)) - k.sum(onehot * z, axis=1)
+        # where, not products: a class masked with -inf (0 * -inf) or an ignored row's NaN
+        # would make the sum NaN
+        zeros = xp.zeros_like(z)
+        picked = xp.where(onehot > 0, z, zeros)
+        # (times the one-hot rows: a bad label's row of NaN stays NaN, for _checked_loss)
+        rows = xp.reshape(xp.log(s), (-1,)) - k.sum(onehot * picked, axis=1)
         self.p, self.onehot, self.mask, self.count = e / s, onehot, mask, count
-        loss = k.sum(rows * mask, axis=None) / count
+        loss = k.sum(xp.where(valid, rows, xp.zeros_like(rows)), axis=None) / count
         loss = _checked_loss(k, bad, safe, c, loss)
         return cm.narrow(loss)
 
@@ -783,7 +844,8 @@ def softmax_cross_entropy(logits: Any, labels: Any, ignore_index: int | None = N
         raise not_an_array(td, "softmax_cross_entropy (labels)")
     if ld.ndim > 2 and td.ndim == ld.ndim - 1:
         logits = ops.reshape(logits, (-1, ld.shape[-1]))
-        labels = backend_for(td)[0].reshape(td, (-1,))
+        # (a node, not the namespace's reshape: a compiled step replays it on new labels)
+        labels = ops.reshape(labels, (-1,))
     if ignore_index is None:
         return SoftmaxCrossEntropy()(logits, labels)
     td = _data(labels)
@@ -813,6 +875,11 @@ class SigmoidCrossEntropy(Function):
             )
         if t.dtype != x.dtype:
             t = xp.astype(t, x.dtype)
+        # float16 computed and summed in float32 (as the softmax loss): its sums overflow,
+        # and a count above 65504 is infinite in float16
+        acc, self.store = ops_for(xp, x).accumulate_dtype(x.dtype), x.dtype
+        if acc != x.dtype:
+            x, t = xp.astype(x, acc), xp.astype(t, acc)
         self.t = t
         self.x = x
         # max(x, 0) - x t + log(1 + exp(-|x|)): never overflows, even for |x| = 1e4.
@@ -820,10 +887,13 @@ class SigmoidCrossEntropy(Function):
         self.n = 1
         for d in x.shape:
             self.n *= int(d)
-        return xp.sum(loss) / float(self.n)
+        loss = xp.sum(loss) / float(self.n)
+        return loss if acc == self.store else xp.astype(xp.asarray(loss), self.store)
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
-        xp, x = self.xp, self.x
+        xp, x, store = self.xp, self.x, self.store
+        if x.dtype != store:
+            gy = xp.astype(gy, x.dtype)
         scale = gy / float(self.n)
         gx = gt = None
         if self.needs_input_grad[0]:
@@ -832,6 +902,9 @@ class SigmoidCrossEntropy(Function):
             gx = (p - self.t) * scale
         if self.needs_input_grad[1]:
             gt = -x * scale
+        if x.dtype != store:
+            gx = None if gx is None else xp.astype(gx, store)
+            gt = None if gt is None else xp.astype(gt, store)
         return gx, gt
 
 
@@ -850,14 +923,28 @@ class MSE(Function):
             raise ShapeError(f"mse_loss: shapes {tuple(y.shape)} and {tuple(t.shape)} differ")
         if y.dtype != t.dtype:
             raise DtypeError(f"mse_loss: dtypes {y.dtype} and {t.dtype} differ")
-        self.diff = y - t
         self.n = 1
         for d in y.shape:
             self.n *= int(d)
-        return self.xp.sum(self.diff * self.diff) / float(self.n)
+        if self.n == 0:
+            raise ShapeError("mse_loss: empty inputs have no mean; skip empty batches")
+        # float16 summed in float32 (as the softmax loss): its sums overflow, and a count
+        # above 65504 is infinite in float16
+        xp = self.xp
+        acc, self.store = ops_for(xp, y).accumulate_dtype(y.dtype), y.dtype
+        if acc != y.dtype:
+            y, t = xp.astype(y, acc), xp.astype(t, acc)
+        self.diff = y - t
+        loss = xp.sum(self.diff * self.diff) / float(self.n)
+        return loss if acc == self.store else xp.astype(xp.asarray(loss), self.store)
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
-        g = self.diff * (gy * (2.0 / self.n))
+        diff = self.diff
+        if diff.dtype != self.store:
+            gy = self.xp.astype(gy, diff.dtype)
+        g = diff * (gy * (2.0 / self.n))
+        if g.dtype != self.store:
+            g = self.xp.astype(g, self.store)
         return (g if self.needs_input_grad[0] else None, -g if self.needs_input_grad[1] else None)
 
 
