@@ -180,3 +180,27 @@ def test_linear_checks_its_bias(bias: Any, error: Any) -> None:
     w = Tensor(np.ones((4, 2), np.float32), requires_grad=True)
     with pytest.raises(error, match="linear: bias"):
         F.linear(x, w, Tensor(bias, requires_grad=True))
+
+
+def test_float64_to_float16_is_rounded_once() -> None:
+    """float64 -> float16 went through float32, rounding twice: 1 + 2^-11 + 2^-30 became 1.0
+    where NumPy's astype gives 1.001."""
+    x = np.full(5000, 1 + 2.0**-11 + 2.0**-30)
+    got = Tensor(x).astype("float16").data
+    np.testing.assert_array_equal(got, x.astype(np.float16))
+
+
+def test_a_widening_into_an_unfit_out_ignores_it() -> None:
+    """The float16 -> float32 conversion trusted ``out``: an int32 one was filled with
+    truncated values, one overlapping the input gave zeros."""
+    from nnbackend.backends import numpy as numpy_ops
+
+    widen = numpy_ops.kernels()["float16_to_float32"]
+    x = (np.arange(4096) / 7).astype(np.float16)
+    for out in (np.empty(4096, np.int32), np.empty(4096, np.float64)):
+        np.testing.assert_array_equal(widen(x, out=out), x.astype(np.float32))
+    buf = np.empty(8192 * 2, np.uint8)
+    x_in = buf[:8192].view(np.float16)
+    x_in[...] = x
+    overlapping = buf.view(np.float32)[:4096]
+    np.testing.assert_array_equal(widen(x_in, out=overlapping), x.astype(np.float32))

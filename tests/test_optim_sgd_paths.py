@@ -216,3 +216,70 @@ def test_float16_sgd_with_a_gradient_overlapping_the_parameter() -> None:
         np.float16
     )
     np.testing.assert_array_equal(_host(p), want)
+
+
+@pytest.mark.parametrize("n", [300, _SCRATCH_MIN])
+@pytest.mark.parametrize("grad_dtype", ["int32", "bool"])
+def test_sgd_with_an_integer_or_boolean_gradient_set_by_hand(n: int, grad_dtype: str) -> None:
+    """The cached 0-d rate took the gradient's dtype: an int32 gradient's rate 0.5 became 0
+    (no update), a boolean's became 1; from the scratch size up the scratch buffer took the
+    integer dtype and the multiply raised. NumPy's ``p -= lr * g`` is what comes out."""
+    p = nn.Parameter(np.zeros(n, np.float32))
+    p.grad = np.ones(n, dtype=grad_dtype)
+    optim.SGD([p], lr=0.5).step()
+    np.testing.assert_array_equal(_host(p), np.full(n, -0.5, np.float32))
+
+
+def test_the_float16_update_kernel_refuses_a_wider_parameter() -> None:
+    """Called with a float32 ``y`` (through Ops.kernel), the compiled loop read ``x`` past
+    its end: y's bytes seen as float16 are twice as many elements."""
+    kernel = numpy_ops.kernels()["float16_sub_scaled"]
+    y = np.zeros(4096, np.float32)
+    assert kernel(y, 0.5, np.ones(4096, np.float16)) is False
+    assert not y.any()
+
+
+@pytest.mark.parametrize("name", ["adam", "momentum", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("n", [3, 255, 256, 4096])
+def test_float16_rules_run_in_float32_at_every_size(name: str, n: int) -> None:
+    """Below 256 elements the rules ran in float16 arithmetic (Adam's (1 - b2) g^2
+    underflowed: a bias took steps 13 times too large), and the choice followed the
+    gradient's dtype, not the parameter's. A float16 parameter now matches the same rule
+    run in float32 on a float32 copy, rounded once, at every size."""
+    tiny = 2.0**-14  # float16's smallest normal: the eps floor of a float16 parameter
+    make = {
+        "adam": lambda p: optim.Adam(p, lr=1e-3, eps=tiny),
+        "momentum": lambda p: optim.Momentum(p, lr=0.1),
+        "rmsprop": lambda p: optim.RMSprop(p, lr=1e-3, eps=tiny),
+        "adagrad": lambda p: optim.AdaGrad(p, lr=0.1, eps=tiny),
+    }[name]
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal(n).astype(np.float16)
+    grads = [(rng.standard_normal(n) * 1e-3).astype(np.float16) for _ in range(3)]
+    half = nn.Parameter(start.copy())
+    wide = nn.Parameter(start.astype(np.float32))
+    opt_half, opt_wide = make([half]), make([wide])
+    for g in grads:
+        half.grad, wide.grad = g.copy(), g.astype(np.float32)
+        opt_half.step()
+        opt_wide.step()
+        # the float32 run rounded as the float16 one stores: parameter and state
+        wide.data[...] = wide.data.astype(np.float16).astype(np.float32)
+        for st in opt_wide.state:
+            for v in st.values():
+                if hasattr(v, "dtype"):
+                    v[...] = v.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(_host(half), wide.data.astype(np.float16))
+
+
+def test_a_float16_gradient_does_not_round_a_float32_parameter() -> None:
+    """The rule was run wide and narrowed by the gradient's dtype: a float32 parameter was
+    stored at float16 precision."""
+    start = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    g = (np.random.default_rng(2).standard_normal(1000) * 1e-2).astype(np.float16)
+    p = nn.Parameter(start.copy())
+    ref = nn.Parameter(start.copy())
+    p.grad, ref.grad = g, g.astype(np.float32)
+    optim.Adam([p], lr=1e-3).step()
+    optim.Adam([ref], lr=1e-3).step()
+    np.testing.assert_array_equal(_host(p), _host(ref))

@@ -178,7 +178,12 @@ def kernels() -> dict[str, Any]:
         """``x`` as float32; into ``out`` (a float32 array of ``x``'s shape) when given, so
         a copy remade every step reuses its memory instead of fresh pages."""
         x = np.asarray(x)
-        if out is not None and (out.shape != x.shape or not out.flags.c_contiguous):
+        if out is not None and (
+            out.shape != x.shape
+            or out.dtype != np.float32
+            or not (out.flags.c_contiguous and out.flags.writeable)
+            or np.may_share_memory(out, x)
+        ):
             out = None
         if x.dtype != np.float16:  # (the table and the kernel read float16 bits)
             if out is None:
@@ -260,6 +265,7 @@ def kernels() -> dict[str, Any]:
         if (
             type(a) is not float
             or x.dtype != np.float16
+            or y.dtype != np.float16
             or x.shape != y.shape
             or x.size < 256
             or not (y.flags.c_contiguous and x.flags.c_contiguous and y.flags.writeable)
@@ -784,6 +790,9 @@ class NumpyOps(Ops):
                 # 30 x 10 product). The same values: a weak Python float takes x's dtype.
                 scale = self._scale
                 if scale[0] != a or scale[1] is not x.dtype:
+                    if x.dtype.kind not in "fc":  # an integer or boolean gradient set by hand:
+                        y -= a * x  # the rate as that dtype would be truncated
+                        return y
                     scale = self._scale = (a, x.dtype, _read_only(self._np.asarray(a, x.dtype)))
                 y -= scale[2] * x
             else:
@@ -793,6 +802,9 @@ class NumpyOps(Ops):
             # The width-1024 batch-2 step 3.2-3.3 -> 2.8-3.0 ms, medium float64 26.4-26.7 ->
             # 25.0-25.4 (benchmarks/NOTES.md, 2026-12-02).
             return self._sub_scaled_blocks(y, a, x)
+        if x.dtype.kind not in "fc":  # (the scratch buffer would take x's integer dtype)
+            y -= a * x
+            return y
         tmp = self._np.multiply(x, a, out=self._temp(x, 0))
         y -= tmp
         return y

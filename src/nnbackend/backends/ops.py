@@ -484,10 +484,9 @@ class Ops:
             if x.dtype == f16:
                 wide = self._to_wide(x)
                 return wide if dtype == self.float32 else self.xp.astype(wide, dtype)
-            if dtype == f16:
-                return self._to_narrow(
-                    x if x.dtype == self.float32 else self.xp.astype(x, self.float32)
-                )
+            if dtype == f16 and x.dtype == self.float32:
+                return self._to_narrow(x)
+            # (float64 -> float16 directly: through float32 it would be rounded twice)
         return self.xp.astype(x, dtype)
 
     def dtype(self, name: str) -> DType | None:
@@ -798,9 +797,14 @@ class Ops:
         """Run one optimizer ``rule(data, g, state, extra) -> new data`` for a parameter and
         return its new stored data. Where float16 is computed in float32 here, the rule runs
         on float32 copies of the parameter, the gradient and the state arrays ``names``, and
-        each is stored back once, rounded (never float16 intermediates)."""
-        c = self.compute(g, 256)  # a few hundred values: float16 math is cheaper than converting
+        each is stored back once, rounded (never float16 intermediates), whatever the size:
+        in float16 Adam's ``(1 - b2) * g * g`` underflows, and a bias of a few values took
+        steps many times too large. Decided by the parameter's dtype, not the gradient's (a
+        gradient of another dtype set by hand is converted, never the parameter rounded)."""
+        c = self.compute(data)
         if not c.wide:
+            if g.dtype != data.dtype:  # (a float16 gradient's g * g would underflow)
+                g = self.astype(g, data.dtype)
             return rule(data, g, state, extra)
         wide_state = {k: (c.widen(v) if k in names else v) for k, v in state.items()}
         new = rule(c.widen(data), c.widen(g), wide_state, extra)
