@@ -140,6 +140,12 @@ class Linear(Function):
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         self.has_bias = b is not None
+        # The bias checked (the gradients are trusted: a bias of shape (N, out) would
+        # broadcast here and get column sums for a gradient)
+        if b is not None and (
+            b.shape != w.shape[-1:] or (b.dtype is not w.dtype and b.dtype != w.dtype)
+        ):
+            _bad_bias(b, w)
         ops = self.ops = ops_for(self.xp, x)
         c = self.c = ops.compute_product(x, w.shape[-1], WIDE_MIN_MACS)
         # Small products: replay_forward's operations without its call, and backward's
@@ -297,6 +303,19 @@ class MixedLinear(Linear):
         return self._forward_in(xp, c, x, w, b)
 
 
+def _bad_bias(bd: Any, wd: Any) -> None:
+    """Raise the error for a bias that does not fit weight ``wd`` (shape, then dtype)."""
+    if tuple(getattr(bd, "shape", ())) != tuple(wd.shape[-1:]):
+        raise ShapeError(
+            f"linear: bias of shape {tuple(getattr(bd, 'shape', ()))} for a weight of shape "
+            f"{tuple(wd.shape)}; expected ({wd.shape[-1]},)"
+        )
+    raise DtypeError(
+        f"linear: bias dtype {bd.dtype} differs from weight dtype {wd.dtype}; build the layer "
+        "under one dtype"
+    )
+
+
 def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     """``x @ weight + bias`` as one graph node; ``weight`` has shape (in, out).
 
@@ -325,20 +344,6 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
             f"linear: input dtype {xd.dtype} differs from weight dtype {wd.dtype}; cast the "
             "input (xp.astype) or build the layer under the input's dtype"
         )
-    if bias is not None:
-        bd = bias.data if isinstance(bias, Tensor) else bias
-        # (checked here: the node's gradients are trusted, and a bias of shape (N, out)
-        # would broadcast in forward and get column sums for a gradient)
-        if getattr(bd, "ndim", None) != 1 or bd.shape[0] != wd.shape[-1]:
-            raise ShapeError(
-                f"linear: bias of shape {tuple(getattr(bd, 'shape', ()))} for a weight of "
-                f"shape {tuple(wd.shape)}; expected ({wd.shape[-1]},)"
-            )
-        if compute is None and bd.dtype is not w_dtype and bd.dtype != w_dtype:
-            raise DtypeError(
-                f"linear: bias dtype {bd.dtype} differs from weight dtype {w_dtype}; build "
-                "the layer under one dtype"
-            )
     node = Linear() if compute is None else MixedLinear(float_dtype(xd, compute))
     try:
         return node(x, weight) if bias is None else node(x, weight, bias)
