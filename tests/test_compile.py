@@ -794,13 +794,19 @@ print(json.dumps(out))
 """
 
 
-def _jax_check(run_python: Any, dtype: str, names: list[str]) -> dict[str, float]:
+def _require_jax() -> None:
+    """Skip unless jax is selected (opt-in, as the conftest's backend fixture has it) and
+    usable."""
     selected = os.environ.get("NNBACKEND_TEST_BACKENDS", "").replace(" ", "").split(",")
-    if "jax" not in selected:  # opt-in, as the conftest's backend fixture has it
+    if "jax" not in selected:
         pytest.skip("jax is opt-in: NNBACKEND_TEST_BACKENDS=jax (see tests/conftest.py)")
     reason = nb.registry.probe("jax")
     if reason is not None:
         pytest.skip(f"jax: {reason}")
+
+
+def _jax_check(run_python: Any, dtype: str, names: list[str]) -> dict[str, float]:
+    _require_jax()
     import json
 
     result = run_python(
@@ -1098,12 +1104,7 @@ def test_trainer_compiled_step_follows_a_submodule_put_in_eval_mode(layer: str):
 def test_jax_jitted_steps_accumulate_gradients_as_eager_ones():
     """The jitted whole step began every call with no gradients: a step without zero_grad()
     failed inside the trace (None + a traced array)."""
-    selected = os.environ.get("NNBACKEND_TEST_BACKENDS", "").replace(" ", "").split(",")
-    if "jax" not in selected:  # opt-in, as the conftest's backend fixture has it
-        pytest.skip("jax is opt-in: NNBACKEND_TEST_BACKENDS=jax (see tests/conftest.py)")
-    reason = nb.registry.probe("jax")
-    if reason is not None:
-        pytest.skip(f"jax: {reason}")
+    _require_jax()
     x, t = _data(40)
     x = np.hstack([x, x]).astype("float32")
     results = []
