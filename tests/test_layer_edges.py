@@ -204,3 +204,14 @@ def test_a_widening_into_an_unfit_out_ignores_it() -> None:
     x_in[...] = x
     overlapping = buf.view(np.float32)[:4096]
     np.testing.assert_array_equal(widen(x_in, out=overlapping), x.astype(np.float32))
+
+
+def test_linear_checks_its_bias_under_the_mixed_policy() -> None:
+    """The mixed16 node had no bias check either."""
+    with nb.using(dtype="mixed16"):
+        x = Tensor(np.ones((3, 4), np.float32))
+        w = Tensor(np.ones((4, 2), np.float32), requires_grad=True)
+        with pytest.raises(ShapeError, match="linear: bias"):
+            F.linear(x, w, Tensor(np.zeros((3, 2), np.float32), requires_grad=True))
+        y = F.linear(x, w, Tensor(np.zeros(2, np.float32), requires_grad=True))
+    assert y.data.shape == (3, 2)

@@ -298,6 +298,8 @@ class MixedLinear(Linear):
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
         xp = self.xp
         self.has_bias = b is not None
+        if b is not None and b.shape != w.shape[-1:]:  # (dtypes may differ under the policy)
+            _bad_bias(b, w)
         ops = self.ops = _ops(xp, x)
         c = self.c = ops.compute_as(self.output_dtype, x)
         return self._forward_in(xp, c, x, w, b)
