@@ -880,13 +880,10 @@ class _Recorder:
             re.search(rf"\b{root_var}\b", line) for line in self.lines[seeded:]
         ):
             # Nothing reads the seed (the loss's inline backward left the product with one
-            # out): the lines making it go.
+            # out): the lines making it go, as `pass` (no bytecode), so that the lines
+            # grad_writes points at keep their places.
             gone = 2 if data.ndim == 0 else 1
-            del self.lines[seeded - gone : seeded]
-            self.grad_writes = [
-                (line - gone if line >= seeded else line, form, leaf, reset)
-                for line, form, leaf, reset in self.grad_writes
-            ]
+            self.lines[seeded - gone : seeded] = ["    pass"] * gone
 
     def _grad_var(self, t: Tensor) -> str:
         name = self.names.get(id(t.data))
@@ -981,20 +978,13 @@ class _Recorder:
                         heapq.heappush(heap, (-c.generation, -c.seq, c))
                     continue
                 leaf = self._leaf(x)
+                copied, first = src, gx
                 if f.grad_may_alias:  # a first gradient gets its own array, as eager's
-                    copied = f"{src} * 1.0"
-                    if type(gx * 1.0) is not type(xd):
-                        copied = f"_as1(n{k}.xp, {copied})"
-                else:
-                    copied = src
+                    copied, first = f"{src} * 1.0", gx * 1.0
+                    if type(first) is not type(xd):
+                        copied, first = f"_as1(n{k}.xp, {copied})", as_array(f.xp, first)
                 lines.append(self._grad_line(x, leaf, k, src, copied))
-                if x.grad is not None:
-                    x.grad = add_arrays(f.xp, x.grad, gx)
-                elif f.grad_may_alias:
-                    g = gx * 1.0
-                    x.grad = g if type(g) is type(xd) else as_array(f.xp, g)
-                else:
-                    x.grad = gx
+                x.grad = first if x.grad is None else add_arrays(f.xp, x.grad, gx)
                 self.grads[id(x)] = x.grad
                 self.written.add(id(x))
                 self.zeroed.discard(id(x))

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from nnbackend.backends import blas
@@ -185,12 +185,8 @@ def kernels() -> dict[str, Any]:
             or np.may_share_memory(out, x)
         ):
             out = None
-        if x.dtype != np.float16:  # (the table and the kernel read float16 bits)
-            if out is None:
-                return x.astype(np.float32)
-            out[...] = x
-            return out
-        if x.size < 256:
+        # (another dtype by value: the table and the kernel read float16 bits)
+        if x.dtype != np.float16 or x.size < 256:
             if out is None:
                 return x.astype(np.float32)
             out[...] = x
@@ -1076,18 +1072,18 @@ class NumpyOps(Ops):
         return y
 
 
-def _untraced(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` with this thread's trace and profile functions off: a debugger's or
+def _untraced(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with this thread's trace and profile functions off: a debugger's or
     snooper's hook that reads ``frame.f_locals`` keeps a reference to each local it saw
     (CPython before 3.13), which would make the reference-count probes count one too many,
     and reuse then write into arrays that one outside reference still holds."""
     trace, profile = sys.gettrace(), sys.getprofile()
     if trace is None and profile is None:
-        return fn(*args)
+        return fn()
     sys.settrace(None)
     sys.setprofile(None)
     try:
-        return fn(*args)
+        return fn()
     finally:
         sys.settrace(trace)
         sys.setprofile(profile)

@@ -306,10 +306,11 @@ class MixedLinear(Linear):
 
 
 def _bad_bias(bd: Any, wd: Any) -> None:
-    """Raise the error for a bias that does not fit weight ``wd`` (shape, then dtype)."""
-    if tuple(getattr(bd, "shape", ())) != tuple(wd.shape[-1:]):
+    """Raise the error for a bias array that does not fit weight ``wd`` (shape, then
+    dtype)."""
+    if tuple(bd.shape) != tuple(wd.shape[-1:]):
         raise ShapeError(
-            f"linear: bias of shape {tuple(getattr(bd, 'shape', ()))} for a weight of shape "
+            f"linear: bias of shape {tuple(bd.shape)} for a weight of shape "
             f"{tuple(wd.shape)}; expected ({wd.shape[-1]},)"
         )
     raise DtypeError(
@@ -661,11 +662,19 @@ def _checked_loss(
     return k.xp.where(bad, float("nan"), loss)
 
 
+def _label_logits(xp: Any, onehot: Any, z: Any) -> Any:
+    """``z`` where the one-hot rows are set, 0 elsewhere: what a product with the rows
+    reads of each row's label logit, without ``0 * -inf`` (NaN) from a class masked with
+    ``-inf``. Multiplied by the rows still, so a bad label's row of NaN stays NaN for
+    :func:`_checked_loss`."""
+    return xp.where(onehot > 0, z, xp.zeros_like(z))
+
+
 def _label_term_loss(k: Any, onehot: Any, z: Any, s: Any, n: int) -> Any:
     """The mean cross-entropy from one-hot rows, shifted logits and row sums, reading only
-    each row's label logit (``where``, not a product: ``0 * -inf`` is NaN)."""
+    each row's label logit (:func:`_label_logits`)."""
     xp = k.xp
-    picked = xp.where(onehot > 0, z, xp.zeros_like(z))
+    picked = _label_logits(xp, onehot, z)
     return (k.sum(xp.log(s), axis=None) - k.sum_product(onehot, picked)) / float(n)
 
 
@@ -812,11 +821,9 @@ class MaskedSoftmaxCrossEntropy(Function):
         mask = k.astype(valid, x.dtype)
         # max(count, 1): a batch of ignored labels only has loss 0 and gradient 0, not NaN.
         count = xp.maximum(k.sum(mask, axis=None), xp.ones((), dtype=x.dtype, device=x.device))
-        # where, not products: a class masked with -inf (0 * -inf) or an ignored row's NaN
-        # would make the sum NaN
-        zeros = xp.zeros_like(z)
-        picked = xp.where(onehot > 0, z, zeros)
-        # (times the one-hot rows: a bad label's row of NaN stays NaN, for _checked_loss)
+        # (where, not a product, for the ignored rows below too: their NaN would make the
+        # sum NaN)
+        picked = _label_logits(xp, onehot, z)
         rows = xp.reshape(xp.log(s), (-1,)) - k.sum(onehot * picked, axis=1)
         self.p, self.onehot, self.mask, self.count = e / s, onehot, mask, count
         loss = k.sum(xp.where(valid, rows, xp.zeros_like(rows)), axis=None) / count

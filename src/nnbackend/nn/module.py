@@ -59,8 +59,8 @@ class Parameter(Tensor):
         return f"Parameter({self.data!r})"
 
 
-# A count of the changes to any module's attributes (train(), eval(), assigning any
-# attribute, adding, replacing or deleting a submodule, parameter or buffer): a compiled
+# A count of the changes to what settings_key reads of any module (train(), eval(), assigning
+# a setting, adding, replacing or deleting a submodule, parameter or buffer): a compiled
 # Trainer step keys its recordings on its model's modules and their settings (settings_key),
 # and reads them again only when this count moved. next() on a count is atomic under the GIL.
 _next_change = itertools.count(1).__next__
@@ -74,9 +74,9 @@ def _changed() -> None:
 
 
 def changes() -> int:
-    """A number that moves whenever any module's attributes change (``train()``/``eval()``,
-    an assignment, a submodule, parameter or buffer added, replaced or deleted). Internal
-    API (the compiled Trainer step's key, :func:`settings_key`)."""
+    """A number that moves whenever what :func:`settings_key` reads of any module changes
+    (``train()``/``eval()``, a setting assigned, a submodule, parameter or buffer added,
+    replaced or deleted). Internal API (the compiled Trainer step's key)."""
     return _changes
 
 
@@ -146,7 +146,6 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         params = self._parameters
         modules = self._modules
-        _changed()  # (before the assignment: a refused one changes nothing, harmlessly)
         if isinstance(value, Parameter):
             modules.pop(name, None)
             self._buffers.pop(name, None)
@@ -180,8 +179,17 @@ class Module:
                     f"{type(self).__name__}: assign an nn.Module (or None)"
                 )
             modules[name] = None
+        elif (
+            type(value) not in _SETTING_TYPES
+            and type(self.__dict__.get(name)) not in _SETTING_TYPES
+        ):
+            # A plain attribute that is no setting, before or after (an array a forward
+            # keeps every step): settings_key does not read it, so the count stays.
+            self.__dict__[name] = value
+            return
         # Registered members also live in __dict__, so reading them costs a plain lookup.
         self.__dict__[name] = value
+        _changed()
 
     def __delattr__(self, name: str) -> None:
         _changed()

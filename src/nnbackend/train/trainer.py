@@ -264,8 +264,8 @@ class Trainer:
         self.compile = bool(compile)
         self._compiled: Any = None
         self._compiled_for: tuple[Any, ...] = ()  # (model, loss_fn, optimizer) it records
-        self._modes: tuple[Any, ...] = ()  # ((module, training), ...) of the model
-        self._modes_seen = -1  # nn.module.changes() when _modes was read
+        self._settings: tuple[Any, ...] = ()  # settings_key() of the model and loss
+        self._settings_seen = -1  # nn.module.changes() when _settings was read
         self._clip_key: float | None = None
         self._compile_warned = False
 
@@ -537,13 +537,13 @@ class Trainer:
 
             self._module_changes = changes
             self._compiled_for = parts
-            self._modes_seen = -1
+            self._settings_seen = -1
             self._compiled = compile_step(
-                self._step_body, key=lambda: (self._module_modes(), self._clip_key)
+                self._step_body, key=lambda: (self._module_settings(), self._clip_key)
             )
         return True
 
-    def _module_modes(self) -> tuple[Any, ...]:
+    def _module_settings(self) -> tuple[Any, ...]:
         """The model's and the loss's modules with their settings and the parameters and
         buffers they hold (:func:`nnbackend.nn.module.settings_key`): part of the compiled
         step's key, so that a submodule put in eval mode (a frozen BatchNorm or Dropout), a
@@ -553,7 +553,7 @@ class Trainer:
         Module (a wrapper around one) keys on that count itself: any module change records
         again."""
         seen = self._module_changes()
-        if seen != self._modes_seen:
+        if seen != self._settings_seen:
             from nnbackend.nn.module import Module, settings_key
 
             parts: list[Any] = []
@@ -562,9 +562,9 @@ class Trainer:
                     parts.append(settings_key(part))
                 elif part is self.model:
                     parts.append(seen)
-            self._modes = tuple(parts)
-            self._modes_seen = seen
-        return self._modes
+            self._settings = tuple(parts)
+            self._settings_seen = seen
+        return self._settings
 
     def _step_body(self, x: Any, t: Any) -> tuple[Any, Any]:
         """What the compiled step records: forward, loss, backward, clipping, the update."""
