@@ -17,6 +17,11 @@ it does not steal the next worker's cores. Reported per implementation: the medi
 step, page faults per step in the timed loops, peak RSS; per pair: the median of per-round
 ratios; and the load average over the rounds.
 
+With ``--replicas K`` each implementation runs in K worker processes instead of one: where a
+process's arrays happen to land in memory moves one loop's time by several percent from one
+process to the next, and K processes tell that apart from the implementation (a round's time
+is the median of the K; the rows list each process's median).
+
 Implementation ``compiled`` is the engine's step through ``nb.compile_step`` (recorded on
 its first calls, then replayed on raw arrays). Implementation ``engine_jax`` (``--jax``:
 added to every configuration) is the same engine on the jax backend, eager, each step waiting
@@ -333,36 +338,56 @@ class Worker(WorkerProcess):
 
 
 def measure(
-    config: Config, rounds: int, round_s: float, threads: int | None = None, warmup: int = 2
+    config: Config,
+    rounds: int,
+    round_s: float,
+    threads: int | None = None,
+    warmup: int = 2,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Time ``config``'s implementations, each in its own worker, in ``rounds`` shuffled
     rounds (times the configuration's ``rounds_factor``) of about ``round_s`` seconds each;
     ``threads`` sets every worker's BLAS / OpenMP threads (default: the libraries' own
-    choice, as users run them)."""
+    choice, as users run them).
+
+    ``replicas``: worker processes per implementation. Where a process's arrays land in
+    memory moves the same loop's time by several percent from one process to the next
+    (benchmarks/NOTES.md); with several, an implementation's time in a round is the median
+    of its processes' and ``replica_medians_s`` gives each process's median."""
     rounds *= config.rounds_factor
+    names = {
+        impl: [impl] if replicas == 1 else [f"{impl}#{i}" for i in range(replicas)]
+        for impl in config.workers
+    }
     workers: dict[str, Worker] = {}
     try:
-        for impl in config.workers:
-            workers[impl] = Worker(impl, config.name, threads)
+        for impl, own in names.items():
+            for name in own:
+                workers[name] = Worker(impl, config.name, threads)
         steps = {}
-        for impl, w in workers.items():
+        for name, w in workers.items():
             seconds, _ = w.run(2)
-            steps[impl] = max(1, round(round_s / max(seconds / 2, 1e-7)))
-        times: dict[str, list[float]] = {impl: [] for impl in workers}
-        faults: dict[str, list[float]] = {impl: [] for impl in workers}
+            steps[name] = max(1, round(round_s / max(seconds / 2, 1e-7)))
+        times: dict[str, list[float]] = {name: [] for name in workers}
+        faults: dict[str, list[float]] = {name: [] for name in workers}
         order = list(workers)
         shuffle = random.Random(0).shuffle
         load = []
         for r in range(warmup + rounds):
             shuffle(order)
-            for impl in order:
-                seconds, f = workers[impl].run(steps[impl])
+            for name in order:
+                seconds, f = workers[name].run(steps[name])
                 if r >= warmup:
-                    times[impl].append(seconds / steps[impl])
-                    faults[impl].append(f / steps[impl])
+                    times[name].append(seconds / steps[name])
+                    faults[name].append(f / steps[name])
             load.append(os.getloadavg()[0])
     finally:
-        stats = {impl: w.close() for impl, w in workers.items()}
+        stats = {name: w.close() for name, w in workers.items()}
+    median = statistics.median
+    samples = {
+        impl: [median(each) for each in zip(*(times[n] for n in own), strict=True)]
+        for impl, own in names.items()
+    }
     return {
         "config": config.name,
         "sizes": list(config.sizes),
@@ -370,18 +395,22 @@ def measure(
         "dtype": config.dtype,
         "rounds": rounds,
         "threads": threads,
+        "replicas": replicas,
         "load_average_during": [round(v, 2) for v in load],
         "workers": {
             impl: {
-                "median_s": statistics.median(times[impl]),
-                "min_s": min(times[impl]),
-                "steps_per_round": steps[impl],
-                "faults_per_step": statistics.median(faults[impl]),
-                **stats[impl],
+                "median_s": median(samples[impl]),
+                "min_s": min(samples[impl]),
+                "steps_per_round": steps[own[0]],
+                "faults_per_step": max(median(faults[n]) for n in own),
+                "peak_rss_mib": max(stats[n]["peak_rss_mib"] for n in own),
+                "libraries": stats[own[0]]["libraries"],
+                "replica_medians_s": [median(times[n]) for n in own],
             }
-            for impl in workers
+            for impl, own in names.items()
         },
-        "samples": times,
+        "samples": samples,
+        "process_samples": times,  # each worker process's own, by its name
     }
 
 
@@ -413,6 +442,19 @@ def _fmt(seconds: float) -> tuple[float, str]:
     return (seconds * 1e3, "ms") if seconds >= 1e-3 else (seconds * 1e6, "us")
 
 
+def _spread(medians: Any) -> str:
+    """Where an implementation ran in several processes: each one's median, in order."""
+    if len(medians) < 2:
+        return ""
+    unit = _fmt(min(medians))[1]
+    scale = 1e3 if unit == "ms" else 1e6
+    return (
+        f"; its {len(medians)} processes "
+        + ", ".join(f"{m * scale:.3g}" for m in sorted(medians))
+        + f" {unit}"
+    )
+
+
 def rows_of(result: dict[str, Any]) -> list[Row]:
     """The case's rows for one configuration's result."""
     name = result["config"]
@@ -427,7 +469,8 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
                 value,
                 unit,
                 note=f"{w['faults_per_step']:.0f} page faults/step, peak RSS "
-                f"{w['peak_rss_mib']:.0f} MiB, loaded {'+'.join(w['libraries'])}",
+                f"{w['peak_rss_mib']:.0f} MiB, loaded {'+'.join(w['libraries'])}"
+                + _spread(w.get("replica_medians_s", ())),
             )
         )
     for a, b, at_most in config.targets:
@@ -514,12 +557,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jax", action="store_true", help="add the engine on the jax backend (engine_jax)"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="worker processes per implementation (an implementation's time in a round is "
+        "the median of its processes'): separates where one process's arrays landed from "
+        "the implementation",
+    )
     parser.add_argument("--json", help="write the raw results to this file")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(*args.worker)
         return 0
+    if args.replicas < 1:
+        parser.error("--replicas must be 1 or more")
     names = list(args.config or DEFAULT_CONFIGS) + (["large"] if args.large else [])
     results = []
     for name in names:
@@ -531,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                 targets=(*config.targets, ("engine_jax", "engine", None)),
             )
             CONFIGS[name] = config  # rows_of looks the configuration up by name
-        result = measure(config, args.rounds, args.round_s, args.threads)
+        result = measure(config, args.rounds, args.round_s, args.threads, replicas=args.replicas)
         results.append(result)
         for r in rows_of(result):
             target = f"  [{r.target}: {'met' if r.passed else 'MISSED'}]" if r.target else ""

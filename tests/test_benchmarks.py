@@ -273,114 +273,35 @@ def test_process_harness_times_each_implementation_in_its_own_process() -> None:
     for name in ("engine / hand_best", "compiled / hand_best", "engine / hand"):
         assert f"tiny: {name}" in out["rows"]
     assert "tiny: engine / hand_reused" in out["rows"]
-    assert "tiny: torch step" in out["rows"]
 
 
-def test_a_median_of_rounds_comes_with_its_distribution_free_interval(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A ratio's rows say how far the noise reaches: the median's 90% interval from order
-    statistics (binomial coverage), and, where it straddles the target, that the verdict is
-    within the noise."""
-    monkeypatch.syspath_prepend(str(ROOT))
-    import math
-
-    from benchmarks import interval_note, median_interval
-    from benchmarks import mlp_processes as mp
-
-    assert median_interval([1.0, 2.0, 3.0, 4.0]) is None  # no rank pair covers 90%
-    assert median_interval([5.0, 1.0, 4.0, 2.0, 3.0]) == (1.0, 5.0)  # 1 - 2/32 = 0.94
-    values = [float(v) for v in range(15)]
-    lo, hi = median_interval(values[::-1])  # type: ignore[misc]
-    # ranks 4 and 12 of 15: coverage 1 - 2 P(B <= 3) = 0.965; ranks 5 and 11 give 0.88
-    assert (lo, hi) == (3.0, 11.0)
-    below = sum(math.comb(15, k) for k in range(4)) / 2**15
-    assert 1 - 2 * below >= 0.9 > 1 - 2 * (below + math.comb(15, 4) / 2**15)
-    assert interval_note(values) == "90% interval 3.000-11.000"
-    assert "straddles" in interval_note(values, at_most=7.0)
-    assert "straddles" not in interval_note(values, at_most=12.0)
-    assert "straddles" in interval_note(values, at_least=7.0)
-    assert "straddles" not in interval_note(values, at_least=2.0)
-    assert interval_note([1.0, 2.0]) == ""
-    # mlp_processes puts it in each target's note
-    config = mp.CONFIGS["tiny"]
-    result = {
-        "config": "tiny",
-        "load_average_during": [1.0],
-        "workers": {
-            impl: {"median_s": 1.0, "faults_per_step": 0.0, "peak_rss_mib": 1.0, "libraries": []}
-            for impl in config.workers
-        },
-        "samples": {impl: [1.0] * 15 for impl in config.workers},
-    }
-    result["samples"]["engine"] = [1.3 + i / 100 for i in range(15)]  # interval 1.33-1.41
-    rows = {r.name: r for r in mp.rows_of(result)}
-    note = rows["tiny: engine / hand_best"].note
-    assert "90% interval" in note and "straddles" in note, note
-
-
-def test_targets_against_the_hand_loop_take_the_faster_hand_of_each_round(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Issue 19 sets the medium and tiny targets against the lean hand loop with reused
-    buffers; mlp_processes times it (hand_reused) beside the allocating loop (hand) and
-    compares with whichever was faster in each round, so the baseline never flatters."""
-    monkeypatch.syspath_prepend(str(ROOT))
-    from benchmarks import mlp_processes as mp
-
-    for name in ("tiny", "medium"):
-        config = mp.CONFIGS[name]
-        assert {"hand", "hand_reused"} <= set(config.workers)
-        limits = {(a, b): limit for a, b, limit in config.targets}
-        assert limits[("engine", "hand_best")] == (1.4 if name == "tiny" else 1.0)
-        assert limits[("compiled", "hand_best")] == 1.0
-        assert not any(b in ("hand", "hand_reused") and lim for (a, b), lim in limits.items())
-    result = {
-        "samples": {
-            "engine": [3.0, 3.0, 3.0],
-            "hand": [1.0, 6.0, 6.0],
-            "hand_reused": [6.0, 2.0, 6.0],
-        }
-    }
-    assert mp.samples(result, "hand_best") == [1.0, 2.0, 6.0]
-    assert mp.ratio(result, "engine", "hand_best") == 1.5  # median of 3, 1.5, 0.5
-    assert mp.ratio(result, "engine", "hand") == mp.ratio(result, "engine", "hand_reused") == 0.5
-
-
-def test_process_harness_has_the_batch_sweep_and_the_zero_fault_rows(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Issue 19's rows: width 1024 at batches 1 to 16 (engine, hand, torch; engine / torch
-    <= 1.5), width 2048 with its GEMM floors, and a zero page-fault target for the default
-    engine on medium f32/f64, width 2048 and large, reported as missed when it faults."""
-    monkeypatch.syspath_prepend(str(ROOT))  # the pytest script, unlike python -m, adds no cwd
-    from benchmarks import mlp_processes as mp
-
-    for batch in (1, 2, 4, 8, 16):
-        config = mp.CONFIGS[f"width1024_b{batch}"]
-        assert config.name in mp.DEFAULT_CONFIGS
-        assert (config.sizes, config.batch) == ((1024, 1024, 1024, 10), batch)
-        assert set(config.workers) == {"engine", "hand", "torch"}
-        assert ("engine", "torch", 1.5) in config.targets
-    wide = mp.CONFIGS["width2048"]
-    assert (wide.sizes, wide.batch, wide.dtype) == ((784, 2048, 2048, 10), 256, "float32")
-    assert {"engine", "torch", "gemm_numpy", "gemm_torch"} <= set(wide.workers)
-    for name in ("medium", "medium_f64", "width2048", "large"):
-        config = mp.CONFIGS[name]
-        assert "engine" in config.fault_free
-        workers = {
-            impl: {"median_s": 0.01, "faults_per_step": 0.0, "peak_rss_mib": 80.0, "libraries": []}
-            for impl in config.workers
-        }
-        workers["engine"]["faults_per_step"] = 12.5
-        result = {
-            "config": name,
-            "load_average_during": [1.0],
-            "workers": workers,
-            "samples": {impl: [0.01, 0.011] for impl in config.workers},
-        }
-        rows = {r.name: r for r in mp.rows_of(result)}
-        faults = rows[f"{name}: page faults per step, engine"]
-        assert faults.target == "<= 0" and faults.passed is False and faults.value == 12.5
-        for impl in set(config.fault_free) - {"engine"}:
-            assert rows[f"{name}: page faults per step, {impl}"].passed is True
+def test_mlp_processes_replicas_take_the_median_of_each_rounds_processes() -> None:
+    """With ``replicas``, each implementation runs in that many processes; its time in a
+    round is the median of theirs, and each process's own median is reported beside it."""
+    code = textwrap.dedent(
+        """
+        import dataclasses, json
+        from benchmarks import mlp_processes as mp
+        config = dataclasses.replace(
+            mp.CONFIGS["tiny"], workers=("engine", "hand", "hand_reused"), rounds_factor=1,
+            targets=(("engine", "hand_best", 1.4),),
+        )
+        mp.CONFIGS["tiny"] = config  # rows_of looks the configuration up by name
+        result = mp.measure(config, rounds=3, round_s=0.002, warmup=0, replicas=3)
+        rows = mp.rows_of(result)
+        print(json.dumps({**result, "notes": [r.note for r in rows]}))
+        """
+    )
+    result = _run("-c", code, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert set(out["workers"]) == {"engine", "hand", "hand_reused"}
+    own = out["process_samples"]
+    assert sorted(own) == sorted(f"{i}#{k}" for i in out["workers"] for k in range(3))
+    for impl, w in out["workers"].items():
+        per_process = [own[f"{impl}#{k}"] for k in range(3)]
+        expected = [sorted(each)[1] for each in zip(*per_process, strict=True)]
+        assert out["samples"][impl] == expected
+        assert w["replica_medians_s"] == [sorted(p)[1] for p in per_process]
+        assert w["libraries"] == ["numpy"]
+    assert any("its 3 processes" in note for note in out["notes"])
