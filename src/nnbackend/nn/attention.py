@@ -42,6 +42,13 @@ def attention(hs_enc: Any, hs_dec: Any) -> tuple[Tensor, Tensor]:
             f"attention: expected encoder states (N, Te, H) and decoder states (N, Td, H), "
             f"got {tuple(e.shape)} and {tuple(d.shape)}"
         )
+    if e.shape[1] == 0:
+        # Nothing to attend to: the softmax over zero scores has no value (it ended in a
+        # bare reshape ValueError).
+        raise ShapeError(
+            f"attention: the encoder states {tuple(e.shape)} have no time steps; attention "
+            "needs at least one encoder step (Te >= 1)"
+        )
     scores = F.matmul(d, ops.transpose(e, (0, 2, 1)))
     weights = F.softmax(scores, axis=-1)
     return F.matmul(weights, e), weights

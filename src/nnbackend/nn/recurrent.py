@@ -261,6 +261,8 @@ _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 def _check(kind: str, x: Any, state: tuple[Any, ...], wx: Any, wh: Any, b: Any) -> tuple[Any, ...]:
     """Validate shapes and dtypes of a recurrent call; make zero states where None."""
     xd, wxd, whd = _data(x), _data(wx), _data(wh)
+    if not hasattr(xd, "shape"):  # a list: say so (not "'list' has no attribute 'ndim'")
+        raise not_an_array(xd, kind)
     xp = backend_for(wxd)[0]
     g = _GATES[kind]
     hsz = whd.shape[0]
@@ -274,6 +276,13 @@ def _check(kind: str, x: Any, state: tuple[Any, ...], wx: Any, wh: Any, b: Any) 
         raise ShapeError(
             f"{kind}: expected input of shape (N, T, {wxd.shape[0]}), got "
             f"{tuple(getattr(xd, 'shape', ()))}; a single time step is (N, 1, D)"
+        )
+    if xd.shape[1] == 0:
+        # An empty sequence has no last state (the loop would end in a bare "need at least
+        # one array to stack").
+        raise ShapeError(
+            f"{kind}: the input {tuple(xd.shape)} has no time steps; a sequence needs at "
+            "least one time step (T >= 1)"
         )
     if xd.dtype != wxd.dtype:
         raise DtypeError(
@@ -333,6 +342,7 @@ class RNNBase(Module):
     the book initialises them), and the ``stateful`` state."""
 
     kind = "rnn"
+    _cell = False  # the one-step cells keep no state
 
     def __init__(
         self,
@@ -343,6 +353,14 @@ class RNNBase(Module):
         generator: Any = None,
     ) -> None:
         super().__init__()
+        if stateful and self._cell:
+            # A cell's state is what the caller's loop passes in: it keeps nothing, so
+            # stateful=True would be silently ignored.
+            raise ArgumentError(
+                f"{type(self).__name__} keeps no state between calls (pass h to each call); "
+                f"stateful=True is for the sequence layers, e.g. nn.{type(self).__name__[:-4]}"
+                "(..., stateful=True)"
+            )
         if int(input_size) < 1 or int(hidden_size) < 1:
             raise ArgumentError(
                 f"{type(self).__name__} needs positive sizes, got input_size={input_size}, "
@@ -364,6 +382,14 @@ class RNNBase(Module):
     def set_state(self, *state: Any) -> None:
         """Set the state the next ``stateful`` call starts from (``h`` or ``h, c``), as raw
         arrays detached from any graph."""
+        count = 2 if self.kind == "lstm" else 1
+        if len(state) != count:
+            # Checked here: a wrong count failed only at the next call, in a bare unpacking.
+            raise ArgumentError(
+                f"{self!r}: set_state takes "
+                + ("the pair (h, c): set_state(h, c)" if count == 2 else "one array: set_state(h)")
+                + f", got {len(state)} arrays"
+            )
         self._state = tuple(_data(s) for s in state)
 
     @property
@@ -492,6 +518,8 @@ class GRU(RNNBase):
 
 def _step_input(layer: Module, x: Any) -> Any:
     xd = _data(x)
+    if not hasattr(xd, "shape"):  # a list: say so (not "'list' has no attribute 'ndim'")
+        raise not_an_array(xd, repr(layer))
     if xd.ndim != 2:
         raise ShapeError(
             f"{layer!r}: a cell takes one time step of shape (N, D), got {tuple(xd.shape)}"
@@ -508,6 +536,7 @@ class RNNCell(RNNBase):
     """One RNN step ``(N, D), h -> h'`` for hand-written loops (parameters as :class:`RNN`)."""
 
     kind = "rnn"
+    _cell = True
     _torch_suffix = ""
 
     def forward(self, x: Any, h: Any = None) -> Tensor:
@@ -519,6 +548,7 @@ class LSTMCell(RNNBase):
     :class:`LSTM`)."""
 
     kind = "lstm"
+    _cell = True
     _torch_suffix = ""
 
     def forward(self, x: Any, state: Any = None) -> tuple[Tensor, Tensor]:
@@ -531,6 +561,7 @@ class GRUCell(RNNBase):
     """One GRU step ``(N, D), h -> h'`` for hand-written loops (parameters as :class:`GRU`)."""
 
     kind = "gru"
+    _cell = True
 
     def forward(self, x: Any, h: Any = None) -> Tensor:
         return gru(_step_input(self, x), h, self.weight_x, self.weight_h, self.bias)[1]
@@ -552,6 +583,19 @@ def _kind(kind: str) -> str:
     return k
 
 
+def _layout_check(k: str, rows: int, cols: int, h: int, biases: tuple[Any, ...]) -> None:
+    """Raise ShapeError unless ``rows`` x ``cols`` input weights, a hidden weight of ``h``
+    units and ``biases`` form one ``k`` layer (``rows`` = G*H in PyTorch's layout): the
+    blocks are cut by size, so another layer's weights were silently cut or shuffled."""
+    g = len(_TORCH_ORDER[k])
+    sizes = [tuple(getattr(b, "shape", ())) for b in biases if b is not None]
+    if rows != g * h or cols != g * h or any(size != (g * h,) for size in sizes):
+        raise ShapeError(
+            f"weights of {rows} and {cols} gate units (biases {sizes}) with hidden size {h} "
+            f"do not form a one-layer {k.upper()}: it has {g}*H gate units everywhere"
+        )
+
+
 def _blocks(xp: Any, a: Any, count: int, axis: int) -> list[Any]:
     size = a.shape[axis] // count
     if axis == 0:
@@ -566,6 +610,7 @@ def to_torch_layout(kind: str, weight_x: Any, weight_h: Any, bias: Any) -> dict[
     stay on their backend."""
     k = _kind(kind)
     wx, wh, b = _data(weight_x), _data(weight_h), _data(bias)
+    _layout_check(k, wh.shape[-1], wx.shape[-1], wh.shape[0], (b,))
     xp = array_namespace(wx)
     order = _TORCH_ORDER[k]
     count = len(order)
@@ -593,6 +638,8 @@ def from_torch_layout(
     ``bias_ih + bias_hh`` (either may be None)."""
     k = _kind(kind)
     wi, whh = _data(weight_ih), _data(weight_hh)
+    biases = tuple(_data(extra) for extra in (bias_ih, bias_hh) if extra is not None)
+    _layout_check(k, whh.shape[0], wi.shape[0], whh.shape[-1], biases)
     xp = array_namespace(wi)
     order = _TORCH_ORDER[k]
     count = len(order)

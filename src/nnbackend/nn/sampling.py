@@ -14,6 +14,7 @@ backend: one seed gives the same negatives on numpy, torch, cupy and array-api-s
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -39,12 +40,30 @@ def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
-def _id_list(a: Any) -> list[int]:
-    """Word ids as a Python list, from a sequence or an array of any backend."""
+def _not_ids(found: Any, where: str) -> DtypeError:
+    return DtypeError(
+        f"{where}: word ids must be integers, got {found}; a float or text id is no word id "
+        "(convert the words with nnbackend.text.preprocess, or cast whole-number ids with "
+        "xp.astype(ids, xp.int64))"
+    )
+
+
+def _id_list(a: Any, where: str = "UnigramSampler") -> list[int]:
+    """Word ids as a Python list, from a sequence or an array of any backend. Float or text
+    ids are a :class:`DtypeError` (``int()`` truncated 1.7 to the id 1 without a word)."""
     if isinstance(a, Sequence):
-        return [int(i) for i in a]
+        try:
+            return [operator.index(i) for i in a]
+        except TypeError:
+            bad = next((i for i in a if not hasattr(type(i), "__index__")), a)
+            raise _not_ids(repr(bad), where) from None
     d = _data(a)
-    found = backend_for(d)[1].to_host(d) if not hasattr(d, "tolist") else d
+    if not hasattr(d, "shape"):
+        raise F.not_an_array(d, where)
+    xp, record = backend_for(d)
+    if not xp.isdtype(d.dtype, "integral"):
+        raise _not_ids(f"dtype {d.dtype}", where)
+    found = record.to_host(d) if not hasattr(d, "tolist") else d
     return [int(i) for i in found.reshape(-1).tolist()]
 
 
@@ -107,12 +126,27 @@ class UnigramSampler:
     def sample(self, target: Any) -> Any:
         """Negative ids of shape ``(N, sample_size)`` for targets ``(N,)``."""
         td = _data(target)
+        if not hasattr(td, "shape"):  # a list: say so (not "'list' has no attribute 'shape'")
+            raise F.not_an_array(td, "UnigramSampler.sample")
+        if td.ndim != 1:
+            raise ShapeError(
+                f"UnigramSampler.sample: expected targets of shape (N,), got {tuple(td.shape)}"
+            )
         n = int(td.shape[0])
-        if not self.exclude_target:
+        if not self.exclude_target or n == 0:  # an empty batch: (0, K), as rows would be
             return self.draw((n, self.sample_size))
         rng = self._generator()
         rows = []
-        for t in _id_list(td):
+        targets = _id_list(td, "UnigramSampler.sample")
+        wrong = [t for t in targets if not 0 <= t < self.vocab_size]
+        if wrong:
+            # p[-1] = 0 excluded the last word instead of the (impossible) target -1.
+            raise ArgumentError(
+                f"UnigramSampler.sample: targets must lie in [0, {self.vocab_size}) for a "
+                f"vocabulary of {self.vocab_size} words; found {wrong[:5]} (a negative id "
+                "does not count from the end)"
+            )
+        for t in targets:
             p = list(self.word_p)
             p[t] = 0.0
             total = math.fsum(p)
@@ -129,10 +163,20 @@ def embedding_dot(h: Any, weight: Any, indices: Any) -> Tensor:
     """
     idx = _data(indices)
     hd = _data(h)
+    for a in (hd, idx):
+        if not hasattr(a, "shape"):  # a list: say so (not "'list' has no attribute 'ndim'")
+            raise F.not_an_array(a, "embedding_dot")
     if hd.ndim != 2 or idx.shape[0] != hd.shape[0] or idx.ndim not in (1, 2):
         raise ShapeError(
             f"embedding_dot: expected h (N, H) and indices (N,) or (N, K), got "
             f"{tuple(hd.shape)} and {tuple(idx.shape)}"
+        )
+    wd = _data(weight)
+    if wd.ndim != 2 or wd.shape[1] != hd.shape[1]:
+        # Checked here: the product of the rows and h failed in a bare broadcasting error.
+        raise ShapeError(
+            f"embedding_dot: h has {hd.shape[1]} columns but the weight {tuple(wd.shape)} "
+            f"has embedding_dim {wd.shape[-1]}; they must be equal"
         )
     rows = F.embedding(idx, weight)
     if idx.ndim == 2:

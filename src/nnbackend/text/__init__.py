@@ -25,7 +25,7 @@ from typing import Any
 from nnbackend.autograd.mode import no_grad
 from nnbackend.autograd.ops import scatter_add_rows
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import ArgumentError, ShapeError
+from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, namespace
 
 __all__ = [
@@ -107,6 +107,15 @@ def create_co_matrix(corpus: Any, vocab_size: int, window_size: int = 1) -> Any:
     v = int(vocab_size)
     size = ids.shape[0]
     index = _index_dtype(xp)
+    if not xp.isdtype(ids.dtype, "integral"):
+        raise DtypeError(f"create_co_matrix: word ids must be integers, got {ids.dtype}")
+    # The cell of (w, c) is w * v + c: an id outside [0, v) lands in another word's cell (a
+    # negative one silently) or past the end. Two numbers read back, once per matrix.
+    if size and (int(xp.min(ids)) < 0 or int(xp.max(ids)) >= v):
+        raise ArgumentError(
+            f"create_co_matrix: word ids must lie in [0, {v}) for vocab_size={v}; found ids "
+            f"from {int(xp.min(ids))} to {int(xp.max(ids))}"
+        )
     c = xp.zeros((v * v, 1), dtype=index)
     for k in range(1, int(window_size) + 1):
         if k >= size:
@@ -169,6 +178,14 @@ def most_similar(
     return [(id_to_word[i], float(sims[i])) for i in order if i != qid][: int(top)]
 
 
+def _norm(xp: Any, a: Any, axis: int | None) -> Any:
+    """The Euclidean norm of ``a`` (of its rows for ``axis=1``), 1 where it is 0: a zero
+    vector normalises to itself (similarity 0) instead of NaN, whose sort keys would scramble
+    the whole ranking."""
+    n = xp.sqrt(xp.sum(a * a, axis=axis, keepdims=axis is not None))
+    return xp.where(n > 0, n, xp.ones_like(n))
+
+
 def analogy(
     a: str,
     b: str,
@@ -186,8 +203,8 @@ def analogy(
     w = word_matrix.data if isinstance(word_matrix, Tensor) else word_matrix
     xp = array_namespace(w)
     query = w[word_to_id[b], ...] - w[word_to_id[a], ...] + w[word_to_id[c], ...]
-    query = query / xp.sqrt(xp.sum(query * query))
-    normed = w / xp.sqrt(xp.sum(w * w, axis=1, keepdims=True))
+    query = query / _norm(xp, query, None)
+    normed = w / _norm(xp, w, 1)
     sims = _host_list(normed @ query)
     skip = {word_to_id[a], word_to_id[b], word_to_id[c]}
     order = sorted(range(len(sims)), key=lambda i: -sims[i])
@@ -201,6 +218,16 @@ def lm_batch(xs: Any, ts: Any, batch_size: int, time_size: int, time_idx: int) -
     (batch_size, time_size); the caller advances ``time_idx`` by ``time_size``."""
     xp = array_namespace(xs)
     size = xs.shape[0]
+    if int(batch_size) < 1 or int(time_size) < 1:
+        raise ArgumentError(
+            f"lm_batch: batch_size and time_size must be >= 1, got batch_size={batch_size}, "
+            f"time_size={time_size}"
+        )
+    if ts.shape[0] != size:
+        # The targets are read at the same positions as the inputs.
+        raise ShapeError(
+            f"lm_batch: xs and ts must have the same length, got {size} and {ts.shape[0]}"
+        )
     jump = size // int(batch_size)
     if jump < 1:
         raise ShapeError(f"lm_batch: a corpus of {size} words is shorter than the batch size")
@@ -226,10 +253,17 @@ def eval_perplexity(
     """The book's ``eval_perplexity``: run ``model(xs, ts)`` (returning the mean
     cross-entropy) over the corpus in ``batch_size`` parallel streams of ``time_size`` steps,
     without gradients, and return ``exp`` of the mean loss. Calls ``model.reset_state()``
-    first when the model has one (reset it again before training on)."""
+    first when the model has one, and ``reset_state()`` of every module inside it that has
+    one (stateful layers), so each evaluation starts afresh (reset them again before training
+    on)."""
     xp = array_namespace(corpus) if not isinstance(corpus, list | tuple | range) else namespace()
     ids = _ids(xp, corpus)
     size = ids.shape[0]
+    if int(batch_size) < 1 or int(time_size) < 1:
+        raise ArgumentError(
+            f"eval_perplexity: batch_size and time_size must be >= 1, got "
+            f"batch_size={batch_size}, time_size={time_size}"
+        )
     max_iters = (size - 1) // (int(batch_size) * int(time_size))
     if max_iters < 1:
         raise ArgumentError(
@@ -240,6 +274,14 @@ def eval_perplexity(
     reset = getattr(model, "reset_state", None)
     if reset is not None:
         reset()
+    # A model without a reset_state of its own that holds stateful layers (an LSTM with
+    # stateful=True): they would start from whatever ran last (training, an earlier
+    # evaluation), and refuse another batch size. Start each afresh.
+    modules = getattr(model, "modules", None)
+    for module in modules() if callable(modules) else ():
+        inner = getattr(module, "reset_state", None)
+        if module is not model and callable(inner):
+            inner()
     index = _index_dtype(xp)
     offsets = xp.arange(int(batch_size), dtype=index) * jump
     total = 0.0
