@@ -84,6 +84,14 @@ class DataLoader:
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        pair = isinstance(x, tuple) and len(x) == 2
+        if t is None and pair and all(getattr(p, "shape", None) is not None for p in x):
+            # DataLoader(nb.datasets.spiral()): the pair (x, t) read as a data set of two
+            # rows failed deep in np.stack with a bare ValueError.
+            raise ArgumentError(
+                "DataLoader got a pair of arrays (x, t) as x; pass them apart: "
+                "DataLoader(x, t, ...) (or DataLoader(*data, ...) for a Dataset)"
+            )
         n = _length(x, "DataLoader(x)")
         if t is not None and _length(t, "DataLoader(t)") != n:
             raise ShapeError(f"DataLoader: {n} inputs but {_length(t, 'DataLoader(t)')} targets")

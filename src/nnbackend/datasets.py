@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from nnbackend import config, registry
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.errors import DownloadError, DtypeError
+from nnbackend.errors import DownloadError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for, namespace
 
 __all__ = [
@@ -416,8 +416,23 @@ def host_rows(source: Any, index: Any) -> Any:
         return source[index]
     rows = [source[int(i)] for i in index]
     if rows and isinstance(rows[0], tuple):
-        return tuple(np.stack([np.asarray(r[k]) for r in rows]) for k in range(len(rows[0])))
-    return np.stack([np.asarray(r) for r in rows])
+        return tuple(_stack(np, [r[k] for r in rows], index) for k in range(len(rows[0])))
+    return _stack(np, rows, index)
+
+
+def _stack(np: Any, rows: list[Any], index: Any) -> Any:
+    """``rows`` stacked into one host array; rows of different shapes are a
+    :class:`~nnbackend.errors.ShapeError` naming them (np.stack's bare ValueError did not)."""
+    arrays = [np.asarray(r) for r in rows]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        first = arrays[0].shape
+        k = next(k for k, a in enumerate(arrays) if a.shape != first)
+        raise ShapeError(
+            f"rows {int(index[0])} and {int(index[k])} of the data set have shapes {first} and "
+            f"{arrays[k].shape}: every row must have one shape (pad or crop them first)"
+        )
+    return np.stack(arrays)
 
 
 def host_permutation(generator: Any, n: int) -> Any:

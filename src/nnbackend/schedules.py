@@ -86,10 +86,13 @@ def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
 
 
 def _factor(name: str, value: Any) -> float:
-    value = float(value)
-    if not 0.0 < value <= 1.0:
-        raise ArgumentError(f"{name} must be in (0, 1], got {value}")
-    return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # float()'s own error named no argument
+        raise ArgumentError(f"{name} must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < number <= 1.0:
+        raise ArgumentError(f"{name} must be in (0, 1], got {number}")
+    return number
 
 
 class StepLR(Schedule):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,7 +100,20 @@ def hooks_by_event(callbacks: Iterable[Any]) -> dict[str, list[Callable[[Trainer
     return table
 
 
-_MAXIMISED = ("accuracy", "acc", "top")
+_MAXIMISED = ("accuracy", "acc", "top")  # names that start so are maximised, and any
+# name holding "accuracy" ("binary_accuracy" was minimised: restore_best kept the worst epoch)
+
+
+def _per_epoch(history: History) -> dict[str, list[Any]]:
+    """Every per-epoch list of ``history`` by the name a callback monitors it under."""
+    table: dict[str, list[Any]] = {
+        "loss": history.epoch_loss,
+        "accuracy": history.epoch_accuracy,
+        "val_loss": history.val_loss,
+        "val_accuracy": history.val_accuracy,
+    }
+    table.update(history.metrics)
+    return table
 
 
 def monitored_value(history: History, monitor: str) -> float | None:
@@ -110,13 +124,7 @@ def monitored_value(history: History, monitor: str) -> float | None:
         ArgumentError: ``monitor`` names nothing the history records (the message lists what
             it does record).
     """
-    table: dict[str, list[Any]] = {
-        "loss": history.epoch_loss,
-        "accuracy": history.epoch_accuracy,
-        "val_loss": history.val_loss,
-        "val_accuracy": history.val_accuracy,
-    }
-    table.update(history.metrics)
+    table = _per_epoch(history)
     if monitor not in table:
         raise ArgumentError(
             f"cannot monitor {monitor!r}: the history records {sorted(table)}; pass "
@@ -129,7 +137,7 @@ def monitored_value(history: History, monitor: str) -> float | None:
 def _mode(monitor: str, mode: str) -> str:
     if mode == "auto":
         name = monitor.removeprefix("val_")
-        return "max" if name.startswith(_MAXIMISED) else "min"
+        return "max" if name.startswith(_MAXIMISED) or "accuracy" in name else "min"
     if mode not in ("min", "max"):
         raise ArgumentError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     return mode
@@ -141,11 +149,15 @@ class Monitor:
     def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
         if not isinstance(monitor, str):
             raise ArgumentError(f"monitor must be a name such as 'val_loss', got {monitor!r}")
-        if not (float(min_delta) >= 0.0):
+        try:
+            delta = float(min_delta)
+        except (TypeError, ValueError):  # a bare error from float() named no argument
+            delta = math.nan
+        if not delta >= 0.0:
             raise ArgumentError(f"min_delta must be >= 0, got {min_delta!r}")
         self.monitor = monitor
         self.mode = _mode(monitor, mode)
-        self.min_delta = float(min_delta)
+        self.min_delta = delta
         self.best: float | None = None
 
     def improved(self, value: float) -> bool:
@@ -238,7 +250,8 @@ class ModelCheckpoint(Callback):
     """Save the model with :func:`nnbackend.save` (atomically) after epochs.
 
     Args:
-        path: the file; may hold ``{epoch}`` (1-based) and the monitored name, e.g.
+        path: the file; may hold ``{epoch}`` (1-based) and any per-epoch number of the
+            history by its monitored name (``nan`` where there is none), e.g.
             ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``.
         monitor: the per-epoch number that decides what "best" means.
         save_best_only: save only when ``monitor`` improved (otherwise after every epoch).
@@ -262,6 +275,12 @@ class ModelCheckpoint(Callback):
         save_optimizer: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        try:  # a malformed template fails now, not after the first epoch has trained
+            list(string.Formatter().parse(self.path))
+        except ValueError as exc:
+            raise ArgumentError(
+                f"ModelCheckpoint: bad path template {self.path!r}: {exc}"
+            ) from None
         self.monitor = monitor
         self._watch = Monitor(monitor, mode, 0.0)
         self.save_best_only = bool(save_best_only)
@@ -284,8 +303,21 @@ class ModelCheckpoint(Callback):
                 return
             self._watch.best = self.best = value
             self.best_epoch = trainer.epoch
-        fields = {"epoch": trainer.epoch + 1, self.monitor: math.nan if value is None else value}
-        path = Path(self.path.format(**fields))
+        # Every per-epoch number may name the file (Keras's "{epoch:02d}-{loss:.2f}" with
+        # monitor="val_loss"); one not recorded (yet) formats as nan.
+        fields: dict[str, Any] = {
+            name: math.nan if not values or values[-1] is None else values[-1]
+            for name, values in _per_epoch(history).items()
+        }
+        fields[self.monitor] = math.nan if value is None else value
+        fields["epoch"] = trainer.epoch + 1
+        try:
+            path = Path(self.path.format(**fields))
+        except (KeyError, IndexError, ValueError) as exc:  # not a bare KeyError mid-training
+            raise ArgumentError(
+                f"ModelCheckpoint: cannot fill in the path template {self.path!r} ({exc!r}); "
+                f"it may name {sorted(fields)}"
+            ) from None
         save(
             trainer.model,
             path,

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from nnbackend.errors import ArgumentError
+
 __all__: list[str] = []
 
 
@@ -112,7 +114,21 @@ class LogProgress(NoProgress):
         self.stream.flush()
 
 
+def check_progress(progress: Any) -> None:
+    """Raise :class:`~nnbackend.errors.ArgumentError` unless ``progress`` is one of
+    ``fit(progress=...)``'s choices (``fit`` asks before it changes anything)."""
+    if isinstance(progress, str):
+        if progress in ("auto", "log", "bar", "tqdm", "text"):
+            return
+    elif progress is True or progress is False or progress is None:
+        return
+    raise ArgumentError(
+        f"progress must be 'auto', True, False, 'bar', 'tqdm', 'text' or 'log', got {progress!r}"
+    )
+
+
 def make_progress(progress: Any, total: int, stream: TextIO | None = None) -> NoProgress:
+    check_progress(progress)
     stream = sys.stderr if stream is None else stream
     if progress == "auto":
         isatty = getattr(stream, "isatty", None)
@@ -131,9 +147,7 @@ def make_progress(progress: Any, total: int, stream: TextIO | None = None) -> No
             else:
                 return TqdmProgress(tqdm, total, stream)
         return TextProgress(total, stream)
-    raise ValueError(
-        f"progress must be 'auto', True, False, 'bar', 'tqdm', 'text' or 'log', got {progress!r}"
-    )
+    raise AssertionError(f"unreachable: check_progress accepted {progress!r}")
 
 
 def metrics_text(loss: float, accuracy: float | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import operator
 import secrets
 import time
@@ -38,7 +39,7 @@ from nnbackend.train.history import History
 from nnbackend.train.interrupt import InterruptGuard, StepMark
 from nnbackend.train.metrics import Metric, MetricSums, default_metric, metric_result
 from nnbackend.train.metrics import get as get_metric
-from nnbackend.train.progress import NoProgress, make_progress, metrics_text
+from nnbackend.train.progress import NoProgress, check_progress, make_progress, metrics_text
 
 __all__ = ["Trainer"]
 
@@ -144,6 +145,38 @@ def _positive_int(
     if number is None or number < (0 if allow_zero else 1):
         raise ArgumentError(f"{name} must be an integer {bound}, got {value!r}")
     return number
+
+
+def _number(value: Any) -> float:
+    """``value`` as a float, nan where it is no number (a check then fails with its message,
+    not with float()'s bare ``ValueError``/``TypeError``)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _metrics(metrics: Any, *, convert: bool = True) -> list[Any]:
+    """``fit``'s or ``evaluate``'s ``metrics`` as a list: ``None`` for none (Keras's default),
+    one metric or name alone (``"top2"`` was read as the names "t", "o", "p", "2"), or an
+    iterable of them; with ``convert`` (``fit``), made :class:`Metric` objects, two of one
+    name being an error: both would append to ``history.metrics[name]``, two values an
+    epoch."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, Metric)):
+        metrics = [metrics]
+    if not convert:
+        return list(metrics)
+    found = [get_metric(m) for m in metrics]
+    names = [m.name for m in found]
+    for name in names:
+        if names.count(name) > 1:
+            raise ArgumentError(
+                f"two metrics are named {name!r}; their values would share "
+                f"history.metrics[{name!r}]: give one of them another name"
+            )
+    return found
 
 
 def _under_policy(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -613,8 +646,9 @@ class Trainer:
             validation_data: the same as ``validation`` (the Keras name).
             validation_split: hold out this fraction (between 0 and 1) of the rows, the last
                 ones, before any shuffling, and evaluate on them after every epoch.
-            metrics: :class:`nnbackend.metrics.Metric` objects or names ("top5", "mse", ...);
-                each epoch's value is in ``history.metrics[name]`` (and ``"val_" + name``).
+            metrics: :class:`nnbackend.metrics.Metric` objects or names ("top5", "mse", ...),
+                one alone, or ``None``; each epoch's value is in ``history.metrics[name]``
+                (and ``"val_" + name``), so two metrics may not share a name.
             eval_interval: report every this many steps; ``None`` reports once per epoch.
             max_grad: clip the global gradient norm to this (on the device) before each step.
             shuffle: draw a new order every epoch (from ``nnbackend.random``, seeded by
@@ -623,7 +657,7 @@ class Trainer:
             progress: ``"auto"`` (a bar on a terminal, nothing otherwise), True (a bar:
                 tqdm when installed, else a built-in one), False, or ``"log"`` (one line per
                 report).
-            callbacks: :class:`Callback` objects (:mod:`nnbackend.callbacks`,
+            callbacks: ``None`` or :class:`Callback` objects (:mod:`nnbackend.callbacks`,
                 :mod:`nnbackend.schedules`), or functions ``(trainer, history)`` called after
                 every epoch.
 
@@ -695,8 +729,11 @@ class Trainer:
         epochs = _positive_int("epochs", epochs, allow_zero=True)
         batch_size = _positive_int("batch_size", batch_size)
         eval_interval = _positive_int("eval_interval", eval_interval, allow_none=True)
-        if max_grad is not None and not float(max_grad) > 0.0:
-            raise ValueError(f"max_grad must be > 0, got {max_grad!r}")
+        if max_grad is not None and not _number(max_grad) > 0.0:
+            raise ArgumentError(f"max_grad must be > 0, got {max_grad!r}")
+        check_progress(progress)  # before anything changes (the step count, the world)
+        train_metrics = _metrics(metrics)
+        val_metrics = [copy.deepcopy(m) for m in train_metrics]
         if validation_data is not None:
             if validation is not None:
                 raise ArgumentError("give validation or validation_data, not both")
@@ -704,11 +741,9 @@ class Trainer:
         xp, x, t, loader, batch_size, validation = self._fit_data(
             x, t, batch_size, validation, validation_split
         )
-        train_metrics = [get_metric(m) for m in metrics]
-        val_metrics = [copy.deepcopy(m) for m in train_metrics]
         n = int(x.shape[0]) if loader is None else loader.n
         steps_per_epoch = -(-n // batch_size) if loader is None else len(loader)
-        hooks = hooks_by_event(callbacks)
+        hooks = hooks_by_event(() if callbacks is None else callbacks)  # Keras's None
         clip: Callable[[], Any] | None = None
         if max_grad is not None:
             from nnbackend.optim import clip_grad_norm
@@ -778,6 +813,10 @@ class Trainer:
         loader = _as_loader(x, t, validation_split)
         if loader is not None:
             if loader.like is None:
+                # This fit's batches go to this model: a shallow copy of the loader (sharing
+                # its shuffling generator) says so; setting the user's loader.like for good
+                # sent a later model (another dtype or backend) this model's batches.
+                loader = copy.copy(loader)
                 loader.like = self._like()
             batch_size = loader.batch_size
             # A first batch tells the backend; the loop draws its own batches per epoch.
@@ -854,6 +893,10 @@ class Trainer:
         the loss's default metric summed on the device, the metrics fed, the bar moved, the
         ``on_step_end`` hooks, and a report every ``eval_interval`` steps."""
         y, loss = self.train_step(xb, tb)
+        # The step is applied: a second Ctrl-C waits until it is in the sums too (raised in
+        # a training metric's update, it left the applied step out of the reported loss).
+        guard = run.guard
+        guard.in_step = True
         yd = data(y)
         correct, count = run.scorer.batch(yd, tb)
         lv = wide(run.xp, data(loss))
@@ -862,9 +905,9 @@ class Trainer:
         run.whole.add(lv, rows, correct, count)
         if run.eval_interval is not None:
             run.interval.add(lv, rows, correct, count)
+        guard.in_step = False
         # A Ctrl-C held while the update ran (the whole step, when compiled) is raised once
         # the step it let finish is in the sums: the history then has every applied step.
-        guard = run.guard
         if guard.pending or guard.held is not None:
             guard.release()
         run.bar.update()
@@ -896,30 +939,45 @@ class Trainer:
         epoch's own without ``eval_interval``), then the ``on_epoch_end`` hooks."""
         history = run.history
         e_loss, e_acc = run.scorer.read(run.whole)
-        run.whole.reset()
-        history.epoch_loss.append(e_loss)
-        history.epoch_accuracy.append(e_acc)
-        for m in run.train_metrics:
-            history.metrics.setdefault(m.name, []).append(metric_result(m, run.comm))
-        extra = "" if run.validation is None else self._validate(run)
-        if run.eval_interval is None:
-            self._report(run, extra, (e_loss, e_acc))
-        elif extra:
-            run.bar.report("epoch " + metrics_text(e_loss, e_acc) + extra)
-        history.epochs = epoch + 1
-        history.epoch_time.append(time.perf_counter() - run.start)
+        results = [(m.name, metric_result(m, run.comm)) for m in run.train_metrics]
+        validation = None if run.validation is None else self._validate(run)
+        # The epoch goes into the history whole, after its validation: a second Ctrl-C in the
+        # validation leaves the epoch out (its steps go into fit's last report; they were
+        # lost, and epoch_loss outgrew ``epochs``), one from here on waits until it is in.
+        guard = run.guard
+        guard.in_step = True
+        try:
+            run.whole.reset()
+            history.epoch_loss.append(e_loss)
+            history.epoch_accuracy.append(e_acc)
+            for name, value in results:
+                history.metrics.setdefault(name, []).append(value)
+            extra = ""
+            if validation is not None:
+                v_loss, v_acc, v_results = validation
+                for name, value in v_results:
+                    history.metrics.setdefault(name, []).append(value)
+                history.val_loss.append(v_loss)
+                history.val_accuracy.append(v_acc)
+                extra = " val_" + metrics_text(v_loss, v_acc).replace(" acc=", " val_acc=")
+            history.epochs = epoch + 1
+            history.epoch_time.append(time.perf_counter() - run.start)
+            if run.eval_interval is None:
+                self._report(run, extra, (e_loss, e_acc))
+            elif extra:
+                run.bar.report("epoch " + metrics_text(e_loss, e_acc) + extra)
+        finally:
+            guard.in_step = False
+        if guard.pending or guard.held is not None:
+            guard.release()
         for hook in run.hooks["on_epoch_end"]:
             hook(self, history)
 
-    def _validate(self, run: _Fit) -> str:
-        """Evaluate on the validation set into the history; returns the text for the bar."""
-        history = run.history
+    def _validate(self, run: _Fit) -> tuple[float, float | None, list[tuple[str, float]]]:
+        """Evaluate on the validation set: ``(loss, accuracy, [(val_ + metric name,
+        value)])``, recorded in the history by ``_end_epoch``."""
         v_loss, v_acc = self.evaluate(run.validation[0], run.validation[1], metrics=run.val_metrics)
-        for m in run.val_metrics:
-            history.metrics.setdefault("val_" + m.name, []).append(m.result())
-        history.val_loss.append(v_loss)
-        history.val_accuracy.append(v_acc)
-        return " val_" + metrics_text(v_loss, v_acc).replace(" acc=", " val_acc=")
+        return v_loss, v_acc, [("val_" + m.name, m.result()) for m in run.val_metrics]
 
     def _end_fit(self, run: _Fit, finished: bool) -> None:
         """Whatever way ``fit`` ends: a last report for the steps since the previous one
@@ -955,7 +1013,7 @@ class Trainer:
         with ``metric.result()``.
         """
         batch_size = _positive_int("batch_size", batch_size)  # type: ignore[assignment]
-        metrics = list(metrics)
+        metrics = _metrics(metrics, convert=False)
         for m in metrics:
             m.reset()
         x, t = self._on_model(x, t)
