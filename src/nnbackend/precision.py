@@ -56,6 +56,7 @@ loss), instead of skipping every step forever.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -229,8 +230,10 @@ class LossScaler:
         self._skipped: Any = 0
         self._growths: Any = 0
         self.steps = 0
-        self._unscaled: Any = None  # the device flag (or host bool) of the current step
-        self._unscaled_for: Any = None
+        # id(optimizer) -> (optimizer, its device flag or host bool) for each optimizer unscaled
+        # and not stepped yet: with two optimizers (unscale both to clip, then step both), one
+        # remembered optimizer made each step unscale its gradients a second time.
+        self._unscaled: dict[int, tuple[Any, Any]] = {}
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -291,12 +294,11 @@ class LossScaler:
         """Divide the gradients of ``optimizer``'s parameters by the scale (once per step;
         :meth:`step` calls it when you did not) and note whether they are all finite."""
         params = _params(optimizer)
-        if self._unscaled_for is optimizer:
+        if id(optimizer) in self._unscaled:
             return
         with_grad = [p for p in params if p.grad is not None]
-        self._unscaled_for = optimizer
         if not with_grad:
-            self._unscaled = True
+            self._unscaled[id(optimizer)] = (optimizer, True)
             return
         xp = backend_for(with_grad[0].grad)[0]
         # One sum per gradient, added up in float32 (float64 if a gradient is): a NaN or an
@@ -310,14 +312,18 @@ class LossScaler:
             total = total + (s if s.dtype == wide else xp.astype(s, wide))
         finite = xp.isfinite(total)
         if self._device_mode(with_grad):
-            self._unscaled = finite
+            self._unscaled[id(optimizer)] = (optimizer, finite)
             inv = xp.where(finite, 1.0 / _to_array(xp, self._scale, total.dtype), 0.0)
             for p in with_grad:
-                g = p.grad
-                p.grad = xp.where(finite, g, 0.0) * xp.astype(inv, g.dtype)
+                g = xp.where(finite, p.grad, 0.0)
+                # The product in the accumulating dtype, rounded once, as on the host: 1/scale
+                # in float16 is rounded, subnormal from 2**15 and 0 from 2**25 (zero gradients).
+                wide = _accumulating(xp, g)
+                product = wide * xp.astype(inv, wide.dtype)
+                p.grad = product if wide is g else ops_for(xp, g).convert(product, g.dtype)
             return
         ok = bool(finite)
-        self._unscaled = ok
+        self._unscaled[id(optimizer)] = (optimizer, ok)
         if ok:
             inv = 1.0 / float(self._scale)
             for p in with_grad:
@@ -332,7 +338,7 @@ class LossScaler:
             "taken from the gradients' values every step; run this step eagerly"
         )
         self.unscale(optimizer)
-        flag, self._unscaled, self._unscaled_for = self._unscaled, None, None
+        flag = self._unscaled.pop(id(optimizer))[1]
         self.steps += 1
         if type(flag) is bool:
             if flag:
@@ -417,9 +423,17 @@ class LossScaler:
         if not isinstance(state, Mapping) or set(state) != keys:
             got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise CheckpointError(f"LossScaler state needs keys {sorted(keys)}, got {got}")
-        scale = float(state["scale"])
+        raw = state["scale"]
+        # A real number only: float() takes the string "2.0" and raises TypeError, ValueError
+        # or OverflowError (an int beyond floats) for the rest, none of them a CheckpointError.
+        scale = math.nan
+        if isinstance(raw, numbers.Real) and not isinstance(raw, bool):
+            try:
+                scale = float(raw)
+            except OverflowError:
+                scale = math.inf
         if not (scale > 0.0 and math.isfinite(scale)):
-            raise CheckpointError(f"LossScaler state has a bad scale {state['scale']!r}")
+            raise CheckpointError(f"LossScaler state has a bad scale {raw!r:.80}")
         counts = {k: state[k] for k in keys - {"scale"}}
         for key, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -440,6 +441,9 @@ def load(
                 + f"); it was saved from {meta.get('model_class')!s:.200}. Pass "
                 "strict=False to load only the common entries"
             )
+        foreign = getattr(ckpt, "foreign", False)
+        if foreign:
+            _refuse_ambiguous_layout(where, model, listed)
         # Shapes from the metadata first, so nothing is inflated for a model that cannot fit.
         for name, param in params:
             if name not in listed:
@@ -450,6 +454,7 @@ def load(
                 raise CheckpointError(
                     f"{where}: entry {name!r} has shape {shape}, but the model's parameter "
                     f"{name!r} has shape {tuple(data.shape)}"
+                    + (f"; {_TORCH_LAYOUT_HINT}" if foreign else "")
                 )
         updates: list[tuple[Any, Any]] = []
         for name, param in params:
@@ -475,6 +480,46 @@ def load(
         param.data = value
         if isinstance(param, Tensor):
             param.grad = None
+
+
+_TORCH_LAYOUT_HINT = (
+    "a file another program wrote may hold PyTorch's layout: load a PyTorch state dict with "
+    "model.load_state_dict(safetensors.numpy.load_file(path), layout='torch')"
+)
+
+
+def _refuse_ambiguous_layout(where: str, model: Any, listed: dict[str, Any]) -> None:
+    """A file another program wrote says nothing of its layout. Where a parameter's
+    PyTorch layout differs from nnbackend's with the same shape (a square ``Linear`` weight:
+    ``(out, in)`` there, ``(in, out)`` here), a PyTorch file fits both and loading it as it is
+    would transpose the weight silently: refuse, naming the remedy."""
+    from nnbackend.nn.module import Module
+
+    if not isinstance(model, Module):
+        return
+    ours = model.state_dict()
+    try:
+        theirs = model.state_dict(layout="torch")
+    except ArgumentError:  # a layer with no PyTorch equivalent: no PyTorch file fits it
+        return
+    ambiguous = [
+        name
+        for name in listed
+        if name in ours
+        and name in theirs
+        and theirs[name] is not ours[name]  # the layout hooks return unchanged arrays as they are
+        and tuple(theirs[name].shape) == tuple(ours[name].shape)
+        and math.prod(tuple(ours[name].shape)) > 1
+    ]
+    if ambiguous:
+        raise CheckpointError(
+            f"{where}: the file was written by another program and says nothing of its layout; "
+            f"entries {ambiguous} fit the model both as nnbackend keeps them and as PyTorch does "
+            "(Linear's weight is (in, out) here, (out, in) there), so loading could transpose "
+            "them. Load a PyTorch state dict with model.load_state_dict("
+            "safetensors.numpy.load_file(path), layout='torch'), or one in nnbackend's layout "
+            "with layout='nnbackend'"
+        )
 
 
 def _optimizer_state(

@@ -63,7 +63,8 @@ def _remove_stale_temporaries(directory: Path, path: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
         fields = name[len(prefix) : -len(_TMP_SUFFIX)].split(".")
-        if len(fields) != 2 or not fields[0].isdigit():
+        # ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
+        if len(fields) != 2 or not (fields[0].isascii() and fields[0].isdigit()):
             continue
         pid = int(fields[0])
         full = os.path.join(directory, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from nnbackend.errors import CheckpointError
@@ -106,6 +107,13 @@ def check_metadata(where: str, meta: Any) -> dict[str, Any]:
     for key in ("hyperparameters", "extra"):
         if not isinstance(opt.get(key, {}), dict):
             raise bad(f"optimizer.{key}", "an object", opt.get(key))
+    # JSON integers are unbounded; the optimizer's checks convert its numbers with float(),
+    # which raises OverflowError (no CheckpointError) beyond 1.8e308.
+    for key, value in opt.get("hyperparameters", {}).items():
+        if not _float_sized(value):
+            raise bad(f"optimizer.hyperparameters[{key!r}]", "a number a float can hold", value)
+    if not _float_sized(opt.get("steps", 0)):
+        raise bad("optimizer.steps", "a number a float can hold", opt.get("steps"))
     clash = sorted(set(opt.get("extra", {})) & {"type", "hyperparameters", "steps", "state"})
     if clash:
         raise bad("optimizer.extra", "an object of other keys", clash)
@@ -123,6 +131,9 @@ def check_metadata(where: str, meta: Any) -> dict[str, Any]:
             raise bad(field, "an object", entry)
         if not isinstance(entry.get("numbers", {}), dict):
             raise bad(f"{field}.numbers", "an object", entry.get("numbers"))
+        for name, value in entry.get("numbers", {}).items():
+            if not _float_sized(value):
+                raise bad(f"{field}.numbers[{name!r}]", "a number a float can hold", value)
         arrays = entry.get("arrays", [])
         if not isinstance(arrays, list) or not all(
             isinstance(a, str) and SAFE_NAME.fullmatch(a) for a in arrays
@@ -131,6 +142,11 @@ def check_metadata(where: str, meta: Any) -> dict[str, Any]:
         if len(set(arrays)) != len(arrays) or set(arrays) & set(entry.get("numbers", {})):
             raise bad(f"{field}.arrays", "names listed once", arrays)
     return meta
+
+
+def _float_sized(value: Any) -> bool:
+    """False for an int beyond float's range; anything else is left to the optimizer."""
+    return not isinstance(value, int) or abs(value) <= sys.float_info.max
 
 
 def is_size(n: Any) -> bool:

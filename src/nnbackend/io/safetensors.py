@@ -18,6 +18,7 @@ import json
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
@@ -228,6 +229,13 @@ class SafetensorsFile:
             shape = tuple(_int(n) for n in shape_in)
             if len(shape) > 64 or any(n is None or n < 0 for n in shape):
                 raise self._error(f"entry {name!r} has an invalid shape {shape_in!r}")
+            # An empty tensor has no bytes to hold its dimensions to, and NumPy makes no array
+            # whose dimensions (zeros aside) span more bytes than it can index.
+            extent = np.dtype(dtype).itemsize
+            for n in shape:
+                extent *= max(n or 0, 1)
+            if extent > sys.maxsize:
+                raise self._error(f"entry {name!r} has an invalid shape {shape_in!r:.200}")
             bounds = [_int(n) for n in offsets]
             if len(bounds) != 2 or any(n is None for n in bounds):
                 raise self._error(f"entry {name!r} has invalid data_offsets {offsets!r}")
@@ -311,6 +319,8 @@ class SafetensorsCheckpoint:
         self.entries = self.file.entries
         self.stray_names: list[str] = []
         blob = self.file.metadata.get(METADATA_FIELD)
+        # Whether another program wrote it: its layout is then unknown (see nnbackend.load).
+        self.foreign = blob is None
         if blob is None:
             self.meta = self._foreign_metadata()
         else:
