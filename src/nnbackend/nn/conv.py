@@ -30,6 +30,7 @@ How it runs, on each backend:
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 from nnbackend.autograd.function import Function, spare_grad
@@ -39,7 +40,7 @@ from nnbackend.backends.ops import NATIVE, device_key
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import float_dtype, mixed_compute, not_an_array
+from nnbackend.nn.functional import float_dtype, mixed_compute, not_an_array, same_backend
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -318,6 +319,9 @@ class Convolution(Function):
         fused = backend_kernels(xp, x).get("convolution")
         self.fused = fused is not None
         if fused is not None:
+            # The sizes are checked here too: the backend's convolution raises its own error
+            # type (torch's RuntimeError) for a kernel that does not fit.
+            self._output_geometry(x, w)
             return fused(
                 x,
                 w,
@@ -334,28 +338,17 @@ class Convolution(Function):
             y = y + xp.reshape(b, (1, -1, 1, 1))
         return y
 
-    # y = conv(x): cols = im2col(pad(x)) (M, C kk); y = cols @ W^T per group.
-    def _forward(self, xp: Any, x: Any, w: Any) -> Any:
-        n, c, h, wd = x.shape
-        o, cg, kh, kw = w.shape
-        g = patch_geometry(
-            (n, c, h + 2 * self.padding[0], wd + 2 * self.padding[1]),
-            (kh, kw),
-            self.stride,
-            self.dilation,
-        )
-        self.geometry = g
-        self.cols = cols = im2col_with(xp, pad2d(xp, x, self.padding), g)
-        w3 = xp.reshape(w, (self.groups, o // self.groups, cg * kh * kw))
-        y = _grouped(xp, cols, w3, self.groups, transpose_b=True)  # (M, O)
-        return _rows_nchw(xp, y, n, g[10], g[11])
-
-    # y = conv_transpose(x): cols = x rows @ W per group; y = crop(col2im(cols)).
-    def _transposed_forward(self, xp: Any, x: Any, w: Any) -> Any:
-        n, cin, h, wd = x.shape
-        _, og, kh, kw = w.shape
-        cout = og * self.groups
+    def _output_geometry(self, x: Any, w: Any) -> tuple[int, ...]:
+        """The :func:`patch_geometry` of the convolution (of the transposed one: of the
+        convolution whose adjoint it is, over its uncropped output), or a ShapeError where the
+        kernel does not fit the padded input or the padding leaves no output."""
+        n, c, h, wd = (int(s) for s in x.shape)
+        kh, kw = int(w.shape[2]), int(w.shape[3])
         (sh, sw), (dh, dw), (ph, pw) = self.stride, self.dilation, self.padding
+        if not self.transposed:
+            return patch_geometry(
+                (n, c, h + 2 * ph, wd + 2 * pw), (kh, kw), self.stride, self.dilation
+            )
         hp = (h - 1) * sh + dh * (kh - 1) + 1 + self.output_padding[0]
         wp = (wd - 1) * sw + dw * (kw - 1) + 1 + self.output_padding[1]
         self.out_size = (hp - 2 * ph, wp - 2 * pw)
@@ -364,8 +357,25 @@ class Convolution(Function):
                 f"conv_transpose2d: padding {self.padding} leaves no output for an input of "
                 f"height and width {(h, wd)}; use less padding"
             )
-        g = patch_geometry((n, cout, hp, wp), (kh, kw), self.stride, self.dilation)
-        self.geometry = g
+        return patch_geometry(
+            (n, int(w.shape[1]) * self.groups, hp, wp), (kh, kw), self.stride, self.dilation
+        )
+
+    # y = conv(x): cols = im2col(pad(x)) (M, C kk); y = cols @ W^T per group.
+    def _forward(self, xp: Any, x: Any, w: Any) -> Any:
+        n = x.shape[0]
+        o, cg, kh, kw = w.shape
+        self.geometry = g = self._output_geometry(x, w)
+        self.cols = cols = im2col_with(xp, pad2d(xp, x, self.padding), g)
+        w3 = xp.reshape(w, (self.groups, o // self.groups, cg * kh * kw))
+        y = _grouped(xp, cols, w3, self.groups, transpose_b=True)  # (M, O)
+        return _rows_nchw(xp, y, n, g[10], g[11])
+
+    # y = conv_transpose(x): cols = x rows @ W per group; y = crop(col2im(cols)).
+    def _transposed_forward(self, xp: Any, x: Any, w: Any) -> Any:
+        cin = x.shape[1]
+        _, og, kh, kw = w.shape
+        self.geometry = g = self._output_geometry(x, w)
         self.rows = rows = _nhwc_rows(xp, x)  # (N H W, Cin)
         w3 = xp.reshape(w, (self.groups, cin // self.groups, og * kh * kw))
         cols = _grouped(xp, rows, w3, self.groups, transpose_b=False)  # (N H W, Cout kk)
@@ -483,7 +493,7 @@ class Convolution(Function):
         return gx, gw
 
 
-def _check(name: str, x: Any, w: Any, b: Any, channels: int, groups: int) -> None:
+def _check(name: str, x: Any, w: Any, b: Any, channels: int, groups: int, outputs: int) -> None:
     if not hasattr(x, "ndim"):
         raise not_an_array(x, name)
     if x.ndim != 4:
@@ -500,13 +510,20 @@ def _check(name: str, x: Any, w: Any, b: Any, channels: int, groups: int) -> Non
             f"shape {tuple(w.shape)} with groups={groups} expects {channels}"
         )
     if x.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
+        same_backend(x, w, name)  # arrays of two backends: say so, not "float64 != float64"
         raise DtypeError(
             f"{name}: input dtype {x.dtype} differs from weight dtype {w.dtype}"
             + ("" if b is None else f" (bias {b.dtype})")
             + "; cast the input (xp.astype) or build the layer under the input's dtype"
         )
-    if b is not None and tuple(b.shape) != (int(b.shape[0]),):
+    if b is not None and b.ndim != 1:
         raise ShapeError(f"{name}: bias must be 1-D, got shape {tuple(b.shape)}")
+    # One value per output channel: a (1,) bias would otherwise broadcast over all of them.
+    if b is not None and tuple(b.shape) != (outputs,):
+        raise ShapeError(
+            f"{name}: bias has shape {tuple(b.shape)}, the weight of shape {tuple(w.shape)} "
+            f"with groups={groups} makes {outputs} output channels; expected ({outputs},)"
+        )
 
 
 def _check_groups(name: str, groups: int, channels: int, what: str) -> None:
@@ -557,7 +574,7 @@ def conv2d(
     x, weight, bias = _to_compute(x, weight, bias)
     xd, wd, bd = _data(x), _data(weight), _data(bias)
     _check_groups("conv2d", groups, int(wd.shape[0]) if wd.ndim else 0, "out_channels")
-    _check("conv2d", xd, wd, bd, int(wd.shape[1]) * groups, groups)
+    _check("conv2d", xd, wd, bd, int(wd.shape[1]) * groups, groups, int(wd.shape[0]))
     node = Convolution(
         as_pair(stride, "stride", 1),
         as_pair(padding, "padding", 0),
@@ -588,7 +605,7 @@ def conv_transpose2d(
     x, weight, bias = _to_compute(x, weight, bias)
     xd, wd, bd = _data(x), _data(weight), _data(bias)
     _check_groups("conv_transpose2d", groups, int(wd.shape[0]) if wd.ndim else 0, "in_channels")
-    _check("conv_transpose2d", xd, wd, bd, int(wd.shape[0]), groups)
+    _check("conv_transpose2d", xd, wd, bd, int(wd.shape[0]), groups, int(wd.shape[1]) * groups)
     stride_, dilation_ = as_pair(stride, "stride", 1), as_pair(dilation, "dilation", 1)
     out_pad = as_pair(output_padding, "output_padding", 0)
     if out_pad[0] >= stride_[0] or out_pad[1] >= stride_[1]:
@@ -597,6 +614,18 @@ def conv_transpose2d(
         )
     node = Convolution(stride_, as_pair(padding, "padding", 0), dilation_, groups, True, out_pad)
     return node(x, weight) if bias is None else node(x, weight, bias)
+
+
+def _positive(name: str, what: str, value: Any) -> int:
+    """``value`` as a positive int (Python or NumPy integer), else an ArgumentError: a zero
+    or negative channel count fails later, in the initialisation, with a bare error."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = 0
+    if number < 1 or isinstance(value, bool):
+        raise ArgumentError(f"{name}: {what} must be a positive int, got {value!r}")
+    return number
 
 
 def _conv_init(shape: tuple[int, ...], fan_in: int, generator: Any) -> Any:
@@ -626,9 +655,11 @@ class _ConvNd(Module):
         transposed: bool,
     ) -> None:
         name = type(self).__name__
-        _check_groups(name, groups, int(in_channels), "in_channels")
-        _check_groups(name, groups, int(out_channels), "out_channels")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        in_channels = _positive(name, "in_channels", in_channels)
+        out_channels = _positive(name, "out_channels", out_channels)
+        _check_groups(name, groups, in_channels, "in_channels")
+        _check_groups(name, groups, out_channels, "out_channels")
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
         self.stride = as_pair(stride, "stride", 1)
         self.padding = as_pair(padding, "padding", 0)

@@ -17,15 +17,18 @@ normalised by its own mean and biased variance, and the running estimates become
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from typing import Any
 
 from nnbackend.autograd.function import Function
 from nnbackend.autograd.ops import cast
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
-from nnbackend.namespace import ops_for
+from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import mixed_compute, not_an_array
+from nnbackend.nn.functional import mixed_compute, not_an_array, same_backend
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "batch_norm", "group_norm"]
@@ -37,6 +40,39 @@ def _data(x: Any) -> Any:
 
 def _channel_shape(ndim: int) -> tuple[int, ...]:
     return (1, -1) + (1,) * (ndim - 2)
+
+
+def _check_input(name: str, x: Any) -> None:
+    """An array (else the layers' "not an array" error) of a floating dtype: an integer input
+    without parameters would be normalised into another dtype (float64 on NumPy) or fail in
+    the backend's ``mean``."""
+    if not hasattr(x, "ndim"):
+        raise not_an_array(x, name)
+    if not backend_for(x)[0].isdtype(x.dtype, "real floating"):
+        raise DtypeError(
+            f"{name}: input must be floating, got dtype {x.dtype}; cast it (xp.astype)"
+        )
+
+
+def _check_per_channel(
+    name: str, x: Any, values: tuple[tuple[str, Any], ...], fix: str = ""
+) -> None:
+    """Each named per-channel array of ``values`` (or ``None``) has shape ``(C,)`` and the
+    dtype and backend of ``x`` (else an error ending in ``fix``); a (1,) array would otherwise
+    broadcast over every channel."""
+    channels = int(x.shape[1])
+    for what, value in values:
+        vd = _data(value)
+        if vd is None:
+            continue
+        if tuple(vd.shape) != (channels,):
+            raise ShapeError(
+                f"{name}: {what} has shape {tuple(vd.shape)}, the input of shape "
+                f"{tuple(x.shape)} has {channels} channels; expected ({channels},)"
+            )
+        if vd.dtype != x.dtype:
+            same_backend(x, vd, name)  # arrays of two backends: say so, not a dtype clash
+            raise DtypeError(f"{name}: {what} has dtype {vd.dtype}, the input {x.dtype}{fix}")
 
 
 class _Float32Statistics(Function):
@@ -233,26 +269,20 @@ def _batch_norm(
     eps: float,
 ) -> Tensor:
     xd = _data(x)
+    _check_input("batch_norm", xd)
     if xd.ndim < 2:
         raise ShapeError(f"batch_norm: input must be (N, C, ...), got shape {tuple(xd.shape)}")
-    channels = int(xd.shape[1])
-    for what, value in (
-        ("weight", weight),
-        ("bias", bias),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ):
-        vd = _data(value)
-        if vd is not None and tuple(vd.shape) != (channels,):
-            raise ShapeError(
-                f"batch_norm: {what} has shape {tuple(vd.shape)}, the input of shape "
-                f"{tuple(xd.shape)} has {channels} channels; expected ({channels},)"
-            )
-        if vd is not None and vd.dtype != xd.dtype:
-            raise DtypeError(
-                f"batch_norm: {what} has dtype {vd.dtype}, the input {xd.dtype}; cast the input "
-                "(xp.astype) or build the layer under the input's dtype"
-            )
+    _check_per_channel(
+        "batch_norm",
+        xd,
+        (
+            ("weight", weight),
+            ("bias", bias),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ),
+        "; cast the input (xp.astype) or build the layer under the input's dtype",
+    )
     args = [a for a in (x, weight, bias) if a is not None]
     if weight is None and bias is not None:
         raise ArgumentError("batch_norm: a bias without a weight is not supported; pass both")
@@ -262,6 +292,12 @@ def _batch_norm(
                 "batch_norm: evaluation (training=False) needs running_mean and running_var"
             )
         return BatchNormEval(_data(running_mean), _data(running_var), float(eps))(*args)
+    # As torch: with one of the two, training would update neither (the estimate given to be
+    # tracked would silently stay as it was).
+    if (running_mean is None) != (running_var is None):
+        raise ArgumentError(
+            "batch_norm: running_mean and running_var must both be None or both be given"
+        )
     count = xd.shape[0]
     for n in xd.shape[2:]:
         count *= int(n)
@@ -287,12 +323,14 @@ class GroupNorm(Module):
         self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True
     ) -> None:
         super().__init__()
-        if num_groups < 1 or num_channels % num_groups:
+        num_groups = _positive("GroupNorm", "num_groups", num_groups)
+        num_channels = _positive("GroupNorm", "num_channels", num_channels)
+        if num_channels % num_groups:
             raise ArgumentError(
                 f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups "
                 f"({num_groups})"
             )
-        self.num_groups, self.num_channels = int(num_groups), int(num_channels)
+        self.num_groups, self.num_channels = num_groups, num_channels
         self.eps, self.affine = float(eps), bool(affine)
         if affine:
             self.weight = Parameter(init.ones((self.num_channels,)))
@@ -318,7 +356,9 @@ class GroupNormNode(_Float32Statistics):
         xp = self.xp
         self.in_shape = tuple(x.shape)
         self.shape = _channel_shape(x.ndim)
-        xg = xp.reshape(x, (x.shape[0], self.groups, -1))
+        # The group size spelled out: -1 is ambiguous for an empty batch.
+        rest = math.prod(self.in_shape[1:]) // self.groups
+        xg = xp.reshape(x, (x.shape[0], self.groups, rest))
         mean = xp.mean(xg, axis=2, keepdims=True)
         xc = xg - mean
         var = xp.mean(xc * xc, axis=2, keepdims=True)
@@ -364,6 +404,8 @@ def group_norm(
 
 def _group_norm(x: Any, num_groups: int, weight: Any, bias: Any, eps: float) -> Tensor:
     xd = _data(x)
+    _check_input("group_norm", xd)
+    num_groups = _positive("group_norm", "num_groups", num_groups)
     if xd.ndim < 2 or xd.shape[1] % num_groups:
         raise ShapeError(
             f"group_norm: input of shape {tuple(xd.shape)} must be (N, C, ...) with C "
@@ -371,12 +413,21 @@ def _group_norm(x: Any, num_groups: int, weight: Any, bias: Any, eps: float) -> 
         )
     if weight is None and bias is not None:
         raise ArgumentError("group_norm: a bias without a weight is not supported; pass both")
-    for what, value in (("weight", weight), ("bias", bias)):
-        vd = _data(value)
-        if vd is not None and vd.dtype != xd.dtype:
-            raise DtypeError(f"group_norm: {what} has dtype {vd.dtype}, the input {xd.dtype}")
+    _check_per_channel("group_norm", xd, (("weight", weight), ("bias", bias)))
     args = [a for a in (x, weight, bias) if a is not None]
     return GroupNormNode(int(num_groups), float(eps))(*args)
+
+
+def _positive(name: str, what: str, value: Any) -> int:
+    """``value`` as a positive int (Python or NumPy integer), else an ArgumentError (a
+    float or negative count fails later with a bare error, or is truncated)."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = 0
+    if number < 1 or isinstance(value, bool):
+        raise ArgumentError(f"{name}: {what} must be a positive int, got {value!r}")
+    return number
 
 
 class _BatchNorm(Module):
@@ -393,9 +444,15 @@ class _BatchNorm(Module):
         track_running_stats: bool = True,
     ) -> None:
         super().__init__()
+        # momentum=None (PyTorch's cumulative average) would fail in the comparison.
+        if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+            raise ArgumentError(
+                f"momentum must be a number in [0, 1], got {momentum!r} (PyTorch's "
+                "momentum=None, a cumulative average, is not supported)"
+            )
         if not 0.0 <= momentum <= 1.0:
             raise ArgumentError(f"momentum must be in [0, 1], got {momentum}")
-        self.num_features = int(num_features)
+        self.num_features = _positive(type(self).__name__, "num_features", num_features)
         self.eps, self.momentum = float(eps), float(momentum)
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         if affine:

@@ -299,7 +299,8 @@ def flatten(x: Any, start_dim: int = 1) -> Tensor:
     shape = tuple(_data(x).shape)
     if not -len(shape) <= start_dim < max(len(shape), 1):
         raise ArgumentError(f"flatten: start_dim {start_dim} is out of range for shape {shape}")
-    start = start_dim % len(shape)
+    # A 0-d array counts as 1-d (as in torch): flatten(scalar, 0) has shape (1,).
+    start = start_dim % max(len(shape), 1)
     return reshape(x, (*shape[:start], math.prod(shape[start:])))
 
 
