@@ -227,3 +227,14 @@ def test_a_stray_file_with_a_non_ascii_digit_pid_does_not_break_saving(tmp_path:
         model = nn.Linear(2, 3)
     nb.save(model, path)
     assert path.exists() and stray.exists()  # not ours: left alone
+
+
+def test_a_state_dict_hyperparameter_beyond_floats_is_a_checkpoint_error() -> None:
+    """``optimizer.load_state_dict`` given a state dict (no file, so no metadata check) with
+    an integer rate beyond float's range raised float()'s bare OverflowError."""
+    opt = optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    state = opt.state_dict()
+    state["hyperparameters"] = {**state["hyperparameters"], "lr": 10**400}
+    with pytest.raises(CheckpointError, match="'lr' must be finite"):
+        opt.load_state_dict(state)
+    assert opt.lr == 0.1

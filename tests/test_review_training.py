@@ -230,3 +230,49 @@ def test_loader_with_rows_of_different_shapes_raises_shape_error() -> None:
 
 def test_binary_accuracy_name_is_the_metric_name() -> None:
     assert BinaryAccuracy().name == "binary_accuracy"
+
+
+# -- nothing measured is lost, no callback silently idle -------------------------------------
+def test_an_error_in_fit_leaves_what_it_measured_in_trainer_history() -> None:
+    """fit returns its History only when it ends normally: an error in the third epoch (a
+    callback's, a NaN check's) took the first two epochs' measurements with it."""
+    _, trainer = _setup()
+    assert trainer.history is None
+
+    def fail_third(tr: Any, history: History) -> None:
+        if history.epochs == 3:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full") as info:
+        trainer.fit(X, T, epochs=5, batch_size=4, callbacks=[fail_third], progress=False)
+    history = trainer.history
+    assert history is not None and history.epochs == 3 and len(history.epoch_loss) == 3
+    assert all(np.isfinite(history.epoch_loss))
+    assert any("trainer.history" in note for note in info.value.__notes__)
+    done = trainer.fit(X, T, epochs=1, batch_size=4, progress=False)
+    assert trainer.history is done
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt, path: EarlyStopping("val_loss", patience=0),
+        lambda opt, path: ModelCheckpoint(path, "val_loss", save_best_only=True),
+        lambda opt, path: ReduceLROnPlateau(opt, "val_loss", patience=0),
+    ],
+    ids=["early_stopping", "checkpoint", "plateau"],
+)
+def test_a_callback_monitoring_validation_without_any_warns(make: Any, tmp_path: Path) -> None:
+    """Without validation data a callback monitoring ``val_loss`` never acts: no early stop,
+    no best checkpoint, no lower rate, and it said nothing (Keras warns)."""
+    _, trainer = _setup()
+    callback = make(trainer.optimizer, tmp_path / "best.npz")
+    with pytest.warns(UserWarning, match="monitors 'val_loss', which this fit does not record"):
+        trainer.fit(X, T, epochs=2, batch_size=4, callbacks=[callback], progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with validation data: no warning
+        trainer.fit(
+            X, T, epochs=2, batch_size=4, callbacks=[callback], validation=(X, T), progress=False
+        )

@@ -102,7 +102,10 @@ def _loaded_hyperparameter(key: str, value: Any) -> float:
         raise CheckpointError(
             f"hyperparameter {key!r} must be a number, got {type(value).__name__} {value!r}"
         )
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond floats (a state dict's numbers are unbounded)
+        value = math.inf
     if not math.isfinite(value):
         raise CheckpointError(f"hyperparameter {key!r} must be finite, got {value}")
     check = _fraction if key in _FRACTIONS else _positive if key in _NON_NEGATIVE else None

@@ -208,8 +208,8 @@ class ReduceLROnPlateau(Schedule):
         return float(self.optimizer.lr)
 
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
-        from nnbackend.train.callbacks import monitored_value
+        from nnbackend.train.callbacks import watched_value
 
-        value = monitored_value(history, self.monitor)
+        value = watched_value(history, self.monitor, "ReduceLROnPlateau")
         if value is not None:
             self.step(value)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import os
 import string
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,21 @@ def monitored_value(history: History, monitor: str) -> float | None:
     return None if not values or values[-1] is None else float(values[-1])
 
 
+def watched_value(history: History, monitor: str, who: str) -> float | None:
+    """:func:`monitored_value`, with a warning where ``monitor`` is never recorded in this
+    ``fit`` (``val_loss`` without validation data): the callback would silently never act
+    (no early stop, no best checkpoint). Python shows the warning once."""
+    value = monitored_value(history, monitor)
+    if value is None and history.epochs >= 1 and not _per_epoch(history)[monitor]:
+        warnings.warn(
+            f"{who} monitors {monitor!r}, which this fit does not record, so it does nothing; "
+            "pass validation_data or validation_split to fit, or monitor 'loss'",
+            UserWarning,
+            stacklevel=3,
+        )
+    return value
+
+
 def _mode(monitor: str, mode: str) -> str:
     if mode == "auto":
         name = monitor.removeprefix("val_")
@@ -217,7 +233,7 @@ class EarlyStopping(Callback):
         self._snapshot = None
 
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
-        value = monitored_value(history, self.monitor)
+        value = watched_value(history, self.monitor, "EarlyStopping")
         if value is None:
             return
         if self._watch.improved(value):
@@ -297,7 +313,10 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
         from nnbackend.io import save
 
-        value = monitored_value(history, self.monitor)
+        if self.save_best_only:
+            value = watched_value(history, self.monitor, "ModelCheckpoint(save_best_only=True)")
+        else:
+            value = monitored_value(history, self.monitor)
         if self.save_best_only:
             if value is None or not self._watch.improved(value):
                 return

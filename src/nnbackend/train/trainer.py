@@ -244,6 +244,9 @@ class Trainer:
         stop_training: set it to True (from a callback) to stop after the current step.
         loss_scaler: the :class:`~nnbackend.precision.LossScaler` in use (its counters say how
             many steps were skipped), or ``None``.
+        history: the :class:`History` of the latest ``fit``, filled in as it runs (``None``
+            before the first): what was measured until an error stopped ``fit``, which then
+            returns nothing.
     """
 
     def __init__(
@@ -287,6 +290,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.stop_training = False
+        self.history: History | None = None
         self._world_choice = world
         # What train_step uses; fit sets them for its run.
         self._step_scaler: nb_precision.LossScaler | None = self.loss_scaler
@@ -691,12 +695,20 @@ class Trainer:
             metrics=metrics,
         )
         finished = False  # True unless an error other than Ctrl-C propagates
+        self.history = run.history
         try:
             with run.guard:
                 self._run_epochs(run)
             finished = True
         except KeyboardInterrupt:
             run.history.interrupted = finished = True
+        except Exception as exc:
+            # fit returns nothing then: say where what it measured is kept.
+            exc.add_note(
+                f"nnbackend: fit stopped after {run.history.epochs} epochs and {self.step} "
+                "steps; trainer.history holds what it measured"
+            )
+            raise
         finally:
             self._end_fit(run, finished)
         for hook in run.hooks["on_fit_end"]:
