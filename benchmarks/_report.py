@@ -81,6 +81,14 @@ in place and skips that gradient, as the engine does. The targets against "the h
 (issue 19: "hand with reused buffers") take `hand_best`: in each round, the faster of the two.
 Until 2026-12-02 18:30 they were measured against `hand` alone, which flattered the medium
 step (engine / hand 0.58, against 1.00-1.14 for the loop with reused buffers).
+
+One process's time is one draw: where its arrays land in memory moves the same loop by up to
+14% from one process to the next
+(`benchmarks/results/issue19_medium_memory_20261203.txt`). With three processes per
+implementation (`python -m benchmarks.mlp_processes --config medium --replicas 3`,
+`benchmarks/results/issue19_replicas_20261203.txt`), the medium engine / hand_best read
+0.979 (0.949-1.013) and compiled / hand_best 0.966 (0.931-1.006), within the noise of 1.0
+either way; the table below is the single-process full run.
 """
 
 GPU_MISSING = """\
