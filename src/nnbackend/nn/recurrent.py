@@ -43,7 +43,7 @@ from nnbackend.backends.ops import tanh_sigmoid
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import not_an_array
+from nnbackend.nn.functional import not_an_array, size_argument
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -361,13 +361,12 @@ class RNNBase(Module):
                 f"stateful=True is for the sequence layers, e.g. nn.{type(self).__name__[:-4]}"
                 "(..., stateful=True)"
             )
-        if int(input_size) < 1 or int(hidden_size) < 1:
-            raise ArgumentError(
-                f"{type(self).__name__} needs positive sizes, got input_size={input_size}, "
-                f"hidden_size={hidden_size}"
-            )
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
+        # Checked as Linear's sizes are: int() truncated RNN(3.5, 4) to an RNN(3, 4), took
+        # True for 1 and failed on "a" with a bare ValueError. A bool is refused although
+        # torch.nn.RNN(True, 4) builds (its isinstance(int) check lets it through, while
+        # torch.nn.RNN(3, True) fails): a flag passed as a size is a mistake.
+        self.input_size = size_argument(type(self).__name__, "input_size", input_size)
+        self.hidden_size = size_argument(type(self).__name__, "hidden_size", hidden_size)
         self.stateful = bool(stateful)
         g = _GATES[self.kind] * self.hidden_size
         self.weight_x = Parameter(init.xavier_normal((self.input_size, g), generator=generator))

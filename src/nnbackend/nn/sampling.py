@@ -14,6 +14,7 @@ backend: one seed gives the same negatives on numpy, torch, cupy and array-api-s
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections import Counter
 from collections.abc import Sequence
@@ -70,6 +71,10 @@ def _id_list(a: Any, where: str = "UnigramSampler") -> list[int]:
 class UnigramSampler:
     """Negative samples drawn with probability ``count(w) ** power / sum(count ** power)``.
 
+    ``power`` is any finite real number (0.75, as the book and word2vec; 0 draws the corpus's
+    words uniformly, a negative power favours rare words). A word id that never occurs in
+    ``corpus`` (an id below ``vocab_size`` missing from it) is never drawn, for every power.
+
     ``corpus`` is a sequence (list, host or backend array) of word ids; ``vocab_size``
     defaults to ``max(corpus) + 1``. ``generator`` is a :class:`nnbackend.random.Generator`,
     a seed, or None (the module-level generator).
@@ -99,13 +104,32 @@ class UnigramSampler:
             raise ArgumentError(f"UnigramSampler: vocab_size={size} but the corpus holds id {top}")
         if int(sample_size) < 1:
             raise ArgumentError(f"sample_size must be >= 1, got {sample_size}")
+        if (
+            isinstance(power, bool)
+            or not isinstance(power, numbers.Real)
+            or not math.isfinite(float(power))
+        ):
+            # Checked here: float() took the text "0.75" and True silently, failed on "a"
+            # with a bare ValueError, and a NaN power made NaN probabilities.
+            raise ArgumentError(
+                f"UnigramSampler: power must be a finite real number (0.75 as in word2vec), "
+                f"got {power!r}"
+            )
         self.vocab_size = size
         self.power = float(power)
         self.sample_size = int(sample_size)
         self.exclude_target = bool(exclude_target)
         counts = Counter(ids)
-        weights = [float(counts.get(i, 0)) ** self.power for i in range(size)]
-        total = math.fsum(weights)
+        # A word of count 0 gets weight 0 whatever the power: 0.0 ** 0 is 1 (power=0 sampled
+        # words the corpus lacks) and 0.0 ** -0.5 raised ZeroDivisionError.
+        try:
+            weights = [float(counts[i]) ** self.power if counts[i] else 0.0 for i in range(size)]
+            total = math.fsum(weights)
+        except OverflowError:  # count ** power, or their sum, beyond the float range
+            raise ArgumentError(
+                f"UnigramSampler: power={power} overflows the counts of this corpus "
+                f"(largest count {max(counts.values())}); use a smaller power"
+            ) from None
         #: The sampling distribution, a list of ``vocab_size`` floats (on the host).
         self.word_p = [w / total for w in weights]
         if exclude_target and sum(1 for w in weights if w > 0) <= self.sample_size:

@@ -19,6 +19,7 @@ written against the Array API only.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -160,6 +161,22 @@ def _host_list(x: Any) -> list[Any]:
     return x.tolist() if hasattr(x, "tolist") else list(x)
 
 
+def _top(where: str, top: Any) -> int:
+    """``top`` as a count >= 0: a negative one sliced ``[:-1]`` (dropping only the last word)
+    and ``int(2.5)`` truncated, silently."""
+    try:
+        if isinstance(top, bool):
+            raise TypeError
+        count = operator.index(top)  # ints and integral numpy scalars, no floats
+    except TypeError:
+        raise ArgumentError(
+            f"{where}: top must be an integer >= 0, got {top!r} of type {type(top).__name__}"
+        ) from None
+    if count < 0:
+        raise ArgumentError(f"{where}: top must be an integer >= 0 (0 gives []), got {count}")
+    return count
+
+
 def most_similar(
     query: str,
     word_to_id: Mapping[str, int],
@@ -168,14 +185,16 @@ def most_similar(
     top: int = 5,
 ) -> list[tuple[str, float]]:
     """The ``top`` words closest to ``query`` by cosine similarity of the rows of
-    ``word_matrix``, as ``[(word, similarity), ...]`` best first (the book prints them)."""
+    ``word_matrix``, as ``[(word, similarity), ...]`` best first (the book prints them);
+    ``top`` is an integer >= 0 (0 gives ``[]``)."""
+    count = _top("most_similar", top)
     if query not in word_to_id:
         raise ArgumentError(f"most_similar: {query!r} is not in the vocabulary")
     w = word_matrix.data if isinstance(word_matrix, Tensor) else word_matrix
     sims = _host_list(cos_similarity(w, w[word_to_id[query], ...]))
     order = sorted(range(len(sims)), key=lambda i: -sims[i])
     qid = word_to_id[query]
-    return [(id_to_word[i], float(sims[i])) for i in order if i != qid][: int(top)]
+    return [(id_to_word[i], float(sims[i])) for i in order if i != qid][:count]
 
 
 def _norm(xp: Any, a: Any, axis: int | None) -> Any:
@@ -197,6 +216,7 @@ def analogy(
 ) -> list[tuple[str, float]]:
     """``a : b = c : ?``, answered by the words whose normalised vectors have the largest dot
     product with ``b - a + c`` (the book's ``analogy``), leaving out ``a``, ``b``, ``c``."""
+    count = _top("analogy", top)
     for word in (a, b, c):
         if word not in word_to_id:
             raise ArgumentError(f"analogy: {word!r} is not in the vocabulary")
@@ -208,7 +228,7 @@ def analogy(
     sims = _host_list(normed @ query)
     skip = {word_to_id[a], word_to_id[b], word_to_id[c]}
     order = sorted(range(len(sims)), key=lambda i: -sims[i])
-    return [(id_to_word[i], float(sims[i])) for i in order if i not in skip][: int(top)]
+    return [(id_to_word[i], float(sims[i])) for i in order if i not in skip][:count]
 
 
 def lm_batch(xs: Any, ts: Any, batch_size: int, time_size: int, time_idx: int) -> tuple[Any, Any]:

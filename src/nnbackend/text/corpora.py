@@ -3,8 +3,9 @@ folder), a small generated corpus for tests and quick runs, and the addition and
 sequence tasks of chapters 7-8 (generated, as the book's text files were).
 
 All loaders are reachable as ``nb.datasets.ptb``, ``nb.datasets.tiny_corpus``,
-``nb.datasets.addition`` and ``nb.datasets.date_format``. Word and character ids are int64
-arrays on the active backend.
+``nb.datasets.addition`` and ``nb.datasets.date_format``. Word and character ids are arrays
+of the active backend's index dtype (int64; int32 on jax without x64), as
+:func:`nnbackend.text.preprocess` makes them.
 
 >>> import nnbackend as nb
 >>> corpus, word_to_id, id_to_word = nb.datasets.tiny_corpus()
@@ -27,6 +28,7 @@ from typing import Any, NamedTuple
 
 from nnbackend.errors import ArgumentError, DownloadError
 from nnbackend.namespace import namespace
+from nnbackend.text import _index_dtype
 
 __all__ = [
     "CACHE_ENV",
@@ -52,7 +54,8 @@ _urlopen = urllib.request.urlopen
 
 class TextCorpus(NamedTuple):
     """``(corpus, word_to_id, id_to_word)``, as the book's loaders return them: ``corpus`` an
-    int64 array of word ids on the active backend."""
+    array of word ids on the active backend, in its index dtype (int64; int32 on jax without
+    x64)."""
 
     corpus: Any
     word_to_id: dict[str, int]
@@ -60,8 +63,9 @@ class TextCorpus(NamedTuple):
 
 
 class SequenceData(NamedTuple):
-    """A character sequence task: ``x`` (N, Tin) and ``t`` (N, Tout) int64 id arrays for
-    training and test, and the character vocabulary."""
+    """A character sequence task: ``x`` (N, Tin) and ``t`` (N, Tout) id arrays (index dtype:
+    int64; int32 on jax without x64) for training and test, and the character vocabulary.
+    A part with no samples keeps its width: (0, Tin) and (0, Tout)."""
 
     x_train: Any
     t_train: Any
@@ -166,7 +170,7 @@ def ptb(
             f"{path} holds words missing from the training vocabulary: {unknown[:5]}"
         )
     xp = namespace()
-    corpus = xp.asarray([word_to_id[w] for w in words], dtype=xp.int64)
+    corpus = xp.asarray([word_to_id[w] for w in words], dtype=_index_dtype(xp))
     return TextCorpus(corpus, word_to_id, {i: w for w, i in word_to_id.items()})
 
 
@@ -191,15 +195,20 @@ def tiny_corpus(n_sentences: int = 400, seed: int = 0) -> TextCorpus:
     for w in words:
         word_to_id.setdefault(w, len(word_to_id))
     xp = namespace()
-    corpus = xp.asarray([word_to_id[w] for w in words], dtype=xp.int64)
+    corpus = xp.asarray([word_to_id[w] for w in words], dtype=_index_dtype(xp))
     return TextCorpus(corpus, word_to_id, {i: w for w, i in word_to_id.items()})
 
 
 def _split(
-    questions: list[str], answers: list[str], seed: int, test_fraction: float
+    questions: list[str],
+    answers: list[str],
+    seed: int,
+    test_fraction: float,
+    widths: tuple[int, int],
 ) -> SequenceData:
     """Number the characters by first appearance (questions then answers, line by line, as
-    the book's ``sequence.load_data``), shuffle with ``seed`` and hold out a test part."""
+    the book's ``sequence.load_data``), shuffle with ``seed`` and hold out a test part.
+    ``widths`` are the question and answer lengths, the column counts of an empty part."""
     char_to_id: dict[str, int] = {}
     for q, a in zip(questions, answers, strict=True):
         for ch in q + a:
@@ -209,15 +218,20 @@ def _split(
     split_at = len(order) - int(len(order) * test_fraction)
     xp = namespace()
 
-    def ids(lines: list[str], idx: list[int]) -> Any:
-        return xp.asarray([[char_to_id[c] for c in lines[i]] for i in idx], dtype=xp.int64)
+    index = _index_dtype(xp)  # as preprocess: int64 made jax without x64 warn
+
+    def ids(lines: list[str], idx: list[int], width: int) -> Any:
+        # Built flat and reshaped: asarray([]) of no rows was (0,), not (0, width).
+        flat = [char_to_id[c] for i in idx for c in lines[i]]
+        return xp.reshape(xp.asarray(flat, dtype=index), (len(idx), width))
 
     train, test = order[:split_at], order[split_at:]
+    tin, tout = widths
     return SequenceData(
-        ids(questions, train),
-        ids(answers, train),
-        ids(questions, test),
-        ids(answers, test),
+        ids(questions, train, tin),
+        ids(answers, train, tout),
+        ids(questions, test, tin),
+        ids(answers, test, tout),
         char_to_id,
         {i: c for c, i in char_to_id.items()},
     )
@@ -232,7 +246,7 @@ def addition(n: int = 50000, seed: int = 1984, test_fraction: float = 0.1) -> Se
         a, b = rng.randint(0, 999), rng.randint(0, 999)
         questions.append(f"{a}+{b}".ljust(7))
         answers.append(("_" + str(a + b)).ljust(5))
-    return _split(questions, answers, seed, test_fraction)
+    return _split(questions, answers, seed, test_fraction, (7, 5))
 
 
 _MONTHS = [
@@ -279,4 +293,4 @@ def date_format(n: int = 50000, seed: int = 1984, test_fraction: float = 0.1) ->
         text = _date_text(rng, day.year, day.month, day.day, day.weekday())
         questions.append(text.ljust(29))
         answers.append("_" + day.isoformat())
-    return _split(questions, answers, seed, test_fraction)
+    return _split(questions, answers, seed, test_fraction, (29, 11))
