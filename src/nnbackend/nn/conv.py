@@ -30,7 +30,6 @@ How it runs, on each backend:
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 from nnbackend.autograd.function import Function, spare_grad
@@ -40,7 +39,13 @@ from nnbackend.backends.ops import NATIVE, device_key
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import float_dtype, mixed_compute, not_an_array, same_backend
+from nnbackend.nn.functional import (
+    float_dtype,
+    mixed_compute,
+    not_an_array,
+    same_backend,
+    size_argument,
+)
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = [
@@ -616,18 +621,6 @@ def conv_transpose2d(
     return node(x, weight) if bias is None else node(x, weight, bias)
 
 
-def _positive(name: str, what: str, value: Any) -> int:
-    """``value`` as a positive int (Python or NumPy integer), else an ArgumentError: a zero
-    or negative channel count fails later, in the initialisation, with a bare error."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = 0
-    if number < 1 or isinstance(value, bool):
-        raise ArgumentError(f"{name}: {what} must be a positive int, got {value!r}")
-    return number
-
-
 def _conv_init(shape: tuple[int, ...], fan_in: int, generator: Any) -> Any:
     # PyTorch's default (kaiming_uniform with a = sqrt(5)): U[-1/sqrt(fan_in), 1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in)
@@ -655,8 +648,8 @@ class _ConvNd(Module):
         transposed: bool,
     ) -> None:
         name = type(self).__name__
-        in_channels = _positive(name, "in_channels", in_channels)
-        out_channels = _positive(name, "out_channels", out_channels)
+        in_channels = size_argument(name, "in_channels", in_channels)
+        out_channels = size_argument(name, "out_channels", out_channels)
         _check_groups(name, groups, in_channels, "in_channels")
         _check_groups(name, groups, out_channels, "out_channels")
         self.in_channels, self.out_channels = in_channels, out_channels

@@ -18,6 +18,7 @@ parameter's own dtype; the losses compute in float32.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -369,6 +370,24 @@ def not_an_array(x: Any, where: str) -> BackendMismatchError:
         "the layer's backend; make it one with nnbackend.to_backend(x, like=model) "
         "(Trainer.fit/evaluate/predict do it for you)"
     )
+
+
+def size_argument(layer: str, name: str, value: Any) -> int:
+    """``value`` as a size of at least 1 (an int or an integral scalar such as
+    ``numpy.int64``), or an ArgumentError naming the layer and argument: ``Linear(2.5, 3)``
+    would otherwise truncate to 2, and ``Linear(-1, 3)`` or ``Conv2d(0, 2, 3)`` fail deep
+    inside the initialiser. Booleans are refused."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        size = operator.index(value)  # ints and integral scalars, no floats
+    except TypeError:
+        raise ArgumentError(
+            f"{layer}: {name} must be an integer >= 1, got {value!r} of type {type(value).__name__}"
+        ) from None
+    if size < 1:
+        raise ArgumentError(f"{layer}: {name} must be an integer >= 1, got {size}")
+    return size
 
 
 def same_backend(x: Any, weight: Any, where: str) -> None:

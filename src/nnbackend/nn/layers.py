@@ -9,7 +9,6 @@ Tensors; a float input whose dtype differs from the layer's raises
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 from nnbackend.autograd.tensor import Tensor
@@ -35,23 +34,6 @@ __all__ = [
 
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
-
-
-def _size(layer: str, name: str, value: Any) -> int:
-    """``value`` as a size of at least 1, or an ArgumentError naming the layer and argument:
-    ``Linear(2.5, 3)`` would otherwise truncate to 2 and ``Linear(-1, 3)`` fail deep inside
-    the initialiser."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        size = operator.index(value)  # ints and integral scalars (numpy.int64), no floats
-    except TypeError:
-        raise ArgumentError(
-            f"{layer}: {name} must be an integer >= 1, got {value!r} of type {type(value).__name__}"
-        ) from None
-    if size < 1:
-        raise ArgumentError(f"{layer}: {name} must be an integer >= 1, got {size}")
-    return size
 
 
 def _explain(layer: Module, x: Any, weight: Any, expected: str, exc: Exception) -> Exception:
@@ -85,8 +67,8 @@ class Linear(Module):
         self, in_features: int, out_features: int, bias: bool = True, *, generator: Any = None
     ) -> None:
         super().__init__()
-        self.in_features = _size("Linear", "in_features", in_features)
-        self.out_features = _size("Linear", "out_features", out_features)
+        self.in_features = F.size_argument("Linear", "in_features", in_features)
+        self.out_features = F.size_argument("Linear", "out_features", out_features)
         self.weight = Parameter(
             init.xavier_normal((self.in_features, self.out_features), generator=generator)
         )
@@ -219,8 +201,8 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, generator: Any = None) -> None:
         super().__init__()
-        self.num_embeddings = _size("Embedding", "num_embeddings", num_embeddings)
-        self.embedding_dim = _size("Embedding", "embedding_dim", embedding_dim)
+        self.num_embeddings = F.size_argument("Embedding", "num_embeddings", num_embeddings)
+        self.embedding_dim = F.size_argument("Embedding", "embedding_dim", embedding_dim)
         self.weight = Parameter(
             init.normal((self.num_embeddings, self.embedding_dim), 1.0, generator=generator)
         )

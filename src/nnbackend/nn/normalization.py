@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import Any
 
 from nnbackend.autograd.function import Function
@@ -28,7 +27,7 @@ from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 from nnbackend.nn import init
-from nnbackend.nn.functional import mixed_compute, not_an_array, same_backend
+from nnbackend.nn.functional import mixed_compute, not_an_array, same_backend, size_argument
 from nnbackend.nn.module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "GroupNorm", "batch_norm", "group_norm"]
@@ -323,8 +322,8 @@ class GroupNorm(Module):
         self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True
     ) -> None:
         super().__init__()
-        num_groups = _positive("GroupNorm", "num_groups", num_groups)
-        num_channels = _positive("GroupNorm", "num_channels", num_channels)
+        num_groups = size_argument("GroupNorm", "num_groups", num_groups)
+        num_channels = size_argument("GroupNorm", "num_channels", num_channels)
         if num_channels % num_groups:
             raise ArgumentError(
                 f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups "
@@ -405,7 +404,7 @@ def group_norm(
 def _group_norm(x: Any, num_groups: int, weight: Any, bias: Any, eps: float) -> Tensor:
     xd = _data(x)
     _check_input("group_norm", xd)
-    num_groups = _positive("group_norm", "num_groups", num_groups)
+    num_groups = size_argument("group_norm", "num_groups", num_groups)
     if xd.ndim < 2 or xd.shape[1] % num_groups:
         raise ShapeError(
             f"group_norm: input of shape {tuple(xd.shape)} must be (N, C, ...) with C "
@@ -416,18 +415,6 @@ def _group_norm(x: Any, num_groups: int, weight: Any, bias: Any, eps: float) -> 
     _check_per_channel("group_norm", xd, (("weight", weight), ("bias", bias)))
     args = [a for a in (x, weight, bias) if a is not None]
     return GroupNormNode(int(num_groups), float(eps))(*args)
-
-
-def _positive(name: str, what: str, value: Any) -> int:
-    """``value`` as a positive int (Python or NumPy integer), else an ArgumentError (a
-    float or negative count fails later with a bare error, or is truncated)."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = 0
-    if number < 1 or isinstance(value, bool):
-        raise ArgumentError(f"{name}: {what} must be a positive int, got {value!r}")
-    return number
 
 
 class _BatchNorm(Module):
@@ -452,7 +439,7 @@ class _BatchNorm(Module):
             )
         if not 0.0 <= momentum <= 1.0:
             raise ArgumentError(f"momentum must be in [0, 1], got {momentum}")
-        self.num_features = _positive(type(self).__name__, "num_features", num_features)
+        self.num_features = size_argument(type(self).__name__, "num_features", num_features)
         self.eps, self.momentum = float(eps), float(momentum)
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         if affine:
