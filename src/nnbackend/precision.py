@@ -427,7 +427,7 @@ class LossScaler:
         # A real number only: float() takes the string "2.0" and raises TypeError, ValueError
         # or OverflowError (an int beyond floats) for the rest, none of them a CheckpointError.
         scale = math.nan
-        if isinstance(raw, numbers.Real) and not isinstance(raw, bool):
+        if type(raw) is not bool and isinstance(raw, numbers.Real):
             try:
                 scale = float(raw)
             except OverflowError:

@@ -432,7 +432,8 @@ class _BatchNorm(Module):
     ) -> None:
         super().__init__()
         # momentum=None (PyTorch's cumulative average) would fail in the comparison.
-        if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+        given: Any = momentum  # (typed float, but a user may pass None, as in PyTorch)
+        if type(given) is bool or not isinstance(given, numbers.Real):
             raise ArgumentError(
                 f"momentum must be a number in [0, 1], got {momentum!r} (PyTorch's "
                 "momentum=None, a cumulative average, is not supported)"

@@ -104,10 +104,11 @@ class UnigramSampler:
             raise ArgumentError(f"UnigramSampler: vocab_size={size} but the corpus holds id {top}")
         if int(sample_size) < 1:
             raise ArgumentError(f"sample_size must be >= 1, got {sample_size}")
+        given: Any = power  # (typed float, but a user may pass anything)
         if (
-            isinstance(power, bool)
-            or not isinstance(power, numbers.Real)
-            or not math.isfinite(float(power))
+            type(given) is bool
+            or not isinstance(given, numbers.Real)
+            or not math.isfinite(float(given))
         ):
             # Checked here: float() took the text "0.75" and True silently, failed on "a"
             # with a bare ValueError, and a NaN power made NaN probabilities.
