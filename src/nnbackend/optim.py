@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from nnbackend.autograd import trace
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.device import map_arrays, once
-from nnbackend.errors import ArgumentError, CheckpointError
+from nnbackend.device import map_arrays, moves, once
+from nnbackend.errors import ArgumentError, BackendMismatchError, CheckpointError
 from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.nn.module import convert_like
 from nnbackend.typing import Array, Namespace
@@ -63,12 +63,16 @@ __all__ = [
 
 
 # Optimizer attributes that are its parameters or caches about them, never state to move.
-_NOT_STATE = frozenset({"params", "_entries"})
+_NOT_STATE = frozenset({"params", "_entries", "_moves_seen"})
 
 
 def _as_params(params: Any) -> list[Tensor]:
     if hasattr(params, "parameters") and callable(params.parameters):
         params = params.parameters()
+    elif isinstance(params, Tensor):
+        # One parameter (torch's clip_grad_norm_ takes one too); iterating a Tensor would
+        # give its rows, new Tensors that never get a gradient: steps would do nothing.
+        params = [params]
     out: list[Tensor] = []
     seen: set[int] = set()
     for p in params:
@@ -82,11 +86,26 @@ def _as_params(params: Any) -> list[Tensor]:
     return out
 
 
-def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
-    value = float(value)
+def _as_float(name: str, value: Any) -> float:
+    """``float(value)``, or an ArgumentError naming ``name`` (not float()'s bare TypeError
+    for ``None``, or ValueError for a word)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{name} must be a number, got {value!r}") from None
+
+
+def _positive(
+    name: str, value: float, *, allow_zero: bool = True, allow_inf: bool = False
+) -> float:
+    # Infinity only where asked (clip_grad_norm's max_norm: no clipping): an infinite eps
+    # stops every update, an infinite weight decay turns every weight into inf or NaN.
+    value = _as_float(name, value)
     if not (value > 0.0 or (allow_zero and value == 0.0)) or math.isnan(value):
         bound = ">= 0" if allow_zero else "> 0"
         raise ArgumentError(f"{name} must be {bound}, got {value}")
+    if value == math.inf and not allow_inf:
+        raise ArgumentError(f"{name} must be finite, got {value}")
     return value
 
 
@@ -137,10 +156,13 @@ class _Slot:
     """What an update rule needs to know about one parameter besides its arrays: the
     backend's ops and the dtype's smallest normal number (the floor of ``eps``)."""
 
-    __slots__ = ("ops", "sub_scaled_", "tiny", "xp")
+    __slots__ = ("kind", "ops", "sub_scaled_", "tiny", "xp")
 
-    def __init__(self, ops: Ops, xp: Namespace, tiny: float) -> None:
+    def __init__(self, ops: Ops, xp: Namespace, tiny: float, kind: type) -> None:
         self.ops, self.xp, self.tiny = ops, xp, tiny
+        #: The type of the parameter's array when looked up: another type means the array
+        #: moved to another backend (``model.to(...)`` after the optimizer was built).
+        self.kind = kind
         #: ``ops.sub_scaled_``, bound once: SGD's whole rule, called per parameter per step.
         self.sub_scaled_ = ops.sub_scaled_
 
@@ -150,7 +172,7 @@ class _Slot:
 
 
 def _fraction(name: str, value: float) -> float:
-    value = float(value)
+    value = _as_float(name, value)
     if not 0.0 <= value < 1.0:
         raise ArgumentError(f"{name} must be in [0, 1), got {value}")
     return value
@@ -184,6 +206,7 @@ class Optimizer:
     hyperparameters: tuple[str, ...] = ("lr",)
     state_names: tuple[str, ...] = ()
     counts_steps_per_param = False
+    _moves_seen = -1  # (a subclass that skips __init__ checks its entries on its first step)
 
     def __init__(self, params: Iterable[Tensor] | Any, lr: float) -> None:
         self.params = _as_params(params)
@@ -194,6 +217,7 @@ class Optimizer:
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         # Per-parameter facts, looked up once: (param, state, slot).
         self._entries: list[tuple[Tensor, dict[str, Any], _Slot]] = self._entry_list()
+        self._moves_seen = moves[0]  # to_device's count when the entries were last checked
 
     def _refresh_entries(self) -> None:
         """Look up each parameter's backend facts again (after its arrays moved)."""
@@ -204,8 +228,36 @@ class Optimizer:
         for p, st in zip(self.params, self.state, strict=True):
             xp = backend_for(p.data)[0]
             tiny = float(xp.finfo(p.data.dtype).smallest_normal)
-            entries.append((p, st, _Slot(ops_for(xp, p.data), xp, tiny)))
+            entries.append((p, st, _Slot(ops_for(xp, p.data), xp, tiny, type(p.data))))
         return entries
+
+    def _live_entries(self) -> list[tuple[Tensor, dict[str, Any], _Slot]]:
+        """``_entries``, looked up again where a parameter's array has changed type: the
+        model moved to another backend after this optimizer was built (``Module.to`` keeps
+        the Parameter objects, so the optimizer stays valid), and the old backend's ops
+        would fail inside that library. State arrays left on the old backend raise
+        :class:`~nnbackend.errors.BackendMismatchError` naming the fix, before any change.
+        Called by ``step`` only when :data:`nnbackend.device.moves` moved since."""
+        self._moves_seen = moves[0]
+        entries = self._entries
+        for p, _st, slot in entries:
+            if type(p.data) is not slot.kind:
+                break
+        else:
+            return entries
+        self._refresh_entries()
+        for i, (p, st, _slot) in enumerate(self._entries):
+            here = backend_for(p.data)[1]
+            for key in self.state_names:
+                value = st.get(key)
+                if value is not None and backend_for(value)[1] is not here:
+                    raise BackendMismatchError(
+                        f"{type(self).__name__} state {key!r} of parameter {i} is on "
+                        f"{backend_for(value)[1].name}, but the parameter moved to {here.name}: "
+                        "move the optimizer with its model, "
+                        f"nnbackend.to_device(optimizer, {here.name!r})"
+                    )
+        return self._entries
 
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to ``None``, keeping each array aside for the next
@@ -220,9 +272,10 @@ class Optimizer:
         if type(self)._rule is Optimizer._rule:
             raise NotImplementedError(f"{type(self).__name__} must define _rule()")
         self.lr = _checked_lr(self)
+        entries = self._entries if self._moves_seen == moves[0] else self._live_entries()
         self.steps += 1
         rule, names = self._rule, self.state_names
-        for p, st, slot in self._entries:
+        for p, st, slot in entries:
             g = p.grad
             if g is None:
                 continue
@@ -381,10 +434,11 @@ class SGD(Optimizer):
     @trace.recorded
     def step(self) -> None:
         lr = self.lr = _checked_lr(self)
+        entries = self._entries if self._moves_seen == moves[0] else self._live_entries()
         self.steps += 1
         # One pass, no state: the ops' sub_scaled_ (NumPy: through a scratch buffer, and
         # float16 in float32 a block at a time) is the whole rule.
-        for p, _st, slot in self._entries:
+        for p, _st, slot in entries:
             g = p.grad
             if g is not None:
                 p.data = slot.sub_scaled_(p.data, lr, g)
@@ -497,8 +551,12 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(params, lr)
-        self.beta1 = _fraction("betas[0]", betas[0])
-        self.beta2 = _fraction("betas[1]", betas[1])
+        try:
+            beta1, beta2 = betas[0], betas[1]
+        except (TypeError, IndexError, KeyError):
+            raise ArgumentError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.beta1 = _fraction("betas[0]", beta1)
+        self.beta2 = _fraction("betas[1]", beta2)
         self.eps = _positive("eps", eps)
         self.weight_decay = _positive("weight_decay", weight_decay)
 
@@ -594,7 +652,7 @@ def clip_grad_norm(params: Iterable[Tensor] | Any, max_norm: float, eps: float =
         The norm before clipping, as a 0-d array (float32 for float16 gradients, else the
         gradients' dtype). With no gradients at all, a 0-d zero of the active namespace.
     """
-    max_norm = _positive("max_norm", max_norm, allow_zero=False)
+    max_norm = _positive("max_norm", max_norm, allow_zero=False, allow_inf=True)
     with_grad = [p for p in _as_params(params) if p.grad is not None]
     if not with_grad:
         return namespace().zeros(())

@@ -87,7 +87,15 @@ class ModuleDict(Module):
             self[key] = module
 
     def __setitem__(self, key: str, module: Module) -> None:
-        if not isinstance(key, str) or not key or "." in key or hasattr(type(self), key):
+        # An instance attribute that is no entry (``training``, the ``_modules`` registry)
+        # is refused too: add_module would replace it in ``__dict__``.
+        if (
+            not isinstance(key, str)
+            or not key
+            or "." in key
+            or hasattr(type(self), key)
+            or (key in self.__dict__ and key not in self._modules)
+        ):
             raise KeyError(
                 f"ModuleDict keys are non-empty strings without '.' that are not ModuleDict "
                 f"attributes (keys, items, update, ...), got {key!r}"

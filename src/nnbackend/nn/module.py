@@ -235,18 +235,30 @@ class Module:
         _changed()
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
-        """Register ``param`` (or a ``None`` placeholder) under ``name``."""
+        """Register ``param`` (or a ``None`` placeholder) under ``name``.
+
+        Raises:
+            ArgumentError: ``name`` is empty, holds a dot or is the module's own bookkeeping
+                (``training``, ``_parameters``, ...).
+        """
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter needs an nn.Parameter, got {type(param)}")
+        _check_member_name(self, name, "parameter")
         self._modules.pop(name, None)
         self._parameters[name] = param
         self.__dict__[name] = param
         _changed()
 
     def add_module(self, name: str, module: Module | None) -> None:
-        """Register ``module`` (or a ``None`` placeholder) under ``name``."""
+        """Register ``module`` (or a ``None`` placeholder) under ``name``.
+
+        Raises:
+            ArgumentError: ``name`` is empty, holds a dot or is the module's own bookkeeping
+                (``training``, ``_parameters``, ...).
+        """
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module needs an nn.Module, got {type(module)}")
+        _check_member_name(self, name, "submodule")
         self._parameters.pop(name, None)
         self._modules[name] = module
         self.__dict__[name] = module
@@ -448,6 +460,15 @@ class Module:
                 shape or dtype does not fit.
         """
         _check_layout(layout)
+        if not isinstance(state, Mapping):
+            # A model, a path or a list of pairs would otherwise be probed with ``in`` (a
+            # bare TypeError, a path read as its characters) or, with strict=False, load
+            # nothing without a word.
+            raise CheckpointError(
+                f"{type(self).__name__}.load_state_dict needs a mapping {{name: array}} such "
+                f"as other_model.state_dict(), got {type(state).__name__}; to read a file, use "
+                "nnbackend.load(model, path)"
+            )
         if layout != "nnbackend":
             state = _convert_layout(self, dict(state), layout, export=False)
         own: dict[str, Tensor] = dict(self.named_state())
@@ -568,6 +589,19 @@ def transpose_2d(value: Any) -> Any:
     except Exception:
         return value
     return xp.permute_dims(value, (1, 0))
+
+
+def _check_member_name(module: Module, name: Any, kind: str) -> None:
+    """Raise :class:`ArgumentError` unless ``name`` may name a parameter or submodule of
+    ``module``: a non-empty string without a dot (dotted names are the state dict's paths:
+    a child ``"b.c"`` of ``"a"`` and a child ``"c"`` of ``"a.b"`` would both be ``"a.b.c"``,
+    and one array would load into both) that is not the module's own bookkeeping (it would
+    replace ``training`` or a registry in ``__dict__``)."""
+    if not isinstance(name, str) or not name or "." in name or name in _NOT_STATE:
+        raise ArgumentError(
+            f"{kind} name must be a non-empty string without '.' other than "
+            f"{sorted(_NOT_STATE)}, got {name!r} (on {type(module).__name__}); pick another name"
+        )
 
 
 def _holds_layers(value: Any) -> bool:

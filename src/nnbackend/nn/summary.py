@@ -43,13 +43,17 @@ def _run(model: Module, x: Any) -> dict[int, str]:
             return out
 
         cls.__call__ = recording  # type: ignore[method-assign]
-    previous = model.training
+    # Each module's own mode is restored: model.train(previous) alone would also switch a
+    # part the user keeps in eval mode (a frozen Dropout or BatchNorm) back to training.
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         with no_grad():
             model(x)
     finally:
-        model.train(previous)
+        model.train(modes[0][1])  # (moves the settings count, as any mode change must)
+        for module, mode in modes:
+            module.__dict__["training"] = mode  # as Module.train writes it; no recursion
         for cls, original in patched.items():
             if original is None:
                 del cls.__call__
