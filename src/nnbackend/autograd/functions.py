@@ -437,15 +437,31 @@ def var(x: Any, axis: Any = None, keepdims: bool = False, correction: float = 0.
     return ops.sum(d * d, axis, keepdims) * (1.0 / (n - correction))
 
 
+class _StdSqrt(Sqrt):
+    """The square root of a variance, whose derivative is 0 where the variance is 0 (all
+    values equal), as torch's std: sqrt'(0) * var' = inf * 0 would be nan, and a constant
+    feature would make every gradient behind it nan."""
+
+    def derivative(self, x: Any, gy: Tensor) -> Tensor:
+        zero = self.x == 0
+        # the zeros replaced by 1 inside, so the masked side (and its derivative) is finite
+        return gy * where(zero, 0.0, 0.5 / sqrt(where(zero, 1.0, x)))
+
+
 def std(x: Any, axis: Any = None, keepdims: bool = False, correction: float = 0.0) -> Tensor:
-    """Standard deviation over ``axis``: ``sqrt(var(x, axis, keepdims, correction))``."""
-    return sqrt(var(x, axis, keepdims, correction))
+    """Standard deviation over ``axis``: ``sqrt(var(x, axis, keepdims, correction))``, with
+    the gradient 0 (not nan) where all the values are equal, as in torch."""
+    return _StdSqrt()(var(x, axis, keepdims, correction))
 
 
 def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     """``log(sum(exp(x)))`` over ``axis``, shifted by the maximum so it never overflows."""
     x = _tensor(x)
-    m = ops.max(x, axis, True).detach()  # a constant shift: the gradient is unchanged
+    m = ops.max(x, axis, True).data  # a constant shift: the gradient is unchanged
+    # ... but an infinite maximum would give inf - inf = nan: shift those by 0 instead (as
+    # torch), so a row of -inf (all masked) gives -inf and a row with +inf gives +inf
+    xp = backend_for(m)[0]
+    m = Tensor._wrap(xp.where(xp.isfinite(m), m, 0.0), False)
     out = ops.log(ops.sum(ops.exp(x - m), axis, True)) + m
     if keepdims:
         return out
@@ -759,6 +775,11 @@ def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
         idx = xp.asarray(idx)
     if not xp.isdtype(idx.dtype, "integral"):
         raise ArgumentError(f"take: indices must be integers, got {idx.dtype}")
+    # Negative indices counted from the end (as NumPy and torch): the standard leaves them
+    # unspecified, and the backward's one-hot scatter-add (array_api_strict) dropped their
+    # gradients silently.
+    n = int(data.shape[ops.normalize_axis(axis, data.ndim)])
+    idx = xp.where(idx < 0, idx + n, idx)
     return Take(idx, axis)(x)
 
 
@@ -840,11 +861,13 @@ def getitem(x: Any, key: Any) -> Tensor:
         return ops.getitem(x, key)
     shape = tuple(_data(x).shape)
     parts = list(key) if isinstance(key, tuple) else [key]
-    if parts.count(Ellipsis) > 1:
+    # By identity: an index array's == is elementwise (list.count and `in` would ask its truth)
+    dots = [i for i, k in enumerate(parts) if k is Ellipsis]
+    if len(dots) > 1:
         raise ArgumentError(f"getitem: at most one ... in an index, got {key!r}")
-    if Ellipsis in parts:
+    if dots:
         used = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
-        at = parts.index(Ellipsis)
+        at = dots[0]
         parts[at : at + 1] = [slice(None)] * (len(shape) - used)
     forwards: list[Any] = []
     reversed_axes: list[tuple[int, list[int]]] = []
@@ -860,6 +883,8 @@ def getitem(x: Any, key: Any) -> Tensor:
         forwards.append(k)
         if isinstance(k, slice):
             out_axis += 1
+        elif not isinstance(k, int):  # an index array: its axes come in this one's place
+            out_axis += k.ndim
         axis += 1
     y = ops.getitem(x, (*forwards, Ellipsis))
     for a, picked in reversed_axes:

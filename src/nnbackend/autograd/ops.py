@@ -84,11 +84,30 @@ def _shape(x: Any) -> Any:
     return None if type(x) in _SCALARS else tuple(x.shape)
 
 
+def check_broadcast(op: str, sa: Any, sb: Any, error: Exception) -> None:
+    """Raise a :class:`ShapeError` naming ``op`` and both shapes, from ``error``, when ``sa``
+    and ``sb`` (``None`` for a scalar) do not broadcast: for the ``except`` branch of an op
+    whose backend raised (a bare ValueError from NumPy, a RuntimeError from torch), which
+    re-raises ``error`` when this returns. Internal API for the engine's nodes."""
+    if sa is None or sb is None:
+        return
+    for m, n in zip(reversed(sa), reversed(sb), strict=False):
+        if m != n and m != 1 and n != 1:
+            raise ShapeError(
+                f"{op}: shapes {sa} and {sb} do not broadcast (axis lengths {m} and {n}, "
+                "counted from the end, must be equal or 1); reshape or expand_dims one of them"
+            ) from error
+
+
 class Add(Function):
     def forward(self, a: Any, b: Any) -> Any:
         check_same_dtype("add", a, b)
         self.shapes = (_shape(a), _shape(b))
-        return a + b
+        try:
+            return a + b
+        except (ValueError, RuntimeError) as e:
+            check_broadcast("add", *self.shapes, e)
+            raise
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         sa, sb = self.shapes
@@ -108,7 +127,11 @@ class Sub(Function):
     def forward(self, a: Any, b: Any) -> Any:
         check_same_dtype("sub", a, b)
         self.shapes = (_shape(a), _shape(b))
-        return a - b
+        try:
+            return a - b
+        except (ValueError, RuntimeError) as e:
+            check_broadcast("sub", *self.shapes, e)
+            raise
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         sa, sb = self.shapes
@@ -130,7 +153,11 @@ class Mul(Function):
     def forward(self, a: Any, b: Any) -> Any:
         check_same_dtype("mul", a, b)
         self.a, self.b = a, b
-        return a * b
+        try:
+            return a * b
+        except (ValueError, RuntimeError) as e:
+            check_broadcast("mul", _shape(a), _shape(b), e)
+            raise
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         a, b = self.a, self.b
@@ -155,7 +182,11 @@ class Div(Function):
     def forward(self, a: Any, b: Any) -> Any:
         check_same_dtype("div", a, b)
         self.a, self.b = a, b
-        return a / b
+        try:
+            return a / b
+        except (ValueError, RuntimeError) as e:
+            check_broadcast("div", _shape(a), _shape(b), e)
+            raise
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         a, b = self.a, self.b
@@ -191,7 +222,11 @@ class Pow(Function):
     def forward(self, a: Any, b: Any) -> Any:
         check_same_dtype("pow", a, b)
         self.a, self.b = a, b
-        self.y = a**b
+        try:
+            self.y = a**b
+        except (ValueError, RuntimeError) as e:
+            check_broadcast("pow", _shape(a), _shape(b), e)
+            raise
         return self.y
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
@@ -199,21 +234,52 @@ class Pow(Function):
         na, nb = self.needs_input_grad
         ga = gb = None
         if na:
-            ga = unbroadcast(xp, gy * b * a ** (b - 1), tuple(a.shape))
+            if type(b) in _SCALARS:
+                # b * a**(b-1) is 0 * inf = nan at a = 0 for b = 0: x**0 is constant (torch: 0)
+                d = gy * b * a ** (b - 1) if b else gy * 0.0
+            else:
+                d = gy * xp.where(b == 0, 0.0, b * a ** (b - 1))
+            ga = unbroadcast(xp, d, tuple(a.shape))
         if nb:
-            log_a = math.log(a) if type(a) in _SCALARS else xp.log(a)
-            gb = unbroadcast(xp, gy * self.y * log_a, tuple(b.shape))
+            if type(a) in _SCALARS:
+                if a > 0:
+                    d = gy * self.y * math.log(a)
+                elif a == 0:  # 0**b: constant 0 for b > 0 (torch: 0 also at b = 0), inf below
+                    d = gy * xp.where(b >= 0, xp.zeros_like(b), -math.inf)
+                else:  # log of a negative base: nan, as torch (math.log would raise)
+                    d = gy * math.nan
+            else:  # y * log(a) is 0 * -inf = nan at a = 0; torch defines 0 there for b >= 0
+                d = gy * xp.where((a == 0) & (b >= 0), 0.0, self.y * xp.log(a))
+            gb = unbroadcast(xp, d, tuple(b.shape))
         return ga, gb
 
     def graph_backward(self, gy: Any) -> tuple[Any, Any]:
-        a, b = self.input(0, self.a), self.input(1, self.b)
+        xp, ra, rb = self.xp, self.a, self.b
+        a, b = self.input(0, ra), self.input(1, rb)
         na, nb = self.needs_input_grad
         ga = gb = None
         if na:
-            ga = _F.sum_to(gy * b * a ** (b - 1), tuple(self.a.shape))
+            if type(rb) in _SCALARS:
+                d = gy * b * a ** (b - 1) if rb else gy * 0.0  # as in backward
+            else:
+                # a with its entries at b = 0 set to 1: the masked side stays finite, so the
+                # second derivative is 0 there, not nan
+                zero = rb == 0
+                d = gy * _F.where(zero, 0.0, b * _F.where(zero, 1.0, a) ** (b - 1))
+            ga = _F.sum_to(d, tuple(ra.shape))
         if nb:
-            log_a = math.log(a) if type(a) in _SCALARS else log(a)
-            gb = _F.sum_to(gy * a**b * log_a, tuple(self.b.shape))
+            if type(ra) in _SCALARS:
+                if ra > 0:
+                    d = gy * a**b * math.log(ra)
+                elif ra == 0:
+                    d = gy * xp.where(rb >= 0, xp.zeros_like(rb), -math.inf)
+                else:
+                    d = gy * math.nan
+            else:
+                # 1 where a = 0 and b >= 0: 1**b * log(1) = 0 there, with finite derivatives
+                safe = _F.where((ra == 0) & (rb >= 0), 1.0, a)
+                d = gy * safe**b * log(safe)
+            gb = _F.sum_to(d, tuple(rb.shape))
         return ga, gb
 
 
@@ -263,7 +329,11 @@ class MatMul(Function):
 
     def forward(self, a: Any, b: Any) -> Any:
         check_same_dtype("matmul", a, b)
-        if a.ndim == 0 or b.ndim == 0:
+        try:
+            scalar = a.ndim == 0 or b.ndim == 0
+        except AttributeError:  # a Python number (check_same_dtype lets those through)
+            scalar = True
+        if scalar:
             raise ShapeError("matmul needs operands with at least one dimension; use * for scalars")
         if a.shape[-1] != b.shape[0 if b.ndim == 1 else -2]:
             raise ShapeError(
@@ -271,7 +341,13 @@ class MatMul(Function):
                 f"({a.shape[-1]} != {b.shape[0 if b.ndim == 1 else -2]})"
             )
         self.a, self.b = a, b
-        return matmul_arrays(self.xp, a, b)
+        try:
+            return matmul_arrays(self.xp, a, b)
+        except (ValueError, RuntimeError) as e:  # the batch axes (all but the last two)
+            sa = tuple(a.shape[:-2]) if a.ndim > 2 else ()
+            sb = tuple(b.shape[:-2]) if b.ndim > 2 else ()
+            check_broadcast(f"matmul of {tuple(a.shape)} and {tuple(b.shape)}", sa, sb, e)
+            raise
 
     def backward(self, gy: Any) -> tuple[Any, Any]:
         xp, a, b = self.xp, self.a, self.b
@@ -322,7 +398,14 @@ class Reshape(Function):
 
     def forward(self, x: Any) -> Any:
         self.in_shape = tuple(x.shape)
-        return self.xp.reshape(x, self.shape)
+        try:
+            return self.xp.reshape(x, self.shape)
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise ShapeError(
+                f"reshape: an array of shape {self.in_shape} ({_count(self.in_shape)} elements) "
+                f"cannot take the shape {self.shape}; the lengths must multiply to the same "
+                "number (one may be -1)"
+            ) from e
 
     def backward(self, gy: Any) -> Any:
         return self.xp.reshape(gy, self.in_shape)
@@ -340,6 +423,11 @@ class Transpose(Function):
             axes = tuple(range(x.ndim))[::-1]
         else:
             axes = tuple(normalize_axis(a, x.ndim) for a in self.axes)
+            if sorted(axes) != list(range(x.ndim)):
+                raise ShapeError(
+                    f"transpose: axes {self.axes} are not a permutation of the {x.ndim} axes "
+                    f"of an array of shape {tuple(x.shape)}; name each axis once"
+                )
         self.inverse = tuple(sorted(range(len(axes)), key=lambda i: axes[i]))
         return self.xp.permute_dims(x, axes)
 
@@ -370,11 +458,15 @@ def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     the engine's nodes."""
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, int):
+    single = isinstance(axis, int)
+    if single:
         axis = (axis,)
     if not ndim:
         return tuple(axis)
-    return tuple(normalize_axis(a, ndim) for a in axis)
+    axes = tuple(normalize_axis(a, ndim) for a in axis)
+    if not single and len(set(axes)) != len(axes):
+        raise ShapeError(f"axis {axis} names an axis twice; name each axis once")
+    return axes
 
 
 def _expand_reduced(
@@ -520,6 +612,22 @@ def _rows_index(key: Any) -> Any:
     return first
 
 
+def _row_indices(xp: Any, indices: Any, n: int) -> Any:
+    """A user's row index array for ``x[idx]``, checked, with negative indices counted from
+    the end (as NumPy and torch do): the standard leaves ``take``'s negatives unspecified
+    (torch's raises), and the backward's scatter-add by one-hot matching (array_api_strict)
+    matched no row for them and dropped their gradients silently."""
+    dtype = getattr(indices, "dtype", None)
+    if dtype is None or not (xp.isdtype(dtype, "integral") or xp.isdtype(dtype, "bool")):
+        raise DtypeError(
+            f"index {indices!r} is not an integer: index with ints, slices, ..., None or an "
+            "integer array (x[int(i)], x[xp.asarray(rows)])"
+        )
+    if xp.isdtype(dtype, "bool"):
+        return indices  # take_rows says what to do instead
+    return xp.where(indices < 0, indices + n, indices)
+
+
 def take_rows(xp: Any, x: Any, indices: Any) -> Any:
     """``x[indices]`` for an integer array of any shape, using only the standard's ``take``."""
     if xp.isdtype(indices.dtype, "bool"):
@@ -533,6 +641,8 @@ def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
     indices. Uses the backend's scatter-add where it has one (np.add.at, cupyx.scatter_add,
     index_add_), else a one-hot matrix product that only needs the standard."""
     indices = xp.reshape(indices, (-1,))
+    if not indices.shape[0]:  # nothing to add (x[[]]); the one-hot fallback cannot reshape it
+        return target
     values = xp.reshape(values, (indices.shape[0], *target.shape[1:]))
     return ops_for(xp, target).scatter_add(target, indices, values)
 
@@ -558,6 +668,7 @@ class GetItem(Function):
         self.in_shape, self.dtype = tuple(x.shape), x.dtype
         self.rows = _rows_index(self.key)
         if self.rows is not None:
+            self.rows = _row_indices(self.xp, self.rows, int(x.shape[0]))
             return take_rows(self.xp, x, self.rows)
         return x[self.key]
 
@@ -688,7 +799,9 @@ def getitem(x: Any, key: Any) -> Any:
     if isinstance(key, tuple):
         key = tuple(_raw(k) for k in key)
     elif isinstance(key, list):  # x[[0, 2, 2]]: a list of row indices, as NumPy allows
-        key = backend_for(_raw(x))[0].asarray(key)
+        xp = backend_for(_raw(x))[0]
+        # (an empty list selects no rows: as an array it would be float, not an index)
+        key = xp.asarray(key) if key else xp.asarray(key, dtype=xp.int64)
     return GetItem(key)(x)
 
 

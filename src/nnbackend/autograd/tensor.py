@@ -8,7 +8,7 @@ from typing import Any
 from nnbackend import config
 from nnbackend.autograd import function as _function
 from nnbackend.autograd import trace as _trace
-from nnbackend.errors import DtypeError, GradientError
+from nnbackend.errors import DtypeError, GradientError, ShapeError
 from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.typing import Array, Device, DType, Namespace
 
@@ -138,7 +138,7 @@ class Tensor:
     def item(self) -> float | int | bool:
         """The value of a one-element tensor as a Python number (reads it to the host)."""
         if self.size != 1:
-            raise ValueError(
+            raise ShapeError(
                 f"item() needs a tensor with one element, this one has shape {self.shape}"
             )
         x = self.data if self.ndim == 0 else self.xp.reshape(self.data, ())
@@ -226,6 +226,14 @@ class Tensor:
         else:
             if isinstance(grad, Tensor):
                 grad = grad.data
+            elif not hasattr(grad, "shape"):  # a (nested) list or a number: as an array
+                try:
+                    grad = xp.asarray(grad, dtype=data.dtype)
+                except (TypeError, ValueError) as e:
+                    raise GradientError(
+                        f"backward() got a gradient of type {type(grad).__name__}; pass an "
+                        f"array, Tensor or nested list of shape {self.shape}"
+                    ) from e
             if tuple(grad.shape) != self.shape:
                 raise GradientError(
                     f"backward() got a gradient of shape {tuple(grad.shape)} for a tensor of "
