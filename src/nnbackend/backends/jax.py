@@ -270,8 +270,11 @@ class JaxOps(Ops):
         return y * a
 
     def sub_scaled_(self, y: Any, a: float, x: Any) -> Any:
-        """``y - a * x`` as a new array."""
-        return y - a * x
+        """``y - a * x`` as a new array, in ``y``'s dtype (a gradient of another dtype set
+        by hand would promote the parameter: SGD calls this without apply_update's
+        conversion)."""
+        new = y - a * x
+        return new if new.dtype == y.dtype else new.astype(y.dtype)
 
     def write(self, target: Any, key: Any, value: Any, fallback: Any) -> Any:
         """``target.at[key].set(value)``: a new array (``fallback`` is not needed)."""

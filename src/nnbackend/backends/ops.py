@@ -210,6 +210,7 @@ _OVERRIDES = (
     "float16_positive",
     "float16_keep",
     "float16_nan",
+    "float16_finite",
 )
 
 
@@ -290,6 +291,10 @@ class Ops:
             lambda mask, x: xp.where(mask, x, 0.0)
         )
         self._nan: Callable[[Any], Any] = offered.get("float16_nan") or xp.isnan
+        #: Whether every value of float16 ``x`` is finite (NumPy reads the bits).
+        self._finite: Callable[[Any], Any] = offered.get("float16_finite") or (
+            lambda x: xp.all(xp.isfinite(x))
+        )
         self._cache: dict[Hashable, Any] = {}
         self.float16 = xp.float16 if caps.float16 and hasattr(xp, "float16") else None
         self.float32 = xp.float32
@@ -580,7 +585,14 @@ class Ops:
         c = self.compute(gy, _WIDE_MIN_SIZE)
         if c.wide:
             if slope == 0.0:
-                return self._keep(mask, gy)
+                kept = self._keep(mask, gy)
+                # gy times the 0/1 mask, as the native path computes it: where the mask is
+                # off, an infinite or NaN gy gives NaN (0 * inf), not the 0 _keep writes (an
+                # overflowed float16 gradient must stay visible, to the loss scaler too).
+                if self._finite(gy):  # (the usual case: one pass over the bits on NumPy)
+                    return kept
+                xp = self.xp
+                return xp.where(mask | xp.isfinite(gy), kept, xp.asarray(math.nan, dtype=gy.dtype))
             wide = c.widen(gy)
             return c.narrow(self.xp.where(mask, wide, wide * slope))
         # The mask as 0/1 (or slope/1) factors: a multiply instead of a where. The factors
@@ -724,6 +736,10 @@ class Ops:
             wide = c.widen(y)
             wide -= step
             return self._store_narrow(y, wide)
+        if x.dtype != y.dtype:  # a gradient of another dtype set by hand (SGD calls this
+            # without apply_update's conversion): computed in the promoted dtype and stored
+            # in y's, as NumPy's and torch's in-place subtraction do; never promoting y.
+            return self.update(y, self.astype(y - a * x, y.dtype))
         return self.sub_(y, a * x)
 
     # The optimizers' update rules (optim.py), one primitive per term of a rule. Each is the
