@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nnbackend import registry
@@ -82,10 +82,18 @@ class _Overrides:
     dtype: str | None
     device: str | None
     check_dtypes: bool | None = None
+    # The overrides in force when the block was entered, restored when it ends (see _leave).
+    outer: _Overrides | None = field(default=None, compare=False, repr=False)
 
 
 _context: ContextVar[_Overrides | None] = ContextVar("nnbackend_settings", default=None)
-_lock = threading.Lock()
+# Blocks of this context that ended while another block was innermost (a generator's block
+# closed after a later one was opened): when the innermost one ends, they are skipped. A
+# tuple, searched by identity: two blocks with equal settings are still two blocks.
+_ended: ContextVar[tuple[_Overrides, ...]] = ContextVar("nnbackend_ended", default=())
+# Reentrant: reading NNBACKEND may import a plugin (its entry point), whose import may read
+# the settings again in this thread (see _read_environment); a plain Lock hung there.
+_lock = threading.RLock()
 
 
 class _Process:
@@ -96,6 +104,7 @@ class _Process:
     backend_source: str = SOURCE_BUILTIN
     dtype_source: str = SOURCE_BUILTIN
     environment_read = False
+    environment_reading = False  # _read_environment() is validating (importing a plugin)
     version = 0  # bumped on every change, so cached namespaces can notice
     check_dtypes: bool | None = None  # set_check_dtypes()
     env_check_dtypes = False  # NNBACKEND_CHECK_DTYPES
@@ -157,6 +166,36 @@ def count_blocks(kind: str, delta: int) -> None:
         name = {"check": "check_blocks", "anomaly": "anomaly_blocks", "trace": "trace_blocks"}[kind]
         setattr(engine_switch, name, getattr(engine_switch, name) + delta)
         _refresh_switch()
+
+
+def _leave(overrides: _Overrides) -> None:
+    """End the block that set ``overrides``. Not ``ContextVar.reset``: blocks inside
+    generators end in any order, and in any context (a generator closed by another thread or
+    task). Restoring the value at entry then brought back a block that had already ended
+    (its settings stayed for good), and a reset from another context raised ValueError."""
+    current = _context.get()
+    if current is not overrides:
+        # Another block is innermost here: leave it in force, but never restore this one.
+        if current is not None:
+            _ended.set((*_ended.get(), overrides))
+        return
+    outer = overrides.outer
+    ended = _ended.get()
+    if ended:
+        while outer is not None and any(outer is block for block in ended):
+            outer = outer.outer
+        if outer is None:
+            _ended.set(())
+    _context.set(outer)
+
+
+def _check_flag(value: Any, name: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        # bool("false") is True: a string here is a mistake, never a flag.
+        raise ArgumentError(f"{name} must be True, False or None, got the string {value!r}")
+    return bool(value)
 
 
 def _parse_flag(value: str, variable: str) -> bool:
@@ -249,11 +288,24 @@ def _read_environment() -> None:
             return
         backend = os.environ.get(BACKEND_ENV, "").strip()
         dtype = os.environ.get(DTYPE_ENV, "").strip()
+        if _Process.environment_reading:
+            # Only this thread holds the lock: the plugin NNBACKEND names is being imported
+            # by the check below, and its import asked for the settings, which depend on it.
+            raise BackendError(
+                f"{BACKEND_ENV}={backend!r}: the plugin that registers this backend read "
+                "nnbackend's settings (get_backend, get_default_dtype, namespace, ...) while "
+                "it was being imported; the settings depend on that backend, so they cannot "
+                "be known yet. Read them inside the backend's functions, not at import"
+            )
         # A variable already overridden by set_*() is not read. Validate all before recording
         # anything, so a bad value raises again on the next use instead of being half-applied.
         backend_name = dtype_name = None
         if _Process.backend is None and backend:
-            backend_name = check_backend(backend, variable=BACKEND_ENV)
+            _Process.environment_reading = True
+            try:
+                backend_name = check_backend(backend, variable=BACKEND_ENV)
+            finally:
+                _Process.environment_reading = False
         if _Process.dtype is None and dtype:
             dtype_name = normalize_policy(dtype, variable=DTYPE_ENV)
         check = _parse_flag(os.environ.get(CHECK_DTYPES_ENV, ""), CHECK_DTYPES_ENV)
@@ -318,8 +370,9 @@ def set_default_dtype(dtype: Any) -> None:
 def set_check_dtypes(enabled: bool | None) -> None:
     """Turn the dtype guard on or off for the process (``None``: back to
     ``NNBACKEND_CHECK_DTYPES``). ``using(check_dtypes=...)`` blocks still win."""
+    enabled = _check_flag(enabled, "set_check_dtypes()'s argument")
     with _lock:
-        _Process.check_dtypes = None if enabled is None else bool(enabled)
+        _Process.check_dtypes = enabled
         _refresh_switch()
 
 
@@ -430,7 +483,7 @@ def using(
     if backend is not None:
         backend = check_backend(backend)
     dtype_name = normalize_policy(dtype) if dtype is not None else None
-    check = None if check_dtypes is None else bool(check_dtypes)
+    check = _check_flag(check_dtypes, "check_dtypes")
     scope: AbstractContextManager[Any] = nullcontext()
     if device is not None:
         target = backend or (outer.backend if outer and outer.backend else _process_backend())
@@ -454,17 +507,18 @@ def using(
             dtype_name if dtype_name is not None else outer.dtype,
             device if device is not None else inherited_device,
             check if check is not None else outer.check_dtypes,
+            outer,
         )
     else:
         overrides = _Overrides(backend, dtype_name, device, check)
     if check:
         count_blocks("check", +1)
-    token = _context.set(overrides)
+    _context.set(overrides)
     try:
         with scope:
             yield
     finally:
-        _context.reset(token)
+        _leave(overrides)
         if check:
             count_blocks("check", -1)
 
@@ -485,12 +539,13 @@ def pinned(dtype: Any = None) -> Iterator[None]:
         get_device(),
         # Inherited from the enclosing block, which stays open (and counted) around this one.
         None if outer is None else outer.check_dtypes,
+        outer,
     )
-    token = _context.set(overrides)
+    _context.set(overrides)
     try:
         yield
     finally:
-        _context.reset(token)
+        _leave(overrides)
 
 
 def sources() -> dict[str, tuple[Any, str]]:

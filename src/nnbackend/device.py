@@ -478,6 +478,9 @@ def from_dlpack(
     >>> import numpy as np                                      # doctest: +SKIP
     >>> t = nb.from_dlpack(np.arange(3.0), "torch")             # doctest: +SKIP
     """
+    if copy is not None and not isinstance(copy, bool):
+        # As in to_device: a truthy non-bool ("yes", 1) would share memory, not copy.
+        raise ArgumentError(f"copy must be True, False or None, got {copy!r}")
     if not is_array(x) and not hasattr(x, "__dlpack__") and is_array(getattr(x, "data", None)):
         x = x.data  # a Tensor
     if backend is None:

@@ -67,23 +67,29 @@ _DTYPE_NAMES = (
 )
 
 
+def _named(base: Any, dtype: str) -> Any:
+    """The dtype object of ``base`` for a name ("float32", "int64"), as
+    ``nb.get_default_dtype()`` returns names: ``xp.asarray(x, dtype=nb.get_default_dtype())``
+    works everywhere."""
+    found = getattr(base, dtype, None) if dtype in _DTYPE_NAMES else None
+    if found is None:
+        raise DtypeError(
+            f"unknown dtype name {dtype!r} for this backend; expected one of "
+            f"{', '.join(n for n in _DTYPE_NAMES if hasattr(base, n))}, or a dtype object"
+        )
+    return found
+
+
 def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     """Wrappers of the creation functions that fill in ``dtype`` (and ``device`` when a
-    ``using(device=...)`` block chose one) where the caller left them out."""
+    ``using(device=...)`` block chose one) where the caller left them out. Each takes a dtype
+    name too (torch and array_api_strict take only their dtype objects)."""
     b_asarray, b_zeros, b_ones, b_empty = base.asarray, base.zeros, base.ones, base.empty
     b_from_dlpack = base.from_dlpack
     b_full, b_arange, b_linspace, b_eye = base.full, base.arange, base.linspace, base.eye
 
     def named(dtype: str) -> Any:
-        """The dtype object for a name ("float32", "int64"), as ``nb.get_default_dtype()``
-        returns names: ``xp.asarray(x, dtype=nb.get_default_dtype())`` works everywhere."""
-        found = getattr(base, dtype, None) if dtype in _DTYPE_NAMES else None
-        if found is None:
-            raise DtypeError(
-                f"unknown dtype name {dtype!r} for this backend; expected one of "
-                f"{', '.join(n for n in _DTYPE_NAMES if hasattr(base, n))}, or a dtype object"
-            )
-        return found
+        return _named(base, dtype)
 
     def asarray(
         obj: Any, /, *, dtype: Any = None, device: Any = device, copy: Any = None, **kwargs: Any
@@ -142,6 +148,8 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     ) -> Any:
         if dtype is None and float in (type(start), type(stop), type(step)):
             dtype = default
+        elif type(dtype) is str:
+            dtype = named(dtype)
         return b_arange(start, stop, step, dtype=dtype, device=device, **kwargs)
 
     def linspace(
@@ -157,6 +165,8 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     ) -> Any:
         if dtype is None and complex not in (type(start), type(stop)):
             dtype = default
+        elif type(dtype) is str:
+            dtype = named(dtype)
         return b_linspace(start, stop, num, dtype=dtype, device=device, endpoint=endpoint, **kwargs)
 
     def eye(
@@ -169,6 +179,8 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
         device: Any = device,
         **kwargs: Any,
     ) -> Any:
+        if type(dtype) is str:
+            dtype = named(dtype)
         return b_eye(
             n_rows, n_cols, k=k, dtype=default if dtype is None else dtype, device=device, **kwargs
         )
@@ -193,7 +205,7 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     return made
 
 
-def _fft_module(base_fft: Any, default: Any, device: Any) -> ModuleType:
+def _fft_module(base: Any, base_fft: Any, default: Any, device: Any) -> ModuleType:
     """A copy of the backend's ``fft`` namespace whose ``fftfreq`` and ``rfftfreq`` return
     nnbackend's default floating dtype (and the ``using`` block's device) where the caller
     leaves them out: the standard says they return the default real floating dtype, which
@@ -207,13 +219,13 @@ def _fft_module(base_fft: Any, default: Any, device: Any) -> ModuleType:
     def fftfreq(
         n: int, /, *, d: float = 1.0, dtype: Any = None, device: Any = device, **kwargs: Any
     ) -> Any:
-        dtype = default if dtype is None else dtype
+        dtype = default if dtype is None else _named(base, dtype) if type(dtype) is str else dtype
         return b_fftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
 
     def rfftfreq(
         n: int, /, *, d: float = 1.0, dtype: Any = None, device: Any = device, **kwargs: Any
     ) -> Any:
-        dtype = default if dtype is None else dtype
+        dtype = default if dtype is None else _named(base, dtype) if type(dtype) is str else dtype
         return b_rfftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
 
     for wrapper, original in ((fftfreq, b_fftfreq), (rfftfreq, b_rfftfreq)):
@@ -307,7 +319,7 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
             ns.__dict__[name] = value
     ns.__dict__.update(_creation_functions(base, default, device_object))
     if hasattr(base, "fft"):
-        ns.fft = _fft_module(base.fft, default, device_object)  # type: ignore[attr-defined]
+        ns.fft = _fft_module(base, base.fft, default, device_object)  # type: ignore[attr-defined]
     info = NamespaceInfo(base_info, default, device_object, base)
     ns.__array_namespace_info__ = lambda: info  # type: ignore[attr-defined]
     ns.__nnbackend__ = (backend, dtype, device)  # type: ignore[attr-defined]

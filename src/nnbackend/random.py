@@ -9,24 +9,39 @@ data shuffling, not for per-step noise on a GPU.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from nnbackend import config, registry
 from nnbackend.backends import host
 from nnbackend.errors import ArgumentError
-from nnbackend.namespace import namespace
+from nnbackend.namespace import backend_for, namespace
 
 __all__ = ["Generator", "default_generator", "integers", "normal", "permutation", "seed", "uniform"]
 
 Shape = int | tuple[int, ...]
 
 
+def _count(n: Any, what: str) -> int:
+    """``n`` as a non-negative int: Python and NumPy integers pass; floats (which ``int()``
+    truncated, so 2.7 rows became 2), bools and negatives raise ArgumentError."""
+    try:
+        value = operator.index(n) if type(n) is not bool else -1
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise ArgumentError(f"{what} must be a non-negative int, got {n!r}")
+    return value
+
+
 def _shape(size: Shape | None) -> tuple[int, ...]:
     if size is None:
         return ()
-    if isinstance(size, int):
-        return (size,)
-    return tuple(int(n) for n in size)
+    if hasattr(size, "__index__"):
+        return (_count(size, "size"),)
+    if not isinstance(size, tuple | list):
+        raise ArgumentError(f"size must be an int or a tuple of ints, got {size!r}")
+    return tuple(_count(n, "each entry of size") for n in size)
 
 
 class Generator:
@@ -76,16 +91,19 @@ class Generator:
     ) -> Any:
         """Integers in ``[0, n)`` drawn with probabilities ``p`` (a sequence of ``n`` floats
         summing to 1; default uniform), with or without replacement, as the backend's int64."""
-        values = self._host.choice(int(n), size=_shape(size), replace=replace, p=p)
+        values = self._host.choice(_count(n, "n"), size=_shape(size), replace=replace, p=p)
         return self._move(values.astype("int64"))
 
     def permutation(self, x: int | Any) -> Any:
         """A random permutation of ``range(x)`` (int64), or of an array's rows."""
-        if isinstance(x, int):
-            return self._move(self._host.permutation(x).astype("int64"))
-        xp = namespace()
-        order = self._move(self._host.permutation(x.shape[0]).astype("int64"))
-        return xp.take(x, order, axis=0)
+        if getattr(x, "ndim", 0) == 0:  # an int (NumPy's too), not an array of rows
+            return self._move(self._host.permutation(_count(x, "x")).astype("int64"))
+        array: Any = x
+        # The order goes to x's own backend and device, not the active ones: a torch array
+        # shuffled while numpy is active stays a torch array.
+        xp, record = backend_for(array)
+        order = self._host.permutation(array.shape[0]).astype("int64")
+        return xp.take(array, record.from_host(order, array.device), axis=0)
 
     def _move(self, values: Any, dtype: str | None = None) -> Any:
         # namespace() raises the backend's own error (unavailable, no float16) before we move.
