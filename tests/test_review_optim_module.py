@@ -200,3 +200,20 @@ def test_summary_restores_every_modules_mode(modes: list[bool]) -> None:
         m.__dict__["training"] = mode
     model.summary(input_shape=(2,))
     assert [m.training for m in mods] == modes
+
+
+def test_an_optimizer_over_a_read_only_parameter_says_so_when_built() -> None:
+    """A parameter on a read-only NumPy array (a file opened with mmap_mode="r") made every
+    step fail with NumPy's bare "output array is read-only", after the backward."""
+    data = np.zeros((2, 3))
+    data.flags.writeable = False
+    p = nn.Parameter(data)
+    with pytest.raises(ArgumentError, match="parameter 0 of shape \\(2, 3\\) is a read-only"):
+        optim.SGD([p], lr=0.1)
+    with pytest.raises(ArgumentError, match="read-only"):
+        optim.Adam([nn.Parameter(np.ones(4)), p])
+    p.data = np.array(p.data)  # the remedy: its own copy
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = np.ones((2, 3))
+    opt.step()
+    np.testing.assert_array_equal(p.data, -0.1 * np.ones((2, 3)))

@@ -225,10 +225,20 @@ class Optimizer:
 
     def _entry_list(self) -> list[tuple[Tensor, dict[str, Any], _Slot]]:
         entries = []
-        for p, st in zip(self.params, self.state, strict=True):
+        for i, (p, st) in enumerate(zip(self.params, self.state, strict=True)):
             xp = backend_for(p.data)[0]
+            ops = ops_for(xp, p.data)
+            if ops.read_only(p.data):
+                # Checked once here: every step would fail in the library's own words
+                # ("output array is read-only"), after the gradients were computed.
+                raise ArgumentError(
+                    f"parameter {i} of shape {tuple(p.data.shape)} is a read-only array (a "
+                    "file opened with mmap_mode='r', a broadcast view); give the model its "
+                    "own copy first: p.data = xp.asarray(p.data, copy=True), or load the "
+                    "weights with nnbackend.load"
+                )
             tiny = float(xp.finfo(p.data.dtype).smallest_normal)
-            entries.append((p, st, _Slot(ops_for(xp, p.data), xp, tiny, type(p.data))))
+            entries.append((p, st, _Slot(ops, xp, tiny, type(p.data))))
         return entries
 
     def _live_entries(self) -> list[tuple[Tensor, dict[str, Any], _Slot]]:

@@ -412,6 +412,11 @@ class NumpyOps(Ops):
         if self.inplace:
             self.recycle_min = self.reuse_min = _SCRATCH_MIN
 
+    def read_only(self, x: Any) -> bool:
+        """:meth:`Ops.read_only`: a NumPy array whose ``writeable`` flag is off, where the
+        updates are in place."""
+        return self.inplace and type(x) is self._np.ndarray and not x.flags.writeable
+
     def reuse(self, spare: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         """``spare`` when it is a writable, C-contiguous NumPy array of ``shape`` and
         ``dtype`` of at least :data:`_SCRATCH_MIN` elements that owns its memory (no view of

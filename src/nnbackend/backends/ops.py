@@ -333,6 +333,12 @@ class Ops:
         """``a @ b``; into ``out`` where the library can write there (``out`` is a hint)."""
         return a @ b
 
+    def read_only(self, x: Array) -> bool:
+        """Whether ``x`` cannot be written although this backend updates parameters in
+        place (a NumPy array of a file opened with ``mmap_mode="r"``): optimizers check
+        their parameters once, when built. The default: never."""
+        return False
+
     def reuse(self, spare: Any, shape: tuple[int, ...], dtype: DType) -> Array | None:
         """``spare`` when the engine may write a new result of ``shape`` and ``dtype`` into
         it (``out=``) instead of allocating one, else ``None``. ``spare`` is an array the
