@@ -114,12 +114,6 @@ class Target:
         return self.backend if self.device is None else f"{self.backend}:{self.device}"
 
 
-#: How many times :func:`to_device` ran (``Module.to`` included): an optimizer looks its
-#: parameters' backends up again only when this moved since its last step (one comparison a
-#: step, where a look at every parameter cost a small MLP step 2%).
-moves = [0]
-
-
 def _check_device(backend: str, device: str) -> None:
     try:
         registry.get(backend).device(device)
@@ -459,7 +453,6 @@ def to_device(obj: Any, target: str | Target | None, *, copy: bool | None = None
     """
     if copy is not None and not isinstance(copy, bool):
         raise ArgumentError(f"copy must be True, False or None, got {copy!r}")
-    moves[0] += 1  # (first: a move that fails half way has moved something too)
     return _Mover(parse_target(target), copy).move(obj)
 
 

@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nnbackend.autograd import trace
-from nnbackend.autograd.tensor import Tensor
-from nnbackend.device import map_arrays, moves, once
+from nnbackend.autograd.tensor import Tensor, rebinds
+from nnbackend.device import map_arrays, once
 from nnbackend.errors import ArgumentError, BackendMismatchError, CheckpointError
 from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.nn.module import convert_like
@@ -63,7 +63,7 @@ __all__ = [
 
 
 # Optimizer attributes that are its parameters or caches about them, never state to move.
-_NOT_STATE = frozenset({"params", "_entries", "_moves_seen"})
+_NOT_STATE = frozenset({"params", "_entries", "_rebinds_seen"})
 
 
 def _as_params(params: Any) -> list[Tensor]:
@@ -206,7 +206,7 @@ class Optimizer:
     hyperparameters: tuple[str, ...] = ("lr",)
     state_names: tuple[str, ...] = ()
     counts_steps_per_param = False
-    _moves_seen = -1  # (a subclass that skips __init__ checks its entries on its first step)
+    _rebinds_seen = -1  # (a subclass that skips __init__ checks its entries on its first step)
 
     def __init__(self, params: Iterable[Tensor] | Any, lr: float) -> None:
         self.params = _as_params(params)
@@ -217,7 +217,7 @@ class Optimizer:
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         # Per-parameter facts, looked up once: (param, state, slot).
         self._entries: list[tuple[Tensor, dict[str, Any], _Slot]] = self._entry_list()
-        self._moves_seen = moves[0]  # to_device's count when the entries were last checked
+        self._rebinds_seen = rebinds[0]  # Tensor._apply's count when entries were checked
 
     def _refresh_entries(self) -> None:
         """Look up each parameter's backend facts again (after its arrays moved)."""
@@ -247,8 +247,8 @@ class Optimizer:
         the Parameter objects, so the optimizer stays valid), and the old backend's ops
         would fail inside that library. State arrays left on the old backend raise
         :class:`~nnbackend.errors.BackendMismatchError` naming the fix, before any change.
-        Called by ``step`` only when :data:`nnbackend.device.moves` moved since."""
-        self._moves_seen = moves[0]
+        Called by ``step`` only when :data:`nnbackend.autograd.tensor.rebinds` moved since."""
+        self._rebinds_seen = rebinds[0]
         entries = self._entries
         for p, _st, slot in entries:
             if type(p.data) is not slot.kind:
@@ -282,7 +282,7 @@ class Optimizer:
         if type(self)._rule is Optimizer._rule:
             raise NotImplementedError(f"{type(self).__name__} must define _rule()")
         self.lr = _checked_lr(self)
-        entries = self._entries if self._moves_seen == moves[0] else self._live_entries()
+        entries = self._entries if self._rebinds_seen == rebinds[0] else self._live_entries()
         self.steps += 1
         rule, names = self._rule, self.state_names
         for p, st, slot in entries:
@@ -444,7 +444,7 @@ class SGD(Optimizer):
     @trace.recorded
     def step(self) -> None:
         lr = self.lr = _checked_lr(self)
-        entries = self._entries if self._moves_seen == moves[0] else self._live_entries()
+        entries = self._entries if self._rebinds_seen == rebinds[0] else self._live_entries()
         self.steps += 1
         # One pass, no state: the ops' sub_scaled_ (NumPy: through a scratch buffer, and
         # float16 in float32 a block at a time) is the whole rule.
