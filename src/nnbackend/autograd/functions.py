@@ -775,11 +775,7 @@ def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
         idx = xp.asarray(idx)
     if not xp.isdtype(idx.dtype, "integral"):
         raise ArgumentError(f"take: indices must be integers, got {idx.dtype}")
-    # Negative indices counted from the end (as NumPy and torch): the standard leaves them
-    # unspecified, and the backward's one-hot scatter-add (array_api_strict) dropped their
-    # gradients silently.
-    n = int(data.shape[ops.normalize_axis(axis, data.ndim)])
-    idx = xp.where(idx < 0, idx + n, idx)
+    idx = ops.from_the_end(xp, idx, int(data.shape[ops.normalize_axis(axis, data.ndim)]))
     return Take(idx, axis)(x)
 
 

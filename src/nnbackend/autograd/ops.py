@@ -612,11 +612,17 @@ def _rows_index(key: Any) -> Any:
     return first
 
 
-def _row_indices(xp: Any, indices: Any, n: int) -> Any:
-    """A user's row index array for ``x[idx]``, checked, with negative indices counted from
+def from_the_end(xp: Any, indices: Any, n: int) -> Any:
+    """Integer ``indices`` along an axis of length ``n`` with the negative ones counted from
     the end (as NumPy and torch do): the standard leaves ``take``'s negatives unspecified
     (torch's raises), and the backward's scatter-add by one-hot matching (array_api_strict)
-    matched no row for them and dropped their gradients silently."""
+    matched no row for them and dropped their gradients silently. Internal API for the
+    engine's nodes."""
+    return xp.where(indices < 0, indices + n, indices)
+
+
+def _row_indices(xp: Any, indices: Any, n: int) -> Any:
+    """A user's row index array for ``x[idx]``, checked, as :func:`from_the_end` gives it."""
     dtype = getattr(indices, "dtype", None)
     if dtype is None or not (xp.isdtype(dtype, "integral") or xp.isdtype(dtype, "bool")):
         raise DtypeError(
@@ -625,7 +631,7 @@ def _row_indices(xp: Any, indices: Any, n: int) -> Any:
         )
     if xp.isdtype(dtype, "bool"):
         return indices  # take_rows says what to do instead
-    return xp.where(indices < 0, indices + n, indices)
+    return from_the_end(xp, indices, n)
 
 
 def take_rows(xp: Any, x: Any, indices: Any) -> Any:
