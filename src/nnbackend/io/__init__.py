@@ -38,6 +38,7 @@ naming the file and the entry, and leaves both unchanged.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -195,8 +196,10 @@ def save(
     dtype: Any = None,
     optimizer: Any = None,
     format: str | None = None,
+    loss_scaler: Any = None,
 ) -> None:
-    """Write ``model``'s parameters (and ``optimizer``'s state) to ``path`` atomically.
+    """Write ``model``'s parameters (and ``optimizer``'s state, and a loss scaler's) to
+    ``path`` atomically.
 
     The file is a safetensors file (``format="safetensors"``, the default; any path but one
     ending in ``.npz``) or nnbackend 0.1's ``.npz`` layout (``format="npz"``, or a path ending
@@ -224,9 +227,12 @@ def save(
             ``None`` keeps each parameter's dtype. Optimizer state keeps its own dtype.
         optimizer: an :mod:`nnbackend.optim` optimizer whose state to save with the model.
         format: ``"safetensors"`` or ``"npz"``; ``None`` picks by the path's suffix.
+        loss_scaler: a :class:`~nnbackend.precision.LossScaler` whose scale and counters to
+            save (as metadata), so that a resumed float16 run starts from its scale instead
+            of 2**15 again.
 
     Raises:
-        ArgumentError: an unknown ``format``.
+        ArgumentError: an unknown ``format``; a ``loss_scaler`` without ``state_dict()``.
         CheckpointError: a value beyond the range of ``dtype``; two parameters with one name.
         OSError: the file cannot be written (the message names ``path``); the previous file
             at ``path``, if any, is left as it was.
@@ -287,6 +293,14 @@ def save(
     if optimizer is not None:
         opt_arrays, meta["optimizer"] = _flatten_optimizer(optimizer, params)
         entries.extend(opt_arrays.items())
+    if loss_scaler is not None:
+        if not callable(getattr(loss_scaler, "state_dict", None)):
+            raise ArgumentError(
+                "loss_scaler must be a nnbackend.precision.LossScaler (or have state_dict()), "
+                f"got {type(loss_scaler).__name__}"
+            )
+        # Python numbers (the device-mode scale is read back once, here)
+        meta["loss_scaler"] = dict(loss_scaler.state_dict())
     text = json.dumps(meta, sort_keys=False)
     from nnbackend.distributed import is_main
 
@@ -394,7 +408,12 @@ def _convert(where: str, key: str, value: Any, like: Any) -> Any:
 
 
 def load(
-    model: Any, path: str | os.PathLike[str], *, optimizer: Any = None, strict: bool = True
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    optimizer: Any = None,
+    strict: bool = True,
+    loss_scaler: Any = None,
 ) -> None:
     """Load a checkpoint written by :func:`save` into ``model`` (and ``optimizer``).
 
@@ -413,12 +432,15 @@ def load(
             hyperparameters and step counts are held to the bounds its constructor enforces.
         strict: when True, a parameter missing from the file, or an entry the model lacks,
             is an error; when False, only the names present in both are loaded.
+        loss_scaler: also restore this :class:`~nnbackend.precision.LossScaler`'s scale and
+            counters (the checkpoint must hold them: ``save(..., loss_scaler=...)``).
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupted; a key is missing or
             extra; a shape differs; a value would overflow the model's dtype; the optimizer
-            state does not fit or holds values its constructor refuses. Raised before anything
-            is changed: the model and the optimizer are left exactly as they were.
+            state does not fit or holds values its constructor refuses; the loss scaler's state
+            is missing or malformed. Raised before anything is changed: the model, the
+            optimizer and the loss scaler are left exactly as they were.
     """
     where = os.fspath(path)
     params = _named_parameters(model)
@@ -469,6 +491,23 @@ def load(
         opt_update = None
         if optimizer is not None:
             opt_update = _optimizer_state(ckpt, optimizer, params)
+        scaler_state = None
+        if loss_scaler is not None:
+            if not callable(getattr(loss_scaler, "load_state_dict", None)):
+                raise ArgumentError(
+                    "loss_scaler must be a nnbackend.precision.LossScaler (or have "
+                    f"load_state_dict()), got {type(loss_scaler).__name__}"
+                )
+            scaler_state = meta.get("loss_scaler")
+            if scaler_state is None:
+                raise CheckpointError(
+                    f"{where}: the checkpoint holds no loss scaler state (save it with "
+                    "nnbackend.save(model, path, loss_scaler=scaler))"
+                )
+            try:  # validated on a copy: nothing may change before every check has passed
+                copy.copy(loss_scaler).load_state_dict(scaler_state)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{where}: {exc}") from None
     if optimizer is not None:
         # The optimizer validates everything before it changes anything, and raises
         # CheckpointError otherwise; the model is still untouched at this point.
@@ -476,6 +515,8 @@ def load(
             optimizer.load_state_dict(opt_update)
         except CheckpointError as exc:
             raise CheckpointError(f"{where}: optimizer state does not fit: {exc}") from None
+    if scaler_state is not None:
+        loss_scaler.load_state_dict(scaler_state)
     for param, value in updates:
         param.data = value
         if isinstance(param, Tensor):

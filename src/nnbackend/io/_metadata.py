@@ -97,6 +97,9 @@ def check_metadata(where: str, meta: Any) -> dict[str, Any]:
         ):
             raise bad(f"{field}.entry", "a distinct entry name", entry)
         entries.add(entry)
+    scaler = meta.get("loss_scaler")
+    if scaler is not None and not isinstance(scaler, dict):
+        raise bad("loss_scaler", "an object or null", scaler)
     opt = meta.get("optimizer")
     if opt is None:
         return meta

@@ -273,7 +273,9 @@ class ModelCheckpoint(Callback):
         save_best_only: save only when ``monitor`` improved (otherwise after every epoch).
         mode: "min", "max" or "auto" as in :class:`EarlyStopping`.
         dtype: store the parameters in this dtype (see :func:`nnbackend.save`).
-        save_optimizer: also store the optimizer's state.
+        save_optimizer: also store the optimizer's state, and the trainer's loss scaler's
+            (its scale and counters, under a mixed float16 policy), so that
+            ``nnbackend.load(model, path, optimizer=opt, loss_scaler=scaler)`` resumes both.
 
     Attributes:
         best: the best value seen; ``best_epoch``: its epoch (0-based); ``saved``: the paths
@@ -342,5 +344,6 @@ class ModelCheckpoint(Callback):
             path,
             dtype=self.dtype,
             optimizer=trainer.optimizer if self.save_optimizer else None,
+            loss_scaler=trainer.loss_scaler if self.save_optimizer else None,
         )
         self.saved.append(path)
