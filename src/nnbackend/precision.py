@@ -230,6 +230,9 @@ class LossScaler:
         self._skipped: Any = 0
         self._growths: Any = 0
         self.steps = 0
+        # The largest scale the losses seen can carry (scale_loss notes the loss's dtype).
+        self._loss_dtype: Any = None
+        self._ceiling = _FLOAT32_MAX
         # id(optimizer) -> (optimizer, its device flag or host bool) for each optimizer unscaled
         # and not stepped yet: with two optimizers (unscale both to clip, then step both), one
         # remembered optimizer made each step unscale its gradients a second time.
@@ -274,13 +277,31 @@ class LossScaler:
 
     # -- the step ----------------------------------------------------------------------------
     def scale_loss(self, loss: Any) -> Any:
-        """``loss * scale``, to call ``backward`` on."""
+        """``loss * scale``, to call ``backward`` on.
+
+        The scale never grows beyond the largest finite value of the loss's dtype: the
+        gradient that ``backward`` starts from is the scale itself, in that dtype (a float16
+        loss under a scale of 2**16 would start it at infinity, and skip a step each time the
+        scale grew)."""
         scale = self._scale
+        data = loss.data if isinstance(loss, Tensor) else loss
+        dtype = getattr(data, "dtype", None)
+        if dtype is not self._loss_dtype:
+            self._note_loss_dtype(data, dtype)
         if type(scale) is float:
             return loss * scale
-        data = loss.data if isinstance(loss, Tensor) else loss
         xp = backend_for(data)[0]
         return loss * (scale if scale.dtype == data.dtype else xp.astype(scale, data.dtype))
+
+    def _note_loss_dtype(self, data: Any, dtype: Any) -> None:
+        self._loss_dtype = dtype
+        ceiling = math.inf
+        if dtype is not None and type(data) not in (float, int):
+            try:
+                ceiling = float(backend_for(data)[0].finfo(dtype).max)
+            except (TypeError, ValueError):  # not a floating dtype: nothing to bound
+                ceiling = math.inf
+        self._ceiling = min(ceiling, _FLOAT32_MAX)
 
     def _device_mode(self, params: list[Tensor]) -> bool:
         if self.check != "auto":
@@ -354,7 +375,7 @@ class LossScaler:
             self._good = int(self._good) + 1
             if self.dynamic and self._good >= self.growth_interval:
                 grown = scale * self.growth_factor
-                if math.isfinite(grown):
+                if grown <= self._ceiling:
                     self._scale = grown
                     self._growths = int(self._growths) + 1
                 self._good = 0
@@ -393,7 +414,7 @@ class LossScaler:
             # Grown only where the product stays finite in float32: only a scale that fits
             # is multiplied (an overflow would warn on NumPy: a RuntimeWarning for a step
             # that went right).
-            fits = scale <= _FLOAT32_MAX / self.growth_factor
+            fits = scale <= self._ceiling / self.growth_factor
             grown = xp.where(fits, scale, xp.zeros_like(scale)) * self.growth_factor
             fits = fits & xp.isfinite(grown)
             grown = xp.where(fits, grown, scale)
