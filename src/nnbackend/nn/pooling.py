@@ -145,7 +145,9 @@ USE_OFFSETS = True
 
 class MaxPool(_Pool):
     """The node of :func:`max_pool2d`: the gradient goes to the first maximum of each
-    window (as in PyTorch)."""
+    window (as in PyTorch), a NaN counting as the maximum (the window's first NaN; PyTorch's
+    own kernels pick its last), and never to the padding (a window of ``-inf`` gives it to
+    its first element inside the image, as PyTorch does)."""
 
     fused: Any = None
 
@@ -161,9 +163,15 @@ class MaxPool(_Pool):
         padded = self._padded(x, -math.inf)
         if not self.by_offsets:
             cols = self._columns(padded)
+            y = xp.max(cols, axis=1)
             self.argmax = xp.argmax(cols, axis=1)
+            if self.padding != (0, 0):
+                # A window of -inf: its first element inside the image, not the padding.
+                inside = self._columns(self._inside(padded.shape, x.dtype, x.device))
+                first_inside = xp.argmax(inside, axis=1)
+                self.argmax = xp.where(y == -math.inf, first_inside, self.argmax)
             self.width = cols.shape[1]
-            return self._out(xp.max(cols, axis=1))
+            return self._out(y)
         # A running maximum (one ufunc call per offset, no branches; NaN propagates as in
         # torch); which offset held it is found in the backward, from the saved input.
         self.padded = padded
@@ -186,12 +194,30 @@ class MaxPool(_Pool):
             return self._from_columns(xp.where(hit, xp.reshape(gy, (-1, 1)), zero))
         return self._scatter(self._first_maxima(gy), gy.dtype, gy.device)
 
+    def _inside(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+        """An image of ``shape`` (the padded input's) and ``dtype``: 1 inside the image, 0
+        in the padding."""
+        n, c, h, w = self.in_shape
+        ones = self.xp.ones((n, c, h, w), dtype=dtype, device=device)
+        return pad2d(self.xp, ones, self.padding, 0.0)
+
     def _first_maxima(self, gy: Any) -> Any:
         """Each offset's share of ``gy``: where its element is the window's first maximum."""
         xp, y, padded = self.xp, self.y, self.padded
+        # Only a window of -inf can find its maximum in the padding (also -inf).
+        inside = None
+        if self.padding != (0, 0):  # (this path's arrays take slice assignment)
+            hp, wp = padded.shape[2:]
+            ph, pw = self.padding
+            inside = xp.zeros((1, 1, hp, wp), dtype=xp.bool, device=padded.device)
+            inside[:, :, ph : hp - ph, pw : wp - pw] = True
         taken = None
         for _, rows, columns in self._offsets():
-            hit = padded[:, :, rows, columns] == y
+            v = padded[:, :, rows, columns]
+            # v != v: a NaN, which makes the window's maximum NaN (maximum propagates it)
+            hit = (v == y) | (v != v)
+            if inside is not None:
+                hit = hit & inside[:, :, rows, columns]
             if taken is None:
                 taken = hit
             else:
