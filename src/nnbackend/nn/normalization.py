@@ -249,7 +249,8 @@ def batch_norm(
 
     Raises:
         ShapeError: ``x`` has fewer than 2 axes, or a per-channel array has the wrong length.
-        ArgumentError: training on a single value per channel, or evaluating without running
+        ArgumentError: training on a single value per channel (an empty batch gives an empty
+            result and leaves the running statistics as they are), or evaluating without running
             statistics, or running statistics given as immutable (jax) arrays when training.
     """
     x, compute = _mixed(x, weight if weight is not None else running_mean)
@@ -300,6 +301,14 @@ def _batch_norm(
     count = xd.shape[0]
     for n in xd.shape[2:]:
         count *= int(n)
+    if count == 0:
+        # An empty batch, as in torch: an empty output, zero gradients for the weight and
+        # bias, and the running statistics left as they are (there is nothing to average).
+        xp = backend_for(xd)[0]
+        dtype = xd.dtype if weight is None else _data(weight).dtype
+        channels = int(xd.shape[1])
+        mean = xp.zeros((channels,), dtype=dtype, device=xd.device)
+        return BatchNormEval(mean, xp.ones_like(mean), float(eps))(*args)
     if count < 2:
         raise ArgumentError(
             f"batch_norm: training needs more than one value per channel, got input of shape "
