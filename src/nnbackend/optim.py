@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +108,22 @@ def _positive(
     if value == math.inf and not allow_inf:
         raise ArgumentError(f"{name} must be finite, got {value}")
     return value
+
+
+def _state_index(key: Any) -> int:
+    """A state dict's key as a parameter index: an int, or its decimal digits (JSON keys are
+    strings). ``int()`` would take 0.5 as parameter 0, and True as 1."""
+    if isinstance(key, str):
+        if key.isascii() and key.isdigit():
+            return int(key)
+    elif not isinstance(key, bool):
+        try:
+            return operator.index(key)
+        except TypeError:
+            pass
+    raise CheckpointError(
+        f"state key {key!r} is not a parameter index (an int, or its decimal digits)"
+    )
 
 
 def _is_count(value: Any) -> bool:
@@ -384,11 +401,12 @@ class Optimizer:
             )
         wanted = set(self.state_names) | ({"step"} if self.counts_steps_per_param else set())
         new_state: list[dict[str, Any]] = [{} for _ in self.params]
+        seen: set[int] = set()
         for key, entry in raw_state.items():
-            try:
-                i = int(key)
-            except (TypeError, ValueError):
-                raise CheckpointError(f"state key {key!r} is not a parameter index") from None
+            i = _state_index(key)
+            if i in seen:
+                raise CheckpointError(f"state for parameter {i} is given twice (key {key!r})")
+            seen.add(i)
             if not 0 <= i < len(self.params):
                 raise CheckpointError(
                     f"state for parameter {i}, but {name} has {len(self.params)} parameters"
