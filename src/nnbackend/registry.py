@@ -195,8 +195,16 @@ def backends() -> list[str]:
 
 
 def _unknown_message(name: object) -> str:
-    names = ", ".join(repr(n) for n in backends())
-    return f"unknown backend {name!r}; registered backends are {names}"
+    registered = backends()
+    names = ", ".join(repr(n) for n in registered)
+    message = f"unknown backend {name!r}; registered backends are {names}"
+    if isinstance(name, str):
+        # Dtype names are read in any case ("Float32"); backend names, which plugins choose,
+        # are not: say which one was meant.
+        alike = [n for n in registered if n.casefold() == name.strip().casefold()]
+        if alike:
+            message += f" (names are case-sensitive: did you mean {alike[0]!r}?)"
+    return message
 
 
 def get(name: str) -> Backend:
