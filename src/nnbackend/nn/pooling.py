@@ -204,9 +204,14 @@ class MaxPool(_Pool):
     def _first_maxima(self, gy: Any) -> Any:
         """Each offset's share of ``gy``: where its element is the window's first maximum."""
         xp, y, padded = self.xp, self.y, self.padded
-        # Only a window of -inf can find its maximum in the padding (also -inf).
+        # Two rare cases need more work per offset: a NaN window (NaN equals nothing) and,
+        # with padding, a window of -inf (whose first maximum may be the padding's -inf).
+        # Host arrays are asked once whether either occurs (one pass over the output; a
+        # replay runs this again); device arrays always take the safe way (no read-back).
+        host = backend_for(y)[1].on_host(y)
+        nan_safe = not host or bool(xp.any(y != y))
         inside = None
-        if self.padding != (0, 0):  # (this path's arrays take slice assignment)
+        if self.padding != (0, 0) and (not host or bool(xp.any(y == -math.inf))):
             hp, wp = padded.shape[2:]
             ph, pw = self.padding
             inside = xp.zeros((1, 1, hp, wp), dtype=xp.bool, device=padded.device)
@@ -214,8 +219,9 @@ class MaxPool(_Pool):
         taken = None
         for _, rows, columns in self._offsets():
             v = padded[:, :, rows, columns]
-            # v != v: a NaN, which makes the window's maximum NaN (maximum propagates it)
-            hit = (v == y) | (v != v)
+            hit = v == y
+            if nan_safe:  # v != v: a NaN, which made its window's maximum NaN
+                hit = hit | (v != v)
             if inside is not None:
                 hit = hit & inside[:, :, rows, columns]
             if taken is None:
