@@ -260,8 +260,12 @@ def lm_batch(xs: Any, ts: Any, batch_size: int, time_size: int, time_idx: int) -
 
 
 def perplexity(mean_loss: float) -> float:
-    """``exp(mean cross-entropy)``: the number of words the model hesitates between."""
-    return math.exp(float(mean_loss))
+    """``exp(mean cross-entropy)``: the number of words the model hesitates between (inf
+    for a mean loss above about 709, where ``math.exp`` overflows)."""
+    try:
+        return math.exp(float(mean_loss))
+    except OverflowError:
+        return math.inf
 
 
 def eval_perplexity(

@@ -186,7 +186,11 @@ class BinaryAccuracy(Metric):
 
 class TopKAccuracy(Metric):
     """The fraction of rows whose label is among the ``k`` largest outputs: a row counts
-    when fewer than ``k`` outputs are strictly above the label's (ties go to the label)."""
+    when fewer than ``k`` outputs are strictly above the label's (ties go to the label).
+
+    As Keras's ``in_top_k``: a row with a NaN output, or whose label is outside
+    ``[0, classes)``, never counts (a diverged model's rows of NaN score 0, not 1).
+    """
 
     def __init__(self, k: int = 5, name: str | None = None) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -203,7 +207,10 @@ class TopKAccuracy(Metric):
         hot = xp.reshape(labels, (-1, 1)) == xp.arange(y.shape[1], device=labels.device)
         score = xp.sum(xp.where(hot, y, xp.zeros_like(y)), axis=1, keepdims=True)
         above = xp.sum(xp.astype(y > score, xp.int64), axis=1)
-        return xp.count_nonzero(above < self.k), int(labels.shape[0])
+        # A NaN output, or a label that matches no class (its score 0 was made up), makes
+        # the row wrong: "nothing above" means nothing where comparisons are all False.
+        known = xp.any(hot, axis=1) & ~xp.any(xp.isnan(y), axis=1)
+        return xp.count_nonzero((above < self.k) & known), int(labels.shape[0])
 
 
 class Perplexity(Metric):
@@ -214,20 +221,34 @@ class Perplexity(Metric):
 
     def batch(self, y: Any, t: Any) -> tuple[Any, int]:
         xp = backend_for(y)[0]
+        if not xp.isdtype(t.dtype, "integral"):
+            raise ShapeError(f"perplexity needs integer labels, got dtype {t.dtype}")
+        rows = tuple(y.shape[:-1])
+        if tuple(t.shape) not in (rows, (*rows, 1)):
+            raise ShapeError(
+                f"perplexity: integer labels of shape {tuple(t.shape)} do not fit outputs of "
+                f"shape {tuple(y.shape)}: expected one label per position, shape {rows}"
+            )
         y = _wide(xp, y)
         classes = y.shape[-1]
         y = xp.reshape(y, (-1, classes))
-        if not xp.isdtype(t.dtype, "integral"):
-            raise ShapeError(f"perplexity needs integer labels, got dtype {t.dtype}")
         labels = xp.reshape(t, (-1, 1))
         m = xp.max(y, axis=1, keepdims=True)
         lse = m + xp.log(xp.sum(xp.exp(y - m), axis=1, keepdims=True))
         hot = labels == xp.arange(classes, device=labels.device)
         picked = xp.sum(xp.where(hot, y, xp.zeros_like(y)), axis=1, keepdims=True)
+        # A label outside [0, classes) picks no logit: NaN, as the loss gives on a device
+        # (checking it here would read the labels back every step), not a made-up 0.
+        picked = xp.where(
+            xp.any(hot, axis=1, keepdims=True), picked, xp.full_like(picked, math.nan)
+        )
         return xp.sum(lse - picked), int(y.shape[0])
 
     def finish(self, mean: float) -> float:
-        return math.exp(mean)
+        try:
+            return math.exp(mean)
+        except OverflowError:  # a mean cross-entropy above ~709: exp is inf, as in PyTorch
+            return math.inf
 
 
 class MeanSquaredError(Metric):
@@ -268,6 +289,15 @@ class Mean(Metric):
         n = int(y.shape[0]) if y.ndim else 1
         value = _data(self.fn(y, t))
         xp = backend_for(value)[0]
+        if value.ndim:
+            # A whole array summed into the total made result() fail at the end of the epoch.
+            if math.prod(int(d) for d in value.shape) != 1:
+                raise ShapeError(
+                    f"metric {self.name!r}: its function returned an array of shape "
+                    f"{tuple(value.shape)}; it must return the batch's mean as a 0-d array "
+                    "(take xp.mean(...) of the per-row values)"
+                )
+            value = xp.reshape(value, ())
         return _wide(xp, value) * float(n), n
 
 
@@ -287,8 +317,11 @@ def get(metric: Metric | str) -> Metric:
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str):
-        if metric.startswith("top") and metric[3:].isdigit():
-            return TopKAccuracy(int(metric[3:]))
+        digits = metric[3:]
+        # ASCII digits only: str.isdigit() is also true of "²", which int() refuses. The
+        # metric keeps the name asked for ("top05"), the key its values get in history.
+        if metric.startswith("top") and digits.isascii() and digits.isdigit():
+            return TopKAccuracy(int(digits), name=metric)
         if metric in _BY_NAME:
             return _BY_NAME[metric]()
     raise ArgumentError(
