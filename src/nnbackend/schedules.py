@@ -17,14 +17,19 @@ hand-written loop. The closed forms are PyTorch's (``torch.optim.lr_scheduler``)
 ...     _ = schedule.step()
 >>> rates
 [1.0, 1.0, 0.5, 0.5, 0.25]
+
+To resume a run, save ``schedule.state_dict()`` with the optimizer's, and after
+``optimizer.load_state_dict(...)`` make the schedule as before and call
+``schedule.load_state_dict(...)``: making it alone would take the decayed rate as its base.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from nnbackend.errors import ArgumentError
+from nnbackend.errors import ArgumentError, CheckpointError
 from nnbackend.train import Callback, History, Trainer
 
 __all__ = ["CosineAnnealing", "ExponentialLR", "ReduceLROnPlateau", "Schedule", "StepLR"]
@@ -67,6 +72,46 @@ class Schedule(Callback):
         lr = self.optimizer.lr = float(self.lr_at(self.n))
         return lr
 
+    def state_dict(self) -> dict[str, Any]:
+        """What :meth:`load_state_dict` needs to resume the schedule where it is:
+        ``{"type", "base_lr", "n"}`` (plain Python values). Save it with the optimizer's
+        state dict; the settings (``step_size``, ``gamma``, ...) are the constructor's."""
+        return {"type": type(self).__name__, "base_lr": self.base_lr, "n": self.n}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Resume from a :meth:`state_dict`: the base rate and the count of steps come back,
+        and the optimizer's ``lr`` is set to the rate there (making a schedule again after
+        ``optimizer.load_state_dict`` took the decayed rate as its base: it decayed twice).
+        Everything is checked first: a state of another schedule, or a malformed one, raises
+        :class:`~nnbackend.errors.CheckpointError` and changes nothing."""
+        values = self._checked_state(state)
+        for key, value in values.items():
+            setattr(self, key, value)
+        self._resume()
+
+    def _state_keys(self) -> set[str]:
+        return {"type", "base_lr", "n"}
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        """The attributes a valid ``state`` sets, or CheckpointError."""
+        name = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise CheckpointError(
+                f"{name}.load_state_dict needs a mapping such as schedule.state_dict(), got "
+                f"{type(state).__name__}"
+            )
+        if set(state) != self._state_keys():
+            raise CheckpointError(
+                f"{name} state needs the keys {sorted(self._state_keys())}, got "
+                f"{sorted(map(str, state))}"
+            )
+        if state["type"] != name:
+            raise CheckpointError(f"the state is of a {state['type']!r} schedule, not a {name}")
+        return {"base_lr": _state_rate(state, "base_lr"), "n": _state_count(state, "n")}
+
+    def _resume(self) -> None:
+        self.optimizer.lr = float(self.lr_at(self.n))
+
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
         if self.per == "epoch":
             self.step()
@@ -79,19 +124,67 @@ class Schedule(Callback):
         return f"{type(self).__name__}(base_lr={self.base_lr}, n={self.n}, lr={self.optimizer.lr})"
 
 
+def _monitored(value: Any) -> float:
+    """The monitored value given to :meth:`ReduceLROnPlateau.step` as a float: a number or a
+    0-d array, not a string or several values (``float()``'s bare errors named nothing)."""
+    shape = getattr(value, "shape", ())
+    if isinstance(value, (str, bytes, bytearray)) or (shape and math.prod(shape) != 1):
+        raise ArgumentError(
+            f"ReduceLROnPlateau.step needs the monitored value as one number (a float, or a "
+            f"0-d array), got {value!r}"
+        )
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(
+            f"ReduceLROnPlateau.step needs the monitored value as one number (a float, or a "
+            f"0-d array), got {value!r}"
+        ) from None
+
+
+def _state_count(state: Any, key: str) -> int:
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"schedule state {key!r} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _state_rate(state: Any, key: str) -> float:
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise CheckpointError(f"schedule state {key!r} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
         raise ArgumentError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
     return value
 
 
-def _factor(name: str, value: Any) -> float:
+def _number(name: str, value: Any, expected: str) -> float:
+    """``value`` as a float, refusing what ``float()`` would take but no caller means: a bool
+    (``gamma=True`` was a schedule that never decays) or a string."""
+    if isinstance(value, (bool, str, bytes, bytearray)):
+        raise ArgumentError(f"{name} must be a number {expected}, got {value!r}")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):  # float()'s own error named no argument
-        raise ArgumentError(f"{name} must be a number in (0, 1], got {value!r}") from None
+        raise ArgumentError(f"{name} must be a number {expected}, got {value!r}") from None
+
+
+def _factor(name: str, value: Any) -> float:
+    number = _number(name, value, "in (0, 1]")
     if not 0.0 < number <= 1.0:
         raise ArgumentError(f"{name} must be in (0, 1], got {number}")
+    return number
+
+
+def _min_lr(value: Any) -> float:
+    """A floor for the learning rate: finite and >= 0 (``inf`` made the rate NaN or inf)."""
+    number = _number("min_lr", value, ">= 0")
+    if not 0.0 <= number < math.inf:
+        raise ArgumentError(f"min_lr must be a finite number >= 0, got {value!r}")
     return number
 
 
@@ -143,9 +236,7 @@ class CosineAnnealing(Schedule):
         self.warmup = _positive_int("warmup", warmup, allow_zero=True)
         if self.warmup >= self.total:
             raise ArgumentError(f"warmup ({warmup}) must be shorter than total ({total})")
-        self.min_lr = float(min_lr)
-        if not self.min_lr >= 0.0:
-            raise ArgumentError(f"min_lr must be >= 0, got {min_lr!r}")
+        self.min_lr = _min_lr(min_lr)
         super().__init__(optimizer, per=per)
 
     def lr_at(self, n: int) -> float:
@@ -181,7 +272,7 @@ class ReduceLROnPlateau(Schedule):
         if self.factor == 1.0:
             raise ArgumentError("factor must be below 1 (1 would never reduce the rate)")
         self.patience = _positive_int("patience", patience, allow_zero=True)
-        self.min_lr = float(min_lr)
+        self.min_lr = _min_lr(min_lr)
         self.monitor = monitor
         self._watch = Monitor(monitor, mode, 0.0)
         self.wait = 0
@@ -193,19 +284,55 @@ class ReduceLROnPlateau(Schedule):
     def step(self, value: float | None = None) -> float:
         """Record the monitored ``value`` of one epoch; reduce ``lr`` after ``patience``
         epochs without improvement. Returns the learning rate now."""
-        self.n += 1
         if value is None:
             raise ArgumentError(f"{type(self).__name__}.step needs the monitored value")
-        value = float(value)
+        value = _monitored(value)
+        self.n += 1
         if self._watch.improved(value):
             self._watch.best = value
             self.wait = 0
         else:
             self.wait += 1
             if self.wait > self.patience:
-                self.optimizer.lr = max(float(self.optimizer.lr) * self.factor, self.min_lr)
+                lr = float(self.optimizer.lr)
+                # Only ever lower it, as PyTorch: a min_lr above the rate is no reason to
+                # raise it (0.01 became a min_lr of 0.5).
+                if self.min_lr < lr:
+                    self.optimizer.lr = max(lr * self.factor, self.min_lr)
                 self.wait = 0
         return float(self.optimizer.lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """As :meth:`Schedule.state_dict`, with the rate now (``lr``), the best monitored
+        value (``best``, ``None`` before any) and the epochs without improvement (``wait``)."""
+        best = self._watch.best
+        return {
+            **super().state_dict(),
+            "lr": float(self.optimizer.lr),
+            "best": None if best is None else float(best),
+            "wait": self.wait,
+        }
+
+    def _state_keys(self) -> set[str]:
+        return {*super()._state_keys(), "lr", "best", "wait"}
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        values = super()._checked_state(state)
+        best = state["best"]
+        if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+            raise CheckpointError(f"schedule state 'best' must be a number or None, got {best!r}")
+        values.update(
+            lr=_state_rate(state, "lr"),
+            best=None if best is None else float(best),
+            wait=_state_count(state, "wait"),
+        )
+        return values
+
+    def load_state_dict(self, state: Any) -> None:
+        values = self._checked_state(state)
+        self.base_lr, self.n, self.wait = values["base_lr"], values["n"], values["wait"]
+        self._watch.best = values["best"]
+        self.optimizer.lr = values["lr"]
 
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
         from nnbackend.train.callbacks import watched_value
