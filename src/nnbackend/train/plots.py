@@ -11,11 +11,13 @@ files.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnbackend.device import to_device
-from nnbackend.errors import ShapeError
+from nnbackend.errors import ArgumentError, LabelError, ShapeError
 from nnbackend.namespace import array_namespace
 from nnbackend.train._arrays import data, predict
 
@@ -47,6 +49,28 @@ def _require_matplotlib(what: str) -> Any:
 def _on_host(x: Any) -> Any:
     """``x`` (an array of any backend, or a Tensor) as a NumPy array."""
     return to_device(data(x), "numpy")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` in the format its suffix names (``.pdf``, ``.svg``, ...; PNG
+    where it names none matplotlib knows, as ``lr0.1``), atomically: to a temporary file in
+    the same folder, renamed over ``path`` only once complete, so a Ctrl-C or a full disk
+    mid-write leaves the previous file whole."""
+    from nnbackend.io._files import atomic_write
+
+    kinds = fig.canvas.get_supported_filetypes()
+    kind = path.suffix[1:].lower()
+    kind = kind if kind in kinds else "png"
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"cannot write the plot {os.fspath(path)!r}: the folder {os.fspath(folder)!r} "
+            "does not exist",
+            os.fspath(path),
+        )
+    atomic_write(path, lambda f: fig.savefig(f, format=kind, dpi=100))
+    return path
 
 
 def plot_history(history: History, path: str | Path, *, title: str | None = None) -> Path:
@@ -92,8 +116,7 @@ def plot_history(history: History, path: str | Path, *, title: str | None = None
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+    return _save(fig, path)
 
 
 def plot_decision_boundary(
@@ -110,15 +133,28 @@ def plot_decision_boundary(
     Figure = _require_matplotlib("plot_decision_boundary()")
     if not _writes_files():
         return Path(path)
-    x = data(x)
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ArgumentError(
+            f"plot_decision_boundary: resolution must be an int >= 2 (grid points per axis), "
+            f"got {resolution!r}"
+        )
+    x, t = data(x), data(t)
+    for name, value in (("x", x), ("t", t)):
+        if not hasattr(value, "ndim"):
+            raise ArgumentError(
+                f"plot_decision_boundary: {name} must be an array of a backend "
+                f"(nnbackend.to_backend(...) converts lists), got {type(value).__name__}"
+            )
     if x.ndim != 2 or x.shape[1] != 2:
         raise ShapeError(f"plot_decision_boundary needs 2-D points, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ShapeError("plot_decision_boundary: no points (x has 0 rows)")
     hx = _on_host(x)
     hp = array_namespace(hx)  # NumPy's namespace: the grid is built on the host in float64
     hx = hp.astype(hx, hp.float64)
-    ht = _on_host(t)
-    if ht.ndim == 2:
-        ht = ht.argmax(axis=1)
+    if not bool(hp.all(hp.isfinite(hx))):
+        raise ArgumentError("plot_decision_boundary: the points must be finite (x has NaN or inf)")
+    ht = _labels_on_host(hp, _on_host(t), int(hx.shape[0]))
     lo, hi = hx.min(axis=0) - 0.1, hx.max(axis=0) + 0.1
     gx, gy = hp.meshgrid(
         hp.linspace(lo[0], hi[0], resolution, dtype=hp.float64),
@@ -164,6 +200,30 @@ def plot_decision_boundary(
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(title or "decision boundary")
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+    return _save(fig, Path(path))
+
+
+def _labels_on_host(hp: Any, ht: Any, n: int) -> Any:
+    """The class of each of the ``n`` points from targets ``ht`` (on the host): integer labels
+    (N,), the same as floats (0.0, 1.0), a column of them (N, 1) (a sigmoid classifier's),
+    or one-hot rows (N, C). Anything else is an error: a negative or fractional label was
+    left out of the picture, and (N, 1) targets went through argmax, all class 0."""
+    if ht.ndim == 2:
+        ht = hp.reshape(ht, (-1,)) if ht.shape[1] == 1 else hp.argmax(ht, axis=1)
+    if ht.ndim != 1 or ht.shape[0] != n:
+        raise ShapeError(
+            f"plot_decision_boundary: {n} points but {ht.shape[0] if ht.ndim else 1} labels "
+            f"(targets of shape {tuple(ht.shape)}); pass one label per point"
+        )
+    if hp.isdtype(ht.dtype, "bool"):
+        ht = hp.astype(ht, hp.int64)
+    if not hp.isdtype(ht.dtype, "integral"):
+        if not bool(hp.all(hp.isfinite(ht) & (ht == hp.round(ht)))):
+            raise LabelError(
+                "plot_decision_boundary: the labels must be whole class numbers (integer "
+                "labels, or one-hot rows); got fractional or non-finite ones"
+            )
+        ht = hp.astype(ht, hp.int64)
+    if bool(hp.any(ht < 0)):
+        raise LabelError(f"plot_decision_boundary: the labels must be >= 0, got {int(hp.min(ht))}")
+    return ht

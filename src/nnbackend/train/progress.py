@@ -50,7 +50,7 @@ class TextProgress(NoProgress):
     """A one-line bar redrawn in place at most ten times a second (used without tqdm)."""
 
     def __init__(self, total: int, stream: TextIO) -> None:
-        self.total, self.stream = max(total, 1), stream
+        self.total, self.stream = total, stream
         self.n = 0
         self.start = self.last = time.perf_counter()
         self.desc = self.postfix = ""
@@ -72,7 +72,7 @@ class TextProgress(NoProgress):
 
     def _draw(self, now: float) -> None:
         self.drawn = (self.n, self.postfix)
-        frac = min(self.n / self.total, 1.0)
+        frac = min(self.n / self.total, 1.0) if self.total > 0 else 1.0
         filled = int(frac * 20)
         elapsed = now - self.start
         rate = self.n / elapsed if elapsed > 0 else 0.0
@@ -130,6 +130,8 @@ def check_progress(progress: Any) -> None:
 def make_progress(progress: Any, total: int, stream: TextIO | None = None) -> NoProgress:
     check_progress(progress)
     stream = sys.stderr if stream is None else stream
+    if stream is None:  # no sys.stderr (pythonw, some services): nothing to write to,
+        return NoProgress()  # as print() writes nothing there
     if progress == "auto":
         isatty = getattr(stream, "isatty", None)
         progress = bool(isatty and isatty())
