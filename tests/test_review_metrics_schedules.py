@@ -411,3 +411,19 @@ def test_text_perplexity_of_a_huge_loss_is_inf() -> None:
     """nb.text.perplexity(800.0) raised OverflowError from math.exp (as the metric did)."""
     assert nb.text.perplexity(800.0) == math.inf
     assert nb.text.perplexity(0.0) == 1.0
+
+
+def test_a_plot_that_cannot_be_written_is_named_a_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """atomic_write's errors said 'cannot save the checkpoint' for a plot."""
+    from nnbackend.io import _files
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_files.os, "open", refuse)
+    with pytest.raises(PermissionError, match="cannot save the plot"):
+        _files.atomic_write(tmp_path / "loss.png", lambda f: f.write(b"x"), "plot")
+    with pytest.raises(PermissionError, match="cannot save the checkpoint"):
+        _files.atomic_write(tmp_path / "m.safetensors", lambda f: f.write(b"x"))

@@ -77,7 +77,7 @@ def _remove_stale_temporaries(directory: Path, path: Path) -> None:
                 os.unlink(full)
 
 
-def _create_temporary(directory: Path, path: Path) -> tuple[int, str]:
+def _create_temporary(directory: Path, path: Path, what_file: str) -> tuple[int, str]:
     """A new temporary file next to ``path``, created with an explicit mode: the kernel
     applies the umask to 0o666 as for a plain ``open()``, and the process umask is never
     changed (doing that for a moment made other threads' files world-writable)."""
@@ -103,7 +103,7 @@ def _create_temporary(directory: Path, path: Path) -> tuple[int, str]:
             )
             raise type(exc)(
                 exc.errno,
-                f"cannot save the checkpoint {os.fspath(path)!r}: {what}",
+                f"cannot save the {what_file} {os.fspath(path)!r}: {what}",
                 os.fspath(path),
             ) from None
         if mode is not None:
@@ -112,16 +112,17 @@ def _create_temporary(directory: Path, path: Path) -> tuple[int, str]:
                 os.fchmod(fd, mode)
         return fd, tmp
     raise FileExistsError(
-        errno.EEXIST, f"cannot save the checkpoint {os.fspath(path)!r}: no free temporary name"
+        errno.EEXIST, f"cannot save the {what_file} {os.fspath(path)!r}: no free temporary name"
     )
 
 
-def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[Any], Any], what_file: str = "checkpoint") -> None:
     """Run ``write(file)`` on a temporary file next to ``path``, then rename it over
-    ``path``; on any failure the temporary file is removed and ``path`` left as it was."""
+    ``path``; on any failure the temporary file is removed and ``path`` left as it was.
+    ``what_file`` names the file in errors ("cannot save the plot ...")."""
     directory = path.parent if str(path.parent) else Path(".")
     _remove_stale_temporaries(directory, path)
-    fd, tmp = _create_temporary(directory, path)
+    fd, tmp = _create_temporary(directory, path, what_file)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

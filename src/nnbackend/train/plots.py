@@ -69,7 +69,7 @@ def _save(fig: Any, path: Path) -> Path:
             "does not exist",
             os.fspath(path),
         )
-    atomic_write(path, lambda f: fig.savefig(f, format=kind, dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format=kind, dpi=100), "plot")
     return path
 
 
