@@ -255,7 +255,13 @@ def test_containers_keep_their_shape_and_aliasing(strict: None) -> None:
 )
 def test_round_trip_preserves_values(backend: str, array: np.ndarray) -> None:
     record = registry.get(backend)
+    # A dtype the backend cannot hold here (float16 on array_api_strict; 64-bit types on jax
+    # with x64 off, which it would truncate to 32 bits) is refused, never converted.
     if array.dtype == np.float16 and not record.capabilities.float16:
+        held = None
+    else:
+        held = record.load_namespace().asarray(np.zeros(1, array.dtype)).dtype
+    if held is None or str(held).rsplit(".", 1)[-1] != array.dtype.name:
         with pytest.raises(DtypeError):
             nb.to_device(array, backend)
         return

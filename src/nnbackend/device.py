@@ -46,6 +46,7 @@ returns the converted arrays, so it must visit the same arrays both times and bi
 
 from __future__ import annotations
 
+import copy as copy_module
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -249,17 +250,47 @@ def _same_device(array: Any, device: Any) -> bool:
     return str(here) == str(device)
 
 
-def _dlpack_safe(array: Any) -> bool:
+def _dlpack_safe(array: Any, source: Backend) -> bool:
     """Whether handing ``array`` over through DLPack is safe: it has ``__dlpack__``, it is
     writable (DLPack cannot say read-only, so the receiver could write into it), and no stride
-    is negative (torch 2.x aborts the whole process on a reversed NumPy view)."""
+    is negative (torch 2.x aborts the whole process on a reversed NumPy view).
+
+    An array without NumPy's ``flags`` (an array_api_strict array, which may wrap a read-only
+    NumPy array) is asked through its host view where it lives on the host. Arrays of an
+    immutable backend (jax) are always read-only there; the caller checks what they become."""
     if not hasattr(array, "__dlpack__"):
         return False
     flags = getattr(array, "flags", None)
+    if flags is None and source.capabilities.inplace and source.on_host(array):
+        try:
+            flags = getattr(source.to_host(array), "flags", None)
+        except Exception:  # no host view to ask: do not share
+            return False
     if not getattr(flags, "writeable", True):
         return False
     strides = getattr(array, "strides", None)
     return not (isinstance(strides, tuple) and any(s < 0 for s in strides))
+
+
+def _writable(array: Any) -> bool:
+    """Whether the library of ``array`` lets its users write into it (NumPy says so in
+    ``flags``; torch tensors and array_api_strict arrays are taken as writable)."""
+    return bool(getattr(getattr(array, "flags", None), "writeable", True))
+
+
+def _lazy_bits(array: Any) -> bool:
+    """Whether ``array`` is a torch view with its negative or conjugate bit set (``z.conj()``,
+    ``z.conj().imag``): DLPack hands over the memory without the bit, so the values would
+    arrive negated or unconjugated, and torch's ``numpy()`` refuses such a tensor."""
+    for name in ("is_neg", "is_conj"):
+        method = getattr(array, name, None)
+        if callable(method):
+            try:
+                if method():
+                    return True
+            except Exception:  # some other library's method of that name
+                continue
+    return False
 
 
 def _import_dlpack(xp: Any, x: Any, copy: bool | None) -> Any:
@@ -273,6 +304,15 @@ def _import_dlpack(xp: Any, x: Any, copy: bool | None) -> Any:
             except TypeError:  # a library without the 2023.12 ``copy`` argument
                 pass
         return xp.from_dlpack(x)
+    except _DLPACK_ERRORS:
+        return None
+
+
+def _dlpack_copy(xp: Any, x: Any) -> Any:
+    """``xp.from_dlpack(x, copy=True)`` (memory of its own), or ``None`` where the library
+    cannot do that."""
+    try:
+        return xp.from_dlpack(x, copy=True)
     except _DLPACK_ERRORS:
         return None
 
@@ -350,15 +390,13 @@ class _Mover:
         source = registry.get(source_name)
         name = self.target.backend or source_name
         record, xp, device = self._place(name, source_name)
-        if _dtype_name(x.dtype) == "float16" and not record.capabilities.float16:
-            raise DtypeError(
-                f"cannot move a float16 array to backend {name!r}: it has no float16; cast it "
-                "first (xp.astype(x, xp.float32)) or pick a backend with float16"
-            )
         dest = name if self.target.device is None else f"{name}:{self.target.device}"
         where = f"from {source_name!r} to {dest!r}"
+        dtype = _dtype_name(x.dtype)
+        if record is not source:
+            self._check_dtype(dtype, name, record, xp)
         try:
-            return self._transfer(x, source, record, xp, device, where)
+            y = self._transfer(x, source, record, xp, device, where)
         except NNBackendError:
             raise
         except Exception as exc:  # the library's own error (no CUDA in torch, no data on meta)
@@ -366,6 +404,37 @@ class _Mover:
             raise BackendError(
                 f"cannot move an array {where}: {type(exc).__name__}: {first}"
             ) from exc
+        got = _dtype_name(y.dtype)
+        if got != dtype:
+            # jax without 64-bit types turns float64 into float32 and int64 into int32
+            # (2**40 becomes 0): never hand back other values than the ones asked to move.
+            raise DtypeError(
+                f"moving a {dtype} array {where} would make it {got}: backend {name!r} cannot "
+                f"hold {dtype} here"
+                + (" (jax has 64-bit types switched off)" if name == "jax" else "")
+                + f"; cast it first (xp.astype(x, xp.{got})) if {got} is what you want"
+            )
+        return y
+
+    @staticmethod
+    def _check_dtype(dtype: str, name: str, record: Backend, xp: Any) -> None:
+        """DtypeError where backend ``name`` cannot hold ``dtype`` (float16 on
+        array_api_strict, float64 on jax without 64-bit types, bfloat16 on NumPy), before
+        anything is converted."""
+        if dtype == "float16" and not record.capabilities.float16:
+            raise DtypeError(
+                f"cannot move a float16 array to backend {name!r}: it has no float16; cast it "
+                "first (xp.astype(x, xp.float32)) or pick a backend with float16"
+            )
+        if dtype in config.DTYPES:
+            reason = None if record.dtype_reason is None else record.dtype_reason(dtype)
+        else:
+            reason = None if hasattr(xp, dtype) else f"it has no dtype {dtype!r}"
+        if reason is not None:
+            raise DtypeError(
+                f"cannot move a {dtype} array to backend {name!r}: {reason}; cast it first "
+                "(xp.astype(x, ...)) to a dtype both backends have"
+            )
 
     def _transfer(
         self, x: Any, source: Backend, record: Backend, xp: Any, device: Any, where: str
@@ -376,8 +445,22 @@ class _Mover:
             if self.copy is False:
                 raise ArgumentError(f"copy=False, but moving {where} changes the device")
             return xp.asarray(x, device=device)
-        if self.copy is not True and _dlpack_safe(x):
+        if _lazy_bits(x):
+            if self.copy is False:
+                raise ArgumentError(
+                    f"copy=False, but moving {where} needs a copy (a view with its negative or "
+                    "conjugate bit set has to be resolved first)"
+                )
+            x = source.load_namespace().asarray(x, copy=True)  # resolves the bits
+            copied = True
+        else:
+            copied = False
+        if (copied or self.copy is not True) and _dlpack_safe(x, source):
             y = _import_dlpack(xp, x, self.copy)
+            if y is not None and not source.capabilities.inplace and _writable(y):
+                # An immutable array (jax) must not get a writable alias: a write through it
+                # would change an array every other holder takes as constant.
+                y = None if self.copy is False else _dlpack_copy(xp, x)
             if y is not None:
                 if device is None or _same_device(y, device):
                     return y
@@ -408,13 +491,20 @@ class _Mover:
         if is_array(value):
             return self.fn(value)
         if isinstance(value, dict):
-            return type(value)((k, self.value(v)) for k, v in value.items())
+            if type(value) is dict:
+                return {k: self.value(v) for k, v in value.items()}
+            # A subclass keeps its own state (a defaultdict's factory; a Counter built from
+            # pairs would count them): a shallow copy with its values replaced.
+            moved = copy_module.copy(value)
+            for k, v in value.items():
+                dict.__setitem__(moved, k, self.value(v))
+            return moved
         if isinstance(value, list | tuple):
             items = [self.value(v) for v in value]
             return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
         if value is None or isinstance(value, bool | int | float | complex | str):
             return value
-        raise TypeError(
+        raise BackendMismatchError(
             f"to_device moves arrays, Tensors, nn.Modules, optimizers (any object with an "
             f"_apply(fn) method) and lists, tuples or dicts of them; got "
             f"{type(value).__module__}.{type(value).__qualname__}"
