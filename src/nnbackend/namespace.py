@@ -12,12 +12,15 @@ One namespace is built per (backend, dtype, device) and cached; with unchanged s
 
 from __future__ import annotations
 
+import math
+import operator
 import threading
+from numbers import Real
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from nnbackend import config, registry
-from nnbackend.errors import BackendMismatchError, DtypeError
+from nnbackend.errors import ArgumentError, BackendError, BackendMismatchError, DtypeError
 from nnbackend.typing import Array, DType, Namespace
 
 if TYPE_CHECKING:
@@ -40,13 +43,144 @@ _get_overrides = config.current_overrides
 def _has_python_float(obj: Any) -> bool:
     """True for a Python float or a (nested) list/tuple holding one, or an empty (nested)
     list/tuple, whose dtype the library would otherwise pick (numpy float64, torch its global
-    default). ``type() is float`` on purpose: numpy.float64 subclasses float but carries its
-    own dtype."""
+    default); False where the list holds a Python complex too (``[1j, 2.5]`` is complex, as
+    in NumPy: the real default dtype would refuse the complex value). ``type() is float`` on
+    purpose: numpy.float64 subclasses float but carries its own dtype."""
     if type(obj) is float:
         return True
     if type(obj) in (list, tuple):
-        return not obj or any(_has_python_float(item) for item in obj)
+        return _python_kind(obj) == _FLOAT
     return False
+
+
+_NONE, _FLOAT, _COMPLEX = 0, 1, 2
+
+
+def _python_kind(obj: Any) -> int:
+    """_COMPLEX where a (nested) list/tuple holds a Python complex, else _FLOAT where it holds
+    a Python float or is empty, else _NONE."""
+    if not obj:
+        return _FLOAT
+    kind = _NONE
+    for item in obj:
+        t = type(item)
+        if t is complex:
+            return _COMPLEX
+        if t is float:
+            kind = _FLOAT
+        elif t in (list, tuple):
+            inner = _python_kind(item)
+            if inner == _COMPLEX:
+                return _COMPLEX
+            kind = max(kind, inner)
+    return kind
+
+
+# Above this many bytes no array fits in a 64-bit address space: a size mistake, not a lack
+# of memory.
+_MAX_BYTES = 2**63 - 1
+
+
+def _count(value: Any) -> int | None:
+    """``value`` as an int (Python or NumPy integers; not bools, not floats), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _itemsize(base: Any, dtype: Any) -> int:
+    """Bytes per element of ``dtype`` (1 where the namespace cannot say)."""
+    for info in (base.finfo, base.iinfo):
+        try:
+            return max(int(info(dtype).bits) // 8, 1)
+        except Exception:  # not a floating (integer) dtype, or no dtype at all
+            continue
+    return 1
+
+
+def _shape_problem(shape: Any, itemsize: int = 1) -> str | None:
+    """What is wrong with ``shape`` as the shape of a new array of ``itemsize``-byte
+    elements, or None."""
+    if _count(shape) is not None:
+        dims: tuple[Any, ...] = (shape,)
+    else:
+        try:
+            dims = tuple(shape)
+        except TypeError:
+            return f"a shape is an int or a tuple of ints, got {shape!r}"
+    size = 1
+    for dim in dims:
+        n = _count(dim)
+        if n is None:
+            return f"a shape is an int or a tuple of ints, got {shape!r} (holding {dim!r})"
+        if n < 0:
+            return f"sizes must be >= 0, got shape {shape!r}"
+        size *= n
+    nbytes = size * itemsize
+    if nbytes > _MAX_BYTES:
+        return f"shape {shape!r} has {size} elements ({nbytes} bytes), more than any array can hold"
+    return None
+
+
+def _arange_problem(start: Any, stop: Any, step: Any) -> str | None:
+    for name, value in (("start", start), ("stop", stop), ("step", step)):
+        if isinstance(value, Real) and not math.isfinite(value):
+            return f"{name} must be finite, got {value!r}"
+    if isinstance(step, Real) and step == 0:
+        return "step must be nonzero, got 0"
+    return None
+
+
+def _fill_problem(base: Any, fill_value: Any, dtype: Any) -> str | None:
+    if not isinstance(fill_value, bool | int | float | complex):
+        return (
+            "fill_value must be a Python bool, int, float or complex, got "
+            f"{type(fill_value).__module__}.{type(fill_value).__qualname__}"
+        )
+    if type(fill_value) is float and math.isfinite(fill_value) and dtype is not None:
+        try:
+            largest = float(base.finfo(dtype).max)
+        except Exception:  # not a floating dtype
+            return None
+        if abs(fill_value) > largest:
+            return (
+                f"fill_value {fill_value!r} does not fit in {_dtype_label(dtype)} (largest "
+                f"{largest:g}); pass a wider dtype or float('inf') if inf is what you want"
+            )
+    return None
+
+
+def _dtype_label(dtype: Any) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _count_problem(name: str, value: Any, least: int = 0) -> str | None:
+    n = _count(value)
+    if n is None:
+        return f"{name} must be an int, got {value!r}"
+    if n < least:
+        return f"{name} must be >= {least}, got {n}"
+    return None
+
+
+def _freq_problem(n: Any, d: Any) -> str | None:
+    if isinstance(d, Real) and d == 0:
+        return "the sample spacing d must be nonzero, got 0"
+    return _count_problem("n", n, least=1)
+
+
+def _first(*problems: str | None) -> str | None:
+    return next((p for p in problems if p is not None), None)
+
+
+def _fail(where: str, exc: Exception, problem: str | None) -> None:
+    """Raise ArgumentError with ``problem`` (a user mistake found in the arguments of a call
+    that failed with ``exc``), chained from ``exc``; without a problem, return."""
+    if problem is not None:
+        raise ArgumentError(f"{where}: {problem}") from exc
 
 
 _DTYPE_NAMES = (
@@ -80,16 +214,43 @@ def _named(base: Any, dtype: str) -> Any:
     return found
 
 
-def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
+def _creation_functions(
+    base: Any, default: Any, device: Any, device_named: Any = None
+) -> dict[str, Any]:
     """Wrappers of the creation functions that fill in ``dtype`` (and ``device`` when a
     ``using(device=...)`` block chose one) where the caller left them out. Each takes a dtype
-    name too (torch and array_api_strict take only their dtype objects)."""
+    name too (torch and array_api_strict take only their dtype objects), and a device name
+    where the library takes only its device objects (``"cpu"`` on jax and array_api_strict).
+
+    A call the library refuses is looked at again, at no cost to calls that succeed: a user
+    mistake in its arguments (a negative size, a zero step, a shape no memory can hold) raises
+    :class:`~nnbackend.errors.ArgumentError` saying what was wrong, instead of whatever the
+    library raises (ValueError, RuntimeError, ZeroDivisionError, TypeError)."""
     b_asarray, b_zeros, b_ones, b_empty = base.asarray, base.zeros, base.ones, base.empty
     b_from_dlpack = base.from_dlpack
     b_full, b_arange, b_linspace, b_eye = base.full, base.arange, base.linspace, base.eye
 
     def named(dtype: str) -> Any:
         return _named(base, dtype)
+
+    def shape_problem(shape: Any, dtype: Any) -> str | None:
+        return _shape_problem(shape, _itemsize(base, dtype))
+
+    def recover(where: str, exc: Exception, problem: str | None, device: Any) -> Any:
+        """After ``exc``: raise ArgumentError for ``problem``; else the library's device
+        object for a device name it refused (the call is then made again with it); else
+        re-raise ``exc``."""
+        _fail(where, exc, problem)  # raises
+        if type(device) is str and device_named is not None:
+            try:
+                found = device_named(device)
+            except ValueError as bad:
+                raise BackendError(f"{where}: bad device {device!r}: {bad}") from exc
+            except Exception:
+                raise exc from None
+            if not (type(found) is str and found == device):
+                return found
+        raise exc
 
     def asarray(
         obj: Any, /, *, dtype: Any = None, device: Any = device, copy: Any = None, **kwargs: Any
@@ -115,17 +276,32 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     def zeros(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
         if type(dtype) is str:
             dtype = named(dtype)
-        return b_zeros(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)
+        dtype = default if dtype is None else dtype
+        try:
+            return b_zeros(shape, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            device = recover("zeros", exc, shape_problem(shape, dtype), device)
+        return b_zeros(shape, dtype=dtype, device=device, **kwargs)
 
     def ones(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
         if type(dtype) is str:
             dtype = named(dtype)
-        return b_ones(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)
+        dtype = default if dtype is None else dtype
+        try:
+            return b_ones(shape, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            device = recover("ones", exc, shape_problem(shape, dtype), device)
+        return b_ones(shape, dtype=dtype, device=device, **kwargs)
 
     def empty(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
         if type(dtype) is str:
             dtype = named(dtype)
-        return b_empty(shape, dtype=default if dtype is None else dtype, device=device, **kwargs)
+        dtype = default if dtype is None else dtype
+        try:
+            return b_empty(shape, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            device = recover("empty", exc, shape_problem(shape, dtype), device)
+        return b_empty(shape, dtype=dtype, device=device, **kwargs)
 
     def full(
         shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any
@@ -134,6 +310,11 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
             dtype = default
         elif type(dtype) is str:
             dtype = named(dtype)
+        try:
+            return b_full(shape, fill_value, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            problem = _first(shape_problem(shape, dtype), _fill_problem(base, fill_value, dtype))
+            device = recover("full", exc, problem, device)
         return b_full(shape, fill_value, dtype=dtype, device=device, **kwargs)
 
     def arange(
@@ -150,6 +331,10 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
             dtype = default
         elif type(dtype) is str:
             dtype = named(dtype)
+        try:
+            return b_arange(start, stop, step, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            device = recover("arange", exc, _arange_problem(start, stop, step), device)
         return b_arange(start, stop, step, dtype=dtype, device=device, **kwargs)
 
     def linspace(
@@ -167,6 +352,12 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
             dtype = default
         elif type(dtype) is str:
             dtype = named(dtype)
+        try:
+            return b_linspace(
+                start, stop, num, dtype=dtype, device=device, endpoint=endpoint, **kwargs
+            )
+        except Exception as exc:
+            device = recover("linspace", exc, _count_problem("num", num), device)
         return b_linspace(start, stop, num, dtype=dtype, device=device, endpoint=endpoint, **kwargs)
 
     def eye(
@@ -181,9 +372,18 @@ def _creation_functions(base: Any, default: Any, device: Any) -> dict[str, Any]:
     ) -> Any:
         if type(dtype) is str:
             dtype = named(dtype)
-        return b_eye(
-            n_rows, n_cols, k=k, dtype=default if dtype is None else dtype, device=device, **kwargs
-        )
+        dtype = default if dtype is None else dtype
+        try:
+            return b_eye(n_rows, n_cols, k=k, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            problem = _first(
+                _count_problem("n_rows", n_rows),
+                None if n_cols is None else _count_problem("n_cols", n_cols),
+                _count_problem("k", k, least=-(2**63)),
+                shape_problem((n_rows, n_rows if n_cols is None else n_cols), dtype),
+            )
+            device = recover("eye", exc, problem, device)
+        return b_eye(n_rows, n_cols, k=k, dtype=dtype, device=device, **kwargs)
 
     made = {
         "asarray": asarray,
@@ -220,13 +420,21 @@ def _fft_module(base: Any, base_fft: Any, default: Any, device: Any) -> ModuleTy
         n: int, /, *, d: float = 1.0, dtype: Any = None, device: Any = device, **kwargs: Any
     ) -> Any:
         dtype = default if dtype is None else _named(base, dtype) if type(dtype) is str else dtype
-        return b_fftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
+        try:
+            return b_fftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            _fail("fft.fftfreq", exc, _freq_problem(n, d))
+            raise
 
     def rfftfreq(
         n: int, /, *, d: float = 1.0, dtype: Any = None, device: Any = device, **kwargs: Any
     ) -> Any:
         dtype = default if dtype is None else _named(base, dtype) if type(dtype) is str else dtype
-        return b_rfftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
+        try:
+            return b_rfftfreq(n, d=d, dtype=dtype, device=device, **kwargs)
+        except Exception as exc:
+            _fail("fft.rfftfreq", exc, _freq_problem(n, d))
+            raise
 
     for wrapper, original in ((fftfreq, b_fftfreq), (rfftfreq, b_rfftfreq)):
         wrapper.__doc__ = (
@@ -317,7 +525,7 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
     for name, value in vars(base).items():
         if not name.startswith("__") or name in _KEPT_DUNDERS:
             ns.__dict__[name] = value
-    ns.__dict__.update(_creation_functions(base, default, device_object))
+    ns.__dict__.update(_creation_functions(base, default, device_object, record.device))
     if hasattr(base, "fft"):
         ns.fft = _fft_module(base, base.fft, default, device_object)  # type: ignore[attr-defined]
     info = NamespaceInfo(base_info, default, device_object, base)
