@@ -12,7 +12,7 @@ import atexit
 import os
 from typing import Any
 
-from nnbackend.errors import ArgumentError, BackendUnavailableError
+from nnbackend.errors import ArgumentError, BackendUnavailableError, DtypeError, ShapeError
 
 TORCH_HINT = "pip install 'nnbackend[distributed-torch]' (torch with torch.distributed)"
 
@@ -30,6 +30,38 @@ def _dist() -> Any:
             f"this torch build has no torch.distributed ({torch.__version__}): {TORCH_HINT}"
         )
     return dist
+
+
+def array_meta(a: Any) -> tuple[tuple[int, ...], str]:
+    """``(shape, dtype name)`` of an array of any backend: what must agree on every rank."""
+    # "float64" whatever the library ("torch.float64", "array_api_strict.float64").
+    return tuple(int(d) for d in a.shape), str(a.dtype).rsplit(".", 1)[-1]
+
+
+def check_root(root: Any, size: int) -> None:
+    """``root`` must be a rank: an int from 0 to ``size - 1`` (-1 is no rank from the end)."""
+    if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < size:
+        raise ArgumentError(
+            f"root must be a rank, an int from 0 to {size - 1} (the world has {size} ranks), "
+            f"got {root!r}"
+        )
+
+
+def check_same_arrays(metas: list[tuple[tuple[int, ...], str]], what: str) -> None:
+    """Raise on every rank (each passes the same ``metas``, one ``array_meta`` per rank) when
+    the ranks' arrays differ in shape or dtype: the collective would fail on one side only
+    (MPI), abort the process (gloo), or mix unrelated elements."""
+    shapes = {m[0] for m in metas}
+    dtypes = {m[1] for m in metas}
+    if len(shapes) == 1 and len(dtypes) == 1:
+        return
+    listed = ", ".join(f"rank {r}: {dt}{shape}" for r, (shape, dt) in enumerate(metas))
+    kind, error = ("dtypes", DtypeError) if len(shapes) == 1 else ("shapes", ShapeError)
+    raise error(
+        f"{what}: the ranks passed arrays of different {kind} ({listed}); every rank must "
+        "pass the same shape and dtype: build the model the same way on every rank (same "
+        "sizes, same dtype setting) and call the same collectives in the same order"
+    )
 
 
 def is_torch_tensor(a: Any) -> bool:
@@ -83,14 +115,23 @@ class TorchComm:
         return from_wire(t, kind, a, self._record_of)
 
     def broadcast(self, a: Any, root: int = 0) -> Any:
+        check_root(root, self.size)
+        # Shapes and dtypes first: gloo aborted the process (SIGABRT) on a mismatch.
+        check_same_arrays(self.allgather_obj(array_meta(a)), "broadcast")
         t, kind = to_wire(a, self.device, self._record_of)
         self._dist.broadcast(t, src=root)
         return from_wire(t, kind, a, self._record_of)
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        check_root(root, self.size)
         box = [obj]
         self._dist.broadcast_object_list(box, src=root)
         return box[0]
+
+    def allgather_obj(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.size
+        self._dist.all_gather_object(out, obj)
+        return out
 
     def barrier(self) -> None:
         self._dist.barrier()
@@ -121,8 +162,24 @@ def torch_communicator(engine: str, found: dict[str, Any], record_of: Any) -> To
     if engine == "nccl":
         import torch
 
-        device = f"cuda:{found['local_rank']}"
-        torch.cuda.set_device(found["local_rank"])
+        local_rank = int(found["local_rank"])
+        try:
+            torch.cuda.set_device(local_rank)
+        except (RuntimeError, AttributeError, AssertionError) as exc:
+            # No CUDA build: AttributeError (no _cuda_setDevice) or AssertionError; no such
+            # device: RuntimeError (invalid device ordinal).
+            if not torch.cuda.is_available():
+                why = "torch sees no CUDA GPU here (no CUDA build, driver or device)"
+            else:
+                why = (
+                    f"local rank {local_rank} has no GPU of its own "
+                    f"({torch.cuda.device_count()} visible; one rank per GPU)"
+                )
+            raise BackendUnavailableError(
+                f"the nccl engine needs a CUDA GPU per rank, and {why}: start at most one rank "
+                f"per GPU, or use engine 'torch' (gloo) or 'mpi' on CPUs ({exc})"
+            ) from exc
+        device = f"cuda:{local_rank}"
     if not dist.is_initialized():
         backend = "nccl" if engine == "nccl" else "gloo"
         if size == 1:  # a world of one needs no rendezvous: an in-memory store

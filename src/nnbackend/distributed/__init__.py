@@ -13,6 +13,7 @@ after ``backward``, so N ranks end with the weights one process gets on the glob
 """
 
 from nnbackend.distributed._comm import (
+    CollectiveError,
     Communicator,
     LocalComm,
     MPIComm,
@@ -32,6 +33,7 @@ from nnbackend.distributed._world import (
 from nnbackend.distributed.reducer import GradientReducer
 
 __all__ = [
+    "CollectiveError",
     "Communicator",
     "GradientReducer",
     "LocalComm",

@@ -40,12 +40,56 @@ class World:
     local_rank: int = 0
     local_size: int = 1
     device: str | None = None
-    comm: Communicator = field(default_factory=LocalComm, repr=False)
+    comm: Communicator = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ArgumentError(f"World: {name} must be an int, got {value!r}")
+        if self.size < 1 or not 0 <= self.rank < self.size:
+            raise ArgumentError(
+                f"World: rank must be from 0 to size - 1 and size >= 1, got rank {self.rank} "
+                f"of size {self.size}"
+            )
+        given: Any = self.comm  # None by default
+        if given is None:
+            # A world of several ranks needs the communicator that joins them: the default
+            # one-process LocalComm made the Trainer train on this rank's rows alone.
+            self.comm = LocalComm() if self.size == 1 else _NoComm(self.rank, self.size)
+        elif (self.comm.rank, self.comm.size) != (self.rank, self.size):
+            raise ArgumentError(
+                f"World: rank {self.rank} of size {self.size} does not match its comm's rank "
+                f"{self.comm.rank} of size {self.comm.size}; pass World(engine, comm.rank, "
+                "comm.size, comm=comm)"
+            )
 
     @property
     def is_main(self) -> bool:
         """True on rank 0, the rank that writes files and prints."""
         return self.rank == 0
+
+
+class _NoComm(Communicator):
+    """The communicator of a World of several ranks made without one: every collective
+    says so (its rank and size still answer, so nothing takes it for a world of one)."""
+
+    engine = "none"
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise ArgumentError(
+            f"World(rank={self.rank}, size={self.size}) was made without a communicator, so "
+            "it cannot reach the other ranks: use the World distributed.init() returns, or "
+            "pass comm= (e.g. World('threads', c.rank, c.size, comm=c))"
+        )
+
+    allreduce_sum = broadcast = bcast_obj = allgather_obj = barrier = _refuse
+
+    def abort(self, code: int = 1) -> None:
+        os._exit(code)
 
 
 _current: World | None = None
@@ -83,17 +127,57 @@ def detect(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     ``"mpi"``; nothing at all a world of one (engine ``"none"``)."""
     env = os.environ if env is None else env
     for engine, size_var, rank_var, local_rank_var, local_size_var, needs_rank in _LAUNCHERS:
-        if _int(env, size_var) is None or (needs_rank and _int(env, rank_var) is None):
+        size = _int(env, size_var)
+        rank = _int(env, rank_var)
+        if size is None or (needs_rank and rank is None):
             continue
-        size = _int(env, size_var) or 1
-        return {
+        local_rank = _int(env, local_rank_var)
+        local_size = _int(env, local_size_var)
+        found = {
             "engine": engine,
-            "rank": _int(env, rank_var) or 0,
+            "rank": 0 if rank is None else rank,
             "size": size,
-            "local_rank": _int(env, local_rank_var) or 0,
-            "local_size": _int(env, local_size_var) or size,
+            "local_rank": 0 if local_rank is None else local_rank,
+            "local_size": size if local_size is None else local_size,
         }
+        _check_found(found, size_var, rank_var, local_rank_var, local_size_var)
+        return found
     return {"engine": "none", "rank": 0, "size": 1, "local_rank": 0, "local_size": 1}
+
+
+def _check_found(
+    found: dict[str, Any],
+    size_var: str,
+    rank_var: str,
+    local_rank_var: str,
+    local_size_var: str,
+) -> None:
+    """A world the launcher's variables describe must be possible: ``size >= 1``,
+    ``0 <= rank < size``, ``local_size >= 1``, ``0 <= local_rank < local_size``.
+    (``WORLD_SIZE=0`` was read as a world of one, ``-2`` as a world the Trainer took for a
+    single process, and ``RANK=4`` of 4 went on to the engine.) A local size above the
+    world's is cut to it: a job step may inherit its allocation's ``SLURM_NTASKS_PER_NODE``."""
+    found["local_size"] = min(found["local_size"], found["size"])
+    size, rank = found["size"], found["rank"]
+    local_size, local_rank = found["local_size"], found["local_rank"]
+    problem = None
+    if size < 1:
+        problem = f"{size_var}={size} (the number of ranks) must be >= 1"
+    elif not 0 <= rank < size:
+        problem = f"{rank_var}={rank} must be a rank from 0 to {size - 1} ({size_var}={size})"
+    elif local_size < 1:
+        problem = f"{local_size_var}={local_size} (the ranks on this machine) must be >= 1"
+    elif not 0 <= local_rank < local_size:
+        problem = (
+            f"{local_rank_var}={local_rank} must be a rank on this machine, from 0 to "
+            f"{local_size - 1} (local size {local_size})"
+        )
+    if problem is not None:
+        raise ArgumentError(
+            f"the launcher's environment describes an impossible world: {problem}; launch "
+            "with mpiexec, srun or torchrun (they set these variables), or unset them to run "
+            "a single process"
+        )
 
 
 def limit_blas_threads(local_size: int) -> int:
@@ -140,9 +224,19 @@ def _install_abort_hook(comm: Communicator) -> None:
     sys.excepthook = hook
 
 
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ArgumentError(
+            f"seed must be a non-negative int (as for nnbackend.random.seed), got {seed!r}"
+        )
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """A seed for rank ``rank``'s own random stream (dropout masks), derived from the shared
     ``seed``: different for every rank, the same on every run (SplitMix64 of both)."""
+    _check_seed(seed)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ArgumentError(f"rank must be a non-negative int, got {rank!r}")
     z = (seed * 0x9E3779B97F4A7C15 + rank + 1) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
@@ -172,6 +266,15 @@ def init(
         limit_threads: limit BLAS threads to cores / ranks on this machine.
     """
     global _current
+    if seed is not None:
+        _check_seed(seed)  # before joining anything
+    if comm is not None and not all(
+        hasattr(comm, name) for name in ("rank", "size", "engine", "allreduce_sum", "broadcast")
+    ):
+        raise ArgumentError(
+            "comm must be a communicator (a nnbackend.distributed.Communicator, e.g. one of "
+            f"thread_group(n)'s), got {type(comm).__name__}: {comm!r}"
+        )
     found = detect()
     if comm is None:
         chosen = engine if engine is not None else found["engine"]
