@@ -5,6 +5,7 @@ derivatives against central differences of the first (:func:`gradgradcheck`)."""
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ def gradcheck(
         GradientError: the gradients differ, or ``fn`` returns something other than a Tensor.
     """
     np = Ops.host_numpy()
+    seed = _checked_seed(seed)
     leaves = []
     floating = []
     for x in inputs:
@@ -63,11 +65,9 @@ def gradcheck(
     first = leaves[floating.index(True)].data
     xp, record = backend_for(first)
     dtype_name = normalize_dtype(first.dtype)
-    tol = default_tolerance(dtype_name)
-    rtol = tol if rtol is None else rtol
-    atol = tol if atol is None else atol
     eps = 1e-6 if eps is None else _checked("eps", eps, positive=True)
-    rtol, atol = _checked("rtol", rtol), _checked("atol", atol)
+    rtol = None if rtol is None else _checked("rtol", rtol)
+    atol = None if atol is None else _checked("atol", atol)
 
     out = _tensor_result(fn, fn(*leaves))
     projection = np.random.default_rng(seed).uniform(-1.0, 1.0, size=tuple(out.shape))
@@ -88,8 +88,11 @@ def gradcheck(
         for t, f in zip(leaves, floating, strict=True)
     ]
 
+    # C order: the steps below are written through value.reshape(-1), a view only of a
+    # C-contiguous array. A transposed or broadcast input copied in its own (Fortran) order
+    # took every step in a copy, and each central difference came out 0.
     host_inputs = [
-        np.array(backend_for(t.data)[1].to_host(t.data), dtype=np.float64 if f else None)
+        np.array(backend_for(t.data)[1].to_host(t.data), dtype=np.float64 if f else None, order="C")
         for t, f in zip(leaves, floating, strict=True)
     ]
 
@@ -111,8 +114,35 @@ def gradcheck(
             minus = objective(host_inputs)
             flat[j] = saved
             numeric.reshape(-1)[j] = (plus - minus) / (2 * eps)
-        _compare(np, position, value.shape, dtype_name, grad, numeric, rtol, atol)
+        # Each input's gradient has that input's precision: a float16 input next to a
+        # float64 one was held to float64's tolerance (and reported as float64).
+        own = normalize_dtype(leaves[position].data.dtype)
+        tol = default_tolerance(own)
+        _compare(
+            np,
+            position,
+            value.shape,
+            own,
+            grad,
+            numeric,
+            tol if rtol is None else rtol,
+            tol if atol is None else atol,
+        )
     return True
+
+
+def _checked_seed(seed: Any) -> int:
+    """``seed`` as an int >= 0, or an ArgumentError (NumPy raised a bare ValueError for -1
+    and a TypeError for text)."""
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        number = operator.index(seed)
+    except TypeError:
+        number = -1
+    if number < 0:
+        raise ArgumentError(f"gradcheck: seed must be an integer >= 0, got {seed!r}")
+    return number
 
 
 def _checked(name: str, value: Any, *, positive: bool = False) -> float:
@@ -203,6 +233,7 @@ def gradgradcheck(
     from nnbackend.autograd.higher import grad
 
     np = Ops.host_numpy()
+    seed = _checked_seed(seed)
     floating = []
     for x in inputs:
         data = x.data if isinstance(x, Tensor) else x
@@ -214,7 +245,7 @@ def gradgradcheck(
             t if not f or t.requires_grad else Tensor(t.data, requires_grad=True)
             for t, f in zip(ts, floating, strict=True)
         ]
-        out = fn(*leaves)
+        out = _tensor_result(fn, fn(*leaves))
         shape = tuple(out.shape)
         if shape not in projections:
             projections[shape] = np.random.default_rng(seed + 1).uniform(-1.0, 1.0, size=shape)
