@@ -21,6 +21,7 @@ use it to debug, not to train. Outside the block the engine pays one flag check 
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,6 +120,16 @@ def check_forward(f: Any, xs: Any, ys: Any) -> None:
     for i, xp, y in _float_arrays(outputs):
         kind = _bad(xp, y)
         if kind:
+            owner = _running_backward()
+            if owner is not None:
+                # f is a step of owner's gradient formula (a Function whose backward is
+                # written with Tensor ops): "Div forward produced inf" named an op the
+                # user's forward pass never held.
+                raise AnomalyError(
+                    f"{owner.name} backward produced {kind} (in the {f.name} step of its "
+                    f"gradient formula, output {i}: {_describe(y)}; {_inputs_text(xs)}); "
+                    f"{_node_text(owner)}"
+                )
             raise AnomalyError(
                 f"{f.name} forward produced {kind} in output {i} ({_describe(y)}); "
                 f"{_inputs_text(xs)}"
@@ -128,25 +139,45 @@ def check_forward(f: Any, xs: Any, ys: Any) -> None:
         f.__dict__["_anomaly_stack"] = traceback.format_stack(limit=14)[:-3]
 
 
+def _running_backward() -> Any:
+    """The Function whose ``backward`` or ``graph_backward`` is running below the caller
+    (innermost first), or None: read only once an anomaly was found."""
+    from nnbackend.autograd.function import Function
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name in ("backward", "graph_backward"):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, Function):
+                return owner
+        frame = frame.f_back
+    return None
+
+
+def _node_text(f: Any) -> str:
+    """The inputs, output gradients and forward call site of the node ``f``."""
+    inputs = getattr(f, "inputs", ())
+    shapes = "; ".join(
+        f"input {j}: {_describe(getattr(t, 'data', t))}" for j, t in enumerate(inputs)
+    )
+    outs = []
+    for j, ref in enumerate(getattr(f, "outputs", ())):
+        out = ref()
+        if out is not None and out.grad is not None:
+            outs.append(f"output {j} gradient: {_describe(out.grad)}")
+    where = ""
+    stack = f.__dict__.get("_anomaly_stack")
+    if stack:
+        where = "\nThe op was called in the forward pass at:\n" + "".join(stack[-4:])
+    return shapes + (f"; {'; '.join(outs)}" if outs else "") + where
+
+
 def check_backward(f: Any, gxs: Any) -> None:
     """Raise :class:`AnomalyError` when a gradient ``f``'s backward returned is not finite."""
     for i, xp, g in _float_arrays(gxs):
         kind = _bad(xp, g)
         if kind:
-            inputs = getattr(f, "inputs", ())
-            shapes = "; ".join(
-                f"input {j}: {_describe(getattr(t, 'data', t))}" for j, t in enumerate(inputs)
-            )
-            outs = []
-            for j, ref in enumerate(getattr(f, "outputs", ())):
-                out = ref()
-                if out is not None and out.grad is not None:
-                    outs.append(f"output {j} gradient: {_describe(out.grad)}")
-            where = ""
-            stack = f.__dict__.get("_anomaly_stack")
-            if stack:
-                where = "\nThe op was called in the forward pass at:\n" + "".join(stack[-4:])
             raise AnomalyError(
                 f"{f.name} backward produced {kind} in the gradient of input {i} "
-                f"({_describe(g)}); {shapes}" + (f"; {'; '.join(outs)}" if outs else "") + where
+                f"({_describe(g)}); {_node_text(f)}"
             )

@@ -21,14 +21,15 @@ The plain ``backward()`` (``create_graph=False``) keeps its own fast loop on raw
 from __future__ import annotations
 
 import heapq
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from nnbackend.autograd import anomaly
+from nnbackend.autograd import anomaly, ops
 from nnbackend.autograd.function import Function, check_gradient
 from nnbackend.autograd.mode import restore_grad_enabled, set_grad_enabled
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import GradientError
+from nnbackend.errors import BackendMismatchError, GradientError
 from nnbackend.namespace import backend_for
 
 __all__ = ["grad", "run_graph_backward"]
@@ -62,6 +63,10 @@ def _once_differentiable(f: Function, gys: list[Any]) -> tuple[Any, ...]:
         restore_grad_enabled(token)
     if type(raw) is not tuple:
         raw = (raw,)
+    if anomaly.is_enabled():
+        # Checked here, on f's own gradients: inside the _BackwardOf node below a NaN was
+        # reported as "_BackwardOf forward produced ...", a class the user never wrote.
+        anomaly.check_backward(f, raw)
     present = [i for i, g in enumerate(raw) if g is not None]
     if not present:
         return raw
@@ -183,10 +188,18 @@ def grad(
     ins = _as_list(inputs, "inputs")
     if grad_outputs is None:
         grad_outputs = [None] * len(outs)
-    elif isinstance(grad_outputs, Tensor) or hasattr(grad_outputs, "shape"):
+    elif isinstance(grad_outputs, (Tensor, numbers.Number)) or hasattr(
+        grad_outputs, "shape"
+    ):  # (a Python number for a 0-d output: list() of it was a bare TypeError)
         grad_outputs = [grad_outputs]
     else:
-        grad_outputs = list(grad_outputs)
+        try:
+            grad_outputs = list(grad_outputs)
+        except TypeError:
+            raise GradientError(
+                f"grad(): grad_outputs must be an array, a Tensor, a number or a sequence of "
+                f"those (one per output), got {type(grad_outputs).__name__}"
+            ) from None
     if len(grad_outputs) != len(outs):
         raise GradientError(
             f"grad(): {len(grad_outputs)} grad_outputs for {len(outs)} outputs; pass one each"
@@ -207,9 +220,27 @@ def grad(
                 )
             g = xp.ones_like(out.data)
         elif isinstance(g, Tensor):
+            if type(g.data) is not type(out.data):
+                g_name, o_name = backend_for(g.data)[1].name, backend_for(out.data)[1].name
+                if g_name != o_name:  # (it failed later as a "wrong dtype" from a backward)
+                    raise BackendMismatchError(
+                        f"grad(): grad_outputs holds a Tensor of backend {g_name!r} for an "
+                        f"output of backend {o_name!r}; move it with "
+                        "nnbackend.to_backend(g, like=output)"
+                    )
+            if g.data.dtype != out.data.dtype:
+                # Cast as an array grad_output is: a float32 Tensor for a float64 output
+                # raised a DtypeError blaming the first node's backward.
+                g = ops.cast(g, out.data.dtype)  # (differentiable)
             g = g if create_graph else g.data
         else:
-            g = xp.asarray(g, dtype=out.data.dtype, copy=True)
+            try:
+                g = xp.asarray(g, dtype=out.data.dtype, copy=True)
+            except (TypeError, ValueError):  # text, None in a list, ...: say which argument
+                raise GradientError(
+                    f"grad(): grad_outputs must hold numbers or arrays of the outputs' dtype "
+                    f"({out.data.dtype}), got {g!r:.80}"
+                ) from None
         gdata = g.data if isinstance(g, Tensor) else g
         if tuple(gdata.shape) != out.shape:
             raise GradientError(
