@@ -2,8 +2,9 @@
 sampler and ``NegativeSamplingLoss``.
 
 The sampler draws from the unigram distribution raised to ``power`` (0.75, as word2vec and the
-book do) with the host generator of :mod:`nnbackend.random`, and moves the ids to the active
-backend: one seed gives the same negatives on numpy, torch, cupy and array-api-strict.
+book do) with the host generator of :mod:`nnbackend.random`, and moves the ids to the targets'
+backend (``draw``: the active one): one seed gives the same negatives on numpy, torch, cupy
+and array-api-strict.
 
 >>> import nnbackend as nb
 >>> sampler = nb.nn.UnigramSampler([0, 1, 2, 3, 0, 1, 0], sample_size=2, generator=0)
@@ -22,7 +23,7 @@ from typing import Any
 
 from nnbackend import random as _random
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import ArgumentError, DtypeError, ShapeError
+from nnbackend.errors import ArgumentError, BackendMismatchError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for
 from nnbackend.nn import functional as F
 from nnbackend.nn import init
@@ -68,6 +69,40 @@ def _id_list(a: Any, where: str = "UnigramSampler") -> list[int]:
     return [int(i) for i in found.reshape(-1).tolist()]
 
 
+def _integer(name: str, value: Any) -> int:
+    """``value`` as an int (a Python or NumPy integer), or an ArgumentError naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ArgumentError(
+            f"UnigramSampler: {name} must be an integer, got {value!r} of type "
+            f"{type(value).__name__}"
+        ) from None
+
+
+def _as_generator(generator: Any) -> Any:
+    """``generator`` as a :class:`nnbackend.random.Generator` (or None for the module-level
+    one): a Generator as it is, an integer (``numpy.int64`` too) as its seed. Anything else
+    is an :class:`ArgumentError`: a NumPy Generator was called as ``choice(n, size, p)``,
+    whose third argument is NumPy's ``replace``, and drew every word uniformly."""
+    if generator is None or isinstance(generator, _random.Generator):
+        return generator
+    if not isinstance(generator, bool):
+        try:
+            seed = operator.index(generator)
+        except TypeError:
+            pass
+        else:
+            return _random.Generator(seed)
+    raise ArgumentError(
+        f"UnigramSampler: generator must be an nnbackend.random.Generator, an integer seed or "
+        f"None, got {type(generator).__module__}.{type(generator).__qualname__}; for a NumPy "
+        "Generator pass a seed instead (generator=0)"
+    )
+
+
 class UnigramSampler:
     """Negative samples drawn with probability ``count(w) ** power / sum(count ** power)``.
 
@@ -99,10 +134,13 @@ class UnigramSampler:
         if not ids or min(ids) < 0:
             raise ArgumentError("UnigramSampler needs a non-empty corpus of word ids >= 0")
         top = max(ids)
-        size = top + 1 if vocab_size is None else int(vocab_size)
+        # Checked as integers: int() truncated vocab_size=5.7 and sample_size=2.5 silently,
+        # read the text "2" as 2, and failed on "x" or None with a bare ValueError/TypeError.
+        size = top + 1 if vocab_size is None else _integer("vocab_size", vocab_size)
         if size <= top:
             raise ArgumentError(f"UnigramSampler: vocab_size={size} but the corpus holds id {top}")
-        if int(sample_size) < 1:
+        sample_size = _integer("sample_size", sample_size)
+        if sample_size < 1:
             raise ArgumentError(f"sample_size must be >= 1, got {sample_size}")
         given: Any = power  # (typed float, but a user may pass anything)
         if (
@@ -137,9 +175,7 @@ class UnigramSampler:
             raise ArgumentError(
                 "exclude_target=True needs more distinct words in the corpus than sample_size"
             )
-        if isinstance(generator, int) and not isinstance(generator, bool):
-            generator = _random.Generator(generator)
-        self.generator = generator
+        self.generator = _as_generator(generator)
 
     def _generator(self) -> Any:
         return self.generator if self.generator is not None else _random.default_generator()
@@ -149,7 +185,8 @@ class UnigramSampler:
         return self._generator().choice(self.vocab_size, shape, self.word_p)
 
     def sample(self, target: Any) -> Any:
-        """Negative ids of shape ``(N, sample_size)`` for targets ``(N,)``."""
+        """Negative ids of shape ``(N, sample_size)`` for targets ``(N,)``, on the targets'
+        backend and device (:meth:`draw` gives the active backend's)."""
         td = _data(target)
         if not hasattr(td, "shape"):  # a list: say so (not "'list' has no attribute 'shape'")
             raise F.not_an_array(td, "UnigramSampler.sample")
@@ -159,7 +196,7 @@ class UnigramSampler:
             )
         n = int(td.shape[0])
         if not self.exclude_target or n == 0:  # an empty batch: (0, K), as rows would be
-            return self.draw((n, self.sample_size))
+            return _like(self.draw((n, self.sample_size)), td)
         rng = self._generator()
         rows = []
         targets = _id_list(td, "UnigramSampler.sample")
@@ -178,7 +215,17 @@ class UnigramSampler:
             p = [q / total for q in p]
             rows.append(rng.choice(self.vocab_size, self.sample_size, p, replace=False))
         xp = backend_for(rows[0])[0]
-        return xp.stack(rows, axis=0)
+        return _like(xp.stack(rows, axis=0), td)
+
+
+def _like(ids: Any, target: Any) -> Any:
+    """The drawn ``ids`` (on the active backend) on ``target``'s backend and device: targets
+    on torch while numpy was active got NumPy negatives, which the loss then refused."""
+    if type(ids) is type(target) and getattr(ids, "device", None) == getattr(
+        target, "device", None
+    ):
+        return ids
+    return backend_for(target)[1].from_host(backend_for(ids)[1].to_host(ids), target.device)
 
 
 def embedding_dot(h: Any, weight: Any, indices: Any) -> Tensor:
@@ -188,15 +235,23 @@ def embedding_dot(h: Any, weight: Any, indices: Any) -> Tensor:
     """
     idx = _data(indices)
     hd = _data(h)
-    for a in (hd, idx):
+    wd = _data(weight)
+    for a in (hd, idx, wd):
         if not hasattr(a, "shape"):  # a list: say so (not "'list' has no attribute 'ndim'")
             raise F.not_an_array(a, "embedding_dot")
-    if hd.ndim != 2 or idx.shape[0] != hd.shape[0] or idx.ndim not in (1, 2):
+    # (ndim first: a 0-d index array ended in a bare IndexError on idx.shape[0])
+    if hd.ndim != 2 or idx.ndim not in (1, 2) or idx.shape[0] != hd.shape[0]:
         raise ShapeError(
             f"embedding_dot: expected h (N, H) and indices (N,) or (N, K), got "
             f"{tuple(hd.shape)} and {tuple(idx.shape)}"
         )
-    wd = _data(weight)
+    # Ids or h of another backend than the weight: the gather failed deep inside (torch ids
+    # with a NumPy weight in a bare TypeError from torch's min()).
+    # (Arrays of one type are of one backend: the usual case costs two type reads.)
+    if type(idx) is not type(wd):
+        F.same_backend(idx, wd, "embedding_dot (indices)")
+    if type(hd) is not type(wd):
+        F.same_backend(hd, wd, "embedding_dot (h)")
     if wd.ndim != 2 or wd.shape[1] != hd.shape[1]:
         # Checked here: the product of the rows and h failed in a bare broadcasting error.
         raise ShapeError(
@@ -218,7 +273,19 @@ def negative_sampling_loss(h: Any, weight: Any, target: Any, negatives: Any) -> 
     the positive and the ``K`` negative columns of the mean (over the batch) binary
     cross-entropy of ``sigmoid(embedding_dot)``, labels 1 for the target, 0 for negatives."""
     td, nd = _data(target), _data(negatives)
-    xp = backend_for(td)[0]
+    for a, what in ((td, "target"), (nd, "negatives")):
+        if not hasattr(a, "dtype"):  # a list: say so (not "'list' has no attribute 'dtype'")
+            raise F.not_an_array(a, f"negative_sampling_loss ({what})")
+    xp, t_record = backend_for(td)
+    if type(nd) is not type(td):
+        n_record = backend_for(nd)[1]
+        if n_record.name != t_record.name:
+            # Checked before the dtypes: torch targets with NumPy negatives were "not integers".
+            raise BackendMismatchError(
+                f"negative_sampling_loss: the target ids are an array of backend "
+                f"{t_record.name!r} but the negatives of backend {n_record.name!r}; move both "
+                "to the backend of the weight (nnbackend.to_backend(ids, like=model))"
+            )
     if not xp.isdtype(td.dtype, "integral") or not xp.isdtype(nd.dtype, "integral"):
         raise DtypeError(f"word ids must be integers, got {td.dtype} and {nd.dtype}")
     if nd.ndim != 2 or td.ndim != 1 or nd.shape[0] != td.shape[0]:
@@ -302,7 +369,7 @@ class NegativeSamplingLoss(Module):
             exclude_target=exclude_target,
             generator=generator,
         )
-        if isinstance(generator, int) and not isinstance(generator, bool):
+        if generator is not None:  # a seed (an int, numpy.int64): the sampler's Generator
             generator = self.sampler.generator
         self.embed = EmbeddingDot(vocab_size, hidden_size, weight=weight, generator=generator)
         self.last_negatives: Any = None
