@@ -287,3 +287,16 @@ def test_a_backend_name_in_the_wrong_case_names_the_right_one(
     with pytest.raises(BackendError) as caught:
         nb.set_backend("nosuch")
     assert "did you mean" not in str(caught.value)
+
+
+def test_operands_of_two_libraries_are_a_backend_mismatch() -> None:
+    """A NumPy and a torch operand of the same dtype raised DtypeError 'operands have dtypes
+    float64 and torch.float64', which is no dtype problem (from the attention review)."""
+    torch = pytest.importorskip("torch")
+    a = nb.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(nb.errors.BackendMismatchError, match="two libraries"):
+        a * torch.ones(3, dtype=torch.float64)
+    with pytest.raises(nb.errors.DtypeError, match="never promotes"):
+        a * np.ones(3, np.float32)
+    with pytest.raises(nb.errors.DtypeError, match="never promotes"):
+        a * np.float32(2.0)

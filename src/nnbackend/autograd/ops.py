@@ -68,6 +68,14 @@ def check_same_dtype(op: str, a: Any, b: Any) -> None:
             "expected a Tensor, an array of the same backend, or a Python number"
         ) from None
     if differ:
+        ta, tb = type(a), type(b)
+        # numpy.float64 and torch.float64 differ as dtypes too: say what is really wrong
+        if ta.__module__.partition(".")[0] != tb.__module__.partition(".")[0]:
+            raise BackendMismatchError(
+                f"{op}: operands are arrays of two libraries ({ta.__module__}.{ta.__qualname__}"
+                f" and {tb.__module__}.{tb.__qualname__}); move one with nb.to_device(x, "
+                "backend) first"
+            )
         raise DtypeError(
             f"{op}: operands have dtypes {a.dtype} and {b.dtype}; nnbackend never promotes "
             "silently. Cast one with xp.astype, or use a Python scalar instead of a 0-d array"
