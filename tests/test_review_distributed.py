@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import nnbackend as nb
-from nnbackend import distributed
+from nnbackend import distributed, nn, optim
 from nnbackend.distributed import _world
 from nnbackend.errors import ArgumentError, DtypeError, NNBackendError, ShapeError
 
@@ -532,3 +532,48 @@ def test_gloo_ranks_that_differ_get_typed_errors_on_every_rank(tmp_path: Path) -
     assert rc == 0, f"{out}\n{err}"
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}").read_text().splitlines() == EXPECTED
+
+
+@pytest.mark.parametrize("when", ["step", "epoch"])
+def test_a_stop_on_one_rank_stops_every_rank_after_the_same_step(when: str, on_ranks: Any) -> None:
+    """A callback that set stop_training on one rank only (or a Ctrl-C that reached one rank
+    first) stopped that rank alone: the others went on into the next step's collective and
+    met the stopped rank's epoch-end collective instead (a ShapeError on threads, a hang on
+    MPI). The ranks now decide together, and the others note an early stop."""
+
+    class StopOnRankZero(nb.callbacks.Callback):
+        def __init__(self, rank: int) -> None:
+            self.rank = rank
+
+        def on_step_end(self, trainer: Any, history: Any) -> None:
+            if when == "step" and self.rank == 0 and trainer.step == 3:
+                trainer.stop_training = True
+
+        def on_epoch_end(self, trainer: Any, history: Any) -> None:
+            if when == "epoch" and self.rank == 0 and trainer.epoch == 1:
+                trainer.stop_training = True
+
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+
+    def work(comm: Any) -> Any:
+        world = distributed.World("threads", comm.rank, comm.size, comm=comm)
+        model = nn.Sequential(nn.Linear(4, 3))
+        trainer = nb.Trainer(
+            model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), world=world
+        )
+        history = trainer.fit(
+            x, t, epochs=5, batch_size=10, seed=1, progress=False,
+            callbacks=[StopOnRankZero(comm.rank)],
+        )  # fmt: skip
+        return (
+            history.steps,
+            history.stopped_early,
+            [np.asarray(p.data) for p in model.parameters()],
+        )
+
+    (s0, early0, w0), (s1, early1, w1) = on_ranks(2, work, backend="numpy", dtype="float64")
+    assert s0 == s1 == (3 if when == "step" else 8)
+    assert early0 and early1
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -856,7 +856,7 @@ class Trainer:
             if not self._run_epoch(run, epoch):
                 break  # stopped inside the epoch: it does not count as completed
             self._end_epoch(run, epoch)
-            if run.guard.requested or self.stop_training:
+            if self._stopping(run):
                 break  # stopped by an epoch-end hook
         if run.guard.requested:
             history.interrupted = True
@@ -875,9 +875,25 @@ class Trainer:
         for i in range(run.steps_per_epoch):
             xb, tb, rows = self._batch(run, i, perm, batches)
             self._step(run, xb, tb, rows)
-            if run.guard.requested or self.stop_training:
+            if self._stopping(run):
                 return False
         return True
+
+    def _stopping(self, run: _Fit) -> bool:
+        """Whether training stops here: a callback set :attr:`stop_training`, or Ctrl-C. In
+        data-parallel training every rank decides together (one one-element all-reduce after
+        each step and epoch): a rank that stopped alone left the others waiting in the next
+        step's collective, forever on MPI. A rank stopped by another notes it as an early
+        stop."""
+        stop = run.guard.requested or self.stop_training
+        if run.world is None or run.size == 1:
+            return stop
+        xp = run.xp
+        total = run.comm.allreduce_sum(xp.asarray([1.0 if stop else 0.0], dtype=xp.float32))
+        if float(total[0]) > 0.0 and not stop:
+            self.stop_training = True  # another rank stopped (its callback, its Ctrl-C)
+            return True
+        return stop
 
     def _batch(self, run: _Fit, i: int, perm: Any, batches: Any) -> tuple[Any, Any, int]:
         """``(x, t, rows)`` of the ``i``-th batch of the epoch: the loader's next batch, the
