@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import math
+import numbers
+import operator
 import os
+import shlex
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +33,7 @@ from typing import Any, NamedTuple
 from nnbackend import config, registry
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.errors import DownloadError, DtypeError, ShapeError
+from nnbackend.errors import ArgumentError, DownloadError, DtypeError, ShapeError
 from nnbackend.namespace import array_namespace, backend_for, namespace
 
 __all__ = [
@@ -59,6 +64,9 @@ class Dataset(NamedTuple):
     @property
     def n_classes(self) -> int:
         """One more than the largest label (reads the labels to the host)."""
+        if math.prod(self.t.shape) == 0:
+            # max() of no labels was NumPy's bare "zero-size array to reduction" ValueError.
+            raise ShapeError("n_classes: the data set has no labels (t is empty)")
         return int(array_namespace(self.t).max(self.t)) + 1
 
 
@@ -101,11 +109,14 @@ def to_backend(values: Any, dtype: Any = None, *, like: Any = None) -> Any:
     if target_array is not None:
         xp, record = backend_for(target_array)
         device = getattr(target_array, "device", None)
-        float_name = (
-            config.normalize_dtype(dtype)
-            if dtype is not None
-            else config.normalize_dtype(target_array.dtype)
-        )
+        if dtype is not None:
+            float_name = config.normalize_dtype(dtype)
+        elif xp.isdtype(target_array.dtype, "real floating"):
+            float_name = config.normalize_dtype(target_array.dtype)
+        else:
+            # like= labels (an integer array) decides the backend and device, not the float
+            # dtype: reading its int64 as one failed with "unknown default dtype int64".
+            float_name = config.get_default_dtype()
         if getattr(xp, float_name, None) is None:
             raise DtypeError(f"backend {record.name!r} has no {float_name}; choose another dtype")
     else:
@@ -126,17 +137,27 @@ def to_backend(values: Any, dtype: Any = None, *, like: Any = None) -> Any:
                 f"to_backend: data of dtype {values.dtype} is neither floating nor integer"
             )
         if values.dtype != wanted:
+            uint64 = getattr(xp, "uint64", None)
+            if uint64 is not None and values.dtype == uint64:  # rare: checked on the host
+                _check_fits_int64(np, np.asarray(record.to_host(values)))
             values = xp.astype(values, wanted)
         if device is not None and getattr(values, "device", device) != device:
             values = xp.asarray(values, device=device)
         return values
     if source is not None:
         values = registry.get(source).to_host(values)
-    values = np.asarray(values)
+    try:
+        values = np.asarray(values)
+    except ValueError as exc:  # NumPy's "inhomogeneous shape" for ragged lists of rows
+        raise ShapeError(
+            f"to_backend: the rows of the data have different lengths ({exc}); every row "
+            "must have one shape (pad or crop them first)"
+        ) from None
     if np.issubdtype(values.dtype, np.floating):
         target = float_name
     elif np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
         target = "int64"
+        _check_fits_int64(np, values)
     else:
         raise DtypeError(
             f"to_backend: data of dtype {values.dtype} is neither floating nor integer; "
@@ -145,6 +166,58 @@ def to_backend(values: Any, dtype: Any = None, *, like: Any = None) -> Any:
     # A fresh, C-contiguous, writable copy: torch.from_numpy shares memory with its input.
     values = np.array(values, dtype=target, order="C", copy=True)
     return record.from_host(values, device)
+
+
+def _check_fits_int64(np: Any, values: Any) -> None:
+    """Unsigned 64-bit integers above int64's maximum (``[2**63]`` becomes a uint64 array)
+    wrapped around to negative labels in the cast to int64; they are refused instead."""
+    if values.dtype == np.uint64 and values.size and int(values.max()) > 2**63 - 1:
+        raise DtypeError(
+            f"to_backend: integer values up to {int(values.max())} do not fit the int64 that "
+            "labels become (largest 2**63 - 1); renumber them (np.unique(t, "
+            "return_inverse=True)) or convert them to floats"
+        )
+
+
+def _count(value: Any, name: str, where: str) -> int:
+    """``value`` as an int >= 1 (a NumPy integer too; not a bool or a float)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ArgumentError(f"{where} needs {name} to be an int >= 1, got {value!r}") from None
+    if n < 1:
+        raise ArgumentError(f"{where} needs {name} >= 1, got {n}")
+    return n
+
+
+def _seed(value: Any, where: str, limit: int | None = None) -> int | None:
+    """``value`` as a seed: an int >= 0 (and below ``limit`` where the stream has one), or
+    ``None`` (a fresh one)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        seed = operator.index(value)
+    except TypeError:
+        seed = -1
+    if seed < 0 or (limit is not None and seed >= limit):
+        bound = "" if limit is None else " and below 2**32 (its legacy NumPy stream)"
+        raise ArgumentError(f"{where} needs seed to be an int >= 0{bound}, got {value!r}")
+    return seed
+
+
+def _noise(value: Any, where: str) -> float:
+    """``value`` as a finite standard deviation >= 0."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    noise = float(value) if real else math.nan
+    if not (math.isfinite(noise) and noise >= 0.0):
+        raise ArgumentError(
+            f"{where} needs noise to be a finite number >= 0 (a standard deviation), got {value!r}"
+        )
+    return noise
 
 
 def spiral(
@@ -167,10 +240,10 @@ def spiral(
         :class:`Dataset` with ``x`` of shape ``(n_per_class * n_classes, 2)`` and ``t`` of
         shape ``(n_per_class * n_classes,)``.
     """
-    if n_per_class < 1 or n_classes < 1:
-        raise ValueError(
-            f"spiral needs n_per_class >= 1 and n_classes >= 1, got {n_per_class}, {n_classes}"
-        )
+    n_per_class = _count(n_per_class, "n_per_class", "spiral")
+    n_classes = _count(n_classes, "n_classes", "spiral")
+    seed = _seed(seed, "spiral", limit=2**32)
+    noise = _noise(noise, "spiral")
     np = host.numpy()
     # The book calls np.random.seed(seed) and np.random.randn() once per point, arm by arm;
     # RandomState(seed).standard_normal(n) draws the same numbers in the same order.
@@ -191,8 +264,9 @@ def xor(n_per_corner: int = 1, noise: float = 0.0, seed: int = 0, *, dtype: Any 
     ``n_per_corner`` > 1 repeats each corner, and ``noise`` adds Gaussian jitter of that
     standard deviation (seeded by ``seed``), for a data set big enough to batch.
     """
-    if n_per_corner < 1:
-        raise ValueError(f"xor needs n_per_corner >= 1, got {n_per_corner}")
+    n_per_corner = _count(n_per_corner, "n_per_corner", "xor")
+    noise = _noise(noise, "xor")
+    seed = _seed(seed, "xor")
     np = host.numpy()
     corners = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     labels = np.array([0, 1, 1, 0])
@@ -220,8 +294,14 @@ def digits(
     Raises:
         ImportError: scikit-learn is not installed (the message says how to install it).
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    real = isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
+    fraction = float(test_fraction) if real else math.nan
+    if not 0.0 < fraction < 1.0:
+        raise ArgumentError(
+            f"test_fraction must be a number between 0 and 1, got {test_fraction!r}"
+        )
+    test_fraction = fraction
+    seed = _seed(seed, "digits")
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
@@ -240,7 +320,8 @@ def digits(
     test_idx: list[Any] = []
     for label in np.unique(t):
         members = rng.permutation(np.flatnonzero(t == label))
-        n_test = max(1, math.floor(len(members) * test_fraction + 0.5))
+        # At least one of each class in each set: a fraction near 1 emptied the training set.
+        n_test = min(len(members) - 1, max(1, math.floor(len(members) * test_fraction + 0.5)))
         test_idx.append(members[:n_test])
         train_idx.append(members[n_test:])
     train = rng.permutation(np.concatenate(train_idx))
@@ -311,8 +392,11 @@ def sha256_file(path: Path) -> str:
 
 
 def _manual(folder: Path, mirror: str, names: tuple[str, ...]) -> str:
-    urls = " ".join(mirror + name for name in names)
-    return f"mkdir -p '{folder}' && cd '{folder}' && curl -fLO --remote-name-all {urls}"
+    # Always single-quoted, a quote inside closed, escaped and reopened: a folder such as
+    # /home/o'brien broke the bare single quotes.
+    urls = " ".join(shlex.quote(mirror + name) for name in names)
+    where = "'" + str(folder).replace("'", "'\"'\"'") + "'"
+    return f"mkdir -p {where} && cd {where} && curl -fLO --remote-name-all {urls}"
 
 
 def _fetch(name: str, filename: str, sha256: str, mirrors: tuple[str, ...]) -> Path:
@@ -323,11 +407,23 @@ def _fetch(name: str, filename: str, sha256: str, mirrors: tuple[str, ...]) -> P
     path = folder / filename
     if path.is_file() and sha256_file(path) == sha256:
         return path
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way of the folder, or a parent that is read-only
+        raise DownloadError(
+            f"cannot create the cache folder {folder} for {name} ({exc.strerror or exc}); "
+            f"remove what is in the way, or set {CACHE_ENV} to a folder you can write to"
+        ) from None
     failures = []
     for mirror in mirrors:
         url = mirror + filename
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+        except OSError as exc:
+            raise DownloadError(
+                f"cannot write into the cache folder {folder} for {name} "
+                f"({exc.strerror or exc}); set {CACHE_ENV} to a folder you can write to"
+            ) from None
         try:
             with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, out)
@@ -337,8 +433,10 @@ def _fetch(name: str, filename: str, sha256: str, mirrors: tuple[str, ...]) -> P
                 continue
             os.replace(tmp, path)
             return path
-        except OSError as exc:  # URLError, HTTPError, timeouts and full disks are OSErrors
-            failures.append(f"{url}: {exc}")
+        # URLError, HTTPError, timeouts and full disks are OSErrors; a connection closed
+        # mid-file is http.client's IncompleteRead, which is not.
+        except (OSError, http.client.HTTPException) as exc:
+            failures.append(f"{url}: {type(exc).__name__}: {exc}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -353,8 +451,14 @@ def _fetch(name: str, filename: str, sha256: str, mirrors: tuple[str, ...]) -> P
 def _read_idx(path: Path, ndim: int) -> Any:
     """An IDX file (gzipped) as a NumPy uint8 array of ``ndim`` axes."""
     np = host.numpy()
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt
+        raise DownloadError(
+            f"{path} is not a readable gzip file ({type(exc).__name__}: {exc}); delete it and "
+            "load again"
+        ) from None
     magic = int.from_bytes(raw[:4], "big")
     if magic != 0x800 + ndim or len(raw) < 4 + 4 * ndim:
         raise DownloadError(
@@ -410,10 +514,22 @@ def host_rows(source: Any, index: Any) -> Any:
     """Rows ``index`` (a host array of ints) of ``source`` as host NumPy arrays: by fancy
     indexing for a NumPy array (a memory-mapped one reads only those rows), else one
     ``source[i]`` per row, stacked; where a row is a tuple ``(x_i, t_i)``, a tuple of stacked
-    arrays. Used by :class:`nnbackend.data.DataLoader`."""
+    arrays. Used by :class:`nnbackend.data.DataLoader`.
+
+    An array of another registered backend (a torch tensor, an array_api_strict array)
+    gives its rows there, by ``take``, and then moves them to the host: one row at a time
+    failed on array_api_strict (its ``a[i]`` of a 2-D array is an IndexError) and read a
+    torch tensor row by row."""
     np = host.numpy()
     if isinstance(source, np.ndarray):
         return source[index]
+    name = registry.backend_of(source)
+    if name is not None:
+        xp, record = backend_for(source)
+        rows = np.asarray(index, dtype=np.int64)
+        device = getattr(source, "device", None)
+        taken = xp.take(source, record.from_host(rows, device), axis=0)
+        return np.asarray(record.to_host(taken))
     rows = [source[int(i)] for i in index]
     if rows and isinstance(rows[0], tuple):
         return tuple(_stack(np, [r[k] for r in rows], index) for k in range(len(rows[0])))
