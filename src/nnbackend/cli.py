@@ -11,7 +11,9 @@ setting (one line on stderr says what and how to fix it: an unknown backend, a n
 ``--lr``, an ``--out`` folder that cannot be written or has a folder in the way of a plot,
 checked before any training); 130 Ctrl-C (the first one stops training after the current
 step and the demo still reports and plots; another one, while plotting, stops at once and
-leaves no half-written plot: each PNG is written to a temporary file and renamed).
+leaves no half-written plot: each PNG is written to a temporary file and renamed); 141 the
+reader of the output went away (``nnbackend info | head -1``), quietly, as a program killed by
+SIGPIPE.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
 
 
@@ -155,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         "--lr", type=_positive_float, default=1.0, help="SGD learning rate (default: 1.0)"
     )
     demo.add_argument(
-        "--seed", type=int, default=0, help="seed of the weights and the shuffling (default: 0)"
+        "--seed", type=_seed, default=0, help="seed of the weights and the shuffling (default: 0)"
     )
     demo.add_argument(
         "--out",
@@ -312,6 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NNBackendError as exc:
         print(f"nnbackend: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader left (nnbackend info | head -1): no traceback, and no second
+        # BrokenPipeError when Python flushes stdout at exit.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return 141
     except KeyboardInterrupt:
         # Ctrl-C outside training (the trainer handles its own): while loading a backend,
         # evaluating, or writing the plots (a second Ctrl-C after the first stopped training).

@@ -107,10 +107,13 @@ class Info:
             w = self.world
             how = "joined" if w.get("joined") else "from the environment, not joined"
             lines.append("data-parallel world:")
-            lines.append(
-                f"  engine {w.get('engine')}, rank {w.get('rank')} of {w.get('size')}, "
-                f"device {w.get('device') or 'default'} ({how})"
-            )
+            if "problem" in w:
+                lines.append(f"  cannot read the launcher's environment: {w['problem']}")
+            else:
+                lines.append(
+                    f"  engine {w.get('engine')}, rank {w.get('rank')} of {w.get('size')}, "
+                    f"device {w.get('device') or 'default'} ({how})"
+                )
         lines.append("versions:")
         lines += [f"  {k:<17} {v or 'not installed'}" for k, v in self.versions.items()]
         return "\n".join(lines)
@@ -157,6 +160,7 @@ def info() -> Info:
         settings = _settings_despite_environment()
     else:
         settings = tuple(Setting(name, value, source) for name, (value, source) in found.items())
+        problems = _active_problems(found)
     statuses = tuple(_status(name) for name in registry.backends())
     versions = {
         "nnbackend": package_version(),
@@ -166,7 +170,29 @@ def info() -> Info:
         "numpy": _dist("numpy"),
         "mpi4py": _dist("mpi4py"),
     }
-    return Info(settings, statuses, versions, problems, _world())
+    world = _world()
+    if "problem" in world:
+        # A launcher's environment that distributed.init() will refuse: the text report
+        # printed "rank 0 of 1" and the exit code was 0.
+        problems += (world["problem"],)
+    return Info(settings, statuses, versions, problems, world)
+
+
+def _active_problems(found: dict[str, tuple[Any, str]]) -> tuple[str, ...]:
+    """Why the active settings cannot run here (the backend is unusable, or lacks the dtype):
+    the report said nothing of it and ``nnbackend info`` exited 0, though every use failed."""
+    from nnbackend.namespace import namespace
+
+    backend, backend_source = found["backend"]
+    dtype, dtype_source = found["dtype"]
+    try:
+        namespace()
+    except NNBackendError as exc:
+        return (
+            f"the active settings cannot run here (backend {backend}, {backend_source}; "
+            f"dtype {dtype}, {dtype_source}): " + " ".join(str(exc).split()),
+        )
+    return ()
 
 
 def _world() -> dict[str, Any]:
