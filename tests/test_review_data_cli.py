@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import http.client
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -344,3 +345,47 @@ def test_manual_download_command_quotes_odd_folder_names(
     words = shlex.split(command)
     assert words[:3] == ["mkdir", "-p", str(cache / "mnist")]
     assert words[words.index("cd") + 1] == str(cache / "mnist")
+
+
+# -- the PTB download (text.corpora), the same weaknesses ----------------------------------
+
+
+def test_ptb_download_dropped_mid_file_is_a_download_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """text.corpora's download let http.client.IncompleteRead escape bare, and its manual
+    command used bare single quotes, which a folder such as o'brien breaks."""
+    from nnbackend.text import corpora
+
+    monkeypatch.setenv(corpora.CACHE_ENV, str(tmp_path / "o'brien"))
+
+    class Dropped:
+        def __enter__(self) -> Dropped:
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            return None
+
+        def read(self, *args: Any) -> bytes:
+            raise http.client.IncompleteRead(b"abc", 100)
+
+    monkeypatch.setattr(corpora, "_urlopen", lambda *args, **kwargs: Dropped())
+    with pytest.raises(DownloadError, match="IncompleteRead") as caught:
+        corpora.ptb("train")
+    command = str(caught.value).split("\n  ", 1)[1]
+    folder = str(corpora.text_cache_dir() / "ptb")
+    assert shlex.split(command)[2] == folder  # mkdir -p <folder>, quoted as the shell reads it
+    assert [p.name for p in (tmp_path / "o'brien" / "ptb").iterdir()] == []
+
+
+def test_ptb_cache_folder_in_the_way_is_a_download_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file where the PTB cache folder belongs raised a bare FileExistsError."""
+    from nnbackend.text import corpora
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "ptb").write_text("in the way")
+    monkeypatch.setenv(corpora.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(DownloadError, match="cannot write into the cache folder"):
+        corpora.ptb("train")

@@ -18,8 +18,10 @@ True
 
 from __future__ import annotations
 
+import http.client
 import os
 import random as _pyrandom
+import shlex
 import shutil
 import tempfile
 import urllib.request
@@ -106,11 +108,18 @@ def _fetch_ptb(filename: str, url_base: str, expected: str | None) -> Path:
             return path
         raise DownloadError(
             f"{path} has sha256 {got}, expected {want}: the copy is damaged or not the PTB "
-            f"file. Delete it (rm '{path}' '{record}') and load again"
+            f"file. Delete it (rm {shlex.quote(str(path))} {shlex.quote(str(record))}) and "
+            "load again"
         )
-    folder.mkdir(parents=True, exist_ok=True)
     url = url_base + filename
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+    except OSError as exc:  # a file in the way of the folder, a folder that is read-only
+        raise DownloadError(
+            f"cannot write into the cache folder {folder} ({exc.strerror or exc}); remove what "
+            f"is in the way, or set {CACHE_ENV} to a folder you can write to"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out)
@@ -120,15 +129,18 @@ def _fetch_ptb(filename: str, url_base: str, expected: str | None) -> Path:
         os.replace(tmp, path)
         record.write_text(got + "\n")
         return path
-    except OSError as exc:  # URLError, HTTPError, timeouts and full disks are OSErrors
+    # URLError, HTTPError, timeouts and full disks are OSErrors; a connection closed mid-file
+    # is http.client's IncompleteRead, which is not.
+    except (OSError, http.client.HTTPException) as exc:
         if isinstance(exc, DownloadError):
             raise
-        urls = " ".join(url_base + name for name in _PTB_FILES.values())
+        urls = " ".join(shlex.quote(url_base + name) for name in _PTB_FILES.values())
+        where = shlex.quote(str(folder))
         raise DownloadError(
-            f"could not download {url} ({exc}). If this machine is offline, download the "
-            f"PTB files elsewhere and copy them into {folder} (or set {CACHE_ENV} to a folder "
-            f"holding a 'ptb' folder with them):\n  mkdir -p '{folder}' && cd '{folder}' && "
-            f"curl -fLO --remote-name-all {urls}"
+            f"could not download {url} ({type(exc).__name__}: {exc}). If this machine is "
+            f"offline, download the PTB files elsewhere and copy them into {folder} (or set "
+            f"{CACHE_ENV} to a folder holding a 'ptb' folder with them):\n  mkdir -p {where} "
+            f"&& cd {where} && curl -fLO --remote-name-all {urls}"
         ) from exc
     finally:
         if os.path.exists(tmp):
