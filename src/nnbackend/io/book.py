@@ -12,11 +12,12 @@ from __future__ import annotations
 import io as _stdio
 import os
 import pickle
+import stat
 from typing import Any
 
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.backends import host
-from nnbackend.errors import CheckpointError
+from nnbackend.errors import ArgumentError, CheckpointError
 from nnbackend.namespace import backend_for
 
 __all__ = ["load_book_params"]
@@ -33,6 +34,30 @@ _ALLOWED = {
     ("numpy._core.numeric", "_frombuffer"),
 }
 MAX_BYTES = 4 << 30  # the book's largest file (BetterRnnlm) is about 40 MB
+
+
+class _Capped:
+    """A binary file read through a cap of ``limit`` bytes: a special file (``/dev/zero``, a
+    pipe) has size 0 to ``os.stat``, so only reading can tell that it holds too much."""
+
+    def __init__(self, f: Any, limit: int, where: str) -> None:
+        self._f, self._left, self._limit, self._where = f, limit, limit, where
+
+    def _take(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left < 0:
+            raise CheckpointError(
+                f"{self._where}: more than {self._limit} bytes, more than a parameter file holds"
+            )
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left + 1 if n is None or n < 0 else min(n, self._left + 1)
+        return self._take(self._f.read(n))
+
+    def readline(self, n: int = -1) -> bytes:
+        n = self._left + 1 if n is None or n < 0 else min(n, self._left + 1)
+        return self._take(self._f.readline(n))
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -61,12 +86,25 @@ def load_book_params(model: Any, path: str | os.PathLike[str], *, trust: bool = 
             origin you trust (the book's own downloads). The reader still builds only arrays.
 
     Raises:
+        ArgumentError: ``model`` has no ``parameters()`` or ``path`` is no path (the two
+            swapped, say).
         CheckpointError: ``trust`` is not True; the file is unreadable, holds anything but a
             list of floating arrays, or its count, shapes or values do not fit the model (a
-            value beyond float16's range for a float16 model, say). Raised before any
-            parameter is changed.
+            value beyond float16's range for a float16 model, say), or it is a pipe or
+            device that streams more than ``MAX_BYTES``. Raised before any parameter is
+            changed.
     """
-    where = os.fspath(path)
+    if not hasattr(model, "parameters"):
+        raise ArgumentError(
+            f"load_book_params needs the model to fill (an nn.Module), got "
+            f"{type(model).__name__}; call load_book_params(model, path, trust=True)"
+        )
+    if not isinstance(path, str | bytes | os.PathLike):
+        raise ArgumentError(
+            f"load_book_params needs the path of the book's .pkl file (a str or os.PathLike), "
+            f"got {type(path).__name__}; call load_book_params(model, path, trust=True)"
+        )
+    where = os.fsdecode(path)
     if trust is not True:
         raise CheckpointError(
             f"{where}: the book's parameter files are pickles, and reading a pickle can run "
@@ -76,11 +114,16 @@ def load_book_params(model: Any, path: str | os.PathLike[str], *, trust: bool = 
         )
     np = host.numpy()
     try:
-        size = os.stat(where).st_size
-        if size > MAX_BYTES:
-            raise CheckpointError(f"{where}: {size} bytes is more than a parameter file holds")
         with open(where, "rb") as f:
-            loaded = _ArraysOnly(_stdio.BytesIO(f.read())).load()
+            info = os.fstat(f.fileno())
+            if stat.S_ISREG(info.st_mode):
+                if info.st_size > MAX_BYTES:
+                    raise CheckpointError(
+                        f"{where}: {info.st_size} bytes is more than a parameter file holds"
+                    )
+                loaded = _ArraysOnly(_stdio.BytesIO(f.read(MAX_BYTES + 1))).load()
+            else:  # a pipe or a device: its size is known only by reading it
+                loaded = _ArraysOnly(_Capped(f, MAX_BYTES, where)).load()
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -111,7 +154,9 @@ def load_book_params(model: Any, path: str | os.PathLike[str], *, trust: bool = 
         target = np.dtype(str(data.dtype).rsplit(".", 1)[-1])
         with np.errstate(over="ignore", invalid="ignore"):
             cast = np.array(value, dtype=target, order="C", copy=True)
-        if not np.all(np.isfinite(cast)) and np.all(np.isfinite(value)):
+        # Per element: a file that holds an inf somewhere must not let another value
+        # overflow to inf unnoticed.
+        if np.any(~np.isfinite(cast) & np.isfinite(value)):
             raise CheckpointError(
                 f"{where}: array {i} holds values beyond {target}'s range; build the model "
                 "in a wider dtype"
