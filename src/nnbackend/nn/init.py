@@ -9,6 +9,11 @@ the active backend.
 
 The fan-in of a shape is its first axis for 1-D and 2-D shapes (weights are stored
 ``(in, out)``, as ``Linear`` uses them) and the product of all axes but the last otherwise.
+A shape whose fan-in is 0 has no elements and gives an empty array (as ``torch.nn.init``
+leaves a zero-element tensor). A shape is an int or a sequence of non-negative ints (Python's
+or NumPy's); a bad shape, a negative or NaN ``std``, ``low > high`` or a non-finite bound, and
+a ``generator`` that is no :class:`nnbackend.random.Generator` raise
+:class:`~nnbackend.errors.ArgumentError`.
 
 >>> import nnbackend as nb
 >>> nb.random.seed(0)
@@ -19,10 +24,13 @@ The fan-in of a shape is its first axis for 1-D and 2-D shapes (weights are stor
 
 from __future__ import annotations
 
+import contextlib
 import math
+import operator
 from typing import Any
 
 from nnbackend import random as _random
+from nnbackend.errors import ArgumentError
 from nnbackend.namespace import namespace
 
 __all__ = [
@@ -42,8 +50,33 @@ __all__ = [
 Shape = int | tuple[int, ...]
 
 
-def _shape(shape: Shape) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
+def _size(n: Any, shape: Any) -> int:
+    # operator.index, not int(): a float (2.7 rows became 2) or a str ("34" became (3, 4))
+    # is a mistake to report, not a size to round.
+    try:
+        value = operator.index(n) if type(n) is not bool else -1
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise ArgumentError(
+            f"shape must be an int or a sequence of non-negative ints, got {shape!r}; "
+            "e.g. (in_features, out_features)"
+        )
+    return value
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    try:
+        operator.index(shape)
+    except TypeError:
+        pass
+    else:  # one int (Python's, NumPy's or a 0-d array); a bool is refused by _size
+        return (_size(shape, shape),)
+    sizes: list[Any] = [None]  # (refused by _size)
+    if not isinstance(shape, str | bytes):
+        with contextlib.suppress(TypeError):
+            sizes = list(shape)
+    return tuple(_size(n, shape) for n in sizes)
 
 
 def fan_in(shape: Shape) -> int:
@@ -57,14 +90,30 @@ def fan_in(shape: Shape) -> int:
 
 
 def _source(generator: Any) -> Any:
-    return _random if generator is None else generator
+    if generator is None:
+        return _random
+    if not isinstance(generator, _random.Generator):
+        raise ArgumentError(
+            f"generator must be an nnbackend.random.Generator or None, got "
+            f"{type(generator).__name__}; for a seed n pass nnbackend.random.Generator(n)"
+        )
+    return generator
+
+
+def _fan(shape: Shape) -> int:
+    # A fan-in of 0 comes only from a shape with a zero axis: no elements, so any scale does
+    # (1/0 raised ZeroDivisionError where torch.nn.init leaves a zero-element tensor alone).
+    return fan_in(shape) or 1
 
 
 def normal(
     shape: Shape, std: float = 0.01, mean: float = 0.0, *, generator: Any = None, dtype: Any = None
 ) -> Any:
     """Samples of N(``mean``, ``std``²) (the book's ``0.01 * randn`` by default)."""
-    return _source(generator).normal(_shape(shape), float(mean), float(std), dtype=dtype)
+    dims, source = _shape(shape), _source(generator)
+    if not float(std) >= 0.0:  # (NaN too: it compares False)
+        raise ArgumentError(f"normal: std must be >= 0, got {std!r}")
+    return source.normal(dims, float(mean), float(std), dtype=dtype)
 
 
 def uniform(
@@ -76,29 +125,35 @@ def uniform(
     dtype: Any = None,
 ) -> Any:
     """Samples of U[``low``, ``high``)."""
-    return _source(generator).uniform(_shape(shape), float(low), float(high), dtype=dtype)
+    dims, source = _shape(shape), _source(generator)
+    lo, hi = float(low), float(high)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ArgumentError(
+            f"uniform: low and high must be finite with low <= high, got low={low!r}, high={high!r}"
+        )
+    return source.uniform(dims, lo, hi, dtype=dtype)
 
 
 def xavier_normal(shape: Shape, *, generator: Any = None, dtype: Any = None) -> Any:
     """Xavier initialisation as the book uses it: N(0, 1/fan_in), i.e. std ``sqrt(1/n)`` for
     ``n`` inputs. Suits sigmoid and tanh layers."""
-    return normal(shape, math.sqrt(1.0 / fan_in(shape)), generator=generator, dtype=dtype)
+    return normal(shape, math.sqrt(1.0 / _fan(shape)), generator=generator, dtype=dtype)
 
 
 def xavier_uniform(shape: Shape, *, generator: Any = None, dtype: Any = None) -> Any:
     """U[-a, a) with ``a = sqrt(3/fan_in)``: the same variance as :func:`xavier_normal`."""
-    a = math.sqrt(3.0 / fan_in(shape))
+    a = math.sqrt(3.0 / _fan(shape))
     return uniform(shape, -a, a, generator=generator, dtype=dtype)
 
 
 def he_normal(shape: Shape, *, generator: Any = None, dtype: Any = None) -> Any:
     """He initialisation: N(0, 2/fan_in), std ``sqrt(2/n)``. Suits ReLU layers."""
-    return normal(shape, math.sqrt(2.0 / fan_in(shape)), generator=generator, dtype=dtype)
+    return normal(shape, math.sqrt(2.0 / _fan(shape)), generator=generator, dtype=dtype)
 
 
 def he_uniform(shape: Shape, *, generator: Any = None, dtype: Any = None) -> Any:
     """U[-a, a) with ``a = sqrt(6/fan_in)``: the same variance as :func:`he_normal`."""
-    a = math.sqrt(6.0 / fan_in(shape))
+    a = math.sqrt(6.0 / _fan(shape))
     return uniform(shape, -a, a, generator=generator, dtype=dtype)
 
 
