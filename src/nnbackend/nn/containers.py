@@ -21,6 +21,7 @@ these instead.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -37,19 +38,45 @@ def _module(value: Any, where: str) -> Module:
 
 class ModuleList(Module):
     """A list of modules, registered under the names ``"0"``, ``"1"``, ...: indexable,
-    iterable, appendable. It has no ``forward``: the parent decides how to call them."""
+    iterable, appendable, and (as PyTorch's) ``insert`` and ``del ml[i]`` renumber the
+    entries. It has no ``forward``: the parent decides how to call them.
+
+    ``len``, iteration and indexing see the same entries, in registration order, a ``None``
+    placeholder (``add_module("1", None)``) included, as in PyTorch."""
 
     def __init__(self, modules: Iterable[Module] = ()) -> None:
         super().__init__()
         self.extend(modules)
 
-    def _items(self) -> list[Module]:
-        return [m for m in self._modules.values() if m is not None]
+    def _items(self) -> list[Any]:
+        return list(self._modules.values())
+
+    def _renumber(self, modules: list[Any]) -> None:
+        """Register ``modules`` as the entries ``"0"``, ``"1"``, ... (and nothing else)."""
+        for name in list(self._modules):
+            self.__delattr__(name)
+        for i, module in enumerate(modules):
+            self.add_module(str(i), module)
 
     def append(self, module: Module) -> ModuleList:
         """Add ``module`` at the end; returns ``self``."""
-        self.add_module(str(len(self._modules)), _module(module, "ModuleList"))
+        module = _module(module, "ModuleList")
+        n = len(self._modules)
+        while str(n) in self._modules:  # (an entry removed with delattr left a gap)
+            n += 1
+        self.add_module(str(n), module)
         return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before ``index`` (as ``list.insert``) and renumber."""
+        items = self._items()
+        items.insert(index, _module(module, "ModuleList"))
+        self._renumber(items)
+
+    def __delitem__(self, index: int | slice) -> None:
+        items = self._items()
+        del items[index]  # IndexError / TypeError as a list's
+        self._renumber(items)
 
     def extend(self, modules: Iterable[Module]) -> ModuleList:
         """Append each of ``modules``; returns ``self``."""
@@ -74,16 +101,31 @@ class ModuleList(Module):
 
 
 class ModuleDict(Module):
-    """A dict of modules, registered under their keys (strings), in insertion order."""
+    """A dict of modules, registered under their keys (strings), in insertion order; built
+    from a mapping or from ``(key, module)`` pairs, as PyTorch's."""
 
-    def __init__(self, modules: Mapping[str, Module] | None = None) -> None:
+    def __init__(
+        self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]] | None = None
+    ) -> None:
         super().__init__()
         if modules is not None:
             self.update(modules)
 
-    def update(self, modules: Mapping[str, Module]) -> None:
-        """Add or replace each ``key: module``."""
-        for key, module in modules.items():
+    def update(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]]) -> None:
+        """Add or replace each ``key: module`` of a mapping (a dict, another ModuleDict) or
+        of an iterable of ``(key, module)`` pairs, as PyTorch's."""
+        pairs: list[tuple[Any, ...]] = [()]  # (refused below)
+        if isinstance(modules, Mapping | ModuleDict):
+            pairs = list(modules.items())
+        else:
+            with contextlib.suppress(TypeError):
+                pairs = [tuple(pair) for pair in modules]
+            if any(len(pair) != 2 for pair in pairs):
+                raise TypeError(
+                    f"ModuleDict.update takes a mapping or an iterable of (key, module) pairs, "
+                    f"got {type(modules).__name__}"
+                )
+        for key, module in pairs:
             self[key] = module
 
     def __setitem__(self, key: str, module: Module) -> None:
@@ -103,12 +145,15 @@ class ModuleDict(Module):
         self.add_module(key, _module(module, "ModuleDict"))
 
     def __getitem__(self, key: str) -> Module:
-        module = self._modules.get(key)
-        if module is None:
+        if key not in self._modules:
             raise KeyError(f"{key!r} is not in this ModuleDict; it holds {list(self._modules)}")
-        return module
+        return self._modules[key]  # type: ignore[return-value]  # (a None placeholder too)
 
     def __delitem__(self, key: str) -> None:
+        # Only an entry: ``del md["training"]`` went through to __delattr__ and deleted the
+        # mode flag (or the ``_modules`` registry) from the instance.
+        if key not in self._modules:
+            raise KeyError(f"{key!r} is not in this ModuleDict; it holds {list(self._modules)}")
         self.__delattr__(key)
 
     def __contains__(self, key: object) -> bool:
