@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import operator
+import threading
 from typing import Any
 
 from nnbackend.autograd.mode import no_grad
@@ -24,9 +26,20 @@ def _shape_of(out: Any) -> str:
     return type(out).__name__
 
 
+# summary() patches classes, which every thread shares: two summaries at once each saved the
+# other's recorder as "the original" and one stayed installed for good. One at a time (an
+# RLock: a forward that prints a summary of a part nests its patches inside, restored first).
+_PATCHING = threading.RLock()
+
+
 def _run(model: Module, x: Any) -> dict[int, str]:
     """Run ``model(x)`` once, recording each module's output shape (by ``id``): the classes'
     ``__call__`` are wrapped for the duration of the call and restored after."""
+    with _PATCHING:
+        return _run_patched(model, x)
+
+
+def _run_patched(model: Module, x: Any) -> dict[int, str]:
     shapes: dict[int, str] = {}
     patched: dict[type, Any] = {}
     for module in model.modules():
@@ -62,16 +75,26 @@ def _run(model: Module, x: Any) -> dict[int, str]:
     return shapes
 
 
+def _sample_shape(input_shape: Any) -> tuple[int, ...]:
+    # operator.index, not int(): (2.7,) ran the model on a (1, 2) batch and "2" on (1, 2).
+    try:
+        if isinstance(input_shape, str | bytes):
+            raise TypeError
+        dims = tuple(operator.index(d) if type(d) is not bool else -1 for d in input_shape)
+    except TypeError:
+        dims = (-1,)
+    if any(d < 0 for d in dims):
+        raise ArgumentError(
+            f"input_shape is the shape of one sample, a tuple of ints, got {input_shape!r}"
+        )
+    return dims
+
+
 def summary(model: Module, x: Any = None, *, input_shape: tuple[int, ...] | None = None) -> str:
     """The text of :meth:`nnbackend.nn.Module.summary`."""
     params = list(model.named_parameters())
     if x is None and input_shape is not None:
-        try:
-            shape = (1, *(int(d) for d in input_shape))
-        except (TypeError, ValueError):
-            raise ArgumentError(
-                f"input_shape is the shape of one sample, a tuple of ints, got {input_shape!r}"
-            ) from None
+        shape = (1, *_sample_shape(input_shape))
         if params:
             xp = backend_for(params[0][1].data)[0]
             like = params[0][1].data
