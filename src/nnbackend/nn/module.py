@@ -709,6 +709,12 @@ class Sequential(Module):
         super().__delattr__(name)
         self._refresh()
 
+    def add_module(self, name: str, module: Module | None) -> None:
+        # The layers forward() runs are cached: a layer added by name ran nowhere (the repr
+        # and parameters() showed it).
+        super().add_module(name, module)
+        self._refresh()
+
 
 def _check_module(layer: Any) -> Module:
     if not isinstance(layer, Module):
