@@ -300,3 +300,29 @@ def test_operands_of_two_libraries_are_a_backend_mismatch() -> None:
         a * np.ones(3, np.float32)
     with pytest.raises(nb.errors.DtypeError, match="never promotes"):
         a * np.float32(2.0)
+
+
+# -- from the containers review: Sequential.add_module; float16 uniform draws ------------
+
+
+def test_sequential_runs_a_layer_added_by_name() -> None:
+    """Sequential.add_module registered the layer (repr, parameters) but forward ran the
+    cached list of layers from before: the new layer never ran."""
+    seq = nn.Sequential(nn.Linear(2, 2))
+    seq.add_module("1", nn.Tanh())
+    seq.add_module("2", nn.Linear(2, 1))
+    assert len(seq) == 3
+    y = seq(np.ones((4, 2)))
+    assert tuple(y.shape) == (4, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_uniform_never_returns_high_in_a_narrow_dtype(dtype: str) -> None:
+    """A float64 draw just below high rounds up to high in float16 (126 in a million for
+    [-0.3, 0.3)): the half-open interval was broken, a hazard for log(1 - u)."""
+    g = nb.random.Generator(0)
+    u = np.asarray(g.uniform((1_000_000,), -0.3, 0.3, dtype=dtype))
+    assert u.dtype == np.dtype(dtype)
+    assert (u < np.asarray(0.3, dtype=dtype)).all() and (u >= np.asarray(-0.3, dtype)).all()
+    u = np.asarray(g.uniform((200_000,), dtype=dtype))  # [0, 1)
+    assert u.max() < 1.0

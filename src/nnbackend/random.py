@@ -73,8 +73,19 @@ class Generator:
     def uniform(
         self, size: Shape | None = None, low: float = 0.0, high: float = 1.0, *, dtype: Any = None
     ) -> Any:
-        """Uniform samples in ``[low, high)``."""
-        return self._to_backend(self._host.uniform(low, high, _shape(size)), dtype)
+        """Uniform samples in ``[low, high)``, in ``dtype`` too: a float64 draw just below
+        ``high`` that rounds up to it (float16 and float32) becomes the value below it, as
+        in torch (``log(1 - u)`` never meets ``u == 1``)."""
+        values = self._host.uniform(low, high, _shape(size))
+        dtype_name = config.get_default_dtype() if dtype is None else config.normalize_dtype(dtype)
+        cast = values.astype(dtype_name, copy=False)
+        if cast.dtype.itemsize < 8 and cast.size and high > low:
+            np = host.numpy()
+            top = np.asarray(high, dtype=cast.dtype)
+            over = cast >= top
+            if over.any():
+                cast[over] = np.nextafter(top, np.asarray(-np.inf, dtype=cast.dtype))
+        return self._move(cast, dtype_name)
 
     def integers(self, low: int, high: int | None = None, size: Shape | None = None) -> Any:
         """Integers in ``[low, high)`` (or ``[0, low)``) as the backend's int64."""
