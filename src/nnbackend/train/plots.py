@@ -56,7 +56,7 @@ def _save(fig: Any, path: Path) -> Path:
     where it names none matplotlib knows, as ``lr0.1``), atomically: to a temporary file in
     the same folder, renamed over ``path`` only once complete, so a Ctrl-C or a full disk
     mid-write leaves the previous file whole."""
-    from nnbackend.io._files import atomic_write
+    from nnbackend.io import atomic_write  # (internal API shared with the checkpoints)
 
     kinds = fig.canvas.get_supported_filetypes()
     kind = path.suffix[1:].lower()
