@@ -8,12 +8,15 @@ wrong, what was expected and how to fix it.
 
 from __future__ import annotations
 
+import threading
+
 __all__ = [
     "ArgumentError",
     "BackendError",
     "BackendMismatchError",
     "BackendUnavailableError",
     "CheckpointError",
+    "CollectiveError",
     "CompileError",
     "CompileWarning",
     "DownloadError",
@@ -73,6 +76,14 @@ class CheckpointError(NNBackendError, ValueError):
 class DownloadError(NNBackendError, OSError):
     """A data set that could not be downloaded (offline, a server error) or whose download
     failed its checksum; the message gives the manual download command."""
+
+
+class CollectiveError(NNBackendError, threading.BrokenBarrierError):
+    """A collective of data-parallel training could not complete on this rank: another rank
+    failed and aborted the group, never came (it stopped early, or runs other collectives)
+    and the wait timed out, or the engine (MPI, gloo, NCCL) refused the call. (A
+    ``threading.BrokenBarrierError`` too, which the in-memory group raised before.) Also
+    importable as ``nnbackend.distributed.CollectiveError``."""
 
 
 class CompileError(NNBackendError, RuntimeError):

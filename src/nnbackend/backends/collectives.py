@@ -12,7 +12,13 @@ import atexit
 import os
 from typing import Any
 
-from nnbackend.errors import ArgumentError, BackendUnavailableError, DtypeError, ShapeError
+from nnbackend.errors import (
+    ArgumentError,
+    BackendUnavailableError,
+    CollectiveError,
+    DtypeError,
+    ShapeError,
+)
 
 TORCH_HINT = "pip install 'nnbackend[distributed-torch]' (torch with torch.distributed)"
 
@@ -109,9 +115,21 @@ class TorchComm:
         self.device = device  # where host arrays go for the collective (cuda for NCCL)
         self._dist = _dist()
 
+    def _run(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)``; torch.distributed's RuntimeError (a timeout, a rank that
+        went away, a closed connection) as a CollectiveError naming the collective."""
+        try:
+            return call(*args, **kwargs)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CollectiveError(
+                f"{what} failed on rank {self.rank} of {self.size} ({self.engine}): {first}. "
+                "Another rank may have failed or stopped early; its own error says why"
+            ) from exc
+
     def allreduce_sum(self, a: Any) -> Any:
         t, kind = to_wire(a, self.device, self._record_of)
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
+        self._run("allreduce_sum", self._dist.all_reduce, t, op=self._dist.ReduceOp.SUM)
         return from_wire(t, kind, a, self._record_of)
 
     def broadcast(self, a: Any, root: int = 0) -> Any:
@@ -119,22 +137,22 @@ class TorchComm:
         # Shapes and dtypes first: gloo aborted the process (SIGABRT) on a mismatch.
         check_same_arrays(self.allgather_obj(array_meta(a)), "broadcast")
         t, kind = to_wire(a, self.device, self._record_of)
-        self._dist.broadcast(t, src=root)
+        self._run("broadcast", self._dist.broadcast, t, src=root)
         return from_wire(t, kind, a, self._record_of)
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
         check_root(root, self.size)
         box = [obj]
-        self._dist.broadcast_object_list(box, src=root)
+        self._run("bcast_obj", self._dist.broadcast_object_list, box, src=root)
         return box[0]
 
     def allgather_obj(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.size
-        self._dist.all_gather_object(out, obj)
+        self._run("allgather_obj", self._dist.all_gather_object, out, obj)
         return out
 
     def barrier(self) -> None:
-        self._dist.barrier()
+        self._run("barrier", self._dist.barrier)
 
     def abort(self, code: int = 1) -> None:
         os._exit(code)  # torchrun / nnbackend launch end the other ranks

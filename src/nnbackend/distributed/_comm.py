@@ -29,7 +29,11 @@ from collections.abc import Callable
 from typing import Any
 
 from nnbackend.backends.collectives import array_meta, check_root, check_same_arrays
-from nnbackend.errors import ArgumentError, BackendUnavailableError, NNBackendError
+from nnbackend.errors import (
+    ArgumentError,
+    BackendUnavailableError,
+    CollectiveError,
+)
 from nnbackend.namespace import backend_for
 
 __all__ = [
@@ -40,13 +44,6 @@ __all__ = [
     "ThreadComm",
     "thread_group",
 ]
-
-
-class CollectiveError(NNBackendError, threading.BrokenBarrierError):
-    """A collective could not complete on this rank: another rank failed and aborted the
-    group, never came (it stopped early, or runs other collectives) and the wait timed out,
-    or the engine refused the call. (A ``threading.BrokenBarrierError`` too, which the
-    in-memory group raised before.)"""
 
 
 MPI_HINT = "pip install 'nnbackend[mpi]' (mpi4py and the MPICH wheel, which brings mpiexec)"
