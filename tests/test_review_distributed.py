@@ -577,3 +577,48 @@ def test_a_stop_on_one_rank_stops_every_rank_after_the_same_step(when: str, on_r
     assert early0 and early1
     for a, b in zip(w0, w1, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_launch_ends_the_job_when_one_rank_exits(tmp_path: Path) -> None:
+    """sys.exit(n) on one rank under `nnbackend launch` (mpiexec) left the others waiting in
+    their next collective forever: SystemExit never reaches sys.excepthook, where the abort
+    hook sits. launch now runs scripts through mpi4py's runner, which aborts the job."""
+    _mpiexec()
+    script = tmp_path / "exit_one.py"
+    script.write_text(
+        "import sys\n"
+        "from nnbackend import distributed\n"
+        "w = distributed.init()\n"
+        "if w.rank == 1:\n"
+        "    sys.exit(3)\n"
+        "w.comm.barrier()\n"
+    )
+    argv = [sys.executable, "-m", "nnbackend", "launch", "-n", "2", str(script)]
+    rc, _, err = _launch(argv, timeout=60.0)
+    assert rc != 0, err
+
+
+def test_torch_collective_failures_are_collective_errors() -> None:
+    """gloo's timeouts and lost connections came out as bare RuntimeErrors (CollectiveError
+    lived above the backends); they are CollectiveErrors naming the collective now."""
+    pytest.importorskip("torch")
+    from nnbackend.backends.collectives import TorchComm
+    from nnbackend.namespace import backend_for
+
+    class Broken:
+        class ReduceOp:
+            SUM = "sum"
+
+        def all_reduce(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("[../third_party/gloo/...] Timed out waiting 1800000ms for recv")
+
+        def barrier(self) -> None:
+            raise RuntimeError("Connection closed by peer")
+
+    comm = TorchComm("gloo", 0, 2, None, lambda a: backend_for(a)[1])
+    comm._dist = Broken()
+    with pytest.raises(nb.errors.CollectiveError, match="allreduce_sum failed on rank 0 of 2"):
+        comm.allreduce_sum(np.zeros(3))
+    with pytest.raises(nb.errors.CollectiveError, match="Connection closed"):
+        comm.barrier()
+    assert issubclass(nb.errors.CollectiveError, distributed.CollectiveError)

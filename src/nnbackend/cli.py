@@ -219,7 +219,13 @@ def _launch_command(args: argparse.Namespace) -> list[str]:
             "nnbackend launch needs mpiexec, which was not found: pip install 'nnbackend[mpi]' "
             "(mpi4py and the MPICH wheel), or use --engine torch"
         )
-    return [mpiexec, "-n", str(args.nproc), sys.executable, args.script, *args.args]
+    import importlib.util
+
+    # Through mpi4py's runner where it is installed: an uncaught exception or sys.exit() on
+    # one rank then aborts the job (SystemExit bypasses sys.excepthook, so the abort hook of
+    # nnbackend.distributed never saw it, and the other ranks waited forever).
+    runner = ["-m", "mpi4py"] if importlib.util.find_spec("mpi4py") is not None else []
+    return [mpiexec, "-n", str(args.nproc), sys.executable, *runner, args.script, *args.args]
 
 
 def _launch(args: argparse.Namespace) -> int:
