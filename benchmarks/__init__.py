@@ -75,6 +75,7 @@ __all__ = [
     "register",
     "row",
     "step_runner",
+    "write_atomically",
     "timer",
 ]
 
@@ -291,7 +292,15 @@ def median_interval(values: list[float], level: float = 0.9) -> tuple[float, flo
     ``x(n+1-j)`` for the largest ``j`` whose coverage, ``1 - 2 P(B < j)`` with ``B`` binomial
     ``(n, 1/2)``, is at least ``level``. ``None`` when ``values`` are too few for any ``j``
     (fewer than 5 at 90%). Where the interval straddles a target, another run may well give
-    the other verdict: the difference is within the machine's noise."""
+    the other verdict: the difference is within the machine's noise.
+
+    A NaN among ``values`` raises ValueError: it has no place in the order, and sorting
+    around it gave order statistics from anywhere."""
+    if any(math.isnan(v) for v in values):
+        raise ValueError(
+            f"median_interval: {sum(math.isnan(v) for v in values)} of {len(values)} values "
+            "are NaN; an interval of a median needs ordered numbers (drop or fix those rounds)"
+        )
     xs = sorted(values)
     n = len(xs)
     below = 0.0  # P(B < j)
@@ -306,6 +315,13 @@ def median_interval(values: list[float], level: float = 0.9) -> tuple[float, flo
     return xs[best - 1], xs[n - best]
 
 
+#: What :func:`interval_note` writes where a target lies within the interval; the report
+#: (``_report.py``) looks for it to qualify the verdict in its tables.
+STRADDLES = "which straddles the target: the verdict is within the noise"
+#: What :func:`interval_note` writes where the rounds are too few for any interval.
+NO_INTERVAL = "too few for a 90% interval (5 or more), so the noise is not known"
+
+
 def interval_note(
     ratios: list[float],
     at_most: float | None = None,
@@ -315,16 +331,22 @@ def interval_note(
 ) -> str:
     """The note of a ratio row: ``before`` (the row's own note), then the 90% interval of
     the median of ``ratios`` (:func:`median_interval`) and, given the row's target, whether
-    that interval leaves the verdict in doubt."""
+    that interval leaves the verdict in doubt. Rounds too few for an interval, or NaN
+    rounds, are said so: a verdict without its noise is not a verdict to trust."""
+    nans = sum(math.isnan(r) for r in ratios)
+    if nans:
+        text = f"{nans} of {len(ratios)} rounds gave NaN: no interval, and no median to trust"
+        return f"{before}; {text}" if before else text
     found = median_interval(ratios)
     if found is None:
-        return before
+        text = f"{len(ratios)} round{'s' * (len(ratios) != 1)}: {NO_INTERVAL}"
+        return f"{before}; {text}" if before else text
     lo, hi = found
     text = f"90% interval {lo:.3f}-{hi:.3f}"
     if (at_most is not None and lo <= at_most < hi) or (
         at_least is not None and lo < at_least <= hi
     ):
-        text += ", which straddles the target: the verdict is within the noise"
+        text += f", {STRADDLES}"
     return f"{before}; {text}" if before else text
 
 
@@ -527,6 +549,8 @@ def machine_facts() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "thread_pools": pools,
+        # Every NNBACKEND_* variable set (NNBACKEND_KEEP_FREED_MEMORY changes the allocator,
+        # NNBACKEND_CHECK_DTYPES adds checks to every call), not only the ones listed.
         "environment": {
             name: os.environ.get(name)
             for name in (
@@ -538,6 +562,7 @@ def machine_facts() -> dict[str, Any]:
                 "NNBACKEND",
                 "NNBACKEND_DTYPE",
                 "NNBACKEND_NUMBA",
+                *sorted(k for k in os.environ if k.startswith("NNBACKEND_")),
             )
         },
         "versions": {
@@ -592,5 +617,18 @@ def write_result(
         "rows": [asdict(r) for r in rows],
         "machine": machine_facts(),
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    write_atomically(path, json.dumps(document, indent=2) + "\n")
     return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed over
+    ``path`` once complete: a full disk, an error or Ctrl-C midway leaves the old file whole
+    (a half-written results file was skipped by the report, the case silently gone)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

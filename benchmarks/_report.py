@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks import RESULTS_DIR
+from benchmarks import NO_INTERVAL, RESULTS_DIR, STRADDLES, write_atomically
 
-__all__ = ["load_results", "write_report"]
+__all__ = ["load_results", "scan_results", "write_report"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -289,18 +290,81 @@ interleaved harness).
 """
 
 
-def load_results(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
-    """The saved result documents by case name, in report order."""
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _problem(document: dict[str, Any]) -> str | None:
+    """Why a case's results document cannot be reported, or None. A row's ``value`` of
+    ``null`` (JSON has no NaN in some writers) is read as NaN."""
+    if not isinstance(document["case"], str) or not document["case"]:
+        return f"its case name is {document['case']!r}, not a name"
+    rows = document.get("rows")
+    if rows is None:
+        return None  # skipped, or an older format without rows (see _case_section)
+    if not isinstance(rows, list):
+        return f"its rows are a {type(rows).__name__}, not a list"
+    for i, r in enumerate(rows):
+        if not (isinstance(r, dict) and isinstance(r.get("name"), str)):
+            return f"row {i} is {r!r:.80}, not a row with a name"
+        if r.get("value") is None:
+            r["value"] = math.nan
+        if not _number(r["value"]):
+            return f"row {r['name']!r} has the value {r['value']!r}, not a number"
+        for key in ("unit", "target", "note"):
+            if r.get(key) is not None and not isinstance(r[key], str):
+                return f"row {r['name']!r} has the {key} {r[key]!r}, not text"
+    return None
+
+
+def scan_results(
+    directory: Path = RESULTS_DIR,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The saved result documents by case name, in report order, and what could not be
+    reported: files that are unreadable (half-written, not JSON) or malformed, and cases
+    saved twice (the newer is kept). Files that are not a case's results (JSON without a
+    ``case``: scratch measurements kept beside them) are not cases and are left out."""
     found: dict[str, dict[str, Any]] = {}
+    source: dict[str, str] = {}
+    problems: list[str] = []
     for path in sorted(directory.glob("*.json")):
         try:
             document = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            problems.append(
+                f"`{path.name}` could not be read ({type(exc).__name__}: {exc}); its case is "
+                "missing from this page: rerun it"
+            )
             continue
-        if isinstance(document, dict) and "case" in document:
-            found[document["case"]] = document
+        if not (isinstance(document, dict) and "case" in document):
+            continue
+        problem = _problem(document)
+        if problem is not None:
+            problems.append(f"`{path.name}`: {problem}; its case is missing from this page")
+            continue
+        case = document["case"]
+        if case in found:
+            older, newer = sorted(
+                ((found[case], source[case]), (document, path.name)),
+                key=lambda pair: str(pair[0].get("when") or ""),
+            )
+            problems.append(
+                f"`{source[case]}` and `{path.name}` both hold case `{case}`: "
+                f"reported `{newer[1]}`, the newer; remove `{older[1]}`"
+            )
+            document, name = newer
+            found[case], source[case] = document, name
+            continue
+        found[case], source[case] = document, path.name
     order = {name: i for i, name in enumerate(ORDER)}
-    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    ordered = dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return ordered, problems
+
+
+def load_results(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """The saved result documents by case name, in report order (see :func:`scan_results`
+    for what could not be read)."""
+    return scan_results(directory)[0]
 
 
 def _fmt(value: float) -> str:
@@ -316,7 +380,31 @@ def _cell(text: str) -> str:
 
 
 def _ok(r: dict[str, Any]) -> str:
-    return "" if r.get("passed") is None else ("yes" if r["passed"] else "**MISS**")
+    """The verdict, qualified where the row's note says the 90% interval of its median
+    straddles the target, or that its rounds were too few for an interval: a bare "yes" there
+    claimed more than the numbers support."""
+    if r.get("passed") is None:
+        return ""
+    verdict = "yes" if r["passed"] else "**MISS**"
+    note = r.get("note") or ""
+    if STRADDLES in note:
+        verdict += ", within the noise"
+    elif NO_INTERVAL in note:
+        verdict += ", noise unknown"
+    return verdict
+
+
+def _older_format(document: dict[str, Any]) -> bool:
+    """A results document without rows that was not skipped (``cnn_step`` writes its
+    ``results`` and ``ratios`` instead)."""
+    return "rows" not in document and not document.get("skipped")
+
+
+def _older_rows(document: dict[str, Any]) -> list[tuple[str, Any]]:
+    ratios = document.get("ratios")
+    if not isinstance(ratios, dict):
+        return []
+    return [(str(name), value) for name, value in ratios.items()]
 
 
 def _machine(document: dict[str, Any]) -> str:
@@ -374,6 +462,22 @@ def _case_section(document: dict[str, Any]) -> str:
     )
     if document.get("skipped"):
         return head + f"\nSkipped: {document['skipped']}\n"
+    if _older_format(document):
+        target = document.get("target")
+        text = (
+            "\nSaved in an older format, without rows or verdicts"
+            + (f"; its target, not checked here: {_cell(str(target))}" if target else "")
+            + ". Its ratios as saved (rerun the case for rows):\n\n"
+        )
+        pairs = _older_rows(document)
+        if not pairs:
+            return head + text.replace("Its ratios as saved", "It saved no ratios")
+        lines = ["| ratio | value |", "|---|---:|"]
+        lines += [
+            f"| {_cell(name)} | {_fmt(value) if _number(value) else _cell(repr(value))} |"
+            for name, value in pairs
+        ]
+        return head + text + "\n".join(lines) + "\n"
     lines = [
         "| measurement | value | unit | target | met | note |",
         "|---|---:|---|---|---|---|",
@@ -397,6 +501,11 @@ def _targets(results: dict[str, dict[str, Any]]) -> str:
                 )
         if document.get("skipped"):
             lines.append(f"| `{name}` | skipped: {_cell(document['skipped'])} | | | |")
+        elif _older_format(document) and document.get("target"):
+            lines.append(
+                f"| `{name}` | older results format, see its section | | "
+                f"{_cell(str(document['target']))} | not checked |"
+            )
     return "\n".join(lines)
 
 
@@ -443,8 +552,9 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
             continue
         hand = min(h for h in hands if h)
         labels.append(label)
-        engine.append((_seconds(results, f"{config}: engine step") or 0.0) / hand)
-        torch_.append((_seconds(results, f"{config}: torch step") or 0.0) / hand)
+        # A step not measured is no bar (NaN), not a bar of 0 that reads "free".
+        engine.append((_seconds(results, f"{config}: engine step") or math.nan) / hand)
+        torch_.append((_seconds(results, f"{config}: torch step") or math.nan) / hand)
         limits.append(limit)
     xs = range(len(labels))
     ax.bar([x - 0.2 for x in xs], engine, 0.4, label="nnbackend engine", color="tab:blue")
@@ -483,8 +593,11 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
             target = r.get("target")
             if not target or math.isnan(r["value"]) or " and " in target:
                 continue
-            op, limit_text = target.split()
-            limit, value = float(limit_text), float(r["value"])
+            try:
+                op, limit_text = target.split()
+                limit, value = float(limit_text), float(r["value"])
+            except ValueError:  # not "<= x" / ">= x": no bar to draw
+                continue
             if op == "<=":  # a limit of 0 (page faults): met at 0, else off the scale
                 score = value / limit if limit else (0.0 if value <= 0 else math.inf)
             else:
@@ -497,8 +610,13 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
         ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel("measured / limit (<= 1 meets the target)")
     ax.set_title("every target")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(temporary, dpi=110, format=path.suffix.lstrip(".") or "png")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+        plt.close(fig)
     return True
 
 
@@ -518,7 +636,7 @@ def _gpu_check_section(doc: Path) -> str:
 
 def write_report(directory: Path = RESULTS_DIR, doc: Path = DOC, plot: Path = PLOT) -> list[Path]:
     """Write the page (and the plot); returns the paths written."""
-    results = load_results(directory)
+    results, problems = scan_results(directory)
     cpu = {k: v for k, v in results.items() if k not in GPU_CASES}
     gpu = {k: v for k, v in results.items() if k in GPU_CASES}
     written: list[Path] = []
@@ -528,6 +646,11 @@ def write_report(directory: Path = RESULTS_DIR, doc: Path = DOC, plot: Path = PL
         written.append(plot)
     parts = [INTRO]
     parts.append("## Targets\n\n" + (_targets(results) if results else "No results saved yet."))
+    if problems:
+        parts.append(
+            "**Results not reported** (`benchmarks/results/`):\n\n"
+            + "\n".join(f"- {_cell(p)}" for p in problems)
+        )
     if has_plot:
         parts.append(
             f"![Step time against hand-written NumPy and PyTorch, by dtype, and every target]"
@@ -552,6 +675,6 @@ def write_report(directory: Path = RESULTS_DIR, doc: Path = DOC, plot: Path = PL
     if kept:
         parts.append(kept)
     parts.append(STATIC_SECTIONS)
-    doc.write_text("\n\n".join(p.rstrip() for p in parts) + "\n")
+    write_atomically(doc, "\n\n".join(p.rstrip() for p in parts) + "\n")
     written.append(doc)
     return written
