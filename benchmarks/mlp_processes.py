@@ -54,9 +54,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -65,10 +67,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import Options, Row, interval_note, register, row
-from benchmarks._workers import WorkerProcess, peak_rss_mib
+from benchmarks._workers import WorkerError, WorkerProcess, kill_all, peak_rss_mib
 
 # Libraries whose presence in a worker says which one it timed.
 LIBRARIES = ("numpy", "torch", "numba", "jax")
+#: nnbackend's opt-in allocator setting: set in the ``engine_keep`` worker only.
+KEEP_MEMORY_ENV = "NNBACKEND_KEEP_FREED_MEMORY"
 
 
 @dataclass(frozen=True)
@@ -209,9 +213,12 @@ def _make_step(impl: str, config: Config) -> Any:
     from benchmarks._nets import LR, data
 
     x, t = data(batch, sizes[0], sizes[-1], dtype)
+    # The opt-in allocator setting (glibc keeps freed memory) is engine_keep's alone: left in
+    # the environment of the shell, it would make every engine worker engine_keep.
+    os.environ.pop(KEEP_MEMORY_ENV, None)
     if impl in ("engine", "engine_keep"):
-        if impl == "engine_keep":  # the opt-in allocator setting (glibc keeps freed memory)
-            os.environ["NNBACKEND_KEEP_FREED_MEMORY"] = "1"
+        if impl == "engine_keep":
+            os.environ[KEEP_MEMORY_ENV] = "1"
         import nnbackend as nb
         from benchmarks._nets import engine_step
 
@@ -298,7 +305,12 @@ def _settle(cap_s: float = 0.5) -> None:
 
 def worker(impl: str, config_name: str) -> None:
     """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS
-    and which of :data:`LIBRARIES` this process loaded) on stdin/stdout."""
+    and which of :data:`LIBRARIES` this process loaded) on stdin/stdout.
+
+    Ctrl-C is the parent's to handle (it kills its workers): a worker ignores SIGINT, so a
+    Ctrl-C in a terminal, sent to every process of the group, does not leave the parent
+    asking dead workers for their statistics."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     step = _make_step(impl, CONFIGS[config_name])
     for _ in range(3):
         step()
@@ -329,12 +341,35 @@ def worker(impl: str, config_name: str) -> None:
 class Worker(WorkerProcess):
     """One implementation's worker process (``python -m benchmarks.mlp_processes --worker``)."""
 
-    def __init__(self, impl: str, config: str, threads: int | None = None) -> None:
-        super().__init__("benchmarks.mlp_processes", [impl, config], impl, threads)
+    def __init__(
+        self, impl: str, config: str, threads: int | None = None, timeout_s: float | None = None
+    ) -> None:
+        super().__init__(
+            "benchmarks.mlp_processes", [impl, config], impl, threads, timeout_s=timeout_s
+        )
 
     def run(self, n: int) -> tuple[float, int]:
-        answer = json.loads(self.ask(f"run {n}"))
-        return answer["s"], answer["faults"]
+        """Seconds for ``n`` steps and the page faults they took; a time that is not a
+        positive finite number, or an answer out of protocol, raises :class:`WorkerError`
+        (a ratio of it would be a division by zero, or a NaN that sorts anywhere)."""
+        answer = self.ask(f"run {n}")
+        try:
+            parsed = json.loads(answer)
+            seconds, faults = float(parsed["s"]), int(parsed["faults"])
+        except (ValueError, TypeError, KeyError):
+            self.kill()
+            raise WorkerError(
+                f"worker {self.name} answered {answer!r} to 'run {n}'; expected one line of "
+                'JSON like {"s": 0.25, "faults": 0}'
+            ) from None
+        if not (math.isfinite(seconds) and seconds > 0) or faults < 0:
+            self.kill()
+            raise WorkerError(
+                f"worker {self.name} timed {n} steps at {seconds!r} s with {faults} page "
+                "faults: a time must be positive and finite, a count not negative (its clock "
+                "or its step is broken)"
+            )
+        return seconds, faults
 
 
 def measure(
@@ -353,8 +388,28 @@ def measure(
     ``replicas``: worker processes per implementation. Where a process's arrays land in
     memory moves the same loop's time by several percent from one process to the next
     (benchmarks/NOTES.md); with several, an implementation's time in a round is the median
-    of its processes' and ``replica_medians_s`` gives each process's median."""
+    of its processes' and ``replica_medians_s`` gives each process's median.
+
+    Page faults per step are all the faults of an implementation's timed loops over all their
+    steps (a median over rounds would read 0 while faults came in every other round); with
+    replicas, the worst process's. The load average is read after each timed round.
+
+    Every worker is killed (and reaped) when anything fails or is interrupted."""
+    for what, value in (("rounds", rounds), ("replicas", replicas)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{what} must be a whole number, 1 or more, not {value!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a whole number of rounds, 0 or more, not {warmup!r}")
+    if not (isinstance(round_s, int | float) and math.isfinite(round_s) and round_s > 0):
+        raise ValueError(f"round_s must be a positive number of seconds, not {round_s!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(
+            f"threads must be None (the libraries' choice) or 1 or more, not {threads!r}"
+        )
     rounds *= config.rounds_factor
+    # A loop of about round_s, then the worker's settling (up to 0.5 s): anything far past
+    # that is a hung worker.
+    timeout_s = max(WorkerProcess.timeout_s, 100 * round_s)
     names = {
         impl: [impl] if replicas == 1 else [f"{impl}#{i}" for i in range(replicas)]
         for impl in config.workers
@@ -363,13 +418,13 @@ def measure(
     try:
         for impl, own in names.items():
             for name in own:
-                workers[name] = Worker(impl, config.name, threads)
+                workers[name] = Worker(impl, config.name, threads, timeout_s)
         steps = {}
         for name, w in workers.items():
             seconds, _ = w.run(2)
             steps[name] = max(1, round(round_s / max(seconds / 2, 1e-7)))
         times: dict[str, list[float]] = {name: [] for name in workers}
-        faults: dict[str, list[float]] = {name: [] for name in workers}
+        faults: dict[str, int] = dict.fromkeys(workers, 0)
         order = list(workers)
         shuffle = random.Random(0).shuffle
         load = []
@@ -379,10 +434,15 @@ def measure(
                 seconds, f = workers[name].run(steps[name])
                 if r >= warmup:
                     times[name].append(seconds / steps[name])
-                    faults[name].append(f / steps[name])
-            load.append(os.getloadavg()[0])
-    finally:
-        stats = {name: w.close() for name, w in workers.items()}
+                    faults[name] += f
+            if r >= warmup:
+                load.append(os.getloadavg()[0])
+        stats = {}
+        for name, w in workers.items():
+            stats[name] = w.close()
+    except BaseException:
+        kill_all(workers.values())
+        raise
     median = statistics.median
     samples = {
         impl: [median(each) for each in zip(*(times[n] for n in own), strict=True)]
@@ -396,13 +456,17 @@ def measure(
         "rounds": rounds,
         "threads": threads,
         "replicas": replicas,
+        # What rows_of reports on, so a configuration changed for one run (--jax, a test's
+        # dataclasses.replace) needs no entry in CONFIGS.
+        "targets": [list(target) for target in config.targets],
+        "fault_free": list(config.fault_free),
         "load_average_during": [round(v, 2) for v in load],
         "workers": {
             impl: {
                 "median_s": median(samples[impl]),
                 "min_s": min(samples[impl]),
                 "steps_per_round": steps[own[0]],
-                "faults_per_step": max(median(faults[n]) for n in own),
+                "faults_per_step": max(faults[n] / (steps[n] * rounds) for n in own),
                 "peak_rss_mib": max(stats[n]["peak_rss_mib"] for n in own),
                 "libraries": stats[own[0]]["libraries"],
                 "replica_medians_s": [median(times[n]) for n in own],
@@ -458,7 +522,11 @@ def _spread(medians: Any) -> str:
 def rows_of(result: dict[str, Any]) -> list[Row]:
     """The case's rows for one configuration's result."""
     name = result["config"]
-    config = CONFIGS[name]
+    if "targets" in result:
+        targets = [tuple(target) for target in result["targets"]]
+        fault_free = tuple(result.get("fault_free", ()))
+    else:  # results saved before they carried their targets
+        targets, fault_free = list(CONFIGS[name].targets), CONFIGS[name].fault_free
     load = result["load_average_during"]
     out: list[Row] = []
     for impl, w in result["workers"].items():
@@ -468,12 +536,12 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
                 f"{name}: {impl} step",
                 value,
                 unit,
-                note=f"{w['faults_per_step']:.0f} page faults/step, peak RSS "
+                note=f"{w['faults_per_step']:.3g} page faults/step, peak RSS "
                 f"{w['peak_rss_mib']:.0f} MiB, loaded {'+'.join(w['libraries'])}"
                 + _spread(w.get("replica_medians_s", ())),
             )
         )
-    for a, b, at_most in config.targets:
+    for a, b, at_most in targets:
         out.append(
             row(
                 f"{name}: {a} / {b}",
@@ -499,7 +567,7 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
                 f"{_fmt(workers['gemm_torch']['median_s'])[1]}",
             )
         )
-    for impl in config.fault_free:
+    for impl in fault_free:
         if impl in workers:
             out.append(
                 row(
@@ -517,7 +585,7 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
                 f"{name}: peak RSS engine / hand",
                 workers["engine"]["peak_rss_mib"] / min(hands),
                 "x",
-                at_most=1.3 if config.dtype == "float32" else None,
+                at_most=1.3 if result["dtype"] == "float32" else None,
                 note="against the smaller of the hand loops' peaks",
             )
         )
@@ -573,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.replicas < 1:
         parser.error("--replicas must be 1 or more")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, not {args.rounds}")
+    if not (math.isfinite(args.round_s) and args.round_s > 0):
+        parser.error(f"--round-s must be a positive number of seconds, not {args.round_s}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be 1 or more, not {args.threads}")
     names = list(args.config or DEFAULT_CONFIGS) + (["large"] if args.large else [])
     results = []
     for name in names:
@@ -583,7 +657,6 @@ def main(argv: list[str] | None = None) -> int:
                 workers=(*config.workers, "engine_jax"),
                 targets=(*config.targets, ("engine_jax", "engine", None)),
             )
-            CONFIGS[name] = config  # rows_of looks the configuration up by name
         result = measure(config, args.rounds, args.round_s, args.threads, replicas=args.replicas)
         results.append(result)
         for r in rows_of(result):
