@@ -1,36 +1,42 @@
-"""Checkpoints: :func:`save` and :func:`load` a model's parameters (and an optimizer's state)
-as a NumPy ``.npz`` file that needs no pickle to read.
+"""Checkpoints: :func:`save` and :func:`load` a model's parameters (and an optimizer's state,
+and a loss scaler's) in a file that needs no pickle to read.
 
-File layout (a zip of ``.npy`` arrays, read with ``numpy.load(path, allow_pickle=False)``):
+Two formats, told apart by content when loading:
 
-- one array per parameter, keyed by its dotted path from ``model.named_parameters()``
-  (``"0.weight"``), stored on the host in the saved dtype. A parameter may have any name: one
-  that is not safe as a zip entry name (letters, digits, ``_ . -``, up to 200 characters) is
-  stored as ``"parameter/<index>"``, and its metadata names that ``"entry"`` (format version
-  2, written only when some name needs it; version 1 files have no mapping);
-- ``"optimizer/<index>/<name>"`` for each optimizer state array, when an optimizer is saved;
-- ``"__nnbackend__"``: the metadata as UTF-8 JSON bytes in a uint8 array: format version,
-  nnbackend version, model class, backend, and each parameter's shape, stored dtype and model
-  dtype (plus the optimizer's type, hyperparameters and step counts).
+- **safetensors** (the default; any path not ending in ``.npz``): each tensor keyed by its
+  parameter path (``"0.weight"``), the optimizer's state as ``"optimizer/<index>/<name>"``, and
+  nnbackend's metadata as JSON under ``"nnbackend"`` in the header's metadata map;
+  ``safetensors.numpy.load_file`` and ``safetensors.torch.load_file`` read it as it is.
+- **npz** (nnbackend 0.1's layout; a path ending in ``.npz``, or ``format="npz"``): a zip of
+  ``.npy`` arrays, read with ``numpy.load(path, allow_pickle=False)``, the same keys, and the
+  metadata as UTF-8 JSON bytes in a uint8 array ``"__nnbackend__"``.
+
+In both, a parameter may have any name: one the format cannot hold as a key (letters, digits,
+``_ . -``, up to 200 characters) is stored as ``"parameter/<index>"``, and its metadata names
+that ``"entry"`` (format version 2, written only when some name needs it). The metadata holds
+the format version, nnbackend version, model class, backend, each parameter's shape, stored
+dtype and model dtype, the optimizer's type, hyperparameters and step counts, and a loss
+scaler's scale and counters when one is saved.
 
 Saving is atomic: the file is written to a temporary file in the same directory (created with
 an explicit mode, never by changing the process umask), flushed to disk, then renamed over
 ``path``, so an interrupted save leaves the previous checkpoint intact; the temporary files of
 a killed save are removed by the next save to the same path.
 
-Loading treats the file as untrusted input. The zip directory and each ``.npy`` header are
-parsed here (never with pickle); the metadata is size-capped and checked field by field; the
-zip must hold exactly the entries the metadata names; each array's shape and dtype are
-checked against the model from its header before its data is inflated, so no more than the
-model's own size is ever decompressed. Everything (names, shapes, dtypes, values that would
-overflow the model's dtype, the optimizer's hyperparameters) is checked before a parameter or
-the optimizer is touched; any problem raises :class:`~nnbackend.errors.CheckpointError`
-naming the file and the entry, and leaves both unchanged.
+Loading treats the file as untrusted input. The safetensors header, or the zip directory and
+each ``.npy`` header, are parsed here (never with pickle); the metadata is size-capped and
+checked field by field; the file must hold exactly the entries the metadata names; each
+array's shape and dtype are checked against the model before its data is read (or inflated),
+so no more than the model's own size is ever read, whatever the file declares. Everything
+(names, shapes, dtypes, values that would overflow the model's dtype, the optimizer's
+hyperparameters, the loss scaler's state) is checked before a parameter, the optimizer or the
+scaler is touched; any problem raises :class:`~nnbackend.errors.CheckpointError` naming the
+file and the entry, and leaves them unchanged.
 
 >>> import nnbackend as nb, tempfile, os
 >>> from nnbackend import nn
 >>> model = nn.Sequential(nn.Linear(2, 10), nn.Sigmoid(), nn.Linear(10, 3))
->>> path = os.path.join(tempfile.mkdtemp(), "spiral.npz")
+>>> path = os.path.join(tempfile.mkdtemp(), "spiral.safetensors")
 >>> nb.save(model, path, dtype="float16")
 >>> nb.load(model, path)       # cast back to the model's dtype, onto its backend
 """
