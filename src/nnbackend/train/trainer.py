@@ -224,6 +224,11 @@ class Trainer:
             values the step reads from elsewhere (a closure's or a global's number) are
             frozen as recorded (docs/compile.md). A second Ctrl-C waits for the whole
             compiled step, which is then counted in the history.
+        world: the data-parallel world to train in (a
+            :class:`~nnbackend.distributed.World`); ``"auto"`` takes the one
+            :func:`nnbackend.distributed.init` set up, if any; ``None`` trains in this process
+            alone. On several ranks each takes its share of every global batch, the gradients
+            are all-reduced, and the ranks stop together (docs/distributed.md).
 
     The accuracy that ``fit`` and ``evaluate`` report is the metric the loss declares in its
     ``default_metric`` attribute (:func:`nnbackend.metrics.default_metric`): accuracy for
@@ -241,7 +246,8 @@ class Trainer:
     Attributes:
         step: optimizer steps taken in the current ``fit``.
         epoch: the current epoch (0-based).
-        stop_training: set it to True (from a callback) to stop after the current step.
+        stop_training: set it to True (from a callback) to stop after the current step (on
+            every rank, in data-parallel training).
         loss_scaler: the :class:`~nnbackend.precision.LossScaler` in use (its counters say how
             many steps were skipped), or ``None``.
         history: the :class:`History` of the latest ``fit``, filled in as it runs (``None``
