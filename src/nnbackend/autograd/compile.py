@@ -22,8 +22,10 @@ sort, no per-op checks.
 - Gradients accumulate as eager ones: a replayed backward adds to the ``.grad`` a call
   finds, or stores where it is ``None``; where the step resets gradients itself
   (``zero_grad()``, seen at once; ``p.grad = None``, seen from its second recording) it
-  stores. Nodes that update state besides their outputs (BatchNorm's running statistics)
-  do so in ``forward``, so on every replay.
+  stores; a ``zero_grad()`` of a gradient the step does not write (a parameter of
+  another task's head), or after the step wrote it, is replayed where it ran. Nodes that
+  update state besides their outputs (BatchNorm's running statistics) do so in
+  ``forward``, so on every replay.
 - The signature: the arguments' types, shapes and dtypes (Python scalars by value), which
   arguments are one array, the settings (``nb.set_*``, the innermost ``using`` block),
   whether gradients are enabled and the ``key()`` given to :func:`compile_step`. A new
@@ -59,10 +61,12 @@ goes). The returned Tensors are outside any graph.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import re
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
@@ -175,10 +179,17 @@ class CompiledStep:
         # validity checks written out for that one signature, and the replay inline; it
         # answers _MISSING for any other call, which takes the general path below.
         self._hot: Callable[..., Any] | None = None
+        # The recording the last calls ran (replays of one signature in a row, hot or not),
+        # and its parameters' arrays when the first of them ended: see _carry.
+        self._prev: _Recording | None = None
+        self._prev_snap: list[Any] = []
+        key_ = id(self)
+        _STEPS[key_] = weakref.ref(self, lambda _r, key_=key_: _STEPS.pop(key_, None))
 
     def reset(self) -> None:
         """Forget every recording (the next call records again)."""
         self._hot = None
+        self._prev = None
         self._cache.clear()
         self._pending.clear()
         self.eager_signatures.clear()
@@ -228,17 +239,59 @@ class CompiledStep:
                 self.replays += 1
                 return out
         sig, raw = self._signature(args)
-        rec = self._cache.get(sig)
+        try:
+            rec = self._cache.get(sig)
+        except TypeError:  # (arguments and settings hash; only key() can give a list)
+            raise ArgumentError(
+                f"compile_step: key() returned {sig[-1]!r}, which is not hashable; return a "
+                "hashable value, e.g. a tuple instead of a list"
+            ) from None
+        if rec is not None and rec is self._prev and rec.valid():  # the same signature again
+            self.replays += 1
+            self._hot = rec.fast(sig, self.key)
+            return rec.run(*raw)
+        # Another signature (or a recording): what the compiled steps did to the parameters
+        # since they last switched is passed on to the other recordings first, and what this
+        # call does, after it.
+        steps = _live_steps()
+        for step in steps:
+            step._catch_up()
+        before = _arrays()
+        out, ran = self._switch(sig, rec, raw, args)
+        _carry(before, ran)
+        self._prev = ran
+        for step in steps:  # (what each step's replays do from now on: see _catch_up)
+            if step._prev is not None:
+                step._prev_snap = list(step._prev._left)
+        return out
+
+    def _catch_up(self) -> None:
+        """Pass on what the replays of this step's last signature did since the first of them
+        ended (hot replays are not followed one by one; see _carry)."""
+        prev = self._prev
+        if prev is None:
+            return
+        moved: dict[int, tuple[Tensor, Any]] = {}
+        for t, was, left in zip(prev.touched, self._prev_snap, prev._left, strict=True):
+            if t.data is left and was is not left:  # (left by a replay, untouched since)
+                moved[id(t)] = (t, was)
+        if moved:
+            _carry(moved, prev)
+
+    def _switch(
+        self, sig: Hashable, rec: Any, raw: list[Any], args: tuple[Any, ...]
+    ) -> tuple[Any, _Recording | None]:
+        """The call's result, and the recording it ran or made (None: it ran eagerly)."""
         if rec is not None:
             if rec.valid():
                 self.replays += 1
                 self._hot = rec.fast(sig, self.key)
-                return rec.run(*raw)
+                return rec.run(*raw), rec
             del self._cache[sig]
             self._pending.pop(sig, None)
         self._hot = None
         if sig in self.eager_signatures:
-            return self.fn(*args)
+            return self.fn(*args), None
         if any(isinstance(a, Tensor) and a.requires_grad for a in args):
             # A replay gets the arguments' arrays, not their Tensors: it could not set an
             # argument's .grad. Such calls run as they are.
@@ -249,9 +302,9 @@ class CompiledStep:
                 "which a replay cannot set; pass its array (or a Tensor that needs no "
                 "gradient) to compile the step",
                 CompileWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            return self.fn(*args)
+            return self.fn(*args), None
         # Parameters a recording of this step already knows (from this signature's first
         # recording, or the last cached one): their gradients as the call starts tell the
         # recorder whether the step resets them itself (see _Recorder._grad_line).
@@ -265,7 +318,7 @@ class CompiledStep:
             self._pending[sig] = new
             if len(self._pending) > self.cache_size:  # (a new float argument each call)
                 del self._pending[next(iter(self._pending))]
-            return result
+            return result, new
         if not self.check:
             if first is not None and first.canonical == new.canonical:
                 new.merge(first)
@@ -281,17 +334,65 @@ class CompiledStep:
                     f"two recordings differ ({why}); something the step computed from array "
                     "values would be frozen by a replay",
                     CompileWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-                return result
+                return result, new
+        cached: Any = new
         if self.jit and new.leaves:
-            jitted = _JitRecording.make(new)
-            if jitted is not None:
-                new = jitted  # type: ignore[assignment]
-        self._cache[sig] = new
+            cached = _JitRecording.make(new) or new
+        self._cache[sig] = cached
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return result
+        return result, cached
+
+
+# -- which parameters' arrays each recording may take as its own ----------------------------
+# A recording replays only while its parameters hold the arrays its last run left (valid():
+# nothing rebound them outside the step). Where updates rebind the arrays (jax: immutable
+# arrays), a call of one signature would so invalidate the recordings of every other, and of
+# every other compiled step training the same parameters: a smaller last batch per epoch
+# recorded (and traced, and compiled) both signatures again every epoch, and two compiled
+# steps sharing a model (a GAN, two tasks) never replayed. What a compiled step itself does
+# to a parameter is no change "outside the step": it is passed on to every recording that
+# held the array the call started from, when a call switches signature or step (nothing on
+# the hot path, which follows one recording).
+
+#: Every live CompiledStep, by id (weak: a step nobody holds goes).
+_STEPS: dict[int, weakref.ref[CompiledStep]] = {}
+
+
+def _live_steps() -> list[CompiledStep]:
+    return [s for s in (r() for r in list(_STEPS.values())) if s is not None]
+
+
+def _lists() -> Iterator[tuple[Any, list[Tensor], list[Any]]]:
+    """Every cached recording with each of its (Tensors, the arrays its last run left)."""
+    for step in _live_steps():
+        for rec in list(step._cache.values()):
+            base = rec.base
+            yield rec, base.leaves, base._last
+            if rec.touched is not base.leaves:  # (a jitted recording's)
+                yield rec, rec.touched, rec._left
+
+
+def _arrays() -> dict[int, tuple[Tensor, Any]]:
+    """The cached recordings' Tensors with their arrays now."""
+    return {id(t): (t, t.data) for _rec, tensors, _last in _lists() for t in tensors}
+
+
+def _carry(before: dict[int, tuple[Tensor, Any]], ran: Any) -> None:
+    """Every cached recording (but ``ran``, the one that ran) that had a Tensor's array
+    ``before`` a call of a compiled step takes the array the call left."""
+    if not before:
+        return
+    ran = getattr(ran, "base", None)
+    for rec, tensors, last in _lists():
+        if rec.base is ran:
+            continue
+        for i, t in enumerate(tensors):
+            entry = before.get(id(t))
+            if entry is not None and last[i] is entry[1]:
+                last[i] = t.data
 
 
 def _describe(args: Any) -> str:
@@ -355,6 +456,7 @@ class _Recording:
         # differs() compares), and those writes: (line, the form for a step that resets the
         # leaf's gradient itself, leaf index, whether this recording saw it do so).
         self.canonical = "\n".join(rec.lines)
+        self.base = self  # (a _JitRecording's is the recording it compiles)
         self._lines = rec.lines
         self._writes = rec.grad_writes
         self.returned = rec.returned
@@ -364,8 +466,12 @@ class _Recording:
         self.consts = rec.consts
         self.literals = rec.literals
         self.calls = rec.calls
+        self.reset_only = rec.reset_only
         self.requires = [t.requires_grad for t in rec.leaves]
         self._last = [t.data for t in rec.leaves]
+        # The Tensors a run may rebind the arrays of, and the arrays its last run left
+        # (CompiledStep._catch_up): the leaves (a jitted recording adds some).
+        self.touched, self._left = self.leaves, self._last
         self.draws = rec.draws
         self.backend = rec.backend
         self.scope = rec.scope
@@ -602,6 +708,10 @@ class _Recorder:
         self.zeroed: set[int] = set()
         self.written: set[int] = set()
         self.grad_writes: list[tuple[int, str, int, bool]] = []  # see _Recording
+        # Each zero_grad() the step called: (the line it came before, the Tensor, whether
+        # the step had written its gradient before); see finish().
+        self.resets: list[tuple[int, Tensor, bool]] = []
+        self.reset_only: list[Tensor] = []  # Tensors reset, neither read nor trained
         self.tensors: list[Tensor] = list(known)  # (so that the ids above stay unique)
         self.in_call = False
         self.backend: Any = None
@@ -794,10 +904,20 @@ class _Recorder:
                 )
 
     def zero_grad(self, t: Tensor) -> None:
-        """``t.zero_grad()`` ran in the step: its gradient is ``None`` until written again."""
-        self.zeroed.add(id(t))
-        self.written.discard(id(t))
+        """``t.zero_grad()`` ran in the step: its gradient is ``None`` until written again.
+        Where that matters to a replay (the step wrote the gradient before, or never writes
+        it: a parameter it does not train, whose gradient another step left), finish()
+        writes the reset into the replay at this point."""
+        i = id(t)
+        self.zeroed.add(i)
+        self.written.discard(i)
         self.tensors.append(t)
+        if self.in_call:
+            return  # (the recorded call does it again on every replay)
+        written = i in self.grads
+        if written:
+            self.grads[i] = None  # what the next recorded call may find
+        self.resets.append((len(self.lines), t, written))
 
     def _grad_line(self, x: Tensor, leaf: str, k: int, src: str, copy: str) -> str:
         """The replay's code for a write of ``src`` into leaf ``x``'s ``.grad`` by node ``k``
@@ -996,8 +1116,9 @@ class _Recorder:
     # -- the end --------------------------------------------------------------------------
     def finish(self, result: Any) -> None:
         self._check_unchanged("after the last recorded call")
-        for t in self.leaves:  # e.g. zero_grad() at the end of the step
-            if id(t) in self.grads and t.grad is None:
+        self._write_resets()
+        for t in self.leaves:  # e.g. p.grad = None at the end of the step
+            if id(t) in self.grads and t.grad is None and id(t) not in self.zeroed:
                 self.lines.append(f"    {self._leaf(t)}.grad = None")
         for k, f in enumerate(self.nodes):
             # What forward kept for backward (inputs, masks, outputs) is dead once the step
@@ -1016,10 +1137,43 @@ class _Recorder:
             if getattr(f, "inputs", None):
                 f.inputs = tuple(None for _ in f.inputs)
 
+    def _write_resets(self) -> None:
+        """Put the step's zero_grad() calls that a replay must repeat into its code, each
+        where it ran: those of a gradient the step had written (a reset after the update,
+        or between backward() and step()) and those of a Tensor whose gradient the step
+        never writes (a parameter it does not train: the optimizer's replayed step() must
+        not find the gradient another step left, as eager's does not). A reset before the
+        step's first write of a gradient needs no line: that write stores (_grad_line)."""
+        inserts: list[tuple[int, str]] = []
+        names: dict[int, str] = {}
+        for pos, t, written in self.resets:
+            if not written and id(t) in self.grads:
+                continue
+            name = names.get(id(t))
+            if name is None:
+                if id(t) in self.leaf_index:
+                    name = self._leaf(t)
+                else:
+                    name = f"Z{len(self.reset_only)}"
+                    self.scope[name] = t
+                    self.reset_only.append(t)
+                names[id(t)] = name
+            inserts.append((pos, f"    {name}.grad = None"))
+        for pos, line in reversed(inserts):  # (stable: resets at one place keep their order)
+            self.lines.insert(pos, line)
+        if inserts:  # the gradient writes' lines moved down by the lines put before them
+            at = [pos for pos, _line in inserts]
+            self.grad_writes = [
+                (line + bisect.bisect_right(at, line), form, leaf, reset)
+                for line, form, leaf, reset in self.grad_writes
+            ]
+
     def _returned(self, result: Any) -> str:
         if result is None:
             return "None"
-        if isinstance(result, tuple | list):
+        if isinstance(result, list):  # (as the step returned it: a list stays a list)
+            return "[" + ", ".join(self._returned(r) for r in result) + "]"
+        if isinstance(result, tuple):
             inner = ", ".join(self._returned(r) for r in result)
             return f"({inner}{',' if len(result) == 1 else ''})"
         if isinstance(result, Tensor):
@@ -1063,7 +1217,7 @@ class _JitRecording:
     traces again."""
 
     def __init__(self, rec: _Recording, compiler: Callable[..., Any]) -> None:
-        self.rec = rec
+        self.rec = self.base = rec
         self.leaves = rec.leaves
         self.opts: list[Any] = []
         scope = dict(rec.scope)
@@ -1074,11 +1228,28 @@ class _JitRecording:
                     self.opts.append(opt)
                 scope[f"F{j}"] = self._traced_step
         scope["_W"] = lambda d, _rg: d  # raw arrays out of the trace; wrapped after
+        # The optimizers' parameters the step does not use (another task's head): their
+        # gradients, left by another step, are the optimizer's to apply, as eagerly; they
+        # go through the trace as the leaves do (as constants of it, the updated arrays
+        # would leak out of the trace).
+        known = {id(t) for t in rec.leaves}
+        self.tensors = list(rec.leaves)
+        for opt in self.opts:
+            for p in opt.params:
+                if id(p) not in known:
+                    known.add(id(p))
+                    self.tensors.append(p)
+        self.touched, self._left = self.tensors, [t.data for t in self.tensors]
         exec(compile(rec.code, "<nnbackend jitted step>", "exec"), scope)
         self._replay = scope["_replay"]
         self._compiler = compiler
         self._compiled: dict[Hashable, Any] = {}
-        self._updated: set[tuple[int, int]] = set()
+        # What a trace's optimizer steps did, counted while tracing (the same for every
+        # trace of one recording): how many times each optimizer stepped, and each
+        # (optimizer, parameter) was updated (a step calling opt.step() twice counts two).
+        self._steps: list[int] = [0] * len(self.opts)
+        self._updated: dict[tuple[int, int], int] = {}
+        self._counting: tuple[list[int], dict[tuple[int, int], int]] = ([], {})
 
     @staticmethod
     def make(rec: _Recording) -> _JitRecording | None:
@@ -1109,17 +1280,21 @@ class _JitRecording:
         # around the call): each parameter's rule on traced arrays.
         rule, names = opt._rule, opt.state_names
         k = self.opts.index(opt)
+        steps, updated = self._counting
+        steps[k] += 1
         for i, (p, st, slot) in enumerate(opt._entries):
             g = p.grad
             if g is None:
                 continue
-            self._updated.add((k, i))
+            updated[k, i] = updated.get((k, i), 0) + 1
             p.data = slot.ops.apply_update(rule, p.data, g, st, names, slot)
 
     def _pure(
         self, params: Any, grads: Any, states: Any, lrs: Any, draws: Any, args: Any
     ) -> tuple[Any, ...]:
-        leaves, opts = self.leaves, self.opts
+        leaves, opts = self.tensors, self.opts
+        # (counted afresh, kept only from a trace that ran to its end)
+        self._counting = counting = ([0] * len(opts), {})
         for t, d, g in zip(leaves, params, grads, strict=True):
             t.data, t.grad = d, g
         for opt, st_list, lr in zip(opts, states, lrs, strict=True):
@@ -1134,11 +1309,12 @@ class _JitRecording:
             for node, _xs in self.rec.draws:
                 node.__dict__.pop("draw_random", None)
         new_states = [[dict(st) for st in opt.state] for opt in opts]
+        self._steps, self._updated = counting
         return [t.data for t in leaves], [t.grad for t in leaves], new_states, out
 
     # -- around it -------------------------------------------------------------------------
     def run(self, *args: Any) -> Any:
-        leaves, opts = self.leaves, self.opts
+        leaves, opts = self.tensors, self.opts
         lrs = [opt._step_lr() for opt in opts]
         static = tuple(
             tuple(getattr(opt, h) for h in opt.hyperparameters if h != "lr") for opt in opts
@@ -1149,10 +1325,21 @@ class _JitRecording:
         draws = [getattr(node, "draw_random")(*xs) for node, xs in self.rec.draws]  # noqa: B009
         params = [t.data for t in leaves]
         states = [[dict(st) for st in opt.state] for opt in opts]
-        saved = [(t.data, t.grad) for t in leaves], [opt.lr for opt in opts], states
+        reset_only = self.rec.reset_only
+        saved = (
+            [(t.data, t.grad) for t in leaves],
+            [opt.lr for opt in opts],
+            states,
+            [t.grad for t in reset_only],
+        )
+        # The replay never reads a Python scalar argument (it is part of the signature, by
+        # value): none goes into the trace, where a string is no valid argument.
+        args = tuple(None if type(a) in _SCALARS else a for a in args)
         try:
-            # The gradients a replay adds to (accumulation over calls) go in; None else.
-            grads_in = [None] * len(leaves)
+            # The gradients a replay adds to (accumulation over calls) go in, and those of
+            # the parameters outside the recording; None else.
+            n = len(self.leaves)
+            grads_in = [None] * n + [t.grad for t in leaves[n:]]
             for i in self.rec.grad_inputs:
                 grads_in[i] = leaves[i].grad
             new_params, grads, new_states, out = fn(params, grads_in, states, lrs, draws, args)
@@ -1161,21 +1348,27 @@ class _JitRecording:
             raise
         for t, d, g in zip(leaves, new_params, grads, strict=True):
             t.data, t.grad = d, g
-        updated = self._updated
+        for t in reset_only:  # (zero_grad() of Tensors outside the trace)
+            t.grad = None
+        updated, steps = self._updated, self._steps
         for k, (opt, lr, st_list) in enumerate(zip(opts, lrs, new_states, strict=True)):
             opt.lr = lr
-            opt.steps += 1
+            opt.steps += steps[k]
             for i, (st, new) in enumerate(zip(opt.state, st_list, strict=True)):
                 if "step" in new:  # the count stays a Python int (the trace got it as input)
-                    new["step"] = states[k][i]["step"] + ((k, i) in updated)
+                    # (.get: a state emptied since, e.g. one loaded from before any step)
+                    new["step"] = states[k][i].get("step", 0) + updated.get((k, i), 0)
                 st.update(new)
-        self.rec._last[:] = [t.data for t in leaves]
+        self.rec._last[:] = [t.data for t in self.leaves]
+        self._left[:] = [t.data for t in leaves]
         return _wrap_out(out)
 
     def _restore(self, saved: Any) -> None:
-        pairs, lrs, states = saved
-        for t, (d, g) in zip(self.leaves, pairs, strict=True):
+        pairs, lrs, states, reset_grads = saved
+        for t, (d, g) in zip(self.tensors, pairs, strict=True):
             t.data, t.grad = d, g
+        for t, g in zip(self.rec.reset_only, reset_grads, strict=True):
+            t.grad = g
         for opt, lr, st_list in zip(self.opts, lrs, states, strict=True):
             opt.lr = lr
             for st, old in zip(opt.state, st_list, strict=True):
@@ -1188,4 +1381,6 @@ def _wrap_out(out: Any) -> Any:
         return out
     if isinstance(out, tuple):
         return tuple(_wrap_out(o) for o in out)
+    if isinstance(out, list):
+        return [_wrap_out(o) for o in out]
     return Tensor._wrap(out, False)
