@@ -209,6 +209,12 @@ def _seed(value: Any, where: str, limit: int | None = None) -> int | None:
     return seed
 
 
+def _number_or_nan(value: Any) -> float:
+    """``value`` as a float where it is a real number (not a bool), else NaN."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return float(value) if real else math.nan
+
+
 def _noise(value: Any, where: str) -> float:
     """``value`` as a finite standard deviation >= 0."""
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -242,12 +248,12 @@ def spiral(
     """
     n_per_class = _count(n_per_class, "n_per_class", "spiral")
     n_classes = _count(n_classes, "n_classes", "spiral")
-    seed = _seed(seed, "spiral", limit=2**32)
+    seed_ = _seed(seed, "spiral", limit=2**32)
     noise = _noise(noise, "spiral")
     np = host.numpy()
     # The book calls np.random.seed(seed) and np.random.randn() once per point, arm by arm;
     # RandomState(seed).standard_normal(n) draws the same numbers in the same order.
-    normal = np.random.RandomState(seed).standard_normal(n_per_class * n_classes)
+    normal = np.random.RandomState(seed_).standard_normal(n_per_class * n_classes)
     rate = np.tile(np.arange(n_per_class) / n_per_class, n_classes)
     arm = np.repeat(np.arange(n_classes), n_per_class)
     radius = 1.0 * rate
@@ -266,14 +272,14 @@ def xor(n_per_corner: int = 1, noise: float = 0.0, seed: int = 0, *, dtype: Any 
     """
     n_per_corner = _count(n_per_corner, "n_per_corner", "xor")
     noise = _noise(noise, "xor")
-    seed = _seed(seed, "xor")
+    seed_ = _seed(seed, "xor")
     np = host.numpy()
     corners = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     labels = np.array([0, 1, 1, 0])
     x = np.repeat(corners, n_per_corner, axis=0)
     t = np.repeat(labels, n_per_corner)
     if noise:
-        x = x + host.generator(seed).normal(0.0, float(noise), x.shape)
+        x = x + host.generator(seed_).normal(0.0, float(noise), x.shape)
     return Dataset(to_backend(x, dtype), to_backend(t))
 
 
@@ -294,14 +300,13 @@ def digits(
     Raises:
         ImportError: scikit-learn is not installed (the message says how to install it).
     """
-    real = isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
-    fraction = float(test_fraction) if real else math.nan
+    fraction = _number_or_nan(test_fraction)
     if not 0.0 < fraction < 1.0:
         raise ArgumentError(
             f"test_fraction must be a number between 0 and 1, got {test_fraction!r}"
         )
     test_fraction = fraction
-    seed = _seed(seed, "digits")
+    seed_ = _seed(seed, "digits")
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
@@ -315,7 +320,7 @@ def digits(
     if images:
         x = x.reshape(-1, 1, 8, 8)
     t = np.asarray(bunch.target, dtype=np.int64)
-    rng = host.generator(seed)
+    rng = host.generator(seed_)
     train_idx: list[Any] = []
     test_idx: list[Any] = []
     for label in np.unique(t):

@@ -144,7 +144,7 @@ def _running_backward() -> Any:
     (innermost first), or None: read only once an anomaly was found."""
     from nnbackend.autograd.function import Function
 
-    frame = sys._getframe(2)
+    frame: Any = sys._getframe(2)
     while frame is not None:
         if frame.f_code.co_name in ("backward", "graph_backward"):
             owner = frame.f_locals.get("self")

@@ -184,7 +184,11 @@ class CompiledStep:
         self._prev: _Recording | None = None
         self._prev_snap: list[Any] = []
         key_ = id(self)
-        _STEPS[key_] = weakref.ref(self, lambda _r, key_=key_: _STEPS.pop(key_, None))
+
+        def forget(_r: Any, key_: int = key_) -> None:
+            _STEPS.pop(key_, None)
+
+        _STEPS[key_] = weakref.ref(self, forget)
 
     def reset(self) -> None:
         """Forget every recording (the next call records again)."""
@@ -242,8 +246,9 @@ class CompiledStep:
         try:
             rec = self._cache.get(sig)
         except TypeError:  # (arguments and settings hash; only key() can give a list)
+            given = sig[-1]  # type: ignore[index]
             raise ArgumentError(
-                f"compile_step: key() returned {sig[-1]!r}, which is not hashable; return a "
+                f"compile_step: key() returned {given!r}, which is not hashable; return a "
                 "hashable value, e.g. a tuple instead of a list"
             ) from None
         if rec is not None and rec is self._prev and rec.valid():  # the same signature again
@@ -1294,7 +1299,8 @@ class _JitRecording:
     ) -> tuple[Any, ...]:
         leaves, opts = self.tensors, self.opts
         # (counted afresh, kept only from a trace that ran to its end)
-        self._counting = counting = ([0] * len(opts), {})
+        counting: tuple[list[int], dict[Any, Any]] = ([0] * len(opts), {})
+        self._counting = counting
         for t, d, g in zip(leaves, params, grads, strict=True):
             t.data, t.grad = d, g
         for opt, st_list, lr in zip(opts, states, lrs, strict=True):

@@ -60,7 +60,8 @@ from nnbackend.config import normalize_dtype
 from nnbackend.errors import ArgumentError, CheckpointError
 from nnbackend.io import _npz
 from nnbackend.io import safetensors as _st
-from nnbackend.io._files import atomic_write, open_regular
+from nnbackend.io._files import atomic_write as atomic_write  # (for train.plots)
+from nnbackend.io._files import open_regular
 from nnbackend.io._metadata import (
     FLOAT_NAMES,
     FORMAT,
