@@ -211,23 +211,26 @@ def test_a_cache_folder_that_cannot_be_written(
     assert datasets.CACHE_ENV in str(info.value)
 
 
+class _Dropped:
+    """A response whose connection closes mid-file."""
+
+    def __enter__(self) -> _Dropped:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+    def read(self, *args: Any) -> bytes:
+        raise http.client.IncompleteRead(b"abc", 100)
+
+
 def test_a_connection_dropped_mid_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection that closed mid-file raised http.client.IncompleteRead (not an OSError),
     bare, instead of the DownloadError with the manual command; nothing is left behind."""
     _fake_mnist(tmp_path, monkeypatch)
     monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "cache"))
 
-    class Dropped:
-        def __enter__(self) -> Dropped:
-            return self
-
-        def __exit__(self, *args: Any) -> None:
-            return None
-
-        def read(self, *args: Any) -> bytes:
-            raise http.client.IncompleteRead(b"abc", 100)
-
-    monkeypatch.setattr(datasets, "_urlopen", lambda *args, **kwargs: Dropped())
+    monkeypatch.setattr(datasets, "_urlopen", lambda *args, **kwargs: _Dropped())
     with pytest.raises(DownloadError, match="IncompleteRead"):
         datasets.mnist()
     assert list((tmp_path / "cache" / "mnist").iterdir()) == []
@@ -359,17 +362,7 @@ def test_ptb_download_dropped_mid_file_is_a_download_error(
 
     monkeypatch.setenv(corpora.CACHE_ENV, str(tmp_path / "o'brien"))
 
-    class Dropped:
-        def __enter__(self) -> Dropped:
-            return self
-
-        def __exit__(self, *args: Any) -> None:
-            return None
-
-        def read(self, *args: Any) -> bytes:
-            raise http.client.IncompleteRead(b"abc", 100)
-
-    monkeypatch.setattr(corpora, "_urlopen", lambda *args, **kwargs: Dropped())
+    monkeypatch.setattr(corpora, "_urlopen", lambda *args, **kwargs: _Dropped())
     with pytest.raises(DownloadError, match="IncompleteRead") as caught:
         corpora.ptb("train")
     command = str(caught.value).split("\n  ", 1)[1]
