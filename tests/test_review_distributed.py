@@ -622,3 +622,37 @@ def test_torch_collective_failures_are_collective_errors() -> None:
     with pytest.raises(nb.errors.CollectiveError, match="Connection closed"):
         comm.barrier()
     assert issubclass(nb.errors.CollectiveError, distributed.CollectiveError)
+
+
+@pytest.mark.parametrize("stop_mid_epoch", [False, True])
+def test_ranks_keep_batch_norm_statistics_equal(stop_mid_epoch: bool, on_ranks: Any) -> None:
+    """join_world broadcast the parameters but not the buffers, and each rank's BatchNorm
+    running statistics then came from its own rows: the ranks evaluated different models,
+    and rank 0 saved its own. The buffers start as rank 0's and are averaged over the ranks
+    after every epoch (and when training stops mid-epoch)."""
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((48, 4)) * 3.0 + 1.0, rng.integers(0, 3, 48)
+
+    class StopAtStep5(nb.callbacks.Callback):
+        def on_step_end(self, trainer: Any, history: Any) -> None:
+            if stop_mid_epoch and trainer.step == 5:
+                trainer.stop_training = True
+
+    def work(comm: Any) -> Any:
+        world = distributed.World("threads", comm.rank, comm.size, comm=comm)
+        model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+        bn = model[1]
+        if comm.rank == 1:  # rank 1 starts elsewhere: join_world must fix it
+            bn.running_mean.data = bn.running_mean.data + 7.0
+        trainer = nb.Trainer(
+            model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), world=world
+        )
+        trainer.fit(
+            x, t, epochs=2, batch_size=12, seed=1, progress=False, callbacks=[StopAtStep5()]
+        )
+        return np.asarray(bn.running_mean.data), np.asarray(bn.running_var.data)
+
+    (m0, v0), (m1, v1) = on_ranks(2, work, backend="numpy", dtype="float64")
+    np.testing.assert_array_equal(m0, m1)
+    np.testing.assert_array_equal(v0, v1)
+    assert np.all(np.abs(m0) < 7.0) and not np.allclose(v0, 1.0)

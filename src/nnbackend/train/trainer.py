@@ -341,10 +341,38 @@ class Trainer:
         params = self._parameters()
         for p in params:
             p.data = w.comm.broadcast(p.data, 0)
+        for b in self._float_buffers():
+            b.data = w.comm.broadcast(b.data, 0)
         if self._reducer is None or self._reducer.comm is not w.comm:
             self._reducer = GradientReducer(params, w.comm)
         self._share = 1.0 / w.size
         return w
+
+    def _float_buffers(self) -> list[Any]:
+        """The model's floating buffers (BatchNorm's running statistics), which data-parallel
+        ranks keep equal."""
+        buffers = getattr(self.model, "buffers", None)
+        if not callable(buffers):
+            return []
+        out = []
+        for b in buffers():
+            data = getattr(b, "data", None)
+            if data is not None and backend_for(data)[0].isdtype(data.dtype, "real floating"):
+                out.append(b)
+        return out
+
+    def _sync_buffers(self, run: _Fit) -> None:
+        """Average the floating buffers over the ranks (one all-reduce each, once an epoch):
+        each rank's running statistics come from its own rows, so ranks evaluated, and rank 0
+        saved, different models. (PyTorch's DDP copies rank 0's instead; the average uses
+        every rank's rows.)"""
+        if run.world is None or run.size == 1:
+            return
+        for b in self._float_buffers():
+            data = b.data
+            xp = backend_for(data)[0]
+            total = run.comm.allreduce_sum(xp.reshape(data, (-1,)))
+            b.data = xp.reshape(total / run.size, tuple(data.shape))
 
     def _rank_rows(self, lo: int, hi: int, rank: int, size: int) -> tuple[int, int]:
         """This rank's rows of the global batch ``[lo, hi)``, and its share of it noted for
@@ -860,6 +888,7 @@ class Trainer:
         for epoch in range(run.epochs):
             self.epoch = epoch
             if not self._run_epoch(run, epoch):
+                self._sync_buffers(run)  # (every rank stops after the same step)
                 break  # stopped inside the epoch: it does not count as completed
             self._end_epoch(run, epoch)
             if self._stopping(run):
@@ -972,6 +1001,7 @@ class Trainer:
         """A completed epoch: its loss, accuracy and metrics, the validation, the report (the
         epoch's own without ``eval_interval``), then the ``on_epoch_end`` hooks."""
         history = run.history
+        self._sync_buffers(run)  # before validation, the callbacks and any checkpoint
         e_loss, e_acc = run.scorer.read(run.whole)
         results = [(m.name, metric_result(m, run.comm)) for m in run.train_metrics]
         validation = None if run.validation is None else self._validate(run)
