@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +20,8 @@ from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
 from nnbackend.autograd.mode import is_grad_enabled
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.errors import ArgumentError, ShapeError
-from nnbackend.namespace import backend_for
+from nnbackend.errors import ArgumentError, DtypeError, NNBackendError, ShapeError
+from nnbackend.namespace import array_namespace, backend_for
 
 __all__ = [
     "abs",
@@ -75,6 +76,33 @@ def _tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
+# What the backends raise for a shape or index they reject (torch raises RuntimeError): caught
+# on the failure path only, to say in an nnbackend error what was wrong.
+_BACKEND_ERRORS = (TypeError, ValueError, RuntimeError, IndexError)
+
+
+def _broadcast_shape(*shapes: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The broadcast of ``shapes`` (None for a Python scalar), or None where they do not
+    broadcast."""
+    shapes_ = [s for s in shapes if s is not None]
+    ndim = builtins.max((len(s) for s in shapes_), default=0)
+    out = []
+    for i in range(-ndim, 0):
+        sizes = {s[i] for s in shapes_ if len(s) >= -i} - {1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _scalar_pair(like: Any, a: Any, b: Any) -> tuple[Any, Any]:
+    """Two Python scalars as 0-d arrays on ``like``'s backend and device (the active backend
+    when ``like`` is None), of the active default float dtype where either is a float."""
+    xp = array_namespace(like) if like is not None else array_namespace()
+    both = xp.asarray([a, b], device=getattr(like, "device", None))
+    return both[0], both[1]
+
+
 # -- broadcasting ---------------------------------------------------------------------------
 class BroadcastTo(Function):
     grad_may_alias = False
@@ -99,8 +127,11 @@ class SumTo(Function):
 
     def forward(self, x: Any) -> Any:
         self.in_shape = tuple(x.shape)
-        if len(self.shape) > x.ndim:
-            raise ShapeError(f"sum_to: cannot sum shape {self.in_shape} to {self.shape}")
+        if len(self.shape) > x.ndim or _broadcast_shape(self.shape, self.in_shape) != self.in_shape:
+            raise ShapeError(
+                f"sum_to: cannot sum shape {self.in_shape} to {self.shape}: {self.shape} must "
+                f"broadcast to {self.in_shape} (each axis of that length or 1)"
+            )
         return ops.unbroadcast(self.xp, x, self.shape)
 
     def graph_backward(self, gy: Tensor) -> Tensor:
@@ -110,8 +141,16 @@ class SumTo(Function):
 def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
     """``x`` broadcast to ``shape`` (a new array); the gradient sums back to ``x``'s shape."""
     shape = tuple(int(n) for n in shape)
-    if _shape(_data(x)) == shape:
+    have = _shape(_data(x))
+    if have == shape:
         return _tensor(x)
+    if (
+        have is not None and (len(have) > len(shape) or _broadcast_shape(have, shape) != shape)
+    ) or builtins.min(shape, default=0) < 0:
+        raise ShapeError(
+            f"broadcast_to: an array of shape {have} does not broadcast to {shape}: each axis "
+            "must have the target's length or length 1"
+        )
     return BroadcastTo(shape)(x)
 
 
@@ -282,9 +321,34 @@ class Where(Function):
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
-    """``a`` where ``cond`` is true, else ``b`` (broadcasting; ``a`` or ``b`` may be a Python
-    scalar). ``cond`` is a boolean array or Tensor and carries no gradient."""
-    return Where(_data(cond))(a, b)
+    """``a`` where ``cond`` is true, else ``b`` (broadcasting; ``a`` and ``b`` may be Python
+    scalars, both of them too, as in NumPy). ``cond`` is a boolean array or Tensor (or a
+    Python bool or nested list of them) and carries no gradient."""
+    c = _data(cond)
+    if type(c) in (bool, list, tuple):
+        like = next((_data(v) for v in (a, b) if type(_data(v)) not in _SCALARS), None)
+        xp = backend_for(like)[0] if like is not None else array_namespace()
+        c = xp.asarray(c, dtype=xp.bool, device=getattr(like, "device", None))
+    if type(a) in _SCALARS and type(b) in _SCALARS:
+        a, b = _scalar_pair(c, a, b)
+    try:
+        return Where(c)(a, b)
+    except NNBackendError:
+        raise
+    except _BACKEND_ERRORS as e:
+        dtype = getattr(c, "dtype", None)
+        if dtype is not None and not backend_for(c)[0].isdtype(dtype, "bool"):
+            raise DtypeError(
+                f"where: the condition has dtype {dtype}; it must be boolean (compare, e.g. "
+                "x > 0, or cast with xp.astype(cond, xp.bool))"
+            ) from e
+        shapes = (_shape(c), _shape(_data(a)), _shape(_data(b)))
+        if _broadcast_shape(*shapes) is None:
+            raise ShapeError(
+                f"where: the condition and the two values have shapes {shapes} (None: a "
+                "scalar), which do not broadcast together"
+            ) from e
+        raise
 
 
 class _Extremum(Function):
@@ -324,14 +388,29 @@ class Minimum(_Extremum):
     larger = False
 
 
+def _extremum(node: _Extremum, a: Any, b: Any) -> Tensor:
+    if type(a) in _SCALARS and type(b) in _SCALARS:
+        a, b = _scalar_pair(None, a, b)
+    try:
+        return node(a, b)
+    except NNBackendError:
+        raise
+    except _BACKEND_ERRORS as e:
+        shapes = (_shape(_data(a)), _shape(_data(b)))
+        if _broadcast_shape(*shapes) is None:
+            name = "maximum" if node.larger else "minimum"
+            raise ShapeError(f"{name}: shapes {shapes[0]} and {shapes[1]} do not broadcast") from e
+        raise
+
+
 def maximum(a: Any, b: Any) -> Tensor:
     """Elementwise maximum with broadcasting; tied elements share the gradient equally."""
-    return Maximum()(a, b)
+    return _extremum(Maximum(), a, b)
 
 
 def minimum(a: Any, b: Any) -> Tensor:
     """Elementwise minimum with broadcasting; tied elements share the gradient equally."""
-    return Minimum()(a, b)
+    return _extremum(Minimum(), a, b)
 
 
 class Clip(Function):
@@ -361,9 +440,33 @@ class Clip(Function):
 def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
     """``x`` limited to ``[min, max]`` (either may be None); the gradient is 1 inside the
     interval (bounds included) and 0 outside."""
+    if min is not None and (type(min) not in (int, float) or min != min):
+        min = _check_bound("min", min)
+    if max is not None and (type(max) not in (int, float) or max != max):
+        max = _check_bound("max", max)
     if min is not None and max is not None and min > max:
         raise ArgumentError(f"clip: min {min} is greater than max {max}")
     return Clip(min, max)(x)
+
+
+def _check_bound(name: str, bound: Any) -> float:
+    """The uncommon path of :func:`clip`'s bounds: a number (a NumPy scalar too, as a Python
+    float, which every backend mixes with its arrays), not NaN."""
+    value = 0.0
+    ok = not isinstance(bound, str | bytes) and getattr(bound, "ndim", 0) == 0
+    if ok:
+        try:
+            value = float(bound)
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise ArgumentError(
+            f"clip: {name} must be a Python number or None, got {bound!r}; for elementwise "
+            "bounds use F.maximum(x, lo) / F.minimum(x, hi)"
+        )
+    if value != value:
+        raise ArgumentError(f"clip: {name} is NaN; give a number or None (no bound)")
+    return value
 
 
 def log1p(x: Any) -> Tensor:
@@ -457,6 +560,10 @@ def std(x: Any, axis: Any = None, keepdims: bool = False, correction: float = 0.
 def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     """``log(sum(exp(x)))`` over ``axis``, shifted by the maximum so it never overflows."""
     x = _tensor(x)
+    if 0 in x.shape and _reduced_count(x.shape, axis) == 0:
+        # log(0) = -inf over an empty axis (NumPy's and torch's value); the maximum below
+        # has no identity. sum(x) is 0 there and keeps x in the graph (gradient: no elements).
+        return ops.sum(x, axis, keepdims) + float("-inf")
     m = ops.max(x, axis, True).data  # a constant shift: the gradient is unchanged
     # ... but an infinite maximum would give inf - inf = nan: shift those by 0 instead (as
     # torch), so a row of -inf (all masked) gives -inf and a row with +inf gives +inf
@@ -512,6 +619,14 @@ def _arg_reduce(x: Any, axis: int | None, keepdims: bool, largest: bool) -> Tens
     data = _data(x)
     xp = backend_for(data)[0]
     fn = xp.argmax if largest else xp.argmin
+    if axis is not None:
+        axis = ops.normalize_axis(operator.index(axis), data.ndim)
+    if not _reduced_count(tuple(data.shape), axis):
+        name = "argmax" if largest else "argmin"
+        raise ShapeError(
+            f"{name}: an empty axis of an array of shape {tuple(data.shape)} has no "
+            f"{'largest' if largest else 'smallest'} element; reduce over an axis of length > 0"
+        )
     if axis is None:
         out = fn(xp.reshape(data, (-1,)))
         if keepdims:
@@ -563,15 +678,29 @@ def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
     return ops.reshape(x, tuple(n for i, n in enumerate(shape) if i not in axes))
 
 
-def expand_dims(x: Any, axis: int) -> Tensor:
+def expand_dims(x: Any, axis: int | Sequence[int]) -> Tensor:
     """``x`` with a new axis of length 1 at position ``axis`` (negative counts from the end of
-    the result)."""
+    the result), or at each of the positions of a sequence ``axis`` (as ``numpy.expand_dims``)."""
     shape = list(_data(x).shape)
-    position = axis if axis >= 0 else len(shape) + 1 + axis
-    if not 0 <= position <= len(shape):
-        raise ArgumentError(f"expand_dims: axis {axis} is out of range for {len(shape)} axes")
-    shape.insert(position, 1)
-    return ops.reshape(x, tuple(shape))
+    if isinstance(axis, int):
+        position = axis if axis >= 0 else len(shape) + 1 + axis
+        if not 0 <= position <= len(shape):
+            raise ArgumentError(f"expand_dims: axis {axis} is out of range for {len(shape)} axes")
+        shape.insert(position, 1)
+        return ops.reshape(x, tuple(shape))
+    try:
+        axes = [operator.index(a) for a in axis]
+    except TypeError as e:
+        raise ArgumentError(f"expand_dims: axis must be an int or ints, got {axis!r}") from e
+    ndim = len(shape) + len(axes)
+    try:
+        new = {ops.normalize_axis(a, ndim) for a in axes}
+    except ShapeError as e:
+        raise ArgumentError(f"expand_dims: axes {axes} out of range for {ndim} axes") from e
+    if len(new) != len(axes):
+        raise ArgumentError(f"expand_dims: repeated axis in {axes}")
+    rest = iter(shape)
+    return ops.reshape(x, tuple(1 if i in new else next(rest) for i in range(ndim)))
 
 
 class Concat(Function):
@@ -586,8 +715,16 @@ class Concat(Function):
         for x in xs[1:]:
             ops.check_same_dtype("concat", first, x)
         self.axis = ops.normalize_axis(self.axis, first.ndim) if first.ndim else self.axis
+        try:
+            y = xp.concat(list(xs), axis=self.axis)
+        except _BACKEND_ERRORS as e:
+            shapes = [tuple(x.shape) for x in xs]
+            raise ShapeError(
+                f"concat: shapes {shapes} do not join along axis {self.axis}: the arrays need "
+                "at least one axis, one number of axes, and equal lengths on every other axis"
+            ) from e
         self.sizes = [int(x.shape[self.axis]) for x in xs]
-        return xp.concat(list(xs), axis=self.axis)
+        return y
 
     def graph_backward(self, gy: Tensor) -> tuple[Any, ...]:
         parts = split(gy, self.sizes, self.axis)
@@ -652,6 +789,14 @@ def split(x: Any, sections: int | Sequence[int], axis: int = 0) -> tuple[Tensor,
     if not shape:
         raise ShapeError("split needs an array with at least one axis")
     length = shape[ops.normalize_axis(axis, len(shape))]
+    if not isinstance(sections, int) and not hasattr(sections, "__iter__"):
+        try:  # a NumPy integer
+            sections = operator.index(sections)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise ArgumentError(
+                f"split: sections must be an int (equal parts) or a sequence of part lengths, "
+                f"got {sections!r}"
+            ) from e
     if isinstance(sections, int):
         if sections <= 0 or length % sections:
             raise ShapeError(
@@ -659,7 +804,10 @@ def split(x: Any, sections: int | Sequence[int], axis: int = 0) -> tuple[Tensor,
             )
         sizes = [length // sections] * sections
     else:
-        sizes = [int(n) for n in sections]
+        try:
+            sizes = [operator.index(n) for n in sections]
+        except TypeError as e:
+            raise ArgumentError(f"split: part lengths must be integers, got {sections!r}") from e
         if builtins.sum(sizes) != length or builtins.min(sizes, default=0) < 0:
             raise ShapeError(f"split: part lengths {sizes} do not add up to the axis' {length}")
     out = Split(sizes, axis)(x)
@@ -682,8 +830,10 @@ class Flip(Function):
 def flip(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
     """``x`` with the order of its elements reversed along ``axis`` (all axes when None):
     ``x[:, ::-1]`` for every backend (negative steps are not in the standard)."""
-    if axis is not None and not isinstance(axis, int):
-        axis = tuple(int(a) for a in axis)
+    if axis is not None:
+        ndim = len(_data(x).shape)
+        axes = ops.normalize_axes(axis if isinstance(axis, int) else tuple(axis), ndim)
+        axis = axes[0] if isinstance(axis, int) else axes
     return Flip(axis)(x)
 
 
@@ -693,16 +843,10 @@ def pad(x: Any, pad_width: Any, value: float = 0.0) -> Tensor:
     constant mode). The gradient is the gradient of the original elements."""
     x = _tensor(x)
     shape = x.shape
-    widths = list(pad_width)
-    if len(widths) == 2 and all(isinstance(w, int) for w in widths):
-        widths = [tuple(widths)] * len(shape)
-    if len(widths) != len(shape):
-        raise ShapeError(f"pad: {len(widths)} (before, after) pairs for {len(shape)} axes")
+    widths = _pad_widths(pad_width, len(shape))
     xp = backend_for(x.data)[0]
     out = x
     for axis, (before, after) in enumerate(widths):
-        if before < 0 or after < 0:
-            raise ArgumentError(f"pad: widths must not be negative, got {(before, after)}")
         parts: list[Any] = []
         for n in (before, after):
             side = list(out.shape)
@@ -712,6 +856,48 @@ def pad(x: Any, pad_width: Any, value: float = 0.0) -> Tensor:
         if len(pieces) > 1:
             out = concat(pieces, axis)
     return out
+
+
+def _pad_widths(pad_width: Any, ndim: int) -> list[tuple[int, int]]:
+    """``pad``'s widths as one ``(before, after)`` pair of ints per axis, from any form
+    ``numpy.pad`` accepts: ``n``, ``(n,)``, ``(before, after)``, ``((before, after),)`` or one
+    pair per axis (NumPy integers and integer arrays too)."""
+    width = pad_width.tolist() if hasattr(pad_width, "tolist") else pad_width
+
+    def fail(why: str) -> ArgumentError:
+        return ArgumentError(
+            f"pad: pad_width {pad_width!r} {why}; give an int, a (before, after) pair of "
+            f"non-negative ints, or one such pair for each of the {ndim} axes"
+        )
+
+    def pair(w: Any) -> tuple[int, int]:
+        try:
+            items = [operator.index(w)] if not hasattr(w, "__len__") else list(w)
+            items = [operator.index(v) for v in items]
+        except TypeError as e:
+            raise fail("is not made of integers") from e
+        if len(items) == 1:
+            items *= 2
+        if len(items) != 2:
+            raise fail("has a group that is not one (before, after) pair")
+        if builtins.min(items) < 0:
+            raise fail("has a negative width")
+        return items[0], items[1]
+
+    if isinstance(width, str | bytes):
+        raise fail("is a string")
+    if not hasattr(width, "__len__") or (
+        len(width) in (1, 2) and not any(hasattr(w, "__len__") for w in width)
+    ):
+        return [pair(width)] * ndim
+    if len(width) == 1:
+        return [pair(width[0])] * ndim
+    if len(width) != ndim:
+        raise ShapeError(
+            f"pad: {len(width)} (before, after) pairs for an array of {ndim} axes; give one "
+            "pair per axis, or one pair for all of them"
+        )
+    return [pair(w) for w in width]
 
 
 def _moveaxis_to_front(shape_len: int, axis: int) -> tuple[int, ...]:
@@ -771,12 +957,42 @@ def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
     idx = _data(indices)
     data = _data(x)
     xp = backend_for(data)[0]
+    n = int(data.shape[ops.normalize_axis(axis, data.ndim)])
     if type(idx) in (list, tuple, int):
-        idx = xp.asarray(idx)
+        idx = _host_indices(xp, idx, n, data.device)
     if not xp.isdtype(idx.dtype, "integral"):
         raise ArgumentError(f"take: indices must be integers, got {idx.dtype}")
-    idx = ops.from_the_end(xp, idx, int(data.shape[ops.normalize_axis(axis, data.ndim)]))
-    return Take(idx, axis)(x)
+    idx = ops.from_the_end(xp, idx, n)
+    try:
+        return Take(idx, axis)(x)
+    except NNBackendError:
+        raise
+    except _BACKEND_ERRORS as e:  # torch: RuntimeError; NumPy: IndexError
+        raise ShapeError(
+            f"take: an index is out of range for an axis of length {n}; use indices in [{-n}, {n})"
+        ) from e
+
+
+def _host_indices(xp: Any, idx: Any, n: int, device: Any) -> Any:
+    """Python ``take`` indices as an integer array, checked against the axis' length ``n``
+    on the host (a backend's take wraps ``-n - 1`` silently to the last element)."""
+    flat = [idx] if type(idx) is int else list(_flatten(idx))
+    if not flat:  # an empty list would be a float array, not an index
+        return xp.asarray(idx, dtype=xp.int64, device=device)
+    if all(type(i) is int for i in flat) and not all(-n <= i < n for i in flat):
+        raise ShapeError(
+            f"take: indices {idx!r} are out of range for an axis of length {n}; use indices "
+            f"in [{-n}, {n})"
+        )
+    return xp.asarray(idx, device=device)
+
+
+def _flatten(items: Any) -> Any:
+    for item in items:
+        if type(item) in (list, tuple):
+            yield from _flatten(item)
+        else:
+            yield item
 
 
 def einsum(subscripts: str, *operands: Any) -> Tensor:
@@ -784,7 +1000,7 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
     matrix products: one or two operands, explicit output (``"ij,jk->ik"``,
     ``"bij,bjk->bik"``, ``"i,i->"``, ``"ij->ji"``, ``"ij->j"``); each index at most once per
     operand (no diagonals) and no ``...``."""
-    if "->" not in subscripts or "." in subscripts:
+    if subscripts.count("->") != 1 or "." in subscripts:
         raise ArgumentError(
             f"einsum: {subscripts!r}: write the output explicitly (e.g. 'ij,jk->ik'); '...' is "
             "not supported"
@@ -849,14 +1065,139 @@ def _negative_steps(key: Any) -> bool:
     return any(isinstance(k, slice) and k.step is not None and k.step < 0 for k in parts)
 
 
+def _parts(key: Any) -> list[Any]:
+    return [_data(k) for k in (key if isinstance(key, tuple) else (key,))]
+
+
+def _is_mask(k: Any) -> bool:
+    dtype = getattr(k, "dtype", None)
+    return dtype is not None and backend_for(k)[0].isdtype(dtype, "bool")
+
+
+def _mask_position(key: Any) -> int | None:
+    """Where in ``key`` its one boolean mask is, when it has one and every other part is
+    ``:`` or ``...`` (the masks :func:`getitem` supports)."""
+    parts = _parts(key)
+    masks = [i for i, k in enumerate(parts) if type(k) is not bool and _is_mask(k)]
+    if len(masks) != 1:
+        return None
+    rest = [k for i, k in enumerate(parts) if i != masks[0]]
+    if any(not (k is Ellipsis or (isinstance(k, slice) and k == slice(None))) for k in rest):
+        return None
+    return masks[0]
+
+
+def _masked(x: Any, key: Any) -> Tensor:
+    """``x[mask]`` (``x[:, mask]``, ``x[..., mask]``): the mask's axes are flattened into one
+    and the positions where it is true gathered with :func:`take`, so the gradient goes back
+    to the selected elements (and their second derivative through ``take``)."""
+    parts = _parts(key)
+    at = _mask_position(key)
+    assert at is not None
+    mask = parts[at]
+    shape = tuple(_data(x).shape)
+    k = mask.ndim
+    named = len(parts) - 1 - builtins.sum(1 for p in parts if p is Ellipsis) + k
+    if named > len(shape):
+        raise ShapeError(f"getitem: an index naming {named} axes for an array of shape {shape}")
+    before = parts[:at]
+    start = len(before) - 1 + len(shape) - named if Ellipsis in before else len(before)
+    if tuple(mask.shape) != shape[start : start + k]:
+        raise ShapeError(
+            f"getitem: a boolean mask of shape {tuple(mask.shape)} for axes {start} to "
+            f"{start + k - 1} of an array of shape {shape}: the mask must have those axes' "
+            "lengths"
+        )
+    xp = backend_for(mask)[0]
+    try:
+        picked = xp.nonzero(xp.reshape(mask, (-1,)))[0]
+    except _BACKEND_ERRORS as e:
+        raise ArgumentError(
+            "getitem: this backend cannot index with a boolean mask (the result's length "
+            "depends on the mask's values); use F.where(mask, x, 0.0) instead"
+        ) from e
+    merged = ops.reshape(
+        x, (*shape[:start], math.prod(shape[start : start + k]), *shape[start + k :])
+    )
+    return take(merged, picked, start)
+
+
+def _index_key(key: Any) -> Any:
+    """``key`` with NumPy / 0-d integers (``np.int64(1)``) as Python ints, or None where it
+    holds something else that is not an index."""
+    parts = _parts(key)
+    out = []
+    changed = False
+    for k in parts:
+        if (
+            k is None
+            or k is Ellipsis
+            or isinstance(k, int | slice)
+            or (hasattr(k, "shape") and (getattr(k, "ndim", 0) > 0))
+        ):
+            out.append(k)
+            continue
+        try:
+            out.append(operator.index(k))
+        except TypeError:
+            return None
+        changed = True
+    if not changed:
+        return key
+    return tuple(out) if isinstance(key, tuple) else out[0]
+
+
+def _getitem_failed(x: Any, key: Any, e: Exception) -> Tensor:
+    """The failure path of :func:`getitem`: an index the standard spells differently (a
+    strict backend wants ``x[0, ...]`` for ``x[0]``; NumPy integers), else a typed error
+    saying what was wrong."""
+    shape = tuple(_data(x).shape)
+    parts = _parts(key)
+    fixed = _index_key(key)
+    if fixed is not None and fixed is not key:
+        return getitem(x, fixed)
+    named = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
+    if not any(k is Ellipsis for k in parts) and named < len(shape):
+        try:
+            return ops.getitem(x, (*parts, Ellipsis))
+        except NNBackendError:
+            raise
+        except _BACKEND_ERRORS as again:
+            e = again
+    if any(isinstance(k, slice) and k.step == 0 for k in parts):
+        raise ArgumentError(f"getitem: slice step cannot be zero in {key!r}")
+    raise ShapeError(
+        f"getitem: index {key!r} does not fit an array of shape {shape}: "
+        f"{'it names more axes than the array has' if named > len(shape) else str(e)}"
+    ) from e
+
+
 def getitem(x: Any, key: Any) -> Tensor:
     """``x[key]`` with gradients (:func:`nnbackend.autograd.ops.getitem`), where slices may
     also have negative steps (``x[:, ::-1]``): the standard has none, so those axes are
     sliced forwards and gathered with :func:`take` (reversed by :func:`flip` for step -1)."""
     if not _negative_steps(key):
-        return ops.getitem(x, key)
+        try:
+            return ops.getitem(x, key)
+        except NotImplementedError:
+            if _mask_position(key) is None:
+                raise
+            return _masked(x, key)
+        except NNBackendError:
+            fixed = _index_key(key)  # NumPy integers: torch's node calls them not integers
+            if fixed is None or fixed is key:
+                raise
+            return getitem(x, fixed)
+        except _BACKEND_ERRORS as e:
+            return _getitem_failed(x, key, e)
     shape = tuple(_data(x).shape)
+    fixed = _index_key(key)
+    if fixed is not None:
+        key = fixed
     parts = list(key) if isinstance(key, tuple) else [key]
+    named = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
+    if named > len(shape):
+        raise ShapeError(f"getitem: index {key!r} names {named} axes of an array of shape {shape}")
     # By identity: an index array's == is elementwise (list.count and `in` would ask its truth)
     dots = [i for i, k in enumerate(parts) if k is Ellipsis]
     if len(dots) > 1:
