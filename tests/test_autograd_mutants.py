@@ -864,15 +864,17 @@ REFUSALS: dict[str, tuple[Any, type, str]] = {
         "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
         "integer array on the first axis (x[idx]); use reshape/take for other patterns",
     ),
-    "getitem_mask": (
-        lambda: _t(3)[np.array([True, False, True])],
-        NotImplementedError,
-        "boolean-mask indexing with gradients; use xp.where instead",
+    "getitem_mask": (  # (boolean masks index now: a mask of the wrong shape is refused)
+        lambda: _t(3)[np.array([True, False])],
+        nb.errors.ShapeError,
+        "getitem: a boolean mask of shape (2,) for axes 0 to 0 of an array of shape (3,): the "
+        "mask must have those axes' lengths",
     ),
     "sum_to": (
         lambda: nb.functional.sum_to(_t(3), (1, 1, 3)),
         nb.errors.ShapeError,
-        "sum_to: cannot sum shape (3,) to (1, 1, 3)",
+        "sum_to: cannot sum shape (3,) to (1, 1, 3): (1, 1, 3) must broadcast to (3,) (each "
+        "axis of that length or 1)",
     ),
     "clip": (
         lambda: nb.functional.clip(_t(3), 2.0, 1.0),
@@ -937,12 +939,14 @@ REFUSALS: dict[str, tuple[Any, type, str]] = {
     "pad_pairs": (
         lambda: nb.functional.pad(_t(2, 3), [(1, 1)] * 3),
         nb.errors.ShapeError,
-        "pad: 3 (before, after) pairs for 2 axes",
+        "pad: 3 (before, after) pairs for an array of 2 axes; give one pair per axis, or one "
+        "pair for all of them",
     ),
     "pad_negative": (
         lambda: nb.functional.pad(_t(2, 3), [(0, 0), (1, -1)]),
         nb.errors.ArgumentError,
-        "pad: widths must not be negative, got (1, -1)",
+        "pad: pad_width [(0, 0), (1, -1)] has a negative width; give an int, a (before, "
+        "after) pair of non-negative ints, or one such pair for each of the 2 axes",
     ),
     "take_float": (
         lambda: nb.functional.take(_t(3), np.array([0.0, 1.0])),
