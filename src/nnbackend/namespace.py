@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import operator
 import threading
+from collections.abc import Callable
 from numbers import Real
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -273,35 +274,24 @@ def _creation_functions(
                 raise exc from None
             return b_asarray(imported, dtype=dtype, device=device, copy=copy, **kwargs)
 
-    def zeros(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
-        if type(dtype) is str:
-            dtype = named(dtype)
-        dtype = default if dtype is None else dtype
-        try:
-            return b_zeros(shape, dtype=dtype, device=device, **kwargs)
-        except Exception as exc:
-            device = recover("zeros", exc, shape_problem(shape, dtype), device)
-        return b_zeros(shape, dtype=dtype, device=device, **kwargs)
+    def filled(b_make: Any, where: str) -> Any:
+        """``zeros``, ``ones`` or ``empty``: ``b_make`` with the default dtype (and device)
+        filled in, a refused call examined (recover)."""
 
-    def ones(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
-        if type(dtype) is str:
-            dtype = named(dtype)
-        dtype = default if dtype is None else dtype
-        try:
-            return b_ones(shape, dtype=dtype, device=device, **kwargs)
-        except Exception as exc:
-            device = recover("ones", exc, shape_problem(shape, dtype), device)
-        return b_ones(shape, dtype=dtype, device=device, **kwargs)
+        def make(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
+            if type(dtype) is str:
+                dtype = named(dtype)
+            dtype = default if dtype is None else dtype
+            try:
+                return b_make(shape, dtype=dtype, device=device, **kwargs)
+            except Exception as exc:
+                device = recover(where, exc, shape_problem(shape, dtype), device)
+            return b_make(shape, dtype=dtype, device=device, **kwargs)
 
-    def empty(shape: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any) -> Any:
-        if type(dtype) is str:
-            dtype = named(dtype)
-        dtype = default if dtype is None else dtype
-        try:
-            return b_empty(shape, dtype=dtype, device=device, **kwargs)
-        except Exception as exc:
-            device = recover("empty", exc, shape_problem(shape, dtype), device)
-        return b_empty(shape, dtype=dtype, device=device, **kwargs)
+        make.__name__ = make.__qualname__ = where
+        return make
+
+    zeros, ones, empty = filled(b_zeros, "zeros"), filled(b_ones, "ones"), filled(b_empty, "empty")
 
     def full(
         shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = device, **kwargs: Any
@@ -385,7 +375,7 @@ def _creation_functions(
             device = recover("eye", exc, problem, device)
         return b_eye(n_rows, n_cols, k=k, dtype=dtype, device=device, **kwargs)
 
-    made = {
+    made: dict[str, Callable[..., Any]] = {
         "asarray": asarray,
         "zeros": zeros,
         "ones": ones,
