@@ -396,10 +396,8 @@ def _extremum(node: _Extremum, a: Any, b: Any) -> Tensor:
     except NNBackendError:
         raise
     except _BACKEND_ERRORS as e:
-        shapes = (_shape(_data(a)), _shape(_data(b)))
-        if _broadcast_shape(*shapes) is None:
-            name = "maximum" if node.larger else "minimum"
-            raise ShapeError(f"{name}: shapes {shapes[0]} and {shapes[1]} do not broadcast") from e
+        name = "maximum" if node.larger else "minimum"
+        ops.check_broadcast(name, _shape(_data(a)), _shape(_data(b)), e)
         raise
 
 
@@ -1203,9 +1201,8 @@ def getitem(x: Any, key: Any) -> Tensor:
     if len(dots) > 1:
         raise ArgumentError(f"getitem: at most one ... in an index, got {key!r}")
     if dots:
-        used = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
         at = dots[0]
-        parts[at : at + 1] = [slice(None)] * (len(shape) - used)
+        parts[at : at + 1] = [slice(None)] * (len(shape) - named)
     forwards: list[Any] = []
     reversed_axes: list[tuple[int, list[int]]] = []
     axis = out_axis = 0
