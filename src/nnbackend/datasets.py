@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -179,14 +179,21 @@ def _check_fits_int64(np: Any, values: Any) -> None:
         )
 
 
+def _integer(value: Any) -> int | None:
+    """``value`` as an int (a NumPy integer too), or None for a bool, a float or a text."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _count(value: Any, name: str, where: str) -> int:
     """``value`` as an int >= 1 (a NumPy integer too; not a bool or a float)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        n = operator.index(value)
-    except TypeError:
-        raise ArgumentError(f"{where} needs {name} to be an int >= 1, got {value!r}") from None
+    n = _integer(value)
+    if n is None:
+        raise ArgumentError(f"{where} needs {name} to be an int >= 1, got {value!r}")
     if n < 1:
         raise ArgumentError(f"{where} needs {name} >= 1, got {n}")
     return n
@@ -197,13 +204,8 @@ def _seed(value: Any, where: str, limit: int | None = None) -> int | None:
     ``None`` (a fresh one)."""
     if value is None:
         return None
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        seed = operator.index(value)
-    except TypeError:
-        seed = -1
-    if seed < 0 or (limit is not None and seed >= limit):
+    seed = _integer(value)
+    if seed is None or seed < 0 or (limit is not None and seed >= limit):
         bound = "" if limit is None else " and below 2**32 (its legacy NumPy stream)"
         raise ArgumentError(f"{where} needs seed to be an int >= 0{bound}, got {value!r}")
     return seed
@@ -217,8 +219,7 @@ def _number_or_nan(value: Any) -> float:
 
 def _noise(value: Any, where: str) -> float:
     """``value`` as a finite standard deviation >= 0."""
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    noise = float(value) if real else math.nan
+    noise = _number_or_nan(value)
     if not (math.isfinite(noise) and noise >= 0.0):
         raise ArgumentError(
             f"{where} needs noise to be a finite number >= 0 (a standard deviation), got {value!r}"
@@ -396,7 +397,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manual(folder: Path, mirror: str, names: tuple[str, ...]) -> str:
+def manual_download_command(folder: Path, mirror: str, names: Iterable[str]) -> str:
+    """The shell command that downloads ``names`` from ``mirror`` into ``folder`` (for the
+    messages of a failed download; nnbackend.text's corpora use it too)."""
     # Always single-quoted, a quote inside closed, escaped and reopened: a folder such as
     # /home/o'brien broke the bare single quotes.
     urls = " ".join(shlex.quote(mirror + name) for name in names)
@@ -449,7 +452,7 @@ def _fetch(name: str, filename: str, sha256: str, mirrors: tuple[str, ...]) -> P
         f"could not download {name} file {filename} ({'; '.join(failures)}). If this machine "
         f"is offline, download the files elsewhere and copy them into {folder} (or set "
         f"{CACHE_ENV} to a folder holding a '{name}' folder with them):\n  "
-        + _manual(folder, mirrors[0], _IDX_FILES)
+        + manual_download_command(folder, mirrors[0], _IDX_FILES)
     )
 
 

@@ -134,13 +134,13 @@ def _fetch_ptb(filename: str, url_base: str, expected: str | None) -> Path:
     except (OSError, http.client.HTTPException) as exc:
         if isinstance(exc, DownloadError):
             raise
-        urls = " ".join(shlex.quote(url_base + name) for name in _PTB_FILES.values())
-        where = shlex.quote(str(folder))
+        from nnbackend.datasets import manual_download_command
+
         raise DownloadError(
             f"could not download {url} ({type(exc).__name__}: {exc}). If this machine is "
             f"offline, download the PTB files elsewhere and copy them into {folder} (or set "
-            f"{CACHE_ENV} to a folder holding a 'ptb' folder with them):\n  mkdir -p {where} "
-            f"&& cd {where} && curl -fLO --remote-name-all {urls}"
+            f"{CACHE_ENV} to a folder holding a 'ptb' folder with them):\n  "
+            + manual_download_command(folder, url_base, _PTB_FILES.values())
         ) from exc
     finally:
         if os.path.exists(tmp):
