@@ -271,3 +271,93 @@ def test_launch_ends_every_rank_on_the_first_failure(tmp_path: Path) -> None:
     assert rc != 0
     assert "rank 1 fails on purpose" in err
     assert seconds < 10, f"the job took {seconds:.1f} s to end"
+
+
+# -- ranks that differ, and a rank that exits (from the review of data-parallel training) --
+# Each case on every rank; the name of what it raised (or "ok") goes to a file per rank.
+MISMATCHES = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import numpy as np
+    import nnbackend as nb
+    from nnbackend import distributed
+
+    w = distributed.init(sys.argv[2] if len(sys.argv) > 2 else None, abort_on_error=False)
+    c = w.comm
+    lines = []
+
+    def case(name, fn):
+        try:
+            fn()
+            lines.append(f"{name} ok")
+        except Exception as exc:
+            lines.append(f"{name} {type(exc).__name__}")
+
+    def transposed():
+        p = nb.Tensor(np.zeros((2, 3) if w.rank == 0 else (3, 2)), requires_grad=True)
+        p.grad = np.ones(p.data.shape)
+        distributed.GradientReducer([p], c).reduce(0.5)
+
+    case("bcast_shape", lambda: c.broadcast(np.zeros(2 + w.rank), 0))
+    mixed = np.zeros(4, dtype="float64" if w.rank else "float32")
+    case("bcast_dtype", lambda: c.broadcast(mixed, 0))
+    case("bcast_root", lambda: c.broadcast(np.zeros(2), -1))
+    case("reducer", transposed)
+    case("f16", lambda: np.testing.assert_array_equal(
+        c.allreduce_sum(np.ones(3, dtype="float16")), np.full(3, 2, dtype="float16")))
+    c.barrier()
+    Path(sys.argv[1], f"rank{w.rank}").write_text("\\n".join(lines))
+    """
+)
+EXPECTED = [
+    "bcast_shape ShapeError",
+    "bcast_dtype DtypeError",
+    "bcast_root ArgumentError",
+    "reducer ShapeError",
+    "f16 ok",
+]
+
+
+def test_mpi_ranks_that_differ_get_typed_errors_on_every_rank(tmp_path: Path) -> None:
+    """Under mpiexec a broadcast of arrays that differed between ranks succeeded on rank 0
+    and raised an untyped mpi4py.MPI.Exception ('Message truncated') on rank 1 only; a
+    reducer over transposed parameters silently mixed their elements."""
+    mpiexec = _mpiexec()
+    script = tmp_path / "mismatch.py"
+    script.write_text(MISMATCHES)
+    rc, out, err, _ = _launch([mpiexec, "-n", "2", sys.executable, str(script), str(tmp_path)])
+    assert rc == 0, f"{out}\n{err}"
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}").read_text().splitlines() == EXPECTED
+
+
+def test_gloo_ranks_that_differ_get_typed_errors_on_every_rank(tmp_path: Path) -> None:
+    """Under torchrun (gloo) a broadcast whose dtypes differed between ranks killed rank 1
+    with a C++ 'gloo::EnforceNotMet' abort (SIGABRT), the other rank getting a connection
+    error."""
+    script = tmp_path / "mismatch.py"
+    script.write_text(MISMATCHES)
+    rc, out, err, _ = _launch([*_torchrun(), str(script), str(tmp_path), "torch"])
+    assert rc == 0, f"{out}\n{err}"
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}").read_text().splitlines() == EXPECTED
+
+
+def test_launch_ends_the_job_when_one_rank_exits(tmp_path: Path) -> None:
+    """sys.exit(n) on one rank under `nnbackend launch` (mpiexec) left the others waiting in
+    their next collective forever: SystemExit never reaches sys.excepthook, where the abort
+    hook sits. launch now runs scripts through mpi4py's runner, which aborts the job."""
+    _mpiexec()
+    script = tmp_path / "exit_one.py"
+    script.write_text(
+        "import sys\n"
+        "from nnbackend import distributed\n"
+        "w = distributed.init()\n"
+        "if w.rank == 1:\n"
+        "    sys.exit(3)\n"
+        "w.comm.barrier()\n"
+    )
+    argv = [sys.executable, "-m", "nnbackend", "launch", "-n", "2", str(script)]
+    rc, _, err, _ = _launch(argv, timeout=60.0)
+    assert rc != 0, err
