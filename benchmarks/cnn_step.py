@@ -16,11 +16,15 @@ and ``torch_native_cuda``; every worker synchronises the device before reading t
 
 Why processes: OpenBLAS's and OpenMP's idle threads spin after each GEMM, and slow whatever runs
 next in the same process (DESIGN.md, "Measure each implementation in its own process"). The
-parent starts one worker per implementation, then asks them in shuffled order, round after
-round, to time a fixed number of steps; it reports medians, the spread, the load average, and
-each worker's page faults during the timed steps and its peak RSS. The result goes to
-``benchmarks/results/cnn_step.json`` (``cnn_step_gpu.json`` with ``--gpu``), unless ``--quick``.
-Target: numpy within 2x of PyTorch CPU (reported, not enforced).
+parent starts one worker per implementation (``benchmarks/_workers.py``: every answer awaited
+at most ``--timeout`` seconds, every worker killed when one fails or on Ctrl-C), then asks them
+in shuffled order, round after round, to time a fixed number of steps; after its loop a worker
+waits, untimed, until its threads stop spinning. It reports medians, the spread, the median of
+the per-round ratios with its 90% interval, the load average, and for each worker its page
+faults over all timed steps, the libraries it loaded, its peak RSS (lifetime) and, apart from
+setup, its RSS after setup and the timed loop's growth over it. The result goes to
+``benchmarks/results/cnn_step.json`` (``cnn_step_gpu.json`` with ``--gpu``), written atomically,
+unless ``--quick``. Target: numpy within 2x of PyTorch CPU (reported, not enforced).
 """
 
 from __future__ import annotations
@@ -28,16 +32,23 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
-import random
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._workers import WorkerProcess, peak_rss_mib
+from benchmarks import median_interval, write_atomically
+from benchmarks._workers import (
+    WorkerProcess,
+    close_all,
+    kill_all,
+    memory_note,
+    run_rounds,
+    serve,
+)
 
 BATCH, SIZE, CLASSES, LR = 64, 28, 10, 0.01
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,67 +149,73 @@ def _make(name: str) -> tuple[Any, Any]:
     }[name]()
 
 
-def worker(name: str) -> None:
-    """Serve ``run N`` (time N steps, answer the seconds) and ``stats`` on stdin/stdout."""
+def _build(name: str) -> tuple[Any, Any]:
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads and "torch" in name:
         import torch
 
         torch.set_num_threads(int(threads))
-    step, sync = _make(name)
-    for _ in range(3):
-        step()
-    sync()
-    faults = 0
-    print("ready", flush=True)
-    for line in sys.stdin:
-        command = line.split()
-        if command[0] == "run":
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            start = time.perf_counter()
-            for _ in range(int(command[1])):
-                step()
-            sync()
-            seconds = time.perf_counter() - start
-            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before.ru_minflt
-            print(seconds, flush=True)
-        elif command[0] == "stats":
-            print(json.dumps({"minor_faults": faults, "peak_rss_mib": peak_rss_mib()}), flush=True)
-            return
+    return _make(name)
+
+
+def worker(name: str) -> None:
+    """Serve ``run N`` (time N steps) and ``stats`` on stdin/stdout (``_workers.serve``)."""
+    serve(lambda: _build(name), warmup=3)
+
+
+class Worker(WorkerProcess):
+    """One implementation's worker process (``python -m benchmarks.cnn_step --worker``)."""
+
+    def __init__(self, name: str, threads: int | None = None, *, timeout_s: float | None = None):
+        super().__init__("benchmarks.cnn_step", [name], name, threads, timeout_s=timeout_s)
 
 
 def measure(
-    names: tuple[str, ...], rounds: int, round_s: float, threads: int | None
+    names: tuple[str, ...],
+    rounds: int,
+    round_s: float,
+    threads: int | None = None,
+    *,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    workers = {name: WorkerProcess("benchmarks.cnn_step", [name], name, threads) for name in names}
+    """Time ``names``, each in a worker process of its own, in ``rounds`` shuffled rounds of
+    about ``round_s`` seconds; ``timeout_s`` bounds every answer (default: the larger of
+    ``WorkerProcess.timeout_s`` and 100 rounds). Every worker is killed and reaped when
+    anything fails or is interrupted."""
+    if timeout_s is None:
+        timeout_s = max(WorkerProcess.timeout_s, 100 * round_s)
+    workers: dict[str, Worker] = {}
     try:
-        steps = {}
-        for name, w in workers.items():  # calibrate: about round_s per round
-            one = float(w.ask("run 2")) / 2
-            steps[name] = max(1, int(round_s / max(one, 1e-6)))
-        times: dict[str, list[float]] = {name: [] for name in names}
-        order = list(names)
-        shuffler = random.Random(0)
-        load = []
-        for _ in range(rounds):
-            shuffler.shuffle(order)
-            for name in order:
-                seconds = float(workers[name].ask(f"run {steps[name]}"))
-                times[name].append(seconds / steps[name])
-                time.sleep(0.05)  # let spinning threads of the last worker settle
-            load.append(os.getloadavg()[0])
-    finally:
-        stats = {name: w.close() for name, w in workers.items()}
+        for name in names:
+            workers[name] = Worker(name, threads, timeout_s=timeout_s)
+        measured = run_rounds(workers, rounds, round_s=round_s)
+        stats = close_all(workers)
+    except BaseException:
+        kill_all(workers.values())
+        raise
+    times = measured.times
     return {
-        name: {
-            "median_ms": statistics.median(times[name]) * 1e3,
-            "min_ms": min(times[name]) * 1e3,
-            "max_ms": max(times[name]) * 1e3,
-            "steps_per_round": steps[name],
-            **stats[name],
-        }
-        for name in names
-    } | {"load_average_during": [round(v, 2) for v in load]}
+        "workers": {
+            name: {
+                "median_ms": statistics.median(times[name]) * 1e3,
+                "min_ms": min(times[name]) * 1e3,
+                "max_ms": max(times[name]) * 1e3,
+                "steps_per_round": measured.steps[name],
+                "minor_faults": measured.faults[name],  # over all timed steps
+                "faults_per_step": measured.faults_per_step(name),
+                **stats[name],
+                "samples_ms": [t * 1e3 for t in times[name]],
+            }
+            for name in names
+        },
+        "load_average_during": [round(v, 2) for v in measured.load],
+    }
+
+
+def round_ratios(result: dict[str, Any], a: str, b: str) -> list[float]:
+    """``a``'s time / ``b``'s time, round by round (the same round: drift cancels)."""
+    workers = result["workers"]
+    return [x / y for x, y in zip(workers[a]["samples_ms"], workers[b]["samples_ms"], strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,18 +240,33 @@ def main(argv: list[str] | None = None) -> int:
         help="BLAS / OpenMP threads per worker (default: the libraries' own choice); on a "
         "shared machine 1 keeps the workers from fighting over cores",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for any one answer of a worker before killing it (default: "
+        "600, or 100 rounds if longer)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker)
         return 0
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, not {args.rounds}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be 1 or more, not {args.threads}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        parser.error(f"--timeout must be a positive number of seconds, not {args.timeout}")
     names = GPU_WORKERS if args.gpu else CPU_WORKERS
     if args.dry_run:
         os.environ["CNN_STEP_DRY_RUN"] = "1"  # inherited by the workers
         args.quick = True
     rounds = args.rounds or (3 if args.quick else 15)
     start = time.perf_counter()
-    result = measure(names, rounds, 0.05 if args.quick else 0.4, args.threads)
+    measured = measure(names, rounds, 0.05 if args.quick else 0.4, args.threads,
+                       timeout_s=args.timeout)  # fmt: skip
+    result = measured["workers"]
     ref = "torch_native_cuda" if args.gpu else "torch_native"
     ratios = {
         f"{n} / {ref} ({stat})": result[n][f"{stat}_ms"] / result[ref][f"{stat}_ms"]
@@ -242,18 +274,26 @@ def main(argv: list[str] | None = None) -> int:
         if n != ref
         for stat in ("median", "min")
     }
+    per_round = {f"{n} / {ref}": round_ratios(measured, n, ref) for n in names if n != ref}
+    round_medians = {
+        label: {"median": statistics.median(values), "interval_90": median_interval(values)}
+        for label, values in per_round.items()
+    }
     for name in names:
         r = result[name]
         print(
             f"{name:>18}: {r['median_ms']:8.3f} ms/step (min {r['min_ms']:.3f}, max "
-            f"{r['max_ms']:.3f}); {r['minor_faults']} page faults while timed, peak RSS "
-            f"{r['peak_rss_mib']:.0f} MiB"
+            f"{r['max_ms']:.3f}); {r['faults_per_step']:.3g} page faults/step while timed, "
+            f"{memory_note(r)}, loaded {'+'.join(r['libraries'])}"
         )
     for label, value in ratios.items():
         print(f"{label:>40}: {value:.2f}x")
-    print(f"load average during the rounds: {result['load_average_during']}")
+    for label, each in round_medians.items():
+        interval = each["interval_90"]
+        text = f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "too few rounds"
+        print(f"{label + ' (median of rounds)':>40}: {each['median']:.2f}x, 90% interval {text}")
+    print(f"load average during the rounds: {measured['load_average_during']}")
     if not args.quick:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from benchmarks import machine_facts
 
         document = {
@@ -265,13 +305,14 @@ def main(argv: list[str] | None = None) -> int:
             "threads_per_worker": args.threads,
             "duration_s": round(time.perf_counter() - start, 2),
             "target": "numpy / torch_native <= 2.0 (reported)",
-            "results": result,
+            "results": result | {"load_average_during": measured["load_average_during"]},
             "ratios": ratios,
+            "round_ratios": round_medians,
             "machine": machine_facts(),
         }
         RESULTS.mkdir(exist_ok=True)
         path = RESULTS / f"{document['case']}.json"
-        path.write_text(json.dumps(document, indent=2) + "\n")
+        write_atomically(path, json.dumps(document, indent=2) + "\n")
         print(f"wrote {path}")
     return 0
 

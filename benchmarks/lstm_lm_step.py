@@ -9,18 +9,23 @@ batch 20, 35 time steps, dropout 0.5, weight tying, gradient clipping, SGD), flo
     torch_cuda     PyTorch nn.LSTM on CUDA            (--gpu)
 
 Each implementation runs in its own worker process (OpenBLAS's and OpenMP's idle threads spin
-after each call and would slow the next implementation in the same process); the parent asks
-the workers in turn, in shuffled rounds, for a few timed steps each, and reports medians, the
-load average, page faults per step and each worker's peak RSS. A step is forward, loss,
-backward, clipping and the SGD update on one batch of random word ids, ending with the loss
-read back to the host (which also waits for a GPU).
+after each call and would slow the next implementation in the same process; the machinery is
+``benchmarks/_workers.py``: every answer awaited at most ``--timeout`` seconds, every worker
+killed when one fails or on Ctrl-C); the parent asks the workers in turn, in shuffled rounds,
+for a few timed steps each, and reports medians, the load average, page faults per step over
+all timed rounds, and for each worker its peak RSS (lifetime) and, apart from setup, its RSS
+after setup and the timed loop's growth over it. A step is forward, loss, backward, clipping
+and the SGD update on one batch of random word ids, ending with the loss read back to the
+host (which also waits for a GPU). A worker that cannot run here (no GPU) is skipped, with
+its reason.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.lstm_lm_step
     python -m benchmarks.lstm_lm_step --gpu            # on a CUDA machine with cupy
     python -m benchmarks.lstm_lm_step --quick --impls engine_numpy,book_numpy
 
 Targets (issue 15): engine_numpy no slower than book_numpy; engine_cupy >= 10x engine_numpy.
-Results: benchmarks/results/lstm_lm_step.json (lstm_lm_step_gpu.json with --gpu).
+Results: benchmarks/results/lstm_lm_step.json (lstm_lm_step_gpu.json with --gpu), written
+atomically.
 """
 
 from __future__ import annotations
@@ -28,16 +33,26 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
-import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._workers import ROOT, peak_rss_mib, worker_env
+from benchmarks import write_atomically
+from benchmarks._workers import (
+    ROOT,
+    Rounds,
+    WorkerProcess,
+    WorkerSkipped,
+    close_all,
+    kill_all,
+    memory_note,
+    run_rounds,
+    serve,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 V, D, H, N, T = 10000, 650, 650, 20, 35
@@ -159,50 +174,67 @@ def _make(impl: str) -> Any:
 
 
 def worker(impl: str) -> None:
-    """Build the step, warm it up, then answer 'run K' with K step times (one JSON line)."""
-    import resource
+    """Build the step, warm it up (2 steps), then serve ``run K`` and ``stats``
+    (``_workers.serve``); an error while building or warming up answers ``skip REASON``."""
+    serve(lambda: _make(impl), warmup=2, skip_errors=(Exception,))
 
+
+class Worker(WorkerProcess):
+    """One implementation's worker (``python -m benchmarks.lstm_lm_step --worker IMPL``)."""
+
+    def __init__(self, impl: str, *, timeout_s: float | None = None) -> None:
+        super().__init__("benchmarks.lstm_lm_step", [impl], impl, timeout_s=timeout_s)
+
+
+def measure(
+    impls: list[str] | tuple[str, ...],
+    rounds: int,
+    steps: int,
+    *,
+    timeout_s: float | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Time ``impls``, each in a worker process of its own, ``steps`` steps a worker a round
+    for ``rounds`` shuffled rounds; ``timeout_s`` bounds every answer (a start builds the
+    model and runs 2 steps). Workers that cannot run here are listed in ``skipped``. Every
+    worker is killed and reaped when anything fails or is interrupted."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number, 1 or more, not {steps!r}")
+    if timeout_s is None:
+        timeout_s = max(WorkerProcess.timeout_s, 200.0 * steps)
+    workers: dict[str, Worker] = {}
+    skipped: dict[str, str] = {}
     try:
-        step = _make(impl)
-        step()
-        step()
-    except Exception as exc:  # reported to the parent as a skip, with the reason
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
-        return
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        k = int(line.split()[1])
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        times, losses = [], []
-        for _ in range(k):
-            t0 = time.perf_counter()
-            losses.append(step())
-            times.append(time.perf_counter() - t0)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        print(
-            json.dumps(
-                {
-                    "times": times,
-                    "faults": (usage.ru_minflt - before) / k,
-                    "maxrss_mb": peak_rss_mib(),
-                    "loss": losses[-1],
-                }
-            ),
-            flush=True,
+        for impl in impls:
+            try:
+                workers[impl] = Worker(impl, timeout_s=timeout_s)
+            except WorkerSkipped as exc:
+                skipped[impl] = exc.reason
+                print(f"skipped {impl}: {exc.reason}", flush=True)
+        measured = (
+            run_rounds(workers, rounds, steps=steps, progress=progress)
+            if workers
+            else Rounds({}, {}, {})
         )
-
-
-def _start(impl: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.lstm_lm_step", "--worker", impl],
-        cwd=ROOT,
-        env=worker_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, json.loads(proc.stdout.readline() or '{"error": "the worker died"}')
+        stats = close_all(workers)
+    except BaseException:
+        kill_all(workers.values())
+        raise
+    return {
+        "workers": {
+            impl: {
+                "median_s": statistics.median(measured.times[impl]),
+                "steps": steps * len(measured.times[impl]),
+                "faults_per_step": measured.faults_per_step(impl),
+                "last_loss": measured.last[impl].get("last"),
+                **stats[impl],
+                "samples_s": measured.times[impl],
+            }
+            for impl in workers
+        },
+        "skipped": skipped,
+        "load_average_during": [round(v, 2) for v in measured.load],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,61 +247,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="3 rounds of 1 step")
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/...)")
     p.add_argument("--no-save", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="toy sizes, 2 rounds, not saved")
+    p.add_argument("--dry-run", action="store_true", help="toy sizes, 3 rounds, not saved")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for any one answer of a worker before killing it (default: "
+        "600, or 200 per step if longer)",
+    )
     args = p.parse_args(argv)
     if args.worker:
         worker(args.worker)
         return 0
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            p.error(f"{flag} must be 1 or more, not {value}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        p.error(f"--timeout must be a positive number of seconds, not {args.timeout}")
     if args.dry_run:
         os.environ[SMALL_ENV] = "1"
         args.no_save, args.quick = True, True
     impls = args.impls.split(",") if args.impls else list(GPU_IMPLS if args.gpu else CPU_IMPLS)
     rounds, steps = (3, 1) if args.quick else (args.rounds, args.steps)
     started = time.perf_counter()
-    workers, skipped = {}, {}
-    for impl in impls:
-        proc, hello = _start(impl)
-        if "error" in hello:
-            skipped[impl] = hello["error"]
-            proc.wait()
-            print(f"skipped {impl}: {hello['error']}", flush=True)
-        else:
-            workers[impl] = proc
-    samples: dict[str, list[float]] = {k: [] for k in workers}
-    last: dict[str, dict[str, Any]] = {}
-    order = list(workers)
-    rng = random.Random(0)
-    for r in range(rounds):
-        rng.shuffle(order)
-        for impl in order:
-            proc = workers[impl]
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(f"run {steps}\n")
-            proc.stdin.flush()
-            reply = json.loads(proc.stdout.readline())
-            samples[impl] += reply["times"]
-            last[impl] = reply
+
+    def progress(r: int, so_far: Rounds) -> None:
         print(
             f"round {r + 1}/{rounds}: "
-            + ", ".join(f"{k} {statistics.median(v) * 1e3:.0f} ms" for k, v in samples.items()),
+            + ", ".join(
+                f"{k} {statistics.median(v) * 1e3:.0f} ms" for k, v in so_far.times.items()
+            ),
             flush=True,
         )
-    for proc in workers.values():
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait()
-    med = {k: statistics.median(v) for k, v in samples.items()}
+
+    measured = measure(impls, rounds, steps, timeout_s=args.timeout, progress=progress)
+    workers, skipped = measured["workers"], measured["skipped"]
+    med = {k: w["median_s"] for k, w in workers.items()}
     rows = []
-    for impl, m in med.items():
+    for impl, w in workers.items():
+        loss = w["last_loss"]
         rows.append(
             {
                 "name": f"{impl}: step",
-                "value": m * 1e3,
+                "value": w["median_s"] * 1e3,
                 "unit": "ms",
                 "target": None,
                 "passed": None,
-                "note": f"{len(samples[impl])} steps; {last[impl]['faults']:.0f} page faults/step; "
-                f"peak RSS {last[impl]['maxrss_mb']:.0f} MB; last loss {last[impl]['loss']:.3f}",
+                "note": f"{w['steps']} steps; {w['faults_per_step']:.0f} page faults/step; "
+                f"{memory_note(w)}; loaded {'+'.join(w['libraries'])}"
+                + (f"; last loss {loss:.3f}" if isinstance(loss, float) else ""),
             }
         )
 
@@ -317,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.perf_counter() - started, 2),
         "skipped": None if workers else "; ".join(f"{k}: {v}" for k, v in skipped.items()),
         "skipped_impls": skipped,
+        "load_average_during": measured["load_average_during"],
+        "workers": workers,
         "passed": all(checks) if checks else None,
         "rows": rows,
         "machine": machine,
@@ -327,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         out = args.out or RESULTS / f"{document['case']}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(document, indent=1) + "\n")
+        write_atomically(out, json.dumps(document, indent=1) + "\n")
         print(f"saved {out}")
     return 0
 

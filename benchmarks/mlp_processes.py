@@ -14,8 +14,10 @@ process: ``tests/test_benchmarks.py`` checks it) and the parent asks the workers
 order round after round, to time a loop of steps. After its loop a worker waits, untimed, until
 its own CPU time stops growing (its spinning threads have gone to sleep) before it answers, so
 it does not steal the next worker's cores. Reported per implementation: the median time per
-step, page faults per step in the timed loops, peak RSS; per pair: the median of per-round
-ratios; and the load average over the rounds.
+step, page faults per step in the timed loops, peak RSS (the process's lifetime peak, which
+issue 19's memory target reads) and, apart from imports, data and warm-up, the RSS after setup
+and the timed loop's growth over it (``_workers.MemoryMeter``); per pair: the median of
+per-round ratios; and the load average over the rounds.
 
 With ``--replicas K`` each implementation runs in K worker processes instead of one: where a
 process's arrays happen to land in memory moves one loop's time by several percent from one
@@ -56,21 +58,24 @@ import dataclasses
 import json
 import math
 import os
-import random
-import resource
-import signal
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import Options, Row, interval_note, register, row
-from benchmarks._workers import WorkerError, WorkerProcess, kill_all, peak_rss_mib
+from benchmarks import Options, Row, interval_note, register, row, write_atomically
+from benchmarks._workers import (
+    LIBRARIES,  # noqa: F401 (re-exported: the libraries a worker reports)
+    WorkerProcess,
+    close_all,
+    kill_all,
+    memory_note,
+    run_rounds,
+    serve,
+    settle_threads,
+)
 
-# Libraries whose presence in a worker says which one it timed.
-LIBRARIES = ("numpy", "torch", "numba", "jax")
 #: nnbackend's opt-in allocator setting: set in the ``engine_keep`` worker only.
 KEEP_MEMORY_ENV = "NNBACKEND_KEEP_FREED_MEMORY"
 
@@ -290,48 +295,15 @@ def _make_step(impl: str, config: Config) -> Any:
     raise ValueError(f"unknown implementation {impl!r}")
 
 
-def _settle(cap_s: float = 0.5) -> None:
-    """Sleep until this process's CPU time (all its threads) stops growing: its BLAS / OpenMP
-    threads have stopped spinning and will not steal the next worker's cores."""
-    deadline = time.perf_counter() + cap_s
-    last = time.process_time()
-    while time.perf_counter() < deadline:
-        time.sleep(0.005)
-        now = time.process_time()
-        if now - last < 0.0005:
-            return
-        last = now
+#: Kept for callers of the old name: ``_workers.settle_threads``.
+_settle = settle_threads
 
 
 def worker(impl: str, config_name: str) -> None:
-    """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS
-    and which of :data:`LIBRARIES` this process loaded) on stdin/stdout.
-
-    Ctrl-C is the parent's to handle (it kills its workers): a worker ignores SIGINT, so a
-    Ctrl-C in a terminal, sent to every process of the group, does not leave the parent
-    asking dead workers for their statistics."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    step = _make_step(impl, CONFIGS[config_name])
-    for _ in range(3):
-        step()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        command = line.split()
-        if command[0] == "run":
-            n = int(command[1])
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            seconds = time.perf_counter() - start
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-            _settle()
-            print(json.dumps({"s": seconds, "faults": faults}), flush=True)
-        elif command[0] == "stats":
-            peak = peak_rss_mib()
-            loaded = [name for name in LIBRARIES if name in sys.modules]
-            print(json.dumps({"peak_rss_mib": peak, "libraries": loaded}), flush=True)
-            return
+    """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS,
+    the loop's memory apart from setup, and which of :data:`LIBRARIES` this process loaded) on
+    stdin/stdout: ``_workers.serve``, which also ignores Ctrl-C (the parent's to handle)."""
+    serve(lambda: _make_step(impl, CONFIGS[config_name]), warmup=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,26 +322,10 @@ class Worker(WorkerProcess):
 
     def run(self, n: int) -> tuple[float, int]:
         """Seconds for ``n`` steps and the page faults they took; a time that is not a
-        positive finite number, or an answer out of protocol, raises :class:`WorkerError`
+        positive finite number, or an answer out of protocol, raises ``WorkerError``
         (a ratio of it would be a division by zero, or a NaN that sorts anywhere)."""
-        answer = self.ask(f"run {n}")
-        try:
-            parsed = json.loads(answer)
-            seconds, faults = float(parsed["s"]), int(parsed["faults"])
-        except (ValueError, TypeError, KeyError):
-            self.kill()
-            raise WorkerError(
-                f"worker {self.name} answered {answer!r} to 'run {n}'; expected one line of "
-                'JSON like {"s": 0.25, "faults": 0}'
-            ) from None
-        if not (math.isfinite(seconds) and seconds > 0) or faults < 0:
-            self.kill()
-            raise WorkerError(
-                f"worker {self.name} timed {n} steps at {seconds!r} s with {faults} page "
-                "faults: a time must be positive and finite, a count not negative (its clock "
-                "or its step is broken)"
-            )
-        return seconds, faults
+        answer = self.run_steps(n)
+        return answer["s"], answer["faults"]
 
 
 def measure(
@@ -419,30 +375,12 @@ def measure(
         for impl, own in names.items():
             for name in own:
                 workers[name] = Worker(impl, config.name, threads, timeout_s)
-        steps = {}
-        for name, w in workers.items():
-            seconds, _ = w.run(2)
-            steps[name] = max(1, round(round_s / max(seconds / 2, 1e-7)))
-        times: dict[str, list[float]] = {name: [] for name in workers}
-        faults: dict[str, int] = dict.fromkeys(workers, 0)
-        order = list(workers)
-        shuffle = random.Random(0).shuffle
-        load = []
-        for r in range(warmup + rounds):
-            shuffle(order)
-            for name in order:
-                seconds, f = workers[name].run(steps[name])
-                if r >= warmup:
-                    times[name].append(seconds / steps[name])
-                    faults[name] += f
-            if r >= warmup:
-                load.append(os.getloadavg()[0])
-        stats = {}
-        for name, w in workers.items():
-            stats[name] = w.close()
+        measured = run_rounds(workers, rounds, round_s=round_s, warmup=warmup)
+        stats = close_all(workers)
     except BaseException:
         kill_all(workers.values())
         raise
+    steps, times, faults, load = measured.steps, measured.times, measured.faults, measured.load
     median = statistics.median
     samples = {
         impl: [median(each) for each in zip(*(times[n] for n in own), strict=True)]
@@ -468,6 +406,7 @@ def measure(
                 "steps_per_round": steps[own[0]],
                 "faults_per_step": max(faults[n] / (steps[n] * rounds) for n in own),
                 "peak_rss_mib": max(stats[n]["peak_rss_mib"] for n in own),
+                **_loop_memory([stats[n] for n in own]),
                 "libraries": stats[own[0]]["libraries"],
                 "replica_medians_s": [median(times[n]) for n in own],
             }
@@ -476,6 +415,17 @@ def measure(
         "samples": samples,
         "process_samples": times,  # each worker process's own, by its name
     }
+
+
+def _loop_memory(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The loop's memory apart from setup (``_workers.MemoryMeter``), from the process with
+    the largest growth (with replicas); nothing where the workers did not report it."""
+    known = [s for s in stats if s.get("loop_rss_growth_mib") is not None]
+    if not known:
+        return {}
+    worst = max(known, key=lambda s: s["loop_rss_growth_mib"])
+    keys = ("setup_rss_mib", "loop_peak_rss_mib", "loop_rss_growth_mib", "loop_peak_source")
+    return {key: worst.get(key) for key in keys}
 
 
 #: The hand-written baselines: the lean loop (allocating, the book's shape) and the same loop
@@ -536,9 +486,8 @@ def rows_of(result: dict[str, Any]) -> list[Row]:
                 f"{name}: {impl} step",
                 value,
                 unit,
-                note=f"{w['faults_per_step']:.3g} page faults/step, peak RSS "
-                f"{w['peak_rss_mib']:.0f} MiB, loaded {'+'.join(w['libraries'])}"
-                + _spread(w.get("replica_medians_s", ())),
+                note=f"{w['faults_per_step']:.3g} page faults/step, {memory_note(w)}, "
+                f"loaded {'+'.join(w['libraries'])}" + _spread(w.get("replica_medians_s", ())),
             )
         )
     for a, b, at_most in targets:
@@ -663,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             target = f"  [{r.target}: {'met' if r.passed else 'MISSED'}]" if r.target else ""
             print(f"{r.name:>48}: {r.value:10.3f} {r.unit}{target}  {r.note}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_atomically(Path(args.json), json.dumps(results, indent=2) + "\n")
     return 0
 
 
