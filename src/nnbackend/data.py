@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Iterator
+import operator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 from nnbackend import random as nb_random
@@ -33,6 +35,57 @@ from nnbackend.datasets import host_permutation, host_rows, to_backend
 from nnbackend.errors import ArgumentError, ShapeError
 
 __all__ = ["DataLoader"]
+
+
+def _table_rows(source: Any) -> Any:
+    """A pandas DataFrame or Series (told by duck typing: ``to_numpy`` with ``iloc`` or
+    ``columns``, so pandas is never imported) as the NumPy array of its rows; anything else
+    as it is. ``df[i]`` is the *column* labelled i and ``series[i]`` the *label* i, so
+    reading rows one ``source[i]`` at a time gave columns (silently, for integer column
+    labels), a bare KeyError, or the labels of a shuffled Series in index order."""
+    to_numpy = getattr(source, "to_numpy", None)
+    if not callable(to_numpy) or not (hasattr(source, "iloc") or hasattr(source, "columns")):
+        return source
+    try:
+        return to_numpy()
+    except Exception as exc:
+        raise ArgumentError(
+            f"DataLoader could not read the {type(source).__name__}'s rows with .to_numpy() "
+            f"({type(exc).__name__}: {exc}); pass DataLoader(df.to_numpy(dtype=...), ...) "
+            "with the numeric columns you want"
+        ) from exc
+
+
+def _check_rows(source: Any, what: str) -> None:
+    """Refuse what cannot give rows ``source[i]``: a set (a bare TypeError at the first
+    batch), a dict not keyed by row number (Keras's ``{"x": x, "t": t}``: a bare KeyError)."""
+    if getattr(source, "shape", None) is not None:
+        return
+    if not hasattr(type(source), "__getitem__"):
+        raise ArgumentError(
+            f"{what} needs rows source[i]: a NumPy array, a list, or an object with __len__ "
+            f"and __getitem__, got {type(source).__name__}"
+        )
+    if isinstance(source, Mapping) and len(source) and 0 not in source:
+        keys = list(islice(source, 5))
+        hint = ", ".join(f"d[{k!r}]" for k in keys[:2])
+        raise ArgumentError(
+            f"{what} is a dict with keys {keys}, not a data set of rows (DataLoader reads "
+            f"rows x[0]..x[n-1]); pass its arrays apart: DataLoader({hint}, ...)"
+        )
+
+
+def _describe(row: Any) -> str:
+    """What a row ``x[i]`` is, for the message that it is no pair ``(x_i, t_i)``."""
+    if isinstance(row, Mapping):
+        return (
+            f"a dict with keys {list(islice(row, 5))}; return (row[x_key], row[t_key]) from "
+            "__getitem__, or pass the inputs and targets apart: DataLoader(x, t)"
+        )
+    if isinstance(row, tuple):
+        return f"a tuple of {len(row)}"
+    shape = getattr(row, "shape", None)
+    return f"a {type(row).__name__}" + ("" if shape is None else f" of shape {tuple(shape)}")
 
 
 def _length(source: Any, what: str) -> int:
@@ -54,7 +107,9 @@ class DataLoader:
     Args:
         x: the inputs, one row per sample: a NumPy array (``np.load(path, mmap_mode="r")``
             streams from disk), or any object with ``__len__`` and ``__getitem__(i)``; when
-            ``t`` is ``None``, ``x[i]`` returns the pair ``(x_i, t_i)``.
+            ``t`` is ``None``, ``x[i]`` returns the pair ``(x_i, t_i)``. A pandas DataFrame or
+            Series is read by rows (positions, not index labels), copied once with
+            ``.to_numpy()``.
         t: the targets, with as many rows, or ``None`` (see ``x``).
         batch_size: rows per batch; the last batch may be smaller unless ``drop_last``.
         shuffle: draw a new order every epoch from :mod:`nnbackend.random`, seeded by
@@ -92,6 +147,10 @@ class DataLoader:
                 "DataLoader got a pair of arrays (x, t) as x; pass them apart: "
                 "DataLoader(x, t, ...) (or DataLoader(*data, ...) for a Dataset)"
             )
+        x, t = _table_rows(x), _table_rows(t)
+        _check_rows(x, "DataLoader(x)")
+        if t is not None:
+            _check_rows(t, "DataLoader(t)")
         n = _length(x, "DataLoader(x)")
         if t is not None and _length(t, "DataLoader(t)") != n:
             raise ShapeError(f"DataLoader: {n} inputs but {_length(t, 'DataLoader(t)')} targets")
@@ -109,6 +168,8 @@ class DataLoader:
             )
         self.prefetch = bool(prefetch)
         self.like = like
+        if seed is not None and not isinstance(seed, bool) and hasattr(type(seed), "__index__"):
+            seed = operator.index(seed)  # np.int64(3) as 3 (Generator took only Python ints)
         self.generator = nb_random.Generator(seed) if self.shuffle else None
 
     def __len__(self) -> int:
@@ -133,7 +194,10 @@ class DataLoader:
         if self.t is None:
             rows = host_rows(self.x, index)
             if not isinstance(rows, tuple) or len(rows) != 2:
-                raise ShapeError("DataLoader(x) without t needs x[i] to return a pair (x_i, t_i)")
+                raise ShapeError(
+                    "DataLoader(x) without t needs x[i] to return a pair (x_i, t_i); "
+                    f"x[{int(index[0])}] is {_describe(self.x[int(index[0])])}"
+                )
             xb, tb = rows
         else:
             xb, tb = host_rows(self.x, index), host_rows(self.t, index)

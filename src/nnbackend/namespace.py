@@ -3,8 +3,10 @@
 ``namespace()`` returns a module object holding the backend's own Array API namespace
 (array-api-compat's wrappers for numpy, cupy and torch; array-api-strict as is), with one
 change: the creation functions whose dtype the standard leaves to the library use nnbackend's
-default floating dtype. Every other name is the backend's own function object, so ``xp.exp``
-costs exactly what ``array_api_compat.numpy.exp`` costs.
+default floating dtype. Those, and ``zeros_like``, ``ones_like``, ``empty_like``, ``full_like``
+and ``astype``, take dtype names ("float32") on every backend. Every other name is the
+backend's own function object, so ``xp.exp`` costs exactly what ``array_api_compat.numpy.exp``
+costs.
 
 One namespace is built per (backend, dtype, device) and cached; with unchanged settings
 ``namespace()`` is a context-variable read and two comparisons.
@@ -395,6 +397,63 @@ def _creation_functions(
     return made
 
 
+_LIKE_NAMES = ("zeros_like", "ones_like", "empty_like", "full_like", "astype")
+
+
+def _dtype_name_functions(base: Any) -> dict[str, Any]:
+    """``zeros_like``, ``ones_like``, ``empty_like``, ``full_like`` and ``astype`` of ``base``
+    taking a dtype name ("float32") too, as the creation functions do: torch and
+    array_api_strict take only their dtype objects (a bare TypeError, ValueError or
+    AttributeError), numpy took the names. A dtype object goes through untouched: the cost
+    is one call frame and one type check. Where the dtype is left out, the result keeps
+    ``x``'s dtype (and device), as the standard says."""
+    b_zeros_like, b_ones_like = base.zeros_like, base.ones_like
+    b_empty_like, b_full_like, b_astype = base.empty_like, base.full_like, base.astype
+
+    def zeros_like(x: Any, /, *, dtype: Any = None, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = _named(base, dtype)
+        return b_zeros_like(x, dtype=dtype, **kwargs)
+
+    def ones_like(x: Any, /, *, dtype: Any = None, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = _named(base, dtype)
+        return b_ones_like(x, dtype=dtype, **kwargs)
+
+    def empty_like(x: Any, /, *, dtype: Any = None, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = _named(base, dtype)
+        return b_empty_like(x, dtype=dtype, **kwargs)
+
+    def full_like(x: Any, /, *args: Any, dtype: Any = None, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = _named(base, dtype)
+        return b_full_like(x, *args, dtype=dtype, **kwargs)
+
+    def astype(x: Any, dtype: Any, /, **kwargs: Any) -> Any:
+        if type(dtype) is str:
+            dtype = _named(base, dtype)
+        return b_astype(x, dtype, **kwargs)
+
+    made: dict[str, Callable[..., Any]] = {}
+    wrappers: tuple[Callable[..., Any], ...] = (
+        zeros_like,
+        ones_like,
+        empty_like,
+        full_like,
+        astype,
+    )
+    for wrapper in wrappers:
+        original = getattr(base, wrapper.__name__)
+        wrapper.__doc__ = (
+            f'{wrapper.__name__} of the backend namespace, taking a dtype name ("float32") '
+            f"as well as a dtype object.\n\n{original.__doc__ or ''}"
+        )
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        made[wrapper.__name__] = wrapper
+    return made
+
+
 def _fft_module(base: Any, base_fft: Any, default: Any, device: Any) -> ModuleType:
     """A copy of the backend's ``fft`` namespace whose ``fftfreq`` and ``rfftfreq`` return
     nnbackend's default floating dtype (and the ``using`` block's device) where the caller
@@ -516,6 +575,8 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
         if not name.startswith("__") or name in _KEPT_DUNDERS:
             ns.__dict__[name] = value
     ns.__dict__.update(_creation_functions(base, default, device_object, record.device))
+    if all(hasattr(base, name) for name in _LIKE_NAMES):
+        ns.__dict__.update(_dtype_name_functions(base))
     if hasattr(base, "fft"):
         ns.fft = _fft_module(base, base.fft, default, device_object)  # type: ignore[attr-defined]
     info = NamespaceInfo(base_info, default, device_object, base)

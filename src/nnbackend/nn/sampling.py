@@ -38,6 +38,13 @@ __all__ = [
 ]
 
 
+# The most word ids (``vocab_size``) a corpus shorter than that may imply: the sampler keeps
+# one weight per id, so a larger vocabulary than the corpus has words (a remapped corpus,
+# ids 0..V-1, never has) is a corpus of unmapped ids (hashes, raw token numbers), not a
+# vocabulary of that many words.
+_MAX_SPARSE_VOCAB = 2**22
+
+
 def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
@@ -112,7 +119,10 @@ class UnigramSampler:
 
     ``corpus`` is a sequence (list, host or backend array) of word ids; ``vocab_size``
     defaults to ``max(corpus) + 1``. ``generator`` is a :class:`nnbackend.random.Generator`,
-    a seed, or None (the module-level generator).
+    a seed, or None (the module-level generator). The sampler keeps one weight per id below
+    ``vocab_size``, so a vocabulary larger than both 2**22 ids and the corpus's length (ids
+    that were never remapped, such as hashes: ``[0, 10**12]``) is an
+    :class:`~nnbackend.errors.ArgumentError`; remap the ids to ``0..V-1`` first.
 
     ``exclude_target=False`` (default) draws all ``(N, sample_size)`` ids at once, with
     replacement (the book's GPU path): no device sync, one host draw per batch.
@@ -139,6 +149,21 @@ class UnigramSampler:
         size = top + 1 if vocab_size is None else _integer("vocab_size", vocab_size)
         if size <= top:
             raise ArgumentError(f"UnigramSampler: vocab_size={size} but the corpus holds id {top}")
+        if size > max(_MAX_SPARSE_VOCAB, len(ids)):
+            # Checked before the weights: one list entry per id below vocab_size, so the
+            # corpus [0, 10**12] built a list of 10**12 floats (a hang, then no memory).
+            implied = (
+                f"the largest id {top} implies a vocabulary of {size} words (largest id + 1)"
+                if vocab_size is None
+                else f"vocab_size={size} (the corpus's largest id is {top}) means {size} words"
+            )
+            raise ArgumentError(
+                f"UnigramSampler: {implied}, but the corpus holds only {len(set(ids))} "
+                f"distinct ids in {len(ids)} words; the sampler keeps one weight per id in "
+                "0..vocab_size-1, so remap the ids to 0..V-1 (V the number of distinct words: "
+                "np.unique(corpus, return_inverse=True)[1], or nnbackend.text.preprocess on "
+                "the text) and leave vocab_size out or make it V"
+            )
         sample_size = _integer("sample_size", sample_size)
         if sample_size < 1:
             raise ArgumentError(f"sample_size must be >= 1, got {sample_size}")
@@ -169,6 +194,12 @@ class UnigramSampler:
                 f"UnigramSampler: power={power} overflows the counts of this corpus "
                 f"(largest count {max(counts.values())}); use a smaller power"
             ) from None
+        if total == 0.0:  # every count ** power underflowed (a bare ZeroDivisionError below)
+            raise ArgumentError(
+                f"UnigramSampler: power={power} underflows the counts of this corpus (smallest "
+                f"count {min(counts.values())}): every count ** power is 0.0; use a power "
+                "closer to 0"
+            )
         #: The sampling distribution, a list of ``vocab_size`` floats (on the host).
         self.word_p = [w / total for w in weights]
         if exclude_target and sum(1 for w in weights if w > 0) <= self.sample_size:
