@@ -9,6 +9,7 @@ any other backend travel through a host NumPy buffer (gloo).
 from __future__ import annotations
 
 import atexit
+import math
 import os
 from typing import Any
 
@@ -21,6 +22,76 @@ from nnbackend.errors import (
 )
 
 TORCH_HINT = "pip install 'nnbackend[distributed-torch]' (torch with torch.distributed)"
+
+TIMEOUT_ENV = "NNBACKEND_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT = 1800.0  # seconds: a first step (compilation, data loading) may take long
+
+
+class _FromEnv:
+    """The default of every ``timeout=`` keyword: ``NNBACKEND_COLLECTIVE_TIMEOUT``, else
+    :data:`DEFAULT_TIMEOUT`."""
+
+    def __repr__(self) -> str:
+        return f"<{TIMEOUT_ENV} or {DEFAULT_TIMEOUT:g} s>"
+
+
+FROM_ENV: Any = _FromEnv()
+
+
+def collective_timeout(timeout: Any = FROM_ENV, env: Any = None) -> float | None:
+    """The seconds a collective may wait for the other ranks before it raises
+    :class:`~nnbackend.errors.CollectiveError`; ``None`` waits forever.
+
+    ``timeout`` is a number of seconds (``0`` or ``None``: forever); left out, the
+    environment variable ``NNBACKEND_COLLECTIVE_TIMEOUT`` (seconds; ``0``, ``none`` or
+    ``inf``: forever) decides, else :data:`DEFAULT_TIMEOUT` (30 minutes)."""
+    if timeout is FROM_ENV:
+        environ = os.environ if env is None else env
+        text = str(environ.get(TIMEOUT_ENV, "")).strip()
+        if not text:
+            return DEFAULT_TIMEOUT
+        if text.lower() in ("none", "inf", "infinity", "forever"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not value >= 0:  # NaN too
+            raise ArgumentError(
+                f"environment variable {TIMEOUT_ENV}={text!r} must be a number of seconds >= 0 "
+                "(how long a collective waits for the other ranks; 0 or 'none': forever), "
+                f"e.g. {TIMEOUT_ENV}=600; unset it for the default {DEFAULT_TIMEOUT:g} s"
+            )
+        return None if value == 0 or math.isinf(value) else value
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise ArgumentError(
+            f"timeout must be a number of seconds >= 0 (how long a collective waits for the "
+            f"other ranks; 0 or None: forever), got {timeout!r}"
+        )
+    return None if timeout == 0 or math.isinf(timeout) else float(timeout)
+
+
+def timeout_hint(timeout: float | None) -> str:
+    """The end of a timeout's message: what to check, and how to wait longer."""
+    if timeout is None:
+        now = "no timeout"
+    elif math.isnan(timeout):  # a process group the script made: its own timeout
+        now = "the timeout of the process group the script made itself"
+    else:
+        now = f"the timeout is {timeout:g} s"
+    return (
+        "check the other ranks' output and logs (one of them failed, hangs, stopped early or "
+        f"runs other collectives); if they are only slow, wait longer ({now}): "
+        f"distributed.init(timeout=seconds) or {TIMEOUT_ENV}=seconds (0: forever). This "
+        "job cannot continue: let the error end it (an uncaught error aborts every rank)"
+    )
 
 
 def _dist() -> Any:
@@ -107,8 +178,18 @@ class TorchComm:
     """:class:`nnbackend.distributed.Communicator` over an initialised torch.distributed
     process group (``backend="gloo"`` or ``"nccl"``)."""
 
-    def __init__(self, engine: str, rank: int, size: int, device: Any, record_of: Any) -> None:
+    def __init__(
+        self,
+        engine: str,
+        rank: int,
+        size: int,
+        device: Any,
+        record_of: Any,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
         self.engine = engine
+        # What the process group was made with (None: forever; NaN: unknown, the script's).
+        self.timeout = timeout
         self._record_of = record_of
         self.rank = rank
         self.size = size
@@ -122,6 +203,12 @@ class TorchComm:
             return call(*args, **kwargs)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+                raise CollectiveError(
+                    f"{what} failed on rank {self.rank} of {self.size} ({self.engine}): it "
+                    f"timed out, the other ranks did not join it ({first}); "
+                    f"{timeout_hint(self.timeout)}"
+                ) from exc
             raise CollectiveError(
                 f"{what} failed on rank {self.rank} of {self.size} ({self.engine}): {first}. "
                 "Another rank may have failed or stopped early; its own error says why"
@@ -163,10 +250,16 @@ def _destroy(dist: Any) -> None:
         dist.destroy_process_group()
 
 
-def torch_communicator(engine: str, found: dict[str, Any], record_of: Any) -> TorchComm:
+def torch_communicator(
+    engine: str, found: dict[str, Any], record_of: Any, timeout: Any = FROM_ENV
+) -> TorchComm:
     """Initialise torch.distributed from the launcher's environment (torchrun sets
     ``MASTER_ADDR``/``MASTER_PORT``; under mpiexec or srun set them yourself) and return its
-    communicator. ``engine="torch"`` uses gloo, ``"nccl"`` NCCL on ``cuda:<local_rank>``."""
+    communicator. ``engine="torch"`` uses gloo, ``"nccl"`` NCCL on ``cuda:<local_rank>``.
+    ``timeout`` (see :func:`collective_timeout`) is the process group's: a collective that
+    waits longer raises :class:`~nnbackend.errors.CollectiveError`. (A process group the
+    script initialised itself keeps its own timeout.)"""
+    seconds = collective_timeout(timeout)
     dist = _dist()
     if engine not in ("torch", "nccl"):
         raise ArgumentError(f"torch_communicator: engine must be 'torch' or 'nccl', got {engine}")
@@ -199,11 +292,21 @@ def torch_communicator(engine: str, found: dict[str, Any], record_of: Any) -> To
             ) from exc
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
+        import datetime
+
         backend = "nccl" if engine == "nccl" else "gloo"
+        # torch has no "forever": a year stands for it (gloo counts milliseconds in 64 bits).
+        limit = datetime.timedelta(seconds=365 * 86400.0 if seconds is None else seconds)
         if size == 1:  # a world of one needs no rendezvous: an in-memory store
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(
+                backend, store=dist.HashStore(), rank=0, world_size=1, timeout=limit
+            )
         else:
-            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size)
+            dist.init_process_group(
+                backend, init_method="env://", rank=rank, world_size=size, timeout=limit
+            )
         # A group left alive at interpreter exit made gloo abort (SIGABRT) after a clean run.
         atexit.register(_destroy, dist)
-    return TorchComm(engine, dist.get_rank(), dist.get_world_size(), device, record_of)
+    else:
+        seconds = math.nan  # the script's own group: its timeout is unknown here
+    return TorchComm(engine, dist.get_rank(), dist.get_world_size(), device, record_of, seconds)

@@ -21,14 +21,25 @@ communicators joined in memory, one per thread (the in-process fake the unit tes
 
 from __future__ import annotations
 
+import atexit
 import copy
 import math
 import os
+import pickle
 import threading
+import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
-from nnbackend.backends.collectives import array_meta, check_root, check_same_arrays
+from nnbackend.backends.collectives import (
+    FROM_ENV,
+    array_meta,
+    check_root,
+    check_same_arrays,
+    collective_timeout,
+    timeout_hint,
+)
 from nnbackend.errors import (
     ArgumentError,
     BackendUnavailableError,
@@ -285,16 +296,37 @@ def _mpi() -> Any:
 class MPIComm(Communicator):
     """Collectives over mpi4py (``MPI.COMM_WORLD`` unless ``comm`` is given). Arrays travel
     through host memory: each buffer is copied to a NumPy array, reduced, and moved back to
-    its backend and device."""
+    its backend and device.
+
+    Every collective is MPI's nonblocking one (``Iallreduce``, ``Ibcast``, ``Ibarrier``,
+    ``Iallgather``), completed by polling: a rank whose partners never come (one failed,
+    hangs, or runs other collectives) raises :class:`CollectiveError` after ``timeout``
+    seconds instead of waiting forever. ``timeout``: seconds, ``0`` or ``None`` for no limit;
+    left out, the ``NNBACKEND_COLLECTIVE_TIMEOUT`` environment variable, else 30 minutes.
+    MPI cannot cancel a collective, so after a timeout this communicator refuses every
+    further call: end the job (an uncaught error does, through ``init``'s abort hook or
+    ``python -m mpi4py``).
+
+    The wait polls ``Test()`` without pause for its first millisecond (a collective whose
+    ranks are in step costs what the blocking call costs), then sleeps between polls, 5% of
+    the time waited so far (50 us at first, at most 10 ms): a long wait for a late rank
+    takes a few percent of a core, where MPI's blocking calls take all of it.
+    """
 
     engine = "mpi"
 
-    def __init__(self, comm: Any = None) -> None:
+    def __init__(self, comm: Any = None, *, timeout: Any = FROM_ENV) -> None:
+        self.timeout = collective_timeout(timeout)
         mpi = _mpi()
         self._MPI = mpi
         self.comm = mpi.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        # Set by the first timeout: the reason every later collective is refused.
+        self._broken: str | None = None
+        # Requests (and their buffers) of collectives that timed out: MPI may still write
+        # into these buffers, so they must never be freed.
+        self._stuck: list[Any] = []
 
     @staticmethod
     def _host_copy(a: Any) -> tuple[Any, Any]:
@@ -315,10 +347,51 @@ class MPIComm(Communicator):
             f"different collectives (one stopped early?); MPI said: {first}"
         )
 
+    def _start(self, what: str) -> None:
+        if self._broken is not None:
+            raise CollectiveError(
+                f"{what} on rank {self.rank} of {self.size} refused: {self._broken}; MPI "
+                "cannot cancel a collective, so this communicator cannot be used any more: "
+                "end the job and start it again"
+            )
+
+    def _wait(self, request: Any, what: str, *keep: Any) -> None:
+        """Poll ``request`` until it completes; past the timeout, raise (and keep the
+        request and the buffers ``keep`` alive for good)."""
+        if request.Test():  # the fast collective: no clock, no sleep
+            return
+        timeout = self.timeout
+        test, clock, sleep = request.Test, time.monotonic, time.sleep
+        start = clock()
+        while True:
+            for _ in range(_POLLS):
+                if test():
+                    return
+            waited = clock() - start
+            if timeout is not None and waited >= timeout:
+                break
+            if waited >= _SPIN_S:
+                pause = min(_MAX_SLEEP_S, waited * _SLEEP_FRACTION)
+                if timeout is not None:
+                    pause = min(pause, timeout - waited)
+                sleep(pause)
+        self._stuck.append((request, keep))
+        if self._broken is None:
+            # Leaving normally now would leave the job waiting for the rank that never
+            # came (mpiexec waits for every rank): end every rank at exit instead.
+            atexit.register(self._abort_at_exit)
+        self._broken = f"an earlier {what} timed out after {timeout:g} s"
+        raise CollectiveError(
+            f"{what} on rank {self.rank} of {self.size} (mpi) timed out after {waited:.3g} s: "
+            f"the other ranks did not join it; {timeout_hint(timeout)}"
+        )
+
     def allreduce_sum(self, a: Any) -> Any:
+        self._start("allreduce_sum")
         record, buf = self._host_copy(a)
         try:
-            self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+            request = self.comm.Iallreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+            self._wait(request, "allreduce_sum", buf)
         except self._MPI.Exception as exc:
             raise self._failed("allreduce_sum", a, exc) from exc
         return self._back(record, a, buf)
@@ -328,20 +401,92 @@ class MPIComm(Communicator):
         check_same_arrays(self.allgather_obj(array_meta(a)), "broadcast")
         record, buf = self._host_copy(a)
         try:
-            self.comm.Bcast(buf, root=root)
+            self._wait(self.comm.Ibcast(buf, root=root), "broadcast", buf)
         except self._MPI.Exception as exc:
             raise self._failed("broadcast", a, exc) from exc
         return self._back(record, a, buf)
 
+    @staticmethod
+    def _pickle(obj: Any) -> tuple[bytes | None, str]:
+        try:
+            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), ""
+        except Exception as exc:  # any error of a __reduce__ of the user's
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def _unpicklable(self, what: str, obj: Any, why: str) -> ArgumentError:
+        return ArgumentError(
+            f"{what} on rank {self.rank}: the object ({type(obj).__name__}) cannot be pickled "
+            f"to travel to the other ranks ({why}); pass plain Python data (numbers, strings, "
+            "lists, dicts, NumPy arrays)"
+        )
+
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
         check_root(root, self.size)
-        return self.comm.bcast(obj, root=root)
+        self._start("bcast_obj")
+        mpi = self._MPI
+        data, why = self._pickle(obj) if self.rank == root else (b"", "")
+        # The length first (-1: the root could not pickle it, so every rank raises).
+        length = array("q", [-1 if data is None else len(data)])
+        self._wait(self.comm.Ibcast([length, mpi.INT64_T], root=root), "bcast_obj", length)
+        if length[0] < 0:
+            if self.rank == root:
+                raise self._unpicklable("bcast_obj", obj, why)
+            raise CollectiveError(
+                f"bcast_obj on rank {self.rank}: rank {root} could not send its object (it "
+                f"cannot be pickled; rank {root}'s own error says why)"
+            )
+        buf = bytearray(data) if self.rank == root and data else bytearray(length[0])
+        if length[0]:
+            self._wait(self.comm.Ibcast([buf, mpi.BYTE], root=root), "bcast_obj", buf)
+        return pickle.loads(buf)  # a copy on the root too, as mpi4py's bcast gave
 
     def allgather_obj(self, obj: Any) -> list[Any]:
-        return list(self.comm.allgather(obj))
+        self._start("allgather_obj")
+        mpi = self._MPI
+        data, why = self._pickle(obj)
+        mine = array("q", [-1 if data is None else len(data)])
+        lengths = array("q", [0] * self.size)
+        request = self.comm.Iallgather([mine, mpi.INT64_T], [lengths, mpi.INT64_T])
+        self._wait(request, "allgather_obj", mine, lengths)
+        failed = [r for r, n in enumerate(lengths) if n < 0]
+        if failed:
+            if data is None:
+                raise self._unpicklable("allgather_obj", obj, why)
+            raise CollectiveError(
+                f"allgather_obj on rank {self.rank}: rank(s) {failed} could not send their "
+                "object (it cannot be pickled; their own error says why)"
+            )
+        assert data is not None
+        counts = list(lengths)
+        displacements = [sum(counts[:r]) for r in range(self.size)]
+        out = bytearray(sum(counts))
+        send = bytearray(data)
+        request = self.comm.Iallgatherv([send, mpi.BYTE], [out, (counts, displacements), mpi.BYTE])
+        self._wait(request, "allgather_obj", send, out)
+        view = memoryview(out)
+        return [pickle.loads(view[d : d + n]) for n, d in zip(counts, displacements, strict=True)]
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        self._start("barrier")
+        self._wait(self.comm.Ibarrier(), "barrier")
 
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
+
+    def _abort_at_exit(self) -> None:
+        import sys
+
+        sys.stderr.write(
+            f"nnbackend.distributed: rank {self.rank} exits after {self._broken}: aborting "
+            "the job (the ranks that did not come would keep it waiting)\n"
+        )
+        sys.stderr.flush()
+        self.comm.Abort(1)
+
+
+# MPIComm's wait: Test() this many times between looks at the clock; no sleep for the first
+# _SPIN_S seconds, then sleeps of _SLEEP_FRACTION of the time waited, at most _MAX_SLEEP_S.
+_POLLS = 8
+_SPIN_S = 1e-3
+_SLEEP_FRACTION = 0.05
+_MAX_SLEEP_S = 0.01

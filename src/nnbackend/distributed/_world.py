@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nnbackend.backends.collectives import FROM_ENV, collective_timeout
 from nnbackend.distributed._comm import Communicator, LocalComm, MPIComm
 from nnbackend.errors import ArgumentError
 from nnbackend.namespace import backend_for
@@ -133,6 +134,13 @@ def detect(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             continue
         local_rank = _int(env, local_rank_var)
         local_size = _int(env, local_size_var)
+        if size_var == "SLURM_NTASKS":
+            # SLURM_NTASKS_PER_NODE is set only with --ntasks-per-node (and may be the
+            # allocation's, not this step's): the step's layout per node comes first. Without
+            # it the local size was the whole world's: N nodes' ranks shared one node's cores.
+            per_node = _slurm_local_size(env)
+            if per_node is not None:
+                local_size, local_size_var = per_node
         found = {
             "engine": engine,
             "rank": 0 if rank is None else rank,
@@ -143,6 +151,49 @@ def detect(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         _check_found(found, size_var, rank_var, local_rank_var, local_size_var)
         return found
     return {"engine": "none", "rank": 0, "size": 1, "local_rank": 0, "local_size": 1}
+
+
+def _slurm_tasks_per_node(text: str, name: str) -> list[int]:
+    """Slurm's tasks-per-node list, e.g. ``"2(x3),1"`` -> ``[2, 2, 2, 1]``."""
+    counts: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        count, _, repeat = item.partition("(x")
+        try:
+            n = int(count)
+            times = int(repeat[:-1]) if repeat else 1
+            if (repeat and not repeat.endswith(")")) or n < 0 or times < 1:
+                raise ValueError
+        except ValueError:
+            raise ArgumentError(
+                f"environment variable {name}={text!r} is not a Slurm tasks-per-node list "
+                "(counts separated by commas, a count repeated K times written N(xK), e.g. "
+                "'2(x3),1'); launch with srun, or unset it"
+            ) from None
+        counts.extend([n] * times)
+    return counts
+
+
+def _slurm_local_size(env: Mapping[str, str]) -> tuple[int, str] | None:
+    """``(ranks on this node, the variable that said so)`` from Slurm's per-node task
+    list and ``SLURM_NODEID``; ``None`` where Slurm does not say."""
+    node = _int(env, "SLURM_NODEID")
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        counts = _slurm_tasks_per_node(text, name)
+        if node is None:
+            if len(counts) == 1:  # one node: no index needed
+                return counts[0], name
+            return None
+        if not 0 <= node < len(counts):
+            raise ArgumentError(
+                f"environment variable SLURM_NODEID={node} is no node of {name}={text!r} "
+                f"(nodes 0 to {len(counts) - 1}); launch with srun, or unset them"
+            )
+        return counts[node], f"{name}[SLURM_NODEID={node}]"
+    return None
 
 
 def _check_found(
@@ -178,6 +229,21 @@ def _check_found(
             "with mpiexec, srun or torchrun (they set these variables), or unset them to run "
             "a single process"
         )
+
+
+def _host_name(comm: MPIComm) -> str:
+    try:
+        return str(comm._MPI.Get_processor_name())
+    except Exception:  # an MPI without it: the OS's name
+        import socket
+
+        return socket.gethostname()
+
+
+def _local_from_hosts(hosts: list[str], rank: int) -> tuple[int, int]:
+    """``(local rank, local size)`` of ``rank`` from every rank's host name."""
+    mine = hosts[rank]
+    return sum(1 for h in hosts[:rank] if h == mine), sum(1 for h in hosts if h == mine)
 
 
 def limit_blas_threads(local_size: int) -> int:
@@ -250,6 +316,7 @@ def init(
     seed: int | None = None,
     abort_on_error: bool = True,
     limit_threads: bool = True,
+    timeout: Any = FROM_ENV,
 ) -> World:
     """Join the job this process was launched in, and return its :class:`World`.
 
@@ -264,10 +331,16 @@ def init(
             ranks and repeat between runs.
         abort_on_error: install a ``sys.excepthook`` that aborts every rank when one raises.
         limit_threads: limit BLAS threads to cores / ranks on this machine.
+        timeout: seconds a collective of the ``"mpi"``, ``"torch"`` or ``"nccl"`` engine
+            waits for the other ranks before it raises
+            :class:`~nnbackend.errors.CollectiveError` (``0`` or ``None``: forever); left
+            out, the environment variable ``NNBACKEND_COLLECTIVE_TIMEOUT`` (seconds), else
+            30 minutes. (A ``comm`` passed in keeps its own.)
     """
     global _current
     if seed is not None:
         _check_seed(seed)  # before joining anything
+    seconds = collective_timeout(timeout)  # a bad value or variable: before joining too
     if comm is not None and not all(
         hasattr(comm, name) for name in ("rank", "size", "engine", "allreduce_sum", "broadcast")
     ):
@@ -285,24 +358,29 @@ def init(
         if chosen == "none":
             comm = LocalComm()
         elif chosen == "mpi":
-            comm = MPIComm()
+            comm = MPIComm(timeout=seconds)
         else:
             from nnbackend.backends.collectives import torch_communicator
 
             comm = torch_communicator(  # type: ignore[assignment]
-                chosen, found, lambda a: backend_for(a)[1]
+                chosen, found, lambda a: backend_for(a)[1], seconds
             )
     else:
         chosen = comm.engine
     assert comm is not None
-    local_size = found["local_size"] if found["size"] == comm.size else 1
-    local_rank = found["local_rank"] if found["size"] == comm.size else 0
+    if abort_on_error and comm.size > 1 and chosen != "threads":
+        # Before init's own collective: a rank that never comes makes it time out too.
+        _install_abort_hook(comm)
+    if isinstance(comm, MPIComm) and comm.size > 1:
+        # MPI knows which ranks share this machine, whatever the launcher exported.
+        local_rank, local_size = _local_from_hosts(comm.allgather_obj(_host_name(comm)), comm.rank)
+    else:
+        local_size = found["local_size"] if found["size"] == comm.size else 1
+        local_rank = found["local_rank"] if found["size"] == comm.size else 0
     device = f"cuda:{local_rank}" if chosen in ("nccl",) else None
     w = World(chosen, comm.rank, comm.size, local_rank, local_size, device, comm)
     if limit_threads and local_size > 1:
         limit_blas_threads(local_size)
-    if abort_on_error and comm.size > 1 and chosen != "threads":
-        _install_abort_hook(comm)
     if seed is not None:
         from nnbackend import random as nb_random
 
