@@ -852,17 +852,14 @@ REFUSALS: dict[str, tuple[Any, type, str]] = {
         nb.errors.ShapeError,
         "matmul: shapes (2, 3) and (2,) do not align (3 != 2)",
     ),
-    "getitem_pattern": (
-        lambda: _t(3, 3)[np.array([0, 1]), np.array([1, 2])],
-        NotImplementedError,
-        "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
-        "integer array on the first axis (x[idx]); use reshape/take for other patterns",
-    ),
-    "getitem_second_axis": (
-        lambda: _t(3, 3)[:, np.array([0, 1])],
-        NotImplementedError,
-        "indexing with gradients supports basic indexing (ints, slices, ..., None) and one "
-        "integer array on the first axis (x[idx]); use reshape/take for other patterns",
+    "getitem_split_by_slice": (  # (several index arrays index now: this order is refused)
+        lambda: _t(2, 3, 4)[0, :, np.array([0, 1])],
+        nb.errors.ArgumentError,
+        "getitem: (0, slice(None, None, None), array([0, 1])) has an int and index arrays "
+        "separated by a slice: NumPy puts the indexed axes first and torch keeps them in "
+        "place, so the result's axes would depend on the backend. Index the int first for "
+        "torch's order (x[0][:, idx] for x[0, :, idx]), or move the axes with F.permute for "
+        "NumPy's",
     ),
     "getitem_mask": (  # (boolean masks index now: a mask of the wrong shape is refused)
         lambda: _t(3)[np.array([True, False])],

@@ -524,6 +524,9 @@ def _reduced_count(shape: tuple[int, ...], axis: Any) -> int:
 
 def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     """Minimum over ``axis``; the gradient is shared equally among tied minima."""
+    shape = _shape(_data(x))
+    if shape is not None and 0 in shape:  # (max's own error would name max)
+        ops.check_extremum_axes("min", shape, ops.normalize_axes(axis, len(shape)))
     return ops.neg(ops.max(ops.neg(x), axis, keepdims))
 
 
@@ -618,7 +621,7 @@ def _arg_reduce(x: Any, axis: int | None, keepdims: bool, largest: bool) -> Tens
     xp = backend_for(data)[0]
     fn = xp.argmax if largest else xp.argmin
     if axis is not None:
-        axis = ops.normalize_axis(operator.index(axis), data.ndim)
+        axis = ops.normalize_axis(axis, data.ndim)
     if not _reduced_count(tuple(data.shape), axis):
         name = "argmax" if largest else "argmin"
         raise ShapeError(
@@ -948,16 +951,22 @@ class TakeBackward(Function):
         return Take(self.indices, self.axis)(g)
 
 
-def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
-    """The elements of ``x`` at integer ``indices`` (any shape) along ``axis``: the result's
-    shape is ``x.shape[:axis] + indices.shape + x.shape[axis+1:]`` (a gather). Repeated
+def take(x: Any, indices: Any, axis: int | None = 0) -> Tensor:
+    """The elements of ``x`` at integer ``indices`` (any shape) along ``axis`` (of the
+    flattened ``x`` when None, as ``numpy.take``): the result's shape is ``x.shape[:axis] +
+    indices.shape + x.shape[axis+1:]`` (a gather). Negative indices count from the end;
+    indices outside ``[-n, n)`` raise :class:`~nnbackend.errors.ShapeError`. Repeated
     indices add their gradients."""
     idx = _data(indices)
     data = _data(x)
     xp = backend_for(data)[0]
+    if axis is None:  # as numpy.take: the flattened array
+        x, axis = ops.reshape(x, (-1,)), 0
+        data = _data(x)
     n = int(data.shape[ops.normalize_axis(axis, data.ndim)])
     if type(idx) in (list, tuple, int):
         idx = _host_indices(xp, idx, n, data.device)
+    idx = ops.own_index(data, idx)  # a NumPy array for a torch Tensor
     if not xp.isdtype(idx.dtype, "integral"):
         raise ArgumentError(f"take: indices must be integers, got {idx.dtype}")
     idx = ops.from_the_end(xp, idx, n)
@@ -1145,12 +1154,45 @@ def _index_key(key: Any) -> Any:
     return tuple(out) if isinstance(key, tuple) else out[0]
 
 
+def _clamped(parts: list[Any], shape: tuple[int, ...]) -> list[Any] | None:
+    """``parts`` with their forward slices' ends clamped into the axis (``x[1:10]`` of a
+    length-3 axis is ``x[1:3]`` in NumPy and torch; the standard leaves out-of-bounds ends
+    unspecified and array_api_strict rejects them), or None where none changes."""
+    out = list(parts)
+    named = builtins.sum(
+        (k.ndim if _is_mask(k) else 1) for k in parts if k is not None and k is not Ellipsis
+    )
+    axis = 0
+    changed = False
+    for i, k in enumerate(parts):
+        if k is Ellipsis:
+            axis += len(shape) - named
+            continue
+        if k is None:
+            continue
+        if axis < len(shape) and isinstance(k, slice) and (k.step is None or k.step > 0):
+            fixed = slice(*k.indices(shape[axis]))
+            if (fixed.start, fixed.stop) != (k.start, k.stop) and (
+                _outside(k.start, shape[axis]) or _outside(k.stop, shape[axis])
+            ):
+                out[i] = fixed
+                changed = True
+        axis += k.ndim if _is_mask(k) else 1
+    return out if changed else None
+
+
+def _outside(end: Any, n: int) -> bool:
+    return end is not None and not -n <= operator.index(end) <= n
+
+
 def _getitem_failed(x: Any, key: Any, e: Exception) -> Tensor:
     """The failure path of :func:`getitem`: an index the standard spells differently (a
     strict backend wants ``x[0, ...]`` for ``x[0]``; NumPy integers), else a typed error
     saying what was wrong."""
     shape = tuple(_data(x).shape)
     parts = _parts(key)
+    if any(type(k) is list for k in parts):  # as arrays (x[[3]] was "not an integer")
+        return getitem(x, tuple(_advanced_parts(_data(x), key)))
     fixed = _index_key(key)
     if fixed is not None and fixed is not key:
         return getitem(x, fixed)
@@ -1164,22 +1206,200 @@ def _getitem_failed(x: Any, key: Any, e: Exception) -> Tensor:
             e = again
     if any(isinstance(k, slice) and k.step == 0 for k in parts):
         raise ArgumentError(f"getitem: slice step cannot be zero in {key!r}")
+    clamped = _clamped(parts, shape)
+    if clamped is not None:
+        return getitem(x, tuple(clamped))
     raise ShapeError(
         f"getitem: index {key!r} does not fit an array of shape {shape}: "
         f"{'it names more axes than the array has' if named > len(shape) else str(e)}"
     ) from e
 
 
+def _is_index_array(k: Any) -> bool:
+    return getattr(k, "ndim", 0) > 0 or (hasattr(k, "shape") and _is_mask(k))
+
+
+def _advanced_parts(data: Any, key: Any) -> list[Any]:
+    """``key``'s parts for :func:`_advanced`: Tensors as their arrays, lists as integer
+    arrays of ``data``'s backend, arrays of other libraries converted, NumPy and 0-d integers
+    as ints; a typed error for anything that is no index."""
+    xp = backend_for(data)[0]
+    device = getattr(data, "device", None)
+    out: list[Any] = []
+    for k in key if isinstance(key, tuple) else (key,):
+        k = _data(k)
+        if k is None or k is Ellipsis or isinstance(k, slice) or type(k) is int:
+            out.append(k)
+        elif type(k) is bool:
+            raise ArgumentError(
+                f"getitem: a Python bool ({k}) among index arrays; index with ints, slices, "
+                "..., None, integer arrays or boolean masks"
+            )
+        elif isinstance(k, list | tuple):
+            flat = list(_flatten(k))
+            kind = xp.bool if flat and all(type(v) is bool for v in flat) else xp.int64
+            try:
+                out.append(xp.asarray(k, dtype=kind, device=device))
+            except _BACKEND_ERRORS as e:
+                raise DtypeError(
+                    f"getitem: the index list {k!r} is not made of integers (or of bools, a "
+                    "mask) in a rectangular nesting"
+                ) from e
+        elif hasattr(k, "shape"):
+            k = ops.own_index(data, k)
+            out.append(k if k.ndim else _index_int(k))
+        else:
+            out.append(_index_int(k))
+    return out
+
+
+def _index_int(k: Any) -> int:
+    try:
+        return operator.index(k)
+    except TypeError as e:
+        raise ArgumentError(
+            f"getitem: {k!r} is not an index: index with ints, slices, ..., None, integer "
+            "arrays (several broadcast together, as in NumPy) or boolean masks"
+        ) from e
+
+
+def _advanced(x: Any, key: Any) -> Tensor:
+    """``x[key]`` for NumPy's advanced indexing with integer arrays anywhere (several, which
+    broadcast together; with ints, slices, ``None`` and ``...`` around them; boolean masks
+    as their ``nonzero`` positions). The slices are applied first; the indexed axes are then
+    moved to the front, merged into one and gathered with :func:`take` at the flat positions,
+    so repeated elements add their gradients (as ``np.add.at``) on every backend, and the
+    indexed result axes go where NumPy puts them: in place where the indexed axes are
+    adjacent in ``key``, first otherwise."""
+    data = _data(x)
+    xp = backend_for(data)[0]
+    shape = tuple(data.shape)
+    parts = _advanced_parts(data, key)
+    dots = [i for i, k in enumerate(parts) if k is Ellipsis]
+    if len(dots) > 1:
+        raise ArgumentError(f"getitem: at most one ... in an index, got {key!r}")
+
+    def width(k: Any) -> int:  # the axes of x that k indexes
+        return 0 if k is None or k is Ellipsis else (k.ndim if _is_mask(k) else 1)
+
+    named = builtins.sum(width(k) for k in parts)
+    if named > len(shape):
+        raise ShapeError(f"getitem: index {key!r} names {named} axes of an array of shape {shape}")
+    if dots:
+        parts[dots[0] : dots[0] + 1] = [slice(None)] * (len(shape) - named)
+    else:
+        parts += [slice(None)] * (len(shape) - named)
+    # boolean masks -> their nonzero positions, one integer array per axis they cover
+    spec: list[Any] = []
+    axis = 0
+    for k in parts:
+        if k is not None and _is_mask(k):
+            want = shape[axis : axis + k.ndim]
+            if tuple(k.shape) != want:
+                raise ShapeError(
+                    f"getitem: a boolean mask of shape {tuple(k.shape)} for axes {axis} to "
+                    f"{axis + k.ndim - 1} of an array of shape {shape}: the mask must have "
+                    "those axes' lengths"
+                )
+            try:
+                spec.extend(xp.nonzero(k))
+            except _BACKEND_ERRORS as e:
+                raise ArgumentError(
+                    "getitem: this backend cannot index with a boolean mask (the result's "
+                    "length depends on the mask's values); use F.where(mask, x, 0.0) instead"
+                ) from e
+        else:
+            spec.append(k)
+        axis += width(k)
+    # None -> a new axis of length 1 in x, sliced whole
+    if any(k is None for k in spec):
+        lengths = iter(shape)
+        x = ops.reshape(x, tuple(1 if k is None else next(lengths) for k in spec))
+        spec = [slice(None) if k is None else k for k in spec]
+    picked = [i for i, k in enumerate(spec) if not isinstance(k, slice)]
+    arrays = [i for i, k in enumerate(spec) if not isinstance(k, slice | int)]
+    if not arrays:  # only 0-d index arrays, now ints: basic indexing
+        return getitem(x, tuple(spec))
+    adjacent = picked == list(range(picked[0], picked[-1] + 1))
+    if not adjacent and arrays == list(range(arrays[0], arrays[-1] + 1)):
+        raise ArgumentError(
+            f"getitem: {key!r} has an int and index arrays separated by a slice: NumPy puts "
+            "the indexed axes first and torch keeps them in place, so the result's axes "
+            "would depend on the backend. Index the int first for torch's order "
+            "(x[0][:, idx] for x[0, :, idx]), or move the axes with F.permute for NumPy's"
+        )
+    if any(isinstance(k, slice) and k != slice(None) for k in spec):
+        x = getitem(x, tuple(k if isinstance(k, slice) else slice(None) for k in spec))
+    sizes = tuple(_data(x).shape)
+    device = getattr(data, "device", None)
+    index_shape = _broadcast_shape(*(_shape(spec[i]) for i in arrays))
+    if index_shape is None:
+        raise ShapeError(
+            f"getitem: index arrays of shapes {[tuple(spec[i].shape) for i in arrays]} do not "
+            "broadcast together (as in NumPy, several index arrays pair up elementwise)"
+        )
+    flat = xp.zeros(index_shape, dtype=xp.int64, device=device)
+    stride = 1
+    for i in reversed(picked):
+        k, n = spec[i], sizes[i]
+        if type(k) is int:
+            if not -n <= k < n:
+                raise ShapeError(
+                    f"getitem: index {k} is out of range for axis {i} of length {n}; use an "
+                    f"index in [{-n}, {n})"
+                )
+            flat = flat + (k % n) * stride
+        else:
+            if not xp.isdtype(k.dtype, "integral"):
+                raise DtypeError(
+                    f"getitem: an index array has dtype {k.dtype}; index arrays must be "
+                    "integers (xp.astype(idx, xp.int64)) or boolean masks"
+                )
+            k = xp.astype(k, xp.int64)
+            if bool(xp.any((k < -n) | (k >= n))):
+                raise ShapeError(
+                    f"getitem: an index array has values out of range for axis {i} of length "
+                    f"{n}; use indices in [{-n}, {n})"
+                )
+            flat = flat + ops.from_the_end(xp, k, n) * stride
+        stride *= n
+    rest = [i for i in range(len(spec)) if i not in picked]
+    if picked + rest != list(range(len(spec))):
+        x = permute(x, picked + rest)
+    x = ops.reshape(x, (stride, *(sizes[i] for i in rest)))
+    y = take(x, flat, 0)
+    k = len(index_shape)
+    if adjacent and picked[0]:  # the indexed axes back in place of the first indexed one
+        front = picked[0]
+        y = permute(y, [*range(k, k + front), *range(k), *range(k + front, y.ndim)])
+    return y
+
+
 def getitem(x: Any, key: Any) -> Tensor:
-    """``x[key]`` with gradients (:func:`nnbackend.autograd.ops.getitem`), where slices may
-    also have negative steps (``x[:, ::-1]``): the standard has none, so those axes are
-    sliced forwards and gathered with :func:`take` (reversed by :func:`flip` for step -1)."""
+    """``x[key]`` with gradients, as NumPy indexes, on every backend:
+
+    - basic indexing (:func:`nnbackend.autograd.ops.getitem`): ints, slices, ``...``,
+      ``None``; slice ends past the axis are clamped, and slices may have negative steps
+      (``x[:, ::-1]``): the standard has none, so those axes are sliced forwards and
+      gathered with :func:`take` (reversed by :func:`flip` for step -1);
+    - integer index arrays (or lists) on any axes, several of which broadcast together and
+      pair up elementwise (``x[[0, 1], [1, 2]]`` is ``[x[0, 1], x[1, 2]]``); the indexed
+      axes of the result go where NumPy puts them (in place when the indexed axes are
+      adjacent in ``key``, first otherwise), and repeated elements add their gradients (as
+      ``np.add.at``);
+    - boolean masks (their ``nonzero`` positions, on backends with data-dependent shapes).
+
+    An index array of another library (a NumPy array for a torch Tensor) is converted to
+    ``x``'s backend. An int and index arrays separated by a slice (``x[0, :, idx]``) are
+    refused with an :class:`~nnbackend.errors.ArgumentError`, since NumPy and torch order
+    that result's axes differently; write ``x[0][:, idx]``. Out-of-range indices raise
+    :class:`~nnbackend.errors.ShapeError`."""
     if not _negative_steps(key):
         try:
             return ops.getitem(x, key)
         except NotImplementedError:
             if _mask_position(key) is None:
-                raise
+                return _advanced(x, key)
             return _masked(x, key)
         except NNBackendError:
             fixed = _index_key(key)  # NumPy integers: torch's node calls them not integers
@@ -1220,7 +1440,14 @@ def getitem(x: Any, key: Any) -> Tensor:
         elif not isinstance(k, int):  # an index array: its axes come in this one's place
             out_axis += k.ndim
         axis += 1
-    y = ops.getitem(x, (*forwards, Ellipsis))
+    try:
+        y = ops.getitem(x, (*forwards, Ellipsis))
+    except NotImplementedError:
+        return _advanced(x, key)
+    except NNBackendError:
+        raise
+    except _BACKEND_ERRORS as e:
+        y = _getitem_failed(x, (*forwards, Ellipsis), e)
     for a, picked in reversed_axes:
         n = y.shape[a]
         if picked == list(range(n - 1, -1, -1)):

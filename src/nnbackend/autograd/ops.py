@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import builtins
 import math
+import operator
 from typing import Any
 
 from nnbackend.autograd.function import Function
 from nnbackend.config import normalize_dtype
-from nnbackend.errors import BackendMismatchError, DtypeError, ShapeError
+from nnbackend.errors import ArgumentError, BackendMismatchError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
 
 __all__ = [
@@ -450,7 +451,10 @@ def normalize_axis(axis: int, ndim: int) -> int:
     """``axis`` (negatives count from the end) as a non-negative axis of an
     ``ndim``-dimensional array; a :class:`~nnbackend.errors.ShapeError` (a ValueError, as
     NumPy's AxisError is) for one outside ``[-ndim, ndim)``, which ``axis % ndim`` would have
-    silently wrapped onto another axis. Internal API for the engine's nodes."""
+    silently wrapped onto another axis; an :class:`~nnbackend.errors.ArgumentError` for an
+    axis that is no integer (NumPy integers are). Internal API for the engine's nodes."""
+    if type(axis) is not int:
+        axis = _axis_int(axis)
     if not -ndim <= axis < ndim:
         raise ShapeError(
             f"axis {axis} is out of range for an array of {ndim} axes; use an axis in "
@@ -459,18 +463,38 @@ def normalize_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
+def _axis_int(axis: Any) -> int:
+    """A NumPy or 0-d integer axis as an int; an ArgumentError for anything else."""
+    if not isinstance(axis, bool):
+        try:
+            return operator.index(axis)
+        except TypeError:
+            pass
+    raise ArgumentError(
+        f"axis {axis!r} is not an integer; give an int, a tuple of ints, or None (all axes)"
+    )
+
+
 def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     """``axis`` (None, an int or a tuple, negatives allowed) as a tuple of non-negative axes
-    of an ``ndim``-dimensional array (each checked by :func:`normalize_axis`; a 0-d array
-    takes the axes it is given, as the reductions over it ignore them). Internal API for
-    the engine's nodes."""
+    of an ``ndim``-dimensional array (each checked by :func:`normalize_axis`; NumPy integers
+    too); a 0-d array takes axis 0 or -1, as in torch, and reduces over none. Internal API
+    for the engine's nodes."""
     if axis is None:
         return tuple(range(ndim))
     single = isinstance(axis, int)
     if single:
         axis = (axis,)
-    if not ndim:
-        return tuple(axis)
+    elif not isinstance(axis, tuple | list):
+        axis = (_axis_int(axis),)  # a NumPy integer, or an ArgumentError
+        single = True
+    if not ndim:  # as torch: axis 0 or -1 of a 0-d array reduces nothing
+        bad = [a for a in axis if (a if type(a) is int else _axis_int(a)) not in (0, -1)]
+        if bad:
+            raise ShapeError(
+                f"axis {bad[0]} is out of range for a 0-d array; use axis None, 0 or -1"
+            )
+        return ()
     axes = tuple(normalize_axis(a, ndim) for a in axis)
     if not single and len(set(axes)) != len(axes):
         raise ShapeError(f"axis {axis} names an axis twice; name each axis once")
@@ -543,7 +567,11 @@ class Max(Function):
     def forward(self, x: Any) -> Any:
         self.x = x
         self.axes = normalize_axes(self.axis, x.ndim)
-        self.y = self.xp.max(x, axis=self.axes, keepdims=True)
+        try:
+            self.y = self.xp.max(x, axis=self.axes, keepdims=True)
+        except (ValueError, RuntimeError, IndexError) as e:  # NumPy, torch: an empty axis
+            check_extremum_axes("max", tuple(x.shape), self.axes, e)
+            raise
         if self.keepdims:
             return self.y
         return self.xp.reshape(
@@ -566,6 +594,24 @@ class Max(Function):
         mask = xp.astype(self.x == self.y, self.x.dtype)
         share = mask / xp.sum(mask, axis=self.axes, keepdims=True)
         return gy * _F.piecewise(self.inputs[0], share)
+
+
+def check_extremum_axes(
+    name: str, shape: tuple[int, ...], axes: tuple[int, ...], error: Exception | None = None
+) -> None:
+    """A :class:`ShapeError` naming ``name`` (max, min) where one of ``axes`` of ``shape`` is
+    empty: the extremum of no elements is undefined (NumPy: "zero-size array to reduction
+    operation maximum which has no identity"). Internal API for the engine's nodes."""
+    empty = [a for a in axes if a < len(shape) and not shape[a]]
+    if empty:
+        pad = ", ".join("(0, 1)" if a in empty else "(0, 0)" for a in range(len(shape)))
+        fill = "-inf" if name == "max" else "inf"
+        raise ShapeError(
+            f"{name}: axis {empty[0]} of an array of shape {shape} is empty, and the "
+            f"{'maximum' if name == 'max' else 'minimum'} of no elements is undefined; "
+            f"reduce over axes of length > 0, or pad the empty axes with the identity "
+            f"({name}(F.pad(x, [{pad}], value={fill}), ...) gives {fill} there)"
+        ) from error
 
 
 class Exp(Function):
@@ -626,7 +672,9 @@ def from_the_end(xp: Any, indices: Any, n: int) -> Any:
     (torch's raises), and the backward's scatter-add by one-hot matching (array_api_strict)
     matched no row for them and dropped their gradients silently. Internal API for the
     engine's nodes."""
-    return xp.where(indices < 0, indices + n, indices)
+    # below -n: n, which the backend's take rejects as out of range (-n - 1 + n = -1 would
+    # silently pick the last element)
+    return xp.where(indices < 0, xp.where(indices < -n, n, indices + n), indices)
 
 
 def _row_indices(xp: Any, indices: Any, n: int) -> Any:
@@ -807,11 +855,46 @@ def cast(x: Any, dtype: Any) -> Any:
     return Cast(target)(x)
 
 
+def own_index(data: Any, k: Any) -> Any:
+    """An index array ``k`` of another library than ``data``'s (a NumPy array indexing a
+    torch Tensor), or a list, as an array of ``data``'s backend and device, as torch converts
+    lists; anything else unchanged. Internal API for the engine's nodes."""
+    if type(k) is list:  # x[[0, 2], :]: a list among the parts, as an array (NumPy)
+        xp = backend_for(data)[0]
+        device = getattr(data, "device", None)
+        try:  # (an empty list selects nothing: as an array it would be float, not an index)
+            return (
+                xp.asarray(k, device=device) if k else xp.asarray(k, dtype=xp.int64, device=device)
+            )
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise DtypeError(
+                f"getitem: the index list {k!r} is not a rectangular nesting of integers (or "
+                "of bools, a mask); index with ints, slices, ..., None or integer arrays"
+            ) from e
+    if type(k) is type(data) or not getattr(k, "ndim", 0) or type(k) in _SCALARS:
+        return k
+    try:
+        xp = backend_for(data)[0]
+        return xp.asarray(k, device=getattr(data, "device", None))
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise BackendMismatchError(
+            f"getitem: the index is a {type(k).__module__}.{type(k).__qualname__} and the "
+            f"array a {type(data).__module__}.{type(data).__qualname__}, and it cannot be "
+            "converted here; make the index an array of the indexed array's backend: "
+            "xp.asarray(index) or nb.to_device(index, backend)"
+        ) from e
+
+
 def getitem(x: Any, key: Any) -> Any:
-    """``x[key]`` with gradients (basic indexing, or one integer array on the first axis)."""
+    """``x[key]`` with gradients (basic indexing, or one integer array on the first axis;
+    :func:`nnbackend.functional.getitem`, which ``Tensor.__getitem__`` calls, also takes
+    index arrays on any axes, several of them, and boolean masks)."""
     key = _raw(key)
     if isinstance(key, tuple):
-        key = tuple(_raw(k) for k in key)
+        data = _raw(x)
+        key = tuple(own_index(data, _raw(k)) for k in key)
+    elif hasattr(key, "ndim"):
+        key = own_index(_raw(x), key)
     elif isinstance(key, list):  # x[[0, 2, 2]]: a list of row indices, as NumPy allows
         xp = backend_for(_raw(x))[0]
         # (an empty list selects no rows: as an array it would be float, not an index)
