@@ -64,8 +64,12 @@ steps; a worker waits until its threads have stopped spinning before it answers.
 GEMM, OpenBLAS's idle worker thread spins for about 100 ms: timed in the process that had just
 run NumPy, PyTorch was slowed 2-8x, and this page once claimed "the engine's medium step costs
 0.475x PyTorch" from it. The harness now refuses to time two CPU libraries in one process
-(`benchmarks.MixedLibraries`). The other cases time variants of one library in one process, in
-interleaved rounds in shuffled order. Every value is a median; a ratio is the median of the
+(`benchmarks.MixedLibraries`). `mlp_tiny`, `mlp_medium`, `mlp_dtypes` and `mlp_mixed16` also
+run each implementation in a worker of its own (since 2026-12-03: the spinning thread slows the
+next NumPy loop too); `mlp_backends`, `engine_overhead` and `namespace_overhead` time variants
+of one library in one process, in interleaved rounds in shuffled order, because comparing two
+namespaces over the same arrays and thread pools is their point. Every value is a median; a
+ratio is the median of the
 per-round ratios, which cancels drift in the machine's speed. Compare ratios, not absolute
 times: the development machine has two cores shared with other work (the load average is
 recorded with every case, and `mlp_processes` records it during its rounds, with the page
@@ -263,11 +267,11 @@ compiled 0.989, 0.991, 1.013 and 1.050. The same loop's buffers placed at other 
 its step by up to 3% from one process to the next (`benchmarks/NOTES.md`, 2026-12-02 (6)), the
 size of these differences. Against the allocating loop alone (the targets' baseline until
 2026-12-02 18:25) the medium runs read 0.58-0.62 eager and 0.57-0.60 compiled. In one process
-(`mlp_medium`, interleaved) the engine reads 0.96-0.98 of the loop with reused buffers, and its
-own NumPy calls without the engine 0.89-0.93: the engine's array work is the cheaper one (the
-BLAS axpy, ReLU against an array of zeros), its Python takes that back. No page faults per step
-for any of them in the medium case; peak RSS (MiB) eager, compiled, hand, hand with reused
-buffers: medium 78, 96, 68, 68.
+(`mlp_medium` until 2026-12-03, interleaved) the engine reads 0.96-0.98 of the loop with reused
+buffers, and its own NumPy calls without the engine 0.89-0.93: the engine's array work is the
+cheaper one (the BLAS axpy, ReLU against an array of zeros), its Python takes that back. No page
+faults per step for any of them in the medium case; peak RSS (MiB) eager, compiled, hand, hand
+with reused buffers: medium 78, 96, 68, 68.
 
 A replay runs the small nodes' own code written into it (`Function.replay_code`: `Linear`,
 the ReLU family, `Sigmoid` and the softmax loss with integer labels; the same array
