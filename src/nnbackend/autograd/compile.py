@@ -251,18 +251,29 @@ class CompiledStep:
                 f"compile_step: key() returned {given!r}, which is not hashable; return a "
                 "hashable value, e.g. a tuple instead of a list"
             ) from None
-        if rec is not None and rec is self._prev and rec.valid():  # the same signature again
+        switch = rec is None or rec is not self._prev or not rec.valid()
+        if switch:
+            # Another signature (or a recording): what the compiled steps did to the
+            # parameters since they last switched is passed on to the other recordings first
+            # (which may make this signature's recording valid again), and what this call
+            # does, after it.
+            steps = _live_steps()
+            for step in steps:
+                step._catch_up()
+            before = _arrays()
+            if rec is not None and not rec.valid():
+                del self._cache[sig]
+                self._pending.pop(sig, None)
+                rec = None
+        if rec is not None:
             self.replays += 1
             self._hot = rec.fast(sig, self.key)
-            return rec.run(*raw)
-        # Another signature (or a recording): what the compiled steps did to the parameters
-        # since they last switched is passed on to the other recordings first, and what this
-        # call does, after it.
-        steps = _live_steps()
-        for step in steps:
-            step._catch_up()
-        before = _arrays()
-        out, ran = self._switch(sig, rec, raw, args)
+            out = rec.run(*raw)
+            if not switch:  # the same signature again
+                return out
+            ran: _Recording | None = rec
+        else:
+            out, ran = self._record(sig, args)
         _carry(before, ran)
         self._prev = ran
         for step in steps:  # (what each step's replays do from now on: see _catch_up)
@@ -283,17 +294,9 @@ class CompiledStep:
         if moved:
             _carry(moved, prev)
 
-    def _switch(
-        self, sig: Hashable, rec: Any, raw: list[Any], args: tuple[Any, ...]
-    ) -> tuple[Any, _Recording | None]:
-        """The call's result, and the recording it ran or made (None: it ran eagerly)."""
-        if rec is not None:
-            if rec.valid():
-                self.replays += 1
-                self._hot = rec.fast(sig, self.key)
-                return rec.run(*raw), rec
-            del self._cache[sig]
-            self._pending.pop(sig, None)
+    def _record(self, sig: Hashable, args: tuple[Any, ...]) -> tuple[Any, _Recording | None]:
+        """A call no cached recording replays: the call's result, and the recording it made
+        (None: it ran eagerly)."""
         self._hot = None
         if sig in self.eager_signatures:
             return self.fn(*args), None
