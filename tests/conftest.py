@@ -22,6 +22,14 @@ Fixtures every test file can use (pytest finds them through this conftest):
 ``fresh_settings``
     Forgets the process defaults and the environment reading, so a test can set ``NNBACKEND``
     / ``NNBACKEND_DTYPE`` with ``monkeypatch`` and have them read at the next use.
+``require_jax``
+    Skips the test unless jax is selected in ``NNBACKEND_TEST_BACKENDS`` (it is opt-in, see
+    ``OPT_IN_BACKENDS``) and usable here (the registry's reason otherwise), for tests that use
+    jax directly instead of through the ``backend`` fixture.
+``run_in_repo``
+    ``run_in_repo(*args, env=..., timeout=60)`` runs ``python *args`` from the repository
+    root, with every ``NNBACKEND*`` variable removed from the environment (``env`` entries
+    added after): for tests that start the benchmarks.
 
 Every test starts from the built-in defaults: ``NNBACKEND`` / ``NNBACKEND_DTYPE`` of the shell
 that runs pytest are set aside for the session (the header says so), and ``_isolate_settings``
@@ -358,6 +366,48 @@ def _clean_environ(extra: Mapping[str, str | None] | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+@pytest.fixture
+def require_jax() -> None:
+    """Skip unless jax is selected (opt-in, as the ``backend`` fixture has it: named in
+    ``NNBACKEND_TEST_BACKENDS``) and usable; the skips are reported here, one line each."""
+    selected = os.environ.get(TEST_BACKENDS_ENV, "").replace(" ", "").split(",")
+    if "jax" not in selected:
+        _fixture_skip(
+            f"jax is opt-in: {TEST_BACKENDS_ENV}=jax (see tests/conftest.py)",
+            _lineno(require_jax),
+        )
+    reason = registry.probe("jax")
+    if reason is not None:
+        _fixture_skip(f"jax: {reason}", _lineno(require_jax))
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_in_repo(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
+    clean.update(env or {})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_in_repo() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_in_repo(*args, env={...}, timeout=60)``: ``python *args`` run from the repository
+    root (where ``python -m benchmarks`` finds the benchmarks), its environment this one's
+    without any ``NNBACKEND*`` variable, plus ``env``; never raises on a failing exit status."""
+    return _run_in_repo
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,15 @@ import pytest
 from nnbackend import registry
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The ``run_in_repo`` fixture (tests/conftest.py): ``python *args`` from the repository root,
+#: without the shell's ``NNBACKEND*`` variables.
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+def test_quick_tiny_case_runs_and_prints_its_table(run_in_repo: Run) -> None:
+    result = run_in_repo(
+        "-m", "benchmarks", "--quick", "--case", "mlp_tiny", "--no-save", "--no-check"
     )
-
-
-def test_quick_tiny_case_runs_and_prints_its_table() -> None:
-    result = _run("-m", "benchmarks", "--quick", "--case", "mlp_tiny", "--no-save", "--no-check")
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "BLAS:" in out and "load average" in out
@@ -44,13 +35,15 @@ def test_quick_tiny_case_runs_and_prints_its_table() -> None:
 
 
 @pytest.mark.skipif(registry.probe("cupy") is None, reason="a GPU is usable: the case would run")
-def test_gpu_case_is_reported_skipped_without_a_gpu() -> None:
-    result = _run("-m", "benchmarks", "--gpu", "--case", "mlp_large", "--no-save")
+def test_gpu_case_is_reported_skipped_without_a_gpu(run_in_repo: Run) -> None:
+    result = run_in_repo("-m", "benchmarks", "--gpu", "--case", "mlp_large", "--no-save")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped mlp_large: no usable CUDA GPU" in result.stdout
 
 
-def test_gpu_large_case_measures_issue_19s_targets_against_torch_in_both_dtypes() -> None:
+def test_gpu_large_case_measures_issue_19s_targets_against_torch_in_both_dtypes(
+    run_in_repo: Run,
+) -> None:
     """Issue 19's GPU targets (the large step on cupy at most 1.1x PyTorch CUDA, float32 and
     float16, the compiled step included) are rows of ``mlp_large``: its dry run (numpy for
     cupy, torch on the CPU) makes them, the compiled step replaying."""
@@ -65,7 +58,7 @@ def test_gpu_large_case_measures_issue_19s_targets_against_torch_in_both_dtypes(
         print(json.dumps([[r.name, r.value, r.target, r.note] for r in rows]))
         """
     )
-    result = _run("-c", code, timeout=240)
+    result = run_in_repo("-c", code, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {name: (value, target, note) for name, value, target, note in
             json.loads(result.stdout.splitlines()[-1])}  # fmt: skip
@@ -78,7 +71,7 @@ def test_gpu_large_case_measures_issue_19s_targets_against_torch_in_both_dtypes(
         assert int(replays.split(" replays")[0]) > 0, replays
 
 
-def test_report_is_written_from_saved_results(tmp_path: Path) -> None:
+def test_report_is_written_from_saved_results(tmp_path: Path, run_in_repo: Run) -> None:
     results = tmp_path / "results"
     results.mkdir()
     rows = [
@@ -109,7 +102,7 @@ def test_report_is_written_from_saved_results(tmp_path: Path) -> None:
         _report.write_report(Path({str(results)!r}), Path({str(doc)!r}), Path({str(plot)!r}))
         """
     )
-    result = _run("-c", script)
+    result = run_in_repo("-c", script)
     assert result.returncode == 0, result.stderr[-2000:]
     text = doc.read_text()
     assert "| `mlp_tiny` | tiny: engine / hand | 1.400 x | <= 1.5 | yes |" in text
@@ -121,7 +114,7 @@ def test_report_is_written_from_saved_results(tmp_path: Path) -> None:
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_tiny_baselines_compute_the_same_step() -> None:
+def test_tiny_baselines_compute_the_same_step(run_in_repo: Run) -> None:
     """The book's chapter-1 code (the tiny target's baseline) and the leaner hand-written loop
     start from the same weights and make the same step: same loss, same updated weights."""
     code = textwrap.dedent(
@@ -144,12 +137,12 @@ def test_tiny_baselines_compute_the_same_step() -> None:
         print("same")
         """
     )
-    result = _run("-c", code)
+    result = run_in_repo("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["same"]
 
 
-def test_the_engines_numpy_calls_alone_make_the_engines_step() -> None:
+def test_the_engines_numpy_calls_alone_make_the_engines_step(run_in_repo: Run) -> None:
     """EngineCallsMLP (the FLOP rate's floor in mlp_medium) replays the engine's NumPy calls
     without the engine: from the engine's weights it makes the engine's step, loss and
     updated weights, to rounding (float64; the SGD axpy rounds once)."""
@@ -178,7 +171,7 @@ def test_the_engines_numpy_calls_alone_make_the_engines_step() -> None:
         print("same")
         """
     )
-    result = _run("-c", code)
+    result = run_in_repo("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["same"]
 
@@ -200,7 +193,7 @@ def test_the_calls_worker_starts_from_the_engines_weights(monkeypatch: pytest.Mo
         assert float(calls()) == pytest.approx(float(engine().item()), rel=1e-12)
 
 
-def test_harness_refuses_to_time_two_cpu_libraries_in_one_process() -> None:
+def test_harness_refuses_to_time_two_cpu_libraries_in_one_process(run_in_repo: Run) -> None:
     """Issue 19: timing PyTorch in the process that runs NumPy slowed it up to 8x (OpenBLAS's
     idle thread spins ~100 ms after each GEMM) and gave a false "engine 0.475x PyTorch".
     ``interleaved`` refuses runners of two CPU libraries; one library per group runs."""
@@ -239,12 +232,12 @@ def test_harness_refuses_to_time_two_cpu_libraries_in_one_process() -> None:
         print("refused")
         """
     )
-    result = _run("-c", code)
+    result = run_in_repo("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["refused"]
 
 
-def test_process_harness_times_each_implementation_in_its_own_process() -> None:
+def test_process_harness_times_each_implementation_in_its_own_process(run_in_repo: Run) -> None:
     """``mlp_processes`` starts one worker per implementation: the engine's, the hand loop's
     and the book's processes never load torch (nor numba, in float32), the torch worker does;
     each reports page faults per step and peak RSS, and the case turns them into rows."""
@@ -259,7 +252,7 @@ def test_process_harness_times_each_implementation_in_its_own_process() -> None:
         print(json.dumps({"workers": result["workers"], "rows": [r.name for r in rows]}))
         """
     )
-    result = _run("-c", code, timeout=240)
+    result = run_in_repo("-c", code, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.splitlines()[-1])
     workers = out["workers"]
@@ -275,7 +268,7 @@ def test_process_harness_times_each_implementation_in_its_own_process() -> None:
     assert "tiny: engine / hand_reused" in out["rows"]
 
 
-def test_mlp_processes_replicas_take_the_median_of_each_rounds_processes() -> None:
+def test_mlp_processes_replicas_take_the_median_of_each_rounds_processes(run_in_repo: Run) -> None:
     """With ``replicas``, each implementation runs in that many processes; its time in a
     round is the median of theirs, and each process's own median is reported beside it."""
     code = textwrap.dedent(
@@ -292,7 +285,7 @@ def test_mlp_processes_replicas_take_the_median_of_each_rounds_processes() -> No
         print(json.dumps({**result, "notes": [r.note for r in rows]}))
         """
     )
-    result = _run("-c", code, timeout=240)
+    result = run_in_repo("-c", code, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.splitlines()[-1])
     assert set(out["workers"]) == {"engine", "hand", "hand_reused"}

@@ -4,7 +4,6 @@ optimizer state or dropout masks, and refuse what they cannot replay with typed 
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
@@ -794,19 +793,7 @@ print(json.dumps(out))
 """
 
 
-def _require_jax() -> None:
-    """Skip unless jax is selected (opt-in, as the conftest's backend fixture has it) and
-    usable."""
-    selected = os.environ.get("NNBACKEND_TEST_BACKENDS", "").replace(" ", "").split(",")
-    if "jax" not in selected:
-        pytest.skip("jax is opt-in: NNBACKEND_TEST_BACKENDS=jax (see tests/conftest.py)")
-    reason = nb.registry.probe("jax")
-    if reason is not None:
-        pytest.skip(f"jax: {reason}")
-
-
 def _jax_check(run_python: Any, dtype: str, names: list[str]) -> dict[str, float]:
-    _require_jax()
     import json
 
     result = run_python(
@@ -816,6 +803,7 @@ def _jax_check(run_python: Any, dtype: str, names: list[str]) -> dict[str, float
     return json.loads(result.stdout.splitlines()[-1])
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_jitted_steps_stay_within_1e_6_of_eager_over_200_steps(run_python: Any):
     """float64 (x64 on): SGD, Momentum and Adam, with and without dropout, jitted whole
     (parameters, state, step counts, lr and the dropout masks passed in; a frozen step count
@@ -824,6 +812,7 @@ def test_jax_jitted_steps_stay_within_1e_6_of_eager_over_200_steps(run_python: A
     assert len(diffs) == 6 and max(diffs.values()) <= 1e-6, diffs
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_jitted_steps_in_float32(run_python: Any):
     """float32: SGD, Momentum and Adam, with and without dropout, stay within 1e-6 of the
     eager jax step over 200 steps (2.4e-7 measured on 2026-12-01: one float32 ulp of the
@@ -1101,10 +1090,10 @@ def test_trainer_compiled_step_follows_a_submodule_put_in_eval_mode(layer: str):
     assert _same_params(*trained)
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_jitted_steps_accumulate_gradients_as_eager_ones():
     """The jitted whole step began every call with no gradients: a step without zero_grad()
     failed inside the trace (None + a traced array)."""
-    _require_jax()
     x, t = _data(40)
     x = np.hstack([x, x]).astype("float32")
     results = []

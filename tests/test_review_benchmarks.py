@@ -28,12 +28,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The ``run_in_repo`` fixture (tests/conftest.py): ``python *args`` from the repository root,
+#: without the shell's ``NNBACKEND*`` variables.
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 # A scripted worker: its behaviour is the first word of its implementation name.
 FAKE_WORKER = """
@@ -121,20 +125,6 @@ def _worker_error() -> type[Exception]:
     from benchmarks import _workers
 
     return getattr(_workers, "WorkerError", RuntimeError)
-
-
-def _run(code: str, timeout: float = 60, **popen: Any) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
-    env.update(popen.pop("env", {}))
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +230,7 @@ def test_bad_rounds_are_refused_before_any_worker_starts(
             mp.measure(mp.CONFIGS["tiny"], **{"rounds": 3, "round_s": 0.01, **kwargs})
 
 
-def test_engine_workers_ignore_a_shells_keep_freed_memory_setting() -> None:
+def test_engine_workers_ignore_a_shells_keep_freed_memory_setting(run_in_repo: Run) -> None:
     """``NNBACKEND_KEEP_FREED_MEMORY=1`` in the shell reached every worker: the default
     ``engine`` ran with the opt-in allocator (its no-page-faults target measured on the
     setting, engine and engine_keep the same thing). Only engine_keep sets it now, and the
@@ -255,7 +245,7 @@ def test_engine_workers_ignore_a_shells_keep_freed_memory_setting() -> None:
         step()
         print(json.dumps({"applied": "result" in backend._allocator, "recorded": recorded}))
     """
-    result = _run(code, env={"NNBACKEND_KEEP_FREED_MEMORY": "1"})
+    result = run_in_repo("-c", textwrap.dedent(code), env={"NNBACKEND_KEEP_FREED_MEMORY": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.splitlines()[-1])
     assert out["applied"] is False
@@ -288,7 +278,9 @@ def test_a_worker_that_does_not_say_ready_is_killed(fake: Any) -> None:
     assert all(w.process.poll() is not None for w in fake.started)
 
 
-def test_a_hung_worker_times_out_instead_of_hanging_the_run(tmp_path: Path) -> None:
+def test_a_hung_worker_times_out_instead_of_hanging_the_run(
+    tmp_path: Path, run_in_repo: Run
+) -> None:
     """Answers were awaited without a limit: a worker stuck in its step hung the whole run
     for good. Past ``timeout_s`` it is now killed and named."""
     (tmp_path / "fake_bench_worker.py").write_text(FAKE_WORKER)
@@ -315,7 +307,7 @@ def test_a_hung_worker_times_out_instead_of_hanging_the_run(tmp_path: Path) -> N
         print("alive:", [w.process.poll() is None for w in started])
     """
     start = time.perf_counter()
-    result = _run(code, timeout=60, env={"PYTHONPATH": str(tmp_path)})
+    result = run_in_repo("-c", textwrap.dedent(code), timeout=60, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "error: worker hang gave no answer in 2 s" in result.stdout
     assert "alive: [False, False]" in result.stdout
@@ -375,7 +367,7 @@ def test_ctrl_c_to_the_process_group_ends_in_keyboard_interrupt(tmp_path: Path) 
 # Results files and the generated page
 
 
-def test_a_results_file_is_never_left_half_written(tmp_path: Path) -> None:
+def test_a_results_file_is_never_left_half_written(tmp_path: Path, run_in_repo: Run) -> None:
     """``write_result`` truncated the case's file and then wrote it: a full disk (here a file
     size limit) left half a JSON document, which the report then skipped, the case gone
     from the page. The old file now stays whole until the new one is complete."""
@@ -396,7 +388,7 @@ def test_a_results_file_is_never_left_half_written(tmp_path: Path) -> None:
         except OSError as exc:
             print("failed:", exc.errno)
     """
-    result = _run(code)
+    result = run_in_repo("-c", textwrap.dedent(code))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "failed:" in result.stdout
     assert json.loads((tmp_path / "tiny_case.json").read_text()) == old

@@ -9,7 +9,6 @@ failed before its fix."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -36,16 +35,6 @@ def _same(backend: str, a: list[np.ndarray], b: list[np.ndarray]) -> None:
             np.testing.assert_allclose(p, q, rtol=0, atol=1e-6)
         else:
             np.testing.assert_array_equal(p, q)
-
-
-def _require_jax() -> None:
-    """Skip unless jax is selected (opt-in, see tests/conftest.py) and usable."""
-    selected = os.environ.get("NNBACKEND_TEST_BACKENDS", "").replace(" ", "").split(",")
-    if "jax" not in selected:
-        pytest.skip("jax is opt-in: NNBACKEND_TEST_BACKENDS=jax (see tests/conftest.py)")
-    reason = nb.registry.probe("jax")
-    if reason is not None:
-        pytest.skip(f"jax: {reason}")
 
 
 def _two_heads(backend: str, compiled: bool, jit: bool = True) -> list[np.ndarray]:
@@ -261,11 +250,11 @@ def _alternating_batches(n: int) -> list[tuple[Any, ...]]:
     return [(x[:5], t[:5]) if i % 3 == 2 else (x[8:16], t[8:16]) for i in range(n)]
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_batches_of_two_sizes_keep_both_recordings():
     """On jax (immutable arrays: every update rebinds the parameters) a call of one cached
     signature invalidated the other's recording: with a last smaller batch per epoch, every
     call recorded again (30 recordings and no replay in 30 calls, never jitted)."""
-    _require_jax()
     calls = _alternating_batches(30)
     eager, _, _ = _jax_run(_plain_step(), calls, False)
     got, _, run = _jax_run(_plain_step(), calls, True)
@@ -273,10 +262,10 @@ def test_jax_batches_of_two_sizes_keep_both_recordings():
     assert run.records == 4 and run.replays == 26
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_a_string_argument_is_not_passed_into_the_trace():
     """A step taking a Python string (``step(x, t, "train")``, part of the signature by
     value) failed in its first jitted replay with jax's TypeError ("not a valid JAX type")."""
-    _require_jax()
     x, t = _data()
     calls = [(x[i : i + 8], t[i : i + 8], "train") for i in range(0, 40, 8)]
     eager, _, _ = _jax_run(_plain_step(), calls, False)
@@ -285,10 +274,10 @@ def test_jax_a_string_argument_is_not_passed_into_the_trace():
     _close(eager, got)
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_adam_state_reset_mid_training_replays():
     """Loading an optimizer state saved before its first step (empty per-parameter state)
     between jitted replays ended in a bare ``KeyError: 'step'``."""
-    _require_jax()
     x, t = _data()
     calls = [(x[i : i + 8], t[i : i + 8]) for i in range(0, 40, 4)]
     eager, opt_e, _ = _jax_run(_plain_step(reset_at=5), calls, False)
@@ -298,11 +287,11 @@ def test_jax_adam_state_reset_mid_training_replays():
     _close(eager, got)
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_two_optimizer_steps_in_one_step_count_both():
     """A step calling ``opt.step()`` twice: the jitted replay advanced ``opt.steps`` and
     Adam's per-parameter counts by one per call where the trace (and eager) advanced them
     by two, so the bias corrections of later calls were wrong (1.4e-3 off after 6 calls)."""
-    _require_jax()
     x, t = _data()
     calls = [(x[i : i + 8], t[i : i + 8]) for i in range(0, 24, 4)]
     eager, opt_e, _ = _jax_run(_plain_step(twice=True), calls, False)
@@ -313,23 +302,23 @@ def test_jax_two_optimizer_steps_in_one_step_count_both():
     _close(eager, got)
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_zero_grad_of_a_parameter_the_step_does_not_train():
     """Two compiled steps sharing a model on jax never replayed: each step's update rebound
     the shared parameters, which invalidated the other's recording, so every call recorded
     again. Now both replay, jitted and not, and the other head's gradient is reset as
     eager's ``zero_grad()`` resets it."""
-    _require_jax()
     eager = _two_heads("jax", False)
     for jit in (True, False):
         _close(eager, _two_heads("jax", True, jit=jit))
 
 
+@pytest.mark.usefixtures("require_jax")
 def test_jax_a_parameter_the_step_does_not_use_keeps_a_real_array():
     """An optimizer over two heads, a step training one head without ``zero_grad()`` while
     the other head held a gradient: the jitted trace updated that head as a constant of the
     trace, its ``.data`` became a leaked tracer (the parameter lost) and the next use raised
     jax's UnexpectedTracerError."""
-    _require_jax()
     x, t = _data()
     results = []
     for compiled in (False, True):
