@@ -12,7 +12,10 @@ Workers (CPU run): ``numpy`` (nnbackend on NumPy: im2col + GEMM), ``torch`` (nnb
 torch backend: torch's convolution through the kernels), ``torch_native`` (plain PyTorch on the
 CPU). With ``--gpu``: ``cupy`` (nnbackend on CuPy, the portable im2col path with
 ``cupyx.scatter_add``), ``torch_cuda`` (nnbackend on torch CUDA: cuDNN through the kernels)
-and ``torch_native_cuda``; every worker synchronises the device before reading the clock.
+and ``torch_native_cuda``; every worker synchronises the device before reading the clock. A GPU
+worker that cannot run here (no GPU, cupy missing) answers ``skip REASON`` and is listed as
+skipped with its reason; the others are timed. A GPU run where none can run saves nothing, so
+the last GPU run's results stay in place.
 
 Why processes: OpenBLAS's and OpenMP's idle threads spin after each GEMM, and slow whatever runs
 next in the same process (DESIGN.md, "Measure each implementation in its own process"). The
@@ -43,6 +46,7 @@ from typing import Any
 from benchmarks import median_interval, write_atomically
 from benchmarks._workers import (
     WorkerProcess,
+    WorkerSkipped,
     close_all,
     kill_all,
     memory_note,
@@ -159,8 +163,11 @@ def _build(name: str) -> tuple[Any, Any]:
 
 
 def worker(name: str) -> None:
-    """Serve ``run N`` (time N steps) and ``stats`` on stdin/stdout (``_workers.serve``)."""
-    serve(lambda: _build(name), warmup=3)
+    """Serve ``run N`` (time N steps) and ``stats`` on stdin/stdout (``_workers.serve``). A
+    GPU worker whose build or warm-up fails (no GPU, cupy missing) answers ``skip REASON``;
+    a CPU worker's failure (or the ``--dry-run`` stand-in's) stays an error."""
+    skippable = name in GPU_WORKERS and not os.environ.get("CNN_STEP_DRY_RUN")
+    serve(lambda: _build(name), warmup=3, skip_errors=(Exception,) if skippable else ())
 
 
 class Worker(WorkerProcess):
@@ -180,14 +187,22 @@ def measure(
 ) -> dict[str, Any]:
     """Time ``names``, each in a worker process of its own, in ``rounds`` shuffled rounds of
     about ``round_s`` seconds; ``timeout_s`` bounds every answer (default: the larger of
-    ``WorkerProcess.timeout_s`` and 100 rounds). Every worker is killed and reaped when
+    ``WorkerProcess.timeout_s`` and 100 rounds). Workers that cannot run here are listed in
+    ``skipped`` (name: reason), not in ``workers``. Every worker is killed and reaped when
     anything fails or is interrupted."""
     if timeout_s is None:
         timeout_s = max(WorkerProcess.timeout_s, 100 * round_s)
     workers: dict[str, Worker] = {}
+    skipped: dict[str, str] = {}
     try:
         for name in names:
-            workers[name] = Worker(name, threads, timeout_s=timeout_s)
+            try:
+                workers[name] = Worker(name, threads, timeout_s=timeout_s)
+            except WorkerSkipped as exc:
+                skipped[name] = exc.reason
+                print(f"skipped {name}: {exc.reason}", flush=True)
+        if not workers:
+            return {"workers": {}, "skipped": skipped, "load_average_during": []}
         measured = run_rounds(workers, rounds, round_s=round_s)
         stats = close_all(workers)
     except BaseException:
@@ -206,8 +221,9 @@ def measure(
                 **stats[name],
                 "samples_ms": [t * 1e3 for t in times[name]],
             }
-            for name in names
+            for name in workers
         },
+        "skipped": skipped,
         "load_average_during": [round(v, 2) for v in measured.load],
     }
 
@@ -266,20 +282,24 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     measured = measure(names, rounds, 0.05 if args.quick else 0.4, args.threads,
                        timeout_s=args.timeout)  # fmt: skip
-    result = measured["workers"]
+    result, skipped = measured["workers"], measured["skipped"]
+    if not result:
+        print("nothing measured: every worker was skipped; nothing saved")
+        return 0
     ref = "torch_native_cuda" if args.gpu else "torch_native"
+    # Every ratio is against the reference: none where it was skipped.
+    others = [n for n in result if n != ref] if ref in result else []
     ratios = {
         f"{n} / {ref} ({stat})": result[n][f"{stat}_ms"] / result[ref][f"{stat}_ms"]
-        for n in names
-        if n != ref
+        for n in others
         for stat in ("median", "min")
     }
-    per_round = {f"{n} / {ref}": round_ratios(measured, n, ref) for n in names if n != ref}
+    per_round = {f"{n} / {ref}": round_ratios(measured, n, ref) for n in others}
     round_medians = {
         label: {"median": statistics.median(values), "interval_90": median_interval(values)}
         for label, values in per_round.items()
     }
-    for name in names:
+    for name in result:
         r = result[name]
         print(
             f"{name:>18}: {r['median_ms']:8.3f} ms/step (min {r['min_ms']:.3f}, max "
@@ -306,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": round(time.perf_counter() - start, 2),
             "target": "numpy / torch_native <= 2.0 (reported)",
             "results": result | {"load_average_during": measured["load_average_during"]},
+            "skipped_workers": skipped,
             "ratios": ratios,
             "round_ratios": round_medians,
             "machine": machine_facts(),

@@ -138,11 +138,15 @@ def test_init_rejects_a_comm_that_is_not_a_communicator(monkeypatch: pytest.Monk
         distributed.init(comm="mpi")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("size", "timeout"), [(0, 1.0), (-1, 1.0), ("2", 1.0), (2, -1.0), (2, 0)])
+@pytest.mark.parametrize(
+    ("size", "timeout"),
+    [(0, 1.0), (-1, 1.0), ("2", 1.0), (2, -1.0), (2, float("nan")), (2, "30")],
+)
 def test_thread_group_rejects_bad_sizes_and_timeouts(size: Any, timeout: Any) -> None:
     """thread_group(0) and thread_group(-1) returned an empty group, thread_group("2") raised a
-    bare TypeError, and a negative timeout made every collective fail at once."""
-    with pytest.raises(ArgumentError):
+    bare TypeError, and a negative timeout made every collective fail at once. (A timeout of
+    0 is no limit, as for MPIComm: tests/test_fix_tidy.py.)"""
+    with pytest.raises(ArgumentError, match="thread_group"):
         distributed.thread_group(size, timeout=timeout)
 
 

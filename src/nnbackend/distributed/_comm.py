@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import math
 import os
 import pickle
 import threading
@@ -264,22 +263,19 @@ class ThreadComm(Communicator):
 
 def thread_group(size: int, *, timeout: float | None = 30.0) -> list[ThreadComm]:
     """``size`` communicators joined in memory, one per thread (rank ``i`` is element ``i``).
-    A rank that waits longer than ``timeout`` seconds (``None``: forever) raises
-    :class:`CollectiveError` instead of hanging, and so does every rank waiting when one
-    calls ``abort()``."""
+    A rank that waits longer than ``timeout`` seconds (``0`` or ``None``: forever, as for
+    :class:`MPIComm` and ``NNBACKEND_COLLECTIVE_TIMEOUT``) raises :class:`CollectiveError`
+    instead of hanging, and so does every rank waiting when one calls ``abort()``."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ArgumentError(f"thread_group: size must be an int >= 1 (ranks), got {size!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise ArgumentError(
-            f"thread_group: timeout must be a number of seconds > 0 (or None to wait "
-            f"forever), got {timeout!r}"
-        )
-    shared = _Shared(size, None if timeout is None else float(timeout))
+    try:
+        limit = collective_timeout(timeout)
+    except ArgumentError as exc:
+        raise ArgumentError(f"thread_group: {exc}") from None
+    # A wait past threading.TIMEOUT_MAX (about 292 years) raised OverflowError: it is forever.
+    if limit is not None and limit > threading.TIMEOUT_MAX:
+        limit = None
+    shared = _Shared(size, limit)
     return [ThreadComm(shared, r) for r in range(size)]
 
 
