@@ -116,10 +116,49 @@ def _create_temporary(directory: Path, path: Path, what_file: str) -> tuple[int,
     )
 
 
+def _target(path: Path, what_file: str) -> Path:
+    """The file that ``path`` names, as ``open(path, "wb")`` would write it: a symlink is
+    followed to its target (renaming over the link would replace the link itself); a folder,
+    or a file this process may not write (``chmod a-w``: renaming over it needs no write
+    permission on it), is refused with the :class:`OSError` that ``open()`` raises."""
+    if os.path.islink(path):
+        path = Path(os.path.realpath(path))
+    shown = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            errno.EISDIR, f"cannot save the {what_file} {shown!r}: it is a folder; name a file"
+        )
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise PermissionError(
+            errno.EACCES,
+            f"cannot save the {what_file} {shown!r}: the file is read-only (make it writable, "
+            "or save to another name)",
+        )
+    return path
+
+
+def _naming(exc: OSError, path: Path, what_file: str) -> OSError:
+    """``exc`` (of its own type and errno) with a message that names ``path``: ENOSPC from a
+    write says nothing of the file it was writing."""
+    shown = os.fspath(path)
+    if shown in str(exc):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    message = f"cannot save the {what_file} {shown!r}: {reason}"
+    try:
+        named = type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)
+    except Exception:  # an OSError subclass with another constructor: keep it as it is
+        return exc
+    return named
+
+
 def atomic_write(path: Path, write: Callable[[Any], Any], what_file: str = "checkpoint") -> None:
     """Run ``write(file)`` on a temporary file next to ``path``, then rename it over
     ``path``; on any failure the temporary file is removed and ``path`` left as it was.
-    ``what_file`` names the file in errors ("cannot save the plot ...")."""
+    ``what_file`` names the file in errors ("cannot save the plot ..."), and an
+    :class:`OSError` (a full disk) names ``path``. A symlink is written through to its
+    target; a folder or a read-only file is refused as ``open()`` refuses it."""
+    path = _target(path, what_file)
     directory = path.parent if str(path.parent) else Path(".")
     _remove_stale_temporaries(directory, path)
     fd, tmp = _create_temporary(directory, path, what_file)
@@ -129,6 +168,13 @@ def atomic_write(path: Path, write: Callable[[Any], Any], what_file: str = "chec
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        named = _naming(exc, path, what_file)
+        if named is exc:
+            raise
+        raise named from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -5,7 +5,8 @@ The format (https://huggingface.co/docs/safetensors) is an 8-byte little-endian 
 to ``{"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}`` (offsets into the
 buffer) and may hold ``"__metadata__"``, a map of strings to strings. There is no pickle and no
 compression, so a reader can check every declared dtype, shape and byte range against the
-file's real size before it reads a byte of data, and then map the file instead of reading it.
+file's real size before it reads a byte of data, and then read each tensor straight into its
+array.
 
 This module knows the container only; :mod:`nnbackend.io` decides what goes in it. Arrays are
 host (NumPy) arrays: the format is a byte layout, and NumPy is the host array library.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import mmap
 import os
 import struct
 import sys
@@ -153,42 +153,49 @@ def _int(value: Any) -> int | None:
 
 
 class SafetensorsFile:
-    """A safetensors file opened for reading: the header parsed and checked, the data mapped.
+    """A safetensors file opened for reading: the header parsed and checked, the file kept open.
 
     Every check runs in the constructor, before any tensor data is touched: the header
     length, UTF-8 and JSON (with a nesting limit), each entry's dtype, shape and byte range,
     that the ranges tile the data buffer exactly (no overlap, no gap, nothing past the end),
     and the metadata map's types. Any failure raises :class:`~nnbackend.errors.CheckpointError`
-    naming the file and the entry. :meth:`array` then returns a read-only view into the mapped
-    file: no copy until the caller converts it.
+    naming the file and the entry. :meth:`array` then reads one entry into a new read-only array
+    (no memory map: a file truncated by another program while it is read is an error, never a
+    SIGBUS).
 
-    Use it as a context manager; views must be dropped (or copied) before it closes.
+    Use it as a context manager.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, max_header: int = MAX_HEADER) -> None:
         self.path = os.fspath(path)
-        self._map: mmap.mmap | None = None
-        with open_regular(self.path) as f:
-            size = os.fstat(f.fileno()).st_size
-            prefix = f.read(MAGIC_PREFIX_LEN)
-            if len(prefix) < MAGIC_PREFIX_LEN:
-                raise self._error(f"{size} bytes is too short for a safetensors header")
-            (length,) = struct.unpack("<Q", prefix)
-            limit = min(max_header, MAX_HEADER)
-            if length > min(limit, size - MAGIC_PREFIX_LEN):
-                raise self._error(
-                    f"the header claims {length} bytes, but the file has "
-                    f"{size - MAGIC_PREFIX_LEN} after the length field (this reader takes at "
-                    f"most {limit}); the file is truncated or not a safetensors file"
-                )
-            raw = f.read(length)
-            if len(raw) != length:
-                raise self._error("the file ends inside its header")
-            self.header_size = MAGIC_PREFIX_LEN + length
-            self.data_size = size - self.header_size
-            self.metadata, self.entries = self._parse(raw)
-            if self.data_size:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # Kept open and read entry by entry (never memory-mapped: another program truncating
+        # the file while it is read would kill this process with SIGBUS).
+        self._file: Any = open_regular(self.path)  # a buffered binary file, or None
+        try:
+            self._read_header(self._file, max_header)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self, f: IO[bytes], max_header: int) -> None:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(MAGIC_PREFIX_LEN)
+        if len(prefix) < MAGIC_PREFIX_LEN:
+            raise self._error(f"{size} bytes is too short for a safetensors header")
+        (length,) = struct.unpack("<Q", prefix)
+        limit = min(max_header, MAX_HEADER)
+        if length > min(limit, size - MAGIC_PREFIX_LEN):
+            raise self._error(
+                f"the header claims {length} bytes, but the file has "
+                f"{size - MAGIC_PREFIX_LEN} after the length field (this reader takes at "
+                f"most {limit}); the file is truncated or not a safetensors file"
+            )
+        raw = f.read(length)
+        if len(raw) != length:
+            raise self._error("the file ends inside its header")
+        self.header_size = MAGIC_PREFIX_LEN + length
+        self.data_size = size - self.header_size
+        self.metadata, self.entries = self._parse(raw)
 
     def _error(self, what: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {what}")
@@ -269,29 +276,43 @@ class SafetensorsFile:
         return dict(metadata), entries
 
     def array(self, name: str) -> Any:
-        """A read-only host array viewing entry ``name`` in the mapped file."""
+        """Entry ``name`` read into a new read-only host array. A file that another program
+        shortened since it was opened is a :class:`~nnbackend.errors.CheckpointError`."""
         np = host.numpy()
         entry = self.entries[name]
         dtype = np.dtype(entry.dtype).newbyteorder("<")
-        if entry.nbytes == 0 or self._map is None:
-            return np.zeros(entry.shape, dtype=dtype)
-        view = np.frombuffer(
-            self._map,
-            dtype=dtype,
-            count=entry.nbytes // dtype.itemsize,
-            offset=self.header_size + entry.begin,
-        )
-        return view.reshape(entry.shape)
+        out = np.zeros(entry.shape, dtype=dtype)
+        if entry.nbytes:
+            if self._file is None:
+                raise self._error(f"cannot read entry {name!r}: the file is closed")
+            buffer = memoryview(out.reshape(-1)).cast("B")
+            done = 0
+            try:
+                self._file.seek(self.header_size + entry.begin)
+                while done < entry.nbytes:
+                    got = self._file.readinto(buffer[done:])
+                    if not got:
+                        break
+                    done += got
+            except OSError as exc:
+                raise self._error(f"cannot read entry {name!r} ({exc.strerror or exc})") from None
+            if done < entry.nbytes:
+                raise self._error(
+                    f"the file ends inside entry {name!r} ({done} of its {entry.nbytes} "
+                    "bytes): it was truncated, or is being written by another program"
+                )
+        out.flags.writeable = False
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
 
     def close(self) -> None:
-        """Unmap the file. A view still alive keeps the map open until it is collected."""
-        if self._map is not None:
-            with contextlib.suppress(BufferError):
-                self._map.close()
-            self._map = None
+        """Close the file (the arrays read from it stay valid)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -350,7 +371,7 @@ class SafetensorsCheckpoint:
         }
 
     def array(self, key: str, shape: tuple[int, ...], dtype_name: str | None, what: str) -> Any:
-        """Entry ``key`` as a read-only host view into the mapped file, after checking that
+        """Entry ``key`` read into a read-only host array, after checking that
         it is a floating array of ``shape`` (and of ``dtype_name`` when given)."""
         entry = self.entries[key]
         check_entry(self.where, key, entry.dtype, entry.shape, shape, dtype_name, what)
