@@ -30,14 +30,31 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "nnbackend.backends"
+#: Names no backend may take: device names that ``using(device=...)``, ``model.to(...)`` and
+#: ``nb.to_device`` read as "backend:device" or as a backend when a backend has the name
+#: (a plugin named "cuda" took ``using(device="cuda:0")`` away from torch).
+RESERVED_NAMES = frozenset(
+    {"cpu", "cuda", "gpu", "tpu", "mps", "xpu", "hip", "rocm", "meta", "xla", "device1", "device2"}
+)
 
 _lock = threading.RLock()
 _records: dict[str, Backend] = {record.name: record for record in BUILTIN}
 # type(x).__module__'s first component -> backend name, for backend_of().
 _by_module: dict[str, str] = {m: r.name for r in BUILTIN for m in r.array_modules}
 _probes: dict[str, str | None] = {}
-_entry_points_loaded = False
+_entry_points_loaded = False  # set when loading has finished, not when it starts
+# (thread id, finished event) of the load in progress, or None.
+_entry_points_loading: tuple[int, threading.Event] | None = None
+# How long a thread waits for another thread's loading of the plugins (a plugin that imports
+# a large library takes seconds). Bounded: a thread that waits while holding a lock the
+# plugin's import needs (config's, where the plugin reads the settings at import) then goes
+# on without the plugins instead of hanging.
+ENTRY_POINT_WAIT_S = 30.0
 _entry_point_errors: dict[str, str] = {}
+# Why the installed entry points could not be listed at all (malformed package metadata).
+_entry_point_scan_error: str | None = None
+# Names removed by unregister_backend(), for the message when one is still selected.
+_unregistered: set[str] = set()
 # Bumped on every change, so caches built from the registry (namespaces) can notice.
 generation = 0
 
@@ -56,8 +73,10 @@ def register_backend(backend: Backend, *, replace: bool | str = False) -> Backen
             ``replace="numpy"``, which also allows replacing a record of the same name.
 
     Raises:
-        BackendError: the name is taken and ``replace`` is false, or the array modules
-            overlap a backend that ``replace`` does not name (the message names it).
+        BackendError: the name is taken and ``replace`` is false, the array modules
+            overlap a backend that ``replace`` does not name (the message names it),
+            ``replace`` is a name no backend is registered under, or the name is one of
+            :data:`RESERVED_NAMES` (a device name such as ``"cuda"``).
     """
     global generation
     if not isinstance(backend, Backend):
@@ -69,7 +88,20 @@ def register_backend(backend: Backend, *, replace: bool | str = False) -> Backen
         raise BackendError(
             f"replace must be True, False or the name of the backend replaced, got {replace!r}"
         )
+    if backend.name in RESERVED_NAMES:
+        raise BackendError(
+            f"{backend.name!r} cannot be a backend name: it is a device name "
+            f"(using(device='{backend.name}:0'), model.to({backend.name!r})), and a backend of "
+            "that name would capture those devices; name the backend after its library, e.g. "
+            f"'my{backend.name}'"
+        )
     with _lock:
+        if isinstance(replace, str) and replace not in _records:
+            raise BackendError(
+                f"replace={replace!r} names no registered backend; pass the name of the "
+                f"backend whose arrays or name are taken over ({', '.join(map(repr, _records))}), "
+                "or True"
+            )
         current = _records.get(backend.name)
         if current is not None and current is not backend and replace is False:
             raise BackendError(
@@ -95,6 +127,7 @@ def register_backend(backend: Backend, *, replace: bool | str = False) -> Backen
                 if _by_module.get(module) == backend.name:
                     del _by_module[module]
         _records[backend.name] = backend
+        _unregistered.discard(backend.name)
         for module in backend.array_modules:
             _by_module[module] = backend.name
         _probes.pop(backend.name, None)
@@ -104,12 +137,22 @@ def register_backend(backend: Backend, *, replace: bool | str = False) -> Backen
 
 
 def unregister_backend(name: str) -> None:
-    """Remove a backend added at run time. Built-in backends cannot be removed. Array modules
-    it had taken over (``register_backend(..., replace=...)``) go back to the registered
-    backend that declares them."""
+    """Remove a backend added at run time. Built-in backends cannot be removed; a record
+    registered over one (``replace=True``) is removed by putting the built-in back. Array
+    modules it had taken over (``register_backend(..., replace=...)``) go back to the
+    registered backend that declares them. A backend still selected (``set_backend``, a
+    ``using`` block) raises :class:`~nnbackend.errors.BackendError` at its next use, saying
+    that it was unregistered."""
     global generation
-    if any(record.name == name for record in BUILTIN):
-        raise BackendError(f"{name!r} is a built-in backend and cannot be unregistered")
+    builtin = next((record for record in BUILTIN if record.name == name), None)
+    if builtin is not None:
+        with _lock:
+            if _records.get(name) is builtin:
+                raise BackendError(f"{name!r} is a built-in backend and cannot be unregistered")
+        # A record registered over the built-in (replace=True): put the built-in back, which
+        # otherwise could not be had again in this process.
+        register_backend(builtin, replace=True)
+        return
     with _lock:
         record = _records.pop(name, None)
         if record is None:
@@ -123,6 +166,7 @@ def unregister_backend(name: str) -> None:
                         _by_module[module] = other.name
                         break
         _probes.pop(name, None)
+        _unregistered.add(name)
         generation += 1
         _on_change()
 
@@ -158,32 +202,66 @@ def find(name: str) -> Backend | None:
 
 
 def _load_entry_points() -> None:
-    global _entry_points_loaded
+    global _entry_points_loaded, _entry_points_loading
     if _entry_points_loaded:
         return
+    me = threading.get_ident()
     with _lock:
         if _entry_points_loaded:  # set by another thread while this one waited
             return  # type: ignore[unreachable]  # mypy narrows the global across the lock
-        _entry_points_loaded = True
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in _records:
-                continue
-            try:
-                loaded: Any = ep.load()
-                record = loaded if isinstance(loaded, Backend) else loaded()
-                if not isinstance(record, Backend):
-                    raise TypeError(f"it gave {type(record).__name__}, not an nnbackend.Backend")
-                if record.name != ep.name:
-                    raise ValueError(
-                        f"the entry point is named {ep.name!r} but its record is {record.name!r}"
-                    )
-                register_backend(record)
-            # A broken plugin must not break nnbackend: one that calls sys.exit() or raises
-            # KeyboardInterrupt at import is as unusable as one that raises ImportError.
-            except (Exception, SystemExit, KeyboardInterrupt) as exc:
-                _entry_point_errors[ep.name] = (
-                    f"plugin entry point {ep.value!r} failed to load ({type(exc).__name__}: {exc})"
+        loading = _entry_points_loading
+        if loading is None:
+            loading = _entry_points_loading = (me, threading.Event())
+            mine = True
+        else:
+            mine = False
+    if not mine:
+        if loading[0] != me:
+            # Another thread is importing the plugins: wait for it, instead of answering
+            # without them ("unknown backend" for a plugin still being imported). The same
+            # thread (a plugin whose import asks for the registry) sees those loaded so far.
+            loading[1].wait(ENTRY_POINT_WAIT_S)
+        return
+    try:
+        _load_entry_points_now()
+    finally:
+        with _lock:
+            _entry_points_loaded = True
+            _entry_points_loading = None
+        loading[1].set()
+
+
+def _load_entry_points_now() -> None:
+    global _entry_point_scan_error
+    try:
+        found = list(entry_points(group=ENTRY_POINT_GROUP))
+    # Malformed metadata of any installed package (an entry_points.txt line without "=")
+    # made importlib.metadata raise TypeError: nnbackend then works with the built-ins.
+    except Exception as exc:
+        _entry_point_scan_error = (
+            f"the installed packages' entry points could not be read ({type(exc).__name__}: "
+            f"{exc}); a package with malformed metadata (entry_points.txt) is installed"
+        )
+        return
+    for ep in found:
+        if ep.name in _records:
+            continue
+        try:
+            loaded: Any = ep.load()
+            record = loaded if isinstance(loaded, Backend) else loaded()
+            if not isinstance(record, Backend):
+                raise TypeError(f"it gave {type(record).__name__}, not an nnbackend.Backend")
+            if record.name != ep.name:
+                raise ValueError(
+                    f"the entry point is named {ep.name!r} but its record is {record.name!r}"
                 )
+            register_backend(record)
+        # A broken plugin must not break nnbackend: one that calls sys.exit() or raises
+        # KeyboardInterrupt at import is as unusable as one that raises ImportError.
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            _entry_point_errors[ep.name] = (
+                f"plugin entry point {ep.value!r} failed to load ({type(exc).__name__}: {exc})"
+            )
 
 
 def backends() -> list[str]:
@@ -204,6 +282,13 @@ def _unknown_message(name: object) -> str:
         alike = [n for n in registered if n.casefold() == name.strip().casefold()]
         if alike:
             message += f" (names are case-sensitive: did you mean {alike[0]!r}?)"
+    if name in _unregistered:
+        message += (
+            f"; {name!r} was removed by unregister_backend(): register it again, or select "
+            "another backend (nb.set_backend(...), nb.using(backend=...))"
+        )
+    if _entry_point_scan_error is not None:
+        message += f"; plugins were not loaded: {_entry_point_scan_error}"
     return message
 
 

@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from nnbackend.errors import BackendError
+
 __all__ = ["Backend", "Capabilities"]
 
 
@@ -59,6 +61,22 @@ def _base_ops(xp: Any, record: Backend) -> Any:
     from nnbackend.backends.ops import Ops
 
     return Ops(xp, record)
+
+
+_REQUIRED_CALLABLES = (
+    "load_namespace",
+    "probe",
+    "to_host",
+    "from_host",
+    "devices",
+    "device",
+    "version",
+    "facts",
+    "on_host",
+    "kernels",
+    "ops",
+)
+_OPTIONAL_CALLABLES = ("scatter_add", "enter_device", "empty_cache", "dtype_reason")
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,6 +131,13 @@ class Backend:
             allow. It must not import the library.
         install_hint: the command that installs the library.
         description: one line for listings.
+
+    Raises:
+        BackendError: a malformed record (a name that is not a Python identifier, an array
+            module that is not a top-level module name, a field that should be a function and
+            is not, ``capabilities`` that are not a :class:`Capabilities`, an ``ops`` class
+            that does not derive from :class:`nnbackend.backends.ops.Ops`); the message names
+            the field.
     """
 
     name: str
@@ -137,12 +162,56 @@ class Backend:
     description: str = ""
 
     def __post_init__(self) -> None:
+        # A malformed record fails here, naming the field, rather than as a bare TypeError or
+        # AttributeError at its first use deep inside the engine.
         if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise ValueError(
+            raise BackendError(
                 f"backend name must be a Python identifier such as 'mylib', got {self.name!r}"
             )
-        if isinstance(self.array_modules, str):
-            object.__setattr__(self, "array_modules", (self.array_modules,))
+        modules: Any = self.array_modules
+        if isinstance(modules, str):
+            modules = (modules,)
+        try:
+            modules = tuple(modules)
+        except TypeError:
+            modules = (modules,)
+        for module in modules:
+            if not isinstance(module, str) or not module.isidentifier():
+                raise BackendError(
+                    f"backend {self.name!r}: array_modules holds top-level module names such as "
+                    f"'numpy' (type(array).__module__ up to its first dot), got {module!r}"
+                )
+        object.__setattr__(self, "array_modules", modules)
+        for name in _REQUIRED_CALLABLES:
+            if not callable(getattr(self, name)):
+                raise BackendError(
+                    f"backend {self.name!r}: {name} must be a function, got {getattr(self, name)!r}"
+                )
+        for name in _OPTIONAL_CALLABLES:
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise BackendError(
+                    f"backend {self.name!r}: {name} must be a function or None, got {value!r}"
+                )
+        if not isinstance(self.capabilities, Capabilities):
+            raise BackendError(
+                f"backend {self.name!r}: capabilities must be an nnbackend.Capabilities(...), "
+                f"got {self.capabilities!r}"
+            )
+        if isinstance(self.ops, type):
+            from nnbackend.backends.ops import Ops
+
+            if not issubclass(self.ops, Ops):
+                raise BackendError(
+                    f"backend {self.name!r}: ops={self.ops.__qualname__} does not derive from "
+                    "nnbackend.backends.ops.Ops; subclass it and override only what differs "
+                    "(the engine calls many of its methods)"
+                )
+        for name in ("install_hint", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise BackendError(
+                    f"backend {self.name!r}: {name} must be a str, got {getattr(self, name)!r}"
+                )
 
     def __repr__(self) -> str:
         return f"<nnbackend.Backend {self.name!r}>"
