@@ -34,14 +34,55 @@ def _count(n: Any, what: str) -> int:
     return value
 
 
-def _shape(size: Shape | None) -> tuple[int, ...]:
+def _shape(size: Any) -> tuple[int, ...]:
     if size is None:
         return ()
-    if hasattr(size, "__index__"):
+    if getattr(size, "ndim", 0) == 0 and hasattr(size, "__index__"):
         return (_count(size, "size"),)
-    if not isinstance(size, tuple | list):
-        raise ArgumentError(f"size must be an int or a tuple of ints, got {size!r}")
-    return tuple(_count(n, "each entry of size") for n in size)
+    if getattr(size, "ndim", 1) == 1 and not isinstance(size, str | bytes):
+        # A tuple or list, or a 1-d integer array such as np.array([2, 3]) (as in NumPy).
+        try:
+            return tuple(_count(n, "each entry of size") for n in size)
+        except TypeError:
+            pass
+    raise ArgumentError(f"size must be an int or a tuple of ints, got {size!r}")
+
+
+def _seed(seed: Any) -> int | None:
+    """``seed`` as a non-negative int: Python and NumPy integers (``np.int64(3)``, as NumPy
+    and torch take them) pass; bools, floats, strings and negatives raise ArgumentError."""
+    if seed is None:
+        return None
+    try:
+        # Python's and NumPy's bools are refused, not read as 0 and 1.
+        value = -1 if type(seed).__name__ in ("bool", "bool_") else operator.index(seed)
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise ArgumentError(f"seed must be a non-negative int or None, got {seed!r}")
+    return value
+
+
+def _bound(value: Any, what: str) -> int:
+    """An integer bound of :meth:`Generator.integers`: floats are refused (as in torch),
+    not truncated (``integers(2.9)`` gave only 0 and 1)."""
+    if type(value).__name__ in ("bool", "bool_"):
+        raise ArgumentError(f"{what} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ArgumentError(f"{what} must be an int, got {value!r}") from None
+
+
+def _drawn(method: str, draw: Any, *args: Any, **kwargs: Any) -> Any:
+    """``draw(*args, **kwargs)`` on the host generator; a user mistake NumPy refuses (a
+    negative scale, ``low > high``, an infinite range, probabilities that do not sum to 1)
+    raises ArgumentError naming the call, not NumPy's bare ValueError or OverflowError."""
+    try:
+        return draw(*args, **kwargs)
+    except (ValueError, OverflowError, TypeError) as exc:
+        shown = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        raise ArgumentError(f"nnbackend.random {method}({shown}): {exc}") from exc
 
 
 class Generator:
@@ -55,8 +96,7 @@ class Generator:
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        if seed is not None and (type(seed) is bool or not isinstance(seed, int) or seed < 0):
-            raise ArgumentError(f"seed must be a non-negative int or None, got {seed!r}")
+        seed = _seed(seed)
         self.seed = seed
         self._host = host.generator(seed)
 
@@ -68,7 +108,8 @@ class Generator:
         self, size: Shape | None = None, loc: float = 0.0, scale: float = 1.0, *, dtype: Any = None
     ) -> Any:
         """Normal samples of shape ``size`` in ``dtype`` (default: the active float dtype)."""
-        return self._to_backend(self._host.normal(loc, scale, _shape(size)), dtype)
+        values = _drawn("normal", self._host.normal, loc, scale, _shape(size))
+        return self._to_backend(values, dtype)
 
     def uniform(
         self, size: Shape | None = None, low: float = 0.0, high: float = 1.0, *, dtype: Any = None
@@ -76,11 +117,26 @@ class Generator:
         """Uniform samples in ``[low, high)``, in ``dtype`` too: a float64 draw just below
         ``high`` that rounds up to it (float16 and float32) becomes the value below it, as
         in torch (``log(1 - u)`` never meets ``u == 1``)."""
-        values = self._host.uniform(low, high, _shape(size))
+        shape = _shape(size)
         dtype_name = config.get_default_dtype() if dtype is None else config.normalize_dtype(dtype)
+        np = host.numpy()
+        largest = float(np.finfo(dtype_name).max)
+        for name, bound in (("low", low), ("high", high)):
+            try:
+                values = np.asarray(bound, dtype="float64")
+            except (TypeError, ValueError):
+                continue  # not a number: NumPy's own message follows
+            if np.isnan(values).any():
+                raise ArgumentError(f"nnbackend.random uniform(): {name} is NaN ({bound!r})")
+            if (np.abs(values) > largest).any():
+                # Cast, it became inf or was clamped to the largest finite value (torch raises).
+                raise ArgumentError(
+                    f"nnbackend.random uniform(): {name}={bound!r} is outside the range of "
+                    f"{dtype_name} (largest {largest:g}); pass a wider dtype or smaller bounds"
+                )
+        values = _drawn("uniform", self._host.uniform, low, high, shape)
         cast = values.astype(dtype_name, copy=False)
         if cast.dtype.itemsize < 8 and cast.size and high > low:
-            np = host.numpy()
             top = np.asarray(high, dtype=cast.dtype)
             over = cast >= top
             if over.any():
@@ -89,7 +145,9 @@ class Generator:
 
     def integers(self, low: int, high: int | None = None, size: Shape | None = None) -> Any:
         """Integers in ``[low, high)`` (or ``[0, low)``) as the backend's int64."""
-        values = self._host.integers(low, high, _shape(size), dtype="int64")
+        low = _bound(low, "low")
+        high = None if high is None else _bound(high, "high")
+        values = _drawn("integers", self._host.integers, low, high, _shape(size), dtype="int64")
         return self._move(values)
 
     def choice(
@@ -102,7 +160,9 @@ class Generator:
     ) -> Any:
         """Integers in ``[0, n)`` drawn with probabilities ``p`` (a sequence of ``n`` floats
         summing to 1; default uniform), with or without replacement, as the backend's int64."""
-        values = self._host.choice(_count(n, "n"), size=_shape(size), replace=replace, p=p)
+        values = _drawn(
+            "choice", self._host.choice, _count(n, "n"), size=_shape(size), replace=replace, p=p
+        )
         return self._move(values.astype("int64"))
 
     def permutation(self, x: int | Any) -> Any:
