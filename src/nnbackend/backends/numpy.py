@@ -1090,15 +1090,22 @@ def _untraced(fn: Callable[[], Any]) -> Any:
     (CPython before 3.13), which would make the reference-count probes count one too many,
     and reuse then write into arrays that one outside reference still holds."""
     trace, profile = sys.gettrace(), sys.getprofile()
+    if not callable(profile):
+        # A C profiler's object (cProfile's Profile): it reads no frame's locals, and
+        # sys.setprofile could not give it back (it would become a function to call, and
+        # `python -m cProfile train.py` failed with "'Profile' object is not callable").
+        profile = None
     if trace is None and profile is None:
         return fn()
     sys.settrace(None)
-    sys.setprofile(None)
+    if profile is not None:
+        sys.setprofile(None)
     try:
         return fn()
     finally:
         sys.settrace(trace)
-        sys.setprofile(profile)
+        if profile is not None:
+            sys.setprofile(profile)
 
 
 def blas_facts() -> list[dict[str, Any]]:
