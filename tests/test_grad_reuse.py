@@ -268,6 +268,7 @@ def _train_layer(xp: Any, dtype: str, name: str, reuse: bool, steps: int = 3) ->
     return [_host(p.data) for p in params] + [_host(p.grad) for p in params]
 
 
+@pytest.mark.jax_rotate("name")
 @pytest.mark.parametrize("name", LAYER_NAMES)
 def test_layer_results_are_bit_equal_with_and_without_reuse(xp: Any, dtype: str, name: str) -> None:
     reused = _train_layer(xp, dtype, name, reuse=True)

@@ -113,6 +113,7 @@ def _loss_curve(backend: str, dtype: str, opt_name: str, steps: int = 30) -> np.
     return np.array(losses)
 
 
+@pytest.mark.jax_rotate("opt_name")
 @pytest.mark.parametrize("opt_name", ["SGD", "Momentum", "Adam"])
 def test_loss_curve_agrees_across_backends(backend: str, dtype: str, opt_name: str) -> None:
     """Same seed, model and data: the same loss curve as numpy within a few dozen units of the
@@ -140,6 +141,7 @@ class Tagger(nn.Module):
         return self.body(self.norm(self.embed(tokens))).mean(axis=1)
 
 
+@pytest.mark.jax_rotate("opt_name")
 @pytest.mark.parametrize(
     "opt_name", ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "AdamW"]
 )
