@@ -331,6 +331,7 @@ def _isolate_settings() -> Iterator[None]:
     saved_version = config._Process.version
     saved_registry = {name: dict(getattr(registry, name)) for name in _REGISTRY_DICTS}
     saved_loaded = registry._entry_points_loaded
+    saved_unregistered = set(registry._unregistered)
     saved_generation = registry.generation
     saved_random = nb_random._global
     token = config._context.set(None)
@@ -364,6 +365,10 @@ def _isolate_settings() -> Iterator[None]:
                 # restored here made the next test's optimizer rebind (CI, 2026-12-02).
                 registry._on_change()
             registry._entry_points_loaded = saved_loaded
+            # Names unregistered by the test (a later use says "was unregistered").
+            if registry._unregistered != saved_unregistered:
+                registry._unregistered.clear()
+                registry._unregistered.update(saved_unregistered)
         nb_random._global = saved_random
 
 

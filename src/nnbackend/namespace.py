@@ -23,7 +23,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from nnbackend import config, registry
-from nnbackend.errors import ArgumentError, BackendError, BackendMismatchError, DtypeError
+from nnbackend.errors import (
+    ArgumentError,
+    BackendError,
+    BackendMismatchError,
+    BackendUnavailableError,
+    DtypeError,
+)
 from nnbackend.typing import Array, DType, Namespace
 
 if TYPE_CHECKING:
@@ -548,6 +554,63 @@ class NamespaceInfo:
         return getattr(self._base_info, name)
 
 
+def _load_namespace(name: str, record: Backend) -> Any:
+    """``record.load_namespace()``; an ImportError (the probe said the backend was usable, the
+    import then failed) becomes :class:`~nnbackend.errors.BackendUnavailableError` naming the
+    backend, the import and how to fix it."""
+    try:
+        return record.load_namespace()
+    except ImportError as exc:
+        missing = f"module {exc.name!r}" if exc.name else "a module"
+        fix = f"install it ({record.install_hint})" if record.install_hint else f"install {missing}"
+        raise BackendUnavailableError(
+            f"backend {name!r} is unavailable: its probe said it was usable, but its "
+            f"load_namespace failed to import {missing}: {exc}. Fix: {fix}, or choose another "
+            f"backend; a plugin's probe should report a missing import instead of None"
+        ) from exc
+
+
+# What nnbackend calls on every backend namespace: _build's creation wrappers and the
+# inspection object, and what the base Ops reads at construction (besides the dtype).
+_NEEDED_NAMES = (
+    "__array_namespace_info__",
+    "asarray",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "arange",
+    "linspace",
+    "eye",
+    "from_dlpack",
+    "astype",
+    "sum",
+    "max",
+    "where",
+    "all",
+    "isnan",
+    "isfinite",
+    "float32",
+    "int64",
+)
+
+
+def _check_needed_names(backend: str, base: Any, dtype: str) -> None:
+    """Raise BackendError listing every name nnbackend needs that ``base`` lacks (a plugin's
+    ``load_namespace`` returning the library itself rather than an Array API namespace),
+    instead of a bare AttributeError naming only the first."""
+    needed = _NEEDED_NAMES if dtype in _NEEDED_NAMES else (*_NEEDED_NAMES, dtype)
+    missing = [name for name in needed if not hasattr(base, name)]
+    if missing:
+        raise BackendError(
+            f"backend {backend!r}: the namespace its load_namespace returned "
+            f"({getattr(base, '__name__', type(base).__qualname__)}) lacks "
+            f"{', '.join(missing)}, which nnbackend needs; load_namespace must return an "
+            "Array API namespace, e.g. wrap the library with array-api-compat "
+            "(array_api_compat.array_namespace(an_array_of_it))"
+        )
+
+
 def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
     record = registry.require(backend)
     if not record.capabilities.float16 and dtype == "float16":
@@ -558,7 +621,8 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
     reason = None if record.dtype_reason is None else record.dtype_reason(dtype)
     if reason is not None:
         raise DtypeError(f"backend {backend!r} cannot make {dtype} arrays here: {reason}")
-    base = record.load_namespace()
+    base = _load_namespace(backend, record)
+    _check_needed_names(backend, base, dtype)
     default = getattr(base, dtype)
     device_object = None
     base_info = base.__array_namespace_info__()
@@ -713,7 +777,7 @@ def backend_for(array: Array) -> tuple[Namespace, Backend]:
             f"{type(array).__module__}.{type(array).__qualname__}"
         )
     record = registry.require(name)
-    found = (record.load_namespace(), record)
+    found = (_load_namespace(name, record), record)
     with registry.change_lock():  # held by registry changes while they bump and clear
         # A registry change since the lookups cleared the cache: do not refill it with them.
         if registry.generation == generation:
@@ -731,6 +795,59 @@ type, or ``None``; the engine's per-op lookup without a call frame (internal API
 _ops: dict[Any, Any] = {}
 
 
+# What Ops.__init__ sets on every ops object (the engine reads them without a fallback).
+_OPS_FIELDS = (
+    "xp",
+    "record",
+    "inplace",
+    "to_host",
+    "from_host",
+    "on_host",
+    "_extra",
+    "sum",
+    "max",
+    "astype",
+    "asarray",
+    "count_nonzero",
+    "lstm_cell",
+    "lstm_cell_backward",
+    "_positive",
+    "_keep",
+    "_nan",
+    "_finite",
+    "_cache",
+    "float16",
+    "float32",
+    "_slow",
+    "_decided",
+    "_wide",
+    "_weights",
+)
+
+
+def _check_ops(found: Any, record: Backend) -> None:
+    """Raise BackendError where the record's ``ops`` factory built no usable ops object: not
+    an :class:`~nnbackend.backends.ops.Ops`, or an Ops subclass whose ``__init__`` skipped
+    ``super().__init__()``. Run once per new ops object, never on the cached path."""
+    from nnbackend.backends.ops import Ops
+
+    factory = getattr(record.ops, "__qualname__", repr(record.ops))
+    kind = f"{type(found).__module__}.{type(found).__qualname__}"
+    if not isinstance(found, Ops):
+        raise BackendError(
+            f"backend {record.name!r}: its ops factory {factory} returned {kind}, not an "
+            "nnbackend.backends.ops.Ops; return an instance of Ops or of a subclass of it "
+            "(the engine calls many of its methods)"
+        )
+    missing = [name for name in _OPS_FIELDS if not hasattr(found, name)]
+    if missing:
+        raise BackendError(
+            f"backend {record.name!r}: its ops object {kind} lacks {', '.join(missing)}, "
+            f"which Ops.__init__ sets; call super().__init__(xp, record) in "
+            f"{type(found).__qualname__}.__init__"
+        )
+
+
 def ops_for(xp: Namespace, array: Array) -> Ops:
     """The operations object (:class:`nnbackend.backends.ops.Ops`) of ``array``'s backend,
     whose namespace is ``xp``: one dictionary lookup after the first call. Built by the
@@ -740,6 +857,7 @@ def ops_for(xp: Namespace, array: Array) -> Ops:
         generation = registry.generation
         xp_, record = backend_for(array)
         found = record.ops(xp_, record)
+        _check_ops(found, record)
         with registry.change_lock():
             if registry.generation == generation:
                 _ops[xp] = found
