@@ -66,12 +66,6 @@ def plugin() -> Iterator[nb.Backend]:
         registry.unregister_backend(PLUGIN)
 
 
-@pytest.fixture(autouse=True)
-def _forget_unregistered(monkeypatch: pytest.MonkeyPatch) -> None:
-    # conftest restores the registry's dicts; this set is new, so it is restored here.
-    monkeypatch.setattr(registry, "_unregistered", set(), raising=False)
-
-
 def _train() -> tuple[float, float, type]:
     nb.random.seed(0)
     x, t = nb.datasets.spiral()
