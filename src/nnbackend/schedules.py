@@ -18,13 +18,18 @@ hand-written loop. The closed forms are PyTorch's (``torch.optim.lr_scheduler``)
 >>> rates
 [1.0, 1.0, 0.5, 0.5, 0.25]
 
-To resume a run, save ``schedule.state_dict()`` with the optimizer's, and after
-``optimizer.load_state_dict(...)`` make the schedule as before and call
-``schedule.load_state_dict(...)``: making it alone would take the decayed rate as its base.
+To resume a run, save the schedule in the checkpoint with the optimizer,
+``nnbackend.save(model, path, optimizer=opt, schedule=schedule)`` (``ModelCheckpoint(...,
+save_optimizer=True)`` saves the schedule of the fit), and in the resumed run make the
+optimizer and the schedule as before and call ``nnbackend.load(model, path, optimizer=opt,
+schedule=schedule)``: a schedule made alone after the optimizer's state was loaded would take
+the decayed rate as its base. By hand, ``schedule.state_dict()`` and
+``schedule.load_state_dict(...)`` do the same.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -74,43 +79,74 @@ class Schedule(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """What :meth:`load_state_dict` needs to resume the schedule where it is:
-        ``{"type", "base_lr", "n"}`` (plain Python values). Save it with the optimizer's
-        state dict; the settings (``step_size``, ``gamma``, ...) are the constructor's."""
+        ``{"type", "base_lr", "n"}`` (plain Python values). Save it with the model and the
+        optimizer, ``nnbackend.save(model, path, optimizer=opt, schedule=schedule)``; the
+        settings (``step_size``, ``gamma``, ...) are the constructor's."""
         return {"type": type(self).__name__, "base_lr": self.base_lr, "n": self.n}
 
     def load_state_dict(self, state: Any) -> None:
         """Resume from a :meth:`state_dict`: the base rate and the count of steps come back,
         and the optimizer's ``lr`` is set to the rate there (making a schedule again after
         ``optimizer.load_state_dict`` took the decayed rate as its base: it decayed twice).
-        Everything is checked first: a state of another schedule, or a malformed one, raises
-        :class:`~nnbackend.errors.CheckpointError` and changes nothing."""
-        values = self._checked_state(state)
+        Everything is checked first (:meth:`check_state_dict`): a state of another schedule,
+        or a malformed one, raises :class:`~nnbackend.errors.CheckpointError` and changes
+        nothing."""
+        values, lr = self._checked_state(state)
         for key, value in values.items():
             setattr(self, key, value)
-        self._resume()
+        self.optimizer.lr = lr
+
+    def check_state_dict(self, state: Any) -> None:
+        """Check ``state`` as :meth:`load_state_dict` would, and change nothing (neither the
+        schedule nor the optimizer's ``lr``): :class:`~nnbackend.errors.CheckpointError` for
+        a state of another kind of schedule, a malformed one, or one whose rate is no finite
+        number. :func:`nnbackend.load` checks a checkpoint's schedule so before it touches
+        the model, the optimizer or the schedule."""
+        self._checked_state(state)
 
     def _state_keys(self) -> set[str]:
         return {"type", "base_lr", "n"}
 
-    def _checked_state(self, state: Any) -> dict[str, Any]:
-        """The attributes a valid ``state`` sets, or CheckpointError."""
+    def _checked_state(self, state: Any) -> tuple[dict[str, Any], float]:
+        """The attributes a valid ``state`` sets and the optimizer's ``lr`` it gives, or
+        CheckpointError; changes nothing."""
         name = type(self).__name__
         if not isinstance(state, Mapping):
             raise CheckpointError(
                 f"{name}.load_state_dict needs a mapping such as schedule.state_dict(), got "
                 f"{type(state).__name__}"
             )
+        # The kind first: a ReduceLROnPlateau state offered to a StepLR is of another
+        # schedule, which says more than its other keys.
+        if "type" in state and state["type"] != name:
+            raise CheckpointError(
+                f"the schedule state is of a {state['type']!r:.80} schedule, not a {name}: "
+                "make the schedule the state was saved from"
+            )
         if set(state) != self._state_keys():
             raise CheckpointError(
                 f"{name} state needs the keys {sorted(self._state_keys())}, got "
                 f"{sorted(map(str, state))}"
             )
-        if state["type"] != name:
-            raise CheckpointError(f"the state is of a {state['type']!r} schedule, not a {name}")
-        return {"base_lr": _state_rate(state, "base_lr"), "n": _state_count(state, "n")}
+        values = {"base_lr": _state_rate(state, "base_lr"), "n": _state_count(state, "n")}
+        return values, self._resumed_rate(values)
 
-    def _resume(self) -> None:
-        self.optimizer.lr = float(self.lr_at(self.n))
+    def _resumed_rate(self, values: dict[str, Any]) -> float:
+        """``lr_at(n)`` with the attributes ``values`` (on a copy: nothing changes), which
+        must be a finite float (``gamma ** 10**400`` overflowed, a base rate of 1e308 became
+        an infinite cosine rate)."""
+        trial = copy.copy(self)
+        vars(trial).update(values)
+        try:
+            lr = float(trial.lr_at(trial.n))
+        except OverflowError:
+            lr = math.inf
+        if not 0.0 <= lr < math.inf:
+            raise CheckpointError(
+                f"schedule state {values} gives {type(self).__name__} the rate {lr}, not a "
+                "finite number >= 0"
+            )
+        return lr
 
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
         if self.per == "epoch":
@@ -145,15 +181,24 @@ def _monitored(value: Any) -> float:
 def _state_count(state: Any, key: str) -> int:
     value = state[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise CheckpointError(f"schedule state {key!r} must be an int >= 0, got {value!r}")
+        raise CheckpointError(f"schedule state {key!r} must be an int >= 0, got {value!r:.80}")
     return value
 
 
 def _state_rate(state: Any, key: str) -> float:
     value = state[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise CheckpointError(f"schedule state {key!r} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        rate = math.nan
+    else:
+        try:
+            rate = float(value)
+        except OverflowError:  # an int beyond a float (10**400): float() raised bare
+            rate = math.inf
+    if not 0.0 <= rate < math.inf:
+        raise CheckpointError(
+            f"schedule state {key!r} must be a finite number >= 0, got {value!r:.80}"
+        )
+    return rate
 
 
 def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
@@ -316,23 +361,28 @@ class ReduceLROnPlateau(Schedule):
     def _state_keys(self) -> set[str]:
         return {*super()._state_keys(), "lr", "best", "wait"}
 
-    def _checked_state(self, state: Any) -> dict[str, Any]:
-        values = super()._checked_state(state)
+    def _checked_state(self, state: Any) -> tuple[dict[str, Any], float]:
+        values, _ = super()._checked_state(state)
         best = state["best"]
         if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
             raise CheckpointError(f"schedule state 'best' must be a number or None, got {best!r}")
-        values.update(
-            lr=_state_rate(state, "lr"),
-            best=None if best is None else float(best),
-            wait=_state_count(state, "wait"),
-        )
-        return values
+        try:
+            best = None if best is None else float(best)
+        except OverflowError:  # an int beyond a float: a corrupted or hostile file
+            raise CheckpointError(
+                f"schedule state 'best' must be a number a float can hold, got {best!r:.80}"
+            ) from None
+        values.update(best=best, wait=_state_count(state, "wait"))
+        return values, _state_rate(state, "lr")
+
+    def _resumed_rate(self, values: dict[str, Any]) -> float:
+        return values["base_lr"]  # (unused: the rate is the state's own "lr", checked above)
 
     def load_state_dict(self, state: Any) -> None:
-        values = self._checked_state(state)
+        values, lr = self._checked_state(state)
         self.base_lr, self.n, self.wait = values["base_lr"], values["n"], values["wait"]
         self._watch.best = values["best"]
-        self.optimizer.lr = values["lr"]
+        self.optimizer.lr = lr
 
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
         from nnbackend.train.callbacks import watched_value

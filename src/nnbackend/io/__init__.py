@@ -1,5 +1,5 @@
 """Checkpoints: :func:`save` and :func:`load` a model's parameters (and an optimizer's state,
-and a loss scaler's) in a file that needs no pickle to read.
+a loss scaler's and a learning-rate schedule's) in a file that needs no pickle to read.
 
 Two formats, told apart by content when loading:
 
@@ -15,8 +15,9 @@ In both, a parameter may have any name: one the format cannot hold as a key (let
 ``_ . -``, up to 200 characters) is stored as ``"parameter/<index>"``, and its metadata names
 that ``"entry"`` (format version 2, written only when some name needs it). The metadata holds
 the format version, nnbackend version, model class, backend, each parameter's shape, stored
-dtype and model dtype, the optimizer's type, hyperparameters and step counts, and a loss
-scaler's scale and counters when one is saved.
+dtype and model dtype, the optimizer's type, hyperparameters and step counts, a loss
+scaler's scale and counters when one is saved, and a schedule's ``state_dict()`` (under
+``"schedule"``) when one is saved.
 
 Saving is atomic: the file is written to a temporary file in the same directory (created with
 an explicit mode, never by changing the process umask), flushed to disk, then renamed over
@@ -29,9 +30,10 @@ checked field by field; the file must hold exactly the entries the metadata name
 array's shape and dtype are checked against the model before its data is read (or inflated),
 so no more than the model's own size is ever read, whatever the file declares. Everything
 (names, shapes, dtypes, values that would overflow the model's dtype, the optimizer's
-hyperparameters, the loss scaler's state) is checked before a parameter, the optimizer or the
-scaler is touched; any problem raises :class:`~nnbackend.errors.CheckpointError` naming the
-file and the entry, and leaves them unchanged.
+hyperparameters, the loss scaler's and the schedule's state) is checked before a parameter, the
+optimizer, the scaler or the schedule is touched; any problem raises
+:class:`~nnbackend.errors.CheckpointError` naming the file and the entry, and leaves them
+unchanged.
 
 >>> import nnbackend as nb, tempfile, os
 >>> from nnbackend import nn
@@ -160,6 +162,35 @@ def _flatten_optimizer(
     return arrays, meta
 
 
+def _schedule_state(schedule: Any) -> dict[str, Any]:
+    """A schedule's ``state_dict()`` for the metadata, checked now as :func:`load` will check
+    it (``check_state_dict``), so that no checkpoint is written whose schedule cannot load."""
+    if not callable(getattr(schedule, "state_dict", None)):
+        raise ArgumentError(
+            "schedule must be a nnbackend.schedules schedule (or have state_dict()), got "
+            f"{type(schedule).__name__}"
+        )
+    state = schedule.state_dict()
+    name = type(schedule).__name__
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"cannot save {name}: its schedule state must be a dict, got {type(state).__name__}"
+        )
+    try:
+        json.dumps(state)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot save {name}: its schedule state must hold plain Python values ({exc})"
+        ) from None
+    check = getattr(schedule, "check_state_dict", None)
+    if callable(check):
+        try:
+            check(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"cannot save {name}: load would refuse it: {exc}") from None
+    return dict(state)
+
+
 def _path_of(path: Any, *, writing: bool = False) -> str:
     """``path`` as a ``str``: a ``str``, ``bytes`` or :class:`os.PathLike` naming a file. A file
     object, ``None`` or a number is an :class:`ArgumentError`, as is an empty path; saving to a
@@ -237,9 +268,10 @@ def save(
     optimizer: Any = None,
     format: str | None = None,
     loss_scaler: Any = None,
+    schedule: Any = None,
 ) -> None:
-    """Write ``model``'s parameters (and ``optimizer``'s state, and a loss scaler's) to
-    ``path`` atomically.
+    """Write ``model``'s parameters (and ``optimizer``'s state, a loss scaler's and a
+    learning-rate schedule's) to ``path`` atomically.
 
     The file is a safetensors file (``format="safetensors"``, the default; any path but one
     ending in ``.npz``) or nnbackend 0.1's ``.npz`` layout (``format="npz"``, or a path ending
@@ -272,12 +304,16 @@ def save(
         loss_scaler: a :class:`~nnbackend.precision.LossScaler` whose scale and counters to
             save (as metadata), so that a resumed float16 run starts from its scale instead
             of 2**15 again.
+        schedule: a :mod:`nnbackend.schedules` schedule whose ``state_dict()`` to save (as
+            metadata), so that a resumed run continues its learning-rate schedule instead of
+            starting it again; load it with ``load(..., schedule=...)``.
 
     Raises:
         ArgumentError: an unknown ``format``; a ``path`` that is no path (a file object) or
-            empty; an ``optimizer`` or ``loss_scaler`` without ``state_dict()``.
+            empty; an ``optimizer``, ``loss_scaler`` or ``schedule`` without ``state_dict()``.
         CheckpointError: a finite value beyond the range of ``dtype``; two parameters with
-            one name.
+            one name; a schedule state that :func:`load` would refuse (a rate set to inf by
+            hand) or that is not plain JSON values.
         OSError: the file cannot be written (the message names ``path``): a full disk, a
             missing folder, ``path`` a folder (:class:`IsADirectoryError`) or a read-only file
             (:class:`PermissionError`); the previous file at ``path``, if any, is left as it
@@ -293,6 +329,7 @@ def save(
             "optimizer must be a nnbackend.optim optimizer (or have state_dict()), got "
             f"{type(optimizer).__name__}"
         )
+    schedule_state = None if schedule is None else _schedule_state(schedule)
     entries: list[tuple[str, Any]] = []
     meta_params: dict[str, Any] = {}
     backend = None
@@ -356,6 +393,8 @@ def save(
             )
         # Python numbers (the device-mode scale is read back once, here)
         meta["loss_scaler"] = dict(loss_scaler.state_dict())
+    if schedule_state is not None:
+        meta["schedule"] = schedule_state
     text = json.dumps(meta, sort_keys=False)
     from nnbackend.distributed import is_main
 
@@ -475,8 +514,10 @@ def load(
     optimizer: Any = None,
     strict: bool = True,
     loss_scaler: Any = None,
+    schedule: Any = None,
 ) -> None:
-    """Load a checkpoint written by :func:`save` into ``model`` (and ``optimizer``).
+    """Load a checkpoint written by :func:`save` into ``model`` (and ``optimizer``,
+    ``loss_scaler`` and ``schedule``).
 
     Each array is cast to the dtype the model's parameter has now and moved to its backend and
     device: save on a GPU, load on a CPU, or the other way round.
@@ -496,15 +537,22 @@ def load(
             is an error; when False, only the names present in both are loaded.
         loss_scaler: also restore this :class:`~nnbackend.precision.LossScaler`'s scale and
             counters (the checkpoint must hold them: ``save(..., loss_scaler=...)``).
+        schedule: also restore this learning-rate schedule (the checkpoint must hold one:
+            ``save(..., schedule=...)``, or ``ModelCheckpoint(save_optimizer=True)``), made as
+            in the saved run: the same kind of schedule on the same optimizer. Its count of
+            steps and base rate come back, and it sets the optimizer's ``lr`` to the rate
+            there. A checkpoint that holds a schedule loads without ``schedule=`` too (as one
+            that holds an optimizer's state loads without ``optimizer=``).
 
     Raises:
-        ArgumentError: a ``path`` that is no path (a file object) or empty; an ``optimizer``
-            or ``loss_scaler`` without ``load_state_dict()``.
+        ArgumentError: a ``path`` that is no path (a file object) or empty; an
+            ``optimizer``, ``loss_scaler`` or ``schedule`` without ``load_state_dict()``.
         CheckpointError: the file is missing, truncated or corrupted; a key is missing or
             extra; a shape differs; a value would overflow the model's dtype; the optimizer
             state does not fit or holds values its constructor refuses; the loss scaler's state
-            is missing or malformed. Raised before anything is changed: the model, the
-            optimizer and the loss scaler are left exactly as they were.
+            is missing or malformed; the schedule's state is missing, malformed or of another
+            kind of schedule. Raised before anything is changed: the model, the optimizer,
+            the loss scaler and the schedule are left exactly as they were.
     """
     where = path = _path_of(path)
     params = _named_parameters(model)
@@ -512,6 +560,14 @@ def load(
         raise ArgumentError(
             "optimizer must be a nnbackend.optim optimizer (or have load_state_dict()), got "
             f"{type(optimizer).__name__}"
+        )
+    if schedule is not None and not (
+        callable(getattr(schedule, "load_state_dict", None))
+        and callable(getattr(schedule, "check_state_dict", None))
+    ):
+        raise ArgumentError(
+            "schedule must be a nnbackend.schedules schedule (with check_state_dict() and "
+            f"load_state_dict()), got {type(schedule).__name__}"
         )
     with _opened(path, metadata_cap(params)) as ckpt:
         meta = ckpt.meta
@@ -577,6 +633,20 @@ def load(
                 copy.copy(loss_scaler).load_state_dict(scaler_state)
             except CheckpointError as exc:
                 raise CheckpointError(f"{where}: {exc}") from None
+        schedule_state = None
+        if schedule is not None:
+            schedule_state = meta.get("schedule")
+            if schedule_state is None:
+                raise CheckpointError(
+                    f"{where}: the checkpoint holds no schedule (save it with "
+                    "nnbackend.save(model, path, optimizer=opt, schedule=schedule), or "
+                    "ModelCheckpoint(..., save_optimizer=True) with the schedule in fit's "
+                    "callbacks), or load without schedule="
+                )
+            try:  # checked, not applied: nothing may change before every check has passed
+                schedule.check_state_dict(schedule_state)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{where}: {exc}") from None
     if optimizer is not None:
         # The optimizer validates everything before it changes anything, and raises
         # CheckpointError otherwise; the model is still untouched at this point.
@@ -586,6 +656,9 @@ def load(
             raise CheckpointError(f"{where}: optimizer state does not fit: {exc}") from None
     if scaler_state is not None:
         loss_scaler.load_state_dict(scaler_state)
+    if schedule_state is not None:
+        # After the optimizer's state: the schedule sets its lr (to the saved rate).
+        schedule.load_state_dict(schedule_state)
     for param, value in updates:
         param.data = value
         if isinstance(param, Tensor):

@@ -100,6 +100,9 @@ def check_metadata(where: str, meta: Any) -> dict[str, Any]:
     scaler = meta.get("loss_scaler")
     if scaler is not None and not isinstance(scaler, dict):
         raise bad("loss_scaler", "an object or null", scaler)
+    schedule = meta.get("schedule")  # (its fields are the schedule's check_state_dict's)
+    if schedule is not None and not isinstance(schedule, dict):
+        raise bad("schedule", "an object or null", schedule)
     opt = meta.get("optimizer")
     if opt is None:
         return meta

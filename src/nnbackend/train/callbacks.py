@@ -80,9 +80,11 @@ _HOOKS = ("on_fit_start", "on_step_end", "on_report", "on_epoch_end", "on_fit_en
 def hooks_by_event(callbacks: Iterable[Any]) -> dict[str, list[Callable[[Trainer, History], Any]]]:
     """The hooks of ``callbacks`` by name (``fit`` calls each list in order): the methods a
     callback overrides (Callback's own no-ops are left out, so an unused ``on_step_end``
-    costs nothing), or a plain function as an ``on_epoch_end`` hook."""
+    costs nothing), or a plain function as an ``on_epoch_end`` hook. The order is that of
+    ``callbacks``, except that a ``ModelCheckpoint(save_optimizer=True)`` runs after the
+    schedules that follow it (it saves their state after the epoch's step)."""
     table: dict[str, list[Callable[[Trainer, History], Any]]] = {name: [] for name in _HOOKS}
-    for cb in callbacks:
+    for cb in _in_epoch_end_order(list(callbacks)):
         if any(hasattr(cb, name) for name in _HOOKS):
             for name in _HOOKS:
                 method = getattr(cb, name, None)
@@ -99,6 +101,49 @@ def hooks_by_event(callbacks: Iterable[Any]) -> dict[str, list[Callable[[Trainer
                 f"got {type(cb).__name__}"
             )
     return table
+
+
+def _in_epoch_end_order(callbacks: list[Any]) -> list[Any]:
+    """``callbacks`` in the order their hooks run: as given, except that a
+    ``ModelCheckpoint(save_optimizer=True)`` moves to just after the last learning-rate
+    schedule that follows it, so that the schedule it saves has taken this epoch's step (saved
+    before it, a resumed run would train its next epoch at the rate of the last one)."""
+    from nnbackend.schedules import Schedule
+
+    last_schedule = max(
+        (i for i, cb in enumerate(callbacks) if isinstance(cb, Schedule)), default=-1
+    )
+    keys = [
+        last_schedule + 0.5
+        if isinstance(cb, ModelCheckpoint) and cb.save_optimizer and i < last_schedule
+        else float(i)
+        for i, cb in enumerate(callbacks)
+    ]
+    return [cb for _, cb in sorted(zip(keys, callbacks, strict=True), key=lambda kv: kv[0])]
+
+
+def _fit_schedule(trainer: Trainer) -> Any:
+    """The learning-rate schedule (:mod:`nnbackend.schedules`) among the callbacks of the
+    trainer's current ``fit`` that drives the trainer's optimizer, or ``None``.
+
+    Raises:
+        ArgumentError: several do (a checkpoint holds one schedule; two schedules of one
+            optimizer would also overwrite each other's rate).
+    """
+    from nnbackend.schedules import Schedule
+
+    found = [
+        cb
+        for cb in getattr(trainer, "callbacks", ())
+        if isinstance(cb, Schedule) and cb.optimizer is trainer.optimizer
+    ]
+    if len(found) > 1:
+        raise ArgumentError(
+            "ModelCheckpoint(save_optimizer=True) saves one schedule with the optimizer, but "
+            f"this fit has {len(found)} schedules of the trainer's optimizer "
+            f"({', '.join(type(cb).__name__ for cb in found)}); give fit one"
+        )
+    return found[0] if found else None
 
 
 _MAXIMISED = ("accuracy", "acc", "top")  # names that start so are maximised, and any
@@ -273,9 +318,13 @@ class ModelCheckpoint(Callback):
         save_best_only: save only when ``monitor`` improved (otherwise after every epoch).
         mode: "min", "max" or "auto" as in :class:`EarlyStopping`.
         dtype: store the parameters in this dtype (see :func:`nnbackend.save`).
-        save_optimizer: also store the optimizer's state, and the trainer's loss scaler's
-            (its scale and counters, under a mixed float16 policy), so that
-            ``nnbackend.load(model, path, optimizer=opt, loss_scaler=scaler)`` resumes both.
+        save_optimizer: also store the optimizer's state, the trainer's loss scaler's (its
+            scale and counters, under a mixed float16 policy) and the state of the
+            learning-rate schedule among ``fit``'s callbacks (of the trainer's optimizer; at
+            most one), so that ``nnbackend.load(model, path, optimizer=opt,
+            loss_scaler=scaler, schedule=schedule)`` resumes them all. The checkpoint is
+            written after the epoch's step of the schedule, wherever it stands in
+            ``callbacks``, so a resumed run starts at the rate the next epoch would have had.
 
     Attributes:
         best: the best value seen; ``best_epoch``: its epoch (0-based); ``saved``: the paths
@@ -307,10 +356,13 @@ class ModelCheckpoint(Callback):
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.saved: list[Path] = []
+        self._schedule: Any = None
 
     def on_fit_start(self, trainer: Trainer, history: History) -> None:
         self._watch.best = self.best = None
         self.best_epoch = None
+        # Found now (several are refused before the first epoch), saved after each epoch.
+        self._schedule = _fit_schedule(trainer) if self.save_optimizer else None
 
     def on_epoch_end(self, trainer: Trainer, history: History) -> None:
         from nnbackend.io import save
@@ -345,5 +397,6 @@ class ModelCheckpoint(Callback):
             dtype=self.dtype,
             optimizer=trainer.optimizer if self.save_optimizer else None,
             loss_scaler=trainer.loss_scaler if self.save_optimizer else None,
+            schedule=self._schedule,
         )
         self.saved.append(path)

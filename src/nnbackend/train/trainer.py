@@ -253,6 +253,8 @@ class Trainer:
         history: the :class:`History` of the latest ``fit``, filled in as it runs (``None``
             before the first): what was measured until an error stopped ``fit``, which then
             returns nothing.
+        callbacks: the callbacks of the latest ``fit`` (a tuple), where a callback finds
+            the others (``ModelCheckpoint(save_optimizer=True)`` finds the schedule to save).
     """
 
     def __init__(
@@ -297,6 +299,7 @@ class Trainer:
         self.epoch = 0
         self.stop_training = False
         self.history: History | None = None
+        self.callbacks: tuple[Any, ...] = ()
         self._world_choice = world
         # What train_step uses; fit sets them for its run.
         self._step_scaler: nb_precision.LossScaler | None = self.loss_scaler
@@ -789,7 +792,8 @@ class Trainer:
         )
         n = int(x.shape[0]) if loader is None else loader.n
         steps_per_epoch = -(-n // batch_size) if loader is None else len(loader)
-        hooks = hooks_by_event(() if callbacks is None else callbacks)  # Keras's None
+        callbacks = () if callbacks is None else tuple(callbacks)  # Keras's None
+        hooks = hooks_by_event(callbacks)
         clip: Callable[[], Any] | None = None
         if max_grad is not None:
             from nnbackend.optim import clip_grad_norm
@@ -813,6 +817,7 @@ class Trainer:
         history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         self.step = self.epoch = 0
         self.stop_training = False
+        self.callbacks = callbacks
         bar = make_progress(progress, epochs * steps_per_epoch)
         scaler = self._resolve_loss_scaler()
         guard = InterruptGuard()
