@@ -411,6 +411,28 @@ def _older_rows(document: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(str(name), value) for name, value in ratios.items()]
 
 
+def _cpus_by_case(documents: dict[str, dict[str, Any]]) -> str:
+    """Where the saved cases ran on more than one CPU model (a sandbox moved to other
+    hardware between runs): which case ran on which, since ratios from different machines
+    do not compare. Empty where they all ran on one."""
+    by_cpu: dict[str, list[str]] = {}
+    for name, document in documents.items():
+        cpu = str((document.get("machine") or {}).get("cpu") or "unrecorded")
+        by_cpu.setdefault(cpu, []).append(name)
+    if len(by_cpu) < 2:
+        return ""
+    lines = [
+        "",
+        "",
+        "**These results come from more than one CPU** (the line above is the newest's): "
+        "compare a case's ratios with those of cases on the same CPU only.",
+        "",
+    ]
+    for cpu, names in by_cpu.items():
+        lines.append(f"- {cpu}: " + ", ".join(f"`{n}`" for n in sorted(names)))
+    return "\n".join(lines)
+
+
 def _machine(document: dict[str, Any]) -> str:
     m = document.get("machine", {})
     blas = [p for p in m.get("thread_pools", []) if p.get("user_api") == "blas"]
@@ -662,7 +684,7 @@ def write_report(directory: Path = RESULTS_DIR, doc: Path = DOC, plot: Path = PL
         )
     if cpu:
         newest = max(cpu.values(), key=lambda d: d.get("when") or "")
-        parts.append("## Machine (CPU results)\n\n" + _machine(newest))
+        parts.append("## Machine (CPU results)\n\n" + _machine(newest) + _cpus_by_case(cpu))
         parts.append("## CPU results\n\n" + "\n".join(_case_section(d) for d in cpu.values()))
     parts.append(
         "## GPU results\n\n"

@@ -390,3 +390,18 @@ def test_mlp_rows_still_read_results_saved_without_the_loops_memory() -> None:
     }  # fmt: skip
     (row,) = mp.rows_of(result)
     assert "peak RSS 50 MiB" in row.note and "after setup" not in row.note
+
+
+def test_the_report_says_which_case_ran_on_which_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/performance.md named one CPU (the newest result's) for every CPU case, though the
+    saved results came from two machines (an AMD EPYC in the morning, an Intel Xeon in the
+    evening): ratios from different machines read as one run's."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import _report
+
+    one = {"a": {"machine": {"cpu": "X"}}, "b": {"machine": {"cpu": "X"}}}
+    assert _report._cpus_by_case(one) == ""
+    two = {**one, "c": {"machine": {"cpu": "Y"}}, "d": {}}
+    text = _report._cpus_by_case(two)
+    assert "more than one CPU" in text
+    assert "- X: `a`, `b`" in text and "- Y: `c`" in text and "- unrecorded: `d`" in text
