@@ -122,14 +122,17 @@ its own worker process; the large case's dedicated runs are
 `issue19_large_20261202.txt`; the earlier machines' runs are `issue19_final2_20261201.txt`
 and `issue19_final_20261201.txt`):
 
-- **The machine decides the PyTorch ratios.** This page's run is on an AMD EPYC (Zen 5),
-  where torch's MKL does the medium step's 8 products in 2.05x the time OpenBLAS takes (14.6
-  against 7.1 ms): medium float32 engine / torch reads 0.48-0.54 here (six runs), float64
-  0.55-0.62, width 1024 at batches 1-16 0.34-0.74. On the Intel Xeon with AMX of the
-  morning's runs (`issue19_large_20261202b.txt`), MKL took 0.89x OpenBLAS's time, and medium
-  float32 read 1.09 (target 0.95: missed there; the GEMMs alone on NumPy took 0.90x torch's
-  whole step, so meeting it needs the engine's non-GEMM work under 0.5 ms), float64 1.04,
-  large (4096x3, batch 512) 0.97-1.00, width 1024 0.61-1.36 (all three targets met).
+- **The machine decides the PyTorch ratios.** This page's run (2026-12-03, 19:55) is on an
+  Intel Xeon, where torch's MKL does the medium step's 8 products in 0.86x the time OpenBLAS
+  takes (11.1 against 12.9 ms): medium float32 engine / torch reads 1.04-1.06 there (target
+  0.95: missed; the engine took 14.7 ms, 1.14x its GEMMs alone), float64 1.09, width 1024 at
+  batches 1-16 0.65-1.23. On the AMD EPYC (Zen 5) of the same morning's runs, MKL took 2.05x
+  OpenBLAS's time (14.6 against 7.1 ms): medium float32 read 0.48-0.54 (six runs), float64
+  0.55-0.62, width 1024 0.34-0.74. On the Intel Xeon with AMX of 2026-12-02's morning
+  (`issue19_large_20261202b.txt`), MKL took 0.89x OpenBLAS's time and medium float32 read
+  1.09, float64 1.04, large (4096x3, batch 512) 0.97-1.00, width 1024 0.61-1.36. Where MKL is
+  the faster BLAS at these shapes, meeting 0.95 needs a faster GEMM than the one NumPy links,
+  not less engine.
 - **SGD's update is OpenBLAS's axpy.** NumPy has no fused `p -= lr * g`; where NumPy's wheels
   ship OpenBLAS, the update of a large float32/float64 parameter (SGD's, Momentum's
   `p -= lr * b`) is the BLAS `axpy` NumPy itself links, called through ctypes: one pass on the
