@@ -371,3 +371,13 @@ def test_list_among_tuple_parts(xp64: Any, key: Any) -> None:
     g = np.zeros_like(a)
     np.add.at(g, key, 1.0)
     np.testing.assert_array_equal(_host(x.grad), g)
+
+
+def test_a_float_index_list_among_several_is_refused(xp64: Any) -> None:
+    """``x[[1.7, 1], [0, 1]]`` converted the list straight to int64 and read ``x[[1, 1], [0,
+    1]]`` (NumPy refuses float indices): lists now go through the one conversion of
+    ``ops.own_index``, and a float index array is a DtypeError."""
+    x = _leaf(xp64, np.arange(12.0).reshape(3, 4))
+    with pytest.raises(DtypeError):
+        x[[1.7, 1], [0, 1]]
+    np.testing.assert_array_equal(_host(x[[True, 1], [0, 1]]), [4.0, 5.0])  # as NumPy

@@ -1220,11 +1220,9 @@ def _is_index_array(k: Any) -> bool:
 
 
 def _advanced_parts(data: Any, key: Any) -> list[Any]:
-    """``key``'s parts for :func:`_advanced`: Tensors as their arrays, lists as integer
-    arrays of ``data``'s backend, arrays of other libraries converted, NumPy and 0-d integers
-    as ints; a typed error for anything that is no index."""
-    xp = backend_for(data)[0]
-    device = getattr(data, "device", None)
+    """``key``'s parts for :func:`_advanced`: Tensors as their arrays, lists as arrays of
+    ``data``'s backend (:func:`nnbackend.autograd.ops.own_index`), arrays of other libraries
+    converted, NumPy and 0-d integers as ints; a typed error for anything that is no index."""
     out: list[Any] = []
     for k in key if isinstance(key, tuple) else (key,):
         k = _data(k)
@@ -1235,16 +1233,9 @@ def _advanced_parts(data: Any, key: Any) -> list[Any]:
                 f"getitem: a Python bool ({k}) among index arrays; index with ints, slices, "
                 "..., None, integer arrays or boolean masks"
             )
-        elif isinstance(k, list | tuple):
-            flat = list(_flatten(k))
-            kind = xp.bool if flat and all(type(v) is bool for v in flat) else xp.int64
-            try:
-                out.append(xp.asarray(k, dtype=kind, device=device))
-            except _BACKEND_ERRORS as e:
-                raise DtypeError(
-                    f"getitem: the index list {k!r} is not made of integers (or of bools, a "
-                    "mask) in a rectangular nesting"
-                ) from e
+        elif isinstance(k, list | tuple):  # as an array of its own dtype: floats are
+            # refused below, not truncated to ints
+            out.append(ops.own_index(data, list(k)))
         elif hasattr(k, "shape"):
             k = ops.own_index(data, k)
             out.append(k if k.ndim else _index_int(k))
