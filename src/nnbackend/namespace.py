@@ -403,7 +403,8 @@ def _creation_functions(
     return made
 
 
-_LIKE_NAMES = ("zeros_like", "ones_like", "empty_like", "full_like", "astype")
+_LIKE_FUNCTIONS = ("zeros_like", "ones_like", "empty_like", "full_like")
+_LIKE_NAMES = (*_LIKE_FUNCTIONS, "astype")
 
 
 def _dtype_name_functions(base: Any) -> dict[str, Any]:
@@ -413,28 +414,21 @@ def _dtype_name_functions(base: Any) -> dict[str, Any]:
     AttributeError), numpy took the names. A dtype object goes through untouched: the cost
     is one call frame and one type check. Where the dtype is left out, the result keeps
     ``x``'s dtype (and device), as the standard says."""
-    b_zeros_like, b_ones_like = base.zeros_like, base.ones_like
-    b_empty_like, b_full_like, b_astype = base.empty_like, base.full_like, base.astype
 
-    def zeros_like(x: Any, /, *, dtype: Any = None, **kwargs: Any) -> Any:
-        if type(dtype) is str:
-            dtype = _named(base, dtype)
-        return b_zeros_like(x, dtype=dtype, **kwargs)
+    def like(name: str) -> Callable[..., Any]:
+        # One maker for the four: they differ only in the library function (full_like's
+        # fill value comes positionally, through *args).
+        original = getattr(base, name)
 
-    def ones_like(x: Any, /, *, dtype: Any = None, **kwargs: Any) -> Any:
-        if type(dtype) is str:
-            dtype = _named(base, dtype)
-        return b_ones_like(x, dtype=dtype, **kwargs)
+        def wrapper(x: Any, /, *args: Any, dtype: Any = None, **kwargs: Any) -> Any:
+            if type(dtype) is str:
+                dtype = _named(base, dtype)
+            return original(x, *args, dtype=dtype, **kwargs)
 
-    def empty_like(x: Any, /, *, dtype: Any = None, **kwargs: Any) -> Any:
-        if type(dtype) is str:
-            dtype = _named(base, dtype)
-        return b_empty_like(x, dtype=dtype, **kwargs)
+        wrapper.__name__ = wrapper.__qualname__ = name
+        return wrapper
 
-    def full_like(x: Any, /, *args: Any, dtype: Any = None, **kwargs: Any) -> Any:
-        if type(dtype) is str:
-            dtype = _named(base, dtype)
-        return b_full_like(x, *args, dtype=dtype, **kwargs)
+    b_astype = base.astype
 
     def astype(x: Any, dtype: Any, /, **kwargs: Any) -> Any:
         if type(dtype) is str:
@@ -442,13 +436,7 @@ def _dtype_name_functions(base: Any) -> dict[str, Any]:
         return b_astype(x, dtype, **kwargs)
 
     made: dict[str, Callable[..., Any]] = {}
-    wrappers: tuple[Callable[..., Any], ...] = (
-        zeros_like,
-        ones_like,
-        empty_like,
-        full_like,
-        astype,
-    )
+    wrappers = (*(like(name) for name in _LIKE_FUNCTIONS), astype)
     for wrapper in wrappers:
         original = getattr(base, wrapper.__name__)
         wrapper.__doc__ = (
