@@ -162,14 +162,20 @@ def _flatten_optimizer(
     return arrays, meta
 
 
+def _check_methods(obj: Any, argument: str, kind: str, *methods: str) -> None:
+    """ArgumentError where ``obj`` (the ``argument`` of save or load; ``None`` passes) lacks
+    one of ``methods``, before anything is read or written."""
+    if obj is not None and not all(callable(getattr(obj, m, None)) for m in methods):
+        wanted = " and ".join(f"{m}()" for m in methods)
+        raise ArgumentError(
+            f"{argument} must be a {kind} (or have {wanted}), got {type(obj).__name__}"
+        )
+
+
 def _schedule_state(schedule: Any) -> dict[str, Any]:
     """A schedule's ``state_dict()`` for the metadata, checked now as :func:`load` will check
     it (``check_state_dict``), so that no checkpoint is written whose schedule cannot load."""
-    if not callable(getattr(schedule, "state_dict", None)):
-        raise ArgumentError(
-            "schedule must be a nnbackend.schedules schedule (or have state_dict()), got "
-            f"{type(schedule).__name__}"
-        )
+    _check_methods(schedule, "schedule", "nnbackend.schedules schedule", "state_dict")
     state = schedule.state_dict()
     name = type(schedule).__name__
     if not isinstance(state, dict):
@@ -324,11 +330,7 @@ def save(
     file_format = _format_for(path, format)
     params = _named_parameters(model)
     store_dtype = None if dtype is None else normalize_dtype(dtype)
-    if optimizer is not None and not callable(getattr(optimizer, "state_dict", None)):
-        raise ArgumentError(
-            "optimizer must be a nnbackend.optim optimizer (or have state_dict()), got "
-            f"{type(optimizer).__name__}"
-        )
+    _check_methods(optimizer, "optimizer", "nnbackend.optim optimizer", "state_dict")
     schedule_state = None if schedule is None else _schedule_state(schedule)
     entries: list[tuple[str, Any]] = []
     meta_params: dict[str, Any] = {}
@@ -386,11 +388,7 @@ def save(
         opt_arrays, meta["optimizer"] = _flatten_optimizer(optimizer, params)
         entries.extend(opt_arrays.items())
     if loss_scaler is not None:
-        if not callable(getattr(loss_scaler, "state_dict", None)):
-            raise ArgumentError(
-                "loss_scaler must be a nnbackend.precision.LossScaler (or have state_dict()), "
-                f"got {type(loss_scaler).__name__}"
-            )
+        _check_methods(loss_scaler, "loss_scaler", "nnbackend.precision.LossScaler", "state_dict")
         # Python numbers (the device-mode scale is read back once, here)
         meta["loss_scaler"] = dict(loss_scaler.state_dict())
     if schedule_state is not None:
@@ -556,19 +554,14 @@ def load(
     """
     where = path = _path_of(path)
     params = _named_parameters(model)
-    if optimizer is not None and not callable(getattr(optimizer, "load_state_dict", None)):
-        raise ArgumentError(
-            "optimizer must be a nnbackend.optim optimizer (or have load_state_dict()), got "
-            f"{type(optimizer).__name__}"
-        )
-    if schedule is not None and not (
-        callable(getattr(schedule, "load_state_dict", None))
-        and callable(getattr(schedule, "check_state_dict", None))
-    ):
-        raise ArgumentError(
-            "schedule must be a nnbackend.schedules schedule (with check_state_dict() and "
-            f"load_state_dict()), got {type(schedule).__name__}"
-        )
+    _check_methods(optimizer, "optimizer", "nnbackend.optim optimizer", "load_state_dict")
+    _check_methods(
+        schedule,
+        "schedule",
+        "nnbackend.schedules schedule",
+        "check_state_dict",
+        "load_state_dict",
+    )
     with _opened(path, metadata_cap(params)) as ckpt:
         meta = ckpt.meta
         by_name = _check_entries(ckpt)
@@ -618,11 +611,9 @@ def load(
             opt_update = _optimizer_state(ckpt, optimizer, params)
         scaler_state = None
         if loss_scaler is not None:
-            if not callable(getattr(loss_scaler, "load_state_dict", None)):
-                raise ArgumentError(
-                    "loss_scaler must be a nnbackend.precision.LossScaler (or have "
-                    f"load_state_dict()), got {type(loss_scaler).__name__}"
-                )
+            _check_methods(
+                loss_scaler, "loss_scaler", "nnbackend.precision.LossScaler", "load_state_dict"
+            )
             scaler_state = meta.get("loss_scaler")
             if scaler_state is None:
                 raise CheckpointError(
