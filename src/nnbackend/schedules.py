@@ -110,6 +110,12 @@ class Schedule(Callback):
     def _checked_state(self, state: Any) -> tuple[dict[str, Any], float]:
         """The attributes a valid ``state`` sets and the optimizer's ``lr`` it gives, or
         CheckpointError; changes nothing."""
+        values = self._checked_values(state)
+        return values, self._resumed_rate(values)
+
+    def _checked_values(self, state: Any) -> dict[str, Any]:
+        """The base rate and count a valid ``state`` sets, after its kind and keys are
+        checked, or CheckpointError."""
         name = type(self).__name__
         if not isinstance(state, Mapping):
             raise CheckpointError(
@@ -128,8 +134,7 @@ class Schedule(Callback):
                 f"{name} state needs the keys {sorted(self._state_keys())}, got "
                 f"{sorted(map(str, state))}"
             )
-        values = {"base_lr": _state_rate(state, "base_lr"), "n": _state_count(state, "n")}
-        return values, self._resumed_rate(values)
+        return {"base_lr": _state_rate(state, "base_lr"), "n": _state_count(state, "n")}
 
     def _resumed_rate(self, values: dict[str, Any]) -> float:
         """``lr_at(n)`` with the attributes ``values`` (on a copy: nothing changes), which
@@ -362,7 +367,8 @@ class ReduceLROnPlateau(Schedule):
         return {*super()._state_keys(), "lr", "best", "wait"}
 
     def _checked_state(self, state: Any) -> tuple[dict[str, Any], float]:
-        values, _ = super()._checked_state(state)
+        # (its rate is the state's own "lr", not one computed from the count)
+        values = self._checked_values(state)
         best = state["best"]
         if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
             raise CheckpointError(f"schedule state 'best' must be a number or None, got {best!r}")
@@ -374,9 +380,6 @@ class ReduceLROnPlateau(Schedule):
             ) from None
         values.update(best=best, wait=_state_count(state, "wait"))
         return values, _state_rate(state, "lr")
-
-    def _resumed_rate(self, values: dict[str, Any]) -> float:
-        return values["base_lr"]  # (unused: the rate is the state's own "lr", checked above)
 
     def load_state_dict(self, state: Any) -> None:
         values, lr = self._checked_state(state)
