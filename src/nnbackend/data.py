@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import operator
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
@@ -168,8 +167,6 @@ class DataLoader:
             )
         self.prefetch = bool(prefetch)
         self.like = like
-        if seed is not None and not isinstance(seed, bool) and hasattr(type(seed), "__index__"):
-            seed = operator.index(seed)  # np.int64(3) as 3 (Generator took only Python ints)
         self.generator = nb_random.Generator(seed) if self.shuffle else None
 
     def __len__(self) -> int:
