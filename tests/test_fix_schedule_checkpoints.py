@@ -130,6 +130,7 @@ def test_model_checkpoint_saves_the_fits_schedule(
         "type": "StepLR",
         "base_lr": 0.5,
         "n": 2,
+        "settings": {"step_size": 2, "gamma": 0.5, "per": "epoch"},
     }
 
     model2, opt2, sched2 = _setup(make)

@@ -77,20 +77,34 @@ class Schedule(Callback):
         lr = self.optimizer.lr = float(self.lr_at(self.n))
         return lr
 
+    def settings(self) -> dict[str, Any]:
+        """The constructor's settings (``step_size``, ``gamma``, ``per``, ...) as plain Python
+        values: saved in :meth:`state_dict` and compared by :meth:`load_state_dict`, which
+        refuses a state saved from a schedule of other settings. A subclass with settings of
+        its own adds them to ``super().settings()``."""
+        return {"per": self.per}
+
     def state_dict(self) -> dict[str, Any]:
         """What :meth:`load_state_dict` needs to resume the schedule where it is:
-        ``{"type", "base_lr", "n"}`` (plain Python values). Save it with the model and the
-        optimizer, ``nnbackend.save(model, path, optimizer=opt, schedule=schedule)``; the
-        settings (``step_size``, ``gamma``, ...) are the constructor's."""
-        return {"type": type(self).__name__, "base_lr": self.base_lr, "n": self.n}
+        ``{"type", "base_lr", "n", "settings"}`` (plain Python values; ``settings`` is
+        :meth:`settings`). Save it with the model and the optimizer,
+        ``nnbackend.save(model, path, optimizer=opt, schedule=schedule)``."""
+        return {
+            "type": type(self).__name__,
+            "base_lr": self.base_lr,
+            "n": self.n,
+            "settings": self.settings(),
+        }
 
     def load_state_dict(self, state: Any) -> None:
         """Resume from a :meth:`state_dict`: the base rate and the count of steps come back,
         and the optimizer's ``lr`` is set to the rate there (making a schedule again after
         ``optimizer.load_state_dict`` took the decayed rate as its base: it decayed twice).
         Everything is checked first (:meth:`check_state_dict`): a state of another schedule,
-        or a malformed one, raises :class:`~nnbackend.errors.CheckpointError` and changes
-        nothing."""
+        of one with other settings (``StepLR(opt, 2)``'s state for a ``StepLR(opt, 3)``), or a
+        malformed one, raises :class:`~nnbackend.errors.CheckpointError` and changes nothing.
+        A state saved by nnbackend versions before the settings were saved (no
+        ``"settings"``) loads without that check."""
         values, lr = self._checked_state(state)
         for key, value in values.items():
             setattr(self, key, value)
@@ -99,9 +113,9 @@ class Schedule(Callback):
     def check_state_dict(self, state: Any) -> None:
         """Check ``state`` as :meth:`load_state_dict` would, and change nothing (neither the
         schedule nor the optimizer's ``lr``): :class:`~nnbackend.errors.CheckpointError` for
-        a state of another kind of schedule, a malformed one, or one whose rate is no finite
-        number. :func:`nnbackend.load` checks a checkpoint's schedule so before it touches
-        the model, the optimizer or the schedule."""
+        a state of another kind of schedule or of other settings, a malformed one, or one
+        whose rate is no finite number. :func:`nnbackend.load` checks a checkpoint's schedule
+        so before it touches the model, the optimizer or the schedule."""
         self._checked_state(state)
 
     def _state_keys(self) -> set[str]:
@@ -129,12 +143,37 @@ class Schedule(Callback):
                 f"the schedule state is of a {state['type']!r:.80} schedule, not a {name}: "
                 "make the schedule the state was saved from"
             )
-        if set(state) != self._state_keys():
+        keys = self._state_keys()
+        # (without "settings": a state of the versions that did not save them)
+        if set(state) != keys and set(state) != keys | {"settings"}:
             raise CheckpointError(
-                f"{name} state needs the keys {sorted(self._state_keys())}, got "
+                f"{name} state needs the keys {sorted(keys | {'settings'})}, got "
                 f"{sorted(map(str, state))}"
             )
+        if "settings" in state:
+            self._check_settings(state["settings"])
         return {"base_lr": _state_rate(state, "base_lr"), "n": _state_count(state, "n")}
+
+    def _check_settings(self, saved: Any) -> None:
+        """CheckpointError unless ``saved`` (a state's ``"settings"``) are this schedule's:
+        resuming a ``StepLR(opt, step_size=2)`` run with ``step_size=3`` would silently
+        follow another schedule from the saved count on."""
+        name = type(self).__name__
+        own = self.settings()
+        if not isinstance(saved, Mapping) or set(saved) != set(own):
+            shown = str(sorted(map(str, saved)) if isinstance(saved, Mapping) else repr(saved))
+            raise CheckpointError(
+                f"{name} state's settings must be a mapping of {sorted(own)}, got {shown:.200}"
+            )
+        differ = [key for key in own if not _same_setting(saved[key], own[key])]
+        if differ:
+            was = ", ".join(f"{key}={saved[key]!r:.80}" for key in differ)
+            now = ", ".join(f"{key}={own[key]!r}" for key in differ)
+            raise CheckpointError(
+                f"the schedule state was saved from a {name} with {was}, but this {name} has "
+                f"{now}: make the schedule with the saved run's settings ({was}) to resume "
+                "it, or leave its state out to start the schedule afresh"
+            )
 
     def _resumed_rate(self, values: dict[str, Any]) -> float:
         """``lr_at(n)`` with the attributes ``values`` (on a copy: nothing changes), which
@@ -163,6 +202,12 @@ class Schedule(Callback):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_lr={self.base_lr}, n={self.n}, lr={self.optimizer.lr})"
+
+
+def _same_setting(saved: Any, own: Any) -> bool:
+    """Whether a saved setting equals this schedule's: equal values, a bool only to a bool
+    (``True == 1`` would pass a hand-written ``step_size: true``)."""
+    return isinstance(saved, bool) == isinstance(own, bool) and bool(saved == own)
 
 
 def _monitored(value: Any) -> float:
@@ -248,6 +293,9 @@ class StepLR(Schedule):
         self.gamma = _factor("gamma", gamma)
         super().__init__(optimizer, per=per)
 
+    def settings(self) -> dict[str, Any]:
+        return {"step_size": self.step_size, "gamma": self.gamma, **super().settings()}
+
     def lr_at(self, n: int) -> float:
         return self.base_lr * self.gamma ** (n // self.step_size)
 
@@ -258,6 +306,9 @@ class ExponentialLR(Schedule):
     def __init__(self, optimizer: Any, gamma: float, *, per: str = "epoch") -> None:
         self.gamma = _factor("gamma", gamma)
         super().__init__(optimizer, per=per)
+
+    def settings(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, **super().settings()}
 
     def lr_at(self, n: int) -> float:
         return self.base_lr * self.gamma**n
@@ -288,6 +339,14 @@ class CosineAnnealing(Schedule):
             raise ArgumentError(f"warmup ({warmup}) must be shorter than total ({total})")
         self.min_lr = _min_lr(min_lr)
         super().__init__(optimizer, per=per)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "warmup": self.warmup,
+            "min_lr": self.min_lr,
+            **super().settings(),
+        }
 
     def lr_at(self, n: int) -> float:
         if n < self.warmup:
@@ -327,6 +386,16 @@ class ReduceLROnPlateau(Schedule):
         self._watch = Monitor(monitor, mode, 0.0)
         self.wait = 0
         super().__init__(optimizer)
+
+    def settings(self) -> dict[str, Any]:
+        # (no ``per``: it steps once an epoch, with the epoch's monitored value)
+        return {
+            "monitor": self.monitor,
+            "mode": self._watch.mode,
+            "factor": self.factor,
+            "patience": self.patience,
+            "min_lr": self.min_lr,
+        }
 
     def lr_at(self, n: int) -> float:
         return float(self.optimizer.lr) if n else self.base_lr

@@ -172,6 +172,48 @@ def _check_methods(obj: Any, argument: str, kind: str, *methods: str) -> None:
         )
 
 
+def _check_schedule_drives(schedule: Any, optimizer: Any, what: str) -> None:
+    """ArgumentError where ``schedule`` drives another optimizer than ``optimizer`` (both
+    given to ``what``, save or load): the pair would be saved or resumed apart, the optimizer
+    keeping one rate while the schedule set another optimizer's. A schedule-like object without
+    an ``optimizer`` attribute is not checked."""
+    if schedule is None or optimizer is None:
+        return
+    driven = getattr(schedule, "optimizer", optimizer)
+    if driven is not optimizer:
+        raise ArgumentError(
+            f"{what}(optimizer=..., schedule=...): the schedule drives another optimizer "
+            f"({type(driven).__name__} at {id(driven):#x}) than the one given "
+            f"({type(optimizer).__name__} at {id(optimizer):#x}); make the schedule on the "
+            "optimizer you pass, as in StepLR(opt, ...) with optimizer=opt"
+        )
+
+
+def _epoch_count(epoch: Any) -> int | None:
+    """``save``'s ``epoch``: ``None`` or an int >= 0 (completed epochs)."""
+    if epoch is None:
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ArgumentError(
+            f"epoch must be the number of completed epochs, an int >= 0 (or None), got "
+            f"{epoch!r:.80}"
+        )
+    return int(epoch)
+
+
+def _check_epoch(where: str, meta: dict[str, Any]) -> None:
+    """CheckpointError where the metadata's ``"epoch"`` (when there is one) is no count of
+    epochs that ``Trainer.fit(initial_epoch=...)`` can take."""
+    epoch = meta.get("epoch")
+    if epoch is None:
+        return
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < 2**63:
+        raise CheckpointError(
+            f"{where}: metadata field epoch should be a count of epochs (an int >= 0), got "
+            f"{epoch!r:.80}; the file is corrupted or was not written by nnbackend.save"
+        )
+
+
 def _schedule_state(schedule: Any) -> dict[str, Any]:
     """A schedule's ``state_dict()`` for the metadata, checked now as :func:`load` will check
     it (``check_state_dict``), so that no checkpoint is written whose schedule cannot load."""
@@ -275,6 +317,7 @@ def save(
     format: str | None = None,
     loss_scaler: Any = None,
     schedule: Any = None,
+    epoch: int | None = None,
 ) -> None:
     """Write ``model``'s parameters (and ``optimizer``'s state, a loss scaler's and a
     learning-rate schedule's) to ``path`` atomically.
@@ -312,11 +355,18 @@ def save(
             of 2**15 again.
         schedule: a :mod:`nnbackend.schedules` schedule whose ``state_dict()`` to save (as
             metadata), so that a resumed run continues its learning-rate schedule instead of
-            starting it again; load it with ``load(..., schedule=...)``.
+            starting it again; load it with ``load(..., schedule=...)``. With ``optimizer``,
+            it must be the optimizer's schedule (``schedule.optimizer is optimizer``).
+        epoch: the number of epochs completed, kept in the metadata (``"epoch"``) so that a
+            resumed run continues the count: ``Trainer.fit(...,
+            initial_epoch=nnbackend.io.read_metadata(path)["epoch"])``.
+            :class:`~nnbackend.callbacks.ModelCheckpoint` records it.
 
     Raises:
         ArgumentError: an unknown ``format``; a ``path`` that is no path (a file object) or
-            empty; an ``optimizer``, ``loss_scaler`` or ``schedule`` without ``state_dict()``.
+            empty; an ``optimizer``, ``loss_scaler`` or ``schedule`` without ``state_dict()``;
+            a ``schedule`` of another optimizer than ``optimizer``; an ``epoch`` that is no
+            int >= 0.
         CheckpointError: a finite value beyond the range of ``dtype``; two parameters with
             one name; a schedule state that :func:`load` would refuse (a rate set to inf by
             hand) or that is not plain JSON values.
@@ -331,6 +381,8 @@ def save(
     params = _named_parameters(model)
     store_dtype = None if dtype is None else normalize_dtype(dtype)
     _check_methods(optimizer, "optimizer", "nnbackend.optim optimizer", "state_dict")
+    _check_schedule_drives(schedule, optimizer, "save")
+    epoch = _epoch_count(epoch)
     schedule_state = None if schedule is None else _schedule_state(schedule)
     entries: list[tuple[str, Any]] = []
     meta_params: dict[str, Any] = {}
@@ -393,6 +445,8 @@ def save(
         meta["loss_scaler"] = dict(loss_scaler.state_dict())
     if schedule_state is not None:
         meta["schedule"] = schedule_state
+    if epoch is not None:
+        meta["epoch"] = epoch
     text = json.dumps(meta, sort_keys=False)
     from nnbackend.distributed import is_main
 
@@ -460,7 +514,8 @@ def _check_entries(ckpt: NpzCheckpoint | _st.SafetensorsCheckpoint) -> dict[str,
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata of a checkpoint (version, model class, parameter shapes and dtypes).
+    """The metadata of a checkpoint (version, model class, parameter shapes and dtypes, and
+    ``"epoch"``, the epochs completed, where :func:`save` was given them).
 
     Only the metadata entry is inflated (at most :data:`MAX_METADATA_BYTES`); the zip
     directory is checked to hold exactly the entries the metadata names, but no array is read.
@@ -471,6 +526,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     with _opened(_path_of(path), MAX_METADATA_BYTES) as ckpt:
         _check_entries(ckpt)
+        _check_epoch(ckpt.where, ckpt.meta)
         return ckpt.meta
 
 
@@ -540,17 +596,21 @@ def load(
             in the saved run: the same kind of schedule on the same optimizer. Its count of
             steps and base rate come back, and it sets the optimizer's ``lr`` to the rate
             there. A checkpoint that holds a schedule loads without ``schedule=`` too (as one
-            that holds an optimizer's state loads without ``optimizer=``).
+            that holds an optimizer's state loads without ``optimizer=``). With ``optimizer``,
+            it must be that optimizer's schedule (``schedule.optimizer is optimizer``), and
+            of the saved schedule's settings (``step_size``, ``gamma``, ``per``, ...).
 
     Raises:
         ArgumentError: a ``path`` that is no path (a file object) or empty; an
-            ``optimizer``, ``loss_scaler`` or ``schedule`` without ``load_state_dict()``.
+            ``optimizer``, ``loss_scaler`` or ``schedule`` without ``load_state_dict()``; a
+            ``schedule`` of another optimizer than ``optimizer``.
         CheckpointError: the file is missing, truncated or corrupted; a key is missing or
             extra; a shape differs; a value would overflow the model's dtype; the optimizer
             state does not fit or holds values its constructor refuses; the loss scaler's state
-            is missing or malformed; the schedule's state is missing, malformed or of another
-            kind of schedule. Raised before anything is changed: the model, the optimizer,
-            the loss scaler and the schedule are left exactly as they were.
+            is missing or malformed; the schedule's state is missing, malformed, of another
+            kind of schedule or of other settings; the ``epoch`` metadata is no count.
+            Raised before anything is changed: the model, the optimizer, the loss scaler and
+            the schedule are left exactly as they were.
     """
     where = path = _path_of(path)
     params = _named_parameters(model)
@@ -562,9 +622,11 @@ def load(
         "check_state_dict",
         "load_state_dict",
     )
+    _check_schedule_drives(schedule, optimizer, "load")
     with _opened(path, metadata_cap(params)) as ckpt:
         meta = ckpt.meta
         by_name = _check_entries(ckpt)
+        _check_epoch(where, meta)
         listed = meta["parameters"]
         own = dict(params)
         missing = [name for name in own if name not in listed]

@@ -311,9 +311,12 @@ class ModelCheckpoint(Callback):
     """Save the model with :func:`nnbackend.save` (atomically) after epochs.
 
     Args:
-        path: the file; may hold ``{epoch}`` (1-based) and any per-epoch number of the
-            history by its monitored name (``nan`` where there is none), e.g.
-            ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``.
+        path: the file; may hold ``{epoch}`` (1-based, continuing from ``fit``'s
+            ``initial_epoch`` in a resumed run) and any per-epoch number of the history by
+            its monitored name (``nan`` where there is none), e.g.
+            ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``. The checkpoint's metadata records the
+            epochs completed (``nnbackend.io.read_metadata(path)["epoch"]``), the
+            ``initial_epoch`` of a run resumed from it.
         monitor: the per-epoch number that decides what "best" means.
         save_best_only: save only when ``monitor`` improved (otherwise after every epoch).
         mode: "min", "max" or "auto" as in :class:`EarlyStopping`.
@@ -398,5 +401,6 @@ class ModelCheckpoint(Callback):
             optimizer=trainer.optimizer if self.save_optimizer else None,
             loss_scaler=trainer.loss_scaler if self.save_optimizer else None,
             schedule=self._schedule,
+            epoch=trainer.epoch + 1,
         )
         self.saved.append(path)

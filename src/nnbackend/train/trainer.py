@@ -44,6 +44,26 @@ from nnbackend.train.progress import NoProgress, check_progress, make_progress, 
 __all__ = ["Trainer"]
 
 
+class _ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of :class:`Trainer` of the wrong kind (a number where the model belongs,
+    the class ``nn.MSELoss`` where an instance belongs): an
+    :class:`~nnbackend.errors.ArgumentError`, and the ``TypeError`` ``Trainer`` raised before
+    (Python's error for calling a non-callable)."""
+
+
+def _check_instance(name: str, value: Any, expected: str, refused: str) -> None:
+    """``_ArgumentTypeError`` unless ``value`` is a callable instance (a class is callable, but
+    calling ``nn.Linear(x)`` or ``nn.MSELoss(y, t)`` in fit builds a layer or a loss);
+    ``refused`` is the message for a non-callable."""
+    if isinstance(value, type):
+        raise _ArgumentTypeError(
+            f"{name} must be {expected}, got the class {value.__name__} itself: make one, "
+            f"as in {value.__name__}(...)"
+        )
+    if not callable(value):
+        raise _ArgumentTypeError(refused.format(type(value).__name__))
+
+
 def _check_split(n: int, batch_size: int, steps: int, size: int, loader: Any) -> None:
     """Every global batch must give each of ``size`` ranks at least one row, and a shuffling
     DataLoader must draw the same order on every rank."""
@@ -124,6 +144,7 @@ class _Fit:
     interval: MetricSums
     whole: MetricSums
     scorer: _Scorer
+    initial_epoch: int = 0
     previous_mode: bool | None = None
     start: float = field(default=0.0)
 
@@ -245,7 +266,7 @@ class Trainer:
 
     Attributes:
         step: optimizer steps taken in the current ``fit``.
-        epoch: the current epoch (0-based).
+        epoch: the current epoch (0-based; from ``fit``'s ``initial_epoch`` on).
         stop_training: set it to True (from a callback) to stop after the current step (on
             every rank, in data-parallel training).
         loss_scaler: the :class:`~nnbackend.precision.LossScaler` in use (its counters say how
@@ -268,13 +289,24 @@ class Trainer:
         world: Any = "auto",
         compile: bool = False,
     ) -> None:
-        if not callable(model):
-            raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        _check_instance(
+            "model", model, "an nn.Module", "model must be callable (an nn.Module), got {}"
+        )
+        _check_instance(
+            "loss_fn",
+            loss_fn,
+            "a loss such as nn.SoftmaxCrossEntropy()",
+            "loss_fn must be callable, got {}",
+        )
+        if isinstance(optimizer, type):
+            raise _ArgumentTypeError(
+                f"optimizer must be an nnbackend.optim optimizer, got the class "
+                f"{optimizer.__name__} itself: make one, as in "
+                f"{optimizer.__name__}(model.parameters(), lr=...)"
+            )
         for method in ("step", "zero_grad"):
             if not callable(getattr(optimizer, method, None)):
-                raise TypeError(
+                raise _ArgumentTypeError(
                     f"optimizer must have a {method}() method (an nnbackend.optim optimizer), "
                     f"got {type(optimizer).__name__}"
                 )
@@ -283,7 +315,7 @@ class Trainer:
             or loss_scaler == "auto"
             or isinstance(loss_scaler, nb_precision.LossScaler)
         ):
-            raise TypeError(
+            raise _ArgumentTypeError(
                 f"loss_scaler must be 'auto', None or a nnbackend.precision.LossScaler, got "
                 f"{loss_scaler!r}"
             )
@@ -670,6 +702,7 @@ class Trainer:
         validation_data: Sequence[Any] | None = None,
         validation_split: float | None = None,
         metrics: Iterable[Any] = (),
+        initial_epoch: int = 0,
     ) -> History:
         """Train for ``epochs`` passes over ``(x, t)`` in mini-batches of ``batch_size``.
 
@@ -701,6 +734,14 @@ class Trainer:
             callbacks: ``None`` or :class:`Callback` objects (:mod:`nnbackend.callbacks`,
                 :mod:`nnbackend.schedules`), or functions ``(trainer, history)`` called after
                 every epoch.
+            initial_epoch: the epochs a resumed run has already completed (Keras's meaning):
+                training runs epochs ``initial_epoch`` to ``epochs - 1`` (0-based), so
+                ``epochs`` is the epoch to stop at, not a number of epochs more, and
+                :attr:`epoch`, the progress bar and ``ModelCheckpoint``'s ``{epoch}`` continue
+                the count (a resumed run's checkpoints do not overwrite the first run's). A
+                checkpoint of ``ModelCheckpoint`` records the count:
+                ``initial_epoch=nnbackend.io.read_metadata(path)["epoch"]``. One at or past
+                ``epochs`` trains nothing. ``history.epochs`` counts this run's epochs.
 
         Returns:
             The :class:`History`. Ctrl-C (or a ``KeyboardInterrupt`` raised by a callback)
@@ -730,6 +771,7 @@ class Trainer:
             validation_data=validation_data,
             validation_split=validation_split,
             metrics=metrics,
+            initial_epoch=initial_epoch,
         )
         finished = False  # True unless an error other than Ctrl-C propagates
         self.history = run.history
@@ -770,12 +812,14 @@ class Trainer:
         validation_data: Any,
         validation_split: Any,
         metrics: Iterable[Any],
+        initial_epoch: Any = 0,
     ) -> _Fit:
         """Check ``fit``'s arguments, put the data on the model's backend, join the world of a
         data-parallel job, and set the trainer up for the run (step counters, progress bar,
         loss scaler, clipping, Ctrl-C guard, training mode). Nothing changes before the
         arguments are checked."""
         epochs = _positive_int("epochs", epochs, allow_zero=True)
+        initial_epoch = _positive_int("initial_epoch", initial_epoch, allow_zero=True)
         batch_size = _positive_int("batch_size", batch_size)
         eval_interval = _positive_int("eval_interval", eval_interval, allow_none=True)
         if max_grad is not None and not _number(max_grad) > 0.0:
@@ -815,10 +859,11 @@ class Trainer:
         generator = nb_random.Generator(seed) if shuffle and loader is None else None
 
         history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
-        self.step = self.epoch = 0
+        self.step = 0
+        self.epoch = initial_epoch
         self.stop_training = False
         self.callbacks = callbacks
-        bar = make_progress(progress, epochs * steps_per_epoch)
+        bar = make_progress(progress, max(epochs - initial_epoch, 0) * steps_per_epoch)
         scaler = self._resolve_loss_scaler()
         guard = InterruptGuard()
         self._step_scaler, self._clip, self._guard = scaler, clip, guard
@@ -849,6 +894,7 @@ class Trainer:
             interval=MetricSums(comm),
             whole=MetricSums(comm),
             scorer=_Scorer(self.loss_fn),
+            initial_epoch=initial_epoch,
         )
         run.previous_mode = self._set_mode(True)
         run.start = time.perf_counter()
@@ -890,7 +936,7 @@ class Trainer:
         history = run.history
         for hook in run.hooks["on_fit_start"]:
             hook(self, history)
-        for epoch in range(run.epochs):
+        for epoch in range(run.initial_epoch, run.epochs):
             self.epoch = epoch
             if not self._run_epoch(run, epoch):
                 self._sync_buffers(run)  # (every rank stops after the same step)
@@ -1029,7 +1075,7 @@ class Trainer:
                 history.val_loss.append(v_loss)
                 history.val_accuracy.append(v_acc)
                 extra = " val_" + metrics_text(v_loss, v_acc).replace(" acc=", " val_acc=")
-            history.epochs = epoch + 1
+            history.epochs = epoch + 1 - run.initial_epoch
             history.epoch_time.append(time.perf_counter() - run.start)
             if run.eval_interval is None:
                 self._report(run, extra, (e_loss, e_acc))
