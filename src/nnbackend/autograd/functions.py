@@ -966,6 +966,11 @@ def take(x: Any, indices: Any, axis: int | None = 0) -> Tensor:
     n = int(data.shape[ops.normalize_axis(axis, data.ndim)])
     if type(idx) in (list, tuple, int):
         idx = _host_indices(xp, idx, n, data.device)
+    elif not hasattr(idx, "dtype"):
+        raise ArgumentError(
+            f"take: indices must be an integer array, a (nested) list of ints or an int, got "
+            f"{type(idx).__name__} {idx!r}"
+        )
     idx = ops.own_index(data, idx)  # a NumPy array for a torch Tensor
     if not xp.isdtype(idx.dtype, "integral"):
         raise ArgumentError(f"take: indices must be integers, got {idx.dtype}")
@@ -991,7 +996,13 @@ def _host_indices(xp: Any, idx: Any, n: int, device: Any) -> Any:
             f"take: indices {idx!r} are out of range for an axis of length {n}; use indices "
             f"in [{-n}, {n})"
         )
-    return xp.asarray(idx, device=device)
+    try:
+        return xp.asarray(idx, device=device)
+    except _BACKEND_ERRORS as e:  # ragged ([[0], [1, 2]]) or not numbers
+        raise ArgumentError(
+            f"take: indices {idx!r} are not a rectangular nesting of integers; give an "
+            "integer array, a (nested) list of ints of one length per level, or an int"
+        ) from e
 
 
 def _flatten(items: Any) -> Any:
@@ -1399,18 +1410,23 @@ def getitem(x: Any, key: Any) -> Tensor:
             return getitem(x, fixed)
         except _BACKEND_ERRORS as e:
             return _getitem_failed(x, key, e)
-    shape = tuple(_data(x).shape)
+    data = _data(x)
+    shape = tuple(data.shape)
     fixed = _index_key(key)
     if fixed is not None:
         key = fixed
-    parts = list(key) if isinstance(key, tuple) else [key]
-    named = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
-    if named > len(shape):
-        raise ShapeError(f"getitem: index {key!r} names {named} axes of an array of shape {shape}")
+    # index lists as arrays, as on the other paths (x[[0, 1], ::-1]): a list has no ndim
+    parts = [
+        ops.own_index(data, k) if type(k) is list else k
+        for k in (list(key) if isinstance(key, tuple) else [key])
+    ]
     # By identity: an index array's == is elementwise (list.count and `in` would ask its truth)
     dots = [i for i, k in enumerate(parts) if k is Ellipsis]
     if len(dots) > 1:
         raise ArgumentError(f"getitem: at most one ... in an index, got {key!r}")
+    named = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis)
+    if named > len(shape):
+        raise ShapeError(f"getitem: index {key!r} names {named} axes of an array of shape {shape}")
     if dots:
         at = dots[0]
         parts[at : at + 1] = [slice(None)] * (len(shape) - named)

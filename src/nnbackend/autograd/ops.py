@@ -10,6 +10,7 @@ import operator
 from typing import Any
 
 from nnbackend.autograd.function import Function
+from nnbackend.backends.ops import wide_indices
 from nnbackend.config import normalize_dtype
 from nnbackend.errors import ArgumentError, BackendMismatchError, DtypeError, ShapeError
 from nnbackend.namespace import backend_for, ops_for
@@ -672,6 +673,7 @@ def from_the_end(xp: Any, indices: Any, n: int) -> Any:
     (torch's raises), and the backward's scatter-add by one-hot matching (array_api_strict)
     matched no row for them and dropped their gradients silently. Internal API for the
     engine's nodes."""
+    indices = wide_indices(xp, indices)
     # below -n: n, which the backend's take rejects as out of range (-n - 1 + n = -1 would
     # silently pick the last element)
     return xp.where(indices < 0, xp.where(indices < -n, n, indices + n), indices)
@@ -893,6 +895,11 @@ def getitem(x: Any, key: Any) -> Any:
     if isinstance(key, tuple):
         data = _raw(x)
         key = tuple(own_index(data, _raw(k)) for k in key)
+        if len([k for k in key if k is Ellipsis]) > 1:  # by identity: arrays' == is elementwise
+            raise ArgumentError(
+                f"getitem: an index may hold only one ... (Ellipsis), got {key!r}; write one "
+                "... for all the axes it skips (x[..., 0] or x[0, ...])"
+            )
     elif hasattr(key, "ndim"):
         key = own_index(_raw(x), key)
     elif isinstance(key, list):  # x[[0, 2, 2]]: a list of row indices, as NumPy allows

@@ -41,6 +41,7 @@ __all__ = [
     "lstm_cell",
     "lstm_cell_backward",
     "tanh_sigmoid",
+    "wide_indices",
 ]
 
 
@@ -191,6 +192,19 @@ def lstm_cell_backward(
     di = ds * g * i * (1.0 - i)
     do = dh * tc * o * (1.0 - o)
     return xp.concat([df, dg, di, do], axis=1), ds * f
+
+
+def wide_indices(xp: Namespace, indices: Array) -> Array:
+    """Integer ``indices`` as the namespace's own index dtype (int64; int32 for jax without
+    x64) where they have a narrower or unsigned one (int8, uint8, int16, uint64): NumPy
+    indexes with any integer dtype, but ``indices + n`` overflows a narrow one (a bare
+    OverflowError for an axis of 128 rows and int8), the standard refuses ``uint8 < -n``,
+    torch's take wants int32 or int64, and a one-hot ``arange(n)`` in a narrow dtype wraps.
+    int32 and int64 are kept as they are (no copy)."""
+    dtype = indices.dtype
+    if dtype == xp.int64 or dtype == xp.int32:
+        return indices
+    return xp.astype(indices, xp.__array_namespace_info__().default_dtypes()["indexing"])
 
 
 def _no_float16(x: Any, out: Any = None) -> Any:
@@ -372,13 +386,19 @@ class Ops:
 
     def scatter_add(self, target: Array, indices: Array, values: Array) -> Array:
         """``target`` with ``values[i]`` added into the row ``indices[i]``, repeated indices
-        accumulating; returns the result (``target`` itself where written in place). The
-        default is a one-hot matrix product that needs only the standard."""
+        accumulating; returns the result (``target`` itself where written in place).
+        Negative indices count from the end (as ``np.add.at``). The default is a one-hot
+        matrix product that needs only the standard; indices outside ``[-n, n)`` match no
+        row there (callers check them first)."""
         record = self.record
         if record.scatter_add is not None and self.inplace:
             return record.scatter_add(target, indices, values)
         xp = self.xp
         n = target.shape[0]
+        indices = wide_indices(xp, indices)  # arange(n) in int8 / uint8 would wrap
+        # negative indices count from the end, as np.add.at and the engine's callers have
+        # them (a one-hot of -1 matched no row: its values were dropped silently)
+        indices = xp.where(indices < 0, indices + n, indices)
         onehot = xp.astype(
             xp.reshape(indices, (-1, 1))
             == xp.arange(n, dtype=indices.dtype, device=indices.device),

@@ -28,7 +28,7 @@ from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function, spare_grad
 from nnbackend.autograd.ops import cast, convert, scatter_add_rows, take_rows
 from nnbackend.autograd.tensor import Tensor
-from nnbackend.backends.ops import NATIVE
+from nnbackend.backends.ops import NATIVE, wide_indices
 from nnbackend.errors import (
     ArgumentError,
     BackendError,
@@ -1085,9 +1085,20 @@ def embedding(indices: Any, weight: Any) -> Tensor:
     """``weight[indices]`` for integer ``indices`` of any shape; the backward adds the
     gradients of repeated indices together."""
     idx = _data(indices)
+    w = _data(weight)
+    if type(idx) is not type(w) and hasattr(w, "shape"):
+        # A NumPy index array for a torch weight ended in a bare TypeError from torch's min()
+        # (or AttributeError): refused as every layer refuses another backend's input.
+        same_backend(idx, w, "embedding (indices)")
     xp = backend_for(idx)[0]
     if not xp.isdtype(idx.dtype, "integral"):
         raise DtypeError(f"embedding indices must be integers, got {idx.dtype}")
+    if not getattr(w, "ndim", 1):
+        raise ShapeError(
+            "embedding: the weight is 0-d; it needs rows, one per index value (a weight of "
+            "shape (num_embeddings, embedding_dim))"
+        )
+    idx = wide_indices(xp, idx)  # int8 / uint8: torch's gather refuses them (no copy else)
     rows = Embedding()(weight, idx)
     compute = mixed_compute()
     if compute is not None and rows.data.dtype != float_dtype(rows.data, compute):
