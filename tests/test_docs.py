@@ -315,6 +315,30 @@ def _raised(action: Any) -> str:
     raise AssertionError(f"{action} raised nothing")
 
 
+def _broken_backend_message() -> str:
+    """The message of a registered backend whose library raises AttributeError at import."""
+    import nnbackend as nb
+    from nnbackend import registry
+
+    def load() -> Any:
+        raise AttributeError("module 'mylib' has no attribute 'linalg'")
+
+    nb.register_backend(
+        nb.Backend(
+            name="mylib",
+            load_namespace=load,
+            probe=lambda: None,
+            array_modules=("mylib",),
+            to_host=lambda a: a,
+            from_host=lambda a, device=None: a,
+        )
+    )
+    try:
+        return _raised(lambda: nb.namespace("mylib"))
+    finally:
+        registry.unregister_backend("mylib")
+
+
 def test_error_table_matches_the_messages(monkeypatch: pytest.MonkeyPatch) -> None:
     array_api_strict = pytest.importorskip("array_api_strict")
     import numpy as np
@@ -357,6 +381,7 @@ def test_error_table_matches_the_messages(monkeypatch: pytest.MonkeyPatch) -> No
         cupy_backend.diagnose({}, True, lambda: 12040, failing("cudaErrorNoDevice")),
         cupy_backend.diagnose({}, True, lambda: 12040, lambda: 0),
         "backend 'cupy' is unavailable: " + str(cupy_backend.diagnose({}, False, None, None)),
+        _broken_backend_message(),
     ]
     rows = _error_rows()
     matched: set[int] = set()

@@ -13,6 +13,7 @@ import threading
 __all__ = [
     "ArgumentError",
     "BackendError",
+    "BackendLoadError",
     "BackendMismatchError",
     "BackendUnavailableError",
     "CheckpointError",
@@ -43,6 +44,13 @@ class BackendError(NNBackendError, ValueError):
 
 class BackendUnavailableError(NNBackendError, RuntimeError):
     """A known backend that cannot be used here (library missing, no driver, no device)."""
+
+
+class BackendLoadError(BackendError, BackendUnavailableError):
+    """A registered backend whose ``load_namespace`` failed with something other than an
+    ImportError (a broken install raising AttributeError, OSError or RuntimeError at import,
+    a CUDA library missing): both a :class:`BackendError` and a
+    :class:`BackendUnavailableError`. The library's own exception is its ``__cause__``."""
 
 
 class BackendMismatchError(NNBackendError, TypeError):

@@ -8,6 +8,7 @@ callable that returns one.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -16,7 +17,7 @@ from typing import Any
 
 from nnbackend.backends import BUILTIN
 from nnbackend.backends.base import Backend
-from nnbackend.errors import BackendError, BackendUnavailableError
+from nnbackend.errors import BackendError, BackendLoadError, BackendUnavailableError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -37,8 +38,68 @@ RESERVED_NAMES = frozenset(
     {"cpu", "cuda", "gpu", "tpu", "mps", "xpu", "hip", "rocm", "meta", "xla", "device1", "device2"}
 )
 
+
+def _load_message(name: str, hint: str, exc: BaseException) -> str:
+    fix = f"reinstall it ({hint})" if hint else "reinstall its library"
+    return (
+        f"backend {name!r} failed to load: its load_namespace raised {type(exc).__name__}: "
+        f"{exc}. Its library is installed but broken (a partial or mismatched install, a "
+        f"missing shared library such as CUDA's). Fix: {fix}, or choose another backend "
+        "(nb.set_backend(...), NNBACKEND=...; nb.available_backends() lists the usable ones). "
+        "The failure is kept: restart the process (or register the backend again) to retry"
+    )
+
+
+def _guard(record: Backend) -> Backend:
+    """Give ``record`` a ``load_namespace`` that turns any failure but an ImportError (which
+    :mod:`nnbackend.namespace` words with the install hint) into :class:`BackendLoadError`
+    naming the backend, chained to the library's exception. The first failure is kept, and
+    every later call raises it again without importing again (a second import of a library
+    whose first import failed half-way fails differently, or seems to work), so that
+    :func:`probe`, :func:`available_backends` and :func:`require` report the backend as
+    unusable instead of half-loaded. Every caller of ``record.load_namespace()`` (namespaces,
+    devices, datasets) gets it; the record stays the same object."""
+    current = record.load_namespace
+    if getattr(current, "_nnbackend_guard", None) is record:
+        current._nnbackend_failed.clear()  # type: ignore[attr-defined]  # (registered again)
+        return record
+    # A guarded loader copied from another record (dataclasses.replace): guard its own.
+    load = (
+        getattr(current, "__wrapped__", current)
+        if hasattr(current, "_nnbackend_guard")
+        else current
+    )
+    name, hint = record.name, record.install_hint
+    failed: list[BaseException] = []
+
+    @functools.wraps(load)
+    def load_namespace() -> Any:
+        if failed:
+            raise BackendLoadError(_load_message(name, hint, failed[0])) from failed[0]
+        try:
+            return load()
+        except ImportError:
+            raise
+        # A library that calls sys.exit() at import is as broken as one that raises; a
+        # KeyboardInterrupt is the user's Ctrl-C, neither wrapped nor kept.
+        except (Exception, SystemExit) as exc:
+            failed.append(exc)
+            raise BackendLoadError(_load_message(name, hint, exc)) from exc
+
+    load_namespace._nnbackend_guard = record  # type: ignore[attr-defined]
+    load_namespace._nnbackend_failed = failed  # type: ignore[attr-defined]
+    object.__setattr__(record, "load_namespace", load_namespace)
+    return record
+
+
+def _load_failure(record: Backend) -> BaseException | None:
+    """The exception ``record``'s ``load_namespace`` failed with (kept by :func:`_guard`)."""
+    failed = getattr(record.load_namespace, "_nnbackend_failed", None)
+    return failed[0] if failed else None
+
+
 _lock = threading.RLock()
-_records: dict[str, Backend] = {record.name: record for record in BUILTIN}
+_records: dict[str, Backend] = {record.name: _guard(record) for record in BUILTIN}
 # type(x).__module__'s first component -> backend name, for backend_of().
 _by_module: dict[str, str] = {m: r.name for r in BUILTIN for m in r.array_modules}
 _probes: dict[str, str | None] = {}
@@ -126,7 +187,7 @@ def register_backend(backend: Backend, *, replace: bool | str = False) -> Backen
             for module in current.array_modules:
                 if _by_module.get(module) == backend.name:
                     del _by_module[module]
-        _records[backend.name] = backend
+        _records[backend.name] = _guard(backend)
         _unregistered.discard(backend.name)
         for module in backend.array_modules:
             _by_module[module] = backend.name
@@ -311,6 +372,9 @@ def probe(name: str) -> str | None:
     if name in _entry_point_errors and name not in _records:
         return _entry_point_errors[name]
     record = get(name)
+    failure = _load_failure(record)
+    if failure is not None:  # (the probe said usable; loading it failed since)
+        return f"its load_namespace failed ({type(failure).__name__}: {failure})"
     try:
         return _probes[name]
     except KeyError:
@@ -334,6 +398,9 @@ def require(name: str) -> Backend:
     """The record for ``name``, or :class:`~nnbackend.errors.BackendUnavailableError` with the
     reason it cannot be used."""
     record = get(name)
+    failure = _load_failure(record)
+    if failure is not None:
+        raise BackendLoadError(_load_message(name, record.install_hint, failure)) from failure
     reason = probe(name)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")

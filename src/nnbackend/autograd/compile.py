@@ -36,7 +36,16 @@ sort, no per-op checks.
   :class:`~nnbackend.errors.CompileWarning` (a replay could not set its ``.grad``).
 - A recording is dropped, and the step recorded again, when a parameter's array was rebound
   outside the step (``load_state_dict``, ``to_device``, ``p.data = ...``) or its
-  ``requires_grad`` changed.
+  ``requires_grad`` changed, and when the step would now find another object where it found
+  one the recording holds: a Parameter, buffer or submodule replaced in a module
+  (``model.fc.weight = nn.Parameter(...)``, ``model.fc = nn.Linear(...)``), a module's
+  ``training`` flag changed (``model.eval()``), or a module, parameter or optimizer rebound
+  in a global, closure variable, bound ``self`` or small dict the step reads
+  (``opt = optim.Adam(...)``). Those places are found once per recording by following the
+  step function (its globals, closure, ``self``, the plain objects and dicts they hold, two
+  levels down, and the modules' registered members), and checked on every call by one
+  identity test each; an object the step reaches otherwise (a list index, a deeper
+  attribute chain) needs ``step.reset()`` or a ``key`` when replaced.
 - Checked: with ``check=True`` (the default) the step is recorded on the first *two* calls of
   a signature and replayed from the third, when both recordings agree: the same nodes wired
   the same way, the same constants (arrays the step used that are neither inputs, parameters
@@ -62,9 +71,11 @@ goes). The returned Tensors are outside any graph.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import re
+import types
 import warnings
 import weakref
 from collections import OrderedDict
@@ -320,6 +331,10 @@ class CompiledStep:
         new, result = _record(self.fn, args, known.leaves if known is not None else ())
         self.records += 1
         first = self._pending.pop(sig, None)
+        if first is not None and not first.holds_current():
+            # A parameter, submodule or optimizer was replaced since the first recording:
+            # it recorded another step; this one is the first of the new objects.
+            first = None
         if first is None and (self.check or not new.knows_resets()):
             # Record again on the next call: to compare (check), or, unchecked, to learn
             # from a second look whether the step resets the gradients itself.
@@ -491,15 +506,33 @@ class _Recording:
         n = len(self.leaves)
         for i, r in enumerate(self.requires):
             scope[f"_R{i}"] = r
+        # Where the step finds what the recording holds, still holding it (see _holders).
+        self.holders = rec.holders
+        held = []
+        for j, (holder, key, value) in enumerate(self.holders):
+            scope[f"_H{j}"], scope[f"_HV{j}"] = holder, value
+            if key is None:  # a closure cell
+                held.append(f"_H{j}.cell_contents is _HV{j}")
+            else:
+                scope[f"_HK{j}"] = key
+                held.append(f"_H{j}.get(_HK{j}, _NOTHING) is _HV{j}")
+        scope["_NOTHING"] = _MISSING
+        held_checks = " and ".join(held) or "True"
         checks = self._checks = (
-            " and ".join(f"L{i}.data is _D[{i}] and L{i}.requires_grad is _R{i}" for i in range(n))
+            " and ".join(
+                [f"L{i}.data is _D[{i}] and L{i}.requires_grad is _R{i}" for i in range(n)] + held
+            )
             or "True"
         )
         datas = self._data_list = "".join(f"L{i}.data, " for i in range(n))
-        extra = f"def _valid(_D):\n    return {checks}\ndef _datas():\n    return [{datas}]\n"
+        extra = (
+            f"def _valid(_D):\n    return {checks}\ndef _datas():\n    return [{datas}]\n"
+            f"def _held():\n    return {held_checks}\n"
+        )
         exec(compile(extra, "<nnbackend compiled step checks>", "exec"), scope)
         self._exec_scope = scope
         self._valid, self._datas = scope["_valid"], scope["_datas"]
+        self._held = scope["_held"]
 
     def _build(self) -> None:
         """The replay's code and function: each first gradient write in the form for a step
@@ -539,8 +572,14 @@ class _Recording:
 
     def valid(self) -> bool:
         """Whether every parameter still has the array the last run left (nothing rebound it
-        outside the step) and its ``requires_grad``."""
+        outside the step) and its ``requires_grad``, and the step still finds the parameters,
+        modules and optimizers the recording holds where it found them (:func:`_holders`)."""
         return bool(self._valid(self._last))
+
+    def holds_current(self) -> bool:
+        """Whether the step still finds the objects the recording holds where it found them
+        (nothing replaced a parameter, buffer, submodule or optimizer since)."""
+        return bool(self._held())
 
     def run(self, *args: Any) -> Any:
         out = self._replay(*args)
@@ -674,7 +713,141 @@ def _record(
         config.count_blocks("trace", -1)
         trace.stop(token)
     rec.finish(result)
+    rec.holders = _holders(fn, rec)
     return _Recording(rec), result
+
+
+# -- where the step finds the objects a recording holds --------------------------------------
+# A recording holds the parameters (and the modules, optimizers) the step used when it was
+# recorded; eager code finds them again on every call, through the step's globals, closure,
+# bound self and the modules' attributes. Where one of those now names another object
+# (``model.fc.weight = nn.Parameter(...)``, ``model.fc = nn.Linear(...)``, a buffer
+# reassigned, ``opt = optim.Adam(...)`` rebinding a global the step reads), a replay would
+# go on training the old one: the recording is dropped and the step recorded again. Found
+# once per recording by walking from the step function (no heap scan); checked on every
+# call by one identity test each.
+
+#: A container with more entries than this is not looked into (a dataset held in a dict).
+_HOLDER_FANOUT = 256
+#: At most this many objects are looked at per recording.
+_HOLDER_BUDGET = 5000
+
+
+def _instance_dict(obj: Any) -> Any:
+    """``obj.__dict__``, or None; never runs a class's own ``__getattr__``."""
+    try:
+        return object.__getattribute__(obj, "__dict__")
+    except Exception:
+        return None
+
+
+def _is_module(obj: Any) -> bool:
+    """Whether ``obj`` is an nnbackend Module (told by its registries, without importing
+    nnbackend.nn, a higher layer)."""
+    d = _instance_dict(obj)
+    return (
+        type(d) is dict
+        and type(d.get("_parameters")) is dict
+        and type(d.get("_modules")) is dict
+        and type(d.get("_buffers")) is dict
+    )
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):  # (a comprehension, lambda or inner function)
+            names |= _global_names(const)
+    return names
+
+
+def _holders(fn: Any, rec: _Recorder) -> list[tuple[Any, Any, Any]]:
+    """``(holder, key, obj)``: each place the step ``fn`` finds a module, parameter, buffer
+    or optimizer the recording used (``holder`` a dict, ``key`` its key; or a closure cell
+    and ``None``), as recorded. The step's globals, closure cells, bound ``self``, the dicts
+    and plain objects they hold (two levels down) and the helper functions it calls are
+    followed; below a module, its registered parameters, buffers and submodules."""
+    held = {id(t) for t in rec.leaves} | {id(t) for t in rec.reset_only}
+    for _method, args, kwargs in rec.calls:  # (an optimizer: Optimizer.step's self)
+        held.update(id(a) for a in args if type(a) not in _SCALARS)
+        held.update(id(a) for a in kwargs.values() if type(a) not in _SCALARS)
+    links: dict[tuple[int, Any], tuple[Any, Any, Any]] = {}
+    seen: set[int] = set()
+    budget = [_HOLDER_BUDGET]
+
+    def link(holder: Any, key: Any, value: Any) -> None:
+        if holder is not None:
+            links.setdefault((id(holder), key), (holder, key, value))
+
+    def module(m: Any) -> None:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        d = m.__dict__
+        if "training" in d:  # (model.eval(): Dropout and BatchNorm record other nodes)
+            link(d, "training", d["training"])
+        registered = (d["_parameters"], d["_buffers"], d["_modules"])
+        for k, v in list(d.items()):
+            if any(k in r for r in registered):
+                link(d, k, v)  # (None too: a placeholder given a Parameter later)
+                if v is not None and _is_module(v):
+                    module(v)
+
+    def note(holder: Any, key: Any, value: Any, depth: int) -> None:
+        if value is None or type(value) in _SCALARS:
+            return
+        if _is_module(value):
+            link(holder, key, value)
+            module(value)
+        elif id(value) in held:
+            link(holder, key, value)
+        elif value is fn:
+            explore(value, depth)
+        elif depth > 0:
+            explore(value, depth - 1)
+
+    def explore(obj: Any, depth: int) -> None:
+        if id(obj) in seen or budget[0] <= 0:
+            return
+        seen.add(id(obj))
+        budget[0] -= 1
+        if isinstance(obj, types.MethodType):  # (its self is looked into as deep as it)
+            note(None, None, obj.__self__, depth + 1)
+            explore(obj.__func__, depth)
+        elif isinstance(obj, functools.partial):
+            for v in (obj.func, *obj.args, *obj.keywords.values()):
+                note(None, None, v, depth)
+        elif isinstance(obj, types.FunctionType):
+            if obj.__module__ and obj.__module__.startswith("nnbackend."):
+                return  # (the library's own functions hold no model)
+            for cell in obj.__closure__ or ():
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # (not yet bound)
+                    continue
+                note(cell, None, value, depth)
+            g = obj.__globals__
+            for name in _global_names(obj.__code__):
+                if name in g:
+                    note(g, name, g[name], depth)
+            for value in (*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()):
+                note(None, None, value, depth)
+        elif type(obj) is dict:
+            if len(obj) <= _HOLDER_FANOUT:
+                for k, v in list(obj.items()):
+                    note(obj, k, v, depth)
+        elif type(obj) in (list, tuple):
+            if len(obj) <= _HOLDER_FANOUT:
+                for v in obj:  # (by position: no link, but what they hold is followed)
+                    note(None, None, v, depth)
+        elif not isinstance(obj, type | types.ModuleType):
+            d = _instance_dict(obj)
+            if type(d) is dict and len(d) <= _HOLDER_FANOUT:
+                for k, v in list(d.items()):
+                    note(d, k, v, depth)
+
+    note(None, None, fn, 2)
+    return list(links.values())
 
 
 class _Recorder:
@@ -726,6 +899,7 @@ class _Recorder:
         self.draws: list[tuple[Function, tuple[Any, ...]]] = []
         self._call_srcs: list[str] = []
         self.returned = "None"  # the expression the replay returns (set by finish)
+        self.holders: list[tuple[Any, Any, Any]] = []  # (set by _record: see _holders)
         for i, a in enumerate(args):
             d = a.data if isinstance(a, Tensor) else a
             if type(d) in _SCALARS:
