@@ -149,11 +149,13 @@ def serve(
     build: Callable[[], Step | tuple[Step, Step | None]],
     *,
     warmup: int = 3,
+    warmup_s: float = 0.0,
     settle: bool = True,
     skip_errors: tuple[type[BaseException], ...] = (),
 ) -> None:
     """A worker's life: build the step (``build()`` returns ``step`` or ``(step, sync)``,
-    ``sync`` waiting for a device), run ``warmup`` steps, say ``ready``, then serve ``run N``
+    ``sync`` waiting for a device), run ``warmup`` steps and on until ``warmup_s`` seconds
+    have passed, say ``ready``, then serve ``run N``
     and ``stats`` on stdin/stdout (module docstring). An error in ``skip_errors`` while
     building or warming up answers ``skip REASON`` instead of ``ready``.
 
@@ -167,8 +169,11 @@ def serve(
         made = build()
         step, sync = made if isinstance(made, tuple) else (made, None)
         meter.after_setup()
-        for _ in range(warmup):
+        deadline = time.perf_counter() + warmup_s
+        done = 0
+        while done < warmup or time.perf_counter() < deadline:
             step()
+            done += 1
         if sync is not None:
             sync()
     except skip_errors as exc:

@@ -303,7 +303,10 @@ def worker(impl: str, config_name: str) -> None:
     """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS,
     the loop's memory apart from setup, and which of :data:`LIBRARIES` this process loaded) on
     stdin/stdout: ``_workers.serve``, which also ignores Ctrl-C (the parent's to handle)."""
-    serve(lambda: _make_step(impl, CONFIGS[config_name]), warmup=3)
+    # glibc takes about ten steps to settle where it places the step's arrays (medium float64:
+    # 1-3 page faults at steps 7-10, none from there on), which rounds of a few steps on a
+    # busy machine counted as the steady state's; a second of warm-up covers them.
+    serve(lambda: _make_step(impl, CONFIGS[config_name]), warmup=15, warmup_s=1.0)
 
 
 # --------------------------------------------------------------------------------------------
