@@ -332,6 +332,11 @@ _SIGMOID_FLOOR = {
 # Parameters of at least this many elements are updated through a scratch buffer: below
 # glibc's default mmap threshold (128 KiB) a temporary is cheap to allocate.
 _SCRATCH_MIN = 32768
+# SGD's ``a * x`` goes to the scratch buffer from this many elements up too: a fresh 80 KiB
+# temporary (the 1024 x 10 layer's update in float64) freed at the top of the heap now and
+# then came back as new pages, 18-20 page faults at a time (benchmarks/NOTES.md, session
+# 12); below, an update is too small to matter and the tiny step pays no extra comparison.
+_UPDATE_SCRATCH_MIN = 4096
 # From this many elements up, np.maximum against a constant reads it from an array
 # (NumpyOps._maximum): below, the lookup costs more than the faster loop saves. The arrays
 # of constants hold at most _FILLED_MAX elements (4 MiB in float32); larger inputs are taken
@@ -780,8 +785,12 @@ class NumpyOps(Ops):
         wheels ship OpenBLAS, large float32/float64 updates by a Python float are one BLAS
         axpy instead (:mod:`nnbackend.backends.blas`): rounded once, like PyTorch's, so a
         value may differ from ``y - a * x`` in its last bit."""
-        if x.size >= _SCRATCH_MIN:  # (small ones: one comparison, for the tiny step)
-            fused = self._axpy_update(y, a, x)
+        if x.size >= _UPDATE_SCRATCH_MIN:  # (small ones: one comparison, for the tiny step)
+            fused = (
+                self._axpy_update(y, a, x)
+                if x.size >= _SCRATCH_MIN
+                else self._sub_scaled_scratch(y, a, x)
+            )
             if fused is not None:
                 return fused
         if not self.inplace:  # a record that forbids in-place writes: rebind
@@ -815,6 +824,25 @@ class NumpyOps(Ops):
             return y
         tmp = self._np.multiply(x, a, out=self._temp(x, 0))
         y -= tmp
+        return y
+
+    def _sub_scaled_scratch(self, y: Any, a: Any, x: Any) -> Any:
+        """``y -= a * x`` for a mid-sized float32/float64 update by a Python float, ``a * x``
+        in the scratch buffer (the same bits as ``y -= a * x``: the weak float takes
+        ``x``'s dtype); ``None`` where it does not apply (:meth:`sub_scaled_` goes on)."""
+        np = self._np
+        if (
+            type(a) is not float
+            or not self.inplace
+            or not self.may_cache
+            or type(x) is not np.ndarray
+            or type(y) is not np.ndarray
+            or x.dtype != y.dtype
+            or x.dtype.char not in "fd"
+            or x.shape != y.shape
+        ):
+            return None
+        y -= np.multiply(x, a, out=self._temp(x, 0))
         return y
 
     def _sub_scaled_blocks(self, y: Any, a: float, x: Any) -> Any:
