@@ -303,9 +303,10 @@ def worker(impl: str, config_name: str) -> None:
     """Serve ``run N`` (time N steps: seconds and page faults as JSON) and ``stats`` (peak RSS,
     the loop's memory apart from setup, and which of :data:`LIBRARIES` this process loaded) on
     stdin/stdout: ``_workers.serve``, which also ignores Ctrl-C (the parent's to handle)."""
-    # glibc takes about ten steps to settle where it places the step's arrays (medium float64:
-    # 1-3 page faults at steps 7-10, none from there on), which rounds of a few steps on a
-    # busy machine counted as the steady state's; a second of warm-up covers them.
+    # glibc takes a while to settle where it places a step's arrays (medium float64: page
+    # faults at steps 7-10 of a new process), which rounds of a few steps on a busy machine
+    # counted as the steady state's; a second of warm-up covers them. (The change from this
+    # loop to rounds answered on stdin takes 20 more steps: measure's warm-up rounds.)
     serve(lambda: _make_step(impl, CONFIGS[config_name]), warmup=15, warmup_s=1.0)
 
 
@@ -336,11 +337,14 @@ def measure(
     rounds: int,
     round_s: float,
     threads: int | None = None,
-    warmup: int = 2,
+    warmup: int = 4,
     replicas: int = 1,
 ) -> dict[str, Any]:
     """Time ``config``'s implementations, each in its own worker, in ``rounds`` shuffled
-    rounds (times the configuration's ``rounds_factor``) of about ``round_s`` seconds each;
+    rounds (times the configuration's ``rounds_factor``) of about ``round_s`` seconds each,
+    after ``warmup`` untimed ones (the medium float64 engine took 1-7 page faults a round of
+    5 steps in the first 20 steps answered on stdin, none from there on: 2 rounds of 8 steps
+    left some of them in the timed rounds);
     ``threads`` sets every worker's BLAS / OpenMP threads (default: the libraries' own
     choice, as users run them).
 
