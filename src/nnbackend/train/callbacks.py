@@ -307,6 +307,22 @@ def _copy_weights(model: Any) -> dict[str, Any]:
     return out
 
 
+def _threshold(value: Any) -> float | None:
+    """``ModelCheckpoint``'s ``initial_value_threshold``: ``None`` or a real number, not NaN
+    (nothing improves on NaN, so no checkpoint would ever be written)."""
+    if value is None:
+        return None
+    try:
+        number = math.nan if isinstance(value, (bool, str)) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number):
+        raise ArgumentError(
+            f"initial_value_threshold must be a number (not NaN) or None, got {value!r:.80}"
+        )
+    return number
+
+
 class ModelCheckpoint(Callback):
     """Save the model with :func:`nnbackend.save` (atomically) after epochs.
 
@@ -320,6 +336,11 @@ class ModelCheckpoint(Callback):
         monitor: the per-epoch number that decides what "best" means.
         save_best_only: save only when ``monitor`` improved (otherwise after every epoch).
         mode: "min", "max" or "auto" as in :class:`EarlyStopping`.
+        initial_value_threshold: with ``save_best_only``, the value to beat before the first
+            save (Keras's name), e.g. the best ``val_loss`` of the run a resumed ``fit``
+            continues: without it, a resumed run's first epoch counts as an improvement and
+            overwrites a better checkpoint at a path without ``{epoch}``. A resumed ``fit``
+            (``initial_epoch > 0``) with ``save_best_only`` and no threshold warns so.
         dtype: store the parameters in this dtype (see :func:`nnbackend.save`).
         save_optimizer: also store the optimizer's state, the trainer's loss scaler's (its
             scale and counters, under a mixed float16 policy) and the state of the
@@ -330,8 +351,9 @@ class ModelCheckpoint(Callback):
             ``callbacks``, so a resumed run starts at the rate the next epoch would have had.
 
     Attributes:
-        best: the best value seen; ``best_epoch``: its epoch (0-based); ``saved``: the paths
-            written, in order.
+        best: the best value seen (``initial_value_threshold`` until an epoch beats it);
+            ``best_epoch``: its epoch (0-based; ``None`` while the threshold stands);
+            ``saved``: the paths written, in order.
     """
 
     def __init__(
@@ -343,6 +365,7 @@ class ModelCheckpoint(Callback):
         mode: str = "auto",
         dtype: Any = None,
         save_optimizer: bool = False,
+        initial_value_threshold: float | None = None,
     ) -> None:
         self.path = os.fspath(path)
         try:  # a malformed template fails now, not after the first epoch has trained
@@ -356,14 +379,24 @@ class ModelCheckpoint(Callback):
         self.save_best_only = bool(save_best_only)
         self.dtype = dtype
         self.save_optimizer = bool(save_optimizer)
+        self.initial_value_threshold = _threshold(initial_value_threshold)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.saved: list[Path] = []
         self._schedule: Any = None
 
     def on_fit_start(self, trainer: Trainer, history: History) -> None:
-        self._watch.best = self.best = None
+        self._watch.best = self.best = self.initial_value_threshold
         self.best_epoch = None
+        if self.save_best_only and self.best is None and getattr(trainer, "epoch", 0) > 0:
+            warnings.warn(
+                f"ModelCheckpoint(save_best_only=True) in a fit resumed at epoch "
+                f"{trainer.epoch}: its first epoch is saved whatever its {self.monitor!r}, "
+                "even when the run it resumes did better; pass "
+                "initial_value_threshold=<that run's best>",
+                UserWarning,
+                stacklevel=3,
+            )
         # Found now (several are refused before the first epoch), saved after each epoch.
         self._schedule = _fit_schedule(trainer) if self.save_optimizer else None
 

@@ -37,7 +37,10 @@ class History:
     Overall:
 
     Attributes:
-        epochs: completed epochs.
+        epochs: completed epochs (in this ``fit``).
+        initial_epoch: the epochs a resumed run had completed before this ``fit`` (its
+            ``initial_epoch``), so this fit's epochs are ``initial_epoch + 1`` to
+            ``initial_epoch + epochs``, counted from 1 as ``ModelCheckpoint`` names them.
         steps: optimizer steps taken.
         wall_time: seconds ``fit`` took.
         interrupted: True when Ctrl-C (``KeyboardInterrupt``) stopped training.
@@ -55,6 +58,7 @@ class History:
     val_accuracy: list[float | None] = field(default_factory=list)
     epoch_time: list[float] = field(default_factory=list)
     epochs: int = 0
+    initial_epoch: int = 0
     steps: int = 0
     wall_time: float = 0.0
     interrupted: bool = False
@@ -80,6 +84,7 @@ class History:
             "val_accuracy": list(self.val_accuracy),
             "epoch_time": list(self.epoch_time),
             "epochs": self.epochs,
+            "initial_epoch": self.initial_epoch,
             "steps": self.steps,
             "wall_time": self.wall_time,
             "time_per_step": None if not self.steps else self.time_per_step,

@@ -858,7 +858,9 @@ class Trainer:
                 progress = False
         generator = nb_random.Generator(seed) if shuffle and loader is None else None
 
-        history = History(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+        history = History(
+            batch_size=batch_size, steps_per_epoch=steps_per_epoch, initial_epoch=initial_epoch
+        )
         self.step = 0
         self.epoch = initial_epoch
         self.stop_training = False
