@@ -21,6 +21,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,31 @@ def _run(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.Comp
         timeout=timeout,
         check=False,
     )
+
+
+def _workers_module() -> Any:
+    """``benchmarks._workers``, imported from the repository root."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import _workers
+    finally:
+        sys.path.remove(str(ROOT))
+    return _workers
+
+
+def _start_worker(tmp_path: Path, module: str, source: str, label: str) -> Any:
+    """A ``WorkerProcess`` running ``source`` (a template of ``{root}``) as ``module``, a file
+    in ``tmp_path``, which the worker finds on its PYTHONPATH."""
+    (tmp_path / f"{module}.py").write_text(source.format(root=str(ROOT)))
+    env_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tmp_path)
+    try:
+        return _workers_module().WorkerProcess(module, ["x"], label, timeout_s=60)
+    finally:
+        if env_path is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = env_path
 
 
 def _gone(pid: int) -> bool:
@@ -315,21 +341,7 @@ def test_the_loops_peak_rss_leaves_out_setup(tmp_path: Path) -> None:
     (data generation, imports, warm-up) touched: a worker that made 300 MiB while setting up
     and holds 1 MiB a step reported 300+ MiB. The loop's own peak and its growth over the RSS
     after setup are now reported beside it (the lifetime peak is kept)."""
-    (tmp_path / "setup_heavy_worker.py").write_text(SETUP_HEAVY_WORKER.format(root=str(ROOT)))
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import _workers
-    finally:
-        sys.path.remove(str(ROOT))
-    env_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(tmp_path)
-    try:
-        worker = _workers.WorkerProcess("setup_heavy_worker", ["x"], "heavy", timeout_s=60)
-    finally:
-        if env_path is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = env_path
+    worker = _start_worker(tmp_path, "setup_heavy_worker", SETUP_HEAVY_WORKER, "heavy")
     try:
         for _ in range(3):
             assert worker.run_steps(5)["last"] == 2**20
@@ -341,6 +353,7 @@ def test_the_loops_peak_rss_leaves_out_setup(tmp_path: Path) -> None:
     assert stats["loop_rss_growth_mib"] == pytest.approx(
         stats["loop_peak_rss_mib"] - stats["setup_rss_mib"]
     )
+    _workers = _workers_module()
     if stats["loop_peak_source"] == _workers.MemoryMeter.RESET:  # Linux 4.0 and later
         assert stats["loop_peak_rss_mib"] < 100
         assert -5 < stats["loop_rss_growth_mib"] < 20
@@ -433,21 +446,7 @@ def test_warm_up_runs_for_its_seconds(tmp_path: Path) -> None:
     steps on a busy machine counted them as the steady state's (0.03-0.9 faults a step
     reported where a long run has none). ``serve(warmup_s=)`` warms up for at least that
     long, as well as at least ``warmup`` steps."""
-    (tmp_path / "counting_worker.py").write_text(COUNTING_WORKER.format(root=str(ROOT)))
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import _workers
-    finally:
-        sys.path.remove(str(ROOT))
-    env_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(tmp_path)
-    try:
-        worker = _workers.WorkerProcess("counting_worker", ["x"], "counting", timeout_s=60)
-    finally:
-        if env_path is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = env_path
+    worker = _start_worker(tmp_path, "counting_worker", COUNTING_WORKER, "counting")
     try:
         first = worker.run_steps(1)["last"]
         worker.close()
@@ -489,21 +488,7 @@ def test_every_step_runs_with_the_previous_result_held(tmp_path: Path) -> None:
     timed loop made a second set of arrays: 3,000 page faults on the medium float64 MLP,
     reported as the steady state's. Now every step, from the warm-up on, runs with the
     previous result held."""
-    (tmp_path / "holding_worker.py").write_text(HOLDING_WORKER.format(root=str(ROOT)))
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import _workers
-    finally:
-        sys.path.remove(str(ROOT))
-    env_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(tmp_path)
-    try:
-        worker = _workers.WorkerProcess("holding_worker", ["x"], "holding", timeout_s=60)
-    finally:
-        if env_path is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = env_path
+    worker = _start_worker(tmp_path, "holding_worker", HOLDING_WORKER, "holding")
     try:
         dropped = [worker.run_steps(4)["last"] for _ in range(3)]
         worker.close()

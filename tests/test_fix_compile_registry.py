@@ -188,6 +188,19 @@ def _net(rng: np.random.Generator) -> nn.Module:
     return model
 
 
+def _mse_step(model: nn.Module, opt: Any) -> Callable[[Any, Any], Any]:
+    """A training step of ``model`` on the mean squared error, returning the loss."""
+
+    def train(x: Any, t: Any) -> Any:
+        opt.zero_grad()
+        loss = nn.MSELoss()(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return train
+
+
 def _state(model: nn.Module) -> list[np.ndarray]:
     return [np.array(a, copy=True) for a in model.state_dict().values()]
 
@@ -310,15 +323,7 @@ def test_a_replacement_between_the_two_checking_recordings_is_no_disagreement() 
     rng = np.random.default_rng(2)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     opt = optim.SGD(model.parameters(), lr=0.05)
-
-    def train(x: Any, t: Any) -> Any:
-        opt.zero_grad()
-        loss = nn.MSELoss()(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
-
-    step = nb.compile_step(train)
+    step = nb.compile_step(_mse_step(model, opt))
     x, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileWarning)
@@ -432,14 +437,7 @@ def test_parameters_cast_to_float32_mid_run_equal_eager() -> None:
         rng = np.random.default_rng(5)
         model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
         opt = optim.Adam(model.parameters(), lr=0.01)
-
-        def train(x: Any, t: Any) -> Any:
-            opt.zero_grad()
-            loss = nn.MSELoss()(model(x), t)
-            loss.backward()
-            opt.step()
-            return loss
-
+        train = _mse_step(model, opt)
         step = nb.compile_step(train) if compiled else train
         x, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 1))
         out = [float(step(x, t).item()) for _ in range(4)]
