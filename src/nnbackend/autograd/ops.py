@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import numbers
 import operator
 from typing import Any
 
@@ -906,7 +907,57 @@ def getitem(x: Any, key: Any) -> Any:
         xp = backend_for(_raw(x))[0]
         # (an empty list selects no rows: as an array it would be float, not an index)
         key = xp.asarray(key) if key else xp.asarray(key, dtype=xp.int64)
+    _integers_in_range(key, _raw(x).shape)
     return GetItem(key)(x)
+
+
+_BASIC = (slice, type(None), type(Ellipsis))
+
+
+def _integers_in_range(key: Any, shape: Any) -> None:
+    """A :class:`ShapeError` where an integer of ``key`` (a Python or NumPy integer) lies
+    outside its axis: JAX clamps such an index silently (``x[5]`` of 2 rows read the last
+    row), NumPy and torch raise in their own words."""
+    parts = key if type(key) is tuple else (key,)
+    named = 0
+    found = False
+    for k in parts:
+        if type(k) is int:
+            found = True
+        elif type(k) in _BASIC:
+            if k is None or k is Ellipsis:
+                continue
+        elif type(k) is not bool and isinstance(k, numbers.Integral):
+            found = True
+        elif _mask_ndim(k):
+            named += _mask_ndim(k)  # a mask names as many axes as it has
+            continue
+        named += 1
+    if not found:
+        return
+    axis = 0
+    for k in parts:
+        if k is Ellipsis:
+            axis += len(shape) - named
+            continue
+        if k is None:
+            continue
+        if type(k) is not slice and isinstance(k, numbers.Integral) and axis < len(shape):
+            n = int(shape[axis])
+            if not -n <= int(k) < n:
+                raise ShapeError(
+                    f"getitem: index {int(k)} is out of range for axis {axis} of length {n}; "
+                    f"use an index in [{-n}, {n})"
+                )
+        axis += _mask_ndim(k) or 1
+
+
+def _mask_ndim(k: Any) -> int:
+    """The axes a boolean mask in a key names (its ``ndim``); 0 for anything else."""
+    ndim = getattr(k, "ndim", None)
+    if ndim is None or "bool" not in str(getattr(k, "dtype", "")):
+        return 0
+    return int(ndim)
 
 
 from nnbackend.autograd import functions as _F  # noqa: E402  (functions builds on this module)

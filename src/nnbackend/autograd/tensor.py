@@ -359,6 +359,15 @@ class Tensor:
     def __getitem__(self, key: Any) -> Tensor:
         return _F.getitem(self, key)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``t[key] = value`` outside the graph: ``t.data`` becomes an updated copy (graphs
+        recorded before keep the values they saw). Where a gradient would flow through the
+        write (``t`` requires one, or was computed from tensors that do, and gradients are
+        enabled) it is a :class:`~nnbackend.errors.GradientError`: write under
+        ``nb.no_grad()``, or build the value out of place with
+        ``nnbackend.functional.where``. See :mod:`nnbackend.autograd.assign`."""
+        _assign.setitem(self, key, value)
+
     # Comparisons carry no gradient: they return a boolean Tensor outside the graph.
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
         return _compared(self.data == _raw(other), self.data)
@@ -566,5 +575,6 @@ def as_tensor(x: Any) -> Tensor:
 
 _function.Tensor = Tensor
 
+from nnbackend.autograd import assign as _assign  # noqa: E402  (assign needs Tensor defined)
 from nnbackend.autograd import functions as _F  # noqa: E402
 from nnbackend.autograd import ops as _ops  # noqa: E402  (ops needs Tensor defined)

@@ -1,0 +1,231 @@
+"""``t[key] = value`` on a Tensor (``nnbackend.autograd.assign``).
+
+Before it, ``w[0] = 0`` was Python's bare "object does not support item assignment", and users
+coming from PyTorch wrote into ``w.data`` by hand (in place on NumPy, which silently changed
+the arrays a recorded graph had saved; impossible on JAX). Assignment now works on every
+backend as NumPy assigns, outside the graph: it binds an updated copy, refuses with a
+GradientError where a gradient would have to flow through the write, and refuses with a
+CompileError inside a step being recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nnbackend as nb
+from nnbackend import nn, optim
+from nnbackend.autograd.tensor import Tensor
+from nnbackend.errors import (
+    ArgumentError,
+    BackendMismatchError,
+    CompileError,
+    GradientError,
+    ShapeError,
+)
+
+X = np.arange(24.0).reshape(2, 3, 4)
+
+
+def _host(a: Any) -> np.ndarray:
+    a = a.data if isinstance(a, Tensor) else a
+    out = np.asarray(a.tolist() if hasattr(a, "tolist") else np.asarray(a), dtype=float)
+    return out.reshape(tuple(a.shape))
+
+
+def _tensor(xp: Any, values: Any = X) -> Tensor:
+    return Tensor(xp.asarray(np.asarray(values).tolist()))
+
+
+def _unsupported(backend: str, key: Any) -> bool:
+    """Keys a backend's own arrays cannot be written through (the engine says so with an
+    ArgumentError): integer arrays on array-api-strict (the standard specifies reads only),
+    negative steps on torch."""
+    parts = key if isinstance(key, tuple) else (key,)
+    arrays = any(isinstance(k, list | np.ndarray) and np.asarray(k).dtype != bool for k in parts)
+    negative = any(isinstance(k, slice) and (k.step or 1) < 0 for k in parts)
+    return (backend == "array_api_strict" and arrays) or (backend == "torch" and negative)
+
+
+KEYS: list[Any] = [
+    1,
+    -1,
+    (0, 2),
+    (slice(None), slice(1, None, 2)),
+    (..., 0),
+    (1, ..., slice(0, 3)),
+    (None, 0),
+    (slice(None, None, -1),),
+    [1, 0],
+    (np.array([0, 1]), np.array([2, 0])),
+    X > 10,
+    X[:, :, 0] > 4,
+    (slice(None), [0, 2]),
+]
+
+
+def _values(key: Any) -> st.SearchStrategy[Any]:
+    """A Python number, or an array of the selected shape or one that broadcasts to it."""
+    shape = X[key].shape
+    numbers = st.floats(-100, 100, allow_nan=False).map(lambda v: round(v, 2))
+    full = st.just(np.arange(float(np.prod(shape))).reshape(shape) - 5.0)
+    last = st.just(np.arange(float(shape[-1])) + 0.5) if shape else st.nothing()
+    return st.one_of(numbers, full, last)
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[f"key{i}" for i in range(len(KEYS))])
+@given(data=st.data())
+def test_assignment_is_numpys_on_every_backend(xp64: Any, key: Any, data: Any) -> None:
+    value = data.draw(_values(key))
+    expected = X.copy()
+    expected[key] = value
+    t = _tensor(xp64)
+    given_value = value if np.isscalar(value) else xp64.asarray(value.tolist())
+    if _unsupported(_backend_name(t), key):
+        with pytest.raises(ArgumentError, match="cannot write through the key"):
+            t[key] = given_value
+        np.testing.assert_array_equal(_host(t), X)  # unchanged
+        return
+    t[key] = given_value
+    np.testing.assert_array_equal(_host(t), expected)
+    assert t.dtype == xp64.float64
+
+
+def _backend_name(t: Tensor) -> str:
+    from nnbackend.namespace import backend_for
+
+    return backend_for(t.data)[1].name
+
+
+def test_assignment_binds_a_copy_so_a_recorded_graph_keeps_its_values(xp64: Any) -> None:
+    """A graph saved ``x`` for its backward; writing into ``x`` afterwards must not change
+    the gradient that graph computes (an in-place write on NumPy did)."""
+    w = Tensor(xp64.asarray([1.0, 2.0, 3.0]), requires_grad=True)
+    x = _tensor(xp64, [4.0, 5.0, 6.0])
+    loss = (w * x).sum()
+    before = x.data
+    x[0] = 100.0
+    loss.backward()
+    np.testing.assert_array_equal(_host(w.grad), [4.0, 5.0, 6.0])
+    np.testing.assert_array_equal(_host(before), [4.0, 5.0, 6.0])  # the old array untouched
+    np.testing.assert_array_equal(_host(x), [100.0, 5.0, 6.0])
+
+
+def test_a_parameter_is_written_under_no_grad_and_trains_on(xp64: Any) -> None:
+    nb.random.seed(0)
+    emb = nn.Embedding(5, 3)
+    opt = optim.SGD(emb.parameters(), lr=0.5)
+    with nb.no_grad():
+        emb.weight[0] = 0.0
+    np.testing.assert_array_equal(_host(emb.weight)[0], [0.0, 0.0, 0.0])
+    idx = xp64.asarray([0, 1])
+    loss = emb(idx).sum()
+    loss.backward()
+    opt.step()  # the optimizer updates the new array
+    np.testing.assert_array_equal(_host(emb.weight)[0], [-0.5, -0.5, -0.5])
+
+
+@pytest.mark.parametrize("where", ["leaf", "computed", "value"])
+def test_writes_a_gradient_would_flow_through_are_refused(xp64: Any, where: str) -> None:
+    w = Tensor(xp64.asarray([1.0, 2.0, 3.0]), requires_grad=True)
+    plain = _tensor(xp64, [0.0, 0.0, 0.0])
+    target, value = {"leaf": (w, 0.0), "computed": (w * 2.0, 0.0), "value": (plain, w[0])}[where]
+    before = _host(target)
+    with pytest.raises(GradientError, match="no_grad"):
+        target[0] = value
+    np.testing.assert_array_equal(_host(target), before)
+    with nb.no_grad():
+        target[0] = value if where != "value" else w.detach()[0]
+    assert _host(target)[0] == (1.0 if where == "value" else 0.0)
+
+
+def test_out_of_range_and_bad_keys_are_typed_errors_and_change_nothing(xp64: Any) -> None:
+    t = _tensor(xp64)
+    cases: list[tuple[Any, Any, type[Exception], str]] = [
+        (2, 0.0, ShapeError, r"t\[key\] = value"),
+        ((0, 5), 0.0, ShapeError, r"t\[key\] = value"),
+        ((..., ...), 0.0, ArgumentError, "Ellipsis"),
+        (0, np.ones(5).tolist(), ShapeError, "does not broadcast"),
+        ("a", 0.0, TypeError, "integer"),
+    ]
+    for key, value, kind, words in cases:
+        with pytest.raises(kind, match=words):
+            t[key] = xp64.asarray(value) if isinstance(value, list) else value
+        np.testing.assert_array_equal(_host(t), X)
+
+
+def test_values_are_cast_to_the_tensors_dtype(backend: str) -> None:
+    with nb.using(backend=backend, dtype="float32"):
+        xp = nb.namespace()
+        t = Tensor(xp.zeros((2, 3)))
+        t[0] = xp.asarray([1.5, 2.5, 3.5], dtype=xp.float64)
+        assert t.dtype == xp.float32
+        assert _host(t)[0].tolist() == [1.5, 2.5, 3.5]
+        n = Tensor(xp.asarray([1, 2, 3]))
+        n[1] = 7
+        assert _host(n).tolist() == [1.0, 7.0, 3.0] and n.dtype == xp.asarray([1]).dtype
+
+
+def test_a_value_of_another_library_is_converted_or_refused(xp64: Any) -> None:
+    t = _tensor(xp64, [0.0, 0.0, 0.0])
+    try:
+        t[:] = np.array([1.0, 2.0, 3.0])
+    except BackendMismatchError as exc:
+        assert "to_device" in str(exc)
+        np.testing.assert_array_equal(_host(t), [0.0, 0.0, 0.0])
+    else:
+        np.testing.assert_array_equal(_host(t), [1.0, 2.0, 3.0])
+        assert type(t.data) is type(xp64.asarray([0.0]))
+
+
+def test_a_write_inside_a_compiled_step_is_refused() -> None:
+    nb.random.seed(0)
+    model = nn.Linear(3, 1)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    mask = Tensor(np.ones((4, 1)))
+
+    def train(x: Any, t: Any) -> Any:
+        opt.zero_grad()
+        mask[0] = 0.0  # a NumPy-style write a replay would not repeat
+        loss = nn.MSELoss()(model(x) * mask, t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = nb.compile_step(train)
+    rng = np.random.default_rng(0)
+    with pytest.raises(CompileError, match="t\\[key\\] = value"):
+        step(rng.standard_normal((4, 3)), rng.standard_normal((4, 1)))
+
+
+def test_a_tensor_kept_by_the_caller_sees_no_change_on_any_backend(xp64: Any) -> None:
+    """``a = t.data`` then ``t[0] = 1``: ``a`` is as it was everywhere (JAX cannot write in
+    place, so no backend does)."""
+    t = _tensor(xp64, [0.0, 0.0])
+    a = t.data
+    t[0] = 1.0
+    assert _host(a).tolist() == [0.0, 0.0] and _host(t).tolist() == [1.0, 0.0]
+
+
+# -- reading: an integer out of range is a ShapeError on every backend --------------------------
+@pytest.mark.parametrize(
+    "key",
+    [2, -3, (0, 5), (slice(None), 3), (0, 0, 4), (..., 4), (None, 2), np.int64(2), (1, ..., -5)],
+    ids=lambda k: repr(k).replace(" ", ""),
+)
+def test_an_integer_out_of_range_is_a_shape_error(xp64: Any, key: Any) -> None:
+    """JAX clamps an out-of-range integer index silently: ``t[2]`` of 2 rows read the last
+    row, and an assignment through it wrote there. Every backend now refuses it, as NumPy
+    does, with a ShapeError naming the axis."""
+    with pytest.raises(IndexError):
+        X[key]
+    t = _tensor(xp64)
+    with pytest.raises(ShapeError, match="out of range for axis"):
+        t[key]
+    with pytest.raises(ShapeError, match=r"t\[key\] = value"):
+        t[key] = 0.0
+    np.testing.assert_array_equal(_host(t), X)
