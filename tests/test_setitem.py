@@ -10,6 +10,7 @@ CompileError inside a step being recorded.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -168,6 +169,32 @@ def test_values_are_cast_to_the_tensors_dtype(backend: str) -> None:
         n = Tensor(xp.asarray([1, 2, 3]))
         n[1] = 7
         assert _host(n).tolist() == [1.0, 7.0, 3.0] and n.dtype == xp.asarray([1]).dtype
+
+
+@pytest.mark.parametrize(
+    "value",
+    [math.nan, math.inf, 1e30, 2**70, "x", None, 1 + 2j, [[1], [2, 3]]],
+    ids=["nan", "inf", "1e30", "2**70", "str", "None", "complex", "ragged"],
+)
+def test_a_value_an_integer_tensor_cannot_hold_is_an_argument_error(xp64: Any, value: Any) -> None:
+    """NaN, infinities and overflowing numbers into integers were backend errors in their own
+    words (NumPy's ValueError, a bare OverflowError) or silent garbage (torch, jax cast
+    them); strings, None and complex numbers slipped through as bare errors or warnings."""
+    n = Tensor(xp64.asarray([1, 2, 3]))
+    before = _host(n).tolist()
+    with pytest.raises(ArgumentError, match=r"t\[key\] = value"):
+        n[0] = value
+    assert _host(n).tolist() == before
+    n[0] = 2.7  # a finite number in range is truncated toward zero, as NumPy stores it
+    n[1] = True
+    assert _host(n).tolist() == [2.0, 1.0, 3.0]
+
+
+def test_complex_arrays_are_refused_rather_than_cut_to_their_real_part() -> None:
+    t = Tensor(np.zeros(2))
+    with pytest.raises(ArgumentError, match="imaginary"):
+        t[:] = np.array([1 + 1j, 2 + 0j])
+    assert t.data.tolist() == [0.0, 0.0]
 
 
 def test_a_value_of_another_library_is_converted_or_refused(xp64: Any) -> None:

@@ -17,6 +17,7 @@ a step being recorded by :func:`nnbackend.compile_step` it is refused with
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from nnbackend.autograd import functions as _F
@@ -154,14 +155,26 @@ def _key(data: Any, key: Any) -> Any:
 
 
 def _value(xp: Any, data: Any, value: Any, shape: tuple[int, ...]) -> Any:
-    """``value`` as an array of ``data``'s backend, device and dtype, or a Python number."""
+    """``value`` as an array of ``data``'s backend, device and dtype, or a Python number
+    that fits ``data``'s dtype."""
     value = _raw(value)
     if type(value) in _SCALARS:
-        return value
+        return _number(xp, data, value)
+    if value is None or isinstance(value, str | bytes | complex):
+        raise ArgumentError(
+            f"t[key] = value: the value must be a real number or an array of them, got "
+            f"{value!r:.80}"
+        )
     if type(value) is not type(data):
+        plain = isinstance(value, list | tuple)
         try:
             value = xp.asarray(value, device=getattr(data, "device", None))
-        except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        except (TypeError, ValueError, RuntimeError, AttributeError, OverflowError) as exc:
+            if plain:
+                raise ArgumentError(
+                    f"t[key] = value: the list {value!r:.80} is no rectangular nesting of "
+                    f"real numbers ({exc})"
+                ) from exc
             raise BackendMismatchError(
                 f"t[key] = value: the value is a {type(value).__module__}."
                 f"{type(value).__qualname__} and the tensor holds a "
@@ -169,6 +182,12 @@ def _value(xp: Any, data: Any, value: Any, shape: tuple[int, ...]) -> Any:
                 "converted here; give a Python number or an array of the tensor's backend "
                 "(nb.to_device(value, backend))"
             ) from exc
+    if not xp.isdtype(value.dtype, ("bool", "integral", "real floating")):
+        raise ArgumentError(
+            f"t[key] = value: a value of dtype {value.dtype} cannot be stored in a tensor of "
+            f"dtype {data.dtype} (complex values would lose their imaginary part); give real "
+            "numbers"
+        )
     if value.dtype != data.dtype:
         value = xp.astype(value, data.dtype)
     if not _broadcasts(tuple(value.shape), shape):
@@ -177,6 +196,29 @@ def _value(xp: Any, data: Any, value: Any, shape: tuple[int, ...]) -> Any:
             f"{shape} elements the key selects"
         )
     return value
+
+
+def _number(xp: Any, data: Any, value: bool | int | float) -> bool | int | float:
+    """A Python number as the Python type of ``data``'s dtype (the standard promotes a
+    bool only with bool arrays, a float only with floating ones). Into an integer dtype only
+    a finite number within the dtype's range goes, truncated toward zero as NumPy stores 2.7
+    (NaN, infinities and overflow were backend-specific errors or silent garbage)."""
+    if xp.isdtype(data.dtype, "bool"):
+        return bool(value)
+    if not xp.isdtype(data.dtype, "integral"):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond every float (10**400)
+            raise ArgumentError(
+                f"t[key] = value: {value!r:.40} is too large for a float tensor"
+            ) from None
+    info = xp.iinfo(data.dtype)
+    if not (math.isfinite(value) and info.min <= int(value) <= info.max):
+        raise ArgumentError(
+            f"t[key] = value: {value!r} does not fit the tensor's dtype {data.dtype} "
+            f"(integers from {info.min} to {info.max})"
+        )
+    return int(value)
 
 
 def _broadcasts(source: tuple[int, ...], target: tuple[int, ...]) -> bool:
