@@ -23,7 +23,7 @@ from typing import Any
 from nnbackend.autograd import functions as _F
 from nnbackend.autograd import trace
 from nnbackend.autograd.mode import is_grad_enabled
-from nnbackend.autograd.ops import _raw, own_index
+from nnbackend.autograd.ops import own_index
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import (
     ArgumentError,
@@ -115,6 +115,10 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
             "mask), or build the new value out of place with nnbackend.functional.where"
         ) from exc
     x.data = new
+
+
+def _raw(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
 
 
 def _library(a: Any) -> str:
