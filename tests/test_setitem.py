@@ -256,3 +256,36 @@ def test_an_integer_out_of_range_is_a_shape_error(xp64: Any, key: Any) -> None:
     with pytest.raises(ShapeError, match=r"t\[key\] = value"):
         t[key] = 0.0
     np.testing.assert_array_equal(_host(t), X)
+
+
+@pytest.mark.parametrize("rows", [[5], [-3], [0, 2], 2], ids=["5", "-3", "0,2", "0-d 2"])
+def test_an_index_array_out_of_range_is_a_shape_error(xp64: Any, rows: Any) -> None:
+    """``x[idx]`` with an index array gathers with ``take``: JAX's fills NaN for an index
+    out of range (a 0-d index array too), CuPy's wraps around. Where the indices are on the
+    host every backend now raises, as NumPy does."""
+    t = _tensor(xp64, X[:, :, 0])  # 2 rows
+    with pytest.raises(ShapeError, match="out of (range|bounds)"):
+        t[xp64.asarray(rows)]
+    np.testing.assert_array_equal(_host(t[xp64.asarray([-2, 1, -1])]), X[[-2, 1, -1], :, 0])
+
+
+def test_on_a_device_rows_of_bad_indices_are_nan_and_never_another_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(The device path, run on NumPy: a backend whose ``take`` does not check and whose
+    indices live on a device, where reading them would synchronise.)"""
+    from nnbackend.namespace import backend_for, ops_for
+
+    w = Tensor(np.arange(9.0).reshape(3, 3), requires_grad=True)
+    ops = ops_for(backend_for(w.data)[0], w.data)
+    monkeypatch.setattr(type(ops), "take_checks_range", False)
+    monkeypatch.setattr(ops, "on_host", lambda a: False)
+    y = w[np.array([1, 5, -1])]
+    got = _host(y)
+    np.testing.assert_array_equal(got[0], [3.0, 4.0, 5.0])
+    assert np.isnan(got[1]).all()
+    np.testing.assert_array_equal(got[2], [6.0, 7.0, 8.0])
+    y.sum().backward()  # the bad index's gradient lands in row 0, inside the array
+    np.testing.assert_array_equal(_host(w.grad), np.ones((3, 3)))
+    n = Tensor(np.arange(6).reshape(3, 2))
+    np.testing.assert_array_equal(_host(n[np.array([7, 2])]), [[0, 1], [4, 5]])

@@ -701,6 +701,29 @@ def take_rows(xp: Any, x: Any, indices: Any) -> Any:
     return xp.reshape(flat, (*indices.shape, *x.shape[1:]))
 
 
+def _take_rows_checked(xp: Any, ops: Any, x: Any, rows: Any, n: int) -> tuple[Any, Any]:
+    """``take_rows`` where the backend's ``take`` does not check its indices (JAX, CuPy),
+    and the row indices the backward scatters into: on the host, a :class:`ShapeError` for
+    rows outside ``[0, n)`` (``from_the_end`` has counted the negative ones); on a device,
+    where reading them would synchronise, the rows of such indices are NaN (as
+    :func:`nnbackend.nn.functional.embedding` gives them), never another row's values, and
+    their gradients go to row 0 (NaN like the loss they made)."""
+    if ops.on_host(rows):
+        if int(xp.max(rows)) >= n or int(xp.min(rows)) < 0:
+            raise ShapeError(
+                f"getitem: an index array has values out of range for axis 0 of length {n}; "
+                f"use indices in [{-n}, {n})"
+            )
+        return take_rows(xp, x, rows), rows
+    bad = rows >= n
+    rows = xp.where(bad, xp.zeros_like(rows), rows)
+    taken = take_rows(xp, x, rows)
+    if not xp.isdtype(taken.dtype, "real floating"):
+        return taken, rows  # (no NaN in integers: the first row stands in)
+    mask = xp.reshape(bad, (*bad.shape, *([1] * (taken.ndim - bad.ndim))))
+    return xp.where(mask, xp.asarray(float("nan"), dtype=taken.dtype), taken), rows
+
+
 def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
     """Add ``values[i]`` into ``target[indices[i]]`` (first axis), accumulating repeated
     indices. Uses the backend's scatter-add where it has one (np.add.at, cupyx.scatter_add,
@@ -733,8 +756,13 @@ class GetItem(Function):
         self.in_shape, self.dtype = tuple(x.shape), x.dtype
         self.rows = _rows_index(self.key)
         if self.rows is not None:
-            self.rows = _row_indices(self.xp, self.rows, int(x.shape[0]))
-            return take_rows(self.xp, x, self.rows)
+            n = int(x.shape[0])
+            self.rows = _row_indices(self.xp, self.rows, n)
+            ops = ops_for(self.xp, x)
+            if ops.take_checks_range or _size(self.rows) == 0:
+                return take_rows(self.xp, x, self.rows)
+            y, self.rows = _take_rows_checked(self.xp, ops, x, self.rows, n)
+            return y
         return x[self.key]
 
     def backward(self, gy: Any) -> Any:

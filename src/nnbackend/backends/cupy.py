@@ -429,6 +429,7 @@ class CupyOps(Ops):
     device."""
 
     float16_compute = "native"
+    take_checks_range = False
 
     def __init__(self, xp: Any, record: Any) -> None:
         super().__init__(xp, record)

@@ -230,6 +230,7 @@ class JaxOps(Ops):
 
     may_cache = False
     float16_compute = "native"
+    take_checks_range = False
 
     def cached(self, key: Any, make: Any) -> Any:
         """``make()``, kept under ``key`` when it is a concrete array (made outside a trace);

@@ -256,6 +256,10 @@ class Ops:
     #: Whether arrays made by these ops may be cached between calls. A tracing backend
     #: (whose arrays are placeholders inside a trace) sets False.
     may_cache: bool = True
+    #: Whether ``xp.take`` raises for an index out of range. JAX's fills NaN (or clamps),
+    #: CuPy's wraps around: there ``x[idx]`` checks the indices itself
+    #: (:class:`nnbackend.autograd.ops.GetItem`).
+    take_checks_range: bool = True
     #: "native": float16 math in float16; "float32": widened; "probe": measured per device.
     float16_compute: str = "native"
     #: Where float16 is widened: whether arrays below a node's size threshold still compute
