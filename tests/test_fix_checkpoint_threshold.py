@@ -135,3 +135,34 @@ def test_a_resumed_fits_history_records_where_it_started(tmp_path: Path) -> None
     # the epochs it names, 1-based, are those ModelCheckpoint wrote
     numbers = range(resumed.initial_epoch + 1, resumed.initial_epoch + resumed.epochs + 1)
     assert [p.name for p in ckpt.saved] == [f"run-{n}.npz" for n in numbers]
+
+
+# -- EarlyStopping(baseline=): the value a resumed run must beat ----------------------------------
+def test_early_stopping_stops_when_no_epoch_beats_the_baseline() -> None:
+    from nnbackend.callbacks import EarlyStopping
+
+    stop = EarlyStopping("loss", patience=2, baseline=-1.0, restore_best=True)
+    x, t = _data()
+    history = _trainer().fit(x, t, epochs=10, batch_size=8, progress=False, callbacks=[stop])
+    assert history.epochs == 2 and history.stopped_early  # no loss goes below -1
+    assert stop.best == -1.0 and stop.best_epoch is None and stop.stopped_epoch == 1
+    free = EarlyStopping("loss", patience=2)  # without one, the first epoch is the best
+    history = _trainer().fit(x, t, epochs=3, batch_size=8, progress=False, callbacks=[free])
+    assert free.best_epoch is not None
+
+
+def test_a_baseline_that_is_beaten_counts_as_usual() -> None:
+    from nnbackend.callbacks import EarlyStopping
+
+    stop = EarlyStopping("loss", patience=1, baseline=1e9)
+    x, t = _data()
+    _trainer().fit(x, t, epochs=2, batch_size=8, progress=False, callbacks=[stop])
+    assert stop.best_epoch is not None and stop.best is not None and stop.best < 1e9
+
+
+@pytest.mark.parametrize("bad", [math.nan, "1", True])
+def test_a_baseline_that_is_no_number_is_refused(bad: Any) -> None:
+    from nnbackend.callbacks import EarlyStopping
+
+    with pytest.raises(ArgumentError, match="baseline must be a number"):
+        EarlyStopping("loss", baseline=bad)

@@ -244,10 +244,14 @@ class EarlyStopping(Callback):
         restore_best: when training ends (stopped or not), put back the weights of the best
             epoch. The snapshot is a copy on the model's own device, taken at each
             improvement; nothing goes through the host.
+        baseline: the value to beat before an epoch counts as an improvement (Keras's
+            name): training stops after ``patience`` epochs that do not beat it, e.g. the
+            best value of the run a resumed ``fit`` continues.
 
     Attributes:
-        best: the best value seen; ``best_epoch``: its epoch (0-based); ``stopped_epoch``: the
-            epoch after which training stopped, or ``None``.
+        best: the best value seen (``baseline`` until an epoch beats it); ``best_epoch``: its
+            epoch (0-based); ``stopped_epoch``: the epoch after which training stopped, or
+            ``None``.
     """
 
     def __init__(
@@ -258,6 +262,7 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         mode: str = "auto",
         restore_best: bool = False,
+        baseline: float | None = None,
     ) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ArgumentError(f"patience must be an int >= 0, got {patience!r}")
@@ -265,6 +270,7 @@ class EarlyStopping(Callback):
         self.monitor = monitor
         self.patience = patience
         self.restore_best = bool(restore_best)
+        self.baseline = _threshold(baseline, "baseline")
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
@@ -272,7 +278,7 @@ class EarlyStopping(Callback):
         self._snapshot: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer: Trainer, history: History) -> None:
-        self._watch.best = self.best = None
+        self._watch.best = self.best = self.baseline
         self.best_epoch = self.stopped_epoch = None
         self.wait = 0
         self._snapshot = None
@@ -307,9 +313,10 @@ def _copy_weights(model: Any) -> dict[str, Any]:
     return out
 
 
-def _threshold(value: Any) -> float | None:
-    """``ModelCheckpoint``'s ``initial_value_threshold``: ``None`` or a real number, not NaN
-    (nothing improves on NaN, so no checkpoint would ever be written)."""
+def _threshold(value: Any, name: str = "initial_value_threshold") -> float | None:
+    """``ModelCheckpoint``'s ``initial_value_threshold`` or ``EarlyStopping``'s ``baseline``:
+    ``None`` or a real number, not NaN (nothing improves on NaN, so no checkpoint would ever
+    be written)."""
     if value is None:
         return None
     try:
@@ -317,9 +324,7 @@ def _threshold(value: Any) -> float | None:
     except (TypeError, ValueError):
         number = math.nan
     if math.isnan(number):
-        raise ArgumentError(
-            f"initial_value_threshold must be a number (not NaN) or None, got {value!r:.80}"
-        )
+        raise ArgumentError(f"{name} must be a number (not NaN) or None, got {value!r:.80}")
     return number
 
 
