@@ -713,3 +713,27 @@ def test_layers_that_make_constants_train_on_a_second_device(case: str) -> None:
         opt.step()
     for p in model.parameters():
         assert str(p.grad.device) == str(p.data.device) == f"{DEV1.split(':')[0]}.Device('device1')"
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [RuntimeError("driver exploded"), OSError("libcuda.so: cannot open"), KeyError("cuda")],
+    ids=["RuntimeError", "OSError", "KeyError"],
+)
+def test_a_device_lookup_that_fails_is_a_typed_error(
+    numpy_like_backend: Callable[..., nb.Backend], failure: Exception
+) -> None:
+    """A plugin's ``device()`` raising anything but ValueError or ImportError came out of
+    ``nb.using(device=...)`` and ``nb.to_device`` as the bare exception."""
+
+    def device(name: str) -> Any:
+        raise failure
+
+    nb.register_backend(numpy_like_backend("flaky_device", device=device))
+    with pytest.raises(nb.errors.BackendUnavailableError, match="flaky_device") as info:
+        nb.device.parse_target("flaky_device:0")
+    assert info.value.__cause__ is failure
+    with pytest.raises(nb.errors.BackendUnavailableError, match="flaky_device"):
+        nb.using(device="flaky_device:0").__enter__()
+    with pytest.raises(nb.errors.BackendUnavailableError):
+        nb.to_device(np.zeros(2), "flaky_device:0")

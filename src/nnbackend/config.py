@@ -489,9 +489,7 @@ def using(
         target = backend or (outer.backend if outer and outer.backend else _process_backend())
         record = registry.get(target)
         try:
-            device_obj = record.device(device)
-        except ValueError as exc:
-            raise BackendError(f"bad device {device!r} for backend {target!r}: {exc}") from None
+            device_obj = registry.device_object(record, device)
         except ImportError:
             pass  # the library is missing; the first use reports that with its fix
         else:

@@ -46,6 +46,7 @@ returns the converted arrays, so it must visit the same arrays both times and bi
 
 from __future__ import annotations
 
+import contextlib
 import copy as copy_module
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,19 +117,18 @@ class Target:
 
 
 def _check_device(backend: str, device: str) -> None:
-    try:
-        registry.get(backend).device(device)
-    except ValueError as exc:
-        raise BackendError(f"bad device {device!r} for backend {backend!r}: {exc}") from None
-    except ImportError:
-        pass  # the library is missing: moving there reports that, with its fix
+    # (a missing library is left to the move, whose error says how to install it)
+    with contextlib.suppress(ImportError):
+        registry.device_object(registry.get(backend), device)
 
 
 def parse_target(target: str | Target | None) -> Target:
     """Turn ``"cupy"``, ``"cupy:1"``, ``"torch:cuda:0"``, ``"cuda:0"`` or ``None`` into a
     :class:`Target`. Unknown backends and malformed devices of a named backend raise
     :class:`~nnbackend.errors.BackendError`; a backend that cannot run here is reported when
-    something is moved there."""
+    something is moved there, except one whose device lookup fails with anything but an
+    ImportError (a driver or plugin error): :class:`~nnbackend.errors.BackendUnavailableError`
+    at once, its cause chained."""
     if isinstance(target, Target):
         return target
     if target is None:

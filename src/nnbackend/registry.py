@@ -24,6 +24,7 @@ __all__ = [
     "available_backends",
     "backend_of",
     "backends",
+    "device_object",
     "get",
     "probe",
     "register_backend",
@@ -90,6 +91,33 @@ def _guard(record: Backend) -> Backend:
     load_namespace._nnbackend_failed = failed  # type: ignore[attr-defined]
     object.__setattr__(record, "load_namespace", load_namespace)
     return record
+
+
+def device_object(record: Backend, device: str) -> Any:
+    """``record.device(device)``, the backend's object for a device name (the part after
+    ``"cupy:"``).
+
+    Raises:
+        ImportError: the library is not installed (callers defer that to the first use,
+            whose error says how to install it).
+        BackendError: ``device`` is malformed or names a device that is not there (the
+            backend's ValueError).
+        BackendLoadError: the library is installed but broken.
+        BackendUnavailableError: the lookup failed otherwise (a driver or plugin error,
+            chained): it came out as the library's bare exception.
+    """
+    try:
+        return record.device(device)
+    except (BackendLoadError, ImportError):
+        raise  # (a BackendLoadError is a ValueError too: not a bad device)
+    except ValueError as exc:
+        raise BackendError(f"bad device {device!r} for backend {record.name!r}: {exc}") from None
+    except Exception as exc:
+        raise BackendUnavailableError(
+            f"backend {record.name!r} failed while looking up device {device!r} "
+            f"({type(exc).__name__}: {exc}); check its driver and installation with "
+            "`nnbackend info`"
+        ) from exc
 
 
 def _load_failure(record: Backend) -> BaseException | None:
