@@ -318,3 +318,25 @@ def test_a_compiled_step_trains_the_assigned_weights_as_eager_does() -> None:
         return out + _host(model[0].weight).ravel().tolist()
 
     assert run(True) == run(False)
+
+
+def test_take_on_a_device_gives_nan_for_bad_indices_along_its_axis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(``F.take``'s device path, run on NumPy as above.)"""
+    import nnbackend.functional as F
+    from nnbackend.namespace import backend_for, ops_for
+
+    x = Tensor(np.arange(12.0).reshape(3, 4), requires_grad=True)
+    ops = ops_for(backend_for(x.data)[0], x.data)
+    with pytest.raises(ShapeError, match="out of range"):
+        F.take(x, np.array([1, 9]), 1)  # on the host: checked
+    monkeypatch.setattr(type(ops), "take_checks_range", False)
+    monkeypatch.setattr(ops, "on_host", lambda a: False)
+    y = F.take(x, np.array([1, 9, -1]), 1)
+    got = _host(y)
+    np.testing.assert_array_equal(got[:, 0], [1.0, 5.0, 9.0])
+    assert np.isnan(got[:, 1]).all()
+    np.testing.assert_array_equal(got[:, 2], [3.0, 7.0, 11.0])
+    y.sum().backward()
+    assert np.isfinite(_host(x.grad)).all()

@@ -21,7 +21,7 @@ from nnbackend.autograd.function import Function
 from nnbackend.autograd.mode import is_grad_enabled
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import ArgumentError, DtypeError, NNBackendError, ShapeError
-from nnbackend.namespace import array_namespace, backend_for
+from nnbackend.namespace import array_namespace, backend_for, ops_for
 
 __all__ = [
     "abs",
@@ -975,14 +975,31 @@ def take(x: Any, indices: Any, axis: int | None = 0) -> Tensor:
     if not xp.isdtype(idx.dtype, "integral"):
         raise ArgumentError(f"take: indices must be integers, got {idx.dtype}")
     idx = ops.from_the_end(xp, idx, n)
+    bad = None
+    k = ops_for(xp, data)
+    if not k.take_checks_range and math.prod(idx.shape):  # jax fills NaN, cupy wraps
+        if k.on_host(idx):
+            if int(xp.max(idx)) >= n or int(xp.min(idx)) < 0:
+                raise ShapeError(
+                    f"take: an index is out of range for an axis of length {n}; use indices "
+                    f"in [{-n}, {n})"
+                )
+        else:  # on a device reading them would synchronise: NaN, never another element
+            bad = idx >= n
+            idx = xp.where(bad, xp.zeros_like(idx), idx)
     try:
-        return Take(idx, axis)(x)
+        y = Take(idx, axis)(x)
     except NNBackendError:
         raise
     except _BACKEND_ERRORS as e:  # torch: RuntimeError; NumPy: IndexError
         raise ShapeError(
             f"take: an index is out of range for an axis of length {n}; use indices in [{-n}, {n})"
         ) from e
+    if bad is None or not xp.isdtype(y.data.dtype, "real floating"):
+        return y
+    ax = ops.normalize_axis(axis, data.ndim)
+    mask = xp.reshape(bad, (*([1] * ax), *bad.shape, *([1] * (data.ndim - ax - 1))))
+    return where(mask, float("nan"), y)
 
 
 def _host_indices(xp: Any, idx: Any, n: int, device: Any) -> Any:
