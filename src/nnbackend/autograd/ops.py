@@ -970,7 +970,8 @@ def _integers_in_range(key: Any, shape: Any) -> None:
             continue
         if k is None:
             continue
-        if type(k) is not slice and isinstance(k, numbers.Integral) and axis < len(shape):
+        integer = type(k) is int or (type(k) is not slice and isinstance(k, numbers.Integral))
+        if integer and axis < len(shape):
             n = int(shape[axis])
             if not -n <= int(k) < n:
                 raise ShapeError(
