@@ -166,3 +166,13 @@ def test_a_baseline_that_is_no_number_is_refused(bad: Any) -> None:
 
     with pytest.raises(ArgumentError, match="baseline must be a number"):
         EarlyStopping("loss", baseline=bad)
+
+
+def test_a_resumed_fit_with_no_epoch_left_does_not_warn(tmp_path: Path) -> None:
+    """(The warning comes with the save it warns about, not at the start of a fit that
+    trains nothing: initial_epoch == epochs.)"""
+    ckpt = ModelCheckpoint(tmp_path / "best.npz", "loss", save_best_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = _fit(_trainer(), ckpt, epochs=3, initial_epoch=3)
+    assert history.epochs == 0 and ckpt.saved == []

@@ -345,7 +345,8 @@ class ModelCheckpoint(Callback):
             save (Keras's name), e.g. the best ``val_loss`` of the run a resumed ``fit``
             continues: without it, a resumed run's first epoch counts as an improvement and
             overwrites a better checkpoint at a path without ``{epoch}``. A resumed ``fit``
-            (``initial_epoch > 0``) with ``save_best_only`` and no threshold warns so.
+            (``initial_epoch > 0``) with ``save_best_only`` and no threshold warns so when it
+            saves that first epoch.
         dtype: store the parameters in this dtype (see :func:`nnbackend.save`).
         save_optimizer: also store the optimizer's state, the trainer's loss scaler's (its
             scale and counters, under a mixed float16 policy) and the state of the
@@ -393,15 +394,6 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, trainer: Trainer, history: History) -> None:
         self._watch.best = self.best = self.initial_value_threshold
         self.best_epoch = None
-        if self.save_best_only and self.best is None and getattr(trainer, "epoch", 0) > 0:
-            warnings.warn(
-                f"ModelCheckpoint(save_best_only=True) in a fit resumed at epoch "
-                f"{trainer.epoch}: its first epoch is saved whatever its {self.monitor!r}, "
-                "even when the run it resumes did better; pass "
-                "initial_value_threshold=<that run's best>",
-                UserWarning,
-                stacklevel=3,
-            )
         # Found now (several are refused before the first epoch), saved after each epoch.
         self._schedule = _fit_schedule(trainer) if self.save_optimizer else None
 
@@ -415,6 +407,15 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             if value is None or not self._watch.improved(value):
                 return
+            if self._watch.best is None and history.initial_epoch > 0:
+                warnings.warn(
+                    f"ModelCheckpoint(save_best_only=True) in a fit resumed at epoch "
+                    f"{history.initial_epoch}: its first epoch is saved whatever its "
+                    f"{self.monitor!r}, even when the run it resumes did better; pass "
+                    "initial_value_threshold=<that run's best>",
+                    UserWarning,
+                    stacklevel=3,
+                )
             self._watch.best = self.best = value
             self.best_epoch = trainer.epoch
         # Every per-epoch number may name the file (Keras's "{epoch:02d}-{loss:.2f}" with
