@@ -249,6 +249,10 @@ def test_a_float_stop_or_step_makes_arange_the_default_float(backend: str) -> No
 def test_complex_linspace_is_left_to_the_library(backend: str) -> None:
     xp = nb.namespace(backend, "float64")
     for start, stop in ((1j, 2.0), (0.0, 1j)):
+        if backend == "cupy":  # CuPy 14's linspace takes float() of its bounds: its own error
+            with pytest.raises(TypeError, match="complex"):
+                xp.linspace(start, stop, 3)
+            continue
         array = xp.linspace(start, stop, 3)
         assert xp.isdtype(array.dtype, "complex floating"), (start, stop)
 

@@ -185,6 +185,15 @@ def _first(*problems: str | None) -> str | None:
     return next((p for p in problems if p is not None), None)
 
 
+def _beyond_int64(shape: tuple[Any, ...]) -> bool:
+    """Whether the element count of a shape of ints overflows int64 (a library computing it
+    in int64 may wrap it around instead of refusing)."""
+    try:
+        return abs(math.prod(shape)) > _MAX_BYTES
+    except TypeError:  # not all ints: the library's own refusal is examined later
+        return False
+
+
 def _fail(where: str, exc: Exception, problem: str | None) -> None:
     """Raise ArgumentError with ``problem`` (a user mistake found in the arguments of a call
     that failed with ``exc``), chained from ``exc``; without a problem, return."""
@@ -290,6 +299,9 @@ def _creation_functions(
             if type(dtype) is str:
                 dtype = named(dtype)
             dtype = default if dtype is None else dtype
+            if type(shape) is tuple and len(shape) > 1 and _beyond_int64(shape):
+                # (CuPy wraps the size of (2**40, 2**40) around to 0 and returns an array)
+                _fail(where, OverflowError(where), shape_problem(shape, dtype))
             try:
                 return b_make(shape, dtype=dtype, device=device, **kwargs)
             except Exception as exc:
