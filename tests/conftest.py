@@ -615,3 +615,17 @@ def on_ranks() -> Callable[..., list[Any]]:
     results by rank, and an exception on any rank raised in the test (after the others were
     released). Session-scoped: hypothesis tests take it too."""
     return _run_on_ranks
+
+
+@pytest.fixture
+def gathers_nan(backend: str) -> bool:
+    """Whether an index out of range gives NaN on this backend instead of an error: a
+    backend whose ``take`` does not check its indices (``Ops.take_checks_range``), with
+    arrays on a device, where checking would synchronise (CuPy on a GPU, jax on one)."""
+    from nnbackend.namespace import ops_for
+
+    with nb.using(backend=backend):
+        xp = nb.namespace()
+        a = xp.asarray([0])
+        ops = ops_for(xp, a)
+        return not ops.take_checks_range and not ops.on_host(a)

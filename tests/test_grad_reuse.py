@@ -273,9 +273,23 @@ def _train_layer(xp: Any, dtype: str, name: str, reuse: bool, steps: int = 3) ->
 def test_layer_results_are_bit_equal_with_and_without_reuse(xp: Any, dtype: str, name: str) -> None:
     reused = _train_layer(xp, dtype, name, reuse=True)
     fresh = _train_layer(xp, dtype, name, reuse=False)
+    # CuPy's scatter-add (cupyx.scatter_add: atomic adds) sums repeated indices in whatever
+    # order the threads reach them, so two runs of a scatter-based layer differ in their
+    # last bits with or without reuse; everywhere else the results are bit-equal.
+    atomic = _backend(xp) == "cupy" and name in ("embedding", "conv_transpose")
     for a, b in zip(reused, fresh, strict=True):
         assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
+        if atomic:
+            tol = {"float16": 1e-2, "float32": 1e-5, "float64": 1e-12}[str(a.dtype)]
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
+def _backend(xp: Any) -> str:
+    from nnbackend.namespace import backend_for
+
+    return backend_for(xp.zeros(1))[1].name
 
 
 def test_reference_probes_under_a_tracer_that_reads_locals(run_python: Any) -> None:

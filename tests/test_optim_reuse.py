@@ -22,7 +22,7 @@ import nnbackend as nb
 from nnbackend import nn, optim, registry
 from nnbackend.backends import numpy as numpy_ops
 from nnbackend.backends.numpy import _CHUNK, _SCRATCH_MIN
-from nnbackend.namespace import ops_for
+from nnbackend.namespace import backend_for, ops_for
 
 # The scratch-buffer paths, bit for bit: NumPy's BLAS axpy (Momentum's ``p -= lr * b``,
 # rounded once) is tested in tests/test_blas_axpy.py.
@@ -137,10 +137,21 @@ def test_rules_equal_their_formulas_bit_for_bit(xp: Any, dtype: str, case: str) 
             p.grad = xp.asarray(g)
         opt.step()
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            before = _host(values[i])
             values[i] = reference(values[i], xp.asarray(g), states[i], lr, xp)
             assert values[i].dtype == p.data.dtype
-            np.testing.assert_array_equal(_host(p.data), _host(values[i]), err_msg=f"{case} {i}")
             np.testing.assert_array_equal(_host(p.grad), g)  # the gradient is never written
+            if case == "momentum" and backend_for(p.data)[1].name == "cupy":
+                # CuPy's fused kernel is one fused multiply-add: one rounding where the
+                # formula rounds twice, so they differ by up to an ulp of the operands (many
+                # ulps of a result that cancels; tests/test_cupy_backend.py checks the kernel)
+                want, got = _host(values[i]), _host(p.data)
+                top = np.maximum.reduce([np.abs(before), np.abs(before - want), np.abs(want)])
+                tol = np.spacing(np.maximum(top, np.abs(got)).astype(dtype))
+                assert np.all(np.abs(got - want) <= tol), f"{case} {i}"
+                values[i] = xp.asarray(_host(p.data))  # go on from the kernel's values
+                continue
+            np.testing.assert_array_equal(_host(p.data), _host(values[i]), err_msg=f"{case} {i}")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
