@@ -206,15 +206,16 @@ and `issue19_final_20261201.txt`):
   the bits of the blockwise path): the medium float16 step's update 2.6-2.9 -> 1.9-2.1 ms. Its
   halves on a second thread (2.4x alone) gained nothing inside a step, where OpenBLAS's worker
   still spins on the other core after the GEMMs.
-- **GPU: this page's GPU numbers predate the fused CuPy updates.** Since 2026-12-03 SGD's
-  update, Momentum's (float32, float64) and ReLU's backward run as one CuPy kernel each instead
-  of two (the update no longer writes `lr * g` into a parameter-sized temporary: about 400 MB
-  less memory traffic a step on the large network, an estimated 100 us of the 460 us by which
-  the engine trailed torch CUDA). They were compiled with NVRTC without a GPU
-  (`scripts/compile_cupy_kernels.py`) but not yet run on one: "GPU results" above and "GPU
-  check" below are the H200 run of 2026-11-30, and issue 19's GPU rows (float32 and float16,
-  compiled step included, against torch CUDA at 1.1) await the next `python
-  scripts/gpu_check.py`.
+- **GPU (H200, 2026-12-04): float32 meets issue 19's 1.1, float16 does not.** The first run
+  with the fused CuPy updates (SGD's, Momentum's in float32 and float64, and ReLU's backward
+  one kernel each): the large step's engine / torch CUDA 1.078 in float32 (1.132 on
+  2026-11-30, before them), its compiled step 1.076; in float16 1.302, compiled 1.141, against
+  1.1. The fused kernels agree with their formulas within one rounding of the operands (they
+  round once, a fused multiply-add, where the formula rounds twice). "GPU check" below records
+  that run's test failures as they were; the GPU-only test expectations it found wrong (a
+  device's NaN for out-of-range indices and labels, CuPy's atomic scatter-add, one fused
+  rounding) were corrected and rerun on the GPU:
+  `benchmarks/results/gpu_rerun_20261204.log`.
 """
 
 STATIC_SECTIONS = """\
