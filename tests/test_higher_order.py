@@ -225,6 +225,10 @@ GRADGRAD: dict[str, tuple[Callable[..., Any], int]] = {
 @given(data=st.data())
 def test_gradgradcheck(name: str, xp: Any, dtype: str, data: st.DataObject) -> None:
     fn, n = GRADGRAD[name]
+    if name == "dropout" and _draws_on_a_device(xp):
+        # gradcheck takes its central differences on NumPy, whose mask comes from the host
+        # stream; a GPU draws its own from a seed (another mask), so they cannot agree
+        pytest.skip("dropout's device mask differs from the host stream gradcheck uses")
     rows = data.draw(st.integers(2, 3))
     grid = st.integers(8, 24).map(lambda k: k / 16.0)
     inputs = [
@@ -235,6 +239,13 @@ def test_gradgradcheck(name: str, xp: Any, dtype: str, data: st.DataObject) -> N
         for _ in range(n)
     ]
     assert nb.gradgradcheck(fn, *inputs)
+
+
+def _draws_on_a_device(xp: Any) -> bool:
+    from nnbackend.namespace import ops_for
+
+    a = xp.asarray([0.0])
+    return not ops_for(xp, a).on_host(a)
 
 
 def test_gradgradcheck_catches_a_wrong_second_derivative() -> None:
