@@ -627,7 +627,7 @@ def _build(backend: str, dtype: str, device: str | None) -> ModuleType:
     device_object = None
     base_info = base.__array_namespace_info__()
     if device is not None:
-        device_object = record.device(device)
+        device_object = registry.device_object(record, device)
         _check_device_dtype(backend, dtype, device, base_info, device_object)
     ns = ModuleType(f"nnbackend.namespace.{backend}")
     ns.__doc__ = (

@@ -23,7 +23,7 @@ from typing import Any
 from nnbackend.autograd import functions as _F
 from nnbackend.autograd import trace
 from nnbackend.autograd.mode import is_grad_enabled
-from nnbackend.autograd.ops import own_index
+from nnbackend.autograd.ops import own_index, setitem_key
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import (
     ArgumentError,
@@ -89,7 +89,7 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
     value = _value(xp, data, value, selected)
     # As the standard writes: no None (new axes are for reading), a trailing ... where the
     # key names fewer axes than the array has (array-api-strict insists on both).
-    key, dropped = _write_key(key, len(data.shape))
+    key, dropped = setitem_key(key, len(data.shape))
     if dropped and type(value) not in _SCALARS:  # the value without the new axes' 1s
         value = xp.reshape(xp.broadcast_to(value, selected), _shape(data, key))
     ops = ops_for(xp, data)
@@ -123,23 +123,6 @@ def _raw(x: Any) -> Any:
 
 def _library(a: Any) -> str:
     return type(a).__module__.split(".")[0]
-
-
-def _write_key(key: Any, ndim: int) -> tuple[Any, bool]:
-    """``key`` without ``None`` and with a trailing ``...`` where it names fewer than
-    ``ndim`` axes and holds no boolean mask (the standard specifies a mask only as the sole
-    index), and whether a ``None`` was dropped."""
-    parts = key if isinstance(key, tuple) else (key,)
-    dropped = any(k is None for k in parts)
-    kept = tuple(k for k in parts if k is not None)
-    masked = any(_is_mask(k) for k in kept)
-    if not masked and not any(k is Ellipsis for k in kept) and len(kept) < ndim:
-        kept = (*kept, Ellipsis)
-    return kept, dropped
-
-
-def _is_mask(k: Any) -> bool:
-    return hasattr(k, "ndim") and str(getattr(k, "dtype", "")).rsplit(".", 1)[-1] == "bool"
 
 
 def _shape(data: Any, key: Any) -> tuple[int, ...]:

@@ -978,15 +978,8 @@ def take(x: Any, indices: Any, axis: int | None = 0) -> Tensor:
     bad = None
     k = ops_for(xp, data)
     if not k.take_checks_range and math.prod(idx.shape):  # jax fills NaN, cupy wraps
-        if k.on_host(idx):
-            if int(xp.max(idx)) >= n or int(xp.min(idx)) < 0:
-                raise ShapeError(
-                    f"take: an index is out of range for an axis of length {n}; use indices "
-                    f"in [{-n}, {n})"
-                )
-        else:  # on a device reading them would synchronise: NaN, never another element
-            bad = idx >= n
-            idx = xp.where(bad, xp.zeros_like(idx), idx)
+        what = "take: an index is out of range for an axis"
+        idx, bad = ops.unchecked_take_indices(xp, k, idx, n, what)
     try:
         y = Take(idx, axis)(x)
     except NNBackendError:

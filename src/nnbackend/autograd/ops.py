@@ -701,24 +701,31 @@ def take_rows(xp: Any, x: Any, indices: Any) -> Any:
     return xp.reshape(flat, (*indices.shape, *x.shape[1:]))
 
 
+def unchecked_take_indices(xp: Any, ops: Any, indices: Any, n: int, what: str) -> tuple[Any, Any]:
+    """Indices for a backend whose ``take`` does not check them (``ops.take_checks_range``
+    false: JAX's fills NaN, CuPy's wraps around), counted from the end by
+    :func:`from_the_end`, and the mask of the bad ones: on the host a :class:`ShapeError`
+    (``what`` says which index, e.g. "take: an index is out of range for an axis") for any
+    outside ``[0, n)``, and no mask; on a device, where reading them would synchronise, the
+    bad ones replaced by 0 and their mask, for the caller to make their results NaN, never
+    another element's values. Internal API for the engine's nodes."""
+    if ops.on_host(indices):
+        if int(xp.max(indices)) >= n or int(xp.min(indices)) < 0:
+            raise ShapeError(f"{what} of length {n}; use indices in [{-n}, {n})")
+        return indices, None
+    bad = indices >= n
+    return xp.where(bad, xp.zeros_like(indices), indices), bad
+
+
 def _take_rows_checked(xp: Any, ops: Any, x: Any, rows: Any, n: int) -> tuple[Any, Any]:
-    """``take_rows`` where the backend's ``take`` does not check its indices (JAX, CuPy),
-    and the row indices the backward scatters into: on the host, a :class:`ShapeError` for
-    rows outside ``[0, n)`` (``from_the_end`` has counted the negative ones); on a device,
-    where reading them would synchronise, the rows of such indices are NaN (as
-    :func:`nnbackend.nn.functional.embedding` gives them), never another row's values, and
-    their gradients go to row 0 (NaN like the loss they made)."""
-    if ops.on_host(rows):
-        if int(xp.max(rows)) >= n or int(xp.min(rows)) < 0:
-            raise ShapeError(
-                f"getitem: an index array has values out of range for axis 0 of length {n}; "
-                f"use indices in [{-n}, {n})"
-            )
-        return take_rows(xp, x, rows), rows
-    bad = rows >= n
-    rows = xp.where(bad, xp.zeros_like(rows), rows)
+    """``take_rows`` where the backend's ``take`` does not check its indices
+    (:func:`unchecked_take_indices`), and the row indices the backward scatters into: on a
+    device the rows of bad indices are NaN (as :func:`nnbackend.nn.functional.embedding`
+    gives them) and their gradients go to row 0 (NaN like the loss they made)."""
+    what = "getitem: an index array has values out of range for axis 0"
+    rows, bad = unchecked_take_indices(xp, ops, rows, n, what)
     taken = take_rows(xp, x, rows)
-    if not xp.isdtype(taken.dtype, "real floating"):
+    if bad is None or not xp.isdtype(taken.dtype, "real floating"):
         return taken, rows  # (no NaN in integers: the first row stands in)
     mask = xp.reshape(bad, (*bad.shape, *([1] * (taken.ndim - bad.ndim))))
     return xp.where(mask, xp.asarray(float("nan"), dtype=taken.dtype), taken), rows
@@ -735,15 +742,19 @@ def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
     return ops_for(xp, target).scatter_add(target, indices, values)
 
 
-def _setitem_key(key: Any, ndim: int) -> tuple[Any, bool]:
+def setitem_key(key: Any, ndim: int) -> tuple[Any, bool]:
     """``key`` as the standard allows it in ``__setitem__``: without ``None`` (new axes exist
-    for reading only), and with a trailing ``...`` where it names fewer axes than ``ndim``.
-    Also says whether a ``None`` was dropped."""
+    for reading only), and with a trailing ``...`` where it names fewer axes than ``ndim``
+    and holds no boolean mask (the standard specifies a mask only as the sole index). Also
+    says whether a ``None`` was dropped. Internal API for the engine's nodes and
+    ``t[key] = value``."""
     parts = key if isinstance(key, tuple) else (key,)
+    dropped = any(k is None for k in parts)
     kept = tuple(k for k in parts if k is not None)
-    if not any(k is Ellipsis for k in kept) and len(kept) < ndim:
+    masked = any(is_mask(k) for k in kept)
+    if not masked and not any(k is Ellipsis for k in kept) and len(kept) < ndim:
         kept = (*kept, Ellipsis)
-    return kept, len(kept) != len(parts) or any(k is None for k in parts)
+    return kept, dropped
 
 
 class GetItem(Function):
@@ -770,8 +781,8 @@ class GetItem(Function):
         gx = xp.zeros(self.in_shape, dtype=self.dtype, device=gy.device)
         if self.rows is not None:
             return scatter_add_rows(xp, gx, self.rows, gy)
-        key, added = _setitem_key(self.key, len(self.in_shape))
-        if added:  # the new axes (size 1) out of the gradient, by a reshape
+        key, dropped = setitem_key(self.key, len(self.in_shape))
+        if dropped:  # the new axes (size 1) out of the gradient, by a reshape
             gy = xp.reshape(gy, tuple(gx[key].shape))
 
         def out_of_place() -> Any:
@@ -981,12 +992,15 @@ def _integers_in_range(key: Any, shape: Any) -> None:
         axis += _mask_ndim(k) or 1
 
 
+def is_mask(k: Any) -> bool:
+    """Whether ``k``, a part of an indexing key, is a boolean array (a mask). Internal API
+    for the engine's nodes and ``t[key] = value``."""
+    return hasattr(k, "ndim") and str(getattr(k, "dtype", "")).rsplit(".", 1)[-1] == "bool"
+
+
 def _mask_ndim(k: Any) -> int:
     """The axes a boolean mask in a key names (its ``ndim``); 0 for anything else."""
-    ndim = getattr(k, "ndim", None)
-    if ndim is None or "bool" not in str(getattr(k, "dtype", "")):
-        return 0
-    return int(ndim)
+    return int(k.ndim) if is_mask(k) else 0
 
 
 from nnbackend.autograd import functions as _F  # noqa: E402  (functions builds on this module)
