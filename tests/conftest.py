@@ -629,3 +629,23 @@ def gathers_nan(backend: str) -> bool:
         a = xp.asarray([0])
         ops = ops_for(xp, a)
         return not ops.take_checks_range and not ops.on_host(a)
+
+
+@pytest.fixture
+def mse_step() -> Callable[[Any, Any], Callable[[Any, Any], Any]]:
+    """``make(model, opt)``: a training step of ``model`` on the mean squared error that
+    zeroes the gradients, steps ``opt`` and returns the loss (the step the compile tests
+    record and compare with eager)."""
+    from nnbackend import nn
+
+    def make(model: Any, opt: Any) -> Callable[[Any, Any], Any]:
+        def train(x: Any, t: Any) -> Any:
+            opt.zero_grad()
+            loss = nn.MSELoss()(model(x), t)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return train
+
+    return make

@@ -188,19 +188,6 @@ def _net(rng: np.random.Generator) -> nn.Module:
     return model
 
 
-def _mse_step(model: nn.Module, opt: Any) -> Callable[[Any, Any], Any]:
-    """A training step of ``model`` on the mean squared error, returning the loss."""
-
-    def train(x: Any, t: Any) -> Any:
-        opt.zero_grad()
-        loss = nn.MSELoss()(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return train
-
-
 def _state(model: nn.Module) -> list[np.ndarray]:
     return [np.array(a, copy=True) for a in model.state_dict().values()]
 
@@ -316,14 +303,16 @@ def test_objects_held_by_a_bound_self_are_seen() -> None:
     assert run(True) == run(False)
 
 
-def test_a_replacement_between_the_two_checking_recordings_is_no_disagreement() -> None:
+def test_a_replacement_between_the_two_checking_recordings_is_no_disagreement(
+    mse_step: Callable[..., Any],
+) -> None:
     """A parameter replaced between a signature's first and second recording made them
     "differ" (a CompileWarning, and the signature ran eagerly for good), instead of the new
     parameter's recordings being compared with each other."""
     rng = np.random.default_rng(2)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     opt = optim.SGD(model.parameters(), lr=0.05)
-    step = nb.compile_step(_mse_step(model, opt))
+    step = nb.compile_step(mse_step(model, opt))
     x, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileWarning)
@@ -428,7 +417,7 @@ def test_non_scalar_results_kept_over_replays_equal_eager() -> None:
                 np.testing.assert_array_equal(u, v)
 
 
-def test_parameters_cast_to_float32_mid_run_equal_eager() -> None:
+def test_parameters_cast_to_float32_mid_run_equal_eager(mse_step: Callable[..., Any]) -> None:
     """(Parameters and data cast to float32 after some float64 steps: recorded again, and the
     same bits as eager.)"""
 
@@ -437,7 +426,7 @@ def test_parameters_cast_to_float32_mid_run_equal_eager() -> None:
         rng = np.random.default_rng(5)
         model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
         opt = optim.Adam(model.parameters(), lr=0.01)
-        train = _mse_step(model, opt)
+        train = mse_step(model, opt)
         step = nb.compile_step(train) if compiled else train
         x, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 1))
         out = [float(step(x, t).item()) for _ in range(4)]

@@ -11,6 +11,7 @@ CompileError inside a step being recorded.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -296,7 +297,9 @@ def test_on_a_device_rows_of_bad_indices_are_nan_and_never_another_rows(
     np.testing.assert_array_equal(_host(n[np.array([7, 2])]), [[0, 1], [4, 5]])
 
 
-def test_a_compiled_step_trains_the_assigned_weights_as_eager_does() -> None:
+def test_a_compiled_step_trains_the_assigned_weights_as_eager_does(
+    mse_step: Callable[..., Any],
+) -> None:
     """A write between calls rebinds the parameter's array, as ``p.data = ...`` does: the
     compiled step records again instead of replaying onto the old array."""
 
@@ -304,14 +307,7 @@ def test_a_compiled_step_trains_the_assigned_weights_as_eager_does() -> None:
         nb.random.seed(0)
         model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
         opt = optim.SGD(model.parameters(), lr=0.1)
-
-        def train(x: Any, t: Any) -> Any:
-            opt.zero_grad()
-            loss = nn.MSELoss()(model(x), t)
-            loss.backward()
-            opt.step()
-            return loss
-
+        train = mse_step(model, opt)
         step = nb.compile_step(train) if compiled else train
         rng = np.random.default_rng(1)
         x, t = rng.standard_normal((5, 3)), rng.standard_normal((5, 1))
