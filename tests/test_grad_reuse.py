@@ -305,6 +305,10 @@ def test_reference_probes_under_a_tracer_that_reads_locals(run_python: Any) -> N
             frame.f_locals
             return tracer
 
+        # NumPy's numpy.typing fails to import under such a tracer on Python 3.12 (a
+        # module-level comprehension over globals()): imported first. nnbackend's own
+        # modules import under it (tests/test_module_scope.py).
+        import numpy.typing, array_api_compat.numpy
         sys.settrace(tracer)
         import nnbackend as nb
         from nnbackend import nn, optim

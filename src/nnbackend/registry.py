@@ -126,10 +126,23 @@ def _load_failure(record: Backend) -> BaseException | None:
     return failed[0] if failed else None
 
 
+def _builtin_tables() -> tuple[dict[str, Backend], dict[str, str]]:
+    """The built-in records by name, and their array modules' names -> backend name.
+    Built in a function: Python 3.12 inlines a comprehension at module level into the
+    module's frame, where a tracer that reads ``frame.f_locals`` (a debugger) resets its
+    loop variables to None mid-loop (CPython gh-130809), and the import failed."""
+    records: dict[str, Backend] = {}
+    by_module: dict[str, str] = {}
+    for record in BUILTIN:
+        records[record.name] = _guard(record)
+        for module in record.array_modules:
+            by_module[module] = record.name
+    return records, by_module
+
+
 _lock = threading.RLock()
-_records: dict[str, Backend] = {record.name: _guard(record) for record in BUILTIN}
-# type(x).__module__'s first component -> backend name, for backend_of().
-_by_module: dict[str, str] = {m: r.name for r in BUILTIN for m in r.array_modules}
+# name -> record; type(x).__module__'s first component -> backend name, for backend_of().
+_records, _by_module = _builtin_tables()
 _probes: dict[str, str | None] = {}
 _entry_points_loaded = False  # set when loading has finished, not when it starts
 # (thread id, finished event) of the load in progress, or None.

@@ -66,7 +66,7 @@ DTYPES = {
     "F32": "float32",
     "F64": "float64",
 }
-NAMES = {numpy_name: st_name for st_name, numpy_name in DTYPES.items()}
+NAMES = dict(zip(DTYPES.values(), DTYPES.keys(), strict=True))  # (see registry's tables)
 
 
 @dataclass(frozen=True)
