@@ -260,6 +260,10 @@ def plan(
     gpu"`` takes the rest (backend-independent tests and doctests)."""
     backend = "numpy" if dry_run else "cupy"
     test_env = dict(env, NNBACKEND=backend, NNBACKEND_TEST_BACKENDS=backend, PYTHONUNBUFFERED="1")
+    # The suite tests jax on a CPU, as CI does; on the GPU it would take 75% of the memory
+    # cupy's tests use, and fail to start (CUDA_ERROR_OUT_OF_MEMORY) in the xdist workers
+    # after the first. The caller's JAX_PLATFORMS wins.
+    test_env.setdefault("JAX_PLATFORMS", "cpu")
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE"]
     parallel = ["-n", str(workers)] if workers > 0 else []
     steps = [

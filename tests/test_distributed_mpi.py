@@ -70,6 +70,11 @@ def _launch(argv: list[str], *, timeout: float = LAUNCH_TIMEOUT) -> tuple[int, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
     env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
+    if os.name == "posix" and os.geteuid() == 0:
+        # Open MPI will not start as root (a container's user) unless told it may
+        # (MPICH ignores these): the GPU image runs the tests as root.
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     start = time.perf_counter()
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -69,7 +69,8 @@ MEASURE = {
 def _env(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "fake_fix_worker.py").write_text(FAKE_WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
-    env["PYTHONPATH"] = str(tmp_path)
+    # ahead of the current PYTHONPATH, which finds nnbackend where it is not installed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     return env
 
 
@@ -123,7 +124,7 @@ def _start_worker(tmp_path: Path, module: str, source: str, label: str) -> Any:
     in ``tmp_path``, which the worker finds on its PYTHONPATH."""
     (tmp_path / f"{module}.py").write_text(source.format(root=str(ROOT)))
     env_path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(tmp_path)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env_path]))
     try:
         return _workers_module().WorkerProcess(module, ["x"], label, timeout_s=60)
     finally:

@@ -53,6 +53,11 @@ def _launch(
     full = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
     full["PYTHONPATH"] = SRC + (os.pathsep + full["PYTHONPATH"] if full.get("PYTHONPATH") else "")
     full["OMP_NUM_THREADS"] = full["OPENBLAS_NUM_THREADS"] = "1"
+    if os.name == "posix" and os.geteuid() == 0:
+        # Open MPI will not start as root (a container's user) unless told it may
+        # (MPICH ignores these): the GPU image runs the tests as root.
+        full.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        full.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     full.update(env or {})
     start = time.perf_counter()
     proc = subprocess.Popen(

@@ -94,7 +94,8 @@ def report(rows):
 def _run(body: str, tmp_path: Path, *, fake: bool, timeout: float = 120, **env_extra: str):
     (tmp_path / "fake_mlp_worker.py").write_text(FAKE_WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NNBACKEND", "FAKE_"))}
-    env["PYTHONPATH"] = str(tmp_path)
+    # ahead of the current PYTHONPATH, which finds nnbackend where it is not installed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     env.update(env_extra)
     code = textwrap.dedent(HEAD.format(root=str(ROOT), fake=fake)) + textwrap.dedent(body)
     result = subprocess.run(

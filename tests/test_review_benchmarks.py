@@ -336,7 +336,8 @@ def test_ctrl_c_to_the_process_group_ends_in_keyboard_interrupt(tmp_path: Path) 
         mp.measure(config, rounds=10000, round_s=0.001, warmup=0)
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NNBACKEND")}
-    env["PYTHONPATH"] = str(tmp_path)
+    # ahead of the current PYTHONPATH, which finds nnbackend where it is not installed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=ROOT,

@@ -354,11 +354,21 @@ def test_training_page_shows_resuming_a_schedule_and_a_loss_scaler() -> None:
     assert "save_optimizer=True" in text and "loss_scaler" in text
 
 
-def test_precision_checkpoint_sizes_are_the_default_formats() -> None:
+def test_precision_checkpoint_sizes_are_the_default_formats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """precision.md's "Float16 checkpoints" table gave the sizes of 0.1's .npz files (2 006 and
     1 880 bytes for the spiral network) as the sizes of ``nb.save``, whose default is
-    safetensors (1 140 and 1 014 bytes)."""
+    safetensors (1 140 and 1 014 bytes).
+
+    The files record nnbackend's version: the table is for the release in pyproject.toml,
+    so that version is recorded here too (a source checkout that is not pip-installed says
+    "0+unknown", four bytes longer: 8 more with the header's padding)."""
+    import nnbackend.io
     from nnbackend import nn
+
+    release = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    monkeypatch.setattr(nnbackend.io, "package_version", lambda: release["project"]["version"])
 
     text = _section((DOCS / "precision.md").read_text(encoding="utf-8"), "## Float16 checkpoints")
     rows = [line for line in text.splitlines() if line.startswith("| spiral") or "digits," in line]
