@@ -219,6 +219,7 @@ def engine_step(
         return loss
 
     step.model = model  # type: ignore[attr-defined]  # (for a replica's starting weights)
+    step.parts = (model, loss_fn, opt)  # type: ignore[attr-defined]  # (gpu_phases' phases)
     return step
 
 
@@ -283,6 +284,7 @@ def torch_step(
         opt.step()
         return loss
 
+    step.parts = (model, loss_fn, opt)  # type: ignore[attr-defined]  # (gpu_phases' phases)
     return step
 
 

@@ -71,6 +71,54 @@ def test_gpu_large_case_measures_issue_19s_targets_against_torch_in_both_dtypes(
         assert int(replays.split(" replays")[0]) > 0, replays
 
 
+def test_gpu_phases_split_the_step_into_its_own_calls(run_in_repo: Run) -> None:
+    """``mlp_large_phases`` times the step's phases one by one: run in turn, the phases make
+    the same step as the engine's step function (the same weights, bit for bit), and the dry
+    run (numpy for cupy, torch on the CPU) gives every phase's row in both dtypes."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        from benchmarks import Options
+        from benchmarks._nets import TINY, data, engine_step
+        from benchmarks.gpu_phases import PHASES, Clock, phase_functions, time_phases
+
+        sizes, activation, batch = TINY
+        x, t = data(batch, sizes[0], sizes[-1], "float64")
+        whole, split = (engine_step(sizes, activation, "float64") for _ in range(2))
+        phases = phase_functions(split.parts)
+        for _ in range(3):
+            whole(x, t)
+            device, host = time_phases(phases, x, t, Clock(None), 1)
+            assert len(device[0]) == len(host[0]) == len(PHASES)
+            assert all(s >= h >= 0 for s, h in zip(device[0], host[0]))
+        same = all(np.array_equal(a.data, b.data) for a, b in
+                   zip(whole.model.parameters(), split.model.parameters()))
+        rows = []
+        if "torch" in sys.argv:
+            from benchmarks.gpu_phases import mlp_large_phases
+            rows = [[r.name, r.value] for r in mlp_large_phases(Options.make(True, dry_run=True))]
+        print(json.dumps({"same": same, "rows": rows}))
+        """
+    )
+    has_torch = importlib.util.find_spec("torch") is not None
+    result = run_in_repo("-c", code, *(["torch"] if has_torch else []), timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["same"]
+    if not has_torch:
+        pytest.skip("torch is not installed: the dry run has no torch side")
+    rows = dict(report["rows"])
+    for dtype in ("float32", "float16"):
+        label = f"large gpu phases {dtype}"
+        for phase in ("zero_grad", "forward", "loss", "backward", "step"):
+            assert rows[f"{label}: {phase}, engine GPU time"] >= 0
+        for name in ("engine", "compiled", "torch"):
+            assert rows[f"{label}: {name} step, GPU time"] > 0
+            assert rows[f"{label}: {name} step, host time / GPU time"] > 0
+        assert rows[f"{label}: engine / torch step, GPU time"] > 0
+
+
 def test_report_is_written_from_saved_results(tmp_path: Path, run_in_repo: Run) -> None:
     results = tmp_path / "results"
     results.mkdir()
