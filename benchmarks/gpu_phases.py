@@ -15,7 +15,10 @@ and float16, the engine's eager step and torch CUDA's (torch's model in the same
   steps; its *host time* is what its Python took to enqueue the work (``perf_counter``);
 - the whole step, without the phase events, for the engine, its compiled step
   (``nb.compile_step``) and torch: GPU time per step, and host time per step to enqueue it.
-  Host time at or above GPU time means the GPU waits for Python: launch-bound.
+  Host time at or above GPU time means the GPU waits for Python: launch-bound;
+- the floor: the step's eight matrix products alone, in the engine's operand layouts
+  (``x @ W``, ``x.T @ gy``, ``gy @ W.T``), on cupy and on torch, and what each step spends
+  beyond its library's products.
 
 The engine and torch take turns, in shuffled order, for a few rounds in one process; CUDA
 events time each on the GPU's clock, so the two libraries in one process do not disturb each
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import Options, Row, Skip, register, row
-from benchmarks._nets import data, engine_step, torch_step
+from benchmarks._nets import data, engine_step, gemm_products, torch_step
 from benchmarks.gpu import GpuSetup, gpu_setup
 
 __all__ = ["PHASES", "Clock", "phase_functions", "time_phases", "time_steps"]
@@ -236,4 +239,63 @@ def _dtype_rows(setup: GpuSetup, dtype: str, rounds: int, steps: int, warmup: in
     engine_gpu = statistics.median(s for s, _ in per_step["engine"])
     torch_gpu = statistics.median(s for s, _ in per_step["torch"])
     rows.append(row(f"{label}: engine / torch step, GPU time", engine_gpu / torch_gpu, "x"))
+    gemms = _gemm_times(setup, dtype, clocks, rounds, steps)
+    rows += [
+        row(
+            f"{label}: GEMMs alone, cupy / torch",
+            gemms["engine"] / gemms["torch"],
+            "x",
+            note=f"the step's 8 products in the engine's layouts: cupy "
+            f"{gemms['engine'] * 1e3:.3f} ms, torch {gemms['torch'] * 1e3:.3f} ms",
+        ),
+        row(
+            f"{label}: engine step beyond cupy's GEMMs",
+            (engine_gpu - gemms["engine"]) * 1e3,
+            "ms",
+            note=f"torch's step beyond its GEMMs: {(torch_gpu - gemms['torch']) * 1e3:.3f} ms",
+        ),
+    ]
     return rows
+
+
+class _Products:
+    """A product-running function as a step ``(x, t)`` for :func:`time_steps`."""
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self.run = run
+
+    def __call__(self, x: Any, t: Any) -> None:
+        self.run()
+
+
+class _TorchOn:
+    """``asarray`` onto one torch device: :func:`gemm_products`' arrays as torch tensors."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self._torch, self.device = torch, device
+
+    def asarray(self, a: Any) -> Any:
+        return self._torch.as_tensor(a, device=self.device)
+
+
+def _gemm_times(
+    setup: GpuSetup, dtype: str, clocks: dict[str, Clock], rounds: int, steps: int
+) -> dict[str, float]:
+    """Seconds for the step's matrix products alone, in the engine's operand layouts, on
+    cupy (``engine``) and on torch (``torch``): the median over ``rounds`` shuffled turns."""
+    sizes, _, batch = setup.size("large")
+    runs = {
+        "engine": gemm_products(sizes, batch, dtype, xp=setup.xp)[0],
+        "torch": gemm_products(sizes, batch, dtype, xp=_TorchOn(str(setup.torch_device)))[0],
+    }
+    found: dict[str, list[float]] = {name: [] for name in runs}
+    for name, run in runs.items():  # warm-up: cuBLAS's handles and workspaces
+        run()
+        clocks[name].sync()
+    for _ in range(rounds):
+        for name in random.sample(list(runs), len(runs)):
+            products = _Products(runs[name])
+            found[name].append(time_steps(products, None, None, clocks[name], steps)[0])
+    return {name: statistics.median(times) for name, times in found.items()}

@@ -117,6 +117,8 @@ def test_gpu_phases_split_the_step_into_its_own_calls(run_in_repo: Run) -> None:
             assert rows[f"{label}: {name} step, GPU time"] > 0
             assert rows[f"{label}: {name} step, host time / GPU time"] > 0
         assert rows[f"{label}: engine / torch step, GPU time"] > 0
+        assert rows[f"{label}: GEMMs alone, cupy / torch"] > 0
+        assert f"{label}: engine step beyond cupy's GEMMs" in rows
 
 
 def test_report_is_written_from_saved_results(tmp_path: Path, run_in_repo: Run) -> None:
