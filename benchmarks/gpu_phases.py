@@ -17,7 +17,8 @@ and float16, the engine's eager step and torch CUDA's (torch's model in the same
   (``nb.compile_step``) and torch: GPU time per step, and host time per step to enqueue it.
   Host time at or above GPU time means the GPU waits for Python: launch-bound;
 - the floor: the step's eight matrix products alone, in the engine's operand layouts
-  (``x @ W``, ``x.T @ gy``, ``gy @ W.T``), on cupy and on torch, and what each step spends
+  (``x @ W``, ``x.T @ gy``, ``gy @ W.T``), on cupy and on torch, torch's in its own layout
+  too (weights (out, in), the bias inside the forward product), and what each step spends
   beyond its library's products.
 
 The engine and torch take turns, in shuffled order, for a few rounds in one process; CUDA
@@ -34,6 +35,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from benchmarks import Options, Row, Skip, register, row
@@ -249,6 +251,13 @@ def _dtype_rows(setup: GpuSetup, dtype: str, rounds: int, steps: int, warmup: in
             f"{gemms['engine'] * 1e3:.3f} ms, torch {gemms['torch'] * 1e3:.3f} ms",
         ),
         row(
+            f"{label}: torch's products in its own layout / in the engine's",
+            gemms["torch_own"] / gemms["torch"],
+            "x",
+            note=f"torch {gemms['torch_own'] * 1e3:.3f} ms with weights (out, in) and the bias "
+            "in the forward product (F.linear), as torch's step runs them",
+        ),
+        row(
             f"{label}: engine step beyond cupy's GEMMs",
             (engine_gpu - gemms["engine"]) * 1e3,
             "ms",
@@ -284,12 +293,15 @@ def _gemm_times(
     setup: GpuSetup, dtype: str, clocks: dict[str, Clock], rounds: int, steps: int
 ) -> dict[str, float]:
     """Seconds for the step's matrix products alone, in the engine's operand layouts, on
-    cupy (``engine``) and on torch (``torch``): the median over ``rounds`` shuffled turns."""
+    cupy (``engine``) and on torch (``torch``), and on torch in its own (``torch_own``): the
+    median over ``rounds`` shuffled turns."""
     sizes, _, batch = setup.size("large")
     runs = {
         "engine": gemm_products(sizes, batch, dtype, xp=setup.xp)[0],
         "torch": gemm_products(sizes, batch, dtype, xp=_TorchOn(str(setup.torch_device)))[0],
+        "torch_own": _torch_products(sizes, batch, dtype, str(setup.torch_device)),
     }
+    clocks = dict(clocks, torch_own=clocks["torch"])
     found: dict[str, list[float]] = {name: [] for name in runs}
     for name, run in runs.items():  # warm-up: cuBLAS's handles and workspaces
         run()
@@ -299,3 +311,31 @@ def _gemm_times(
             products = _Products(runs[name])
             found[name].append(time_steps(products, None, None, clocks[name], steps)[0])
     return {name: statistics.median(times) for name, times in found.items()}
+
+
+def _torch_products(sizes: list[int], batch: int, dtype: str, device: str) -> Callable[[], None]:
+    """The step's products as torch's own step runs them: weights (out, in), the forward
+    with its bias (``F.linear``: one GEMM with the bias in its epilogue on CUDA), the weight
+    gradient ``gy.T @ x`` and the input gradient ``gy @ W`` (not the first layer's)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(2)
+    kind = getattr(torch, dtype)
+
+    def arr(*shape: int) -> Any:
+        return torch.randn(*shape, generator=generator).to(device=device, dtype=kind)
+
+    layers = [
+        (arr(batch, n_in), arr(n_out, n_in), arr(n_out), arr(batch, n_out), i > 0)
+        for i, (n_in, n_out) in enumerate(pairwise(sizes))
+    ]
+    linear = torch.nn.functional.linear
+
+    def run() -> None:
+        for x, w, b, gy, input_grad in layers:
+            linear(x, w, b)
+            gy.T @ x
+            if input_grad:
+                gy @ w
+
+    return run

@@ -118,6 +118,7 @@ def test_gpu_phases_split_the_step_into_its_own_calls(run_in_repo: Run) -> None:
             assert rows[f"{label}: {name} step, host time / GPU time"] > 0
         assert rows[f"{label}: engine / torch step, GPU time"] > 0
         assert rows[f"{label}: GEMMs alone, cupy / torch"] > 0
+        assert rows[f"{label}: torch's products in its own layout / in the engine's"] > 0
         assert f"{label}: engine step beyond cupy's GEMMs" in rows
 
 
