@@ -259,6 +259,21 @@ def test_an_integer_out_of_range_is_a_shape_error(xp64: Any, key: Any) -> None:
     np.testing.assert_array_equal(_host(t), X)
 
 
+@pytest.mark.parametrize(
+    "key", [(0, True), (True, 2), (1, True, 0), (..., True, 1), (True, ..., 0, 1)], ids=repr
+)
+def test_a_bool_scalar_beside_integers_names_no_axis(key: Any) -> None:
+    """A bool scalar in a key adds an axis, as None does, and names none: the range check
+    took ``True`` for the integer 1 and checked it against the next axis (``x[0, True]`` of
+    shape (3, 1) raised "index 1 is out of range"), shifting the axes the later integers
+    were checked against."""
+    x = np.arange(6.0).reshape(3, 1, 2)
+    t = Tensor(x)
+    np.testing.assert_array_equal(t[key].data, x[key])
+    with pytest.raises(ShapeError, match="index 4 is out of range for axis 0 of length 3"):
+        t[True, 4]
+
+
 @pytest.mark.parametrize("rows", [[5], [-3], [0, 2], 2], ids=["5", "-3", "0,2", "0-d 2"])
 def test_an_index_array_out_of_range_is_a_shape_error(
     xp64: Any, rows: Any, gathers_nan: bool

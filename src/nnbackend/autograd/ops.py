@@ -950,7 +950,13 @@ def getitem(x: Any, key: Any) -> Any:
     return GetItem(key)(x)
 
 
-_BASIC = (slice, type(None), type(Ellipsis))
+# Key parts that are never integer indices (a bool is an Integral, but indexes as a mask).
+_NOT_INTEGERS = (slice, type(None), type(Ellipsis), bool)
+
+
+def _is_integer(k: Any) -> bool:
+    """Whether ``k``, a part of an indexing key, is one integer index (Python's or NumPy's)."""
+    return type(k) is int or (type(k) not in _NOT_INTEGERS and isinstance(k, numbers.Integral))
 
 
 def _integers_in_range(key: Any, shape: Any) -> None:
@@ -958,49 +964,46 @@ def _integers_in_range(key: Any, shape: Any) -> None:
     outside its axis: JAX clamps such an index silently (``x[5]`` of 2 rows read the last
     row), NumPy and torch raise in their own words."""
     parts = key if type(key) is tuple else (key,)
-    named = 0
+    named = 0  # the axes the parts other than ... name
     found = False
     for k in parts:
-        if type(k) is int:
+        if type(k) is slice:
+            named += 1
+        elif type(k) is int:  # (the two usual parts first, without calls)
             found = True
-        elif type(k) in _BASIC:
-            if k is None or k is Ellipsis:
-                continue
-        elif type(k) is not bool and isinstance(k, numbers.Integral):
-            found = True
-        elif _mask_ndim(k):
-            named += _mask_ndim(k)  # a mask names as many axes as it has
-            continue
-        named += 1
-    if not found:
+            named += 1
+        elif k is not Ellipsis:
+            found = found or _is_integer(k)
+            named += _axes_named(k)
+    if not found:  # (the usual key, slices only)
         return
     axis = 0
     for k in parts:
         if k is Ellipsis:
             axis += len(shape) - named
             continue
-        if k is None:
-            continue
-        integer = type(k) is int or (type(k) is not slice and isinstance(k, numbers.Integral))
-        if integer and axis < len(shape):
+        if axis < len(shape) and _is_integer(k):
             n = int(shape[axis])
             if not -n <= int(k) < n:
                 raise ShapeError(
                     f"getitem: index {int(k)} is out of range for axis {axis} of length {n}; "
                     f"use an index in [{-n}, {n})"
                 )
-        axis += _mask_ndim(k) or 1
+        axis += _axes_named(k)
+
+
+def _axes_named(k: Any) -> int:
+    """How many axes of the indexed array a key part (not ``...``) names: none for ``None``
+    and a bool scalar (each adds an axis), a mask's ``ndim`` for a boolean array, else 1."""
+    if k is None or type(k) is bool:
+        return 0
+    return int(k.ndim) if is_mask(k) else 1
 
 
 def is_mask(k: Any) -> bool:
     """Whether ``k``, a part of an indexing key, is a boolean array (a mask). Internal API
     for the engine's nodes and ``t[key] = value``."""
     return hasattr(k, "ndim") and str(getattr(k, "dtype", "")).rsplit(".", 1)[-1] == "bool"
-
-
-def _mask_ndim(k: Any) -> int:
-    """The axes a boolean mask in a key names (its ``ndim``); 0 for anything else."""
-    return int(k.ndim) if is_mask(k) else 0
 
 
 from nnbackend.autograd import functions as _F  # noqa: E402  (functions builds on this module)
