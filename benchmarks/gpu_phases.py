@@ -23,7 +23,9 @@ and float16, the engine's eager step and torch CUDA's (torch's model in the same
 
 The engine and torch take turns, in shuffled order, for a few rounds in one process; CUDA
 events time each on the GPU's clock, so the two libraries in one process do not disturb each
-other's numbers as two CPU libraries would (``benchmarks.MixedLibraries``).
+other's numbers as two CPU libraries would (``benchmarks.MixedLibraries``): their host
+Python calls no CPU BLAS whose threads could spin into the other's turn. The whole-step rows
+also give the host's page faults per step and the process's peak RSS.
 
 ``--gpu --dry-run`` runs the same code with numpy for cupy and torch on the CPU, toy sizes and
 wall-clock marks: it checks the plumbing, and its numbers mean nothing.
@@ -32,6 +34,7 @@ wall-clock marks: it checks the plumbing, and its numbers mean nothing.
 from __future__ import annotations
 
 import random
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +43,7 @@ from typing import Any
 
 from benchmarks import Options, Row, Skip, register, row
 from benchmarks._nets import data, engine_step, gemm_products, torch_step
+from benchmarks._workers import peak_rss_mib
 from benchmarks.gpu import GpuSetup, gpu_setup
 
 __all__ = ["PHASES", "Clock", "phase_functions", "time_phases", "time_steps"]
@@ -140,10 +144,12 @@ def time_phases(
 
 def time_steps(
     step: Callable[[Any, Any], Any], x: Any, t: Any, clock: Clock, steps: int
-) -> tuple[float, float]:
-    """``steps`` whole steps between two marks: seconds per step on the clock's timeline, and
-    host seconds per step to enqueue them (the loop's Python, before waiting for the GPU)."""
+) -> tuple[float, float, float]:
+    """``steps`` whole steps between two marks: seconds per step on the clock's timeline,
+    host seconds per step to enqueue them (the loop's Python, before waiting for the GPU),
+    and the host's minor page faults per step."""
     clock.sync()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     first = clock.mark()
     start = time.perf_counter()
     for _ in range(steps):
@@ -151,7 +157,8 @@ def time_steps(
     host = time.perf_counter() - start
     last = clock.mark()
     clock.sync()
-    return clock.seconds(first, last) / steps, host / steps
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return clock.seconds(first, last) / steps, host / steps, faults / steps
 
 
 def _median_ms(values: list[float]) -> float:
@@ -198,7 +205,7 @@ def _dtype_rows(setup: GpuSetup, dtype: str, rounds: int, steps: int, warmup: in
 
     device: dict[str, list[list[float]]] = {name: [] for name in phases}
     host: dict[str, list[list[float]]] = {name: [] for name in phases}
-    per_step: dict[str, list[tuple[float, float]]] = {name: [] for name in whole}
+    per_step: dict[str, list[tuple[float, float, float]]] = {name: [] for name in whole}
     order = list(phases) + [f"whole {name}" for name in whole]
     for _ in range(rounds):
         random.shuffle(order)
@@ -226,10 +233,17 @@ def _dtype_rows(setup: GpuSetup, dtype: str, rounds: int, steps: int, warmup: in
             )
         )
     for name in whole:
-        gpu_s = statistics.median(s for s, _ in per_step[name])
-        host_s = statistics.median(h for _, h in per_step[name])
+        gpu_s = statistics.median(s for s, _, _ in per_step[name])
+        host_s = statistics.median(h for _, h, _ in per_step[name])
+        faults = statistics.median(f for _, _, f in per_step[name])
         rows += [
-            row(f"{label}: {name} step, GPU time", gpu_s * 1e3, "ms"),
+            row(
+                f"{label}: {name} step, GPU time",
+                gpu_s * 1e3,
+                "ms",
+                note=f"{faults:.3g} host page faults/step; peak RSS of this process (engine "
+                f"and torch together) {peak_rss_mib():.0f} MiB",
+            ),
             row(
                 f"{label}: {name} step, host time / GPU time",
                 host_s / gpu_s,
@@ -238,8 +252,8 @@ def _dtype_rows(setup: GpuSetup, dtype: str, rounds: int, steps: int, warmup: in
                 "waits for Python (launch-bound)",
             ),
         ]
-    engine_gpu = statistics.median(s for s, _ in per_step["engine"])
-    torch_gpu = statistics.median(s for s, _ in per_step["torch"])
+    engine_gpu = statistics.median(s for s, _, _ in per_step["engine"])
+    torch_gpu = statistics.median(s for s, _, _ in per_step["torch"])
     rows.append(row(f"{label}: engine / torch step, GPU time", engine_gpu / torch_gpu, "x"))
     gemms = _gemm_times(setup, dtype, clocks, rounds, steps)
     rows += [
@@ -265,16 +279,6 @@ def _dtype_rows(setup: GpuSetup, dtype: str, rounds: int, steps: int, warmup: in
         ),
     ]
     return rows
-
-
-class _Products:
-    """A product-running function as a step ``(x, t)`` for :func:`time_steps`."""
-
-    def __init__(self, run: Callable[[], None]) -> None:
-        self.run = run
-
-    def __call__(self, x: Any, t: Any) -> None:
-        self.run()
 
 
 class _TorchOn:
@@ -308,8 +312,8 @@ def _gemm_times(
         clocks[name].sync()
     for _ in range(rounds):
         for name in random.sample(list(runs), len(runs)):
-            products = _Products(runs[name])
-            found[name].append(time_steps(products, None, None, clocks[name], steps)[0])
+            step = lambda x, t, run=runs[name]: run()  # (this turn's run, bound now)
+            found[name].append(time_steps(step, None, None, clocks[name], steps)[0])
     return {name: statistics.median(times) for name, times in found.items()}
 
 
