@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnbackend as nb
 import nnbackend.functional as F
@@ -217,3 +219,53 @@ def test_take_with_no_index_is_an_argument_error(xp64: Any, indices: Any) -> Non
     x = _leaf(xp64, np.arange(12.0).reshape(3, 4))
     with pytest.raises(ArgumentError, match="integer"):
         F.take(x, indices, 0)
+
+
+# Key parts among which bool scalars sit: NumPy counts a bool scalar as a 0-d mask, an
+# advanced index that broadcasts with the integers to one axis of length 1 or 0.
+BOOL_KEY_PARTS = [0, -1, slice(None), slice(1, None), None, Ellipsis, True, False]
+
+
+@given(
+    parts=st.lists(st.sampled_from(BOOL_KEY_PARTS), min_size=1, max_size=4),
+    kind=st.sampled_from(["python", "numpy", "0-d array"]),
+)
+@settings(max_examples=60, deadline=None)
+def test_bool_scalars_in_a_key_index_as_numpy_on_every_backend(
+    xp64: Any, parts: list[Any], kind: str
+) -> None:
+    """``x[0, :, True]`` is (1, 3, 4) in NumPy: the bool and the integer are advanced indices
+    that broadcast to one axis, put first when a slice separates them. Torch put the bool's
+    axis where the bool was, as ``None`` ((3, 1, 4): silently other values), array_api_strict
+    refused bools with a ShapeError quoting itself, and ``x[0, np.True_]`` was "not an index"
+    on every backend. Now each backend gives NumPy's values and gradient (ones where an
+    element was picked), for Python bools, ``np.True_`` and 0-d boolean arrays alike."""
+    convert = {
+        "python": bool,
+        "numpy": np.bool_,
+        "0-d array": lambda b: np.array(b),
+    }[kind]
+    key = tuple(convert(k) if type(k) is bool else k for k in parts)
+    if not any(type(k) is bool for k in parts) or sum(k is Ellipsis for k in parts) > 1:
+        return
+    try:
+        expected = X3[key]
+    except IndexError:  # more axes named than there are: a typed error here
+        with pytest.raises(ShapeError):
+            _leaf(xp64, X3)[key]
+        return
+    x = _leaf(xp64, X3)
+    y = x[key]
+    assert tuple(y.shape) == expected.shape
+    np.testing.assert_array_equal(_host(y), expected)
+    picked = np.zeros(X3.size)
+    np.add.at(picked, np.arange(X3.size).reshape(X3.shape)[key].ravel(), 1.0)
+    F.sum(y * 2.0).backward()
+    np.testing.assert_array_equal(_host(x.grad), 2.0 * picked.reshape(X3.shape))
+
+
+@pytest.mark.parametrize("key", [([0, 1], True), (True, [0]), (np.array([0, 1]), np.True_)])
+def test_a_bool_scalar_among_index_arrays_is_an_argument_error(xp64: Any, key: Any) -> None:
+    """NumPy broadcasts a bool scalar with index arrays; that is left out, with the fix."""
+    with pytest.raises(ArgumentError, match="bool scalar among index arrays"):
+        _leaf(xp64, X3)[key]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -1097,6 +1098,65 @@ def _parts(key: Any) -> list[Any]:
     return [_data(k) for k in (key if isinstance(key, tuple) else (key,))]
 
 
+# Key parts that are never a bool scalar, checked by type first (the usual keys' parts).
+_NOT_BOOL_SCALARS = (int, slice, type(None), type(Ellipsis))
+
+
+def _bool_scalars(key: Any) -> list[Any] | None:
+    """``key``'s parts with each bool scalar (Python's, NumPy's ``np.True_``, a 0-d boolean
+    array or Tensor) as a Python bool, or None where it holds none (the usual key)."""
+    parts = key if type(key) is tuple else (key,)
+    found = False
+    for k in parts:
+        if type(k) in _NOT_BOOL_SCALARS:
+            continue
+        k = _data(k)
+        if type(k) is bool or (getattr(k, "ndim", None) == 0 and ops.is_mask(k)):
+            found = True
+            break
+    if not found:
+        return None
+    out = []
+    for k in parts:
+        k = _data(k)
+        if type(k) not in _NOT_BOOL_SCALARS and getattr(k, "ndim", None) == 0 and ops.is_mask(k):
+            k = bool(k)
+        out.append(k)
+    return out
+
+
+def _with_bool_scalars(x: Any, parts: list[Any]) -> Tensor:
+    """``x[key]`` for a key of ints, slices, ``...`` and ``None`` with bool scalars among
+    them, as NumPy indexes: the bools are 0-d masks, so with the ints they are advanced
+    indices that broadcast to one axis, of length 1 (all true) or 0 (one false). It goes in
+    place of the first of them where they are adjacent in the key, first otherwise. Each
+    library does it its own way (torch puts a bool's axis where the bool is, as ``None``;
+    array_api_strict refuses bools), so it is done here: the key without the bools, then
+    the new axis."""
+    if any(_is_index_array(k) or isinstance(k, list | tuple) for k in parts):
+        raise ArgumentError(
+            "getitem: a bool scalar among index arrays is not supported; leave it out (in "
+            "NumPy x[idx, True] selects what x[idx] does)"
+        )
+    shape = tuple(_data(x).shape)
+    bools = [k for k in parts if type(k) is bool]
+    advanced = [
+        i
+        for i, k in enumerate(parts)
+        if isinstance(k, numbers.Integral) or getattr(k, "ndim", None) == 0  # (bools too)
+    ]
+    named = builtins.sum(1 for k in parts if k is not None and k is not Ellipsis) - len(bools)
+    position = 0  # where the bools' axis goes in the result
+    if advanced[-1] - advanced[0] + 1 == len(advanced):  # adjacent: in place of the first
+        for k in parts[: advanced[0]]:
+            position += len(shape) - named if k is Ellipsis else 1
+    y = getitem(x, tuple(k for k in parts if type(k) is not bool))
+    y = expand_dims(y, position)
+    if not all(bools):
+        y = ops.getitem(y, (*(slice(None),) * position, slice(0, 0), Ellipsis))
+    return y
+
+
 def _is_mask(k: Any) -> bool:
     dtype = getattr(k, "dtype", None)
     return dtype is not None and backend_for(k)[0].isdtype(dtype, "bool")
@@ -1405,7 +1465,11 @@ def getitem(x: Any, key: Any) -> Tensor:
     ``x``'s backend. An int and index arrays separated by a slice (``x[0, :, idx]``) are
     refused with an :class:`~nnbackend.errors.ArgumentError`, since NumPy and torch order
     that result's axes differently; write ``x[0][:, idx]``. Out-of-range indices raise
-    :class:`~nnbackend.errors.ShapeError`."""
+    :class:`~nnbackend.errors.ShapeError`. Bool scalars (``x[0, True]``) index as NumPy's
+    0-d masks on every backend."""
+    bools = _bool_scalars(key)
+    if bools is not None:
+        return _with_bool_scalars(x, bools)
     if not _negative_steps(key):
         try:
             return ops.getitem(x, key)
