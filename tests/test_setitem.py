@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nnbackend as nb
@@ -356,3 +356,39 @@ def test_take_on_a_device_gives_nan_for_bad_indices_along_its_axis(
     np.testing.assert_array_equal(got[:, 2], [3.0, 7.0, 11.0])
     y.sum().backward()
     assert np.isfinite(_host(x.grad)).all()
+
+
+@given(
+    parts=st.lists(
+        st.sampled_from([0, -1, slice(None), slice(1, None), None, ..., True, False]),
+        min_size=1,
+        max_size=4,
+    ),
+    kind=st.sampled_from([bool, np.bool_, np.array]),
+    whole=st.booleans(),
+)
+@settings(max_examples=60, deadline=None)
+def test_bool_scalars_in_a_key_write_as_numpy(
+    xp64: Any, parts: list[Any], kind: Callable[[bool], Any], whole: bool
+) -> None:
+    """``t[0, :, True] = v`` writes what NumPy writes: a false bool scalar selects nothing,
+    true ones add an axis of length 1 that ``v`` broadcasts against. Array-api-strict
+    refused bools, torch refused ``np.True_``; each backend now writes NumPy's values,
+    for a number and for an array of the selected shape."""
+    if not any(type(k) is bool for k in parts) or parts.count(...) > 1:
+        return
+    key = tuple(kind(k) if type(k) is bool else k for k in parts)
+    try:
+        shape = X[key].shape
+    except IndexError:
+        return  # (more axes named than there are: x[key] raises, tested with reading)
+    value = np.arange(float(math.prod(shape))).reshape(shape) - 3.0 if whole else 7.5
+    want = X.copy()
+    want[key] = value
+    t = _tensor(xp64)
+    if whole:  # (through a flat list: the tolist of an empty array loses its shape)
+        flat = xp64.asarray(value.ravel().tolist(), dtype=xp64.float64)
+        t[key] = xp64.reshape(flat, shape)
+    else:
+        t[key] = value
+    np.testing.assert_array_equal(_host(t), want)

@@ -23,7 +23,7 @@ from typing import Any
 from nnbackend.autograd import functions as _F
 from nnbackend.autograd import trace
 from nnbackend.autograd.mode import is_grad_enabled
-from nnbackend.autograd.ops import own_index, setitem_key
+from nnbackend.autograd.ops import bool_scalars, own_index, setitem_key
 from nnbackend.autograd.tensor import Tensor
 from nnbackend.errors import (
     ArgumentError,
@@ -87,9 +87,18 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
     except NNBackendError as exc:  # the same type, worded for the write
         raise type(exc)(f"t[key] = value: {exc}") from exc
     value = _value(xp, data, value, selected)
+    # Bool scalars are NumPy's 0-d masks: a false one selects nothing; true ones add an
+    # axis of length 1, which goes as None's do (torch wrote them as None, in another place,
+    # and array-api-strict refuses them).
+    parts = bool_scalars(key)
+    if parts is not None:
+        if not all(k for k in parts if type(k) is bool):
+            return  # (the value broadcasts to the empty selection: checked above)
+        key = tuple(k for k in parts if type(k) is not bool)
     # As the standard writes: no None (new axes are for reading), a trailing ... where the
     # key names fewer axes than the array has (array-api-strict insists on both).
     key, dropped = setitem_key(key, len(data.shape))
+    dropped = dropped or parts is not None
     if dropped and type(value) not in _SCALARS:  # the value without the new axes' 1s
         value = xp.reshape(xp.broadcast_to(value, selected), _shape(data, key))
     ops = ops_for(xp, data)

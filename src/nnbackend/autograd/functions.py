@@ -1098,33 +1098,6 @@ def _parts(key: Any) -> list[Any]:
     return [_data(k) for k in (key if isinstance(key, tuple) else (key,))]
 
 
-# Key parts that are never a bool scalar, checked by type first (the usual keys' parts).
-_NOT_BOOL_SCALARS = (int, slice, type(None), type(Ellipsis))
-
-
-def _bool_scalars(key: Any) -> list[Any] | None:
-    """``key``'s parts with each bool scalar (Python's, NumPy's ``np.True_``, a 0-d boolean
-    array or Tensor) as a Python bool, or None where it holds none (the usual key)."""
-    parts = key if type(key) is tuple else (key,)
-    found = False
-    for k in parts:
-        if type(k) in _NOT_BOOL_SCALARS:
-            continue
-        k = _data(k)
-        if type(k) is bool or (getattr(k, "ndim", None) == 0 and ops.is_mask(k)):
-            found = True
-            break
-    if not found:
-        return None
-    out = []
-    for k in parts:
-        k = _data(k)
-        if type(k) not in _NOT_BOOL_SCALARS and getattr(k, "ndim", None) == 0 and ops.is_mask(k):
-            k = bool(k)
-        out.append(k)
-    return out
-
-
 def _with_bool_scalars(x: Any, parts: list[Any]) -> Tensor:
     """``x[key]`` for a key of ints, slices, ``...`` and ``None`` with bool scalars among
     them, as NumPy indexes: the bools are 0-d masks, so with the ints they are advanced
@@ -1467,7 +1440,7 @@ def getitem(x: Any, key: Any) -> Tensor:
     that result's axes differently; write ``x[0][:, idx]``. Out-of-range indices raise
     :class:`~nnbackend.errors.ShapeError`. Bool scalars (``x[0, True]``) index as NumPy's
     0-d masks on every backend."""
-    bools = _bool_scalars(key)
+    bools = ops.bool_scalars(key)
     if bools is not None:
         return _with_bool_scalars(x, bools)
     if not _negative_steps(key):

@@ -742,6 +742,34 @@ def scatter_add_rows(xp: Any, target: Any, indices: Any, values: Any) -> Any:
     return ops_for(xp, target).scatter_add(target, indices, values)
 
 
+# Key parts that are never a bool scalar, checked by type first (the usual keys' parts).
+_NOT_BOOL_SCALARS = (int, slice, type(None), type(Ellipsis))
+
+
+def bool_scalars(key: Any) -> list[Any] | None:
+    """``key``'s parts with each bool scalar (Python's, NumPy's ``np.True_``, a 0-d boolean
+    array or Tensor) as a Python bool, or None where it holds none (the usual key). Internal
+    API for ``x[key]`` and ``t[key] = value``."""
+    parts = key if type(key) is tuple else (key,)
+    found = False
+    for k in parts:
+        if type(k) in _NOT_BOOL_SCALARS:
+            continue
+        k = _raw(k)
+        if type(k) is bool or (getattr(k, "ndim", None) == 0 and is_mask(k)):
+            found = True
+            break
+    if not found:
+        return None
+    out = []
+    for k in parts:
+        k = _raw(k)
+        if type(k) not in _NOT_BOOL_SCALARS and getattr(k, "ndim", None) == 0 and is_mask(k):
+            k = bool(k)
+        out.append(k)
+    return out
+
+
 def setitem_key(key: Any, ndim: int) -> tuple[Any, bool]:
     """``key`` as the standard allows it in ``__setitem__``: without ``None`` (new axes exist
     for reading only), and with a trailing ``...`` where it names fewer axes than ``ndim``
