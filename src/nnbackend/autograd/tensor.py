@@ -8,6 +8,7 @@ from typing import Any
 from nnbackend import config
 from nnbackend.autograd import function as _function
 from nnbackend.autograd import trace as _trace
+from nnbackend.autograd.mode import is_grad_enabled
 from nnbackend.errors import DtypeError, GradientError, ShapeError
 from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.typing import Array, Device, DType, Namespace
@@ -356,6 +357,26 @@ class Tensor:
     def __rmatmul__(self, other: Any) -> Tensor:
         return _ops.matmul(other, self)
 
+    # In-place operators. Without them Python rebound the name to a new Tensor, so the
+    # hand-written SGD step ``p -= lr * p.grad`` under no_grad() left the parameter as it was.
+    def __iadd__(self, other: Any) -> Tensor:
+        return _in_place(self, other, _ops.add, "+=")
+
+    def __isub__(self, other: Any) -> Tensor:
+        return _in_place(self, other, _ops.sub, "-=")
+
+    def __imul__(self, other: Any) -> Tensor:
+        return _in_place(self, other, _ops.mul, "*=")
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return _in_place(self, other, _ops.div, "/=")
+
+    def __ipow__(self, other: Any) -> Tensor:
+        return _in_place(self, other, _ops.power, "**=")
+
+    def __imatmul__(self, other: Any) -> Tensor:
+        return _in_place(self, other, _ops.matmul, "@=")
+
     def __getitem__(self, key: Any) -> Tensor:
         return _F.getitem(self, key)
 
@@ -566,6 +587,53 @@ def _compared(result: Any, data: Any) -> Tensor:
     if type(result) is not type(data):
         result = _function.as_array(backend_for(data)[0], result)
     return Tensor._wrap(result, False)
+
+
+def _in_place(t: Tensor, other: Any, op: Callable[[Any, Any], Tensor], symbol: str) -> Any:
+    """``t op= other``, as :meth:`Tensor.__setitem__` writes: outside the graph, ``t.data``
+    bound to the result (graphs recorded before keep the values they saw), ``t`` itself
+    returned, its shape and dtype kept. Where a gradient flows (gradients enabled and ``t``
+    or ``other`` requires one, or ``t`` was computed in the graph), a tensor of the graph
+    gets Python's fallback, ``t = t op other``: a new node the gradient flows through; a
+    leaf that requires a gradient is refused, as PyTorch refuses it."""
+    if is_grad_enabled() and (
+        t.requires_grad or t.creator is not None or getattr(other, "requires_grad", False)
+    ):
+        if t.creator is None and t.requires_grad:
+            raise GradientError(
+                f"t {symbol} value on a tensor that requires a gradient (a parameter, or a "
+                "leaf made with requires_grad=True): the gradient would not see the update. "
+                "Update parameters under `with nb.no_grad():` (the hand-written SGD step), or "
+                f"write t = t {symbol[:-1]} value for a new tensor in the graph"
+            )
+        return NotImplemented
+    _trace.refuse(
+        f"t {symbol} value writes a tensor outside the engine's operations, which a replay "
+        "would not repeat; update parameters with an optimizer (nnbackend.optim) in a "
+        "compiled step"
+    )
+    value = _raw(other)
+    data = t.data
+    if not _is_real_floating(data) and (
+        type(value) is float or (hasattr(value, "dtype") and _is_real_floating(value))
+    ):
+        result = None  # a float into an integer or boolean tensor: refused below, unasked
+    else:
+        result = op(t, other).data
+    if result is None or result.dtype != data.dtype:
+        raise DtypeError(
+            f"t {symbol} value: t has dtype {data.dtype} and the result would not; an "
+            "in-place update keeps t's dtype (NumPy refuses the cast too); write "
+            f"t = t {symbol[:-1]} value for a new tensor, or cast the value first"
+        )
+    shape = tuple(result.shape)
+    if shape != t.shape:
+        raise ShapeError(
+            f"t {symbol} value: the result has shape {shape} where t has {t.shape}; an "
+            f"in-place update keeps t's shape (write t = t {symbol[:-1]} value for a new one)"
+        )
+    t.data = result
+    return t
 
 
 def as_tensor(x: Any) -> Tensor:
