@@ -589,8 +589,10 @@ class Prod(Function):
         self.x = x
         self.axes = ops.normalize_axes(self.axis, x.ndim)
         y = x
+        if not xp.isdtype(x.dtype, "real floating"):  # as NumPy: in the default integer
+            y = xp.astype(x, ops.count_dtype(xp, x.dtype))
         for a in sorted(self.axes, reverse=True):
-            y = xp.prod(y, axis=a, keepdims=True, dtype=x.dtype)
+            y = xp.prod(y, axis=a, keepdims=True, dtype=y.dtype)
         return y if self.keepdims else xp.reshape(y, self._reduced_shape(x.shape))
 
     def _reduced_shape(self, shape: Any) -> tuple[int, ...]:

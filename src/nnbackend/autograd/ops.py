@@ -10,6 +10,7 @@ import numbers
 import operator
 from typing import Any
 
+from nnbackend import config
 from nnbackend.autograd.function import Function
 from nnbackend.backends.ops import wide_indices
 from nnbackend.config import normalize_dtype
@@ -512,6 +513,16 @@ def _expand_reduced(
     return gy
 
 
+def count_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype NumPy sums and multiplies ``dtype`` (bool or integer) in: the default
+    unsigned integer for unsigned ones, else the namespace's default integer. Internal API
+    for the engine's reductions."""
+    if xp.isdtype(dtype, "unsigned integer"):
+        return xp.uint64
+    info = getattr(xp, "__array_namespace_info__", None)
+    return info().default_dtypes()["integral"] if info is not None else xp.int64
+
+
 class Sum(Function):
     grad_may_alias = False
 
@@ -522,6 +533,12 @@ class Sum(Function):
         xp = self.xp
         self.in_shape = tuple(x.shape)
         self.axes = normalize_axes(self.axis, x.ndim)
+        if not xp.isdtype(x.dtype, "real floating"):
+            # Counts, as NumPy and the standard sum: bools and narrow integers in the
+            # default integer dtype (a sum of bools was True, (pred == t).mean() of a
+            # batch 1/N; a uint8 sum of 200 and 100 was 44).
+            total = xp.astype(x, count_dtype(xp, x.dtype))
+            return self._reduce(xp.sum(total, axis=self.axes, keepdims=self.keepdims))
         # Where float16 adds are slow: sum in float32 (also more accurate), store float16.
         c = ops_for(xp, x).compute(x, 1024)
         wide = c.widen(x)
@@ -551,6 +568,9 @@ class Mean(Sum):
         for a in self.axes:
             count *= self.in_shape[a]
         self.count = count
+        xp = self.xp
+        if not xp.isdtype(y.dtype, "real floating"):  # a count: the mean in the default float
+            y = xp.astype(y, getattr(xp, config.get_default_dtype()))
         return y / float(count)
 
     def backward(self, gy: Any) -> Any:
