@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +11,13 @@ from nnbackend import config
 from nnbackend.autograd import function as _function
 from nnbackend.autograd import trace as _trace
 from nnbackend.autograd.mode import is_grad_enabled
-from nnbackend.errors import DtypeError, GradientError, ShapeError
+from nnbackend.errors import (
+    ArgumentError,
+    BackendMismatchError,
+    DtypeError,
+    GradientError,
+    ShapeError,
+)
 from nnbackend.namespace import backend_for, namespace, ops_for
 from nnbackend.typing import Array, Device, DType, Namespace
 
@@ -391,22 +399,22 @@ class Tensor:
 
     # Comparisons carry no gradient: they return a boolean Tensor outside the graph.
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return _compared(self.data == _raw(other), self.data)
+        return _compare(self, other, operator.eq, "==")
 
     def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return _compared(self.data != _raw(other), self.data)
+        return _compare(self, other, operator.ne, "!=")
 
     def __lt__(self, other: Any) -> Tensor:
-        return _compared(self.data < _raw(other), self.data)
+        return _compare(self, other, operator.lt, "<")
 
     def __le__(self, other: Any) -> Tensor:
-        return _compared(self.data <= _raw(other), self.data)
+        return _compare(self, other, operator.le, "<=")
 
     def __gt__(self, other: Any) -> Tensor:
-        return _compared(self.data > _raw(other), self.data)
+        return _compare(self, other, operator.gt, ">")
 
     def __ge__(self, other: Any) -> Tensor:
-        return _compared(self.data >= _raw(other), self.data)
+        return _compare(self, other, operator.ge, ">=")
 
     # -- shape and reductions -------------------------------------------------------------
     def reshape(self, *shape: Any) -> Tensor:
@@ -581,10 +589,64 @@ def _raw(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
-def _compared(result: Any, data: Any) -> Tensor:
-    """A comparison's result as a Tensor outside the graph: an array (NumPy gives a
-    ``numpy.bool_`` for 0-d operands)."""
-    if type(result) is not type(data):
+def _library(a: Any) -> str:
+    return type(a).__module__.partition(".")[0]
+
+
+def _differ(a: Any, b: Any) -> bool:
+    """Whether two arrays' dtypes differ, as the arithmetic operators decide whether an array
+    of another library may join in (JAX takes NumPy arrays of its dtypes; torch's dtypes
+    never equal NumPy's)."""
+    try:
+        with warnings.catch_warnings():  # (array-api-strict warns that they always differ)
+            warnings.simplefilter("ignore")
+            return bool(a.dtype != b.dtype)
+    except (TypeError, ValueError):
+        return True
+
+
+def _compare(t: Tensor, other: Any, compare: Callable[[Any, Any], Any], symbol: str) -> Any:
+    """``t symbol other`` elementwise, as NumPy compares, as a boolean Tensor outside the
+    graph. A list is compared as an array (torch answered ``t == [1.0, 2.0]`` with one
+    False); an array of another library is a :class:`BackendMismatchError` where the
+    arithmetic operators refuse it too (torch answered ``t != ndarray`` with one True);
+    ``None`` and other objects get Python's answer (``==`` is identity, ``<`` a
+    TypeError)."""
+    data = t.data
+    value = _raw(other)
+    if isinstance(value, list | tuple):
+        xp = backend_for(data)[0]
+        floating = _is_real_floating(data)  # (torch makes float lists float32)
+        try:
+            value = xp.asarray(
+                value, dtype=data.dtype if floating else None, device=getattr(data, "device", None)
+            )
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise ArgumentError(
+                f"t {symbol} value: the list {value!r:.60} is no rectangular nesting of "
+                f"numbers ({exc})"
+            ) from exc
+    elif type(value) is bool and not backend_for(data)[0].isdtype(data.dtype, "bool"):
+        value = int(value)  # (True is 1, as NumPy compares it; the standard has no bool here)
+    elif type(value) not in (int, float) and not hasattr(value, "dtype"):
+        return NotImplemented
+    elif hasattr(value, "dtype") and _library(value) != _library(data) and _differ(value, data):
+        raise BackendMismatchError(
+            f"t {symbol} value: value is a {type(value).__module__}.{type(value).__qualname__} "
+            f"and t holds a {type(data).__module__}.{type(data).__qualname__}; compare with "
+            "a Python number, or move the value with nb.to_device(value, backend) first"
+        )
+    try:
+        result = compare(data, value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        shape = getattr(value, "shape", None)
+        if shape is not None:
+            _ops.check_broadcast(symbol, tuple(data.shape), tuple(shape), exc)
+        raise DtypeError(
+            f"t {symbol} value: {_library(data)} cannot compare a {data.dtype} tensor with "
+            f"{value!r:.60} ({type(exc).__name__}: {exc}); cast one of them first"
+        ) from exc
+    if type(result) is not type(data):  # NumPy gives a numpy.bool_ for 0-d operands
         result = _function.as_array(backend_for(data)[0], result)
     return Tensor._wrap(result, False)
 
