@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nnbackend import config
@@ -177,6 +177,29 @@ class Tensor:
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
         return int(self.data.shape[0])
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """The sub-tensors along the first axis, ``t[0]``, ``t[1]``, ... (in the graph, as
+        indexing is). Python's fallback indexed until an IndexError, and an index past the
+        end is a ShapeError here, so ``list(t)`` and ``for row in t`` failed at the end."""
+        if self.ndim == 0:  # (checked at iter(t), as NumPy does, not at the first next())
+            raise TypeError("iteration over a 0-d tensor")
+        return map(self.__getitem__, range(int(self.data.shape[0])))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        """``numpy.asarray(t)``: ``.data`` as its library converts it (NumPy's arrays as
+        they are, torch's and JAX's on the CPU; CuPy refuses an implicit copy from the
+        GPU: call :meth:`numpy`). It was an object array holding the Tensor."""
+        convert = getattr(self.data, "__array__", None)
+        if convert is None:
+            raise TypeError(
+                f"{type(self.data).__module__}.{type(self.data).__qualname__} cannot be "
+                "converted to a NumPy array implicitly; call t.numpy() for a host copy"
+            )
+        array = convert()
+        if dtype is not None and array.dtype != dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
