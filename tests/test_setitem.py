@@ -174,14 +174,41 @@ def test_values_are_cast_to_the_tensors_dtype(backend: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [math.nan, math.inf, 1e30, 2**70, "x", None, 1 + 2j, [[1], [2, 3]]],
-    ids=["nan", "inf", "1e30", "2**70", "str", "None", "complex", "ragged"],
+    [
+        math.nan,
+        math.inf,
+        1e30,
+        2**70,
+        10**400,
+        np.float64("nan"),
+        np.int64(2**40),
+        "x",
+        None,
+        1 + 2j,
+        [[1], [2, 3]],
+    ],
+    ids=[
+        "nan",
+        "inf",
+        "1e30",
+        "2**70",
+        "10**400",
+        "np.nan",
+        "np.int64(2**40)",
+        "str",
+        "None",
+        "complex",
+        "ragged",
+    ],
 )
 def test_a_value_an_integer_tensor_cannot_hold_is_an_argument_error(xp64: Any, value: Any) -> None:
     """NaN, infinities and overflowing numbers into integers were backend errors in their own
     words (NumPy's ValueError, a bare OverflowError) or silent garbage (torch, jax cast
-    them); strings, None and complex numbers slipped through as bare errors or warnings."""
-    n = Tensor(xp64.asarray([1, 2, 3]))
+    them); strings, None and complex numbers slipped through as bare errors or warnings.
+    NumPy scalars went the arrays' way: ``np.float64("nan")`` was stored as INT_MIN,
+    ``np.int64(2**40)`` as 0; ``10**400`` raised math's OverflowError. (The tensor is int32,
+    where 2**40 overflows; NumPy and JAX without x64 default to other integer widths.)"""
+    n = Tensor(xp64.asarray([1, 2, 3], dtype=xp64.int32))
     before = _host(n).tolist()
     with pytest.raises(ArgumentError, match=r"t\[key\] = value"):
         n[0] = value

@@ -15,6 +15,7 @@ import pytest
 
 import nnbackend.functional as F
 from nnbackend.autograd.tensor import Tensor
+from nnbackend.errors import BackendMismatchError, GradientError, ShapeError
 
 X = np.arange(6.0).reshape(3, 2)
 
@@ -49,3 +50,47 @@ def test_numpy_asarray_gives_the_values(xp64: Any) -> None:
     copied = np.array(t, copy=True)
     copied[0, 0] = 100.0
     np.testing.assert_array_equal(_host(t), X)
+
+
+def test_truth_of_a_tensor_is_numpys_on_every_backend(xp64: Any) -> None:
+    """One element: its truth (array-api-strict took only 0-d arrays); more: a ShapeError,
+    which is a ValueError as NumPy's is (each library raised its own)."""
+    assert bool(Tensor(xp64.asarray([2.0]))) is True
+    assert bool(Tensor(xp64.asarray(0.0))) is False
+    with pytest.raises(ShapeError, match="ambiguous"):
+        bool(Tensor(xp64.asarray([1.0, 2.0])))
+    with pytest.raises(ValueError):
+        if Tensor(xp64.asarray([1.0, 2.0])):
+            pass
+
+
+@pytest.mark.parametrize("other", ["numpy", "torch"])
+def test_backward_with_another_librarys_gradient_is_a_typed_error(xp64: Any, other: str) -> None:
+    """A gradient array of another library was an AttributeError or TypeError of the
+    backend's ('numpy.ndarray' object has no attribute 'to'); JAX, which takes NumPy
+    arrays of its dtypes, still does."""
+    w = Tensor(xp64.asarray([1.0, 2.0]), requires_grad=True)
+    y = w * 2.0
+    if other == "numpy":
+        grad: Any = np.ones(2)
+    else:
+        torch = pytest.importorskip("torch")
+        grad = torch.ones(2, dtype=torch.float64)
+    same = type(grad).__module__.partition(".")[0] == type(y.data).__module__.partition(".")[0]
+    jax_takes_numpy = "jax" in xp64.__name__ and other == "numpy"
+    if same or jax_takes_numpy:
+        y.backward(grad)
+        np.testing.assert_array_equal(_host(w.grad), [2.0, 2.0])
+        return
+    with pytest.raises(BackendMismatchError, match=r"nb\.to_device"):
+        y.backward(grad)
+    assert w.grad is None
+
+
+def test_backward_with_a_complex_gradient_is_refused(xp64: Any) -> None:
+    """Its imaginary part was dropped silently (as ``t[key] = value`` refuses it)."""
+    w = Tensor(xp64.asarray([1.0, 2.0]), requires_grad=True)
+    y = w * 2.0
+    grad = xp64.asarray([1 + 1j, 1 + 1j])
+    with pytest.raises(GradientError, match="complex"):
+        y.backward(grad)

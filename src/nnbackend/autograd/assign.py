@@ -184,6 +184,14 @@ def _value(xp: Any, data: Any, value: Any, shape: tuple[int, ...]) -> Any:
             f"dtype {data.dtype} (complex values would lose their imaginary part); give real "
             "numbers"
         )
+    if value.ndim == 0 and not xp.isdtype(data.dtype, "real floating"):
+        # A NumPy scalar or 0-d array into an integer or boolean tensor: checked as a Python
+        # number is (np.float64("nan") was stored as INT_MIN, np.int64(2**40) into int32 as 0)
+        if xp.isdtype(value.dtype, "bool"):
+            return _number(xp, data, bool(value))
+        if xp.isdtype(value.dtype, "integral"):
+            return _number(xp, data, int(value))
+        return _number(xp, data, float(value))
     if value.dtype != data.dtype:
         value = xp.astype(value, data.dtype)
     if not _broadcasts(tuple(value.shape), shape):
@@ -209,9 +217,13 @@ def _number(xp: Any, data: Any, value: bool | int | float) -> bool | int | float
                 f"t[key] = value: {value!r:.40} is too large for a float tensor"
             ) from None
     info = xp.iinfo(data.dtype)
-    if not (math.isfinite(value) and info.min <= int(value) <= info.max):
+    if type(value) is float:
+        fits = math.isfinite(value) and info.min <= int(value) <= info.max
+    else:  # (math.isfinite of an int beyond every float, 10**400, raised OverflowError)
+        fits = info.min <= value <= info.max
+    if not fits:
         raise ArgumentError(
-            f"t[key] = value: {value!r} does not fit the tensor's dtype {data.dtype} "
+            f"t[key] = value: {value!r:.40} does not fit the tensor's dtype {data.dtype} "
             f"(integers from {info.min} to {info.max})"
         )
     return int(value)

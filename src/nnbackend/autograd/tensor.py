@@ -207,7 +207,12 @@ class Tensor:
         return f"Tensor({self.data!r}{grad}{by})"
 
     def __bool__(self) -> bool:
-        return bool(self.data)
+        if self.size != 1:  # (each library raised its own error, or answered)
+            raise ShapeError(
+                f"the truth value of a tensor of shape {self.shape} is ambiguous; reduce "
+                "it to one element first, e.g. bool((t > 0).sum() > 0) for 'any'"
+            )
+        return bool(self.item())  # (array-api-strict takes bool() of 0-d arrays only)
 
     def __float__(self) -> float:
         return float(self.item())
@@ -277,6 +282,18 @@ class Tensor:
                 raise GradientError(
                     f"backward() got a gradient of shape {tuple(grad.shape)} for a tensor of "
                     f"shape {self.shape}"
+                )
+            if _library(grad) != _library(data) and _differ(grad, data):
+                raise BackendMismatchError(
+                    f"backward() got a gradient of type {type(grad).__module__}."
+                    f"{type(grad).__qualname__} for a tensor of "
+                    f"{type(data).__module__}.{type(data).__qualname__}; move it with "
+                    "nb.to_device(grad, backend) first"
+                )
+            if not xp.isdtype(grad.dtype, ("bool", "integral", "real floating")):
+                raise GradientError(
+                    f"backward() got a gradient of dtype {grad.dtype}; gradients are real "
+                    "(a complex one would lose its imaginary part)"
                 )
             # A copy (also when a cast is needed): the caller's array never becomes a .grad
             # that later in-place updates would write through.
