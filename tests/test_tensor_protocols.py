@@ -94,3 +94,17 @@ def test_backward_with_a_complex_gradient_is_refused(xp64: Any) -> None:
     grad = xp64.asarray([1 + 1j, 1 + 1j])
     with pytest.raises(GradientError, match="complex"):
         y.backward(grad)
+
+
+def test_one_element_tensors_convert_as_numpy_scalars_do(xp64: Any) -> None:
+    """``int(t)``, ``f"{loss:.4f}"``, ``lst[i]`` and ``+t`` were TypeErrors."""
+    t = Tensor(xp64.asarray([3.7]))
+    assert int(t) == 3
+    assert f"{t:.2f}" == "3.70"
+    assert f"{Tensor(xp64.asarray(0.5)):.1e}" == "5.0e-01"
+    i = Tensor(xp64.asarray(2))
+    assert [10, 20, 30][i] == 30 and list(range(i)) == [0, 1]
+    assert +t is t
+    with pytest.raises(TypeError, match="integer"):
+        [1, 2][Tensor(xp64.asarray(1.0))]
+    assert f"{Tensor(xp64.asarray([1.0, 2.0]))}".startswith("Tensor(")

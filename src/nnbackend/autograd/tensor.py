@@ -217,6 +217,25 @@ class Tensor:
     def __float__(self) -> float:
         return float(self.item())
 
+    def __int__(self) -> int:
+        """``int(t)`` of a one-element tensor (truncated toward zero, as Python's ``int``)."""
+        return int(self.item())
+
+    def __index__(self) -> int:
+        """A one-element integer tensor as an index (``range(t)``, ``lst[t]``), as NumPy's
+        integer scalars index."""
+        if not self.xp.isdtype(self.dtype, "integral"):
+            raise TypeError(
+                f"only integer tensors can be used as an index, this one is {self.dtype}"
+            )
+        return int(self.item())
+
+    def __format__(self, spec: str) -> str:
+        """``f"{loss:.4f}"`` formats a one-element tensor's value; others as their repr."""
+        if self.size == 1:
+            return format(self.item(), spec)
+        return format(repr(self), spec)
+
     __hash__ = object.__hash__
 
     # -- graph -------------------------------------------------------------------------
@@ -363,6 +382,10 @@ class Tensor:
     # -- operators (defined in ops.py, bound below) ---------------------------------------
     def __neg__(self) -> Tensor:
         return _ops.neg(self)
+
+    def __pos__(self) -> Tensor:
+        """``+t`` is ``t`` (as ``torch.positive``)."""
+        return self
 
     def __abs__(self) -> Tensor:
         """``abs(t)``: elementwise absolute value, as :meth:`abs` (NumPy arrays and torch
