@@ -17,6 +17,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+from nnbackend import config
 from nnbackend.autograd import ops
 from nnbackend.autograd.function import Function
 from nnbackend.autograd.mode import is_grad_enabled
@@ -364,12 +365,22 @@ class _Extremum(Function):
         self.shapes = (_shape(a), _shape(b))
         like = a if type(a) not in _SCALARS else b
         dtype = like.dtype
+        if float in (type(a), type(b)) and not xp.isdtype(dtype, "real floating"):
+            # An integer array with a float, as NumPy promotes it (the float was cast to the
+            # integers: maximum([0, 1, -2], 0.5) was [0, 1, 0]), in the default float dtype.
+            dtype = getattr(xp, config.get_default_dtype())
+            like = xp.astype(like, dtype)
+            if type(a) in _SCALARS:
+                b = like
+            else:
+                a = like
         if type(a) in _SCALARS:
             a = xp.asarray(a, dtype=dtype, device=like.device)
         if type(b) in _SCALARS:
             b = xp.asarray(b, dtype=dtype, device=like.device)
-        win = (a > b) if self.larger else (a < b)
-        self.wa = xp.astype(win, dtype) + 0.5 * xp.astype(a == b, dtype)
+        if xp.isdtype(dtype, "real floating"):  # (integers carry no gradient to share)
+            win = (a > b) if self.larger else (a < b)
+            self.wa = xp.astype(win, dtype) + 0.5 * xp.astype(a == b, dtype)
         return xp.maximum(a, b) if self.larger else xp.minimum(a, b)
 
     def graph_backward(self, gy: Tensor) -> tuple[Any, Any]:
@@ -421,13 +432,22 @@ class Clip(Function):
     def forward(self, x: Any) -> Any:
         xp = self.xp
         inside = xp.ones(x.shape, dtype=xp.bool, device=x.device)
+        # Integer bounds of an integer array stay integers, as NumPy's clip keeps its dtype
+        # (float() made clip([..], -1, 2) of int64 float64, of torch's int64 float32); a
+        # float bound makes the result float, in the default float dtype.
+        whole = not xp.isdtype(x.dtype, "real floating")
+        if whole and float in (type(self.lo), type(self.hi)):
+            x = xp.astype(x, getattr(xp, config.get_default_dtype()))
+            whole = False
         y = x
         if self.lo is not None:
             inside = inside & (x >= self.lo)
-            y = xp.where(x < self.lo, float(self.lo), y)
+            lo = self.lo if whole and type(self.lo) is int else float(self.lo)
+            y = xp.where(x < self.lo, lo, y)
         if self.hi is not None:
             inside = inside & (x <= self.hi)
-            y = xp.where(x > self.hi, float(self.hi), y)
+            hi = self.hi if whole and type(self.hi) is int else float(self.hi)
+            y = xp.where(x > self.hi, hi, y)
         self.inside = inside
         return y if y is not x else xp.asarray(x, copy=True)
 
@@ -525,9 +545,20 @@ def _reduced_count(shape: tuple[int, ...], axis: Any) -> int:
 
 def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     """Minimum over ``axis``; the gradient is shared equally among tied minima."""
-    shape = _shape(_data(x))
+    data = _data(x)
+    shape = _shape(data)
     if shape is not None and 0 in shape:  # (max's own error would name max)
         ops.check_extremum_axes("min", shape, ops.normalize_axes(axis, len(shape)))
+    xp = backend_for(data)[0] if shape is not None else None
+    if xp is not None and shape is not None and not xp.isdtype(data.dtype, "real floating"):
+        # Integers and bools carry no gradient, and -max(-x) wraps around at the bottom of
+        # their range (min of uint8 [0, 5, 200] was 5, of int8 [-128, 5] 5).
+        axes = ops.normalize_axes(axis, len(shape))
+        if xp.isdtype(data.dtype, "bool"):
+            y = xp.all(data, axis=axes, keepdims=keepdims)
+        else:
+            y = xp.min(data, axis=axes, keepdims=keepdims)
+        return Tensor._wrap(y if type(y) is type(data) else xp.asarray(y), False)
     return ops.neg(ops.max(ops.neg(x), axis, keepdims))
 
 
@@ -836,6 +867,8 @@ def flip(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
     ``x[:, ::-1]`` for every backend (negative steps are not in the standard)."""
     if axis is not None:
         ndim = len(_data(x).shape)
+        if isinstance(axis, numbers.Integral):  # (np.int64 too: it was "not iterable")
+            axis = int(axis)
         axes = ops.normalize_axes(axis if isinstance(axis, int) else tuple(axis), ndim)
         axis = axes[0] if isinstance(axis, int) else axes
     return Flip(axis)(x)

@@ -601,9 +601,28 @@ class Softmax(_AlongAxis, Function):
         return c.narrow(y * (gy - self._total(gy * y)))
 
 
+def _softmax_axis(name: str, x: Any, axis: Any) -> int | None:
+    """``axis`` checked against ``x`` (a ShapeError outside its axes, where NumPy's AxisError
+    or torch's IndexError came through; NumPy integers taken), or None where ``x`` has no
+    elements (the result is as empty, and the maximum it shifts by undefined) or none (a
+    0-d ``x`` takes axis 0 or -1, as in torch: one element, whose softmax is 1)."""
+    shape = tuple(_data(x).shape)
+    try:
+        if not shape:
+            ops.normalize_axes(axis, 0)
+            return None
+        axis = ops.normalize_axis(axis, len(shape))
+    except (ShapeError, ArgumentError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+    return None if 0 in shape else axis
+
+
 def softmax(x: Any, axis: int = -1) -> Tensor:
     """``exp(x) / sum(exp(x))`` along ``axis``, shifted by the maximum for stability."""
-    return Softmax(axis)(x)
+    along = _softmax_axis("softmax", x, axis)
+    if along is None:  # (no element, or one: 1)
+        return ops.add(ops.mul(x, 0.0), 1.0)
+    return Softmax(along)(x)
 
 
 class LogSoftmax(_AlongAxis, Function):
@@ -627,7 +646,8 @@ class LogSoftmax(_AlongAxis, Function):
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
     """``x - logsumexp(x)`` along ``axis``, computed stably."""
-    return LogSoftmax(axis)(x)
+    along = _softmax_axis("log_softmax", x, axis)
+    return ops.mul(x, 0.0) if along is None else LogSoftmax(along)(x)
 
 
 def _bad_labels(labels: Any, n_classes: int) -> LabelError:
