@@ -302,7 +302,7 @@ class Tensor:
                     f"backward() got a gradient of shape {tuple(grad.shape)} for a tensor of "
                     f"shape {self.shape}"
                 )
-            if _library(grad) != _library(data) and _differ(grad, data):
+            if _foreign(grad, data):
                 raise BackendMismatchError(
                     f"backward() got a gradient of type {type(grad).__module__}."
                     f"{type(grad).__qualname__} for a tensor of "
@@ -656,14 +656,16 @@ def _library(a: Any) -> str:
     return type(a).__module__.partition(".")[0]
 
 
-def _differ(a: Any, b: Any) -> bool:
-    """Whether two arrays' dtypes differ, as the arithmetic operators decide whether an array
-    of another library may join in (JAX takes NumPy arrays of its dtypes; torch's dtypes
-    never equal NumPy's)."""
+def _foreign(a: Any, data: Any) -> bool:
+    """Whether ``a`` is an array of another library than ``data``'s that the arithmetic
+    operators would refuse: one whose dtype differs (JAX takes NumPy arrays of its dtypes;
+    torch's dtypes never equal NumPy's)."""
+    if _library(a) == _library(data):
+        return False
     try:
         with warnings.catch_warnings():  # (array-api-strict warns that they always differ)
             warnings.simplefilter("ignore")
-            return bool(a.dtype != b.dtype)
+            return bool(a.dtype != data.dtype)
     except (TypeError, ValueError):
         return True
 
@@ -693,7 +695,7 @@ def _compare(t: Tensor, other: Any, compare: Callable[[Any, Any], Any], symbol: 
         value = int(value)  # (True is 1, as NumPy compares it; the standard has no bool here)
     elif type(value) not in (int, float) and not hasattr(value, "dtype"):
         return NotImplemented
-    elif hasattr(value, "dtype") and _library(value) != _library(data) and _differ(value, data):
+    elif hasattr(value, "dtype") and _foreign(value, data):
         raise BackendMismatchError(
             f"t {symbol} value: value is a {type(value).__module__}.{type(value).__qualname__} "
             f"and t holds a {type(data).__module__}.{type(data).__qualname__}; compare with "
